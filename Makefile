@@ -1,0 +1,53 @@
+# imgw: a thin wrapper over meson/ninja. Every target installs what is
+# missing first (deps/install.sh, Debian packages only).
+#
+#   make            build (release, -O2) into build/
+#   make run        build and start one node on :8080 (memory store, no broker)
+#   make test       unit + integration tests, then again under ASan/UBSan
+#   make bench      build bench/imgw-bench
+#   make clean      remove the build directories
+
+BUILD     ?= build
+SAN_BUILD ?= build-san
+SANITIZE  ?= address,undefined
+# make run's development secret; set your own in the environment.
+IMGW__AUTH__JWT_SECRET ?= imgw-dev-secret
+export IMGW__AUTH__JWT_SECRET
+
+.PHONY: all deps build run test test-fast check-sanitize bench clean fuzz
+
+all: build
+
+deps:
+	@bash deps/install.sh
+
+$(BUILD)/build.ninja:
+	meson setup $(BUILD)
+
+$(SAN_BUILD)/build.ninja:
+	CC=clang meson setup $(SAN_BUILD) -Dsanitize=$(SANITIZE) -Dbench=false -Doptimization=1
+
+build: deps $(BUILD)/build.ninja
+	ninja -C $(BUILD)
+
+run: build
+	@echo "imgw: dev token for user u1: $$(./$(BUILD)/imgw-token u1)"
+	./$(BUILD)/imgw -c conf/imgw.ini
+
+# The plain build's tests, then the sanitizer build's; one summary line.
+test: build $(SAN_BUILD)/build.ninja
+	ninja -C $(SAN_BUILD)
+	/usr/bin/python3 test/run.py --build $(BUILD) --build $(SAN_BUILD)
+
+test-fast: build
+	/usr/bin/python3 test/run.py --build $(BUILD)
+
+check-sanitize: deps $(SAN_BUILD)/build.ninja
+	ninja -C $(SAN_BUILD)
+	/usr/bin/python3 test/run.py --build $(SAN_BUILD)
+
+bench: build
+	ninja -C $(BUILD) bench/imgw-bench
+
+clean:
+	rm -rf $(BUILD) $(SAN_BUILD)

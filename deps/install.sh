@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs, from Debian packages, only what imgw's build and tests need and
+# the machine lacks. Idempotent: a second run with everything present does
+# nothing and prints nothing but its summary line.
+set -euo pipefail
+
+PKGS=(
+  build-essential pkg-config meson ninja-build clang
+  libuv1-dev libwslay-dev libnanopb-dev nanopb protobuf-compiler
+  libhiredis-dev librabbitmq-dev libcjson-dev libmbedtls-dev libinih-dev
+  node-llhttp
+  python3 python3-pytest python3-websockets python3-protobuf python3-jwt
+  python3-cryptography python3-pika python3-redis
+  redis-server rabbitmq-server
+  openssl procps psmisc
+)
+# Optional extras asked for by a caller: DEPS_EXTRA="chromium chromium-driver".
+if [ -n "${DEPS_EXTRA:-}" ]; then
+  read -r -a extra <<<"$DEPS_EXTRA"
+  PKGS+=("${extra[@]}")
+fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "deps: all ${#PKGS[@]} packages present"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+# The services must not be started by the package scripts: the tests start
+# their own instances on free ports.
+policy_added=0
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+  $SUDO chmod +x /usr/sbin/policy-rc.d
+  policy_added=1
+fi
+cleanup() { if [ "$policy_added" = 1 ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi; }
+trap cleanup EXIT
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+echo "deps: done"

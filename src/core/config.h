@@ -1,0 +1,112 @@
+/*
+ * config.h: imgw's configuration (protocol.md section 9).
+ *
+ * One table of {section, key, type, offset, default, min, max} drives
+ * loading, env overrides (IMGW__SECTION__KEY), validation and --help; the
+ * resulting imgw_config_t is filled once on the main thread before any loop
+ * starts and is read-only afterwards (every thread may read it).
+ *
+ * Precedence: CLI > env > file > default. IMGW_LOG overrides --log-level.
+ */
+#ifndef IMGW_CONFIG_H
+#define IMGW_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define IMGW_CONFIG_MAX_PORTS 16
+#define IMGW_CONFIG_MAX_LIST 32
+
+typedef struct imgw_config_s {
+    /* command line / process */
+    char config_path[512];  /* -c; "" = conf/imgw.ini if present */
+    int config_explicit;    /* 1 when -c was given (missing file = error) */
+    int log_level;          /* IMGW_LOG_* from log.h after -l / IMGW_LOG */
+
+    /* [server] */
+    uint16_t ports[IMGW_CONFIG_MAX_PORTS];
+    int n_ports;
+    char bind[64];
+    int threads;            /* default: CPU count */
+    char broker_id[128];    /* default: hostname-<first port> */
+    int node_id;            /* 0..1023; default: hash of broker_id */
+    int route_ttl;          /* seconds */
+    int revoke_window;      /* seconds */
+    int max_connections;
+    int max_connections_per_ip; /* 0 = unlimited */
+    int handshake_rate;     /* new connections/s per loop; 0 = unlimited */
+    int heartbeat_timeout;  /* seconds */
+    int auth_timeout;       /* seconds */
+    int drain_seconds;      /* paced drain window on SIGTERM */
+    char origins[1024];     /* comma list of allowed Origin values; "" = any */
+
+    /* [auth] */
+    char jwt_secret[512];
+    char jwt_public_key[512]; /* PEM file path */
+    int leeway;
+    char issuer[256];
+    char audience[256];
+    char app_ids[1024];     /* comma list; "" = not checked */
+    char admin_token[256];  /* "" = /api disabled (404) */
+    int dev_tokens;         /* bool: /api/dev/token enabled */
+
+    /* [store] */
+    char backend[16];       /* "memory" | "redis" */
+    char redis_url[512];
+    int retention_count;
+    int retention_days;
+    int dedupe_ttl;         /* seconds */
+    int redis_timeout_ms;
+
+    /* [mq] */
+    char mq_url[512];       /* "" = single node */
+    char mq_exchange[128];
+    int mq_prefetch;
+
+    /* [limits] */
+    int max_message_bytes;
+    int max_frame_bytes;
+    int send_rate;          /* msgs/s per connection, burst 2x */
+    int max_queued_bytes;   /* per-connection write queue bound */
+    int max_body_bytes;     /* HTTP request body bound (api) */
+
+    /* [tls] */
+    char tls_cert[512];
+    char tls_key[512];
+    uint16_t tls_ports[IMGW_CONFIG_MAX_PORTS];
+    int n_tls_ports;
+
+    /* [nacos] */
+    char nacos_server[256]; /* host:port; "" = no registration */
+    char nacos_service[128];
+    char nacos_group[128];
+    char nacos_namespace[128];
+    char nacos_ip[64];      /* address to register; default: bind or 127.0.0.1 */
+    int nacos_beat_interval; /* seconds */
+} imgw_config_t;
+
+enum {
+    IMGW_CONFIG_OK = 0,      /* run the server */
+    IMGW_CONFIG_EXIT_OK = 1, /* --help or --version printed: exit 0 */
+    IMGW_CONFIG_ERROR = 2    /* err filled, names the bad key: exit 2 */
+};
+
+/** Fills every field with its built-in default. */
+void imgw_config_defaults(imgw_config_t *cfg);
+
+/*
+ * Loads the whole configuration: defaults, then the INI file, then
+ * IMGW__SECTION__KEY variables from envp (NULL = environ), then the command
+ * line, then IMGW_LOG. Validates every value. Returns IMGW_CONFIG_OK,
+ * IMGW_CONFIG_EXIT_OK (help/version text written to stdout) or
+ * IMGW_CONFIG_ERROR with a one-line message in err that names the key.
+ */
+int imgw_config_load(imgw_config_t *cfg, int argc, char **argv, char **envp,
+                     char *err, size_t errlen);
+
+/** Writes --help text (every option and every key with default) to fp. */
+void imgw_config_usage(void *fp);
+
+#define IMGW_VERSION "0.1.0"
+
+#endif

@@ -1,0 +1,365 @@
+/*
+ * deliver.c: pushes to this node's connections, wherever they live.
+ *
+ * Thread: any loop. A push first resolves users to connection refs in the
+ * user map, groups the refs by owning loop, writes to this loop's own
+ * connections at once and hands every other loop one mail carrying all of
+ * its targets. The owning loop encodes: a PushMessage blob is completed
+ * per receiver (its seq) around one shared body, the JSON prefix is built
+ * once per loop, and other pushes are encoded once per codec per loop.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "log.h"
+#include "session.h"
+
+/* Per-loop target lists while one push is being routed. */
+typedef struct route_s {
+    imgw_target_t *t;
+    size_t n, cap;
+} route_t;
+
+static _Thread_local route_t *routes;
+static _Thread_local int n_routes;
+
+static int
+routes_reset(int n_loops)
+{
+    if (routes == NULL) {
+        routes = calloc((size_t)n_loops, sizeof(*routes));
+        if (routes == NULL)
+            return IMGW_ENOMEM;
+        n_routes = n_loops;
+    }
+    for (int i = 0; i < n_routes; i++)
+        routes[i].n = 0;
+    return 0;
+}
+
+static int
+route_add(imgw_conn_ref_t ref, int64_t seq)
+{
+    route_t *r = &routes[ref.loop];
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? r->cap * 2 : 64;
+        imgw_target_t *t = realloc(r->t, cap * sizeof(*t));
+        if (t == NULL)
+            return IMGW_ENOMEM;
+        r->t = t;
+        r->cap = cap;
+    }
+    r->t[r->n].ref = ref;
+    r->t[r->n].seq = seq;
+    r->n++;
+    return 0;
+}
+
+/* Resolves users to refs (skipping exclude) into the per-loop routes. */
+static size_t
+resolve(imgw_core_loop_t *cl, const char *const *users, const int64_t *seqs,
+        size_t n, imgw_conn_ref_t exclude)
+{
+    imgw_usermap_conn_t conns[IMGW_USERMAP_MAX_CONNS];
+    size_t total = 0;
+    if (routes_reset(cl->node->n_loops) != 0)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t k = imgw_usermap_get(cl->node->users, users[i], conns,
+                                    IMGW_USERMAP_MAX_CONNS);
+        for (size_t j = 0; j < k; j++) {
+            if (imgw_conn_ref_eq(conns[j].ref, exclude))
+                continue;
+            if (route_add(conns[j].ref, seqs ? seqs[i] : 0) == 0)
+                total++;
+        }
+    }
+    return total;
+}
+
+/* ---- writing on the owning loop ------------------------------------------ */
+
+static imgw_session_t *
+live_session(imgw_core_loop_t *cl, imgw_conn_ref_t ref)
+{
+    imgw_conn_t *c = imgw_loop_conn(cl->loop, ref);
+    if (c == NULL || !imgw_conn_is_ws(c))
+        return NULL;
+    imgw_session_t *s = imgw_conn_data(c);
+    return (s != NULL && s->authed) ? s : NULL;
+}
+
+static void
+local_push(imgw_core_loop_t *cl, const uint8_t *blob, size_t len, int64_t ts,
+           const imgw_target_t *t, size_t n)
+{
+    ssize_t json_len = -1; /* the JSON prefix, built on first need */
+    for (size_t i = 0; i < n; i++) {
+        imgw_session_t *s = live_session(cl, t[i].ref);
+        if (s == NULL)
+            continue;
+        uv_buf_t b[3];
+        uint8_t hdr[16], trl[32];
+        if (s->codec == IMGW_CODEC_PB) {
+            size_t hl, tl;
+            imgw_codec_push_pb_parts(len, t[i].seq, ts, hdr, &hl, trl, &tl);
+            b[0] = uv_buf_init((char *)hdr, (unsigned)hl);
+            b[1] = uv_buf_init((char *)blob, (unsigned)len);
+            b[2] = uv_buf_init((char *)trl, (unsigned)tl);
+            imgw_conn_send_ws(s->conn, 0, b, 3);
+        } else {
+            if (json_len < 0) {
+                json_len = imgw_codec_push_json_prefix(blob, len, ts, cl->out,
+                                                       cl->out_cap);
+                if (json_len < 0) {
+                    IMGW_LOG_WARN_RL("cannot encode a JSON push: %s",
+                                     imgw_strerror((int)json_len));
+                    continue;
+                }
+            }
+            int tl = snprintf((char *)trl, sizeof(trl), "%lld}}",
+                              (long long)t[i].seq);
+            b[0] = uv_buf_init((char *)cl->out, (unsigned)json_len);
+            b[1] = uv_buf_init((char *)trl, (unsigned)tl);
+            imgw_conn_send_ws(s->conn, 1, b, 2);
+        }
+        cl->st.msgs_pushed++;
+    }
+}
+
+static void
+local_frame(imgw_core_loop_t *cl, int command, const imgw_push_body_t *body,
+            int64_t ts, const imgw_target_t *t, size_t n)
+{
+    ssize_t len[2] = {-1, -1};
+    uint8_t *pb = NULL;
+    for (size_t i = 0; i < n; i++) {
+        imgw_session_t *s = live_session(cl, t[i].ref);
+        if (s == NULL)
+            continue;
+        int k = s->codec;
+        if (len[k] < 0) {
+            /* PB goes to the upper half of out, JSON to the lower. */
+            size_t half = cl->out_cap / 2;
+            uint8_t *dst = k == IMGW_CODEC_PB ? cl->out + half : cl->out;
+            len[k] = imgw_codec_encode((imgw_codec_t)k, command, 0, ts, body,
+                                       dst, half);
+            if (len[k] < 0) {
+                IMGW_LOG_WARN_RL("cannot encode command %d", command);
+                continue;
+            }
+            if (k == IMGW_CODEC_PB)
+                pb = dst;
+        }
+        uv_buf_t b = uv_buf_init(k == IMGW_CODEC_PB ? (char *)pb
+                                                    : (char *)cl->out,
+                                 (unsigned)len[k]);
+        imgw_conn_send_ws(s->conn, k == IMGW_CODEC_JSON, &b, 1);
+    }
+}
+
+static void
+local_raw(imgw_core_loop_t *cl, uint8_t *const raw[2],
+          const size_t raw_len[2], const imgw_target_t *t, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        imgw_session_t *s = live_session(cl, t[i].ref);
+        if (s == NULL || raw[s->codec] == NULL)
+            continue;
+        uv_buf_t b = uv_buf_init((char *)raw[s->codec],
+                                 (unsigned)raw_len[s->codec]);
+        imgw_conn_send_ws(s->conn, s->codec == IMGW_CODEC_JSON, &b, 1);
+        cl->st.api_pushes++;
+    }
+}
+
+typedef struct bcast_s {
+    imgw_core_loop_t *cl;
+    uint8_t *const *raw;
+    const size_t *raw_len;
+} bcast_t;
+
+static void
+bcast_one(imgw_conn_t *c, void *arg)
+{
+    bcast_t *b = arg;
+    imgw_session_t *s = imgw_conn_data(c);
+    if (s == NULL || !s->authed || b->raw[s->codec] == NULL)
+        return;
+    uv_buf_t ub = uv_buf_init((char *)b->raw[s->codec],
+                              (unsigned)b->raw_len[s->codec]);
+    imgw_conn_send_ws(c, s->codec == IMGW_CODEC_JSON, &ub, 1);
+    b->cl->st.api_pushes++;
+}
+
+void
+imgw_deliver_mail(imgw_core_loop_t *cl, imgw_mail_t *m)
+{
+    switch (m->kind) {
+    case IMGW_MAIL_KICK:
+        imgw_session_kick(cl, m->targets[0].ref, m->body.kick.platform);
+        break;
+    case IMGW_MAIL_PUSH:
+        local_push(cl, m->blob, m->blob_len, m->timestamp, m->targets, m->n);
+        free(m->blob);
+        break;
+    case IMGW_MAIL_FRAME:
+        local_frame(cl, m->command, &m->body, m->timestamp, m->targets, m->n);
+        break;
+    case IMGW_MAIL_RAW:
+        if (m->broadcast) {
+            bcast_t b = {cl, m->raw, m->raw_len};
+            imgw_loop_foreach_ws(cl->loop, bcast_one, &b);
+        } else {
+            local_raw(cl, m->raw, m->raw_len, m->targets, m->n);
+        }
+        free(m->raw[0]);
+        free(m->raw[1]);
+        break;
+    default:
+        break;
+    }
+    free(m);
+}
+
+/* ---- routing ------------------------------------------------------------- */
+
+static imgw_mail_t *
+mail_new(int kind, const route_t *r)
+{
+    imgw_mail_t *m = malloc(sizeof(*m) + r->n * sizeof(imgw_target_t));
+    if (m == NULL)
+        return NULL;
+    memset(m, 0, sizeof(*m));
+    m->kind = kind;
+    m->n = r->n;
+    memcpy(m->targets, r->t, r->n * sizeof(imgw_target_t));
+    return m;
+}
+
+void
+imgw_deliver_push(imgw_core_loop_t *cl, const uint8_t *blob, size_t len,
+                  int64_t timestamp, const char *const *users,
+                  const int64_t *seqs, size_t n, imgw_conn_ref_t exclude)
+{
+    if (resolve(cl, users, seqs, n, exclude) == 0)
+        return;
+    for (int i = 0; i < n_routes; i++) {
+        route_t *r = &routes[i];
+        if (r->n == 0)
+            continue;
+        if (i == cl->index) {
+            local_push(cl, blob, len, timestamp, r->t, r->n);
+            continue;
+        }
+        imgw_mail_t *m = mail_new(IMGW_MAIL_PUSH, r);
+        if (m == NULL)
+            continue;
+        m->blob = malloc(len ? len : 1);
+        if (m->blob == NULL) {
+            free(m);
+            continue;
+        }
+        memcpy(m->blob, blob, len);
+        m->blob_len = len;
+        m->timestamp = timestamp;
+        imgw_loop_post(imgw_net_loop(cl->node->net, i), &m->node);
+    }
+}
+
+void
+imgw_deliver_frame(imgw_core_loop_t *cl, int command,
+                   const imgw_push_body_t *body, const char *const *users,
+                   size_t n, imgw_conn_ref_t exclude)
+{
+    int64_t ts = imgw_now_ms();
+    if (resolve(cl, users, NULL, n, exclude) == 0)
+        return;
+    for (int i = 0; i < n_routes; i++) {
+        route_t *r = &routes[i];
+        if (r->n == 0)
+            continue;
+        if (i == cl->index) {
+            local_frame(cl, command, body, ts, r->t, r->n);
+            continue;
+        }
+        imgw_mail_t *m = mail_new(IMGW_MAIL_FRAME, r);
+        if (m == NULL)
+            continue;
+        m->command = command;
+        m->body = *body;
+        m->timestamp = ts;
+        imgw_loop_post(imgw_net_loop(cl->node->net, i), &m->node);
+    }
+}
+
+static int
+raw_copy(imgw_mail_t *m, const uint8_t *pb, size_t pb_len, const uint8_t *json,
+         size_t json_len)
+{
+    if (pb) {
+        m->raw[0] = malloc(pb_len ? pb_len : 1);
+        if (m->raw[0] == NULL)
+            return -1;
+        memcpy(m->raw[0], pb, pb_len);
+        m->raw_len[0] = pb_len;
+    }
+    if (json) {
+        m->raw[1] = malloc(json_len ? json_len : 1);
+        if (m->raw[1] == NULL)
+            return -1;
+        memcpy(m->raw[1], json, json_len);
+        m->raw_len[1] = json_len;
+    }
+    return 0;
+}
+
+size_t
+imgw_deliver_raw(imgw_core_loop_t *cl, const uint8_t *pb, size_t pb_len,
+                 const uint8_t *json, size_t json_len,
+                 const char *const *users, size_t n)
+{
+    size_t total;
+    if (users == NULL) {
+        /* Broadcast: every loop walks its own connections. */
+        route_t none = {NULL, 0, 0};
+        for (int i = 0; i < cl->node->n_loops; i++) {
+            imgw_mail_t *m = mail_new(IMGW_MAIL_RAW, &none);
+            if (m == NULL)
+                continue;
+            m->broadcast = 1;
+            if (raw_copy(m, pb, pb_len, json, json_len) != 0) {
+                free(m->raw[0]);
+                free(m->raw[1]);
+                free(m);
+                continue;
+            }
+            imgw_loop_post(imgw_net_loop(cl->node->net, i), &m->node);
+        }
+        return (size_t)imgw_net_conn_count(cl->node->net);
+    }
+    imgw_conn_ref_t none_ref = {0xffff, 0, 0};
+    total = resolve(cl, users, NULL, n, none_ref);
+    for (int i = 0; i < n_routes; i++) {
+        route_t *r = &routes[i];
+        if (r->n == 0)
+            continue;
+        imgw_mail_t *m = mail_new(IMGW_MAIL_RAW, r);
+        if (m == NULL)
+            continue;
+        if (raw_copy(m, pb, pb_len, json, json_len) != 0) {
+            free(m->raw[0]);
+            free(m->raw[1]);
+            free(m);
+            continue;
+        }
+        if (i == cl->index) {
+            imgw_deliver_mail(cl, m);
+            continue;
+        }
+        imgw_loop_post(imgw_net_loop(cl->node->net, i), &m->node);
+    }
+    return total;
+}

@@ -1,0 +1,201 @@
+/*
+ * main.c: imgw's entry point. Loads the configuration, raises the file
+ * descriptor limit, builds the node (user map, id generator, store), starts
+ * one reactor loop per thread and waits on the main thread for SIGTERM or
+ * SIGINT, which start the paced drain; exits 0 once the loops are done.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include <uv.h>
+
+#include "err.h"
+#include "log.h"
+#include "node.h"
+#include "session.h"
+
+static imgw_node_t node;
+static imgw_config_t cfg;
+
+static void
+on_signal(uv_signal_t *h, int signum)
+{
+    IMGW_LOG_INFO("signal %d: draining over %d s", signum, cfg.drain_seconds);
+    atomic_store(&node.draining, 1);
+    imgw_net_drain(node.net, cfg.drain_seconds * 1000);
+    uv_stop(h->loop);
+}
+
+/* Raises RLIMIT_NOFILE's soft limit to the hard one; returns the limit. */
+static long
+raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return -1;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlim_t want = rl.rlim_max;
+        rl.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            IMGW_LOG_WARN("cannot raise the open file limit to %llu",
+                          (unsigned long long)want);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    return (long)rl.rlim_cur;
+}
+
+static int
+core_loops_new(void)
+{
+    node.loops = calloc((size_t)node.n_loops, sizeof(*node.loops));
+    if (node.loops == NULL)
+        return IMGW_ENOMEM;
+    for (int i = 0; i < node.n_loops; i++) {
+        imgw_core_loop_t *cl = calloc(1, sizeof(*cl));
+        if (cl == NULL)
+            return IMGW_ENOMEM;
+        node.loops[i] = cl;
+        cl->node = &node;
+        cl->index = i;
+        cl->scratch_cap = (size_t)cfg.max_frame_bytes + 4096;
+        cl->scratch = malloc(cl->scratch_cap);
+        /* One frame in either codec: JSON escaping can grow content up to
+         * six times (\u00XX), and pushes share the buffer in halves. */
+        cl->out_cap = (size_t)cfg.max_frame_bytes * 8 + 65536;
+        cl->out = malloc(cl->out_cap);
+        if (cl->scratch == NULL || cl->out == NULL)
+            return IMGW_ENOMEM;
+    }
+    return 0;
+}
+
+static void
+core_loops_free(void)
+{
+    if (node.loops == NULL)
+        return;
+    for (int i = 0; i < node.n_loops; i++) {
+        imgw_core_loop_t *cl = node.loops[i];
+        if (cl == NULL)
+            continue;
+        if (cl->jwt)
+            imgw_jwt_free(cl->jwt);
+        free(cl->scratch);
+        free(cl->out);
+        free(cl);
+    }
+    free(node.loops);
+}
+
+int
+main(int argc, char **argv)
+{
+    char err[512];
+    int r = imgw_config_load(&cfg, argc, argv, NULL, err, sizeof(err));
+    if (r == IMGW_CONFIG_EXIT_OK)
+        return 0;
+    if (r != IMGW_CONFIG_OK) {
+        fprintf(stderr, "imgw: %s\n", err);
+        return 2;
+    }
+    imgw_log_set_level(cfg.log_level);
+    signal(SIGPIPE, SIG_IGN);
+
+    /* A bad key file is a configuration error: check it before anything
+     * starts (each loop parses its own copy later). */
+    imgw_jwt_opts_t jo = {cfg.jwt_secret, cfg.jwt_public_key, cfg.leeway,
+                          cfg.issuer,     cfg.audience,       cfg.app_ids};
+    imgw_jwt_t *probe = NULL;
+    if (imgw_jwt_new(&probe, &jo, err, sizeof(err)) != 0) {
+        fprintf(stderr, "imgw: %s\n", err);
+        return 2;
+    }
+    imgw_jwt_free(probe);
+    if (cfg.jwt_secret[0] == '\0' && cfg.jwt_public_key[0] == '\0')
+        IMGW_LOG_WARN("neither auth.jwt_secret nor auth.jwt_public_key is set: "
+                      "every token will be refused");
+
+    long nofile = raise_nofile();
+    long capacity = nofile - 64 - 4L * cfg.threads * (cfg.n_ports + 2);
+    if (capacity > cfg.max_connections)
+        capacity = cfg.max_connections;
+    IMGW_LOG_INFO("imgw %s: broker_id %s, node_id %d, %d loops, ports %d..., "
+                  "open file limit %ld: capacity about %ld connections",
+                  IMGW_VERSION, cfg.broker_id, cfg.node_id, cfg.threads,
+                  cfg.ports[0], nofile, capacity);
+
+    node.cfg = &cfg;
+    node.n_loops = cfg.threads;
+    node.start_ms = (uint64_t)imgw_now_ms();
+    imgw_id_init(&node.ids, cfg.node_id);
+    if (imgw_usermap_new(&node.users, 64) != 0 || core_loops_new() != 0) {
+        fprintf(stderr, "imgw: out of memory\n");
+        return 1;
+    }
+    imgw_store_cfg_t sc = {cfg.backend,       cfg.redis_url,
+                           cfg.retention_count, cfg.retention_days,
+                           cfg.dedupe_ttl,    cfg.redis_timeout_ms,
+                           cfg.threads};
+    if ((r = imgw_store_open(&node.store, &sc, err, sizeof(err))) != 0) {
+        fprintf(stderr, "imgw: store: %s\n", err);
+        return 2;
+    }
+
+    imgw_net_opts_t no = {
+        .bind = cfg.bind,
+        .ports = cfg.ports,
+        .n_ports = cfg.n_ports,
+        .n_loops = cfg.threads,
+        .auth_timeout = cfg.auth_timeout,
+        .max_frame_bytes = (size_t)cfg.max_frame_bytes,
+        .max_queued_bytes = (size_t)cfg.max_queued_bytes,
+        .max_body_bytes = (size_t)cfg.max_body_bytes,
+        .max_connections = cfg.max_connections,
+        .handlers = &imgw_core_handlers,
+        .data = &node,
+    };
+    if ((r = imgw_net_new(&node.net, &no, err, sizeof(err))) != 0) {
+        fprintf(stderr, "imgw: %s\n", err);
+        return 1;
+    }
+
+    uv_loop_t *main_loop = uv_default_loop();
+    uv_signal_t sigterm, sigint;
+    uv_signal_init(main_loop, &sigterm);
+    uv_signal_init(main_loop, &sigint);
+    uv_signal_start(&sigterm, on_signal, SIGTERM);
+    uv_signal_start(&sigint, on_signal, SIGINT);
+
+    if ((r = imgw_net_start(node.net)) != 0) {
+        fprintf(stderr, "imgw: cannot start the loops: %s\n",
+                imgw_strerror(r));
+        imgw_net_drain(node.net, 0);
+        imgw_net_join(node.net, 5000);
+        return 1;
+    }
+    IMGW_LOG_INFO("listening on %s port %d (%d loops)", cfg.bind,
+                  cfg.ports[0], cfg.threads);
+
+    uv_run(main_loop, UV_RUN_DEFAULT);
+
+    /* The drain closes connections over drain_seconds; give the close
+     * handshakes a little longer, then leave regardless. */
+    r = imgw_net_join(node.net, cfg.drain_seconds * 1000 + 5000);
+    if (r != 0) {
+        IMGW_LOG_WARN("loops did not finish in time; exiting anyway");
+        return 0;
+    }
+    uv_close((uv_handle_t *)&sigterm, NULL);
+    uv_close((uv_handle_t *)&sigint, NULL);
+    uv_run(main_loop, UV_RUN_NOWAIT);
+    uv_loop_close(main_loop);
+    imgw_net_free(node.net);
+    imgw_store_close(node.store);
+    core_loops_free();
+    imgw_usermap_free(node.users);
+    IMGW_LOG_INFO("stopped");
+    return 0;
+}

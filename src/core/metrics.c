@@ -1,0 +1,265 @@
+/*
+ * metrics.c: renders /metrics (see metrics.h). Called on whichever loop
+ * serves the scrape; it reads the other loops' counters without locks:
+ * they are only ever incremented by their own loop, so a scrape sees
+ * values at most a moment old.
+ */
+#include <dirent.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "metrics.h"
+
+typedef struct mbuf_s {
+    char *p;
+    size_t len, cap;
+    int oom;
+} mbuf_t;
+
+static void
+put(mbuf_t *b, const char *fmt, ...)
+{
+    va_list ap;
+    for (;;) {
+        if (b->oom)
+            return;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->oom = 1;
+            return;
+        }
+        if ((size_t)n < b->cap - b->len) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t cap = b->cap * 2 + (size_t)n;
+        char *np = realloc(b->p, cap);
+        if (np == NULL) {
+            b->oom = 1;
+            return;
+        }
+        b->p = np;
+        b->cap = cap;
+    }
+}
+
+static void
+head(mbuf_t *b, const char *name, const char *type, const char *help)
+{
+    put(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static long
+rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages = 0, rss = 0;
+    if (f == NULL)
+        return 0;
+    if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
+        rss = 0;
+    fclose(f);
+    return rss * sysconf(_SC_PAGESIZE);
+}
+
+static long
+open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    long n = 0;
+    if (d == NULL)
+        return 0;
+    while (readdir(d) != NULL)
+        n++;
+    closedir(d);
+    return n > 2 ? n - 3 : 0; /* ".", ".." and the DIR's own fd */
+}
+
+static const char *const err_names[IMGW_N_ERRCODES] = {
+    "ERR_SUCCESS",           "ERR_UNKNOWN",         "ERR_INVALID_PARAM",
+    "ERR_SERVER_BUSY",       "ERR_AUTH_FAILED",     "ERR_TOKEN_EXPIRED",
+    "ERR_PERMISSION_DENIED", "ERR_USER_NOT_EXIST",  "ERR_MESSAGE_TOO_LARGE",
+    "ERR_SEND_TOO_FAST",     "ERR_CONVERSATION_NOT_EXIST", "other"};
+
+static const char *const auth_reasons[8] = {
+    "ok",      "malformed",     "bad_alg",   "bad_signature",
+    "expired", "not_yet_valid", "bad_claim", "other"};
+
+#define SUM(field)                                                           \
+    ({                                                                       \
+        uint64_t s_ = 0;                                                     \
+        for (int i_ = 0; i_ < node->n_loops; i_++)                           \
+            s_ += node->loops[i_]->st.field;                                 \
+        s_;                                                                  \
+    })
+
+char *
+imgw_metrics_render(imgw_node_t *node, size_t *len)
+{
+    mbuf_t b = {malloc(8192), 0, 8192, 0};
+    if (b.p == NULL)
+        return NULL;
+    int n = node->n_loops;
+    imgw_loop_stats_t *ls = calloc((size_t)n, sizeof(*ls));
+    if (ls == NULL) {
+        free(b.p);
+        return NULL;
+    }
+    for (int i = 0; i < n; i++)
+        imgw_loop_stats(imgw_net_loop(node->net, i), &ls[i]);
+
+#define PER_LOOP(name, type, help, expr)                                     \
+    do {                                                                     \
+        head(&b, name, type, help);                                          \
+        for (int i = 0; i < n; i++)                                          \
+            put(&b, name "{loop=\"%d\"} %llu\n", i,                          \
+                (unsigned long long)(expr));                                 \
+    } while (0)
+#define TOTAL(name, type, help, expr)                                        \
+    do {                                                                     \
+        uint64_t t_ = 0;                                                     \
+        for (int i = 0; i < n; i++)                                          \
+            t_ += (expr);                                                    \
+        head(&b, name, type, help);                                          \
+        put(&b, name " %llu\n", (unsigned long long)t_);                     \
+    } while (0)
+
+    PER_LOOP("imgw_connections_open", "gauge",
+             "Open WebSocket connections per loop.", ls[i].ws_open);
+    PER_LOOP("imgw_tcp_connections_open", "gauge",
+             "Open TCP connections (HTTP and WebSocket) per loop.",
+             ls[i].conns_open);
+    TOTAL("imgw_connections_accepted_total", "counter",
+          "TCP connections accepted.", ls[i].accepted);
+    head(&b, "imgw_handshakes_total", "counter",
+         "WebSocket upgrade requests by result.");
+    {
+        uint64_t ok = 0, bad = 0;
+        for (int i = 0; i < n; i++) {
+            ok += ls[i].handshakes_ok;
+            bad += ls[i].handshakes_failed;
+        }
+        put(&b, "imgw_handshakes_total{result=\"ok\"} %llu\n",
+            (unsigned long long)ok);
+        put(&b, "imgw_handshakes_total{result=\"failed\"} %llu\n",
+            (unsigned long long)bad);
+    }
+    head(&b, "imgw_auth_total", "counter",
+         "Authentications by result (handshake tokens and CMD_AUTH_REQ).");
+    put(&b, "imgw_auth_total{result=\"ok\"} %llu\n",
+        (unsigned long long)SUM(auth_ok));
+    head(&b, "imgw_auth_failures_total", "counter",
+         "Failed authentications by reason.");
+    for (int r = 1; r < 8; r++)
+        put(&b, "imgw_auth_failures_total{reason=\"%s\"} %llu\n",
+            auth_reasons[r], (unsigned long long)SUM(auth_fail[r]));
+    TOTAL("imgw_handshake_unauthorized_total", "counter",
+          "Upgrades refused with HTTP 401.",
+          node->loops[i]->st.handshake_401);
+    TOTAL("imgw_http_requests_total", "counter", "Plain HTTP requests.",
+          ls[i].http_requests);
+    head(&b, "imgw_frames_total", "counter",
+         "WebSocket messages by direction.");
+    {
+        uint64_t in = 0, out = 0;
+        for (int i = 0; i < n; i++) {
+            in += ls[i].frames_in;
+            out += ls[i].frames_out;
+        }
+        put(&b, "imgw_frames_total{dir=\"in\"} %llu\n",
+            (unsigned long long)in);
+        put(&b, "imgw_frames_total{dir=\"out\"} %llu\n",
+            (unsigned long long)out);
+    }
+    head(&b, "imgw_bytes_total", "counter", "Socket bytes by direction.");
+    {
+        uint64_t in = 0, out = 0;
+        for (int i = 0; i < n; i++) {
+            in += ls[i].bytes_in;
+            out += ls[i].bytes_out;
+        }
+        put(&b, "imgw_bytes_total{dir=\"in\"} %llu\n",
+            (unsigned long long)in);
+        put(&b, "imgw_bytes_total{dir=\"out\"} %llu\n",
+            (unsigned long long)out);
+    }
+    head(&b, "imgw_messages_total", "counter",
+         "Messages: sent (stored), pushed (push frames written), synced "
+         "(entries returned by sync), duplicate (dedupe hits).");
+    put(&b, "imgw_messages_total{kind=\"sent\"} %llu\n",
+        (unsigned long long)SUM(msgs_sent));
+    put(&b, "imgw_messages_total{kind=\"pushed\"} %llu\n",
+        (unsigned long long)SUM(msgs_pushed));
+    put(&b, "imgw_messages_total{kind=\"synced\"} %llu\n",
+        (unsigned long long)SUM(msgs_synced));
+    put(&b, "imgw_messages_total{kind=\"duplicate\"} %llu\n",
+        (unsigned long long)SUM(msgs_dup));
+    head(&b, "imgw_error_responses_total", "counter",
+         "Error responses sent to clients by error code.");
+    for (int e = 1; e < IMGW_N_ERRCODES; e++)
+        put(&b, "imgw_error_responses_total{code=\"%s\"} %llu\n",
+            err_names[e], (unsigned long long)SUM(errors[e]));
+    TOTAL("imgw_slow_consumers_total", "counter",
+          "Connections closed because their write queue hit its bound.",
+          ls[i].slow_consumers);
+    TOTAL("imgw_refused_total", "counter",
+          "Connections refused because max_connections was reached.",
+          ls[i].refused_full);
+    TOTAL("imgw_kicks_total", "counter",
+          "Connections kicked by a newer login.", node->loops[i]->st.kicks);
+    TOTAL("imgw_heartbeats_total", "counter", "Heartbeats answered.",
+          node->loops[i]->st.heartbeats);
+    TOTAL("imgw_rate_limited_total", "counter",
+          "Frames refused by the per-connection rate limits.",
+          node->loops[i]->st.rate_limited);
+    TOTAL("imgw_api_pushes_total", "counter",
+          "Frames written for /api/push and broker downlinks.",
+          node->loops[i]->st.api_pushes);
+    TOTAL("imgw_store_ops_total", "counter", "Store operations completed.",
+          node->loops[i]->st.store_ops);
+    TOTAL("imgw_store_errors_total", "counter",
+          "Store operations that failed.", node->loops[i]->st.store_errors);
+    PER_LOOP("imgw_mailbox_depth", "gauge",
+             "Mail items posted to the loop and not yet drained.",
+             ls[i].mailbox_depth);
+    PER_LOOP("imgw_mailbox_drained_total", "counter",
+             "Mail items drained by the loop.", ls[i].mailbox_drained);
+    PER_LOOP("imgw_mailbox_wakeups_total", "counter",
+             "Mailbox wake-ups (drain batches).", ls[i].mailbox_wakeups);
+    PER_LOOP("imgw_mailbox_last_batch", "gauge",
+             "Items in the loop's last mailbox drain.",
+             ls[i].mailbox_last_batch);
+    head(&b, "imgw_users_online", "gauge",
+         "Users with at least one authenticated connection on this node.");
+    put(&b, "imgw_users_online %zu\n", imgw_usermap_users(node->users));
+    head(&b, "imgw_draining", "gauge", "1 while the node drains.");
+    put(&b, "imgw_draining %d\n", imgw_net_draining(node->net));
+    head(&b, "imgw_store_up", "gauge",
+         "1 while the store backend is reachable from loop 0.");
+    put(&b, "imgw_store_up %d\n",
+        node->loops[0]->store ? imgw_store_loop_ready(node->loops[0]->store)
+                              : 0);
+    head(&b, "imgw_mq_rejected_total", "counter",
+         "Broker downlink messages rejected as malformed.");
+    put(&b, "imgw_mq_rejected_total 0\n");
+    head(&b, "imgw_process_resident_memory_bytes", "gauge",
+         "Resident set size of the process.");
+    put(&b, "imgw_process_resident_memory_bytes %ld\n", rss_bytes());
+    head(&b, "imgw_process_open_fds", "gauge",
+         "Open file descriptors of the process.");
+    put(&b, "imgw_process_open_fds %ld\n", open_fds());
+#undef PER_LOOP
+#undef TOTAL
+    free(ls);
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    *len = b.len;
+    return b.p;
+}

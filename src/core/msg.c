@@ -1,0 +1,797 @@
+/*
+ * msg.c: the messaging commands of protocol.md section 5: send (1:1 and
+ * group, dedupe, durable-then-respond), ack, sync, read receipts, typing
+ * and revoke.
+ *
+ * Thread: the loop owning the sender's connection. Each command that needs
+ * the store keeps what its continuation needs in one heap block; the
+ * continuation finds the connection again by ref (it may be gone: a stored
+ * message is still pushed to its receivers).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "log.h"
+#include "session.h"
+
+#define SYNC_MAX_BYTES (1u << 20) /* a sync page's payload bound */
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static imgw_session_t *
+session_of(imgw_core_loop_t *cl, imgw_conn_ref_t ref)
+{
+    imgw_conn_t *c = imgw_loop_conn(cl->loop, ref);
+    if (c == NULL || !imgw_conn_is_ws(c))
+        return NULL;
+    imgw_session_t *s = imgw_conn_data(c);
+    return (s && s->authed) ? s : NULL;
+}
+
+static void
+send_rsp(imgw_session_t *s, uint32_t seq, int code, const char *msg,
+         uint64_t message_id, int64_t mseq, int64_t server_time)
+{
+    im_SendMessageResponse r = im_SendMessageResponse_init_zero;
+    r.error_code = (im_ErrorCode)code;
+    if (msg)
+        snprintf(r.error_msg, sizeof(r.error_msg), "%s", msg);
+    if (message_id)
+        imgw_id_format(message_id, r.message_id);
+    r.seq = mseq;
+    r.server_time = server_time;
+    if (code != 0)
+        imgw_core_count_error(s->cl, code);
+    imgw_session_reply(s, im_CommandType_CMD_SEND_MSG_RSP, seq, &r);
+}
+
+/* Builds "s_<a>_<b>" (a <= b byte-wise) into out. */
+static int
+single_conv(const char *a, const char *b, char *out, size_t outlen)
+{
+    if (strcmp(a, b) > 0) {
+        const char *t = a;
+        a = b;
+        b = t;
+    }
+    int n = snprintf(out, outlen, "s_%s_%s", a, b);
+    return (n < 0 || (size_t)n >= outlen) ? -1 : 0;
+}
+
+/*
+ * The other participant of a single conversation that me belongs to, or
+ * NULL. User ids may contain '_', so me is matched at either end.
+ */
+static int
+conv_peer(const char *conv, const char *me, char *peer, size_t peerlen)
+{
+    size_t ml = strlen(me), cl = strlen(conv);
+    if (cl < 2 || strncmp(conv, "s_", 2) != 0)
+        return -1;
+    const char *body = conv + 2;
+    size_t bl = cl - 2;
+    /* s_<me>_<peer> with me <= peer */
+    if (bl > ml + 1 && strncmp(body, me, ml) == 0 && body[ml] == '_') {
+        const char *p = body + ml + 1;
+        if (strlen(p) < peerlen && strcmp(me, p) <= 0) {
+            snprintf(peer, peerlen, "%s", p);
+            return 0;
+        }
+    }
+    /* s_<peer>_<me> with peer <= me */
+    if (bl > ml + 1 && strcmp(body + bl - ml, me) == 0 &&
+        body[bl - ml - 1] == '_') {
+        size_t pl = bl - ml - 1;
+        if (pl < peerlen) {
+            memcpy(peer, body, pl);
+            peer[pl] = '\0';
+            if (strcmp(peer, me) <= 0)
+                return 0;
+        }
+    }
+    return -1;
+}
+
+/* ---- send --------------------------------------------------------------- */
+
+typedef struct send_ctx_s {
+    imgw_conn_ref_t ref;
+    uint32_t sequence;
+    uint64_t message_id;
+    int64_t server_time;
+    char conv[264];
+    size_t n_users;
+    char **users;
+    int64_t *seqs;
+    uint8_t *blob;
+    size_t blob_len;
+    imgw_store_append_t req;
+    /* what the blob is made from, kept until the group members are known */
+    im_PushMessage pm;
+    uint8_t *content;
+    size_t content_len;
+} send_ctx_t;
+
+static void
+send_ctx_free(send_ctx_t *x)
+{
+    if (x == NULL)
+        return;
+    for (size_t i = 0; i < x->n_users; i++)
+        free(x->users[i]);
+    free(x->users);
+    free(x->seqs);
+    free(x->blob);
+    free(x->content);
+    free(x);
+}
+
+static void
+append_cb(imgw_store_append_t *req, int status, void *data)
+{
+    send_ctx_t *x = data;
+    imgw_core_loop_t *cl = imgw_core_loop_current();
+    imgw_session_t *s = session_of(cl, x->ref);
+    (void)req;
+    cl->st.store_ops++;
+    if (status != 0) {
+        cl->st.store_errors++;
+        if (s)
+            send_rsp(s, x->sequence, im_ErrorCode_ERR_SERVER_BUSY,
+                     "store unavailable", 0, 0, 0);
+        send_ctx_free(x);
+        return;
+    }
+    if (x->req.duplicate) {
+        cl->st.msgs_dup++;
+        if (s)
+            send_rsp(s, x->sequence, 0, NULL, x->req.dup_message_id,
+                     x->req.dup_seq,
+                     imgw_id_time_ms(x->req.dup_message_id));
+        send_ctx_free(x);
+        return;
+    }
+    cl->st.msgs_sent++;
+    if (s)
+        send_rsp(s, x->sequence, 0, NULL, x->message_id, x->seqs[0],
+                 x->server_time);
+    imgw_deliver_push(cl, x->blob, x->blob_len, x->server_time,
+                      (const char *const *)x->users, x->seqs, x->n_users,
+                      x->ref);
+    send_ctx_free(x);
+}
+
+/* Encodes the blob and appends it to every participant's timeline. */
+static void
+send_store(imgw_core_loop_t *cl, send_ctx_t *x)
+{
+    imgw_slice_t content = {x->content, x->content_len};
+    imgw_codec_set_bytes(&x->pm.content, &content);
+    size_t cap = x->content_len + 16384;
+    x->blob = malloc(cap);
+    x->seqs = calloc(x->n_users, sizeof(int64_t));
+    if (x->blob == NULL || x->seqs == NULL) {
+        append_cb(&x->req, IMGW_ENOMEM, x);
+        return;
+    }
+    ssize_t n = imgw_codec_encode_pb_body(im_CommandType_CMD_PUSH_MSG, &x->pm,
+                                          x->blob, cap);
+    if (n < 0) {
+        append_cb(&x->req, (int)n, x);
+        return;
+    }
+    x->blob_len = (size_t)n;
+    memset(&x->req, 0, sizeof(x->req));
+    x->req.sender = x->users[0];
+    x->req.client_msg_id = x->pm.client_msg_id;
+    x->req.message_id = x->message_id;
+    x->req.server_time_ms = x->server_time;
+    x->req.conversation_id = x->conv;
+    x->req.users = (const char *const *)x->users;
+    x->req.n_users = x->n_users;
+    x->req.entry = x->blob;
+    x->req.entry_len = x->blob_len;
+    x->req.seqs = x->seqs;
+    int r = imgw_store_append(cl->store, &x->req, append_cb, x);
+    if (r != 0)
+        append_cb(&x->req, r, x);
+}
+
+static int
+users_init(send_ctx_t *x, size_t n)
+{
+    x->users = calloc(n, sizeof(char *));
+    return x->users ? 0 : IMGW_ENOMEM;
+}
+
+static int
+users_add(send_ctx_t *x, const char *u)
+{
+    for (size_t i = 0; i < x->n_users; i++)
+        if (strcmp(x->users[i], u) == 0)
+            return 0;
+    x->users[x->n_users] = strdup(u);
+    if (x->users[x->n_users] == NULL)
+        return IMGW_ENOMEM;
+    x->n_users++;
+    return 0;
+}
+
+static void
+group_members_cb(int status, const char *const *members, size_t n,
+                 void *data)
+{
+    send_ctx_t *x = data;
+    imgw_core_loop_t *cl = imgw_core_loop_current();
+    imgw_session_t *s = session_of(cl, x->ref);
+    const char *sender = x->pm.sender_id;
+    int code = 0;
+    const char *why = NULL;
+    if (status == IMGW_ENOTFOUND) {
+        code = im_ErrorCode_ERR_CONVERSATION_NOT_EXIST;
+        why = "no such group";
+    } else if (status != 0) {
+        code = im_ErrorCode_ERR_SERVER_BUSY;
+        why = "store unavailable";
+    } else {
+        int member = 0;
+        for (size_t i = 0; i < n && !member; i++)
+            member = strcmp(members[i], sender) == 0;
+        if (!member) {
+            code = im_ErrorCode_ERR_PERMISSION_DENIED;
+            why = "not a member of the group";
+        }
+    }
+    if (code == 0 && users_init(x, n + 1) == 0 &&
+        users_add(x, sender) == 0) {
+        for (size_t i = 0; i < n && code == 0; i++)
+            if (users_add(x, members[i]) != 0)
+                code = im_ErrorCode_ERR_SERVER_BUSY;
+    } else if (code == 0) {
+        code = im_ErrorCode_ERR_SERVER_BUSY;
+    }
+    if (code != 0) {
+        if (s)
+            send_rsp(s, x->sequence, code, why, 0, 0, 0);
+        send_ctx_free(x);
+        return;
+    }
+    send_store(cl, x);
+}
+
+void
+imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in)
+{
+    imgw_core_loop_t *cl = s->cl;
+    const imgw_config_t *cfg = cl->node->cfg;
+    im_SendMessageRequest *q = &in->u.send;
+    char conv[264];
+
+    if (q->sender_id[0] == '\0')
+        snprintf(q->sender_id, sizeof(q->sender_id), "%s", s->user);
+    if (strcmp(q->sender_id, s->user) != 0) {
+        send_rsp(s, in->sequence, im_ErrorCode_ERR_PERMISSION_DENIED,
+                 "sender_id is not the authenticated user", 0, 0, 0);
+        return;
+    }
+    int has_r = q->receiver_id[0] != '\0', has_g = q->group_id[0] != '\0';
+    if (has_r == has_g) {
+        send_rsp(s, in->sequence, im_ErrorCode_ERR_INVALID_PARAM,
+                 "exactly one of receiver_id and group_id is required", 0, 0,
+                 0);
+        return;
+    }
+    if (in->content.len > (size_t)cfg->max_message_bytes) {
+        send_rsp(s, in->sequence, im_ErrorCode_ERR_MESSAGE_TOO_LARGE,
+                 "content exceeds max_message_bytes", 0, 0, 0);
+        return;
+    }
+    if (q->message_type < 0 || q->message_type > 5) {
+        send_rsp(s, in->sequence, im_ErrorCode_ERR_INVALID_PARAM,
+                 "message_type must be 1..5", 0, 0, 0);
+        return;
+    }
+    int cr = has_r ? single_conv(s->user, q->receiver_id, conv, sizeof(conv))
+                   : snprintf(conv, sizeof(conv), "g_%s", q->group_id) >=
+                             (int)sizeof(conv)
+                         ? -1
+                         : 0;
+    if (cr != 0 || (q->conversation_id[0] != '\0' &&
+                    strcmp(q->conversation_id, conv) != 0)) {
+        send_rsp(s, in->sequence, im_ErrorCode_ERR_INVALID_PARAM,
+                 "conversation_id does not match", 0, 0, 0);
+        return;
+    }
+
+    send_ctx_t *x = calloc(1, sizeof(*x));
+    if (x == NULL) {
+        send_rsp(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY,
+                 "out of memory", 0, 0, 0);
+        return;
+    }
+    x->ref = imgw_conn_ref(s->conn);
+    x->sequence = in->sequence;
+    x->server_time = imgw_now_ms();
+    x->message_id = imgw_id_next(&cl->node->ids, x->server_time);
+    snprintf(x->conv, sizeof(x->conv), "%s", conv);
+    x->content_len = in->content.len;
+    x->content = malloc(in->content.len ? in->content.len : 1);
+    if (x->content == NULL) {
+        send_ctx_free(x);
+        send_rsp(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY,
+                 "out of memory", 0, 0, 0);
+        return;
+    }
+    memcpy(x->content, in->content.ptr, in->content.len);
+
+    im_PushMessage *pm = &x->pm;
+    *pm = (im_PushMessage)im_PushMessage_init_zero;
+    imgw_id_format(x->message_id, pm->message_id);
+    snprintf(pm->client_msg_id, sizeof(pm->client_msg_id), "%s",
+             q->client_msg_id);
+    snprintf(pm->conversation_id, sizeof(pm->conversation_id), "%s", conv);
+    snprintf(pm->sender_id, sizeof(pm->sender_id), "%s", s->user);
+    snprintf(pm->receiver_id, sizeof(pm->receiver_id), "%s", q->receiver_id);
+    snprintf(pm->group_id, sizeof(pm->group_id), "%s", q->group_id);
+    pm->message_type = q->message_type;
+    pm->send_time = q->send_time;
+    pm->server_time = x->server_time;
+    pm->extra_count = q->extra_count;
+    for (pb_size_t i = 0; i < q->extra_count; i++) {
+        snprintf(pm->extra[i].key, sizeof(pm->extra[i].key), "%s",
+                 q->extra[i].key);
+        snprintf(pm->extra[i].value, sizeof(pm->extra[i].value), "%s",
+                 q->extra[i].value);
+    }
+
+    if (has_r) {
+        if (users_init(x, 2) != 0 || users_add(x, s->user) != 0 ||
+            users_add(x, q->receiver_id) != 0) {
+            send_ctx_free(x);
+            send_rsp(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY,
+                     "out of memory", 0, 0, 0);
+            return;
+        }
+        send_store(cl, x);
+        return;
+    }
+    int r = imgw_store_group_get(cl->store, q->group_id, group_members_cb, x);
+    if (r != 0)
+        group_members_cb(r, NULL, 0, x);
+}
+
+/* ---- ack ------------------------------------------------------------------ */
+
+void
+imgw_msg_ack(imgw_session_t *s, imgw_msg_in_t *in)
+{
+    if (in->u.ack.seq <= 0)
+        return;
+    imgw_store_set_delivered(s->cl->store, s->user, s->platform,
+                             in->u.ack.seq, NULL, NULL);
+}
+
+/* ---- sync ----------------------------------------------------------------- */
+
+typedef struct sync_ctx_s {
+    imgw_conn_ref_t ref;
+    uint32_t sequence;
+} sync_ctx_t;
+
+static void
+sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
+        int64_t server_max_seq, void *data)
+{
+    sync_ctx_t *x = data;
+    imgw_core_loop_t *cl = imgw_core_loop_current();
+    imgw_session_t *s = session_of(cl, x->ref);
+    uint32_t sequence = x->sequence;
+    free(x);
+    cl->st.store_ops++;
+    if (s == NULL)
+        return;
+    im_SyncResponse r = im_SyncResponse_init_zero;
+    if (status != 0) {
+        cl->st.store_errors++;
+        r.error_code = im_ErrorCode_ERR_SERVER_BUSY;
+        snprintf(r.error_msg, sizeof(r.error_msg), "store unavailable");
+        imgw_core_count_error(cl, r.error_code);
+        imgw_session_reply(s, im_CommandType_CMD_SYNC_RSP, sequence, &r);
+        return;
+    }
+    /* Keep a page within SYNC_MAX_BYTES; the rest comes with has_more. */
+    size_t bytes = 0, k = 0;
+    while (k < n && (k == 0 || bytes + e[k].len <= SYNC_MAX_BYTES)) {
+        bytes += e[k].len;
+        k++;
+    }
+    if (k < n)
+        has_more = 1;
+    imgw_slice_t *blobs = malloc((k ? k : 1) * sizeof(*blobs));
+    int64_t *seqs = malloc((k ? k : 1) * sizeof(*seqs));
+    uint8_t *rev = malloc(k ? k : 1);
+    size_t need = bytes * 2 + k * 64 + 4096;
+    uint8_t *out = need > cl->out_cap ? malloc(need) : cl->out;
+    if (blobs == NULL || seqs == NULL || rev == NULL || out == NULL) {
+        free(blobs);
+        free(seqs);
+        free(rev);
+        if (out != cl->out)
+            free(out);
+        imgw_session_error(s, sequence, im_ErrorCode_ERR_SERVER_BUSY,
+                           "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < k; i++) {
+        blobs[i].ptr = e[i].blob;
+        blobs[i].len = e[i].len;
+        seqs[i] = e[i].seq;
+        rev[i] = e[i].revoked;
+    }
+    imgw_codec_entries_t ents = {k, blobs, seqs, rev};
+    r.messages.arg = &ents;
+    r.server_max_seq = server_max_seq;
+    r.has_more = has_more != 0;
+    ssize_t len = imgw_codec_encode((imgw_codec_t)s->codec,
+                                    im_CommandType_CMD_SYNC_RSP, sequence,
+                                    imgw_now_ms(), &r, out,
+                                    need > cl->out_cap ? need : cl->out_cap);
+    if (len >= 0) {
+        uv_buf_t b = uv_buf_init((char *)out, (unsigned)len);
+        imgw_conn_send_ws(s->conn, s->codec == IMGW_CODEC_JSON, &b, 1);
+        cl->st.msgs_synced += k;
+    } else {
+        IMGW_LOG_WARN_RL("cannot encode a sync page: %s",
+                         imgw_strerror((int)len));
+        imgw_session_error(s, sequence, im_ErrorCode_ERR_UNKNOWN,
+                           "cannot encode the sync page");
+    }
+    free(blobs);
+    free(seqs);
+    free(rev);
+    if (out != cl->out)
+        free(out);
+}
+
+void
+imgw_msg_sync(imgw_session_t *s, imgw_msg_in_t *in)
+{
+    im_SyncRequest *q = &in->u.sync;
+    int limit = q->limit <= 0 ? 100 : q->limit;
+    if (limit > IMGW_STORE_SYNC_MAX)
+        limit = IMGW_STORE_SYNC_MAX;
+    if (q->min_seq < 0 || q->max_seq < 0 ||
+        (q->max_seq != 0 && q->max_seq < q->min_seq)) {
+        im_SyncResponse r = im_SyncResponse_init_zero;
+        r.error_code = im_ErrorCode_ERR_INVALID_PARAM;
+        snprintf(r.error_msg, sizeof(r.error_msg), "bad seq range");
+        imgw_core_count_error(s->cl, r.error_code);
+        imgw_session_reply(s, im_CommandType_CMD_SYNC_RSP, in->sequence, &r);
+        return;
+    }
+    sync_ctx_t *x = malloc(sizeof(*x));
+    if (x == NULL) {
+        imgw_session_error(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY,
+                           "out of memory");
+        return;
+    }
+    x->ref = imgw_conn_ref(s->conn);
+    x->sequence = in->sequence;
+    int r = imgw_store_sync(s->cl->store, s->user, q->min_seq, q->max_seq,
+                            limit, sync_cb, x);
+    if (r != 0)
+        sync_cb(r, NULL, 0, 0, 0, x);
+}
+
+/* ---- conversation participants (receipts, typing) ------------------------ */
+
+typedef struct conv_ctx_s {
+    imgw_conn_ref_t ref;
+    uint32_t sequence;
+    int command;           /* the request */
+    imgw_push_body_t body; /* the push to send */
+    char user[IMGW_JWT_MAX_USER];
+    char conv[264];
+    char last_msg[24];
+} conv_ctx_t;
+
+static void
+conv_reply(imgw_core_loop_t *cl, conv_ctx_t *x, int code, const char *why)
+{
+    imgw_session_t *s = session_of(cl, x->ref);
+    if (s == NULL)
+        return;
+    if (x->command == im_CommandType_CMD_READ_RECEIPT_REQ) {
+        im_ReadReceiptResponse r = im_ReadReceiptResponse_init_zero;
+        r.error_code = (im_ErrorCode)code;
+        if (why)
+            snprintf(r.error_msg, sizeof(r.error_msg), "%s", why);
+        if (code)
+            imgw_core_count_error(cl, code);
+        imgw_session_reply(s, im_CommandType_CMD_READ_RECEIPT_RSP, x->sequence,
+                           &r);
+    } else if (code != 0) {
+        imgw_session_error(s, x->sequence, code, why);
+    }
+}
+
+/* Pushes x->body to users (the reader's other devices included for
+ * receipts: only the requesting connection is excluded). */
+static void
+conv_push(imgw_core_loop_t *cl, conv_ctx_t *x, const char *const *users,
+          size_t n)
+{
+    int cmd = x->command == im_CommandType_CMD_READ_RECEIPT_REQ
+                  ? im_CommandType_CMD_READ_RECEIPT_PUSH
+                  : im_CommandType_CMD_TYPING_STATUS_PUSH;
+    imgw_deliver_frame(cl, cmd, &x->body, users, n, x->ref);
+}
+
+static void
+conv_members_cb(int status, const char *const *members, size_t n, void *data)
+{
+    conv_ctx_t *x = data;
+    imgw_core_loop_t *cl = imgw_core_loop_current();
+    if (status == IMGW_ENOTFOUND) {
+        conv_reply(cl, x, im_ErrorCode_ERR_CONVERSATION_NOT_EXIST,
+                   "no such group");
+    } else if (status != 0) {
+        conv_reply(cl, x, im_ErrorCode_ERR_SERVER_BUSY, "store unavailable");
+    } else {
+        int member = 0;
+        for (size_t i = 0; i < n && !member; i++)
+            member = strcmp(members[i], x->user) == 0;
+        if (!member) {
+            conv_reply(cl, x, im_ErrorCode_ERR_PERMISSION_DENIED,
+                       "not a member of the group");
+        } else {
+            if (x->command == im_CommandType_CMD_READ_RECEIPT_REQ) {
+                if (x->last_msg[0])
+                    imgw_store_set_read(cl->store, x->user, x->conv,
+                                        x->last_msg, NULL, NULL);
+                conv_push(cl, x, members, n);
+            } else {
+                /* Typing goes to the others only. */
+                const char **others = malloc((n ? n : 1) * sizeof(char *));
+                size_t k = 0;
+                for (size_t i = 0; others && i < n; i++)
+                    if (strcmp(members[i], x->user) != 0)
+                        others[k++] = members[i];
+                if (others)
+                    conv_push(cl, x, others, k);
+                free(others);
+            }
+            conv_reply(cl, x, 0, NULL);
+        }
+    }
+    free(x);
+}
+
+/* Resolves the conversation, checks membership, pushes. */
+static void
+conv_command(imgw_session_t *s, imgw_msg_in_t *in, const char *conv)
+{
+    imgw_core_loop_t *cl = s->cl;
+    conv_ctx_t *x = calloc(1, sizeof(*x));
+    if (x == NULL) {
+        imgw_session_error(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY,
+                           "out of memory");
+        return;
+    }
+    x->ref = imgw_conn_ref(s->conn);
+    x->sequence = in->sequence;
+    x->command = in->command;
+    snprintf(x->user, sizeof(x->user), "%s", s->user);
+    snprintf(x->conv, sizeof(x->conv), "%s", conv);
+    if (in->command == im_CommandType_CMD_READ_RECEIPT_REQ) {
+        im_ReadReceiptPush *p = &x->body.read;
+        *p = (im_ReadReceiptPush)im_ReadReceiptPush_init_zero;
+        p->message_ids_count = in->u.read.message_ids_count;
+        for (pb_size_t i = 0; i < p->message_ids_count; i++)
+            snprintf(p->message_ids[i], sizeof(p->message_ids[i]), "%s",
+                     in->u.read.message_ids[i]);
+        if (p->message_ids_count)
+            snprintf(x->last_msg, sizeof(x->last_msg), "%s",
+                     p->message_ids[p->message_ids_count - 1]);
+        snprintf(p->conversation_id, sizeof(p->conversation_id), "%s", conv);
+        snprintf(p->user_id, sizeof(p->user_id), "%s", s->user);
+        p->read_time = imgw_now_ms();
+    } else {
+        im_TypingStatusPush *p = &x->body.typing;
+        *p = (im_TypingStatusPush)im_TypingStatusPush_init_zero;
+        snprintf(p->conversation_id, sizeof(p->conversation_id), "%s", conv);
+        snprintf(p->user_id, sizeof(p->user_id), "%s", s->user);
+        p->status = in->u.typing.status;
+    }
+    if (strncmp(conv, "g_", 2) == 0 && conv[2] != '\0') {
+        int r = imgw_store_group_get(cl->store, conv + 2, conv_members_cb, x);
+        if (r != 0)
+            conv_members_cb(r, NULL, 0, x);
+        return;
+    }
+    char peer[IMGW_JWT_MAX_USER];
+    if (conv_peer(conv, s->user, peer, sizeof(peer)) != 0) {
+        conv_reply(cl, x, im_ErrorCode_ERR_INVALID_PARAM,
+                   "not a conversation of this user");
+        free(x);
+        return;
+    }
+    const char *users[2] = {s->user, peer};
+    if (x->command == im_CommandType_CMD_READ_RECEIPT_REQ) {
+        if (x->last_msg[0])
+            imgw_store_set_read(cl->store, x->user, x->conv, x->last_msg, NULL,
+                                NULL);
+        conv_push(cl, x, users, strcmp(s->user, peer) == 0 ? 1 : 2);
+    } else {
+        conv_push(cl, x, users + 1, 1);
+    }
+    conv_reply(cl, x, 0, NULL);
+    free(x);
+}
+
+void
+imgw_msg_read(imgw_session_t *s, imgw_msg_in_t *in)
+{
+    conv_command(s, in, in->u.read.conversation_id);
+}
+
+void
+imgw_msg_typing(imgw_session_t *s, imgw_msg_in_t *in)
+{
+    conv_command(s, in, in->u.typing.conversation_id);
+}
+
+/* ---- revoke --------------------------------------------------------------- */
+
+typedef struct revoke_ctx_s {
+    imgw_conn_ref_t ref;
+    uint32_t sequence;
+    uint64_t message_id;
+    char user[IMGW_JWT_MAX_USER];
+    char conv[264];
+    int64_t revoked_time;
+} revoke_ctx_t;
+
+static void
+revoke_reply(imgw_core_loop_t *cl, revoke_ctx_t *x, int code, const char *why)
+{
+    imgw_session_t *s = session_of(cl, x->ref);
+    if (s == NULL)
+        return;
+    im_RevokeMessageResponse r = im_RevokeMessageResponse_init_zero;
+    r.error_code = (im_ErrorCode)code;
+    if (why)
+        snprintf(r.error_msg, sizeof(r.error_msg), "%s", why);
+    if (code)
+        imgw_core_count_error(cl, code);
+    imgw_session_reply(s, im_CommandType_CMD_REVOKE_MSG_RSP, x->sequence, &r);
+}
+
+static void
+revoke_push(imgw_core_loop_t *cl, revoke_ctx_t *x, const char *const *users,
+            size_t n)
+{
+    imgw_push_body_t body;
+    im_RevokeMessagePush *p = &body.revoke;
+    *p = (im_RevokeMessagePush)im_RevokeMessagePush_init_zero;
+    imgw_id_format(x->message_id, p->message_id);
+    snprintf(p->conversation_id, sizeof(p->conversation_id), "%s", x->conv);
+    snprintf(p->revoked_by, sizeof(p->revoked_by), "%s", x->user);
+    p->revoked_time = x->revoked_time;
+    imgw_deliver_frame(cl, im_CommandType_CMD_REVOKE_MSG_PUSH, &body, users, n,
+                       x->ref);
+}
+
+static void
+revoke_members_cb(int status, const char *const *members, size_t n,
+                  void *data)
+{
+    revoke_ctx_t *x = data;
+    imgw_core_loop_t *cl = imgw_core_loop_current();
+    if (status == 0) {
+        revoke_push(cl, x, members, n);
+    } else {
+        /* The group is gone: the sender's own devices still learn it. */
+        const char *u[1] = {x->user};
+        revoke_push(cl, x, u, 1);
+    }
+    free(x);
+}
+
+static void
+revoke_done_cb(int status, void *data)
+{
+    revoke_ctx_t *x = data;
+    imgw_core_loop_t *cl = imgw_core_loop_current();
+    if (status != 0) {
+        revoke_reply(cl, x, im_ErrorCode_ERR_SERVER_BUSY, "store unavailable");
+        free(x);
+        return;
+    }
+    revoke_reply(cl, x, 0, NULL);
+    if (strncmp(x->conv, "g_", 2) == 0) {
+        int r = imgw_store_group_get(cl->store, x->conv + 2, revoke_members_cb,
+                                     x);
+        if (r != 0)
+            revoke_members_cb(r, NULL, 0, x);
+        return;
+    }
+    char peer[IMGW_JWT_MAX_USER];
+    const char *users[2] = {x->user, peer};
+    size_t n = 1;
+    if (conv_peer(x->conv, x->user, peer, sizeof(peer)) == 0 &&
+        strcmp(peer, x->user) != 0)
+        n = 2;
+    revoke_push(cl, x, users, n);
+    free(x);
+}
+
+static void
+revoke_msg_cb(int status, const imgw_store_msg_t *m, void *data)
+{
+    revoke_ctx_t *x = data;
+    imgw_core_loop_t *cl = imgw_core_loop_current();
+    const imgw_config_t *cfg = cl->node->cfg;
+    if (status == IMGW_ENOTFOUND) {
+        revoke_reply(cl, x, im_ErrorCode_ERR_INVALID_PARAM, "unknown message");
+        free(x);
+        return;
+    }
+    if (status != 0) {
+        revoke_reply(cl, x, im_ErrorCode_ERR_SERVER_BUSY, "store unavailable");
+        free(x);
+        return;
+    }
+    if (strcmp(m->sender, x->user) != 0) {
+        revoke_reply(cl, x, im_ErrorCode_ERR_PERMISSION_DENIED,
+                     "only the sender may revoke");
+        free(x);
+        return;
+    }
+    if (x->conv[0] && strcmp(x->conv, m->conversation_id) != 0) {
+        revoke_reply(cl, x, im_ErrorCode_ERR_INVALID_PARAM,
+                     "conversation_id does not match");
+        free(x);
+        return;
+    }
+    x->revoked_time = imgw_now_ms();
+    if (x->revoked_time - m->server_time_ms >
+        (int64_t)cfg->revoke_window * 1000) {
+        revoke_reply(cl, x, im_ErrorCode_ERR_PERMISSION_DENIED,
+                     "revoke window has passed");
+        free(x);
+        return;
+    }
+    snprintf(x->conv, sizeof(x->conv), "%s", m->conversation_id);
+    int r = imgw_store_revoke(cl->store, x->message_id, revoke_done_cb, x);
+    if (r != 0)
+        revoke_done_cb(r, x);
+}
+
+void
+imgw_msg_revoke(imgw_session_t *s, imgw_msg_in_t *in)
+{
+    im_RevokeMessageRequest *q = &in->u.revoke;
+    revoke_ctx_t *x = calloc(1, sizeof(*x));
+    if (x == NULL) {
+        imgw_session_error(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY,
+                           "out of memory");
+        return;
+    }
+    x->ref = imgw_conn_ref(s->conn);
+    x->sequence = in->sequence;
+    snprintf(x->user, sizeof(x->user), "%s", s->user);
+    snprintf(x->conv, sizeof(x->conv), "%s", q->conversation_id);
+    if (imgw_id_parse(q->message_id, strlen(q->message_id), &x->message_id) !=
+        0) {
+        revoke_reply(s->cl, x, im_ErrorCode_ERR_INVALID_PARAM,
+                     "bad message_id");
+        free(x);
+        return;
+    }
+    int r = imgw_store_msg_get(s->cl->store, x->message_id, revoke_msg_cb, x);
+    if (r != 0)
+        revoke_msg_cb(r, NULL, x);
+}

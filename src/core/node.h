@@ -1,0 +1,108 @@
+/*
+ * node.h: the node (one imgw process) as core sees it, and each loop's core
+ * state. Internal to src/core.
+ *
+ * imgw_node_t is built on the main thread before the loops start and is
+ * read-only afterwards, apart from its thread-safe members (usermap, idgen,
+ * store, atomics). imgw_core_loop_t belongs to one loop thread.
+ */
+#ifndef IMGW_NODE_H
+#define IMGW_NODE_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "codec.h"
+#include "config.h"
+#include "id.h"
+#include "jwt.h"
+#include "mailbox.h"
+#include "net.h"
+#include "store.h"
+#include "usermap.h"
+
+/* Error codes as counted in metrics (index = position in this list). */
+#define IMGW_N_ERRCODES 12
+
+typedef struct imgw_node_s {
+    const imgw_config_t *cfg;
+    imgw_net_t *net;
+    imgw_usermap_t *users;
+    imgw_idgen_t ids;
+    imgw_store_t *store;
+    struct imgw_core_loop_s **loops;
+    int n_loops;
+    uint64_t start_ms;
+    atomic_int draining;
+} imgw_node_t;
+
+/* Per-loop counters; summed over loops by /metrics. Loop thread writes. */
+typedef struct imgw_core_stats_s {
+    uint64_t auth_ok;
+    uint64_t auth_fail[8]; /* by imgw_jwt_result_t (negated), [7] other */
+    uint64_t handshake_401;
+    uint64_t msgs_sent;
+    uint64_t msgs_pushed;  /* push frames written */
+    uint64_t msgs_synced;  /* entries returned by sync */
+    uint64_t msgs_dup;
+    uint64_t errors[IMGW_N_ERRCODES];
+    uint64_t kicks;
+    uint64_t heartbeats;
+    uint64_t rate_limited;
+    uint64_t api_pushes;
+    uint64_t store_ops;
+    uint64_t store_errors;
+    uint64_t store_lat_us_sum;
+    uint64_t store_lat_hist[12]; /* buckets, see metrics.c */
+} imgw_core_stats_t;
+
+typedef struct imgw_core_loop_s {
+    imgw_node_t *node;
+    imgw_loop_t *loop;
+    int index;
+    imgw_jwt_t *jwt;
+    imgw_store_loop_t *store;
+    imgw_msg_in_t in;       /* decode scratch */
+    uint8_t *scratch;       /* decoded JSON strings, max_frame_bytes */
+    size_t scratch_cap;
+    uint8_t *out;           /* encode buffer for one frame */
+    size_t out_cap;
+    imgw_core_stats_t st;
+} imgw_core_loop_t;
+
+/* Mail between loops (see session.c / deliver.c). */
+enum {
+    IMGW_MAIL_KICK = 1, /* close ref with CMD_KICK_PUSH + 4002 */
+    IMGW_MAIL_PUSH,     /* a PushMessage blob to refs with their seqs */
+    IMGW_MAIL_FRAME,    /* a server->client body struct to refs */
+    IMGW_MAIL_RAW       /* a pre-encoded frame per codec (downlink) */
+};
+
+typedef struct imgw_target_s {
+    imgw_conn_ref_t ref;
+    int64_t seq;
+} imgw_target_t;
+
+typedef union imgw_push_body_u {
+    im_KickPush kick;
+    im_TypingStatusPush typing;
+    im_ReadReceiptPush read;
+    im_RevokeMessagePush revoke;
+} imgw_push_body_t;
+
+typedef struct imgw_mail_s {
+    imgw_mpsc_node_t node;
+    int kind;
+    int command;              /* FRAME: the body's command */
+    int64_t timestamp;
+    int broadcast;            /* RAW: every WebSocket of the loop */
+    imgw_push_body_t body;    /* FRAME */
+    uint8_t *blob;            /* PUSH: PushMessage without seq (owned) */
+    size_t blob_len;
+    uint8_t *raw[2];          /* RAW: frame per codec (owned) */
+    size_t raw_len[2];
+    size_t n;                 /* targets */
+    imgw_target_t targets[];
+} imgw_mail_t;
+
+#endif

@@ -1,0 +1,574 @@
+/*
+ * session.c: a WebSocket connection as an IM session: the handshake token,
+ * CMD_AUTH_REQ, heartbeats, rate limits, timeouts, kicks and the dispatch
+ * of every other command to msg.c. These are net's handlers.
+ *
+ * Thread: the loop that owns the connection. Store callbacks may run later
+ * (redis): they find the connection again by imgw_conn_ref_t, never keep a
+ * pointer to it.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "err.h"
+#include "log.h"
+#include "session.h"
+
+static _Thread_local imgw_core_loop_t *current_loop;
+
+imgw_core_loop_t *
+imgw_core_loop_current(void)
+{
+    return current_loop;
+}
+
+int64_t
+imgw_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static const int errcode_list[IMGW_N_ERRCODES] = {
+    im_ErrorCode_ERR_SUCCESS, im_ErrorCode_ERR_UNKNOWN,
+    im_ErrorCode_ERR_INVALID_PARAM, im_ErrorCode_ERR_SERVER_BUSY,
+    im_ErrorCode_ERR_AUTH_FAILED, im_ErrorCode_ERR_TOKEN_EXPIRED,
+    im_ErrorCode_ERR_PERMISSION_DENIED, im_ErrorCode_ERR_USER_NOT_EXIST,
+    im_ErrorCode_ERR_MESSAGE_TOO_LARGE, im_ErrorCode_ERR_SEND_TOO_FAST,
+    im_ErrorCode_ERR_CONVERSATION_NOT_EXIST, -1};
+
+void
+imgw_core_count_error(imgw_core_loop_t *cl, int code)
+{
+    for (int i = 0; i < IMGW_N_ERRCODES - 1; i++)
+        if (errcode_list[i] == code) {
+            cl->st.errors[i]++;
+            return;
+        }
+    cl->st.errors[IMGW_N_ERRCODES - 1]++;
+}
+
+/* ---- replies ------------------------------------------------------------ */
+
+int
+imgw_session_reply(imgw_session_t *s, int command, uint32_t sequence,
+                   const void *body)
+{
+    imgw_core_loop_t *cl = s->cl;
+    ssize_t n = imgw_codec_encode((imgw_codec_t)s->codec, command, sequence,
+                                  imgw_now_ms(), body, cl->out, cl->out_cap);
+    if (n < 0) {
+        IMGW_LOG_WARN_RL("cannot encode command %d: %s", command,
+                         imgw_strerror((int)n));
+        return (int)n;
+    }
+    uv_buf_t b = uv_buf_init((char *)cl->out, (unsigned)n);
+    return imgw_conn_send_ws(s->conn, s->codec == IMGW_CODEC_JSON, &b, 1);
+}
+
+void
+imgw_session_error(imgw_session_t *s, uint32_t sequence, int code,
+                   const char *msg)
+{
+    im_ErrorResponse er = im_ErrorResponse_init_zero;
+    er.error_code = (im_ErrorCode)code;
+    snprintf(er.error_msg, sizeof(er.error_msg), "%s", msg);
+    imgw_core_count_error(s->cl, code);
+    imgw_session_reply(s, im_CommandType_CMD_ERROR_RSP, sequence, &er);
+}
+
+/* ---- kicks -------------------------------------------------------------- */
+
+void
+imgw_session_kick(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
+                  const char *platform)
+{
+    imgw_conn_t *c = imgw_loop_conn(cl->loop, ref);
+    if (c == NULL)
+        return;
+    imgw_session_t *s = imgw_conn_data(c);
+    if (s == NULL || !imgw_conn_is_ws(c))
+        return;
+    im_KickPush kp = im_KickPush_init_zero;
+    snprintf(kp.reason, sizeof(kp.reason), "%s",
+             "logged in on another connection");
+    snprintf(kp.platform, sizeof(kp.platform), "%s", platform);
+    imgw_session_reply(s, im_CommandType_CMD_KICK_PUSH, 0, &kp);
+    /* It no longer owns the (user, platform) slot: the newer login does. */
+    s->registered = 0;
+    cl->st.kicks++;
+    imgw_conn_close_ws(c, 4002, "kicked");
+}
+
+static void
+kick_other(imgw_core_loop_t *cl, imgw_conn_ref_t ref, const char *platform)
+{
+    if (ref.loop == cl->index) {
+        imgw_session_kick(cl, ref, platform);
+        return;
+    }
+    imgw_mail_t *m = calloc(1, sizeof(*m) + sizeof(imgw_target_t));
+    if (m == NULL)
+        return;
+    m->kind = IMGW_MAIL_KICK;
+    m->n = 1;
+    m->targets[0].ref = ref;
+    snprintf(m->body.kick.platform, sizeof(m->body.kick.platform), "%s",
+             platform);
+    imgw_loop_post(imgw_net_loop(cl->node->net, ref.loop), &m->node);
+}
+
+/* ---- rate limits -------------------------------------------------------- */
+
+/*
+ * Token buckets refilled lazily on use: send_rate per second for sends and
+ * 10 x send_rate for every other frame, each with a burst of 2 x its rate.
+ */
+static void
+refill(imgw_session_t *s, uint64_t now)
+{
+    const imgw_config_t *cfg = s->cl->node->cfg;
+    if (s->refill_ms == 0) {
+        s->refill_ms = now;
+        s->send_tokens = 2.0f * (float)cfg->send_rate;
+        s->other_tokens = 20.0f * (float)cfg->send_rate;
+        return;
+    }
+    float dt = (float)(now - s->refill_ms) / 1000.0f;
+    if (dt <= 0)
+        return;
+    s->refill_ms = now;
+    s->send_tokens += dt * (float)cfg->send_rate;
+    if (s->send_tokens > 2.0f * (float)cfg->send_rate)
+        s->send_tokens = 2.0f * (float)cfg->send_rate;
+    s->other_tokens += dt * 10.0f * (float)cfg->send_rate;
+    if (s->other_tokens > 20.0f * (float)cfg->send_rate)
+        s->other_tokens = 20.0f * (float)cfg->send_rate;
+}
+
+static int
+take_token(imgw_session_t *s, int is_send)
+{
+    refill(s, imgw_loop_now_ms(s->cl->loop));
+    float *b = is_send ? &s->send_tokens : &s->other_tokens;
+    if (*b < 1.0f)
+        return 0;
+    *b -= 1.0f;
+    return 1;
+}
+
+/* ---- authentication ----------------------------------------------------- */
+
+static int
+auth_fail_index(imgw_jwt_result_t r)
+{
+    int i = -(int)r;
+    return (i > 0 && i < 7) ? i : 7;
+}
+
+static int
+token_from_request(const imgw_http_req_t *req, char *out, size_t outlen)
+{
+    if (imgw_http_query_param(req, "token", out, outlen) == 0 && out[0])
+        return 1;
+    const imgw_span_t *a = imgw_http_header(req, "authorization");
+    if (a && a->len > 7 && strncasecmp(a->p, "Bearer ", 7) == 0) {
+        size_t n = a->len - 7;
+        const char *p = a->p + 7;
+        while (n > 0 && *p == ' ') {
+            p++;
+            n--;
+        }
+        if (n + 1 > outlen)
+            return -1;
+        memcpy(out, p, n);
+        out[n] = '\0';
+        return n > 0;
+    }
+    if (imgw_http_cookie(req, "token", out, outlen) == 0 && out[0])
+        return 1;
+    return 0;
+}
+
+static int
+on_upgrade(imgw_conn_t *c, const imgw_http_req_t *req)
+{
+    imgw_core_loop_t *cl = imgw_loop_data(imgw_conn_loop(c));
+    char *tok = (char *)cl->scratch; /* big enough: max_frame_bytes */
+    int have = token_from_request(req, tok, IMGW_JWT_MAX_TOKEN + 1);
+    imgw_jwt_claims_t claims;
+    if (have < 0) {
+        cl->st.handshake_401++;
+        cl->st.auth_fail[auth_fail_index(IMGW_JWT_MALFORMED)]++;
+        return 401;
+    }
+    if (have > 0) {
+        imgw_jwt_result_t r = imgw_jwt_verify(cl->jwt, tok, strlen(tok),
+                                              imgw_now_ms() / 1000, &claims);
+        if (r != IMGW_JWT_OK) {
+            cl->st.handshake_401++;
+            cl->st.auth_fail[auth_fail_index(r)]++;
+            IMGW_LOG_DEBUG("handshake token refused: %s",
+                           imgw_jwt_reason(r));
+            return 401;
+        }
+    }
+    imgw_session_t *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return 503;
+    s->cl = cl;
+    s->conn = c;
+    if (have > 0) {
+        s->hs_user = strdup(claims.user_id);
+        if (s->hs_user == NULL) {
+            free(s);
+            return 503;
+        }
+    }
+    imgw_conn_set_data(c, s);
+    return 0;
+}
+
+typedef struct auth_ctx_s {
+    imgw_conn_ref_t ref;
+    uint32_t sequence;
+} auth_ctx_t;
+
+static void
+route_done(int status, void *data)
+{
+    (void)status;
+    (void)data;
+}
+
+static void
+auth_max_seq_cb(int status, int64_t max_seq, void *data)
+{
+    auth_ctx_t *ctx = data;
+    imgw_core_loop_t *cl = imgw_core_loop_current();
+    imgw_conn_t *c = imgw_loop_conn(cl->loop, ctx->ref);
+    if (c != NULL) {
+        imgw_session_t *s = imgw_conn_data(c);
+        im_AuthResponse ar = im_AuthResponse_init_zero;
+        if (status != 0) {
+            ar.error_code = im_ErrorCode_ERR_SERVER_BUSY;
+            snprintf(ar.error_msg, sizeof(ar.error_msg), "store unavailable");
+            imgw_core_count_error(cl, ar.error_code);
+            imgw_session_reply(s, im_CommandType_CMD_AUTH_RSP, ctx->sequence,
+                               &ar);
+            imgw_conn_close_ws(c, 1013, "store unavailable");
+        } else {
+            ar.error_code = im_ErrorCode_ERR_SUCCESS;
+            ar.max_seq = max_seq;
+            imgw_session_reply(s, im_CommandType_CMD_AUTH_RSP, ctx->sequence,
+                               &ar);
+        }
+    }
+    free(ctx);
+}
+
+static void
+auth_reject(imgw_session_t *s, uint32_t sequence, imgw_jwt_result_t r,
+            const char *msg)
+{
+    im_AuthResponse ar = im_AuthResponse_init_zero;
+    ar.error_code = r == IMGW_JWT_EXPIRED ? im_ErrorCode_ERR_TOKEN_EXPIRED
+                                          : im_ErrorCode_ERR_AUTH_FAILED;
+    snprintf(ar.error_msg, sizeof(ar.error_msg), "%s", msg);
+    s->cl->st.auth_fail[auth_fail_index(r)]++;
+    imgw_core_count_error(s->cl, ar.error_code);
+    imgw_session_reply(s, im_CommandType_CMD_AUTH_RSP, sequence, &ar);
+    imgw_conn_close_ws(s->conn, 4001, "authentication failed");
+}
+
+static void
+do_auth(imgw_session_t *s, imgw_msg_in_t *in)
+{
+    imgw_core_loop_t *cl = s->cl;
+    const imgw_config_t *cfg = cl->node->cfg;
+    im_AuthRequest *a = &in->u.auth;
+    const char *user;
+    imgw_jwt_claims_t claims;
+
+    if (s->authed) {
+        im_AuthResponse ar = im_AuthResponse_init_zero;
+        ar.error_code = im_ErrorCode_ERR_INVALID_PARAM;
+        snprintf(ar.error_msg, sizeof(ar.error_msg), "already authenticated");
+        imgw_core_count_error(cl, ar.error_code);
+        imgw_session_reply(s, im_CommandType_CMD_AUTH_RSP, in->sequence, &ar);
+        return;
+    }
+    if (a->token[0] != '\0') {
+        imgw_jwt_result_t r = imgw_jwt_verify(cl->jwt, a->token,
+                                              strlen(a->token),
+                                              imgw_now_ms() / 1000, &claims);
+        if (r != IMGW_JWT_OK) {
+            auth_reject(s, in->sequence, r, imgw_jwt_reason(r));
+            return;
+        }
+        user = claims.user_id;
+    } else if (s->hs_user != NULL) {
+        user = s->hs_user;
+    } else {
+        auth_reject(s, in->sequence, IMGW_JWT_MALFORMED, "token required");
+        return;
+    }
+    if (a->user_id[0] != '\0' && strcmp(a->user_id, user) != 0) {
+        auth_reject(s, in->sequence, IMGW_JWT_BAD_CLAIM,
+                    "user_id does not match the token");
+        return;
+    }
+    s->user = strdup(user);
+    if (s->user == NULL) {
+        imgw_conn_close_ws(s->conn, 1011, "out of memory");
+        return;
+    }
+    snprintf(s->platform, sizeof(s->platform), "%s",
+             a->platform[0] ? a->platform : "default");
+    imgw_conn_ref_t kicked;
+    int k = imgw_usermap_add(cl->node->users, s->user, s->platform,
+                             imgw_conn_ref(s->conn), &kicked);
+    if (k < 0) {
+        auth_reject(s, in->sequence, IMGW_JWT_BAD_CLAIM,
+                    "too many connections for this user");
+        free(s->user);
+        s->user = NULL;
+        return;
+    }
+    s->registered = 1;
+    s->authed = 1;
+    cl->st.auth_ok++;
+    if (k == 1)
+        kick_other(cl, kicked, s->platform);
+    imgw_store_route_set(cl->store, s->user, s->platform, cfg->broker_id,
+                         cfg->route_ttl, route_done, NULL);
+    s->route_refreshed_ms = imgw_loop_now_ms(cl->loop);
+    imgw_conn_set_deadline(s->conn, imgw_loop_now_ms(cl->loop) +
+                                        (uint64_t)cfg->heartbeat_timeout *
+                                            1000);
+    auth_ctx_t *ctx = malloc(sizeof(*ctx));
+    if (ctx == NULL) {
+        imgw_conn_close_ws(s->conn, 1011, "out of memory");
+        return;
+    }
+    ctx->ref = imgw_conn_ref(s->conn);
+    ctx->sequence = in->sequence;
+    if (imgw_store_max_seq(cl->store, s->user, auth_max_seq_cb, ctx) != 0)
+        auth_max_seq_cb(IMGW_EBUSY, 0, ctx);
+}
+
+static void
+do_heartbeat(imgw_session_t *s, imgw_msg_in_t *in)
+{
+    imgw_core_loop_t *cl = s->cl;
+    const imgw_config_t *cfg = cl->node->cfg;
+    im_HeartbeatResponse hr = im_HeartbeatResponse_init_zero;
+    hr.server_time = imgw_now_ms();
+    cl->st.heartbeats++;
+    imgw_session_reply(s, im_CommandType_CMD_HEARTBEAT_RSP, in->sequence, &hr);
+    uint64_t now = imgw_loop_now_ms(cl->loop);
+    /* Refresh the route's TTL, but not on every beat. */
+    if (s->authed &&
+        now - s->route_refreshed_ms >= (uint64_t)cfg->route_ttl * 1000 / 3) {
+        s->route_refreshed_ms = now;
+        imgw_store_route_refresh(cl->store, s->user, cfg->route_ttl,
+                                 route_done, NULL);
+    }
+}
+
+/* ---- messages ------------------------------------------------------------ */
+
+static void
+on_message(imgw_conn_t *c, int is_text, const uint8_t *data, size_t len)
+{
+    imgw_session_t *s = imgw_conn_data(c);
+    imgw_core_loop_t *cl = s->cl;
+    imgw_msg_in_t *in = &cl->in;
+    s->codec = is_text ? IMGW_CODEC_JSON : IMGW_CODEC_PB;
+
+    int r = imgw_codec_decode((imgw_codec_t)s->codec, data, len, in,
+                              cl->scratch, cl->scratch_cap);
+    if (!s->authed) {
+        if (r == 0 && in->command == im_CommandType_CMD_HEARTBEAT_REQ) {
+            do_heartbeat(s, in);
+            return;
+        }
+        if (r == 0 && in->command == im_CommandType_CMD_AUTH_REQ) {
+            do_auth(s, in);
+            return;
+        }
+        imgw_session_error(s, r == IMGW_EENVELOPE ? 0 : in->sequence,
+                           im_ErrorCode_ERR_AUTH_FAILED,
+                           "authentication required");
+        cl->st.auth_fail[7]++;
+        imgw_conn_close_ws(c, 4001, "authentication required");
+        return;
+    }
+    int is_send = r == 0 && in->command == im_CommandType_CMD_SEND_MSG_REQ;
+    if (!is_send && !take_token(s, 0)) {
+        cl->st.rate_limited++;
+        imgw_session_error(s, r == IMGW_EENVELOPE ? 0 : in->sequence,
+                           im_ErrorCode_ERR_SEND_TOO_FAST, "too many frames");
+        return;
+    }
+    if (r != 0) {
+        imgw_session_error(s, r == IMGW_EENVELOPE ? 0 : in->sequence,
+                           im_ErrorCode_ERR_INVALID_PARAM,
+                           r == IMGW_EUNKNOWNCMD ? "unknown command"
+                           : r == IMGW_EENVELOPE ? "undecodable frame"
+                                                 : "undecodable body");
+        return;
+    }
+    switch (in->command) {
+    case im_CommandType_CMD_HEARTBEAT_REQ:
+        do_heartbeat(s, in);
+        break;
+    case im_CommandType_CMD_AUTH_REQ:
+        do_auth(s, in);
+        break;
+    case im_CommandType_CMD_SEND_MSG_REQ:
+        if (!take_token(s, 1)) {
+            im_SendMessageResponse sr = im_SendMessageResponse_init_zero;
+            sr.error_code = im_ErrorCode_ERR_SEND_TOO_FAST;
+            snprintf(sr.error_msg, sizeof(sr.error_msg), "send rate exceeded");
+            cl->st.rate_limited++;
+            imgw_core_count_error(cl, sr.error_code);
+            imgw_session_reply(s, im_CommandType_CMD_SEND_MSG_RSP,
+                               in->sequence, &sr);
+            break;
+        }
+        imgw_msg_send(s, in);
+        break;
+    case im_CommandType_CMD_MSG_ACK:
+        imgw_msg_ack(s, in);
+        break;
+    case im_CommandType_CMD_SYNC_REQ:
+        imgw_msg_sync(s, in);
+        break;
+    case im_CommandType_CMD_READ_RECEIPT_REQ:
+        imgw_msg_read(s, in);
+        break;
+    case im_CommandType_CMD_TYPING_STATUS_REQ:
+        imgw_msg_typing(s, in);
+        break;
+    case im_CommandType_CMD_REVOKE_MSG_REQ:
+        imgw_msg_revoke(s, in);
+        break;
+    default:
+        imgw_session_error(s, in->sequence, im_ErrorCode_ERR_INVALID_PARAM,
+                           "unknown command");
+        break;
+    }
+}
+
+static void
+on_deadline(imgw_conn_t *c)
+{
+    imgw_session_t *s = imgw_conn_data(c);
+    if (s == NULL || imgw_conn_closing(c)) {
+        imgw_conn_abort(c);
+        return;
+    }
+    if (!s->authed) {
+        imgw_conn_close_ws(c, 4001, "authentication timeout");
+        return;
+    }
+    imgw_core_loop_t *cl = s->cl;
+    uint64_t hb = (uint64_t)cl->node->cfg->heartbeat_timeout * 1000;
+    uint64_t last = imgw_conn_last_rx_ms(c);
+    uint64_t now = imgw_loop_now_ms(cl->loop);
+    if (now < last + hb) {
+        imgw_conn_set_deadline(c, last + hb);
+        return;
+    }
+    imgw_conn_close_ws(c, 4000, "heartbeat timeout");
+}
+
+static void
+on_close(imgw_conn_t *c)
+{
+    imgw_session_t *s = imgw_conn_data(c);
+    imgw_core_loop_t *cl = s->cl;
+    if (s->user != NULL) {
+        int removed = imgw_usermap_remove(cl->node->users, s->user,
+                                          imgw_conn_ref(c));
+        /* The route belongs to this connection only if the user map still
+         * pointed at it (a newer login on the platform owns it now). */
+        if (removed && s->registered)
+            imgw_store_route_del(cl->store, s->user, s->platform,
+                                 cl->node->cfg->broker_id, route_done, NULL);
+    }
+    free(s->user);
+    free(s->hs_user);
+    free(s);
+    imgw_conn_set_data(c, NULL);
+}
+
+static int
+on_http(imgw_conn_t *c, const imgw_http_req_t *req)
+{
+    imgw_core_loop_t *cl = imgw_loop_data(imgw_conn_loop(c));
+    return imgw_api_handle(cl, c, req);
+}
+
+static void
+on_mail(imgw_loop_t *l, imgw_mpsc_node_t *n)
+{
+    imgw_core_loop_t *cl = imgw_loop_data(l);
+    imgw_mail_t *m = (imgw_mail_t *)n;
+    imgw_deliver_mail(cl, m);
+}
+
+static void
+on_tick(imgw_loop_t *l, uint64_t now_ms)
+{
+    imgw_core_loop_t *cl = imgw_loop_data(l);
+    if (cl->index == 0)
+        imgw_store_tick(cl->node->store, (int64_t)now_ms);
+}
+
+static int
+on_loop_start(imgw_loop_t *l)
+{
+    imgw_node_t *node = imgw_net_data(imgw_loop_net(l));
+    imgw_core_loop_t *cl = node->loops[imgw_loop_index(l)];
+    char err[256];
+    cl->loop = l;
+    current_loop = cl;
+    imgw_loop_set_data(l, cl);
+    const imgw_config_t *cfg = node->cfg;
+    imgw_jwt_opts_t jo = {cfg->jwt_secret, cfg->jwt_public_key, cfg->leeway,
+                          cfg->issuer,     cfg->audience,       cfg->app_ids};
+    int r = imgw_jwt_new(&cl->jwt, &jo, err, sizeof(err));
+    if (r != 0) {
+        IMGW_LOG_ERROR("%s", err);
+        return r;
+    }
+    return imgw_store_loop_open(node->store, cl->index, imgw_loop_uv(l),
+                                &cl->store);
+}
+
+static void
+on_loop_stop(imgw_loop_t *l)
+{
+    imgw_core_loop_t *cl = imgw_loop_data(l);
+    if (cl->store)
+        imgw_store_loop_close(cl->store);
+    cl->store = NULL;
+}
+
+const imgw_net_handlers_t imgw_core_handlers = {
+    .on_http = on_http,
+    .on_upgrade = on_upgrade,
+    .on_message = on_message,
+    .on_deadline = on_deadline,
+    .on_close = on_close,
+    .on_mail = on_mail,
+    .on_tick = on_tick,
+    .on_loop_start = on_loop_start,
+    .on_loop_stop = on_loop_stop,
+};

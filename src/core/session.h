@@ -1,0 +1,70 @@
+/*
+ * session.h: core's per-WebSocket state and the net handlers that drive
+ * it. Internal to src/core. Loop thread only.
+ */
+#ifndef IMGW_SESSION_H
+#define IMGW_SESSION_H
+
+#include "node.h"
+
+typedef struct imgw_session_s {
+    imgw_core_loop_t *cl;
+    imgw_conn_t *conn;
+    char *user;         /* authenticated user id (owned); NULL before auth */
+    char *hs_user;      /* user of a valid handshake token (owned) */
+    char platform[IMGW_USERMAP_PLATFORM];
+    uint8_t codec;      /* imgw_codec_t of the client's last frame */
+    uint8_t authed;
+    uint8_t registered; /* in the user map */
+    float send_tokens;  /* CMD_SEND_MSG_REQ bucket */
+    float other_tokens; /* every other frame */
+    uint64_t refill_ms;
+    uint64_t route_refreshed_ms;
+} imgw_session_t;
+
+extern const imgw_net_handlers_t imgw_core_handlers;
+
+/* Encodes body for command in the session's codec and queues the frame.
+ * Returns 0 or a negative IMGW_E* code (the connection may be closing). */
+int imgw_session_reply(imgw_session_t *s, int command, uint32_t sequence,
+                       const void *body);
+/* CMD_ERROR_RSP with code and a short message. */
+void imgw_session_error(imgw_session_t *s, uint32_t sequence, int code,
+                        const char *msg);
+/* Kicks a connection of this loop (CMD_KICK_PUSH, then close 4002). */
+void imgw_session_kick(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
+                       const char *platform);
+/* Counts an error code in metrics. */
+void imgw_core_count_error(imgw_core_loop_t *cl, int code);
+int64_t imgw_now_ms(void);
+/* The calling loop thread's core state (store callbacks use it). */
+imgw_core_loop_t *imgw_core_loop_current(void);
+
+/* msg.c: the messaging commands. */
+void imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in);
+void imgw_msg_ack(imgw_session_t *s, imgw_msg_in_t *in);
+void imgw_msg_sync(imgw_session_t *s, imgw_msg_in_t *in);
+void imgw_msg_read(imgw_session_t *s, imgw_msg_in_t *in);
+void imgw_msg_typing(imgw_session_t *s, imgw_msg_in_t *in);
+void imgw_msg_revoke(imgw_session_t *s, imgw_msg_in_t *in);
+
+/* deliver.c: pushes to connections of this node, on any loop. */
+void imgw_deliver_push(imgw_core_loop_t *cl, const uint8_t *blob, size_t len,
+                       int64_t timestamp, const char *const *users,
+                       const int64_t *seqs, size_t n, imgw_conn_ref_t exclude);
+void imgw_deliver_frame(imgw_core_loop_t *cl, int command,
+                        const imgw_push_body_t *body, const char *const *users,
+                        size_t n, imgw_conn_ref_t exclude);
+/* Pre-encoded frames (both codecs) to users' connections, or broadcast
+ * to every WebSocket of the node when users is NULL. Returns the number
+ * of connections targeted. */
+size_t imgw_deliver_raw(imgw_core_loop_t *cl, const uint8_t *pb, size_t pb_len,
+                        const uint8_t *json, size_t json_len,
+                        const char *const *users, size_t n);
+void imgw_deliver_mail(imgw_core_loop_t *cl, imgw_mail_t *m);
+
+/* api.c: plain HTTP endpoints. */
+int imgw_api_handle(imgw_core_loop_t *cl, imgw_conn_t *c,
+                    const imgw_http_req_t *req);
+
+#endif

@@ -1,0 +1,389 @@
+/*
+ * usermap.c: user id -> this node's live connections (see usermap.h).
+ *
+ * Threads: any. imgw_usermap_new/free run on the main thread before the
+ * loops start and after they stop; add/remove/get from every loop (and
+ * whoever else routes) concurrently, users() from a stats reader.
+ *
+ * Sharding: the user id's hash picks a shard (high bits) and a bucket in
+ * the shard's chained table (low bits), so the two choices are
+ * independent. Each shard has its own mutex, held only for a lookup plus
+ * a small copy or edit (never I/O, at most one malloc/realloc), and sits
+ * on its own cache lines so neighbouring shards' locks do not false-share.
+ *
+ * Memory: one allocation per user, holding the entry header, room for
+ * `cap` connections (1, 2, 4, 8 or 16, grown on demand) and the user id,
+ * so a user with one connection costs about 80 bytes plus its share of the
+ * bucket array. An entry is freed as soon as its last connection goes.
+ * Bucket arrays double when a shard holds more users than buckets and
+ * halve when it holds fewer than a quarter (hysteresis, so a shard at the
+ * boundary does not flap); a failed resize is ignored: the table is still
+ * correct, only its chains are longer.
+ *
+ * The hash is FNV-1a with a 64-bit finaliser (FNV's high bits mix poorly
+ * on short keys). It is unseeded: user ids come from tokens the operator's
+ * issuer signed, so an outsider cannot choose colliding ids.
+ */
+#include "usermap.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+
+#define UM_USER_MAX 127     /* bytes in a user id, NUL excluded */
+#define UM_MIN_BUCKETS 16   /* per shard; also the initial size */
+#define UM_MAX_SHARDS 65536 /* shard index comes from 16+ hash bits */
+
+typedef struct um_entry_s {
+    struct um_entry_s *next; /* bucket chain */
+    uint32_t hash;           /* low 32 bits of the user's hash */
+    uint8_t n;               /* connections in conns[] */
+    uint8_t cap;             /* room in conns[]; the user id follows it */
+    uint8_t keylen;          /* strlen(user), 1..UM_USER_MAX */
+    imgw_usermap_conn_t conns[];
+} um_entry_t;
+
+typedef struct um_shard_s {
+    /* _Alignas: one shard per cache line pair, never sharing a line with
+     * its neighbour's mutex. */
+    _Alignas(64) pthread_mutex_t lock;
+    um_entry_t **buckets; /* nbuckets chains; under lock */
+    size_t nbuckets;      /* power of two; under lock */
+    size_t n;             /* users in this shard; under lock */
+    atomic_size_t users;  /* copy of n for lock-free imgw_usermap_users */
+} um_shard_t;
+
+struct imgw_usermap_s {
+    size_t nshards; /* power of two */
+    um_shard_t *shards;
+};
+
+/* ---- helpers -------------------------------------------------------------- */
+
+static uint64_t
+um_hash(const char *s, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a 64 */
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 0x100000001b3ULL;
+    }
+    /* murmur3's fmix64: spread every input bit over the whole word */
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+    return h;
+}
+
+static size_t
+um_entry_size(size_t cap, size_t keylen)
+{
+    return sizeof(um_entry_t) + cap * sizeof(imgw_usermap_conn_t) + keylen +
+           1;
+}
+
+static char *
+um_entry_user(um_entry_t *e)
+{
+    return (char *)(e->conns + e->cap);
+}
+
+/* Returns the user id's length, or 0 when it is NULL, empty or too long. */
+static size_t
+um_user_len(const char *user)
+{
+    if (user == NULL)
+        return 0;
+    size_t len = strnlen(user, UM_USER_MAX + 1);
+    return len > UM_USER_MAX ? 0 : len;
+}
+
+static um_shard_t *
+um_shard(imgw_usermap_t *m, uint64_t h)
+{
+    return &m->shards[(h >> 32) & (m->nshards - 1)];
+}
+
+/* Returns the link that points at user's entry (*link is NULL when the
+ * user is absent: then it is where a new entry can be linked). Lock held. */
+static um_entry_t **
+um_find(um_shard_t *s, uint32_t h, const char *user, size_t len)
+{
+    um_entry_t **pp = &s->buckets[h & (s->nbuckets - 1)];
+    for (; *pp != NULL; pp = &(*pp)->next) {
+        um_entry_t *e = *pp;
+        if (e->hash == h && e->keylen == len &&
+            memcmp(um_entry_user(e), user, len) == 0)
+            return pp;
+    }
+    return pp;
+}
+
+/* Rehashes the shard into nb buckets; keeps the old table if malloc
+ * fails. Lock held. */
+static void
+um_resize(um_shard_t *s, size_t nb)
+{
+    um_entry_t **nbk = calloc(nb, sizeof(*nbk));
+    if (nbk == NULL)
+        return;
+    for (size_t i = 0; i < s->nbuckets; i++) {
+        um_entry_t *e = s->buckets[i];
+        while (e != NULL) {
+            um_entry_t *next = e->next;
+            um_entry_t **head = &nbk[e->hash & (nb - 1)];
+            e->next = *head;
+            *head = e;
+            e = next;
+        }
+    }
+    free(s->buckets);
+    s->buckets = nbk;
+    s->nbuckets = nb;
+}
+
+static void
+um_users_changed(um_shard_t *s)
+{
+    /* Relaxed: a statistic; readers accept a slightly stale sum. */
+    atomic_store_explicit(&s->users, s->n, memory_order_relaxed);
+}
+
+/* ---- lifecycle -------------------------------------------------------------- */
+
+int
+imgw_usermap_new(imgw_usermap_t **out, size_t nshards)
+{
+    size_t ns = 1;
+
+    *out = NULL;
+    if (nshards == 0 || nshards > UM_MAX_SHARDS)
+        return IMGW_EINVAL;
+    while (ns < nshards)
+        ns <<= 1;
+    imgw_usermap_t *m = calloc(1, sizeof(*m));
+    if (m == NULL)
+        return IMGW_ENOMEM;
+    /* sizeof(um_shard_t) is a multiple of its 64-byte alignment. */
+    m->shards = aligned_alloc(_Alignof(um_shard_t), ns * sizeof(um_shard_t));
+    if (m->shards == NULL) {
+        free(m);
+        return IMGW_ENOMEM;
+    }
+    for (size_t i = 0; i < ns; i++) {
+        um_shard_t *s = &m->shards[i];
+        s->buckets = calloc(UM_MIN_BUCKETS, sizeof(*s->buckets));
+        if (s->buckets == NULL || pthread_mutex_init(&s->lock, NULL) != 0) {
+            free(s->buckets);
+            m->nshards = i; /* free what was set up so far */
+            imgw_usermap_free(m);
+            return IMGW_ENOMEM;
+        }
+        s->nbuckets = UM_MIN_BUCKETS;
+        s->n = 0;
+        atomic_init(&s->users, 0);
+    }
+    m->nshards = ns;
+    *out = m;
+    return 0;
+}
+
+void
+imgw_usermap_free(imgw_usermap_t *m)
+{
+    if (m == NULL)
+        return;
+    for (size_t i = 0; i < m->nshards; i++) {
+        um_shard_t *s = &m->shards[i];
+        for (size_t b = 0; b < s->nbuckets; b++) {
+            um_entry_t *e = s->buckets[b];
+            while (e != NULL) {
+                um_entry_t *next = e->next;
+                free(e);
+                e = next;
+            }
+        }
+        free(s->buckets);
+        pthread_mutex_destroy(&s->lock);
+    }
+    free(m->shards);
+    free(m);
+}
+
+/* ---- operations ------------------------------------------------------------- */
+
+/*
+ * Order of checks, all under the shard lock:
+ *   1. ref already registered: with the same platform nothing changes
+ *      (return 0, idempotent); with another platform it is taken out and
+ *      re-added below as if new (a connection moving platform).
+ *   2. another connection on the same platform: replaced in place, its
+ *      ref goes to *kicked, return 1. Replacing never needs room, so it
+ *      works even when the user is at IMGW_USERMAP_MAX_CONNS.
+ *   3. otherwise appended; IMGW_EQUEUEFULL at the bound.
+ * Invalid arguments (user NULL, empty or over 127 bytes, platform NULL or
+ * over 31 bytes) give IMGW_EINVAL; an allocation failure IMGW_ENOMEM. On
+ * any error nothing changed.
+ */
+int
+imgw_usermap_add(imgw_usermap_t *m, const char *user, const char *platform,
+                 imgw_conn_ref_t ref, imgw_conn_ref_t *kicked)
+{
+    size_t len = um_user_len(user);
+    if (len == 0 || platform == NULL)
+        return IMGW_EINVAL;
+    size_t plen = strnlen(platform, IMGW_USERMAP_PLATFORM);
+    if (plen >= IMGW_USERMAP_PLATFORM)
+        return IMGW_EINVAL;
+
+    uint64_t h64 = um_hash(user, len);
+    uint32_t h = (uint32_t)h64;
+    um_shard_t *s = um_shard(m, h64);
+    int rc = 0;
+
+    pthread_mutex_lock(&s->lock);
+    um_entry_t **pp = um_find(s, h, user, len);
+    um_entry_t *e = *pp;
+
+    if (e == NULL) {
+        e = malloc(um_entry_size(1, len));
+        if (e == NULL) {
+            rc = IMGW_ENOMEM;
+            goto out;
+        }
+        e->next = NULL;
+        e->hash = h;
+        e->n = 0;
+        e->cap = 1;
+        e->keylen = (uint8_t)len;
+        memcpy(um_entry_user(e), user, len + 1);
+        *pp = e;
+        s->n++;
+        um_users_changed(s);
+        if (s->n > s->nbuckets)
+            um_resize(s, s->nbuckets * 2); /* e stays valid; pp does not */
+    } else {
+        for (size_t i = 0; i < e->n; i++) {
+            if (!imgw_conn_ref_eq(e->conns[i].ref, ref))
+                continue;
+            if (strcmp(e->conns[i].platform, platform) == 0)
+                goto out; /* already there: idempotent */
+            memmove(&e->conns[i], &e->conns[i + 1],
+                    (e->n - i - 1) * sizeof(e->conns[0]));
+            e->n--;
+            break;
+        }
+        for (size_t i = 0; i < e->n; i++) {
+            if (strcmp(e->conns[i].platform, platform) != 0)
+                continue;
+            if (kicked != NULL)
+                *kicked = e->conns[i].ref;
+            e->conns[i].ref = ref;
+            rc = 1;
+            goto out;
+        }
+        if (e->n >= IMGW_USERMAP_MAX_CONNS) {
+            rc = IMGW_EQUEUEFULL;
+            goto out;
+        }
+        if (e->n == e->cap) {
+            size_t ncap = (size_t)e->cap * 2;
+            if (ncap > IMGW_USERMAP_MAX_CONNS)
+                ncap = IMGW_USERMAP_MAX_CONNS;
+            um_entry_t *ne = realloc(e, um_entry_size(ncap, len));
+            if (ne == NULL) {
+                rc = IMGW_ENOMEM;
+                goto out;
+            }
+            /* The user id sat right after the old capacity. */
+            memmove((char *)(ne->conns + ncap), (char *)(ne->conns + ne->cap),
+                    len + 1);
+            ne->cap = (uint8_t)ncap;
+            *pp = ne;
+            e = ne;
+        }
+    }
+    e->conns[e->n].ref = ref;
+    memcpy(e->conns[e->n].platform, platform, plen + 1);
+    e->n++;
+out:
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+int
+imgw_usermap_remove(imgw_usermap_t *m, const char *user, imgw_conn_ref_t ref)
+{
+    size_t len = um_user_len(user);
+    if (len == 0)
+        return 0;
+    uint64_t h64 = um_hash(user, len);
+    uint32_t h = (uint32_t)h64;
+    um_shard_t *s = um_shard(m, h64);
+    int removed = 0;
+
+    pthread_mutex_lock(&s->lock);
+    um_entry_t **pp = um_find(s, h, user, len);
+    um_entry_t *e = *pp;
+    if (e == NULL)
+        goto out;
+    for (size_t i = 0; i < e->n; i++) {
+        /* A stale ref (an older generation of the slot) never matches, so
+         * a late remove cannot take out the connection that replaced it. */
+        if (!imgw_conn_ref_eq(e->conns[i].ref, ref))
+            continue;
+        memmove(&e->conns[i], &e->conns[i + 1],
+                (e->n - i - 1) * sizeof(e->conns[0]));
+        e->n--;
+        removed = 1;
+        break;
+    }
+    if (removed && e->n == 0) {
+        *pp = e->next;
+        free(e);
+        s->n--;
+        um_users_changed(s);
+        if (s->nbuckets > UM_MIN_BUCKETS && s->n < s->nbuckets / 4)
+            um_resize(s, s->nbuckets / 2);
+    }
+out:
+    pthread_mutex_unlock(&s->lock);
+    return removed;
+}
+
+size_t
+imgw_usermap_get(imgw_usermap_t *m, const char *user, imgw_usermap_conn_t *out,
+                 size_t max)
+{
+    size_t len = um_user_len(user);
+    if (len == 0 || max == 0)
+        return 0;
+    uint64_t h64 = um_hash(user, len);
+    uint32_t h = (uint32_t)h64;
+    um_shard_t *s = um_shard(m, h64);
+    size_t k = 0;
+
+    pthread_mutex_lock(&s->lock);
+    um_entry_t *e = *um_find(s, h, user, len);
+    if (e != NULL) {
+        k = e->n < max ? e->n : max;
+        memcpy(out, e->conns, k * sizeof(*out));
+    }
+    pthread_mutex_unlock(&s->lock);
+    return k;
+}
+
+size_t
+imgw_usermap_users(imgw_usermap_t *m)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < m->nshards; i++)
+        total += atomic_load_explicit(&m->shards[i].users,
+                                      memory_order_relaxed);
+    return total;
+}

@@ -1,0 +1,434 @@
+/*
+ * conn.c: one TCP connection's life on its loop: reading, the coalesced
+ * write path, deadlines and the one close path.
+ *
+ * Thread: only the owning loop. Other threads reach a connection through
+ * its loop's mailbox with an imgw_conn_ref_t.
+ *
+ * Memory: an idle connection is this struct (uv_tcp_t plus ~100 bytes).
+ * HTTP state, WebSocket frame contexts and output blocks are borrowed only
+ * while needed: the read buffer is the loop's, output blocks come from a
+ * per-loop pool and go back once flushed.
+ *
+ * Writes: frames are appended to the connection's pending block and the
+ * connection joins the loop's flush list; the loop's prepare handle (run
+ * once per iteration, right before it polls) flushes every listed
+ * connection with one uv_try_write, so everything a connection is sent in
+ * one iteration leaves in one syscall. What the kernel does not take goes
+ * to uv_write; new output meanwhile accumulates in a second block.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "../core/err.h"
+#include "../core/log.h"
+#include "net_int.h"
+
+static void conn_close_cb(uv_handle_t *h);
+
+/* ---- output blocks ----------------------------------------------------- */
+
+static imgw_obuf_t *
+obuf_get(imgw_loop_t *l, size_t need)
+{
+    imgw_obuf_t *b;
+    if (need <= IMGW_OBUF_SMALL) {
+        if (l->n_obuf_pool > 0) {
+            b = l->obuf_pool[--l->n_obuf_pool];
+        } else {
+            b = malloc(sizeof(*b) + IMGW_OBUF_SMALL);
+            if (b == NULL)
+                return NULL;
+            b->cap = IMGW_OBUF_SMALL;
+        }
+    } else {
+        size_t cap = IMGW_OBUF_SMALL;
+        while (cap < need)
+            cap *= 2;
+        b = malloc(sizeof(*b) + cap);
+        if (b == NULL)
+            return NULL;
+        b->cap = cap;
+    }
+    b->len = 0;
+    b->off = 0;
+    b->conn = NULL;
+    return b;
+}
+
+void
+imgw__obuf_release(imgw_loop_t *l, imgw_obuf_t *b)
+{
+    if (b == NULL)
+        return;
+    if (b->cap == IMGW_OBUF_SMALL && l->n_obuf_pool < IMGW_OBUF_POOL_MAX)
+        l->obuf_pool[l->n_obuf_pool++] = b;
+    else
+        free(b);
+}
+
+/* ---- creation ----------------------------------------------------------- */
+
+imgw_conn_t *
+imgw__conn_new(imgw_loop_t *l)
+{
+    imgw_conn_t *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->loop = l;
+    c->state = IMGW_CONN_HTTP;
+    return c;
+}
+
+/* ---- reading ------------------------------------------------------------ */
+
+void
+imgw__conn_on_read(imgw_conn_t *c, const uint8_t *data, size_t len)
+{
+    c->loop->st.bytes_in += len;
+    c->last_rx_ms = c->loop->now_ms;
+    switch (c->state) {
+    case IMGW_CONN_HTTP:
+        imgw__http_feed(c, data, len);
+        break;
+    case IMGW_CONN_WS:
+        imgw__ws_feed(c, data, len);
+        break;
+    case IMGW_CONN_CLOSING:
+        /* Only a WebSocket waits for the peer's close frame; an HTTP
+         * connection that is ending ignores what else arrives. */
+        if (c->flags & IMGW_CF_COUNTED_WS)
+            imgw__ws_feed(c, data, len);
+        break;
+    default:
+        break;
+    }
+}
+
+/* ---- writing ------------------------------------------------------------ */
+
+static void
+flush_list_add(imgw_conn_t *c)
+{
+    if (c->flags & IMGW_CF_IN_FLUSH)
+        return;
+    c->flags |= IMGW_CF_IN_FLUSH;
+    c->flush_next = c->loop->flush_head;
+    c->loop->flush_head = c;
+}
+
+/*
+ * Appends bufs to the pending block. Returns 0, IMGW_ECLOSED, IMGW_ENOMEM,
+ * or IMGW_EQUEUEFULL (the caller closes the connection as a slow consumer).
+ */
+int
+imgw__conn_write_raw(imgw_conn_t *c, const uv_buf_t *bufs, size_t n,
+                     int bounded)
+{
+    imgw_loop_t *l = c->loop;
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += bufs[i].len;
+    if (c->state == IMGW_CONN_CLOSED)
+        return IMGW_ECLOSED;
+    if (bounded && c->queued + total > l->net->opts.max_queued_bytes)
+        return IMGW_EQUEUEFULL;
+    imgw_obuf_t *b = c->pend;
+    if (b == NULL || b->len + total > b->cap) {
+        size_t have = b ? b->len - b->off : 0;
+        imgw_obuf_t *nb = obuf_get(l, have + total);
+        if (nb == NULL)
+            return IMGW_ENOMEM;
+        if (b) {
+            memcpy(nb->data, b->data + b->off, have);
+            nb->len = have;
+            imgw__obuf_release(l, b);
+        }
+        c->pend = b = nb;
+        b->conn = c;
+    }
+    for (size_t i = 0; i < n; i++) {
+        memcpy(b->data + b->len, bufs[i].base, bufs[i].len);
+        b->len += bufs[i].len;
+    }
+    c->queued += total;
+    flush_list_add(c);
+    return 0;
+}
+
+static void
+write_cb(uv_write_t *req, int status)
+{
+    imgw_obuf_t *b = IMGW_CONTAINER_OF(req, imgw_obuf_t, req);
+    imgw_conn_t *c = b->conn;
+    imgw_loop_t *l = c->loop;
+    c->queued -= b->len - b->off;
+    l->st.bytes_out += b->len - b->off;
+    c->inflight = NULL;
+    imgw__obuf_release(l, b);
+    if (status < 0) {
+        if (status != UV_ECANCELED)
+            IMGW_LOG_DEBUG("write to %p failed: %s", (void *)c,
+                           uv_strerror(status));
+        imgw__conn_close_now(c);
+        return;
+    }
+    imgw__conn_flush(c);
+}
+
+void
+imgw__conn_flush(imgw_conn_t *c)
+{
+    imgw_loop_t *l = c->loop;
+    if (c->state == IMGW_CONN_CLOSED || c->inflight != NULL)
+        return;
+    imgw_obuf_t *b = c->pend;
+    if (b != NULL) {
+        uv_buf_t ub = uv_buf_init((char *)b->data + b->off,
+                                  (unsigned)(b->len - b->off));
+        int r = uv_try_write((uv_stream_t *)&c->tcp, &ub, 1);
+        if (r == UV_EAGAIN || r == UV_ENOSYS)
+            r = 0;
+        if (r < 0) {
+            imgw__conn_close_now(c);
+            return;
+        }
+        b->off += (size_t)r;
+        c->queued -= (size_t)r;
+        l->st.bytes_out += (size_t)r;
+        if (b->off < b->len) {
+            c->pend = NULL;
+            c->inflight = b;
+            ub = uv_buf_init((char *)b->data + b->off,
+                             (unsigned)(b->len - b->off));
+            r = uv_write(&b->req, (uv_stream_t *)&c->tcp, &ub, 1, write_cb);
+            if (r < 0) {
+                c->inflight = NULL;
+                c->pend = b;
+                imgw__conn_close_now(c);
+            }
+            return;
+        }
+        c->pend = NULL;
+        imgw__obuf_release(l, b);
+    }
+    if (c->flags & IMGW_CF_CLOSE_AFTER)
+        imgw__conn_close_now(c);
+}
+
+void
+imgw__conn_flush_all(imgw_loop_t *l)
+{
+    while (l->flush_head != NULL) {
+        imgw_conn_t *c = l->flush_head;
+        l->flush_head = c->flush_next;
+        c->flush_next = NULL;
+        c->flags &= ~IMGW_CF_IN_FLUSH;
+        imgw__conn_flush(c);
+    }
+}
+
+int
+imgw_conn_send_ws(imgw_conn_t *c, int is_text, const uv_buf_t *pieces,
+                  size_t n)
+{
+    uint8_t hdr[10];
+    uv_buf_t bufs[9];
+    size_t total = 0;
+    if (c->state != IMGW_CONN_WS)
+        return IMGW_ECLOSED;
+    if (n > 8)
+        return IMGW_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        total += pieces[i].len;
+    size_t hl = imgw__ws_header(hdr, is_text ? 1 : 2, total);
+    bufs[0] = uv_buf_init((char *)hdr, (unsigned)hl);
+    for (size_t i = 0; i < n; i++)
+        bufs[i + 1] = pieces[i];
+    int r = imgw__conn_write_raw(c, bufs, n + 1, 1);
+    if (r == IMGW_EQUEUEFULL) {
+        c->loop->st.slow_consumers++;
+        IMGW_LOG_WARN_RL("slow consumer %s closed: %zu bytes queued",
+                         imgw_conn_peer(c), c->queued);
+        /* Its queue is full, so a close frame could not get through in
+         * time either: drop the connection. */
+        imgw_conn_abort(c);
+        return r;
+    }
+    if (r < 0) {
+        imgw_conn_abort(c);
+        return r;
+    }
+    c->loop->st.frames_out++;
+    return 0;
+}
+
+void
+imgw_conn_close_ws(imgw_conn_t *c, int code, const char *reason)
+{
+    uint8_t payload[125];
+    uint8_t hdr[10];
+    size_t rl = reason ? strlen(reason) : 0;
+    if (c->state != IMGW_CONN_WS) {
+        if (c->state == IMGW_CONN_HTTP)
+            imgw_conn_abort(c);
+        return;
+    }
+    if (rl > sizeof(payload) - 2)
+        rl = sizeof(payload) - 2;
+    payload[0] = (uint8_t)(code >> 8);
+    payload[1] = (uint8_t)(code & 0xff);
+    if (rl)
+        memcpy(payload + 2, reason, rl);
+    size_t hl = imgw__ws_header(hdr, 8, rl + 2);
+    uv_buf_t bufs[2] = {uv_buf_init((char *)hdr, (unsigned)hl),
+                        uv_buf_init((char *)payload, (unsigned)(rl + 2))};
+    c->state = IMGW_CONN_CLOSING;
+    c->flags |= IMGW_CF_CLOSE_SENT;
+    /* The close frame goes out even when the queue is at its bound. */
+    int r = imgw__conn_write_raw(c, bufs, 2, 0);
+    if (r < 0) {
+        imgw__conn_close_now(c);
+        return;
+    }
+    /* Wait for the peer's close frame, but not forever. */
+    imgw_conn_set_deadline(c, c->loop->now_ms + IMGW_CLOSE_GRACE_MS);
+}
+
+void
+imgw_conn_abort(imgw_conn_t *c)
+{
+    imgw__conn_close_now(c);
+}
+
+void
+imgw__conn_close_now(imgw_conn_t *c)
+{
+    if (c->state == IMGW_CONN_CLOSED)
+        return;
+    c->state = IMGW_CONN_CLOSED;
+    imgw_tw_cancel(&c->loop->tw, &c->tw);
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    uv_close((uv_handle_t *)&c->tcp, conn_close_cb);
+}
+
+static void
+conn_close_cb(uv_handle_t *h)
+{
+    imgw_conn_t *c = IMGW_CONTAINER_OF(h, imgw_conn_t, tcp);
+    imgw_loop_t *l = c->loop;
+    if (l->net->h->on_close && c->data != NULL)
+        l->net->h->on_close(c);
+    imgw__http_free(c);
+    imgw__ws_free(c);
+    imgw__obuf_release(l, c->pend);
+    c->pend = NULL;
+    /* inflight was completed with UV_ECANCELED before this callback. */
+    if (c->flags & IMGW_CF_IN_FLUSH) {
+        imgw_conn_t **pp = &l->flush_head;
+        while (*pp && *pp != c)
+            pp = &(*pp)->flush_next;
+        if (*pp)
+            *pp = c->flush_next;
+    }
+    imgw__loop_conn_removed(l, c);
+    free(c);
+}
+
+/* ---- deadlines ---------------------------------------------------------- */
+
+void
+imgw_conn_set_deadline(imgw_conn_t *c, uint64_t deadline_ms)
+{
+    imgw_loop_t *l = c->loop;
+    c->deadline_ms = deadline_ms;
+    if (deadline_ms == 0) {
+        imgw_tw_cancel(&l->tw, &c->tw);
+        return;
+    }
+    uint64_t tick = (deadline_ms + IMGW_TICK_MS - 1) / IMGW_TICK_MS;
+    /* Re-linking on every frame would be wasted work: an earlier entry
+     * fires, sees the later deadline and reschedules itself. */
+    if (imgw_tw_pending(&c->tw) && c->tw.deadline <= tick)
+        return;
+    imgw_tw_schedule(&l->tw, &c->tw, tick);
+}
+
+void
+imgw__conn_deadline_fired(imgw_conn_t *c)
+{
+    imgw_loop_t *l = c->loop;
+    if (c->state == IMGW_CONN_CLOSED || c->deadline_ms == 0)
+        return;
+    if (c->deadline_ms > l->now_ms) {
+        imgw_tw_schedule(&l->tw, &c->tw,
+                         (c->deadline_ms + IMGW_TICK_MS - 1) / IMGW_TICK_MS);
+        return;
+    }
+    c->deadline_ms = 0;
+    if (c->state == IMGW_CONN_WS && l->net->h->on_deadline)
+        l->net->h->on_deadline(c);
+    else
+        imgw__conn_close_now(c);
+}
+
+/* ---- accessors ---------------------------------------------------------- */
+
+imgw_conn_ref_t
+imgw_conn_ref(const imgw_conn_t *c)
+{
+    imgw_conn_ref_t r = {(uint16_t)c->loop->index, c->slot, c->gen};
+    return r;
+}
+
+imgw_loop_t *
+imgw_conn_loop(const imgw_conn_t *c)
+{
+    return c->loop;
+}
+
+void *
+imgw_conn_data(const imgw_conn_t *c)
+{
+    return c->data;
+}
+
+void
+imgw_conn_set_data(imgw_conn_t *c, void *data)
+{
+    c->data = data;
+}
+
+uint64_t
+imgw_conn_last_rx_ms(const imgw_conn_t *c)
+{
+    return c->last_rx_ms;
+}
+
+int
+imgw_conn_is_ws(const imgw_conn_t *c)
+{
+    return c->state == IMGW_CONN_WS;
+}
+
+int
+imgw_conn_closing(const imgw_conn_t *c)
+{
+    return c->state >= IMGW_CONN_CLOSING;
+}
+
+const char *
+imgw_conn_peer(const imgw_conn_t *c)
+{
+    static _Thread_local char buf[64];
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    buf[0] = '\0';
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET)
+            uv_ip4_name((struct sockaddr_in *)&ss, buf, sizeof(buf));
+        else if (ss.ss_family == AF_INET6)
+            uv_ip6_name((struct sockaddr_in6 *)&ss, buf, sizeof(buf));
+    }
+    return buf;
+}

@@ -1,0 +1,637 @@
+/*
+ * loop.c: the reactors. One libuv loop per thread, each with its own
+ * SO_REUSEPORT listener on every port, its connection table, timer wheel,
+ * mailbox, flush list and pools.
+ *
+ * Threads: imgw_net_new/start/drain/join/free run on the main thread;
+ * everything else on the loop's own thread, except imgw_loop_post (any).
+ *
+ * libuv 1.44 has no SO_REUSEPORT flag for uv_tcp_bind, so each listener
+ * socket is made by hand (socket, SO_REUSEPORT, bind, listen) on the main
+ * thread, where a bad address or a port in use is reported before any loop
+ * runs, and adopted by its loop with uv_tcp_open. The kernel then spreads
+ * new connections over the loops; a connection never leaves its loop.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../core/err.h"
+#include "../core/log.h"
+#include "net_int.h"
+
+static uint64_t
+wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* ---- connection table ------------------------------------------------ */
+
+static int
+slot_alloc(imgw_loop_t *l, imgw_conn_t *c)
+{
+    uint32_t s;
+    if (l->n_free > 0) {
+        s = l->free_slots[--l->n_free];
+    } else {
+        if (l->n_slots == l->cap_slots) {
+            size_t cap = l->cap_slots ? l->cap_slots * 2 : 1024;
+            imgw_conn_t **ns = realloc(l->slots, cap * sizeof(*ns));
+            if (ns == NULL)
+                return IMGW_ENOMEM;
+            l->slots = ns;
+            uint32_t *ng = realloc(l->gens, cap * sizeof(*ng));
+            if (ng == NULL)
+                return IMGW_ENOMEM;
+            l->gens = ng;
+            uint32_t *nf = realloc(l->free_slots, cap * sizeof(*nf));
+            if (nf == NULL)
+                return IMGW_ENOMEM;
+            l->free_slots = nf;
+            l->cap_slots = cap;
+        }
+        s = (uint32_t)l->n_slots++;
+        l->gens[s] = 0;
+    }
+    l->gens[s]++;
+    l->slots[s] = c;
+    c->slot = s;
+    c->gen = l->gens[s];
+    return 0;
+}
+
+void
+imgw__loop_conn_removed(imgw_loop_t *l, imgw_conn_t *c)
+{
+    l->slots[c->slot] = NULL;
+    l->free_slots[l->n_free++] = c->slot;
+    l->st.conns_open--;
+    if (c->flags & IMGW_CF_COUNTED_WS)
+        l->st.ws_open--;
+    atomic_fetch_sub(&l->net->conns, 1);
+    if (l->draining && (c->flags & IMGW_CF_COUNTED_WS))
+        l->drain_closed++;
+}
+
+imgw_conn_t *
+imgw_loop_conn(imgw_loop_t *l, imgw_conn_ref_t ref)
+{
+    if (ref.slot >= l->n_slots)
+        return NULL;
+    imgw_conn_t *c = l->slots[ref.slot];
+    if (c == NULL || c->gen != ref.gen || c->state == IMGW_CONN_CLOSED)
+        return NULL;
+    return c;
+}
+
+void
+imgw_loop_foreach_ws(imgw_loop_t *l, void (*fn)(imgw_conn_t *, void *),
+                     void *arg)
+{
+    for (size_t i = 0; i < l->n_slots; i++) {
+        imgw_conn_t *c = l->slots[i];
+        if (c != NULL && c->state == IMGW_CONN_WS)
+            fn(c, arg);
+    }
+}
+
+/* ---- reading ----------------------------------------------------------- */
+
+static void
+alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    imgw_conn_t *c = IMGW_CONTAINER_OF(h, imgw_conn_t, tcp);
+    (void)suggested;
+    /* One buffer per loop: libuv calls read_cb right after alloc_cb for
+     * the same stream, and read_cb consumes or copies everything. */
+    buf->base = (char *)c->loop->rbuf;
+    buf->len = sizeof(c->loop->rbuf);
+}
+
+static void
+read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    imgw_conn_t *c = IMGW_CONTAINER_OF(s, imgw_conn_t, tcp);
+    if (nread > 0) {
+        imgw__conn_on_read(c, (const uint8_t *)buf->base, (size_t)nread);
+        return;
+    }
+    if (nread < 0) /* EOF or error */
+        imgw__conn_close_now(c);
+}
+
+void
+imgw__loop_read_start(imgw_conn_t *c)
+{
+    if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) != 0)
+        imgw__conn_close_now(c);
+}
+
+/* ---- accepting --------------------------------------------------------- */
+
+static void
+refuse_full(imgw_conn_t *c)
+{
+    static const char resp[] = "HTTP/1.1 503 Service Unavailable\r\n"
+                               "Content-Type: text/plain\r\n"
+                               "Content-Length: 5\r\n"
+                               "Connection: close\r\n\r\nfull\n";
+    uv_buf_t b = uv_buf_init((char *)resp, sizeof(resp) - 1);
+    c->loop->st.refused_full++;
+    if (imgw__conn_write_raw(c, &b, 1, 0) == 0) {
+        c->flags |= IMGW_CF_CLOSE_AFTER;
+        c->state = IMGW_CONN_CLOSING;
+    } else {
+        imgw__conn_close_now(c);
+    }
+}
+
+static void
+on_connection(uv_stream_t *server, int status)
+{
+    imgw_loop_t *l = server->data;
+    if (status < 0) {
+        IMGW_LOG_WARN_RL("accept failed: %s", uv_strerror(status));
+        return;
+    }
+    imgw_conn_t *c = imgw__conn_new(l);
+    if (c == NULL)
+        return;
+    uv_tcp_init(&l->uv, &c->tcp);
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 ||
+        slot_alloc(l, c) != 0) {
+        /* Not in the table yet: close without the table bookkeeping. */
+        c->state = IMGW_CONN_CLOSED;
+        uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+        return;
+    }
+    l->st.accepted++;
+    l->st.conns_open++;
+    long n = atomic_fetch_add(&l->net->conns, 1) + 1;
+    uv_tcp_nodelay(&c->tcp, 1);
+    c->last_rx_ms = l->now_ms;
+    imgw_conn_set_deadline(c, l->now_ms +
+                                  (uint64_t)l->net->opts.auth_timeout * 1000);
+    if (l->draining) {
+        imgw__conn_close_now(c);
+        return;
+    }
+    if (n > l->net->opts.max_connections) {
+        refuse_full(c);
+        return;
+    }
+    imgw__loop_read_start(c);
+}
+
+/* ---- timers, flush, mailbox ---------------------------------------------- */
+
+static void
+tw_expire(imgw_tw_entry_t *e, void *arg)
+{
+    (void)arg;
+    imgw_conn_t *c = IMGW_CONTAINER_OF(e, imgw_conn_t, tw);
+    imgw__conn_deadline_fired(c);
+}
+
+static void loop_finish(imgw_loop_t *l);
+
+static void
+drain_step(imgw_loop_t *l)
+{
+    /* Paced drain: by time t of the window, close t/window of the
+     * connections that were open when it began, so clients reconnect
+     * elsewhere spread out instead of all at once. */
+    size_t target = l->drain_total;
+    if (l->now_ms < l->drain_end_ms && l->drain_end_ms > l->drain_start_ms) {
+        double frac = (double)(l->now_ms - l->drain_start_ms) /
+                      (double)(l->drain_end_ms - l->drain_start_ms);
+        target = (size_t)(frac * (double)l->drain_total) + 1;
+    }
+    size_t asked = 0;
+    for (size_t i = 0; i < l->n_slots; i++) {
+        imgw_conn_t *c = l->slots[i];
+        if (c == NULL || (c->flags & IMGW_CF_DRAIN_DONE))
+            continue;
+        asked++;
+    }
+    size_t done = l->drain_total > asked ? l->drain_total - asked : 0;
+    for (size_t i = 0; i < l->n_slots && done < target; i++) {
+        imgw_conn_t *c = l->slots[i];
+        if (c == NULL || (c->flags & IMGW_CF_DRAIN_DONE))
+            continue;
+        c->flags |= IMGW_CF_DRAIN_DONE;
+        done++;
+        if (c->state == IMGW_CONN_WS)
+            imgw_conn_close_ws(c, 1001, "going away");
+        else if (c->state == IMGW_CONN_HTTP)
+            imgw__conn_close_now(c);
+    }
+    if (l->st.conns_open == 0)
+        loop_finish(l);
+}
+
+static void
+timer_cb(uv_timer_t *t)
+{
+    imgw_loop_t *l = t->data;
+    l->now_ms = wall_ms();
+    imgw_tw_advance(&l->tw, l->now_ms / IMGW_TICK_MS, tw_expire, NULL);
+    if (l->now_ms - l->last_tick_ms >= 1000) {
+        l->last_tick_ms = l->now_ms;
+        if (l->net->h->on_tick && !l->stopping)
+            l->net->h->on_tick(l, l->now_ms);
+    }
+    if (l->draining && !l->stopping)
+        drain_step(l);
+}
+
+static void
+prepare_cb(uv_prepare_t *p)
+{
+    imgw_loop_t *l = p->data;
+    imgw__conn_flush_all(l);
+}
+
+static void
+start_drain(imgw_loop_t *l)
+{
+    if (l->draining)
+        return;
+    l->draining = 1;
+    for (int i = 0; i < l->n_listeners; i++)
+        uv_close((uv_handle_t *)&l->listeners[i], NULL);
+    l->n_listeners = 0;
+    l->drain_start_ms = l->now_ms;
+    l->drain_end_ms =
+        l->now_ms + (uint64_t)atomic_load(&l->net->drain_ms);
+    l->drain_total = (size_t)l->st.conns_open;
+    l->drain_closed = 0;
+    IMGW_LOG_INFO("draining %zu connections over %llu ms", l->drain_total,
+                  (unsigned long long)(l->drain_end_ms - l->drain_start_ms));
+    drain_step(l);
+}
+
+static void
+mailbox_cb(imgw_mailbox_t *mb, imgw_mpsc_node_t *n)
+{
+    imgw_loop_t *l = mb->data;
+    l->now_ms = wall_ms();
+    if (n == &l->stop_node) {
+        start_drain(l);
+        return;
+    }
+    if (l->net->h->on_mail)
+        l->net->h->on_mail(l, n);
+}
+
+static void
+loop_finish(imgw_loop_t *l)
+{
+    if (l->stopping)
+        return;
+    l->stopping = 1;
+    if (l->net->h->on_loop_stop)
+        l->net->h->on_loop_stop(l);
+    uv_timer_stop(&l->timer);
+    uv_close((uv_handle_t *)&l->timer, NULL);
+    uv_prepare_stop(&l->flush_prep);
+    uv_close((uv_handle_t *)&l->flush_prep, NULL);
+    imgw_mailbox_close(&l->mbox, NULL);
+}
+
+/* ---- the loop thread --------------------------------------------------- */
+
+static void
+close_walk_cb(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void
+loop_thread(void *arg)
+{
+    imgw_loop_t *l = arg;
+    char tag[16];
+    snprintf(tag, sizeof(tag), "loop%d", l->index);
+    imgw_log_set_thread(tag);
+    int r = 0;
+    l->now_ms = wall_ms();
+    l->last_tick_ms = l->now_ms;
+    if ((r = imgw_tw_init(&l->tw, 1024, l->now_ms / IMGW_TICK_MS)) != 0)
+        goto fail;
+    if ((r = imgw_mailbox_init(&l->mbox, &l->uv, mailbox_cb, l)) != 0)
+        goto fail;
+    uv_timer_init(&l->uv, &l->timer);
+    l->timer.data = l;
+    uv_timer_start(&l->timer, timer_cb, IMGW_TICK_MS, IMGW_TICK_MS);
+    uv_prepare_init(&l->uv, &l->flush_prep);
+    l->flush_prep.data = l;
+    uv_prepare_start(&l->flush_prep, prepare_cb);
+    for (int i = 0; i < l->n_listeners; i++) {
+        uv_tcp_init(&l->uv, &l->listeners[i]);
+        l->listeners[i].data = l;
+        if ((r = uv_tcp_open(&l->listeners[i], l->listen_fds[i])) != 0)
+            goto fail;
+        l->listen_fds[i] = -1;
+        if ((r = uv_listen((uv_stream_t *)&l->listeners[i], 4096,
+                           on_connection)) != 0)
+            goto fail;
+    }
+    if (l->net->h->on_loop_start && (r = l->net->h->on_loop_start(l)) != 0)
+        goto fail;
+    l->start_err = 0;
+    uv_sem_post(&l->started);
+    uv_run(&l->uv, UV_RUN_DEFAULT);
+    goto out;
+fail:
+    IMGW_LOG_ERROR("loop %d failed to start: %s", l->index, imgw_strerror(r));
+    l->start_err = r;
+    uv_sem_post(&l->started);
+    uv_walk(&l->uv, close_walk_cb, NULL);
+    uv_run(&l->uv, UV_RUN_DEFAULT);
+out:
+    imgw_tw_free(&l->tw);
+    imgw__ws_pool_free(l);
+    while (l->n_obuf_pool > 0)
+        free(l->obuf_pool[--l->n_obuf_pool]);
+    if (uv_loop_close(&l->uv) != 0) {
+        uv_walk(&l->uv, close_walk_cb, NULL);
+        uv_run(&l->uv, UV_RUN_DEFAULT);
+        uv_loop_close(&l->uv);
+    }
+    uv_mutex_lock(&l->net->done_mu);
+    atomic_fetch_sub(&l->net->loops_running, 1);
+    uv_cond_broadcast(&l->net->done_cv);
+    uv_mutex_unlock(&l->net->done_mu);
+}
+
+/* ---- net-wide ---------------------------------------------------------- */
+
+static int
+make_listener(const char *bind_addr, uint16_t port, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    memset(&ss, 0, sizeof(ss));
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, bind_addr, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons(port);
+        sl = sizeof(*s4);
+    } else if (inet_pton(AF_INET6, bind_addr, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons(port);
+        sl = sizeof(*s6);
+    } else {
+        snprintf(err, errlen, "server.bind: '%s' is not an IP address",
+                 bind_addr);
+        return IMGW_ECONFIG;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                    0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return -errno;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
+        bind(fd, (struct sockaddr *)&ss, sl) != 0) {
+        int e = errno;
+        snprintf(err, errlen, "listen on %s:%u: %s", bind_addr, port,
+                 strerror(e));
+        close(fd);
+        return -e;
+    }
+    if (listen(fd, 4096) != 0) {
+        int e = errno;
+        snprintf(err, errlen, "listen on %s:%u: %s", bind_addr, port,
+                 strerror(e));
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+int
+imgw_net_new(imgw_net_t **out, const imgw_net_opts_t *opts, char *err,
+             size_t errlen)
+{
+    imgw_net_t *n = calloc(1, sizeof(*n));
+    if (n == NULL)
+        return IMGW_ENOMEM;
+    n->opts = *opts;
+    n->h = opts->handlers;
+    snprintf(n->bind, sizeof(n->bind), "%s", opts->bind);
+    n->opts.bind = n->bind;
+    if (opts->n_ports > IMGW_MAX_LISTENERS)
+        return IMGW_EINVAL;
+    memcpy(n->ports, opts->ports, (size_t)opts->n_ports * sizeof(uint16_t));
+    n->opts.ports = n->ports;
+    n->n_loops = opts->n_loops;
+    uv_mutex_init(&n->done_mu);
+    uv_cond_init(&n->done_cv);
+    n->loops = calloc((size_t)n->n_loops, sizeof(*n->loops));
+    if (n->loops == NULL) {
+        free(n);
+        return IMGW_ENOMEM;
+    }
+    for (int i = 0; i < n->n_loops; i++) {
+        imgw_loop_t *l = calloc(1, sizeof(*l));
+        if (l == NULL) {
+            imgw_net_free(n);
+            return IMGW_ENOMEM;
+        }
+        n->loops[i] = l;
+        l->index = i;
+        l->net = n;
+        for (int k = 0; k < IMGW_MAX_LISTENERS; k++)
+            l->listen_fds[k] = -1;
+        int r = uv_loop_init(&l->uv);
+        if (r != 0) {
+            snprintf(err, errlen, "uv_loop_init: %s", uv_strerror(r));
+            imgw_net_free(n);
+            return r;
+        }
+        uv_sem_init(&l->started, 0);
+        for (int p = 0; p < opts->n_ports; p++) {
+            int fd = make_listener(opts->bind, opts->ports[p], err, errlen);
+            if (fd < 0) {
+                imgw_net_free(n);
+                return fd;
+            }
+            l->listen_fds[l->n_listeners++] = fd;
+        }
+    }
+    *out = n;
+    return 0;
+}
+
+int
+imgw_net_start(imgw_net_t *n)
+{
+    int first_err = 0;
+    for (int i = 0; i < n->n_loops; i++) {
+        imgw_loop_t *l = n->loops[i];
+        atomic_fetch_add(&n->loops_running, 1);
+        int r = uv_thread_create(&l->thread, loop_thread, l);
+        if (r != 0) {
+            atomic_fetch_sub(&n->loops_running, 1);
+            return r;
+        }
+        uv_sem_wait(&l->started);
+        if (l->start_err && !first_err)
+            first_err = l->start_err;
+    }
+    return first_err;
+}
+
+void
+imgw_net_drain(imgw_net_t *n, int drain_ms)
+{
+    if (atomic_exchange(&n->draining, 1))
+        return;
+    atomic_store(&n->drain_ms, drain_ms);
+    for (int i = 0; i < n->n_loops; i++)
+        imgw_mailbox_post(&n->loops[i]->mbox, &n->loops[i]->stop_node);
+}
+
+int
+imgw_net_join(imgw_net_t *n, int timeout_ms)
+{
+    uint64_t deadline = uv_hrtime() + (uint64_t)timeout_ms * 1000000ULL;
+    uv_mutex_lock(&n->done_mu);
+    while (atomic_load(&n->loops_running) > 0) {
+        uint64_t now = uv_hrtime();
+        if (now >= deadline)
+            break;
+        uv_cond_timedwait(&n->done_cv, &n->done_mu, deadline - now);
+    }
+    int left = atomic_load(&n->loops_running);
+    uv_mutex_unlock(&n->done_mu);
+    if (left > 0)
+        return UV_ETIMEDOUT;
+    for (int i = 0; i < n->n_loops; i++)
+        uv_thread_join(&n->loops[i]->thread);
+    return 0;
+}
+
+void
+imgw_net_free(imgw_net_t *n)
+{
+    if (n == NULL)
+        return;
+    for (int i = 0; i < n->n_loops; i++) {
+        imgw_loop_t *l = n->loops[i];
+        if (l == NULL)
+            continue;
+        for (int k = 0; k < l->n_listeners; k++)
+            if (l->listen_fds[k] >= 0)
+                close(l->listen_fds[k]);
+        free(l->slots);
+        free(l->gens);
+        free(l->free_slots);
+        free(l);
+    }
+    free(n->loops);
+    uv_mutex_destroy(&n->done_mu);
+    uv_cond_destroy(&n->done_cv);
+    free(n);
+}
+
+int
+imgw_net_n_loops(const imgw_net_t *n)
+{
+    return n->n_loops;
+}
+
+imgw_loop_t *
+imgw_net_loop(imgw_net_t *n, int i)
+{
+    return n->loops[i];
+}
+
+int
+imgw_net_draining(const imgw_net_t *n)
+{
+    return atomic_load(&((imgw_net_t *)n)->draining);
+}
+
+long
+imgw_net_conn_count(const imgw_net_t *n)
+{
+    return atomic_load(&((imgw_net_t *)n)->conns);
+}
+
+void *
+imgw_net_data(imgw_net_t *n)
+{
+    return n->opts.data;
+}
+
+int
+imgw_loop_post(imgw_loop_t *l, imgw_mpsc_node_t *node)
+{
+    return imgw_mailbox_post(&l->mbox, node);
+}
+
+int
+imgw_loop_index(const imgw_loop_t *l)
+{
+    return l->index;
+}
+
+uv_loop_t *
+imgw_loop_uv(imgw_loop_t *l)
+{
+    return &l->uv;
+}
+
+imgw_net_t *
+imgw_loop_net(imgw_loop_t *l)
+{
+    return l->net;
+}
+
+void *
+imgw_loop_data(imgw_loop_t *l)
+{
+    return l->data;
+}
+
+void
+imgw_loop_set_data(imgw_loop_t *l, void *data)
+{
+    l->data = data;
+}
+
+uint64_t
+imgw_loop_now_ms(imgw_loop_t *l)
+{
+    return l->now_ms;
+}
+
+void
+imgw_loop_stats(imgw_loop_t *l, imgw_loop_stats_t *out)
+{
+    /* Read from another thread: plain loads of counters only ever
+     * written by the loop; a scrape may see values a moment old. */
+    *out = l->st;
+    out->mailbox_drained = l->mbox.drained;
+    out->mailbox_wakeups = l->mbox.wakeups;
+    out->mailbox_last_batch = l->mbox.last_batch;
+    out->mailbox_depth = atomic_load(&l->mbox.depth);
+}

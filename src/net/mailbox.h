@@ -1,0 +1,69 @@
+/*
+ * mailbox.h: a loop's inbox for other threads.
+ *
+ * imgw_mpsc_t is a lock-free intrusive multi-producer single-consumer queue
+ * (Dmitry Vyukov's design): push is one atomic exchange plus one store and
+ * never blocks; pop is consumer-only. imgw_mailbox_t adds one uv_async_t:
+ * a producer wakes the loop only when the mailbox is not already armed,
+ * and the loop drains everything per wake-up because uv_async_send()
+ * coalesces.
+ *
+ * Ownership: a node belongs to the producer until push, then to the
+ * consumer (which frees or recycles it in the callback).
+ */
+#ifndef IMGW_MAILBOX_H
+#define IMGW_MAILBOX_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+
+#include <uv.h>
+
+typedef struct imgw_mpsc_node_s {
+    struct imgw_mpsc_node_s *_Atomic next;
+} imgw_mpsc_node_t;
+
+typedef struct imgw_mpsc_s {
+    imgw_mpsc_node_t *_Atomic head; /* producers exchange here */
+    imgw_mpsc_node_t *tail;         /* consumer only */
+    imgw_mpsc_node_t stub;
+} imgw_mpsc_t;
+
+void imgw_mpsc_init(imgw_mpsc_t *q);
+/** Any thread. */
+void imgw_mpsc_push(imgw_mpsc_t *q, imgw_mpsc_node_t *n);
+/*
+ * Consumer thread only. Returns the oldest node or NULL when the queue is
+ * empty or a producer is between its two steps (its node shows up on a
+ * later pop; the mailbox re-arms so that pop happens).
+ */
+imgw_mpsc_node_t *imgw_mpsc_pop(imgw_mpsc_t *q);
+
+typedef struct imgw_mailbox_s imgw_mailbox_t;
+/** Runs on the loop thread once per drained node; owns n. */
+typedef void (*imgw_mailbox_cb)(imgw_mailbox_t *mb, imgw_mpsc_node_t *n);
+
+struct imgw_mailbox_s {
+    imgw_mpsc_t q;
+    uv_async_t async;
+    atomic_int armed;          /* 1 while a wake-up is pending */
+    imgw_mailbox_cb cb;
+    void *data;                /* user pointer */
+    /* stats, loop thread only */
+    uint64_t drained;          /* nodes delivered */
+    uint64_t wakeups;          /* callbacks run */
+    size_t last_batch;         /* nodes in the last drain */
+    atomic_size_t depth;       /* pushed minus drained (approximate) */
+};
+
+/** Loop thread. Returns 0 or a UV_E* code. */
+int imgw_mailbox_init(imgw_mailbox_t *mb, uv_loop_t *loop, imgw_mailbox_cb cb,
+                      void *data);
+/** Any thread. Returns 0 or a UV_E* code from uv_async_send. */
+int imgw_mailbox_post(imgw_mailbox_t *mb, imgw_mpsc_node_t *n);
+/** Loop thread: drains what is queued now (also done by the async cb). */
+size_t imgw_mailbox_drain(imgw_mailbox_t *mb);
+/** Loop thread: closes the async handle; queued nodes are drained first. */
+void imgw_mailbox_close(imgw_mailbox_t *mb, uv_close_cb close_cb);
+
+#endif

@@ -1,0 +1,179 @@
+/*
+ * net_int.h: net's private structures, shared by loop.c, conn.c, http.c and
+ * ws.c only. Nothing outside src/net includes this file.
+ */
+#ifndef IMGW_NET_INT_H
+#define IMGW_NET_INT_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "mailbox.h"
+#include "net.h"
+#include "twheel.h"
+
+#define IMGW_MAX_LISTENERS 16
+#define IMGW_READ_BUF 65536
+#define IMGW_OBUF_SMALL 16384   /* pooled output block size */
+#define IMGW_OBUF_POOL_MAX 512  /* pooled blocks kept per loop */
+#define IMGW_WS_POOL_MAX 256    /* pooled wslay frame contexts per loop */
+#define IMGW_TICK_MS 250        /* timer wheel resolution */
+#define IMGW_CLOSE_GRACE_MS 2000 /* close handshake before abort */
+
+#define IMGW_CONTAINER_OF(ptr, type, field)                                  \
+    ((type *)((char *)(ptr) - offsetof(type, field)))
+
+/* Output block: a pooled or sized buffer with its write request. */
+typedef struct imgw_obuf_s {
+    uv_write_t req;
+    imgw_conn_t *conn;
+    size_t len;  /* bytes filled; off <= len <= cap */
+    size_t off;  /* bytes already written */
+    size_t cap;
+    uint8_t data[];
+} imgw_obuf_t;
+
+enum {
+    IMGW_CONN_HTTP = 0, /* reading an HTTP request */
+    IMGW_CONN_WS,       /* WebSocket open */
+    IMGW_CONN_CLOSING,  /* close frame sent or response ending */
+    IMGW_CONN_CLOSED    /* uv_close called; waiting for close_cb */
+};
+
+enum {
+    IMGW_CF_IN_FLUSH = 1 << 0,     /* on the loop's flush list */
+    IMGW_CF_CLOSE_AFTER = 1 << 1,  /* uv_close once output is written */
+    IMGW_CF_READ_PAUSED = 1 << 2,  /* async HTTP response pending */
+    IMGW_CF_COUNTED_WS = 1 << 3,   /* counted in ws_open */
+    IMGW_CF_CLOSE_SENT = 1 << 4,   /* our close frame is queued */
+    IMGW_CF_DRAIN_DONE = 1 << 5,   /* drain already asked it to close */
+    IMGW_CF_RX_DEAD = 1 << 6       /* protocol failed: input ignored */
+};
+
+struct imgw_http_s; /* http.c */
+struct imgw_ws_rx_s; /* ws.c */
+
+struct imgw_conn_s {
+    uv_tcp_t tcp;
+    imgw_loop_t *loop;
+    uint32_t slot;
+    uint32_t gen;
+    uint8_t state;
+    uint8_t flags;
+    uint8_t codec_hint; /* unused by net; spare byte */
+    imgw_tw_entry_t tw;
+    uint64_t deadline_ms;          /* 0 = none */
+    uint64_t last_rx_ms;           /* loop time of the last read */
+    struct imgw_http_s *http;      /* HTTP phase only */
+    struct imgw_ws_rx_s *rx;       /* only while a frame/message is partial */
+    imgw_obuf_t *pend;             /* being filled */
+    imgw_obuf_t *inflight;         /* handed to uv_write */
+    size_t queued;                 /* pend + inflight unwritten bytes */
+    imgw_conn_t *flush_next;
+    void *data;                    /* core's session */
+};
+
+typedef struct imgw_ws_feed_s {
+    const uint8_t *p;
+    size_t len;
+    uint64_t fed; /* bytes handed to the current frame context */
+} imgw_ws_feed_t;
+
+struct imgw_loop_s {
+    uv_loop_t uv;
+    uv_thread_t thread;
+    int index;
+    imgw_net_t *net;
+    int listen_fds[IMGW_MAX_LISTENERS];
+    uv_tcp_t listeners[IMGW_MAX_LISTENERS];
+    int n_listeners;
+    imgw_mailbox_t mbox;
+    imgw_mpsc_node_t stop_node;
+    uv_timer_t timer;
+    uv_prepare_t flush_prep;
+    imgw_twheel_t tw;
+    uint64_t now_ms;
+    uint64_t last_tick_ms;
+
+    /* connection table: slot -> conn, with generations for stale refs */
+    imgw_conn_t **slots;
+    uint32_t *gens;
+    uint32_t *free_slots;
+    size_t n_free;
+    size_t n_slots;   /* slots ever handed out */
+    size_t cap_slots;
+
+    imgw_conn_t *flush_head;
+
+    /* pools */
+    imgw_obuf_t *obuf_pool[IMGW_OBUF_POOL_MAX];
+    size_t n_obuf_pool;
+    void *ws_pool[IMGW_WS_POOL_MAX]; /* wslay_frame_context_ptr */
+    size_t n_ws_pool;
+    imgw_ws_feed_t feed;
+
+    /* drain */
+    int draining;
+    uint64_t drain_start_ms;
+    uint64_t drain_end_ms;
+    size_t drain_total;
+    size_t drain_closed;
+    int stopping;
+
+    imgw_loop_stats_t st;
+    void *data; /* core's per-loop state */
+    int start_err;
+    uv_sem_t started;
+    uint8_t rbuf[IMGW_READ_BUF];
+};
+
+struct imgw_net_s {
+    imgw_net_opts_t opts;
+    uint16_t ports[IMGW_MAX_LISTENERS];
+    char bind[64];
+    imgw_loop_t **loops;
+    int n_loops;
+    atomic_int draining;
+    atomic_int drain_ms;
+    atomic_long conns;  /* node-wide open connections */
+    atomic_int loops_running;
+    uv_mutex_t done_mu;
+    uv_cond_t done_cv;
+    const imgw_net_handlers_t *h;
+};
+
+/* conn.c */
+imgw_conn_t *imgw__conn_new(imgw_loop_t *l);
+void imgw__conn_on_read(imgw_conn_t *c, const uint8_t *data, size_t len);
+int imgw__conn_write_raw(imgw_conn_t *c, const uv_buf_t *bufs, size_t n,
+                         int bounded);
+void imgw__conn_flush(imgw_conn_t *c);
+void imgw__conn_flush_all(imgw_loop_t *l);
+void imgw__conn_deadline_fired(imgw_conn_t *c);
+void imgw__conn_close_now(imgw_conn_t *c);
+void imgw__obuf_release(imgw_loop_t *l, imgw_obuf_t *b);
+
+/* http.c */
+void imgw__http_feed(imgw_conn_t *c, const uint8_t *data, size_t len);
+void imgw__http_free(imgw_conn_t *c);
+void imgw__http_resume(imgw_conn_t *c);
+/* 0 for a valid RFC 6455 upgrade (accept filled), else 400 or 426. */
+int imgw__http_check_upgrade(const imgw_http_req_t *req, int is_get,
+                             char accept[29]);
+
+/* ws.c */
+void imgw__ws_feed(imgw_conn_t *c, const uint8_t *data, size_t len);
+void imgw__ws_free(imgw_conn_t *c);
+void imgw__ws_pool_free(imgw_loop_t *l);
+size_t imgw__ws_header(uint8_t *hdr, int opcode, size_t len);
+int imgw__ws_utf8_valid(const uint8_t *s, size_t len);
+int imgw__ws_accept_key(const char *key, size_t key_len, char out[29]);
+
+/* loop.c */
+void imgw__loop_conn_removed(imgw_loop_t *l, imgw_conn_t *c);
+void imgw__loop_read_start(imgw_conn_t *c);
+
+#endif

@@ -1,0 +1,518 @@
+/*
+ * ws.c: the WebSocket layer (RFC 6455) on wslay's frame API.
+ *
+ * Thread: the owning loop only. Only this file sees wslay.h.
+ *
+ * Why the frame API and not wslay_event: an event context carries two
+ * 4 KiB buffers per connection, which alone breaks the 1 KB budget of an
+ * idle connection. A frame context (one 4 KiB input buffer) holds no state
+ * between frames, so it is borrowed from a per-loop pool only while a
+ * frame is partially received and returned at the next frame boundary.
+ * Boundaries are found by accounting: wslay_frame_recv() rejects
+ * non-minimal length encodings, so a completed frame used exactly
+ * 2 + (0|2|8) + 4 (mask) + payload bytes, and the context is clean when
+ * the bytes fed to it equal the bytes of the frames it completed.
+ *
+ * Likewise the per-connection receive state (imgw_ws_rx_t) lives in the
+ * loop while a read is processed and is copied to the heap only when a
+ * read ends inside a frame or a fragmented message.
+ *
+ * Outgoing frames are built here (server frames are unmasked: a 2-10 byte
+ * header), so a fan-out payload encoded once is copied straight into each
+ * connection's output block.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <mbedtls/base64.h>
+#include <mbedtls/sha1.h>
+#include <wslay/wslay.h>
+
+#include "../core/err.h"
+#include "../core/log.h"
+#include "net_int.h"
+
+typedef struct imgw_ws_rx_s {
+    wslay_frame_context_ptr fctx; /* borrowed while a frame is partial */
+    uint64_t fed;                 /* bytes handed to fctx */
+    uint64_t done;                /* bytes of frames fctx completed */
+    /* current frame */
+    int in_frame;
+    uint8_t opcode;
+    uint8_t fin;
+    uint64_t plen;
+    uint64_t got;
+    /* fragmented / multi-read message */
+    int in_msg;
+    uint8_t msg_opcode;
+    uint8_t *msg;
+    size_t msg_len;
+    size_t msg_cap;
+    /* control frame payload (<= 125 bytes) */
+    size_t ctl_len;
+    uint8_t ctl[125];
+} imgw_ws_rx_t;
+
+static _Thread_local imgw_ws_rx_t loop_rx; /* the in-loop receive state */
+
+static ssize_t
+feed_recv(uint8_t *buf, size_t len, int flags, void *user_data)
+{
+    imgw_ws_feed_t *f = user_data;
+    (void)flags;
+    if (f->len == 0)
+        return -1; /* wslay maps this to WSLAY_ERR_WANT_READ */
+    size_t n = len < f->len ? len : f->len;
+    memcpy(buf, f->p, n);
+    f->p += n;
+    f->len -= n;
+    f->fed += n;
+    return (ssize_t)n;
+}
+
+static ssize_t
+never_send(const uint8_t *data, size_t len, int flags, void *user_data)
+{
+    (void)data, (void)len, (void)flags, (void)user_data;
+    return -1;
+}
+
+static int
+never_genmask(uint8_t *buf, size_t len, void *user_data)
+{
+    (void)buf, (void)len, (void)user_data;
+    return -1;
+}
+
+static wslay_frame_context_ptr
+fctx_get(imgw_loop_t *l)
+{
+    if (l->n_ws_pool > 0)
+        return l->ws_pool[--l->n_ws_pool];
+    static const struct wslay_frame_callbacks cbs = {never_send, feed_recv,
+                                                     never_genmask};
+    wslay_frame_context_ptr f;
+    if (wslay_frame_context_init(&f, &cbs, &l->feed) != 0)
+        return NULL;
+    return f;
+}
+
+/* Only a context at a frame boundary (nothing buffered) may be reused. */
+static void
+fctx_put(imgw_loop_t *l, wslay_frame_context_ptr f, int clean)
+{
+    if (f == NULL)
+        return;
+    if (clean && l->n_ws_pool < IMGW_WS_POOL_MAX)
+        l->ws_pool[l->n_ws_pool++] = f;
+    else
+        wslay_frame_context_free(f);
+}
+
+void
+imgw__ws_pool_free(imgw_loop_t *l)
+{
+    while (l->n_ws_pool > 0)
+        wslay_frame_context_free(l->ws_pool[--l->n_ws_pool]);
+}
+
+void
+imgw__ws_free(imgw_conn_t *c)
+{
+    imgw_ws_rx_t *rx = c->rx;
+    if (rx == NULL)
+        return;
+    fctx_put(c->loop, rx->fctx, 0);
+    free(rx->msg);
+    free(rx);
+    c->rx = NULL;
+}
+
+size_t
+imgw__ws_header(uint8_t *hdr, int opcode, size_t len)
+{
+    hdr[0] = (uint8_t)(0x80 | (opcode & 0x0f));
+    if (len < 126) {
+        hdr[1] = (uint8_t)len;
+        return 2;
+    }
+    if (len < 65536) {
+        hdr[1] = 126;
+        hdr[2] = (uint8_t)(len >> 8);
+        hdr[3] = (uint8_t)len;
+        return 4;
+    }
+    hdr[1] = 127;
+    for (int i = 0; i < 8; i++)
+        hdr[2 + i] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
+    return 10;
+}
+
+/*
+ * Strict UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing above
+ * U+10FFFF. Returns 1 when valid.
+ */
+int
+imgw__ws_utf8_valid(const uint8_t *s, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        uint8_t b = s[i];
+        if (b < 0x80) {
+            i++;
+            continue;
+        }
+        size_t need;
+        uint32_t cp;
+        if (b >= 0xc2 && b <= 0xdf) {
+            need = 1;
+            cp = b & 0x1f;
+        } else if (b >= 0xe0 && b <= 0xef) {
+            need = 2;
+            cp = b & 0x0f;
+        } else if (b >= 0xf0 && b <= 0xf4) {
+            need = 3;
+            cp = b & 0x07;
+        } else {
+            return 0;
+        }
+        if (i + need >= len)
+            return 0;
+        for (size_t k = 1; k <= need; k++) {
+            if ((s[i + k] & 0xc0) != 0x80)
+                return 0;
+            cp = (cp << 6) | (s[i + k] & 0x3f);
+        }
+        if ((need == 2 && cp < 0x800) || (need == 3 && cp < 0x10000) ||
+            cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return 0;
+        i += need + 1;
+    }
+    return 1;
+}
+
+int
+imgw__ws_accept_key(const char *key, size_t key_len, char out[29])
+{
+    static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    unsigned char raw[32];
+    size_t olen = 0;
+    while (key_len > 0 && (key[key_len - 1] == ' ' || key[key_len - 1] == '\t'))
+        key_len--;
+    while (key_len > 0 && (*key == ' ' || *key == '\t')) {
+        key++;
+        key_len--;
+    }
+    if (key_len != 24)
+        return -1;
+    if (mbedtls_base64_decode(raw, sizeof(raw), &olen,
+                              (const unsigned char *)key, key_len) != 0 ||
+        olen != 16)
+        return -1;
+    unsigned char cat[24 + sizeof(guid)];
+    unsigned char sha[20];
+    memcpy(cat, key, 24);
+    memcpy(cat + 24, guid, sizeof(guid) - 1);
+    if (mbedtls_sha1_ret(cat, 24 + sizeof(guid) - 1, sha) != 0)
+        return -1;
+    if (mbedtls_base64_encode((unsigned char *)out, 29, &olen, sha, 20) != 0)
+        return -1;
+    out[olen] = '\0';
+    return 0;
+}
+
+/* ---- receiving ------------------------------------------------------- */
+
+static void
+ws_fail(imgw_conn_t *c, int code, const char *why)
+{
+    IMGW_LOG_DEBUG("websocket %s: closing %d (%s)", imgw_conn_peer(c), code,
+                   why);
+    if (c->state == IMGW_CONN_WS)
+        imgw_conn_close_ws(c, code, why);
+    else
+        imgw__conn_close_now(c);
+}
+
+static void
+send_control(imgw_conn_t *c, int opcode, const uint8_t *p, size_t n)
+{
+    uint8_t hdr[10];
+    size_t hl = imgw__ws_header(hdr, opcode, n);
+    uv_buf_t b[2] = {uv_buf_init((char *)hdr, (unsigned)hl),
+                     uv_buf_init((char *)p, (unsigned)n)};
+    if (imgw__conn_write_raw(c, b, n ? 2 : 1, 0) < 0)
+        imgw__conn_close_now(c);
+}
+
+static int
+close_code_valid(int code)
+{
+    if (code >= 3000 && code <= 4999)
+        return 1;
+    switch (code) {
+    case 1000: case 1001: case 1002: case 1003: case 1007: case 1008:
+    case 1009: case 1010: case 1011:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static void
+on_control(imgw_conn_t *c, imgw_ws_rx_t *rx)
+{
+    switch (rx->opcode) {
+    case 0x8: { /* close */
+        int code = 1000;
+        if (rx->ctl_len == 1) {
+            ws_fail(c, 1002, "bad close payload");
+            return;
+        }
+        if (rx->ctl_len >= 2) {
+            code = (rx->ctl[0] << 8) | rx->ctl[1];
+            if (!close_code_valid(code)) {
+                ws_fail(c, 1002, "bad close code");
+                return;
+            }
+            if (!imgw__ws_utf8_valid(rx->ctl + 2, rx->ctl_len - 2)) {
+                ws_fail(c, 1007, "bad close reason");
+                return;
+            }
+        }
+        if (c->state == IMGW_CONN_WS) {
+            /* Echo the code, then close once it is written. */
+            uint8_t p[2] = {(uint8_t)(code >> 8), (uint8_t)code};
+            send_control(c, 0x8, p, 2);
+            c->state = IMGW_CONN_CLOSING;
+            c->flags |= IMGW_CF_CLOSE_SENT;
+        }
+        c->flags |= IMGW_CF_CLOSE_AFTER;
+        imgw__conn_flush(c);
+        return;
+    }
+    case 0x9: /* ping */
+        if (c->state == IMGW_CONN_WS)
+            send_control(c, 0xA, rx->ctl, rx->ctl_len);
+        return;
+    default: /* pong */
+        return;
+    }
+}
+
+static void
+deliver(imgw_conn_t *c, int opcode, const uint8_t *p, size_t n)
+{
+    c->loop->st.frames_in++;
+    if (c->state != IMGW_CONN_WS)
+        return; /* closing: data is dropped */
+    if (opcode == 1 && !imgw__ws_utf8_valid(p, n)) {
+        ws_fail(c, 1007, "invalid UTF-8");
+        return;
+    }
+    c->loop->net->h->on_message(c, opcode == 1, p, n);
+}
+
+static int
+msg_append(imgw_ws_rx_t *rx, const uint8_t *p, size_t n, size_t limit)
+{
+    if (rx->msg_len + n > limit)
+        return -1;
+    if (rx->msg_len + n > rx->msg_cap) {
+        size_t cap = rx->msg_cap ? rx->msg_cap : 4096;
+        while (cap < rx->msg_len + n)
+            cap *= 2;
+        if (cap > limit)
+            cap = limit;
+        uint8_t *m = realloc(rx->msg, cap);
+        if (m == NULL)
+            return -1;
+        rx->msg = m;
+        rx->msg_cap = cap;
+    }
+    memcpy(rx->msg + rx->msg_len, p, n);
+    rx->msg_len += n;
+    return 0;
+}
+
+static size_t
+frame_header_len(uint64_t plen)
+{
+    return 2 + (plen < 126 ? 0 : plen < 65536 ? 2 : 8) + 4;
+}
+
+/*
+ * Processes frames from the bytes in l->feed. Returns 0 to go on, -1 when
+ * the connection failed or closed (state left as is).
+ */
+static int
+process(imgw_conn_t *c, imgw_ws_rx_t *rx)
+{
+    imgw_loop_t *l = c->loop;
+    size_t limit = l->net->opts.max_frame_bytes;
+    struct wslay_frame_iocb iocb;
+    for (;;) {
+        if (c->state == IMGW_CONN_CLOSED)
+            return -1;
+        memset(&iocb, 0, sizeof(iocb));
+        ssize_t r = wslay_frame_recv(rx->fctx, &iocb);
+        if (r == WSLAY_ERR_WANT_READ)
+            return 0;
+        if (r < 0) {
+            ws_fail(c, 1002, "protocol error");
+            return -1;
+        }
+        if (!rx->in_frame) {
+            rx->in_frame = 1;
+            rx->opcode = iocb.opcode;
+            rx->fin = iocb.fin;
+            rx->plen = iocb.payload_length;
+            rx->got = 0;
+            rx->ctl_len = 0;
+            if (!iocb.mask) {
+                ws_fail(c, 1002, "unmasked client frame");
+                return -1;
+            }
+            if (iocb.rsv) {
+                ws_fail(c, 1002, "reserved bits set");
+                return -1;
+            }
+            switch (iocb.opcode) {
+            case 0x0:
+                if (!rx->in_msg) {
+                    ws_fail(c, 1002, "continuation without a message");
+                    return -1;
+                }
+                break;
+            case 0x1:
+            case 0x2:
+                if (rx->in_msg) {
+                    ws_fail(c, 1002, "new message inside a fragmented one");
+                    return -1;
+                }
+                break;
+            case 0x8:
+            case 0x9:
+            case 0xA:
+                break;
+            default:
+                ws_fail(c, 1002, "reserved opcode");
+                return -1;
+            }
+            if (iocb.opcode < 0x8 &&
+                (rx->in_msg ? rx->msg_len : 0) + iocb.payload_length > limit) {
+                ws_fail(c, 1009, "message too big");
+                return -1;
+            }
+        }
+        rx->got += iocb.data_length;
+        int ctl = rx->opcode >= 0x8;
+        if (ctl) {
+            memcpy(rx->ctl + rx->ctl_len, iocb.data, iocb.data_length);
+            rx->ctl_len += iocb.data_length;
+        } else if (!rx->in_msg && rx->fin &&
+                   iocb.data_length == rx->plen) {
+            /* The common case: a whole unfragmented message in one piece,
+             * delivered from wslay's buffer without a copy. */
+            rx->in_frame = 0;
+            rx->done += frame_header_len(rx->plen) + rx->plen;
+            deliver(c, rx->opcode, iocb.data, iocb.data_length);
+            if (c->state != IMGW_CONN_WS && c->state != IMGW_CONN_CLOSING)
+                return -1;
+            continue;
+        } else {
+            if (!rx->in_msg) {
+                rx->in_msg = 1;
+                rx->msg_opcode = rx->opcode;
+                rx->msg_len = 0;
+            }
+            if (msg_append(rx, iocb.data, iocb.data_length, limit) != 0) {
+                ws_fail(c, 1009, "message too big");
+                return -1;
+            }
+        }
+        if (rx->got < rx->plen)
+            continue;
+        /* The frame is complete. */
+        rx->in_frame = 0;
+        rx->done += frame_header_len(rx->plen) + rx->plen;
+        if (ctl) {
+            on_control(c, rx);
+        } else if (rx->fin) {
+            rx->in_msg = 0;
+            deliver(c, rx->msg_opcode, rx->msg, rx->msg_len);
+            rx->msg_len = 0;
+            /* Return a big reassembly buffer's memory at once. */
+            free(rx->msg);
+            rx->msg = NULL;
+            rx->msg_cap = 0;
+        }
+        if (c->state != IMGW_CONN_WS && c->state != IMGW_CONN_CLOSING)
+            return -1;
+    }
+}
+
+void
+imgw__ws_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
+{
+    imgw_loop_t *l = c->loop;
+    imgw_ws_rx_t *rx = c->rx;
+    if (c->flags & IMGW_CF_RX_DEAD)
+        return;
+    if (rx == NULL) {
+        rx = &loop_rx;
+        memset(rx, 0, offsetof(imgw_ws_rx_t, ctl));
+    }
+    if (rx->fctx == NULL) {
+        rx->fctx = fctx_get(l);
+        if (rx->fctx == NULL) {
+            if (rx == &loop_rx)
+                free(rx->msg);
+            imgw__conn_close_now(c);
+            return;
+        }
+        rx->fed = rx->done = 0;
+    }
+    l->feed.p = data;
+    l->feed.len = len;
+    l->feed.fed = rx->fed;
+    int r = process(c, rx);
+    rx->fed = l->feed.fed;
+    l->feed.len = 0;
+
+    int boundary = !rx->in_frame && rx->fed == rx->done;
+    if (r != 0 || c->state == IMGW_CONN_CLOSED) {
+        /* The connection is going away: drop partial state and ignore
+         * whatever else arrives on it. */
+        c->flags |= IMGW_CF_RX_DEAD;
+        if (rx == &loop_rx) {
+            fctx_put(l, rx->fctx, boundary);
+            free(rx->msg);
+        } /* else conn_close_cb frees c->rx */
+        return;
+    }
+    if (boundary) {
+        fctx_put(l, rx->fctx, 1);
+        rx->fctx = NULL;
+    }
+    int partial = rx->fctx != NULL || rx->in_msg;
+    if (rx == &loop_rx) {
+        if (partial) {
+            imgw_ws_rx_t *heap = malloc(sizeof(*heap));
+            if (heap == NULL) {
+                fctx_put(l, rx->fctx, 0);
+                free(rx->msg);
+                imgw__conn_close_now(c);
+                return;
+            }
+            memcpy(heap, rx, sizeof(*heap));
+            c->rx = heap;
+        } else {
+            free(rx->msg);
+        }
+    } else if (!partial) {
+        free(rx->msg);
+        free(rx);
+        c->rx = NULL;
+    }
+}

@@ -1,0 +1,309 @@
+/*
+ * store.c: the store dispatch. imgw_store_open() picks a backend table by
+ * cfg->backend; every request function validates its arguments here, the
+ * same way for every backend, and then calls the table (store_impl.h).
+ *
+ * Threads: open/close on the main thread; everything else on the calling
+ * loop's thread. Nothing here keeps state besides the handles.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "store_impl.h"
+
+/*
+ * The redis backend is optional. Without IMGW_STORE_REDIS the reference is
+ * weak: it resolves to NULL when no redis*.c is linked and "redis" is
+ * refused as "not built". A weak reference does not make the linker pull
+ * an object out of a static library (meson builds imgwcore as one), so the
+ * build that adds redis*.c also defines IMGW_STORE_REDIS: the reference
+ * becomes strong and a missing backend is a link error, never a silent
+ * "not built".
+ */
+#ifdef IMGW_STORE_REDIS
+#define IMGW__STORE_REDIS_BE (&imgw__store_redis)
+#else
+extern const imgw_store_backend_t imgw__store_redis __attribute__((weak));
+#define IMGW__STORE_REDIS_BE                                                 \
+    ((const imgw_store_backend_t *)&imgw__store_redis)
+#endif
+
+/* 1 when s is a NUL-terminated string of 1..max bytes. */
+static int
+valid_str(const char *s, size_t max)
+{
+    if (s == NULL)
+        return 0;
+    size_t n = strnlen(s, max + 1);
+    return n >= 1 && n <= max;
+}
+
+/* Like valid_str, but NULL and "" are fine (optional fields). */
+static int
+valid_opt(const char *s, size_t max)
+{
+    return s == NULL || strnlen(s, max + 1) <= max;
+}
+
+#define valid_id(s) valid_str((s), IMGW__STORE_ID_MAX)
+
+int
+imgw_store_open(imgw_store_t **out, const imgw_store_cfg_t *cfg, char *err,
+                size_t errlen)
+{
+    char dummy[8];
+    if (err == NULL || errlen == 0) {
+        err = dummy;
+        errlen = sizeof(dummy);
+    }
+    err[0] = '\0';
+    if (out == NULL || cfg == NULL) {
+        snprintf(err, errlen, "store: no configuration");
+        return IMGW_EINVAL;
+    }
+    *out = NULL;
+    const char *name = cfg->backend && cfg->backend[0] ? cfg->backend
+                                                        : "memory";
+    const imgw_store_backend_t *be = NULL;
+    if (strcmp(name, "memory") == 0) {
+        be = &imgw__store_memory;
+    } else if (strcmp(name, "redis") == 0) {
+        be = IMGW__STORE_REDIS_BE;
+        if (be == NULL) {
+            snprintf(err, errlen, "store: redis backend not built");
+            return IMGW_ECONFIG;
+        }
+    } else {
+        snprintf(err, errlen, "store: unknown backend \"%.32s\"", name);
+        return IMGW_ECONFIG;
+    }
+    imgw_store_t *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        snprintf(err, errlen, "store: out of memory");
+        return IMGW_ENOMEM;
+    }
+    s->be = be;
+    int r = be->open(s, cfg, err, errlen);
+    if (r != 0) {
+        if (err[0] == '\0')
+            snprintf(err, errlen, "store: cannot open %s backend: %s", name,
+                     imgw_strerror(r));
+        free(s);
+        return r;
+    }
+    *out = s;
+    return 0;
+}
+
+void
+imgw_store_close(imgw_store_t *s)
+{
+    if (s == NULL)
+        return;
+    s->be->close(s);
+    free(s);
+}
+
+int
+imgw_store_loop_open(imgw_store_t *s, int loop_index, uv_loop_t *loop,
+                     imgw_store_loop_t **out)
+{
+    if (s == NULL || out == NULL || loop_index < 0)
+        return IMGW_EINVAL;
+    *out = NULL;
+    return s->be->loop_open(s, loop_index, loop, out);
+}
+
+void
+imgw_store_loop_close(imgw_store_loop_t *sl)
+{
+    if (sl != NULL)
+        sl->be->loop_close(sl);
+}
+
+int
+imgw_store_loop_ready(imgw_store_loop_t *sl)
+{
+    return sl != NULL && sl->be->loop_ready(sl);
+}
+
+void
+imgw_store_tick(imgw_store_t *s, int64_t now_ms)
+{
+    if (s != NULL && s->be->tick != NULL)
+        s->be->tick(s, now_ms);
+}
+
+/* ---- append ---------------------------------------------------------- */
+
+int
+imgw_store_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
+                  imgw_store_append_cb cb, void *data)
+{
+    if (sl == NULL || req == NULL || cb == NULL)
+        return IMGW_EINVAL;
+    if (!valid_id(req->sender) ||
+        !valid_opt(req->client_msg_id, IMGW__STORE_ID_MAX) ||
+        !valid_opt(req->conversation_id, IMGW__STORE_CONV_MAX) ||
+        req->users == NULL || req->n_users == 0 || req->seqs == NULL ||
+        (req->entry == NULL && req->entry_len != 0))
+        return IMGW_EINVAL;
+    if (req->n_users > IMGW_STORE_MAX_GROUP ||
+        req->entry_len > IMGW__STORE_ENTRY_MAX)
+        return IMGW_ETOOBIG;
+    for (size_t i = 0; i < req->n_users; i++)
+        if (!valid_id(req->users[i]))
+            return IMGW_EINVAL;
+    /* Outputs start clean whatever the caller left in them. */
+    req->duplicate = 0;
+    req->dup_message_id = 0;
+    req->dup_seq = 0;
+    return sl->be->append(sl, req, cb, data);
+}
+
+/* ---- timelines ------------------------------------------------------- */
+
+int
+imgw_store_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
+                int64_t max_seq, int limit, imgw_store_sync_cb cb,
+                void *data)
+{
+    if (sl == NULL || cb == NULL || !valid_id(user) || min_seq < 0 ||
+        max_seq < 0)
+        return IMGW_EINVAL;
+    if (limit <= 0)
+        limit = IMGW__STORE_SYNC_DEFAULT;
+    if (limit > IMGW_STORE_SYNC_MAX)
+        limit = IMGW_STORE_SYNC_MAX;
+    return sl->be->sync(sl, user, min_seq, max_seq, limit, cb, data);
+}
+
+int
+imgw_store_max_seq(imgw_store_loop_t *sl, const char *user,
+                   imgw_store_seq_cb cb, void *data)
+{
+    if (sl == NULL || cb == NULL || !valid_id(user))
+        return IMGW_EINVAL;
+    return sl->be->max_seq(sl, user, cb, data);
+}
+
+int
+imgw_store_set_delivered(imgw_store_loop_t *sl, const char *user,
+                         const char *device, int64_t seq,
+                         imgw_store_done_cb cb, void *data)
+{
+    if (sl == NULL || !valid_id(user) || !valid_id(device) || seq < 0)
+        return IMGW_EINVAL;
+    return sl->be->set_delivered(sl, user, device, seq, cb, data);
+}
+
+int
+imgw_store_set_read(imgw_store_loop_t *sl, const char *user,
+                    const char *conversation_id, const char *message_id,
+                    imgw_store_done_cb cb, void *data)
+{
+    if (sl == NULL || !valid_id(user) ||
+        !valid_str(conversation_id, IMGW__STORE_CONV_MAX) ||
+        !valid_id(message_id))
+        return IMGW_EINVAL;
+    return sl->be->set_read(sl, user, conversation_id, message_id, cb, data);
+}
+
+/* ---- messages -------------------------------------------------------- */
+
+int
+imgw_store_msg_get(imgw_store_loop_t *sl, uint64_t message_id,
+                   imgw_store_msg_cb cb, void *data)
+{
+    if (sl == NULL || cb == NULL)
+        return IMGW_EINVAL;
+    return sl->be->msg_get(sl, message_id, cb, data);
+}
+
+int
+imgw_store_revoke(imgw_store_loop_t *sl, uint64_t message_id,
+                  imgw_store_done_cb cb, void *data)
+{
+    if (sl == NULL)
+        return IMGW_EINVAL;
+    return sl->be->revoke(sl, message_id, cb, data);
+}
+
+/* ---- groups ---------------------------------------------------------- */
+
+int
+imgw_store_group_set(imgw_store_loop_t *sl, const char *gid,
+                     const char *const *members, size_t n,
+                     imgw_store_done_cb cb, void *data)
+{
+    if (sl == NULL || !valid_id(gid) || (n > 0 && members == NULL))
+        return IMGW_EINVAL;
+    if (n > IMGW_STORE_MAX_GROUP)
+        return IMGW_ETOOBIG;
+    for (size_t i = 0; i < n; i++)
+        if (!valid_id(members[i]))
+            return IMGW_EINVAL;
+    return sl->be->group_set(sl, gid, members, n, cb, data);
+}
+
+int
+imgw_store_group_get(imgw_store_loop_t *sl, const char *gid,
+                     imgw_store_members_cb cb, void *data)
+{
+    if (sl == NULL || cb == NULL || !valid_id(gid))
+        return IMGW_EINVAL;
+    return sl->be->group_get(sl, gid, cb, data);
+}
+
+int
+imgw_store_group_del(imgw_store_loop_t *sl, const char *gid,
+                     imgw_store_done_cb cb, void *data)
+{
+    if (sl == NULL || !valid_id(gid))
+        return IMGW_EINVAL;
+    return sl->be->group_del(sl, gid, cb, data);
+}
+
+/* ---- routes ---------------------------------------------------------- */
+
+int
+imgw_store_route_set(imgw_store_loop_t *sl, const char *user,
+                     const char *platform, const char *broker_id, int ttl,
+                     imgw_store_done_cb cb, void *data)
+{
+    if (sl == NULL || !valid_id(user) || !valid_id(platform) ||
+        !valid_id(broker_id) || ttl <= 0)
+        return IMGW_EINVAL;
+    return sl->be->route_set(sl, user, platform, broker_id, ttl, cb, data);
+}
+
+int
+imgw_store_route_del(imgw_store_loop_t *sl, const char *user,
+                     const char *platform, const char *broker_id,
+                     imgw_store_done_cb cb, void *data)
+{
+    if (sl == NULL || !valid_id(user) || !valid_id(platform) ||
+        !valid_id(broker_id))
+        return IMGW_EINVAL;
+    return sl->be->route_del(sl, user, platform, broker_id, cb, data);
+}
+
+int
+imgw_store_route_refresh(imgw_store_loop_t *sl, const char *user, int ttl,
+                         imgw_store_done_cb cb, void *data)
+{
+    if (sl == NULL || !valid_id(user) || ttl <= 0)
+        return IMGW_EINVAL;
+    return sl->be->route_refresh(sl, user, ttl, cb, data);
+}
+
+int
+imgw_store_route_get(imgw_store_loop_t *sl, const char *user,
+                     imgw_store_routes_cb cb, void *data)
+{
+    if (sl == NULL || cb == NULL || !valid_id(user))
+        return IMGW_EINVAL;
+    return sl->be->route_get(sl, user, cb, data);
+}

@@ -1,0 +1,193 @@
+/*
+ * store.h: the one asynchronous store interface (protocol.md sections 5, 6).
+ *
+ * Two backends sit behind it: "memory" (in-process, single node, sharded
+ * locks) and "redis" (hiredis async, one context per loop). Core code only
+ * sees this header.
+ *
+ * Threads: imgw_store_open() and imgw_store_close() run on the main thread.
+ * Each loop gets its own handle with imgw_store_loop_open() on that loop's
+ * thread and uses it only there. Every callback runs on the loop that
+ * issued the request; it may run synchronously, before the request
+ * function returns (the memory backend does), or later (redis).
+ *
+ * Requests: the caller owns every imgw_store_*_t request struct and every
+ * pointer inside it until the callback has run. Pointers handed to a
+ * callback (result arrays, strings) are valid only during the callback.
+ *
+ * Every request function returns 0 when the request was accepted (its
+ * callback will run exactly once) or a negative IMGW_E* code when it was
+ * refused up front (bad argument, over a bound); then the callback never
+ * runs.
+ *
+ * status in callbacks: 0, IMGW_ENOTFOUND (missing group / message),
+ * IMGW_EBUSY (backend unreachable: nothing was written),
+ * IMGW_ETIMEDOUT (no answer in time: the write may or may not have
+ * happened; callers treat it like EBUSY towards clients).
+ */
+#ifndef IMGW_STORE_H
+#define IMGW_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#define IMGW_STORE_MAX_GROUP 1000 /* members per group */
+#define IMGW_STORE_MAX_ROUTES 16  /* platforms per user */
+#define IMGW_STORE_SYNC_MAX 500   /* entries per sync page */
+
+typedef struct imgw_store_s imgw_store_t;           /* node-wide */
+typedef struct imgw_store_loop_s imgw_store_loop_t; /* one per loop */
+
+typedef struct imgw_store_cfg_s {
+    const char *backend;    /* "memory" | "redis" */
+    const char *redis_url;
+    int retention_count;    /* entries kept per timeline */
+    int retention_days;     /* entries older than this are dropped */
+    int dedupe_ttl;         /* seconds */
+    int timeout_ms;         /* per-command timeout (redis) */
+    int n_loops;
+} imgw_store_cfg_t;
+
+int imgw_store_open(imgw_store_t **out, const imgw_store_cfg_t *cfg, char *err,
+                    size_t errlen);
+void imgw_store_close(imgw_store_t *s);
+/** Called on the loop's own thread before it serves connections. */
+int imgw_store_loop_open(imgw_store_t *s, int loop_index, uv_loop_t *loop,
+                         imgw_store_loop_t **out);
+/** Closes the loop handle (its uv handles are closed on loop). */
+void imgw_store_loop_close(imgw_store_loop_t *sl);
+/** 1 while the backend is reachable from this loop (memory: always). */
+int imgw_store_loop_ready(imgw_store_loop_t *sl);
+/**
+ * Periodic housekeeping (expiry sweeps of the memory backend); call from
+ * one loop about once a second with unix time in ms. Bounded work per call.
+ */
+void imgw_store_tick(imgw_store_t *s, int64_t now_ms);
+
+/* ---- append: one message into several timelines, atomically ---------- */
+
+typedef struct imgw_store_append_s {
+    /* in */
+    const char *sender;          /* user id, NUL-terminated */
+    const char *client_msg_id;   /* "" = no dedupe */
+    uint64_t message_id;
+    int64_t server_time_ms;
+    const char *conversation_id;
+    const char *const *users;    /* timelines to append to; users[0] is the
+                                    sender; no duplicates */
+    size_t n_users;
+    const uint8_t *entry;        /* encoded PushMessage without seq */
+    size_t entry_len;
+    int64_t *seqs;               /* caller array of n_users: filled */
+    /* out */
+    int duplicate;               /* 1: (sender, client_msg_id) seen within
+                                    dedupe_ttl: nothing was appended;
+                                    dup_message_id/dup_seq are the first */
+    uint64_t dup_message_id;
+    int64_t dup_seq;
+} imgw_store_append_t;
+
+typedef void (*imgw_store_append_cb)(imgw_store_append_t *req, int status,
+                                     void *data);
+/*
+ * Appends entry to each user's timeline with that user's next seq, records
+ * the dedupe key (sender, client_msg_id) -> (message_id, sender seq) with
+ * dedupe_ttl, and records the message's metadata (sender, conversation,
+ * server time) for revoke, all or nothing. Trims each timeline to the
+ * retention bounds.
+ */
+int imgw_store_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
+                      imgw_store_append_cb cb, void *data);
+
+/* ---- timelines ------------------------------------------------------- */
+
+typedef struct imgw_store_entry_s {
+    int64_t seq;
+    const uint8_t *blob; /* encoded PushMessage without seq */
+    size_t len;
+    uint8_t revoked;     /* the message was revoked */
+} imgw_store_entry_t;
+
+typedef void (*imgw_store_sync_cb)(int status, const imgw_store_entry_t *e,
+                                   size_t n, int has_more,
+                                   int64_t server_max_seq, void *data);
+/*
+ * Entries of user's timeline with min_seq < seq <= max_seq (max_seq 0 = no
+ * bound), oldest first, at most limit (1..IMGW_STORE_SYNC_MAX); has_more
+ * when more exist in the range.
+ */
+int imgw_store_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
+                    int64_t max_seq, int limit, imgw_store_sync_cb cb,
+                    void *data);
+
+typedef void (*imgw_store_seq_cb)(int status, int64_t max_seq, void *data);
+int imgw_store_max_seq(imgw_store_loop_t *sl, const char *user,
+                       imgw_store_seq_cb cb, void *data);
+
+/** Delivered (MSG_ACK) / read positions per (user, device). cb may be NULL. */
+typedef void (*imgw_store_done_cb)(int status, void *data);
+int imgw_store_set_delivered(imgw_store_loop_t *sl, const char *user,
+                             const char *device, int64_t seq,
+                             imgw_store_done_cb cb, void *data);
+int imgw_store_set_read(imgw_store_loop_t *sl, const char *user,
+                        const char *conversation_id, const char *message_id,
+                        imgw_store_done_cb cb, void *data);
+
+/* ---- messages: lookup and revoke --------------------------------------- */
+
+typedef struct imgw_store_msg_s {
+    uint64_t message_id;
+    const char *sender;
+    const char *conversation_id;
+    int64_t server_time_ms;
+    int revoked;
+} imgw_store_msg_t;
+
+typedef void (*imgw_store_msg_cb)(int status, const imgw_store_msg_t *m,
+                                  void *data);
+/** Metadata of a stored message; IMGW_ENOTFOUND when unknown/expired. */
+int imgw_store_msg_get(imgw_store_loop_t *sl, uint64_t message_id,
+                       imgw_store_msg_cb cb, void *data);
+/** Marks it revoked: later syncs return it with revoked = 1. */
+int imgw_store_revoke(imgw_store_loop_t *sl, uint64_t message_id,
+                      imgw_store_done_cb cb, void *data);
+
+/* ---- groups ------------------------------------------------------------ */
+
+typedef void (*imgw_store_members_cb)(int status, const char *const *members,
+                                      size_t n, void *data);
+/** Replaces the member set (n <= IMGW_STORE_MAX_GROUP). */
+int imgw_store_group_set(imgw_store_loop_t *sl, const char *gid,
+                         const char *const *members, size_t n,
+                         imgw_store_done_cb cb, void *data);
+/** IMGW_ENOTFOUND when the group does not exist. */
+int imgw_store_group_get(imgw_store_loop_t *sl, const char *gid,
+                         imgw_store_members_cb cb, void *data);
+/** IMGW_ENOTFOUND when the group does not exist. */
+int imgw_store_group_del(imgw_store_loop_t *sl, const char *gid,
+                         imgw_store_done_cb cb, void *data);
+
+/* ---- routes: user -> platform -> broker_id ------------------------------ */
+
+typedef struct imgw_store_route_s {
+    const char *platform;
+    const char *broker_id;
+} imgw_store_route_t;
+
+typedef void (*imgw_store_routes_cb)(int status, const imgw_store_route_t *r,
+                                     size_t n, void *data);
+int imgw_store_route_set(imgw_store_loop_t *sl, const char *user,
+                         const char *platform, const char *broker_id,
+                         int ttl, imgw_store_done_cb cb, void *data);
+/** Deletes the field only if it still equals broker_id. */
+int imgw_store_route_del(imgw_store_loop_t *sl, const char *user,
+                         const char *platform, const char *broker_id,
+                         imgw_store_done_cb cb, void *data);
+int imgw_store_route_refresh(imgw_store_loop_t *sl, const char *user, int ttl,
+                             imgw_store_done_cb cb, void *data);
+int imgw_store_route_get(imgw_store_loop_t *sl, const char *user,
+                         imgw_store_routes_cb cb, void *data);
+
+#endif

@@ -1,0 +1,162 @@
+/*
+ * store_impl.h: what store.c (the dispatch) and the store backends share.
+ * Only the .c files of src/store and the store's unit tests include it;
+ * core sees store.h alone.
+ *
+ * A backend is one const table of function pointers (imgw_store_backend_t)
+ * plus its own state behind imgw_store_t.impl. store.c validates every
+ * argument against the bounds below before it calls the table, so a backend
+ * only sees requests that are well-formed (strings within bounds, limit
+ * already clamped, counts within IMGW_STORE_MAX_*), and every backend
+ * refuses the same things with the same codes.
+ *
+ * Adding the redis backend: write src/store/redis*.c that defines
+ *     const imgw_store_backend_t imgw__store_redis = { "redis", ... };
+ * and build with -DIMGW_STORE_REDIS (see store.c for why the define is
+ * needed when the objects go through a static library). Nothing in core
+ * changes.
+ *
+ * Threads: the table's open/close run on the main thread, loop_open /
+ * loop_close and the request functions on the loop that owns the handle,
+ * tick on whichever loop the core picks (any thread for memory).
+ */
+#ifndef IMGW_STORE_IMPL_H
+#define IMGW_STORE_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store.h"
+
+/* Bounds enforced by store.c for every backend (bytes, without the NUL). */
+#define IMGW__STORE_ID_MAX 127    /* user, member, group, device, platform,
+                                     broker_id, client_msg_id, and the
+                                     message id string of set_read; the
+                                     same as the codec's 128-byte fields */
+#define IMGW__STORE_CONV_MAX 511  /* conversation_id ("s_<a>_<b>" <= 257) */
+#define IMGW__STORE_ENTRY_MAX (16u << 20) /* one encoded PushMessage */
+#define IMGW__STORE_SYNC_DEFAULT 100      /* limit <= 0 */
+
+typedef struct imgw_store_backend_s imgw_store_backend_t;
+
+/* Node-wide handle; store.c allocates it, the backend fills impl. */
+struct imgw_store_s {
+    const imgw_store_backend_t *be;
+    void *impl; /* backend state; owned by be, freed by be->close */
+};
+
+/*
+ * Per-loop handle. The backend allocates it (possibly as the first member
+ * of a larger struct of its own) in loop_open, fills these fields, and
+ * frees it in loop_close, at once or after its uv handles have closed.
+ */
+struct imgw_store_loop_s {
+    imgw_store_t *store;
+    const imgw_store_backend_t *be;
+    int loop_index;
+    uv_loop_t *loop; /* may be NULL for backends that do no I/O (memory) */
+    void *impl;      /* backend per-loop state, or NULL */
+};
+
+/*
+ * The backend table. Request functions have store.h's contract (0 =
+ * accepted and the callback runs exactly once, < 0 = refused and it never
+ * runs) with arguments already validated by store.c. Callbacks typed
+ * imgw_store_done_cb may be NULL.
+ */
+struct imgw_store_backend_s {
+    const char *name; /* cfg->backend value that selects it */
+    int (*open)(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err,
+                size_t errlen);
+    void (*close)(imgw_store_t *s);
+    int (*loop_open)(imgw_store_t *s, int loop_index, uv_loop_t *loop,
+                     imgw_store_loop_t **out);
+    void (*loop_close)(imgw_store_loop_t *sl);
+    int (*loop_ready)(imgw_store_loop_t *sl);
+    void (*tick)(imgw_store_t *s, int64_t now_ms); /* NULL: nothing to do */
+
+    int (*append)(imgw_store_loop_t *sl, imgw_store_append_t *req,
+                  imgw_store_append_cb cb, void *data);
+    int (*sync)(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
+                int64_t max_seq, int limit, imgw_store_sync_cb cb,
+                void *data);
+    int (*max_seq)(imgw_store_loop_t *sl, const char *user,
+                   imgw_store_seq_cb cb, void *data);
+    int (*set_delivered)(imgw_store_loop_t *sl, const char *user,
+                         const char *device, int64_t seq,
+                         imgw_store_done_cb cb, void *data);
+    int (*set_read)(imgw_store_loop_t *sl, const char *user,
+                    const char *conversation_id, const char *message_id,
+                    imgw_store_done_cb cb, void *data);
+    int (*msg_get)(imgw_store_loop_t *sl, uint64_t message_id,
+                   imgw_store_msg_cb cb, void *data);
+    int (*revoke)(imgw_store_loop_t *sl, uint64_t message_id,
+                  imgw_store_done_cb cb, void *data);
+    int (*group_set)(imgw_store_loop_t *sl, const char *gid,
+                     const char *const *members, size_t n,
+                     imgw_store_done_cb cb, void *data);
+    int (*group_get)(imgw_store_loop_t *sl, const char *gid,
+                     imgw_store_members_cb cb, void *data);
+    int (*group_del)(imgw_store_loop_t *sl, const char *gid,
+                     imgw_store_done_cb cb, void *data);
+    int (*route_set)(imgw_store_loop_t *sl, const char *user,
+                     const char *platform, const char *broker_id, int ttl,
+                     imgw_store_done_cb cb, void *data);
+    int (*route_del)(imgw_store_loop_t *sl, const char *user,
+                     const char *platform, const char *broker_id,
+                     imgw_store_done_cb cb, void *data);
+    int (*route_refresh)(imgw_store_loop_t *sl, const char *user, int ttl,
+                         imgw_store_done_cb cb, void *data);
+    int (*route_get)(imgw_store_loop_t *sl, const char *user,
+                     imgw_store_routes_cb cb, void *data);
+};
+
+/* memory.c */
+extern const imgw_store_backend_t imgw__store_memory;
+/* redis*.c, when built (store.c references it weakly unless
+ * IMGW_STORE_REDIS is defined). */
+extern const imgw_store_backend_t imgw__store_redis;
+
+/* ---- memory backend hooks for unit tests --------------------------------- */
+
+/** Returns unix time in ms; arg is what was given to set_clock. */
+typedef int64_t (*imgw__store_clock_fn)(void *arg);
+
+/**
+ * Replaces the memory backend's clock (default: CLOCK_REALTIME in ms).
+ * Call before any loop uses the store: the pointer is read without a lock.
+ * fn NULL restores the default. No-op for other backends.
+ */
+void imgw__store_mem_set_clock(imgw_store_t *s, imgw__store_clock_fn fn,
+                               void *arg);
+
+typedef struct imgw__store_mem_stats_s {
+    size_t users;      /* per-user records */
+    size_t entries;    /* timeline entries over all users */
+    size_t dedupes;    /* dedupe keys in the tables (expired ones too) */
+    size_t metas;      /* message metadata in the table */
+    size_t groups;
+    size_t routes;     /* route fields, expired ones not yet dropped too */
+    size_t devices;    /* delivered positions */
+    size_t reads;      /* read positions */
+    size_t blobs_live; /* entry blobs still allocated (any holder) */
+    size_t metas_live; /* metadata still allocated (table or blobs) */
+} imgw__store_mem_stats_t;
+
+/**
+ * Walks every shard (one lock at a time) and counts. Test and debug use
+ * only: O(users). Returns 0, or IMGW_EINVAL when s is not memory.
+ */
+int imgw__store_mem_stats(imgw_store_t *s, imgw__store_mem_stats_t *out);
+
+/**
+ * Reads a stored delivered position (seq) or read position (the message
+ * id string, copied into buf). Returns 0 or IMGW_ENOTFOUND.
+ */
+int imgw__store_mem_get_delivered(imgw_store_t *s, const char *user,
+                                  const char *device, int64_t *seq);
+int imgw__store_mem_get_read(imgw_store_t *s, const char *user,
+                             const char *conversation_id, char *buf,
+                             size_t len);
+
+#endif

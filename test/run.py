@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Runs every test of one or more builds and prints one summary line.
+
+For each --build DIR: every unit test binary DIR/test/test_* (each prints
+its checks and "N passed, N failed"), then the pytest integration suite
+against DIR/imgw. The last line is "N passed, N failed" over everything;
+the exit code is 0 only when nothing failed.
+"""
+import argparse
+import glob
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_units(build):
+    passed = failed = 0
+    bins = sorted(p for p in glob.glob(os.path.join(build, "test", "test_*"))
+                  if os.access(p, os.X_OK) and not p.endswith(".p"))
+    if not bins:
+        print(f"run.py: no unit test binaries in {build}/test")
+        return 0, 1
+    for b in bins:
+        name = os.path.basename(b)
+        print(f"=== {build}: {name}", flush=True)
+        try:
+            out = subprocess.run([b], cwd=ROOT, timeout=600,
+                                 stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True,
+                                 errors="replace")
+        except subprocess.TimeoutExpired:
+            print(f"{name}: TIMEOUT")
+            failed += 1
+            continue
+        text = out.stdout
+        lines = text.strip().splitlines()
+        # Show failures in full, and each binary's closing line.
+        for ln in lines:
+            if "FAIL" in ln or "ERROR" in ln.upper() and "0 failed" not in ln:
+                print(ln)
+        m = re.search(r"^(\d+) passed, (\d+) failed\s*$", text, re.M)
+        if m is None or out.returncode != 0:
+            print("\n".join(lines[-40:]))
+            print(f"{name}: exit {out.returncode}, no clean summary")
+            failed += 1
+            if m:
+                passed += int(m.group(1))
+            continue
+        print(f"{name}: {m.group(1)} passed, {m.group(2)} failed")
+        passed += int(m.group(1))
+        failed += int(m.group(2))
+    return passed, failed
+
+
+def run_pytest(build, extra):
+    env = dict(os.environ)
+    env["IMGW_BIN"] = os.path.join(os.path.abspath(build), "imgw")
+    env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+    env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+    print(f"=== {build}: integration (pytest)", flush=True)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+           os.path.join(ROOT, "test", "integration")] + extra
+    out = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, errors="replace")
+    sys.stdout.write(out.stdout)
+    tail = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+    p = re.search(r"(\d+) passed", tail)
+    f = re.search(r"(\d+) failed", tail)
+    e = re.search(r"(\d+) error", tail)
+    passed = int(p.group(1)) if p else 0
+    failed = (int(f.group(1)) if f else 0) + (int(e.group(1)) if e else 0)
+    if out.returncode not in (0, 5) and failed == 0:
+        failed = 1
+    return passed, failed
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", action="append", required=True)
+    ap.add_argument("--no-integration", action="store_true")
+    ap.add_argument("pytest_args", nargs="*")
+    a = ap.parse_args()
+    tp = tf = 0
+    for b in a.build:
+        p, f = run_units(b)
+        tp, tf = tp + p, tf + f
+        if not a.no_integration:
+            p, f = run_pytest(b, a.pytest_args)
+            tp, tf = tp + p, tf + f
+    print(f"{tp} passed, {tf} failed")
+    return 0 if tf == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
