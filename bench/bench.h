@@ -86,6 +86,8 @@ typedef struct bresult_s {
     uint64_t publish_fail; /* downlink */
     uint64_t cpu_setup_us; /* worker user+sys CPU, setup phase */
     uint64_t cpu_phase_us; /* worker user+sys CPU, measured phase */
+    uint64_t cpu_phase_sys_us; /* of which system (kernel) time */
+    uint64_t cpu_setup_sys_us;
     uint64_t setup_ns;     /* wall time of the setup phase */
     uint64_t phase_ns;     /* wall time of the sending phase */
     char err[160];         /* first error worth showing */
@@ -93,6 +95,7 @@ typedef struct bresult_s {
     bhist_t h_lat;         /* delivery latency from intended send time, ns */
     bhist_t h_ack;         /* SendMessageResponse latency, ns */
     bhist_t h_storm;       /* storm: re-auth completion since the drop, ns */
+    bhist_t h_lat_actual;  /* delivery latency from the actual send, ns */
 } bresult_t;
 
 typedef struct bworker_s bworker_t;

@@ -170,10 +170,10 @@ main(int argc, char **argv)
     uv_signal_start(&sigint, on_signal, SIGINT);
 
     if ((r = imgw_net_start(node.net)) != 0) {
+        /* A loop that failed has closed its mailbox: nothing can be
+         * posted to it, so leave without a drain. */
         fprintf(stderr, "imgw: cannot start the loops: %s\n",
                 imgw_strerror(r));
-        imgw_net_drain(node.net, 0);
-        imgw_net_join(node.net, 5000);
         return 1;
     }
     IMGW_LOG_INFO("listening on %s port %d (%d loops)", cfg.bind,

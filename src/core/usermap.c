@@ -61,7 +61,7 @@ struct imgw_usermap_s {
     um_shard_t *shards;
 };
 
-/* ---- helpers -------------------------------------------------------------- */
+/* ---- helpers ------------------------------------------------------------- */
 
 static uint64_t
 um_hash(const char *s, size_t len)
@@ -83,8 +83,7 @@ um_hash(const char *s, size_t len)
 static size_t
 um_entry_size(size_t cap, size_t keylen)
 {
-    return sizeof(um_entry_t) + cap * sizeof(imgw_usermap_conn_t) + keylen +
-           1;
+    return sizeof(um_entry_t) + cap * sizeof(imgw_usermap_conn_t) + keylen + 1;
 }
 
 static char *
@@ -154,7 +153,7 @@ um_users_changed(um_shard_t *s)
     atomic_store_explicit(&s->users, s->n, memory_order_relaxed);
 }
 
-/* ---- lifecycle -------------------------------------------------------------- */
+/* ---- lifecycle ----------------------------------------------------------- */
 
 int
 imgw_usermap_new(imgw_usermap_t **out, size_t nshards)
@@ -215,7 +214,7 @@ imgw_usermap_free(imgw_usermap_t *m)
     free(m);
 }
 
-/* ---- operations ------------------------------------------------------------- */
+/* ---- operations ---------------------------------------------------------- */
 
 /*
  * Order of checks, all under the shard lock:
@@ -383,7 +382,7 @@ imgw_usermap_users(imgw_usermap_t *m)
 {
     size_t total = 0;
     for (size_t i = 0; i < m->nshards; i++)
-        total += atomic_load_explicit(&m->shards[i].users,
-                                      memory_order_relaxed);
+        total +=
+            atomic_load_explicit(&m->shards[i].users, memory_order_relaxed);
     return total;
 }

@@ -203,7 +203,8 @@ tw_expire(imgw_tw_entry_t *e, void *arg)
     imgw__conn_deadline_fired(c);
 }
 
-static void loop_finish(imgw_loop_t *l);
+static void loop_idle(imgw_loop_t *l);
+static void loop_close_handles(imgw_loop_t *l);
 
 static void
 drain_step(imgw_loop_t *l)
@@ -237,7 +238,7 @@ drain_step(imgw_loop_t *l)
             imgw__conn_close_now(c);
     }
     if (l->st.conns_open == 0)
-        loop_finish(l);
+        loop_idle(l);
 }
 
 static void
@@ -290,12 +291,34 @@ mailbox_cb(imgw_mailbox_t *mb, imgw_mpsc_node_t *n)
         start_drain(l);
         return;
     }
+    if (n == &l->final_node) {
+        loop_close_handles(l);
+        return;
+    }
     if (l->net->h->on_mail)
         l->net->h->on_mail(l, n);
 }
 
+/*
+ * A drained loop waits for the others before it closes its handles:
+ * until every loop is drained, another loop may still post to this one's
+ * mailbox (a push to a connection that is gone), and posting to a closed
+ * uv_async_t is a use-after-free. The last loop to drain tells them all.
+ */
 static void
-loop_finish(imgw_loop_t *l)
+loop_idle(imgw_loop_t *l)
+{
+    if (l->idle)
+        return;
+    l->idle = 1;
+    imgw_net_t *n = l->net;
+    if (atomic_fetch_add(&n->loops_idle, 1) + 1 == n->n_loops)
+        for (int i = 0; i < n->n_loops; i++)
+            imgw_mailbox_post(&n->loops[i]->mbox, &n->loops[i]->final_node);
+}
+
+static void
+loop_close_handles(imgw_loop_t *l)
 {
     if (l->stopping)
         return;

@@ -23,10 +23,10 @@
 
 #include <stdint.h>
 
-#define MAILBOX_OF(a)                                                        \
+#define MAILBOX_OF(a)                                                          \
     ((imgw_mailbox_t *)(void *)((char *)(a)-offsetof(imgw_mailbox_t, async)))
 
-/* ---- the queue ---------------------------------------------------------- */
+/* ---- the queue ----------------------------------------------------------- */
 
 void
 imgw_mpsc_init(imgw_mpsc_t *q)
@@ -89,7 +89,8 @@ imgw_mpsc_pop(imgw_mpsc_t *q)
      * comparison needs; it costs nothing on x86 and keeps the reasoning
      * local.
      */
-    imgw_mpsc_node_t *head = atomic_load_explicit(&q->head, memory_order_acquire);
+    imgw_mpsc_node_t *head =
+        atomic_load_explicit(&q->head, memory_order_acquire);
     if (tail != head)
         return NULL;
     /*
@@ -108,7 +109,7 @@ imgw_mpsc_pop(imgw_mpsc_t *q)
     return NULL;
 }
 
-/* ---- the mailbox -------------------------------------------------------- */
+/* ---- the mailbox --------------------------------------------------------- */
 
 /*
  * Delivers at most budget nodes, stopping early when pop() returns NULL.
@@ -224,8 +225,8 @@ imgw_mailbox_drain(imgw_mailbox_t *mb)
 {
     /* No disarm here: if armed is 1, the pending callback runs anyway and
      * finds whatever this call leaves (possibly nothing). */
-    return mailbox_drain_n(mb, atomic_load_explicit(&mb->depth,
-                                                    memory_order_relaxed));
+    return mailbox_drain_n(
+        mb, atomic_load_explicit(&mb->depth, memory_order_relaxed));
 }
 
 void

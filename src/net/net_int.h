@@ -91,7 +91,9 @@ struct imgw_loop_s {
     uv_tcp_t listeners[IMGW_MAX_LISTENERS];
     int n_listeners;
     imgw_mailbox_t mbox;
-    imgw_mpsc_node_t stop_node;
+    imgw_mpsc_node_t stop_node;  /* starts the drain */
+    imgw_mpsc_node_t final_node; /* every loop drained: close handles */
+    int idle;                    /* drained, waiting for the others */
     uv_timer_t timer;
     uv_prepare_t flush_prep;
     imgw_twheel_t tw;
@@ -140,6 +142,7 @@ struct imgw_net_s {
     atomic_int drain_ms;
     atomic_long conns;  /* node-wide open connections */
     atomic_int loops_running;
+    atomic_int loops_idle;
     uv_mutex_t done_mu;
     uv_cond_t done_cv;
     const imgw_net_handlers_t *h;

@@ -166,8 +166,7 @@ tw_expire_slot(imgw_twheel_t *tw, imgw_tw_entry_t *head, uint64_t t,
  * fires within this call, once per tick at most: no livelock.
  */
 size_t
-imgw_tw_advance(imgw_twheel_t *tw, uint64_t to, imgw_tw_expire_cb cb,
-                void *arg)
+imgw_tw_advance(imgw_twheel_t *tw, uint64_t to, imgw_tw_expire_cb cb, void *arg)
 {
     size_t fired = 0;
 
@@ -180,8 +179,8 @@ imgw_tw_advance(imgw_twheel_t *tw, uint64_t to, imgw_tw_expire_cb cb,
         if (tw->count == 0)
             break; /* nothing to find in the remaining slots */
         tw->now = t;
-        fired += tw_expire_slot(tw, &tw->slots[t & (tw->nslots - 1)], t, cb,
-                                arg);
+        fired +=
+            tw_expire_slot(tw, &tw->slots[t & (tw->nslots - 1)], t, cb, arg);
         if (t == to)
             break;
         t++;

@@ -42,14 +42,14 @@
  * locked anyway: more than one per insertion, so expiry keeps pace with
  * the insertion rate even if nobody calls tick. */
 #define MEM_LAZY_POPS 2
-#define MEM_TICK_POPS 1024       /* per shard and table per tick */
-#define MEM_TICK_USER_SHARDS 4   /* shards whose users one tick visits */
-#define MEM_TICK_BUCKETS 256     /* user buckets per visited shard */
-#define MEM_STACK_SLOTS 16       /* appends to <= 16 users use no malloc */
-#define MEM_STACK_ENTRIES 32     /* sync pages <= 32 entries use no malloc */
+#define MEM_TICK_POPS 1024     /* per shard and table per tick */
+#define MEM_TICK_USER_SHARDS 4 /* shards whose users one tick visits */
+#define MEM_TICK_BUCKETS 256   /* user buckets per visited shard */
+#define MEM_STACK_SLOTS 16     /* appends to <= 16 users use no malloc */
+#define MEM_STACK_ENTRIES 32   /* sync pages <= 32 entries use no malloc */
 
-#define MEM_CONTAINER(ptr, type, member)                                     \
-    ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
+#define MEM_CONTAINER(ptr, type, member)                                       \
+    ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
 /* ---- types --------------------------------------------------------------- */
 
@@ -76,14 +76,14 @@ typedef struct imgw__mem_link_s {
  * revoked through the blob without locking the message's shard.
  */
 typedef struct imgw__mem_meta_s {
-    imgw__mem_hnode_t h;    /* in shard->metas (shard of the id) */
-    imgw__mem_link_t age;   /* shard->meta_age, oldest first */
+    imgw__mem_hnode_t h;  /* in shard->metas (shard of the id) */
+    imgw__mem_link_t age; /* shard->meta_age, oldest first */
     atomic_uint refs;
-    atomic_uchar revoked;   /* set under the id's shard lock, read anywhere */
-    int64_t expire_ms;      /* under the id's shard lock */
-    uint64_t message_id;    /* immutable from here on */
+    atomic_uchar revoked; /* set under the id's shard lock, read anywhere */
+    int64_t expire_ms;    /* under the id's shard lock */
+    uint64_t message_id;  /* immutable from here on */
     int64_t server_time_ms;
-    const char *conv;       /* points into sender[] after its NUL */
+    const char *conv; /* points into sender[] after its NUL */
     char sender[];
 } imgw__mem_meta_t;
 
@@ -141,8 +141,8 @@ typedef struct imgw__mem_dedupe_s {
     imgw__mem_link_t age; /* shard->dedupe_age, oldest first */
     int64_t expire_ms;
     uint64_t message_id;
-    int64_t seq;          /* the sender's seq of the first append */
-    char key[];           /* sender "\0" client_msg_id "\0" */
+    int64_t seq; /* the sender's seq of the first append */
+    char key[];  /* sender "\0" client_msg_id "\0" */
 } imgw__mem_dedupe_t;
 
 /*
@@ -174,10 +174,65 @@ typedef struct imgw__mem_s {
     uint64_t seed;
     imgw__store_clock_fn clock;
     void *clock_arg;
-    atomic_uint tick_next;      /* shard the next user sweep starts at */
-    atomic_size_t blobs_live;   /* stats only */
+    atomic_uint tick_next;    /* shard the next user sweep starts at */
+    atomic_size_t blobs_live; /* stats only */
     atomic_size_t metas_live;
 } imgw__mem_t;
+
+/* ---- allocation ---------------------------------------------------------- */
+
+/*
+ * Every allocation goes through these so the unit tests can fail the Nth
+ * one (imgw__store_mem_fail_alloc) and check that a failed request leaves
+ * no partial state. Off, the cost is one relaxed load.
+ */
+static atomic_int mem_fail_countdown;
+
+static int
+mem_alloc_fails(void)
+{
+    if (atomic_load_explicit(&mem_fail_countdown, memory_order_relaxed) <= 0)
+        return 0;
+    return atomic_fetch_sub_explicit(&mem_fail_countdown, 1,
+                                     memory_order_relaxed) == 1;
+}
+
+static void *
+mem_malloc(size_t n)
+{
+    return mem_alloc_fails() ? NULL : malloc(n);
+}
+
+static void *
+mem_calloc(size_t n, size_t size)
+{
+    return mem_alloc_fails() ? NULL : calloc(n, size);
+}
+
+static void *
+mem_realloc(void *p, size_t n)
+{
+    return mem_alloc_fails() ? NULL : realloc(p, n);
+}
+
+static char *
+mem_strdup(const char *s)
+{
+    return mem_alloc_fails() ? NULL : strdup(s);
+}
+
+static void *
+mem_aligned_alloc(size_t align, size_t n)
+{
+    return mem_alloc_fails() ? NULL : aligned_alloc(align, n);
+}
+
+int
+imgw__store_mem_fail_alloc(int n)
+{
+    return atomic_exchange_explicit(&mem_fail_countdown, n > 0 ? n : 0,
+                                    memory_order_relaxed);
+}
 
 /* ---- clock, hashing ------------------------------------------------------ */
 
@@ -232,8 +287,8 @@ hash_str(const imgw__mem_t *m, const char *s)
 static uint64_t
 hash_dedupe(const imgw__mem_t *m, const char *sender, const char *cmid)
 {
-    uint64_t h = fnv(m->seed ^ 0xcbf29ce484222325ULL, sender,
-                     strlen(sender) + 1);
+    uint64_t h =
+        fnv(m->seed ^ 0xcbf29ce484222325ULL, sender, strlen(sender) + 1);
     return mix64(fnv(h, cmid, strlen(cmid)));
 }
 
@@ -273,7 +328,7 @@ unlock_mask(imgw__mem_t *m, uint64_t mask)
 static int
 htab_init(imgw__mem_htab_t *t)
 {
-    t->b = calloc(MEM_HTAB_MIN, sizeof(*t->b));
+    t->b = mem_calloc(MEM_HTAB_MIN, sizeof(*t->b));
     t->mask = MEM_HTAB_MIN - 1;
     t->n = 0;
     return t->b ? 0 : IMGW_ENOMEM;
@@ -284,7 +339,7 @@ htab_init(imgw__mem_htab_t *t)
 static void
 htab_resize(imgw__mem_htab_t *t, size_t nb)
 {
-    imgw__mem_hnode_t **nbk = calloc(nb, sizeof(*nbk));
+    imgw__mem_hnode_t **nbk = mem_calloc(nb, sizeof(*nbk));
     if (nbk == NULL)
         return;
     for (size_t i = 0; i <= t->mask; i++) {
@@ -473,7 +528,7 @@ user_get(imgw__mem_shard_t *sh, uint64_t h, const char *id)
     if (u != NULL)
         return u;
     size_t len = strlen(id);
-    u = calloc(1, sizeof(*u) + len + 1);
+    u = mem_calloc(1, sizeof(*u) + len + 1);
     if (u == NULL)
         return NULL;
     memcpy(u->id, id, len + 1);
@@ -496,11 +551,15 @@ ring_pop(imgw__mem_t *m, imgw__mem_user_t *u)
 static int
 ring_realloc(imgw__mem_user_t *u, uint32_t ncap)
 {
-    imgw__mem_ent_t *r = malloc((size_t)ncap * sizeof(*r));
+    imgw__mem_ent_t *r = mem_malloc((size_t)ncap * sizeof(*r));
     if (r == NULL)
         return IMGW_ENOMEM;
-    for (uint32_t i = 0; i < u->count; i++)
-        r[i] = u->ring[(u->head + i) % u->cap];
+    uint32_t j = u->head;
+    for (uint32_t i = 0; i < u->count; i++) {
+        r[i] = u->ring[j];
+        if (++j == u->cap)
+            j = 0;
+    }
     free(u->ring);
     u->ring = r;
     u->cap = ncap;
@@ -539,8 +598,7 @@ ring_shrink(imgw__mem_user_t *u)
 static void
 user_age(imgw__mem_t *m, imgw__mem_user_t *u, int64_t now)
 {
-    while (u->count > 0 &&
-           now - u->ring[u->head].stored_ms >= m->retention_ms)
+    while (u->count > 0 && now - u->ring[u->head].stored_ms >= m->retention_ms)
         ring_pop(m, u);
 }
 
@@ -550,7 +608,8 @@ routes_expire(imgw__mem_user_t *u, int64_t now)
     for (uint16_t i = 0; i < u->n_routes;) {
         if (u->routes[i].expire_ms <= now) {
             free(u->routes[i].pb);
-            u->routes[i] = u->routes[--u->n_routes];
+            if (i != --u->n_routes)
+                u->routes[i] = u->routes[u->n_routes];
         } else {
             i++;
         }
@@ -590,7 +649,7 @@ array_grow(void **arr, uint16_t *cap, size_t elsize, uint16_t max)
     uint32_t ncap = *cap ? (uint32_t)*cap * 2 : 2;
     if (ncap > max)
         ncap = max;
-    void *p = realloc(*arr, ncap * elsize);
+    void *p = mem_realloc(*arr, ncap * elsize);
     if (p == NULL)
         return IMGW_ENOMEM;
     *arr = p;
@@ -670,8 +729,7 @@ shards_free(imgw__mem_t *m, unsigned n)
 }
 
 static int
-mem_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err,
-         size_t errlen)
+mem_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err, size_t errlen)
 {
     if (cfg->retention_count < 1 ||
         cfg->retention_count > MEM_MAX_RETENTION_COUNT) {
@@ -690,11 +748,11 @@ mem_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err,
                  MEM_MAX_DEDUPE_TTL);
         return IMGW_ECONFIG;
     }
-    imgw__mem_t *m = calloc(1, sizeof(*m));
+    imgw__mem_t *m = mem_calloc(1, sizeof(*m));
     if (m == NULL)
         return IMGW_ENOMEM;
-    m->shards = aligned_alloc(_Alignof(imgw__mem_shard_t),
-                              MEM_SHARDS * sizeof(imgw__mem_shard_t));
+    m->shards = mem_aligned_alloc(_Alignof(imgw__mem_shard_t),
+                                  MEM_SHARDS * sizeof(imgw__mem_shard_t));
     if (m->shards == NULL) {
         free(m);
         return IMGW_ENOMEM;
@@ -750,7 +808,7 @@ mem_loop_open(imgw_store_t *s, int loop_index, uv_loop_t *loop,
               imgw_store_loop_t **out)
 {
     /* Nothing per loop: the handle only points at the shared state. */
-    imgw_store_loop_t *sl = calloc(1, sizeof(*sl));
+    imgw_store_loop_t *sl = mem_calloc(1, sizeof(*sl));
     if (sl == NULL)
         return IMGW_ENOMEM;
     sl->store = s;
@@ -793,9 +851,9 @@ mem_tick(imgw_store_t *s, int64_t now_ms)
         pthread_mutex_unlock(&sh->mu);
     }
     for (unsigned k = 0; k < MEM_TICK_USER_SHARDS; k++) {
-        unsigned i = atomic_fetch_add_explicit(&m->tick_next, 1,
-                                               memory_order_relaxed) %
-                     MEM_SHARDS;
+        unsigned i =
+            atomic_fetch_add_explicit(&m->tick_next, 1, memory_order_relaxed) %
+            MEM_SHARDS;
         imgw__mem_shard_t *sh = &m->shards[i];
         pthread_mutex_lock(&sh->mu);
         users_sweep(m, sh, now_ms, MEM_TICK_BUCKETS);
@@ -836,14 +894,14 @@ mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     int r = IMGW_ENOMEM;
 
     if (n > MEM_STACK_SLOTS) {
-        slots = malloc(n * sizeof(*slots));
+        slots = mem_malloc(n * sizeof(*slots));
         if (slots == NULL)
             return IMGW_ENOMEM;
     }
-    blob = malloc(sizeof(*blob) + req->entry_len);
-    meta = malloc(sizeof(*meta) + slen + 1 + vlen + 1);
+    blob = mem_malloc(sizeof(*blob) + req->entry_len);
+    meta = mem_malloc(sizeof(*meta) + slen + 1 + vlen + 1);
     if (clen > 0)
-        dd = malloc(sizeof(*dd) + slen + 1 + clen + 1);
+        dd = mem_malloc(sizeof(*dd) + slen + 1 + clen + 1);
     if (blob == NULL || meta == NULL || (clen > 0 && dd == NULL))
         goto out;
 
@@ -993,15 +1051,18 @@ mem_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
     user_age(m, u, now);
     int64_t server_max = u->max_seq;
     int64_t first = u->max_seq - (int64_t)u->count + 1;
-    int64_t lo = min_seq + 1 > first ? min_seq + 1 : first;
     int64_t hi = max_seq == 0 || max_seq > u->max_seq ? u->max_seq : max_seq;
-    int64_t avail = hi >= lo ? hi - lo + 1 : 0;
+    int64_t lo = first, avail = 0;
+    if (min_seq < hi) { /* so min_seq + 1 cannot overflow */
+        lo = min_seq + 1 > first ? min_seq + 1 : first;
+        avail = hi >= lo ? hi - lo + 1 : 0;
+    }
     size_t k = avail > limit ? (size_t)limit : (size_t)avail;
     int has_more = avail > (int64_t)k;
     if (k > MEM_STACK_ENTRIES) {
         /* Sized under the lock: malloc takes none of ours. */
-        e = malloc(k * sizeof(*e));
-        bl = malloc(k * sizeof(*bl));
+        e = mem_malloc(k * sizeof(*e));
+        bl = mem_malloc(k * sizeof(*bl));
         if (e == NULL || bl == NULL) {
             pthread_mutex_unlock(&sh->mu);
             free(e);
@@ -1017,8 +1078,8 @@ mem_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
         e[i].seq = lo + (int64_t)i;
         e[i].blob = b->data;
         e[i].len = b->len;
-        e[i].revoked = atomic_load_explicit(&b->meta->revoked,
-                                            memory_order_relaxed);
+        e[i].revoked =
+            atomic_load_explicit(&b->meta->revoked, memory_order_relaxed);
     }
     pthread_mutex_unlock(&sh->mu);
 
@@ -1054,9 +1115,8 @@ mem_max_seq(imgw_store_loop_t *sl, const char *user, imgw_store_seq_cb cb,
 /* Keeps the highest seq per device (acks may arrive out of order); at
  * MEM_MAX_DEVICES the least recently updated device is forgotten. */
 static int
-mem_set_delivered(imgw_store_loop_t *sl, const char *user,
-                  const char *device, int64_t seq, imgw_store_done_cb cb,
-                  void *data)
+mem_set_delivered(imgw_store_loop_t *sl, const char *user, const char *device,
+                  int64_t seq, imgw_store_done_cb cb, void *data)
 {
     imgw__mem_t *m = sl->store->impl;
     uint64_t h = hash_str(m, user);
@@ -1074,7 +1134,7 @@ mem_set_delivered(imgw_store_loop_t *sl, const char *user,
             u->dev[i].stamp = ++sh->stamp;
             goto done;
         }
-    copy = strdup(device);
+    copy = mem_strdup(device);
     if (copy == NULL)
         goto nomem;
     uint16_t i;
@@ -1116,7 +1176,7 @@ mem_set_read(imgw_store_loop_t *sl, const char *user,
     uint64_t h = hash_str(m, user);
     imgw__mem_shard_t *sh = &m->shards[shard_of(h)];
     size_t clen = strlen(conversation_id), mlen = strlen(message_id);
-    char *cm = malloc(clen + 1 + mlen + 1);
+    char *cm = mem_malloc(clen + 1 + mlen + 1);
     if (cm == NULL)
         return IMGW_ENOMEM;
     memcpy(cm, conversation_id, clen + 1);
@@ -1255,8 +1315,8 @@ sortkey_cmp(const void *a, const void *b)
 static imgw__mem_group_t *
 group_build(const char *gid, const char *const *members, size_t n)
 {
-    imgw__mem_sortkey_t *keys = malloc(n * sizeof(*keys));
-    unsigned char *keep = calloc(n, 1);
+    imgw__mem_sortkey_t *keys = mem_malloc(n * sizeof(*keys));
+    unsigned char *keep = mem_calloc(n, 1);
     imgw__mem_group_t *g = NULL;
     if (keys == NULL || keep == NULL)
         goto out;
@@ -1272,7 +1332,7 @@ group_build(const char *gid, const char *const *members, size_t n)
             kept++;
             bytes += strlen(keys[j].s) + 1;
         }
-    g = malloc(sizeof(*g) + kept * sizeof(char *) + bytes);
+    g = mem_malloc(sizeof(*g) + kept * sizeof(char *) + bytes);
     if (g == NULL)
         goto out;
     g->members = (const char **)(void *)(g + 1);
@@ -1326,8 +1386,8 @@ mem_group_set(imgw_store_loop_t *sl, const char *gid,
 }
 
 static int
-mem_group_get(imgw_store_loop_t *sl, const char *gid,
-              imgw_store_members_cb cb, void *data)
+mem_group_get(imgw_store_loop_t *sl, const char *gid, imgw_store_members_cb cb,
+              void *data)
 {
     imgw__mem_t *m = sl->store->impl;
     uint64_t h = hash_str(m, gid);
@@ -1374,14 +1434,13 @@ mem_group_del(imgw_store_loop_t *sl, const char *gid, imgw_store_done_cb cb,
  */
 static int
 mem_route_set(imgw_store_loop_t *sl, const char *user, const char *platform,
-              const char *broker_id, int ttl, imgw_store_done_cb cb,
-              void *data)
+              const char *broker_id, int ttl, imgw_store_done_cb cb, void *data)
 {
     imgw__mem_t *m = sl->store->impl;
     uint64_t h = hash_str(m, user);
     imgw__mem_shard_t *sh = &m->shards[shard_of(h)];
     size_t plen = strlen(platform), blen = strlen(broker_id);
-    char *pb = malloc(plen + 1 + blen + 1);
+    char *pb = mem_malloc(plen + 1 + blen + 1);
     if (pb == NULL)
         return IMGW_ENOMEM;
     memcpy(pb, platform, plen + 1);
@@ -1407,8 +1466,8 @@ mem_route_set(imgw_store_loop_t *sl, const char *user, const char *platform,
         free(u->routes[i].pb);
     } else {
         if (u->n_routes == u->cap_routes &&
-            array_grow((void **)&u->routes, &u->cap_routes,
-                       sizeof(*u->routes), IMGW_STORE_MAX_ROUTES) != 0)
+            array_grow((void **)&u->routes, &u->cap_routes, sizeof(*u->routes),
+                       IMGW_STORE_MAX_ROUTES) != 0)
             goto nomem;
         i = u->n_routes++;
     }
@@ -1444,7 +1503,8 @@ mem_route_del(imgw_store_loop_t *sl, const char *user, const char *platform,
             if (strcmp(pb, platform) == 0) {
                 if (strcmp(pb + strlen(pb) + 1, broker_id) == 0) {
                     free(u->routes[i].pb);
-                    u->routes[i] = u->routes[--u->n_routes];
+                    if (i != --u->n_routes)
+                        u->routes[i] = u->routes[u->n_routes];
                 }
                 break;
             }
@@ -1481,8 +1541,8 @@ mem_route_refresh(imgw_store_loop_t *sl, const char *user, int ttl,
 }
 
 static int
-mem_route_get(imgw_store_loop_t *sl, const char *user,
-              imgw_store_routes_cb cb, void *data)
+mem_route_get(imgw_store_loop_t *sl, const char *user, imgw_store_routes_cb cb,
+              void *data)
 {
     imgw__mem_t *m = sl->store->impl;
     uint64_t h = hash_str(m, user);
@@ -1538,8 +1598,7 @@ const imgw_store_backend_t imgw__store_memory = {
 /* ---- test hooks (store_impl.h) ------------------------------------------- */
 
 void
-imgw__store_mem_set_clock(imgw_store_t *s, imgw__store_clock_fn fn,
-                          void *arg)
+imgw__store_mem_set_clock(imgw_store_t *s, imgw__store_clock_fn fn, void *arg)
 {
     if (s == NULL || s->be != &imgw__store_memory)
         return;

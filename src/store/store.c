@@ -26,8 +26,7 @@
 #define IMGW__STORE_REDIS_BE (&imgw__store_redis)
 #else
 extern const imgw_store_backend_t imgw__store_redis __attribute__((weak));
-#define IMGW__STORE_REDIS_BE                                                 \
-    ((const imgw_store_backend_t *)&imgw__store_redis)
+#define IMGW__STORE_REDIS_BE ((const imgw_store_backend_t *)&imgw__store_redis)
 #endif
 
 /* 1 when s is a NUL-terminated string of 1..max bytes. */
@@ -64,8 +63,8 @@ imgw_store_open(imgw_store_t **out, const imgw_store_cfg_t *cfg, char *err,
         return IMGW_EINVAL;
     }
     *out = NULL;
-    const char *name = cfg->backend && cfg->backend[0] ? cfg->backend
-                                                        : "memory";
+    const char *name =
+        cfg->backend && cfg->backend[0] ? cfg->backend : "memory";
     const imgw_store_backend_t *be = NULL;
     if (strcmp(name, "memory") == 0) {
         be = &imgw__store_memory;
@@ -167,8 +166,7 @@ imgw_store_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
 
 int
 imgw_store_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
-                int64_t max_seq, int limit, imgw_store_sync_cb cb,
-                void *data)
+                int64_t max_seq, int limit, imgw_store_sync_cb cb, void *data)
 {
     if (sl == NULL || cb == NULL || !valid_id(user) || min_seq < 0 ||
         max_seq < 0)
@@ -191,8 +189,8 @@ imgw_store_max_seq(imgw_store_loop_t *sl, const char *user,
 
 int
 imgw_store_set_delivered(imgw_store_loop_t *sl, const char *user,
-                         const char *device, int64_t seq,
-                         imgw_store_done_cb cb, void *data)
+                         const char *device, int64_t seq, imgw_store_done_cb cb,
+                         void *data)
 {
     if (sl == NULL || !valid_id(user) || !valid_id(device) || seq < 0)
         return IMGW_EINVAL;

@@ -28,12 +28,14 @@
 
 #include "store.h"
 
-/* Bounds enforced by store.c for every backend (bytes, without the NUL). */
-#define IMGW__STORE_ID_MAX 127    /* user, member, group, device, platform,
-                                     broker_id, client_msg_id, and the
-                                     message id string of set_read; the
-                                     same as the codec's 128-byte fields */
-#define IMGW__STORE_CONV_MAX 511  /* conversation_id ("s_<a>_<b>" <= 257) */
+/*
+ * Bounds enforced by store.c for every backend (bytes, without the NUL).
+ * IMGW__STORE_ID_MAX: user, member, group, device, platform, broker_id,
+ * client_msg_id and set_read's message id string; the codec's fields are
+ * 128 bytes with the NUL, so nothing core accepts is refused here.
+ */
+#define IMGW__STORE_ID_MAX 127
+#define IMGW__STORE_CONV_MAX 511 /* conversation_id ("s_<a>_<b>" <= 257) */
 #define IMGW__STORE_ENTRY_MAX (16u << 20) /* one encoded PushMessage */
 #define IMGW__STORE_SYNC_DEFAULT 100      /* limit <= 0 */
 
@@ -78,13 +80,12 @@ struct imgw_store_backend_s {
     int (*append)(imgw_store_loop_t *sl, imgw_store_append_t *req,
                   imgw_store_append_cb cb, void *data);
     int (*sync)(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
-                int64_t max_seq, int limit, imgw_store_sync_cb cb,
-                void *data);
+                int64_t max_seq, int limit, imgw_store_sync_cb cb, void *data);
     int (*max_seq)(imgw_store_loop_t *sl, const char *user,
                    imgw_store_seq_cb cb, void *data);
     int (*set_delivered)(imgw_store_loop_t *sl, const char *user,
-                         const char *device, int64_t seq,
-                         imgw_store_done_cb cb, void *data);
+                         const char *device, int64_t seq, imgw_store_done_cb cb,
+                         void *data);
     int (*set_read)(imgw_store_loop_t *sl, const char *user,
                     const char *conversation_id, const char *message_id,
                     imgw_store_done_cb cb, void *data);
@@ -131,10 +132,10 @@ void imgw__store_mem_set_clock(imgw_store_t *s, imgw__store_clock_fn fn,
                                void *arg);
 
 typedef struct imgw__store_mem_stats_s {
-    size_t users;      /* per-user records */
-    size_t entries;    /* timeline entries over all users */
-    size_t dedupes;    /* dedupe keys in the tables (expired ones too) */
-    size_t metas;      /* message metadata in the table */
+    size_t users;   /* per-user records */
+    size_t entries; /* timeline entries over all users */
+    size_t dedupes; /* dedupe keys in the tables (expired ones too) */
+    size_t metas;   /* message metadata in the table */
     size_t groups;
     size_t routes;     /* route fields, expired ones not yet dropped too */
     size_t devices;    /* delivered positions */
@@ -148,6 +149,13 @@ typedef struct imgw__store_mem_stats_s {
  * only: O(users). Returns 0, or IMGW_EINVAL when s is not memory.
  */
 int imgw__store_mem_stats(imgw_store_t *s, imgw__store_mem_stats_t *out);
+
+/**
+ * failmalloc for the memory backend: n > 0 makes the nth allocation from
+ * now on fail (once); 0 turns it off. Returns the countdown that was left
+ * (> 0: the failure has not happened yet). Not for concurrent use.
+ */
+int imgw__store_mem_fail_alloc(int n);
 
 /**
  * Reads a stored delivered position (seq) or read position (the message

@@ -59,12 +59,13 @@ def server(request, tmp_path, imgw_bin):
 
     def factory(threads=2, log_level="info", args=None, ini=None, env=None,
                 secret=H.DEFAULT_SECRET, start=True, n_ports=1,
-                ports_via_env=False, **overrides):
+                ports_via_env=False, config_mode="flag", **overrides):
         name = "imgw%d" % len(started)
         s = H.build_server(str(tmp_path), name, threads=threads,
                            log_level=log_level, args=args, ini=ini, env=env,
                            secret=secret, n_ports=n_ports,
-                           ports_via_env=ports_via_env, **overrides)
+                           ports_via_env=ports_via_env,
+                           config_mode=config_mode, **overrides)
         started.append(s)
         if start:
             s.start()

@@ -290,7 +290,12 @@ def env_name(section, key):
 
 class ServerProc:
     def __init__(self, tmpdir, name, threads, ini, env_over, args, log_level,
-                 n_ports=1, ports_via_env=False):
+                 n_ports=1, ports_via_env=False, config_mode="flag"):
+        # config_mode: "flag"  -c FILE -t N -l LEVEL (default)
+        #              "long"  --config FILE --threads N --log-level LEVEL
+        #              "cwd"   FILE written to <cwd>/conf/imgw.ini, no -c
+        #              "env"   no file at all: every key as IMGW__S__K
+        self.config_mode = config_mode
         self.n_ports = n_ports
         self.ports_via_env = ports_via_env
         self.ports = []
@@ -356,9 +361,27 @@ class ServerProc:
                 self.env_over[env_name("server", "ports")] = plist
             else:
                 self.ini.setdefault("server", {})["ports"] = plist
-            self._write_ini()
-            self.cmdline = [binp, "-c", self.ini_path, "-t", str(self.threads),
-                            "-l", self.log_level] + self.args
+            mode = self.config_mode
+            if mode == "env":
+                for section, kv in self.ini.items():
+                    for k, v in kv.items():
+                        self.env_over.setdefault(env_name(section, k), str(v))
+                if not self.ports_via_env:
+                    self.env_over[env_name("server", "ports")] = plist
+                cfg = []
+            elif mode == "cwd":
+                os.makedirs(os.path.join(self.tmpdir, "conf"), exist_ok=True)
+                self.ini_path = os.path.join(self.tmpdir, "conf", "imgw.ini")
+                self._write_ini()
+                cfg = []
+            else:
+                self._write_ini()
+                cfg = ["--config" if mode == "long" else "-c", self.ini_path]
+            if mode == "long":
+                opts = ["--threads", str(self.threads), "--log-level", self.log_level]
+            else:
+                opts = ["-t", str(self.threads), "-l", self.log_level]
+            self.cmdline = [binp] + cfg + opts + self.args
             env = clean_env(self.env_over)
             logf = open(self.log_path, "ab")
             logf.write(("=== start attempt %d: %s\n" % (attempt, self.describe())).encode())
@@ -431,7 +454,7 @@ class ServerProc:
 
 def build_server(tmpdir, name, threads=2, log_level="info", args=None,
                  ini=None, env=None, secret=DEFAULT_SECRET, n_ports=1,
-                 ports_via_env=False, **overrides):
+                 ports_via_env=False, config_mode="flag", **overrides):
     """Prepare a ServerProc.
 
     Base config goes to an INI file: [server] bind/ports/drain_seconds and
@@ -463,7 +486,8 @@ def build_server(tmpdir, name, threads=2, log_level="info", args=None,
             s, key = k.split(".", 1)
             env_over[env_name(s, key)] = str(v)
     return ServerProc(tmpdir, name, threads, base, env_over, args, log_level,
-                      n_ports=n_ports, ports_via_env=ports_via_env)
+                      n_ports=n_ports, ports_via_env=ports_via_env,
+                      config_mode=config_mode)
 
 
 # --------------------------------------------------------------------------
@@ -730,6 +754,17 @@ class RawWS:
 
     def close(self):
         self.http.close()
+
+
+def _varint(n):
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out += bytes([b | 0x80])
+        else:
+            return out + bytes([b])
 
 
 def pb_frame(cmd, body=b"", seq=1, ts=None):

@@ -156,3 +156,52 @@ def test_two_ports_via_env(server):
             await c.auth_ok("twoports-%d" % p, H.make_token("twoports-%d" % p))
             await c.close()
     H.run(go())
+
+
+def test_long_options(server):
+    print("check: --config FILE --threads 3 --log-level info work like -c/-t/-l")
+    s = server(threads=3, config_mode="long")
+    r = H.http_get(s.port, "/metrics")
+    loops = {l["loop"] for n, l, v in H.parse_metrics(r.body.decode())
+             if n == "imgw_connections_open" and "loop" in l}
+    assert loops == {"0", "1", "2"}, loops
+
+
+def test_default_config_file_in_cwd(server):
+    print("check: without -c, conf/imgw.ini (relative to the working dir) is read")
+    s = server(config_mode="cwd", auth_timeout=2)
+    print("ini:", s.ini_path, s.describe())
+    r = H.http_get(s.port, "/healthz")
+    assert r.status == 200, r
+
+
+def test_no_config_file_uses_defaults(server):
+    print("check: without -c and without conf/imgw.ini, built-in defaults + env run "
+          "(everything given as IMGW__* variables)")
+    s = server(config_mode="env")
+    print(s.describe())
+    r = H.http_get(s.port, "/healthz")
+    assert r.status == 200, r
+
+    async def go():
+        c = await H.WSClient.connect(s)
+        await c.auth_ok("envonly", H.make_token("envonly"))
+        await c.close()
+    H.run(go())
+
+
+def test_imgw_log_overrides_log_level(server):
+    print("check: -l error hides INFO startup lines; IMGW_LOG=info overrides -l error")
+    quiet = server(log_level="error")
+    loud = server(log_level="error", env={"IMGW_LOG": "info"})
+    print("quiet log:\n" + quiet.log_text())
+    print("loud log:\n" + loud.log_text())
+    body = lambda t: "\n".join(l for l in t.splitlines() if not l.startswith("=== "))
+    assert "INFO" not in body(quiet.log_text()), "INFO lines despite -l error"
+    assert "INFO" in body(loud.log_text()), "IMGW_LOG=info did not override -l error"
+
+
+def test_bad_log_level_exit_2(imgw_bin, good_ini):
+    print("check: -l chatty (not a level) -> exit 2")
+    r = run_imgw(["-c", good_ini, "-l", "chatty"])
+    assert r.returncode == 2

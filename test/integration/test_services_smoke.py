@@ -183,8 +183,20 @@ def test_rabbitmq_publish_consume(rabbitmq_server):
     conn.close()
 
 
-def test_rabbitmq_stop_restart_same_port(rabbitmq_server):
-    mq = rabbitmq_server
+@pytest.fixture(scope="module")
+def private_mq():
+    """A broker of our own for the stop/kill tests, so the shared
+    `rabbitmq_server` other modules use is never restarted under them."""
+    mq = S.RabbitMQServer()
+    try:
+        yield mq.start()
+    finally:
+        mq.cleanup()
+        step("private broker cleaned up, dir removed: %s" % (mq.dir is None))
+
+
+def test_rabbitmq_stop_restart_same_port(private_mq):
+    mq = private_mq
     port, node, pid = mq.port, mq.nodename, mq.pid
     queue = unique("imgw.durable")
     conn = mq.connection()
@@ -221,8 +233,8 @@ def test_rabbitmq_stop_restart_same_port(rabbitmq_server):
     conn.close()
 
 
-def test_rabbitmq_crash_restart(rabbitmq_server):
-    mq = rabbitmq_server
+def test_rabbitmq_crash_restart(private_mq):
+    mq = private_mq
     port = mq.port
     queue = unique("imgw.crash")
     conn = mq.connection()
@@ -232,6 +244,8 @@ def test_rabbitmq_crash_restart(rabbitmq_server):
     ch.basic_publish("", queue, b"confirmed before crash",
                      properties=pika.BasicProperties(delivery_mode=2))
     conn.close()
+    step("sync_metadata(): the declaration is on disk (else a crash may lose it)")
+    mq.sync_metadata()
     tag = mq.tag
     step("restart(kill=True): SIGKILL the node, then start it again")
     mq.restart(kill=True)

@@ -13,7 +13,7 @@ import imgw_harness as H
 from imgw_harness import WSClient, make_token, run
 
 
-def healthz_during_drain(port):
+def healthz_status(port):
     try:
         r = H.http_get(port, "/healthz", timeout=3)
         return r.status
@@ -21,6 +21,29 @@ def healthz_during_drain(port):
         return "refused"
     except OSError as e:
         return "error: %r" % e
+
+
+def healthz_during_drain(port, window=1.0):
+    """Poll /healthz right after the signal. The signal is asynchronous, so a
+    200 may still come before the server has seen it; within `window` s it
+    must turn to 503 (or refused), and never go back to 200."""
+    seen = []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < window:
+        st = healthz_status(port)
+        seen.append(st)
+        if st != 200:
+            break
+        time.sleep(0.02)
+    first_bad = next((i for i, st in enumerate(seen) if st != 200), None)
+    if first_bad is not None:
+        for _ in range(3):
+            st = healthz_status(port)
+            seen.append(st)
+            if st == "refused":
+                break
+            time.sleep(0.02)
+    return seen
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -39,10 +62,14 @@ def test_graceful_shutdown(server, sig):
             clients.append(c)
         t0 = time.monotonic()
         s.signal(sig)
-        st = await asyncio.get_running_loop().run_in_executor(
+        seen = await asyncio.get_running_loop().run_in_executor(
             None, healthz_during_drain, s.port)
-        print("/healthz right after the signal:", st)
-        assert st in (503, "refused"), "/healthz during drain answered %r" % (st,)
+        print("/healthz after the signal:", seen)
+        bad = [i for i, st in enumerate(seen) if st != 200]
+        assert bad, "/healthz still 200 for 1s after %s: %r" % (sig.name, seen)
+        assert all(st in (503, "refused") for st in seen[bad[0]:]), (
+            "/healthz during the drain: %r (want 503 or refused, never 200 again)"
+            % (seen,))
         codes = await asyncio.gather(*(c.expect_close(timeout=12) for c in clients))
         print("close codes:", [c for c, _ in codes],
               "after %.2fs" % (time.monotonic() - t0))
@@ -84,3 +111,32 @@ def test_shutdown_with_unauthenticated_and_http_clients(server):
         s.stopped = True
     finally:
         http.close()
+
+
+def test_shutdown_many_connections_all_loops(server):
+    s = server(threads=4, drain_seconds=1)
+    n = 100
+    print("check: -t 4 with %d authenticated connections; SIGTERM -> every one gets "
+          "close 1001, exit 0 within 15s" % n)
+
+    async def go():
+        sem = asyncio.Semaphore(20)
+
+        async def one(i):
+            async with sem:
+                c = await WSClient.connect(s, codec="pb" if i % 3 else "json")
+                await c.auth_ok("many-%d" % i, make_token("many-%d" % i))
+                return c
+        clients = await asyncio.gather(*(one(i) for i in range(n)))
+        t0 = time.monotonic()
+        s.signal(signal.SIGTERM)
+        res = await asyncio.gather(*(c.expect_close(timeout=12) for c in clients))
+        codes = [c for c, _ in res]
+        print("close codes: %r within %.2fs" % (
+            {k: codes.count(k) for k in set(codes)}, time.monotonic() - t0))
+        assert codes == [1001] * n
+    run(go())
+    code = s.wait_exit(15)
+    print("exit code:", code)
+    assert code == 0, code
+    s.stopped = True

@@ -129,7 +129,7 @@ TEST(clock_backwards)
     CHECK(b > a);
     CHECK(c > b);
     CHECK(d > c);
-    CHECK_EQ_INT(imgw_id_time_ms(d), T0); /* never goes back in time */
+    CHECK_EQ_INT(imgw_id_time_ms(d), T0);  /* never goes back in time */
     uint64_t e = imgw_id_next(&g, T0 + 1); /* the clock catches up */
     CHECK(e > d);
     CHECK_EQ_INT(imgw_id_time_ms(e), T0 + 1);
@@ -162,7 +162,7 @@ TEST(borrow_next_ms)
     CHECK_EQ_INT(a & 0xfff, 10);
 }
 
-/* ---- concurrency -------------------------------------------------------- */
+/* ---- concurrency --------------------------------------------------------- */
 
 typedef struct worker_s {
     imgw_idgen_t *g;
@@ -225,12 +225,12 @@ TEST(concurrent_unique)
     CHECK_EQ_INT(not_inc, 0);
     CHECK_EQ_INT(dups, 0);
     CHECK_EQ_INT(bad_node, 0);
-    printf("  info  %zu ids from %d threads in %.3f s (%.1f M/s)\n",
-           per * NT, NT, dt, (double)(per * NT) / dt / 1e6);
+    printf("  info  %zu ids from %d threads in %.3f s (%.1f M/s)\n", per * NT,
+           NT, dt, (double)(per * NT) / dt / 1e6);
     free(all);
 }
 
-/* ---- decimal form ------------------------------------------------------- */
+/* ---- decimal form -------------------------------------------------------- */
 
 static int
 parse_str(const char *s, uint64_t *out)
@@ -283,7 +283,10 @@ TEST(format_parse)
     CHECK_EQ_INT(parse_str("1 ", &v), IMGW_EINVAL);
     CHECK_EQ_INT(parse_str("0x10", &v), IMGW_EINVAL);
     CHECK_EQ_INT(parse_str("1.5", &v), IMGW_EINVAL);
-    CHECK_EQ_INT(imgw_id_parse("1\0" "2", 3, &v), IMGW_EINVAL);
+    CHECK_EQ_INT(imgw_id_parse("1\0"
+                               "2",
+                               3, &v),
+                 IMGW_EINVAL);
     /* overflow and length */
     CHECK_EQ_INT(parse_str("18446744073709551616", &v), IMGW_EINVAL);
     CHECK_EQ_INT(parse_str("99999999999999999999", &v), IMGW_EINVAL);

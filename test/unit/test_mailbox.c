@@ -9,8 +9,9 @@
  * producer's items arrive in order.
  *
  * Size: IMGW_TEST_SCALE (a factor, default 1; 0.25 by default under TSAN)
- * scales the item counts, which at 1 are 4 x 500,000 for the mailbox and
- * 4 x 250,000 for the raw queue.
+ * scales the item counts, which at 1 are 4 x 500,000 for the mailbox,
+ * 4 x 20,000 posted in bursts with pauses, and 4 x 250,000 for the raw
+ * queue.
  */
 #include "mailbox.h"
 
@@ -121,7 +122,7 @@ tally_check(tally_t *t)
         CHECK_EQ_INT(t->count[p], t->per_item);
 }
 
-/* ---- raw queue, single thread ------------------------------------------- */
+/* ---- raw queue, single thread -------------------------------------------- */
 
 TEST(mpsc_single_thread)
 {
@@ -157,7 +158,7 @@ TEST(mpsc_single_thread)
     CHECK(imgw_mpsc_pop(&q) == NULL);
 }
 
-/* ---- raw queue, threads ------------------------------------------------- */
+/* ---- raw queue, threads -------------------------------------------------- */
 
 typedef struct raw_prod_s {
     imgw_mpsc_t *q;
@@ -219,20 +220,39 @@ TEST(mpsc_threads)
     tally_free(&t);
 }
 
-/* ---- mailbox on a loop -------------------------------------------------- */
+/* ---- mailbox on a loop --------------------------------------------------- */
+
+/*
+ * A lost wake-up fails nothing by itself: the loop just sleeps with nodes
+ * queued. So the stress runs carry a watchdog timer: once all producers
+ * are done, if nothing arrives for WATCHDOG_TICKS ticks, the run is
+ * declared stuck (a FAIL), and the mailbox is closed, which drains it and
+ * lets the loop end.
+ */
+#define WATCHDOG_MS 100
+#define WATCHDOG_TICKS 20
 
 typedef struct mb_test_s {
     tally_t t;
     size_t expect;
     int closed_in_cb;
     int close_cb_called;
+    int closing;
+    int stuck;            /* the watchdog fired */
+    size_t stuck_missing; /* items not delivered when it fired */
+    uv_timer_t watchdog;
+    size_t watch_total;
+    int watch_idle;
+    atomic_int producers_done;
 } mb_test_t;
 
 typedef struct mb_prod_s {
     imgw_mailbox_t *mb;
+    mb_test_t *x;
     item_t *items;
     size_t n;
     uint32_t id;
+    int bursty; /* post in small bursts with pauses: the loop goes idle */
     int post_errors;
 } mb_prod_t;
 
@@ -240,22 +260,43 @@ static void *
 mb_producer(void *arg)
 {
     mb_prod_t *p = arg;
+    uint64_t r = 0x9e3779b97f4a7c15ULL * (p->id + 1);
     for (size_t i = 0; i < p->n; i++) {
         p->items[i].producer = p->id;
         p->items[i].seq = (uint32_t)i;
         if (imgw_mailbox_post(p->mb, &p->items[i].node) != 0)
             p->post_errors++;
+        if (p->bursty) {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            if (r % 8 == 0) {
+                struct timespec ts = {0, (long)((r >> 40) % 20000)};
+                nanosleep(&ts, NULL);
+            }
+        }
     }
+    atomic_fetch_add(&p->x->producers_done, 1);
     return NULL;
 }
 
 static void
 count_close_cb(uv_handle_t *h)
 {
-    imgw_mailbox_t *mb = (imgw_mailbox_t *)(void *)((char *)h -
-                                offsetof(imgw_mailbox_t, async));
+    imgw_mailbox_t *mb =
+        (imgw_mailbox_t *)(void *)((char *)h - offsetof(imgw_mailbox_t, async));
     mb_test_t *x = mb->data;
     x->close_cb_called++;
+}
+
+static void
+stress_finish(imgw_mailbox_t *mb, mb_test_t *x)
+{
+    if (x->closing)
+        return;
+    x->closing = 1;
+    uv_close((uv_handle_t *)&x->watchdog, NULL);
+    imgw_mailbox_close(mb, count_close_cb);
 }
 
 static void
@@ -266,13 +307,31 @@ stress_cb(imgw_mailbox_t *mb, imgw_mpsc_node_t *n)
     if (x->t.total == x->expect) {
         /* Close from inside the callback, as loop.c does for STOP. */
         x->closed_in_cb = 1;
-        imgw_mailbox_close(mb, count_close_cb);
+        stress_finish(mb, x);
     }
 }
 
-TEST(mailbox_stress)
+static void
+watchdog_cb(uv_timer_t *t)
 {
-    size_t per = scaled(500000);
+    imgw_mailbox_t *mb = t->data;
+    mb_test_t *x = mb->data;
+    if (atomic_load(&x->producers_done) < NPROD ||
+        x->t.total != x->watch_total) {
+        x->watch_total = x->t.total;
+        x->watch_idle = 0;
+        return;
+    }
+    if (++x->watch_idle < WATCHDOG_TICKS)
+        return;
+    x->stuck = 1;
+    x->stuck_missing = x->expect - x->t.total;
+    stress_finish(mb, x);
+}
+
+static void
+run_mailbox(size_t per, int bursty)
+{
     uv_loop_t loop;
     imgw_mailbox_t mb;
     mb_test_t x;
@@ -282,19 +341,25 @@ TEST(mailbox_stress)
     memset(&x, 0, sizeof(x));
     tally_init(&x.t, per);
     x.expect = per * NPROD;
+    atomic_init(&x.producers_done, 0);
     CHECK_EQ_INT(uv_loop_init(&loop), 0);
     CHECK_EQ_INT(imgw_mailbox_init(&mb, &loop, stress_cb, &x), 0);
+    uv_timer_init(&loop, &x.watchdog);
+    x.watchdog.data = &mb;
+    uv_timer_start(&x.watchdog, watchdog_cb, WATCHDOG_MS, WATCHDOG_MS);
 
     double t0 = now_s();
     for (int i = 0; i < NPROD; i++) {
         prod[i].mb = &mb;
+        prod[i].x = &x;
         prod[i].items = malloc(per * sizeof(item_t));
         prod[i].n = per;
         prod[i].id = (uint32_t)i;
+        prod[i].bursty = bursty;
         prod[i].post_errors = 0;
         pthread_create(&th[i], NULL, mb_producer, &prod[i]);
     }
-    /* Returns once the callback closed the mailbox, the only handle. */
+    /* Returns once the mailbox and the watchdog are closed. */
     CHECK_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
     double dt = now_s() - t0;
     int post_errors = 0;
@@ -303,6 +368,8 @@ TEST(mailbox_stress)
         post_errors += prod[i].post_errors;
     }
 
+    CHECK_EQ_INT(x.stuck, 0);
+    CHECK_EQ_INT(x.stuck_missing, 0);
     tally_check(&x.t);
     CHECK_EQ_INT(post_errors, 0);
     CHECK(x.closed_in_cb);
@@ -322,7 +389,20 @@ TEST(mailbox_stress)
     tally_free(&x.t);
 }
 
-/* ---- mailbox, single thread: drain, close, coalescing ------------------- */
+/* Producers flat out: the loop rarely sleeps, batches are large. */
+TEST(mailbox_stress)
+{
+    run_mailbox(scaled(500000), 0);
+}
+
+/* Producers in bursts with pauses: the loop goes idle and must be woken
+ * again and again, which is where a lost wake-up would show. */
+TEST(mailbox_bursts)
+{
+    run_mailbox(scaled(20000), 1);
+}
+
+/* ---- mailbox, single thread: drain, close, coalescing -------------------- */
 
 typedef struct seq_test_s {
     int got[8];
@@ -343,8 +423,8 @@ seq_cb(imgw_mailbox_t *mb, imgw_mpsc_node_t *n)
 static void
 seq_close_cb(uv_handle_t *h)
 {
-    imgw_mailbox_t *mb = (imgw_mailbox_t *)(void *)((char *)h -
-                                offsetof(imgw_mailbox_t, async));
+    imgw_mailbox_t *mb =
+        (imgw_mailbox_t *)(void *)((char *)h - offsetof(imgw_mailbox_t, async));
     seq_test_t *s = mb->data;
     s->close_cb_called++;
     s->got_at_close = s->ngot;
@@ -443,5 +523,6 @@ main(void)
     RUN(mailbox_coalesce_and_drain);
     RUN(mailbox_close_inside_cb);
     RUN(mailbox_stress);
+    RUN(mailbox_bursts);
     TEST_DONE();
 }

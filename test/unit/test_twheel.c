@@ -15,11 +15,11 @@
 #include <stdint.h>
 
 typedef struct tent_s {
-    imgw_tw_entry_t e;  /* first member: entry pointer == tent pointer */
-    uint64_t want;      /* deadline the test asked for */
-    uint64_t fired_at;  /* wheel tick when it fired, 0 if not yet */
-    int fired;          /* times fired */
-    int resched_left;   /* reschedule_cb: times to reschedule itself */
+    imgw_tw_entry_t e;     /* first member: entry pointer == tent pointer */
+    uint64_t want;         /* deadline the test asked for */
+    uint64_t fired_at;     /* wheel tick when it fired, 0 if not yet */
+    int fired;             /* times fired */
+    int resched_left;      /* reschedule_cb: times to reschedule itself */
     struct tent_s *victim; /* cancel_other_cb: entry to cancel */
 } tent_t;
 
@@ -306,7 +306,7 @@ TEST(big_jump)
     imgw_tw_free(&tw);
 }
 
-/* ---- callbacks that change the wheel ------------------------------------ */
+/* ---- callbacks that change the wheel ------------------------------------- */
 
 static void
 reschedule_cb(imgw_tw_entry_t *e, void *arg)

@@ -67,7 +67,7 @@ total_buckets(imgw_usermap_t *m)
     return nb;
 }
 
-/* ---- single thread ---------------------------------------------------------- */
+/* ---- single thread ------------------------------------------------------- */
 
 TEST(new_free)
 {
@@ -201,8 +201,8 @@ TEST(max_conns)
     imgw_usermap_new(&m, 4);
     for (int i = 0; i < IMGW_USERMAP_MAX_CONNS; i++) {
         snprintf(plat, sizeof(plat), "p%d", i);
-        ok &= imgw_usermap_add(m, "eve", plat, mkref(0, (uint32_t)i, 1),
-                               &k) == 0;
+        ok &=
+            imgw_usermap_add(m, "eve", plat, mkref(0, (uint32_t)i, 1), &k) == 0;
     }
     CHECK(ok);
     CHECK_EQ_INT(imgw_usermap_add(m, "eve", "one-more", mkref(0, 99, 1), &k),
@@ -214,8 +214,8 @@ TEST(max_conns)
     ok = 1;
     for (int i = 0; i < IMGW_USERMAP_MAX_CONNS; i++) {
         snprintf(plat, sizeof(plat), "p%d", i);
-        ok &= out[i].ref.slot == (uint32_t)i && strcmp(out[i].platform,
-                                                       plat) == 0;
+        ok &= out[i].ref.slot == (uint32_t)i &&
+              strcmp(out[i].platform, plat) == 0;
     }
     CHECK(ok);
     /* full, but a same-platform replacement still works */
@@ -291,8 +291,8 @@ TEST(grow_shrink)
     size_t bad = 0;
     for (size_t i = 0; i < n; i++) {
         snprintf(user, sizeof(user), "user-%zu", i);
-        bad += imgw_usermap_add(m, user, "web", mkref((uint16_t)(i % 4),
-                                                     (uint32_t)i, 1),
+        bad += imgw_usermap_add(m, user, "web",
+                                mkref((uint16_t)(i % 4), (uint32_t)i, 1),
                                 NULL) != 0;
     }
     double t_add = now_s() - t0;
@@ -324,8 +324,8 @@ TEST(grow_shrink)
     /* remove the odd ones, check the even ones are still there */
     for (size_t i = 1; i < n; i += 2) {
         snprintf(user, sizeof(user), "user-%zu", i);
-        bad += imgw_usermap_remove(m, user, mkref((uint16_t)(i % 4),
-                                                  (uint32_t)i, 1)) != 1;
+        bad += imgw_usermap_remove(
+                   m, user, mkref((uint16_t)(i % 4), (uint32_t)i, 1)) != 1;
     }
     CHECK_EQ_INT(bad, 0);
     CHECK_EQ_INT(imgw_usermap_users(m), n - n / 2);
@@ -338,8 +338,8 @@ TEST(grow_shrink)
     t0 = now_s();
     for (size_t i = 0; i < n; i += 2) {
         snprintf(user, sizeof(user), "user-%zu", i);
-        bad += imgw_usermap_remove(m, user, mkref((uint16_t)(i % 4),
-                                                  (uint32_t)i, 1)) != 1;
+        bad += imgw_usermap_remove(
+                   m, user, mkref((uint16_t)(i % 4), (uint32_t)i, 1)) != 1;
     }
     double t_rm = now_s() - t0;
     CHECK_EQ_INT(bad, 0);
@@ -352,7 +352,7 @@ TEST(grow_shrink)
     imgw_usermap_free(m);
 }
 
-/* ---- threads ------------------------------------------------------------------ */
+/* ---- threads ------------------------------------------------------------- */
 
 enum {
     NT = 4,
@@ -458,8 +458,8 @@ cworker(void *arg)
         user_name(user, sizeof(user), w->tid, shared, idx);
 
         if (op < 3) { /* add, kicking our own previous one if any */
-            imgw_conn_ref_t ref = mkref((uint16_t)w->tid, (uint32_t)(r >> 48),
-                                        ++w->gen);
+            imgw_conn_ref_t ref =
+                mkref((uint16_t)w->tid, (uint32_t)(r >> 48), ++w->gen);
             imgw_conn_ref_t k = mkref(0, 0, 0);
             int rc = imgw_usermap_add(w->m, user, plat, ref, &k);
             if (slot->gen != 0)
@@ -477,8 +477,8 @@ cworker(void *arg)
                 w->errors += imgw_usermap_remove(w->m, user, *slot) != 1;
                 slot->gen = 0;
             } else {
-                imgw_conn_ref_t never = mkref((uint16_t)w->tid, 0xffffffffu,
-                                              0xffffffffu);
+                imgw_conn_ref_t never =
+                    mkref((uint16_t)w->tid, 0xffffffffu, 0xffffffffu);
                 w->errors += imgw_usermap_remove(w->m, user, never) != 0;
             }
             w->removes++;
@@ -558,16 +558,16 @@ TEST(concurrent)
             if (w[t].model->shared[idx].gen == 0)
                 continue;
             user_name(user, sizeof(user), t, 1, idx);
-            final_errors += imgw_usermap_remove(m, user,
-                                                w[t].model->shared[idx]) != 1;
+            final_errors +=
+                imgw_usermap_remove(m, user, w[t].model->shared[idx]) != 1;
         }
         for (int idx = 0; idx < PRIV; idx++)
             for (int p = 0; p < NPLAT; p++) {
                 if (w[t].model->priv[idx][p].gen == 0)
                     continue;
                 user_name(user, sizeof(user), t, 0, idx);
-                final_errors += imgw_usermap_remove(
-                                    m, user, w[t].model->priv[idx][p]) != 1;
+                final_errors +=
+                    imgw_usermap_remove(m, user, w[t].model->priv[idx][p]) != 1;
             }
     }
     CHECK_EQ_INT(final_errors, 0);

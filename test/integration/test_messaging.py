@@ -1,0 +1,473 @@
+"""One-to-one messaging: send, push, dedupe, multi-device, kick, errors.
+
+protocol.md sections 3 (commands), 4 (one connection per user+platform),
+5 (messaging semantics) and 10 (which error in which response). Every test
+runs once per store backend (msg_helpers.BACKENDS).
+"""
+
+import asyncio
+
+import pytest
+
+import imgw_harness as H
+from imgw_harness import pb, run
+from msg_helpers import (  # noqa: F401  (fixtures)
+    DENIED, INVALID, NO_CONV, OK, TOO_FAST, TOO_LARGE, MClient, assert_code,
+    check_msg_id, check_push_matches, close_all, is_msg, mgw, mserver, single_conv,
+    store_backend, uid)
+
+CODEC_PAIRS = [("pb", "pb"), ("json", "json"), ("json", "pb"), ("pb", "json")]
+
+
+# ------------------------------------------------------------------ basics
+
+
+@pytest.mark.parametrize("scodec,rcodec", CODEC_PAIRS)
+def test_send_and_push_fields(mgw, scodec, rcodec):
+    print("check (%s sender -> %s receiver): SEND_MSG_RSP success with decimal message_id, "
+          "seq 1, server_time; receiver gets PUSH_MSG with every field (extra, "
+          "client_msg_id, conversation_id s_<a>_<b>), seq = receiver's seq 1; "
+          "the sending connection gets no push" % (scodec, rcodec))
+
+    async def go():
+        a, b = uid("snd"), uid("rcv")
+        ca = await MClient.open(mgw, a, codec=scodec)
+        cb = await MClient.open(mgw, b, codec=rcodec)
+        assert ca.auth_rsp.max_seq == 0 and cb.auth_rsp.max_seq == 0
+        rsp = await ca.send_msg(to=b, content="héllo wörld ✓ 🌍", message_type=1,
+                                extra={"k1": "v1", "lang": "de"})
+        print("response:", rsp)
+        assert_code(rsp, OK, "send")
+        check_msg_id(rsp.message_id)
+        assert rsp.seq == 1, "sender's first message must have seq 1: %r" % rsp
+        assert rsp.server_time > 0, rsp
+        p = await cb.wait_push("CMD_PUSH_MSG")
+        print("push to receiver:", p)
+        assert p.codec == rcodec, "push not in the receiver's codec: %r" % p
+        check_push_matches(p.body, rsp.req, rsp, receiver_seq=1)
+        if rcodec == "json":
+            jb = p.json["body"]
+            assert p.json["command"] in ("CMD_PUSH_MSG", 202), p.json
+            assert jb["content"] == "héllo wörld ✓ 🌍", "JSON content must be a UTF-8 string: %r" % jb
+            assert jb["extra"] == {"k1": "v1", "lang": "de"}, jb
+        await ca.expect_no_push("CMD_PUSH_MSG")
+        await cb.expect_no_push("CMD_PUSH_MSG", lambda f: f.body.message_id != rsp.message_id,
+                                wait=0)
+        assert len(cb.pushes("CMD_PUSH_MSG")) == 1, cb.pushes()
+        await close_all([ca, cb])
+    run(go())
+
+
+def test_conversation_id_bytewise_order(mgw):
+    print("check: conversation_id is s_<a>_<b> with a <= b byte-wise "
+          "(upper case sorts before lower case); a matching client conversation_id is accepted")
+
+    async def go():
+        tag = uid("x")
+        low, up = "alice-" + tag, "Zed-" + tag   # 'Z' (0x5a) < 'a' (0x61)
+        cl = await MClient.open(mgw, low)
+        cu = await MClient.open(mgw, up)
+        exp = "s_%s_%s" % (up, low)
+        assert single_conv(low, up) == exp
+        r1 = await cl.send_ok(to=up, content="1")
+        p1 = await cu.wait_push("CMD_PUSH_MSG")
+        print("push 1:", p1)
+        assert p1.body.conversation_id == exp, p1
+        r2 = await cu.send_ok(to=low, content="2", conversation_id=exp)
+        p2 = await cl.wait_push("CMD_PUSH_MSG")
+        print("push 2:", p2)
+        assert p2.body.conversation_id == exp, p2
+        assert r1.seq == 1 and r2.seq == 2, (r1, r2)
+        assert p1.body.seq == 1 and p2.body.seq == 2, "timeline seqs: %r %r" % (p1, p2)
+        await close_all([cl, cu])
+    run(go())
+
+
+def test_empty_sender_filled(mgw):
+    print("check: an empty sender_id is filled with the authenticated user")
+
+    async def go():
+        a, b = uid("a"), uid("b")
+        ca = await MClient.open(mgw, a, codec="json")
+        cb = await MClient.open(mgw, b)
+        rsp = await ca.send_msg(to=b, sender="", content="no sender")
+        print("response:", rsp)
+        assert_code(rsp, OK)
+        p = await cb.wait_push("CMD_PUSH_MSG")
+        print("push:", p)
+        assert p.body.sender_id == a, p
+        assert p.body.conversation_id == single_conv(a, b), p
+        await close_all([ca, cb])
+    run(go())
+
+
+@pytest.mark.parametrize("mtype", [0, 1, 2, 3, 4, 5])
+def test_message_types_accepted(mgw, mtype):
+    print("check: message_type %d is accepted and pushed unchanged" % mtype)
+
+    async def go():
+        a, b = uid("a"), uid("b")
+        ca = await MClient.open(mgw, a)
+        cb = await MClient.open(mgw, b)
+        rsp = await ca.send_ok(to=b, message_type=mtype, content="t%d" % mtype)
+        p = await cb.wait_push("CMD_PUSH_MSG")
+        print("push:", p)
+        assert p.body.message_type == mtype, p
+        assert p.body.message_id == rsp.message_id
+        await close_all([ca, cb])
+    run(go())
+
+
+def test_msg_ack_has_no_response(mgw):
+    print("check: CMD_MSG_ACK gets no response; the connection stays usable")
+
+    async def go():
+        a, b = uid("a"), uid("b")
+        ca = await MClient.open(mgw, a)
+        cb = await MClient.open(mgw, b)
+        rsp = await ca.send_ok(to=b)
+        p = await cb.wait_push("CMD_PUSH_MSG")
+        seq, fut = await cb.send_nowait("CMD_MSG_ACK",
+                                        pb.MessageAck(message_id=p.body.message_id,
+                                                      seq=p.body.seq))
+        hb = await cb.heartbeat()
+        await asyncio.sleep(0.3)
+        print("heartbeat after ack:", hb, "frames:", cb.frames)
+        assert not fut.done(), "CMD_MSG_ACK got a response: %r" % fut.result()
+        assert cb.pushes("CMD_ERROR_RSP") == [], cb.frames
+        assert rsp.message_id == p.body.message_id
+        await close_all([ca, cb])
+    run(go())
+
+
+# ------------------------------------------------------------ offline/sync
+
+
+@pytest.mark.parametrize("rcodec", ["pb", "json"])
+def test_receiver_offline_then_sync(mgw, rcodec):
+    print("check: receiver offline; sender sends 3 messages (success); the receiver "
+          "logs in: AuthResponse.max_seq == 3, sync returns the 3 messages oldest first "
+          "with seq 1..3 and all fields (%s receiver)" % rcodec)
+
+    async def go():
+        a, b = uid("a"), uid("off")
+        ca = await MClient.open(mgw, a, codec="json" if rcodec == "pb" else "pb")
+        rsps = []
+        for i in range(3):
+            rsps.append(await ca.send_ok(to=b, content="offline %d" % i,
+                                         extra={"i": str(i)}))
+        print("responses:", [(r.message_id, r.seq) for r in rsps])
+        assert [r.seq for r in rsps] == [1, 2, 3]
+        assert len({r.message_id for r in rsps}) == 3
+        cb = await MClient.open(mgw, b, codec=rcodec)
+        print("receiver auth:", cb.auth_rsp)
+        assert cb.auth_rsp.max_seq == 3, "AuthResponse.max_seq: %r" % cb.auth_rsp
+        s = await cb.sync(0, 0, 100)
+        print("sync:", s)
+        assert_code(s, OK, "sync")
+        assert [m.seq for m in s.messages] == [1, 2, 3], s
+        assert not s.has_more, s
+        assert s.server_max_seq == 3, s
+        for m, r, want in zip(s.messages, rsps, (1, 2, 3)):
+            check_push_matches(m, r.req, r, receiver_seq=want, what="synced message")
+        # nothing was pushed for messages sent while offline
+        await cb.expect_no_push("CMD_PUSH_MSG", wait=0.3)
+        await close_all([ca, cb])
+    run(go())
+
+
+def test_sender_timeline_contains_sent_messages(mgw):
+    print("check: the sender's own timeline holds its sent messages (seq = response seq), "
+          "interleaved with received ones; AuthResponse.max_seq of a new device reflects it")
+
+    async def go():
+        a, b = uid("a"), uid("b")
+        ca = await MClient.open(mgw, a)
+        cb = await MClient.open(mgw, b, codec="json")
+        r1 = await ca.send_ok(to=b, content="a1")
+        r2 = await cb.send_ok(to=a, content="b1")
+        r3 = await ca.send_ok(to=b, content="a2")
+        print("seqs a:", r1.seq, r3.seq, "b:", r2.seq)
+        assert (r1.seq, r3.seq) == (1, 3), (r1, r3)
+        assert r2.seq == 2, r2
+        ca2 = await MClient.open(mgw, a, platform="iOS")
+        assert ca2.auth_rsp.max_seq == 3, ca2.auth_rsp
+        s = await ca2.sync()
+        print("a's timeline:", s)
+        assert [(m.seq, m.message_id) for m in s.messages] == [
+            (1, r1.message_id), (2, r2.message_id), (3, r3.message_id)], s
+        assert [m.sender_id for m in s.messages] == [a, b, a]
+        await close_all([ca, cb, ca2])
+    run(go())
+
+
+# ----------------------------------------------------------- multi-device
+
+
+@pytest.mark.parametrize("codecs", [("pb", "json"), ("json", "pb")])
+def test_sender_second_device_gets_push(mgw, codecs):
+    print("check: sender has 2 devices (Web %s, iOS %s); sending from Web pushes to iOS "
+          "with the sender's seq, not to Web; receiver with 2 devices gets it on both" % codecs)
+
+    async def go():
+        a, b = uid("a"), uid("b")
+        aw = await MClient.open(mgw, a, codec=codecs[0], platform="Web")
+        ai = await MClient.open(mgw, a, codec=codecs[1], platform="iOS")
+        bw = await MClient.open(mgw, b, codec=codecs[1], platform="Web")
+        ba = await MClient.open(mgw, b, codec=codecs[0], platform="Android")
+        rsp = await aw.send_ok(to=b, content="to all devices", extra={"x": "y"})
+        pi = await ai.wait_push("CMD_PUSH_MSG")
+        print("push to sender's iOS:", pi)
+        check_push_matches(pi.body, rsp.req, rsp, receiver_seq=rsp.seq,
+                           what="push to the sender's other device")
+        for c in (bw, ba):
+            p = await c.wait_push("CMD_PUSH_MSG")
+            print("push to %s:" % c.label, p)
+            check_push_matches(p.body, rsp.req, rsp, receiver_seq=1)
+        await aw.expect_no_push("CMD_PUSH_MSG")
+        for c in (ai, bw, ba):
+            assert len(c.pushes("CMD_PUSH_MSG")) == 1, (c.label, c.frames)
+        await close_all([aw, ai, bw, ba])
+    run(go())
+
+
+# ------------------------------------------------------------------ dedupe
+
+
+@pytest.mark.parametrize("codec", ["pb", "json"])
+def test_dedupe_same_client_msg_id(mgw, codec):
+    print("check (%s): resend with the same client_msg_id -> same message_id and seq, "
+          "no second push, one timeline entry; a new client_msg_id gets the next seq; "
+          "another sender may reuse the same client_msg_id" % codec)
+
+    async def go():
+        a, b, c = uid("a"), uid("b"), uid("c")
+        ca = await MClient.open(mgw, a, codec=codec)
+        ca2 = await MClient.open(mgw, a, codec=codec, platform="iPad")
+        cb = await MClient.open(mgw, b)
+        cc = await MClient.open(mgw, c, codec="json")
+        cmid = "dup-" + uid("m")
+        r1 = await ca.send_ok(to=b, client_msg_id=cmid, content="once")
+        await cb.wait_push("CMD_PUSH_MSG")
+        r2 = await ca.send_ok(to=b, client_msg_id=cmid, content="once")
+        print("first:", r1, "resend:", r2)
+        assert (r2.message_id, r2.seq) == (r1.message_id, r1.seq), (r1, r2)
+        # resend from the other device of the same user: also deduped
+        r3 = await ca2.send_ok(to=b, client_msg_id=cmid, content="once")
+        print("resend from the second device:", r3)
+        assert (r3.message_id, r3.seq) == (r1.message_id, r1.seq), (r1, r3)
+        await asyncio.sleep(0.6)
+        print("receiver pushes:", cb.pushes())
+        assert len(cb.pushes("CMD_PUSH_MSG")) == 1, "second push for a dedupe hit: %r" % cb.frames
+        assert len(ca2.pushes("CMD_PUSH_MSG")) == 1, ca2.frames
+        r4 = await ca.send_ok(to=b, client_msg_id=cmid + "-new", content="twice")
+        assert r4.seq == r1.seq + 1 and r4.message_id != r1.message_id, (r1, r4)
+        # another sender may use the same client_msg_id
+        r5 = await cc.send_ok(to=b, client_msg_id=cmid, content="from c")
+        assert r5.message_id != r1.message_id, (r1, r5)
+        p5 = await cb.wait_push("CMD_PUSH_MSG", is_msg(r5.message_id))
+        s = await cb.sync()
+        print("receiver timeline:", [(m.seq, m.message_id, m.client_msg_id) for m in s.messages])
+        assert [m.message_id for m in s.messages] == [r1.message_id, r4.message_id,
+                                                      r5.message_id], s
+        assert [m.seq for m in s.messages] == [1, 2, 3]
+        assert p5.body.seq == 3
+        await close_all([ca, ca2, cb, cc])
+    run(go())
+
+
+# ------------------------------------------------------------ kick / platforms
+
+
+@pytest.mark.parametrize("codec", ["pb", "json"])
+def test_kick_same_platform(mgw, codec):
+    print("check (%s): a second login on the same platform -> the old connection gets "
+          "CMD_KICK_PUSH then close 4002; the new one works and receives pushes" % codec)
+
+    async def go():
+        a, b = uid("a"), uid("b")
+        old = await MClient.open(mgw, a, codec=codec, platform="Android")
+        new = await MClient.open(mgw, a, codec=codec, platform="Android")
+        code = await old.wait_closed(5)
+        print("old connection frames:", old.frames, "close code:", code)
+        kicks = old.pushes("CMD_KICK_PUSH")
+        assert len(kicks) == 1, "expected one CMD_KICK_PUSH before close: %r" % old.frames
+        assert kicks[0].codec == codec, kicks[0]
+        assert kicks[0].body.platform in ("Android", ""), kicks[0]
+        assert code == 4002, "old connection closed with %r, expected 4002" % code
+        assert new.pushes("CMD_KICK_PUSH") == []
+        cb = await MClient.open(mgw, b)
+        rsp = await cb.send_ok(to=a, content="after kick")
+        p = await new.wait_push("CMD_PUSH_MSG")
+        assert p.body.message_id == rsp.message_id
+        await close_all([old, new, cb])
+    run(go())
+
+
+def test_default_platform_kick(mgw):
+    print("check: an empty platform means \"default\": a later login with platform "
+          "\"default\" kicks the empty-platform connection (4002)")
+
+    async def go():
+        a = uid("a")
+        c1 = await MClient.open(mgw, a, platform="")
+        c2 = await MClient.open(mgw, a, platform="default")
+        code = await c1.wait_closed(5)
+        print("first connection frames:", c1.frames, "close:", code)
+        assert c1.pushes("CMD_KICK_PUSH"), c1.frames
+        assert code == 4002, code
+        await c2.heartbeat()
+        await close_all([c1, c2])
+    run(go())
+
+
+def test_different_platforms_coexist(mgw):
+    print("check: logins of one user on Web, iOS and Android coexist (no kick) and all "
+          "three receive pushes")
+
+    async def go():
+        a, b = uid("a"), uid("b")
+        cs = [await MClient.open(mgw, a, codec=cd, platform=pf)
+              for pf, cd in (("Web", "json"), ("iOS", "pb"), ("Android", "pb"))]
+        cb = await MClient.open(mgw, b, codec="json")
+        rsp = await cb.send_ok(to=a, content="hi all")
+        for c in cs:
+            p = await c.wait_push("CMD_PUSH_MSG")
+            assert p.body.message_id == rsp.message_id, p
+            assert not c.closed.is_set(), c.label
+            assert c.pushes("CMD_KICK_PUSH") == [], c.frames
+        await close_all(cs + [cb])
+    run(go())
+
+
+def test_cross_loop_delivery_ring(mgw):
+    print("check: -t 4; 16 users in a ring (mixed codecs) each send to the next; "
+          "every push arrives once, whatever loop each user landed on")
+
+    async def go():
+        users = [uid("ring") for _ in range(16)]
+        cs = [await MClient.open(mgw, u, codec="pb" if i % 2 else "json")
+              for i, u in enumerate(users)]
+        rsps = await asyncio.gather(*(c.send_ok(to=users[(i + 1) % 16], content="r%d" % i)
+                                      for i, c in enumerate(cs)))
+        for i, c in enumerate(cs):
+            want = rsps[(i - 1) % 16].message_id
+            p = await c.wait_push("CMD_PUSH_MSG", is_msg(want))
+            assert p.body.sender_id == users[(i - 1) % 16]
+        await asyncio.sleep(0.3)
+        for c in cs:
+            assert len(c.pushes("CMD_PUSH_MSG")) == 1, (c.label, c.frames)
+        await close_all(cs)
+    run(go())
+
+
+# ------------------------------------------------------------------ errors
+
+
+async def _expect_send_error(c, code, what, others=(), **kw):
+    rsp = await c.send_msg(**kw)
+    print("%s -> %s" % (what, rsp))
+    assert_code(rsp, code, what)
+    assert rsp.message_id == "" and rsp.seq == 0, "failed send carries an id/seq: %r" % rsp
+    return rsp
+
+
+@pytest.mark.parametrize("codec", ["pb", "json"])
+def test_send_validation_errors(mgw, codec):
+    print("check (%s): both/neither receiver and group -> ERR_INVALID_PARAM; spoofed "
+          "sender -> ERR_PERMISSION_DENIED; conversation_id mismatch -> ERR_INVALID_PARAM; "
+          "message_type 6 / -1 -> ERR_INVALID_PARAM; unknown group -> "
+          "ERR_CONVERSATION_NOT_EXIST; nothing is pushed or stored" % codec)
+
+    async def go():
+        a, b, x = uid("a"), uid("b"), uid("x")
+        ca = await MClient.open(mgw, a, codec=codec)
+        cb = await MClient.open(mgw, b)
+        await _expect_send_error(ca, INVALID, "both receiver and group",
+                                 to=b, group="grp-" + uid("g"))
+        await _expect_send_error(ca, INVALID, "neither receiver nor group")
+        await _expect_send_error(ca, DENIED, "sender_id of another user", to=b, sender=x)
+        await _expect_send_error(ca, INVALID, "wrong conversation_id", to=b,
+                                 conversation_id=single_conv(a, x))
+        await _expect_send_error(ca, INVALID, "conversation_id in the wrong order", to=b,
+                                 conversation_id="s_%s_%s" % tuple(
+                                     sorted([a, b], key=str.encode, reverse=True)))
+        await _expect_send_error(ca, INVALID, "group conversation_id for a single chat",
+                                 to=b, conversation_id="g_" + b)
+        await _expect_send_error(ca, INVALID, "message_type 6", to=b, message_type=6)
+        await _expect_send_error(ca, INVALID, "message_type -1", to=b, message_type=-1)
+        await _expect_send_error(ca, NO_CONV, "unknown group", group=uid("nogroup"))
+        await cb.expect_no_push(wait=0.5)
+        s = await ca.sync()
+        assert list(s.messages) == [] and s.server_max_seq == 0, (
+            "rejected messages reached the sender's timeline: %r" % s)
+        s = await cb.sync()
+        assert list(s.messages) == [], "rejected messages stored: %r" % s
+        # still fine afterwards
+        rsp = await ca.send_ok(to=b, content="valid")
+        assert rsp.seq == 1, rsp
+        await close_all([ca, cb])
+    run(go())
+
+
+def test_message_too_large(mserver):
+    s = mserver(max_message_bytes=64, threads=2)
+    print("check: max_message_bytes=64: 64 content bytes ok; 65 -> ERR_MESSAGE_TOO_LARGE "
+          "in SEND_MSG_RSP (both codecs), nothing pushed; connection stays up")
+
+    async def go():
+        a, b = uid("a"), uid("b")
+        ca = await MClient.open(s, a)
+        cj = await MClient.open(s, a, codec="json", platform="json")
+        cb = await MClient.open(s, b)
+        ok = await ca.send_ok(to=b, content="x" * 64)
+        await cb.wait_push("CMD_PUSH_MSG", is_msg(ok.message_id))
+        await _expect_send_error(ca, TOO_LARGE, "65 bytes (pb)", to=b, content="y" * 65)
+        await _expect_send_error(cj, TOO_LARGE, "2000 bytes (json)", to=b, content="z" * 2000)
+        # multi-byte: 22 x 3 bytes = 66 bytes > 64
+        await _expect_send_error(cj, TOO_LARGE, "66 UTF-8 bytes (json)", to=b,
+                                 content="€" * 22)
+        await asyncio.sleep(0.5)
+        assert len(cb.pushes("CMD_PUSH_MSG")) == 1, cb.frames
+        await ca.heartbeat()
+        await cj.heartbeat()
+        await close_all([ca, cj, cb])
+    run(go())
+
+
+def test_send_too_fast(mserver):
+    s = mserver(send_rate=5, threads=2)
+    print("check: send_rate=5 (burst 10): 30 sends pipelined at once -> some succeed "
+          "(at most ~burst), the rest ERR_SEND_TOO_FAST in SEND_MSG_RSP; only the "
+          "successful ones are pushed and stored; after a pause sending works again")
+
+    async def go():
+        a, b = uid("a"), uid("b")
+        ca = await MClient.open(s, a)
+        cb = await MClient.open(s, b)
+        futs = []
+        for i in range(30):
+            _, fut = await ca.send_nowait("CMD_SEND_MSG_REQ",
+                                          ca.msg_req(to=b, content="fast %d" % i))
+            futs.append(fut)
+        frames = await asyncio.wait_for(asyncio.gather(*futs), 15)
+        codes = [f.body.error_code for f in frames]
+        print("codes:", [H.err_name(c) for c in codes])
+        assert all(f.command == H.cmd_num("CMD_SEND_MSG_RSP") for f in frames), frames
+        n_ok = codes.count(OK)
+        n_fast = codes.count(TOO_FAST)
+        assert n_ok + n_fast == 30, "unexpected codes: %r" % codes
+        assert n_fast > 0, "30 sends at once with send_rate=5 were all accepted"
+        assert 1 <= n_ok <= 15, "burst is 2 x 5 = 10, yet %d were accepted" % n_ok
+        ok_ids = [f.body.message_id for f in frames if f.body.error_code == OK]
+        await asyncio.sleep(0.6)
+        got = [p.body.message_id for p in cb.pushes("CMD_PUSH_MSG")]
+        assert sorted(got) == sorted(ok_ids), "pushes %r != accepted %r" % (got, ok_ids)
+        st = await cb.sync()
+        assert [m.message_id for m in st.messages] == ok_ids, st
+        assert [m.seq for m in st.messages] == list(range(1, n_ok + 1)), st
+        await asyncio.sleep(1.2)
+        r = await ca.send_msg(to=b, content="after pause")
+        assert_code(r, OK, "send after a pause")
+        await close_all([ca, cb])
+    run(go())

@@ -1,0 +1,1314 @@
+/*
+ * test_store_memory.c: the store interface over the "memory" backend:
+ * timelines, paging, retention, dedupe, revoke, groups, routes, positions,
+ * sweeping, and a multi-threaded append test (run it under TSan too).
+ *
+ * Threads: main, plus the concurrency test's appenders and one reader.
+ * Every store callback runs synchronously, so results land in plain
+ * per-call structs before the request function returns.
+ */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "log.h"
+#include "store.h"
+#include "store_impl.h"
+#include "test.h"
+
+/* ---- fixtures -------------------------------------------------------- */
+
+#define DAY_MS (86400LL * 1000)
+#define T0 1700000000000LL /* any fixed unix ms */
+
+static int64_t fake_now;
+
+static int64_t
+fake_clock(void *arg)
+{
+    (void)arg;
+    return fake_now;
+}
+
+typedef struct fx_s {
+    imgw_store_t *s;
+    imgw_store_loop_t *sl;
+} fx_t;
+
+static void
+fx_open(fx_t *f, int retention_count, int retention_days, int dedupe_ttl)
+{
+    imgw_store_cfg_t cfg = {
+        "memory", NULL, retention_count, retention_days, dedupe_ttl, 1000, 1};
+    char err[128];
+    f->s = NULL;
+    f->sl = NULL;
+    int r = imgw_store_open(&f->s, &cfg, err, sizeof(err));
+    if (r != 0) {
+        printf("  cannot open the store: %s\n", err);
+        exit(2);
+    }
+    fake_now = T0;
+    imgw__store_mem_set_clock(f->s, fake_clock, NULL);
+    if (imgw_store_loop_open(f->s, 0, NULL, &f->sl) != 0)
+        exit(2);
+}
+
+static void
+fx_close(fx_t *f)
+{
+    imgw_store_loop_close(f->sl);
+    imgw_store_close(f->s);
+}
+
+/* ---- append ---------------------------------------------------------- */
+
+typedef struct app_res_s {
+    int calls;
+    int status;
+} app_res_t;
+
+static void
+app_cb(imgw_store_append_t *req, int status, void *data)
+{
+    app_res_t *r = data;
+    (void)req;
+    r->calls++;
+    r->status = status;
+}
+
+/*
+ * Appends message id mid (blob = its decimal text) from users[0] to
+ * users; fills seqs. Returns the request function's code; *req_out (if
+ * given) receives the request for its dedupe fields.
+ */
+static int
+append_msg(fx_t *f, const char *cmid, uint64_t mid, const char *conv,
+           const char *const *users, size_t n, int64_t *seqs,
+           imgw_store_append_t *req_out)
+{
+    char blob[32];
+    int len = snprintf(blob, sizeof(blob), "%" PRIu64, mid);
+    imgw_store_append_t req;
+    app_res_t res = {0, 0};
+    memset(&req, 0, sizeof(req));
+    req.sender = users[0];
+    req.client_msg_id = cmid;
+    req.message_id = mid;
+    req.server_time_ms = fake_now;
+    req.conversation_id = conv;
+    req.users = users;
+    req.n_users = n;
+    req.entry = (const uint8_t *)blob;
+    req.entry_len = (size_t)len;
+    req.seqs = seqs;
+    int r = imgw_store_append(f->sl, &req, app_cb, &res);
+    if (r == 0 && (res.calls != 1 || res.status != 0))
+        return -1; /* a callback that did not run once with 0: fail loudly */
+    if (r != 0 && res.calls != 0)
+        return -2;
+    if (req_out)
+        *req_out = req;
+    return r;
+}
+
+/* ---- sync ------------------------------------------------------------ */
+
+#define PAGE_MAX 600
+
+typedef struct sync_res_s {
+    int calls;
+    int status;
+    size_t n;
+    int has_more;
+    int64_t server_max;
+    int64_t seq[PAGE_MAX];
+    uint64_t mid[PAGE_MAX]; /* the blob parsed back */
+    int revoked[PAGE_MAX];
+} sync_res_t;
+
+static void
+sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
+        int64_t server_max_seq, void *data)
+{
+    sync_res_t *r = data;
+    r->calls++;
+    r->status = status;
+    r->n = n;
+    r->has_more = has_more;
+    r->server_max = server_max_seq;
+    for (size_t i = 0; i < n && i < PAGE_MAX; i++) {
+        char buf[32];
+        size_t l = e[i].len < sizeof(buf) - 1 ? e[i].len : sizeof(buf) - 1;
+        memcpy(buf, e[i].blob, l);
+        buf[l] = '\0';
+        r->seq[i] = e[i].seq;
+        r->mid[i] = strtoull(buf, NULL, 10);
+        r->revoked[i] = e[i].revoked;
+    }
+}
+
+static sync_res_t *
+do_sync(fx_t *f, const char *user, int64_t min, int64_t max, int limit)
+{
+    static sync_res_t r;
+    memset(&r, 0, sizeof(r));
+    r.status = imgw_store_sync(f->sl, user, min, max, limit, sync_cb, &r);
+    if (r.status == 0 && r.calls != 1)
+        r.status = -1;
+    return &r;
+}
+
+static void
+seq_cb(int status, int64_t max_seq, void *data)
+{
+    int64_t *out = data;
+    *out = status == 0 ? max_seq : -1000 + status;
+}
+
+static int64_t
+max_seq(fx_t *f, const char *user)
+{
+    int64_t v = -1;
+    if (imgw_store_max_seq(f->sl, user, seq_cb, &v) != 0)
+        return -2;
+    return v;
+}
+
+static void
+done_cb(int status, void *data)
+{
+    int *out = data;
+    *out = status;
+}
+
+static imgw__store_mem_stats_t
+stats(fx_t *f)
+{
+    imgw__store_mem_stats_t st;
+    imgw__store_mem_stats(f->s, &st);
+    return st;
+}
+
+/* ---- tests ----------------------------------------------------------- */
+
+TEST(open_errors)
+{
+    imgw_store_t *s = NULL;
+    char err[128];
+    imgw_store_cfg_t cfg = {
+        "redis", "redis://127.0.0.1:6379/0", 100, 7, 86400, 1000, 1};
+    CHECK_EQ_INT(imgw_store_open(&s, &cfg, err, sizeof(err)), IMGW_ECONFIG);
+    CHECK(strstr(err, "redis backend not built") != NULL);
+    CHECK(s == NULL);
+    cfg.backend = "nope";
+    CHECK_EQ_INT(imgw_store_open(&s, &cfg, err, sizeof(err)), IMGW_ECONFIG);
+    cfg.backend = "memory";
+    cfg.retention_count = 0;
+    CHECK_EQ_INT(imgw_store_open(&s, &cfg, err, sizeof(err)), IMGW_ECONFIG);
+    CHECK(strstr(err, "retention_count") != NULL);
+    cfg.retention_count = 10;
+    cfg.dedupe_ttl = 0;
+    CHECK_EQ_INT(imgw_store_open(&s, &cfg, err, sizeof(err)), IMGW_ECONFIG);
+    cfg.dedupe_ttl = 60;
+    cfg.backend = NULL; /* default: memory */
+    CHECK_EQ_INT(imgw_store_open(&s, &cfg, err, sizeof(err)), 0);
+    imgw_store_loop_t *sl = NULL;
+    CHECK_EQ_INT(imgw_store_loop_open(s, 0, NULL, &sl), 0);
+    CHECK_EQ_INT(imgw_store_loop_ready(sl), 1);
+    imgw_store_loop_close(sl);
+    imgw_store_close(s);
+}
+
+TEST(append_seq_per_user)
+{
+    fx_t f;
+    fx_open(&f, 1000, 7, 86400);
+    int64_t s2[2], s4[4];
+    const char *ab[] = {"a", "b"}, *ac[] = {"a", "c"}, *ba[] = {"b", "a"};
+    const char *grp[] = {"c", "a", "b", "d"};
+
+    CHECK_EQ_INT(append_msg(&f, "", 1, "s_a_b", ab, 2, s2, NULL), 0);
+    CHECK_EQ_INT(s2[0], 1);
+    CHECK_EQ_INT(s2[1], 1);
+    CHECK_EQ_INT(append_msg(&f, "", 2, "s_a_c", ac, 2, s2, NULL), 0);
+    CHECK_EQ_INT(s2[0], 2);
+    CHECK_EQ_INT(s2[1], 1);
+    CHECK_EQ_INT(append_msg(&f, "", 3, "s_a_b", ba, 2, s2, NULL), 0);
+    CHECK_EQ_INT(s2[0], 2); /* b */
+    CHECK_EQ_INT(s2[1], 3); /* a */
+    CHECK_EQ_INT(append_msg(&f, "", 4, "g_g1", grp, 4, s4, NULL), 0);
+    CHECK_EQ_INT(s4[0], 2); /* c */
+    CHECK_EQ_INT(s4[1], 4); /* a */
+    CHECK_EQ_INT(s4[2], 3); /* b */
+    CHECK_EQ_INT(s4[3], 1); /* d */
+    CHECK_EQ_INT(max_seq(&f, "a"), 4);
+    CHECK_EQ_INT(max_seq(&f, "b"), 3);
+    CHECK_EQ_INT(max_seq(&f, "c"), 2);
+    CHECK_EQ_INT(max_seq(&f, "d"), 1);
+    CHECK_EQ_INT(max_seq(&f, "nobody"), 0);
+
+    sync_res_t *r = do_sync(&f, "a", 0, 0, 100);
+    CHECK_EQ_INT(r->status, 0);
+    CHECK_EQ_INT(r->n, 4);
+    CHECK_EQ_INT(r->server_max, 4);
+    CHECK_EQ_INT(r->has_more, 0);
+    CHECK(r->seq[0] == 1 && r->seq[1] == 2 && r->seq[2] == 3 && r->seq[3] == 4);
+    CHECK(r->mid[0] == 1 && r->mid[1] == 2 && r->mid[2] == 3 && r->mid[3] == 4);
+    r = do_sync(&f, "d", 0, 0, 100);
+    CHECK_EQ_INT(r->n, 1);
+    CHECK_EQ_INT(r->mid[0], 4);
+
+    /* One blob for the whole group append, one per 1:1 append. */
+    imgw__store_mem_stats_t st = stats(&f);
+    CHECK_EQ_INT(st.blobs_live, 4);
+    CHECK_EQ_INT(st.metas, 4);
+    CHECK_EQ_INT(st.entries, 2 + 2 + 2 + 4);
+    CHECK_EQ_INT(st.users, 4);
+    fx_close(&f);
+}
+
+TEST(append_refused)
+{
+    fx_t f;
+    fx_open(&f, 1000, 7, 86400);
+    int64_t seqs[IMGW_STORE_MAX_GROUP + 1];
+    const char *one[] = {"a"};
+    char longid[IMGW__STORE_ID_MAX + 2];
+    memset(longid, 'x', sizeof(longid) - 1);
+    longid[sizeof(longid) - 1] = '\0';
+    const char *bad[] = {"a", longid};
+    CHECK_EQ_INT(append_msg(&f, "", 1, "c", one, 0, seqs, NULL), IMGW_EINVAL);
+    CHECK_EQ_INT(append_msg(&f, "", 1, "c", bad, 2, seqs, NULL), IMGW_EINVAL);
+    CHECK_EQ_INT(append_msg(&f, longid, 1, "c", one, 1, seqs, NULL),
+                 IMGW_EINVAL); /* client_msg_id over 127 bytes */
+    static const char *many[IMGW_STORE_MAX_GROUP + 1];
+    static char names[IMGW_STORE_MAX_GROUP + 1][16];
+    for (int i = 0; i <= IMGW_STORE_MAX_GROUP; i++) {
+        snprintf(names[i], sizeof(names[i]), "u%d", i);
+        many[i] = names[i];
+    }
+    CHECK_EQ_INT(
+        append_msg(&f, "", 1, "c", many, IMGW_STORE_MAX_GROUP + 1, seqs, NULL),
+        IMGW_ETOOBIG);
+    CHECK_EQ_INT(
+        append_msg(&f, "", 1, "c", many, IMGW_STORE_MAX_GROUP, seqs, NULL), 0);
+    CHECK_EQ_INT(seqs[IMGW_STORE_MAX_GROUP - 1], 1);
+    /* A reused message id is refused with nothing appended. */
+    CHECK_EQ_INT(append_msg(&f, "", 1, "c", one, 1, seqs, NULL), IMGW_EEXIST);
+    CHECK_EQ_INT(max_seq(&f, "u0"), 1);
+    /* Nothing was appended by the refused calls. */
+    CHECK_EQ_INT(stats(&f).entries, IMGW_STORE_MAX_GROUP);
+    fx_close(&f);
+}
+
+TEST(sync_ranges_and_paging)
+{
+    fx_t f;
+    fx_open(&f, 10000, 7, 86400);
+    const char *ab[] = {"a", "b"};
+    int64_t s2[2];
+    for (uint64_t i = 1; i <= 10; i++)
+        append_msg(&f, "", 100 + i, "s_a_b", ab, 2, s2, NULL);
+
+    sync_res_t *r = do_sync(&f, "a", 0, 0, 3);
+    CHECK_EQ_INT(r->n, 3);
+    CHECK_EQ_INT(r->seq[0], 1);
+    CHECK_EQ_INT(r->seq[2], 3);
+    CHECK_EQ_INT(r->mid[2], 103);
+    CHECK_EQ_INT(r->has_more, 1);
+    CHECK_EQ_INT(r->server_max, 10);
+    r = do_sync(&f, "a", 3, 0, 3);
+    CHECK(r->n == 3 && r->seq[0] == 4 && r->seq[2] == 6 && r->has_more);
+    r = do_sync(&f, "a", 9, 0, 3);
+    CHECK(r->n == 1 && r->seq[0] == 10 && !r->has_more);
+    r = do_sync(&f, "a", 10, 0, 3);
+    CHECK(r->n == 0 && !r->has_more && r->server_max == 10);
+    r = do_sync(&f, "a", 2, 5, 100); /* 2 < seq <= 5 */
+    CHECK(r->n == 3 && r->seq[0] == 3 && r->seq[2] == 5 && !r->has_more);
+    r = do_sync(&f, "a", 2, 5, 2);
+    CHECK(r->n == 2 && r->seq[0] == 3 && r->seq[1] == 4 && r->has_more);
+    r = do_sync(&f, "a", 2, 5, 3); /* exactly the range: no more */
+    CHECK(r->n == 3 && !r->has_more);
+    r = do_sync(&f, "a", 5, 3, 10); /* empty range */
+    CHECK(r->status == 0 && r->n == 0 && !r->has_more);
+    r = do_sync(&f, "a", 0, 1000, 100); /* max beyond server max */
+    CHECK(r->n == 10 && !r->has_more);
+    r = do_sync(&f, "nobody", 0, 0, 100);
+    CHECK(r->status == 0 && r->calls == 1 && r->n == 0 && r->server_max == 0 &&
+          !r->has_more);
+    r = do_sync(&f, "a", INT64_MAX, 0, 10);
+    CHECK(r->status == 0 && r->n == 0 && !r->has_more);
+    r = do_sync(&f, "a", 0, INT64_MAX, 10);
+    CHECK(r->status == 0 && r->n == 10 && !r->has_more);
+    CHECK_EQ_INT(do_sync(&f, "a", -1, 0, 10)->status, IMGW_EINVAL);
+    CHECK_EQ_INT(do_sync(&f, "a", 0, -1, 10)->status, IMGW_EINVAL);
+
+    /* limit clamping: <= 0 is 100, above the cap is IMGW_STORE_SYNC_MAX. */
+    for (uint64_t i = 11; i <= 560; i++)
+        append_msg(&f, "", 100 + i, "s_a_b", ab, 2, s2, NULL);
+    r = do_sync(&f, "b", 0, 0, 0);
+    CHECK(r->n == 100 && r->has_more && r->seq[99] == 100);
+    r = do_sync(&f, "b", 0, 0, -5);
+    CHECK_EQ_INT(r->n, 100);
+    r = do_sync(&f, "b", 0, 0, 100000);
+    CHECK_EQ_INT(r->n, IMGW_STORE_SYNC_MAX);
+    CHECK_EQ_INT(r->has_more, 1);
+    CHECK_EQ_INT(r->seq[IMGW_STORE_SYNC_MAX - 1], IMGW_STORE_SYNC_MAX);
+    r = do_sync(&f, "b", 500, 0, 100000);
+    CHECK(r->n == 60 && !r->has_more && r->seq[59] == 560);
+    CHECK_EQ_INT(r->mid[59], 660);
+    fx_close(&f);
+}
+
+TEST(retention_count)
+{
+    fx_t f;
+    fx_open(&f, 5, 7, 86400);
+    const char *ab[] = {"a", "b"};
+    int64_t s2[2];
+    for (uint64_t i = 1; i <= 8; i++)
+        append_msg(&f, "", i, "s_a_b", ab, 2, s2, NULL);
+    sync_res_t *r = do_sync(&f, "a", 0, 0, 100);
+    CHECK_EQ_INT(r->n, 5);
+    CHECK_EQ_INT(r->seq[0], 4);
+    CHECK_EQ_INT(r->seq[4], 8);
+    CHECK_EQ_INT(r->mid[0], 4);
+    CHECK_EQ_INT(r->server_max, 8);
+    r = do_sync(&f, "a", 0, 2, 100); /* trimmed range: nothing, no more */
+    CHECK(r->n == 0 && !r->has_more);
+    CHECK_EQ_INT(max_seq(&f, "a"), 8);
+    append_msg(&f, "", 9, "s_a_b", ab, 2, s2, NULL);
+    CHECK_EQ_INT(s2[0], 9);
+    imgw__store_mem_stats_t st = stats(&f);
+    CHECK_EQ_INT(st.entries, 10);
+    CHECK_EQ_INT(st.blobs_live, 5); /* trimmed blobs were freed */
+    CHECK_EQ_INT(st.metas, 9);      /* metadata lives for retention_days */
+    fx_close(&f);
+}
+
+TEST(retention_age)
+{
+    fx_t f;
+    fx_open(&f, 1000, 1, 86400);
+    const char *ab[] = {"a", "b"};
+    int64_t s2[2];
+    append_msg(&f, "", 1, "s_a_b", ab, 2, s2, NULL);
+    append_msg(&f, "", 2, "s_a_b", ab, 2, s2, NULL);
+    fake_now = T0 + DAY_MS / 2;
+    append_msg(&f, "", 3, "s_a_b", ab, 2, s2, NULL);
+    fake_now = T0 + DAY_MS - 1;
+    CHECK_EQ_INT(do_sync(&f, "a", 0, 0, 100)->n, 3);
+    fake_now = T0 + DAY_MS;
+    sync_res_t *r = do_sync(&f, "a", 0, 0, 100);
+    CHECK(r->n == 1 && r->seq[0] == 3 && r->server_max == 3);
+    fake_now = T0 + DAY_MS * 2;
+    r = do_sync(&f, "a", 0, 0, 100);
+    CHECK(r->n == 0 && r->server_max == 3);
+    /* max_seq survives the timeline emptying, also through the sweep. */
+    for (int i = 0; i < 64; i++)
+        imgw_store_tick(f.s, fake_now);
+    CHECK_EQ_INT(max_seq(&f, "a"), 3);
+    CHECK_EQ_INT(max_seq(&f, "b"), 3);
+    append_msg(&f, "", 4, "s_a_b", ab, 2, s2, NULL);
+    CHECK(s2[0] == 4 && s2[1] == 4);
+    fx_close(&f);
+}
+
+TEST(dedupe)
+{
+    fx_t f;
+    fx_open(&f, 1000, 7, 10);
+    const char *ab[] = {"a", "b"}, *ba[] = {"b", "a"};
+    int64_t s2[2] = {0, 0};
+    imgw_store_append_t req;
+    CHECK_EQ_INT(append_msg(&f, "c1", 100, "s_a_b", ab, 2, s2, &req), 0);
+    CHECK_EQ_INT(req.duplicate, 0);
+    int64_t first = s2[0];
+    s2[0] = s2[1] = -7;
+    CHECK_EQ_INT(append_msg(&f, "c1", 101, "s_a_b", ab, 2, s2, &req), 0);
+    CHECK_EQ_INT(req.duplicate, 1);
+    CHECK_EQ_INT(req.dup_message_id, 100);
+    CHECK_EQ_INT(req.dup_seq, first);
+    CHECK(s2[0] == -7 && s2[1] == -7); /* nothing appended */
+    CHECK_EQ_INT(max_seq(&f, "a"), 1);
+    CHECK_EQ_INT(max_seq(&f, "b"), 1);
+    CHECK_EQ_INT(stats(&f).metas, 1);
+    /* Another sender's same client_msg_id is another key (appended a bit
+     * later so it is still alive when a/c1 expires). */
+    fake_now = T0 + 5000;
+    CHECK_EQ_INT(append_msg(&f, "c1", 102, "s_a_b", ba, 2, s2, &req), 0);
+    CHECK_EQ_INT(req.duplicate, 0);
+    /* "" never dedupes. */
+    append_msg(&f, "", 103, "s_a_b", ab, 2, s2, &req);
+    append_msg(&f, "", 104, "s_a_b", ab, 2, s2, &req);
+    CHECK_EQ_INT(req.duplicate, 0);
+    CHECK_EQ_INT(max_seq(&f, "a"), 4);
+
+    /* Expiry after dedupe_ttl (10 s). */
+    fake_now = T0 + 9999;
+    append_msg(&f, "c1", 105, "s_a_b", ab, 2, s2, &req);
+    CHECK_EQ_INT(req.duplicate, 1);
+    CHECK_EQ_INT(req.dup_message_id, 100);
+    fake_now = T0 + 10000;
+    append_msg(&f, "c1", 106, "s_a_b", ab, 2, s2, &req);
+    CHECK_EQ_INT(req.duplicate, 0);
+    CHECK_EQ_INT(s2[0], 5);
+    /* The key now points at the new message. */
+    append_msg(&f, "c1", 107, "s_a_b", ab, 2, s2, &req);
+    CHECK_EQ_INT(req.duplicate, 1);
+    CHECK_EQ_INT(req.dup_message_id, 106);
+    CHECK_EQ_INT(req.dup_seq, 5);
+    CHECK_EQ_INT(stats(&f).dedupes, 2); /* a/c1 reused in place, b/c1 */
+    fx_close(&f);
+}
+
+typedef struct msg_res_s {
+    int calls;
+    int status;
+    imgw_store_msg_t m;
+    char sender[128];
+    char conv[512];
+} msg_res_t;
+
+static void
+msg_cb(int status, const imgw_store_msg_t *m, void *data)
+{
+    msg_res_t *r = data;
+    r->calls++;
+    r->status = status;
+    if (m != NULL) {
+        r->m = *m;
+        snprintf(r->sender, sizeof(r->sender), "%s", m->sender);
+        snprintf(r->conv, sizeof(r->conv), "%s", m->conversation_id);
+    }
+}
+
+static msg_res_t *
+msg_get(fx_t *f, uint64_t id)
+{
+    static msg_res_t r;
+    memset(&r, 0, sizeof(r));
+    int rc = imgw_store_msg_get(f->sl, id, msg_cb, &r);
+    if (rc != 0)
+        r.status = rc;
+    return &r;
+}
+
+TEST(revoke_and_msg_get)
+{
+    fx_t f;
+    fx_open(&f, 1000, 1, 86400);
+    const char *grp[] = {"a", "b", "c"};
+    int64_t s3[3];
+    fake_now = T0 + 5;
+    append_msg(&f, "", 77, "g_g1", grp, 3, s3, NULL);
+    append_msg(&f, "", 78, "g_g1", grp, 3, s3, NULL);
+    msg_res_t *r = msg_get(&f, 77);
+    CHECK_EQ_INT(r->status, 0);
+    CHECK_EQ_INT(r->calls, 1);
+    CHECK_EQ_INT(r->m.message_id, 77);
+    CHECK_EQ_STR(r->sender, "a");
+    CHECK_EQ_STR(r->conv, "g_g1");
+    CHECK_EQ_INT(r->m.server_time_ms, T0 + 5);
+    CHECK_EQ_INT(r->m.revoked, 0);
+    CHECK_EQ_INT(msg_get(&f, 999)->status, IMGW_ENOTFOUND);
+
+    int st = 12345;
+    CHECK_EQ_INT(imgw_store_revoke(f.sl, 77, done_cb, &st), 0);
+    CHECK_EQ_INT(st, 0);
+    CHECK_EQ_INT(msg_get(&f, 77)->m.revoked, 1);
+    CHECK_EQ_INT(msg_get(&f, 78)->m.revoked, 0);
+    st = 12345;
+    imgw_store_revoke(f.sl, 999, done_cb, &st);
+    CHECK_EQ_INT(st, IMGW_ENOTFOUND);
+    CHECK_EQ_INT(imgw_store_revoke(f.sl, 78, NULL, NULL), 0); /* cb NULL */
+    for (int u = 0; u < 3; u++) {
+        sync_res_t *sr = do_sync(&f, grp[u], 0, 0, 10);
+        CHECK(sr->n == 2 && sr->revoked[0] == 1 && sr->revoked[1] == 1);
+    }
+    /* Metadata expires with retention_days. */
+    fake_now = T0 + DAY_MS + 5;
+    CHECK_EQ_INT(msg_get(&f, 77)->status, IMGW_ENOTFOUND);
+    st = 12345;
+    imgw_store_revoke(f.sl, 77, done_cb, &st);
+    CHECK_EQ_INT(st, IMGW_ENOTFOUND);
+    fx_close(&f);
+}
+
+typedef struct grp_res_s {
+    int calls;
+    int status;
+    size_t n;
+    char m[8][16];
+    fx_t *reenter; /* if set: replace the group from inside the callback */
+} grp_res_t;
+
+static void
+grp_cb(int status, const char *const *members, size_t n, void *data)
+{
+    grp_res_t *r = data;
+    r->calls++;
+    r->status = status;
+    r->n = n;
+    if (r->reenter != NULL) {
+        /* No lock is held: this must not deadlock, and members (the old
+         * list) must stay readable after the group was replaced. */
+        const char *other[] = {"zz"};
+        imgw_store_group_set(r->reenter->sl, "g1", other, 1, NULL, NULL);
+    }
+    for (size_t i = 0; i < n && i < 8; i++)
+        snprintf(r->m[i], sizeof(r->m[i]), "%s", members[i]);
+}
+
+static grp_res_t *
+group_get(fx_t *f, const char *gid)
+{
+    static grp_res_t r;
+    memset(&r, 0, sizeof(r));
+    int rc = imgw_store_group_get(f->sl, gid, grp_cb, &r);
+    if (rc != 0)
+        r.status = rc;
+    return &r;
+}
+
+TEST(groups)
+{
+    fx_t f;
+    fx_open(&f, 1000, 7, 86400);
+    const char *m1[] = {"u1", "u2", "u1", "u3", "u2"};
+    int st = 12345;
+    CHECK_EQ_INT(imgw_store_group_set(f.sl, "g1", m1, 5, done_cb, &st), 0);
+    CHECK_EQ_INT(st, 0);
+    grp_res_t *r = group_get(&f, "g1");
+    CHECK_EQ_INT(r->status, 0);
+    CHECK_EQ_INT(r->n, 3); /* duplicates dropped, first order kept */
+    CHECK_EQ_STR(r->m[0], "u1");
+    CHECK_EQ_STR(r->m[1], "u2");
+    CHECK_EQ_STR(r->m[2], "u3");
+    const char *m2[] = {"u9"};
+    imgw_store_group_set(f.sl, "g1", m2, 1, NULL, NULL);
+    r = group_get(&f, "g1");
+    CHECK(r->n == 1 && strcmp(r->m[0], "u9") == 0);
+    CHECK_EQ_INT(group_get(&f, "g2")->status, IMGW_ENOTFOUND);
+
+    st = 12345;
+    imgw_store_group_del(f.sl, "g1", done_cb, &st);
+    CHECK_EQ_INT(st, 0);
+    CHECK_EQ_INT(group_get(&f, "g1")->status, IMGW_ENOTFOUND);
+    st = 12345;
+    imgw_store_group_del(f.sl, "g1", done_cb, &st);
+    CHECK_EQ_INT(st, IMGW_ENOTFOUND);
+
+    /* Bounds are refused up front; the callback never runs. */
+    static const char *many[IMGW_STORE_MAX_GROUP + 1];
+    for (int i = 0; i <= IMGW_STORE_MAX_GROUP; i++)
+        many[i] = "x";
+    st = 12345;
+    CHECK_EQ_INT(imgw_store_group_set(f.sl, "g3", many,
+                                      IMGW_STORE_MAX_GROUP + 1, done_cb, &st),
+                 IMGW_ETOOBIG);
+    CHECK_EQ_INT(st, 12345);
+    char longid[IMGW__STORE_ID_MAX + 2];
+    memset(longid, 'y', sizeof(longid) - 1);
+    longid[sizeof(longid) - 1] = '\0';
+    const char *bad[] = {"ok", longid};
+    CHECK_EQ_INT(imgw_store_group_set(f.sl, "g3", bad, 2, done_cb, &st),
+                 IMGW_EINVAL);
+    longid[IMGW__STORE_ID_MAX] = '\0'; /* exactly 127 bytes: fine */
+    CHECK_EQ_INT(imgw_store_group_set(f.sl, "g3", bad, 2, done_cb, &st), 0);
+    CHECK_EQ_INT(group_get(&f, "g3")->n, 2);
+    const char *dup1000[IMGW_STORE_MAX_GROUP];
+    for (int i = 0; i < IMGW_STORE_MAX_GROUP; i++)
+        dup1000[i] = "same";
+    imgw_store_group_set(f.sl, "g4", dup1000, IMGW_STORE_MAX_GROUP, NULL, NULL);
+    CHECK_EQ_INT(group_get(&f, "g4")->n, 1);
+    /* An empty member set removes the group (as an empty Redis set). */
+    st = 12345;
+    imgw_store_group_set(f.sl, "g3", NULL, 0, done_cb, &st);
+    CHECK_EQ_INT(st, 0);
+    CHECK_EQ_INT(group_get(&f, "g3")->status, IMGW_ENOTFOUND);
+
+    /* Re-entrant callback replacing the group it is reading. */
+    imgw_store_group_set(f.sl, "g1", m1, 5, NULL, NULL);
+    static grp_res_t rr;
+    memset(&rr, 0, sizeof(rr));
+    rr.reenter = &f;
+    CHECK_EQ_INT(imgw_store_group_get(f.sl, "g1", grp_cb, &rr), 0);
+    CHECK(rr.n == 3 && strcmp(rr.m[2], "u3") == 0);
+    r = group_get(&f, "g1");
+    CHECK(r->n == 1 && strcmp(r->m[0], "zz") == 0);
+    CHECK_EQ_INT(stats(&f).groups, 2); /* g1, g4 */
+    fx_close(&f);
+}
+
+typedef struct route_res_s {
+    int calls;
+    size_t n;
+    char p[IMGW_STORE_MAX_ROUTES][16];
+    char b[IMGW_STORE_MAX_ROUTES][16];
+} route_res_t;
+
+static void
+route_cb(int status, const imgw_store_route_t *r, size_t n, void *data)
+{
+    route_res_t *x = data;
+    x->calls++;
+    x->n = status == 0 ? n : 999;
+    for (size_t i = 0; i < n; i++) {
+        snprintf(x->p[i], sizeof(x->p[i]), "%s", r[i].platform);
+        snprintf(x->b[i], sizeof(x->b[i]), "%s", r[i].broker_id);
+    }
+}
+
+static route_res_t *
+routes(fx_t *f, const char *user)
+{
+    static route_res_t r;
+    memset(&r, 0, sizeof(r));
+    if (imgw_store_route_get(f->sl, user, route_cb, &r) != 0)
+        r.n = 998;
+    return &r;
+}
+
+/* The broker of platform p in the last route_get, or "" if absent. */
+static const char *
+route_of(route_res_t *r, const char *p)
+{
+    for (size_t i = 0; i < r->n && i < IMGW_STORE_MAX_ROUTES; i++)
+        if (strcmp(r->p[i], p) == 0)
+            return r->b[i];
+    return "";
+}
+
+TEST(routes)
+{
+    fx_t f;
+    fx_open(&f, 1000, 7, 86400);
+    int st = 12345;
+    CHECK_EQ_INT(imgw_store_route_set(f.sl, "u", "ios", "b1", 30, done_cb, &st),
+                 0);
+    CHECK_EQ_INT(st, 0);
+    imgw_store_route_set(f.sl, "u", "web", "b2", 30, NULL, NULL);
+    route_res_t *r = routes(&f, "u");
+    CHECK_EQ_INT(r->n, 2);
+    CHECK_EQ_STR(route_of(r, "ios"), "b1");
+    CHECK_EQ_STR(route_of(r, "web"), "b2");
+    CHECK_EQ_INT(routes(&f, "nobody")->n, 0);
+    CHECK_EQ_INT(routes(&f, "nobody")->calls, 1);
+
+    /* Delete only if it is still ours. */
+    st = 12345;
+    imgw_store_route_del(f.sl, "u", "ios", "b2", done_cb, &st);
+    CHECK_EQ_INT(st, 0);
+    CHECK_EQ_STR(route_of(routes(&f, "u"), "ios"), "b1");
+    imgw_store_route_del(f.sl, "u", "ios", "b1", NULL, NULL);
+    r = routes(&f, "u");
+    CHECK_EQ_INT(r->n, 1);
+    CHECK_EQ_STR(route_of(r, "ios"), "");
+    /* set overwrites the owner. */
+    imgw_store_route_set(f.sl, "u", "web", "b3", 30, NULL, NULL);
+    CHECK_EQ_STR(route_of(routes(&f, "u"), "web"), "b3");
+
+    /* Expiry, and refresh extending every platform. */
+    fake_now = T0;
+    imgw_store_route_set(f.sl, "v", "ios", "b1", 30, NULL, NULL);
+    imgw_store_route_set(f.sl, "v", "web", "b1", 10, NULL, NULL);
+    fake_now = T0 + 9999;
+    CHECK_EQ_INT(routes(&f, "v")->n, 2);
+    imgw_store_route_refresh(f.sl, "v", 30, NULL, NULL);
+    fake_now = T0 + 35000;
+    CHECK_EQ_INT(routes(&f, "v")->n, 2);
+    fake_now = T0 + 39998;
+    CHECK_EQ_INT(routes(&f, "v")->n, 2);
+    fake_now = T0 + 39999; /* refreshed at 9999 for 30 s */
+    CHECK_EQ_INT(routes(&f, "v")->n, 0);
+    /* refresh does not resurrect what expired */
+    imgw_store_route_refresh(f.sl, "v", 30, NULL, NULL);
+    CHECK_EQ_INT(routes(&f, "v")->n, 0);
+    CHECK_EQ_INT(imgw_store_route_set(f.sl, "v", "ios", "b1", 0, NULL, NULL),
+                 IMGW_EINVAL);
+
+    /* At most IMGW_STORE_MAX_ROUTES platforms: the soonest to expire goes. */
+    for (int i = 0; i < IMGW_STORE_MAX_ROUTES + 4; i++) {
+        char p[16];
+        snprintf(p, sizeof(p), "p%d", i);
+        imgw_store_route_set(f.sl, "w", p, "b", 100 + i, NULL, NULL);
+    }
+    r = routes(&f, "w");
+    CHECK_EQ_INT(r->n, IMGW_STORE_MAX_ROUTES);
+    CHECK_EQ_STR(route_of(r, "p0"), "");
+    CHECK_EQ_STR(route_of(r, "p3"), "");
+    CHECK_EQ_STR(route_of(r, "p4"), "b");
+    CHECK_EQ_STR(route_of(r, "p19"), "b");
+    fx_close(&f);
+}
+
+TEST(positions)
+{
+    fx_t f;
+    fx_open(&f, 1000, 7, 86400);
+    int64_t seq = 0;
+    char buf[64];
+    int st = 12345;
+    CHECK_EQ_INT(imgw_store_set_delivered(f.sl, "u", "d0", 5, done_cb, &st), 0);
+    CHECK_EQ_INT(st, 0);
+    imgw_store_set_delivered(f.sl, "u", "d0", 3, NULL, NULL); /* older ack */
+    CHECK_EQ_INT(imgw__store_mem_get_delivered(f.s, "u", "d0", &seq), 0);
+    CHECK_EQ_INT(seq, 5);
+    imgw_store_set_delivered(f.sl, "u", "d0", 9, NULL, NULL);
+    imgw__store_mem_get_delivered(f.s, "u", "d0", &seq);
+    CHECK_EQ_INT(seq, 9);
+    /* 20 devices: beyond 16 the least recently updated go: d0..d3. */
+    for (int i = 1; i < 20; i++) {
+        char d[16];
+        snprintf(d, sizeof(d), "d%d", i);
+        imgw_store_set_delivered(f.sl, "u", d, i, NULL, NULL);
+    }
+    CHECK_EQ_INT(stats(&f).devices, 16);
+    CHECK_EQ_INT(imgw__store_mem_get_delivered(f.s, "u", "d0", &seq),
+                 IMGW_ENOTFOUND);
+    CHECK_EQ_INT(imgw__store_mem_get_delivered(f.s, "u", "d3", &seq),
+                 IMGW_ENOTFOUND);
+    CHECK_EQ_INT(imgw__store_mem_get_delivered(f.s, "u", "d4", &seq), 0);
+    CHECK_EQ_INT(seq, 4);
+    CHECK_EQ_INT(imgw__store_mem_get_delivered(f.s, "u", "d19", &seq), 0);
+
+    /* Read positions: the last message id per conversation, 256 kept. */
+    imgw_store_set_read(f.sl, "u", "s_u_v", "100", NULL, NULL);
+    imgw_store_set_read(f.sl, "u", "s_u_v", "90", NULL, NULL);
+    CHECK_EQ_INT(imgw__store_mem_get_read(f.s, "u", "s_u_v", buf, sizeof(buf)),
+                 0);
+    CHECK_EQ_STR(buf, "90");
+    for (int i = 0; i < 300; i++) {
+        char c[16];
+        snprintf(c, sizeof(c), "g_%d", i);
+        imgw_store_set_read(f.sl, "u", c, "1", NULL, NULL);
+        if (i == 100) /* touch s_u_v: it becomes recent again */
+            imgw_store_set_read(f.sl, "u", "s_u_v", "91", NULL, NULL);
+    }
+    CHECK_EQ_INT(stats(&f).reads, 256);
+    CHECK_EQ_INT(imgw__store_mem_get_read(f.s, "u", "s_u_v", buf, sizeof(buf)),
+                 0);
+    CHECK_EQ_STR(buf, "91");
+    CHECK_EQ_INT(imgw__store_mem_get_read(f.s, "u", "g_0", buf, sizeof(buf)),
+                 IMGW_ENOTFOUND);
+    CHECK_EQ_INT(imgw__store_mem_get_read(f.s, "u", "g_299", buf, sizeof(buf)),
+                 0);
+    CHECK_EQ_INT(imgw_store_set_read(f.sl, "u", "", "1", NULL, NULL),
+                 IMGW_EINVAL);
+    CHECK_EQ_INT(imgw_store_set_delivered(f.sl, "u", "d", -1, NULL, NULL),
+                 IMGW_EINVAL);
+    fx_close(&f);
+}
+
+TEST(tick_sweeps)
+{
+    fx_t f;
+    fx_open(&f, 1000, 1, 10);
+    int64_t s2[2];
+    char a[16], b[16], cmid[16];
+    for (int i = 0; i < 300; i++) {
+        snprintf(a, sizeof(a), "a%d", i);
+        snprintf(b, sizeof(b), "b%d", i);
+        snprintf(cmid, sizeof(cmid), "c%d", i);
+        const char *ab[] = {a, b};
+        append_msg(&f, cmid, 1000 + (uint64_t)i, "c", ab, 2, s2, NULL);
+    }
+    imgw_store_route_set(f.sl, "r1", "ios", "b1", 5, NULL, NULL);
+    imgw_store_route_set(f.sl, "r2", "ios", "b1", 5, NULL, NULL);
+    imgw_store_route_del(f.sl, "r2", "ios", "b1", NULL, NULL);
+    imgw_store_set_delivered(f.sl, "r3", "d", 1, NULL, NULL);
+    imgw__store_mem_stats_t st = stats(&f);
+    CHECK_EQ_INT(st.users, 603);
+    CHECK_EQ_INT(st.dedupes, 300);
+    CHECK_EQ_INT(st.metas, 300);
+    CHECK_EQ_INT(st.entries, 600);
+    CHECK_EQ_INT(st.blobs_live, 300);
+    CHECK_EQ_INT(st.routes, 1);
+
+    /* Before expiry, ticks remove nothing but the empty r2. */
+    for (int i = 0; i < 64; i++)
+        imgw_store_tick(f.s, T0 + 1000);
+    st = stats(&f);
+    CHECK_EQ_INT(st.users, 602);
+    CHECK_EQ_INT(st.dedupes, 300);
+
+    /* After dedupe_ttl and the route TTL: one tick clears the keys. */
+    fake_now = T0 + 10000;
+    imgw_store_tick(f.s, fake_now);
+    st = stats(&f);
+    CHECK_EQ_INT(st.dedupes, 0);
+    CHECK_EQ_INT(st.metas, 300);
+    for (int i = 0; i < 64; i++)
+        imgw_store_tick(f.s, fake_now);
+    st = stats(&f);
+    CHECK_EQ_INT(st.routes, 0);
+    CHECK_EQ_INT(st.users, 601); /* r1's record held only its route */
+
+    /* After retention_days: metadata, entries and blobs go; max_seq and
+     * the users stay. */
+    fake_now = T0 + DAY_MS;
+    for (int i = 0; i < 64; i++)
+        imgw_store_tick(f.s, fake_now);
+    st = stats(&f);
+    CHECK_EQ_INT(st.metas, 0);
+    CHECK_EQ_INT(st.entries, 0);
+    CHECK_EQ_INT(st.blobs_live, 0);
+    CHECK_EQ_INT(st.metas_live, 0);
+    CHECK_EQ_INT(st.users, 601);
+    CHECK_EQ_INT(st.devices, 1);
+    CHECK_EQ_INT(max_seq(&f, "a7"), 1);
+    CHECK_EQ_INT(max_seq(&f, "b299"), 1);
+    fx_close(&f);
+}
+
+/* A sync callback that appends to the timeline it is reading. */
+typedef struct reenter_s {
+    fx_t *f;
+    int ok;
+} reenter_t;
+
+static void
+reenter_sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
+                int64_t server_max_seq, void *data)
+{
+    reenter_t *x = data;
+    const char *aa[] = {"a"};
+    int64_t s1[1];
+    (void)has_more;
+    (void)server_max_seq;
+    /* Retention 2: this append trims entry 1 while we still read it. */
+    int r = append_msg(x->f, "", 50, "c", aa, 1, s1, NULL);
+    x->ok = status == 0 && n == 2 && r == 0 && s1[0] == 3 && e[0].len == 1 &&
+            e[0].blob[0] == '1' && e[1].blob[0] == '2';
+}
+
+TEST(reentrant_sync)
+{
+    fx_t f;
+    fx_open(&f, 2, 7, 86400);
+    const char *aa[] = {"a"};
+    int64_t s1[1];
+    append_msg(&f, "", 1, "c", aa, 1, s1, NULL);
+    append_msg(&f, "", 2, "c", aa, 1, s1, NULL);
+    reenter_t x = {&f, 0};
+    CHECK_EQ_INT(imgw_store_sync(f.sl, "a", 0, 0, 10, reenter_sync_cb, &x), 0);
+    CHECK_EQ_INT(x.ok, 1);
+    sync_res_t *r = do_sync(&f, "a", 0, 0, 10);
+    CHECK(r->n == 2 && r->seq[0] == 2 && r->seq[1] == 3);
+    CHECK_EQ_INT(stats(&f).blobs_live, 2);
+    fx_close(&f);
+}
+
+/* ---- failmalloc ------------------------------------------------------- */
+
+/* Stats that any half-done request would change. */
+static int
+same_state(const imgw__store_mem_stats_t *a, const imgw__store_mem_stats_t *b)
+{
+    return a->entries == b->entries && a->dedupes == b->dedupes &&
+           a->metas == b->metas && a->groups == b->groups &&
+           a->routes == b->routes && a->devices == b->devices &&
+           a->reads == b->reads && a->blobs_live == b->blobs_live &&
+           a->metas_live == b->metas_live;
+}
+
+/*
+ * Fails the 1st, 2nd, ... allocation of each request until it gets
+ * through: every failure must be a clean IMGW_ENOMEM refusal (callback not
+ * run, nothing visible changed), and the retry must then work.
+ */
+TEST(failmalloc)
+{
+    fx_t f;
+    fx_open(&f, 4, 7, 86400);
+    const char *grp[] = {"a",   "n1",  "n2",  "n3",  "n4",  "n5",  "n6",
+                         "n7",  "n8",  "n9",  "n10", "n11", "n12", "n13",
+                         "n14", "n15", "n16", "n17", "n18"};
+    size_t ng = sizeof(grp) / sizeof(grp[0]);
+    int64_t seqs[32];
+    const char *aa[] = {"a"};
+    append_msg(&f, "", 1, "c", aa, 1, seqs, NULL);
+    int enomem = 0, bad = 0, rounds = 0;
+    for (int step = 0; step < 9; step++) {
+        for (int n = 1;; n++) {
+            imgw__store_mem_stats_t before = stats(&f);
+            int64_t a_before = max_seq(&f, "a");
+            int r, seen = 0;
+            char cmid[16];
+            snprintf(cmid, sizeof(cmid), "k%d", step);
+            imgw__store_mem_fail_alloc(n);
+            switch (step) {
+            case 0: /* group append: new users, rings growing, dedupe */
+            case 1:
+            case 2: /* again, with rings full (retention 4) */
+                r = append_msg(&f, cmid, 100 + (uint64_t)step, "g", grp, ng,
+                               seqs, NULL);
+                break;
+            case 3: {
+                static sync_res_t sr;
+                memset(&sr, 0, sizeof(sr));
+                r = imgw_store_sync(f.sl, "a", 0, 0, 100, sync_cb, &sr);
+                seen = sr.calls;
+                break;
+            }
+            case 4:
+                r = imgw_store_group_set(f.sl, "g", grp, ng, NULL, NULL);
+                break;
+            case 5:
+                r = imgw_store_route_set(f.sl, "nn", "ios", "b", 60, NULL,
+                                         NULL);
+                break;
+            case 6:
+                r = imgw_store_set_delivered(f.sl, "nd", "d", 4, NULL, NULL);
+                break;
+            case 7:
+                r = imgw_store_set_read(f.sl, "nr", "c", "5", NULL, NULL);
+                break;
+            default: { /* open itself */
+                imgw_store_t *s2 = NULL;
+                imgw_store_cfg_t cfg = {"memory", NULL, 10, 1, 10, 0, 1};
+                r = imgw_store_open(&s2, &cfg, NULL, 0);
+                if (r == 0)
+                    imgw_store_close(s2);
+                else if (s2 != NULL)
+                    bad++;
+                break;
+            }
+            }
+            int left = imgw__store_mem_fail_alloc(0);
+            imgw__store_mem_stats_t after = stats(&f);
+            rounds++;
+            if (r == IMGW_ENOMEM) {
+                enomem++;
+                if (!same_state(&before, &after) || seen ||
+                    max_seq(&f, "a") != a_before)
+                    bad++;
+                continue;
+            }
+            if (r != 0)
+                bad++;
+            if (left > 0)
+                break; /* got through without reaching the nth alloc */
+        }
+    }
+    CHECK_EQ_INT(bad, 0);
+    CHECK(enomem >= 15);
+    printf("  (%d rounds, %d refused with ENOMEM)\n", rounds, enomem);
+    /* Each append went in exactly once despite the failed tries. */
+    CHECK_EQ_INT(max_seq(&f, "a"), 4);
+    CHECK_EQ_INT(max_seq(&f, "n18"), 3);
+    imgw_store_append_t req;
+    append_msg(&f, "k0", 999, "g", grp, ng, seqs, &req);
+    CHECK_EQ_INT(req.duplicate, 1);
+    CHECK_EQ_INT(req.dup_message_id, 100);
+    CHECK_EQ_INT(req.dup_seq, 2);
+    CHECK_EQ_INT(group_get(&f, "g")->n, ng);
+    CHECK_EQ_INT(routes(&f, "nn")->n, 1);
+    fx_close(&f);
+}
+
+/* ---- concurrency ------------------------------------------------------ */
+
+#define CC_THREADS 4
+#define CC_USERS 200
+#define CC_MSGS 3000 /* per thread */
+#define CC_GROUP_MAX 20
+
+typedef struct cc_msg_s {
+    uint64_t id;
+    uint8_t n;
+    uint8_t dup; /* 1: the append reported a duplicate */
+    uint64_t dup_of;
+    uint16_t users[CC_GROUP_MAX];
+    int64_t seqs[CC_GROUP_MAX];
+} cc_msg_t;
+
+typedef struct cc_thread_s {
+    imgw_store_t *s;
+    int index;
+    cc_msg_t *msgs;
+    int errors;
+} cc_thread_t;
+
+static char cc_names[CC_USERS][16];
+static atomic_int cc_stop;
+
+static uint32_t
+cc_rand(uint32_t *st)
+{
+    *st ^= *st << 13;
+    *st ^= *st >> 17;
+    *st ^= *st << 5;
+    return *st;
+}
+
+static void *
+cc_appender(void *arg)
+{
+    cc_thread_t *t = arg;
+    imgw_store_loop_t *sl;
+    uint32_t rnd = 0x9e3779b9u * (uint32_t)(t->index + 1);
+    if (imgw_store_loop_open(t->s, t->index, NULL, &sl) != 0) {
+        t->errors++;
+        return NULL;
+    }
+    for (int k = 0; k < CC_MSGS; k++) {
+        cc_msg_t *m = &t->msgs[k];
+        const char *users[CC_GROUP_MAX];
+        uint16_t sender = (uint16_t)(cc_rand(&rnd) % CC_USERS);
+        m->id = ((uint64_t)(t->index + 1) << 32) | (uint64_t)k;
+        m->users[0] = sender;
+        m->n = 1;
+        size_t want = cc_rand(&rnd) % 10 < 7 ? 2 : 3 + cc_rand(&rnd) % 18;
+        while (m->n < want) {
+            uint16_t u = (uint16_t)(cc_rand(&rnd) % CC_USERS);
+            int seen = 0;
+            for (int i = 0; i < m->n; i++)
+                seen |= m->users[i] == u;
+            if (!seen)
+                m->users[m->n++] = u;
+        }
+        for (int i = 0; i < m->n; i++)
+            users[i] = cc_names[m->users[i]];
+        /* Every 10th message resends the previous one's client_msg_id. */
+        char cmid[32], blob[32];
+        int resend = k > 0 && k % 10 == 0;
+        snprintf(cmid, sizeof(cmid), "t%d-%d", t->index, resend ? k - 1 : k);
+        if (resend) {
+            /* Same sender as the original, or it is another key. */
+            m->users[0] = t->msgs[k - 1].users[0];
+            users[0] = cc_names[m->users[0]];
+            for (int i = 1; i < m->n; i++)
+                if (m->users[i] == m->users[0])
+                    m->users[i] = m->users[--m->n], i--;
+            for (int i = 0; i < m->n; i++)
+                users[i] = cc_names[m->users[i]];
+        }
+        int len = snprintf(blob, sizeof(blob), "%" PRIu64, m->id);
+        imgw_store_append_t req;
+        app_res_t res = {0, 0};
+        memset(&req, 0, sizeof(req));
+        req.sender = users[0];
+        req.client_msg_id = cmid;
+        req.message_id = m->id;
+        req.server_time_ms = 0;
+        req.conversation_id = "c";
+        req.users = users;
+        req.n_users = m->n;
+        req.entry = (const uint8_t *)blob;
+        req.entry_len = (size_t)len;
+        req.seqs = m->seqs;
+        if (imgw_store_append(sl, &req, app_cb, &res) != 0 || res.calls != 1 ||
+            res.status != 0) {
+            t->errors++;
+            continue;
+        }
+        if (req.duplicate) {
+            m->dup = 1;
+            m->dup_of = req.dup_message_id;
+        }
+        if (resend != req.duplicate)
+            t->errors++;
+        if (resend && req.dup_message_id != t->msgs[k - 1].id)
+            t->errors++;
+    }
+    imgw_store_loop_close(sl);
+    return NULL;
+}
+
+typedef struct cc_reader_s {
+    imgw_store_t *s;
+    int errors;
+    long pages;
+} cc_reader_t;
+
+typedef struct cc_page_s {
+    int ok;
+    size_t n;
+} cc_page_t;
+
+static void
+cc_page_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
+           int64_t server_max_seq, void *data)
+{
+    cc_page_t *p = data;
+    (void)has_more;
+    p->n = n;
+    p->ok = status == 0;
+    for (size_t i = 0; i < n; i++)
+        if (e[i].seq > server_max_seq || e[i].len == 0 ||
+            (i > 0 && e[i].seq != e[i - 1].seq + 1))
+            p->ok = 0;
+}
+
+static void
+cc_members_cb(int status, const char *const *members, size_t n, void *data)
+{
+    int *ok = data;
+    *ok = status == IMGW_ENOTFOUND || (status == 0 && n >= 1 && members[0]);
+}
+
+static void *
+cc_reader(void *arg)
+{
+    cc_reader_t *t = arg;
+    imgw_store_loop_t *sl;
+    uint32_t rnd = 12345;
+    if (imgw_store_loop_open(t->s, CC_THREADS, NULL, &sl) != 0) {
+        t->errors++;
+        return NULL;
+    }
+    while (!cc_stop) {
+        cc_page_t p = {0, 0};
+        const char *u = cc_names[cc_rand(&rnd) % CC_USERS];
+        if (imgw_store_sync(sl, u, cc_rand(&rnd) % 50, 0, 50, cc_page_cb, &p) !=
+                0 ||
+            !p.ok)
+            t->errors++;
+        const char *mem[] = {u, "x"};
+        int ok = 0;
+        imgw_store_group_set(sl, "gg", mem, 2, NULL, NULL);
+        if (imgw_store_group_get(sl, "gg", cc_members_cb, &ok) != 0 || !ok)
+            t->errors++;
+        imgw_store_tick(t->s, 0); /* nothing expires at time 0 */
+        t->pages++;
+    }
+    imgw_store_loop_close(sl);
+    return NULL;
+}
+
+TEST(concurrent_appends)
+{
+    imgw_store_t *s;
+    imgw_store_cfg_t cfg = {"memory", NULL, 100000,        7,
+                            86400,    1000, CC_THREADS + 1};
+    char err[128];
+    CHECK_EQ_INT(imgw_store_open(&s, &cfg, err, sizeof(err)), 0);
+    for (int i = 0; i < CC_USERS; i++)
+        snprintf(cc_names[i], sizeof(cc_names[i]), "u%d", i);
+    cc_thread_t th[CC_THREADS];
+    pthread_t tid[CC_THREADS], rid;
+    cc_reader_t rd = {s, 0, 0};
+    cc_stop = 0;
+    for (int i = 0; i < CC_THREADS; i++) {
+        th[i].s = s;
+        th[i].index = i;
+        th[i].errors = 0;
+        th[i].msgs = calloc(CC_MSGS, sizeof(cc_msg_t));
+        if (th[i].msgs == NULL)
+            exit(2);
+    }
+    pthread_create(&rid, NULL, cc_reader, &rd);
+    for (int i = 0; i < CC_THREADS; i++)
+        pthread_create(&tid[i], NULL, cc_appender, &th[i]);
+    for (int i = 0; i < CC_THREADS; i++)
+        pthread_join(tid[i], NULL);
+    cc_stop = 1;
+    pthread_join(rid, NULL);
+    int errors = 0;
+    for (int i = 0; i < CC_THREADS; i++)
+        errors += th[i].errors;
+    CHECK_EQ_INT(errors, 0);
+    CHECK_EQ_INT(rd.errors, 0);
+    printf("  (reader made %ld passes)\n", rd.pages);
+
+    /* Expected timelines from what each append reported. */
+    static uint64_t expect[CC_USERS][CC_THREADS * CC_MSGS + 1];
+    static int64_t count[CC_USERS];
+    memset(expect, 0, sizeof(expect));
+    memset(count, 0, sizeof(count));
+    int collisions = 0, bad_seq = 0, dups = 0;
+    for (int i = 0; i < CC_THREADS; i++)
+        for (int k = 0; k < CC_MSGS; k++) {
+            cc_msg_t *m = &th[i].msgs[k];
+            if (m->dup) {
+                dups++;
+                continue;
+            }
+            for (int j = 0; j < m->n; j++) {
+                int64_t q = m->seqs[j];
+                if (q < 1 || q > CC_THREADS * CC_MSGS) {
+                    bad_seq++;
+                    continue;
+                }
+                if (expect[m->users[j]][q] != 0)
+                    collisions++;
+                expect[m->users[j]][q] = m->id;
+                count[m->users[j]]++;
+            }
+        }
+    CHECK_EQ_INT(collisions, 0);
+    CHECK_EQ_INT(bad_seq, 0);
+    CHECK_EQ_INT(dups, CC_THREADS * ((CC_MSGS - 1) / 10));
+
+    /* Read every timeline back page by page. */
+    imgw_store_loop_t *sl;
+    imgw_store_loop_open(s, 0, NULL, &sl);
+    fx_t f = {s, sl};
+    int gaps = 0, wrong = 0, maxbad = 0;
+    size_t total = 0;
+    for (int u = 0; u < CC_USERS; u++) {
+        int64_t next = 1, ms = max_seq(&f, cc_names[u]);
+        if (ms != count[u])
+            maxbad++;
+        for (;;) {
+            sync_res_t *r = do_sync(&f, cc_names[u], next - 1, 0, 500);
+            for (size_t i = 0; i < r->n; i++) {
+                if (r->seq[i] != next)
+                    gaps++;
+                if (r->mid[i] != expect[u][r->seq[i]])
+                    wrong++;
+                next = r->seq[i] + 1;
+                total++;
+            }
+            if (!r->has_more || r->n == 0)
+                break;
+        }
+        if (next - 1 != ms)
+            gaps++;
+    }
+    CHECK_EQ_INT(maxbad, 0);
+    CHECK_EQ_INT(gaps, 0);
+    CHECK_EQ_INT(wrong, 0);
+    size_t appended = 0;
+    for (int u = 0; u < CC_USERS; u++)
+        appended += (size_t)count[u];
+    CHECK_EQ_INT(total, appended);
+    imgw__store_mem_stats_t st = stats(&f);
+    CHECK_EQ_INT(st.entries, appended);
+    CHECK_EQ_INT(st.blobs_live, CC_THREADS * CC_MSGS - dups);
+    CHECK_EQ_INT(st.metas, CC_THREADS * CC_MSGS - dups);
+    imgw_store_loop_close(sl);
+    imgw_store_close(s);
+    for (int i = 0; i < CC_THREADS; i++)
+        free(th[i].msgs);
+}
+
+int
+main(void)
+{
+    imgw_log_set_level(IMGW_LOG_WARN_L);
+    RUN(open_errors);
+    RUN(append_seq_per_user);
+    RUN(append_refused);
+    RUN(sync_ranges_and_paging);
+    RUN(retention_count);
+    RUN(retention_age);
+    RUN(dedupe);
+    RUN(revoke_and_msg_get);
+    RUN(groups);
+    RUN(routes);
+    RUN(positions);
+    RUN(tick_sweeps);
+    RUN(reentrant_sync);
+    RUN(failmalloc);
+    RUN(concurrent_appends);
+    TEST_DONE();
+}
