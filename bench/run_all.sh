@@ -9,13 +9,16 @@ set -eu
 imgw=${1:-$root/build/imgw}
 bench=${2:-$root/build/bench/imgw-bench}
 out=${3:-bench-results.jsonl}
-trap stop_server EXIT INT TERM
+tmp=$(mktemp)
+trap 'stop_server; rm -f "$tmp"' EXIT INT TERM
 
 run() {
     start_server "$imgw" 1
     echo "== imgw-bench $* (server pid $SRV_PID, port $SRV_PORT)"
     timeout 600 "$bench" "$@" --port "$SRV_PORT" --server-pid "$SRV_PID" \
-        | tee /dev/stderr | grep '^JSON ' >>"$out" || true
+        >"$tmp" || true
+    cat "$tmp"
+    grep '^JSON ' "$tmp" >>"$out" || true
     stop_server
 }
 

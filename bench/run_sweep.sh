@@ -11,12 +11,15 @@ imgw=${1:-$root/build/imgw}
 bench=${2:-$root/build/bench/imgw-bench}
 out=${3:-sweep.jsonl}
 rates=${4:-"5000 10000 20000 30000 40000"}
-trap stop_server EXIT INT TERM
+tmp=$(mktemp)
+trap 'stop_server; rm -f "$tmp"' EXIT INT TERM
 for r in $rates; do
     start_server "$imgw" 1
     timeout 300 "$bench" relay --port "$SRV_PORT" --server-pid "$SRV_PID" \
         --pairs "${PAIRS:-1000}" --rate "$r" --duration "${DURATION:-10}" \
-        ${EXTRA:-} | tee /dev/stderr | grep '^JSON ' >>"$out" || true
+        ${EXTRA:-} >"$tmp" || true
+    cat "$tmp"
+    grep '^JSON ' "$tmp" >>"$out" || true
     stop_server
 done
 python3 "$(dirname "$0")/plot" -o "${out%.jsonl}.svg" "$out"

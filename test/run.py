@@ -57,7 +57,11 @@ def run_units(build):
 
 def run_pytest(build, extra):
     env = dict(os.environ)
-    env["IMGW_BIN"] = os.path.join(os.path.abspath(build), "imgw")
+    b = os.path.abspath(build)
+    env["IMGW_BIN"] = os.path.join(b, "imgw")
+    env["IMGW_MQ_TEST_BIN"] = os.path.join(b, "test", "mq", "test_mq_live")
+    env["IMGW_STORE_REDIS_TEST_BIN"] = os.path.join(b, "test", "store",
+                                                    "test_store_redis")
     env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
     env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
     print(f"=== {build}: integration (pytest)", flush=True)

@@ -154,6 +154,8 @@ main(int argc, char **argv)
         .max_queued_bytes = (size_t)cfg.max_queued_bytes,
         .max_body_bytes = (size_t)cfg.max_body_bytes,
         .max_connections = cfg.max_connections,
+        .max_connections_per_ip = cfg.max_connections_per_ip,
+        .handshake_rate = cfg.handshake_rate,
         .handlers = &imgw_core_handlers,
         .data = &node,
     };

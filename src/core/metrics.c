@@ -207,9 +207,25 @@ imgw_metrics_render(imgw_node_t *node, size_t *len)
     TOTAL("imgw_slow_consumers_total", "counter",
           "Connections closed because their write queue hit its bound.",
           ls[i].slow_consumers);
-    TOTAL("imgw_refused_total", "counter",
-          "Connections refused because max_connections was reached.",
-          ls[i].refused_full);
+    head(&b, "imgw_refused_total", "counter",
+         "Connections or upgrades refused by admission control, by reason.");
+    {
+        uint64_t full = 0, ip = 0, rate = 0, origin = 0;
+        for (int i = 0; i < n; i++) {
+            full += ls[i].refused_full;
+            ip += ls[i].refused_ip;
+            rate += ls[i].refused_rate;
+            origin += node->loops[i]->st.refused_origin;
+        }
+        put(&b, "imgw_refused_total{reason=\"max_connections\"} %llu\n",
+            (unsigned long long)full);
+        put(&b, "imgw_refused_total{reason=\"per_ip\"} %llu\n",
+            (unsigned long long)ip);
+        put(&b, "imgw_refused_total{reason=\"handshake_rate\"} %llu\n",
+            (unsigned long long)rate);
+        put(&b, "imgw_refused_total{reason=\"origin\"} %llu\n",
+            (unsigned long long)origin);
+    }
     TOTAL("imgw_kicks_total", "counter",
           "Connections kicked by a newer login.", node->loops[i]->st.kicks);
     TOTAL("imgw_heartbeats_total", "counter", "Heartbeats answered.",

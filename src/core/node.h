@@ -41,6 +41,7 @@ typedef struct imgw_core_stats_s {
     uint64_t auth_ok;
     uint64_t auth_fail[8]; /* by imgw_jwt_result_t (negated), [7] other */
     uint64_t handshake_401;
+    uint64_t refused_origin;
     uint64_t msgs_sent;
     uint64_t msgs_pushed;  /* push frames written */
     uint64_t msgs_synced;  /* entries returned by sync */

@@ -194,10 +194,43 @@ token_from_request(const imgw_http_req_t *req, char *out, size_t outlen)
     return 0;
 }
 
+/*
+ * server.origins: when set, a browser's Origin must be one of the comma
+ * separated values (exact match); requests without Origin (non-browser
+ * clients) are not affected.
+ */
+static int
+origin_allowed(const char *list, const imgw_span_t *origin)
+{
+    if (list[0] == '\0' || origin == NULL)
+        return 1;
+    const char *p = list;
+    while (*p) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        const char *e = p;
+        while (*e && *e != ',')
+            e++;
+        const char *t = e;
+        while (t > p && t[-1] == ' ')
+            t--;
+        if ((size_t)(t - p) == origin->len &&
+            strncasecmp(p, origin->p, origin->len) == 0)
+            return 1;
+        p = e;
+    }
+    return 0;
+}
+
 static int
 on_upgrade(imgw_conn_t *c, const imgw_http_req_t *req)
 {
     imgw_core_loop_t *cl = imgw_loop_data(imgw_conn_loop(c));
+    if (!origin_allowed(cl->node->cfg->origins,
+                        imgw_http_header(req, "origin"))) {
+        cl->st.refused_origin++;
+        return 403;
+    }
     char *tok = (char *)cl->scratch; /* big enough: max_frame_bytes */
     int have = token_from_request(req, tok, IMGW_JWT_MAX_TOKEN + 1);
     imgw_jwt_claims_t claims;

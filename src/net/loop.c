@@ -73,6 +73,8 @@ slot_alloc(imgw_loop_t *l, imgw_conn_t *c)
 void
 imgw__loop_conn_removed(imgw_loop_t *l, imgw_conn_t *c)
 {
+    if (c->flags & IMGW_CF_IP_COUNTED)
+        imgw_iplimit_release(l->net->iplimit, &c->addr);
     l->slots[c->slot] = NULL;
     l->free_slots[l->n_free++] = c->slot;
     l->st.conns_open--;
@@ -122,6 +124,7 @@ static void
 read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     imgw_conn_t *c = IMGW_CONTAINER_OF(s, imgw_conn_t, tcp);
+    c->loop->now_ms = c->loop->wall_base + uv_now(&c->loop->uv);
     if (nread > 0) {
         imgw__conn_on_read(c, (const uint8_t *)buf->base, (size_t)nread);
         return;
@@ -139,20 +142,67 @@ imgw__loop_read_start(imgw_conn_t *c)
 
 /* ---- accepting --------------------------------------------------------- */
 
+/* Answers a refused connection with status and closes it. */
 static void
-refuse_full(imgw_conn_t *c)
+refuse(imgw_conn_t *c, int status)
 {
-    static const char resp[] = "HTTP/1.1 503 Service Unavailable\r\n"
+    static const char full[] = "HTTP/1.1 503 Service Unavailable\r\n"
                                "Content-Type: text/plain\r\n"
                                "Content-Length: 5\r\n"
                                "Connection: close\r\n\r\nfull\n";
-    uv_buf_t b = uv_buf_init((char *)resp, sizeof(resp) - 1);
-    c->loop->st.refused_full++;
+    static const char busy[] = "HTTP/1.1 429 Too Many Requests\r\n"
+                               "Content-Type: text/plain\r\n"
+                               "Content-Length: 5\r\n"
+                               "Retry-After: 1\r\n"
+                               "Connection: close\r\n\r\nbusy\n";
+    uv_buf_t b = status == 503 ? uv_buf_init((char *)full, sizeof(full) - 1)
+                               : uv_buf_init((char *)busy, sizeof(busy) - 1);
     if (imgw__conn_write_raw(c, &b, 1, 0) == 0) {
         c->flags |= IMGW_CF_CLOSE_AFTER;
         c->state = IMGW_CONN_CLOSING;
     } else {
         imgw__conn_close_now(c);
+    }
+}
+
+/* The loop's handshake_rate bucket (burst = one second's worth). */
+static int
+handshake_token(imgw_loop_t *l)
+{
+    int rate = l->net->opts.handshake_rate;
+    if (rate <= 0)
+        return 1;
+    if (l->hs_refill_ms == 0) {
+        l->hs_refill_ms = l->now_ms;
+        l->hs_tokens = rate;
+    }
+    if (l->now_ms > l->hs_refill_ms) {
+        l->hs_tokens += (double)(l->now_ms - l->hs_refill_ms) * rate / 1000.0;
+        if (l->hs_tokens > rate)
+            l->hs_tokens = rate;
+        l->hs_refill_ms = l->now_ms;
+    }
+    if (l->hs_tokens < 1.0)
+        return 0;
+    l->hs_tokens -= 1.0;
+    return 1;
+}
+
+static void
+peer_addr(imgw_conn_t *c, imgw_ipaddr_t *out)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    memset(out, 0, sizeof(*out));
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0)
+        return;
+    if (ss.ss_family == AF_INET) {
+        /* IPv4-mapped IPv6, so both families share one table. */
+        out->b[10] = 0xff;
+        out->b[11] = 0xff;
+        memcpy(out->b + 12, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+    } else if (ss.ss_family == AF_INET6) {
+        memcpy(out->b, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
     }
 }
 
@@ -177,6 +227,7 @@ on_connection(uv_stream_t *server, int status)
     }
     l->st.accepted++;
     l->st.conns_open++;
+    l->now_ms = l->wall_base + uv_now(&l->uv);
     long n = atomic_fetch_add(&l->net->conns, 1) + 1;
     uv_tcp_nodelay(&c->tcp, 1);
     c->last_rx_ms = l->now_ms;
@@ -187,8 +238,25 @@ on_connection(uv_stream_t *server, int status)
         return;
     }
     if (n > l->net->opts.max_connections) {
-        refuse_full(c);
+        l->st.refused_full++;
+        refuse(c, 503);
         return;
+    }
+    if (!handshake_token(l)) {
+        l->st.refused_rate++;
+        refuse(c, 429);
+        return;
+    }
+    if (l->net->opts.max_connections_per_ip > 0) {
+        peer_addr(c, &c->addr);
+        int ok = imgw_iplimit_acquire(l->net->iplimit, &c->addr,
+                                      l->net->opts.max_connections_per_ip);
+        if (ok != 1) {
+            l->st.refused_ip++;
+            refuse(c, 429);
+            return;
+        }
+        c->flags |= IMGW_CF_IP_COUNTED;
     }
     imgw__loop_read_start(c);
 }
@@ -246,6 +314,7 @@ timer_cb(uv_timer_t *t)
 {
     imgw_loop_t *l = t->data;
     l->now_ms = wall_ms();
+    l->wall_base = l->now_ms - uv_now(&l->uv);
     imgw_tw_advance(&l->tw, l->now_ms / IMGW_TICK_MS, tw_expire, NULL);
     if (l->now_ms - l->last_tick_ms >= 1000) {
         l->last_tick_ms = l->now_ms;
@@ -351,6 +420,9 @@ loop_thread(void *arg)
     imgw_log_set_thread(tag);
     int r = 0;
     l->now_ms = wall_ms();
+    /* Loop time as wall-clock ms without a syscall per read: uv_now() is
+     * cached per iteration; the offset is re-synced by the timer. */
+    l->wall_base = l->now_ms - uv_now(&l->uv);
     l->last_tick_ms = l->now_ms;
     if ((r = imgw_tw_init(&l->tw, 1024, l->now_ms / IMGW_TICK_MS)) != 0)
         goto fail;
@@ -468,7 +540,8 @@ imgw_net_new(imgw_net_t **out, const imgw_net_opts_t *opts, char *err,
     uv_mutex_init(&n->done_mu);
     uv_cond_init(&n->done_cv);
     n->loops = calloc((size_t)n->n_loops, sizeof(*n->loops));
-    if (n->loops == NULL) {
+    if (n->loops == NULL || imgw_iplimit_new(&n->iplimit) != 0) {
+        free(n->loops);
         free(n);
         return IMGW_ENOMEM;
     }
@@ -570,6 +643,7 @@ imgw_net_free(imgw_net_t *n)
         free(l);
     }
     free(n->loops);
+    imgw_iplimit_free(n->iplimit);
     uv_mutex_destroy(&n->done_mu);
     uv_cond_destroy(&n->done_cv);
     free(n);

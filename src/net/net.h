@@ -103,6 +103,9 @@ typedef struct imgw_net_opts_s {
     size_t max_queued_bytes;/* per-connection output bound */
     size_t max_body_bytes;  /* HTTP request body bound: 413 */
     int max_connections;    /* node-wide: HTTP 503 beyond */
+    int max_connections_per_ip; /* node-wide per address: 429; 0 = off */
+    int handshake_rate;     /* accepted connections/s per loop (burst =
+                               rate): 429 beyond; 0 = off */
     const imgw_net_handlers_t *handlers;
     void *data;             /* core's node pointer */
 } imgw_net_opts_t;
@@ -157,6 +160,8 @@ typedef struct imgw_loop_stats_s {
     uint64_t bytes_in, bytes_out;
     uint64_t slow_consumers;
     uint64_t refused_full;   /* max_connections */
+    uint64_t refused_ip;     /* max_connections_per_ip */
+    uint64_t refused_rate;   /* handshake_rate */
     uint64_t mailbox_drained, mailbox_wakeups, mailbox_last_batch;
     uint64_t mailbox_depth;
 } imgw_loop_stats_t;

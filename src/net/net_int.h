@@ -13,6 +13,7 @@
 
 #include "mailbox.h"
 #include "net.h"
+#include "iplimit.h"
 #include "twheel.h"
 
 #define IMGW_MAX_LISTENERS 16
@@ -50,7 +51,8 @@ enum {
     IMGW_CF_COUNTED_WS = 1 << 3,   /* counted in ws_open */
     IMGW_CF_CLOSE_SENT = 1 << 4,   /* our close frame is queued */
     IMGW_CF_DRAIN_DONE = 1 << 5,   /* drain already asked it to close */
-    IMGW_CF_RX_DEAD = 1 << 6       /* protocol failed: input ignored */
+    IMGW_CF_RX_DEAD = 1 << 6,      /* protocol failed: input ignored */
+    IMGW_CF_IP_COUNTED = 1 << 7    /* holds a per-IP count */
 };
 
 struct imgw_http_s; /* http.c */
@@ -74,6 +76,7 @@ struct imgw_conn_s {
     size_t queued;                 /* pend + inflight unwritten bytes */
     imgw_conn_t *flush_next;
     void *data;                    /* core's session */
+    imgw_ipaddr_t addr;            /* peer, for the per-IP limit */
 };
 
 typedef struct imgw_ws_feed_s {
@@ -98,6 +101,7 @@ struct imgw_loop_s {
     uv_prepare_t flush_prep;
     imgw_twheel_t tw;
     uint64_t now_ms;
+    uint64_t wall_base;     /* wall ms - uv_now() */
     uint64_t last_tick_ms;
 
     /* connection table: slot -> conn, with generations for stale refs */
@@ -125,6 +129,8 @@ struct imgw_loop_s {
     size_t drain_closed;
     int stopping;
 
+    double hs_tokens;       /* handshake_rate bucket */
+    uint64_t hs_refill_ms;
     imgw_loop_stats_t st;
     void *data; /* core's per-loop state */
     int start_err;
@@ -146,6 +152,7 @@ struct imgw_net_s {
     uv_mutex_t done_mu;
     uv_cond_t done_cv;
     const imgw_net_handlers_t *h;
+    imgw_iplimit_t *iplimit;
 };
 
 /* conn.c */

@@ -4,9 +4,16 @@ Run:  cd /work/main && /usr/bin/python3 -m pytest -q test/integration
 Binary: $IMGW_BIN or build/imgw (relative to the repository root).
 
 Fixtures
-  server        factory: server(threads=2, auth_timeout=2, env={...}, ini={...})
-                -> started ServerProc (.port .url .proc .log_text()); stopped
-                with SIGTERM at teardown (SIGKILL after 10 s), exit code checked.
+  server        factory: server(threads=2, auth_timeout=2, env={...}, ini={...},
+                secret=..., n_ports=1, ports_via_env=False, config_mode="flag")
+                -> started ServerProc (.port .ports .url .proc .log_text());
+                stopped with SIGTERM at teardown (SIGKILL after 10 s), exit
+                code 0 required unless the test stopped it itself (stopped=True).
+                Shorthand kwargs (auth_timeout, heartbeat_timeout, drain_seconds,
+                max_frame_bytes, leeway, ...) become IMGW__SECTION__KEY env vars;
+                ini={...} goes into the INI file; config_mode: "flag" (-c/-t/-l),
+                "long" (--config ...), "cwd" (conf/imgw.ini, no -c), "env" (no file).
+  gw            module-scoped default server (2 loops, HS256 secret, defaults)
   imgw_bin      path of the binary (fails clearly when missing)
   jwt_keys      RSA / EC key pairs + public PEM files (session scope)
   tmp_path      (pytest builtin) per-test temporary directory

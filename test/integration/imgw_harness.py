@@ -797,6 +797,10 @@ class Frame:
     def name(self):
         return cmd_name(self.command)
 
+    def __iter__(self):
+        # allows: command, sequence, body = await client.recv_frame()
+        return iter((self.command, self.sequence, self.body))
+
     def __repr__(self):
         b = (json_format.MessageToDict(self.body, preserving_proto_field_name=True)
              if self.body is not None else None)

@@ -12,7 +12,7 @@ own temporary directory, in its own process group, and never left behind.
     r.kill(); r.start()                  # crash + restart, same port & dir
     r.cleanup()                          # stop + remove the temp dir
 
-    mq = RabbitMQServer().start()        # ~7-10 s
+    mq = RabbitMQServer().start()        # ~3-8 s on 2 shared cores
     conn = mq.connection()               # pika.BlockingConnection
     mq.restart()                         # same ports, node name and data
     mq.cleanup()
@@ -938,7 +938,7 @@ if pytest is not None:
 
     @pytest.fixture(scope="session")
     def rabbitmq_server():
-        """One broker for the whole session (~7-10 s to start). Tests must use
+        """One broker for the whole session (~3-8 s to start). Tests must use
         unique queue/exchange names; a test that stops it must start it again."""
         s = shared_rabbitmq()
         try:

@@ -384,3 +384,30 @@ def test_authenticated_connection_outlives_auth_timeout(server):
             await c.heartbeat()
         await c.close()
     run(go())
+
+
+def test_query_token_among_other_params(gw):
+    print("check: /ws?a=1&token=<jwt>&b=2 finds the token; auth with empty token ok")
+
+    async def go():
+        user = "query-multi"
+        c = await WSClient.connect(
+            "ws://127.0.0.1:%d/ws?a=1&token=%s&b=2" % (gw.port, make_token(user)))
+        f = await c.auth(user, "")
+        print("got:", f)
+        assert f.body.error_code == OK, f
+        await c.close()
+    run(go())
+
+
+def test_bearer_scheme_case_insensitive(gw):
+    print("check: 'Authorization: bearer <jwt>' (lower-case scheme, RFC 7235) works")
+
+    async def go():
+        user = "bearer-lower"
+        c = await WSClient.connect(gw, headers={"Authorization": "bearer " + make_token(user)})
+        f = await c.auth(user, "")
+        print("got:", f)
+        assert f.body.error_code == OK, f
+        await c.close()
+    run(go())

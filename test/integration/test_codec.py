@@ -455,3 +455,20 @@ def test_unmasked_client_frame_rejected(gw):
         assert code == 1002
     finally:
         rw.close()
+
+
+@pytest.mark.parametrize("codec", ["pb", "json"])
+def test_reply_envelope_timestamp(gw, codec):
+    print("check: reply envelopes carry timestamp = unix millis (within 60s of now) (%s)"
+          % codec)
+
+    async def go():
+        c = await WSClient.connect(gw, codec=codec)
+        a = await c.auth("ts-" + codec, make_token("ts-" + codec))
+        hb = await c.heartbeat()
+        now = H.now_ms()
+        for f in (a, hb):
+            print("frame timestamp", f.timestamp, "now", now)
+            assert abs(f.timestamp - now) < 60000, f
+        await c.close()
+    run(go())

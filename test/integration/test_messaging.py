@@ -50,6 +50,14 @@ def test_send_and_push_fields(mgw, scodec, rcodec):
             assert p.json["command"] in ("CMD_PUSH_MSG", 202), p.json
             assert jb["content"] == "héllo wörld ✓ 🌍", "JSON content must be a UTF-8 string: %r" % jb
             assert jb["extra"] == {"k1": "v1", "lang": "de"}, jb
+            assert isinstance(jb["seq"], int) and isinstance(jb["server_time"], int), (
+                "64-bit integers must be JSON numbers: %r" % jb)
+            assert isinstance(jb["message_id"], str), jb
+        if scodec == "json":
+            rb = rsp.frame.json["body"]
+            print("JSON response body:", rb)
+            assert rb.get("error_code", "ERR_SUCCESS") in ("ERR_SUCCESS", 0), rb
+            assert isinstance(rb["message_id"], str) and isinstance(rb["seq"], int), rb
         await ca.expect_no_push("CMD_PUSH_MSG")
         await cb.expect_no_push("CMD_PUSH_MSG", lambda f: f.body.message_id != rsp.message_id,
                                 wait=0)
@@ -368,6 +376,9 @@ async def _expect_send_error(c, code, what, others=(), **kw):
     rsp = await c.send_msg(**kw)
     print("%s -> %s" % (what, rsp))
     assert_code(rsp, code, what)
+    if rsp.frame.codec == "json":
+        assert rsp.frame.json["body"].get("error_code") == H.err_name(code), (
+            "JSON error_code must be the enum name: %r" % rsp.frame.json)
     assert rsp.message_id == "" and rsp.seq == 0, "failed send carries an id/seq: %r" % rsp
     return rsp
 
@@ -466,8 +477,92 @@ def test_send_too_fast(mserver):
         st = await cb.sync()
         assert [m.message_id for m in st.messages] == ok_ids, st
         assert [m.seq for m in st.messages] == list(range(1, n_ok + 1)), st
+        # the bucket is per connection: the same user's other device is not throttled
+        ci = await MClient.open(s, a, platform="iOS", codec="json")
+        r = await ci.send_msg(to=b, content="other device")
+        assert_code(r, OK, "send from a second connection while the first is throttled")
         await asyncio.sleep(1.2)
         r = await ca.send_msg(to=b, content="after pause")
         assert_code(r, OK, "send after a pause")
+        await close_all([ca, cb, ci])
+    run(go())
+
+
+def test_other_commands_rate_limited(mserver):
+    s = mserver(send_rate=5, threads=2)
+    print("check: send_rate=5 -> other commands limited to 50/s (burst 100): 300 sync "
+          "requests pipelined -> some answered, the rest CMD_ERROR_RSP ERR_SEND_TOO_FAST "
+          "echoing their sequence; the connection stays up")
+
+    async def go():
+        a = uid("a")
+        ca = await MClient.open(s, a)
+        futs = []
+        for i in range(300):
+            seq, fut = await ca.send_nowait("CMD_SYNC_REQ", pb.SyncRequest(limit=1))
+            futs.append((seq, fut))
+        frames = await asyncio.wait_for(asyncio.gather(*(f for _, f in futs)), 20)
+        n_ok = n_fast = 0
+        for (seq, _), f in zip(futs, frames):
+            assert f.sequence == seq, f
+            if f.command == H.cmd_num("CMD_SYNC_RSP"):
+                n_ok += 1
+            else:
+                assert f.command == H.cmd_num("CMD_ERROR_RSP"), f
+                assert_code(f.body, TOO_FAST, "rate-limited sync")
+                n_fast += 1
+        print("answered %d, ERR_SEND_TOO_FAST %d" % (n_ok, n_fast))
+        assert n_fast > 0, "300 frames at once with a 50/s limit were all answered"
+        assert 1 <= n_ok <= 150, n_ok
+        await asyncio.sleep(1.0)
+        await ca.heartbeat()
+        await ca.close()
+    run(go())
+
+
+def test_json_numeric_strings_accepted(mgw):
+    print("check: a JSON sender may give int64 fields as numeric strings and enums/ints "
+          "as numbers (protocol.md 10); the push carries them as numbers")
+
+    async def go():
+        a, b = uid("a"), uid("b")
+        ca = await MClient.open(mgw, a, codec="json")
+        cb = await MClient.open(mgw, b, codec="json")
+        seq, fut = await ca.send_nowait("CMD_SEND_MSG_REQ", {
+            "client_msg_id": "num-1", "sender_id": a, "receiver_id": b,
+            "message_type": 2, "content": "numbers", "send_time": "1700000000999",
+            "extra": {"a": "b"}})
+        f = await asyncio.wait_for(fut, 5)
+        print("response:", f)
+        assert f.command == H.cmd_num("CMD_SEND_MSG_RSP"), f
+        assert_code(f.body, OK)
+        p = await cb.wait_push("CMD_PUSH_MSG")
+        print("push json:", p.json)
+        assert p.json["body"]["send_time"] == 1700000000999, p.json
+        assert p.json["body"]["message_type"] == 2, p.json
         await close_all([ca, cb])
+    run(go())
+
+
+def test_kick_chain_across_loops(mgw):
+    print("check: -t 4; 6 successive logins of one user on platform Web (landing on "
+          "various loops): each older one gets KICK_PUSH + 4002; only the last is left "
+          "and only it gets the next push")
+
+    async def go():
+        a, b = uid("a"), uid("b")
+        cs = []
+        for i in range(6):
+            cs.append(await MClient.open(mgw, a, codec="json" if i % 2 else "pb"))
+            if i:
+                code = await cs[i - 1].wait_closed(5)
+                assert cs[i - 1].pushes("CMD_KICK_PUSH"), cs[i - 1].frames
+                assert code == 4002, "login %d closed with %r" % (i - 1, code)
+        cb = await MClient.open(mgw, b)
+        r = await cb.send_ok(to=a)
+        p = await cs[-1].wait_push("CMD_PUSH_MSG")
+        assert p.body.message_id == r.message_id
+        for c in cs[:-1]:
+            assert c.pushes("CMD_PUSH_MSG") == [], c.frames
+        await close_all(cs + [cb])
     run(go())
