@@ -34,11 +34,11 @@ typedef struct bopts_s {
     int scenario;
     const char *host; /* must be in 127.0.0.0/8 */
     int port;
-    int conns;    /* connect, storm */
-    int pairs;    /* relay */
-    int groups;   /* group */
-    int members;  /* group */
-    int receivers; /* downlink */
+    int conns;        /* connect, storm */
+    int pairs;        /* relay */
+    int groups;       /* group */
+    int members;      /* group */
+    int receivers;    /* downlink */
     double rate;      /* conns/s (connect) or msgs/s (relay/group/downlink) */
     double conn_rate; /* setup connect rate for the other scenarios */
     double duration;  /* s of sending */
@@ -61,21 +61,21 @@ typedef struct bopts_s {
 
 /* One worker's outcome, sent raw over a pipe (same binary on both ends). */
 typedef struct bresult_s {
-    uint64_t conns;        /* connections this worker was asked to open */
-    uint64_t conns_ok;     /* authenticated in the setup phase */
+    uint64_t conns;    /* connections this worker was asked to open */
+    uint64_t conns_ok; /* authenticated in the setup phase */
     uint64_t conns_fail;
-    uint64_t http_fail;    /* upgrade refused (status != 101) */
-    uint64_t auth_fail;    /* AuthResponse != ERR_SUCCESS */
+    uint64_t http_fail; /* upgrade refused (status != 101) */
+    uint64_t auth_fail; /* AuthResponse != ERR_SUCCESS */
     uint64_t kicked;
     uint64_t closed_unexpected;
     uint64_t sent;
-    uint64_t skipped;      /* sends due while the sender was not ready */
+    uint64_t skipped; /* sends due while the sender was not ready */
     uint64_t acked_ok;
     uint64_t acked_err;
     uint64_t ack_err_code; /* first non-success error code seen */
     uint64_t unacked;
-    uint64_t expected;     /* deliveries due to receivers */
-    uint64_t received;     /* unique deliveries */
+    uint64_t expected; /* deliveries due to receivers */
+    uint64_t received; /* unique deliveries */
     uint64_t dup;
     uint64_t lost;
     uint64_t seq_gaps;     /* PushMessage.seq not previous + 1 */
@@ -83,19 +83,21 @@ typedef struct bresult_s {
     uint64_t error_rsp;    /* CMD_ERROR_RSP frames */
     uint64_t reconnect_ok; /* storm */
     uint64_t reconnect_fail;
-    uint64_t publish_fail; /* downlink */
-    uint64_t cpu_setup_us; /* worker user+sys CPU, setup phase */
-    uint64_t cpu_phase_us; /* worker user+sys CPU, measured phase */
+    uint64_t publish_fail;     /* downlink */
+    uint64_t cpu_setup_us;     /* worker user+sys CPU, setup phase */
+    uint64_t cpu_phase_us;     /* worker user+sys CPU, measured phase */
     uint64_t cpu_phase_sys_us; /* of which system (kernel) time */
     uint64_t cpu_setup_sys_us;
-    uint64_t setup_ns;     /* wall time of the setup phase */
-    uint64_t phase_ns;     /* wall time of the sending phase */
-    char err[160];         /* first error worth showing */
-    bhist_t h_conn;        /* connect+upgrade+auth latency, ns */
-    bhist_t h_lat;         /* delivery latency from intended send time, ns */
-    bhist_t h_ack;         /* SendMessageResponse latency, ns */
-    bhist_t h_storm;       /* storm: re-auth completion since the drop, ns */
-    bhist_t h_lat_actual;  /* delivery latency from the actual send, ns */
+    uint64_t setup_ns;    /* wall time of the setup phase */
+    uint64_t phase_ns;    /* wall time of the sending phase */
+    char err[160];        /* first error worth showing */
+    bhist_t h_conn;       /* connect+upgrade+auth latency, ns */
+    bhist_t h_lat;        /* delivery latency from intended send time, ns */
+    bhist_t h_ack;        /* SendMessageResponse latency, ns */
+    bhist_t h_storm;      /* storm: re-auth completion since the drop, ns */
+    bhist_t h_lat_actual; /* delivery latency from the actual send, ns */
+    bhist_t h_up;         /* actual send -> PushMessage.server_time (ms
+                             resolution: wall clock mapped to monotonic) */
 } bresult_t;
 
 typedef struct bworker_s bworker_t;
@@ -118,28 +120,28 @@ typedef struct bconn_s {
     uv_tcp_t tcp; /* data = this */
     uv_connect_t creq;
     bworker_t *w;
-    uint32_t idx;    /* index in the worker */
-    uint32_t gidx;   /* global index: picks the source address */
+    uint32_t idx;  /* index in the worker */
+    uint32_t gidx; /* global index: picks the source address */
     uint8_t state;
     uint8_t role;
-    uint8_t counted; /* setup outcome already counted */
+    uint8_t counted;   /* setup outcome already counted */
     uint8_t was_ready; /* READY when the measured phase started */
-    int32_t stream;  /* local stream this conn sends to / receives from */
+    int32_t stream;    /* local stream this conn sends to / receives from */
     char user[40];
     char peer[40];   /* sender: receiver user id or group id */
     uint64_t t_conn; /* connect start, ns */
     uint8_t *rb;     /* partial input, only while a frame is incomplete */
     uint32_t rlen, rcap;
-    uint8_t *frag;   /* fragmented message being reassembled (rare) */
+    uint8_t *frag; /* fragmented message being reassembled (rare) */
     uint32_t fraglen;
     uint8_t fragop;
     /* sender */
-    uint32_t next_n;     /* last message number issued */
+    uint32_t next_n; /* last message number issued */
     uint32_t outstanding;
-    uint64_t *ring;      /* intended time by n % BC_RING */
+    uint64_t *ring; /* intended time by n % BC_RING */
     /* receiver */
-    uint8_t *bits;       /* bit n set = message n seen */
-    uint32_t bitcap;     /* bytes */
+    uint8_t *bits;   /* bit n set = message n seen */
+    uint32_t bitcap; /* bytes */
     uint64_t uniq;
     int64_t last_seq;
 } bconn_t;
@@ -155,11 +157,10 @@ size_t bconn_worker_buf(void); /* bytes of write scratch a worker needs */
 
 /* Callbacks from conn.c into the scenario code (main.c). */
 void bench_on_ready(bconn_t *c, uint64_t now);
-void bench_on_fail(bconn_t *c, int http_status, int auth_code,
-                   const char *why);
+void bench_on_fail(bconn_t *c, int http_status, int auth_code, const char *why);
 void bench_on_ack(bconn_t *c, uint32_t seq, int err, uint64_t now);
-void bench_on_push(bconn_t *c, const uint8_t *content, size_t clen,
-                   int64_t seq, uint64_t now);
+void bench_on_push(bconn_t *c, const uint8_t *content, size_t clen, int64_t seq,
+                   int64_t server_ms, uint64_t now);
 void bench_on_closed(bconn_t *c, const char *why);
 void bench_on_kick(bconn_t *c);
 void bench_on_error_rsp(bconn_t *c, int code);

@@ -33,7 +33,7 @@
 #define IP_BIND_ADDRESS_NO_PORT 24
 #endif
 
-#define HDR_ROOM 14            /* 2 + 8 (length) + 4 (mask) */
+#define HDR_ROOM 14 /* 2 + 8 (length) + 4 (mask) */
 #define MAX_IN_FRAME (16u << 20)
 #define MAX_HTTP_HEAD 8192
 
@@ -193,15 +193,117 @@ enc_envelope(uint8_t *out, size_t cap, int cmd, uint32_t seq,
     return os.bytes_written;
 }
 
+/*
+ * Hot path without nanopb. The three messages that go by per relayed message
+ * (SendMessageRequest out; the envelope, PushMessage and SendMessageResponse
+ * in) are written and scanned by hand: nanopb's descriptor walk and its
+ * ~10 KB fixed-size structs cost more than everything else the bench does
+ * per message. Field numbers are the contract in proto/imgw.proto; the
+ * nanopb path (auth, heartbeat, errors) stays as the reference.
+ */
+static inline uint8_t *
+put_varint(uint8_t *p, uint64_t v)
+{
+    while (v >= 0x80) {
+        *p++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+static inline size_t
+varint_len(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+/* Length-delimited field: tag (field << 3 | 2), length, bytes. */
+static inline uint8_t *
+put_bytes(uint8_t *p, unsigned field, const void *b, size_t n)
+{
+    *p++ = (uint8_t)(field << 3 | 2);
+    p = put_varint(p, n);
+    memcpy(p, b, n);
+    return p + n;
+}
+
+static inline int
+get_varint(const uint8_t **pp, const uint8_t *end, uint64_t *v)
+{
+    const uint8_t *p = *pp;
+    uint64_t x = 0;
+    for (int shift = 0; shift < 64 && p < end; shift += 7) {
+        uint8_t b = *p++;
+        x |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *v = x;
+            *pp = p;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+typedef struct pbfield_s {
+    unsigned num;
+    unsigned wire;
+    uint64_t v;       /* varint value */
+    const uint8_t *b; /* length-delimited payload */
+    size_t n;
+} pbfield_t;
+
+/* Reads the next field at *pp; returns 1, 0 at the end, -1 if malformed. */
+static int
+next_field(const uint8_t **pp, const uint8_t *end, pbfield_t *f)
+{
+    uint64_t tag;
+    if (*pp >= end)
+        return 0;
+    if (get_varint(pp, end, &tag) < 0)
+        return -1;
+    f->num = (unsigned)(tag >> 3);
+    f->wire = (unsigned)(tag & 7);
+    switch (f->wire) {
+    case 0:
+        return get_varint(pp, end, &f->v) < 0 ? -1 : 1;
+    case 1:
+        if (end - *pp < 8)
+            return -1;
+        *pp += 8;
+        return 1;
+    case 5:
+        if (end - *pp < 4)
+            return -1;
+        *pp += 4;
+        return 1;
+    case 2: {
+        uint64_t n;
+        if (get_varint(pp, end, &n) < 0 || n > (uint64_t)(end - *pp))
+            return -1;
+        f->b = *pp;
+        f->n = (size_t)n;
+        *pp += n;
+        return 1;
+    }
+    default:
+        return -1;
+    }
+}
+
 /* ---- JSON helpers ----------------------------------------------------- */
 
 static const struct {
     const char *name;
     int num;
 } k_cmds[] = {
-    {"CMD_ERROR_RSP", 1},      {"CMD_HEARTBEAT_RSP", 6},
-    {"CMD_AUTH_RSP", 101},     {"CMD_KICK_PUSH", 102},
-    {"CMD_SEND_MSG_RSP", 201}, {"CMD_PUSH_MSG", 202},
+    {"CMD_ERROR_RSP", 1},   {"CMD_HEARTBEAT_RSP", 6},  {"CMD_AUTH_RSP", 101},
+    {"CMD_KICK_PUSH", 102}, {"CMD_SEND_MSG_RSP", 201}, {"CMD_PUSH_MSG", 202},
 };
 
 static int
@@ -271,8 +373,8 @@ send_auth(bconn_t *c)
     pb_ostream_t os = pb_ostream_from_buffer(body, sizeof(body));
     if (!pb_encode(&os, im_AuthRequest_fields, &a))
         return UV_EINVAL;
-    n = enc_envelope(out, cap - HDR_ROOM, im_CommandType_CMD_AUTH_REQ, 1,
-                     body, os.bytes_written);
+    n = enc_envelope(out, cap - HDR_ROOM, im_CommandType_CMD_AUTH_REQ, 1, body,
+                     os.bytes_written);
     if (n == 0)
         return UV_EINVAL;
     return conn_send_frame(c, 2, out, n);
@@ -299,9 +401,9 @@ bconn_send_heartbeat(bconn_t *c)
     pb_ostream_t os = pb_ostream_from_buffer(body, sizeof(body));
     if (!pb_encode(&os, im_HeartbeatRequest_fields, &h))
         return UV_EINVAL;
-    size_t n = enc_envelope(out, cap - HDR_ROOM,
-                            im_CommandType_CMD_HEARTBEAT_REQ, 0, body,
-                            os.bytes_written);
+    size_t n =
+        enc_envelope(out, cap - HDR_ROOM, im_CommandType_CMD_HEARTBEAT_REQ, 0,
+                     body, os.bytes_written);
     return n ? conn_send_frame(c, 2, out, n) : UV_EINVAL;
 }
 
@@ -317,7 +419,6 @@ bconn_send_msg(bconn_t *c, uint32_t n, const char *cmid, size_t cmidlen,
     size_t cap;
     uint8_t *wb = bench_wbuf(c->w, &cap);
     uint8_t *out = wb + HDR_ROOM;
-    size_t half = cap / 2;
     if (g_o->json) {
         int k = snprintf((char *)out, cap - HDR_ROOM,
                          "{\"command\":\"CMD_SEND_MSG_REQ\",\"sequence\":%u,"
@@ -325,43 +426,42 @@ bconn_send_msg(bconn_t *c, uint32_t n, const char *cmid, size_t cmidlen,
                          "\"sender_id\":\"%s\",\"%s\":\"%s\","
                          "\"message_type\":1,\"content\":\"%.*s\"}}",
                          n, (int)cmidlen, cmid, c->user,
-                         group ? "group_id" : "receiver_id", c->peer,
-                         (int)clen, (const char *)content);
+                         group ? "group_id" : "receiver_id", c->peer, (int)clen,
+                         (const char *)content);
         if (k <= 0 || (size_t)k >= cap - HDR_ROOM)
             return UV_EINVAL;
         return conn_send_frame(c, 1, out, (size_t)k);
     }
-    /* A static template: nanopb encodes only extra[0..extra_count). */
-    static im_SendMessageRequest req;
-    slice_t sl = {content, clen};
-    memcpy(req.client_msg_id, cmid, cmidlen);
-    req.client_msg_id[cmidlen] = 0;
-    strcpy(req.sender_id, c->user);
-    if (group) {
-        strcpy(req.group_id, c->peer);
-        req.receiver_id[0] = 0;
-    } else {
-        strcpy(req.receiver_id, c->peer);
-        req.group_id[0] = 0;
-    }
-    req.message_type = 1;
-    req.content.funcs.encode = enc_slice_cb;
-    req.content.arg = &sl;
-    uint8_t *body = wb + half;
-    pb_ostream_t os = pb_ostream_from_buffer(body, cap - half);
-    if (!pb_encode(&os, im_SendMessageRequest_fields, &req))
+    /* body = SendMessageRequest{1 client_msg_id, 3 sender_id,
+     * 4 receiver_id | 5 group_id, 6 message_type = 1, 7 content} */
+    size_t ul = strlen(c->user), pl = strlen(c->peer);
+    size_t blen = 1 + varint_len(cmidlen) + cmidlen + 1 + varint_len(ul) + ul +
+                  1 + varint_len(pl) + pl + 2 + 1 + varint_len(clen) + clen;
+    size_t need = 1 + varint_len(im_CommandType_CMD_SEND_MSG_REQ) + 1 +
+                  varint_len(n) + 1 + varint_len(blen) + blen;
+    if (need + HDR_ROOM > cap)
         return UV_EINVAL;
-    size_t len = enc_envelope(out, half - HDR_ROOM,
-                              im_CommandType_CMD_SEND_MSG_REQ, n, body,
-                              os.bytes_written);
-    return len ? conn_send_frame(c, 2, out, len) : UV_EINVAL;
+    uint8_t *q = out;
+    *q++ = 1 << 3; /* envelope.command */
+    q = put_varint(q, im_CommandType_CMD_SEND_MSG_REQ);
+    *q++ = 2 << 3; /* envelope.sequence */
+    q = put_varint(q, n);
+    *q++ = 3 << 3 | 2; /* envelope.body */
+    q = put_varint(q, blen);
+    q = put_bytes(q, 1, cmid, cmidlen);
+    q = put_bytes(q, 3, c->user, ul);
+    q = put_bytes(q, group ? 5 : 4, c->peer, pl);
+    *q++ = 6 << 3;
+    *q++ = 1;
+    q = put_bytes(q, 7, content, clen);
+    return conn_send_frame(c, 2, out, (size_t)(q - out));
 }
 
 /* ---- receiving -------------------------------------------------------- */
 
 static void
 handle_cmd(bconn_t *c, int cmd, uint32_t seq, int err, const uint8_t *content,
-           size_t clen, int64_t tseq, uint64_t now)
+           size_t clen, int64_t tseq, int64_t server_ms, uint64_t now)
 {
     switch (cmd) {
     case im_CommandType_CMD_AUTH_RSP:
@@ -378,7 +478,7 @@ handle_cmd(bconn_t *c, int cmd, uint32_t seq, int err, const uint8_t *content,
         bench_on_ack(c, seq, err, now);
         return;
     case im_CommandType_CMD_PUSH_MSG:
-        bench_on_push(c, content, clen, tseq, now);
+        bench_on_push(c, content, clen, tseq, server_ms, now);
         return;
     case im_CommandType_CMD_KICK_PUSH:
         bench_on_kick(c);
@@ -393,8 +493,76 @@ handle_cmd(bconn_t *c, int cmd, uint32_t seq, int err, const uint8_t *content,
     }
 }
 
+static void on_binary_pb(bconn_t *c, const uint8_t *p, size_t len,
+                         uint64_t now);
+
+/*
+ * Scans the envelope by hand; CMD_PUSH_MSG and CMD_SEND_MSG_RSP are decoded
+ * here, anything else goes to the nanopb path.
+ */
 static void
 on_binary(bconn_t *c, const uint8_t *p, size_t len, uint64_t now)
+{
+    const uint8_t *q = p, *end = p + len, *body = NULL;
+    size_t blen = 0;
+    uint64_t cmd = 0, seq = 0;
+    pbfield_t f;
+    int r;
+    while ((r = next_field(&q, end, &f)) > 0) {
+        if (f.num == 1 && f.wire == 0)
+            cmd = f.v;
+        else if (f.num == 2 && f.wire == 0)
+            seq = f.v;
+        else if (f.num == 3 && f.wire == 2) {
+            body = f.b;
+            blen = f.n;
+        }
+    }
+    if (r < 0) {
+        bench_on_error_rsp(c, -1);
+        return;
+    }
+    if (cmd == im_CommandType_CMD_PUSH_MSG) {
+        const uint8_t *content = NULL;
+        size_t clen = 0;
+        int64_t tseq = 0, sms = 0;
+        q = body;
+        end = body + blen;
+        while (body && (r = next_field(&q, end, &f)) > 0) {
+            if (f.num == 8 && f.wire == 2) {
+                content = f.b;
+                clen = f.n;
+            } else if (f.num == 10 && f.wire == 0)
+                sms = (int64_t)f.v;
+            else if (f.num == 11 && f.wire == 0)
+                tseq = (int64_t)f.v;
+        }
+        if (r < 0) {
+            bench_on_error_rsp(c, -1);
+            return;
+        }
+        handle_cmd(c, (int)cmd, (uint32_t)seq, 0, content, clen, tseq, sms,
+                   now);
+        return;
+    }
+    if (cmd == im_CommandType_CMD_SEND_MSG_RSP) {
+        int err = 0;
+        q = body;
+        end = body + blen;
+        while (body && (r = next_field(&q, end, &f)) > 0)
+            if (f.num == 1 && f.wire == 0)
+                err = (int)f.v;
+        if (r < 0)
+            err = -1;
+        handle_cmd(c, (int)cmd, (uint32_t)seq, err, NULL, 0, 0, 0, now);
+        return;
+    }
+    on_binary_pb(c, p, len, now);
+}
+
+/* The reference path: nanopb for every other command. */
+static void
+on_binary_pb(bconn_t *c, const uint8_t *p, size_t len, uint64_t now)
 {
     im_WebSocketMessage env = im_WebSocketMessage_init_zero;
     slice_t body = {NULL, 0};
@@ -407,9 +575,8 @@ on_binary(bconn_t *c, const uint8_t *p, size_t len, uint64_t now)
     }
     int cmd = env.command, err = 0;
     slice_t content = {NULL, 0};
-    int64_t tseq = 0;
-    is = pb_istream_from_buffer(body.p ? body.p : (const uint8_t *)"",
-                                body.n);
+    int64_t tseq = 0, server_ms = 0;
+    is = pb_istream_from_buffer(body.p ? body.p : (const uint8_t *)"", body.n);
     switch (cmd) {
     case im_CommandType_CMD_AUTH_RSP: {
         im_AuthResponse r = im_AuthResponse_init_zero;
@@ -449,12 +616,14 @@ on_binary(bconn_t *c, const uint8_t *p, size_t len, uint64_t now)
             return;
         }
         tseq = pm.seq;
+        server_ms = pm.server_time;
         break;
     }
     default:
         break;
     }
-    handle_cmd(c, cmd, env.sequence, err, content.p, content.n, tseq, now);
+    handle_cmd(c, cmd, env.sequence, err, content.p, content.n, tseq, server_ms,
+               now);
 }
 
 static void
@@ -469,13 +638,15 @@ on_text(bconn_t *c, const uint8_t *p, size_t len, uint64_t now)
     uint32_t seq =
         (uint32_t)json_i64(cJSON_GetObjectItemCaseSensitive(j, "sequence"));
     const cJSON *body = cJSON_GetObjectItemCaseSensitive(j, "body");
-    int err = json_enum(cJSON_GetObjectItemCaseSensitive(body, "error_code"),
-                        0);
+    int err =
+        json_enum(cJSON_GetObjectItemCaseSensitive(body, "error_code"), 0);
     const cJSON *ct = cJSON_GetObjectItemCaseSensitive(body, "content");
     const char *content = cJSON_IsString(ct) ? ct->valuestring : NULL;
     int64_t tseq = json_i64(cJSON_GetObjectItemCaseSensitive(body, "seq"));
+    int64_t sms =
+        json_i64(cJSON_GetObjectItemCaseSensitive(body, "server_time"));
     handle_cmd(c, cmd, seq, err, (const uint8_t *)content,
-               content ? strlen(content) : 0, tseq, now);
+               content ? strlen(content) : 0, tseq, sms, now);
     cJSON_Delete(j);
 }
 
@@ -815,10 +986,12 @@ bconn_start(bconn_t *c)
     c->creq.data = c;
     c->state = BC_CONNECTING;
     int rc = uv_tcp_open(&c->tcp, fd);
+    if (rc < 0)
+        close(fd); /* not adopted by the handle */
     if (rc == 0) {
         uv_tcp_nodelay(&c->tcp, 1);
-        rc = uv_tcp_connect(&c->creq, &c->tcp,
-                            (const struct sockaddr *)&g_dst, on_connect);
+        rc = uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)&g_dst,
+                            on_connect);
     }
     if (rc < 0) {
         char why[64];

@@ -14,8 +14,8 @@
 #include <stdint.h>
 
 #define BHIST_SUB_BITS 6 /* 64 sub-buckets per power of two */
-#define BHIST_BUCKETS ((64 - BHIST_SUB_BITS) * (1 << BHIST_SUB_BITS) + \
-                       (1 << BHIST_SUB_BITS))
+#define BHIST_BUCKETS                                                          \
+    ((64 - BHIST_SUB_BITS) * (1 << BHIST_SUB_BITS) + (1 << BHIST_SUB_BITS))
 
 typedef struct bhist_s {
     uint64_t count;

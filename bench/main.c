@@ -59,9 +59,8 @@ srv_sample(int pid)
         return s;
     unsigned long long ut = 0, st = 0;
     /* after ')': state(3) ... utime is field 14, stime 15 */
-    if (sscanf(p + 2,
-               "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut,
-               &st) != 2)
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+               &ut, &st) != 2)
         return s;
     long hz = sysconf(_SC_CLK_TCK);
     s.cpu_us = (ut + st) * 1000000ull / (unsigned long long)hz;
@@ -100,14 +99,14 @@ http_request(const bopts_t *o, const char *method, const char *path,
     }
     size_t blen = body ? strlen(body) : 0;
     char *req = malloc(blen + 512);
-    int n = snprintf(req, blen + 512,
-                     "%s %s HTTP/1.1\r\nHost: %s:%d\r\n"
-                     "Authorization: Bearer %s\r\n"
-                     "Content-Type: application/json\r\n"
-                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
-                     method, path, o->host, o->port,
-                     o->admin_token ? o->admin_token : "", blen,
-                     body ? body : "");
+    int n =
+        snprintf(req, blen + 512,
+                 "%s %s HTTP/1.1\r\nHost: %s:%d\r\n"
+                 "Authorization: Bearer %s\r\n"
+                 "Content-Type: application/json\r\n"
+                 "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                 method, path, o->host, o->port,
+                 o->admin_token ? o->admin_token : "", blen, body ? body : "");
     ssize_t off = 0;
     while (off < n) {
         ssize_t k = write(fd, req + off, (size_t)(n - off));
@@ -238,6 +237,7 @@ run_bench(bopts_t *o, run_out_t *out)
     bhist_init(&out->total.h_ack);
     bhist_init(&out->total.h_storm);
     bhist_init(&out->total.h_lat_actual);
+    bhist_init(&out->total.h_up);
     int conns = conns_of(o);
     int procs = o->procs;
     if (procs <= 0)
@@ -345,6 +345,7 @@ run_bench(bopts_t *o, run_out_t *out)
         bhist_merge(&t->h_ack, &r->h_ack);
         bhist_merge(&t->h_storm, &r->h_storm);
         bhist_merge(&t->h_lat_actual, &r->h_lat_actual);
+        bhist_merge(&t->h_up, &r->h_up);
     }
     free(r);
     out->s2 = srv_sample(o->server_pid);
@@ -389,8 +390,8 @@ print_hist(const char *what, const bhist_t *h)
     printf("  %-22s p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  max %.1f us"
            "  (n=%llu)\n",
            what, us(bhist_quantile(h, .5)), us(bhist_quantile(h, .9)),
-           us(bhist_quantile(h, .99)), us(bhist_quantile(h, .999)),
-           us(h->max), (unsigned long long)h->count);
+           us(bhist_quantile(h, .99)), us(bhist_quantile(h, .999)), us(h->max),
+           (unsigned long long)h->count);
 }
 
 static void
@@ -443,10 +444,9 @@ report(const bopts_t *o, const run_out_t *ro)
     double srv_per = units ? server_cpu_us / (double)units : 0;
     double srv_per_deliv =
         t->received ? server_cpu_us / (double)t->received : 0;
-    double srv_pct =
-        o->scenario == SC_CONNECT
-            ? (setup_s > 0 ? server_cpu_us / 1e4 / setup_s : 0)
-            : (phase_s > 0 ? server_cpu_us / 1e4 / phase_s : 0);
+    double srv_pct = o->scenario == SC_CONNECT
+                         ? (setup_s > 0 ? server_cpu_us / 1e4 / setup_s : 0)
+                         : (phase_s > 0 ? server_cpu_us / 1e4 / phase_s : 0);
     double rss_per_conn =
         (have_srv && t->conns_ok)
             ? ((double)ro->s1.rss_kb - (double)ro->s0.rss_kb) * 1024.0 /
@@ -488,16 +488,18 @@ report(const bopts_t *o, const run_out_t *ro)
                (unsigned long long)t->sent, (unsigned long long)t->acked_ok,
                (unsigned long long)t->acked_err,
                (unsigned long long)t->ack_err_code,
-               (unsigned long long)t->skipped,
-               (unsigned long long)t->unacked);
+               (unsigned long long)t->skipped, (unsigned long long)t->unacked);
+        printf("  deliveries/s           %.0f\n",
+               phase_s > 0 ? (double)t->received / phase_s : 0);
         printf("  deliveries expected %llu  received %llu  lost %llu  "
                "duplicated %llu  seq gaps %llu  misrouted %llu\n",
-               (unsigned long long)t->expected,
-               (unsigned long long)t->received, (unsigned long long)t->lost,
-               (unsigned long long)t->dup, (unsigned long long)t->seq_gaps,
+               (unsigned long long)t->expected, (unsigned long long)t->received,
+               (unsigned long long)t->lost, (unsigned long long)t->dup,
+               (unsigned long long)t->seq_gaps,
                (unsigned long long)t->misrouted);
         print_hist("delivery latency", &t->h_lat);
         print_hist("  from actual send", &t->h_lat_actual);
+        print_hist("  send->server_time", &t->h_up);
         print_hist("ack latency", &t->h_ack);
         break;
     }
@@ -505,11 +507,11 @@ report(const bopts_t *o, const run_out_t *ro)
         printf("  problems               closed %llu, kicked %llu, error "
                "responses %llu; first: %s\n",
                (unsigned long long)t->closed_unexpected,
-               (unsigned long long)t->kicked,
-               (unsigned long long)t->error_rsp, t->err[0] ? t->err : "-");
-    printf("  client CPU             %.2f us/%s (user %.2f, sys %.2f; %.2f s)\n",
-           cli_per, unit, cli_per - cli_sys_per, cli_sys_per,
-           client_cpu_us / 1e6);
+               (unsigned long long)t->kicked, (unsigned long long)t->error_rsp,
+               t->err[0] ? t->err : "-");
+    printf(
+        "  client CPU             %.2f us/%s (user %.2f, sys %.2f; %.2f s)\n",
+        cli_per, unit, cli_per - cli_sys_per, cli_sys_per, client_cpu_us / 1e6);
     if (have_srv) {
         printf("  server CPU             %.2f us/%s (user %.2f, sys %.2f)",
                srv_per, unit, srv_per - srv_sys_per, srv_sys_per);
@@ -539,12 +541,12 @@ report(const bopts_t *o, const run_out_t *ro)
       "\"procs\":%d,\"conns\":%d,\"pairs\":%d,\"groups\":%d,\"members\":%d,"
       "\"receivers\":%d,\"rate\":%.1f,\"conn_rate\":%.1f,\"duration\":%.1f,"
       "\"hold\":%.1f,\"jitter\":%.2f,\"size\":%d}",
-      o->host, o->port, o->json ? "json" : "protobuf", ro->procs,
-      conns_of(o), o->pairs, o->groups, o->members, o->receivers, o->rate,
-      o->conn_rate, o->duration, o->hold, o->jitter, o->size);
-    J(",\"rate\":%.1f,\"achieved_rate\":%.1f,\"phase_s\":%.3f,"
-      "\"setup_s\":%.3f",
-      o->rate,
+      o->host, o->port, o->json ? "json" : "protobuf", ro->procs, conns_of(o),
+      o->pairs, o->groups, o->members, o->receivers, o->rate, o->conn_rate,
+      o->duration, o->hold, o->jitter, o->size);
+    J(",\"rate\":%.1f,\"deliveries_per_s\":%.1f,\"achieved_rate\":%.1f,"
+      "\"phase_s\":%.3f,\"setup_s\":%.3f",
+      o->rate, phase_s > 0 ? (double)t->received / phase_s : 0,
       o->scenario == SC_CONNECT
           ? (setup_s > 0 ? (double)t->conns_ok / setup_s : 0)
           : achieved,
@@ -561,13 +563,15 @@ report(const bopts_t *o, const run_out_t *ro)
       (unsigned long long)t->received, (unsigned long long)t->lost,
       (unsigned long long)t->dup, (unsigned long long)t->seq_gaps,
       (unsigned long long)t->misrouted,
-      (unsigned long long)t->closed_unexpected,
-      (unsigned long long)t->kicked, (unsigned long long)t->error_rsp);
+      (unsigned long long)t->closed_unexpected, (unsigned long long)t->kicked,
+      (unsigned long long)t->error_rsp);
     J(",\"latency_us\":");
     n += (size_t)fmt_hist(j + n, sizeof(j) - n,
                           o->scenario == SC_CONNECT ? &t->h_conn : &t->h_lat);
     J(",\"latency_from_actual_send_us\":");
     n += (size_t)fmt_hist(j + n, sizeof(j) - n, &t->h_lat_actual);
+    J(",\"to_server_time_us\":");
+    n += (size_t)fmt_hist(j + n, sizeof(j) - n, &t->h_up);
     J(",\"ack_latency_us\":");
     n += (size_t)fmt_hist(j + n, sizeof(j) - n, &t->h_ack);
     J(",\"connect_latency_us\":");
@@ -648,11 +652,12 @@ static int
 smoke_check(const char *what, const run_out_t *ro, int want_conns)
 {
     const bresult_t *t = &ro->total;
-    int bad = t->conns_ok != (uint64_t)want_conns || t->sent == 0 ||
-              t->lost || t->dup || t->acked_err || t->misrouted ||
-              t->unacked || t->closed_unexpected || ro->workers_failed ||
+    int bad = t->conns_ok != (uint64_t)want_conns || t->sent == 0 || t->lost ||
+              t->dup || t->acked_err || t->misrouted || t->unacked ||
+              t->closed_unexpected || ro->workers_failed ||
               t->received != t->expected;
-    fprintf(stderr, "imgw-bench smoke %s: %s (conns %llu/%d, sent %llu, "
+    fprintf(stderr,
+            "imgw-bench smoke %s: %s (conns %llu/%d, sent %llu, "
             "received %llu/%llu, lost %llu, dup %llu, ack errors %llu)\n",
             what, bad ? "FAIL" : "ok", (unsigned long long)t->conns_ok,
             want_conns, (unsigned long long)t->sent,
@@ -748,34 +753,38 @@ reaped:
 static void
 usage(FILE *f)
 {
-    fprintf(f,
-"usage: imgw-bench SCENARIO [options]     (or --scenario SCENARIO)\n"
-"       imgw-bench --smoke PATH/TO/imgw   (starts its own server)\n"
-"scenarios: connect relay group downlink storm\n"
-"  --host H          server address in 127.0.0.0/8 (127.0.0.1)\n"
-"  --port P          server port (8080)\n"
-"  -n, --conns N     connect/storm: connections (1000)\n"
-"  --pairs N         relay: sender/receiver pairs bu<i> -> bv<i> (100)\n"
-"  --groups G        group: groups bgrp<g> (1)\n"
-"  --members M       group: members per group, member 0 sends (100)\n"
-"  --receivers N     downlink: receivers bd<i> (100)\n"
-"  --rate R          conns/s (connect, storm) or msgs/s aggregate (1000)\n"
-"  --conn-rate R     setup connect rate for relay/group/downlink (2000)\n"
-"  --duration S      seconds of sending (10)\n"
-"  --hold S          connect: seconds to hold the connections (5)\n"
-"  --jitter S        storm: reconnect spread (1)\n"
-"  --drain S         wait for late deliveries after sending (5)\n"
-"  --timeout S       connect+upgrade+auth timeout (30)\n"
-"  --size B          content bytes (64)\n"
-"  --json            text frames (JSON codec) instead of protobuf\n"
-"  --secret S        HS256 secret (bench-secret)\n"
-"  --admin-token T   group: admin API token (adm)\n"
-"  --amqp URL        downlink: amqp://guest:guest@127.0.0.1:5672/\n"
-"  --broker-id ID    downlink: routing key of the server's queue\n"
-"  --server-pid PID  measure server CPU and RSS from /proc\n"
-"  --procs K         worker processes (default: one per %d conns)\n"
-"  --label TEXT      copied into the JSON line\n",
-            CONNS_PER_PROC);
+    fprintf(
+        f,
+        "usage: imgw-bench SCENARIO [options]     (or --scenario SCENARIO)\n"
+        "       imgw-bench --smoke PATH/TO/imgw   (starts its own server)\n"
+        "scenarios: connect relay group downlink storm\n"
+        "  --host H          server address in 127.0.0.0/8 (127.0.0.1)\n"
+        "  --port P          server port (8080)\n"
+        "  -n, --conns N     connect/storm: connections (1000)\n"
+        "  --pairs N         relay: sender/receiver pairs bu<i> -> bv<i> "
+        "(100)\n"
+        "  --groups G        group: groups bgrp<g> (1)\n"
+        "  --members M       group: members per group, member 0 sends (100)\n"
+        "  --receivers N     downlink: receivers bd<i> (100)\n"
+        "  --rate R          conns/s (connect, storm) or msgs/s aggregate "
+        "(1000)\n"
+        "  --conn-rate R     setup connect rate for relay/group/downlink "
+        "(2000)\n"
+        "  --duration S      seconds of sending (10)\n"
+        "  --hold S          connect: seconds to hold the connections (5)\n"
+        "  --jitter S        storm: reconnect spread (1)\n"
+        "  --drain S         wait for late deliveries after sending (5)\n"
+        "  --timeout S       connect+upgrade+auth timeout (30)\n"
+        "  --size B          content bytes (64)\n"
+        "  --json            text frames (JSON codec) instead of protobuf\n"
+        "  --secret S        HS256 secret (bench-secret)\n"
+        "  --admin-token T   group: admin API token (adm)\n"
+        "  --amqp URL        downlink: amqp://guest:guest@127.0.0.1:5672/%%2f\n"
+        "  --broker-id ID    downlink: routing key of the server's queue\n"
+        "  --server-pid PID  measure server CPU and RSS from /proc\n"
+        "  --procs K         worker processes (default: one per %d conns)\n"
+        "  --label TEXT      copied into the JSON line\n",
+        CONNS_PER_PROC);
 }
 
 static int
@@ -819,61 +828,148 @@ main(int argc, char **argv)
     o.size = 64;
     o.secret = "bench-secret";
     o.admin_token = "adm";
-    o.amqp_url = "amqp://guest:guest@127.0.0.1:5672/";
+    o.amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2f";
     o.broker_id = NULL;
     const char *smoke = NULL;
     enum {
-        O_HOST = 256, O_PORT, O_PAIRS, O_GROUPS, O_MEMBERS, O_RECV, O_RATE,
-        O_CRATE, O_DUR, O_HOLD, O_JIT, O_DRAIN, O_TMO, O_SIZE, O_JSON,
-        O_SECRET, O_ADMIN, O_AMQP, O_BROKER, O_PID, O_PROCS, O_LABEL,
-        O_SCEN, O_SMOKE, O_HELP
+        O_HOST = 256,
+        O_PORT,
+        O_PAIRS,
+        O_GROUPS,
+        O_MEMBERS,
+        O_RECV,
+        O_RATE,
+        O_CRATE,
+        O_DUR,
+        O_HOLD,
+        O_JIT,
+        O_DRAIN,
+        O_TMO,
+        O_SIZE,
+        O_JSON,
+        O_SECRET,
+        O_ADMIN,
+        O_AMQP,
+        O_BROKER,
+        O_PID,
+        O_PROCS,
+        O_LABEL,
+        O_SCEN,
+        O_SMOKE,
+        O_HELP
     };
-    static const struct option lo[] = {
-        {"host", 1, 0, O_HOST},         {"port", 1, 0, O_PORT},
-        {"conns", 1, 0, 'n'},           {"pairs", 1, 0, O_PAIRS},
-        {"groups", 1, 0, O_GROUPS},     {"members", 1, 0, O_MEMBERS},
-        {"receivers", 1, 0, O_RECV},    {"rate", 1, 0, O_RATE},
-        {"conn-rate", 1, 0, O_CRATE},   {"duration", 1, 0, O_DUR},
-        {"hold", 1, 0, O_HOLD},         {"jitter", 1, 0, O_JIT},
-        {"drain", 1, 0, O_DRAIN},       {"timeout", 1, 0, O_TMO},
-        {"size", 1, 0, O_SIZE},         {"json", 0, 0, O_JSON},
-        {"secret", 1, 0, O_SECRET},     {"admin-token", 1, 0, O_ADMIN},
-        {"amqp", 1, 0, O_AMQP},         {"broker-id", 1, 0, O_BROKER},
-        {"server-pid", 1, 0, O_PID},    {"procs", 1, 0, O_PROCS},
-        {"label", 1, 0, O_LABEL},       {"scenario", 1, 0, O_SCEN},
-        {"smoke", 1, 0, O_SMOKE},       {"help", 0, 0, O_HELP},
-        {0, 0, 0, 0}};
+    static const struct option lo[] = {{"host", 1, 0, O_HOST},
+                                       {"port", 1, 0, O_PORT},
+                                       {"conns", 1, 0, 'n'},
+                                       {"pairs", 1, 0, O_PAIRS},
+                                       {"groups", 1, 0, O_GROUPS},
+                                       {"members", 1, 0, O_MEMBERS},
+                                       {"receivers", 1, 0, O_RECV},
+                                       {"rate", 1, 0, O_RATE},
+                                       {"conn-rate", 1, 0, O_CRATE},
+                                       {"duration", 1, 0, O_DUR},
+                                       {"hold", 1, 0, O_HOLD},
+                                       {"jitter", 1, 0, O_JIT},
+                                       {"drain", 1, 0, O_DRAIN},
+                                       {"timeout", 1, 0, O_TMO},
+                                       {"size", 1, 0, O_SIZE},
+                                       {"json", 0, 0, O_JSON},
+                                       {"secret", 1, 0, O_SECRET},
+                                       {"admin-token", 1, 0, O_ADMIN},
+                                       {"amqp", 1, 0, O_AMQP},
+                                       {"broker-id", 1, 0, O_BROKER},
+                                       {"server-pid", 1, 0, O_PID},
+                                       {"procs", 1, 0, O_PROCS},
+                                       {"label", 1, 0, O_LABEL},
+                                       {"scenario", 1, 0, O_SCEN},
+                                       {"smoke", 1, 0, O_SMOKE},
+                                       {"help", 0, 0, O_HELP},
+                                       {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "n:h", lo, NULL)) != -1) {
         switch (ch) {
-        case O_HOST: o.host = optarg; break;
-        case O_PORT: o.port = atoi(optarg); break;
-        case 'n': o.conns = atoi(optarg); break;
-        case O_PAIRS: o.pairs = atoi(optarg); break;
-        case O_GROUPS: o.groups = atoi(optarg); break;
-        case O_MEMBERS: o.members = atoi(optarg); break;
-        case O_RECV: o.receivers = atoi(optarg); break;
-        case O_RATE: o.rate = atof(optarg); break;
-        case O_CRATE: o.conn_rate = atof(optarg); break;
-        case O_DUR: o.duration = atof(optarg); break;
-        case O_HOLD: o.hold = atof(optarg); break;
-        case O_JIT: o.jitter = atof(optarg); break;
-        case O_DRAIN: o.drain = atof(optarg); break;
-        case O_TMO: o.timeout = atof(optarg); break;
-        case O_SIZE: o.size = atoi(optarg); break;
-        case O_JSON: o.json = 1; break;
-        case O_SECRET: o.secret = optarg; break;
-        case O_ADMIN: o.admin_token = optarg; break;
-        case O_AMQP: o.amqp_url = optarg; break;
-        case O_BROKER: o.broker_id = optarg; break;
-        case O_PID: o.server_pid = atoi(optarg); break;
-        case O_PROCS: o.procs = atoi(optarg); break;
-        case O_LABEL: o.label = optarg; break;
-        case O_SCEN: o.scenario = parse_scenario(optarg); break;
-        case O_SMOKE: smoke = optarg; break;
+        case O_HOST:
+            o.host = optarg;
+            break;
+        case O_PORT:
+            o.port = atoi(optarg);
+            break;
+        case 'n':
+            o.conns = atoi(optarg);
+            break;
+        case O_PAIRS:
+            o.pairs = atoi(optarg);
+            break;
+        case O_GROUPS:
+            o.groups = atoi(optarg);
+            break;
+        case O_MEMBERS:
+            o.members = atoi(optarg);
+            break;
+        case O_RECV:
+            o.receivers = atoi(optarg);
+            break;
+        case O_RATE:
+            o.rate = atof(optarg);
+            break;
+        case O_CRATE:
+            o.conn_rate = atof(optarg);
+            break;
+        case O_DUR:
+            o.duration = atof(optarg);
+            break;
+        case O_HOLD:
+            o.hold = atof(optarg);
+            break;
+        case O_JIT:
+            o.jitter = atof(optarg);
+            break;
+        case O_DRAIN:
+            o.drain = atof(optarg);
+            break;
+        case O_TMO:
+            o.timeout = atof(optarg);
+            break;
+        case O_SIZE:
+            o.size = atoi(optarg);
+            break;
+        case O_JSON:
+            o.json = 1;
+            break;
+        case O_SECRET:
+            o.secret = optarg;
+            break;
+        case O_ADMIN:
+            o.admin_token = optarg;
+            break;
+        case O_AMQP:
+            o.amqp_url = optarg;
+            break;
+        case O_BROKER:
+            o.broker_id = optarg;
+            break;
+        case O_PID:
+            o.server_pid = atoi(optarg);
+            break;
+        case O_PROCS:
+            o.procs = atoi(optarg);
+            break;
+        case O_LABEL:
+            o.label = optarg;
+            break;
+        case O_SCEN:
+            o.scenario = parse_scenario(optarg);
+            break;
+        case O_SMOKE:
+            smoke = optarg;
+            break;
         case 'h':
-        case O_HELP: usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case O_HELP:
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (optind < argc && o.scenario < 0)

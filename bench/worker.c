@@ -22,18 +22,20 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 enum { P_SETUP = 0, P_RUN, P_DRAIN, P_HOLD, P_STORM, P_DONE };
 
 typedef struct bstream_s {
-    uint64_t sent;  /* sends issued on this stream */
-    uint64_t err;   /* of which acked with an error */
+    uint64_t sent;        /* sends issued on this stream */
+    uint64_t err;         /* of which acked with an error */
     _Atomic uint64_t pub; /* downlink: published (publisher thread) */
-    uint64_t pubn;  /* downlink: numbers issued (publisher thread) */
-    int32_t sender; /* conn index, -1 for downlink */
-    int32_t gstream; /* global id: pair, group or receiver index */
-    uint32_t fanout; /* receivers READY when the phase started */
+    uint64_t pubn;        /* downlink: numbers issued (publisher thread) */
+    int32_t sender;       /* conn index, -1 for downlink */
+    int32_t gstream;      /* global id: pair, group or receiver index */
+    uint32_t fanout;      /* receivers READY when the phase started */
 } bstream_t;
 
 typedef struct qent_s {
@@ -58,7 +60,7 @@ struct bworker_s {
     uint32_t qn, qpos;
     uint32_t setup_count;
     uint64_t t_setup0, t_phase0, t_phase_end, deadline;
-    double rate;    /* this worker's share */
+    double rate; /* this worker's share */
     double conn_rate;
     uint64_t total, issued;
     uint32_t rr;
@@ -72,6 +74,7 @@ struct bworker_s {
     size_t wbuf_len;
     char *content;
     uint32_t rng;
+    int64_t wall_minus_mono; /* CLOCK_REALTIME ns - uv_hrtime() */
     pthread_t pub;
     _Atomic int pub_done;
     int pub_started;
@@ -360,7 +363,7 @@ bench_on_ack(bconn_t *c, uint32_t seq, int err, uint64_t now)
 
 void
 bench_on_push(bconn_t *c, const uint8_t *content, size_t clen, int64_t seq,
-              uint64_t now)
+              int64_t server_ms, uint64_t now)
 {
     bworker_t *w = c->w;
     uint64_t gs, n, t, ta;
@@ -400,6 +403,13 @@ bench_on_push(bconn_t *c, const uint8_t *content, size_t clen, int64_t seq,
     w->r->received++;
     bhist_record(&w->r->h_lat, now > t ? now - t : 0);
     bhist_record(&w->r->h_lat_actual, now > ta ? now - ta : 0);
+    if (server_ms > 0) {
+        /* server_time is wall-clock ms; map it onto uv_hrtime(). It is
+         * truncated to the ms, so this under-reads by up to 1 ms. */
+        int64_t smono = server_ms * 1000000 - w->wall_minus_mono;
+        bhist_record(&w->r->h_up,
+                     smono > (int64_t)ta ? (uint64_t)(smono - (int64_t)ta) : 0);
+    }
 }
 
 static void
@@ -422,8 +432,8 @@ send_one(bworker_t *w, bstream_t *s, uint64_t intended, uint64_t now)
     size_t rl = strlen(w->o->runid);
     memcpy(p, w->o->runid, rl);
     p += rl;
-    size_t clen = make_content(w->content, w->o->size, (uint64_t)s->gstream,
-                               n, intended, now);
+    size_t clen = make_content(w->content, w->o->size, (uint64_t)s->gstream, n,
+                               intended, now);
     int rc = bconn_send_msg(c, n, cmid, (size_t)(p - cmid),
                             (const uint8_t *)w->content, clen,
                             w->o->scenario == SC_GROUP);
@@ -459,7 +469,9 @@ pub_main(void *arg)
     }
     conn = amqp_new_connection();
     amqp_socket_t *sock = amqp_tcp_socket_new(conn);
-    if (sock == NULL || amqp_socket_open(sock, ci.host, ci.port) != 0) {
+    struct timeval tmo = {5, 0};
+    if (sock == NULL ||
+        amqp_socket_open_noblock(sock, ci.host, ci.port, &tmo) != 0) {
         snprintf(w->r->err, sizeof(w->r->err), "amqp: cannot connect");
         goto out;
     }
@@ -502,10 +514,9 @@ pub_main(void *arg)
                 s->gstream, (unsigned long long)n, s->gstream,
                 (unsigned long long)n, o->runid, s->gstream, content);
             amqp_bytes_t b = {(size_t)bl, body};
-            int rc = amqp_basic_publish(conn, 1,
-                                        amqp_cstring_bytes("imgw.direct"),
-                                        amqp_cstring_bytes(o->broker_id), 0,
-                                        0, &props, b);
+            int rc = amqp_basic_publish(
+                conn, 1, amqp_cstring_bytes("imgw.direct"),
+                amqp_cstring_bytes(o->broker_id), 0, 0, &props, b);
             if (rc == AMQP_STATUS_OK)
                 atomic_fetch_add(&s->pub, 1);
             else {
@@ -620,8 +631,8 @@ start_phase(bworker_t *w, uint64_t now)
         break;
     }
     }
-    double long_run = w->o->scenario == SC_CONNECT ? w->o->hold
-                                                   : w->o->duration;
+    double long_run =
+        w->o->scenario == SC_CONNECT ? w->o->hold : w->o->duration;
     if (long_run > 40)
         uv_timer_start(&w->hb, on_heartbeat, 30000, 30000);
 }
@@ -669,14 +680,13 @@ on_tick(uv_timer_t *t)
             break;
         } else {
             /* message k is due at t_phase0 + k / rate: k = 0 at once */
-            uint64_t due = (uint64_t)((double)(now - w->t_phase0) * w->rate /
-                                      1e9) + 1;
+            uint64_t due =
+                (uint64_t)((double)(now - w->t_phase0) * w->rate / 1e9) + 1;
             if (due > w->total)
                 due = w->total;
             for (; w->issued < due; w->issued++) {
                 uint64_t intended =
-                    w->t_phase0 +
-                    (uint64_t)((double)w->issued * 1e9 / w->rate);
+                    w->t_phase0 + (uint64_t)((double)w->issued * 1e9 / w->rate);
                 send_one(w, &w->s[w->rr++ % w->ns], intended, now);
             }
             if (w->issued >= w->total) {
@@ -802,8 +812,11 @@ worker_main(const bopts_t *o, int k, int procs, int rfd, int wfd)
 {
     bworker_t *w = calloc(1, sizeof(*w));
     bresult_t *r = calloc(1, sizeof(*r));
-    if (w == NULL || r == NULL)
+    if (w == NULL || r == NULL) {
+        free(w);
+        free(r);
         return 2;
+    }
     w->o = o;
     w->wid = k;
     w->rfd = rfd;
@@ -818,6 +831,13 @@ worker_main(const bopts_t *o, int k, int procs, int rfd, int wfd)
     bhist_init(&r->h_ack);
     bhist_init(&r->h_storm);
     bhist_init(&r->h_lat_actual);
+    bhist_init(&r->h_up);
+    {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        w->wall_minus_mono =
+            (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec - (int64_t)uv_hrtime();
+    }
     w->rbuf_len = 256 * 1024;
     w->rbuf = malloc(w->rbuf_len);
     w->wbuf_len = bconn_worker_buf();
@@ -837,8 +857,7 @@ worker_main(const bopts_t *o, int k, int procs, int rfd, int wfd)
         w->c = calloc(w->n ? w->n : 1, sizeof(bconn_t));
         for (int i = lo; i < hi; i++) {
             snprintf(u, sizeof(u), "bc%d", i);
-            conn_init(w, (uint32_t)(i - lo), (uint32_t)i, BR_NONE, -1, u,
-                      NULL);
+            conn_init(w, (uint32_t)(i - lo), (uint32_t)i, BR_NONE, -1, u, NULL);
         }
         break;
     case SC_RELAY:
@@ -853,8 +872,8 @@ worker_main(const bopts_t *o, int k, int procs, int rfd, int wfd)
             snprintf(u, sizeof(u), "bu%d", i);
             snprintf(p, sizeof(p), "bv%d", i);
             conn_init(w, 2 * s, (uint32_t)(2 * i), BR_SEND, (int)s, u, p);
-            conn_init(w, 2 * s + 1, (uint32_t)(2 * i + 1), BR_RECV, (int)s,
-                      p, NULL);
+            conn_init(w, 2 * s + 1, (uint32_t)(2 * i + 1), BR_RECV, (int)s, p,
+                      NULL);
             w->s[s].sender = (int32_t)(2 * s);
             w->s[s].gstream = i;
         }

@@ -20,6 +20,7 @@
 #include "err.h"
 #include "log.h"
 #include "metrics.h"
+#include "../mq/mq.h"
 #include "session.h"
 
 #define JSON_CT "application/json"
@@ -298,6 +299,12 @@ handle_groups(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
 
 /* ---- push ---------------------------------------------------------------- */
 
+static int
+cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
 /*
  * The downlink body {code, ids, data, broadcast} (protocol.md section 8):
  * encoded once per codec, delivered to the users' connections on this node.
@@ -371,6 +378,13 @@ imgw_api_push_json(imgw_core_loop_t *cl, const cJSON *j, size_t *targets,
             }
             users[i++] = it->valuestring;
         }
+        /* ids is a set: a user listed twice gets the frame once. */
+        qsort(users, n, sizeof(*users), cmp_str);
+        size_t k = 0;
+        for (i = 0; i < n; i++)
+            if (k == 0 || strcmp(users[k - 1], users[i]) != 0)
+                users[k++] = users[i];
+        n = k;
     }
     *targets = imgw_deliver_raw(cl, cl->out + half, (size_t)pl, cl->out,
                                 (size_t)jl, users, n);
@@ -459,6 +473,8 @@ imgw_api_handle(imgw_core_loop_t *cl, imgw_conn_t *c,
             respond_text(c, 503, "draining\n");
         else if (!imgw_store_loop_ready(cl->store))
             respond_text(c, 503, "store unavailable\n");
+        else if (cl->node->mq != NULL && !imgw_mq_connected(cl->node->mq))
+            respond_text(c, 503, "broker unavailable\n");
         else
             respond_text(c, 200, "ready\n");
         return 0;

@@ -1429,7 +1429,7 @@ codec_encode_json(const codec_cmd_t *ci, uint32_t sequence,
 
 /*
  * Refuses nesting deeper than IMGW_JSON_MAX_DEPTH before cJSON (which
- * recurses per level) sees the text. Brackets inside strings do not count;
+ * recurses per level) sees the text, and any \u0000 escape. Brackets inside strings do not count;
  * a backslash skips the next byte so \" does not end a string.
  */
 static int
@@ -1442,8 +1442,14 @@ codec_json_depth_ok(const uint8_t *p, size_t n)
         switch (p[i]) {
         case '"':
             for (i++; i < n && p[i] != '"'; i++) {
-                if (p[i] == '\\')
-                    i++;
+                if (p[i] != '\\')
+                    continue;
+                /* cJSON ends a string at \u0000: refuse it rather than
+                 * silently truncate (strings here are NUL-terminated). */
+                if (i + 5 < n && p[i + 1] == 'u' &&
+                    memcmp(p + i + 2, "0000", 4) == 0)
+                    return 0;
+                i++;
             }
             break;
         case '{':

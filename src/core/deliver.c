@@ -25,6 +25,16 @@ typedef struct route_s {
 static _Thread_local route_t *routes;
 static _Thread_local int n_routes;
 
+void
+imgw_deliver_thread_free(void)
+{
+    for (int i = 0; i < n_routes; i++)
+        free(routes[i].t);
+    free(routes);
+    routes = NULL;
+    n_routes = 0;
+}
+
 static int
 routes_reset(int n_loops)
 {
@@ -208,6 +218,10 @@ imgw_deliver_mail(imgw_core_loop_t *cl, imgw_mail_t *m)
     case IMGW_MAIL_FRAME:
         local_frame(cl, m->command, &m->body, m->timestamp, m->targets, m->n);
         break;
+    case IMGW_MAIL_MQ:
+        imgw_cluster_handle(cl, m->raw[0], m->raw_len[0], m->tag);
+        free(m->raw[0]);
+        break;
     case IMGW_MAIL_RAW:
         if (m->broadcast) {
             bcast_t b = {cl, m->raw, m->raw_len};
@@ -235,7 +249,8 @@ mail_new(int kind, const route_t *r)
     memset(m, 0, sizeof(*m));
     m->kind = kind;
     m->n = r->n;
-    memcpy(m->targets, r->t, r->n * sizeof(imgw_target_t));
+    if (r->n > 0)
+        memcpy(m->targets, r->t, r->n * sizeof(imgw_target_t));
     return m;
 }
 
@@ -243,6 +258,16 @@ void
 imgw_deliver_push(imgw_core_loop_t *cl, const uint8_t *blob, size_t len,
                   int64_t timestamp, const char *const *users,
                   const int64_t *seqs, size_t n, imgw_conn_ref_t exclude)
+{
+    imgw_deliver_push_local(cl, blob, len, timestamp, users, seqs, n, exclude);
+    if (cl->node->mq != NULL)
+        imgw_cluster_push(cl, blob, len, timestamp, users, seqs, n);
+}
+
+void
+imgw_deliver_push_local(imgw_core_loop_t *cl, const uint8_t *blob, size_t len,
+                        int64_t timestamp, const char *const *users,
+                        const int64_t *seqs, size_t n, imgw_conn_ref_t exclude)
 {
     if (resolve(cl, users, seqs, n, exclude) == 0)
         return;
@@ -275,6 +300,8 @@ imgw_deliver_frame(imgw_core_loop_t *cl, int command,
                    size_t n, imgw_conn_ref_t exclude)
 {
     int64_t ts = imgw_now_ms();
+    if (cl->node->mq != NULL)
+        imgw_cluster_frame(cl, command, body, users, n);
     if (resolve(cl, users, NULL, n, exclude) == 0)
         return;
     for (int i = 0; i < n_routes; i++) {
@@ -338,7 +365,10 @@ imgw_deliver_raw(imgw_core_loop_t *cl, const uint8_t *pb, size_t pb_len,
             }
             imgw_loop_post(imgw_net_loop(cl->node->net, i), &m->node);
         }
-        return (size_t)imgw_net_conn_count(cl->node->net);
+        size_t authed = 0;
+        for (int i = 0; i < cl->node->n_loops; i++)
+            authed += cl->node->loops[i]->st.sessions_authed;
+        return authed;
     }
     imgw_conn_ref_t none_ref = {0xffff, 0, 0};
     total = resolve(cl, users, NULL, n, none_ref);

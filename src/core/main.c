@@ -180,6 +180,14 @@ main(int argc, char **argv)
     }
     IMGW_LOG_INFO("listening on %s port %d (%d loops)", cfg.bind,
                   cfg.ports[0], cfg.threads);
+    if (cfg.mq_url[0] != '\0') {
+        if ((r = imgw_cluster_start(&node, err, sizeof(err))) != 0) {
+            fprintf(stderr, "imgw: %s\n", err);
+            return 2;
+        }
+        IMGW_LOG_INFO("cluster: broker node %s on exchange %s", cfg.broker_id,
+                      cfg.mq_exchange);
+    }
 
     uv_run(main_loop, UV_RUN_DEFAULT);
 
@@ -190,6 +198,8 @@ main(int argc, char **argv)
         IMGW_LOG_WARN("loops did not finish in time; exiting anyway");
         return 0;
     }
+    /* The loops are gone: nothing can publish or receive any more. */
+    imgw_cluster_stop(&node);
     uv_close((uv_handle_t *)&sigterm, NULL);
     uv_close((uv_handle_t *)&sigint, NULL);
     uv_run(main_loop, UV_RUN_NOWAIT);

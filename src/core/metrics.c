@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "metrics.h"
+#include "../mq/mq.h"
 
 typedef struct mbuf_s {
     char *p;
@@ -260,9 +261,42 @@ imgw_metrics_render(imgw_node_t *node, size_t *len)
     put(&b, "imgw_store_up %d\n",
         node->loops[0]->store ? imgw_store_loop_ready(node->loops[0]->store)
                               : 0);
-    head(&b, "imgw_mq_rejected_total", "counter",
-         "Broker downlink messages rejected as malformed.");
-    put(&b, "imgw_mq_rejected_total 0\n");
+    {
+        imgw_mq_stats_t ms;
+        memset(&ms, 0, sizeof(ms));
+        if (node->mq != NULL)
+            imgw_mq_stats(node->mq, &ms);
+        head(&b, "imgw_mq_up", "gauge",
+             "1 while the RabbitMQ channel is open (0 also when no broker "
+             "is configured).");
+        put(&b, "imgw_mq_up %d\n", ms.connected);
+        head(&b, "imgw_mq_rejected_total", "counter",
+             "Broker messages rejected without requeue (malformed, unknown "
+             "code, oversized).");
+        put(&b, "imgw_mq_rejected_total %llu\n",
+            (unsigned long long)ms.rejected);
+        head(&b, "imgw_mq_consumed_total", "counter",
+             "Messages consumed from this node's queue.");
+        put(&b, "imgw_mq_consumed_total %llu\n",
+            (unsigned long long)ms.consumed);
+        head(&b, "imgw_mq_published_total", "counter",
+             "Inter-node publishes confirmed by the broker.");
+        put(&b, "imgw_mq_published_total %llu\n",
+            (unsigned long long)ms.published);
+        head(&b, "imgw_mq_publish_dropped_total", "counter",
+             "Publishes dropped while the broker was unavailable.");
+        put(&b, "imgw_mq_publish_dropped_total %llu\n",
+            (unsigned long long)(ms.publish_dropped));
+        head(&b, "imgw_mq_reconnects_total", "counter",
+             "Reconnections to the broker.");
+        put(&b, "imgw_mq_reconnects_total %llu\n",
+            (unsigned long long)ms.reconnects);
+        head(&b, "imgw_remote_push_dropped_total", "counter",
+             "Pushes for other nodes that could not be published (the "
+             "receivers sync them from the store).");
+        put(&b, "imgw_remote_push_dropped_total %llu\n",
+            (unsigned long long)atomic_load(&node->remote_dropped));
+    }
     head(&b, "imgw_process_resident_memory_bytes", "gauge",
          "Resident set size of the process.");
     put(&b, "imgw_process_resident_memory_bytes %ld\n", rss_bytes());

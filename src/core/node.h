@@ -34,11 +34,16 @@ typedef struct imgw_node_s {
     int n_loops;
     uint64_t start_ms;
     atomic_int draining;
+    struct imgw_mq_s *mq;      /* NULL = single node */
+    atomic_uint mq_rr;         /* round robin of consumed messages */
+    atomic_ullong mq_bad;      /* consumed messages rejected as malformed */
+    atomic_ullong remote_dropped; /* remote pushes the broker did not take */
 } imgw_node_t;
 
 /* Per-loop counters; summed over loops by /metrics. Loop thread writes. */
 typedef struct imgw_core_stats_s {
     uint64_t auth_ok;
+    uint64_t sessions_authed; /* gauge: authenticated connections */
     uint64_t auth_fail[8]; /* by imgw_jwt_result_t (negated), [7] other */
     uint64_t handshake_401;
     uint64_t refused_origin;
@@ -76,7 +81,8 @@ enum {
     IMGW_MAIL_KICK = 1, /* close ref with CMD_KICK_PUSH + 4002 */
     IMGW_MAIL_PUSH,     /* a PushMessage blob to refs with their seqs */
     IMGW_MAIL_FRAME,    /* a server->client body struct to refs */
-    IMGW_MAIL_RAW       /* a pre-encoded frame per codec (downlink) */
+    IMGW_MAIL_RAW,      /* a pre-encoded frame per codec (downlink) */
+    IMGW_MAIL_MQ        /* a broker message (raw[0]) to handle, tag */
 };
 
 typedef struct imgw_target_s {
@@ -102,6 +108,7 @@ typedef struct imgw_mail_s {
     size_t blob_len;
     uint8_t *raw[2];          /* RAW: frame per codec (owned) */
     size_t raw_len[2];
+    uint64_t tag;             /* MQ: delivery tag to settle */
     size_t n;                 /* targets */
     imgw_target_t targets[];
 } imgw_mail_t;

@@ -375,8 +375,13 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
     s->registered = 1;
     s->authed = 1;
     cl->st.auth_ok++;
+    cl->st.sessions_authed++;
     if (k == 1)
         kick_other(cl, kicked, s->platform);
+    /* Read the route before overwriting it: a (user, platform) logged in
+     * on another node is kicked there (the store answers in order). */
+    if (cl->node->mq != NULL)
+        imgw_cluster_kick(cl, s->user, s->platform);
     imgw_store_route_set(cl->store, s->user, s->platform, cfg->broker_id,
                          cfg->route_ttl, route_done, NULL);
     s->route_refreshed_ms = imgw_loop_now_ms(cl->loop);
@@ -526,6 +531,8 @@ on_close(imgw_conn_t *c)
 {
     imgw_session_t *s = imgw_conn_data(c);
     imgw_core_loop_t *cl = s->cl;
+    if (s->authed)
+        cl->st.sessions_authed--;
     if (s->user != NULL) {
         int removed = imgw_usermap_remove(cl->node->users, s->user,
                                           imgw_conn_ref(c));
@@ -592,6 +599,7 @@ on_loop_stop(imgw_loop_t *l)
     if (cl->store)
         imgw_store_loop_close(cl->store);
     cl->store = NULL;
+    imgw_deliver_thread_free();
 }
 
 const imgw_net_handlers_t imgw_core_handlers = {

@@ -52,6 +52,11 @@ void imgw_msg_revoke(imgw_session_t *s, imgw_msg_in_t *in);
 void imgw_deliver_push(imgw_core_loop_t *cl, const uint8_t *blob, size_t len,
                        int64_t timestamp, const char *const *users,
                        const int64_t *seqs, size_t n, imgw_conn_ref_t exclude);
+/* Only this node's connections (used for pushes from other nodes). */
+void imgw_deliver_push_local(imgw_core_loop_t *cl, const uint8_t *blob,
+                             size_t len, int64_t timestamp,
+                             const char *const *users, const int64_t *seqs,
+                             size_t n, imgw_conn_ref_t exclude);
 void imgw_deliver_frame(imgw_core_loop_t *cl, int command,
                         const imgw_push_body_t *body, const char *const *users,
                         size_t n, imgw_conn_ref_t exclude);
@@ -62,6 +67,24 @@ size_t imgw_deliver_raw(imgw_core_loop_t *cl, const uint8_t *pb, size_t pb_len,
                         const uint8_t *json, size_t json_len,
                         const char *const *users, size_t n);
 void imgw_deliver_mail(imgw_core_loop_t *cl, imgw_mail_t *m);
+/* Frees the calling loop thread's routing scratch (at loop stop). */
+void imgw_deliver_thread_free(void);
+
+/* cluster.c: other nodes, through the MQ thread (node->mq set). */
+int imgw_cluster_start(imgw_node_t *node, char *err, size_t errlen);
+void imgw_cluster_stop(imgw_node_t *node);
+void imgw_cluster_push(imgw_core_loop_t *cl, const uint8_t *blob, size_t len,
+                       int64_t timestamp, const char *const *users,
+                       const int64_t *seqs, size_t n);
+void imgw_cluster_frame(imgw_core_loop_t *cl, int command,
+                        const imgw_push_body_t *body,
+                        const char *const *users, size_t n);
+/* Kicks (user, platform) on whichever other node its route names. */
+void imgw_cluster_kick(imgw_core_loop_t *cl, const char *user,
+                       const char *platform);
+/* A message consumed from this node's queue, on a loop. */
+void imgw_cluster_handle(imgw_core_loop_t *cl, const uint8_t *body,
+                         size_t len, uint64_t tag);
 
 /* api.c: plain HTTP endpoints. */
 int imgw_api_handle(imgw_core_loop_t *cl, imgw_conn_t *c,

@@ -109,6 +109,7 @@ struct imgw_mq_s {
     char conn_name[300]; /* shown in the management UI */
     int prefetch;
     int heartbeat;
+    char expiration[24]; /* "" or the per-message TTL in ms */
     size_t max_message;
     imgw_mq_message_cb on_message;
     void *data;
@@ -772,6 +773,10 @@ mq_drain(imgw_mq_t *mq)
     props._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;
     props.content_type = json;
     props.delivery_mode = 2; /* persistent */
+    if (mq->expiration[0]) {
+        props._flags |= AMQP_BASIC_EXPIRATION_FLAG;
+        props.expiration = amqp_cstring_bytes(mq->expiration);
+    }
 
     for (int i = 0; i < MQ_DRAIN_BUDGET; i++) {
         if (mq->next_seq - mq->low_seq >= MQ_CONFIRM_WINDOW)
@@ -1060,6 +1065,9 @@ imgw_mq_start(imgw_mq_t **out, const imgw_mq_opts_t *opts, char *err,
     }
     snprintf(mq->conn_name, sizeof(mq->conn_name), "imgw %s", mq->broker_id);
     mq->prefetch = opts->prefetch ? opts->prefetch : MQ_DEFAULT_PREFETCH;
+    if (opts->publish_ttl_ms > 0)
+        snprintf(mq->expiration, sizeof(mq->expiration), "%d",
+                 opts->publish_ttl_ms);
     mq->heartbeat = opts->heartbeat;
     mq->max_message =
         opts->max_message ? opts->max_message : MQ_DEFAULT_MAX_MESSAGE;

@@ -39,6 +39,10 @@ typedef struct imgw_mq_opts_s {
     int prefetch;           /* unacked deliveries in flight */
     int heartbeat;          /* AMQP heartbeat seconds (0 = off) */
     size_t max_message;     /* bigger deliveries are rejected */
+    int publish_ttl_ms;     /* per-message expiration of what this node
+                               publishes (0 = none): a push queued for a
+                               node that is down is useless once stale,
+                               the receivers sync from the store */
     imgw_mq_message_cb on_message;
     void *data;
 } imgw_mq_opts_t;

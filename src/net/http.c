@@ -88,10 +88,18 @@ on_url(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
+/*
+ * Trailer fields of a chunked body arrive after on_headers_complete, while
+ * the body is parsed straight from the read buffer (direct mode): their
+ * bytes are not in buf, so they may not become spans (a field split across
+ * two reads would span from one read into the next). They are ignored.
+ */
 static int
 on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     imgw_http_t *h = http_of(p);
+    if (h->headers_done)
+        return 0; /* a trailer */
     if (!h->in_field) {
         /* A new header name starts. */
         h->in_field = 1;
@@ -119,7 +127,7 @@ static int
 on_header_value(llhttp_t *p, const char *at, size_t len)
 {
     imgw_http_t *h = http_of(p);
-    if (h->too_many_headers || h->n_headers == 0)
+    if (h->too_many_headers || h->n_headers == 0 || h->headers_done)
         return 0;
     span_extend(&h->values[h->n_headers - 1], at, len);
     return 0;
@@ -130,7 +138,7 @@ on_header_value_complete(llhttp_t *p)
 {
     imgw_http_t *h = http_of(p);
     /* An empty value produces no on_header_value call. */
-    if (!h->too_many_headers && h->n_headers > 0 &&
+    if (!h->too_many_headers && h->n_headers > 0 && !h->headers_done &&
         h->values[h->n_headers - 1].p == NULL)
         h->values[h->n_headers - 1].p = "";
     return 0;
@@ -711,8 +719,10 @@ imgw__http_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
                         imgw__conn_close_now(c);
                         return;
                     }
-                    memcpy(h->buf + h->len, data, len);
-                    h->len += len;
+                    if (len) { /* data is NULL when called to resume */
+                        memcpy(h->buf + h->len, data, len);
+                        h->len += len;
+                    }
                 }
                 return;
             }

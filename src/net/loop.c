@@ -381,9 +381,14 @@ loop_idle(imgw_loop_t *l)
         return;
     l->idle = 1;
     imgw_net_t *n = l->net;
-    if (atomic_fetch_add(&n->loops_idle, 1) + 1 == n->n_loops)
-        for (int i = 0; i < n->n_loops; i++)
-            imgw_mailbox_post(&n->loops[i]->mbox, &n->loops[i]->final_node);
+    if (atomic_fetch_add(&n->loops_idle, 1) + 1 != n->n_loops)
+        return;
+    /* Other threads' posts: refuse new ones, wait out those under way. */
+    atomic_store(&n->closing, 1);
+    while (atomic_load(&n->ext_posting) > 0)
+        uv_sleep(1);
+    for (int i = 0; i < n->n_loops; i++)
+        imgw_mailbox_post(&n->loops[i]->mbox, &n->loops[i]->final_node);
 }
 
 static void
@@ -683,6 +688,19 @@ int
 imgw_loop_post(imgw_loop_t *l, imgw_mpsc_node_t *node)
 {
     return imgw_mailbox_post(&l->mbox, node);
+}
+
+int
+imgw_net_post(imgw_net_t *n, int loop, imgw_mpsc_node_t *node)
+{
+    int r;
+    atomic_fetch_add(&n->ext_posting, 1);
+    if (atomic_load(&n->closing))
+        r = IMGW_ECLOSED;
+    else
+        r = imgw_mailbox_post(&n->loops[loop]->mbox, node);
+    atomic_fetch_sub(&n->ext_posting, 1);
+    return r;
 }
 
 int

@@ -133,8 +133,14 @@ long imgw_net_conn_count(const imgw_net_t *n);
 
 /* ---- loops ------------------------------------------------------------ */
 
-/** Any thread: hands n to loop l's on_mail handler. 0 or UV_E*. */
+/** Loop threads: hands n to loop l's on_mail handler. 0 or UV_E*. */
 int imgw_loop_post(imgw_loop_t *l, imgw_mpsc_node_t *n);
+/*
+ * Threads that are not loops (the MQ thread): like imgw_loop_post, but
+ * safe against the loops shutting down: returns IMGW_ECLOSED (and keeps
+ * ownership of node with the caller) once the loops are closing.
+ */
+int imgw_net_post(imgw_net_t *n, int loop, imgw_mpsc_node_t *node);
 int imgw_loop_index(const imgw_loop_t *l);
 uv_loop_t *imgw_loop_uv(imgw_loop_t *l);
 imgw_net_t *imgw_loop_net(imgw_loop_t *l);

@@ -149,6 +149,8 @@ struct imgw_net_s {
     atomic_long conns;  /* node-wide open connections */
     atomic_int loops_running;
     atomic_int loops_idle;
+    atomic_int ext_posting; /* imgw_net_post calls under way */
+    atomic_int closing;     /* every loop drained: no more posts */
     uv_mutex_t done_mu;
     uv_cond_t done_cv;
     const imgw_net_handlers_t *h;

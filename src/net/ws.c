@@ -318,6 +318,8 @@ msg_append(imgw_ws_rx_t *rx, const uint8_t *p, size_t n, size_t limit)
 {
     if (rx->msg_len + n > limit)
         return -1;
+    if (n == 0)
+        return 0; /* an empty fragment: rx->msg may still be NULL */
     if (rx->msg_len + n > rx->msg_cap) {
         size_t cap = rx->msg_cap ? rx->msg_cap : 4096;
         while (cap < rx->msg_len + n)

@@ -38,13 +38,13 @@ static int fuzz_async;       /* on_http returned 1: answer between reads */
 static size_t fuzz_messages; /* on_message calls in this input */
 static size_t fuzz_removed;  /* conn_close_cb ran */
 
-#define FUZZ_CHECK(cond)                                                     \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__,       \
-                    __LINE__, #cond);                                        \
-            abort();                                                         \
-        }                                                                    \
+#define FUZZ_CHECK(cond)                                                       \
+    do {                                                                       \
+        if (!(cond)) {                                                         \
+            fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__,         \
+                    __LINE__, #cond);                                          \
+            abort();                                                           \
+        }                                                                      \
     } while (0)
 
 /* ---- loop.c stand-ins -------------------------------------------------- */
@@ -104,8 +104,8 @@ fuzz_on_http(imgw_conn_t *c, const imgw_http_req_t *req)
         imgw_conn_http_respond(c, 200, NULL, NULL, "ok\n", 3, 1);
         return 0;
     case 1:
-        imgw_conn_http_respond(c, 404, "application/json",
-                               "X-A: b\r\n", "{}", 2, 0);
+        imgw_conn_http_respond(c, 404, "application/json", "X-A: b\r\n", "{}",
+                               2, 0);
         return 0;
     case 2:
         fuzz_async = 1; /* answered by fuzz_net_flush() */
@@ -138,7 +138,11 @@ fuzz_on_message(imgw_conn_t *c, int is_text, const uint8_t *data, size_t len)
     }
     switch ((fuzz_mode >> 3) & 3) {
     case 1: {
-        uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+        /* data is NULL for an empty fragmented message; conn.c's
+         * imgw__conn_write_raw() would memcpy(dst, NULL, 0) from it, which
+         * is UB (reported, conn.c is not ours to change): echo "" then. */
+        uv_buf_t b =
+            uv_buf_init(len ? (char *)data : (char *)"", (unsigned)len);
         (void)imgw_conn_send_ws(c, is_text, &b, 1);
         break;
     }

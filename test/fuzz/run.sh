@@ -1,6 +1,7 @@
 #!/bin/sh
 # test/fuzz/run.sh [seconds-per-target] [build-dir] [target...]
 #
+# Seconds 0 only builds.
 # Builds every libFuzzer target of test/fuzz/ with clang
 # (-fsanitize=fuzzer,address,undefined; no meson needed), then runs each one
 # for the given time (default 60 s) on a copy of its checked-in corpus
@@ -8,6 +9,9 @@
 # Prints the executions per target (libFuzzer's "Done N runs" line) and
 # exits non-zero when any target crashes, leaks or times out; the crash
 # input and the log stay in <build-dir>/<target>.{log,crash-*}.
+#
+# A target's dictionary test/fuzz/<target>.dict is used when present
+# (make_seeds.py writes the seeds and the dictionaries).
 #
 # Environment: CC (default clang), FUZZ_JOBS (parallel compiles, default
 # 2), FUZZ_NICE (nice level for the fuzzing runs, default 10), FUZZ_ARGS
@@ -66,8 +70,8 @@ llhttp_http:/usr/share/llhttp/http.c
 llhttp_llhttp:/usr/share/llhttp/llhttp.c
 "
 
-# Compiles name:source when the object is older than the source, the
-# harness headers or this script; at most $JOBS at a time.
+# Compiles name:source when the object is out of date; at most $JOBS at a
+# time.
 compile_all() {
     pids=""
     n=0
@@ -75,8 +79,12 @@ compile_all() {
         name=${pair%%:*}
         src=${pair#*:}
         o="$OBJ/$name.o"
+        # Up to date: newer than its source, this script, the generated
+        # header and every header under src/ (a struct that changed size
+        # must not leave objects and harnesses disagreeing on its layout).
         if [ -f "$o" ] && [ "$o" -nt "$src" ] && [ "$o" -nt "$0" ] &&
-           [ "$o" -nt "$GEN/imgw.pb.h" ]; then
+           [ "$o" -nt "$GEN/imgw.pb.h" ] &&
+           [ -z "$(find "$ROOT/src" -name '*.h' -newer "$o" | head -n 1)" ]; then
             continue
         fi
         extra=""
@@ -119,7 +127,7 @@ for t in $TARGETS; do
     bin="$BUILD/$t"
     newer=0
     [ -f "$bin" ] || newer=1
-    for f in "$FUZZ/$t.c" "$FUZZ/fuzz_net.h" $objs; do
+    for f in "$FUZZ/$t.c" "$FUZZ"/*.h $objs; do
         [ -f "$bin" ] && [ "$f" -nt "$bin" ] && newer=1
     done
     if [ $newer = 1 ]; then
@@ -131,6 +139,11 @@ done
 
 # ---- run --------------------------------------------------------------------
 
+if [ "$SECS" = 0 ]; then
+    echo "== built (0 s per target: nothing run)"
+    exit 0
+fi
+
 echo "== running each target for ${SECS}s"
 fail=0
 for t in $TARGETS; do
@@ -141,13 +154,15 @@ for t in $TARGETS; do
         cp -R "$FUZZ/corpus/$t/." "$work/"
     fi
     log="$BUILD/$t.log"
+    dict=""
+    [ -f "$FUZZ/$t.dict" ] && dict="-dict=$FUZZ/$t.dict"
     rc=0
     # -timeout: one input taking >10 s is a hang; -rss_limit_mb bounds a
     # runaway allocation; -print_final_stats gives "Done N runs" context.
     # shellcheck disable=SC2086
     (cd "$BUILD" && nice -n "$NICE" "./$t" -max_total_time="$SECS" \
         -timeout=10 -rss_limit_mb=2048 -artifact_prefix="$BUILD/$t." \
-        -print_final_stats=1 ${FUZZ_ARGS:-} "$work") >"$log" 2>&1 || rc=$?
+        -print_final_stats=1 $dict ${FUZZ_ARGS:-} "$work") >"$log" 2>&1 || rc=$?
     runs=$(sed -n 's/^Done \([0-9]*\) runs in \([0-9]*\) second.*/\1 runs in \2 s/p' "$log" | tail -n 1)
     cov=$(grep -E '^#[0-9]+.*(DONE|INITED|NEW|REDUCE|pulse)' "$log" | tail -n 1 |
           sed -n 's/.*\(cov: [0-9]*\).*\(ft: [0-9]*\).*/\1 \2/p')

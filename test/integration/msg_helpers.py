@@ -29,7 +29,6 @@ Client
 import asyncio
 import json
 import os
-import signal
 import time
 import uuid
 

@@ -18,6 +18,7 @@ import asyncio
 import collections
 import time
 
+import imgw_harness as H
 from imgw_harness import run
 from msg_helpers import (  # noqa: F401  (fixtures)
     OK, MClient, close_all, mserver, store_backend, uid)
@@ -190,4 +191,132 @@ def test_exactly_once_200_users(mserver):
 
         await close_all(all_conns)
         print("total %.1fs" % (time.monotonic() - t_start))
+    run(go())
+
+
+def test_exactly_once_group_fanout(mserver):
+    s = mserver(threads=4, send_rate=100000)
+    GROUP, SENDERS, PER = 60, 12, 5
+    print("check: -t 4, group of %d members all online (mixed codecs); %d members send "
+          "%d messages each concurrently: every member connection gets every message "
+          "of the others exactly once, with the seq it has in that member's timeline; "
+          "every timeline holds all %d messages, seqs 1..%d"
+          % (GROUP, SENDERS, PER, SENDERS * PER, SENDERS * PER))
+
+    async def go():
+        from msg_helpers import put_group
+        gid = uid("eog")
+        members = ["%s-%02d" % (gid, i) for i in range(GROUP)]
+        put_group(s.port, gid, members)
+        sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+        async def connect(i):
+            async with sem:
+                return await MClient.open(s, members[i], codec="json" if i % 2 else "pb")
+
+        cs = await asyncio.gather(*(connect(i) for i in range(GROUP)))
+
+        async def burst(c):
+            out = []
+            for k in range(PER):
+                out.append(await c.send_msg(group=gid, content="%s #%d" % (c.user, k),
+                                            timeout=30))
+            return out
+
+        res = await asyncio.gather(*(burst(c) for c in cs[:SENDERS]))
+        flat = [(cs[i], r) for i, rs in enumerate(res) for r in rs]
+        bad = [r for _, r in flat if r.error_code != OK]
+        assert not bad, "%d group sends failed: %r" % (len(bad), bad[:3])
+        all_ids = {r.message_id for _, r in flat}
+        assert len(all_ids) == SENDERS * PER
+        deadline = time.monotonic() + 20
+        want = {c: {r.message_id for sc, r in flat if sc is not c} for c in cs}
+        while time.monotonic() < deadline and any(
+                len(c.pushes("CMD_PUSH_MSG")) < len(want[c]) for c in cs):
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.8)
+        problems = []
+        for c in cs:
+            got = collections.Counter(p.body.message_id for p in c.pushes("CMD_PUSH_MSG"))
+            if set(got) != want[c] or any(n > 1 for n in got.values()):
+                problems.append("%s: %d pushes, %d distinct, want %d" % (
+                    c.label, sum(got.values()), len(got), len(want[c])))
+        assert not problems, "\n".join(problems[:20])
+        for c in cs:
+            msgs, _ = await c.sync_all()
+            seqs = [m.seq for m in msgs]
+            assert seqs == list(range(1, len(all_ids) + 1)), (c.label, seqs)
+            assert {m.message_id for m in msgs} == all_ids, c.label
+            pseq = {p.body.message_id: p.body.seq for p in c.pushes("CMD_PUSH_MSG")}
+            for m in msgs:
+                if m.message_id in pseq:
+                    assert pseq[m.message_id] == m.seq, (c.label, m.message_id)
+            own = [m for m in msgs if m.sender_id == c.user]
+            rs = {r.message_id: r.seq for sc, r in flat if sc is c}
+            for m in own:
+                assert rs[m.message_id] == m.seq, (c.label, m.message_id, m.seq)
+        await close_all(cs)
+    run(go())
+
+
+def test_exactly_once_with_receivers_dropping(mserver):
+    s = mserver(threads=4, send_rate=100000)
+    N, DROP = 100, 30
+    print("check: -t 4, %d users each send to 4 others concurrently while %d users abort "
+          "their TCP connections mid-burst: every send succeeds, the surviving connections "
+          "get their messages exactly once, and every timeline (re-login + sync) is "
+          "complete with seqs 1..max" % (N, DROP))
+
+    async def go():
+        tag = uid("drop")
+        users = ["%s-%03d" % (tag, i) for i in range(N)]
+        sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+        async def connect(i):
+            async with sem:
+                return await MClient.open(s, users[i], codec="json" if i % 2 else "pb")
+
+        cs = await asyncio.gather(*(connect(i) for i in range(N)))
+        droppers = set(range(0, N, N // DROP))
+        send_sem = asyncio.Semaphore(SEND_CONCURRENCY)
+        sends = []
+
+        async def send(i, d):
+            if i in droppers:
+                return
+            async with send_sem:
+                r = await cs[i].send_msg(to=users[(i + d) % N], timeout=30)
+            sends.append((i, (i + d) % N, r))
+
+        async def drop_later():
+            await asyncio.sleep(0.02)
+            for i in droppers:
+                cs[i].ws.transport.abort()
+                await asyncio.sleep(0)
+
+        await asyncio.gather(drop_later(), *(send(i, d) for i in range(N) for d in OFFSETS))
+        bad = [x for x in sends if x[2].error_code != OK]
+        assert not bad, "failed sends: %r" % bad[:3]
+        await asyncio.sleep(1.0)
+        problems = []
+        for j, c in enumerate(cs):
+            if j in droppers:
+                continue
+            want = {r.message_id for i, jj, r in sends if jj == j}
+            got = collections.Counter(p.body.message_id for p in c.pushes("CMD_PUSH_MSG"))
+            if set(got) != want or any(n > 1 for n in got.values()):
+                problems.append("%s: %d pushes (%d distinct), want %d"
+                                % (c.label, sum(got.values()), len(got), len(want)))
+        assert not problems, "\n".join(problems[:10])
+        await close_all([c for j, c in enumerate(cs) if j not in droppers])
+        for j in range(N):
+            c = await MClient.open(s, users[j], platform="check")
+            msgs, _ = await c.sync_all()
+            want = {r.message_id for i, jj, r in sends if j in (i, jj)}
+            assert [m.seq for m in msgs] == list(range(1, len(want) + 1)), (users[j], [m.seq for m in msgs])
+            assert {m.message_id for m in msgs} == want, users[j]
+            assert c.auth_rsp.max_seq == len(want), c.auth_rsp
+            await c.close()
+        r = H.http_get(s.port, "/healthz")
+        assert r.status == 200, r
     run(go())

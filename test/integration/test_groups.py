@@ -12,7 +12,7 @@ import pytest
 
 from imgw_harness import run
 from msg_helpers import (  # noqa: F401  (fixtures)
-    ADMIN_TOKEN, DENIED, INVALID, NO_CONV, OK, MClient, assert_code,
+    ADMIN_TOKEN, DENIED, INVALID, NO_CONV, MClient, assert_code,
     check_push_matches, close_all, group_conv, http_json, is_msg, mgw, mserver,
     put_group, store_backend, uid)
 
@@ -93,6 +93,36 @@ def test_group_api_bad_body_400(mgw, raw):
     assert r.status == 400, r
     r = http_json(mgw.port, "GET", "/api/groups/" + gid)
     assert r.status == 200 and r.json["members"] == ["orig"], r
+
+
+@pytest.mark.parametrize("what,body", [
+    ("1001 members", {"members": ["m%d" % i for i in range(1001)]}),
+    ("member with '/'", {"members": ["a/b"]}),
+    ("member with a control character", {"members": ["a\nb"]}),
+    ("empty member id", {"members": [""]}),
+    ("member id of 128 bytes", {"members": ["m" * 128]}),
+])
+def test_group_api_documented_limits_400(mgw, what, body):
+    print("check (docs/protocol.md HTTP API: ids 1..127 bytes, no control characters, "
+          "no '/', at most 1000 members): PUT with %s -> 400" % what)
+    gid = uid("grp")
+    r = http_json(mgw.port, "PUT", "/api/groups/" + gid, body)
+    print(r)
+    assert r.status == 400, r
+    assert http_json(mgw.port, "GET", "/api/groups/" + gid).status == 404
+
+
+def test_group_api_1000_members_ok(mgw):
+    print("check: a group of exactly 1000 members (127-byte ids allowed) is accepted "
+          "and returned in full")
+    gid = uid("grp")
+    members = ["%s-%04d" % (gid, i) for i in range(999)] + ["x" * 127]
+    r = http_json(mgw.port, "PUT", "/api/groups/" + gid, {"members": members})
+    print(r)
+    assert r.status == 200, r
+    r = http_json(mgw.port, "GET", "/api/groups/" + gid)
+    assert r.status == 200 and sorted(r.json["members"]) == sorted(members), (
+        r.status, len((r.json or {}).get("members", [])))
 
 
 def test_group_api_disabled_without_admin_token(mserver):
@@ -257,4 +287,28 @@ def test_group_dedupe(mgw):
             s = await cl.sync()
             assert [m.message_id for m in s.messages] == [r1.message_id], s
         await close_all([ca, cb, cc])
+    run(go())
+
+
+def test_group_duplicate_members_single_delivery(mgw):
+    print("check: PUT with duplicate member ids stores each member once; a group send "
+          "then reaches each member connection once and appends once per timeline")
+
+    async def go():
+        a, b = uid("a"), uid("b")
+        gid = uid("grp")
+        put_group(mgw.port, gid, [a, b, b, a, b])
+        r = http_json(mgw.port, "GET", "/api/groups/" + gid)
+        print("GET:", r)
+        assert sorted(r.json["members"]) == sorted([a, b]), r.json
+        ca = await MClient.open(mgw, a)
+        cb = await MClient.open(mgw, b, codec="json")
+        rsp = await ca.send_ok(group=gid)
+        assert rsp.seq == 1, rsp
+        await cb.wait_push("CMD_PUSH_MSG")
+        await asyncio.sleep(0.4)
+        assert len(cb.pushes("CMD_PUSH_MSG")) == 1, cb.frames
+        s = await cb.sync()
+        assert [m.seq for m in s.messages] == [1] and s.server_max_seq == 1, s
+        await close_all([ca, cb])
     run(go())

@@ -146,9 +146,17 @@ def test_metrics_prometheus_text(gw):
     r = H.http_get(gw.port, "/metrics")
     print("got status %d, %d bytes" % (r.status, len(r.body)))
     assert r.status == 200, r
-    names = {n for n, _, _ in H.parse_metrics(r.body.decode())}
+    ctype = r.header("content-type") or ""
+    print("content-type:", ctype)
+    assert ctype.startswith("text/plain"), ctype
+    text = r.body.decode()
+    bad = [ln for ln in text.splitlines()
+           if ln and not ln.startswith("#") and not H.METRIC_RE.match(ln)]
+    assert not bad, "lines that are not Prometheus samples: %r" % bad[:5]
+    names = {n for n, _, _ in H.parse_metrics(text)}
     print("metric names:", sorted(names)[:40])
     assert "imgw_connections_open" in names
+    assert "# TYPE imgw_connections_open gauge" in text, "missing TYPE line"
 
 
 @pytest.mark.parametrize("raw", [
@@ -217,6 +225,34 @@ def test_keepalive_two_requests(gw):
             print("response %d: %r" % (i + 1, r))
             assert r.status == 200, r
             assert r.body.strip() == b"ok"
+    finally:
+        c.close()
+
+
+def test_keepalive_request_with_body(gw):
+    print("check: a GET /healthz with a 5-byte body, then another request on the "
+          "same connection: the body is skipped and both are answered 200")
+    c = H.HTTPConn(gw.port)
+    try:
+        c.send("GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        r1 = c.read_response()
+        c.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        r2 = c.read_response()
+        print("responses:", r1, r2)
+        assert r1.status == 200 and r2.status == 200
+    finally:
+        c.close()
+
+
+def test_http10_healthz_closes(gw):
+    print("check: HTTP/1.0 GET /healthz -> 200 'ok' and the server closes the connection")
+    c = H.HTTPConn(gw.port)
+    try:
+        c.send("GET /healthz HTTP/1.0\r\n\r\n")
+        r = c.read_response()
+        print("got:", r)
+        assert r.status == 200 and r.body.strip() == b"ok", r
+        assert c.wait_closed(5.0), "HTTP/1.0 connection left open"
     finally:
         c.close()
 

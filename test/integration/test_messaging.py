@@ -6,13 +6,14 @@ runs once per store backend (msg_helpers.BACKENDS).
 """
 
 import asyncio
+import json
 
 import pytest
 
 import imgw_harness as H
 from imgw_harness import pb, run
 from msg_helpers import (  # noqa: F401  (fixtures)
-    DENIED, INVALID, NO_CONV, OK, TOO_FAST, TOO_LARGE, MClient, assert_code,
+    C, DENIED, INVALID, NO_CONV, OK, TOO_FAST, TOO_LARGE, MClient, assert_code,
     check_msg_id, check_push_matches, close_all, is_msg, mgw, mserver, single_conv,
     store_backend, uid)
 
@@ -301,7 +302,8 @@ def test_kick_same_platform(mgw, codec):
         kicks = old.pushes("CMD_KICK_PUSH")
         assert len(kicks) == 1, "expected one CMD_KICK_PUSH before close: %r" % old.frames
         assert kicks[0].codec == codec, kicks[0]
-        assert kicks[0].body.platform in ("Android", ""), kicks[0]
+        assert kicks[0].body.platform == "Android", "KickPush.platform: %r" % kicks[0]
+        assert kicks[0].body.reason != "", "KickPush.reason empty: %r" % kicks[0]
         assert code == 4002, "old connection closed with %r, expected 4002" % code
         assert new.pushes("CMD_KICK_PUSH") == []
         cb = await MClient.open(mgw, b)
@@ -566,3 +568,308 @@ def test_kick_chain_across_loops(mgw):
             assert c.pushes("CMD_PUSH_MSG") == [], c.frames
         await close_all(cs + [cb])
     run(go())
+
+
+# --------------------------------------------- dedupe details (docs/protocol.md,
+# docs/store.md fill in what the shared contract leaves open)
+
+
+def test_dedupe_hit_ignores_new_target(mgw):
+    print("check: the dedupe key is (sender, client_msg_id) only: a resend of the same "
+          "client_msg_id to another receiver returns the first message_id/seq and "
+          "delivers nothing to the new receiver; server_time is the original one")
+
+    async def go():
+        a, b, c = uid("a"), uid("b"), uid("c")
+        ca = await MClient.open(mgw, a)
+        cb = await MClient.open(mgw, b)
+        cc = await MClient.open(mgw, c, codec="json")
+        r1 = await ca.send_ok(to=b, client_msg_id="same-key", content="first")
+        await asyncio.sleep(0.05)
+        r2 = await ca.send_ok(to=c, client_msg_id="same-key", content="second")
+        print(r1, r2)
+        assert (r2.message_id, r2.seq) == (r1.message_id, r1.seq), (r1, r2)
+        assert r2.server_time == r1.server_time, (r1, r2)
+        await cc.expect_no_push(wait=0.5)
+        s = await cc.sync()
+        assert list(s.messages) == [], s
+        await close_all([ca, cb, cc])
+    run(go())
+
+
+def test_failed_send_not_recorded_for_dedupe(mgw):
+    print("check: a send rejected by validation does not record its client_msg_id: "
+          "the corrected resend with the same client_msg_id is stored and pushed")
+
+    async def go():
+        a, b = uid("a"), uid("b")
+        ca = await MClient.open(mgw, a)
+        cb = await MClient.open(mgw, b)
+        r = await ca.send_msg(to=b, client_msg_id="fix-me", message_type=9)
+        assert_code(r, INVALID, "bad message_type")
+        r = await ca.send_msg(to=b, client_msg_id="fix-me", sender=uid("spoof"))
+        assert_code(r, DENIED, "spoofed sender")
+        ok = await ca.send_ok(to=b, client_msg_id="fix-me", content="corrected")
+        print("corrected:", ok)
+        assert ok.seq == 1, ok
+        p = await cb.wait_push("CMD_PUSH_MSG")
+        assert p.body.message_id == ok.message_id and bytes(p.body.content) == b"corrected"
+        await close_all([ca, cb])
+    run(go())
+
+
+def test_empty_client_msg_id_no_dedupe(mgw):
+    print("check (docs/store.md): an empty client_msg_id means no dedupe: two sends "
+          "both stored and pushed with different ids")
+
+    async def go():
+        a, b = uid("a"), uid("b")
+        ca = await MClient.open(mgw, a)
+        cb = await MClient.open(mgw, b)
+        r1 = await ca.send_ok(to=b, client_msg_id="", content="one")
+        r2 = await ca.send_ok(to=b, client_msg_id="", content="two")
+        assert r1.message_id != r2.message_id and (r1.seq, r2.seq) == (1, 2), (r1, r2)
+        await cb.wait_push("CMD_PUSH_MSG", count=2)
+        await close_all([ca, cb])
+    run(go())
+
+
+def test_send_to_self(mgw):
+    print("check (docs/protocol.md): sending to yourself is allowed: one timeline "
+          "entry (conversation s_<you>_<you>), pushed to your other connections only")
+
+    async def go():
+        a = uid("a")
+        c1 = await MClient.open(mgw, a)
+        c2 = await MClient.open(mgw, a, platform="iOS", codec="json")
+        r = await c1.send_ok(to=a, content="note to self")
+        p = await c2.wait_push("CMD_PUSH_MSG")
+        print("push:", p)
+        assert p.body.conversation_id == "s_%s_%s" % (a, a), p
+        assert p.body.seq == r.seq == 1, (p, r)
+        await c1.expect_no_push("CMD_PUSH_MSG", wait=0.4)
+        assert len(c2.pushes("CMD_PUSH_MSG")) == 1, c2.frames
+        s = await c2.sync()
+        assert [m.message_id for m in s.messages] == [r.message_id], s
+        await close_all([c1, c2])
+    run(go())
+
+
+def test_concurrent_duplicate_sends_from_two_devices(mgw):
+    print("check: -t 4; the same client_msg_id sent at the same moment from two devices "
+          "of one user (30 keys, pipelined, connections on different loops where "
+          "possible): both responses give one message_id/seq per key, the receiver gets "
+          "each key exactly once, the timelines hold each once with no gaps")
+
+    async def go():
+        a, b = uid("a"), uid("b")
+        # open extra devices until two land on different loops is not observable;
+        # use 4 devices to make a cross-loop pair very likely with 4 loops
+        devs = [await MClient.open(mgw, a, platform="p%d" % i,
+                                   codec="json" if i % 2 else "pb") for i in range(4)]
+        cb = await MClient.open(mgw, b)
+        keys = ["race-%d" % i for i in range(30)]
+        futs = []
+        for k in keys:
+            for d in devs:
+                _, fut = await d.send_nowait("CMD_SEND_MSG_REQ",
+                                             d.msg_req(to=b, client_msg_id=k, content=k))
+                futs.append((k, fut))
+        frames = await asyncio.wait_for(asyncio.gather(*(f for _, f in futs)), 20)
+        per = {}
+        for (k, _), f in zip(futs, frames):
+            assert_code(f.body, OK, "racing send %s" % k)
+            per.setdefault(k, set()).add((f.body.message_id, f.body.seq))
+        multi = {k: v for k, v in per.items() if len(v) != 1}
+        assert not multi, "one client_msg_id got several messages: %r" % multi
+        mids = {k: next(iter(v))[0] for k, v in per.items()}
+        assert len(set(mids.values())) == 30
+        await asyncio.sleep(1.0)
+        got = [p.body.message_id for p in cb.pushes("CMD_PUSH_MSG")]
+        assert sorted(got) == sorted(mids.values()), (
+            "receiver pushes: %d (%d distinct), want 30" % (len(got), len(set(got))))
+        for d in devs:
+            # each device sees the messages other devices won, at most once each
+            dm = [p.body.message_id for p in d.pushes("CMD_PUSH_MSG")]
+            assert len(dm) == len(set(dm)), "%s got duplicates" % d.label
+        for c in (cb, devs[0]):
+            msgs, _ = await c.sync_all()
+            assert [m.seq for m in msgs] == list(range(1, 31)), [m.seq for m in msgs]
+            assert sorted(m.message_id for m in msgs) == sorted(mids.values())
+        await close_all(devs + [cb])
+    run(go())
+
+
+def test_second_auth_rejected(mgw):
+    print("check (docs/protocol.md): a second CMD_AUTH_REQ on an authenticated "
+          "connection -> ERR_INVALID_PARAM, the connection stays and keeps its user")
+
+    async def go():
+        a, b = uid("a"), uid("b")
+        ca = await MClient.open(mgw, a)
+        f = await ca.request("CMD_AUTH_REQ", pb.AuthRequest(user_id=b, token=H.make_token(b)),
+                             expect="CMD_AUTH_RSP")
+        print(f)
+        assert_code(f.body, INVALID, "second auth")
+        cb = await MClient.open(mgw, b)
+        r = await cb.send_ok(to=a)
+        p = await ca.wait_push("CMD_PUSH_MSG")
+        assert p.body.message_id == r.message_id and p.body.receiver_id == a
+        await close_all([ca, cb])
+    run(go())
+
+
+def test_push_codec_follows_last_client_frame(mgw):
+    print("check: pushes use the codec of the client's last frame: a pb-authenticated "
+          "connection that sends a JSON heartbeat gets the next push as JSON, and after "
+          "a pb heartbeat as protobuf again")
+
+    async def go():
+        a, b = uid("a"), uid("b")
+        ca = await MClient.open(mgw, a, codec="pb")
+        cb = await MClient.open(mgw, b)
+        ca.codec = "json"
+        await ca.heartbeat()
+        r1 = await cb.send_ok(to=a, content="as json")
+        p1 = await ca.wait_push("CMD_PUSH_MSG", is_msg(r1.message_id))
+        print("after a JSON frame:", p1)
+        assert p1.codec == "json", p1
+        ca.codec = "pb"
+        await ca.heartbeat()
+        r2 = await cb.send_ok(to=a, content="as pb")
+        p2 = await ca.wait_push("CMD_PUSH_MSG", is_msg(r2.message_id))
+        print("after a pb frame:", p2)
+        assert p2.codec == "pb", p2
+        await close_all([ca, cb])
+    run(go())
+
+
+@pytest.mark.parametrize("scodec,rcodec", CODEC_PAIRS)
+def test_content_and_extra_escaping(mgw, scodec, rcodec):
+    print("check (%s -> %s): content with quotes, backslashes, newlines, control "
+          "characters and non-BMP characters, and extra with unicode keys/values, arrive "
+          "byte-exact in pushes and syncs" % (scodec, rcodec))
+    _escaping_roundtrip(mgw, scodec, rcodec,
+                        'a "q" \\ back\nnew\tline \x01\x1f é ✓ 🌍 \u2028 </script>',
+                        {"ключ": "значение", "quote\"key": "back\\slash", "empty": "",
+                         "nl": "a\nb"})
+
+
+@pytest.mark.parametrize("rcodec", ["pb", "json"])
+def test_content_with_nul_byte_protobuf(mgw, rcodec):
+    print("check (pb -> %s): bytes content containing NUL arrives byte-exact "
+          "(string fields are NUL-terminated: docs/protocol.md)" % rcodec)
+    _escaping_roundtrip(mgw, "pb", rcodec, "before\x00after", {"k": "vw"})
+
+
+def test_json_nul_escape_refused(mgw):
+    print("check: a JSON frame containing \\u0000 is refused with CMD_ERROR_RSP "
+          "ERR_INVALID_PARAM (never silently truncated) and the connection stays up")
+
+    async def go():
+        a, b = uid("a"), uid("b")
+        ca = await MClient.open(mgw, a, codec="json")
+        frame = json.dumps({"command": "CMD_SEND_MSG_REQ", "sequence": 77,
+                            "body": {"receiver_id": b, "client_msg_id": "nul1",
+                                     "content": "before\u0000after"}})
+        assert "\\u0000" in frame
+        n0 = len(ca.frames)
+        await ca.ws.send(frame)
+        for _ in range(50):
+            errs = [f for f in ca.frames[n0:] if f.command == C["CMD_ERROR_RSP"]]
+            if errs:
+                break
+            await asyncio.sleep(0.1)
+        print("error frames:", errs)
+        assert errs and errs[0].body.error_code == pb.ERR_INVALID_PARAM
+        r = await ca.send_ok(to=b, content="still works")
+        assert r.seq >= 1
+        await close_all([ca])
+    run(go())
+
+
+def _escaping_roundtrip(mgw, scodec, rcodec, content, extra):
+    async def go():
+        a, b = uid("a"), uid("b")
+        ca = await MClient.open(mgw, a, codec=scodec)
+        cb = await MClient.open(mgw, b, codec=rcodec)
+        r = await ca.send_ok(to=b, content=content, extra=extra)
+        p = await cb.wait_push("CMD_PUSH_MSG")
+        print("push:", p)
+        assert bytes(p.body.content) == content.encode("utf-8"), p
+        assert dict(p.body.extra) == extra, p
+        s = await cb.sync()
+        m = s.messages[0]
+        assert bytes(m.content) == content.encode("utf-8") and dict(m.extra) == extra, m
+        assert m.message_id == r.message_id
+        await close_all([ca, cb])
+    run(go())
+
+
+def test_sixteen_devices_all_get_push(mgw):
+    print("check (docs/protocol.md: at most 16 connections per user): a user with 16 "
+          "devices (mixed codecs, spread over loops) gets each message once on every "
+          "device; a 17th platform is refused and the 16 stay connected")
+
+    async def go():
+        a, b = uid("a"), uid("b")
+        devs = [await MClient.open(mgw, a, platform="dev%02d" % i,
+                                   codec="json" if i % 2 else "pb") for i in range(16)]
+        extra = await MClient.open(mgw, a, platform="dev16", expect_ok=False)
+        print("17th login:", extra.auth_rsp)
+        assert extra.auth_rsp.error_code != OK, "17th connection accepted"
+        cb = await MClient.open(mgw, b)
+        r = await cb.send_ok(to=a, content="to 16 devices")
+        for d in devs:
+            p = await d.wait_push("CMD_PUSH_MSG")
+            assert p.body.message_id == r.message_id
+        await asyncio.sleep(0.3)
+        for d in devs:
+            assert not d.closed.is_set(), d.label
+            assert len(d.pushes("CMD_PUSH_MSG")) == 1 and not d.pushes("CMD_KICK_PUSH"), d.frames
+        # a device sending reaches the other 15
+        r2 = await devs[3].send_ok(to=b, content="from dev03")
+        for i, d in enumerate(devs):
+            if i != 3:
+                await d.wait_push("CMD_PUSH_MSG", is_msg(r2.message_id))
+        await close_all(devs + [extra, cb])
+    run(go())
+
+
+def test_store_unavailable_server_busy(mserver, store_backend):
+    if store_backend.name != "redis":
+        pytest.skip("needs an external store that can be stopped (redis backend)")
+    import services
+    print("check: the store goes away -> sends answer ERR_SERVER_BUSY (nothing accepted); "
+          "after it is back, sends succeed and sync shows no half-written message")
+    private = services.RedisServer(persist=True).start()
+    try:
+        s = mserver(threads=2, env={"IMGW__STORE__REDIS_URL": private.url})
+
+        async def go():
+            a, b = uid("a"), uid("b")
+            ca = await MClient.open(s, a)
+            first = await ca.send_ok(to=b, content="before outage")
+            private.stop()
+            busy = await ca.send_msg(to=b, content="during outage", timeout=20)
+            print("during outage:", busy)
+            assert_code(busy, H.ERR.Value("ERR_SERVER_BUSY"), "send while the store is down")
+            private.start()
+            ok = None
+            for _ in range(100):
+                ok = await ca.send_msg(to=b, content="after outage", timeout=20)
+                if ok.error_code == OK:
+                    break
+                await asyncio.sleep(0.1)
+            assert_code(ok, OK, "send after the store came back")
+            cb = await MClient.open(s, b)
+            st = await cb.sync()
+            print("receiver timeline:", [(m.seq, bytes(m.content)) for m in st.messages])
+            assert [bytes(m.content) for m in st.messages] == [b"before outage",
+                                                               b"after outage"], st
+            assert [m.seq for m in st.messages] == [1, 2], st
+            assert st.messages[0].message_id == first.message_id
+            await close_all([ca, cb])
+        run(go())
+    finally:
+        private.cleanup()

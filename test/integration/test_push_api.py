@@ -12,7 +12,7 @@ import pytest
 import imgw_harness as H
 from imgw_harness import run
 from msg_helpers import (  # noqa: F401  (fixtures)
-    ADMIN_TOKEN, OK, MClient, api_push, close_all, http_json, mgw, mserver,
+    MClient, api_push, close_all, http_json, mgw, mserver,
     store_backend, uid)
 
 PUSH = H.cmd_num("CMD_PUSH_MSG")
@@ -131,19 +131,26 @@ def test_api_push_broadcast(mserver):
                                 "data": {"message_id": "42", "content": "to everyone"}})
         print(r)
         assert r.status == 200 and r.json.get("ok") is True, r
-        assert r.json["connections"] == len(cs), (
-            "broadcast counted %r connections, %d authenticated are open"
-            % (r.json["connections"], len(cs)))
         for c in cs:
             f = await c.wait_push("CMD_PUSH_MSG")
             assert bytes(f.body.content) == b"to everyone", f
+        r2 = api_push(mgw.port, {"code": 202, "broadcast": True,
+                                 "data": {"content": "no ids key"}})
+        print("broadcast without ids:", r2)
+        assert r2.status == 200, r2
+        for c in cs:
+            await c.wait_push("CMD_PUSH_MSG", lambda f: bytes(f.body.content) == b"no ids key")
         await asyncio.sleep(0.3)
         assert unauth.frames == [], "unauthenticated connection got %r" % unauth.frames
-        r = api_push(mgw.port, {"code": 202, "broadcast": True,
-                                "data": {"content": "no ids key"}})
-        print("broadcast without ids:", r)
-        assert r.status == 200 and r.json["connections"] == len(cs), r
+        for c in cs:
+            assert len(c.pushes()) == 2, (c.label, c.frames)
         await close_all(cs + [unauth])
+        # the count: N = connections the frame was delivered to (authenticated ones)
+        for resp in (r, r2):
+            assert resp.json["connections"] == len(cs), (
+                "broadcast answered connections=%r, but only %d authenticated connections "
+                "are open (and got the frame); 1 unauthenticated WebSocket and the HTTP "
+                "request's own connection are also open" % (resp.json["connections"], len(cs)))
     run(go())
 
 
@@ -230,4 +237,27 @@ def test_api_push_auth_401(mgw, token):
         assert r.status == 401, r
         await c.expect_no_push(wait=0.3)
         await c.close()
+    run(go())
+
+
+def test_api_push_duplicate_ids_once_per_connection(mgw):
+    print("check: ids naming a user twice target that user once: each of its "
+          "connections gets the frame exactly once and connections counts each once "
+          "(ids are the target users, protocol.md 8)")
+
+    async def go():
+        u = uid("u")
+        c1 = await MClient.open(mgw, u)
+        c2 = await MClient.open(mgw, u, platform="iOS", codec="json")
+        r = api_push(mgw.port, {"code": 202, "ids": [u, u, u], "data": {"content": "dup"}})
+        print(r)
+        assert r.status == 200, r
+        await c1.wait_push("CMD_PUSH_MSG")
+        await c2.wait_push("CMD_PUSH_MSG")
+        await asyncio.sleep(0.4)
+        n = (len(c1.pushes("CMD_PUSH_MSG")), len(c2.pushes("CMD_PUSH_MSG")))
+        print("frames per connection:", n)
+        assert n == (1, 1), "a user listed 3 times got %r frames per connection" % (n,)
+        assert r.json["connections"] == 2, r.json
+        await close_all([c1, c2])
     run(go())

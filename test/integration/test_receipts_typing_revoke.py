@@ -12,7 +12,7 @@ import imgw_harness as H
 from imgw_harness import pb, run
 from msg_helpers import (  # noqa: F401  (fixtures)
     DENIED, INVALID, NO_CONV, OK, MClient, assert_code, close_all, group_conv,
-    is_msg, mgw, mserver, put_group, single_conv, store_backend, uid)
+    mgw, mserver, put_group, single_conv, store_backend, uid)
 
 ERROR_RSP = H.cmd_num("CMD_ERROR_RSP")
 
@@ -66,8 +66,8 @@ def test_read_receipt_single(mgw, codec):
 
 
 def test_read_receipt_group(mgw):
-    print("check: group read receipt -> every other member's connection gets the push; "
-          "the reader's connection none; non-members none")
+    print("check: group read receipt -> every other member's connection and the reader's "
+          "other device get the push; the reading connection none; non-members none")
 
     async def go():
         a, b, c, x = uid("a"), uid("b"), uid("c"), uid("x")
@@ -75,20 +75,21 @@ def test_read_receipt_group(mgw):
         put_group(mgw.port, gid, [a, b, c])
         ca = await MClient.open(mgw, a)
         cb = await MClient.open(mgw, b, codec="json")
+        cb2 = await MClient.open(mgw, b, platform="iOS")
         cc = await MClient.open(mgw, c)
         cx = await MClient.open(mgw, x)
         r = await ca.send_ok(group=gid, content="g")
         await cb.wait_push("CMD_PUSH_MSG")
         rsp = await read_receipt(cb, [r.message_id], group_conv(gid))
         assert_code(rsp, OK)
-        for cl in (ca, cc):
+        for cl in (ca, cc, cb2):
             p = await cl.wait_push("CMD_READ_RECEIPT_PUSH")
             print("push to %s:" % cl.label, p)
             assert p.body.user_id == b and p.body.conversation_id == group_conv(gid), p
             assert list(p.body.message_ids) == [r.message_id], p
         await cb.expect_no_push("CMD_READ_RECEIPT_PUSH", wait=0.3)
         assert cx.pushes() == [], cx.frames
-        await close_all([ca, cb, cc, cx])
+        await close_all([ca, cb, cb2, cc, cx])
     run(go())
 
 
@@ -358,4 +359,67 @@ def test_revoke_after_window_refused(mserver):
         assert bytes(byid[old.message_id].content) == b"too late", st
         assert byid[fresh.message_id].extra.get("revoked") == "1", st
         await close_all([ca, cb])
+    run(go())
+
+
+def test_revoke_conversation_mismatch(mgw):
+    print("check (docs/protocol.md): revoke with a conversation_id other than the "
+          "message's -> ERR_INVALID_PARAM; an empty conversation_id uses the stored one")
+
+    async def go():
+        a, b, c = uid("a"), uid("b"), uid("c")
+        ca = await MClient.open(mgw, a)
+        cb = await MClient.open(mgw, b)
+        r = await ca.send_ok(to=b, content="x")
+        rsp = await revoke(ca, r.message_id, single_conv(a, c))
+        print("mismatch:", rsp)
+        assert_code(rsp, INVALID, "conversation mismatch")
+        await cb.expect_no_push("CMD_REVOKE_MSG_PUSH", wait=0.3)
+        rsp = await revoke(ca, r.message_id, "")
+        print("empty conversation_id:", rsp)
+        assert_code(rsp, OK, "revoke without conversation_id")
+        p = await cb.wait_push("CMD_REVOKE_MSG_PUSH")
+        assert p.body.conversation_id == single_conv(a, b), p
+        await close_all([ca, cb])
+    run(go())
+
+
+def test_read_receipt_json_reader(mgw):
+    print("check: a JSON reader acknowledges a binary sender's message: the sender "
+          "gets a protobuf READ_RECEIPT_PUSH with user_id = reader")
+
+    async def go():
+        a, b = uid("a"), uid("b")
+        ca = await MClient.open(mgw, a, codec="json")
+        cb = await MClient.open(mgw, b)
+        r = await cb.send_ok(to=a, content="hi a")
+        await ca.wait_push("CMD_PUSH_MSG")
+        rsp = await read_receipt(ca, [r.message_id], single_conv(a, b))
+        assert_code(rsp, OK)
+        p = await cb.wait_push("CMD_READ_RECEIPT_PUSH")
+        assert p.body.user_id == a and list(p.body.message_ids) == [r.message_id], p
+        await close_all([ca, cb])
+    run(go())
+
+
+def test_revoke_from_senders_other_device(mgw):
+    print("check: the sender may revoke from another of its devices: success; the "
+          "device that sent the message and the receiver get REVOKE_MSG_PUSH, the "
+          "requesting device does not")
+
+    async def go():
+        a, b = uid("a"), uid("b")
+        aw = await MClient.open(mgw, a, platform="Web")
+        ai = await MClient.open(mgw, a, platform="iOS", codec="json")
+        cb = await MClient.open(mgw, b)
+        r = await aw.send_ok(to=b, content="sent from web")
+        await ai.wait_push("CMD_PUSH_MSG")
+        rsp = await revoke(ai, r.message_id, single_conv(a, b))
+        print("revoke from iOS:", rsp)
+        assert_code(rsp, OK, "revoke from the sender's other device")
+        for c in (aw, cb):
+            p = await c.wait_push("CMD_REVOKE_MSG_PUSH")
+            assert p.body.message_id == r.message_id and p.body.revoked_by == a, p
+        await ai.expect_no_push("CMD_REVOKE_MSG_PUSH", wait=0.4)
+        await close_all([aw, ai, cb])
     run(go())

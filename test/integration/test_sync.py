@@ -11,7 +11,7 @@ import pytest
 
 from imgw_harness import run
 from msg_helpers import (  # noqa: F401  (fixtures)
-    OK, MClient, assert_code, check_push_matches, close_all, mgw, mserver,
+    INVALID, OK, MClient, assert_code, check_push_matches, close_all, mgw, mserver,
     send_many, store_backend, uid)
 
 
@@ -114,6 +114,12 @@ def test_sync_default_limit_and_cap(mgw):
         print("limit 0: %d messages, has_more %r" % (len(r.messages), r.has_more))
         assert seqs(r) == list(range(1, 101)) and r.has_more is True, (
             "default limit: got %d messages, has_more %r" % (len(r.messages), r.has_more))
+        r = await cb.sync(0, 0, -5)
+        assert seqs(r) == list(range(1, 101)) and r.has_more is True, (
+            "limit -5 (docs: <= 0 means 100): got %d" % len(r.messages))
+        ids = [int(x.message_id) for x in rs]
+        assert all(x < y for x, y in zip(ids, ids[1:])), (
+            "message ids of sequential sends are not increasing (time-ordered)")
         r = await cb.sync(0, 0, 1000)
         print("limit 1000: %d messages, has_more %r" % (len(r.messages), r.has_more))
         assert seqs(r) == list(range(1, 501)) and r.has_more is True, (
@@ -170,5 +176,73 @@ def test_sync_catches_up_after_reconnect(mgw):
         assert [m.message_id for m in r.messages] == [x.message_id for x in missed], r
         assert seqs(r) == [3, 4, 5], r
         assert len(first) == 2
+        await close_all([ca, cb])
+    run(go())
+
+
+@pytest.mark.parametrize("req", [(-1, 0, 10), (0, -5, 10), (5, 3, 10)])
+def test_sync_invalid_ranges(mgw, req):
+    print("check (docs/protocol.md): sync %r (negative, or max_seq < min_seq) -> "
+          "ERR_INVALID_PARAM in the SyncResponse; the connection stays" % (req,))
+
+    async def go():
+        a = uid("a")
+        ca = await MClient.open(mgw, a)
+        r = await ca.sync(*req)
+        print(r)
+        assert_code(r, INVALID, "sync %r" % (req,))
+        assert list(r.messages) == [], r
+        await ca.heartbeat()
+        await ca.close()
+    run(go())
+
+
+def test_retention_count(mserver, store_backend):
+    s = mserver(threads=2, env={"IMGW__STORE__RETENTION_COUNT": "5"})
+    print("check: retention_count=5; 8 messages -> sync returns seqs 4..8 only, "
+          "server_max_seq and AuthResponse.max_seq stay 8; seqs never reused")
+
+    async def go():
+        a, b = uid("a"), uid("b")
+        ca = await MClient.open(s, a)
+        await send_many(ca, 8, to=b)
+        cb = await MClient.open(s, b, codec="json")
+        assert cb.auth_rsp.max_seq == 8, cb.auth_rsp
+        r = await cb.sync()
+        print("sync:", seqs(r), r.has_more, r.server_max_seq)
+        assert seqs(r) == [4, 5, 6, 7, 8] and r.server_max_seq == 8 and not r.has_more, r
+        r = await cb.sync(0, 0, 2)
+        assert seqs(r) == [4, 5] and r.has_more, r
+        r9 = await ca.send_ok(to=b)
+        assert r9.seq == 9, r9
+        r = await cb.sync()
+        assert seqs(r) == [5, 6, 7, 8, 9], r
+        await close_all([ca, cb])
+    run(go())
+
+
+def test_sync_large_messages_paged(mgw):
+    print("check: 40 messages of 60000 bytes (2.4 MB): sync limit 500 may cut the page "
+          "(docs: ~1 MiB) but then has_more is true; paging returns all 40 in order, "
+          "content intact")
+
+    async def go():
+        a, b = uid("a"), uid("b")
+        ca = await MClient.open(mgw, a)
+        rs = []
+        for i in range(40):
+            rs.append(await ca.send_ok(to=b, content=("%02d" % i) * 30000))
+        cb = await MClient.open(mgw, b)
+        r = await cb.sync(0, 0, 500, timeout=20)
+        print("first page: %d messages, has_more %r" % (len(r.messages), r.has_more))
+        assert seqs(r) == list(range(1, len(r.messages) + 1)), seqs(r)
+        assert len(r.messages) >= 1
+        if len(r.messages) < 40:
+            assert r.has_more, "page cut at %d of 40 without has_more" % len(r.messages)
+        msgs, pages = await cb.sync_all(limit=500)
+        print("pages:", [len(p.messages) for p in pages])
+        assert [m.seq for m in msgs] == list(range(1, 41))
+        for m, x in zip(msgs, rs):
+            assert m.message_id == x.message_id and bytes(m.content) == bytes(x.req.content)
         await close_all([ca, cb])
     run(go())

@@ -1,0 +1,547 @@
+/*
+ * cluster.c: this node as one broker node of a cluster (protocol.md
+ * sections 7 and 8).
+ *
+ * Outgoing: after a message is stored and pushed to this node's own
+ * connections, the receivers' routes (store: IM-USER-{user} platform ->
+ * broker_id) name the other nodes that hold connections of theirs; each
+ * such node gets ONE publish carrying all its recipients (with each one's
+ * seq) and the shared PushMessage body. Other pushes (receipts, typing,
+ * revoke) travel in the downlink format {code, ids, data}. A login kicks a
+ * (user, platform) connection on another node with a "kick" message.
+ *
+ * Incoming: the MQ thread hands every consumed message to a loop (round
+ * robin) through imgw_net_post; that loop parses it (bounded size and
+ * depth), routes it to the owning loops' mailboxes, and only then acks it.
+ * Malformed messages are rejected without requeue, counted and logged at a
+ * bounded rate.
+ *
+ * Internal messages carry "imgw": "push" | "kick"; anything else is a
+ * business downlink, handled exactly like POST /api/push.
+ *
+ * Threads: imgw_cluster_start/stop on main; on_mq on the MQ thread; the
+ * rest on loops.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+#include <mbedtls/base64.h>
+
+#include "../mq/mq.h"
+#include "err.h"
+#include "log.h"
+#include "session.h"
+
+#define CLUSTER_MAX_MESSAGE (4u << 20)
+#define CLUSTER_PUBLISH_TTL_MS 60000
+#define CLUSTER_MAX_DEPTH 16
+
+int imgw_api_push_json(imgw_core_loop_t *cl, const cJSON *j, size_t *targets,
+                       const char **why);
+
+/* ---- the MQ thread side ------------------------------------------------- */
+
+static void
+on_mq(void *data, const uint8_t *body, size_t len, uint64_t tag)
+{
+    imgw_node_t *node = data;
+    if (atomic_load(&node->draining))
+        return; /* left unacked: the broker redelivers it elsewhere/later */
+    imgw_mail_t *m = calloc(1, sizeof(*m));
+    if (m == NULL)
+        return;
+    m->kind = IMGW_MAIL_MQ;
+    m->tag = tag;
+    m->raw[0] = malloc(len ? len : 1);
+    if (m->raw[0] == NULL) {
+        free(m);
+        return;
+    }
+    memcpy(m->raw[0], body, len);
+    m->raw_len[0] = len;
+    int loop = (int)(atomic_fetch_add(&node->mq_rr, 1) % (unsigned)node->n_loops);
+    if (imgw_net_post(node->net, loop, &m->node) != 0) {
+        free(m->raw[0]);
+        free(m);
+    }
+}
+
+int
+imgw_cluster_start(imgw_node_t *node, char *err, size_t errlen)
+{
+    const imgw_config_t *cfg = node->cfg;
+    imgw_mq_opts_t o = {
+        .url = cfg->mq_url,
+        .broker_id = cfg->broker_id,
+        .exchange = cfg->mq_exchange,
+        .prefetch = cfg->mq_prefetch,
+        .heartbeat = 30,
+        .max_message = CLUSTER_MAX_MESSAGE,
+        .publish_ttl_ms = CLUSTER_PUBLISH_TTL_MS,
+        .on_message = on_mq,
+        .data = node,
+    };
+    return imgw_mq_start(&node->mq, &o, err, errlen);
+}
+
+void
+imgw_cluster_stop(imgw_node_t *node)
+{
+    if (node->mq != NULL)
+        imgw_mq_stop(node->mq);
+    node->mq = NULL;
+}
+
+/* ---- outgoing: find the other nodes, one publish per node --------------- */
+
+typedef struct hop_s {
+    char broker[128];
+    size_t user; /* index into the fan-out's users */
+} hop_t;
+
+typedef struct fanout_ref_s fanout_ref_t;
+
+typedef struct fanout_s {
+    fanout_ref_t *refs; /* one per user: the lookups' callback data */
+    int command;        /* 202: blob push; else a downlink frame */
+    int64_t ts;
+    uint8_t *payload;   /* 202: PushMessage blob; else the JSON body text */
+    size_t payload_len;
+    char **users;
+    int64_t *seqs;
+    size_t n;
+    size_t pending;     /* route lookups outstanding */
+    hop_t *hops;
+    size_t n_hops, cap_hops;
+} fanout_t;
+
+struct fanout_ref_s {
+    fanout_t *f;
+    size_t user;
+};
+
+static void
+fanout_free(fanout_t *f)
+{
+    for (size_t i = 0; i < f->n; i++)
+        free(f->users[i]);
+    free(f->users);
+    free(f->seqs);
+    free(f->payload);
+    free(f->hops);
+    free(f->refs);
+    free(f);
+}
+
+static int
+hop_add(fanout_t *f, const char *broker, size_t user)
+{
+    for (size_t i = 0; i < f->n_hops; i++)
+        if (f->hops[i].user == user && strcmp(f->hops[i].broker, broker) == 0)
+            return 0;
+    if (f->n_hops == f->cap_hops) {
+        size_t cap = f->cap_hops ? f->cap_hops * 2 : 8;
+        hop_t *h = realloc(f->hops, cap * sizeof(*h));
+        if (h == NULL)
+            return IMGW_ENOMEM;
+        f->hops = h;
+        f->cap_hops = cap;
+    }
+    snprintf(f->hops[f->n_hops].broker, sizeof(f->hops[0].broker), "%s",
+             broker);
+    f->hops[f->n_hops].user = user;
+    f->n_hops++;
+    return 0;
+}
+
+static char *
+b64(const uint8_t *p, size_t n)
+{
+    size_t olen = 0;
+    mbedtls_base64_encode(NULL, 0, &olen, p, n);
+    char *out = malloc(olen + 1);
+    if (out == NULL)
+        return NULL;
+    if (mbedtls_base64_encode((unsigned char *)out, olen + 1, &olen, p, n) !=
+        0) {
+        free(out);
+        return NULL;
+    }
+    out[olen] = '\0';
+    return out;
+}
+
+/* Publishes one message per broker named by the hops. */
+static void
+fanout_flush(imgw_core_loop_t *cl, fanout_t *f)
+{
+    imgw_node_t *node = cl->node;
+    char *blob64 = NULL;
+    if (f->command == im_CommandType_CMD_PUSH_MSG) {
+        blob64 = b64(f->payload, f->payload_len);
+        if (blob64 == NULL)
+            return;
+    }
+    uint8_t *done = calloc(f->n_hops ? f->n_hops : 1, 1);
+    if (done == NULL) {
+        free(blob64);
+        return;
+    }
+    for (size_t i = 0; i < f->n_hops; i++) {
+        if (done[i])
+            continue;
+        const char *broker = f->hops[i].broker;
+        cJSON *msg = cJSON_CreateObject();
+        cJSON *list = cJSON_CreateArray();
+        for (size_t k = i; k < f->n_hops; k++) {
+            if (done[k] || strcmp(f->hops[k].broker, broker) != 0)
+                continue;
+            done[k] = 1;
+            size_t u = f->hops[k].user;
+            if (blob64 != NULL) {
+                cJSON *t = cJSON_CreateArray();
+                cJSON_AddItemToArray(t, cJSON_CreateString(f->users[u]));
+                cJSON_AddItemToArray(t, cJSON_CreateNumber((double)f->seqs[u]));
+                cJSON_AddItemToArray(list, t);
+            } else {
+                cJSON_AddItemToArray(list, cJSON_CreateString(f->users[u]));
+            }
+        }
+        if (blob64 != NULL) {
+            cJSON_AddStringToObject(msg, "imgw", "push");
+            cJSON_AddNumberToObject(msg, "ts", (double)f->ts);
+            cJSON_AddStringToObject(msg, "blob", blob64);
+            cJSON_AddItemToObject(msg, "targets", list);
+        } else {
+            cJSON_AddNumberToObject(msg, "code", f->command);
+            cJSON_AddItemToObject(msg, "ids", list);
+            cJSON_AddItemToObject(msg, "data",
+                                  cJSON_ParseWithLength((const char *)
+                                                            f->payload,
+                                                        f->payload_len));
+        }
+        char *text = cJSON_PrintUnformatted(msg);
+        cJSON_Delete(msg);
+        if (text == NULL ||
+            imgw_mq_publish(node->mq, broker, (const uint8_t *)text,
+                            strlen(text)) != 0) {
+            /* The message is in the store: its receivers sync it. */
+            atomic_fetch_add(&node->remote_dropped, 1);
+            IMGW_LOG_WARN_RL("cluster: push to node %s dropped (broker "
+                             "unavailable)", broker);
+        }
+        free(text);
+    }
+    free(done);
+    free(blob64);
+}
+
+static void
+route_cb(int status, const imgw_store_route_t *r, size_t n, void *data)
+{
+    fanout_ref_t *ref = data;
+    fanout_t *f = ref->f;
+    imgw_core_loop_t *cl = imgw_core_loop_current();
+    const char *self = cl->node->cfg->broker_id;
+    if (status == 0)
+        for (size_t i = 0; i < n; i++)
+            if (strcmp(r[i].broker_id, self) != 0)
+                hop_add(f, r[i].broker_id, ref->user);
+    if (--f->pending == 0) {
+        fanout_flush(cl, f);
+        fanout_free(f);
+    }
+}
+
+/*
+ * Looks up every user's routes (pipelined by the redis backend) and
+ * publishes once every answer is in. payload is copied.
+ */
+static void
+fanout_start(imgw_core_loop_t *cl, int command, int64_t ts,
+             const uint8_t *payload, size_t len, const char *const *users,
+             const int64_t *seqs, size_t n)
+{
+    if (n == 0)
+        return;
+    fanout_t *f = calloc(1, sizeof(*f));
+    fanout_ref_t *refs = calloc(n, sizeof(*refs));
+    if (f == NULL || refs == NULL) {
+        free(f);
+        free(refs);
+        IMGW_LOG_WARN_RL("cluster: out of memory routing a push");
+        return;
+    }
+    f->refs = refs;
+    f->command = command;
+    f->ts = ts;
+    f->payload = malloc(len ? len : 1);
+    f->users = calloc(n, sizeof(char *));
+    f->seqs = calloc(n, sizeof(int64_t));
+    if (f->payload == NULL || f->users == NULL || f->seqs == NULL)
+        goto oom;
+    memcpy(f->payload, payload, len);
+    f->payload_len = len;
+    for (size_t i = 0; i < n; i++) {
+        f->users[i] = strdup(users[i]);
+        if (f->users[i] == NULL)
+            goto oom;
+        f->n = i + 1;
+        f->seqs[i] = seqs ? seqs[i] : 0;
+    }
+    /* Every lookup counts before the first is sent: a backend that answers
+     * synchronously must not finish the fan-out early. */
+    f->pending = n + 1;
+    for (size_t i = 0; i < n; i++) {
+        refs[i].f = f;
+        refs[i].user = i;
+        if (imgw_store_route_get(cl->store, f->users[i], route_cb,
+                                 &refs[i]) != 0)
+            f->pending--;
+    }
+    /* Drop the extra count; the last answer flushes and frees. */
+    if (--f->pending == 0) {
+        fanout_flush(cl, f);
+        fanout_free(f);
+    }
+    return;
+oom:
+    IMGW_LOG_WARN_RL("cluster: out of memory routing a push");
+    fanout_free(f);
+}
+
+void
+imgw_cluster_push(imgw_core_loop_t *cl, const uint8_t *blob, size_t len,
+                  int64_t timestamp, const char *const *users,
+                  const int64_t *seqs, size_t n)
+{
+    fanout_start(cl, im_CommandType_CMD_PUSH_MSG, timestamp, blob, len, users,
+                 seqs, n);
+}
+
+void
+imgw_cluster_frame(imgw_core_loop_t *cl, int command,
+                   const imgw_push_body_t *body, const char *const *users,
+                   size_t n)
+{
+    /* The body as JSON: our own encoder's frame, whose "body" we keep. */
+    ssize_t len = imgw_codec_encode(IMGW_CODEC_JSON, command, 0, 0, body,
+                                    cl->out, cl->out_cap);
+    if (len < 0)
+        return;
+    cJSON *frame = cJSON_ParseWithLength((const char *)cl->out, (size_t)len);
+    cJSON *b = cJSON_GetObjectItemCaseSensitive(frame, "body");
+    char *text = b ? cJSON_PrintUnformatted(b) : NULL;
+    cJSON_Delete(frame);
+    if (text == NULL)
+        return;
+    fanout_start(cl, command, 0, (const uint8_t *)text, strlen(text), users,
+                 NULL, n);
+    free(text);
+}
+
+/* ---- kicks across nodes ------------------------------------------------- */
+
+typedef struct kick_ctx_s {
+    char user[IMGW_JWT_MAX_USER];
+    char platform[IMGW_USERMAP_PLATFORM];
+} kick_ctx_t;
+
+static void
+kick_route_cb(int status, const imgw_store_route_t *r, size_t n, void *data)
+{
+    kick_ctx_t *k = data;
+    imgw_core_loop_t *cl = imgw_core_loop_current();
+    const char *self = cl->node->cfg->broker_id;
+    for (size_t i = 0; status == 0 && i < n; i++) {
+        if (strcmp(r[i].platform, k->platform) != 0 ||
+            strcmp(r[i].broker_id, self) == 0)
+            continue;
+        cJSON *msg = cJSON_CreateObject();
+        cJSON_AddStringToObject(msg, "imgw", "kick");
+        cJSON_AddStringToObject(msg, "user", k->user);
+        cJSON_AddStringToObject(msg, "platform", k->platform);
+        char *text = cJSON_PrintUnformatted(msg);
+        cJSON_Delete(msg);
+        if (text == NULL || imgw_mq_publish(cl->node->mq, r[i].broker_id,
+                                            (const uint8_t *)text,
+                                            strlen(text)) != 0)
+            atomic_fetch_add(&cl->node->remote_dropped, 1);
+        free(text);
+    }
+    free(k);
+}
+
+void
+imgw_cluster_kick(imgw_core_loop_t *cl, const char *user, const char *platform)
+{
+    kick_ctx_t *k = calloc(1, sizeof(*k));
+    if (k == NULL)
+        return;
+    snprintf(k->user, sizeof(k->user), "%s", user);
+    snprintf(k->platform, sizeof(k->platform), "%s", platform);
+    if (imgw_store_route_get(cl->store, user, kick_route_cb, k) != 0)
+        free(k);
+}
+
+/* ---- incoming ------------------------------------------------------------- */
+
+static int
+depth_ok(const uint8_t *p, size_t n)
+{
+    int depth = 0, in_str = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t ch = p[i];
+        if (in_str) {
+            if (ch == '\\')
+                i++;
+            else if (ch == '"')
+                in_str = 0;
+        } else if (ch == '"') {
+            in_str = 1;
+        } else if (ch == '{' || ch == '[') {
+            if (++depth > CLUSTER_MAX_DEPTH)
+                return 0;
+        } else if (ch == '}' || ch == ']') {
+            depth--;
+        }
+    }
+    return 1;
+}
+
+/* Kicks this node's connections of (user, platform). */
+static void
+kick_local(imgw_core_loop_t *cl, const char *user, const char *platform)
+{
+    imgw_usermap_conn_t conns[IMGW_USERMAP_MAX_CONNS];
+    size_t k = imgw_usermap_get(cl->node->users, user, conns,
+                                IMGW_USERMAP_MAX_CONNS);
+    for (size_t i = 0; i < k; i++) {
+        if (strcmp(conns[i].platform, platform) != 0)
+            continue;
+        if (conns[i].ref.loop == cl->index) {
+            imgw_session_kick(cl, conns[i].ref, platform);
+            continue;
+        }
+        imgw_mail_t *m = calloc(1, sizeof(*m) + sizeof(imgw_target_t));
+        if (m == NULL)
+            continue;
+        m->kind = IMGW_MAIL_KICK;
+        m->n = 1;
+        m->targets[0].ref = conns[i].ref;
+        snprintf(m->body.kick.platform, sizeof(m->body.kick.platform), "%s",
+                 platform);
+        imgw_loop_post(imgw_net_loop(cl->node->net, conns[i].ref.loop),
+                       &m->node);
+    }
+}
+
+/* An internal push: {"imgw":"push","ts":T,"blob":B64,"targets":[[u,seq]]}. */
+static const char *
+handle_push(imgw_core_loop_t *cl, const cJSON *j)
+{
+    const cJSON *ts = cJSON_GetObjectItemCaseSensitive(j, "ts");
+    const cJSON *blob = cJSON_GetObjectItemCaseSensitive(j, "blob");
+    const cJSON *targets = cJSON_GetObjectItemCaseSensitive(j, "targets");
+    if (!cJSON_IsNumber(ts) || !cJSON_IsString(blob) ||
+        !cJSON_IsArray(targets))
+        return "push needs ts, blob and targets";
+    size_t bl = strlen(blob->valuestring), olen = 0;
+    uint8_t *raw = malloc(bl ? bl : 1);
+    if (raw == NULL)
+        return "out of memory";
+    if (mbedtls_base64_decode(raw, bl ? bl : 1, &olen,
+                              (const unsigned char *)blob->valuestring,
+                              bl) != 0) {
+        free(raw);
+        return "blob is not base64";
+    }
+    im_PushMessage pm;
+    imgw_slice_t content;
+    if (imgw_codec_decode_push(raw, olen, &pm, &content) != 0) {
+        free(raw);
+        return "blob is not a PushMessage";
+    }
+    size_t n = (size_t)cJSON_GetArraySize(targets);
+    const char **users = malloc((n ? n : 1) * sizeof(char *));
+    int64_t *seqs = malloc((n ? n : 1) * sizeof(int64_t));
+    const char *why = NULL;
+    size_t k = 0;
+    const cJSON *t;
+    if (users == NULL || seqs == NULL)
+        why = "out of memory";
+    cJSON_ArrayForEach(t, targets)
+    {
+        if (why)
+            break;
+        const cJSON *u = cJSON_GetArrayItem(t, 0);
+        const cJSON *s = cJSON_GetArrayItem(t, 1);
+        if (!cJSON_IsArray(t) || !cJSON_IsString(u) || !cJSON_IsNumber(s) ||
+            s->valuedouble < 0) {
+            why = "targets must be [[user, seq], ...]";
+            break;
+        }
+        users[k] = u->valuestring;
+        seqs[k] = (int64_t)s->valuedouble;
+        k++;
+    }
+    if (why == NULL) {
+        imgw_conn_ref_t none = {0xffff, 0, 0};
+        imgw_deliver_push_local(cl, raw, olen, (int64_t)ts->valuedouble, users,
+                                seqs, k, none);
+    }
+    free(users);
+    free(seqs);
+    free(raw);
+    return why;
+}
+
+void
+imgw_cluster_handle(imgw_core_loop_t *cl, const uint8_t *body, size_t len,
+                    uint64_t tag)
+{
+    imgw_node_t *node = cl->node;
+    const char *why = NULL;
+    cJSON *j = NULL;
+    if (len == 0 || len > CLUSTER_MAX_MESSAGE)
+        why = "empty or oversized";
+    else if (!depth_ok(body, len))
+        why = "nested too deep";
+    else if ((j = cJSON_ParseWithLength((const char *)body, len)) == NULL ||
+             !cJSON_IsObject(j))
+        why = "not a JSON object";
+    if (why == NULL) {
+        const cJSON *kind = cJSON_GetObjectItemCaseSensitive(j, "imgw");
+        if (kind == NULL) {
+            size_t targets = 0;
+            if (imgw_api_push_json(cl, j, &targets, &why) == 200)
+                why = NULL;
+            else if (why == NULL)
+                why = "rejected";
+        } else if (!cJSON_IsString(kind)) {
+            why = "imgw must be a string";
+        } else if (strcmp(kind->valuestring, "push") == 0) {
+            why = handle_push(cl, j);
+        } else if (strcmp(kind->valuestring, "kick") == 0) {
+            const cJSON *u = cJSON_GetObjectItemCaseSensitive(j, "user");
+            const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "platform");
+            if (cJSON_IsString(u) && cJSON_IsString(p))
+                kick_local(cl, u->valuestring, p->valuestring);
+            else
+                why = "kick needs user and platform";
+        } else {
+            why = "unknown imgw message";
+        }
+    }
+    cJSON_Delete(j);
+    if (why != NULL) {
+        atomic_fetch_add(&node->mq_bad, 1);
+        IMGW_LOG_WARN_RL("mq: rejected a message (%zu bytes): %s", len, why);
+        imgw_mq_reject(node->mq, tag);
+        return;
+    }
+    /* Everything is in the owning loops' mailboxes (or written): settle. */
+    imgw_mq_ack(node->mq, tag);
+}
