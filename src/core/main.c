@@ -16,6 +16,7 @@
 #include "log.h"
 #include "node.h"
 #include "session.h"
+#include "tls.h"
 
 static imgw_node_t node;
 static imgw_config_t cfg;
@@ -114,6 +115,16 @@ main(int argc, char **argv)
         return 2;
     }
     imgw_jwt_free(probe);
+    if (cfg.n_tls_ports > 0) {
+        /* Same for the certificate and key (each loop loads its own). */
+        imgw_tls_ctx_t *t = NULL;
+        if (imgw_tls_ctx_new(&t, cfg.tls_cert, cfg.tls_key, err,
+                             sizeof(err)) != 0) {
+            fprintf(stderr, "imgw: %s\n", err);
+            return 2;
+        }
+        imgw_tls_ctx_free(t);
+    }
     if (cfg.jwt_secret[0] == '\0' && cfg.jwt_public_key[0] == '\0')
         IMGW_LOG_WARN("neither auth.jwt_secret nor auth.jwt_public_key is set: "
                       "every token will be refused");
@@ -148,6 +159,10 @@ main(int argc, char **argv)
         .bind = cfg.bind,
         .ports = cfg.ports,
         .n_ports = cfg.n_ports,
+        .tls_ports = cfg.tls_ports,
+        .n_tls_ports = cfg.n_tls_ports,
+        .tls_cert = cfg.tls_cert,
+        .tls_key = cfg.tls_key,
         .n_loops = cfg.threads,
         .auth_timeout = cfg.auth_timeout,
         .max_frame_bytes = (size_t)cfg.max_frame_bytes,

@@ -82,11 +82,10 @@ imgw__conn_new(imgw_loop_t *l)
 
 /* ---- reading ------------------------------------------------------------ */
 
-void
-imgw__conn_on_read(imgw_conn_t *c, const uint8_t *data, size_t len)
+/* Plaintext from the socket, or from TLS. */
+static void
+conn_on_plain(imgw_conn_t *c, const uint8_t *data, size_t len)
 {
-    c->loop->st.bytes_in += len;
-    c->last_rx_ms = c->loop->now_ms;
     switch (c->state) {
     case IMGW_CONN_HTTP:
         imgw__http_feed(c, data, len);
@@ -102,6 +101,48 @@ imgw__conn_on_read(imgw_conn_t *c, const uint8_t *data, size_t len)
         break;
     default:
         break;
+    }
+}
+
+static void
+tls_recv(void *arg, const uint8_t *p, size_t n)
+{
+    imgw_conn_t *c = arg;
+    if (c->state != IMGW_CONN_CLOSED)
+        conn_on_plain(c, p, n);
+}
+
+static int conn_append(imgw_conn_t *c, const uv_buf_t *bufs, size_t n,
+                       int bounded);
+
+static int
+tls_send(void *arg, const uint8_t *p, size_t n)
+{
+    imgw_conn_t *c = arg;
+    uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+    return conn_append(c, &b, 1, 0);
+}
+
+int
+imgw__conn_tls_start(imgw_conn_t *c, imgw_tls_ctx_t *ctx)
+{
+    imgw_tls_io_t io = {tls_send, tls_recv, c};
+    return imgw_tls_new(&c->tls, ctx, &io);
+}
+
+void
+imgw__conn_on_read(imgw_conn_t *c, const uint8_t *data, size_t len)
+{
+    c->loop->st.bytes_in += len;
+    c->last_rx_ms = c->loop->now_ms;
+    if (c->tls == NULL) {
+        conn_on_plain(c, data, len);
+        return;
+    }
+    int r = imgw_tls_feed(c->tls, data, len);
+    if (r < 0 && c->state != IMGW_CONN_CLOSED) {
+        IMGW_LOG_DEBUG("tls %s: %s", imgw_conn_peer(c), imgw_strerror(r));
+        imgw__conn_close_now(c);
     }
 }
 
@@ -124,6 +165,34 @@ flush_list_add(imgw_conn_t *c)
 int
 imgw__conn_write_raw(imgw_conn_t *c, const uv_buf_t *bufs, size_t n,
                      int bounded)
+{
+    if (c->tls == NULL)
+        return conn_append(c, bufs, n, bounded);
+    /* TLS: the bound applies to the plaintext; records go to the queue. */
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += bufs[i].len;
+    if (c->state == IMGW_CONN_CLOSED)
+        return IMGW_ECLOSED;
+    if (bounded && c->queued + total > c->loop->net->opts.max_queued_bytes)
+        return IMGW_EQUEUEFULL;
+    for (size_t i = 0; i < n; i++) {
+        if (bufs[i].len == 0)
+            continue;
+        int r = imgw_tls_write(c->tls, (const uint8_t *)bufs[i].base,
+                               bufs[i].len);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+/*
+ * Appends bufs to the pending block. Returns 0, IMGW_ECLOSED, IMGW_ENOMEM,
+ * or IMGW_EQUEUEFULL (the caller closes the connection as a slow consumer).
+ */
+static int
+conn_append(imgw_conn_t *c, const uv_buf_t *bufs, size_t n, int bounded)
 {
     imgw_loop_t *l = c->loop;
     size_t total = 0;
@@ -321,6 +390,10 @@ conn_close_cb(uv_handle_t *h)
         l->net->h->on_close(c);
     imgw__http_free(c);
     imgw__ws_free(c);
+    if (c->tls) {
+        imgw_tls_free(c->tls);
+        c->tls = NULL;
+    }
     imgw__obuf_release(l, c->pend);
     c->pend = NULL;
     /* inflight was completed with UV_ECANCELED before this callback. */

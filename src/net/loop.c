@@ -237,6 +237,11 @@ on_connection(uv_stream_t *server, int status)
         imgw__conn_close_now(c);
         return;
     }
+    if (l->listener_tls[(uv_tcp_t *)server - l->listeners] &&
+        imgw__conn_tls_start(c, l->tls_ctx) != 0) {
+        imgw__conn_close_now(c);
+        return;
+    }
     if (n > l->net->opts.max_connections) {
         l->st.refused_full++;
         refuse(c, 503);
@@ -436,6 +441,15 @@ loop_thread(void *arg)
     uv_timer_init(&l->uv, &l->timer);
     l->timer.data = l;
     uv_timer_start(&l->timer, timer_cb, IMGW_TICK_MS, IMGW_TICK_MS);
+    if (l->net->opts.n_tls_ports > 0) {
+        char err[256];
+        r = imgw_tls_ctx_new(&l->tls_ctx, l->net->opts.tls_cert,
+                             l->net->opts.tls_key, err, sizeof(err));
+        if (r != 0) {
+            IMGW_LOG_ERROR("%s", err);
+            goto fail;
+        }
+    }
     uv_prepare_init(&l->uv, &l->flush_prep);
     l->flush_prep.data = l;
     uv_prepare_start(&l->flush_prep, prepare_cb);
@@ -462,6 +476,8 @@ fail:
     uv_walk(&l->uv, close_walk_cb, NULL);
     uv_run(&l->uv, UV_RUN_DEFAULT);
 out:
+    imgw_tls_ctx_free(l->tls_ctx);
+    l->tls_ctx = NULL;
     imgw_tw_free(&l->tw);
     imgw__ws_pool_free(l);
     while (l->n_obuf_pool > 0)
@@ -537,8 +553,10 @@ imgw_net_new(imgw_net_t **out, const imgw_net_opts_t *opts, char *err,
     n->h = opts->handlers;
     snprintf(n->bind, sizeof(n->bind), "%s", opts->bind);
     n->opts.bind = n->bind;
-    if (opts->n_ports > IMGW_MAX_LISTENERS)
+    if (opts->n_ports + opts->n_tls_ports > IMGW_MAX_LISTENERS) {
+        free(n);
         return IMGW_EINVAL;
+    }
     memcpy(n->ports, opts->ports, (size_t)opts->n_ports * sizeof(uint16_t));
     n->opts.ports = n->ports;
     n->n_loops = opts->n_loops;
@@ -568,12 +586,16 @@ imgw_net_new(imgw_net_t **out, const imgw_net_opts_t *opts, char *err,
             return r;
         }
         uv_sem_init(&l->started, 0);
-        for (int p = 0; p < opts->n_ports; p++) {
-            int fd = make_listener(opts->bind, opts->ports[p], err, errlen);
+        for (int p = 0; p < opts->n_ports + opts->n_tls_ports; p++) {
+            int tls = p >= opts->n_ports;
+            uint16_t port = tls ? opts->tls_ports[p - opts->n_ports]
+                                : opts->ports[p];
+            int fd = make_listener(opts->bind, port, err, errlen);
             if (fd < 0) {
                 imgw_net_free(n);
                 return fd;
             }
+            l->listener_tls[l->n_listeners] = (uint8_t)tls;
             l->listen_fds[l->n_listeners++] = fd;
         }
     }

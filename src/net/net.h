@@ -97,6 +97,10 @@ typedef struct imgw_net_opts_s {
     const char *bind;
     const uint16_t *ports;
     int n_ports;
+    const uint16_t *tls_ports; /* wss:// listeners of their own */
+    int n_tls_ports;
+    const char *tls_cert;   /* PEM files, required with tls_ports */
+    const char *tls_key;
     int n_loops;
     int auth_timeout;       /* seconds: unauthenticated connections */
     size_t max_frame_bytes; /* WebSocket message bound: close 1009 */

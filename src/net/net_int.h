@@ -14,9 +14,10 @@
 #include "mailbox.h"
 #include "net.h"
 #include "iplimit.h"
+#include "tls.h"
 #include "twheel.h"
 
-#define IMGW_MAX_LISTENERS 16
+#define IMGW_MAX_LISTENERS 32
 #define IMGW_READ_BUF 65536
 #define IMGW_OBUF_SMALL 16384   /* pooled output block size */
 #define IMGW_OBUF_POOL_MAX 512  /* pooled blocks kept per loop */
@@ -77,6 +78,7 @@ struct imgw_conn_s {
     imgw_conn_t *flush_next;
     void *data;                    /* core's session */
     imgw_ipaddr_t addr;            /* peer, for the per-IP limit */
+    imgw_tls_t *tls;               /* wss:// connections only */
 };
 
 typedef struct imgw_ws_feed_s {
@@ -92,7 +94,9 @@ struct imgw_loop_s {
     imgw_net_t *net;
     int listen_fds[IMGW_MAX_LISTENERS];
     uv_tcp_t listeners[IMGW_MAX_LISTENERS];
+    uint8_t listener_tls[IMGW_MAX_LISTENERS]; /* 1: a [tls] port */
     int n_listeners;
+    imgw_tls_ctx_t *tls_ctx; /* this loop's, when [tls] ports exist */
     imgw_mailbox_t mbox;
     imgw_mpsc_node_t stop_node;  /* starts the drain */
     imgw_mpsc_node_t final_node; /* every loop drained: close handles */
@@ -158,6 +162,7 @@ struct imgw_net_s {
 };
 
 /* conn.c */
+int imgw__conn_tls_start(imgw_conn_t *c, imgw_tls_ctx_t *ctx);
 imgw_conn_t *imgw__conn_new(imgw_loop_t *l);
 void imgw__conn_on_read(imgw_conn_t *c, const uint8_t *data, size_t len);
 int imgw__conn_write_raw(imgw_conn_t *c, const uv_buf_t *bufs, size_t n,
