@@ -32,7 +32,8 @@ build: deps $(BUILD)/build.ninja
 
 run: build
 	@echo "imgw: dev token for user u1: $$(./$(BUILD)/imgw-token u1)"
-	./$(BUILD)/imgw -c conf/imgw.ini
+	@echo "imgw: browser demo at http://localhost:8080/ (dev tokens on)"
+	IMGW__AUTH__DEV_TOKENS=true ./$(BUILD)/imgw -c conf/imgw.ini
 
 # The plain build's tests, then the sanitizer build's; one summary line.
 test: build $(SAN_BUILD)/build.ninja

@@ -51,6 +51,7 @@ typedef struct bopts_s {
     int procs;
     int server_pid;
     int quiet;
+    int hb_burst; /* heartbeats of all connections at once (not spread) */
     const char *secret;
     const char *admin_token;
     const char *amqp_url;

@@ -783,7 +783,11 @@ usage(FILE *f)
         "  --broker-id ID    downlink: routing key of the server's queue\n"
         "  --server-pid PID  measure server CPU and RSS from /proc\n"
         "  --procs K         worker processes (default: one per %d conns)\n"
-        "  --label TEXT      copied into the JSON line\n",
+        "  --label TEXT      copied into the JSON line\n"
+        "  --heartbeat-burst runs > 40 s: heartbeat all connections in the "
+        "same\n"
+        "                    millisecond every 30 s (default: spread over "
+        "30 s)\n",
         CONNS_PER_PROC);
 }
 
@@ -856,7 +860,8 @@ main(int argc, char **argv)
         O_LABEL,
         O_SCEN,
         O_SMOKE,
-        O_HELP
+        O_HELP,
+        O_HBB
     };
     static const struct option lo[] = {{"host", 1, 0, O_HOST},
                                        {"port", 1, 0, O_PORT},
@@ -884,6 +889,7 @@ main(int argc, char **argv)
                                        {"scenario", 1, 0, O_SCEN},
                                        {"smoke", 1, 0, O_SMOKE},
                                        {"help", 0, 0, O_HELP},
+                                       {"heartbeat-burst", 0, 0, O_HBB},
                                        {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "n:h", lo, NULL)) != -1) {
@@ -962,6 +968,9 @@ main(int argc, char **argv)
             break;
         case O_SMOKE:
             smoke = optarg;
+            break;
+        case O_HBB:
+            o.hb_burst = 1;
             break;
         case 'h':
         case O_HELP:

@@ -75,6 +75,7 @@ struct bworker_s {
     char *content;
     uint32_t rng;
     int64_t wall_minus_mono; /* CLOCK_REALTIME ns - uv_hrtime() */
+    uint32_t hb_slot;        /* next heartbeat slice */
     pthread_t pub;
     _Atomic int pub_done;
     int pub_started;
@@ -549,11 +550,29 @@ cmp_qent(const void *a, const void *b)
     return x->due < y->due ? -1 : x->due > y->due;
 }
 
+/*
+ * Heartbeats are spread evenly: the timer fires every HB_TICK_MS and serves
+ * one of HB_SLOTS slices of the connections, so each connection sends one
+ * every HB_TICK_MS * HB_SLOTS = 30 s, as independent clients would, instead
+ * of the whole worker bursting at once.
+ */
+#define HB_TICK_MS 100
+#define HB_SLOTS 300
+
 static void
 on_heartbeat(uv_timer_t *t)
 {
     bworker_t *w = t->data;
-    for (uint32_t i = 0; i < w->n; i++)
+    uint32_t slot = w->hb_slot++ % HB_SLOTS;
+    uint32_t step = HB_SLOTS;
+    if (w->o->hb_burst) {
+        /* --heartbeat-burst: everyone in the same tick, every 30 s */
+        if (slot != HB_SLOTS - 1)
+            return;
+        slot = 0;
+        step = 1;
+    }
+    for (uint32_t i = slot; i < w->n; i += step)
         if (w->c[i].state == BC_READY)
             bconn_send_heartbeat(&w->c[i]);
 }
@@ -634,7 +653,7 @@ start_phase(bworker_t *w, uint64_t now)
     double long_run =
         w->o->scenario == SC_CONNECT ? w->o->hold : w->o->duration;
     if (long_run > 40)
-        uv_timer_start(&w->hb, on_heartbeat, 30000, 30000);
+        uv_timer_start(&w->hb, on_heartbeat, HB_TICK_MS, HB_TICK_MS);
 }
 
 static void

@@ -13,6 +13,7 @@ PKGS=(
   python3-cryptography python3-pika python3-redis
   redis-server rabbitmq-server
   openssl procps psmisc
+  chromium chromium-driver python3-selenium
 )
 # Optional extras asked for by a caller: DEPS_EXTRA="chromium chromium-driver".
 if [ -n "${DEPS_EXTRA:-}" ]; then

@@ -1,7 +1,8 @@
 /*
  * api.c: the plain HTTP endpoints of protocol.md section 1: /healthz,
- * /readyz, /metrics, the admin API (/api/groups/{gid}, /api/push) and the
- * dev token endpoint.
+ * /readyz, /metrics, the admin API (/api/groups/{gid}, /api/push), the
+ * dev endpoints (/dev/token, /dev/group) and the browser demo page at GET /
+ * (www/index.html, embedded at build time by tools/embed.py).
  *
  * Thread: the loop that owns the HTTP connection. Store-backed handlers
  * may finish later (redis): they return 1 and answer from the callback,
@@ -453,6 +454,91 @@ handle_dev_token(imgw_core_loop_t *cl, imgw_conn_t *c,
     return 0;
 }
 
+/*
+ * POST /dev/group?gid=G&members=a,b,c: the admin group PUT for the browser
+ * demo, only when dev tokens are enabled (same store call, same answers).
+ */
+static int
+handle_dev_group(imgw_core_loop_t *cl, imgw_conn_t *c,
+                 const imgw_http_req_t *req)
+{
+    const imgw_config_t *cfg = cl->node->cfg;
+    char gid[IMGW_JWT_MAX_USER];
+    char list[8192];
+    const char *members[64];
+    size_t n = 0;
+    if (!cfg->dev_tokens || cfg->jwt_secret[0] == '\0') {
+        respond_text(c, 404, "not found\n");
+        return 0;
+    }
+    if (strcmp(req->method, "POST") != 0) {
+        imgw_conn_http_respond(c, 405, NULL, "Allow: POST\r\n",
+                               "method not allowed\n", 19, 1);
+        return 0;
+    }
+    if (imgw_http_query_param(req, "gid", gid, sizeof(gid)) != 0 ||
+        !valid_id(gid, strlen(gid))) {
+        respond_error_json(c, 400, "gid required");
+        return 0;
+    }
+    if (imgw_http_query_param(req, "members", list, sizeof(list)) != 0) {
+        respond_error_json(c, 400, "members required");
+        return 0;
+    }
+    for (char *save = NULL, *m = strtok_r(list, ",", &save); m != NULL;
+         m = strtok_r(NULL, ",", &save)) {
+        if (n == sizeof(members) / sizeof(members[0]) ||
+            !valid_id(m, strlen(m))) {
+            respond_error_json(c, 400, "bad members");
+            return 0;
+        }
+        members[n++] = m;
+    }
+    if (n == 0) {
+        respond_error_json(c, 400, "members required");
+        return 0;
+    }
+    api_ctx_t *x = calloc(1, sizeof(*x));
+    if (x == NULL) {
+        respond_error_json(c, 503, "out of memory");
+        return 0;
+    }
+    x->ref = imgw_conn_ref(c);
+    memcpy(x->gid, gid, strlen(gid) + 1);
+    sync_pending = x;
+    sync_done = 0;
+    return run_async(x, imgw_store_group_set(cl->store, x->gid, members, n,
+                                             group_set_cb, x),
+                     group_set_cb);
+}
+
+/* ---- browser demo page ---------------------------------------------------------- */
+
+extern const unsigned char imgw_www_index[];
+extern const size_t imgw_www_index_len;
+
+static int
+handle_index(imgw_conn_t *c, const imgw_http_req_t *req)
+{
+    if (strcmp(req->method, "GET") != 0) {
+        imgw_conn_http_respond(c, 405, NULL, "Allow: GET\r\n",
+                               "method not allowed\n", 19, 1);
+        return 0;
+    }
+    imgw_conn_http_respond(
+        c, 200, "text/html; charset=utf-8",
+        "Cache-Control: no-cache\r\n"
+        "X-Content-Type-Options: nosniff\r\n"
+        "X-Frame-Options: DENY\r\n"
+        "Referrer-Policy: no-referrer\r\n"
+        "Content-Security-Policy: default-src 'none'; "
+        "script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "img-src 'self' data:; connect-src 'self' ws: wss:; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'\r\n",
+        imgw_www_index, imgw_www_index_len, 1);
+    return 0;
+}
+
 /* ---- dispatch ---------------------------------------------------------------- */
 
 int
@@ -493,6 +579,10 @@ imgw_api_handle(imgw_core_loop_t *cl, imgw_conn_t *c,
     }
     if (path_eq(p, "/dev/token"))
         return handle_dev_token(cl, c, req);
+    if (path_eq(p, "/dev/group"))
+        return handle_dev_group(cl, c, req);
+    if (path_eq(p, "/") || path_eq(p, "/index.html"))
+        return handle_index(c, req);
     if (path_prefix(p, "/api/")) {
         if (cl->node->cfg->admin_token[0] == '\0') {
             respond_text(c, 404, "not found\n");

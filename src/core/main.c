@@ -14,12 +14,21 @@
 
 #include "err.h"
 #include "log.h"
+#include "nacos.h"
 #include "node.h"
 #include "session.h"
 #include "tls.h"
 
 static imgw_node_t node;
 static imgw_config_t cfg;
+static imgw_nacos_t *nacos; /* NULL unless nacos.server is set */
+
+/* Deregistration is over (or timed out): let main join the loops. */
+static void
+on_nacos_stopped(void *loop)
+{
+    uv_stop(loop);
+}
 
 static void
 on_signal(uv_signal_t *h, int signum)
@@ -27,7 +36,15 @@ on_signal(uv_signal_t *h, int signum)
     IMGW_LOG_INFO("signal %d: draining over %d s", signum, cfg.drain_seconds);
     atomic_store(&node.draining, 1);
     imgw_net_drain(node.net, cfg.drain_seconds * 1000);
-    uv_stop(h->loop);
+    /* Keep the main loop turning while the Nacos DELETEs go out (at most
+     * 2 s, in parallel with the drain); a second signal stops waiting. */
+    static int nacos_stopping;
+    if (nacos != NULL && !nacos_stopping) {
+        nacos_stopping = 1;
+        imgw_nacos_stop(nacos, on_nacos_stopped, h->loop);
+    } else {
+        uv_stop(h->loop);
+    }
 }
 
 /* Raises RLIMIT_NOFILE's soft limit to the hard one; returns the limit. */
@@ -185,6 +202,12 @@ main(int argc, char **argv)
     uv_signal_init(main_loop, &sigint);
     uv_signal_start(&sigterm, on_signal, SIGTERM);
     uv_signal_start(&sigint, on_signal, SIGINT);
+    /* Nothing is sent before uv_run below, when the loops are listening. */
+    if (cfg.nacos_server[0] != '\0' &&
+        imgw_nacos_start(&nacos, main_loop, &cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "imgw: %s\n", err);
+        return 2;
+    }
 
     if ((r = imgw_net_start(node.net)) != 0) {
         /* A loop that failed has closed its mailbox: nothing can be
@@ -217,6 +240,7 @@ main(int argc, char **argv)
     imgw_cluster_stop(&node);
     uv_close((uv_handle_t *)&sigterm, NULL);
     uv_close((uv_handle_t *)&sigint, NULL);
+    imgw_nacos_free(nacos); /* memory goes in the close callbacks below */
     uv_run(main_loop, UV_RUN_NOWAIT);
     uv_loop_close(main_loop);
     imgw_net_free(node.net);

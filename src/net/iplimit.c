@@ -113,8 +113,6 @@ imgw_iplimit_acquire(imgw_iplimit_t *t, const imgw_ipaddr_t *a, int limit)
             r = 0;
         else
             sl->count++;
-    } else if (limit > 0 && limit < 1) {
-        r = 0;
     } else {
         if ((s->used + 1) * 4 > s->cap * 3 && grow(s) != 0) {
             r = IMGW_ENOMEM;

@@ -41,7 +41,7 @@ from imgw_harness import CMD, ERR, make_token, pb
 # --------------------------------------------------------------------------
 # backends
 
-BACKENDS = ["memory"]
+BACKENDS = ["memory", "redis"]
 if os.environ.get("IMGW_TEST_BACKENDS"):
     BACKENDS = [b.strip() for b in os.environ["IMGW_TEST_BACKENDS"].split(",")
                 if b.strip()]

@@ -1,0 +1,880 @@
+/*
+ * redis_ops.c: the store requests of the redis backend: key names, the Lua
+ * scripts, and one function per request that builds the command and one
+ * that turns the reply into the store.h callback. The connection, the
+ * FIFO of commands in flight and the timeouts are redis.c's.
+ *
+ * Threads: the loop that owns the handle. Callbacks run from hiredis's
+ * reply callback on that loop, or synchronously with IMGW_EBUSY when the
+ * loop's connection is not ready (store.h allows both).
+ *
+ * Keys (protocol.md section 6, plus our own; docs/store.md has the table):
+ *   IM-SEQ-{u}    string counter        the timeline's max seq (no TTL)
+ *   IM-TL-{u}     zset score = seq      member "<message_id>:<stored_ms>:"
+ *                                       + entry bytes (unique per message)
+ *   IM-DEDUP-{u}-{client_msg_id}        "<message_id>:<seq>", EX dedupe_ttl
+ *   IM-MSG-{id}   hash sender conv ts revoked, PX retention
+ *   IM-GROUP-{g}  set of members
+ *   IM-USER-{u}   hash platform -> broker_id, EX route ttl
+ *   IM-POS-{u}    hash device -> "<stamp>:<seq>", "" -> stamp counter
+ *   IM-READ-{u}   hash conv -> "<stamp>:<message_id>", "" -> stamp counter
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "log.h"
+#include "redis_impl.h"
+
+#define K_SEQ "IM-SEQ-"
+#define K_TL "IM-TL-"
+#define K_DEDUP "IM-DEDUP-"
+#define K_MSG "IM-MSG-"
+#define K_GROUP "IM-GROUP-"
+#define K_USER "IM-USER-"
+#define K_POS "IM-POS-"
+#define K_READ "IM-READ-"
+
+/* A key: prefix + id (+ "-" + id2), in a caller buffer of KEY_MAX bytes. */
+#define KEY_MAX (16 + 2 * (IMGW__STORE_ID_MAX + 1) + 1)
+
+/* ---- Lua ----------------------------------------------------------------- */
+
+/*
+ * Redis < 7 replicates scripts verbatim unless told otherwise, and then
+ * refuses writes after TIME; effects replication (the only mode of 7.x)
+ * makes TIME safe.
+ */
+#define LUA_PROLOGUE                                                         \
+    "if redis.replicate_commands then redis.replicate_commands() end\n"
+
+/* now: Redis's clock in ms, one clock for every node of the cluster. */
+#define LUA_NOW                                                              \
+    "local tm = redis.call('TIME')\n"                                        \
+    "local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / "     \
+    "1000)\n"
+
+/*
+ * Age trimming. Entries join a timeline at its tail with Redis's clock in
+ * their member, so stored times grow along the ranks and the aged entries
+ * are a prefix: a binary search over ranks finds its end with O(log n)
+ * single-member ZRANGEs, however many entries there are.
+ */
+#define LUA_TRIM_AGE                                                         \
+    "local function aged(tk, r, cutoff)\n"                                   \
+    "  local m = redis.call('ZRANGE', tk, r, r)[1]\n"                        \
+    "  local t = m and string.match(m, '^%d+:(%d+):')\n"                     \
+    "  return t ~= nil and tonumber(t) <= cutoff\n"                          \
+    "end\n"                                                                  \
+    "local function trim_age(tk, cutoff)\n"                                  \
+    "  if not aged(tk, 0, cutoff) then return end\n"                         \
+    "  local lo, hi = 0, redis.call('ZCARD', tk)\n"                          \
+    "  while hi - lo > 1 do\n"                                               \
+    "    local mid = math.floor((lo + hi) / 2)\n"                            \
+    "    if aged(tk, mid, cutoff) then lo = mid else hi = mid end\n"         \
+    "  end\n"                                                                \
+    "  redis.call('ZREMRANGEBYRANK', tk, 0, lo)\n"                           \
+    "end\n"
+
+#define LUA_CHECK_HASH                                                       \
+    "local ty = redis.call('TYPE', KEYS[1])['ok']\n"                         \
+    "if ty ~= 'none' and ty ~= 'hash' then\n"                                \
+    "  return redis.error_reply('IMGW ' .. KEYS[1] .. ' is not a hash')\n"   \
+    "end\n"
+
+/* Positions: values are "<stamp>:<value>" and the field "" counts stamps,
+ * so a full hash forgets its least recently updated field (the memory
+ * backend's LRU). HLEN counts the "" field too. */
+#define LUA_LRU                                                              \
+    "local function evict_lru(k)\n"                                          \
+    "  local all = redis.call('HGETALL', k)\n"                               \
+    "  local lf, ls\n"                                                       \
+    "  for i = 1, #all, 2 do\n"                                              \
+    "    if all[i] ~= '' then\n"                                             \
+    "      local s = tonumber(string.match(all[i + 1], '^(%d+):')) or 0\n"   \
+    "      if ls == nil or s < ls then lf, ls = all[i], s end\n"             \
+    "    end\n"                                                              \
+    "  end\n"                                                                \
+    "  if lf then redis.call('HDEL', k, lf) end\n"                           \
+    "end\n"
+
+/*
+ * append. KEYS: dedupe key, message key, then per user its IM-SEQ and
+ * IM-TL. ARGV: message id, sender, conversation, server time, retention
+ * count, retention ms, dedupe ttl s, entry, dedupe flag. Everything that
+ * can fail is checked before the first write, so an error reply means
+ * nothing was written and a script that gets past the checks writes all.
+ * Returns {0, seq...}, {1, "<id>:<seq>"} (duplicate) or {2} (id in use).
+ */
+static const char lua_append[] =
+    LUA_PROLOGUE LUA_TRIM_AGE
+    "local nu = (#KEYS - 2) / 2\n"
+    "local dd = ARGV[9] == '1'\n"
+    "if dd then\n"
+    "  local d = redis.call('GET', KEYS[1])\n"
+    "  if d then return {1, d} end\n"
+    "end\n"
+    "if redis.call('EXISTS', KEYS[2]) == 1 then return {2} end\n"
+    "for i = 1, nu do\n"
+    "  local v = redis.call('GET', KEYS[2 * i + 1])\n"
+    "  if v and not string.match(v, '^%d+$') then\n"
+    "    return redis.error_reply('IMGW ' .. KEYS[2 * i + 1] .. "
+    "' is not a counter')\n"
+    "  end\n"
+    "  local t = redis.call('TYPE', KEYS[2 * i + 2])['ok']\n"
+    "  if t ~= 'none' and t ~= 'zset' then\n"
+    "    return redis.error_reply('IMGW ' .. KEYS[2 * i + 2] .. "
+    "' is not a sorted set')\n"
+    "  end\n"
+    "end\n" LUA_NOW
+    "local rc = tonumber(ARGV[5])\n"
+    "local rms = tonumber(ARGV[6])\n"
+    "local member = ARGV[1] .. ':' .. string.format('%.0f', now) .. ':' .. "
+    "ARGV[8]\n"
+    "local out = {0}\n"
+    "for i = 1, nu do\n"
+    "  local tk = KEYS[2 * i + 2]\n"
+    "  local s = redis.call('INCR', KEYS[2 * i + 1])\n"
+    "  redis.call('ZADD', tk, s, member)\n"
+    "  local n = redis.call('ZCARD', tk)\n"
+    "  if n > rc then redis.call('ZREMRANGEBYRANK', tk, 0, n - rc - 1) end\n"
+    "  trim_age(tk, now - rms)\n"
+    "  redis.call('PEXPIRE', tk, ARGV[6])\n"
+    "  out[i + 1] = s\n"
+    "end\n"
+    "redis.call('HSET', KEYS[2], 'sender', ARGV[2], 'conv', ARGV[3], "
+    "'ts', ARGV[4], 'revoked', '0')\n"
+    "redis.call('PEXPIRE', KEYS[2], ARGV[6])\n"
+    "if dd then\n"
+    "  redis.call('SET', KEYS[1], ARGV[1] .. ':' .. out[2], 'EX', ARGV[7])\n"
+    "end\n"
+    "return out\n";
+
+/*
+ * sync. KEYS: IM-TL, IM-SEQ. ARGV: min_seq, max_seq ("0": none), limit,
+ * retention ms, message key prefix. Drops aged entries first (the only
+ * write), then returns {max_seq, has_more, seq, member, revoked, ...}.
+ */
+static const char lua_sync[] =
+    LUA_PROLOGUE LUA_TRIM_AGE
+    "local top = tonumber(redis.call('GET', KEYS[2]) or '0') or 0\n" LUA_NOW
+    "trim_age(KEYS[1], now - tonumber(ARGV[4]))\n"
+    "local hi = ARGV[2]\n"
+    "if hi == '0' then hi = '+inf' end\n"
+    "local lim = tonumber(ARGV[3])\n"
+    "local r = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], hi, "
+    "'WITHSCORES', 'LIMIT', 0, lim + 1)\n"
+    "local n = #r / 2\n"
+    "local more = 0\n"
+    "if n > lim then n = lim more = 1 end\n"
+    "local out = {top, more}\n"
+    "for i = 1, n do\n"
+    "  local m = r[2 * i - 1]\n"
+    "  local id = string.match(m, '^(%d+):')\n"
+    "  local rv = 0\n"
+    "  if id and redis.call('HGET', ARGV[5] .. id, 'revoked') == '1' then "
+    "rv = 1 end\n"
+    "  out[3 * i] = tonumber(r[2 * i])\n"
+    "  out[3 * i + 1] = m\n"
+    "  out[3 * i + 2] = rv\n"
+    "end\n"
+    "return out\n";
+
+/* revoke. KEYS: IM-MSG. 1 = revoked, 0 = unknown (HSET alone would
+ * create a key without TTL). */
+static const char lua_revoke[] =
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
+    "redis.call('HSET', KEYS[1], 'revoked', '1')\n"
+    "return 1\n";
+
+/* group_set. KEYS: IM-GROUP. ARGV: members. Replaces the set atomically;
+ * no members = no set (Redis keeps no empty sets). SADD in chunks keeps
+ * unpack() well inside Lua's C stack. */
+static const char lua_group_set[] =
+    "redis.call('DEL', KEYS[1])\n"
+    "for i = 1, #ARGV, 500 do\n"
+    "  redis.call('SADD', KEYS[1], unpack(ARGV, i, math.min(i + 499, "
+    "#ARGV)))\n"
+    "end\n"
+    "return 1\n";
+
+/*
+ * route_set. KEYS: IM-USER. ARGV: platform, broker_id, ttl s, max fields.
+ * Redis 7.0 has one TTL per key, so the key lives as long as its longest
+ * lived field: the TTL only grows here. At max fields a new platform
+ * replaces the first one in HKEYS order, which for a small hash (listpack)
+ * is the one added first.
+ */
+static const char lua_route_set[] =
+    LUA_CHECK_HASH
+    "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and "
+    "redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then\n"
+    "  redis.call('HDEL', KEYS[1], redis.call('HKEYS', KEYS[1])[1])\n"
+    "end\n"
+    "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+    "if redis.call('TTL', KEYS[1]) < tonumber(ARGV[3]) then\n"
+    "  redis.call('EXPIRE', KEYS[1], ARGV[3])\n"
+    "end\n"
+    "return 1\n";
+
+/* route_del. KEYS: IM-USER. ARGV: platform, broker_id. Deletes the field
+ * only if a newer login (another node) has not taken it over. */
+static const char lua_route_del[] =
+    "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then\n"
+    "  redis.call('HDEL', KEYS[1], ARGV[1])\n"
+    "end\n"
+    "return 1\n";
+
+/* set_delivered. KEYS: IM-POS. ARGV: device, seq, max devices, ttl ms.
+ * Keeps the highest seq (acks arrive out of order). */
+static const char lua_delivered[] =
+    LUA_CHECK_HASH LUA_LRU
+    "local k = KEYS[1]\n"
+    "local stamp = redis.call('HINCRBY', k, '', 1)\n"
+    "local cur = redis.call('HGET', k, ARGV[1])\n"
+    "local seq = tonumber(ARGV[2])\n"
+    "if cur then\n"
+    "  local old = tonumber(string.match(cur, ':(%d+)$')) or -1\n"
+    "  if old > seq then seq = old end\n"
+    "elseif redis.call('HLEN', k) > tonumber(ARGV[3]) then\n"
+    "  evict_lru(k)\n"
+    "end\n"
+    "redis.call('HSET', k, ARGV[1], string.format('%.0f', stamp) .. ':' .. "
+    "string.format('%.0f', seq))\n"
+    "redis.call('PEXPIRE', k, ARGV[4])\n"
+    "return 1\n";
+
+/* set_read. KEYS: IM-READ. ARGV: conversation, message id, max, ttl ms.
+ * Keeps the last written message id per conversation. */
+static const char lua_read[] =
+    LUA_CHECK_HASH LUA_LRU
+    "local k = KEYS[1]\n"
+    "local stamp = redis.call('HINCRBY', k, '', 1)\n"
+    "if redis.call('HEXISTS', k, ARGV[1]) == 0 and "
+    "redis.call('HLEN', k) > tonumber(ARGV[3]) then\n"
+    "  evict_lru(k)\n"
+    "end\n"
+    "redis.call('HSET', k, ARGV[1], string.format('%.0f', stamp) .. ':' .. "
+    "ARGV[2])\n"
+    "redis.call('PEXPIRE', k, ARGV[4])\n"
+    "return 1\n";
+
+const char *const imgw__redis_scripts[IMGW__REDIS_N_SCRIPTS] = {
+    [IMGW__REDIS_S_APPEND] = lua_append,
+    [IMGW__REDIS_S_SYNC] = lua_sync,
+    [IMGW__REDIS_S_REVOKE] = lua_revoke,
+    [IMGW__REDIS_S_GROUP_SET] = lua_group_set,
+    [IMGW__REDIS_S_ROUTE_SET] = lua_route_set,
+    [IMGW__REDIS_S_ROUTE_DEL] = lua_route_del,
+    [IMGW__REDIS_S_DELIVERED] = lua_delivered,
+    [IMGW__REDIS_S_READ] = lua_read,
+};
+
+/* ---- helpers ------------------------------------------------------------- */
+
+static size_t
+key1(char *buf, const char *prefix, const char *id)
+{
+    int n = snprintf(buf, KEY_MAX, "%s%s", prefix, id);
+    return (size_t)n;
+}
+
+static size_t
+key_msg(char *buf, uint64_t id)
+{
+    int n = snprintf(buf, KEY_MAX, K_MSG "%" PRIu64, id);
+    return (size_t)n;
+}
+
+/* An integer reply or a string holding one; def when nil. */
+static int
+reply_int(const redisReply *r, long long def, long long *out)
+{
+    if (r->type == REDIS_REPLY_INTEGER) {
+        *out = r->integer;
+        return 0;
+    }
+    if (r->type == REDIS_REPLY_NIL) {
+        *out = def;
+        return 0;
+    }
+    if (r->type == REDIS_REPLY_STRING && r->len > 0 && r->len < 24) {
+        char buf[24], *end;
+        memcpy(buf, r->str, r->len);
+        buf[r->len] = '\0';
+        *out = strtoll(buf, &end, 10);
+        return *end == '\0' ? 0 : -1;
+    }
+    return -1;
+}
+
+/* A reply we cannot read: for a write its effect is unknown. */
+static int
+bad_reply(imgw__redis_req_t *q)
+{
+    IMGW_LOG_WARN_RL("store: redis (%s): unexpected reply shape",
+                     q->rl->r->where);
+    return q->write ? IMGW_ETIMEDOUT : IMGW_EBUSY;
+}
+
+/* Starts a request; NULL with *ret set when the caller must return *ret
+ * (after having called its callback with IMGW_EBUSY when *busy). */
+#define REQ_BEGIN(q, sl, fn, write, busy_stmt)                               \
+    imgw__redis_loop_t *rl_ = (sl)->impl;                                    \
+    int refuse_;                                                             \
+    imgw__redis_req_t *q = imgw__redis_req_new(rl_, fn, write, &refuse_);   \
+    if (q == NULL) {                                                         \
+        if (refuse_ != 0)                                                    \
+            return refuse_;                                                  \
+        busy_stmt;                                                           \
+        return 0;                                                            \
+    }
+
+/* ---- done callbacks of the simple requests ------------------------------- */
+
+static void
+done_status(imgw__redis_req_t *q, redisReply *reply, int status)
+{
+    (void)reply;
+    if (q->cb.done)
+        q->cb.done(status, q->data);
+}
+
+/* Integer reply: 0 = not found. */
+static void
+done_found(imgw__redis_req_t *q, redisReply *reply, int status)
+{
+    if (status == 0) {
+        if (reply->type != REDIS_REPLY_INTEGER)
+            status = bad_reply(q);
+        else if (reply->integer == 0)
+            status = IMGW_ENOTFOUND;
+    }
+    if (q->cb.done)
+        q->cb.done(status, q->data);
+}
+
+/* ---- append -------------------------------------------------------------- */
+
+static void
+append_done(imgw__redis_req_t *q, redisReply *reply, int status)
+{
+    imgw_store_append_t *req = q->app;
+    if (status != 0) {
+        q->cb.append(req, status, q->data);
+        return;
+    }
+    long long code = -1;
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1)
+        (void)reply_int(reply->element[0], -1, &code);
+    if (code == 0 && reply->elements == req->n_users + 1) {
+        long long seq[1];
+        for (size_t i = 0; i < req->n_users; i++) {
+            if (reply_int(reply->element[i + 1], -1, seq) != 0 || seq[0] < 1) {
+                q->cb.append(req, bad_reply(q), q->data);
+                return;
+            }
+            req->seqs[i] = seq[0];
+        }
+        q->cb.append(req, 0, q->data);
+        return;
+    }
+    if (code == 1 && reply->elements == 2 &&
+        reply->element[1]->type == REDIS_REPLY_STRING) {
+        /* "<message_id>:<seq>" of the first append */
+        char buf[48], *end;
+        const redisReply *d = reply->element[1];
+        size_t n = d->len < sizeof(buf) - 1 ? d->len : sizeof(buf) - 1;
+        memcpy(buf, d->str, n);
+        buf[n] = '\0';
+        uint64_t mid = strtoull(buf, &end, 10);
+        if (*end == ':') {
+            req->duplicate = 1;
+            req->dup_message_id = mid;
+            req->dup_seq = strtoll(end + 1, NULL, 10);
+            q->cb.append(req, 0, q->data);
+            return;
+        }
+    }
+    if (code == 2) {
+        /* The message id is still in use (protocol.md 5 says ids are
+         * unique): memory refuses this up front, we can only tell now. */
+        q->cb.append(req, IMGW_EEXIST, q->data);
+        return;
+    }
+    q->cb.append(req, bad_reply(q), q->data);
+}
+
+int
+imgw__redis_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
+                   imgw_store_append_cb cb, void *data)
+{
+    REQ_BEGIN(q, sl, append_done, 1, cb(req, IMGW_EBUSY, data));
+    imgw__redis_t *r = rl_->r;
+    size_t n = req->n_users;
+    const char *cmid = req->client_msg_id ? req->client_msg_id : "";
+    const char *conv = req->conversation_id ? req->conversation_id : "";
+    q->cb.append = cb;
+    q->data = data;
+    q->app = req;
+
+    /* EVALSHA sha numkeys, 2 + 2n keys, 9 args */
+    int argc = 3 + 2 + 2 * (int)n + 9;
+    size_t text = strlen(K_DEDUP) + strlen(req->sender) + 1 + strlen(cmid) +
+                  1 + KEY_MAX;
+    for (size_t i = 0; i < n; i++)
+        text += strlen(K_SEQ) + strlen(K_TL) + 2 * strlen(req->users[i]) + 2;
+    const char **argv = malloc((size_t)argc * sizeof(*argv));
+    size_t *lens = malloc((size_t)argc * sizeof(*lens));
+    char *buf = malloc(text);
+    if (argv == NULL || lens == NULL || buf == NULL) {
+        free(argv);
+        free(lens);
+        free(buf);
+        imgw__redis_req_free(q);
+        return IMGW_ENOMEM;
+    }
+    char *p = buf;
+    char numkeys[16], mid[24], ts[24], rc[16], rms[24], ttl[16];
+    int a = 2;
+#define PUT(s, l)                                                            \
+    do {                                                                     \
+        argv[a] = (s);                                                       \
+        lens[a] = (l);                                                       \
+        a++;                                                                 \
+    } while (0)
+#define PUTS(s) PUT((s), strlen(s))
+    snprintf(numkeys, sizeof(numkeys), "%zu", 2 + 2 * n);
+    PUTS(numkeys);
+    int k = sprintf(p, K_DEDUP "%s-%s", req->sender, cmid);
+    PUT(p, (size_t)k);
+    p += k + 1;
+    k = (int)key_msg(p, req->message_id);
+    PUT(p, (size_t)k);
+    p += k + 1;
+    for (size_t i = 0; i < n; i++) {
+        k = sprintf(p, K_SEQ "%s", req->users[i]);
+        PUT(p, (size_t)k);
+        p += k + 1;
+        k = sprintf(p, K_TL "%s", req->users[i]);
+        PUT(p, (size_t)k);
+        p += k + 1;
+    }
+    snprintf(mid, sizeof(mid), "%" PRIu64, req->message_id);
+    snprintf(ts, sizeof(ts), "%" PRId64, req->server_time_ms);
+    snprintf(rc, sizeof(rc), "%d", r->retention_count);
+    snprintf(rms, sizeof(rms), "%" PRId64, r->retention_ms);
+    snprintf(ttl, sizeof(ttl), "%d", r->dedupe_ttl);
+    PUTS(mid);
+    PUTS(req->sender);
+    PUTS(conv);
+    PUTS(ts);
+    PUTS(rc);
+    PUTS(rms);
+    PUTS(ttl);
+    PUT(req->entry_len ? (const char *)req->entry : "", req->entry_len);
+    PUTS(cmid[0] ? "1" : "0");
+#undef PUT
+#undef PUTS
+    imgw__redis_send(q, IMGW__REDIS_S_APPEND, a, argv, lens);
+    free(argv);
+    free(lens);
+    free(buf);
+    return 0;
+}
+
+/* ---- sync and max_seq ---------------------------------------------------- */
+
+#define SYNC_STACK 32
+
+static void
+sync_done(imgw__redis_req_t *q, redisReply *reply, int status)
+{
+    imgw_store_entry_t stack_e[SYNC_STACK], *e = stack_e;
+    long long top = 0, more = 0;
+    size_t n = 0;
+    if (status != 0) {
+        q->cb.sync(status, NULL, 0, 0, 0, q->data);
+        return;
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 2 ||
+        (reply->elements - 2) % 3 != 0 ||
+        reply_int(reply->element[0], 0, &top) != 0 ||
+        reply_int(reply->element[1], 0, &more) != 0)
+        goto bad;
+    n = (reply->elements - 2) / 3;
+    if (n > (size_t)q->aux)
+        goto bad;
+    if (n > SYNC_STACK) {
+        e = malloc(n * sizeof(*e));
+        if (e == NULL) {
+            q->cb.sync(IMGW_EBUSY, NULL, 0, 0, 0, q->data);
+            return;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        redisReply **x = reply->element + 2 + 3 * i;
+        long long seq, rv;
+        if (reply_int(x[0], -1, &seq) != 0 || x[1]->type != REDIS_REPLY_STRING ||
+            reply_int(x[2], 0, &rv) != 0)
+            goto bad;
+        /* Member: "<message_id>:<stored_ms>:" + the entry bytes. */
+        const char *m = x[1]->str, *end = m + x[1]->len;
+        const char *c1 = memchr(m, ':', (size_t)(end - m));
+        const char *c2 = c1 ? memchr(c1 + 1, ':', (size_t)(end - c1 - 1)) : NULL;
+        const char *blob = c2 ? c2 + 1 : m;
+        e[i].seq = seq;
+        e[i].blob = (const uint8_t *)blob;
+        e[i].len = (size_t)(end - blob);
+        e[i].revoked = rv == 1;
+    }
+    q->cb.sync(0, n ? e : NULL, n, more != 0, top, q->data);
+    if (e != stack_e)
+        free(e);
+    return;
+bad:
+    if (e != stack_e)
+        free(e);
+    q->cb.sync(bad_reply(q), NULL, 0, 0, 0, q->data);
+}
+
+int
+imgw__redis_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
+                 int64_t max_seq, int limit, imgw_store_sync_cb cb, void *data)
+{
+    /* A read for the caller: its only write drops aged entries. */
+    REQ_BEGIN(q, sl, sync_done, 0, cb(IMGW_EBUSY, NULL, 0, 0, 0, data));
+    char tl[KEY_MAX], sq[KEY_MAX], mn[24], mx[24], lim[16], rms[24];
+    const char *argv[10];
+    size_t lens[10];
+    q->cb.sync = cb;
+    q->data = data;
+    q->aux = limit;
+    snprintf(mn, sizeof(mn), "%" PRId64, min_seq);
+    snprintf(mx, sizeof(mx), "%" PRId64, max_seq);
+    snprintf(lim, sizeof(lim), "%d", limit);
+    snprintf(rms, sizeof(rms), "%" PRId64, rl_->r->retention_ms);
+    argv[2] = "2";
+    argv[3] = tl;
+    lens[3] = key1(tl, K_TL, user);
+    argv[4] = sq;
+    lens[4] = key1(sq, K_SEQ, user);
+    argv[5] = mn;
+    argv[6] = mx;
+    argv[7] = lim;
+    argv[8] = rms;
+    argv[9] = K_MSG;
+    lens[2] = 1;
+    for (int i = 5; i < 10; i++)
+        lens[i] = strlen(argv[i]);
+    imgw__redis_send(q, IMGW__REDIS_S_SYNC, 10, argv, lens);
+    return 0;
+}
+
+static void
+max_seq_done(imgw__redis_req_t *q, redisReply *reply, int status)
+{
+    long long v = 0;
+    if (status == 0 && reply_int(reply, 0, &v) != 0)
+        status = bad_reply(q);
+    q->cb.seq(status, status == 0 ? v : 0, q->data);
+}
+
+int
+imgw__redis_max_seq(imgw_store_loop_t *sl, const char *user,
+                    imgw_store_seq_cb cb, void *data)
+{
+    REQ_BEGIN(q, sl, max_seq_done, 0, cb(IMGW_EBUSY, 0, data));
+    char k[KEY_MAX];
+    const char *argv[2] = {"GET", k};
+    size_t lens[2] = {3, key1(k, K_SEQ, user)};
+    q->cb.seq = cb;
+    q->data = data;
+    imgw__redis_send(q, -1, 2, argv, lens);
+    return 0;
+}
+
+/* ---- delivered / read positions ------------------------------------------ */
+
+int
+imgw__redis_set_delivered(imgw_store_loop_t *sl, const char *user,
+                          const char *device, int64_t seq,
+                          imgw_store_done_cb cb, void *data)
+{
+    REQ_BEGIN(q, sl, done_status, 1,
+              if (cb) cb(IMGW_EBUSY, data));
+    char k[KEY_MAX], s[24], max[8], ttl[24];
+    snprintf(s, sizeof(s), "%" PRId64, seq);
+    snprintf(max, sizeof(max), "%d", IMGW__REDIS_MAX_DEVICES);
+    snprintf(ttl, sizeof(ttl), "%" PRId64, rl_->r->retention_ms);
+    const char *argv[8] = {NULL, NULL, "1", k, device, s, max, ttl};
+    size_t lens[8];
+    for (int i = 2; i < 8; i++)
+        lens[i] = i == 3 ? key1(k, K_POS, user) : strlen(argv[i]);
+    q->cb.done = cb;
+    q->data = data;
+    imgw__redis_send(q, IMGW__REDIS_S_DELIVERED, 8, argv, lens);
+    return 0;
+}
+
+int
+imgw__redis_set_read(imgw_store_loop_t *sl, const char *user,
+                     const char *conversation_id, const char *message_id,
+                     imgw_store_done_cb cb, void *data)
+{
+    REQ_BEGIN(q, sl, done_status, 1,
+              if (cb) cb(IMGW_EBUSY, data));
+    char k[KEY_MAX], max[8], ttl[24];
+    snprintf(max, sizeof(max), "%d", IMGW__REDIS_MAX_READS);
+    snprintf(ttl, sizeof(ttl), "%" PRId64, rl_->r->retention_ms);
+    const char *argv[8] = {NULL, NULL, "1", k, conversation_id, message_id,
+                           max, ttl};
+    size_t lens[8];
+    for (int i = 2; i < 8; i++)
+        lens[i] = i == 3 ? key1(k, K_READ, user) : strlen(argv[i]);
+    q->cb.done = cb;
+    q->data = data;
+    imgw__redis_send(q, IMGW__REDIS_S_READ, 8, argv, lens);
+    return 0;
+}
+
+/* ---- messages ------------------------------------------------------------ */
+
+static void
+msg_get_done(imgw__redis_req_t *q, redisReply *reply, int status)
+{
+    imgw_store_msg_t m;
+    long long ts = 0;
+    if (status != 0) {
+        q->cb.msg(status, NULL, q->data);
+        return;
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4) {
+        q->cb.msg(bad_reply(q), NULL, q->data);
+        return;
+    }
+    redisReply **x = reply->element;
+    if (x[0]->type != REDIS_REPLY_STRING) {
+        q->cb.msg(IMGW_ENOTFOUND, NULL, q->data);
+        return;
+    }
+    (void)reply_int(x[2], 0, &ts);
+    m.message_id = q->message_id;
+    m.sender = x[0]->str;
+    m.conversation_id = x[1]->type == REDIS_REPLY_STRING ? x[1]->str : "";
+    m.server_time_ms = ts;
+    m.revoked = x[3]->type == REDIS_REPLY_STRING && x[3]->len == 1 &&
+                x[3]->str[0] == '1';
+    q->cb.msg(0, &m, q->data);
+}
+
+int
+imgw__redis_msg_get(imgw_store_loop_t *sl, uint64_t message_id,
+                    imgw_store_msg_cb cb, void *data)
+{
+    REQ_BEGIN(q, sl, msg_get_done, 0, cb(IMGW_EBUSY, NULL, data));
+    char k[KEY_MAX];
+    const char *argv[6] = {"HMGET", k, "sender", "conv", "ts", "revoked"};
+    size_t lens[6] = {5, key_msg(k, message_id), 6, 4, 2, 7};
+    q->cb.msg = cb;
+    q->data = data;
+    q->message_id = message_id;
+    imgw__redis_send(q, -1, 6, argv, lens);
+    return 0;
+}
+
+int
+imgw__redis_revoke(imgw_store_loop_t *sl, uint64_t message_id,
+                   imgw_store_done_cb cb, void *data)
+{
+    REQ_BEGIN(q, sl, done_found, 1, if (cb) cb(IMGW_EBUSY, data));
+    char k[KEY_MAX];
+    const char *argv[4] = {NULL, NULL, "1", k};
+    size_t lens[4] = {0, 0, 1, key_msg(k, message_id)};
+    q->cb.done = cb;
+    q->data = data;
+    imgw__redis_send(q, IMGW__REDIS_S_REVOKE, 4, argv, lens);
+    return 0;
+}
+
+/* ---- groups -------------------------------------------------------------- */
+
+int
+imgw__redis_group_set(imgw_store_loop_t *sl, const char *gid,
+                      const char *const *members, size_t n,
+                      imgw_store_done_cb cb, void *data)
+{
+    REQ_BEGIN(q, sl, done_status, 1, if (cb) cb(IMGW_EBUSY, data));
+    char k[KEY_MAX];
+    int argc = 4 + (int)n;
+    const char **argv = malloc((size_t)argc * sizeof(*argv));
+    size_t *lens = malloc((size_t)argc * sizeof(*lens));
+    if (argv == NULL || lens == NULL) {
+        free(argv);
+        free(lens);
+        imgw__redis_req_free(q);
+        return IMGW_ENOMEM;
+    }
+    argv[2] = "1";
+    lens[2] = 1;
+    argv[3] = k;
+    lens[3] = key1(k, K_GROUP, gid);
+    for (size_t i = 0; i < n; i++) {
+        argv[4 + i] = members[i];
+        lens[4 + i] = strlen(members[i]);
+    }
+    q->cb.done = cb;
+    q->data = data;
+    imgw__redis_send(q, IMGW__REDIS_S_GROUP_SET, argc, argv, lens);
+    free(argv);
+    free(lens);
+    return 0;
+}
+
+static void
+group_get_done(imgw__redis_req_t *q, redisReply *reply, int status)
+{
+    const char *stack_m[64], **m = stack_m;
+    if (status == 0 && reply->type != REDIS_REPLY_ARRAY)
+        status = bad_reply(q);
+    if (status == 0 && reply->elements == 0)
+        status = IMGW_ENOTFOUND; /* Redis keeps no empty sets */
+    if (status != 0) {
+        q->cb.members(status, NULL, 0, q->data);
+        return;
+    }
+    size_t n = reply->elements;
+    if (n > 64 && (m = malloc(n * sizeof(*m))) == NULL) {
+        q->cb.members(IMGW_EBUSY, NULL, 0, q->data);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        m[i] = reply->element[i]->type == REDIS_REPLY_STRING
+                   ? reply->element[i]->str
+                   : "";
+    q->cb.members(0, m, n, q->data);
+    if (m != stack_m)
+        free(m);
+}
+
+int
+imgw__redis_group_get(imgw_store_loop_t *sl, const char *gid,
+                      imgw_store_members_cb cb, void *data)
+{
+    REQ_BEGIN(q, sl, group_get_done, 0, cb(IMGW_EBUSY, NULL, 0, data));
+    char k[KEY_MAX];
+    const char *argv[2] = {"SMEMBERS", k};
+    size_t lens[2] = {8, key1(k, K_GROUP, gid)};
+    q->cb.members = cb;
+    q->data = data;
+    imgw__redis_send(q, -1, 2, argv, lens);
+    return 0;
+}
+
+int
+imgw__redis_group_del(imgw_store_loop_t *sl, const char *gid,
+                      imgw_store_done_cb cb, void *data)
+{
+    REQ_BEGIN(q, sl, done_found, 1, if (cb) cb(IMGW_EBUSY, data));
+    char k[KEY_MAX];
+    const char *argv[2] = {"DEL", k};
+    size_t lens[2] = {3, key1(k, K_GROUP, gid)};
+    q->cb.done = cb;
+    q->data = data;
+    imgw__redis_send(q, -1, 2, argv, lens);
+    return 0;
+}
+
+/* ---- routes -------------------------------------------------------------- */
+
+int
+imgw__redis_route_set(imgw_store_loop_t *sl, const char *user,
+                      const char *platform, const char *broker_id, int ttl,
+                      imgw_store_done_cb cb, void *data)
+{
+    REQ_BEGIN(q, sl, done_status, 1, if (cb) cb(IMGW_EBUSY, data));
+    char k[KEY_MAX], t[16], max[8];
+    snprintf(t, sizeof(t), "%d", ttl);
+    snprintf(max, sizeof(max), "%d", IMGW_STORE_MAX_ROUTES);
+    const char *argv[8] = {NULL, NULL, "1", k, platform, broker_id, t, max};
+    size_t lens[8];
+    for (int i = 2; i < 8; i++)
+        lens[i] = i == 3 ? key1(k, K_USER, user) : strlen(argv[i]);
+    q->cb.done = cb;
+    q->data = data;
+    imgw__redis_send(q, IMGW__REDIS_S_ROUTE_SET, 8, argv, lens);
+    return 0;
+}
+
+int
+imgw__redis_route_del(imgw_store_loop_t *sl, const char *user,
+                      const char *platform, const char *broker_id,
+                      imgw_store_done_cb cb, void *data)
+{
+    REQ_BEGIN(q, sl, done_status, 1, if (cb) cb(IMGW_EBUSY, data));
+    char k[KEY_MAX];
+    const char *argv[6] = {NULL, NULL, "1", k, platform, broker_id};
+    size_t lens[6];
+    for (int i = 2; i < 6; i++)
+        lens[i] = i == 3 ? key1(k, K_USER, user) : strlen(argv[i]);
+    q->cb.done = cb;
+    q->data = data;
+    imgw__redis_send(q, IMGW__REDIS_S_ROUTE_DEL, 6, argv, lens);
+    return 0;
+}
+
+/* EXPIRE on a missing key is a no-op: expired routes stay dead. */
+int
+imgw__redis_route_refresh(imgw_store_loop_t *sl, const char *user, int ttl,
+                          imgw_store_done_cb cb, void *data)
+{
+    REQ_BEGIN(q, sl, done_status, 1, if (cb) cb(IMGW_EBUSY, data));
+    char k[KEY_MAX], t[16];
+    snprintf(t, sizeof(t), "%d", ttl);
+    const char *argv[3] = {"EXPIRE", k, t};
+    size_t lens[3] = {6, key1(k, K_USER, user), strlen(t)};
+    q->cb.done = cb;
+    q->data = data;
+    imgw__redis_send(q, -1, 3, argv, lens);
+    return 0;
+}
+
+static void
+route_get_done(imgw__redis_req_t *q, redisReply *reply, int status)
+{
+    imgw_store_route_t r[IMGW_STORE_MAX_ROUTES];
+    size_t n = 0;
+    if (status == 0 &&
+        (reply->type != REDIS_REPLY_ARRAY || reply->elements % 2 != 0))
+        status = bad_reply(q);
+    if (status != 0) {
+        q->cb.routes(status, NULL, 0, q->data);
+        return;
+    }
+    for (size_t i = 0; i + 1 < reply->elements && n < IMGW_STORE_MAX_ROUTES;
+         i += 2) {
+        if (reply->element[i]->type != REDIS_REPLY_STRING ||
+            reply->element[i + 1]->type != REDIS_REPLY_STRING)
+            continue;
+        r[n].platform = reply->element[i]->str;
+        r[n].broker_id = reply->element[i + 1]->str;
+        n++;
+    }
+    q->cb.routes(0, n ? r : NULL, n, q->data);
+}
+
+int
+imgw__redis_route_get(imgw_store_loop_t *sl, const char *user,
+                      imgw_store_routes_cb cb, void *data)
+{
+    REQ_BEGIN(q, sl, route_get_done, 0, cb(IMGW_EBUSY, NULL, 0, data));
+    char k[KEY_MAX];
+    const char *argv[2] = {"HGETALL", k};
+    size_t lens[2] = {7, key1(k, K_USER, user)};
+    q->cb.routes = cb;
+    q->data = data;
+    imgw__redis_send(q, -1, 2, argv, lens);
+    return 0;
+}

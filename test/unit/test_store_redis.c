@@ -1,0 +1,1559 @@
+/*
+ * test_store_redis.c: the store interface over the "redis" backend against
+ * a real redis-server (started by test/integration/test_store_redis.py,
+ * which passes its URL). The semantics are test_store_memory.c's; what
+ * Redis does differently is checked as docs/store.md says.
+ *
+ *   test_store_redis semantics URL   every request kind, key layout, TTLs,
+ *                                    NOSCRIPT retry, timeouts (CLIENT PAUSE),
+ *                                    loop_close with requests in flight
+ *   test_store_redis smoke URL       connect (unix socket, AUTH), append, sync
+ *   test_store_redis badauth URL     wrong password: never ready, EBUSY
+ *   test_store_redis outage URL      driven over stdin/stdout by the python
+ *                                    wrapper, which kills and restarts Redis
+ *
+ * Each mode ends with "N passed, N failed" (test.h) and exits 1 on failure.
+ *
+ * Threads: one, running a uv loop; requests are asynchronous, so each
+ * helper issues a request and runs the loop until its callback has run.
+ * A plain synchronous hiredis connection inspects keys and TTLs.
+ */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <hiredis/hiredis.h>
+#include <uv.h>
+
+#include "err.h"
+#include "log.h"
+#include "redis_impl.h"
+#include "store.h"
+#include "store_impl.h"
+#include "test.h"
+
+static uv_loop_t loop_;
+static uv_loop_t *L = &loop_;
+static uv_timer_t pump;
+static const char *URL;
+static redisContext *RC; /* inspection connection */
+
+static void
+pump_cb(uv_timer_t *t)
+{
+    (void)t;
+}
+
+/* Runs the loop until *flag or ms have passed; returns *flag. */
+static int
+wait_for(const int *flag, int ms)
+{
+    uv_update_time(L);
+    uint64_t end = uv_now(L) + (uint64_t)ms;
+    while (!*flag && uv_now(L) < end)
+        uv_run(L, UV_RUN_ONCE);
+    return *flag;
+}
+
+static void
+sleep_loop(int ms)
+{
+    int never = 0;
+    wait_for(&never, ms);
+}
+
+/* ---- inspection over a synchronous connection ------------------------- */
+
+static void
+rc_connect(void)
+{
+    imgw__redis_url_t u;
+    char err[256];
+    if (imgw__redis_url_parse(URL, &u, err, sizeof(err)) != 0) {
+        printf("bad URL %s: %s\n", URL, err);
+        exit(2);
+    }
+    struct timeval tv = {3, 0};
+    RC = u.path ? redisConnectUnixWithTimeout(u.path, tv)
+                : redisConnectWithTimeout(u.host, u.port, tv);
+    if (RC == NULL || RC->err) {
+        printf("cannot connect to %s\n", URL);
+        exit(2);
+    }
+    redisSetTimeout(RC, tv);
+    redisReply *r;
+    if (u.password) {
+        r = u.user ? redisCommand(RC, "AUTH %s %s", u.user, u.password)
+                   : redisCommand(RC, "AUTH %s", u.password);
+        freeReplyObject(r);
+    }
+    r = redisCommand(RC, "SELECT %d", u.db);
+    freeReplyObject(r);
+    imgw__redis_url_free(&u);
+}
+
+static void
+rc_reconnect(void)
+{
+    if (RC)
+        redisFree(RC);
+    RC = NULL;
+    rc_connect();
+}
+
+/* An integer command result, or LLONG_MIN on error. */
+static long long
+rc_int(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(RC, fmt, ap);
+    va_end(ap);
+    long long v = -999999;
+    if (r && r->type == REDIS_REPLY_INTEGER)
+        v = r->integer;
+    freeReplyObject(r);
+    return v;
+}
+
+/* A string result copied into a static buffer ("(nil)" / "(err)"). */
+static const char *
+rc_str(const char *fmt, ...)
+{
+    static char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(RC, fmt, ap);
+    va_end(ap);
+    if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
+        redisReply *x = r->element[0]; /* first element of a list */
+        r->element[0] = NULL;
+        freeReplyObject(r);
+        r = x;
+    }
+    if (r == NULL)
+        snprintf(buf, sizeof(buf), "(err)");
+    else if (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS)
+        snprintf(buf, sizeof(buf), "%.*s", (int)r->len, r->str);
+    else if (r->type == REDIS_REPLY_NIL)
+        snprintf(buf, sizeof(buf), "(nil)");
+    else
+        snprintf(buf, sizeof(buf), "(err)");
+    freeReplyObject(r);
+    return buf;
+}
+
+static void
+flushdb(void)
+{
+    freeReplyObject(redisCommand(RC, "FLUSHDB"));
+}
+
+/* ---- fixture ---------------------------------------------------------- */
+
+typedef struct fx_s {
+    imgw_store_t *s;
+    imgw_store_loop_t *sl;
+} fx_t;
+
+static int
+fx_open_url(fx_t *f, const char *url, int retention_count, int dedupe_ttl,
+            int timeout_ms, int wait_ready)
+{
+    imgw_store_cfg_t cfg = {"redis", url,        retention_count, 7,
+                            dedupe_ttl, timeout_ms, 1};
+    char err[256];
+    f->s = NULL;
+    f->sl = NULL;
+    int r = imgw_store_open(&f->s, &cfg, err, sizeof(err));
+    if (r != 0) {
+        printf("  cannot open the store: %s\n", err);
+        exit(2);
+    }
+    if (imgw_store_loop_open(f->s, 0, L, &f->sl) != 0)
+        exit(2);
+    if (!wait_ready)
+        return 0;
+    uv_update_time(L);
+    uint64_t end = uv_now(L) + 10000;
+    while (!imgw_store_loop_ready(f->sl) && uv_now(L) < end)
+        uv_run(L, UV_RUN_ONCE);
+    return imgw_store_loop_ready(f->sl) ? 0 : -1;
+}
+
+static void
+fx_open(fx_t *f, int retention_count, int dedupe_ttl)
+{
+    flushdb();
+    if (fx_open_url(f, URL, retention_count, dedupe_ttl, 500, 1) != 0) {
+        printf("  store never became ready\n");
+        exit(2);
+    }
+}
+
+static void
+fx_close(fx_t *f)
+{
+    imgw_store_loop_close(f->sl);
+    imgw_store_close(f->s);
+    sleep_loop(20); /* let the close callbacks run */
+}
+
+/* ---- request helpers (each waits for its callback) -------------------- */
+
+typedef struct app_res_s {
+    int calls;
+    int status;
+} app_res_t;
+
+static void
+app_cb(imgw_store_append_t *req, int status, void *data)
+{
+    app_res_t *r = data;
+    (void)req;
+    r->calls++;
+    r->status = status;
+}
+
+/* Appends message id mid (blob = its decimal text) from users[0]. Returns
+ * the request function's code, or the callback's status. */
+static int
+append_msg(fx_t *f, const char *cmid, uint64_t mid, const char *conv,
+           const char *const *users, size_t n, int64_t *seqs,
+           imgw_store_append_t *req_out)
+{
+    char blob[32];
+    int len = snprintf(blob, sizeof(blob), "%" PRIu64, mid);
+    imgw_store_append_t req;
+    app_res_t res = {0, 0};
+    memset(&req, 0, sizeof(req));
+    req.sender = users[0];
+    req.client_msg_id = cmid;
+    req.message_id = mid;
+    req.server_time_ms = 1700000000000LL + (int64_t)mid;
+    req.conversation_id = conv;
+    req.users = users;
+    req.n_users = n;
+    req.entry = (const uint8_t *)blob;
+    req.entry_len = (size_t)len;
+    req.seqs = seqs;
+    int r = imgw_store_append(f->sl, &req, app_cb, &res);
+    if (r != 0)
+        return res.calls == 0 ? r : -2;
+    if (!wait_for(&res.calls, 5000) || res.calls != 1)
+        return -1;
+    if (req_out)
+        *req_out = req;
+    return res.status;
+}
+
+#define PAGE_MAX 600
+
+typedef struct sync_res_s {
+    int calls;
+    int status;
+    size_t n;
+    int has_more;
+    int64_t server_max;
+    int64_t seq[PAGE_MAX];
+    uint64_t mid[PAGE_MAX];
+    int revoked[PAGE_MAX];
+} sync_res_t;
+
+static void
+sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
+        int64_t server_max_seq, void *data)
+{
+    sync_res_t *r = data;
+    r->calls++;
+    r->status = status;
+    r->n = n;
+    r->has_more = has_more;
+    r->server_max = server_max_seq;
+    for (size_t i = 0; i < n && i < PAGE_MAX; i++) {
+        char buf[32];
+        size_t l = e[i].len < sizeof(buf) - 1 ? e[i].len : sizeof(buf) - 1;
+        memcpy(buf, e[i].blob, l);
+        buf[l] = '\0';
+        r->seq[i] = e[i].seq;
+        r->mid[i] = strtoull(buf, NULL, 10);
+        r->revoked[i] = e[i].revoked;
+    }
+}
+
+static sync_res_t *
+do_sync(fx_t *f, const char *user, int64_t min, int64_t max, int limit)
+{
+    static sync_res_t r;
+    memset(&r, 0, sizeof(r));
+    int rc = imgw_store_sync(f->sl, user, min, max, limit, sync_cb, &r);
+    if (rc != 0) {
+        r.status = rc;
+        return &r;
+    }
+    if (!wait_for(&r.calls, 5000))
+        r.status = -1;
+    return &r;
+}
+
+typedef struct val_res_s {
+    int calls;
+    int status;
+    int64_t v;
+} val_res_t;
+
+static void
+seq_cb(int status, int64_t max_seq, void *data)
+{
+    val_res_t *r = data;
+    r->calls++;
+    r->status = status;
+    r->v = max_seq;
+}
+
+static int64_t
+max_seq(fx_t *f, const char *user)
+{
+    val_res_t r = {0, 0, 0};
+    if (imgw_store_max_seq(f->sl, user, seq_cb, &r) != 0)
+        return -2;
+    if (!wait_for(&r.calls, 5000))
+        return -3;
+    return r.status == 0 ? r.v : -1000 + r.status;
+}
+
+static void
+done_cb(int status, void *data)
+{
+    val_res_t *r = data;
+    r->calls++;
+    r->status = status;
+}
+
+/* Waits for a done_cb request issued as `call`; its status, or the
+ * request function's refusal. */
+#define DONE(call_with_cb)                                                   \
+    ({                                                                       \
+        val_res_t r_ = {0, 12345, 0};                                        \
+        val_res_t *res = &r_;                                                \
+        int rc_ = (call_with_cb);                                            \
+        if (rc_ == 0 && !wait_for(&r_.calls, 5000))                          \
+            rc_ = -1;                                                        \
+        rc_ == 0 ? (r_.calls == 1 ? r_.status : -3) : rc_;                   \
+    })
+
+typedef struct msg_res_s {
+    int calls;
+    int status;
+    imgw_store_msg_t m;
+    char sender[128];
+    char conv[512];
+} msg_res_t;
+
+static void
+msg_cb(int status, const imgw_store_msg_t *m, void *data)
+{
+    msg_res_t *r = data;
+    r->calls++;
+    r->status = status;
+    if (m != NULL) {
+        r->m = *m;
+        snprintf(r->sender, sizeof(r->sender), "%s", m->sender);
+        snprintf(r->conv, sizeof(r->conv), "%s", m->conversation_id);
+    }
+}
+
+static msg_res_t *
+msg_get(fx_t *f, uint64_t id)
+{
+    static msg_res_t r;
+    memset(&r, 0, sizeof(r));
+    int rc = imgw_store_msg_get(f->sl, id, msg_cb, &r);
+    if (rc != 0)
+        r.status = rc;
+    else if (!wait_for(&r.calls, 5000))
+        r.status = -1;
+    return &r;
+}
+
+typedef struct grp_res_s {
+    int calls;
+    int status;
+    size_t n;
+    char m[8][16];
+    fx_t *reenter;
+} grp_res_t;
+
+static int
+cmp_str16(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+static void
+grp_cb(int status, const char *const *members, size_t n, void *data)
+{
+    grp_res_t *r = data;
+    r->calls++;
+    r->status = status;
+    r->n = n;
+    if (r->reenter != NULL) {
+        const char *other[] = {"zz"};
+        imgw_store_group_set(r->reenter->sl, "g1", other, 1, NULL, NULL);
+    }
+    for (size_t i = 0; i < n && i < 8; i++)
+        snprintf(r->m[i], sizeof(r->m[i]), "%s", members[i]);
+    /* Redis sets have no order: sort so checks can name positions. */
+    qsort(r->m, n < 8 ? n : 8, sizeof(r->m[0]), cmp_str16);
+}
+
+static grp_res_t *
+group_get(fx_t *f, const char *gid)
+{
+    static grp_res_t r;
+    memset(&r, 0, sizeof(r));
+    int rc = imgw_store_group_get(f->sl, gid, grp_cb, &r);
+    if (rc != 0)
+        r.status = rc;
+    else if (!wait_for(&r.calls, 5000))
+        r.status = -1;
+    return &r;
+}
+
+typedef struct route_res_s {
+    int calls;
+    int status;
+    size_t n;
+    char p[IMGW_STORE_MAX_ROUTES][16];
+    char b[IMGW_STORE_MAX_ROUTES][16];
+} route_res_t;
+
+static void
+route_cb(int status, const imgw_store_route_t *r, size_t n, void *data)
+{
+    route_res_t *x = data;
+    x->calls++;
+    x->status = status;
+    x->n = status == 0 ? n : 999;
+    for (size_t i = 0; i < n && i < IMGW_STORE_MAX_ROUTES; i++) {
+        snprintf(x->p[i], sizeof(x->p[i]), "%s", r[i].platform);
+        snprintf(x->b[i], sizeof(x->b[i]), "%s", r[i].broker_id);
+    }
+}
+
+static route_res_t *
+routes(fx_t *f, const char *user)
+{
+    static route_res_t r;
+    memset(&r, 0, sizeof(r));
+    if (imgw_store_route_get(f->sl, user, route_cb, &r) != 0)
+        r.n = 998;
+    else if (!wait_for(&r.calls, 5000))
+        r.n = 997;
+    return &r;
+}
+
+static const char *
+route_of(route_res_t *r, const char *p)
+{
+    for (size_t i = 0; i < r->n && i < IMGW_STORE_MAX_ROUTES; i++)
+        if (strcmp(r->p[i], p) == 0)
+            return r->b[i];
+    return "";
+}
+
+/* The value part of a "<stamp>:<value>" position, or "(nil)". */
+static const char *
+position(const char *key, const char *field)
+{
+    const char *v = rc_str("HGET %s %s", key, field);
+    const char *c = strchr(v, ':');
+    return c && strcmp(v, "(nil)") != 0 ? c + 1 : v;
+}
+
+/* ---- semantics ---------------------------------------------------------- */
+
+TEST(open_errors)
+{
+    static const char *bad[] = {
+        "", "http://x", "redis://", "redis://:@h", "redis://user@h",
+        "redis://h:0", "redis://h:70000", "redis://h:12x", "redis://h/x",
+        "redis://h/1?timeout=3", "redis://[::1", "rediss://h:1",
+        "unix:relative/path", "unix:/tmp/s?db=x", "unix:/tmp/s?foo=1",
+        "redis://:%zz@h", NULL};
+    imgw_store_cfg_t cfg = {"redis", NULL, 100, 7, 86400, 500, 1};
+    char err[256];
+    for (int i = 0; bad[i]; i++) {
+        imgw_store_t *s = (imgw_store_t *)1;
+        cfg.redis_url = bad[i];
+        int r = imgw_store_open(&s, &cfg, err, sizeof(err));
+        CHECK_EQ_INT(r, IMGW_ECONFIG);
+        CHECK(s == NULL && strstr(err, "redis_url") != NULL);
+        if (r != IMGW_ECONFIG)
+            printf("  url %s accepted\n", bad[i]);
+    }
+    static const char *good[] = {
+        "redis://127.0.0.1:6379/0", "redis://localhost", "redis://h:1/15",
+        "redis://:p%40ss@h:2/3", "redis://user:pw@[::1]:6380/2",
+        "unix:/tmp/redis.sock", "unix:///tmp/redis.sock?db=2",
+        "unix:/tmp/r.sock?db=1&password=x", NULL};
+    for (int i = 0; good[i]; i++) {
+        imgw_store_t *s = NULL;
+        cfg.redis_url = good[i];
+        int r = imgw_store_open(&s, &cfg, err, sizeof(err));
+        CHECK_EQ_INT(r, 0);
+        if (r != 0)
+            printf("  url %s refused: %s\n", good[i], err);
+        imgw_store_close(s);
+    }
+    imgw__redis_url_t u;
+    CHECK_EQ_INT(imgw__redis_url_parse("redis://:p%40ss@h:2/3", &u, err,
+                                       sizeof(err)),
+                 0);
+    CHECK(u.user == NULL && strcmp(u.password, "p@ss") == 0 &&
+          strcmp(u.host, "h") == 0 && u.port == 2 && u.db == 3);
+    imgw__redis_url_free(&u);
+    CHECK_EQ_INT(imgw__redis_url_parse("redis://bob:pw@[::1]:6380/2", &u, err,
+                                       sizeof(err)),
+                 0);
+    CHECK(strcmp(u.user, "bob") == 0 && strcmp(u.host, "::1") == 0 &&
+          u.port == 6380 && u.db == 2);
+    imgw__redis_url_free(&u);
+    CHECK_EQ_INT(imgw__redis_url_parse("unix:///tmp/x.sock?db=4", &u, err,
+                                       sizeof(err)),
+                 0);
+    CHECK(strcmp(u.path, "/tmp/x.sock") == 0 && u.db == 4 && u.host == NULL);
+    imgw__redis_url_free(&u);
+    /* Same configuration bounds as memory. */
+    cfg.redis_url = "redis://h";
+    cfg.retention_count = 0;
+    imgw_store_t *s = NULL;
+    CHECK_EQ_INT(imgw_store_open(&s, &cfg, err, sizeof(err)), IMGW_ECONFIG);
+    CHECK(strstr(err, "retention_count") != NULL);
+    cfg.retention_count = 10;
+    CHECK_EQ_INT(imgw_store_open(&s, &cfg, err, sizeof(err)), 0);
+    imgw_store_loop_t *sl = NULL;
+    CHECK_EQ_INT(imgw_store_loop_open(s, 0, NULL, &sl), IMGW_EINVAL);
+    imgw_store_close(s);
+}
+
+TEST(append_seq_per_user)
+{
+    fx_t f;
+    fx_open(&f, 1000, 86400);
+    int64_t s2[2], s4[4];
+    const char *ab[] = {"a", "b"}, *ac[] = {"a", "c"}, *ba[] = {"b", "a"};
+    const char *grp[] = {"c", "a", "b", "d"};
+
+    CHECK_EQ_INT(append_msg(&f, "", 1, "s_a_b", ab, 2, s2, NULL), 0);
+    CHECK_EQ_INT(s2[0], 1);
+    CHECK_EQ_INT(s2[1], 1);
+    CHECK_EQ_INT(append_msg(&f, "", 2, "s_a_c", ac, 2, s2, NULL), 0);
+    CHECK_EQ_INT(s2[0], 2);
+    CHECK_EQ_INT(s2[1], 1);
+    CHECK_EQ_INT(append_msg(&f, "", 3, "s_a_b", ba, 2, s2, NULL), 0);
+    CHECK_EQ_INT(s2[0], 2);
+    CHECK_EQ_INT(s2[1], 3);
+    CHECK_EQ_INT(append_msg(&f, "", 4, "g_g1", grp, 4, s4, NULL), 0);
+    CHECK_EQ_INT(s4[0], 2);
+    CHECK_EQ_INT(s4[1], 4);
+    CHECK_EQ_INT(s4[2], 3);
+    CHECK_EQ_INT(s4[3], 1);
+    CHECK_EQ_INT(max_seq(&f, "a"), 4);
+    CHECK_EQ_INT(max_seq(&f, "b"), 3);
+    CHECK_EQ_INT(max_seq(&f, "c"), 2);
+    CHECK_EQ_INT(max_seq(&f, "d"), 1);
+    CHECK_EQ_INT(max_seq(&f, "nobody"), 0);
+
+    sync_res_t *r = do_sync(&f, "a", 0, 0, 100);
+    CHECK_EQ_INT(r->status, 0);
+    CHECK_EQ_INT(r->n, 4);
+    CHECK_EQ_INT(r->server_max, 4);
+    CHECK_EQ_INT(r->has_more, 0);
+    CHECK(r->seq[0] == 1 && r->seq[1] == 2 && r->seq[2] == 3 && r->seq[3] == 4);
+    CHECK(r->mid[0] == 1 && r->mid[1] == 2 && r->mid[2] == 3 && r->mid[3] == 4);
+    r = do_sync(&f, "d", 0, 0, 100);
+    CHECK_EQ_INT(r->n, 1);
+    CHECK_EQ_INT(r->mid[0], 4);
+
+    /* Key layout (protocol.md 6 and docs/store.md). */
+    CHECK_EQ_STR(rc_str("GET IM-SEQ-a"), "4");
+    CHECK_EQ_STR(rc_str("TYPE IM-TL-a"), "zset");
+    CHECK_EQ_INT(rc_int("ZCARD IM-TL-a"), 4);
+    const char *m = rc_str("ZRANGE IM-TL-a 0 0");
+    CHECK(strncmp(m, "1:", 2) == 0 && strcmp(strrchr(m, ':'), ":1") == 0);
+    CHECK_EQ_STR(rc_str("TYPE IM-MSG-4"), "hash");
+    CHECK_EQ_STR(rc_str("HGET IM-MSG-4 sender"), "c");
+    CHECK_EQ_STR(rc_str("HGET IM-MSG-4 conv"), "g_g1");
+    long long pttl = rc_int("PTTL IM-MSG-4");
+    CHECK(pttl > 7LL * 86400 * 1000 - 60000 && pttl <= 7LL * 86400 * 1000);
+    pttl = rc_int("PTTL IM-TL-a");
+    CHECK(pttl > 7LL * 86400 * 1000 - 60000 && pttl <= 7LL * 86400 * 1000);
+    CHECK_EQ_INT(rc_int("TTL IM-SEQ-a"), -1); /* max_seq must survive */
+    fx_close(&f);
+}
+
+TEST(append_refused)
+{
+    fx_t f;
+    fx_open(&f, 1000, 86400);
+    static int64_t seqs[IMGW_STORE_MAX_GROUP + 1];
+    const char *one[] = {"a"};
+    static const char *many[IMGW_STORE_MAX_GROUP + 1];
+    static char names[IMGW_STORE_MAX_GROUP + 1][16];
+    for (int i = 0; i <= IMGW_STORE_MAX_GROUP; i++) {
+        snprintf(names[i], sizeof(names[i]), "u%d", i);
+        many[i] = names[i];
+    }
+    CHECK_EQ_INT(append_msg(&f, "", 1, "c", one, 0, seqs, NULL), IMGW_EINVAL);
+    CHECK_EQ_INT(
+        append_msg(&f, "", 1, "c", many, IMGW_STORE_MAX_GROUP + 1, seqs, NULL),
+        IMGW_ETOOBIG);
+    CHECK_EQ_INT(
+        append_msg(&f, "", 1, "c", many, IMGW_STORE_MAX_GROUP, seqs, NULL), 0);
+    CHECK_EQ_INT(seqs[IMGW_STORE_MAX_GROUP - 1], 1);
+    /* A reused message id: refused (in the callback) with nothing appended. */
+    CHECK_EQ_INT(append_msg(&f, "", 1, "c", one, 1, seqs, NULL), IMGW_EEXIST);
+    CHECK_EQ_INT(max_seq(&f, "u0"), 1);
+    CHECK_EQ_INT(max_seq(&f, "a"), 0);
+    /* A key of the wrong type: an error before any write, so nothing at all
+     * is written (the message key and u0's seq stay as they were). */
+    freeReplyObject(redisCommand(RC, "SET IM-TL-bad x"));
+    const char *mix[] = {"u0", "bad"};
+    CHECK_EQ_INT(append_msg(&f, "k", 2, "c", mix, 2, seqs, NULL), IMGW_EBUSY);
+    CHECK_EQ_INT(max_seq(&f, "u0"), 1);
+    CHECK_EQ_INT(rc_int("EXISTS IM-MSG-2"), 0);
+    CHECK_EQ_INT(rc_int("EXISTS IM-DEDUP-u0-k"), 0);
+    CHECK_EQ_INT(imgw_store_loop_ready(f.sl), 1);
+    fx_close(&f);
+}
+
+TEST(sync_ranges_and_paging)
+{
+    fx_t f;
+    fx_open(&f, 10000, 86400);
+    const char *ab[] = {"a", "b"};
+    int64_t s2[2];
+    for (uint64_t i = 1; i <= 10; i++)
+        append_msg(&f, "", 100 + i, "s_a_b", ab, 2, s2, NULL);
+
+    sync_res_t *r = do_sync(&f, "a", 0, 0, 3);
+    CHECK_EQ_INT(r->n, 3);
+    CHECK_EQ_INT(r->seq[0], 1);
+    CHECK_EQ_INT(r->seq[2], 3);
+    CHECK_EQ_INT(r->mid[2], 103);
+    CHECK_EQ_INT(r->has_more, 1);
+    CHECK_EQ_INT(r->server_max, 10);
+    r = do_sync(&f, "a", 3, 0, 3);
+    CHECK(r->n == 3 && r->seq[0] == 4 && r->seq[2] == 6 && r->has_more);
+    r = do_sync(&f, "a", 9, 0, 3);
+    CHECK(r->n == 1 && r->seq[0] == 10 && !r->has_more);
+    r = do_sync(&f, "a", 10, 0, 3);
+    CHECK(r->n == 0 && !r->has_more && r->server_max == 10);
+    r = do_sync(&f, "a", 2, 5, 100);
+    CHECK(r->n == 3 && r->seq[0] == 3 && r->seq[2] == 5 && !r->has_more);
+    r = do_sync(&f, "a", 2, 5, 2);
+    CHECK(r->n == 2 && r->seq[0] == 3 && r->seq[1] == 4 && r->has_more);
+    r = do_sync(&f, "a", 2, 5, 3);
+    CHECK(r->n == 3 && !r->has_more);
+    r = do_sync(&f, "a", 5, 3, 10);
+    CHECK(r->status == 0 && r->n == 0 && !r->has_more);
+    r = do_sync(&f, "a", 0, 1000, 100);
+    CHECK(r->n == 10 && !r->has_more);
+    r = do_sync(&f, "nobody", 0, 0, 100);
+    CHECK(r->status == 0 && r->calls == 1 && r->n == 0 && r->server_max == 0 &&
+          !r->has_more);
+    r = do_sync(&f, "a", INT64_MAX, 0, 10);
+    CHECK(r->status == 0 && r->n == 0 && !r->has_more);
+    r = do_sync(&f, "a", 0, INT64_MAX, 10);
+    CHECK(r->status == 0 && r->n == 10 && !r->has_more);
+    CHECK_EQ_INT(do_sync(&f, "a", -1, 0, 10)->status, IMGW_EINVAL);
+
+    for (uint64_t i = 11; i <= 560; i++)
+        append_msg(&f, "", 100 + i, "s_a_b", ab, 2, s2, NULL);
+    r = do_sync(&f, "b", 0, 0, 0);
+    CHECK(r->n == 100 && r->has_more && r->seq[99] == 100);
+    r = do_sync(&f, "b", 0, 0, 100000);
+    CHECK_EQ_INT(r->n, IMGW_STORE_SYNC_MAX);
+    CHECK_EQ_INT(r->has_more, 1);
+    CHECK_EQ_INT(r->seq[IMGW_STORE_SYNC_MAX - 1], IMGW_STORE_SYNC_MAX);
+    r = do_sync(&f, "b", 500, 0, 100000);
+    CHECK(r->n == 60 && !r->has_more && r->seq[59] == 560);
+    CHECK_EQ_INT(r->mid[59], 660);
+    fx_close(&f);
+}
+
+TEST(retention)
+{
+    fx_t f;
+    fx_open(&f, 5, 86400);
+    const char *ab[] = {"a", "b"};
+    int64_t s2[2];
+    for (uint64_t i = 1; i <= 8; i++)
+        append_msg(&f, "", i, "s_a_b", ab, 2, s2, NULL);
+    sync_res_t *r = do_sync(&f, "a", 0, 0, 100);
+    CHECK_EQ_INT(r->n, 5);
+    CHECK_EQ_INT(r->seq[0], 4);
+    CHECK_EQ_INT(r->seq[4], 8);
+    CHECK_EQ_INT(r->mid[0], 4);
+    CHECK_EQ_INT(r->server_max, 8);
+    r = do_sync(&f, "a", 0, 2, 100);
+    CHECK(r->n == 0 && !r->has_more);
+    CHECK_EQ_INT(max_seq(&f, "a"), 8);
+    CHECK_EQ_INT(rc_int("ZCARD IM-TL-b"), 5);
+    CHECK_EQ_INT(rc_int("EXISTS IM-MSG-1"), 1); /* metadata lives on */
+
+    /* Age: entries stored more than retention_days (7) ago are a prefix
+     * of the timeline; plant three with an old stored time before two
+     * fresh ones, as if Redis's clock had moved on by 8 days. */
+    long long now_ms = 0;
+    redisReply *t = redisCommand(RC, "TIME");
+    if (t && t->elements == 2)
+        now_ms = strtoll(t->element[0]->str, NULL, 10) * 1000 +
+                 strtoll(t->element[1]->str, NULL, 10) / 1000;
+    freeReplyObject(t);
+    long long old = now_ms - 8LL * 86400 * 1000;
+    for (int i = 1; i <= 5; i++)
+        freeReplyObject(redisCommand(RC, "ZADD IM-TL-old %d %d:%lld:%d", i,
+                                     900 + i, i <= 3 ? old : now_ms, 900 + i));
+    freeReplyObject(redisCommand(RC, "SET IM-SEQ-old 5"));
+    r = do_sync(&f, "old", 0, 0, 100);
+    CHECK(r->status == 0 && r->n == 2 && r->seq[0] == 4 && r->mid[1] == 905 &&
+          !r->has_more && r->server_max == 5);
+    CHECK_EQ_INT(rc_int("ZCARD IM-TL-old"), 2); /* trimmed, not just hidden */
+    for (int i = 1; i <= 3; i++)
+        freeReplyObject(redisCommand(RC, "ZADD IM-TL-old2 %d %d:%lld:x", i,
+                                     800 + i, old));
+    freeReplyObject(redisCommand(RC, "SET IM-SEQ-old2 3"));
+    const char *o2[] = {"old2"};
+    CHECK_EQ_INT(append_msg(&f, "", 9, "c", o2, 1, s2, NULL), 0);
+    CHECK_EQ_INT(s2[0], 4);
+    CHECK_EQ_INT(rc_int("ZCARD IM-TL-old2"), 1); /* append trims too */
+    fx_close(&f);
+}
+
+TEST(dedupe)
+{
+    fx_t f;
+    fx_open(&f, 1000, 1);
+    const char *ab[] = {"a", "b"}, *ba[] = {"b", "a"};
+    int64_t s2[2] = {0, 0};
+    imgw_store_append_t req;
+    CHECK_EQ_INT(append_msg(&f, "c1", 100, "s_a_b", ab, 2, s2, &req), 0);
+    CHECK_EQ_INT(req.duplicate, 0);
+    int64_t first = s2[0];
+    CHECK_EQ_STR(rc_str("GET IM-DEDUP-a-c1"), "100:1");
+    long long ttl = rc_int("PTTL IM-DEDUP-a-c1");
+    CHECK(ttl > 0 && ttl <= 1000);
+    s2[0] = s2[1] = -7;
+    CHECK_EQ_INT(append_msg(&f, "c1", 101, "s_a_b", ab, 2, s2, &req), 0);
+    CHECK_EQ_INT(req.duplicate, 1);
+    CHECK_EQ_INT(req.dup_message_id, 100);
+    CHECK_EQ_INT(req.dup_seq, first);
+    CHECK(s2[0] == -7 && s2[1] == -7);
+    CHECK_EQ_INT(max_seq(&f, "a"), 1);
+    CHECK_EQ_INT(max_seq(&f, "b"), 1);
+    CHECK_EQ_INT(rc_int("EXISTS IM-MSG-101"), 0);
+    CHECK_EQ_INT(append_msg(&f, "c1", 102, "s_a_b", ba, 2, s2, &req), 0);
+    CHECK_EQ_INT(req.duplicate, 0);
+    append_msg(&f, "", 103, "s_a_b", ab, 2, s2, &req);
+    append_msg(&f, "", 104, "s_a_b", ab, 2, s2, &req);
+    CHECK_EQ_INT(req.duplicate, 0);
+    CHECK_EQ_INT(max_seq(&f, "a"), 4);
+    /* Expiry after dedupe_ttl (1 s here). */
+    sleep_loop(1100);
+    append_msg(&f, "c1", 106, "s_a_b", ab, 2, s2, &req);
+    CHECK_EQ_INT(req.duplicate, 0);
+    CHECK_EQ_INT(s2[0], 5);
+    append_msg(&f, "c1", 107, "s_a_b", ab, 2, s2, &req);
+    CHECK_EQ_INT(req.duplicate, 1);
+    CHECK_EQ_INT(req.dup_message_id, 106);
+    CHECK_EQ_INT(req.dup_seq, 5);
+    fx_close(&f);
+}
+
+TEST(revoke_and_msg_get)
+{
+    fx_t f;
+    fx_open(&f, 1000, 86400);
+    const char *grp[] = {"a", "b", "c"};
+    int64_t s3[3];
+    append_msg(&f, "", 77, "g_g1", grp, 3, s3, NULL);
+    append_msg(&f, "", 78, "g_g1", grp, 3, s3, NULL);
+    msg_res_t *r = msg_get(&f, 77);
+    CHECK_EQ_INT(r->status, 0);
+    CHECK_EQ_INT(r->calls, 1);
+    CHECK_EQ_INT(r->m.message_id, 77);
+    CHECK_EQ_STR(r->sender, "a");
+    CHECK_EQ_STR(r->conv, "g_g1");
+    CHECK_EQ_INT(r->m.server_time_ms, 1700000000000LL + 77);
+    CHECK_EQ_INT(r->m.revoked, 0);
+    CHECK_EQ_INT(msg_get(&f, 999)->status, IMGW_ENOTFOUND);
+
+    CHECK_EQ_INT(DONE(imgw_store_revoke(f.sl, 77, done_cb, res)), 0);
+    CHECK_EQ_INT(msg_get(&f, 77)->m.revoked, 1);
+    CHECK_EQ_INT(msg_get(&f, 78)->m.revoked, 0);
+    CHECK_EQ_INT(DONE(imgw_store_revoke(f.sl, 999, done_cb, res)),
+                 IMGW_ENOTFOUND);
+    CHECK_EQ_INT(rc_int("EXISTS IM-MSG-999"), 0); /* not created */
+    CHECK_EQ_INT(imgw_store_revoke(f.sl, 78, NULL, NULL), 0); /* cb NULL */
+    for (int u = 0; u < 3; u++) {
+        sync_res_t *sr = do_sync(&f, grp[u], 0, 0, 10);
+        CHECK(sr->n == 2 && sr->revoked[0] == 1 && sr->revoked[1] == 1);
+    }
+    /* Metadata gone (expired): ENOTFOUND for both. */
+    freeReplyObject(redisCommand(RC, "DEL IM-MSG-77"));
+    CHECK_EQ_INT(msg_get(&f, 77)->status, IMGW_ENOTFOUND);
+    CHECK_EQ_INT(DONE(imgw_store_revoke(f.sl, 77, done_cb, res)),
+                 IMGW_ENOTFOUND);
+    fx_close(&f);
+}
+
+TEST(groups)
+{
+    fx_t f;
+    fx_open(&f, 1000, 86400);
+    const char *m1[] = {"u1", "u2", "u1", "u3", "u2"};
+    CHECK_EQ_INT(DONE(imgw_store_group_set(f.sl, "g1", m1, 5, done_cb, res)),
+                 0);
+    grp_res_t *r = group_get(&f, "g1");
+    CHECK_EQ_INT(r->status, 0);
+    CHECK_EQ_INT(r->n, 3);
+    CHECK_EQ_STR(r->m[0], "u1");
+    CHECK_EQ_STR(r->m[1], "u2");
+    CHECK_EQ_STR(r->m[2], "u3");
+    CHECK_EQ_STR(rc_str("TYPE IM-GROUP-g1"), "set");
+    const char *m2[] = {"u9"};
+    CHECK_EQ_INT(DONE(imgw_store_group_set(f.sl, "g1", m2, 1, done_cb, res)),
+                 0);
+    r = group_get(&f, "g1");
+    CHECK(r->n == 1 && strcmp(r->m[0], "u9") == 0);
+    CHECK_EQ_INT(group_get(&f, "g2")->status, IMGW_ENOTFOUND);
+    CHECK_EQ_INT(DONE(imgw_store_group_del(f.sl, "g1", done_cb, res)), 0);
+    CHECK_EQ_INT(group_get(&f, "g1")->status, IMGW_ENOTFOUND);
+    CHECK_EQ_INT(DONE(imgw_store_group_del(f.sl, "g1", done_cb, res)),
+                 IMGW_ENOTFOUND);
+
+    static const char *many[IMGW_STORE_MAX_GROUP + 1];
+    static char names[IMGW_STORE_MAX_GROUP + 1][16];
+    for (int i = 0; i <= IMGW_STORE_MAX_GROUP; i++) {
+        snprintf(names[i], sizeof(names[i]), "m%d", i);
+        many[i] = names[i];
+    }
+    CHECK_EQ_INT(DONE(imgw_store_group_set(
+                     f.sl, "g3", many, IMGW_STORE_MAX_GROUP + 1, done_cb, res)),
+                 IMGW_ETOOBIG);
+    CHECK_EQ_INT(DONE(imgw_store_group_set(f.sl, "g3", many,
+                                           IMGW_STORE_MAX_GROUP, done_cb, res)),
+                 0);
+    CHECK_EQ_INT(group_get(&f, "g3")->n, IMGW_STORE_MAX_GROUP);
+    /* n = 0 removes the group. */
+    CHECK_EQ_INT(DONE(imgw_store_group_set(f.sl, "g3", NULL, 0, done_cb, res)),
+                 0);
+    CHECK_EQ_INT(group_get(&f, "g3")->status, IMGW_ENOTFOUND);
+    CHECK_EQ_INT(rc_int("EXISTS IM-GROUP-g3"), 0);
+
+    /* A callback that replaces the group it is reading. */
+    imgw_store_group_set(f.sl, "g1", m1, 5, NULL, NULL);
+    static grp_res_t rr;
+    memset(&rr, 0, sizeof(rr));
+    rr.reenter = &f;
+    CHECK_EQ_INT(imgw_store_group_get(f.sl, "g1", grp_cb, &rr), 0);
+    wait_for(&rr.calls, 5000);
+    CHECK(rr.n == 3 && strcmp(rr.m[2], "u3") == 0);
+    r = group_get(&f, "g1");
+    CHECK(r->n == 1 && strcmp(r->m[0], "zz") == 0);
+    fx_close(&f);
+}
+
+TEST(routes)
+{
+    fx_t f;
+    fx_open(&f, 1000, 86400);
+    CHECK_EQ_INT(
+        DONE(imgw_store_route_set(f.sl, "u", "ios", "b1", 30, done_cb, res)),
+        0);
+    imgw_store_route_set(f.sl, "u", "web", "b2", 30, NULL, NULL);
+    route_res_t *r = routes(&f, "u");
+    CHECK_EQ_INT(r->n, 2);
+    CHECK_EQ_STR(route_of(r, "ios"), "b1");
+    CHECK_EQ_STR(route_of(r, "web"), "b2");
+    CHECK_EQ_INT(routes(&f, "nobody")->n, 0);
+    CHECK_EQ_INT(routes(&f, "nobody")->calls, 1);
+    /* The protocol's key: IM-USER-{user}, field platform = broker_id. */
+    CHECK_EQ_STR(rc_str("HGET IM-USER-u ios"), "b1");
+    long long ttl = rc_int("TTL IM-USER-u");
+    CHECK(ttl > 25 && ttl <= 30);
+
+    CHECK_EQ_INT(
+        DONE(imgw_store_route_del(f.sl, "u", "ios", "b2", done_cb, res)), 0);
+    CHECK_EQ_STR(route_of(routes(&f, "u"), "ios"), "b1");
+    imgw_store_route_del(f.sl, "u", "ios", "b1", NULL, NULL);
+    r = routes(&f, "u");
+    CHECK_EQ_INT(r->n, 1);
+    CHECK_EQ_STR(route_of(r, "ios"), "");
+    imgw_store_route_set(f.sl, "u", "web", "b3", 30, NULL, NULL);
+    CHECK_EQ_STR(route_of(routes(&f, "u"), "web"), "b3");
+
+    /* TTL: set never shortens it (the key outlives its longest field);
+     * refresh sets it. */
+    imgw_store_route_set(f.sl, "v", "ios", "b1", 300, NULL, NULL);
+    imgw_store_route_set(f.sl, "v", "web", "b1", 10, NULL, NULL);
+    CHECK_EQ_INT(routes(&f, "v")->n, 2);
+    ttl = rc_int("TTL IM-USER-v");
+    CHECK(ttl > 290 && ttl <= 300);
+    CHECK_EQ_INT(
+        DONE(imgw_store_route_refresh(f.sl, "v", 60, done_cb, res)), 0);
+    ttl = rc_int("TTL IM-USER-v");
+    CHECK(ttl > 55 && ttl <= 60);
+    /* Expiry, and refresh does not resurrect. */
+    imgw_store_route_set(f.sl, "x", "ios", "b1", 1, NULL, NULL);
+    CHECK_EQ_INT(routes(&f, "x")->n, 1);
+    sleep_loop(1100);
+    CHECK_EQ_INT(routes(&f, "x")->n, 0);
+    CHECK_EQ_INT(DONE(imgw_store_route_refresh(f.sl, "x", 30, done_cb, res)),
+                 0);
+    CHECK_EQ_INT(routes(&f, "x")->n, 0);
+    CHECK_EQ_INT(rc_int("EXISTS IM-USER-x"), 0);
+    CHECK_EQ_INT(imgw_store_route_set(f.sl, "v", "ios", "b1", 0, NULL, NULL),
+                 IMGW_EINVAL);
+
+    /* At most IMGW_STORE_MAX_ROUTES platforms: the first added go. */
+    for (int i = 0; i < IMGW_STORE_MAX_ROUTES + 4; i++) {
+        char p[16];
+        snprintf(p, sizeof(p), "p%d", i);
+        imgw_store_route_set(f.sl, "w", p, "b", 100 + i, NULL, NULL);
+    }
+    r = routes(&f, "w");
+    CHECK_EQ_INT(r->n, IMGW_STORE_MAX_ROUTES);
+    CHECK_EQ_STR(route_of(r, "p0"), "");
+    CHECK_EQ_STR(route_of(r, "p3"), "");
+    CHECK_EQ_STR(route_of(r, "p4"), "b");
+    CHECK_EQ_STR(route_of(r, "p19"), "b");
+    fx_close(&f);
+}
+
+TEST(positions)
+{
+    fx_t f;
+    fx_open(&f, 1000, 86400);
+    CHECK_EQ_INT(
+        DONE(imgw_store_set_delivered(f.sl, "u", "d0", 5, done_cb, res)), 0);
+    imgw_store_set_delivered(f.sl, "u", "d0", 3, NULL, NULL);
+    CHECK_EQ_STR(position("IM-POS-u", "d0"), "5");
+    CHECK_EQ_INT(
+        DONE(imgw_store_set_delivered(f.sl, "u", "d0", 9, done_cb, res)), 0);
+    CHECK_EQ_STR(position("IM-POS-u", "d0"), "9");
+    for (int i = 1; i < 20; i++) {
+        char d[16];
+        snprintf(d, sizeof(d), "d%d", i);
+        imgw_store_set_delivered(f.sl, "u", d, i, NULL, NULL);
+    }
+    CHECK_EQ_INT(DONE(imgw_store_set_delivered(f.sl, "u", "d19", 19, done_cb,
+                                               res)),
+                 0);
+    CHECK_EQ_INT(rc_int("HLEN IM-POS-u"), 16 + 1); /* + the stamp field */
+    CHECK_EQ_STR(position("IM-POS-u", "d0"), "(nil)");
+    CHECK_EQ_STR(position("IM-POS-u", "d3"), "(nil)");
+    CHECK_EQ_STR(position("IM-POS-u", "d4"), "4");
+    CHECK_EQ_STR(position("IM-POS-u", "d19"), "19");
+    long long pttl = rc_int("PTTL IM-POS-u");
+    CHECK(pttl > 0 && pttl <= 7LL * 86400 * 1000);
+
+    imgw_store_set_read(f.sl, "u", "s_u_v", "100", NULL, NULL);
+    CHECK_EQ_INT(
+        DONE(imgw_store_set_read(f.sl, "u", "s_u_v", "90", done_cb, res)), 0);
+    CHECK_EQ_STR(position("IM-READ-u", "s_u_v"), "90");
+    for (int i = 0; i < 300; i++) {
+        char c[16];
+        snprintf(c, sizeof(c), "g_%d", i);
+        imgw_store_set_read(f.sl, "u", c, "1", NULL, NULL);
+        if (i == 100)
+            imgw_store_set_read(f.sl, "u", "s_u_v", "91", NULL, NULL);
+    }
+    CHECK_EQ_INT(DONE(imgw_store_set_read(f.sl, "u", "g_299", "1", done_cb,
+                                          res)),
+                 0);
+    CHECK_EQ_INT(rc_int("HLEN IM-READ-u"), 256 + 1);
+    CHECK_EQ_STR(position("IM-READ-u", "s_u_v"), "91");
+    CHECK_EQ_STR(position("IM-READ-u", "g_0"), "(nil)");
+    CHECK_EQ_STR(position("IM-READ-u", "g_299"), "1");
+    CHECK_EQ_INT(imgw_store_set_read(f.sl, "u", "", "1", NULL, NULL),
+                 IMGW_EINVAL);
+    fx_close(&f);
+}
+
+/* NOSCRIPT: the script cache was flushed under a live connection. */
+TEST(noscript_retry)
+{
+    fx_t f;
+    fx_open(&f, 1000, 86400);
+    const char *ab[] = {"a", "b"};
+    int64_t s2[2];
+    CHECK_EQ_INT(append_msg(&f, "", 1, "s", ab, 2, s2, NULL), 0);
+    freeReplyObject(redisCommand(RC, "SCRIPT FLUSH"));
+    CHECK_EQ_INT(append_msg(&f, "", 2, "s", ab, 2, s2, NULL), 0);
+    CHECK_EQ_INT(s2[0], 2);
+    freeReplyObject(redisCommand(RC, "SCRIPT FLUSH"));
+    sync_res_t *r = do_sync(&f, "b", 0, 0, 10);
+    CHECK(r->status == 0 && r->n == 2);
+    CHECK_EQ_INT(imgw_store_loop_ready(f.sl), 1);
+    fx_close(&f);
+}
+
+typedef struct many_s {
+    int calls;
+    int ok, busy, timedout, other;
+    int twice; /* a callback that ran for a finished request */
+} many_t;
+
+typedef struct slot_s {
+    imgw_store_append_t req;
+    const char *users[2];
+    int64_t seqs[2];
+    char blob[24];
+    int done;
+    int status;
+    many_t *m;
+} slot_t;
+
+static void
+slot_cb(imgw_store_append_t *req, int status, void *data)
+{
+    slot_t *s = data;
+    (void)req;
+    if (s->done++)
+        s->m->twice++;
+    s->status = status;
+    s->m->calls++;
+    if (status == 0)
+        s->m->ok++;
+    else if (status == IMGW_EBUSY)
+        s->m->busy++;
+    else if (status == IMGW_ETIMEDOUT)
+        s->m->timedout++;
+    else
+        s->m->other++;
+}
+
+static void
+slot_fill(slot_t *s, many_t *m, uint64_t mid, const char *a, const char *b)
+{
+    memset(s, 0, sizeof(*s));
+    s->m = m;
+    s->users[0] = a;
+    s->users[1] = b;
+    int len = snprintf(s->blob, sizeof(s->blob), "%" PRIu64, mid);
+    s->req.sender = a;
+    s->req.client_msg_id = "";
+    s->req.message_id = mid;
+    s->req.server_time_ms = 1;
+    s->req.conversation_id = "c";
+    s->req.users = s->users;
+    s->req.n_users = 2;
+    s->req.entry = (const uint8_t *)s->blob;
+    s->req.entry_len = (size_t)len;
+    s->req.seqs = s->seqs;
+}
+
+/* A Redis that stops answering (CLIENT PAUSE): commands in flight time out
+ * with ETIMEDOUT, the connection is dropped, requests meanwhile get EBUSY,
+ * and the loop comes back by itself once Redis answers again. */
+TEST(timeouts)
+{
+    fx_t f;
+    fx_open(&f, 1000, 86400);
+    static slot_t slots[20];
+    many_t m;
+    memset(&m, 0, sizeof(m));
+    freeReplyObject(redisCommand(RC, "CLIENT PAUSE 1500 ALL"));
+    uv_update_time(L);
+    uint64_t t0 = uv_now(L);
+    for (int i = 0; i < 10; i++) {
+        slot_fill(&slots[i], &m, 500 + (uint64_t)i, "ta", "tb");
+        CHECK_EQ_INT(imgw_store_append(f.sl, &slots[i].req, slot_cb, &slots[i]),
+                     0);
+    }
+    int want = 10;
+    int got = 0;
+    uv_update_time(L);
+    while (m.calls < want && uv_now(L) - t0 < 3000)
+        uv_run(L, UV_RUN_ONCE);
+    got = m.calls;
+    uint64_t took = uv_now(L) - t0;
+    CHECK_EQ_INT(got, 10);
+    CHECK_EQ_INT(m.timedout, 10);
+    CHECK(took >= 450 && took < 1400); /* timeout_ms = 500 */
+    CHECK_EQ_INT(imgw_store_loop_ready(f.sl), 0);
+    /* While down: EBUSY at once (the callback may run synchronously). */
+    for (int i = 10; i < 20; i++) {
+        slot_fill(&slots[i], &m, 500 + (uint64_t)i, "ta", "tb");
+        CHECK_EQ_INT(imgw_store_append(f.sl, &slots[i].req, slot_cb, &slots[i]),
+                     0);
+    }
+    sleep_loop(10);
+    CHECK_EQ_INT(m.busy, 10);
+    CHECK_EQ_INT(m.ok, 0);
+    /* Back after the pause. */
+    uv_update_time(L);
+    uint64_t end = uv_now(L) + 8000;
+    while (!imgw_store_loop_ready(f.sl) && uv_now(L) < end)
+        uv_run(L, UV_RUN_ONCE);
+    CHECK_EQ_INT(imgw_store_loop_ready(f.sl), 1);
+    CHECK(max_seq(&f, "ta") >= 0);
+    const char *ab[] = {"ta", "tb"};
+    int64_t s2[2];
+    CHECK_EQ_INT(append_msg(&f, "", 600, "c", ab, 2, s2, NULL), 0);
+    /* Whatever timed out is all or nothing: both timelines agree. */
+    CHECK_EQ_INT(max_seq(&f, "ta"), max_seq(&f, "tb"));
+    CHECK_EQ_INT(m.twice, 0);
+    fx_close(&f);
+}
+
+/* loop_close with requests in flight: every callback runs exactly once,
+ * none with success it did not get from Redis, and nothing leaks (ASan). */
+TEST(close_in_flight)
+{
+    fx_t f;
+    fx_open(&f, 1000, 86400);
+    static slot_t slots[50];
+    many_t m;
+    memset(&m, 0, sizeof(m));
+    for (int i = 0; i < 50; i++) {
+        slot_fill(&slots[i], &m, 700 + (uint64_t)i, "ca", "cb");
+        imgw_store_append(f.sl, &slots[i].req, slot_cb, &slots[i]);
+    }
+    val_res_t v = {0, 0, 0};
+    imgw_store_max_seq(f.sl, "ca", seq_cb, &v);
+    imgw_store_loop_close(f.sl);
+    CHECK_EQ_INT(m.calls, 50);
+    CHECK_EQ_INT(m.ok, 0);
+    CHECK_EQ_INT(m.timedout, 50); /* writes in flight: fate unknown */
+    CHECK_EQ_INT(v.calls, 1);
+    CHECK_EQ_INT(v.status, IMGW_EBUSY);
+    imgw_store_close(f.s);
+    sleep_loop(20);
+    CHECK_EQ_INT(m.twice, 0);
+    /* Whatever did reach Redis arrived whole. */
+    CHECK_EQ_INT(rc_int("ZCARD IM-TL-ca"), rc_int("ZCARD IM-TL-cb"));
+}
+
+/* A host name goes through uv_getaddrinfo ("localhost" may give ::1
+ * first while Redis listens on 127.0.0.1 only: the next address is
+ * tried); closing while resolving or connecting frees everything. */
+TEST(hostname_and_early_close)
+{
+    imgw__redis_url_t u;
+    char err[256], url[300];
+    fx_t f;
+    CHECK_EQ_INT(imgw__redis_url_parse(URL, &u, err, sizeof(err)), 0);
+    if (u.path == NULL) {
+        snprintf(url, sizeof(url), "redis://%s%s%slocalhost:%d/%d",
+                 u.password ? ":" : "", u.password ? u.password : "",
+                 u.password ? "@" : "", u.port, u.db);
+        CHECK_EQ_INT(fx_open_url(&f, url, 100, 86400, 500, 1), 0);
+        CHECK_EQ_INT(max_seq(&f, "nobody"), 0);
+        fx_close(&f);
+        fx_open_url(&f, url, 100, 86400, 500, 0); /* close while resolving */
+        fx_close(&f);
+    }
+    imgw__redis_url_free(&u);
+    /* Close with the handshake queued; a request before ready is EBUSY. */
+    fx_open_url(&f, URL, 100, 86400, 500, 0);
+    CHECK_EQ_INT(max_seq(&f, "a"), -1000 + IMGW_EBUSY);
+    fx_close(&f);
+    /* Close once ready, from inside a callback of this very store. */
+    fx_open(&f, 100, 86400);
+    val_res_t v = {0, 0, 0};
+    CHECK_EQ_INT(imgw_store_max_seq(f.sl, "a", seq_cb, &v), 0);
+    wait_for(&v.calls, 5000);
+    CHECK_EQ_INT(v.status, 0);
+    fx_close(&f);
+}
+
+typedef struct closer_s {
+    int calls;
+    int status;
+    fx_t *f;
+} closer_t;
+
+static void
+closer_cb(int status, int64_t max_seq, void *data)
+{
+    closer_t *c = data;
+    (void)max_seq;
+    if (c->calls++ == 0 && c->f != NULL) {
+        imgw_store_loop_close(c->f->sl); /* inside hiredis's reply callback */
+        c->f = NULL;
+    }
+    c->status = status;
+}
+
+TEST(close_from_callback)
+{
+    fx_t f;
+    fx_open(&f, 100, 86400);
+    static closer_t c[5];
+    memset(c, 0, sizeof(c));
+    c[0].f = &f;
+    for (int i = 0; i < 5; i++)
+        CHECK_EQ_INT(imgw_store_max_seq(f.sl, "a", closer_cb, &c[i]), 0);
+    wait_for(&c[4].calls, 5000);
+    CHECK(c[0].calls == 1 && c[0].status == 0);
+    for (int i = 1; i < 5; i++)
+        CHECK(c[i].calls == 1 && c[i].status == IMGW_EBUSY);
+    imgw_store_close(f.s);
+    sleep_loop(20);
+}
+
+/* ---- modes ---------------------------------------------------------------- */
+
+static int
+run_semantics(void)
+{
+    rc_connect();
+    RUN(open_errors);
+    RUN(append_seq_per_user);
+    RUN(append_refused);
+    RUN(sync_ranges_and_paging);
+    RUN(retention);
+    RUN(dedupe);
+    RUN(revoke_and_msg_get);
+    RUN(groups);
+    RUN(routes);
+    RUN(positions);
+    RUN(noscript_retry);
+    RUN(hostname_and_early_close);
+    RUN(close_from_callback);
+    RUN(timeouts);
+    rc_reconnect(); /* the pause may have outlived our own timeout */
+    RUN(close_in_flight);
+    return 0;
+}
+
+TEST(smoke)
+{
+    fx_t f;
+    rc_connect();
+    fx_open(&f, 100, 86400);
+    const char *ab[] = {"a", "b"};
+    int64_t s2[2];
+    CHECK_EQ_INT(append_msg(&f, "x", 1, "s_a_b", ab, 2, s2, NULL), 0);
+    sync_res_t *r = do_sync(&f, "b", 0, 0, 10);
+    CHECK(r->status == 0 && r->n == 1 && r->mid[0] == 1);
+    CHECK_EQ_STR(rc_str("GET IM-SEQ-a"), "1");
+    fx_close(&f);
+}
+
+TEST(badauth)
+{
+    fx_t f;
+    CHECK_EQ_INT(fx_open_url(&f, URL, 100, 86400, 500, 0), 0);
+    sleep_loop(1500);
+    CHECK_EQ_INT(imgw_store_loop_ready(f.sl), 0);
+    CHECK_EQ_INT(max_seq(&f, "a"), -1000 + IMGW_EBUSY);
+    fx_close(&f);
+}
+
+/* ---- outage: driven by the python wrapper ------------------------------ */
+
+static uv_pipe_t in_pipe;
+static char in_buf[256];
+static size_t in_len;
+static int in_lines; /* complete lines received */
+static char last_line[256];
+
+static void
+in_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b)
+{
+    static char tmp[256];
+    (void)h;
+    (void)sz;
+    b->base = tmp;
+    b->len = sizeof(tmp);
+}
+
+static void
+in_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+    (void)s;
+    for (ssize_t i = 0; i < n; i++) {
+        char c = b->base[i];
+        if (c == '\n') {
+            in_buf[in_len] = '\0';
+            snprintf(last_line, sizeof(last_line), "%s", in_buf);
+            in_len = 0;
+            in_lines++;
+        } else if (in_len + 1 < sizeof(in_buf)) {
+            in_buf[in_len++] = c;
+        }
+    }
+}
+
+/* Prints a line for the wrapper and waits for its answer. */
+static int
+await_line(const char *say, const char *expect, int ms)
+{
+    int want = in_lines + 1;
+    printf("%s\n", say);
+    fflush(stdout);
+    uv_update_time(L);
+    uint64_t end = uv_now(L) + (uint64_t)ms;
+    while (in_lines < want && uv_now(L) < end)
+        uv_run(L, UV_RUN_ONCE);
+    return in_lines >= want && strcmp(last_line, expect) == 0;
+}
+
+static int
+wait_ready(fx_t *f, int ms)
+{
+    uv_update_time(L);
+    uint64_t end = uv_now(L) + (uint64_t)ms;
+    while (!imgw_store_loop_ready(f->sl) && uv_now(L) < end)
+        uv_run(L, UV_RUN_ONCE);
+    return imgw_store_loop_ready(f->sl);
+}
+
+#define BURST_MAX 20000
+#define BURST_INFLIGHT 32
+
+static slot_t *burst;
+static int burst_next, burst_stop, burst_inflight;
+static fx_t *burst_fx;
+
+static void burst_issue(void);
+
+static void
+burst_cb(imgw_store_append_t *req, int status, void *data)
+{
+    slot_cb(req, status, data);
+    burst_inflight--;
+    if (status != 0)
+        burst_stop = 1;
+}
+
+static void
+burst_issue(void)
+{
+    while (!burst_stop && burst_inflight < BURST_INFLIGHT &&
+           burst_next < BURST_MAX) {
+        slot_t *s = &burst[burst_next];
+        uint64_t mid = 1000000 + (uint64_t)burst_next;
+        burst_next++;
+        if (burst_next % 2)
+            slot_fill(s, s->m, mid, "bx", "by");
+        else
+            slot_fill(s, s->m, mid, "by", "bz");
+        burst_inflight++;
+        if (imgw_store_append(burst_fx->sl, &s->req, burst_cb, s) != 0) {
+            burst_inflight--;
+            burst_stop = 1;
+        }
+    }
+}
+
+/* All entries of a user's timeline: mids[seq] (seq 1..max). */
+static int
+read_timeline(fx_t *f, const char *user, uint64_t *mids, int64_t cap,
+              int64_t *max)
+{
+    int64_t from = 0;
+    *max = -1;
+    for (;;) {
+        sync_res_t *r = do_sync(f, user, from, 0, 500);
+        if (r->status != 0)
+            return -1;
+        *max = r->server_max;
+        for (size_t i = 0; i < r->n; i++) {
+            if (r->seq[i] < 1 || r->seq[i] >= cap)
+                return -1;
+            mids[r->seq[i]] = r->mid[i];
+        }
+        if (!r->has_more || r->n == 0)
+            return 0;
+        from = r->seq[r->n - 1];
+    }
+}
+
+TEST(outage)
+{
+    fx_t f;
+    rc_connect();
+    flushdb();
+    redisFree(RC);
+    RC = NULL;
+    uv_pipe_init(L, &in_pipe, 0);
+    uv_pipe_open(&in_pipe, 0);
+    uv_read_start((uv_stream_t *)&in_pipe, in_alloc, in_read);
+
+    CHECK_EQ_INT(fx_open_url(&f, URL, 100000, 86400, 500, 1), 0);
+    const char *ab[] = {"oa", "ob"};
+    int64_t s2[2];
+    for (uint64_t i = 1; i <= 5; i++)
+        CHECK_EQ_INT(append_msg(&f, "", i, "s", ab, 2, s2, NULL), 0);
+    const char *gm[] = {"oa", "ob"};
+    CHECK_EQ_INT(DONE(imgw_store_group_set(f.sl, "og", gm, 2, done_cb, res)),
+                 0);
+
+    /* Phase 1: Redis goes away. */
+    CHECK(await_line("KILL_NOW", "killed", 20000));
+    many_t m;
+    memset(&m, 0, sizeof(m));
+    static slot_t slots[400];
+    int n = 0, ready_zero_at = -1, other_ok = 0, other_fail = 0;
+    uv_update_time(L);
+    uint64_t t0 = uv_now(L);
+    while (uv_now(L) - t0 < 2500 && n < 400) {
+        slot_fill(&slots[n], &m, 100 + (uint64_t)n, "oa", "ob");
+        imgw_store_append(f.sl, &slots[n].req, slot_cb, &slots[n]);
+        n++;
+        val_res_t v = {0, 0, 0};
+        imgw_store_max_seq(f.sl, "oa", seq_cb, &v);
+        wait_for(&v.calls, 2000);
+        if (v.calls == 1 && v.status == 0)
+            other_ok++;
+        else if (v.calls == 1 &&
+                 (v.status == IMGW_EBUSY || v.status == IMGW_ETIMEDOUT))
+            other_fail++;
+        if (ready_zero_at < 0 && !imgw_store_loop_ready(f.sl))
+            ready_zero_at = (int)(uv_now(L) - t0);
+        sleep_loop(20);
+    }
+    sleep_loop(700); /* let the last ones time out */
+    printf("  outage: %d appends: ok %d busy %d timedout %d other %d; "
+           "loop_ready 0 after %d ms\n",
+           n, m.ok, m.busy, m.timedout, m.other, ready_zero_at);
+    CHECK_EQ_INT(m.calls, n);
+    CHECK_EQ_INT(m.ok, 0);
+    CHECK_EQ_INT(m.other, 0);
+    CHECK_EQ_INT(m.twice, 0);
+    CHECK_EQ_INT(other_ok, 0);
+    CHECK(other_fail > 10);
+    CHECK(ready_zero_at >= 0 && ready_zero_at < 1000);
+    CHECK_EQ_INT(imgw_store_loop_ready(f.sl), 0);
+
+    /* Phase 2: back on the same port; no restart of this program. */
+    CHECK(await_line("RESTART_NOW", "restarted", 30000));
+    CHECK_EQ_INT(wait_ready(&f, 10000), 1);
+    CHECK_EQ_INT(max_seq(&f, "oa"), 5); /* AOF kept what was acked */
+    CHECK_EQ_INT(append_msg(&f, "", 50, "s", ab, 2, s2, NULL), 0);
+    CHECK_EQ_INT(s2[0], 6);
+    CHECK_EQ_INT(group_get(&f, "og")->n, 2);
+
+    /* Phase 3: a kill in the middle of a burst of pipelined appends. */
+    many_t bm;
+    memset(&bm, 0, sizeof(bm));
+    burst = calloc(BURST_MAX, sizeof(*burst));
+    for (int i = 0; i < BURST_MAX; i++)
+        burst[i].m = &bm;
+    burst_fx = &f;
+    printf("BURST_START\n");
+    fflush(stdout);
+    uv_update_time(L);
+    t0 = uv_now(L);
+    while ((!burst_stop || burst_inflight > 0) && uv_now(L) - t0 < 15000) {
+        burst_issue();
+        uv_run(L, UV_RUN_ONCE);
+    }
+    printf("  burst: %d issued: ok %d busy %d timedout %d other %d\n",
+           burst_next, bm.ok, bm.busy, bm.timedout, bm.other);
+    CHECK(burst_stop);
+    CHECK_EQ_INT(burst_inflight, 0);
+    CHECK_EQ_INT(bm.calls, burst_next);
+    CHECK_EQ_INT(bm.twice, 0);
+    CHECK(bm.ok > 0);
+    CHECK(await_line("BURST_DONE", "restarted", 30000));
+    CHECK_EQ_INT(wait_ready(&f, 10000), 1);
+
+    /* Every acked append is in all its timelines at its seqs; an unacked
+     * one is in all of them or in none. */
+    static uint64_t tx[BURST_MAX + 2], ty[BURST_MAX + 2], tz[BURST_MAX + 2];
+    int64_t mx, my, mz;
+    CHECK_EQ_INT(read_timeline(&f, "bx", tx, BURST_MAX + 2, &mx), 0);
+    CHECK_EQ_INT(read_timeline(&f, "by", ty, BURST_MAX + 2, &my), 0);
+    CHECK_EQ_INT(read_timeline(&f, "bz", tz, BURST_MAX + 2, &mz), 0);
+    /* where[i]: bitmask of timelines holding burst message i. */
+    static int where[BURST_MAX], holes;
+    static int64_t at[BURST_MAX][3];
+    uint64_t *tl[3] = {tx, ty, tz};
+    int64_t mxs[3] = {mx, my, mz};
+    for (int t = 0; t < 3; t++)
+        for (int64_t s = 1; s <= mxs[t]; s++) {
+            uint64_t id = tl[t][s];
+            if (id < 1000000 || id >= 1000000 + (uint64_t)BURST_MAX) {
+                holes++;
+                continue;
+            }
+            where[id - 1000000] |= 1 << t;
+            at[id - 1000000][t] = s;
+        }
+    CHECK_EQ_INT(holes, 0); /* seqs 1..max all filled */
+    int acked_bad = 0, partial = 0, unacked_present = 0;
+    for (int i = 0; i < burst_next; i++) {
+        slot_t *s = &burst[i];
+        int want_mask = (i + 1) % 2 ? 1 | 2 : 2 | 4; /* bx,by or by,bz */
+        int t0i = (i + 1) % 2 ? 0 : 1, t1i = (i + 1) % 2 ? 1 : 2;
+        if (s->status == 0) {
+            if (where[i] != want_mask || at[i][t0i] != s->seqs[0] ||
+                at[i][t1i] != s->seqs[1])
+                acked_bad++;
+        } else if (where[i] != 0) {
+            if (where[i] != want_mask)
+                partial++;
+            else
+                unacked_present++;
+        }
+    }
+    printf("  after restart: bx %" PRId64 " by %" PRId64 " bz %" PRId64
+           " entries; %d unacked appends present in full\n",
+           mx, my, mz, unacked_present);
+    CHECK_EQ_INT(acked_bad, 0);
+    CHECK_EQ_INT(partial, 0);
+    CHECK_EQ_INT(mx + mz, my); /* every append went to by */
+    free(burst);
+    fx_close(&f);
+    uv_read_stop((uv_stream_t *)&in_pipe);
+    uv_close((uv_handle_t *)&in_pipe, NULL);
+}
+
+int
+main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc != 3) {
+        fprintf(stderr,
+                "usage: %s semantics|smoke|badauth|outage REDIS_URL\n",
+                argv[0]);
+        return 2;
+    }
+    URL = argv[2];
+    const char *lvl = getenv("IMGW_LOG");
+    imgw_log_set_level(lvl ? imgw_log_parse_level(lvl) : IMGW_LOG_WARN_L);
+    uv_loop_init(L);
+    uv_timer_init(L, &pump);
+    uv_timer_start(&pump, pump_cb, 5, 5);
+    if (strcmp(argv[1], "semantics") == 0) {
+        run_semantics();
+    } else if (strcmp(argv[1], "smoke") == 0) {
+        RUN(smoke);
+    } else if (strcmp(argv[1], "badauth") == 0) {
+        RUN(badauth);
+    } else if (strcmp(argv[1], "outage") == 0) {
+        RUN(outage);
+    } else {
+        fprintf(stderr, "unknown mode %s\n", argv[1]);
+        return 2;
+    }
+    if (RC)
+        redisFree(RC);
+    uv_timer_stop(&pump);
+    uv_close((uv_handle_t *)&pump, NULL);
+    uv_run(L, UV_RUN_DEFAULT);
+    /* Every handle of the store is closed: nothing left on the loop. */
+    CHECK_EQ_INT(uv_loop_close(L), 0);
+    TEST_DONE();
+}
