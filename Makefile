@@ -35,10 +35,20 @@ run: build
 	@echo "imgw: browser demo at http://localhost:8080/ (dev tokens on)"
 	IMGW__AUTH__DEV_TOKENS=true ./$(BUILD)/imgw -c conf/imgw.ini
 
-# The plain build's tests, then the sanitizer build's; one summary line.
-test: build $(SAN_BUILD)/build.ninja
+TSAN_BUILD ?= build-tsan
+TSAN_UNITS = test/test_mailbox test/test_usermap test/test_id test/test_store_memory
+
+$(TSAN_BUILD)/build.ninja:
+	CC=clang meson setup $(TSAN_BUILD) -Dsanitize=thread -Dbench=false -Dintegration=false -Doptimization=1
+
+# The plain build's tests, the ASan/UBSan build's, the ThreadSanitizer unit
+# tests of the shared structures, the bench smoke run and a few seconds of
+# every fuzz target; one summary line at the end.
+test: build $(SAN_BUILD)/build.ninja $(TSAN_BUILD)/build.ninja
 	ninja -C $(SAN_BUILD)
-	/usr/bin/python3 test/run.py --build $(BUILD) --build $(SAN_BUILD)
+	ninja -C $(TSAN_BUILD) $(TSAN_UNITS)
+	/usr/bin/python3 test/run.py --build $(BUILD) --build $(SAN_BUILD) \
+	    --tsan $(TSAN_BUILD) --smoke $(BUILD) --fuzz 5
 
 test-fast: build
 	/usr/bin/python3 test/run.py --build $(BUILD)
@@ -50,5 +60,8 @@ check-sanitize: deps $(SAN_BUILD)/build.ninja
 bench: build
 	ninja -C $(BUILD) bench/imgw-bench
 
+fuzz: deps
+	bash test/fuzz/run.sh 600
+
 clean:
-	rm -rf $(BUILD) $(SAN_BUILD)
+	rm -rf $(BUILD) $(SAN_BUILD) $(TSAN_BUILD) build-fuzz

@@ -16,10 +16,12 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_units(build):
+def run_units(build, only=None):
     passed = failed = 0
     bins = sorted(p for p in glob.glob(os.path.join(build, "test", "test_*"))
-                  if os.access(p, os.X_OK) and not p.endswith(".p"))
+                  if os.access(p, os.X_OK) and not p.endswith(".p")
+                  and os.path.isfile(p)
+                  and (only is None or os.path.basename(p) in only))
     if not bins:
         print(f"run.py: no unit test binaries in {build}/test")
         return 0, 1
@@ -81,9 +83,27 @@ def run_pytest(build, extra):
     return passed, failed
 
 
+TSAN_UNITS = {"test_mailbox", "test_usermap", "test_id", "test_store_memory"}
+
+
+def run_cmd(title, cmd):
+    """A check that passes when cmd exits 0."""
+    print(f"=== {title}", flush=True)
+    out = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, errors="replace")
+    sys.stdout.write(out.stdout[-6000:])
+    ok = out.returncode == 0
+    print(f"{title}: {'passed' if ok else 'FAILED (exit %d)' % out.returncode}")
+    return (1, 0) if ok else (0, 1)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--build", action="append", required=True)
+    ap.add_argument("--build", action="append", default=[])
+    ap.add_argument("--tsan", help="build dir of the ThreadSanitizer unit tests")
+    ap.add_argument("--smoke", help="build dir whose imgw-bench runs its smoke")
+    ap.add_argument("--fuzz", type=int, default=0,
+                    help="seconds per fuzz target (test/fuzz/run.sh)")
     ap.add_argument("--no-integration", action="store_true")
     ap.add_argument("pytest_args", nargs="*")
     a = ap.parse_args()
@@ -94,6 +114,18 @@ def main():
         if not a.no_integration:
             p, f = run_pytest(b, a.pytest_args)
             tp, tf = tp + p, tf + f
+    if a.tsan:
+        p, f = run_units(a.tsan, TSAN_UNITS)
+        tp, tf = tp + p, tf + f
+    if a.smoke:
+        p, f = run_cmd("bench smoke (zero loss, no speed assertions)",
+                       [os.path.join(a.smoke, "bench", "imgw-bench"), "--smoke",
+                        os.path.join(a.smoke, "imgw")])
+        tp, tf = tp + p, tf + f
+    if a.fuzz > 0:
+        p, f = run_cmd("fuzz targets, %d s each" % a.fuzz,
+                       ["bash", "test/fuzz/run.sh", str(a.fuzz)])
+        tp, tf = tp + p, tf + f
     print(f"{tp} passed, {tf} failed")
     return 0 if tf == 0 else 1
 

@@ -18,6 +18,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "alloc.h"
 #include "err.h"
 #include "log.h"
 #include "metrics.h"
@@ -238,7 +239,7 @@ handle_groups(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
         respond_error_json(c, 400, "bad group id");
         return 0;
     }
-    api_ctx_t *x = calloc(1, sizeof(*x));
+    api_ctx_t *x = imgw_calloc(1, sizeof(*x));
     if (x == NULL) {
         respond_error_json(c, 503, "out of memory");
         return 0;
@@ -268,7 +269,7 @@ handle_groups(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
     const char **members = NULL;
     int bad = !cJSON_IsArray(m) || n > IMGW_STORE_MAX_GROUP;
     if (!bad) {
-        members = malloc((n ? n : 1) * sizeof(char *));
+        members = imgw_malloc((n ? n : 1) * sizeof(char *));
         bad = members == NULL;
         size_t i = 0;
         cJSON *it;
@@ -363,7 +364,7 @@ imgw_api_push_json(imgw_core_loop_t *cl, const cJSON *j, size_t *targets,
     }
     const char **users = NULL;
     if (!broadcast) {
-        users = malloc((n ? n : 1) * sizeof(char *));
+        users = imgw_malloc((n ? n : 1) * sizeof(char *));
         if (users == NULL) {
             *why = "out of memory";
             return 503;
@@ -498,7 +499,7 @@ handle_dev_group(imgw_core_loop_t *cl, imgw_conn_t *c,
         respond_error_json(c, 400, "members required");
         return 0;
     }
-    api_ctx_t *x = calloc(1, sizeof(*x));
+    api_ctx_t *x = imgw_calloc(1, sizeof(*x));
     if (x == NULL) {
         respond_error_json(c, 503, "out of memory");
         return 0;

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc.h"
 #include "err.h"
 #include "log.h"
 #include "session.h"
@@ -39,7 +40,7 @@ static int
 routes_reset(int n_loops)
 {
     if (routes == NULL) {
-        routes = calloc((size_t)n_loops, sizeof(*routes));
+        routes = imgw_calloc((size_t)n_loops, sizeof(*routes));
         if (routes == NULL)
             return IMGW_ENOMEM;
         n_routes = n_loops;
@@ -55,7 +56,7 @@ route_add(imgw_conn_ref_t ref, int64_t seq)
     route_t *r = &routes[ref.loop];
     if (r->n == r->cap) {
         size_t cap = r->cap ? r->cap * 2 : 64;
-        imgw_target_t *t = realloc(r->t, cap * sizeof(*t));
+        imgw_target_t *t = imgw_realloc(r->t, cap * sizeof(*t));
         if (t == NULL)
             return IMGW_ENOMEM;
         r->t = t;
@@ -243,7 +244,7 @@ imgw_deliver_mail(imgw_core_loop_t *cl, imgw_mail_t *m)
 static imgw_mail_t *
 mail_new(int kind, const route_t *r)
 {
-    imgw_mail_t *m = malloc(sizeof(*m) + r->n * sizeof(imgw_target_t));
+    imgw_mail_t *m = imgw_malloc(sizeof(*m) + r->n * sizeof(imgw_target_t));
     if (m == NULL)
         return NULL;
     memset(m, 0, sizeof(*m));
@@ -282,7 +283,7 @@ imgw_deliver_push_local(imgw_core_loop_t *cl, const uint8_t *blob, size_t len,
         imgw_mail_t *m = mail_new(IMGW_MAIL_PUSH, r);
         if (m == NULL)
             continue;
-        m->blob = malloc(len ? len : 1);
+        m->blob = imgw_malloc(len ? len : 1);
         if (m->blob == NULL) {
             free(m);
             continue;
@@ -327,14 +328,14 @@ raw_copy(imgw_mail_t *m, const uint8_t *pb, size_t pb_len, const uint8_t *json,
          size_t json_len)
 {
     if (pb) {
-        m->raw[0] = malloc(pb_len ? pb_len : 1);
+        m->raw[0] = imgw_malloc(pb_len ? pb_len : 1);
         if (m->raw[0] == NULL)
             return -1;
         memcpy(m->raw[0], pb, pb_len);
         m->raw_len[0] = pb_len;
     }
     if (json) {
-        m->raw[1] = malloc(json_len ? json_len : 1);
+        m->raw[1] = imgw_malloc(json_len ? json_len : 1);
         if (m->raw[1] == NULL)
             return -1;
         memcpy(m->raw[1], json, json_len);

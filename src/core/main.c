@@ -12,6 +12,7 @@
 
 #include <uv.h>
 
+#include "alloc.h"
 #include "err.h"
 #include "log.h"
 #include "nacos.h"
@@ -121,6 +122,8 @@ main(int argc, char **argv)
     }
     imgw_log_set_level(cfg.log_level);
     signal(SIGPIPE, SIG_IGN);
+    imgw_alloc_init();
+    imgw_alloc_install_cjson();
 
     /* A bad key file is a configuration error: check it before anything
      * starts (each loop parses its own copy later). */

@@ -96,22 +96,28 @@ conv_peer(const char *conv, const char *me, char *peer, size_t peerlen)
 
 /* ---- send --------------------------------------------------------------- */
 
+/*
+ * What append_cb needs, in one heap block: the struct, then (1:1 only) the
+ * users and seqs arrays, then the encoded blob and the strings the store
+ * request points to. A group send gets its users, seqs and member strings
+ * in a second block once the members are known (members).
+ */
 typedef struct send_ctx_s {
     imgw_conn_ref_t ref;
     uint32_t sequence;
     uint64_t message_id;
     int64_t server_time;
-    char conv[264];
     size_t n_users;
-    char **users;
+    char **users;     /* users[0] is the sender; no duplicates */
     int64_t *seqs;
+    void *members;    /* group: the block holding users, seqs, strings */
+    const char *sender;
+    const char *client_msg_id;
+    const char *conv;
     uint8_t *blob;
     size_t blob_len;
     imgw_store_append_t req;
-    /* what the blob is made from, kept until the group members are known */
-    im_PushMessage pm;
-    uint8_t *content;
-    size_t content_len;
+    _Alignas(8) unsigned char mem[];
 } send_ctx_t;
 
 static void
@@ -119,13 +125,29 @@ send_ctx_free(send_ctx_t *x)
 {
     if (x == NULL)
         return;
-    for (size_t i = 0; i < x->n_users; i++)
-        free(x->users[i]);
-    free(x->users);
-    free(x->seqs);
-    free(x->blob);
-    free(x->content);
+    free(x->members);
     free(x);
+}
+
+/* snprintf(dst, cap, "%s", src) without the format parser. */
+static size_t
+copy_str(char *dst, size_t cap, const char *src)
+{
+    size_t n = strnlen(src, cap - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+    return n;
+}
+
+/* Copies len bytes plus a NUL to *p, advances it; returns the copy. */
+static char *
+put_str(unsigned char **p, const char *src, size_t len)
+{
+    char *d = (char *)*p;
+    memcpy(d, src, len);
+    d[len] = '\0';
+    *p += len + 1;
+    return d;
 }
 
 static void
@@ -163,29 +185,13 @@ append_cb(imgw_store_append_t *req, int status, void *data)
     send_ctx_free(x);
 }
 
-/* Encodes the blob and appends it to every participant's timeline. */
+/* Appends the blob to every participant's timeline. */
 static void
 send_store(imgw_core_loop_t *cl, send_ctx_t *x)
 {
-    imgw_slice_t content = {x->content, x->content_len};
-    imgw_codec_set_bytes(&x->pm.content, &content);
-    size_t cap = x->content_len + 16384;
-    x->blob = malloc(cap);
-    x->seqs = calloc(x->n_users, sizeof(int64_t));
-    if (x->blob == NULL || x->seqs == NULL) {
-        append_cb(&x->req, IMGW_ENOMEM, x);
-        return;
-    }
-    ssize_t n = imgw_codec_encode_pb_body(im_CommandType_CMD_PUSH_MSG, &x->pm,
-                                          x->blob, cap);
-    if (n < 0) {
-        append_cb(&x->req, (int)n, x);
-        return;
-    }
-    x->blob_len = (size_t)n;
     memset(&x->req, 0, sizeof(x->req));
     x->req.sender = x->users[0];
-    x->req.client_msg_id = x->pm.client_msg_id;
+    x->req.client_msg_id = x->client_msg_id;
     x->req.message_id = x->message_id;
     x->req.server_time_ms = x->server_time;
     x->req.conversation_id = x->conv;
@@ -199,24 +205,14 @@ send_store(imgw_core_loop_t *cl, send_ctx_t *x)
         append_cb(&x->req, r, x);
 }
 
-static int
-users_init(send_ctx_t *x, size_t n)
+/* Adds u to users unless it is there already (users has room). */
+static void
+users_add(char **users, size_t *n, char *u)
 {
-    x->users = calloc(n, sizeof(char *));
-    return x->users ? 0 : IMGW_ENOMEM;
-}
-
-static int
-users_add(send_ctx_t *x, const char *u)
-{
-    for (size_t i = 0; i < x->n_users; i++)
-        if (strcmp(x->users[i], u) == 0)
-            return 0;
-    x->users[x->n_users] = strdup(u);
-    if (x->users[x->n_users] == NULL)
-        return IMGW_ENOMEM;
-    x->n_users++;
-    return 0;
+    for (size_t i = 0; i < *n; i++)
+        if (strcmp(users[i], u) == 0)
+            return;
+    users[(*n)++] = u;
 }
 
 static void
@@ -226,7 +222,7 @@ group_members_cb(int status, const char *const *members, size_t n,
     send_ctx_t *x = data;
     imgw_core_loop_t *cl = imgw_core_loop_current();
     imgw_session_t *s = session_of(cl, x->ref);
-    const char *sender = x->pm.sender_id;
+    const char *sender = x->sender;
     int code = 0;
     const char *why = NULL;
     if (status == IMGW_ENOTFOUND) {
@@ -244,13 +240,33 @@ group_members_cb(int status, const char *const *members, size_t n,
             why = "not a member of the group";
         }
     }
-    if (code == 0 && users_init(x, n + 1) == 0 &&
-        users_add(x, sender) == 0) {
-        for (size_t i = 0; i < n && code == 0; i++)
-            if (users_add(x, members[i]) != 0)
-                code = im_ErrorCode_ERR_SERVER_BUSY;
-    } else if (code == 0) {
-        code = im_ErrorCode_ERR_SERVER_BUSY;
+    if (code == 0) {
+        /* One block: users[n + 1], seqs[n + 1], then the strings (the
+         * members are only valid during this callback). */
+        size_t slen = strlen(sender), bytes = slen + 1;
+        for (size_t i = 0; i < n; i++)
+            bytes += strlen(members[i]) + 1;
+        size_t arr = (n + 1) * (sizeof(char *) + sizeof(int64_t));
+        unsigned char *blk = malloc(arr + bytes);
+        if (blk == NULL) {
+            code = im_ErrorCode_ERR_SERVER_BUSY;
+        } else {
+            x->members = blk;
+            x->seqs = (int64_t *)(void *)blk;
+            x->users = (char **)(void *)(blk + (n + 1) * sizeof(int64_t));
+            unsigned char *p = blk + arr;
+            x->n_users = 0;
+            users_add(x->users, &x->n_users, put_str(&p, sender, slen));
+            for (size_t i = 0; i < n; i++) {
+                size_t ml = strlen(members[i]);
+                unsigned char *save = p;
+                char *m = put_str(&p, members[i], ml);
+                size_t before = x->n_users;
+                users_add(x->users, &x->n_users, m);
+                if (x->n_users == before)
+                    p = save; /* a duplicate: reuse its bytes */
+            }
+        }
     }
     if (code != 0) {
         if (s)
@@ -270,7 +286,7 @@ imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in)
     char conv[264];
 
     if (q->sender_id[0] == '\0')
-        snprintf(q->sender_id, sizeof(q->sender_id), "%s", s->user);
+        copy_str(q->sender_id, sizeof(q->sender_id), s->user);
     if (strcmp(q->sender_id, s->user) != 0) {
         send_rsp(s, in->sequence, im_ErrorCode_ERR_PERMISSION_DENIED,
                  "sender_id is not the authenticated user", 0, 0, 0);
@@ -305,7 +321,53 @@ imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in)
         return;
     }
 
-    send_ctx_t *x = calloc(1, sizeof(*x));
+    /*
+     * The blob does not depend on the group's members: encode it now, from
+     * the loop's scratch PushMessage (no 10.7 KB struct per send), into
+     * cl->out, and copy it into the context below. Every field the encoder
+     * reads is assigned here; nanopb reads extra[] only below extra_count.
+     */
+    int64_t server_time = imgw_now_ms();
+    uint64_t message_id = imgw_id_next(&cl->node->ids, server_time);
+    im_PushMessage *pm = &cl->push;
+    imgw_slice_t content = {in->content.ptr, in->content.len};
+    imgw_id_format(message_id, pm->message_id);
+    size_t cmid_len =
+        copy_str(pm->client_msg_id, sizeof(pm->client_msg_id), q->client_msg_id);
+    size_t conv_len =
+        copy_str(pm->conversation_id, sizeof(pm->conversation_id), conv);
+    size_t user_len = copy_str(pm->sender_id, sizeof(pm->sender_id), s->user);
+    size_t recv_len =
+        copy_str(pm->receiver_id, sizeof(pm->receiver_id), q->receiver_id);
+    copy_str(pm->group_id, sizeof(pm->group_id), q->group_id);
+    pm->message_type = q->message_type;
+    imgw_codec_set_bytes(&pm->content, &content);
+    pm->send_time = q->send_time;
+    pm->server_time = server_time;
+    pm->seq = 0; /* the blob is stored without it */
+    pm->extra_count = q->extra_count;
+    for (pb_size_t i = 0; i < q->extra_count; i++) {
+        copy_str(pm->extra[i].key, sizeof(pm->extra[i].key), q->extra[i].key);
+        copy_str(pm->extra[i].value, sizeof(pm->extra[i].value),
+                 q->extra[i].value);
+    }
+    ssize_t blen = imgw_codec_encode_pb_body(im_CommandType_CMD_PUSH_MSG, pm,
+                                             cl->out, cl->out_cap);
+    if (blen < 0) {
+        /* Same answer as a failing store: nothing was stored. */
+        cl->st.store_ops++;
+        cl->st.store_errors++;
+        send_rsp(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY,
+                 "store unavailable", 0, 0, 0);
+        return;
+    }
+
+    /* One block: [users[2], seqs[2]] (1:1 only), blob, cmid, conv, then
+     * (1:1) the two user ids; a group sender's id goes in the strings. */
+    size_t arr = has_r ? 2 * (sizeof(char *) + sizeof(int64_t)) : 0;
+    size_t strs = (size_t)blen + cmid_len + 1 + conv_len + 1 + user_len + 1 +
+                  (has_r ? recv_len + 1 : 0);
+    send_ctx_t *x = malloc(sizeof(*x) + arr + strs);
     if (x == NULL) {
         send_rsp(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY,
                  "out of memory", 0, 0, 0);
@@ -313,50 +375,32 @@ imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in)
     }
     x->ref = imgw_conn_ref(s->conn);
     x->sequence = in->sequence;
-    x->server_time = imgw_now_ms();
-    x->message_id = imgw_id_next(&cl->node->ids, x->server_time);
-    snprintf(x->conv, sizeof(x->conv), "%s", conv);
-    x->content_len = in->content.len;
-    x->content = malloc(in->content.len ? in->content.len : 1);
-    if (x->content == NULL) {
-        send_ctx_free(x);
-        send_rsp(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY,
-                 "out of memory", 0, 0, 0);
-        return;
-    }
-    memcpy(x->content, in->content.ptr, in->content.len);
-
-    im_PushMessage *pm = &x->pm;
-    *pm = (im_PushMessage)im_PushMessage_init_zero;
-    imgw_id_format(x->message_id, pm->message_id);
-    snprintf(pm->client_msg_id, sizeof(pm->client_msg_id), "%s",
-             q->client_msg_id);
-    snprintf(pm->conversation_id, sizeof(pm->conversation_id), "%s", conv);
-    snprintf(pm->sender_id, sizeof(pm->sender_id), "%s", s->user);
-    snprintf(pm->receiver_id, sizeof(pm->receiver_id), "%s", q->receiver_id);
-    snprintf(pm->group_id, sizeof(pm->group_id), "%s", q->group_id);
-    pm->message_type = q->message_type;
-    pm->send_time = q->send_time;
-    pm->server_time = x->server_time;
-    pm->extra_count = q->extra_count;
-    for (pb_size_t i = 0; i < q->extra_count; i++) {
-        snprintf(pm->extra[i].key, sizeof(pm->extra[i].key), "%s",
-                 q->extra[i].key);
-        snprintf(pm->extra[i].value, sizeof(pm->extra[i].value), "%s",
-                 q->extra[i].value);
-    }
+    x->message_id = message_id;
+    x->server_time = server_time;
+    x->members = NULL;
+    unsigned char *p = x->mem + arr;
+    x->blob = p;
+    x->blob_len = (size_t)blen;
+    memcpy(p, cl->out, (size_t)blen);
+    p += blen;
+    x->client_msg_id = put_str(&p, pm->client_msg_id, cmid_len);
+    x->conv = put_str(&p, pm->conversation_id, conv_len);
+    char *sender = put_str(&p, pm->sender_id, user_len);
+    x->sender = sender;
 
     if (has_r) {
-        if (users_init(x, 2) != 0 || users_add(x, s->user) != 0 ||
-            users_add(x, q->receiver_id) != 0) {
-            send_ctx_free(x);
-            send_rsp(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY,
-                     "out of memory", 0, 0, 0);
-            return;
-        }
+        x->users = (char **)(void *)x->mem;
+        x->seqs = (int64_t *)(void *)(x->mem + 2 * sizeof(char *));
+        x->n_users = 0;
+        users_add(x->users, &x->n_users, sender);
+        users_add(x->users, &x->n_users,
+                  put_str(&p, pm->receiver_id, recv_len));
         send_store(cl, x);
         return;
     }
+    x->users = NULL;
+    x->seqs = NULL;
+    x->n_users = 0;
     int r = imgw_store_group_get(cl->store, q->group_id, group_members_cb, x);
     if (r != 0)
         group_members_cb(r, NULL, 0, x);

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "err.h"
 #include "log.h"
@@ -412,6 +413,13 @@ imgw_nacos_outcome(imgw_nacos_req_t *req, int status)
         /* Nacos puts the reason in a short text body; show its start. */
         IMGW_LOG_WARN_RL("nacos: %s of %s:%u answered %d: %.120s", what,
                          cfg->nacos_ip, (unsigned)in->port, http, body);
+        /* Older Nacos answers 500 "service not found" once the service is
+         * gone; registering is idempotent, so any refused beat re-registers
+         * (at most one extra request per beat). */
+        if (req->kind == IMGW_NACOS_BEAT) {
+            imgw_nacos_set_registered(in, 0);
+            in->reregister = 1;
+        }
         return;
     }
     if (req->kind == IMGW_NACOS_REGISTER) {
@@ -509,13 +517,39 @@ imgw_nacos_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
         *buf = uv_buf_init(req->sink, sizeof(req->sink));
 }
 
+/*
+ * 1 when the response is complete by its Content-Length, so a server that
+ * ignores "Connection: close" does not hold the request until its timeout.
+ * Without the header (or once `in` is full) EOF decides.
+ */
+static int
+imgw_nacos_complete(imgw_nacos_req_t *req)
+{
+    req->in[req->in_len] = '\0';
+    const char *end = strstr(req->in, "\r\n\r\n");
+    if (end == NULL)
+        return 0;
+    for (const char *p = req->in; p < end;) {
+        const char *eol = strstr(p, "\r\n");
+        if (strncasecmp(p, "Content-Length:", 15) == 0) {
+            unsigned long cl = strtoul(p + 15, NULL, 10);
+            return (size_t)(req->in + req->in_len - (end + 4)) >= cl;
+        }
+        p = eol + 2;
+    }
+    return 0;
+}
+
 static void
 imgw_nacos_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     imgw_nacos_req_t *req = s->data;
     if (nread > 0) {
-        if (buf->base != req->sink)
+        if (buf->base != req->sink) {
             req->in_len += (size_t)nread;
+            if (imgw_nacos_complete(req))
+                imgw_nacos_finish(req, 0);
+        }
         return;
     }
     if (nread == UV_EOF)

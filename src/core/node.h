@@ -73,6 +73,9 @@ typedef struct imgw_core_loop_s {
     size_t scratch_cap;
     uint8_t *out;           /* encode buffer for one frame */
     size_t out_cap;
+    /* imgw_msg_send's PushMessage: every field it encodes is assigned on
+     * each send (extra only up to extra_count), so it is never zeroed. */
+    im_PushMessage push;
     imgw_core_stats_t st;
 } imgw_core_loop_t;
 

@@ -13,6 +13,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "alloc.h"
 #include "err.h"
 #include "log.h"
 #include "session.h"
@@ -111,7 +112,7 @@ kick_other(imgw_core_loop_t *cl, imgw_conn_ref_t ref, const char *platform)
         imgw_session_kick(cl, ref, platform);
         return;
     }
-    imgw_mail_t *m = calloc(1, sizeof(*m) + sizeof(imgw_target_t));
+    imgw_mail_t *m = imgw_calloc(1, sizeof(*m) + sizeof(imgw_target_t));
     if (m == NULL)
         return;
     m->kind = IMGW_MAIL_KICK;
@@ -250,13 +251,13 @@ on_upgrade(imgw_conn_t *c, const imgw_http_req_t *req)
             return 401;
         }
     }
-    imgw_session_t *s = calloc(1, sizeof(*s));
+    imgw_session_t *s = imgw_calloc(1, sizeof(*s));
     if (s == NULL)
         return 503;
     s->cl = cl;
     s->conn = c;
     if (have > 0) {
-        s->hs_user = strdup(claims.user_id);
+        s->hs_user = imgw_strdup(claims.user_id);
         if (s->hs_user == NULL) {
             free(s);
             return 503;
@@ -355,7 +356,7 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
                     "user_id does not match the token");
         return;
     }
-    s->user = strdup(user);
+    s->user = imgw_strdup(user);
     if (s->user == NULL) {
         imgw_conn_close_ws(s->conn, 1011, "out of memory");
         return;
@@ -388,7 +389,7 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
     imgw_conn_set_deadline(s->conn, imgw_loop_now_ms(cl->loop) +
                                         (uint64_t)cfg->heartbeat_timeout *
                                             1000);
-    auth_ctx_t *ctx = malloc(sizeof(*ctx));
+    auth_ctx_t *ctx = imgw_malloc(sizeof(*ctx));
     if (ctx == NULL) {
         imgw_conn_close_ws(s->conn, 1011, "out of memory");
         return;

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../core/alloc.h"
 #include "../core/err.h"
 #include "../core/log.h"
 #include "net_int.h"
@@ -36,7 +37,7 @@ obuf_get(imgw_loop_t *l, size_t need)
         if (l->n_obuf_pool > 0) {
             b = l->obuf_pool[--l->n_obuf_pool];
         } else {
-            b = malloc(sizeof(*b) + IMGW_OBUF_SMALL);
+            b = imgw_malloc(sizeof(*b) + IMGW_OBUF_SMALL);
             if (b == NULL)
                 return NULL;
             b->cap = IMGW_OBUF_SMALL;
@@ -45,7 +46,7 @@ obuf_get(imgw_loop_t *l, size_t need)
         size_t cap = IMGW_OBUF_SMALL;
         while (cap < need)
             cap *= 2;
-        b = malloc(sizeof(*b) + cap);
+        b = imgw_malloc(sizeof(*b) + cap);
         if (b == NULL)
             return NULL;
         b->cap = cap;
@@ -72,6 +73,8 @@ imgw__obuf_release(imgw_loop_t *l, imgw_obuf_t *b)
 imgw_conn_t *
 imgw__conn_new(imgw_loop_t *l)
 {
+    /* Not hooked: libuv stops accepting until an accepted connection is
+     * taken, so this one allocation is never made to fail on purpose. */
     imgw_conn_t *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return NULL;

@@ -20,6 +20,7 @@
 
 #include <llhttp.h>
 
+#include "../core/alloc.h"
 #include "../core/err.h"
 #include "../core/log.h"
 #include "net_int.h"
@@ -177,7 +178,7 @@ on_body(llhttp_t *p, const char *at, size_t len)
         size_t cap = h->body_cap ? h->body_cap : 1024;
         while (cap < h->body_len + len)
             cap *= 2;
-        uint8_t *nb = realloc(h->body, cap);
+        uint8_t *nb = imgw_realloc(h->body, cap);
         if (nb == NULL) {
             h->body_too_big = 1;
             return 0;
@@ -219,7 +220,7 @@ http_get(imgw_conn_t *c)
 {
     if (c->http == NULL) {
         uv_once(&settings_once, settings_init);
-        imgw_http_t *h = malloc(sizeof(*h));
+        imgw_http_t *h = imgw_malloc(sizeof(*h));
         if (h == NULL)
             return NULL;
         memset(h, 0, offsetof(imgw_http_t, buf));
@@ -540,7 +541,7 @@ static int
 handle_request(imgw_conn_t *c, imgw_http_t *h)
 {
     imgw_loop_t *l = c->loop;
-    imgw_http_req_t *req = malloc(sizeof(*req));
+    imgw_http_req_t *req = imgw_malloc(sizeof(*req));
     if (req == NULL) {
         imgw__conn_close_now(c);
         return 0;
@@ -650,7 +651,7 @@ imgw__http_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
             continue;
         }
         if (err == HPE_PAUSED_UPGRADE) {
-            imgw_http_req_t *req = malloc(sizeof(*req));
+            imgw_http_req_t *req = imgw_malloc(sizeof(*req));
             if (req == NULL) {
                 imgw__conn_close_now(c);
                 return;
@@ -679,7 +680,7 @@ imgw__http_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
             size_t rest = h->len - h->parsed;
             uint8_t *tmp = NULL;
             if (rest) {
-                tmp = malloc(rest);
+                tmp = imgw_malloc(rest);
                 if (tmp == NULL) {
                     imgw__conn_close_now(c);
                     return;

@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../core/alloc.h"
 #include "../core/err.h"
 #include "../core/log.h"
 #include "net_int.h"
@@ -46,15 +47,15 @@ slot_alloc(imgw_loop_t *l, imgw_conn_t *c)
     } else {
         if (l->n_slots == l->cap_slots) {
             size_t cap = l->cap_slots ? l->cap_slots * 2 : 1024;
-            imgw_conn_t **ns = realloc(l->slots, cap * sizeof(*ns));
+            imgw_conn_t **ns = imgw_realloc(l->slots, cap * sizeof(*ns));
             if (ns == NULL)
                 return IMGW_ENOMEM;
             l->slots = ns;
-            uint32_t *ng = realloc(l->gens, cap * sizeof(*ng));
+            uint32_t *ng = imgw_realloc(l->gens, cap * sizeof(*ng));
             if (ng == NULL)
                 return IMGW_ENOMEM;
             l->gens = ng;
-            uint32_t *nf = realloc(l->free_slots, cap * sizeof(*nf));
+            uint32_t *nf = imgw_realloc(l->free_slots, cap * sizeof(*nf));
             if (nf == NULL)
                 return IMGW_ENOMEM;
             l->free_slots = nf;
@@ -225,6 +226,7 @@ on_connection(uv_stream_t *server, int status)
         uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
         return;
     }
+    imgw_alloc_arm();
     l->st.accepted++;
     l->st.conns_open++;
     l->now_ms = l->wall_base + uv_now(&l->uv);
@@ -546,7 +548,7 @@ int
 imgw_net_new(imgw_net_t **out, const imgw_net_opts_t *opts, char *err,
              size_t errlen)
 {
-    imgw_net_t *n = calloc(1, sizeof(*n));
+    imgw_net_t *n = imgw_calloc(1, sizeof(*n));
     if (n == NULL)
         return IMGW_ENOMEM;
     n->opts = *opts;
@@ -562,14 +564,14 @@ imgw_net_new(imgw_net_t **out, const imgw_net_opts_t *opts, char *err,
     n->n_loops = opts->n_loops;
     uv_mutex_init(&n->done_mu);
     uv_cond_init(&n->done_cv);
-    n->loops = calloc((size_t)n->n_loops, sizeof(*n->loops));
+    n->loops = imgw_calloc((size_t)n->n_loops, sizeof(*n->loops));
     if (n->loops == NULL || imgw_iplimit_new(&n->iplimit) != 0) {
         free(n->loops);
         free(n);
         return IMGW_ENOMEM;
     }
     for (int i = 0; i < n->n_loops; i++) {
-        imgw_loop_t *l = calloc(1, sizeof(*l));
+        imgw_loop_t *l = imgw_calloc(1, sizeof(*l));
         if (l == NULL) {
             imgw_net_free(n);
             return IMGW_ENOMEM;

@@ -28,6 +28,7 @@
 #include <mbedtls/sha1.h>
 #include <wslay/wslay.h>
 
+#include "../core/alloc.h"
 #include "../core/err.h"
 #include "../core/log.h"
 #include "net_int.h"
@@ -326,7 +327,7 @@ msg_append(imgw_ws_rx_t *rx, const uint8_t *p, size_t n, size_t limit)
             cap *= 2;
         if (cap > limit)
             cap = limit;
-        uint8_t *m = realloc(rx->msg, cap);
+        uint8_t *m = imgw_realloc(rx->msg, cap);
         if (m == NULL)
             return -1;
         rx->msg = m;
@@ -500,7 +501,7 @@ imgw__ws_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
     int partial = rx->fctx != NULL || rx->in_msg;
     if (rx == &loop_rx) {
         if (partial) {
-            imgw_ws_rx_t *heap = malloc(sizeof(*heap));
+            imgw_ws_rx_t *heap = imgw_malloc(sizeof(*heap));
             if (heap == NULL) {
                 fctx_put(l, rx->fctx, 0);
                 free(rx->msg);

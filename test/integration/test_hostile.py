@@ -295,6 +295,68 @@ def test_slow_consumer_closed(server):
         by.close()
 
 
+BURSTS = {
+    # name: (messages, env overrides)
+    "default_limits": (100, {}),
+    "queue_256k": (20, {"limits.max_queued_bytes": 262144}),
+}
+
+
+@pytest.mark.parametrize("kind", list(BURSTS))
+def test_burst_does_not_kill_reading_receiver(server, kind):
+    NBURST, env = BURSTS[kind]
+    print("check (%s): a burst of %d x 60000-byte messages pipelined by one sender "
+          "(within the send_rate burst) to a receiver that READS as fast as it "
+          "can: the receiver is not closed as a slow consumer and gets every "
+          "push. (Otherwise any user can knock any online user off by bursting "
+          "at them.) env %r" % (kind, NBURST, env))
+    import threading
+    import uuid
+    srv = server(threads=2, env=env)
+    by = Bystanders(srv)
+    r = SyncClient(srv.port, uid("rcv"))
+    got, err = [0], [None]
+
+    def reader():
+        try:
+            while got[0] < NBURST:
+                f = r.recv(15)
+                if f.command == H.cmd_num("CMD_PUSH_MSG"):
+                    got[0] += 1
+        except Exception as e:  # closed or timed out
+            err[0] = repr(e)[:200]
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    try:
+        buf = b""
+        for i in range(NBURST):
+            req = pb.SendMessageRequest(client_msg_id=uuid.uuid4().hex, sender_id=by.a.user,
+                                        receiver_id=r.user, message_type=1,
+                                        content=b"%05d" % i + b"y" * 59995,
+                                        send_time=H.now_ms())
+            buf += masked_frame(H.OP_BINARY, H.pb_frame("CMD_SEND_MSG_REQ", req, seq=1000 + i))
+        by.a.rw.sock.sendall(buf)
+        codes = []
+        for i in range(NBURST):
+            f = by.a.wait_for(lambda f: f.command == H.cmd_num("CMD_SEND_MSG_RSP"), 15,
+                              "send response")
+            codes.append(f.body.error_code)
+        print("  sender: %d/%d ERR_SUCCESS" % (codes.count(OK), NBURST))
+        assert codes.count(OK) == NBURST, [H.err_name(c) for c in codes if c != OK][:5]
+        t.join(15)
+        n = metric(srv.port, "imgw_slow_consumers_total")
+        print("  receiver got %d/%d pushes; reader ended with %s; slow consumers %d; log %s"
+              % (got[0], NBURST, err[0], n, [ln for ln in srv.log_text().splitlines()
+                                     if "slow consumer" in ln][:3]))
+        assert n == 0 and got[0] == NBURST, (
+            "a reading receiver was closed as a slow consumer during a burst")
+        by.check("after a burst")
+    finally:
+        r.rw.close()
+        by.close()
+
+
 # --------------------------------------------------------------------------
 # connection churn
 

@@ -29,7 +29,7 @@ class FakeNacos:
         self.lock = threading.Lock()
         self.requests = []         # dicts: t, method, path, params, headers
         self.beat_unknown = 0      # answer this many beats with "unknown"
-        self.unknown_style = 404   # 404 or 20404
+        self.unknown_style = 404   # 404, 20404 or 500 (old Nacos)
         self.hang_delete = False
         fake = self
 
@@ -64,6 +64,8 @@ class FakeNacos:
                 if self.command == "PUT" and u.path == BEAT_PATH:
                     if unknown and fake.unknown_style == 404:
                         self._send(404, b"caused: instance not found")
+                    elif unknown and fake.unknown_style == 500:
+                        self._send(500, b"caused: service not found: imgw-test")
                     elif unknown:
                         self._send(200, b'{"clientBeatInterval":5000,"code":20404}',
                                    "application/json")
@@ -208,14 +210,16 @@ def test_register_beat_deregister(server, nacos):
     assert "nacos: deregistered" in s.log_text()
 
 
-@pytest.mark.parametrize("style", [404, 20404], ids=["http404", "code20404"])
+@pytest.mark.parametrize("style", [404, 20404, 500],
+                         ids=["http404", "code20404", "http500"])
 def test_unknown_beat_reregisters(server, nacos, style):
     nacos.unknown_style = style
     s = server(threads=1, env=nacos_env(nacos.port, **{"nacos.namespace": "ns-1",
                                                        "nacos.group": "G1"}))
     print("check: a beat answered %s makes imgw register again at once "
-          "(namespaceId/groupName carried)" % ("HTTP 404" if style == 404
-                                              else '200 {"code":20404}'))
+          "(namespaceId/groupName carried)"
+          % {404: "HTTP 404", 20404: '200 {"code":20404}',
+             500: "HTTP 500 (old Nacos: service not found)"}[style])
     nacos.wait_for(lambda: len(nacos.registers()) == 1, 5, "first register")
     r0 = nacos.registers()[0]["form"]
     assert r0["namespaceId"] == "ns-1" and r0["groupName"] == "G1", r0
@@ -234,19 +238,27 @@ def test_unknown_beat_reregisters(server, nacos, style):
     nacos.wait_for(lambda: len(nacos.beats()) >= n_beats + 3, 5,
                    "beats after re-registration")
     assert len(nacos.registers()) == 2, "registered more than once more"
-    assert "registering again" in s.log_text()
+    if style == 500:
+        assert "beat of 127.0.0.1:%d answered 500" % s.port in s.log_text()
+    else:
+        assert "registering again" in s.log_text()
 
 
-def test_nacos_down_server_runs(server):
-    dead = H.free_port()  # nothing listens there
-    s = server(threads=1, env=nacos_env(dead))
-    print("check: Nacos unreachable -> server runs (healthz 200), warnings are "
-          "logged at a bounded rate, SIGTERM still exits 0 quickly")
+@pytest.mark.parametrize("how", ["refused", "unresolvable"])
+def test_nacos_down_server_runs(server, how):
+    env = nacos_env(H.free_port())  # nothing listens there
+    if how == "unresolvable":
+        env["nacos.server"] = "nacos.invalid:8848"
+    s = server(threads=1, env=env)
+    print("check: Nacos %s (%s) -> server runs (healthz 200), warnings are "
+          "logged at a bounded rate, SIGTERM still exits 0 quickly"
+          % (how, env["nacos.server"]))
     time.sleep(3.5)
     r = H.http_get(s.port, "/healthz")
     assert r.status == 200
     log = s.log_text()
-    warns = [l for l in log.splitlines() if "nacos:" in l and "failed" in l]
+    warns = [l for l in log.splitlines() if "nacos:" in l and
+             ("failed" in l or "cannot resolve" in l)]
     print("%d nacos warning lines, e.g. %r" % (len(warns), warns[:1]))
     assert warns, "no warning about the unreachable Nacos"
     assert len(warns) <= 8, "warnings are not rate-limited: %d lines" % len(warns)
@@ -288,3 +300,22 @@ def test_bad_server_exit_2(imgw_bin, tmp_path, value):
     print("exit %d, stderr: %s" % (r.returncode, r.stderr.strip()[-300:]))
     assert r.returncode == 2
     assert "nacos.server" in r.stderr
+
+
+def test_hostname_and_wss(server, nacos, tmp_path):
+    from test_tls import make_cert
+    cert, key = make_cert(tmp_path)
+    tls_port = H.free_port()
+    env = nacos_env(nacos.port)
+    env.update({"nacos.server": "localhost:%d" % nacos.port,
+                "tls.cert": cert, "tls.key": key, "tls.ports": tls_port})
+    s = server(threads=1, env=env)
+    print("check: nacos.server=localhost:PORT is resolved (uv_getaddrinfo); "
+          "server.ports register with protocol ws, tls.ports with wss")
+    nacos.wait_for(lambda: len(by_port(nacos.registers())) == 2, 5, "2 registers")
+    regs = by_port(nacos.registers())
+    protos = {p: json.loads(rs[0]["form"]["metadata"])["protocol"]
+              for p, rs in regs.items()}
+    print("protocols:", protos)
+    assert protos == {s.port: "ws", tls_port: "wss"}
+    assert regs[s.port][0]["headers"].get("Host") == "localhost:%d" % nacos.port
