@@ -5,7 +5,8 @@
  *
  * Each registered port is an "instance" with at most one HTTP request in
  * flight. A request is one short-lived TCP connection: connect, write the
- * whole request with "Connection: close", read until EOF, look at the
+ * whole request with "Connection: close", read until EOF (or until
+ * Content-Length bytes of body arrived), look at the
  * status line (and, for beats, the body), close. That is all the HTTP we
  * need, and it keeps every failure local to one request: a timer bounds each
  * request, and whatever goes wrong is counted, logged at a bounded rate and
@@ -334,7 +335,7 @@ imgw_nacos_build(imgw_nacos_inst_t *in, int kind, char **out, size_t *len)
 }
 
 /* ------------------------------------------------------------------------
- * one request: connect, write, read to EOF, close
+ * one request: connect, write, read the response, close
  */
 
 static void

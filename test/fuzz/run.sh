@@ -64,6 +64,9 @@ http:$ROOT/src/net/http.c
 ws:$ROOT/src/net/ws.c
 conn:$ROOT/src/net/conn.c
 twheel:$ROOT/src/net/twheel.c
+tls:$ROOT/src/net/tls.c
+iplimit:$ROOT/src/net/iplimit.c
+alloc:$ROOT/src/core/alloc.c
 imgw_pb:$GEN/imgw.pb.c
 llhttp_api:/usr/share/llhttp/api.c
 llhttp_http:/usr/share/llhttp/http.c
@@ -106,9 +109,9 @@ compile_all() {
 objs_for() {
     case $1 in
     fuzz_http|fuzz_ws)
-        echo "http ws conn twheel log err llhttp_api llhttp_http llhttp_llhttp" ;;
+        echo "http ws conn twheel tls iplimit alloc log err llhttp_api llhttp_http llhttp_llhttp" ;;
     fuzz_pb|fuzz_json|fuzz_downlink)
-        echo "codec imgw_pb log err" ;;
+        echo "codec imgw_pb alloc log err" ;;
     fuzz_jwt)
         echo "jwt log err" ;;
     fuzz_config)

@@ -706,15 +706,41 @@ def test_http_absurd_content_length(server):
                         linger0(c.sock)
                 finally:
                     c.close()
-        # one that just sits there: dropped by the HTTP-phase auth_timeout
-        c = H.HTTPConn(srv.port)
-        try:
-            c.send("POST /api/push HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000\r\n\r\n")
-            st = read_status_or_close(c, timeout=AUTH_TIMEOUT + 6)
-            print("  idle after a huge Content-Length -> %s" % st)
-            assert st != "timeout", "connection not dropped after auth_timeout"
-        finally:
-            c.close()
+        # one that just sits there, one that streams body bytes without end:
+        # both dropped by the HTTP-phase auth_timeout (counted from connect)
+        for mode in ("idle", "streaming"):
+            c = H.HTTPConn(srv.port)
+            try:
+                c.send("POST /api/push HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                       "Content-Length: 1000000000000\r\n\r\n" % ADMIN)
+                t0 = time.monotonic()
+                if mode == "idle":
+                    st = read_status_or_close(c, timeout=AUTH_TIMEOUT + 6)
+                else:
+                    st, chunk, sent = "timeout", b"s" * 16384, 0
+                    c.sock.setblocking(False)
+                    while time.monotonic() - t0 < AUTH_TIMEOUT + 6:
+                        try:
+                            sent += c.sock.send(chunk)
+                        except BlockingIOError:
+                            pass
+                        except (BrokenPipeError, ConnectionResetError):
+                            st = "closed"
+                            break
+                        r, _, _ = select.select([c.sock], [], [], 0.02)
+                        if r:
+                            try:
+                                d = c.sock.recv(65536)
+                            except ConnectionResetError:
+                                d = b""
+                            st = "closed" if not d else d[:12].decode("latin-1")
+                            break
+                    print("  streamed %d body bytes" % sent)
+                print("  %s after a huge Content-Length -> %s after %.1fs"
+                      % (mode, st, time.monotonic() - t0))
+                assert st != "timeout", "%s connection not dropped after auth_timeout" % mode
+            finally:
+                c.close()
         v = wait_metric(srv.port, "imgw_tcp_connections_open", lambda v: v <= base_tcp, 5)
         rss1 = rss_kb(srv.proc.pid)
         print("  tcp open %s (baseline %s), RSS %d -> %d kB" % (v, base_tcp, rss0, rss1))
