@@ -6,9 +6,9 @@
  * Each registered port is an "instance" with at most one HTTP request in
  * flight. A request is one short-lived TCP connection: connect, write the
  * whole request with "Connection: close", read until EOF (or until
- * Content-Length bytes of body arrived), look at the
- * status line (and, for beats, the body), close. That is all the HTTP we
- * need, and it keeps every failure local to one request: a timer bounds each
+ * Content-Length bytes of body arrived), look at the status line (and, for
+ * beats, the body), close. That is all the HTTP we need, and it keeps every
+ * failure local to one request: a timer bounds each
  * request, and whatever goes wrong is counted, logged at a bounded rate and
  * retried at the next beat. Nothing here ever stops the gateway.
  *
@@ -30,18 +30,15 @@
 #include "log.h"
 #include "nacos.h"
 
-#define IMGW_NACOS_STOP_MS 2000   /* deregistration budget on shutdown */
+#define IMGW_NACOS_STOP_MS 2000    /* deregistration budget on shutdown */
 #define IMGW_NACOS_REQ_MAX_MS 5000 /* upper bound for one request */
 #define IMGW_NACOS_MAX_ADDRS 4     /* addresses kept from one lookup */
-#define IMGW_NACOS_IN_CAP 2048    /* response bytes kept; the rest is read
-                                   * and dropped (we need the status line
-                                   * and a short JSON body only) */
+#define IMGW_NACOS_IN_CAP                                                      \
+    2048 /* response bytes kept; the rest is read                              \
+          * and dropped (we need the status line                               \
+          * and a short JSON body only) */
 
-enum {
-    IMGW_NACOS_REGISTER = 0,
-    IMGW_NACOS_BEAT,
-    IMGW_NACOS_DEREGISTER
-};
+enum { IMGW_NACOS_REGISTER = 0, IMGW_NACOS_BEAT, IMGW_NACOS_DEREGISTER };
 
 static const char *const imgw_nacos_kind_name[] = {"register", "beat",
                                                    "deregister"};
@@ -78,41 +75,41 @@ struct imgw_nacos_req_s {
     uv_connect_t connect;
     uv_write_t write;
     imgw_nacos_inst_t *inst;
-    int kind;          /* IMGW_NACOS_REGISTER / BEAT / DEREGISTER */
-    int open_handles;  /* 2 after init; freed at 0 */
+    int kind;         /* IMGW_NACOS_REGISTER / BEAT / DEREGISTER */
+    int open_handles; /* 2 after init; freed at 0 */
     int finished;
-    int addr_idx;      /* index into n->addrs this request dialled */
-    int retry;         /* connect failed, another address remains */
-    char *out;         /* the whole request, malloc'd */
+    int addr_idx; /* index into n->addrs this request dialled */
+    int retry;    /* connect failed, another address remains */
+    char *out;    /* the whole request, malloc'd */
     size_t out_len;
-    size_t in_len;     /* in[0..in_len) received, in_len <= IN_CAP */
+    size_t in_len; /* in[0..in_len) received, in_len <= IN_CAP */
     char in[IMGW_NACOS_IN_CAP + 1];
-    char sink[512];    /* read target once `in` is full */
+    char sink[512]; /* read target once `in` is full */
 };
 
 struct imgw_nacos_s {
     uv_loop_t *loop;
     const imgw_config_t *cfg;
-    char host[256];       /* without brackets; for DNS and logs */
-    char hostport[264];   /* nacos.server as given: the Host header */
+    char host[256];     /* without brackets; for DNS and logs */
+    char hostport[264]; /* nacos.server as given: the Host header */
     uint16_t port;
-    int numeric;          /* host is an IP literal: never resolved */
+    int numeric; /* host is an IP literal: never resolved */
     struct sockaddr_storage addrs[IMGW_NACOS_MAX_ADDRS];
     int n_addrs;
-    int addr_idx;         /* the address requests dial now */
-    int have_addr;        /* addrs[addr_idx] is usable */
+    int addr_idx;  /* the address requests dial now */
+    int have_addr; /* addrs[addr_idx] is usable */
     int gai_pending;
     uv_getaddrinfo_t gai;
     uv_timer_t beat_timer;
     uv_timer_t stop_timer;
-    int open_timers;      /* 2 after start; see imgw_nacos_release() */
+    int open_timers; /* 2 after start; see imgw_nacos_release() */
     uint64_t req_timeout_ms;
-    char metadata[512];   /* JSON object, not encoded */
+    char metadata[512]; /* JSON object, not encoded */
     imgw_nacos_inst_t inst[2 * IMGW_CONFIG_MAX_PORTS];
     int n_inst;
-    int live_reqs;        /* requests not yet freed */
+    int live_reqs; /* requests not yet freed */
     int stopping;
-    int stop_expired;     /* the 2 s budget ran out */
+    int stop_expired; /* the 2 s budget ran out */
     int freeing;
     void (*done)(void *);
     void *done_arg;
@@ -168,8 +165,7 @@ imgw_nacos_sb_str(imgw_nacos_sb_t *b, const char *s)
     imgw_nacos_sb_add(b, s, strlen(s));
 }
 
-static void
-imgw_nacos_sb_fmt(imgw_nacos_sb_t *b, const char *fmt, ...)
+static void imgw_nacos_sb_fmt(imgw_nacos_sb_t *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 static void
@@ -399,8 +395,9 @@ imgw_nacos_outcome(imgw_nacos_req_t *req, int status)
         /* Nacos answers a beat for an instance it does not know (expired
          * while we could not reach it, or lost in a Nacos restart) with
          * 404 or, more often, 200 and code 20404 RESOURCE_NOT_FOUND. */
-        if (http == 404 || (ok && (strstr(body, "\"code\":20404") != NULL ||
-                                   strstr(body, "RESOURCE_NOT_FOUND") != NULL))) {
+        if (http == 404 ||
+            (ok && (strstr(body, "\"code\":20404") != NULL ||
+                    strstr(body, "RESOURCE_NOT_FOUND") != NULL))) {
             IMGW_LOG_INFO("nacos: %s:%u is unknown to Nacos: registering "
                           "again",
                           cfg->nacos_ip, (unsigned)in->port);
@@ -680,8 +677,8 @@ imgw_nacos_round(imgw_nacos_t *n)
         imgw_nacos_inst_t *in = &n->inst[i];
         if (in->req != NULL)
             continue; /* a slow Nacos: skip this beat, the timer bounds it */
-        imgw_nacos_send(in, in->registered ? IMGW_NACOS_BEAT
-                                           : IMGW_NACOS_REGISTER);
+        imgw_nacos_send(in,
+                        in->registered ? IMGW_NACOS_BEAT : IMGW_NACOS_REGISTER);
     }
 }
 
@@ -799,8 +796,8 @@ imgw_nacos_stop(imgw_nacos_t *n, void (*done)(void *), void *arg)
     n->done = done;
     n->done_arg = arg;
     uv_timer_stop(&n->beat_timer);
-    uv_timer_start(&n->stop_timer, imgw_nacos_stop_timer_cb,
-                   IMGW_NACOS_STOP_MS, 0);
+    uv_timer_start(&n->stop_timer, imgw_nacos_stop_timer_cb, IMGW_NACOS_STOP_MS,
+                   0);
     if (n->gai_pending)
         uv_cancel((uv_req_t *)&n->gai);
     for (int i = 0; i < n->n_inst; i++) {
@@ -903,8 +900,8 @@ bad:
 }
 
 int
-imgw_nacos_start(imgw_nacos_t **out, uv_loop_t *loop,
-                 const imgw_config_t *cfg, char *err, size_t errlen)
+imgw_nacos_start(imgw_nacos_t **out, uv_loop_t *loop, const imgw_config_t *cfg,
+                 char *err, size_t errlen)
 {
     imgw_nacos_t *n = calloc(1, sizeof(*n));
     char bid[300];

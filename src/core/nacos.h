@@ -27,10 +27,10 @@ typedef struct imgw_nacos_s imgw_nacos_t;
 
 /* Counters for /metrics; a snapshot, each field read atomically. */
 typedef struct imgw_nacos_stats_s {
-    int registered;      /* gauge: ports currently registered */
-    uint64_t requests;   /* HTTP requests sent (register, beat, deregister) */
-    uint64_t beats_ok;   /* beats Nacos answered 2xx for a known instance */
-    uint64_t failures;   /* requests that failed: connect, timeout, non-2xx */
+    int registered;    /* gauge: ports currently registered */
+    uint64_t requests; /* HTTP requests sent (register, beat, deregister) */
+    uint64_t beats_ok; /* beats Nacos answered 2xx for a known instance */
+    uint64_t failures; /* requests that failed: connect, timeout, non-2xx */
 } imgw_nacos_stats_t;
 
 /*

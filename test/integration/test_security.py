@@ -263,7 +263,7 @@ def test_duplicate_claims_refused(server):
                 now + 600, now - 3600),
             "exp twice (expired one first)": '{"sub":"dupa","exp":%d,"exp":%d}' % (
                 now - 3600, now + 600),
-            "user_id + sub + escaped dup": '{"sub":"dupa","s\\u0075b":"dupb","exp":%d}' % (
+            "sub + \\u-escaped sub": '{"sub":"dupa","s\\u0075b":"dupb","exp":%d}' % (
                 now + 600),
         }
         for name, payload in cases.items():
