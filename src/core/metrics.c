@@ -13,6 +13,7 @@
 
 #include "metrics.h"
 #include "../mq/mq.h"
+#include "nacos.h"
 
 typedef struct mbuf_s {
     char *p;
@@ -296,6 +297,25 @@ imgw_metrics_render(imgw_node_t *node, size_t *len)
              "receivers sync them from the store).");
         put(&b, "imgw_remote_push_dropped_total %llu\n",
             (unsigned long long)atomic_load(&node->remote_dropped));
+    }
+    {
+        imgw_nacos_stats_t ns;
+        imgw_nacos_stats(NULL, &ns);
+        head(&b, "imgw_nacos_registered", "gauge",
+             "Ports currently registered in Nacos (0 without nacos.server).");
+        put(&b, "imgw_nacos_registered %llu\n", (unsigned long long)ns.registered);
+        head(&b, "imgw_nacos_requests_total", "counter",
+             "Requests sent to Nacos.");
+        put(&b, "imgw_nacos_requests_total %llu\n",
+            (unsigned long long)ns.requests);
+        head(&b, "imgw_nacos_beats_ok_total", "counter",
+             "Beats Nacos accepted.");
+        put(&b, "imgw_nacos_beats_ok_total %llu\n",
+            (unsigned long long)ns.beats_ok);
+        head(&b, "imgw_nacos_failures_total", "counter",
+             "Nacos requests that failed (connect, timeout, non-2xx).");
+        put(&b, "imgw_nacos_failures_total %llu\n",
+            (unsigned long long)ns.failures);
     }
     head(&b, "imgw_process_resident_memory_bytes", "gauge",
          "Resident set size of the process.");

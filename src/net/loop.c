@@ -14,6 +14,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -316,6 +317,41 @@ drain_step(imgw_loop_t *l)
         loop_idle(l);
 }
 
+/*
+ * Every IMGW_TRIM_MS: gives back what a burst left behind. The pools are
+ * cut to IMGW_POOL_KEEP entries (they refill from malloc if the load needs
+ * more, a few mallocs per 10 s), and loop 0 asks glibc to return free
+ * memory to the OS: freed blocks otherwise stay in the heap (and in RSS)
+ * for good, 16 KiB output blocks and 4 KiB wslay buffers of thousands of
+ * connections after one heartbeat burst. malloc_trim(0) walks every arena
+ * (each loop thread has its own), so one loop doing it is enough; it costs
+ * a walk of the free chunks and an madvise per free page run, about every
+ * 10 s. The timestamp is per thread: the pools are per loop.
+ */
+static _Thread_local uint64_t trim_last_ms;
+
+static void
+trim_tick(imgw_loop_t *l)
+{
+    if (l->now_ms - trim_last_ms < IMGW_TRIM_MS)
+        return;
+    trim_last_ms = l->now_ms;
+    while (l->n_obuf_pool > IMGW_POOL_KEEP)
+        free(l->obuf_pool[--l->n_obuf_pool]);
+    if (l->n_ws_pool > IMGW_POOL_KEEP) {
+        /* imgw__ws_pool_free (ws.c owns wslay) empties the pool: set the
+         * newest IMGW_POOL_KEEP aside, free the rest, put them back. */
+        void *kept[IMGW_POOL_KEEP];
+        l->n_ws_pool -= IMGW_POOL_KEEP;
+        memcpy(kept, l->ws_pool + l->n_ws_pool, sizeof(kept));
+        imgw__ws_pool_free(l);
+        memcpy(l->ws_pool, kept, sizeof(kept));
+        l->n_ws_pool = IMGW_POOL_KEEP;
+    }
+    if (l->index == 0)
+        malloc_trim(0);
+}
+
 static void
 timer_cb(uv_timer_t *t)
 {
@@ -327,6 +363,7 @@ timer_cb(uv_timer_t *t)
         l->last_tick_ms = l->now_ms;
         if (l->net->h->on_tick && !l->stopping)
             l->net->h->on_tick(l, l->now_ms);
+        trim_tick(l);
     }
     if (l->draining && !l->stopping)
         drain_step(l);

@@ -20,8 +20,13 @@
 #define IMGW_MAX_LISTENERS 32
 #define IMGW_READ_BUF 65536
 #define IMGW_OBUF_SMALL 16384   /* pooled output block size */
-#define IMGW_OBUF_POOL_MAX 512  /* pooled blocks kept per loop */
-#define IMGW_WS_POOL_MAX 256    /* pooled wslay frame contexts per loop */
+/* Pool caps: what a burst leaves pooled stays out of the OS for good, so
+ * keep them small (64 x 16 KiB = 1 MiB of blocks); the steady state needs
+ * few, and loop.c's trim tick gives the rest back (IMGW_POOL_KEEP). */
+#define IMGW_OBUF_POOL_MAX 64   /* pooled blocks kept per loop */
+#define IMGW_WS_POOL_MAX 64     /* pooled wslay frame contexts per loop */
+#define IMGW_POOL_KEEP 16       /* pooled entries the trim tick keeps */
+#define IMGW_TRIM_MS 10000      /* pool trim + malloc_trim period */
 #define IMGW_TICK_MS 250        /* timer wheel resolution */
 #define IMGW_CLOSE_GRACE_MS 2000 /* close handshake before abort */
 

@@ -38,6 +38,20 @@
 #define MEM_MAX_RETENTION_COUNT 10000000
 #define MEM_MAX_RETENTION_DAYS 3650
 #define MEM_MAX_DEDUPE_TTL (366 * 86400)
+/*
+ * Global caps on the per-message records, so that a sustained send rate
+ * cannot grow the node without bound within dedupe_ttl / retention (at
+ * 30k msgs/s a 24 h dedupe_ttl alone would be 2.6e9 records). The counts
+ * are node-wide atomics; an append that takes one over the cap evicts the
+ * oldest records of the shard it has locked (the head of that shard's age
+ * list). Under an even load that is close to the globally oldest; a hot
+ * shard (one very busy sender: dedupe keys live in the sender's shard)
+ * recycles its own records while quiet shards keep theirs until their TTL.
+ * ~100 bytes a record: about 100 MB per cap at the defaults.
+ */
+#define MEM_DEFAULT_MAX_DEDUPES 1000000
+#define MEM_DEFAULT_MAX_METAS 1000000
+#define MEM_MAX_RECORDS ((size_t)1 << 32)
 /* Expired dedupe keys / metadata an append removes from the shards it has
  * locked anyway: more than one per insertion, so expiry keeps pace with
  * the insertion rate even if nobody calls tick. */
@@ -171,6 +185,11 @@ typedef struct imgw__mem_s {
     int retention_count;
     int64_t retention_ms;
     int64_t dedupe_ms;
+    int64_t meta_ms;          /* metadata lifetime in the table */
+    size_t max_dedupes;       /* caps, see MEM_DEFAULT_MAX_DEDUPES */
+    size_t max_metas;
+    atomic_size_t n_dedupes;  /* records in all shards' dedupe tables */
+    atomic_size_t n_metas;    /* records in all shards' metadata tables */
     uint64_t seed;
     imgw__store_clock_fn clock;
     void *clock_arg;
@@ -456,7 +475,17 @@ meta_drop(imgw__mem_t *m, imgw__mem_shard_t *sh, imgw__mem_meta_t *mt)
 {
     link_remove(&mt->age);
     htab_remove(&sh->metas, &mt->h);
+    atomic_fetch_sub_explicit(&m->n_metas, 1, memory_order_relaxed);
     meta_unref(m, mt);
+}
+
+static void
+dedupe_drop(imgw__mem_t *m, imgw__mem_shard_t *sh, imgw__mem_dedupe_t *d)
+{
+    link_remove(&d->age);
+    htab_remove(&sh->dedupes, &d->h);
+    atomic_fetch_sub_explicit(&m->n_dedupes, 1, memory_order_relaxed);
+    free(d);
 }
 
 static imgw__mem_dedupe_t *
@@ -479,16 +508,14 @@ dedupe_find(imgw__mem_shard_t *sh, uint64_t h, const char *key)
  * behind a later one, which costs memory for a while, never correctness:
  * lookups check expire_ms themselves. */
 static void
-dedupe_expire(imgw__mem_shard_t *sh, int64_t now, int budget)
+dedupe_expire(imgw__mem_t *m, imgw__mem_shard_t *sh, int64_t now, int budget)
 {
     while (budget-- > 0 && sh->dedupe_age.next != &sh->dedupe_age) {
         imgw__mem_dedupe_t *d =
             MEM_CONTAINER(sh->dedupe_age.next, imgw__mem_dedupe_t, age);
         if (d->expire_ms > now)
             break;
-        link_remove(&d->age);
-        htab_remove(&sh->dedupes, &d->h);
-        free(d);
+        dedupe_drop(m, sh, d);
     }
 }
 
@@ -502,6 +529,36 @@ meta_expire(imgw__mem_t *m, imgw__mem_shard_t *sh, int64_t now, int budget)
             break;
         meta_drop(m, sh, mt);
     }
+}
+
+/*
+ * The caps (MEM_DEFAULT_MAX_*): while the node holds more than the cap,
+ * drops this shard's oldest records, expired or not, but never keep (the
+ * record just inserted). An evicted dedupe key lets a late retry of that
+ * message through as a new message; an evicted metadata record makes
+ * msg_get / revoke answer ENOTFOUND. A blob keeps its own reference to the
+ * metadata, so a revoked flag already set stays visible to sync.
+ */
+static void
+dedupe_evict(imgw__mem_t *m, imgw__mem_shard_t *sh,
+             const imgw__mem_dedupe_t *keep)
+{
+    while (atomic_load_explicit(&m->n_dedupes, memory_order_relaxed) >
+               m->max_dedupes &&
+           sh->dedupe_age.next != &keep->age)
+        dedupe_drop(m, sh,
+                    MEM_CONTAINER(sh->dedupe_age.next, imgw__mem_dedupe_t,
+                                  age));
+}
+
+static void
+meta_evict(imgw__mem_t *m, imgw__mem_shard_t *sh, const imgw__mem_meta_t *keep)
+{
+    while (atomic_load_explicit(&m->n_metas, memory_order_relaxed) >
+               m->max_metas &&
+           sh->meta_age.next != &keep->age)
+        meta_drop(m, sh,
+                  MEM_CONTAINER(sh->meta_age.next, imgw__mem_meta_t, age));
 }
 
 /* ---- users and timelines ------------------------------------------------- */
@@ -748,6 +805,17 @@ mem_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err, size_t errlen)
                  MEM_MAX_DEDUPE_TTL);
         return IMGW_ECONFIG;
     }
+    if (cfg->max_dedupes > MEM_MAX_RECORDS ||
+        cfg->max_metas > MEM_MAX_RECORDS) {
+        snprintf(err, errlen, "store: max_dedupes and max_metas must be "
+                              "0..%zu", MEM_MAX_RECORDS);
+        return IMGW_ECONFIG;
+    }
+    if (cfg->meta_ttl < 0 || cfg->meta_ttl > MEM_MAX_RETENTION_DAYS * 86400) {
+        snprintf(err, errlen, "store: meta_ttl must be 0..%d",
+                 MEM_MAX_RETENTION_DAYS * 86400);
+        return IMGW_ECONFIG;
+    }
     imgw__mem_t *m = mem_calloc(1, sizeof(*m));
     if (m == NULL)
         return IMGW_ENOMEM;
@@ -761,6 +829,17 @@ mem_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err, size_t errlen)
     m->retention_count = cfg->retention_count;
     m->retention_ms = (int64_t)cfg->retention_days * 86400 * 1000;
     m->dedupe_ms = (int64_t)cfg->dedupe_ttl * 1000;
+    m->meta_ms = cfg->meta_ttl > 0 && (int64_t)cfg->meta_ttl * 1000 <
+                                          m->retention_ms
+                     ? (int64_t)cfg->meta_ttl * 1000
+                     : m->retention_ms;
+    size_t max_dd = cfg->max_dedupes ? cfg->max_dedupes
+                                     : MEM_DEFAULT_MAX_DEDUPES;
+    size_t max_mt = cfg->max_metas ? cfg->max_metas : MEM_DEFAULT_MAX_METAS;
+    m->max_dedupes = max_dd;
+    m->max_metas = max_mt;
+    atomic_init(&m->n_dedupes, 0);
+    atomic_init(&m->n_metas, 0);
     m->clock = mem_realtime_ms;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -788,9 +867,11 @@ mem_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err, size_t errlen)
     }
     s->impl = m;
     IMGW_LOG_INFO("store: memory backend, %u shards, retention %d entries "
-                  "/ %d days, dedupe %d s",
+                  "/ %d days, dedupe %d s (at most %zu), metadata %lld s "
+                  "(at most %zu)",
                   MEM_SHARDS, cfg->retention_count, cfg->retention_days,
-                  cfg->dedupe_ttl);
+                  cfg->dedupe_ttl, max_dd, (long long)(m->meta_ms / 1000),
+                  max_mt);
     return 0;
 }
 
@@ -846,7 +927,7 @@ mem_tick(imgw_store_t *s, int64_t now_ms)
     for (unsigned i = 0; i < MEM_SHARDS; i++) {
         imgw__mem_shard_t *sh = &m->shards[i];
         pthread_mutex_lock(&sh->mu);
-        dedupe_expire(sh, now_ms, MEM_TICK_POPS);
+        dedupe_expire(m, sh, now_ms, MEM_TICK_POPS);
         meta_expire(m, sh, now_ms, MEM_TICK_POPS);
         pthread_mutex_unlock(&sh->mu);
     }
@@ -991,9 +1072,11 @@ mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     }
     atomic_fetch_add_explicit(&m->blobs_live, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&m->metas_live, 1, memory_order_relaxed);
-    meta->expire_ms = now + m->retention_ms;
+    meta->expire_ms = now + m->meta_ms;
     htab_insert(&sh_m->metas, &meta->h);
     link_push_tail(&sh_m->meta_age, &meta->age);
+    atomic_fetch_add_explicit(&m->n_metas, 1, memory_order_relaxed);
+    meta_evict(m, sh_m, meta);
     if (dd != NULL) {
         if (old_dd != NULL) {
             /* An expired key still in the table: reuse its record. */
@@ -1002,12 +1085,14 @@ mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
             link_remove(&dd->age);
         } else {
             htab_insert(&sh_s->dedupes, &dd->h);
+            atomic_fetch_add_explicit(&m->n_dedupes, 1, memory_order_relaxed);
         }
         dd->expire_ms = now + m->dedupe_ms;
         dd->message_id = req->message_id;
         dd->seq = req->seqs[0];
         link_push_tail(&sh_s->dedupe_age, &dd->age);
-        dedupe_expire(sh_s, now, MEM_LAZY_POPS);
+        dedupe_expire(m, sh_s, now, MEM_LAZY_POPS);
+        dedupe_evict(m, sh_s, dd);
     }
     meta_expire(m, sh_m, now, MEM_LAZY_POPS);
     unlock_mask(m, mask);

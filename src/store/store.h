@@ -48,6 +48,13 @@ typedef struct imgw_store_cfg_s {
     int dedupe_ttl;         /* seconds */
     int timeout_ms;         /* per-command timeout (redis) */
     int n_loops;
+    /* Memory backend bounds (docs/store.md); 0 = the default. Redis keeps
+     * its own TTLs and ignores them. */
+    size_t max_dedupes;     /* dedupe records; the oldest are evicted */
+    size_t max_metas;       /* message metadata records (revoke lookups);
+                               the oldest are evicted */
+    int meta_ttl;           /* seconds metadata stays findable for revoke
+                               (e.g. server.revoke_window); 0 = retention */
 } imgw_store_cfg_t;
 
 int imgw_store_open(imgw_store_t **out, const imgw_store_cfg_t *cfg, char *err,

@@ -144,6 +144,20 @@ async def apublish(mq, routing_key, body, **kw):
     return await loop.run_in_executor(None, lambda: publish(mq, routing_key, body, **kw))
 
 
+async def open_retry(server, user, timeout=20.0, **kw):
+    """MClient.open, retried while the login answers ERR_SERVER_BUSY (a loop
+    whose store connection is still reconnecting after an outage)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        c = await MClient.open(server, user, expect_ok=False, **kw)
+        if c.auth_rsp.error_code == OK:
+            return c
+        await c.close()
+        assert c.auth_rsp.error_code == BUSY and time.monotonic() < deadline, (
+            "login of %s failed: %r" % (user, c.auth_rsp))
+        await asyncio.sleep(0.2)
+
+
 async def timeline(c):
     """The whole timeline of c's user: [(seq, message_id, PushMessage)]."""
     msgs, _ = await c.sync_all(limit=500)
@@ -268,6 +282,6 @@ class Recorder:
 
 
 __all__ = ["ADMIN_TOKEN", "OK", "BUSY", "MClient", "SendResult", "node_env",
-           "start_node", "kill9", "metrics", "status", "wait_for", "await_for",
+           "start_node", "kill9", "open_retry", "metrics", "status", "wait_for", "await_for",
            "astatus", "ametrics", "publish", "apublish", "timeline",
            "check_contiguous", "Recorder", "Rec", "short_id", "EXCHANGE"]

@@ -9,6 +9,11 @@ authenticates. See hostile_helpers.py.
     server.auth_timeout while other clients are served
   * a client that never reads while being pushed to: closed as a slow
     consumer (imgw_slow_consumers_total), bounded server memory
+  * a client that never reads while flooding requests whose answers queue
+    up (pings -> pongs, heartbeats, undecodable frames, pipelined HTTP
+    GET /metrics): answers stay bounded, server memory bounded
+  * a burst of big messages to a receiver that reads as fast as it can
+    must not get it closed as a slow consumer
   * 10,000 connections opened and dropped (FIN or RST) mid-handshake:
     imgw_tcp_connections_open returns to its baseline
   * RFC 6455 violations (mask, RSV, opcodes, lengths, fragmentation,
@@ -28,7 +33,7 @@ import pytest
 
 import imgw_harness as H
 from imgw_harness import make_token, pb
-from hostile_helpers import (OK, Bystanders, SyncClient, assert_healthy,
+from hostile_helpers import (OK, Bystanders, SyncClient,
                              hb_payload, linger0, masked_frame, metric, raw_ws,
                              rss_kb, uid, wait_metric)
 
@@ -292,6 +297,89 @@ def test_slow_consumer_closed(server):
     finally:
         slow.rw.close()
         slow2.rw.close()
+        by.close()
+
+
+FLOODS = {
+    # each frame makes the server queue a response the client never reads
+    "ping_125": lambda: masked_frame(H.OP_PING, b"p" * 125),
+    "heartbeat": lambda: masked_frame(H.OP_BINARY, hb_payload(1)),
+    "undecodable_pb": lambda: masked_frame(H.OP_BINARY, b"\xff" * 100),
+}
+
+
+@pytest.mark.parametrize("kind", list(FLOODS))
+def test_flood_from_nonreading_client(server, kind):
+    print("check: a client that never reads floods %s frames (up to 80 MB): "
+          "the responses it does not read stay bounded by max_queued_bytes=262144 "
+          "-> the connection is closed (slow consumer), server RSS grows < 40 MB"
+          % kind)
+    srv = server(env={"limits.max_queued_bytes": 262144})
+    by = Bystanders(srv)
+    c = nonreading_client(srv.port, uid("flood"))
+    rss0 = rss_kb(srv.proc.pid)
+    sc0 = metric(srv.port, "imgw_slow_consumers_total")
+    buf = FLOODS[kind]() * 4000
+    sent, how, t0 = 0, "still open", time.monotonic()
+    try:
+        c.rw.sock.settimeout(5)
+        try:
+            while sent < 80 * 1024 * 1024 and time.monotonic() - t0 < 30:
+                c.rw.sock.sendall(buf)
+                sent += len(buf)
+        except socket.timeout:
+            how = "server stopped reading"
+        except (BrokenPipeError, ConnectionResetError) as e:
+            how = "closed (%s)" % type(e).__name__
+        rss1 = rss_kb(srv.proc.pid)
+        sc = metric(srv.port, "imgw_slow_consumers_total") - sc0
+        print("  sent %.1f MB in %.1fs: %s; RSS %d -> %d kB; slow consumers +%d"
+              % (sent / 1e6, time.monotonic() - t0, how, rss0, rss1, sc))
+        if how == "still open" or how == "server stopped reading":
+            d, _ = drain_until_closed(c.rw.sock, timeout=3)
+            print("  then draining: %s" % d)
+            if d:
+                how = "closed (%s)" % d
+        assert rss1 - rss0 < 40 * 1024, "server RSS grew by %d kB" % (rss1 - rss0)
+        assert how.startswith("closed"), "the flooding non-reader was not closed: %s" % how
+        by.check("after %s flood" % kind)
+    finally:
+        c.rw.close()
+        by.close()
+
+
+def test_pipelined_http_from_nonreading_client(server):
+    print("check: an unauthenticated client pipelines 0.5 MB of 'GET /metrics' "
+          "requests (about 15,000; each answer is ~5 KB) and never reads: the "
+          "answers it does not read must stay bounded (max_queued_bytes=262144): "
+          "the server closes it or stops reading from it; RSS grows < 64 MB")
+    srv = server(env={"limits.max_queued_bytes": 262144})
+    by = Bystanders(srv)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", srv.port))
+    rss0 = rss_kb(srv.proc.pid)
+    req = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 1000
+    sent, how, t0 = 0, "still open", time.monotonic()
+    try:
+        sock.settimeout(3)
+        try:
+            while sent < 512 * 1024:
+                sock.sendall(req)
+                sent += len(req)
+        except socket.timeout:
+            how = "server stopped reading"
+        except (BrokenPipeError, ConnectionResetError) as e:
+            how = "closed (%s)" % type(e).__name__
+        time.sleep(1.0)  # let the server answer what it has read
+        rss1 = rss_kb(srv.proc.pid)
+        print("  sent %.2f MB of requests in %.1fs: %s; RSS %d -> %d kB"
+              % (sent / 1e6, time.monotonic() - t0, how, rss0, rss1))
+        assert rss1 - rss0 < 64 * 1024, "server RSS grew by %d kB" % (rss1 - rss0)
+        by.check("after pipelined /metrics")
+    finally:
+        linger0(sock)
+        sock.close()
         by.close()
 
 

@@ -27,7 +27,8 @@ import pytest
 
 import imgw_harness as H
 from cluster_helpers import (BUSY, OK, Recorder, astatus, check_contiguous,
-                             short_id, start_node, timeline)
+                             await_for, open_retry, short_id, start_node, status,
+                             timeline)
 from msg_helpers import MClient, close_all, group_conv, http_json, put_group, uid
 from services import redis_factory, redis_server  # noqa: F401 (fixtures)
 
@@ -160,7 +161,7 @@ def test_routes_fields_ttl_and_heartbeat(server, redis_server):
               % (time.monotonic() - t0, best, after, h))
         assert h.get("android") == bid, "route expired despite heartbeats: %r" % h
         assert 5000 <= best <= ttl * 1000, best
-        assert 3000 <= after <= ttl * 1000, after
+        assert 2000 <= after <= ttl * 1000, after
         await android.close()
         deadline = time.monotonic() + 5
         while rc.exists(key) and route_hash(rc, u) and time.monotonic() < deadline:
@@ -202,6 +203,9 @@ def test_redis_outage_no_acked_loss(server, redis_factory):
         r.start()
         print("redis restarted on port %d after %.1f s" % (r.port, t_restart - t_kill))
         assert s.proc.poll() is None, "imgw died during the outage"
+        assert not cb.closed.is_set() and not ca.closed.is_set(), (
+            "a connected client was disconnected by the Redis outage (codes %s %s)"
+            % (ca.close_code, cb.close_code))
         # wait for sends to succeed again
         deadline = time.monotonic() + 20
         recovered_at = None
@@ -219,9 +223,11 @@ def test_redis_outage_no_acked_loss(server, redis_factory):
         assert recovered_at is not None, (
             "no successful send within 20 s of the Redis restart: %r" % rec.summary())
         print("sends succeed again %.1f s after the restart" % (recovered_at - t_restart))
-        ready3 = await astatus(s.port, "/readyz")
-        print("/readyz after recovery: %s" % ready3)
-        assert ready3 == 200
+        # every loop reconnects on its own backoff schedule (<= 5 s)
+        await await_for(lambda: status(s.port, "/readyz") == 200 and
+                        status(s.port, "/readyz") == 200, 15,
+                        what="/readyz 200 after the Redis restart")
+        print("/readyz 200 again")
 
         bad = [x for x in rec.recs if x.code not in (OK, BUSY)]
         assert not bad, "responses other than SUCCESS / SERVER_BUSY: %r" % bad[:5]
@@ -233,8 +239,10 @@ def test_redis_outage_no_acked_loss(server, redis_factory):
         assert not wrong, "sends during the outage not ERR_SERVER_BUSY: %r" % wrong[:5]
 
         # fresh connections: the receiver's and the sender's timelines
-        cb2 = await MClient.open(s, b, platform="check")
-        ca2 = await MClient.open(s, a, platform="check")
+        # (a login may still meet a loop whose store link is reconnecting:
+        # ERR_SERVER_BUSY, retried)
+        cb2 = await open_retry(s, b, platform="check")
+        ca2 = await open_retry(s, a, platform="check")
         tl_b = await timeline(cb2)
         tl_a = await timeline(ca2)
         check_contiguous(tl_a, "sender")
@@ -288,7 +296,8 @@ def test_group_burst_atomic_across_kill(server, redis_factory):
         t_restart = time.monotonic()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if any(x.code == OK and x.t_sent > t_restart for rr in recs for x in rr.recs):
+            if all(any(x.code == OK and x.t_sent > t_restart for x in rr.recs)
+                   for rr in recs):
                 break
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.3)
@@ -303,7 +312,7 @@ def test_group_burst_atomic_across_kill(server, redis_factory):
 
         timelines = {}
         for m in members:
-            c = await MClient.open(s, m, platform="check")
+            c = await open_retry(s, m, platform="check")
             tl = await timeline(c)
             check_contiguous(tl, m)
             assert c.auth_rsp.max_seq == (tl[-1][0] if tl else 0), (

@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives import serialization
 import imgw_harness as H
 import msg_helpers as M
 from imgw_harness import make_token, pb
-from hostile_helpers import (AUTH_FAILED, OK, Bystanders, SyncClient, C,
-                             assert_healthy, handshake_status, raw_ws,
+from hostile_helpers import (AUTH_FAILED, Bystanders, SyncClient, C,
+                             handshake_status, raw_ws,
                              sign_hs256_raw, uid)
 
 ADMIN = "security-admin-token-0123456789abcdef"
