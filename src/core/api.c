@@ -67,35 +67,11 @@ respond_error_json(imgw_conn_t *c, int status, const char *msg)
     imgw_conn_http_respond(c, status, JSON_CT, NULL, buf, (size_t)n, 1);
 }
 
-/* Bounded nesting before cJSON recurses into it (strings skipped). */
-static int
-json_depth_ok(const uint8_t *p, size_t n, int max)
-{
-    int depth = 0, in_str = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint8_t ch = p[i];
-        if (in_str) {
-            if (ch == '\\')
-                i++;
-            else if (ch == '"')
-                in_str = 0;
-        } else if (ch == '"') {
-            in_str = 1;
-        } else if (ch == '{' || ch == '[') {
-            if (++depth > max)
-                return 0;
-        } else if (ch == '}' || ch == ']') {
-            depth--;
-        }
-    }
-    return 1;
-}
-
 static cJSON *
 parse_body(const imgw_http_req_t *req)
 {
     if (req->body_len == 0 ||
-        !json_depth_ok(req->body, req->body_len, IMGW_JSON_MAX_DEPTH))
+        !imgw_codec_json_prescan(req->body, req->body_len))
         return NULL;
     return cJSON_ParseWithLength((const char *)req->body, req->body_len);
 }

@@ -36,7 +36,6 @@
 
 #define CLUSTER_MAX_MESSAGE (4u << 20)
 #define CLUSTER_PUBLISH_TTL_MS 60000
-#define CLUSTER_MAX_DEPTH 16
 
 int imgw_api_push_json(imgw_core_loop_t *cl, const cJSON *j, size_t *targets,
                        const char **why);
@@ -388,29 +387,6 @@ imgw_cluster_kick(imgw_core_loop_t *cl, const char *user, const char *platform)
 
 /* ---- incoming ------------------------------------------------------------- */
 
-static int
-depth_ok(const uint8_t *p, size_t n)
-{
-    int depth = 0, in_str = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint8_t ch = p[i];
-        if (in_str) {
-            if (ch == '\\')
-                i++;
-            else if (ch == '"')
-                in_str = 0;
-        } else if (ch == '"') {
-            in_str = 1;
-        } else if (ch == '{' || ch == '[') {
-            if (++depth > CLUSTER_MAX_DEPTH)
-                return 0;
-        } else if (ch == '}' || ch == ']') {
-            depth--;
-        }
-    }
-    return 1;
-}
-
 /* Kicks this node's connections of (user, platform). */
 static void
 kick_local(imgw_core_loop_t *cl, const char *user, const char *platform)
@@ -419,22 +395,8 @@ kick_local(imgw_core_loop_t *cl, const char *user, const char *platform)
     size_t k = imgw_usermap_get(cl->node->users, user, conns,
                                 IMGW_USERMAP_MAX_CONNS);
     for (size_t i = 0; i < k; i++) {
-        if (strcmp(conns[i].platform, platform) != 0)
-            continue;
-        if (conns[i].ref.loop == cl->index) {
-            imgw_session_kick(cl, conns[i].ref, platform);
-            continue;
-        }
-        imgw_mail_t *m = calloc(1, sizeof(*m) + sizeof(imgw_target_t));
-        if (m == NULL)
-            continue;
-        m->kind = IMGW_MAIL_KICK;
-        m->n = 1;
-        m->targets[0].ref = conns[i].ref;
-        snprintf(m->body.kick.platform, sizeof(m->body.kick.platform), "%s",
-                 platform);
-        imgw_loop_post(imgw_net_loop(cl->node->net, conns[i].ref.loop),
-                       &m->node);
+        if (strcmp(conns[i].platform, platform) == 0)
+            imgw_deliver_kick(cl, conns[i].ref, platform);
     }
 }
 
@@ -507,8 +469,8 @@ imgw_cluster_handle(imgw_core_loop_t *cl, const uint8_t *body, size_t len,
     cJSON *j = NULL;
     if (len == 0 || len > CLUSTER_MAX_MESSAGE)
         why = "empty or oversized";
-    else if (!depth_ok(body, len))
-        why = "nested too deep";
+    else if (!imgw_codec_json_prescan(body, len))
+        why = "nested too deep or \\u0000";
     else if ((j = cJSON_ParseWithLength((const char *)body, len)) == NULL ||
              !cJSON_IsObject(j))
         why = "not a JSON object";

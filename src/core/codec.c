@@ -1514,6 +1514,12 @@ codec_decode_json_tree(const cJSON *root, imgw_msg_in_t *out,
     return 0;
 }
 
+int
+imgw_codec_json_prescan(const uint8_t *p, size_t n)
+{
+    return codec_json_depth_ok(p, n);
+}
+
 static int
 codec_decode_json(const uint8_t *data, size_t len, imgw_msg_in_t *out,
                   uint8_t *scratch, size_t scratch_cap)

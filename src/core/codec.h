@@ -145,6 +145,13 @@ ssize_t imgw_codec_encode_from_json(imgw_codec_t codec, int command,
                                     const void *data, int64_t timestamp,
                                     uint8_t *out, size_t cap);
 
+/*
+ * The cheap check before any cJSON parse of peer input: nesting at most
+ * IMGW_JSON_MAX_DEPTH (cJSON recurses per level) and no \u0000 escape
+ * (cJSON would cut the string there). Returns 1 when the text may be parsed.
+ */
+int imgw_codec_json_prescan(const uint8_t *p, size_t n);
+
 /** "CMD_AUTH_REQ" for 100, or NULL. */
 const char *imgw_codec_cmd_name(int command);
 

@@ -241,6 +241,25 @@ imgw_deliver_mail(imgw_core_loop_t *cl, imgw_mail_t *m)
 
 /* ---- routing ------------------------------------------------------------- */
 
+void
+imgw_deliver_kick(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
+                  const char *platform)
+{
+    if (ref.loop == cl->index) {
+        imgw_session_kick(cl, ref, platform);
+        return;
+    }
+    imgw_mail_t *m = imgw_calloc(1, sizeof(*m) + sizeof(imgw_target_t));
+    if (m == NULL)
+        return;
+    m->kind = IMGW_MAIL_KICK;
+    m->n = 1;
+    m->targets[0].ref = ref;
+    snprintf(m->body.kick.platform, sizeof(m->body.kick.platform), "%s",
+             platform);
+    imgw_loop_post(imgw_net_loop(cl->node->net, ref.loop), &m->node);
+}
+
 static imgw_mail_t *
 mail_new(int kind, const route_t *r)
 {

@@ -105,24 +105,6 @@ imgw_session_kick(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
     imgw_conn_close_ws(c, 4002, "kicked");
 }
 
-static void
-kick_other(imgw_core_loop_t *cl, imgw_conn_ref_t ref, const char *platform)
-{
-    if (ref.loop == cl->index) {
-        imgw_session_kick(cl, ref, platform);
-        return;
-    }
-    imgw_mail_t *m = imgw_calloc(1, sizeof(*m) + sizeof(imgw_target_t));
-    if (m == NULL)
-        return;
-    m->kind = IMGW_MAIL_KICK;
-    m->n = 1;
-    m->targets[0].ref = ref;
-    snprintf(m->body.kick.platform, sizeof(m->body.kick.platform), "%s",
-             platform);
-    imgw_loop_post(imgw_net_loop(cl->node->net, ref.loop), &m->node);
-}
-
 /* ---- rate limits -------------------------------------------------------- */
 
 /*
@@ -378,7 +360,7 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
     cl->st.auth_ok++;
     cl->st.sessions_authed++;
     if (k == 1)
-        kick_other(cl, kicked, s->platform);
+        imgw_deliver_kick(cl, kicked, s->platform);
     /* Read the route before overwriting it: a (user, platform) logged in
      * on another node is kicked there (the store answers in order). */
     if (cl->node->mq != NULL)

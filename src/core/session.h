@@ -67,6 +67,9 @@ size_t imgw_deliver_raw(imgw_core_loop_t *cl, const uint8_t *pb, size_t pb_len,
                         const uint8_t *json, size_t json_len,
                         const char *const *users, size_t n);
 void imgw_deliver_mail(imgw_core_loop_t *cl, imgw_mail_t *m);
+/* Kicks a connection of this node, on whichever loop owns it. */
+void imgw_deliver_kick(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
+                       const char *platform);
 /* Frees the calling loop thread's routing scratch (at loop stop). */
 void imgw_deliver_thread_free(void);
 

@@ -79,6 +79,17 @@
 /* Receive buffer for bodies; grows by doubling up to max_message. */
 #define MQ_BODY_INITIAL 4096
 
+/*
+ * Consumer acks are batched: a delivery settled by imgw_mq_ack waits in a
+ * ring bitmap of MQ_ACK_WINDOW tags (a power of two >= the largest
+ * prefetch, so every unsettled tag fits) until every tag below it is
+ * settled too, then one basic.ack with multiple = 1 covers the whole run.
+ * A tag still missing after MQ_ACK_GAP_MS (a delivery some loop holds on
+ * to) stops batching from holding up the others: they go out one by one.
+ */
+#define MQ_ACK_WINDOW 65536
+#define MQ_ACK_GAP_MS 100
+
 #define MQ_TAG_BITS 48
 #define MQ_TAG_MASK ((UINT64_C(1) << MQ_TAG_BITS) - 1)
 #define MQ_GEN_MASK UINT64_C(0xffff)
@@ -140,6 +151,16 @@ struct imgw_mq_s {
     uint64_t next_seq;  /* publisher-confirm number of the next publish */
     uint64_t low_seq;   /* every seq below this one is confirmed/nacked */
     uint64_t *resolved; /* ring bitmap: seq confirmed out of order */
+    /* Consumer acks of this connection (see MQ_ACK_WINDOW). Every delivery
+     * tag <= ack_base is settled and told to the broker; above it, a tag
+     * is in ack_wait (acked here, not yet sent) or ack_done (sent alone:
+     * a reject, or an ack flushed past a gap), or still with a loop. */
+    uint64_t *ack_wait;  /* ring bitmaps of MQ_ACK_WINDOW bits */
+    uint64_t *ack_done;
+    uint64_t ack_base;
+    uint64_t ack_hi;      /* highest tag ever put in ack_wait/ack_done */
+    size_t ack_waiting;   /* bits set in ack_wait */
+    uint64_t ack_gap_ms;  /* when acks started waiting behind a gap, or 0 */
     uint8_t *body;      /* receive buffer */
     size_t body_cap;
     uint64_t rng; /* xorshift state for backoff jitter */
@@ -369,6 +390,124 @@ mq_confirms_reset(imgw_mq_t *mq)
     }
     mq->next_seq = 1;
     mq->low_seq = 1;
+}
+
+/* ---- consumer acks -------------------------------------------------------- */
+
+static bool
+mq_bit(const uint64_t *map, uint64_t tag)
+{
+    uint64_t i = tag & (MQ_ACK_WINDOW - 1);
+    return (map[i / 64] >> (i % 64)) & 1;
+}
+
+static void
+mq_bit_set(uint64_t *map, uint64_t tag, bool on)
+{
+    uint64_t i = tag & (MQ_ACK_WINDOW - 1);
+    if (on)
+        map[i / 64] |= UINT64_C(1) << (i % 64);
+    else
+        map[i / 64] &= ~(UINT64_C(1) << (i % 64));
+}
+
+/* A new connection: its delivery tags start again at 1. */
+static void
+mq_acks_reset(imgw_mq_t *mq)
+{
+    memset(mq->ack_wait, 0, MQ_ACK_WINDOW / 8);
+    memset(mq->ack_done, 0, MQ_ACK_WINDOW / 8);
+    mq->ack_base = mq->ack_hi = 0;
+    mq->ack_waiting = 0;
+    mq->ack_gap_ms = 0;
+}
+
+/* Settles dtag (of the current connection) here; only a tag outside the
+ * window (never with prefetch <= MQ_ACK_WINDOW) or a reject is sent at
+ * once. Returns an AMQP status. */
+static int
+mq_ack_settle(imgw_mq_t *mq, uint64_t dtag, bool ack)
+{
+    if (dtag <= mq->ack_base || mq_bit(mq->ack_wait, dtag) ||
+        mq_bit(mq->ack_done, dtag)) {
+        IMGW_LOG_WARN_RL("mq: delivery %llu settled twice",
+                         (unsigned long long)dtag);
+        return AMQP_STATUS_OK;
+    }
+    bool in_window = dtag - mq->ack_base < MQ_ACK_WINDOW;
+    if (ack && in_window) {
+        mq_bit_set(mq->ack_wait, dtag, true);
+        mq->ack_waiting++;
+    } else {
+        int rc = ack ? amqp_basic_ack(mq->conn, MQ_CHANNEL, dtag, 0)
+                     : amqp_basic_reject(mq->conn, MQ_CHANNEL, dtag, 0);
+        if (rc != AMQP_STATUS_OK)
+            return rc;
+        atomic_fetch_add(ack ? &mq->acked : &mq->rejected, 1);
+        if (!in_window)
+            return AMQP_STATUS_OK;
+        mq_bit_set(mq->ack_done, dtag, true);
+    }
+    if (dtag > mq->ack_hi)
+        mq->ack_hi = dtag;
+    return AMQP_STATUS_OK;
+}
+
+/*
+ * Sends what the settled acks allow: one basic.ack (multiple = 1) for the
+ * run of settled tags above ack_base, at its highest waiting tag (one that
+ * is still outstanding at the broker: RabbitMQ closes the channel on an
+ * ack for a tag it does not know, multiple or not). Acks left behind a gap
+ * go out one by one when force is set or the gap is MQ_ACK_GAP_MS old.
+ * Returns an AMQP status.
+ */
+static int
+mq_ack_flush(imgw_mq_t *mq, bool force)
+{
+    uint64_t last = 0;
+    size_t n = 0;
+    while (mq->ack_base < mq->ack_hi) {
+        uint64_t t = mq->ack_base + 1;
+        if (mq_bit(mq->ack_wait, t)) {
+            mq_bit_set(mq->ack_wait, t, false);
+            last = t;
+            n++;
+        } else if (mq_bit(mq->ack_done, t)) {
+            mq_bit_set(mq->ack_done, t, false);
+        } else {
+            break;
+        }
+        mq->ack_base = t;
+    }
+    if (last != 0) {
+        mq->ack_waiting -= n;
+        int rc = amqp_basic_ack(mq->conn, MQ_CHANNEL, last, 1);
+        if (rc != AMQP_STATUS_OK)
+            return rc;
+        atomic_fetch_add(&mq->acked, n);
+    }
+    if (mq->ack_waiting == 0) {
+        mq->ack_gap_ms = 0;
+        return AMQP_STATUS_OK;
+    }
+    uint64_t now = mq_now_ms();
+    if (mq->ack_gap_ms == 0)
+        mq->ack_gap_ms = now;
+    if (!force && now - mq->ack_gap_ms < MQ_ACK_GAP_MS)
+        return AMQP_STATUS_OK;
+    for (uint64_t t = mq->ack_base + 1; t <= mq->ack_hi; t++) {
+        if (!mq_bit(mq->ack_wait, t))
+            continue;
+        int rc = amqp_basic_ack(mq->conn, MQ_CHANNEL, t, 0);
+        if (rc != AMQP_STATUS_OK)
+            return rc;
+        atomic_fetch_add(&mq->acked, 1);
+        mq_bit_set(mq->ack_wait, t, false);
+        mq_bit_set(mq->ack_done, t, true);
+    }
+    mq->ack_waiting = 0;
+    mq->ack_gap_ms = 0;
+    return AMQP_STATUS_OK;
 }
 
 /* ---- connect and declare ------------------------------------------------- */
@@ -765,7 +904,7 @@ enum { MQ_DRAIN_EMPTY = 0, MQ_DRAIN_MORE = 1, MQ_DRAIN_WINDOW = 2 };
  * (wait for confirms), or -1 if the connection failed.
  */
 static int
-mq_drain(imgw_mq_t *mq)
+mq_drain_items(imgw_mq_t *mq)
 {
     static const amqp_bytes_t json = {16, (void *)"application/json"};
     amqp_basic_properties_t props;
@@ -809,15 +948,7 @@ mq_drain(imgw_mq_t *mq)
                                it->kind == MQ_ITEM_ACK ? "ack" : "reject");
                 break;
             }
-            if (it->kind == MQ_ITEM_ACK) {
-                rc = amqp_basic_ack(mq->conn, MQ_CHANNEL, dtag, 0);
-                if (rc == AMQP_STATUS_OK)
-                    atomic_fetch_add(&mq->acked, 1);
-            } else {
-                rc = amqp_basic_reject(mq->conn, MQ_CHANNEL, dtag, 0);
-                if (rc == AMQP_STATUS_OK)
-                    atomic_fetch_add(&mq->rejected, 1);
-            }
+            rc = mq_ack_settle(mq, dtag, it->kind == MQ_ITEM_ACK);
             break;
         }
         free(it);
@@ -827,6 +958,21 @@ mq_drain(imgw_mq_t *mq)
         }
     }
     return MQ_DRAIN_MORE;
+}
+
+/* mq_drain_items, then the acks it settled (all of them when stopping). */
+static int
+mq_drain(imgw_mq_t *mq)
+{
+    int more = mq_drain_items(mq);
+    if (more < 0)
+        return -1;
+    int rc = mq_ack_flush(mq, mq->quiesce);
+    if (rc != AMQP_STATUS_OK) {
+        IMGW_LOG_WARN("mq: send failed: %s", amqp_error_string2(rc));
+        return -1;
+    }
+    return more;
 }
 
 /* ---- the thread ---------------------------------------------------------- */
@@ -864,12 +1010,28 @@ mq_finish(imgw_mq_t *mq)
     }
 }
 
+/* MQ thread: 1 if an item may be queued (a producer between its two
+ * steps counts as queued; it wakes us anyway). */
+static bool
+mq_q_nonempty(imgw_mq_t *mq)
+{
+    return mq->q_tail != &mq->q_stub ||
+           atomic_load_explicit(&mq->q_stub.next, memory_order_acquire) !=
+               NULL;
+}
+
 /*
  * Serves one live connection until it fails (returns -1) or stop is asked
  * (returns 0 after mq_finish, or -1 if that failed).
+ *
+ * Wake-ups: while the thread is awake it keeps `armed` at 1, so producers
+ * (a loop acking every delivery it handled) push without writing the
+ * eventfd; it disarms only right before a poll that may sleep, and then
+ * looks at the queue once more (mq_wake explains the pairing). A busy
+ * thread thus costs its producers no syscall at all.
  */
 static int
-mq_run(imgw_mq_t *mq)
+mq_serve(imgw_mq_t *mq)
 {
     struct pollfd pfd[2];
     pfd[0].fd = amqp_get_sockfd(mq->conn);
@@ -884,22 +1046,45 @@ mq_run(imgw_mq_t *mq)
         if (more < 0)
             return -1;
         /* Frames already read into rabbitmq-c's buffer do not make the
-         * socket readable again: do not sleep on them. */
-        int timeout = MQ_POLL_MS;
+         * socket readable again: do not sleep on them. Acks waiting behind
+         * a gap are looked at again after MQ_ACK_GAP_MS. */
+        int timeout = mq->ack_waiting ? MQ_ACK_GAP_MS : MQ_POLL_MS;
         if (more == MQ_DRAIN_MORE || amqp_frames_enqueued(mq->conn) ||
             amqp_data_in_buffer(mq->conn))
             timeout = 0;
+        if (timeout > 0) {
+            atomic_exchange(&mq->armed, 0);
+            if (mq_q_nonempty(mq))
+                timeout = 0;
+        }
         pfd[0].revents = pfd[1].revents = 0;
         if (poll(pfd, 2, timeout) < 0 && errno != EINTR) {
             IMGW_LOG_ERROR("mq: poll: %s", strerror(errno));
             return -1;
         }
-        if (pfd[1].revents & POLLIN)
-            mq_clear_wake(mq);
+        if (pfd[1].revents & POLLIN) {
+            uint64_t v;
+            while (read(mq->efd, &v, sizeof(v)) < 0 && errno == EINTR)
+                ;
+        }
+        atomic_store(&mq->armed, 1); /* awake: no eventfd writes needed */
         /* Also on timeout: that is when heartbeats are sent and checked. */
         if (mq_read_frames(mq) < 0)
             return -1;
     }
+}
+
+static int
+mq_run(imgw_mq_t *mq)
+{
+    atomic_store(&mq->armed, 1);
+    int rc = mq_serve(mq);
+    /* Back to the plain pattern for mq_backoff, which drops what gets
+     * queued when woken: wake it for anything already there. */
+    atomic_exchange(&mq->armed, 0);
+    if (mq_q_nonempty(mq))
+        mq_wake(mq);
+    return rc;
 }
 
 /* Sleeps ms between connection attempts, dropping what gets queued and
@@ -944,6 +1129,7 @@ mq_thread_main(void *arg)
         }
         mq->gen++;
         mq->quiesce = false;
+        mq_acks_reset(mq);
         if (ever)
             atomic_fetch_add(&mq->reconnects, 1);
         ever = true;
@@ -982,6 +1168,8 @@ mq_free(imgw_mq_t *mq)
     if (mq->efd >= 0)
         close(mq->efd);
     free(mq->resolved);
+    free(mq->ack_wait);
+    free(mq->ack_done);
     free(mq->body);
     free(mq->broker_id);
     free(mq->exchange);
@@ -1042,7 +1230,10 @@ imgw_mq_start(imgw_mq_t **out, const imgw_mq_opts_t *opts, char *err,
     mq->broker_id = strdup(opts->broker_id);
     mq->exchange = strdup(exchange);
     mq->resolved = calloc(MQ_CONFIRM_WINDOW / 64, sizeof(uint64_t));
-    if (!mq->url_buf || !mq->broker_id || !mq->exchange || !mq->resolved)
+    mq->ack_wait = calloc(MQ_ACK_WINDOW / 64, sizeof(uint64_t));
+    mq->ack_done = calloc(MQ_ACK_WINDOW / 64, sizeof(uint64_t));
+    if (!mq->url_buf || !mq->broker_id || !mq->exchange || !mq->resolved ||
+        !mq->ack_wait || !mq->ack_done)
         goto nomem;
     amqp_default_connection_info(&mq->ci);
     if (amqp_parse_url(mq->url_buf, &mq->ci) != AMQP_STATUS_OK) {

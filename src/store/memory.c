@@ -47,6 +47,8 @@
  * list). Under an even load that is close to the globally oldest; a hot
  * shard (one very busy sender: dedupe keys live in the sender's shard)
  * recycles its own records while quiet shards keep theirs until their TTL.
+ * A shard never evicts the record it has just inserted, so a count can
+ * pass its cap by at most one record per shard (MEM_SHARDS).
  * ~100 bytes a record: about 100 MB per cap at the defaults.
  */
 #define MEM_DEFAULT_MAX_DEDUPES 1000000

@@ -53,7 +53,24 @@ def start_node(server, redis_url, mq_url=None, broker_id=None, node_id=None,
     s.broker_id = broker_id
     print("[cluster] node %s broker_id=%s node_id=%s port %d" % (
         s.name, broker_id, node_id, s.port))
+    wait_ready(s)
     return s
+
+
+def wait_ready(s, timeout=20.0, streak=6):
+    """/healthz answers 200 as soon as imgw listens; the loops' Redis (and
+    broker) links come up asynchronously. Wait until /readyz answers 200
+    `streak` times in a row (each request lands on some loop)."""
+    deadline = time.monotonic() + timeout
+    ok = 0
+    last = None
+    while ok < streak:
+        last = status(s.port, "/readyz")
+        ok = ok + 1 if last == 200 else 0
+        if time.monotonic() > deadline:
+            raise AssertionError("%s: /readyz not steadily 200 within %.0fs (last %s)"
+                                 % (s.name, timeout, last))
+        time.sleep(0.02 if last == 200 else 0.1)
 
 
 def kill9(s):

@@ -312,7 +312,8 @@ FLOODS = {
 def test_flood_from_nonreading_client(server, kind):
     print("check: a client that never reads floods %s frames (up to 80 MB): "
           "the responses it does not read stay bounded by max_queued_bytes=262144 "
-          "-> the connection is closed (slow consumer), server RSS grows < 40 MB"
+          "-> the connection is closed (slow consumer) or no longer read from, "
+          "server RSS grows < 40 MB"
           % kind)
     srv = server(env={"limits.max_queued_bytes": 262144})
     by = Bystanders(srv)
@@ -341,7 +342,10 @@ def test_flood_from_nonreading_client(server, kind):
             if d:
                 how = "closed (%s)" % d
         assert rss1 - rss0 < 40 * 1024, "server RSS grew by %d kB" % (rss1 - rss0)
-        assert how.startswith("closed"), "the flooding non-reader was not closed: %s" % how
+        # closing it (slow consumer) or applying backpressure (no longer
+        # reading from it) both keep the server bounded
+        assert how.startswith("closed") or how == "server stopped reading", (
+            "the flooding non-reader was neither closed nor throttled: %s" % how)
         by.check("after %s flood" % kind)
     finally:
         c.rw.close()

@@ -548,6 +548,79 @@ TEST(revoke_and_msg_get)
     fx_close(&f);
 }
 
+/* The node-wide caps on dedupe keys and metadata (max_dedupes,
+ * max_metas) and the shorter metadata lifetime (meta_ttl). */
+TEST(record_caps)
+{
+    imgw_store_cfg_t cfg = {"memory", NULL, 100000, 7, 86400, 1000, 1,
+                            100,      50,   60};
+    char err[128];
+    fx_t f;
+    CHECK_EQ_INT(imgw_store_open(&f.s, &cfg, err, sizeof(err)), 0);
+    fake_now = T0;
+    imgw__store_mem_set_clock(f.s, fake_clock, NULL);
+    CHECK_EQ_INT(imgw_store_loop_open(f.s, 0, NULL, &f.sl), 0);
+
+    /* 40 senders (spread over the shards) x 100 messages, all in one
+     * timeline pair each: far over both caps. */
+    char users[40][8], cmid[32];
+    int64_t s2[2];
+    imgw_store_append_t req;
+    for (int i = 0; i < 40; i++)
+        snprintf(users[i], sizeof(users[i]), "u%d", i);
+    uint64_t mid = 1000;
+    for (int k = 0; k < 100; k++) {
+        for (int i = 0; i < 40; i++) {
+            const char *pair[2] = {users[i], "sink"};
+            snprintf(cmid, sizeof(cmid), "c%d", k);
+            CHECK_EQ_INT(append_msg(&f, cmid, ++mid, "s_x", pair, 2, s2, &req),
+                         0);
+            CHECK_EQ_INT(req.duplicate, 0);
+            imgw__store_mem_stats_t st = stats(&f);
+            /* A shard keeps the record it just inserted, so a cap can be
+             * passed by at most one record per shard (64). */
+            CHECK(st.dedupes <= 100 + 64);
+            CHECK(st.metas <= 50 + 64);
+        }
+        fake_now += 10;
+    }
+    imgw__store_mem_stats_t st = stats(&f);
+    CHECK(st.dedupes >= 100 && st.dedupes <= 100 + 64);
+    CHECK(st.metas >= 50 && st.metas <= 50 + 64);
+    CHECK_EQ_INT(st.entries, 8000); /* timelines are not touched */
+    /* The newest survive: the last key still dedupes, the last message can
+     * be revoked and sync shows it; the oldest is gone for revoke only. */
+    const char *last[2] = {users[39], "sink"};
+    CHECK_EQ_INT(append_msg(&f, "c99", 99999, "s_x", last, 2, s2, &req), 0);
+    CHECK_EQ_INT(req.duplicate, 1);
+    CHECK_EQ_INT(req.dup_message_id, mid);
+    CHECK_EQ_INT(msg_get(&f, mid)->status, 0);
+    CHECK_EQ_INT(msg_get(&f, 1001)->status, IMGW_ENOTFOUND);
+    int st_r = 12345;
+    imgw_store_revoke(f.sl, mid, done_cb, &st_r);
+    CHECK_EQ_INT(st_r, 0);
+    sync_res_t *sr = do_sync(&f, users[39], 99, 0, 10);
+    CHECK(sr->n == 1 && sr->mid[0] == mid && sr->revoked[0] == 1);
+    sr = do_sync(&f, users[0], 0, 1, 10); /* evicted metadata: still synced */
+    CHECK(sr->n == 1 && sr->mid[0] == 1001 && sr->revoked[0] == 0);
+
+    /* meta_ttl (60 s) ends revoke lookups long before retention (7 days);
+     * the revoked flag stays with the entry. */
+    fake_now += 60 * 1000;
+    CHECK_EQ_INT(msg_get(&f, mid)->status, IMGW_ENOTFOUND);
+    sr = do_sync(&f, users[39], 99, 0, 10);
+    CHECK(sr->n == 1 && sr->revoked[0] == 1);
+    imgw_store_tick(f.s, fake_now);
+    CHECK_EQ_INT(stats(&f).metas, 0);
+    fx_close(&f);
+
+    /* Bad caps are refused. */
+    imgw_store_cfg_t bad = cfg;
+    bad.meta_ttl = -1;
+    imgw_store_t *s = NULL;
+    CHECK_EQ_INT(imgw_store_open(&s, &bad, err, sizeof(err)), IMGW_ECONFIG);
+}
+
 typedef struct grp_res_s {
     int calls;
     int status;
@@ -1310,6 +1383,7 @@ main(void)
     RUN(retention_age);
     RUN(dedupe);
     RUN(revoke_and_msg_get);
+    RUN(record_caps);
     RUN(groups);
     RUN(routes);
     RUN(positions);
