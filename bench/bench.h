@@ -57,6 +57,15 @@ typedef struct bopts_s {
     const char *amqp_url;
     const char *broker_id;
     const char *label;
+    /* receivers (BR_RECV connections) connect here instead of host:port:
+       another cluster node (cross-node relay); NULL / 0 = host / port */
+    const char *recv_host;
+    int recv_port;
+    /* extra processes whose CPU is sampled like the server's (other nodes,
+       redis-server, the broker): --watch-pid NAME=PID, repeatable */
+    int nwatch;
+    int watch_pid[8];
+    const char *watch_name[8];
     char runid[16]; /* makes client_msg_ids unique across runs (dedupe) */
 } bopts_t;
 

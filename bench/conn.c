@@ -38,6 +38,7 @@
 #define MAX_HTTP_HEAD 8192
 
 static struct sockaddr_in g_dst;
+static struct sockaddr_in g_dst_recv; /* receivers: --recv-host/--recv-port */
 static const bopts_t *g_o;
 
 static void conn_fail(bconn_t *c, int http_status, int auth_code,
@@ -51,6 +52,17 @@ bconn_global_init(const bopts_t *o)
     g_dst.sin_family = AF_INET;
     g_dst.sin_port = htons((uint16_t)o->port);
     inet_pton(AF_INET, o->host, &g_dst.sin_addr);
+    g_dst_recv = g_dst;
+    if (o->recv_port > 0)
+        g_dst_recv.sin_port = htons((uint16_t)o->recv_port);
+    if (o->recv_host)
+        inet_pton(AF_INET, o->recv_host, &g_dst_recv.sin_addr);
+}
+
+static const struct sockaddr_in *
+conn_dst(const bconn_t *c)
+{
+    return c->role == BR_RECV ? &g_dst_recv : &g_dst;
 }
 
 size_t
@@ -907,7 +919,10 @@ on_connect(uv_connect_t *req, int status)
                      "Connection: Upgrade\r\n"
                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                      "Sec-WebSocket-Version: 13\r\n\r\n",
-                     tl, tok, g_o->host, g_o->port);
+                     tl, tok,
+                     c->role == BR_RECV && g_o->recv_host ? g_o->recv_host
+                                                          : g_o->host,
+                     ntohs(conn_dst(c)->sin_port));
     c->state = BC_HTTP;
     int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     if (rc == 0)
@@ -990,8 +1005,8 @@ bconn_start(bconn_t *c)
         close(fd); /* not adopted by the handle */
     if (rc == 0) {
         uv_tcp_nodelay(&c->tcp, 1);
-        rc = uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)&g_dst,
-                            on_connect);
+        rc = uv_tcp_connect(&c->creq, &c->tcp,
+                            (const struct sockaddr *)conn_dst(c), on_connect);
     }
     if (rc < 0) {
         char why[64];

@@ -193,6 +193,7 @@ readn(int fd, void *buf, size_t len)
 typedef struct run_out_s {
     bresult_t total;
     srv_sample_t s0, s1, s2; /* before setup, after setup, after the phase */
+    srv_sample_t w1[8], w2[8]; /* --watch-pid processes, s1 and s2 times */
     int workers_failed;
     int procs;
 } run_out_t;
@@ -306,6 +307,8 @@ run_bench(bopts_t *o, run_out_t *out)
     if (o->scenario == SC_CONNECT)
         usleep(300 * 1000); /* let the server finish what it was doing */
     out->s1 = srv_sample(o->server_pid);
+    for (int i = 0; i < o->nwatch; i++)
+        out->w1[i] = srv_sample(o->watch_pid[i]);
     for (int k = 0; k < procs; k++)
         if (alive[k] && write(down[k], "G", 1) != 1)
             alive[k] = 0;
@@ -349,6 +352,8 @@ run_bench(bopts_t *o, run_out_t *out)
     }
     free(r);
     out->s2 = srv_sample(o->server_pid);
+    for (int i = 0; i < o->nwatch; i++)
+        out->w2[i] = srv_sample(o->watch_pid[i]);
     for (int k = 0; k < procs; k++) {
         int st;
         close(up[k]);
@@ -527,6 +532,17 @@ report(const bopts_t *o, const run_out_t *ro)
             printf("; %.0f bytes/conn", rss_per_conn);
         printf("\n");
     }
+    for (int i = 0; i < o->nwatch; i++) {
+        if (!ro->w1[i].ok || !ro->w2[i].ok)
+            continue;
+        double c = (double)(ro->w2[i].cpu_us - ro->w1[i].cpu_us);
+        double sy = (double)(ro->w2[i].sys_us - ro->w1[i].sys_us);
+        printf("  %-22s %.2f us/%s (user %.2f, sys %.2f) (%.0f%% of a core)\n",
+               o->watch_name[i], units ? c / (double)units : 0, unit,
+               units ? (c - sy) / (double)units : 0,
+               units ? sy / (double)units : 0,
+               phase_s > 0 ? c / 1e4 / phase_s : 0);
+    }
     if (ro->workers_failed)
         printf("  WARNING: %d worker(s) failed\n", ro->workers_failed);
 
@@ -596,6 +612,25 @@ report(const bopts_t *o, const run_out_t *ro)
           (unsigned long long)ro->s2.rss_kb, rss_per_conn);
     } else {
         J(",\"server_cpu_us_per_msg\":null,\"server_rss_kb\":null");
+    }
+    if (o->recv_host || o->recv_port > 0)
+        J(",\"recv\":{\"host\":\"%s\",\"port\":%d}",
+          o->recv_host ? o->recv_host : o->host,
+          o->recv_port > 0 ? o->recv_port : o->port);
+    if (o->nwatch) {
+        J(",\"watch\":{");
+        for (int i = 0; i < o->nwatch; i++) {
+            int ok = ro->w1[i].ok && ro->w2[i].ok;
+            double c = ok ? (double)(ro->w2[i].cpu_us - ro->w1[i].cpu_us) : 0;
+            double sy = ok ? (double)(ro->w2[i].sys_us - ro->w1[i].sys_us) : 0;
+            J("%s\"%s\":{\"pid\":%d,\"cpu_us\":%.0f,\"sys_us\":%.0f,"
+              "\"cpu_us_per_msg\":%.3f,\"sys_us_per_msg\":%.3f,"
+              "\"cpu_pct\":%.1f}",
+              i ? "," : "", o->watch_name[i], o->watch_pid[i], c, sy,
+              units ? c / (double)units : 0, units ? sy / (double)units : 0,
+              phase_s > 0 ? c / 1e4 / phase_s : 0);
+        }
+        J("}");
     }
     J(",\"workers_failed\":%d", ro->workers_failed);
     if (t->err[0]) {
@@ -782,6 +817,14 @@ usage(FILE *f)
         "  --amqp URL        downlink: amqp://guest:guest@127.0.0.1:5672/%%2f\n"
         "  --broker-id ID    downlink: routing key of the server's queue\n"
         "  --server-pid PID  measure server CPU and RSS from /proc\n"
+        "  --recv-host H     receivers connect to H (in 127.0.0.0/8) instead "
+        "of --host\n"
+        "  --recv-port P     receivers connect to port P (another node: "
+        "cross-node)\n"
+        "  --watch-pid N=PID also report CPU of PID (another node, "
+        "redis-server,\n"
+        "                    the broker) over the measured phase as N; "
+        "up to 8\n"
         "  --procs K         worker processes (default: one per %d conns)\n"
         "  --label TEXT      copied into the JSON line\n"
         "  --heartbeat-burst runs > 40 s: heartbeat all connections in the "
@@ -861,7 +904,10 @@ main(int argc, char **argv)
         O_SCEN,
         O_SMOKE,
         O_HELP,
-        O_HBB
+        O_HBB,
+        O_RHOST,
+        O_RPORT,
+        O_WATCH
     };
     static const struct option lo[] = {{"host", 1, 0, O_HOST},
                                        {"port", 1, 0, O_PORT},
@@ -890,6 +936,9 @@ main(int argc, char **argv)
                                        {"smoke", 1, 0, O_SMOKE},
                                        {"help", 0, 0, O_HELP},
                                        {"heartbeat-burst", 0, 0, O_HBB},
+                                       {"recv-host", 1, 0, O_RHOST},
+                                       {"recv-port", 1, 0, O_RPORT},
+                                       {"watch-pid", 1, 0, O_WATCH},
                                        {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "n:h", lo, NULL)) != -1) {
@@ -972,6 +1021,24 @@ main(int argc, char **argv)
         case O_HBB:
             o.hb_burst = 1;
             break;
+        case O_RHOST:
+            o.recv_host = optarg;
+            break;
+        case O_RPORT:
+            o.recv_port = atoi(optarg);
+            break;
+        case O_WATCH: {
+            char *eq = strchr(optarg, '=');
+            if (eq == NULL || eq == optarg || atoi(eq + 1) <= 0 ||
+                o.nwatch >= 8) {
+                fprintf(stderr, "imgw-bench: --watch-pid NAME=PID (up to 8)\n");
+                return 2;
+            }
+            *eq = 0;
+            o.watch_name[o.nwatch] = optarg;
+            o.watch_pid[o.nwatch++] = atoi(eq + 1);
+            break;
+        }
         case 'h':
         case O_HELP:
             usage(stdout);
@@ -992,6 +1059,17 @@ main(int argc, char **argv)
         (ntohl(ia.s_addr) >> 24) != 127) {
         fprintf(stderr, "imgw-bench: --host must be an IPv4 address in "
                         "127.0.0.0/8\n");
+        return 2;
+    }
+    if (o.recv_host &&
+        (inet_pton(AF_INET, o.recv_host, &ia) != 1 ||
+         (ntohl(ia.s_addr) >> 24) != 127)) {
+        fprintf(stderr, "imgw-bench: --recv-host must be an IPv4 address in "
+                        "127.0.0.0/8\n");
+        return 2;
+    }
+    if (o.recv_port < 0 || o.recv_port > 65535) {
+        fprintf(stderr, "imgw-bench: bad --recv-port\n");
         return 2;
     }
     if (o.size < 0 || o.size > 1 << 20 || o.rate <= 0 || o.members < 2 ||

@@ -153,10 +153,17 @@ auth_fail_index(imgw_jwt_result_t r)
     return (i > 0 && i < 7) ? i : 7;
 }
 
+/*
+ * The handshake token from ?token=, Authorization: Bearer or the token
+ * cookie: 1 found, 0 none, -1 present but over the size bound (a 401).
+ */
 static int
 token_from_request(const imgw_http_req_t *req, char *out, size_t outlen)
 {
-    if (imgw_http_query_param(req, "token", out, outlen) == 0 && out[0])
+    int q = imgw_http_query_param(req, "token", out, outlen);
+    if (q == -2)
+        return -1;
+    if (q == 0 && out[0])
         return 1;
     const imgw_span_t *a = imgw_http_header(req, "authorization");
     if (a && a->len > 7 && strncasecmp(a->p, "Bearer ", 7) == 0) {
@@ -172,7 +179,10 @@ token_from_request(const imgw_http_req_t *req, char *out, size_t outlen)
         out[n] = '\0';
         return n > 0;
     }
-    if (imgw_http_cookie(req, "token", out, outlen) == 0 && out[0])
+    int k = imgw_http_cookie(req, "token", out, outlen);
+    if (k == -2)
+        return -1;
+    if (k == 0 && out[0])
         return 1;
     return 0;
 }
@@ -197,7 +207,7 @@ origin_allowed(const char *list, const imgw_span_t *origin)
         const char *t = e;
         while (t > p && t[-1] == ' ')
             t--;
-        if ((size_t)(t - p) == origin->len &&
+        if (t > p && (size_t)(t - p) == origin->len &&
             strncasecmp(p, origin->p, origin->len) == 0)
             return 1;
         p = e;

@@ -177,8 +177,15 @@ imgw__conn_write_raw(imgw_conn_t *c, const uv_buf_t *bufs, size_t n,
         total += bufs[i].len;
     if (c->state == IMGW_CONN_CLOSED)
         return IMGW_ECLOSED;
-    if (bounded && c->queued + total > c->loop->net->opts.max_queued_bytes)
-        return IMGW_EQUEUEFULL;
+    if (bounded && c->queued + total > c->loop->net->opts.max_queued_bytes) {
+        if (c->inflight == NULL && c->pend != NULL) {
+            imgw__conn_flush(c);
+            if (c->state == IMGW_CONN_CLOSED)
+                return IMGW_ECLOSED;
+        }
+        if (c->queued + total > c->loop->net->opts.max_queued_bytes)
+            return IMGW_EQUEUEFULL;
+    }
     for (size_t i = 0; i < n; i++) {
         if (bufs[i].len == 0)
             continue;
@@ -203,8 +210,18 @@ conn_append(imgw_conn_t *c, const uv_buf_t *bufs, size_t n, int bounded)
         total += bufs[i].len;
     if (c->state == IMGW_CONN_CLOSED)
         return IMGW_ECLOSED;
-    if (bounded && c->queued + total > l->net->opts.max_queued_bytes)
-        return IMGW_EQUEUEFULL;
+    if (bounded && c->queued + total > l->net->opts.max_queued_bytes) {
+        /* What this iteration queued has not been offered to the socket
+         * yet: a reader that keeps up must not look slow because of one
+         * burst, so write first and judge by what is left. */
+        if (c->inflight == NULL && c->pend != NULL) {
+            imgw__conn_flush(c);
+            if (c->state == IMGW_CONN_CLOSED)
+                return IMGW_ECLOSED;
+        }
+        if (c->queued + total > l->net->opts.max_queued_bytes)
+            return IMGW_EQUEUEFULL;
+    }
     imgw_obuf_t *b = c->pend;
     if (b == NULL || b->len + total > b->cap) {
         size_t have = b ? b->len - b->off : 0;

@@ -288,6 +288,14 @@ imgw_conn_http_respond(imgw_conn_t *c, int status, const char *ctype,
         imgw__conn_close_now(c);
         return;
     }
+    /* Pipelined requests from a client that never reads must not pile up
+     * responses without bound (one large response alone is fine). */
+    if (c->queued > 0 &&
+        c->queued + (size_t)n + body_len > c->loop->net->opts.max_queued_bytes) {
+        c->loop->st.slow_consumers++;
+        imgw__conn_close_now(c);
+        return;
+    }
     uv_buf_t bufs[2] = {uv_buf_init(head, (unsigned)n),
                         uv_buf_init((char *)body, (unsigned)body_len)};
     if (imgw__conn_write_raw(c, bufs, body_len ? 2 : 1, 0) < 0) {
@@ -357,7 +365,7 @@ copy_decoded(const char *p, size_t len, char *out, size_t outlen)
             ch = ' ';
         }
         if (o + 1 >= outlen)
-            return -1;
+            return -2;
         out[o++] = (char)ch;
     }
     out[o] = '\0';
@@ -402,7 +410,7 @@ imgw_http_cookie(const imgw_http_req_t *req, const char *name, char *out,
             if (eq && (size_t)(eq - p) == nl && memcmp(p, name, nl) == 0) {
                 size_t vl = (size_t)(seg_end - eq - 1);
                 if (vl + 1 > outlen)
-                    return -1;
+                    return -2;
                 memcpy(out, eq + 1, vl);
                 out[vl] = '\0';
                 return 0;

@@ -52,10 +52,11 @@ typedef struct imgw_http_req_s {
 /** Case-insensitive header lookup; returns the first value or NULL. */
 const imgw_span_t *imgw_http_header(const imgw_http_req_t *req,
                                     const char *name);
-/** Query parameter value (not percent-decoded beyond %XX); 0 or -1. */
+/** Query parameter value (%XX and + decoded): 0, -1 when absent, -2 when
+ * longer than outlen allows. */
 int imgw_http_query_param(const imgw_http_req_t *req, const char *name,
                           char *out, size_t outlen);
-/** Cookie value by name; 0 or -1. */
+/** Cookie value by name: 0, -1 when absent, -2 when too long. */
 int imgw_http_cookie(const imgw_http_req_t *req, const char *name, char *out,
                      size_t outlen);
 

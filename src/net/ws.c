@@ -293,8 +293,18 @@ on_control(imgw_conn_t *c, imgw_ws_rx_t *rx)
         return;
     }
     case 0x9: /* ping */
-        if (c->state == IMGW_CONN_WS)
-            send_control(c, 0xA, rx->ctl, rx->ctl_len);
+        if (c->state != IMGW_CONN_WS)
+            return;
+        /* Pongs count against the output bound: a client that pings but
+         * never reads would otherwise grow our memory without limit. */
+        if (c->queued + rx->ctl_len + 2 > c->loop->net->opts.max_queued_bytes) {
+            c->loop->st.slow_consumers++;
+            IMGW_LOG_WARN_RL("slow consumer %s closed: pongs not read",
+                             imgw_conn_peer(c));
+            imgw__conn_close_now(c);
+            return;
+        }
+        send_control(c, 0xA, rx->ctl, rx->ctl_len);
         return;
     default: /* pong */
         return;
@@ -455,6 +465,38 @@ process(imgw_conn_t *c, imgw_ws_rx_t *rx)
     }
 }
 
+/*
+ * wslay reports a frame only once payload bytes are there, so a header
+ * announcing a huge frame would otherwise wait silently for them. When the
+ * bytes after the last complete frame (stream offset rx->done) hold a
+ * whole header in this chunk, read its length here and refuse early.
+ */
+static int
+announced_too_big(imgw_conn_t *c, imgw_ws_rx_t *rx, const uint8_t *data,
+                  size_t len, uint64_t fed_before)
+{
+    if (rx->done < fed_before || rx->done >= fed_before + len)
+        return 0;
+    const uint8_t *h = data + (rx->done - fed_before);
+    size_t avail = len - (size_t)(rx->done - fed_before);
+    if (avail < 2 || (h[0] & 0x0f) >= 0x8)
+        return 0;
+    uint64_t plen = h[1] & 0x7f;
+    size_t need = plen == 126 ? 4 : plen == 127 ? 10 : 2;
+    if (avail < need)
+        return 0;
+    if (plen == 126)
+        plen = ((uint64_t)h[2] << 8) | h[3];
+    else if (plen == 127)
+        for (int i = 0, j = 2; i < 8; i++, j++)
+            plen = i == 0 ? h[j] : (plen << 8) | h[j];
+    size_t limit = c->loop->net->opts.max_frame_bytes;
+    if ((rx->in_msg ? rx->msg_len : 0) + plen <= limit)
+        return 0;
+    ws_fail(c, 1009, "message too big");
+    return 1;
+}
+
 void
 imgw__ws_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
 {
@@ -476,12 +518,16 @@ imgw__ws_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
         }
         rx->fed = rx->done = 0;
     }
+    uint64_t fed_before = rx->fed;
     l->feed.p = data;
     l->feed.len = len;
     l->feed.fed = rx->fed;
     int r = process(c, rx);
     rx->fed = l->feed.fed;
     l->feed.len = 0;
+    if (r == 0 && !rx->in_frame && announced_too_big(c, rx, data, len,
+                                                      fed_before))
+        r = -1;
 
     int boundary = !rx->in_frame && rx->fed == rx->done;
     if (r != 0 || c->state == IMGW_CONN_CLOSED) {

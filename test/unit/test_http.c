@@ -77,7 +77,7 @@ TEST(query_and_cookies)
     CHECK_EQ_INT(imgw_http_query_param(&r, "x", out, sizeof(out)), 0);
     CHECK_EQ_STR(out, "");
     CHECK_EQ_INT(imgw_http_query_param(&r, "tok", out, sizeof(out)), -1);
-    CHECK_EQ_INT(imgw_http_query_param(&r, "token", out, 4), -1); /* small */
+    CHECK_EQ_INT(imgw_http_query_param(&r, "token", out, 4), -2); /* too long */
     add(&r, "Cookie", "sid=1; token=t0k; other=2");
     CHECK_EQ_INT(imgw_http_cookie(&r, "token", out, sizeof(out)), 0);
     CHECK_EQ_STR(out, "t0k");
