@@ -16,7 +16,7 @@
  * went idle), prints one JSON line and deletes nothing (the queue is
  * durable, like imgw's). Time is CLOCK_MONOTONIC, as uv_hrtime() in the
  * bench. Build (bench/run_cluster.py does it):
- *   gcc -O2 -o /tmp/amqp_sink bench/amqp_sink.c -lrabbitmq
+ *   gcc -O2 -D_GNU_SOURCE -o /tmp/amqp_sink bench/amqp_sink.c -lrabbitmq
  */
 #include <amqp.h>
 #include <amqp_tcp_socket.h>

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 PKGS=(
-  build-essential pkg-config meson ninja-build clang
+  build-essential pkg-config meson ninja-build clang libclang-rt-14-dev
   libuv1-dev libwslay-dev libnanopb-dev nanopb protobuf-compiler
   libhiredis-dev librabbitmq-dev libcjson-dev libmbedtls-dev libinih-dev
   node-llhttp
