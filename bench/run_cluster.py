@@ -125,6 +125,10 @@ def redis_snapshot(r):
     cs = r.info("commandstats")
     st = r.info("stats")
     calls = {k[len("cmdstat_"):]: v["calls"] for k, v in cs.items()}
+    # Redis's own time in each command (a script's inner commands are
+    # counted both in their own entry and in EVALSHA's usec)
+    calls.update({"usec:" + k[len("cmdstat_"):]: v["usec"]
+                  for k, v in cs.items()})
     keys = ("total_commands_processed", "total_net_input_bytes",
             "total_net_output_bytes", "total_reads_processed",
             "total_writes_processed")
@@ -135,14 +139,52 @@ def redis_delta(before, after, msgs):
     c0, s0 = before
     c1, s1 = after
     per = lambda v: round(v / msgs, 4) if msgs else None  # noqa: E731
-    cmds = {k: c1[k] - c0.get(k, 0) for k in c1 if c1[k] - c0.get(k, 0)}
+    d = {k: c1[k] - c0.get(k, 0) for k in c1 if c1[k] - c0.get(k, 0)}
+    cmds = {k: v for k, v in d.items() if not k.startswith("usec:")}
+    usec = {k[5:]: v for k, v in d.items() if k.startswith("usec:")}
     out = {"msgs": msgs,
            "commands": cmds,
-           "commands_per_msg": {k: per(v) for k, v in cmds.items()}}
+           "commands_per_msg": {k: per(v) for k, v in cmds.items()},
+           # what imgw itself sends per message (the rest run inside the
+           # append script); setup (login routes) amortised in
+           "client_commands_per_msg": per(sum(
+               cmds.get(k, 0) for k in ("evalsha", "hgetall", "expire",
+                                        "ping", "eval", "hmget", "smembers"))),
+           "usec_per_msg": {k: per(v) for k, v in usec.items()
+                            if k in ("evalsha", "hgetall")}}
     for k in s1:
         d = s1[k] - s0.get(k, 0)
         out[k] = d
         out[k + "_per_msg"] = per(d)
+    return out
+
+
+def schedstat(pid):
+    """(ns on a CPU, ns runnable but waiting for one) summed over threads."""
+    run = wait = 0
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return None
+    for t in tids:
+        try:
+            with open("/proc/%d/task/%s/schedstat" % (pid, t)) as f:
+                a = f.read().split()
+            run += int(a[0])
+            wait += int(a[1])
+        except (OSError, ValueError, IndexError):
+            pass
+    return run, wait
+
+
+def sched_delta(before, pids):
+    """For each name: CPU ms and run-queue wait ms since `before`."""
+    out = {}
+    for name, pid in pids.items():
+        a, b = before.get(name), schedstat(pid)
+        if a and b:
+            out[name] = {"cpu_ms": round((b[0] - a[0]) / 1e6),
+                         "runq_wait_ms": round((b[1] - a[1]) / 1e6)}
     return out
 
 
@@ -244,11 +286,17 @@ def main():
                 n = node("bench-%s" % backend,
                          redis_url=rs.url if backend == "redis" else None)
                 argv = relay_argv(args, rate, n.port, n.pid)
+                pids = {"node": n.pid}
                 if backend == "redis":
                     argv += ["--watch-pid", "redis=%d" % rpid]
                     before = redis_snapshot(rc)
+                    pids["redis"] = rpid
+                s0 = {k: schedstat(v) for k, v in pids.items()}
                 js = run_bench(args, argv, "relay-%s-%d" % (backend, rate))
                 if js:
+                    # whole bench run (setup included): time each process
+                    # was runnable but waiting for a CPU (shared host)
+                    js["sched"] = sched_delta(s0, pids)
                     emit(args, "JSON", js)
                     if backend == "redis":
                         emit(args, "REDIS", dict(redis_delta(
@@ -268,8 +316,13 @@ def main():
                 if bpid:
                     argv += ["--watch-pid", "rabbitmq=%d" % bpid]
                 before = redis_snapshot(rc)
+                pids = {"node1": n1.pid, "node2": n2.pid, "redis": rpid}
+                if bpid:
+                    pids["rabbitmq"] = bpid
+                s0 = {k: schedstat(v) for k, v in pids.items()}
                 js = run_bench(args, argv, "relay-cross-%d" % rate)
                 if js:
+                    js["sched"] = sched_delta(s0, pids)
                     emit(args, "JSON", js)
                     emit(args, "REDIS", dict(redis_delta(
                         before, redis_snapshot(rc), js["sent"]),
@@ -293,8 +346,19 @@ def main():
                         "--port", str(n.port), "--server-pid", str(n.pid)]
                 if bpid:
                     argv += ["--watch-pid", "rabbitmq=%d" % bpid]
+                pids = {"node": n.pid}
+                if bpid:
+                    pids["rabbitmq"] = bpid
+                s0 = {k: schedstat(v) for k, v in pids.items()}
                 js = run_bench(args, argv, "downlink-%d" % rate)
                 if js:
+                    js["sched"] = sched_delta(s0, pids)
+                    # arrivals all happen by duration + max latency: a
+                    # lower bound of the delivery rate that, unlike
+                    # deliveries_per_s, does not count drain-time arrivals
+                    # as if they came within the phase
+                    js["rate_bound"] = round(js["received"] / (
+                        args.duration + js["latency_us"]["max"] / 1e6), 1)
                     emit(args, "JSON", js)
                 # the same publisher, into a plain consumer's queue: the
                 # bench's receivers (still on the node) get nothing, so its
@@ -318,6 +382,8 @@ def main():
                     if line.startswith("JSON "):
                         s = json.loads(line[5:])
                         s["publish_rate"] = rate
+                        s["rate_bound"] = round(s["received"] / (
+                            args.duration + s["latency_us"]["max"] / 1e6), 1)
                         if js2:
                             s["published"] = js2.get("sent")
                             s["publisher_achieved_rate"] = js2.get(

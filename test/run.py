@@ -69,9 +69,21 @@ def run_pytest(build, extra):
     print(f"=== {build}: integration (pytest)", flush=True)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
            os.path.join(ROOT, "test", "integration")] + extra
-    out = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, errors="replace")
-    sys.stdout.write(out.stdout)
+    # Streamed, so a long CI run shows its progress.
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            errors="replace")
+    lines = []
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        lines.append(line)
+    proc.wait()
+
+    class Out:
+        returncode = proc.returncode
+        stdout = "".join(lines)
+    out = Out()
     tail = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
     p = re.search(r"(\d+) passed", tail)
     f = re.search(r"(\d+) failed", tail)

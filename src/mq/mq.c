@@ -89,6 +89,18 @@
  */
 #define MQ_ACK_WINDOW 65536
 #define MQ_ACK_GAP_MS 100
+/*
+ * Acks do not wake the MQ thread one by one: a loop acking a delivery
+ * pushes the ack and writes the eventfd only when MQ_ACK_WAKE_DIV-th of
+ * the prefetch window (or more) is queued; otherwise the thread collects
+ * the acks when it next wakes, for the next delivery from the socket, or
+ * at the latest MQ_ACK_DELAY_MS after it went to sleep with deliveries
+ * still out (mq_serve). A delivery's ack thus waits at most a few ms, the
+ * broker's window never runs dry, and a steady downlink costs one eventfd
+ * write per batch instead of one per message.
+ */
+#define MQ_ACK_DELAY_MS 5
+#define MQ_ACK_WAKE_DIV 4
 
 #define MQ_TAG_BITS 48
 #define MQ_TAG_MASK ((UINT64_C(1) << MQ_TAG_BITS) - 1)
@@ -132,6 +144,8 @@ struct imgw_mq_s {
     mq_node_t *q_tail; /* MQ thread only */
     mq_node_t q_stub;
     atomic_int armed;      /* 1 while a wake-up is pending */
+    atomic_size_t acks_queued; /* acks pushed, not yet popped */
+    size_t ack_wake_at;    /* acks_queued that wakes the thread */
     atomic_size_t pending; /* publishes queued, <= MQ_MAX_PENDING */
     atomic_int stopping;
 
@@ -160,6 +174,8 @@ struct imgw_mq_s {
     uint64_t ack_base;
     uint64_t ack_hi;      /* highest tag ever put in ack_wait/ack_done */
     size_t ack_waiting;   /* bits set in ack_wait */
+    uint64_t handed_out;  /* deliveries given to on_message (this conn) */
+    uint64_t settled;     /* of those, acked or rejected here */
     uint64_t ack_gap_ms;  /* when acks started waiting behind a gap, or 0 */
     uint8_t *body;      /* receive buffer */
     size_t body_cap;
@@ -249,6 +265,8 @@ mq_item_drop(imgw_mq_t *mq, mq_item_t *it)
     if (it->kind == MQ_ITEM_PUBLISH) {
         atomic_fetch_sub(&mq->pending, 1);
         atomic_fetch_add(&mq->publish_dropped, 1);
+    } else if (it->kind == MQ_ITEM_ACK) {
+        atomic_fetch_sub_explicit(&mq->acks_queued, 1, memory_order_relaxed);
     }
     free(it);
 }
@@ -420,6 +438,7 @@ mq_acks_reset(imgw_mq_t *mq)
     mq->ack_base = mq->ack_hi = 0;
     mq->ack_waiting = 0;
     mq->ack_gap_ms = 0;
+    mq->handed_out = mq->settled = 0;
 }
 
 /* Settles dtag (of the current connection) here; only a tag outside the
@@ -434,6 +453,7 @@ mq_ack_settle(imgw_mq_t *mq, uint64_t dtag, bool ack)
                          (unsigned long long)dtag);
         return AMQP_STATUS_OK;
     }
+    mq->settled++;
     bool in_window = dtag - mq->ack_base < MQ_ACK_WINDOW;
     if (ack && in_window) {
         mq_bit_set(mq->ack_wait, dtag, true);
@@ -782,6 +802,7 @@ mq_on_deliver(imgw_mq_t *mq, amqp_channel_t ch, const amqp_basic_deliver_t *d)
         return -1;
     }
     uint64_t tag = ((mq->gen & MQ_GEN_MASK) << MQ_TAG_BITS) | dtag;
+    mq->handed_out++;
     mq->on_message(mq->data, mq->body, (size_t)size, tag);
     return 0;
 }
@@ -943,6 +964,9 @@ mq_drain_items(imgw_mq_t *mq)
         }
         case MQ_ITEM_ACK:
         case MQ_ITEM_REJECT:
+            if (it->kind == MQ_ITEM_ACK)
+                atomic_fetch_sub_explicit(&mq->acks_queued, 1,
+                                          memory_order_relaxed);
             if (gen != (mq->gen & MQ_GEN_MASK)) {
                 IMGW_LOG_DEBUG("mq: dropping %s of a previous connection",
                                it->kind == MQ_ITEM_ACK ? "ack" : "reject");
@@ -1049,6 +1073,8 @@ mq_serve(imgw_mq_t *mq)
          * socket readable again: do not sleep on them. Acks waiting behind
          * a gap are looked at again after MQ_ACK_GAP_MS. */
         int timeout = mq->ack_waiting ? MQ_ACK_GAP_MS : MQ_POLL_MS;
+        if (mq->settled != mq->handed_out)
+            timeout = MQ_ACK_DELAY_MS; /* acks may be queued unannounced */
         if (more == MQ_DRAIN_MORE || amqp_frames_enqueued(mq->conn) ||
             amqp_data_in_buffer(mq->conn))
             timeout = 0;
@@ -1256,6 +1282,9 @@ imgw_mq_start(imgw_mq_t **out, const imgw_mq_opts_t *opts, char *err,
     }
     snprintf(mq->conn_name, sizeof(mq->conn_name), "imgw %s", mq->broker_id);
     mq->prefetch = opts->prefetch ? opts->prefetch : MQ_DEFAULT_PREFETCH;
+    mq->ack_wake_at = (size_t)mq->prefetch / MQ_ACK_WAKE_DIV;
+    if (mq->ack_wake_at == 0)
+        mq->ack_wake_at = 1;
     if (opts->publish_ttl_ms > 0)
         snprintf(mq->expiration, sizeof(mq->expiration), "%d",
                  opts->publish_ttl_ms);
@@ -1359,7 +1388,16 @@ mq_settle(imgw_mq_t *mq, int kind, uint64_t tag)
     it->kind = kind;
     it->tag = tag;
     it->key_len = it->body_len = 0;
-    mq_push_item(mq, it);
+    if (kind != MQ_ITEM_ACK) {
+        mq_push_item(mq, it);
+        return;
+    }
+    /* See MQ_ACK_DELAY_MS: most acks are picked up without a wake-up. */
+    size_t q = atomic_fetch_add_explicit(&mq->acks_queued, 1,
+                                         memory_order_relaxed) + 1;
+    mq_q_push(mq, &it->node);
+    if (q >= mq->ack_wake_at)
+        mq_wake(mq);
 }
 
 void

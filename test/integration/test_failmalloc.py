@@ -62,6 +62,14 @@ async def healthy_client(port):
         return r["body"]["error_code"]
 
 
+def retry(fn):
+    try:
+        return fn()
+    except Exception as e:
+        print("  first try failed (the injected failure?):", type(e).__name__)
+        return fn()
+
+
 def test_every_allocation_failure_along_a_life(server):
     print("check: for N in 1..%d the Nth connection-path allocation fails; the node "
           "survives, serves the next client, and exits 0 (LSan-clean in the "
@@ -72,8 +80,10 @@ def test_every_allocation_failure_along_a_life(server):
         seen = H.run(life(srv.port, n))
         outcomes[n] = seen
         assert srv.proc.poll() is None, "imgw died with N=%d: %s" % (n, srv.log_tail())
-        assert H.http_get(srv.port, "/healthz").status == 200
-        assert H.run(healthy_client(srv.port)) == "ERR_SUCCESS", n
+        # When the life used fewer than N allocations the one injected
+        # failure lands on these checks instead: a second try must work.
+        assert retry(lambda: H.http_get(srv.port, "/healthz").status) == 200
+        assert retry(lambda: H.run(healthy_client(srv.port))) == "ERR_SUCCESS", n
         code, killed = srv.stop(timeout=10)
         log = srv.log_text()
         assert not killed and code == 0, "N=%d: exit %s" % (n, code)
