@@ -108,9 +108,9 @@ typedef struct send_ctx_s {
     uint64_t message_id;
     int64_t server_time;
     size_t n_users;
-    char **users;     /* users[0] is the sender; no duplicates */
+    char **users; /* users[0] is the sender; no duplicates */
     int64_t *seqs;
-    void *members;    /* group: the block holding users, seqs, strings */
+    void *members; /* group: the block holding users, seqs, strings */
     const char *sender;
     const char *client_msg_id;
     const char *conv;
@@ -332,8 +332,8 @@ imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in)
     im_PushMessage *pm = &cl->push;
     imgw_slice_t content = {in->content.ptr, in->content.len};
     imgw_id_format(message_id, pm->message_id);
-    size_t cmid_len =
-        copy_str(pm->client_msg_id, sizeof(pm->client_msg_id), q->client_msg_id);
+    size_t cmid_len = copy_str(pm->client_msg_id, sizeof(pm->client_msg_id),
+                               q->client_msg_id);
     size_t conv_len =
         copy_str(pm->conversation_id, sizeof(pm->conversation_id), conv);
     size_t user_len = copy_str(pm->sender_id, sizeof(pm->sender_id), s->user);
@@ -369,8 +369,8 @@ imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in)
                   (has_r ? recv_len + 1 : 0);
     send_ctx_t *x = malloc(sizeof(*x) + arr + strs);
     if (x == NULL) {
-        send_rsp(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY,
-                 "out of memory", 0, 0, 0);
+        send_rsp(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY, "out of memory",
+                 0, 0, 0);
         return;
     }
     x->ref = imgw_conn_ref(s->conn);

@@ -143,10 +143,10 @@ struct imgw_mq_s {
     mq_node_t *_Atomic q_head;
     mq_node_t *q_tail; /* MQ thread only */
     mq_node_t q_stub;
-    atomic_int armed;      /* 1 while a wake-up is pending */
+    atomic_int armed;          /* 1 while a wake-up is pending */
     atomic_size_t acks_queued; /* acks pushed, not yet popped */
-    size_t ack_wake_at;    /* acks_queued that wakes the thread */
-    atomic_size_t pending; /* publishes queued, <= MQ_MAX_PENDING */
+    size_t ack_wake_at;        /* acks_queued that wakes the thread */
+    atomic_size_t pending;     /* publishes queued, <= MQ_MAX_PENDING */
     atomic_int stopping;
 
     /* Stats: written by any thread (drops) or the MQ thread, read by any. */
@@ -169,15 +169,15 @@ struct imgw_mq_s {
      * tag <= ack_base is settled and told to the broker; above it, a tag
      * is in ack_wait (acked here, not yet sent) or ack_done (sent alone:
      * a reject, or an ack flushed past a gap), or still with a loop. */
-    uint64_t *ack_wait;  /* ring bitmaps of MQ_ACK_WINDOW bits */
+    uint64_t *ack_wait; /* ring bitmaps of MQ_ACK_WINDOW bits */
     uint64_t *ack_done;
     uint64_t ack_base;
-    uint64_t ack_hi;      /* highest tag ever put in ack_wait/ack_done */
-    size_t ack_waiting;   /* bits set in ack_wait */
-    uint64_t handed_out;  /* deliveries given to on_message (this conn) */
-    uint64_t settled;     /* of those, acked or rejected here */
-    uint64_t ack_gap_ms;  /* when acks started waiting behind a gap, or 0 */
-    uint8_t *body;      /* receive buffer */
+    uint64_t ack_hi;     /* highest tag ever put in ack_wait/ack_done */
+    size_t ack_waiting;  /* bits set in ack_wait */
+    uint64_t handed_out; /* deliveries given to on_message (this conn) */
+    uint64_t settled;    /* of those, acked or rejected here */
+    uint64_t ack_gap_ms; /* when acks started waiting behind a gap, or 0 */
+    uint8_t *body;       /* receive buffer */
     size_t body_cap;
     uint64_t rng; /* xorshift state for backoff jitter */
 };
@@ -410,7 +410,7 @@ mq_confirms_reset(imgw_mq_t *mq)
     mq->low_seq = 1;
 }
 
-/* ---- consumer acks -------------------------------------------------------- */
+/* ---- consumer acks ------------------------------------------------------ */
 
 static bool
 mq_bit(const uint64_t *map, uint64_t tag)
@@ -1040,8 +1040,7 @@ static bool
 mq_q_nonempty(imgw_mq_t *mq)
 {
     return mq->q_tail != &mq->q_stub ||
-           atomic_load_explicit(&mq->q_stub.next, memory_order_acquire) !=
-               NULL;
+           atomic_load_explicit(&mq->q_stub.next, memory_order_acquire) != NULL;
 }
 
 /*
@@ -1393,8 +1392,9 @@ mq_settle(imgw_mq_t *mq, int kind, uint64_t tag)
         return;
     }
     /* See MQ_ACK_DELAY_MS: most acks are picked up without a wake-up. */
-    size_t q = atomic_fetch_add_explicit(&mq->acks_queued, 1,
-                                         memory_order_relaxed) + 1;
+    size_t q =
+        atomic_fetch_add_explicit(&mq->acks_queued, 1, memory_order_relaxed) +
+        1;
     mq_q_push(mq, &it->node);
     if (q >= mq->ack_wake_at)
         mq_wake(mq);

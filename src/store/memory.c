@@ -187,11 +187,11 @@ typedef struct imgw__mem_s {
     int retention_count;
     int64_t retention_ms;
     int64_t dedupe_ms;
-    int64_t meta_ms;          /* metadata lifetime in the table */
-    size_t max_dedupes;       /* caps, see MEM_DEFAULT_MAX_DEDUPES */
+    int64_t meta_ms;    /* metadata lifetime in the table */
+    size_t max_dedupes; /* caps, see MEM_DEFAULT_MAX_DEDUPES */
     size_t max_metas;
-    atomic_size_t n_dedupes;  /* records in all shards' dedupe tables */
-    atomic_size_t n_metas;    /* records in all shards' metadata tables */
+    atomic_size_t n_dedupes; /* records in all shards' dedupe tables */
+    atomic_size_t n_metas;   /* records in all shards' metadata tables */
     uint64_t seed;
     imgw__store_clock_fn clock;
     void *clock_arg;
@@ -548,9 +548,8 @@ dedupe_evict(imgw__mem_t *m, imgw__mem_shard_t *sh,
     while (atomic_load_explicit(&m->n_dedupes, memory_order_relaxed) >
                m->max_dedupes &&
            sh->dedupe_age.next != &keep->age)
-        dedupe_drop(m, sh,
-                    MEM_CONTAINER(sh->dedupe_age.next, imgw__mem_dedupe_t,
-                                  age));
+        dedupe_drop(
+            m, sh, MEM_CONTAINER(sh->dedupe_age.next, imgw__mem_dedupe_t, age));
 }
 
 static void
@@ -809,8 +808,10 @@ mem_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err, size_t errlen)
     }
     if (cfg->max_dedupes > MEM_MAX_RECORDS ||
         cfg->max_metas > MEM_MAX_RECORDS) {
-        snprintf(err, errlen, "store: max_dedupes and max_metas must be "
-                              "0..%zu", MEM_MAX_RECORDS);
+        snprintf(err, errlen,
+                 "store: max_dedupes and max_metas must be "
+                 "0..%zu",
+                 MEM_MAX_RECORDS);
         return IMGW_ECONFIG;
     }
     if (cfg->meta_ttl < 0 || cfg->meta_ttl > MEM_MAX_RETENTION_DAYS * 86400) {
@@ -831,12 +832,12 @@ mem_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err, size_t errlen)
     m->retention_count = cfg->retention_count;
     m->retention_ms = (int64_t)cfg->retention_days * 86400 * 1000;
     m->dedupe_ms = (int64_t)cfg->dedupe_ttl * 1000;
-    m->meta_ms = cfg->meta_ttl > 0 && (int64_t)cfg->meta_ttl * 1000 <
-                                          m->retention_ms
-                     ? (int64_t)cfg->meta_ttl * 1000
-                     : m->retention_ms;
-    size_t max_dd = cfg->max_dedupes ? cfg->max_dedupes
-                                     : MEM_DEFAULT_MAX_DEDUPES;
+    m->meta_ms =
+        cfg->meta_ttl > 0 && (int64_t)cfg->meta_ttl * 1000 < m->retention_ms
+            ? (int64_t)cfg->meta_ttl * 1000
+            : m->retention_ms;
+    size_t max_dd =
+        cfg->max_dedupes ? cfg->max_dedupes : MEM_DEFAULT_MAX_DEDUPES;
     size_t max_mt = cfg->max_metas ? cfg->max_metas : MEM_DEFAULT_MAX_METAS;
     m->max_dedupes = max_dd;
     m->max_metas = max_mt;

@@ -374,6 +374,14 @@ imgw__redis_req_new(imgw__redis_loop_t *rl, imgw__redis_done_fn done,
     *refuse = 0;
     if (rl->state != IMGW__REDIS_READY || rl->freeing || rl->closing)
         return NULL;
+    /* Load shedding: when Redis falls behind, a pipeline that grows
+     * without bound ends in one timeout failing everything queued. Past
+     * this many commands in flight new requests fail at once (EBUSY, the
+     * clients get ERR_SERVER_BUSY) while the queued ones still complete. */
+    if (rl->n_inflight >= IMGW__REDIS_MAX_INFLIGHT) {
+        rl->shed++;
+        return NULL;
+    }
     imgw__redis_req_t *q = calloc(1, sizeof(*q));
     if (q == NULL) {
         *refuse = IMGW_ENOMEM;

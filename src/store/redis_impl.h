@@ -19,6 +19,8 @@
 #include "store_impl.h"
 
 #define IMGW__REDIS_HOST_MAX 255
+/* Commands in flight per loop before new requests are refused. */
+#define IMGW__REDIS_MAX_INFLIGHT 4096
 #define IMGW__REDIS_PATH_MAX 107 /* sun_path is 108 bytes with the NUL */
 #define IMGW__REDIS_SECRET_MAX 255
 #define IMGW__REDIS_MAX_DEVICES 16 /* delivered positions per user */
@@ -130,6 +132,7 @@ struct imgw__redis_loop_s {
     int open_handles;      /* uv handles / requests not yet closed */
     imgw__redis_req_t fifo; /* sentinel of the in-flight FIFO */
     size_t n_inflight;
+    uint64_t shed;          /* requests refused at IMGW__REDIS_MAX_INFLIGHT */
     uint64_t last_send; /* uv_now() of the last command sent */
     uv_timer_t deadline_timer; /* fires at the FIFO head's deadline */
     uv_timer_t conn_timer;     /* reconnect backoff / keepalive PING */

@@ -552,8 +552,8 @@ TEST(revoke_and_msg_get)
  * max_metas) and the shorter metadata lifetime (meta_ttl). */
 TEST(record_caps)
 {
-    imgw_store_cfg_t cfg = {"memory", NULL, 100000, 7, 86400, 1000, 1,
-                            100,      50,   60};
+    imgw_store_cfg_t cfg = {"memory", NULL, 100000, 7,  86400,
+                            1000,     1,    100,    50, 60};
     char err[128];
     fx_t f;
     CHECK_EQ_INT(imgw_store_open(&f.s, &cfg, err, sizeof(err)), 0);
