@@ -237,6 +237,8 @@ conn_append(imgw_conn_t *c, const uv_buf_t *bufs, size_t n, int bounded)
         b->conn = c;
     }
     for (size_t i = 0; i < n; i++) {
+        if (bufs[i].len == 0)
+            continue; /* an empty piece may have a NULL base */
         memcpy(b->data + b->len, bufs[i].base, bufs[i].len);
         b->len += bufs[i].len;
     }
