@@ -7,8 +7,19 @@
   chromium-driver, driven by python3-selenium; all installed by
   deps/install.sh). Two browsers (alice, bob) log in, chat 1:1 and in a
   group, see typing, read receipts and revokes, and bob's history survives
-  a reload (sync). Screenshots of both pages go to the test's tmp dir and
-  alice's to docs/demo.png. A missing browser is a FAILURE, not a skip.
+  a reload (sync). An incoming message opens nothing and is not read until
+  the user opens the chat; after a reload nothing is opened, unread badges
+  and own "read" marks come back (localStorage). Screenshots of both pages
+  go to the test's tmp dir and alice's to docs/demo.png. A missing browser
+  is a FAILURE, not a skip.
+* test_demo_empty_list_and_id_rules: the empty conversation list is one
+  line, not one word per line; login, "New chat" and "New group" refuse
+  ids outside [A-Za-z0-9._@-]{1,64}; the server's own error text is shown.
+* test_demo_kicked_use_here: a page kicked by a second login of the same
+  user disables its composer and offers "Use here", which takes over.
+* test_demo_offline_retry_and_errors: with the server gone the page says
+  "cannot reach the server" (never "Failed to fetch") and offers "Retry
+  now", which reconnects at once once the server is back.
 
 Run: /usr/bin/python3 -m pytest -q -s test/integration/test_demo_browser.py
 Env: IMGW_CHROMIUM (default /usr/bin/chromium), IMGW_CHROMEDRIVER
@@ -248,6 +259,28 @@ class Page:
             "const e = document.querySelector('[data-testid=conv].active');"
             "return e && e.dataset.convId === arguments[0];", conv_id))
 
+    def active_conv(self):
+        return self.js("const e = document.querySelector('[data-testid=conv].active');"
+                       "return e ? e.dataset.convId : null;")
+
+    def badge(self, conv_id):
+        """The unread badge text of a listed conversation, or None."""
+        return self.js("const b = document.querySelector('[data-testid=conv][data-conv-id=\"'"
+                       " + arguments[0] + '\"] [data-testid=conv-unread]');"
+                       "return b ? b.textContent : null;", conv_id)
+
+    def barrier_to(self, other, conv_id):
+        """Sends a typing frame from this page in conv_id and waits until
+        `other` (which has conv_id open) shows it: anything this page sent
+        earlier (a read receipt) has reached `other` by then. Then clears it."""
+        self.js("sendFrame('CMD_TYPING_STATUS_REQ', {conversation_id: arguments[0], status: 1}, 0);",
+                conv_id)
+        other.wait("typing barrier from %s" % self.name,
+                   lambda: "is typing" in other.el("typing").text)
+        self.js("sendFrame('CMD_TYPING_STATUS_REQ', {conversation_id: arguments[0], status: 0}, 0);",
+                conv_id)
+        other.wait("typing barrier cleared", lambda: other.el("typing").text == "")
+
     def screenshot(self, path):
         self.d.save_screenshot(path)
         with open(path, "rb") as f:
@@ -290,14 +323,24 @@ def test_two_browsers_chat(server, tmp_path):
         sent = alice.send("hello bob")
         assert sent["id"].isdigit(), sent  # the server's message_id
 
-        step("bob's page shows the pushed message (CMD_PUSH_MSG) in s_alice_bob")
+        step("bob's page lists s_alice_bob with unread badge 1 and opens nothing "
+             "(CMD_PUSH_MSG; the user has not looked yet)")
+        bob.wait("unread badge 1 on s_alice_bob", lambda: bob.badge("s_alice_bob") == "1")
+        assert bob.active_conv() is None, bob.active_conv()
+        assert bob.el("conv-title").text == "No conversation selected"
+        step("barrier: bob's page sends a frame after the push; when alice sees it, "
+             "a receipt sent on the push would have arrived too -> still 'sent'")
+        bob.barrier_to(alice, "s_alice_bob")
+        m = alice.message(lambda m: m["id"] == sent["id"])
+        assert m["state"] == "sent" and m["status"] == "sent", m
+
+        step("bob opens the chat: the message shows, the badge goes, and only now "
+             "CMD_READ_RECEIPT_REQ -> alice shows 'read'")
+        bob.open_conv("s_alice_bob")
         got = bob.wait("'hello bob' from alice", lambda: bob.message(
             lambda m: not m["own"] and m["text"] == "hello bob"))
         assert got["id"] == sent["id"]
-        assert bob.js("return document.querySelector('[data-testid=conv].active').dataset.convId") \
-            == "s_alice_bob"
-
-        step("read receipt: bob displayed it -> CMD_READ_RECEIPT_REQ -> alice shows 'read'")
+        bob.wait("badge gone", lambda: bob.badge("s_alice_bob") is None)
         alice.wait("'read' on alice's message", lambda: alice.message(
             lambda m: m["id"] == sent["id"] and m["state"] == "read" and m["status"] == "read"))
 
@@ -310,6 +353,8 @@ def test_two_browsers_chat(server, tmp_path):
         alice.wait("'hi alice' from bob", lambda: alice.message(
             lambda m: not m["own"] and m["text"] == "hi alice"))
         alice.wait("typing indicator cleared", lambda: alice.el("typing").text == "")
+        bob.wait("'read' on bob's 'hi alice' (alice has the chat open)", lambda: bob.message(
+            lambda m: m["own"] and m["text"] == "hi alice" and m["state"] == "read"))
 
         step("revoke: alice sends 'oops, wrong chat' and revokes it")
         oops = alice.send("oops, wrong chat")
@@ -325,33 +370,47 @@ def test_two_browsers_chat(server, tmp_path):
             and m["text"] == "message revoked"))
         assert not any("oops" in m["text"] for m in bob.messages())
 
-        step("reload bob's page: localStorage logs bob in again, sync restores the history")
+        step("group: alice creates group 'team' with bob (POST /dev/group) and sends to it")
+        alice.type("group-id", "team")
+        alice.type("group-members", "bob")
+        alice.el("group-create").click()
+        alice.wait("group conversation active", lambda: alice.active_conv() == "g_team")
+        gsent = alice.send("hello team")
+        step("bob's page lists g_team with unread badge 1 and stays where it is")
+        bob.wait("unread badge on g_team", lambda: bob.badge("g_team") == "1")
+        assert bob.active_conv() == "s_alice_bob"
+
+        step("reload bob's page: localStorage logs bob in again, sync restores the "
+             "history; nothing is opened, the unread badge is back")
         bob.d.refresh()
         bob.wait_online()
+        bob.wait("g_team listed after reload", lambda: bob.badge("g_team") == "1")
+        assert bob.active_conv() is None, bob.active_conv()
+        assert bob.el("conv-title").text == "No conversation selected"
+        assert bob.badge("s_alice_bob") is None, "s_alice_bob was read before the reload"
+        step("barrier: nothing marked 'hello team' read by bob")
+        bob.barrier_to(alice, "g_team")
+        m = alice.message(lambda m: m["id"] == gsent["id"])
+        assert m["status"] == "sent", m
+
+        step("bob opens s_alice_bob: the history is back, his 'hi alice' still 'read'")
+        bob.open_conv("s_alice_bob")
         bob.wait("history after reload", lambda: len(bob.messages()) == 3)
         hist = bob.messages()
         step("bob's history: %s" % [(m["text"], m["state"]) for m in hist])
         assert [m["text"] for m in hist] == ["hello bob", "hi alice", "message revoked"], hist
         assert [m["own"] for m in hist] == [False, True, False], hist
         assert hist[2]["state"] == "revoked" and hist[2]["id"] == oops["id"], hist
+        assert hist[1]["state"] == "read" and hist[1]["status"] == "read", hist
         assert bob.el("me").text == "bob"
 
-        step("group: alice creates group 'team' with bob (POST /dev/group) and sends to it")
-        alice.type("group-id", "team")
-        alice.type("group-members", "bob")
-        alice.el("group-create").click()
-        alice.wait("group conversation active", lambda: alice.js(
-            "const e = document.querySelector('[data-testid=conv].active');"
-            "return e && e.dataset.convId === 'g_team';"))
-        gsent = alice.send("hello team")
-        step("bob's page lists g_team with an unread badge; opening it shows the message")
-        bob.wait("unread badge on g_team", lambda: bob.js(
-            "return document.querySelector('[data-testid=conv][data-conv-id=g_team] [data-testid=conv-unread]') !== null"))
+        step("bob opens g_team: the message shows and alice gets 'read by bob'")
         bob.open_conv("g_team")
         got = bob.wait("'hello team' in the group", lambda: bob.message(
             lambda m: m["text"] == "hello team" and not m["own"]))
         assert got["id"] == gsent["id"]
         assert "group" in bob.el("conv-title").text
+        bob.wait("g_team badge gone", lambda: bob.badge("g_team") is None)
         alice.wait("'read by bob' in the group", lambda: alice.message(
             lambda m: m["id"] == gsent["id"] and m["status"] == "read by bob"))
         bob.send("hi team")
@@ -380,6 +439,197 @@ def test_two_browsers_chat(server, tmp_path):
             errs = p.console_errors()
             step("%s: %d console errors" % (p.name, len(errs)))
             assert not errs, errs
+    finally:
+        for p in pages:
+            p.close()
+
+
+def _console_errors_ok(pages):
+    """No script errors; failed requests the test provoked ("network") are fine."""
+    for p in pages:
+        errs = [e for e in p.console_errors() if e.get("source") != "network"]
+        step("%s: %d console errors" % (p.name, len(errs)))
+        assert not errs, errs
+
+
+def test_demo_empty_list_and_id_rules(server, tmp_path):
+    _require_browser()
+    s = server(env=DEV)
+    url = "http://127.0.0.1:%d/" % s.port
+    pages = []
+    try:
+        carol = Page("carol", url, str(tmp_path))
+        pages.append(carol)
+
+        step("login refuses ids outside [A-Za-z0-9._@-]{1,64} before asking for a token")
+        for bad in ("bad id", "a/b", "caf\u00e9", "<b>", "x,y"):
+            carol.type("login-user", bad)
+            carol.el("login-submit").click()
+            carol.wait("login error for %r" % bad,
+                       lambda: "invalid user id" in carol.el("login-error").text)
+            assert carol.el("chat-view").get_attribute("hidden") is not None, bad
+            step("  login %r -> %r" % (bad, carol.el("login-error").text))
+        assert carol.el("login-user").get_attribute("maxlength") == "64"
+        carol.login("carol")
+
+        step("the empty conversation list is one or two lines of text, "
+             "not one word per line")
+        shape = carol.js("""
+          const li = document.querySelector('#conv-list li.empty');
+          const r = document.createRange(); r.selectNodeContents(li);
+          const tops = new Set(Array.from(r.getClientRects()).map(x => Math.round(x.top)));
+          return {lines: tops.size, width: Math.round(li.getBoundingClientRect().width),
+                  text: li.textContent};""")
+        step("  %s" % shape)
+        assert shape["text"].startswith("No conversations yet"), shape
+        assert shape["lines"] <= 2, shape
+
+        step("New chat refuses the ids login refuses")
+        for bad in ("bob smith", "a/b", "caf\u00e9", "x;y", "\u4e2d\u6587"):
+            carol.type("new-chat-peer", bad)
+            carol.el("new-chat-submit").click()
+            carol.wait("new chat error for %r" % bad,
+                       lambda: "invalid user id" in carol.el("new-chat-error").text)
+            step("  new chat %r -> %r" % (bad, carol.el("new-chat-error").text))
+        assert carol.js("return document.querySelectorAll('[data-testid=conv]').length") == 0
+        assert carol.active_conv() is None
+        carol.type("new-chat-peer", "dave.o@x-y_1")
+        carol.el("new-chat-submit").click()
+        carol.wait("chat with dave.o@x-y_1 open",
+                   lambda: carol.active_conv() == "s_carol_dave.o@x-y_1")
+        assert carol.el("new-chat-error").text == ""
+        step("  new chat 'dave.o@x-y_1' -> opened s_carol_dave.o@x-y_1")
+
+        step("New group refuses bad group and member ids")
+        for gid, members in (("my team", "bob"), ("team", "bob,c d"), ("t/x", "bob")):
+            carol.type("group-id", gid)
+            carol.type("group-members", members)
+            carol.el("group-create").click()
+            carol.wait("group error for %r" % gid,
+                       lambda: "invalid id" in carol.el("group-error").text)
+            step("  group %r members %r -> %r" % (gid, members, carol.el("group-error").text))
+
+        step("a group the server refuses (65 members incl. carol): its own error "
+             "text is shown")
+        carol.type("group-id", "big")
+        carol.type("group-members", ",".join("u%d" % i for i in range(64)))
+        carol.el("group-create").click()
+        carol.wait("server error shown",
+                   lambda: "bad members" in carol.el("group-error").text)
+        text = carol.el("group-error").text
+        step("  -> %r" % text)
+        assert "HTTP 400" in text and "Failed to fetch" not in text, text
+        assert carol.badge("g_big") is None and carol.js(
+            "return document.querySelector('[data-conv-id=g_big]')") is None
+        _console_errors_ok([p for p in pages])
+    finally:
+        for p in pages:
+            p.close()
+
+
+def test_demo_kicked_use_here(server, tmp_path):
+    _require_browser()
+    s = server(env=DEV)
+    url = "http://127.0.0.1:%d/" % s.port
+    pages = []
+    try:
+        one = Page("alice-1", url, str(tmp_path))
+        pages.append(one)
+        two = Page("alice-2", url, str(tmp_path))
+        pages.append(two)
+        one.login("alice")
+        one.type("new-chat-peer", "bob")
+        one.el("new-chat-submit").click()
+        one.wait("chat open", lambda: one.active_conv() == "s_alice_bob")
+        one.send("first")
+
+        step("a second page logs in as alice (same platform) -> the first is kicked")
+        two.login("alice")
+        one.wait("kicked", lambda: one.js("return document.body.dataset.conn") == "kicked")
+        assert one.el("composer-input").get_attribute("disabled") is not None
+        assert one.el("composer-send").get_attribute("disabled") is not None
+        assert one.el("use-here").is_displayed()
+        assert not one.el("retry-now").is_displayed()
+        step("  kicked page: composer disabled, 'Use here' shown (%r)"
+             % one.el("composer-input").get_attribute("placeholder"))
+
+        step("'Use here' logs in again and takes over: the other page is kicked")
+        one.el("use-here").click()
+        one.wait_online()
+        two.wait("second page kicked",
+                 lambda: two.js("return document.body.dataset.conn") == "kicked")
+        assert not one.el("use-here").is_displayed()
+        assert one.el("composer-input").get_attribute("disabled") is None
+        sent = one.send("back here")
+        assert sent["id"].isdigit(), sent
+        two.type("new-chat-peer", "bob")
+        two.el("new-chat-submit").click()
+        two.wait("chat open on the kicked page", lambda: two.active_conv() == "s_alice_bob")
+        assert two.el("composer-input").get_attribute("disabled") is not None
+        step("  first page online and sending; the second kicked, composer disabled")
+    finally:
+        for p in pages:
+            p.close()
+
+
+def _restart_same_port(s):
+    """Starts the stopped server s again on its port (the page reconnects to
+    the address it was loaded from)."""
+    import subprocess
+    logf = open(s.log_path, "ab")
+    s.proc = subprocess.Popen(s.cmdline, stdout=logf, stderr=subprocess.STDOUT,
+                              env=H.clean_env(s.env_over), cwd=s.tmpdir)
+    logf.close()
+    s.stopped, s.exit_code = False, None
+    ok, err = s._wait_ready(10.0)
+    assert ok, err
+
+
+def test_demo_offline_retry_and_errors(server, tmp_path):
+    _require_browser()
+    s = server(env=DEV)
+    url = "http://127.0.0.1:%d/" % s.port
+    pages = []
+    try:
+        p = Page("erin", url, str(tmp_path))
+        pages.append(p)
+        p.login("erin")
+        assert not p.el("retry-now").is_displayed()
+
+        step("stop the server: the page goes offline, says why, offers 'Retry now'")
+        code, killed = s.stop()
+        assert code == 0 and not killed, (code, killed)
+        p.wait("offline with 'Retry now'", lambda: p.js(
+            "return document.body.dataset.conn") == "offline" and p.el("retry-now").is_displayed())
+        p.wait("reason shown", lambda: "cannot reach the server" in p.el("conn-error").text,
+               timeout=30)
+        step("  pill %r, error %r" % (p.el("conn-state").text, p.el("conn-error").text))
+        assert "Failed to fetch" not in p.el("conn-error").text
+
+        step("creating a group while the server is down: 'cannot reach the server', "
+             "not 'Failed to fetch'")
+        p.type("group-id", "team")
+        p.type("group-members", "bob")
+        p.el("group-create").click()
+        p.wait("group error", lambda: "cannot reach the server" in p.el("group-error").text)
+        assert "Failed to fetch" not in p.el("group-error").text
+        assert "Failed to fetch" not in p.el("toast").text
+
+        step("'Retry now' while still down: one more attempt, still offline")
+        p.el("retry-now").click()
+        p.wait("offline again", lambda: p.js(
+            "return document.body.dataset.conn") == "offline" and p.el("retry-now").is_displayed())
+
+        step("server back on the same port; 'Retry now' reconnects at once")
+        _restart_same_port(s)
+        p.el("retry-now").click()
+        p.wait_online()
+        assert not p.el("retry-now").is_displayed()
+        assert p.el("conn-error").text == ""
+        p.type("new-chat-peer", "bob")
+        p.el("new-chat-submit").click()
+        p.wait("chat open", lambda: p.active_conv() == "s_bob_erin")
+        p.send("back online")
     finally:
         for p in pages:
             p.close()
