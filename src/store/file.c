@@ -115,6 +115,7 @@ typedef struct imgw__file_s {
     int dirty;          /* written since the last fdatasync */
     int broken;         /* a write failed: refuse all further writes */
     int compacting;     /* one compaction at a time */
+    int kicked;         /* the thread was woken for a compaction */
 
     pthread_mutex_t bg_mu; /* the background thread's sleep */
     pthread_cond_t bg_cv;
@@ -270,6 +271,16 @@ journal_write_locked(imgw__file_t *f, const imgw__rec_buf_t *b)
     }
     f->jbytes += (int64_t)b->len;
     f->dirty = f->fsync == FSYNC_INTERVAL;
+    if (!f->kicked && f->jbytes >= f->compact_bytes &&
+        f->jbytes >= f->snap_bytes) {
+        /* Wake the background thread now rather than at its next period.
+         * Lock order f->mu -> f->bg_mu: the thread never holds bg_mu while
+         * it takes mu. */
+        f->kicked = 1;
+        pthread_mutex_lock(&f->bg_mu);
+        pthread_cond_signal(&f->bg_cv);
+        pthread_mutex_unlock(&f->bg_mu);
+    }
     return 0;
 }
 
@@ -812,6 +823,7 @@ compact(imgw__file_t *f)
     f->jbytes = FILE_HDR_LEN;
     f->dirty = 0;
     f->compacting = 1;
+    f->kicked = 0;
     pthread_mutex_unlock(&f->mu);
 
     if (f->fsync != FSYNC_NEVER)
@@ -880,6 +892,8 @@ bg_main(void *arg)
             ts.tv_nsec -= 1000000000L;
         }
         pthread_cond_timedwait(&f->bg_cv, &f->bg_mu, &ts);
+        /* A kick may also arrive while the thread works (no wait): it is
+         * seen at the next period at the latest. */
         if (f->bg_stop)
             break;
         pthread_mutex_unlock(&f->bg_mu);
