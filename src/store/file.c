@@ -652,8 +652,10 @@ scan_dir(imgw__file_t *f, gens_t *snaps, gens_t *journals)
             r = gens_push(journals, g);
     }
     closedir(d);
-    qsort(snaps->v, snaps->n, sizeof(uint64_t), gen_cmp);
-    qsort(journals->v, journals->n, sizeof(uint64_t), gen_cmp);
+    if (snaps->n > 1)
+        qsort(snaps->v, snaps->n, sizeof(uint64_t), gen_cmp);
+    if (journals->n > 1)
+        qsort(journals->v, journals->n, sizeof(uint64_t), gen_cmp);
     return r;
 }
 
