@@ -2,7 +2,8 @@
 # missing first (deps/install.sh, Debian packages only).
 #
 #   make            build (release, -O2) into build/
-#   make run        build and start one node on :8080 (memory store, no broker)
+#   make run        build and start one node on :8080 (durable file store in
+#                   ./data, no broker; STORE=memory for the in-memory one)
 #   make test       unit + integration tests, then again under ASan/UBSan
 #   make bench      build bench/imgw-bench
 #   make clean      remove the build directories
@@ -10,6 +11,9 @@
 BUILD     ?= build
 SAN_BUILD ?= build-san
 SANITIZE  ?= address,undefined
+# make run's store: the durable file backend in ./data (gitignored).
+STORE     ?= file
+DATA      ?= data
 # make run's development secret; set your own in the environment.
 IMGW__AUTH__JWT_SECRET ?= imgw-dev-secret
 export IMGW__AUTH__JWT_SECRET
@@ -33,7 +37,8 @@ build: deps $(BUILD)/build.ninja
 run: build
 	@echo "imgw: dev token for user u1: $$(./$(BUILD)/imgw-token u1)"
 	@echo "imgw: browser demo at http://localhost:8080/ (dev tokens on)"
-	IMGW__AUTH__DEV_TOKENS=true ./$(BUILD)/imgw -c conf/imgw.ini
+	IMGW__AUTH__DEV_TOKENS=true IMGW__STORE__BACKEND=$(STORE) \
+	    IMGW__STORE__PATH=$(DATA) ./$(BUILD)/imgw -c conf/imgw.ini
 
 TSAN_BUILD ?= build-tsan
 TSAN_UNITS = test/test_mailbox test/test_usermap test/test_id test/test_store_memory

@@ -171,8 +171,20 @@ static const imgw_config_opt_t opts[] = {
              "enable /api/dev/token (development only)"),
 
     /* [store] */
-    OPT_ENUM("store", "backend", backend, "memory", "memory|redis",
-             "message and route store: memory (single node) or redis"),
+    OPT_ENUM("store", "backend", backend, "memory", "memory|file|redis",
+             "message and route store: memory (single node, lost on "
+             "restart), file (single node, durable) or redis"),
+    OPT_STR("store", "path", store_path, "data",
+            "data directory of the file backend"),
+    OPT_ENUM("store", "fsync", store_fsync, "interval",
+             "always|interval|never",
+             "file backend: fdatasync the journal before every answer, "
+             "every fsync_interval_ms, or never"),
+    OPT_INT("store", "fsync_interval_ms", store_fsync_interval_ms, "1000", 1,
+            60000, "file backend: milliseconds between fdatasyncs"),
+    OPT_INT("store", "compact_bytes", store_compact_bytes, "67108864", 65536,
+            2147483647,
+            "file backend: journal bytes that trigger a snapshot"),
     OPT_STR("store", "redis_url", redis_url, "redis://127.0.0.1:6379/0",
             "Redis address when backend = redis"),
     OPT_INT("store", "retention_count", retention_count, "10000", 1, 100000000,

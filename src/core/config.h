@@ -51,8 +51,12 @@ typedef struct imgw_config_s {
     int dev_tokens;         /* bool: /api/dev/token enabled */
 
     /* [store] */
-    char backend[16];       /* "memory" | "redis" */
+    char backend[16];       /* "memory" | "file" | "redis" */
     char redis_url[512];
+    char store_path[512];   /* file backend: data directory */
+    char store_fsync[16];   /* "always" | "interval" | "never" */
+    int store_fsync_interval_ms;
+    int store_compact_bytes;
     int retention_count;
     int retention_days;
     int dedupe_ttl;         /* seconds */

@@ -170,6 +170,10 @@ main(int argc, char **argv)
                            cfg.retention_count, cfg.retention_days,
                            cfg.dedupe_ttl,    cfg.redis_timeout_ms,
                            cfg.threads};
+    sc.path = cfg.store_path;
+    sc.fsync = cfg.store_fsync;
+    sc.fsync_interval_ms = cfg.store_fsync_interval_ms;
+    sc.compact_bytes = cfg.store_compact_bytes;
     if ((r = imgw_store_open(&node.store, &sc, err, sizeof(err))) != 0) {
         fprintf(stderr, "imgw: store: %s\n", err);
         return 2;

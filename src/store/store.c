@@ -68,6 +68,8 @@ imgw_store_open(imgw_store_t **out, const imgw_store_cfg_t *cfg, char *err,
     const imgw_store_backend_t *be = NULL;
     if (strcmp(name, "memory") == 0) {
         be = &imgw__store_memory;
+    } else if (strcmp(name, "file") == 0) {
+        be = &imgw__store_file;
     } else if (strcmp(name, "redis") == 0) {
         be = IMGW__STORE_REDIS_BE;
         if (be == NULL) {

@@ -1,9 +1,10 @@
 /*
  * store.h: the one asynchronous store interface (protocol.md sections 5, 6).
  *
- * Two backends sit behind it: "memory" (in-process, single node, sharded
- * locks) and "redis" (hiredis async, one context per loop). Core code only
- * sees this header.
+ * Three backends sit behind it: "memory" (in-process, single node, sharded
+ * locks), "file" (the memory backend made durable by a journal and
+ * snapshots in a data directory) and "redis" (hiredis async, one context
+ * per loop). Core code only sees this header.
  *
  * Threads: imgw_store_open() and imgw_store_close() run on the main thread.
  * Each loop gets its own handle with imgw_store_loop_open() on that loop's
@@ -41,7 +42,7 @@ typedef struct imgw_store_s imgw_store_t;           /* node-wide */
 typedef struct imgw_store_loop_s imgw_store_loop_t; /* one per loop */
 
 typedef struct imgw_store_cfg_s {
-    const char *backend;    /* "memory" | "redis" */
+    const char *backend;    /* "memory" | "file" | "redis" */
     const char *redis_url;
     int retention_count;    /* entries kept per timeline */
     int retention_days;     /* entries older than this are dropped */
@@ -55,6 +56,12 @@ typedef struct imgw_store_cfg_s {
                                the oldest are evicted */
     int meta_ttl;           /* seconds metadata stays findable for revoke
                                (e.g. server.revoke_window); 0 = retention */
+    /* File backend (docs/store.md "The file backend"); others ignore them. */
+    const char *path;       /* data directory; NULL/"" = "data" */
+    const char *fsync;      /* "always" | "interval" (NULL) | "never" */
+    int fsync_interval_ms;  /* interval: 0 = 1000 */
+    int64_t compact_bytes;  /* journal size that triggers a snapshot;
+                               0 = 64 MiB */
 } imgw_store_cfg_t;
 
 int imgw_store_open(imgw_store_t **out, const imgw_store_cfg_t *cfg, char *err,

@@ -114,6 +114,8 @@ struct imgw_store_backend_s {
 
 /* memory.c */
 extern const imgw_store_backend_t imgw__store_memory;
+/* file.c: the memory backend plus a journal and snapshots on disk. */
+extern const imgw_store_backend_t imgw__store_file;
 /* redis*.c, when built (store.c references it weakly unless
  * IMGW_STORE_REDIS is defined). */
 extern const imgw_store_backend_t imgw__store_redis;
@@ -166,5 +168,35 @@ int imgw__store_mem_get_delivered(imgw_store_t *s, const char *user,
 int imgw__store_mem_get_read(imgw_store_t *s, const char *user,
                              const char *conversation_id, char *buf,
                              size_t len);
+
+/* ---- memory backend snapshots (file.c) ------------------------------------ */
+
+struct imgw__rec_buf_s;
+typedef struct imgw__store_mem_loader_s imgw__store_mem_loader_t;
+
+/**
+ * Appends the live state of memory store s (not its routes) to out as
+ * snapshot records (rec.h). The caller keeps every request that creates
+ * state (append above all) from running meanwhile; see memory.c. Returns
+ * 0 or out->err.
+ */
+int imgw__store_mem_dump(imgw_store_t *s, struct imgw__rec_buf_s *out);
+/** Loads snapshot records into an empty memory store, before any loop. */
+imgw__store_mem_loader_t *imgw__store_mem_load_begin(imgw_store_t *s);
+/** One record's type and payload. 0, IMGW_EPROTO (malformed) or ENOMEM. */
+int imgw__store_mem_load(imgw__store_mem_loader_t *ld, uint8_t type,
+                         const uint8_t *p, size_t n);
+/** Frees the loader; *max_id gets the highest message id loaded. */
+void imgw__store_mem_load_end(imgw__store_mem_loader_t *ld, uint64_t *max_id);
+
+/* ---- file backend hooks for unit tests ----------------------------------- */
+
+/** The memory store inside a file store, or s itself for other backends. */
+imgw_store_t *imgw__store_file_inner(imgw_store_t *s);
+/** Sets the clock of a file store (the memory hook forwards here). */
+void imgw__store_file_set_clock(imgw_store_t *s, imgw__store_clock_fn fn,
+                                void *arg);
+/** Writes a snapshot and switches journals now, on the calling thread. */
+int imgw__store_file_compact(imgw_store_t *s);
 
 #endif

@@ -23,6 +23,20 @@
 
 /* ---- fixtures -------------------------------------------------------- */
 
+/*
+ * test_store_file.c includes this file to run the same cases against the
+ * "file" backend: it defines TEST_STORE_BACKEND, TEST_STORE_NO_MAIN and
+ * test_store_prep(), which gives each opened store a fresh data directory.
+ */
+#ifndef TEST_STORE_BACKEND
+#define TEST_STORE_BACKEND "memory"
+static void
+test_store_prep(imgw_store_cfg_t *cfg)
+{
+    (void)cfg;
+}
+#endif
+
 #define DAY_MS (86400LL * 1000)
 #define T0 1700000000000LL /* any fixed unix ms */
 
@@ -43,9 +57,11 @@ typedef struct fx_s {
 static void
 fx_open(fx_t *f, int retention_count, int retention_days, int dedupe_ttl)
 {
-    imgw_store_cfg_t cfg = {
-        "memory", NULL, retention_count, retention_days, dedupe_ttl, 1000, 1};
+    imgw_store_cfg_t cfg = {TEST_STORE_BACKEND, NULL,       retention_count,
+                            retention_days,     dedupe_ttl, 1000,
+                            1};
     char err[128];
+    test_store_prep(&cfg);
     f->s = NULL;
     f->sl = NULL;
     int r = imgw_store_open(&f->s, &cfg, err, sizeof(err));
@@ -552,10 +568,11 @@ TEST(revoke_and_msg_get)
  * max_metas) and the shorter metadata lifetime (meta_ttl). */
 TEST(record_caps)
 {
-    imgw_store_cfg_t cfg = {"memory", NULL, 100000, 7,  86400,
-                            1000,     1,    100,    50, 60};
+    imgw_store_cfg_t cfg = {TEST_STORE_BACKEND, NULL, 100000, 7,  86400,
+                            1000,               1,    100,    50, 60};
     char err[128];
     fx_t f;
+    test_store_prep(&cfg);
     CHECK_EQ_INT(imgw_store_open(&f.s, &cfg, err, sizeof(err)), 0);
     fake_now = T0;
     imgw__store_mem_set_clock(f.s, fake_clock, NULL);
@@ -1267,9 +1284,10 @@ cc_reader(void *arg)
 TEST(concurrent_appends)
 {
     imgw_store_t *s;
-    imgw_store_cfg_t cfg = {"memory", NULL, 100000,        7,
-                            86400,    1000, CC_THREADS + 1};
+    imgw_store_cfg_t cfg = {TEST_STORE_BACKEND, NULL, 100000, 7, 86400, 1000,
+                            CC_THREADS + 1};
     char err[128];
+    test_store_prep(&cfg);
     CHECK_EQ_INT(imgw_store_open(&s, &cfg, err, sizeof(err)), 0);
     for (int i = 0; i < CC_USERS; i++)
         snprintf(cc_names[i], sizeof(cc_names[i]), "u%d", i);
@@ -1371,6 +1389,7 @@ TEST(concurrent_appends)
         free(th[i].msgs);
 }
 
+#ifndef TEST_STORE_NO_MAIN
 int
 main(void)
 {
@@ -1393,3 +1412,4 @@ main(void)
     RUN(concurrent_appends);
     TEST_DONE();
 }
+#endif
