@@ -41,7 +41,7 @@ run: build
 	    IMGW__STORE__PATH=$(DATA) ./$(BUILD)/imgw -c conf/imgw.ini
 
 TSAN_BUILD ?= build-tsan
-TSAN_UNITS = test/test_mailbox test/test_usermap test/test_id test/test_store_memory
+TSAN_UNITS = test/test_mailbox test/test_usermap test/test_id test/test_store_memory test/test_store_file
 
 $(TSAN_BUILD)/build.ninja:
 	CC=clang meson setup $(TSAN_BUILD) -Dsanitize=thread -Dbench=false -Dintegration=false -Doptimization=1

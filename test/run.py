@@ -95,7 +95,8 @@ def run_pytest(build, extra):
     return passed, failed
 
 
-TSAN_UNITS = {"test_mailbox", "test_usermap", "test_id", "test_store_memory"}
+TSAN_UNITS = {"test_mailbox", "test_usermap", "test_id", "test_store_memory",
+              "test_store_file"}
 
 
 def run_cmd(title, cmd):
