@@ -985,19 +985,11 @@ imgw_config_load(imgw_config_t *cfg, int argc, char **argv, char **envp,
             return IMGW_CONFIG_ERROR;
         ld.set[o - opts] = 1;
     }
-    if (cli.log_level != NULL) {
-        level = imgw_log_parse_level(cli.log_level);
-        if (level < 0) {
-            imgw_config_fail(err, errlen,
-                             "-l: unknown log level '%.32s' "
-                             "(trace|debug|info|warn|error)",
-                             cli.log_level);
-            return IMGW_CONFIG_ERROR;
-        }
-        cfg->log_level = level;
-    }
-    /* ...except IMGW_LOG, which beats -l as RUST_LOG does (section 9). An
-     * empty IMGW_LOG counts as unset. */
+    /* The log level follows the same precedence as every key (issue 18):
+     * IMGW_LOG first, then -l, which beats it. Both are still validated,
+     * so a typo in either stops the start. An empty IMGW_LOG counts as
+     * unset. (protocol.md section 9 had IMGW_LOG beat -l, like RUST_LOG;
+     * that contradicted "CLI > env" and surprised users.) */
     if (env_log != NULL && env_log[0] != '\0') {
         level = imgw_log_parse_level(env_log);
         if (level < 0) {
@@ -1005,6 +997,17 @@ imgw_config_load(imgw_config_t *cfg, int argc, char **argv, char **envp,
                              "IMGW_LOG: unknown log level '%.32s' "
                              "(trace|debug|info|warn|error)",
                              env_log);
+            return IMGW_CONFIG_ERROR;
+        }
+        cfg->log_level = level;
+    }
+    if (cli.log_level != NULL) {
+        level = imgw_log_parse_level(cli.log_level);
+        if (level < 0) {
+            imgw_config_fail(err, errlen,
+                             "-l: unknown log level '%.32s' "
+                             "(trace|debug|info|warn|error)",
+                             cli.log_level);
             return IMGW_CONFIG_ERROR;
         }
         cfg->log_level = level;
@@ -1040,7 +1043,7 @@ imgw_config_usage(void *fp_)
             "  -t, --threads N        reactor loops (server.threads)\n"
             "  -l, --log-level LEVEL  trace|debug|info|warn|error (default "
             "info);\n"
-            "                         env IMGW_LOG overrides it\n"
+            "                         beats env IMGW_LOG\n"
             "  -V, --version          print the version and exit\n"
             "  -h, --help             print this help and exit\n"
             "\n"
