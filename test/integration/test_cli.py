@@ -256,3 +256,37 @@ def test_bad_log_level_exit_2(imgw_bin, good_ini):
     print("check: -l chatty (not a level) -> exit 2")
     r = run_imgw(["-c", good_ini, "-l", "chatty"])
     assert r.returncode == 2
+
+
+def test_info_log_shows_logins_capped(server):
+    print("check: at info, logins, refused logins and disconnects get one line "
+          "each for the first 20 events, then nothing per event (no flood)")
+    import time
+    s = server(threads=2)
+
+    async def go():
+        c = await H.WSClient.connect(s)
+        await c.auth_ok("log-alice", H.make_token("log-alice"), platform="Web")
+        await c.close()
+        bad = await H.WSClient.connect(s)
+        await bad.auth("log-mallory", H.make_token("log-mallory", key="wrong"))
+        await bad.expect_close(4001)
+        for i in range(30):
+            c = await H.WSClient.connect(s)
+            await c.auth_ok("log-u%d" % i, H.make_token("log-u%d" % i))
+            await c.close()
+    H.run(go())
+    text = ""
+    for _ in range(50):  # the disconnect lines are written as the closes land
+        text = s.log_text()
+        if text.count("further logins") == 1:
+            break
+        time.sleep(0.1)
+    print(text)
+    assert "user log-alice logged in (platform Web)" in text
+    assert "user log-alice disconnected (platform Web)" in text
+    assert "login refused: " in text
+    events = [l for l in text.splitlines()
+              if " logged in (" in l or " disconnected (" in l or "login refused" in l]
+    assert len(events) == 20, len(events)
+    assert "further logins and disconnects: one summary line per minute" in events[-1]
