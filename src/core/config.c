@@ -138,6 +138,9 @@ static const imgw_config_opt_t opts[] = {
             "seconds a user route lives in Redis; refreshed by heartbeats"),
     OPT_INT("server", "revoke_window", revoke_window, "120", 0, 30 * IMGW__DAY,
             "seconds after sending during which a message may be revoked"),
+    OPT_ENUM("server", "sync_max_seq", sync_max_seq, "bound", "bound|after",
+             "SyncRequest with min_seq 0: bound = max_seq is an upper bound "
+             "(contract); after = the messages after max_seq (seed 003)"),
     OPT_INT("server", "max_connections", max_connections, "1000000", 1,
             100000000, "connections per node; beyond: HTTP 503"),
     OPT_INT("server", "max_connections_per_ip", max_connections_per_ip, "0", 0,

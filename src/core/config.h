@@ -39,6 +39,7 @@ typedef struct imgw_config_s {
     int heartbeat_timeout;  /* seconds */
     int auth_timeout;       /* seconds */
     int drain_seconds;      /* paced drain window on SIGTERM */
+    char sync_max_seq[8];   /* "bound" (contract) | "after" (seed 003) */
     char origins[1024];     /* comma list of allowed Origin values; "" = any */
 
     /* [auth] */
