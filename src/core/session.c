@@ -21,7 +21,7 @@
 
 static _Thread_local imgw_core_loop_t *current_loop;
 
-/* ---- activity log --------------------------------------------------------- */
+/* ---- activity log ------------------------------------------------------ */
 
 /*
  * Logins, refused logins and disconnects at info level, so that a terminal
@@ -34,7 +34,12 @@ static _Thread_local imgw_core_loop_t *current_loop;
 #define ACT_FIRST 20
 #define ACT_SUMMARY_MS 60000
 
-typedef enum act_kind_e { ACT_LOGIN, ACT_REFUSED, ACT_LOGOUT, ACT_N } act_kind_t;
+typedef enum act_kind_e {
+    ACT_LOGIN,
+    ACT_REFUSED,
+    ACT_LOGOUT,
+    ACT_N
+} act_kind_t;
 
 static atomic_ullong act_total[ACT_N]; /* since start */
 static atomic_uint act_lines;          /* per-event lines written */

@@ -617,8 +617,7 @@ port_lock_holder(const struct sockaddr_un *name, socklen_t namelen)
  * code.
  */
 static int
-take_port_lock(const char *bind_addr, uint16_t port, char *err,
-               size_t errlen)
+take_port_lock(const char *bind_addr, uint16_t port, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
     socklen_t sl;
@@ -627,9 +626,10 @@ take_port_lock(const char *bind_addr, uint16_t port, char *err,
         return r;
     /* The name uses the parsed address, so "::0" and "::" are one lock. */
     char addr[INET6_ADDRSTRLEN];
-    const void *a = ss.ss_family == AF_INET
-                        ? (const void *)&((struct sockaddr_in *)&ss)->sin_addr
-                        : (const void *)&((struct sockaddr_in6 *)&ss)->sin6_addr;
+    const void *a =
+        ss.ss_family == AF_INET
+            ? (const void *)&((struct sockaddr_in *)&ss)->sin_addr
+            : (const void *)&((struct sockaddr_in6 *)&ss)->sin6_addr;
     inet_ntop(ss.ss_family, a, addr, sizeof(addr));
     struct sockaddr_un un;
     memset(&un, 0, sizeof(un));
@@ -644,7 +644,8 @@ take_port_lock(const char *bind_addr, uint16_t port, char *err,
         snprintf(err, errlen, "socket: %s", strerror(errno));
         return -errno;
     }
-    if (bind(lfd, (struct sockaddr *)&un, unlen) != 0 || listen(lfd, IMGW__PORT_LOCK_BACKLOG) != 0) {
+    if (bind(lfd, (struct sockaddr *)&un, unlen) != 0 ||
+        listen(lfd, IMGW__PORT_LOCK_BACKLOG) != 0) {
         int e = errno;
         close(lfd);
         if (e != EADDRINUSE) {
