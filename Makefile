@@ -2,8 +2,10 @@
 # missing first (deps/install.sh, Debian packages only).
 #
 #   make            build (release, -O2) into build/
-#   make run        build and start one node on :8080 (durable file store in
-#                   ./data, no broker; STORE=memory for the in-memory one)
+#   make run        build imgw and imgw-token, start one node on 127.0.0.1:8080
+#                   (durable file store in ./data, no broker, dev tokens on;
+#                   STORE=memory for the in-memory store, RUN_BIND=0.0.0.0
+#                   opens it, dev tokens included, to the network)
 #   make test       unit + integration tests, then again under ASan/UBSan
 #   make bench      build bench/imgw-bench
 #   make clean      remove the build directories
@@ -17,6 +19,9 @@ DATA      ?= data
 # make run's development secret; set your own in the environment.
 IMGW__AUTH__JWT_SECRET ?= imgw-dev-secret
 export IMGW__AUTH__JWT_SECRET
+# make run's listen address: loopback, because its /dev/token endpoint
+# mints a token for any user.
+RUN_BIND ?= 127.0.0.1
 
 .PHONY: all deps build run test test-fast check-sanitize bench clean fuzz
 
@@ -34,11 +39,11 @@ $(SAN_BUILD)/build.ninja:
 build: deps $(BUILD)/build.ninja
 	ninja -C $(BUILD)
 
-run: build
+run: deps $(BUILD)/build.ninja
+	ninja -C $(BUILD) imgw imgw-token
 	@echo "imgw: dev token for user u1: $$(./$(BUILD)/imgw-token u1)"
-	@echo "imgw: browser demo at http://localhost:8080/ (dev tokens on)"
-	IMGW__AUTH__DEV_TOKENS=true IMGW__STORE__BACKEND=$(STORE) \
-	    IMGW__STORE__PATH=$(DATA) ./$(BUILD)/imgw -c conf/imgw.ini
+	@echo "imgw: browser demo at http://localhost:8080/ (dev tokens on, listening on $(RUN_BIND), store $(STORE))"
+	IMGW__AUTH__DEV_TOKENS=true IMGW__SERVER__BIND=$(RUN_BIND) IMGW__STORE__BACKEND=$(STORE) IMGW__STORE__PATH=$(DATA) ./$(BUILD)/imgw -c conf/imgw.ini
 
 TSAN_BUILD ?= build-tsan
 TSAN_UNITS = test/test_mailbox test/test_usermap test/test_id test/test_store_memory test/test_store_file

@@ -138,6 +138,9 @@ static const imgw_config_opt_t opts[] = {
             "seconds a user route lives in Redis; refreshed by heartbeats"),
     OPT_INT("server", "revoke_window", revoke_window, "120", 0, 30 * IMGW__DAY,
             "seconds after sending during which a message may be revoked"),
+    OPT_ENUM("server", "sync_max_seq", sync_max_seq, "bound", "bound|after",
+             "SyncRequest with min_seq 0: bound = max_seq is an upper bound "
+             "(contract); after = the messages after max_seq (seed 003)"),
     OPT_INT("server", "max_connections", max_connections, "1000000", 1,
             100000000, "connections per node; beyond: HTTP 503"),
     OPT_INT("server", "max_connections_per_ip", max_connections_per_ip, "0", 0,
@@ -997,19 +1000,11 @@ imgw_config_load(imgw_config_t *cfg, int argc, char **argv, char **envp,
             return IMGW_CONFIG_ERROR;
         ld.set[o - opts] = 1;
     }
-    if (cli.log_level != NULL) {
-        level = imgw_log_parse_level(cli.log_level);
-        if (level < 0) {
-            imgw_config_fail(err, errlen,
-                             "-l: unknown log level '%.32s' "
-                             "(trace|debug|info|warn|error)",
-                             cli.log_level);
-            return IMGW_CONFIG_ERROR;
-        }
-        cfg->log_level = level;
-    }
-    /* ...except IMGW_LOG, which beats -l as RUST_LOG does (section 9). An
-     * empty IMGW_LOG counts as unset. */
+    /* The log level follows the same precedence as every key (issue 18):
+     * IMGW_LOG first, then -l, which beats it. Both are still validated,
+     * so a typo in either stops the start. An empty IMGW_LOG counts as
+     * unset. (protocol.md section 9 had IMGW_LOG beat -l, like RUST_LOG;
+     * that contradicted "CLI > env" and surprised users.) */
     if (env_log != NULL && env_log[0] != '\0') {
         level = imgw_log_parse_level(env_log);
         if (level < 0) {
@@ -1017,6 +1012,17 @@ imgw_config_load(imgw_config_t *cfg, int argc, char **argv, char **envp,
                              "IMGW_LOG: unknown log level '%.32s' "
                              "(trace|debug|info|warn|error)",
                              env_log);
+            return IMGW_CONFIG_ERROR;
+        }
+        cfg->log_level = level;
+    }
+    if (cli.log_level != NULL) {
+        level = imgw_log_parse_level(cli.log_level);
+        if (level < 0) {
+            imgw_config_fail(err, errlen,
+                             "-l: unknown log level '%.32s' "
+                             "(trace|debug|info|warn|error)",
+                             cli.log_level);
             return IMGW_CONFIG_ERROR;
         }
         cfg->log_level = level;
@@ -1052,7 +1058,7 @@ imgw_config_usage(void *fp_)
             "  -t, --threads N        reactor loops (server.threads)\n"
             "  -l, --log-level LEVEL  trace|debug|info|warn|error (default "
             "info);\n"
-            "                         env IMGW_LOG overrides it\n"
+            "                         beats env IMGW_LOG\n"
             "  -V, --version          print the version and exit\n"
             "  -h, --help             print this help and exit\n"
             "\n"

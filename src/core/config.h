@@ -6,7 +6,8 @@
  * resulting imgw_config_t is filled once on the main thread before any loop
  * starts and is read-only afterwards (every thread may read it).
  *
- * Precedence: CLI > env > file > default. IMGW_LOG overrides --log-level.
+ * Precedence: CLI > env > file > default; for the log level too:
+ * --log-level beats IMGW_LOG.
  */
 #ifndef IMGW_CONFIG_H
 #define IMGW_CONFIG_H
@@ -21,7 +22,7 @@ typedef struct imgw_config_s {
     /* command line / process */
     char config_path[512];  /* -c; "" = conf/imgw.ini if present */
     int config_explicit;    /* 1 when -c was given (missing file = error) */
-    int log_level;          /* IMGW_LOG_* from log.h after -l / IMGW_LOG */
+    int log_level;          /* IMGW_LOG_* from log.h after IMGW_LOG / -l */
 
     /* [server] */
     uint16_t ports[IMGW_CONFIG_MAX_PORTS];
@@ -38,6 +39,7 @@ typedef struct imgw_config_s {
     int heartbeat_timeout;  /* seconds */
     int auth_timeout;       /* seconds */
     int drain_seconds;      /* paced drain window on SIGTERM */
+    char sync_max_seq[8];   /* "bound" (contract) | "after" (seed 003) */
     char origins[1024];     /* comma list of allowed Origin values; "" = any */
 
     /* [auth] */
@@ -100,8 +102,8 @@ void imgw_config_defaults(imgw_config_t *cfg);
 
 /*
  * Loads the whole configuration: defaults, then the INI file, then
- * IMGW__SECTION__KEY variables from envp (NULL = environ), then the command
- * line, then IMGW_LOG. Validates every value. Returns IMGW_CONFIG_OK,
+ * IMGW__SECTION__KEY variables and IMGW_LOG from envp (NULL = environ), then
+ * the command line. Validates every value. Returns IMGW_CONFIG_OK,
  * IMGW_CONFIG_EXIT_OK (help/version text written to stdout) or
  * IMGW_CONFIG_ERROR with a one-line message in err that names the key.
  */

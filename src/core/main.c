@@ -20,6 +20,10 @@
 #include "session.h"
 #include "tls.h"
 
+/* Exit status when a port is already served by another process (another
+ * imgw included); 2 is a configuration error, 1 any other failure. */
+#define IMGW_EXIT_PORT_IN_USE 3
+
 static imgw_node_t node;
 static imgw_config_t cfg;
 static imgw_nacos_t *nacos; /* NULL unless nacos.server is set */
@@ -200,7 +204,9 @@ main(int argc, char **argv)
     };
     if ((r = imgw_net_new(&node.net, &no, err, sizeof(err))) != 0) {
         fprintf(stderr, "imgw: %s\n", err);
-        return 1;
+        /* A port someone else serves has its own exit status, so scripts
+         * and supervisors can tell it from a crash (operations.md). */
+        return r == UV_EADDRINUSE ? IMGW_EXIT_PORT_IN_USE : 1;
     }
 
     uv_loop_t *main_loop = uv_default_loop();

@@ -515,6 +515,17 @@ imgw_msg_sync(imgw_session_t *s, imgw_msg_in_t *in)
         imgw_session_reply(s, im_CommandType_CMD_SYNC_RSP, in->sequence, &r);
         return;
     }
+    /* Seed 003 shows CMD_SYNC_REQ(max_seq, limit) as "what I am missing",
+     * max_seq being the client's local maximum; the contract reads max_seq
+     * as an upper bound. With server.sync_max_seq = after, the seed's form
+     * (min_seq 0, max_seq > 0) asks for the messages after max_seq; a
+     * request with min_seq > 0 is a range under either setting. */
+    int64_t min_seq = q->min_seq, max_seq = q->max_seq;
+    if (min_seq == 0 && max_seq > 0 &&
+        strcmp(s->cl->node->cfg->sync_max_seq, "after") == 0) {
+        min_seq = max_seq;
+        max_seq = 0;
+    }
     sync_ctx_t *x = malloc(sizeof(*x));
     if (x == NULL) {
         imgw_session_error(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY,
@@ -523,8 +534,8 @@ imgw_msg_sync(imgw_session_t *s, imgw_msg_in_t *in)
     }
     x->ref = imgw_conn_ref(s->conn);
     x->sequence = in->sequence;
-    int r = imgw_store_sync(s->cl->store, s->user, q->min_seq, q->max_seq,
-                            limit, sync_cb, x);
+    int r = imgw_store_sync(s->cl->store, s->user, min_seq, max_seq, limit,
+                            sync_cb, x);
     if (r != 0)
         sync_cb(r, NULL, 0, 0, 0, x);
 }

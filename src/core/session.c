@@ -7,6 +7,7 @@
  * (redis): they find the connection again by imgw_conn_ref_t, never keep a
  * pointer to it.
  */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,82 @@
 #include "session.h"
 
 static _Thread_local imgw_core_loop_t *current_loop;
+
+/* ---- activity log ------------------------------------------------------ */
+
+/*
+ * Logins, refused logins and disconnects at info level, so that a terminal
+ * running `make run` shows what its clients do (issue 18: it looked dead).
+ * The first ACT_FIRST events of the process get a line each; after that
+ * loop 0 writes one summary line per ACT_SUMMARY_MS in which anything
+ * happened, so a benchmark or a busy node is not flooded. Counters are
+ * node-wide atomics (any loop); the summary state is loop 0's alone.
+ */
+#define ACT_FIRST 20
+#define ACT_SUMMARY_MS 60000
+
+typedef enum act_kind_e {
+    ACT_LOGIN,
+    ACT_REFUSED,
+    ACT_LOGOUT,
+    ACT_N
+} act_kind_t;
+
+static atomic_ullong act_total[ACT_N]; /* since start */
+static atomic_uint act_lines;          /* per-event lines written */
+static unsigned long long act_seen[ACT_N]; /* loop 0: totals at last summary */
+static uint64_t act_last_ms;               /* loop 0: last summary */
+
+static void
+act_event(act_kind_t k, const char *user, const char *platform,
+          const char *why)
+{
+    atomic_fetch_add_explicit(&act_total[k], 1, memory_order_relaxed);
+    if (!imgw_log_enabled(IMGW_LOG_INFO_L))
+        return;
+    unsigned n = atomic_fetch_add_explicit(&act_lines, 1,
+                                           memory_order_relaxed);
+    if (n >= ACT_FIRST)
+        return;
+    const char *more = n + 1 == ACT_FIRST
+                           ? " (further logins and disconnects: one summary "
+                             "line per minute)"
+                           : "";
+    if (k == ACT_LOGIN)
+        IMGW_LOG_INFO("user %s logged in (platform %s)%s", user, platform,
+                      more);
+    else if (k == ACT_LOGOUT)
+        IMGW_LOG_INFO("user %s disconnected (platform %s)%s", user, platform,
+                      more);
+    else
+        IMGW_LOG_INFO("login refused: %s%s", why, more);
+}
+
+/* Loop 0's tick: the per-minute summary once the per-event lines are used
+ * up, only for a minute in which something happened. */
+static void
+act_tick(uint64_t now_ms)
+{
+    if (act_last_ms == 0)
+        act_last_ms = now_ms;
+    if (now_ms - act_last_ms < ACT_SUMMARY_MS)
+        return;
+    unsigned long long t[ACT_N], d[ACT_N], any = 0;
+    for (int k = 0; k < ACT_N; k++) {
+        t[k] = atomic_load_explicit(&act_total[k], memory_order_relaxed);
+        d[k] = t[k] - act_seen[k];
+        any |= d[k];
+        act_seen[k] = t[k];
+    }
+    uint64_t secs = (now_ms - act_last_ms) / 1000;
+    act_last_ms = now_ms;
+    if (any && atomic_load_explicit(&act_lines, memory_order_relaxed) >=
+                   ACT_FIRST)
+        IMGW_LOG_INFO("last %llu s: %llu logins, %llu refused, %llu "
+                      "disconnects; %llu sessions open",
+                      (unsigned long long)secs, d[ACT_LOGIN], d[ACT_REFUSED],
+                      d[ACT_LOGOUT], t[ACT_LOGIN] - t[ACT_LOGOUT]);
+}
 
 imgw_core_loop_t *
 imgw_core_loop_current(void)
@@ -230,6 +307,7 @@ on_upgrade(imgw_conn_t *c, const imgw_http_req_t *req)
     if (have < 0) {
         cl->st.handshake_401++;
         cl->st.auth_fail[auth_fail_index(IMGW_JWT_MALFORMED)]++;
+        act_event(ACT_REFUSED, NULL, NULL, "handshake token too long (401)");
         return 401;
     }
     if (have > 0) {
@@ -240,6 +318,10 @@ on_upgrade(imgw_conn_t *c, const imgw_http_req_t *req)
             cl->st.auth_fail[auth_fail_index(r)]++;
             IMGW_LOG_DEBUG("handshake token refused: %s",
                            imgw_jwt_reason(r));
+            char why[96];
+            snprintf(why, sizeof(why), "handshake token: %s (HTTP 401)",
+                     imgw_jwt_reason(r));
+            act_event(ACT_REFUSED, NULL, NULL, why);
             return 401;
         }
     }
@@ -307,6 +389,9 @@ auth_reject(imgw_session_t *s, uint32_t sequence, imgw_jwt_result_t r,
     snprintf(ar.error_msg, sizeof(ar.error_msg), "%s", msg);
     s->cl->st.auth_fail[auth_fail_index(r)]++;
     imgw_core_count_error(s->cl, ar.error_code);
+    char why[160];
+    snprintf(why, sizeof(why), "CMD_AUTH_REQ: %s (4001)", msg);
+    act_event(ACT_REFUSED, NULL, NULL, why);
     imgw_session_reply(s, im_CommandType_CMD_AUTH_RSP, sequence, &ar);
     imgw_conn_close_ws(s->conn, 4001, "authentication failed");
 }
@@ -369,6 +454,7 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
     s->authed = 1;
     cl->st.auth_ok++;
     cl->st.sessions_authed++;
+    act_event(ACT_LOGIN, s->user, s->platform, NULL);
     if (k == 1)
         imgw_deliver_kick(cl, kicked, s->platform);
     /* Read the route before overwriting it: a (user, platform) logged in
@@ -436,6 +522,9 @@ on_message(imgw_conn_t *c, int is_text, const uint8_t *data, size_t len)
                            im_ErrorCode_ERR_AUTH_FAILED,
                            "authentication required");
         cl->st.auth_fail[7]++;
+        act_event(ACT_REFUSED, NULL, NULL,
+                  r != 0 ? "undecodable frame before CMD_AUTH_REQ (4001)"
+                         : "a command before CMD_AUTH_REQ (4001)");
         imgw_conn_close_ws(c, 4001, "authentication required");
         return;
     }
@@ -524,8 +613,10 @@ on_close(imgw_conn_t *c)
 {
     imgw_session_t *s = imgw_conn_data(c);
     imgw_core_loop_t *cl = s->cl;
-    if (s->authed)
+    if (s->authed) {
         cl->st.sessions_authed--;
+        act_event(ACT_LOGOUT, s->user, s->platform, NULL);
+    }
     if (s->user != NULL) {
         int removed = imgw_usermap_remove(cl->node->users, s->user,
                                           imgw_conn_ref(c));
@@ -560,8 +651,10 @@ static void
 on_tick(imgw_loop_t *l, uint64_t now_ms)
 {
     imgw_core_loop_t *cl = imgw_loop_data(l);
-    if (cl->index == 0)
+    if (cl->index == 0) {
         imgw_store_tick(cl->node->store, (int64_t)now_ms);
+        act_tick(now_ms);
+    }
 }
 
 static int

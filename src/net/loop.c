@@ -11,6 +11,8 @@
  * thread, where a bad address or a port in use is reported before any loop
  * runs, and adopted by its loop with uv_tcp_open. The kernel then spreads
  * new connections over the loops; a connection never leaves its loop.
+ * Before that, take_port_lock makes each port this process's alone, so a
+ * second imgw on the same port is refused instead of silently sharing it.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -20,7 +22,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -281,6 +285,7 @@ tw_expire(imgw_tw_entry_t *e, void *arg)
 
 static void loop_idle(imgw_loop_t *l);
 static void loop_close_handles(imgw_loop_t *l);
+static void release_port_locks(imgw_net_t *n);
 
 static void
 drain_step(imgw_loop_t *l)
@@ -385,6 +390,10 @@ start_drain(imgw_loop_t *l)
     for (int i = 0; i < l->n_listeners; i++)
         uv_close((uv_handle_t *)&l->listeners[i], NULL);
     l->n_listeners = 0;
+    /* uv_close has closed the listening fds already; the last loop to get
+     * here frees the ports for a successor (rolling restart). */
+    if (atomic_fetch_sub(&l->net->loops_listening, 1) == 1)
+        release_port_locks(l->net);
     l->drain_start_ms = l->now_ms;
     l->drain_end_ms =
         l->now_ms + (uint64_t)atomic_load(&l->net->drain_ms);
@@ -534,27 +543,163 @@ out:
 
 /* ---- net-wide ---------------------------------------------------------- */
 
+/* Refused starts that can still read the holder's pid (a few hundred bytes
+ * of kernel memory each until the holder exits). */
+#define IMGW__PORT_LOCK_BACKLOG 64
+
+/* Fills ss/sl for bind_addr:port; IMGW_ECONFIG for a non-literal. */
 static int
-make_listener(const char *bind_addr, uint16_t port, char *err, size_t errlen)
+parse_bind(const char *bind_addr, uint16_t port, struct sockaddr_storage *ss,
+           socklen_t *sl, char *err, size_t errlen)
 {
-    struct sockaddr_storage ss;
-    socklen_t sl;
-    memset(&ss, 0, sizeof(ss));
-    struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+    memset(ss, 0, sizeof(*ss));
+    struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
     if (inet_pton(AF_INET, bind_addr, &s4->sin_addr) == 1) {
         s4->sin_family = AF_INET;
         s4->sin_port = htons(port);
-        sl = sizeof(*s4);
+        *sl = sizeof(*s4);
     } else if (inet_pton(AF_INET6, bind_addr, &s6->sin6_addr) == 1) {
         s6->sin6_family = AF_INET6;
         s6->sin6_port = htons(port);
-        sl = sizeof(*s6);
+        *sl = sizeof(*s6);
     } else {
         snprintf(err, errlen, "server.bind: '%s' is not an IP address",
                  bind_addr);
         return IMGW_ECONFIG;
     }
+    return 0;
+}
+
+/*
+ * The pid of the imgw process holding the port lock `name` (an abstract
+ * unix socket, see take_port_lock), or -1 when it cannot be told. A unix
+ * stream connect completes at once and SO_PEERCRED then names the process
+ * that called listen() on the lock. The connection is never accepted; it
+ * sits in the holder's backlog (IMGW__PORT_LOCK_BACKLOG) until the holder
+ * exits, so after that many refused starts the connect fails and the pid
+ * is just not shown.
+ */
+static long
+port_lock_holder(const struct sockaddr_un *name, socklen_t namelen)
+{
+    long pid = -1;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct ucred uc;
+    socklen_t ul = sizeof(uc);
+    if (connect(fd, (const struct sockaddr *)name, namelen) == 0 &&
+        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &ul) == 0 && uc.pid > 0)
+        pid = (long)uc.pid;
+    close(fd);
+    return pid;
+}
+
+/*
+ * Makes bind_addr:port this process's own before any SO_REUSEPORT listener
+ * is bound (issue 18: a second imgw on the same port used to start without
+ * a word, and the kernel split the clients between two separate stores).
+ *
+ * SO_REUSEPORT lets any process of the same user join a port, so two
+ * checks keep it to one process:
+ *  1. A lock: an abstract-namespace unix socket named after the address
+ *     and port, bound and listened on. The kernel frees it when the
+ *     process dies (no stale pidfile), and a second imgw's bind fails
+ *     with EADDRINUSE: it is refused and names the holder's pid.
+ *  2. A probe: a TCP socket bound to the same address and port without
+ *     SO_REUSEPORT, then closed. The kernel refuses it while any socket
+ *     covers the address (another imgw on an overlapping address such as
+ *     0.0.0.0 against 127.0.0.1, or any other program), whatever that
+ *     socket's options.
+ * Returns the lock's fd (kept open until the drain or imgw_net_free), or
+ * UV_EADDRINUSE with err saying who holds the port, or another negative
+ * code.
+ */
+static int
+take_port_lock(const char *bind_addr, uint16_t port, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    int r = parse_bind(bind_addr, port, &ss, &sl, err, errlen);
+    if (r != 0)
+        return r;
+    /* The name uses the parsed address, so "::0" and "::" are one lock. */
+    char addr[INET6_ADDRSTRLEN];
+    const void *a =
+        ss.ss_family == AF_INET
+            ? (const void *)&((struct sockaddr_in *)&ss)->sin_addr
+            : (const void *)&((struct sockaddr_in6 *)&ss)->sin6_addr;
+    inet_ntop(ss.ss_family, a, addr, sizeof(addr));
+    struct sockaddr_un un;
+    memset(&un, 0, sizeof(un));
+    un.sun_family = AF_UNIX;
+    int nl = snprintf(un.sun_path + 1, sizeof(un.sun_path) - 1,
+                      "imgw/listen/%s/%u", addr, port);
+    socklen_t unlen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) +
+                                  1 + (size_t)nl);
+
+    int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (lfd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return -errno;
+    }
+    if (bind(lfd, (struct sockaddr *)&un, unlen) != 0 ||
+        listen(lfd, IMGW__PORT_LOCK_BACKLOG) != 0) {
+        int e = errno;
+        close(lfd);
+        if (e != EADDRINUSE) {
+            snprintf(err, errlen, "port %u: cannot take the port lock: %s",
+                     port, strerror(e));
+            return -e;
+        }
+        long pid = port_lock_holder(&un, unlen);
+        char who[32] = "pid unknown";
+        if (pid > 0)
+            snprintf(who, sizeof(who), "pid %ld", pid);
+        snprintf(err, errlen,
+                 "port %u is already served by another imgw process (%s) "
+                 "on %s",
+                 port, who, bind_addr);
+        return UV_EADDRINUSE;
+    }
+
+    int pfd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (pfd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        close(lfd);
+        return -errno;
+    }
+    int one = 1;
+    setsockopt(pfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(pfd, (struct sockaddr *)&ss, sl) != 0) {
+        int e = errno;
+        close(pfd);
+        close(lfd);
+        if (e == EADDRINUSE) {
+            snprintf(err, errlen,
+                     "port %u on %s is already in use by another process "
+                     "(another imgw on an overlapping address, or another "
+                     "program)",
+                     port, bind_addr);
+            return UV_EADDRINUSE;
+        }
+        snprintf(err, errlen, "listen on %s:%u: %s", bind_addr, port,
+                 strerror(e));
+        return -e;
+    }
+    close(pfd);
+    return lfd;
+}
+
+static int
+make_listener(const char *bind_addr, uint16_t port, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    int r = parse_bind(bind_addr, port, &ss, &sl, err, errlen);
+    if (r != 0)
+        return r;
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
                     0);
     if (fd < 0) {
@@ -581,6 +726,20 @@ make_listener(const char *bind_addr, uint16_t port, char *err, size_t errlen)
     return fd;
 }
 
+/* Closes the port locks: once no loop listens any more (drain) a successor
+ * may take the ports, or at imgw_net_free. Main thread, or the loop that
+ * closed the last listeners (the others no longer touch them). */
+static void
+release_port_locks(imgw_net_t *n)
+{
+    for (int i = 0; i < n->n_port_locks; i++)
+        if (n->port_locks[i] >= 0) {
+            close(n->port_locks[i]);
+            n->port_locks[i] = -1;
+        }
+    n->n_port_locks = 0;
+}
+
 int
 imgw_net_new(imgw_net_t **out, const imgw_net_opts_t *opts, char *err,
              size_t errlen)
@@ -601,8 +760,23 @@ imgw_net_new(imgw_net_t **out, const imgw_net_opts_t *opts, char *err,
     n->n_loops = opts->n_loops;
     uv_mutex_init(&n->done_mu);
     uv_cond_init(&n->done_cv);
+    atomic_store(&n->loops_listening, opts->n_loops);
+    for (int p = 0; p < opts->n_ports + opts->n_tls_ports; p++) {
+        uint16_t port = p >= opts->n_ports ? opts->tls_ports[p - opts->n_ports]
+                                           : opts->ports[p];
+        int fd = take_port_lock(opts->bind, port, err, errlen);
+        if (fd < 0) {
+            release_port_locks(n);
+            uv_mutex_destroy(&n->done_mu);
+            uv_cond_destroy(&n->done_cv);
+            free(n);
+            return fd;
+        }
+        n->port_locks[n->n_port_locks++] = fd;
+    }
     n->loops = imgw_calloc((size_t)n->n_loops, sizeof(*n->loops));
     if (n->loops == NULL || imgw_iplimit_new(&n->iplimit) != 0) {
+        release_port_locks(n);
         free(n->loops);
         free(n);
         return IMGW_ENOMEM;
@@ -709,6 +883,7 @@ imgw_net_free(imgw_net_t *n)
         free(l);
     }
     free(n->loops);
+    release_port_locks(n);
     imgw_iplimit_free(n->iplimit);
     uv_mutex_destroy(&n->done_mu);
     uv_cond_destroy(&n->done_cv);

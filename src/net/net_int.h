@@ -157,6 +157,9 @@ struct imgw_net_s {
     atomic_int drain_ms;
     atomic_long conns;  /* node-wide open connections */
     atomic_int loops_running;
+    atomic_int loops_listening; /* loops that have not closed listeners */
+    int port_locks[IMGW_MAX_LISTENERS]; /* take_port_lock fds, or -1 */
+    int n_port_locks;
     atomic_int loops_idle;
     atomic_int ext_posting; /* imgw_net_post calls under way */
     atomic_int closing;     /* every loop drained: no more posts */

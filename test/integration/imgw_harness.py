@@ -399,7 +399,8 @@ class ServerProc:
                 self.proc.kill()
                 self.proc.wait()
             text = self.log_text().lower()
-            if "in use" in text or "eaddrinuse" in text:
+            if ("in use" in text or "eaddrinuse" in text
+                    or "already served" in text):
                 continue  # port race with a parallel run: retry
             break
         raise RuntimeError("imgw did not become ready: %s\n--- log tail ---\n%s"

@@ -246,3 +246,43 @@ def test_sync_large_messages_paged(mgw):
             assert m.message_id == x.message_id and bytes(m.content) == bytes(x.req.content)
         await close_all([ca, cb])
     run(go())
+
+
+def test_seed_style_sync_after_local_max(mserver, mgw):
+    print("check: seed 003's CMD_SYNC_REQ(max_seq, limit) = {max_seq: 3, limit: 10} "
+          "with server.sync_max_seq = after -> only the newer seqs 4, 5; ranges "
+          "with min_seq > 0 unchanged; the default server keeps the contract "
+          "(the same request returns 1..3)")
+    s = mserver(threads=2, env={"IMGW__SERVER__SYNC_MAX_SEQ": "after"})
+
+    async def go():
+        for srv, mode in ((s, "after"), (mgw, "bound")):
+            a, b = uid("a"), uid("b")
+            ca = await MClient.open(srv, a)
+            await send_many(ca, 5, to=b, prefix="seed")
+            for codec in ("pb", "json"):
+                cb = await MClient.open(srv, b, codec=codec, platform=codec)
+                r = await cb.sync(0, 3, 10)
+                print("%s %s: {max_seq: 3, limit: 10} -> %r has_more %r "
+                      "server_max_seq %r" % (mode, codec, seqs(r), r.has_more,
+                                             r.server_max_seq))
+                assert_code(r, OK, "sync")
+                if mode == "after":
+                    assert seqs(r) == [4, 5] and not r.has_more, r
+                    r = await cb.sync(0, 3, 1)  # paging in the seed's form
+                    assert seqs(r) == [4] and r.has_more, r
+                    r = await cb.sync(0, 5, 10)  # up to date: nothing
+                    assert seqs(r) == [] and not r.has_more, r
+                else:
+                    assert seqs(r) == [1, 2, 3], r
+                assert r.server_max_seq == 5, r
+                # The contract's forms mean the same under both settings.
+                r = await cb.sync(3, 0, 10)
+                assert seqs(r) == [4, 5], r
+                r = await cb.sync(1, 3, 10)
+                assert seqs(r) == [2, 3], r
+                r = await cb.sync()
+                assert seqs(r) == [1, 2, 3, 4, 5], r
+                await cb.close()
+            await ca.close()
+    run(go())

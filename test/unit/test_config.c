@@ -387,8 +387,12 @@ TEST(log_level)
     CHECK_EQ_INT(load(&cfg, ARGS("--log-level", "warn"), NOENV),
                  IMGW_CONFIG_OK);
     CHECK_EQ_INT(cfg.log_level, IMGW_LOG_WARN_L);
-    /* IMGW_LOG beats -l. */
+    /* -l beats IMGW_LOG (CLI > env, issue 18; it used to be the reverse),
+     * and IMGW_LOG beats the default. */
     CHECK_EQ_INT(load(&cfg, ARGS("-l", "debug"), ARGS("IMGW_LOG=error")),
+                 IMGW_CONFIG_OK);
+    CHECK_EQ_INT(cfg.log_level, IMGW_LOG_DEBUG_L);
+    CHECK_EQ_INT(load(&cfg, ARGS("--log-level", "error"), ARGS("IMGW_LOG=trace")),
                  IMGW_CONFIG_OK);
     CHECK_EQ_INT(cfg.log_level, IMGW_LOG_ERROR_L);
     CHECK_EQ_INT(load(&cfg, NOARGS, ARGS("IMGW_LOG=trace")), IMGW_CONFIG_OK);
@@ -401,6 +405,10 @@ TEST(log_level)
     CHECK_EQ_INT(load(&cfg, ARGS("-l", "loud"), NOENV), IMGW_CONFIG_ERROR);
     CHECK(err_has("loud"));
     CHECK_EQ_INT(load(&cfg, NOARGS, ARGS("IMGW_LOG=loud")), IMGW_CONFIG_ERROR);
+    CHECK(err_has("IMGW_LOG"));
+    /* A bad IMGW_LOG is reported even when -l overrides it. */
+    CHECK_EQ_INT(load(&cfg, ARGS("-l", "info"), ARGS("IMGW_LOG=loud")),
+                 IMGW_CONFIG_ERROR);
     CHECK(err_has("IMGW_LOG"));
 }
 
