@@ -10,8 +10,10 @@
 BUILD     ?= build
 SAN_BUILD ?= build-san
 SANITIZE  ?= address,undefined
-# make run's development secret; set your own in the environment.
-IMGW__AUTH__JWT_SECRET ?= imgw-dev-secret
+# make run's development secret; set your own in the environment. It is
+# public (it is in this file), so it is only for a local dev node; it is 32+
+# bytes because imgw refuses shorter secrets at start.
+IMGW__AUTH__JWT_SECRET ?= imgw-dev-secret-for-make-run-only-0123456789
 export IMGW__AUTH__JWT_SECRET
 
 .PHONY: all deps build run test test-fast check-sanitize bench clean fuzz
