@@ -80,18 +80,17 @@ parse_body(const imgw_http_req_t *req)
 
 /*
  * Failed admin authentications are counted per client address, in a small
- * table per loop (this thread's; no locks). Past ADMIN_FAIL_BUDGET failures
- * in ADMIN_FAIL_WINDOW_MS an address gets 429 without its token being
- * looked at: answering a right guess with 200 while refusing wrong ones
- * would keep the oracle open. Each loop counts on its own, so a node allows
- * up to threads x budget guesses per window and address; with every failure
- * closing its connection that is a few hundred guesses a minute against a
- * secret of at least 32 bytes. When every slot is held by a live address,
- * the others share the last slot: spraying addresses cannot reset a count,
- * it only makes the strangers share one budget.
+ * table per loop (this thread's; no locks). Past auth.admin_fail_limit
+ * failures in ADMIN_FAIL_WINDOW_MS an address gets 429 without its token
+ * being looked at: answering a right guess with 200 while refusing wrong
+ * ones would keep the oracle open. Each loop counts on its own, so a node
+ * allows up to threads x limit guesses per window and address; with every
+ * failure closing its connection that is a few hundred guesses a minute
+ * against a secret of at least 32 bytes. When every slot is held by a live
+ * address, the others share the last slot: spraying addresses cannot reset
+ * a count, it only makes the strangers share one budget.
  */
 #define ADMIN_FAIL_SLOTS 128
-#define ADMIN_FAIL_BUDGET 10
 #define ADMIN_FAIL_WINDOW_MS 60000
 
 typedef struct admin_fail_s {
@@ -146,12 +145,13 @@ static int
 check_admin(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
 {
     const char *tok = cl->node->cfg->admin_token;
+    unsigned limit = (unsigned)cl->node->cfg->admin_fail_limit;
     const imgw_span_t *a = imgw_http_header(req, "authorization");
     const char *addr = imgw_conn_peer(c);
     uint64_t now = imgw_loop_now_ms(cl->loop);
     admin_fail_t *f = admin_fail_slot(addr, now, 0);
 
-    if (f != NULL && f->fails >= ADMIN_FAIL_BUDGET) {
+    if (limit > 0 && f != NULL && f->fails >= limit) {
         char hdr[64];
         uint64_t left = (ADMIN_FAIL_WINDOW_MS - (now - f->since_ms) + 999) /
                         1000;
@@ -171,7 +171,7 @@ check_admin(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
     f = admin_fail_slot(addr, now, 1);
     if (f->fails == 0)
         f->since_ms = now;
-    if (++f->fails == ADMIN_FAIL_BUDGET)
+    if (++f->fails == limit)
         IMGW_LOG_WARN("admin api: %u failed authentications from %s; "
                       "answering 429 for %d s",
                       f->fails, f == &admin_fails[ADMIN_FAIL_SLOTS]

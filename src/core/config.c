@@ -171,6 +171,9 @@ static const imgw_config_opt_t opts[] = {
     OPT_STR("auth", "admin_token", admin_token, "",
             "bearer token for /api/*, at least 32 bytes; empty = /api "
             "disabled (404)"),
+    OPT_INT("auth", "admin_fail_limit", admin_fail_limit, "20", 0, 1000000,
+            "failed /api authentications a minute per client address (per "
+            "loop) before 429; 0 = no limit"),
     OPT_BOOL("auth", "dev_tokens", dev_tokens, "false",
              "enable /api/dev/token (development only)"),
 

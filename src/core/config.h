@@ -52,6 +52,8 @@ typedef struct imgw_config_s {
     char app_ids[1024];     /* comma list; "" = not checked */
     char admin_token[256];  /* "" = /api disabled (404), else at least
                                IMGW_CONFIG_MIN_SECRET bytes */
+    int admin_fail_limit;   /* failed admin auths a minute per address and
+                               loop before 429; 0 = no limit */
     int dev_tokens;         /* bool: /api/dev/token enabled */
 
     /* [store] */
