@@ -76,7 +76,7 @@ parse_body(const imgw_http_req_t *req)
     return cJSON_ParseWithLength((const char *)req->body, req->body_len);
 }
 
-/* ---- admin authentication --------------------------------------------------- */
+/* ---- admin authentication ------------------------------------------------ */
 
 /*
  * Failed admin authentications are counted per client address, in a small
@@ -153,14 +153,13 @@ check_admin(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
 
     if (limit > 0 && f != NULL && f->fails >= limit) {
         char hdr[64];
-        uint64_t left = (ADMIN_FAIL_WINDOW_MS - (now - f->since_ms) + 999) /
-                        1000;
+        uint64_t left =
+            (ADMIN_FAIL_WINDOW_MS - (now - f->since_ms) + 999) / 1000;
         snprintf(hdr, sizeof(hdr), "Retry-After: %llu\r\n",
                  (unsigned long long)left);
         static const char body[] =
             "{\"error\":\"too many failed admin authentications\"}";
-        imgw_conn_http_respond(c, 429, JSON_CT, hdr, body, sizeof(body) - 1,
-                               0);
+        imgw_conn_http_respond(c, 429, JSON_CT, hdr, body, sizeof(body) - 1, 0);
         return -1;
     }
     /* Digests, not the bytes: the comparison takes the same time whatever
@@ -174,8 +173,10 @@ check_admin(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
     if (++f->fails == limit)
         IMGW_LOG_WARN("admin api: %u failed authentications from %s; "
                       "answering 429 for %d s",
-                      f->fails, f == &admin_fails[ADMIN_FAIL_SLOTS]
-                                    ? "addresses without a slot" : addr,
+                      f->fails,
+                      f == &admin_fails[ADMIN_FAIL_SLOTS]
+                          ? "addresses without a slot"
+                          : addr,
                       ADMIN_FAIL_WINDOW_MS / 1000);
     imgw_conn_http_respond(c, 401, JSON_CT, "WWW-Authenticate: Bearer\r\n",
                            "{\"error\":\"unauthorized\"}", 24, 0);

@@ -392,8 +392,7 @@ jwt_skip_value(const char *p)
  * object json. Sets *start and *n, blanks trimmed. Returns 0 or -1.
  */
 static int
-jwt_member_text(const char *json, size_t index, const char **start,
-                size_t *n)
+jwt_member_text(const char *json, size_t index, const char **start, size_t *n)
 {
     const char *p = jwt_skip_ws(json);
     const char *end;
@@ -547,9 +546,8 @@ jwt_aud_ok(const cJSON *aud, const char *want)
 static int
 jwt_time_ok(const cJSON *t)
 {
-    return t == NULL ||
-           (cJSON_IsNumber(t) && t->valuedouble >= 0.0 &&
-            t->valuedouble <= JWT_MAX_EXACT);
+    return t == NULL || (cJSON_IsNumber(t) && t->valuedouble >= 0.0 &&
+                         t->valuedouble <= JWT_MAX_EXACT);
 }
 
 /* ---- verifier ----------------------------------------------------------- */

@@ -259,8 +259,8 @@ on_upgrade(imgw_conn_t *c, const imgw_http_req_t *req)
     }
     char *tok = (char *)cl->scratch; /* big enough: max_frame_bytes */
     int from_cookie;
-    int have = token_from_request(req, tok, IMGW_JWT_MAX_TOKEN + 1,
-                                  &from_cookie);
+    int have =
+        token_from_request(req, tok, IMGW_JWT_MAX_TOKEN + 1, &from_cookie);
     imgw_jwt_claims_t claims;
     if (have > 0 && from_cookie &&
         !cookie_allowed(cl->node->cfg->origins, imgw_http_header(req, "origin"),
