@@ -16,8 +16,10 @@ SANITIZE  ?= address,undefined
 # make run's store: the durable file backend in ./data (gitignored).
 STORE     ?= file
 DATA      ?= data
-# make run's development secret; set your own in the environment.
-IMGW__AUTH__JWT_SECRET ?= imgw-dev-secret
+# make run's development secret; set your own in the environment. It is
+# public (it is in this file), so it is only for a local dev node; it is 32+
+# bytes because imgw refuses shorter secrets at start.
+IMGW__AUTH__JWT_SECRET ?= imgw-dev-secret-for-make-run-only-0123456789
 export IMGW__AUTH__JWT_SECRET
 # make run's listen address: loopback, because its /dev/token endpoint
 # mints a token for any user.

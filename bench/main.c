@@ -26,6 +26,9 @@
 #include <unistd.h>
 
 #define MAX_PROCS 64
+/* imgw refuses jwt_secret and admin_token values under 32 bytes. */
+#define BENCH_DEFAULT_SECRET "bench-secret-0123456789abcdef0123456789"
+#define BENCH_DEFAULT_ADMIN "bench-admin-token-0123456789abcdef"
 #define CONNS_PER_PROC 19000 /* the fd hard limit here is 20,000 */
 
 static const char *const k_scen[] = {"connect", "relay", "group", "downlink",
@@ -718,7 +721,7 @@ smoke_main(bopts_t *o, const char *server_bin)
         setenv("IMGW__SERVER__PORTS", portbuf, 1);
         setenv("IMGW__AUTH__JWT_SECRET", o->secret, 1);
         setenv("IMGW__LIMITS__SEND_RATE", "100000", 1);
-        setenv("IMGW__AUTH__ADMIN_TOKEN", "adm", 1);
+        setenv("IMGW__AUTH__ADMIN_TOKEN", o->admin_token, 1);
         if (getenv("IMGW_LOG") == NULL)
             setenv("IMGW_LOG", "warn", 1);
         execl(server_bin, server_bin, "-t", "1", (char *)NULL);
@@ -812,8 +815,8 @@ usage(FILE *f)
         "  --timeout S       connect+upgrade+auth timeout (30)\n"
         "  --size B          content bytes (64)\n"
         "  --json            text frames (JSON codec) instead of protobuf\n"
-        "  --secret S        HS256 secret (bench-secret)\n"
-        "  --admin-token T   group: admin API token (adm)\n"
+        "  --secret S        HS256 secret (" BENCH_DEFAULT_SECRET ")\n"
+        "  --admin-token T   group: admin API token (" BENCH_DEFAULT_ADMIN ")\n"
         "  --amqp URL        downlink: amqp://guest:guest@127.0.0.1:5672/%%2f\n"
         "  --broker-id ID    downlink: routing key of the server's queue\n"
         "  --server-pid PID  measure server CPU and RSS from /proc\n"
@@ -873,8 +876,8 @@ main(int argc, char **argv)
     o.drain = 5;
     o.timeout = 30;
     o.size = 64;
-    o.secret = "bench-secret";
-    o.admin_token = "adm";
+    o.secret = BENCH_DEFAULT_SECRET;
+    o.admin_token = BENCH_DEFAULT_ADMIN;
     o.amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2f";
     o.broker_id = NULL;
     const char *smoke = NULL;

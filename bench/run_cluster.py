@@ -56,9 +56,9 @@ class Node:
         env = dict(os.environ)
         env.update({
             "IMGW__SERVER__PORTS": str(self.port),
-            "IMGW__AUTH__JWT_SECRET": "bench-secret",
+            "IMGW__AUTH__JWT_SECRET": "bench-secret-0123456789abcdef0123456789",
             "IMGW__LIMITS__SEND_RATE": "1000000",
-            "IMGW__AUTH__ADMIN_TOKEN": "adm",
+            "IMGW__AUTH__ADMIN_TOKEN": "bench-admin-token-0123456789abcdef",
             "IMGW__SERVER__BROKER_ID": name,
             "IMGW__SERVER__NODE_ID": str(node_id),
             "IMGW_LOG": "warn",

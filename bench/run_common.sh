@@ -13,9 +13,9 @@ free_port() {
 start_server() {
     SRV_PORT=$(free_port)
     IMGW__SERVER__PORTS=$SRV_PORT \
-    IMGW__AUTH__JWT_SECRET=${BENCH_SECRET:-bench-secret} \
+    IMGW__AUTH__JWT_SECRET=${BENCH_SECRET:-bench-secret-0123456789abcdef0123456789} \
     IMGW__LIMITS__SEND_RATE=1000000 \
-    IMGW__AUTH__ADMIN_TOKEN=${BENCH_ADMIN:-adm} \
+    IMGW__AUTH__ADMIN_TOKEN=${BENCH_ADMIN:-bench-admin-token-0123456789abcdef} \
     IMGW_LOG=${IMGW_LOG:-warn} \
         "$1" -t "${2:-1}" >>"${SRV_LOG:-/dev/null}" 2>&1 &
     SRV_PID=$!

@@ -76,26 +76,111 @@ parse_body(const imgw_http_req_t *req)
     return cJSON_ParseWithLength((const char *)req->body, req->body_len);
 }
 
-/* 0 when the admin bearer token matches; otherwise answers and returns -1. */
+/* ---- admin authentication ------------------------------------------------ */
+
+/*
+ * Failed admin authentications are counted per client address, in a small
+ * table per loop (this thread's; no locks). Past auth.admin_fail_limit
+ * failures in ADMIN_FAIL_WINDOW_MS an address gets 429 without its token
+ * being looked at: answering a right guess with 200 while refusing wrong
+ * ones would keep the oracle open. Each loop counts on its own, so a node
+ * allows up to threads x limit guesses per window and address; with every
+ * failure closing its connection that is a few hundred guesses a minute
+ * against a secret of at least 32 bytes. When every slot is held by a live
+ * address, the others share the last slot: spraying addresses cannot reset
+ * a count, it only makes the strangers share one budget.
+ */
+#define ADMIN_FAIL_SLOTS 128
+#define ADMIN_FAIL_WINDOW_MS 60000
+
+typedef struct admin_fail_s {
+    char addr[64];     /* imgw_conn_peer(); "" = free slot */
+    uint64_t since_ms; /* loop time of the window's first failure */
+    unsigned fails;
+} admin_fail_t;
+
+static _Thread_local admin_fail_t admin_fails[ADMIN_FAIL_SLOTS + 1];
+
+/*
+ * The slot counting addr at loop time now: its own, the shared overflow
+ * slot, or NULL when it has none and one is free (create = 0). With
+ * create = 1 a free slot is taken instead, so the result is never NULL.
+ */
+static admin_fail_t *
+admin_fail_slot(const char *addr, uint64_t now, int create)
+{
+    admin_fail_t *spill = &admin_fails[ADMIN_FAIL_SLOTS];
+    admin_fail_t *free_slot = NULL;
+
+    for (int i = 0; i <= ADMIN_FAIL_SLOTS; i++) {
+        admin_fail_t *f = &admin_fails[i];
+        if (f->fails > 0 && now - f->since_ms >= ADMIN_FAIL_WINDOW_MS) {
+            f->addr[0] = '\0';
+            f->fails = 0;
+        }
+    }
+    for (int i = 0; i < ADMIN_FAIL_SLOTS; i++) {
+        admin_fail_t *f = &admin_fails[i];
+        if (f->fails == 0) {
+            if (free_slot == NULL)
+                free_slot = f;
+        } else if (strcmp(f->addr, addr) == 0) {
+            return f;
+        }
+    }
+    if (free_slot == NULL)
+        return spill;
+    if (!create)
+        return NULL;
+    snprintf(free_slot->addr, sizeof(free_slot->addr), "%s", addr);
+    return free_slot;
+}
+
+/*
+ * 0 when the admin bearer token matches; otherwise answers (401, or 429
+ * past the failure budget) and returns -1. Both answers close the
+ * connection, so every guess costs a new TCP (and TLS) handshake.
+ */
 static int
 check_admin(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
 {
     const char *tok = cl->node->cfg->admin_token;
+    unsigned limit = (unsigned)cl->node->cfg->admin_fail_limit;
     const imgw_span_t *a = imgw_http_header(req, "authorization");
-    size_t tl = strlen(tok);
-    int ok = a != NULL && a->len == tl + 7 &&
-             strncasecmp(a->p, "Bearer ", 7) == 0;
-    /* Constant time over the token bytes. */
-    unsigned diff = ok ? 0 : 1;
-    for (size_t i = 0; ok && i < tl; i++)
-        diff |= (unsigned)(a->p[7 + i] ^ tok[i]);
-    if (diff != 0) {
-        imgw_conn_http_respond(c, 401, JSON_CT,
-                               "WWW-Authenticate: Bearer\r\n",
-                               "{\"error\":\"unauthorized\"}", 24, 1);
+    const char *addr = imgw_conn_peer(c);
+    uint64_t now = imgw_loop_now_ms(cl->loop);
+    admin_fail_t *f = admin_fail_slot(addr, now, 0);
+
+    if (limit > 0 && f != NULL && f->fails >= limit) {
+        char hdr[64];
+        uint64_t left =
+            (ADMIN_FAIL_WINDOW_MS - (now - f->since_ms) + 999) / 1000;
+        snprintf(hdr, sizeof(hdr), "Retry-After: %llu\r\n",
+                 (unsigned long long)left);
+        static const char body[] =
+            "{\"error\":\"too many failed admin authentications\"}";
+        imgw_conn_http_respond(c, 429, JSON_CT, hdr, body, sizeof(body) - 1, 0);
         return -1;
     }
-    return 0;
+    /* Digests, not the bytes: the comparison takes the same time whatever
+       the presented token's length and content. */
+    if (a != NULL && a->len >= 7 && strncasecmp(a->p, "Bearer ", 7) == 0 &&
+        imgw_jwt_secret_equal(a->p + 7, a->len - 7, tok, strlen(tok)))
+        return 0;
+    f = admin_fail_slot(addr, now, 1);
+    if (f->fails == 0)
+        f->since_ms = now;
+    if (++f->fails == limit)
+        IMGW_LOG_WARN("admin api: %u failed authentications from %s; "
+                      "answering 429 for %d s",
+                      f->fails,
+                      f == &admin_fails[ADMIN_FAIL_SLOTS]
+                          ? "addresses without a slot"
+                          : addr,
+                      ADMIN_FAIL_WINDOW_MS / 1000);
+    imgw_conn_http_respond(c, 401, JSON_CT, "WWW-Authenticate: Bearer\r\n",
+                           "{\"error\":\"unauthorized\"}", 24, 0);
+    return -1;
 }
 
 /* ---- async store answers ---------------------------------------------------- */

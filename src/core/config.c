@@ -157,11 +157,14 @@ static const imgw_config_opt_t opts[] = {
             "comma list of allowed Origin header values; empty = any"),
 
     /* [auth] */
-    OPT_STR("auth", "jwt_secret", jwt_secret, "", "HS256 secret"),
+    OPT_STR("auth", "jwt_secret", jwt_secret, "",
+            "HS256 secret, at least 32 bytes; empty = HS256 not accepted"),
     OPT_STR("auth", "jwt_public_key", jwt_public_key, "",
             "PEM public key file for RS256/ES256"),
     OPT_INT("auth", "leeway", leeway, "30", 0, 3600,
             "seconds of clock skew allowed for exp/nbf"),
+    OPT_BOOL("auth", "require_exp", require_exp, "true",
+             "refuse tokens without an exp claim"),
     OPT_STR("auth", "issuer", issuer, "",
             "required iss claim; empty = not checked"),
     OPT_STR("auth", "audience", audience, "",
@@ -169,7 +172,11 @@ static const imgw_config_opt_t opts[] = {
     OPT_STR("auth", "app_ids", app_ids, "",
             "comma list of accepted app_id claims; empty = not checked"),
     OPT_STR("auth", "admin_token", admin_token, "",
-            "bearer token for /api/*; empty = /api disabled (404)"),
+            "bearer token for /api/*, at least 32 bytes; empty = /api "
+            "disabled (404)"),
+    OPT_INT("auth", "admin_fail_limit", admin_fail_limit, "20", 0, 1000000,
+            "failed /api authentications a minute per client address (per "
+            "loop) before 429; 0 = no limit"),
     OPT_BOOL("auth", "dev_tokens", dev_tokens, "false",
              "enable /api/dev/token (development only)"),
 
@@ -853,11 +860,37 @@ imgw_config_parse_argv(int argc, char **argv, imgw_config_cli_t *cli, char *err,
     return 0;
 }
 
+/*
+ * A shared secret short enough to guess is worse than none: HS256 tokens
+ * and admin requests can be tried offline or at thousands per second.
+ * Empty still means "off". The length is in bytes, as configured.
+ */
+static int
+imgw_config_check_secret(const char *key, const char *value, char *err,
+                         size_t errlen)
+{
+    size_t n = strlen(value);
+
+    if (n == 0 || n >= IMGW_CONFIG_MIN_SECRET)
+        return 0;
+    imgw_config_fail(err, errlen,
+                     "%s: %zu bytes is too short, at least %d are required "
+                     "(e.g. openssl rand -base64 32)",
+                     key, n, IMGW_CONFIG_MIN_SECRET);
+    return -1;
+}
+
 /* Checks that involve more than one key; run on the final values. */
 static int
 imgw_config_validate(const imgw_config_t *cfg, char *err, size_t errlen)
 {
     unsigned char addr[16];
+
+    if (imgw_config_check_secret("auth.jwt_secret", cfg->jwt_secret, err,
+                                 errlen) != 0 ||
+        imgw_config_check_secret("auth.admin_token", cfg->admin_token, err,
+                                 errlen) != 0)
+        return -1;
 
     if (inet_pton(AF_INET, cfg->bind, addr) != 1 &&
         inet_pton(AF_INET6, cfg->bind, addr) != 1) {

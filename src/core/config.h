@@ -17,6 +17,8 @@
 
 #define IMGW_CONFIG_MAX_PORTS 16
 #define IMGW_CONFIG_MAX_LIST 32
+/* Shortest auth.jwt_secret / auth.admin_token accepted (bytes): 256 bits. */
+#define IMGW_CONFIG_MIN_SECRET 32
 
 typedef struct imgw_config_s {
     /* command line / process */
@@ -43,13 +45,17 @@ typedef struct imgw_config_s {
     char origins[1024];     /* comma list of allowed Origin values; "" = any */
 
     /* [auth] */
-    char jwt_secret[512];
+    char jwt_secret[512];   /* "" or at least IMGW_CONFIG_MIN_SECRET bytes */
     char jwt_public_key[512]; /* PEM file path */
     int leeway;
+    int require_exp;        /* bool: tokens without exp are refused */
     char issuer[256];
     char audience[256];
     char app_ids[1024];     /* comma list; "" = not checked */
-    char admin_token[256];  /* "" = /api disabled (404) */
+    char admin_token[256];  /* "" = /api disabled (404), else at least
+                               IMGW_CONFIG_MIN_SECRET bytes */
+    int admin_fail_limit;   /* failed admin auths a minute per address and
+                               loop before 429; 0 = no limit */
     int dev_tokens;         /* bool: /api/dev/token enabled */
 
     /* [store] */

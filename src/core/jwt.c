@@ -61,6 +61,7 @@ struct imgw_jwt_s {
     mbedtls_pk_context pk;  /* public key; initialised even when unused */
     int pk_alg;             /* JWT_ALG_RS256, JWT_ALG_ES256, or 0 = no key */
     int leeway;             /* seconds, >= 0 */
+    int exp_optional;       /* 1 = a token without exp is accepted */
     char *issuer;           /* owned; NULL = not checked */
     char *audience;         /* owned; NULL = not checked */
     char *app_ids;          /* owned comma list; NULL = not checked */
@@ -331,13 +332,135 @@ jwt_id_ok(const char *s, size_t n, size_t max)
     return 1;
 }
 
+/* ---- raw member text --------------------------------------------------- */
+
 /*
- * Copies a string or integer id claim into dst[max]. Integers are printed
- * without decimals; beyond 2^53 a double has lost digits, so the number is
- * no longer the id the issuer meant and is refused. Returns 0 or -1.
+ * cJSON keeps only the double of a number, and a double has already lost
+ * what matters for an id: "9007199254740993" parses to 2^53 and would name
+ * another user. So numeric ids are read from the token text. The payload
+ * was accepted by cJSON with require_null_terminated, so it is one valid
+ * JSON object; these walkers only need to find where its members start and
+ * end, and they still stop at the NUL whatever they meet.
+ */
+static const char *
+jwt_skip_ws(const char *p)
+{
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+        p++;
+    return p;
+}
+
+/* p is at an opening quote; returns the byte after the closing one. */
+static const char *
+jwt_skip_string(const char *p)
+{
+    p++;
+    while (*p != '\0' && *p != '"') {
+        if (*p == '\\' && p[1] != '\0')
+            p++;
+        p++;
+    }
+    return *p == '"' ? p + 1 : p;
+}
+
+/* Returns the end of the value at p: the ',' or '}' of the enclosing
+   object that follows it (or the NUL). */
+static const char *
+jwt_skip_value(const char *p)
+{
+    int depth = 0;
+
+    while (*p != '\0') {
+        if (depth == 0 && (*p == ',' || *p == '}'))
+            break;
+        if (*p == '"') {
+            p = jwt_skip_string(p);
+            continue;
+        }
+        if (*p == '{' || *p == '[')
+            depth++;
+        else if (*p == '}' || *p == ']')
+            depth--;
+        p++;
+    }
+    return p;
+}
+
+/*
+ * Finds the text of the value of member number index (0-based, in document
+ * order, which is also the order of cJSON's child list) of the top-level
+ * object json. Sets *start and *n, blanks trimmed. Returns 0 or -1.
  */
 static int
-jwt_id_copy(const cJSON *item, char *dst, size_t max)
+jwt_member_text(const char *json, size_t index, const char **start, size_t *n)
+{
+    const char *p = jwt_skip_ws(json);
+    const char *end;
+
+    if (*p != '{')
+        return -1;
+    p++;
+    for (size_t i = 0;; i++) {
+        p = jwt_skip_ws(p);
+        if (*p != '"')
+            return -1;
+        p = jwt_skip_ws(jwt_skip_string(p));
+        if (*p != ':')
+            return -1;
+        p = jwt_skip_ws(p + 1);
+        end = jwt_skip_value(p);
+        if (i == index) {
+            while (end > p && (end[-1] == ' ' || end[-1] == '\t' ||
+                               end[-1] == '\n' || end[-1] == '\r'))
+                end--;
+            *start = p;
+            *n = (size_t)(end - p);
+            return 0;
+        }
+        if (*end != ',')
+            return -1;
+        p = end + 1;
+    }
+}
+
+/*
+ * Whether t[0..n) is a plain JSON integer of at most 2^53 in magnitude:
+ * digits with an optional '-', no fraction, no exponent, not "-0". Within
+ * 2^53 every reader of the token, JavaScript included, sees the same
+ * integer; "1e3" or "42.0" are refused because readers disagree on whether
+ * those are integers at all (Python's json makes them floats).
+ */
+static int
+jwt_exact_int_text(const char *t, size_t n)
+{
+    uint64_t v = 0;
+    size_t i = 0;
+
+    if (n > 0 && t[0] == '-')
+        i = 1;
+    if (i == n || n - i > 16) /* 2^53 has 16 digits */
+        return 0;
+    if (t[i] == '0' && n - i > 1)
+        return 0;
+    for (size_t k = i; k < n; k++) {
+        if (t[k] < '0' || t[k] > '9')
+            return 0;
+        v = v * 10 + (uint64_t)(t[k] - '0');
+    }
+    if (v > ((uint64_t)1 << 53))
+        return 0;
+    return !(i == 1 && v == 0);
+}
+
+/*
+ * Copies a string or integer id claim into dst[max]. An integer is copied
+ * as its token text, which jwt_exact_int_text() makes canonical. json is
+ * the payload text the claim came from, obj its parsed top level. Returns
+ * 0 or -1.
+ */
+static int
+jwt_id_copy(const char *json, const cJSON *obj, const cJSON *item, char *dst,
+            size_t max)
 {
     if (cJSON_IsString(item)) {
         size_t n = strlen(item->valuestring);
@@ -347,11 +470,19 @@ jwt_id_copy(const cJSON *item, char *dst, size_t max)
         return 0;
     }
     if (cJSON_IsNumber(item)) {
-        double v = item->valuedouble;
-        if (!(v >= -JWT_MAX_EXACT && v <= JWT_MAX_EXACT) ||
-            v != (double)(long long)v)
+        const cJSON *it = obj->child;
+        const char *t;
+        size_t index = 0, n;
+
+        while (it != NULL && it != item) {
+            it = it->next;
+            index++;
+        }
+        if (it == NULL || jwt_member_text(json, index, &t, &n) != 0 ||
+            !jwt_exact_int_text(t, n) || n >= max)
             return -1;
-        snprintf(dst, max, "%lld", (long long)v);
+        memcpy(dst, t, n);
+        dst[n] = '\0';
         return 0;
     }
     return -1;
@@ -406,16 +537,17 @@ jwt_aud_ok(const cJSON *aud, const char *want)
     return 0;
 }
 
-/* Converts a NumericDate that already passed the exp check to seconds,
-   clamped so the cast is defined. */
-static int64_t
-jwt_clamp_time(double v)
+/*
+ * A NumericDate (exp, nbf, iat) must be a finite number of seconds in
+ * [0, 2^53]: cJSON turns 1e999 into infinity, which would make a token that
+ * never expires, and nothing real is negative or beyond year 285 million.
+ * Fractions are allowed (RFC 7519 section 2).
+ */
+static int
+jwt_time_ok(const cJSON *t)
 {
-    if (v >= 9.2e18)
-        return INT64_MAX;
-    if (v <= -9.2e18)
-        return INT64_MIN;
-    return (int64_t)v;
+    return t == NULL || (cJSON_IsNumber(t) && t->valuedouble >= 0.0 &&
+                         t->valuedouble <= JWT_MAX_EXACT);
 }
 
 /* ---- verifier ----------------------------------------------------------- */
@@ -504,6 +636,7 @@ imgw_jwt_new(imgw_jwt_t **out, const imgw_jwt_opts_t *opts, char *err,
     }
     mbedtls_pk_init(&j->pk);
     j->leeway = opts->leeway > 0 ? opts->leeway : 0;
+    j->exp_optional = opts->exp_optional != 0;
 
     rc = 0;
     if (jwt_nonempty(opts->hs256_secret)) {
@@ -670,20 +803,25 @@ jwt_check_sig(imgw_jwt_t *j, int alg, const char *input, size_t ilen,
     return r;
 }
 
-/* Applies the claim rules of protocol.md section 4 to a verified payload. */
+/* Applies the claim rules of protocol.md section 4 to a verified payload:
+   json is its text, p the parsed object. */
 static imgw_jwt_result_t
-jwt_check_claims(const imgw_jwt_t *j, const cJSON *p, int64_t now,
-                 imgw_jwt_claims_t *c)
+jwt_check_claims(const imgw_jwt_t *j, const char *json, const cJSON *p,
+                 int64_t now, imgw_jwt_claims_t *c)
 {
     const cJSON *exp = jwt_get(p, "exp");
     const cJSON *nbf = jwt_get(p, "nbf");
     const cJSON *iat = jwt_get(p, "iat");
     const cJSON *app, *user;
 
-    if ((exp != NULL && !cJSON_IsNumber(exp)) ||
-        (nbf != NULL && !cJSON_IsNumber(nbf)) ||
-        (iat != NULL && !cJSON_IsNumber(iat)))
+    /* NaN fails both comparisons of jwt_time_ok(), so it is refused too
+       (cJSON cannot produce it from valid JSON anyway). */
+    if (!jwt_time_ok(exp) || !jwt_time_ok(nbf) || !jwt_time_ok(iat))
         return IMGW_JWT_MALFORMED;
+    /* A token without exp is good forever once leaked; refused unless the
+       operator opted out (auth.require_exp = false). */
+    if (exp == NULL && !j->exp_optional)
+        return IMGW_JWT_BAD_CLAIM;
     /* In doubles: NumericDate may be fractional or huge, and now is exact
        far beyond any real clock. */
     if (exp != NULL && (double)now > exp->valuedouble + j->leeway)
@@ -700,7 +838,8 @@ jwt_check_claims(const imgw_jwt_t *j, const cJSON *p, int64_t now,
         return IMGW_JWT_BAD_CLAIM;
 
     app = jwt_get(p, "app_id");
-    if (app != NULL && jwt_id_copy(app, c->app_id, sizeof c->app_id) != 0)
+    if (app != NULL &&
+        jwt_id_copy(json, p, app, c->app_id, sizeof c->app_id) != 0)
         return IMGW_JWT_BAD_CLAIM;
     if (j->app_ids != NULL &&
         (app == NULL || !jwt_list_has(j->app_ids, c->app_id)))
@@ -713,10 +852,11 @@ jwt_check_claims(const imgw_jwt_t *j, const cJSON *p, int64_t now,
         user = jwt_get(p, "user_id");
     if (user == NULL)
         user = jwt_get(p, "uid");
-    if (user == NULL || jwt_id_copy(user, c->user_id, sizeof c->user_id) != 0)
+    if (user == NULL ||
+        jwt_id_copy(json, p, user, c->user_id, sizeof c->user_id) != 0)
         return IMGW_JWT_BAD_CLAIM;
 
-    c->exp = exp != NULL ? jwt_clamp_time(exp->valuedouble) : 0;
+    c->exp = exp != NULL ? (int64_t)exp->valuedouble : 0;
     return IMGW_JWT_OK;
 }
 
@@ -760,11 +900,30 @@ imgw_jwt_verify(imgw_jwt_t *j, const char *token, size_t len, int64_t now,
     if (payload == NULL)
         return IMGW_JWT_MALFORMED;
     memset(&c, 0, sizeof c);
-    r = jwt_check_claims(j, payload, now, &c);
+    r = jwt_check_claims(j, (const char *)buf, payload, now, &c);
     cJSON_Delete(payload);
     if (r == IMGW_JWT_OK && claims != NULL)
         *claims = c;
     return r;
+}
+
+int
+imgw_jwt_secret_equal(const void *a, size_t alen, const void *b, size_t blen)
+{
+    const mbedtls_md_info_t *sha256 =
+        mbedtls_md_info_from_type(MBEDTLS_MD_SHA256);
+    unsigned char da[JWT_SHA256_LEN], db[JWT_SHA256_LEN];
+    int eq;
+
+    if (sha256 == NULL || (a == NULL && alen > 0) || (b == NULL && blen > 0))
+        return 0;
+    if (mbedtls_md(sha256, a, alen, da) != 0 ||
+        mbedtls_md(sha256, b, blen, db) != 0)
+        return 0;
+    eq = jwt_ct_equal(da, db, JWT_SHA256_LEN);
+    mbedtls_platform_zeroize(da, sizeof da);
+    mbedtls_platform_zeroize(db, sizeof db);
+    return eq;
 }
 
 const char *

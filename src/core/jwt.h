@@ -22,6 +22,8 @@ typedef struct imgw_jwt_opts_s {
     const char *audience;       /* NULL/"" = not checked (aud may be a
                                    string or an array of strings) */
     const char *app_ids;        /* comma list; NULL/"" = not checked */
+    int exp_optional;           /* 0 (the default) = a token without exp
+                                   is IMGW_JWT_BAD_CLAIM; 1 = accepted */
 } imgw_jwt_opts_t;
 
 #define IMGW_JWT_MAX_TOKEN 4096
@@ -40,7 +42,8 @@ typedef enum imgw_jwt_result_e {
     IMGW_JWT_BAD_SIG = -3,
     IMGW_JWT_EXPIRED = -4,     /* exp + leeway < now */
     IMGW_JWT_NOT_YET = -5,     /* nbf - leeway > now */
-    IMGW_JWT_BAD_CLAIM = -6,   /* iss/aud/app_id mismatch, no user id */
+    IMGW_JWT_BAD_CLAIM = -6,   /* iss/aud/app_id mismatch, no user id,
+                                  no exp (unless exp_optional) */
 } imgw_jwt_result_t;
 
 /*
@@ -58,6 +61,16 @@ void imgw_jwt_free(imgw_jwt_t *j);
  */
 imgw_jwt_result_t imgw_jwt_verify(imgw_jwt_t *j, const char *token, size_t len,
                                   int64_t now, imgw_jwt_claims_t *claims);
+
+/*
+ * Whether a[0..alen) equals b[0..blen), for comparing a presented secret
+ * (the admin bearer token) with the configured one. Both are hashed with
+ * SHA-256 and the digests compared in constant time, so neither the time
+ * nor an early exit tells the caller how long the secret is or how much of
+ * a guess was right. Returns 1 when equal, 0 otherwise. Any thread.
+ */
+int imgw_jwt_secret_equal(const void *a, size_t alen, const void *b,
+                          size_t blen);
 
 /** Short reason text for logs/metrics ("expired", "bad_signature", ...). */
 const char *imgw_jwt_reason(imgw_jwt_result_t r);

@@ -132,7 +132,8 @@ main(int argc, char **argv)
     /* A bad key file is a configuration error: check it before anything
      * starts (each loop parses its own copy later). */
     imgw_jwt_opts_t jo = {cfg.jwt_secret, cfg.jwt_public_key, cfg.leeway,
-                          cfg.issuer,     cfg.audience,       cfg.app_ids};
+                          cfg.issuer,     cfg.audience,       cfg.app_ids,
+                          !cfg.require_exp};
     imgw_jwt_t *probe = NULL;
     if (imgw_jwt_new(&probe, &jo, err, sizeof(err)) != 0) {
         fprintf(stderr, "imgw: %s\n", err);
@@ -149,6 +150,11 @@ main(int argc, char **argv)
         }
         imgw_tls_ctx_free(t);
     }
+    if (cfg.dev_tokens)
+        IMGW_LOG_WARN("auth.dev_tokens is on: /dev/token mints a token for "
+                      "any user and /dev/group overwrites any group, without "
+                      "authentication; development only, never on a "
+                      "reachable server");
     if (cfg.jwt_secret[0] == '\0' && cfg.jwt_public_key[0] == '\0')
         IMGW_LOG_WARN("neither auth.jwt_secret nor auth.jwt_public_key is set: "
                       "every token will be refused");

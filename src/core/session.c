@@ -233,10 +233,13 @@ auth_fail_index(imgw_jwt_result_t r)
 /*
  * The handshake token from ?token=, Authorization: Bearer or the token
  * cookie: 1 found, 0 none, -1 present but over the size bound (a 401).
+ * *cookie is set when the token came from the cookie.
  */
 static int
-token_from_request(const imgw_http_req_t *req, char *out, size_t outlen)
+token_from_request(const imgw_http_req_t *req, char *out, size_t outlen,
+                   int *cookie)
 {
+    *cookie = 0;
     int q = imgw_http_query_param(req, "token", out, outlen);
     if (q == -2)
         return -1;
@@ -257,11 +260,41 @@ token_from_request(const imgw_http_req_t *req, char *out, size_t outlen)
         return n > 0;
     }
     int k = imgw_http_cookie(req, "token", out, outlen);
+    *cookie = 1;
     if (k == -2)
         return -1;
     if (k == 0 && out[0])
         return 1;
     return 0;
+}
+
+/*
+ * A browser attaches the token cookie to a WebSocket handshake whatever
+ * page opened it, and server.origins defaults to any Origin, so a cookie
+ * alone proves nothing about who is asking (cross-site WebSocket
+ * hijacking: evil.example opens ws://imgw/ws and acts as the victim). The
+ * cookie is taken only from a browser request (Origin present) whose
+ * origin is vetted: by a configured server.origins list (on_upgrade
+ * checked it already), or else by being the same origin as the server,
+ * that is the host[:port] of Origin equal to Host (the demo page served by
+ * imgw itself). Behind a proxy that rewrites Host, configure origins.
+ */
+static int
+cookie_allowed(const char *list, const imgw_span_t *origin,
+               const imgw_span_t *host)
+{
+    if (origin == NULL)
+        return 0;
+    if (list[0] != '\0')
+        return 1;
+    if (host == NULL)
+        return 0;
+    const char *p = memmem(origin->p, origin->len, "://", 3);
+    if (p == NULL) /* "null" (sandboxed or opaque origins) among others */
+        return 0;
+    p += 3;
+    size_t n = origin->len - (size_t)(p - origin->p);
+    return n > 0 && n == host->len && strncasecmp(p, host->p, n) == 0;
 }
 
 /*
@@ -302,8 +335,19 @@ on_upgrade(imgw_conn_t *c, const imgw_http_req_t *req)
         return 403;
     }
     char *tok = (char *)cl->scratch; /* big enough: max_frame_bytes */
-    int have = token_from_request(req, tok, IMGW_JWT_MAX_TOKEN + 1);
+    int from_cookie;
+    int have =
+        token_from_request(req, tok, IMGW_JWT_MAX_TOKEN + 1, &from_cookie);
     imgw_jwt_claims_t claims;
+    if (have > 0 && from_cookie &&
+        !cookie_allowed(cl->node->cfg->origins, imgw_http_header(req, "origin"),
+                        imgw_http_header(req, "host"))) {
+        cl->st.handshake_401++;
+        cl->st.auth_fail[7]++;
+        IMGW_LOG_DEBUG("handshake token cookie refused: no Origin, or a "
+                       "cross-origin one without server.origins");
+        return 401;
+    }
     if (have < 0) {
         cl->st.handshake_401++;
         cl->st.auth_fail[auth_fail_index(IMGW_JWT_MALFORMED)]++;
@@ -668,7 +712,8 @@ on_loop_start(imgw_loop_t *l)
     imgw_loop_set_data(l, cl);
     const imgw_config_t *cfg = node->cfg;
     imgw_jwt_opts_t jo = {cfg->jwt_secret, cfg->jwt_public_key, cfg->leeway,
-                          cfg->issuer,     cfg->audience,       cfg->app_ids};
+                          cfg->issuer,     cfg->audience,       cfg->app_ids,
+                          !cfg->require_exp};
     int r = imgw_jwt_new(&cl->jwt, &jo, err, sizeof(err));
     if (r != 0) {
         IMGW_LOG_ERROR("%s", err);

@@ -142,6 +142,8 @@ def handshake_status(port, token=None, via="query", extra=None, path="/ws"):
             hdrs["Authorization"] = "Bearer " + token
         elif via == "cookie":
             hdrs["Cookie"] = "token=" + token
+            # The cookie counts only from a vetted Origin: same origin here.
+            hdrs.setdefault("Origin", H.same_origin(port))
     c = H.HTTPConn(port, timeout=10)
     try:
         req, _ = H.upgrade_request(port, path=path, extra=hdrs)

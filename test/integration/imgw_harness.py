@@ -31,6 +31,8 @@ import sys
 import tempfile
 import time
 
+from urllib.parse import urlsplit
+
 import jwt  # PyJWT
 import websockets
 from google.protobuf import json_format
@@ -263,8 +265,8 @@ KEY_SECTION = {
     "broker_id": "server", "node_id": "server", "route_ttl": "server",
     "revoke_window": "server", "max_connections": "server",
     "heartbeat_timeout": "server", "auth_timeout": "server",
-    "drain_seconds": "server",
-    "jwt_secret": "auth", "jwt_public_key": "auth", "leeway": "auth",
+    "drain_seconds": "server", "origins": "server",
+    "jwt_secret": "auth", "require_exp": "auth", "admin_fail_limit": "auth", "jwt_public_key": "auth", "leeway": "auth",
     "issuer": "auth", "audience": "auth", "app_ids": "auth",
     "admin_token": "auth",
     "backend": "store",
@@ -646,6 +648,12 @@ def new_ws_key():
     return base64.b64encode(os.urandom(16)).decode()
 
 
+def same_origin(port):
+    """The Origin a browser would send for a page served by imgw on port
+    (upgrade_request's Host is 127.0.0.1:port)."""
+    return "http://127.0.0.1:%d" % port
+
+
 def upgrade_request(port, path="/ws", key=None, method="GET", version="13",
                     upgrade="websocket", connection="Upgrade", extra=None,
                     omit=()):
@@ -863,6 +871,10 @@ class WSClient:
                 hdrs["Cookie"] = "token=" + token
             else:
                 raise ValueError(token_via)
+        if "Cookie" in hdrs:
+            # A browser sends its Origin with the cookie; imgw takes the
+            # token cookie only from a vetted Origin (same origin here).
+            hdrs.setdefault("Origin", "http://" + urlsplit(url).netloc)
         ws = await websockets.connect(url, extra_headers=hdrs, max_size=None,
                                       ping_interval=ping_interval,
                                       open_timeout=open_timeout,

@@ -147,7 +147,9 @@ def test_handshake_invalid_token_401(gw, kind, via):
     elif via == "header":
         extra["Authorization"] = "Bearer " + tok
     else:
+        # Same origin, so the cookie is taken and its token is what fails.
         extra["Cookie"] = "token=" + tok
+        extra["Origin"] = H.same_origin(gw.port)
     req, _ = H.upgrade_request(gw.port, path=path, extra=extra)
     resp = H.http_request(gw.port, req)
     print("got:", resp)

@@ -111,12 +111,16 @@ def test_nbf_within_leeway_accepted(gw):
     run(go())
 
 
-def test_token_without_exp(gw):
-    print("check: a token without exp is accepted (exp is enforced when present)")
+def test_token_without_exp(gw, server):
+    # Contract changed by audit item 15: exp is required unless
+    # auth.require_exp = false (test_audit_auth.py covers the handshake).
+    print("check: a token without exp -> ERR_AUTH_FAILED by default; accepted "
+          "with auth.require_exp = false")
 
-    async def go():
-        assert await auth_code(gw, "noexp", make_token("noexp", exp_in=None)) == OK
-    run(go())
+    async def go(srv, want):
+        assert await auth_code(srv, "noexp", make_token("noexp", exp_in=None)) == want
+    run(go(gw, AUTH_FAILED))
+    run(go(server(threads=1, require_exp="false"), OK))
 
 
 def test_numeric_sub_claim(gw):

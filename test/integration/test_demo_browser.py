@@ -123,8 +123,9 @@ def test_dev_endpoints_off_by_default(server):
 
 def test_dev_group_endpoint(server):
     import json
-    s = server(env=dict(DEV, **{"auth.admin_token": "adm-token"}))
-    auth = {"Authorization": "Bearer adm-token"}
+    adm = "demo-admin-token-0123456789abcdef"  # 32+ bytes (audit item 13)
+    s = server(env=dict(DEV, **{"auth.admin_token": adm}))
+    auth = {"Authorization": "Bearer " + adm}
     r = http(s.port, "POST", "/dev/group?gid=team&members=alice,bob,carol")
     step("POST /dev/group?gid=team&members=alice,bob,carol -> %d %s" % (r.status, r.body))
     assert r.status == 200 and json.loads(r.body) == {"ok": True}, r

@@ -3,7 +3,7 @@
 Every ```sh / ```js block of README.md carries a marker comment just above it:
 
   <!-- readme-test: shell token=USER -->   run with bash against a started
-      node (make run's settings: secret imgw-dev-secret, dev tokens on);
+      node (make run's settings: the Makefile's secret, dev tokens on);
       `./build/` becomes the directory of the binary under test and
       127.0.0.1:8080 / localhost:8080 the node's port. The last line of the
       output must be a token for USER (or /dev/token's JSON holding one),
@@ -34,7 +34,18 @@ import pytest
 import imgw_harness as H
 
 README = os.path.join(H.REPO, "README.md")
-DEV_SECRET = "imgw-dev-secret"  # make run's (Makefile)
+
+
+def _make_run_secret():
+    """make run's development secret, read from the Makefile itself so the
+    README snippets are checked against what `make run` really uses."""
+    with open(os.path.join(H.REPO, "Makefile")) as f:
+        m = re.search(r"^IMGW__AUTH__JWT_SECRET \?= (\S+)$", f.read(), re.M)
+    assert m, "Makefile lost its IMGW__AUTH__JWT_SECRET default"
+    return m.group(1)
+
+
+DEV_SECRET = _make_run_secret()
 CHROMIUM = os.environ.get("IMGW_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("IMGW_CHROMEDRIVER", "/usr/bin/chromedriver")
 

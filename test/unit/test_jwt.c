@@ -156,6 +156,11 @@ mint(const signer_t *s, const char *header, const char *payload, int flags,
     return out;
 }
 
+/*
+ * Most tests check one rule on a minimal payload, so these verifiers accept
+ * a token without exp; the default (exp required) has its own test,
+ * require_exp, with zeroed options as a caller would write them.
+ */
 static imgw_jwt_t *
 mkv(const char *secret, const char *keyfile, const char *iss,
     const char *aud, const char *apps)
@@ -171,6 +176,7 @@ mkv(const char *secret, const char *keyfile, const char *iss,
     o.issuer = iss;
     o.audience = aud;
     o.app_ids = apps;
+    o.exp_optional = 1;
     rc = imgw_jwt_new(&j, &o, err, sizeof err);
     if (rc != 0) {
         printf("  FAIL  imgw_jwt_new: %d %s\n", rc, err);
@@ -403,8 +409,40 @@ TEST(user_id)
     CHECK_EQ_INT(hs_claims(j, "{\"sub\":9007199254740992}", &c),
                  IMGW_JWT_OK);
     CHECK_EQ_STR(c.user_id, "9007199254740992");
-    CHECK_EQ_INT(hs_claims(j, "{\"sub\":1e3}", &c), IMGW_JWT_OK);
-    CHECK_EQ_STR(c.user_id, "1000");
+    CHECK_EQ_INT(hs_claims(j, "{\"sub\":-9007199254740992}", &c),
+                 IMGW_JWT_OK);
+    CHECK_EQ_STR(c.user_id, "-9007199254740992");
+    CHECK_EQ_INT(hs_claims(j, "{\"sub\" : 0 }", &c), IMGW_JWT_OK);
+    CHECK_EQ_STR(c.user_id, "0");
+    CHECK_EQ_INT(hs_claims(j, "{\"iat\":1, \"sub\" :\t42\n}", &c),
+                 IMGW_JWT_OK);
+    CHECK_EQ_STR(c.user_id, "42");
+    /* The id is read from the token text, after whatever precedes it. */
+    CHECK_EQ_INT(hs_claims(j, "{\"x\":{\"sub\":1,\"a\":[\",}\\\"\",{}]},"
+                              "\"sub\":7}", &c), IMGW_JWT_OK);
+    CHECK_EQ_STR(c.user_id, "7");
+    /* Beyond 2^53 a double rounds: 2^53 + 1 parses to 2^53 and would be
+       that user (audit item 4). The text decides, not the double. */
+    CHECK_EQ_INT(hs_claims(j, "{\"sub\":9007199254740993}", &c),
+                 IMGW_JWT_BAD_CLAIM);
+    CHECK_EQ_INT(hs_claims(j, "{\"user_id\":9007199254740993}", &c),
+                 IMGW_JWT_BAD_CLAIM);
+    CHECK_EQ_INT(hs_claims(j, "{\"uid\":9007199254740993}", &c),
+                 IMGW_JWT_BAD_CLAIM);
+    CHECK_EQ_INT(hs_claims(j, "{\"uid\":-9007199254740993}", &c),
+                 IMGW_JWT_BAD_CLAIM);
+    CHECK_EQ_INT(hs_claims(j, "{\"sub\":90071992547409921}", &c),
+                 IMGW_JWT_BAD_CLAIM);
+    CHECK_EQ_INT(hs_claims(j, "{\"sub\":18446744073709551617}", &c),
+                 IMGW_JWT_BAD_CLAIM);
+    CHECK_EQ_INT(hs_claims(j, "{\"app_id\":9007199254740993,\"sub\":\"a\"}",
+                           &c), IMGW_JWT_BAD_CLAIM);
+    /* Integers in other spellings: readers disagree on what they are
+       (Python's json makes 1e3 and 42.0 floats), so they are refused. */
+    CHECK_EQ_INT(hs_claims(j, "{\"sub\":1e3}", &c), IMGW_JWT_BAD_CLAIM);
+    CHECK_EQ_INT(hs_claims(j, "{\"sub\":42.0}", &c), IMGW_JWT_BAD_CLAIM);
+    CHECK_EQ_INT(hs_claims(j, "{\"sub\":4.2E1}", &c), IMGW_JWT_BAD_CLAIM);
+    CHECK_EQ_INT(hs_claims(j, "{\"sub\":-0}", &c), IMGW_JWT_BAD_CLAIM);
     CHECK_EQ_INT(hs_claims(j, "{\"sub\":\"Jos\\u00e9\"}", &c), IMGW_JWT_OK);
     CHECK_EQ_STR(c.user_id, "Jos\xc3\xa9");
 
@@ -467,11 +505,27 @@ TEST(time_claims)
     CHECK_EQ_INT(hs_claims(j, fmt("{\"sub\":\"a\",\"exp\":%lld.5}",
                                   (long long)(NOW - LEEWAY)), &c),
                  IMGW_JWT_OK);
+    /* NumericDates must be finite and in [0, 2^53] (audit item 4):
+       1e999 is infinity to cJSON, a token that would never expire. */
+    CHECK_EQ_INT(hs_claims(j, "{\"sub\":\"a\",\"exp\":1e999}", &c),
+                 IMGW_JWT_MALFORMED);
     CHECK_EQ_INT(hs_claims(j, "{\"sub\":\"a\",\"exp\":1e300}", &c),
-                 IMGW_JWT_OK);
-    CHECK_EQ_INT(c.exp, INT64_MAX);
+                 IMGW_JWT_MALFORMED);
+    CHECK_EQ_INT(hs_claims(j, "{\"sub\":\"a\",\"exp\":9007199254740994}",
+                           &c), IMGW_JWT_MALFORMED);
+    CHECK_EQ_INT(hs_claims(j, "{\"sub\":\"a\",\"exp\":9007199254740992}",
+                           &c), IMGW_JWT_OK);
+    CHECK_EQ_INT(c.exp, 9007199254740992LL);
     CHECK_EQ_INT(hs_claims(j, "{\"sub\":\"a\",\"exp\":-1e300}", &c),
-                 IMGW_JWT_EXPIRED);
+                 IMGW_JWT_MALFORMED);
+    CHECK_EQ_INT(hs_claims(j, "{\"sub\":\"a\",\"exp\":-1}", &c),
+                 IMGW_JWT_MALFORMED);
+    CHECK_EQ_INT(hs_claims(j, "{\"sub\":\"a\",\"nbf\":-1e999}", &c),
+                 IMGW_JWT_MALFORMED);
+    CHECK_EQ_INT(hs_claims(j, "{\"sub\":\"a\",\"nbf\":1e999}", &c),
+                 IMGW_JWT_MALFORMED);
+    CHECK_EQ_INT(hs_claims(j, "{\"sub\":\"a\",\"iat\":1e999}", &c),
+                 IMGW_JWT_MALFORMED);
     CHECK_EQ_INT(hs_claims(j, "{\"sub\":\"a\",\"exp\":0}", &c),
                  IMGW_JWT_EXPIRED);
     /* Expiry is checked before the other claims. */
@@ -492,6 +546,54 @@ TEST(time_claims)
         CHECK_EQ_INT(vfy(j, tok, NOW + 1, &c), IMGW_JWT_EXPIRED);
         imgw_jwt_free(j);
     }
+}
+
+/* Audit item 15: a token without exp would be good forever; the default
+   (zeroed options, auth.require_exp = true) refuses it. */
+TEST(require_exp)
+{
+    imgw_jwt_opts_t o = {0};
+    imgw_jwt_claims_t c;
+    imgw_jwt_t *j;
+
+    o.hs256_secret = SECRET;
+    o.leeway = LEEWAY;
+    CHECK_EQ_INT(imgw_jwt_new(&j, &o, NULL, 0), 0);
+    CHECK_EQ_INT(hs_claims(j, "{\"sub\":\"a\"}", &c), IMGW_JWT_BAD_CLAIM);
+    CHECK_EQ_INT(hs_claims(j, "{\"sub\":\"a\",\"iat\":1700000000}", &c),
+                 IMGW_JWT_BAD_CLAIM);
+    CHECK_EQ_INT(hs_claims(j, "{\"sub\":\"a\",\"exp\":null}", &c),
+                 IMGW_JWT_MALFORMED);
+    CHECK_EQ_INT(hs_claims(j, fmt("{\"sub\":\"a\",\"exp\":%lld}",
+                                  (long long)NOW + 60), &c), IMGW_JWT_OK);
+    CHECK_EQ_INT(c.exp, NOW + 60);
+    imgw_jwt_free(j);
+
+    o.exp_optional = 1;
+    CHECK_EQ_INT(imgw_jwt_new(&j, &o, NULL, 0), 0);
+    CHECK_EQ_INT(hs_claims(j, "{\"sub\":\"a\"}", &c), IMGW_JWT_OK);
+    CHECK_EQ_STR(c.user_id, "a");
+    CHECK_EQ_INT(c.exp, 0);
+    imgw_jwt_free(j);
+}
+
+/* The admin token comparison: equal bytes only, whatever the lengths. */
+TEST(secret_equal)
+{
+    static const char tok[] = "admin-token-0123456789abcdef0123";
+
+    CHECK_EQ_INT(imgw_jwt_secret_equal(tok, 32, tok, 32), 1);
+    CHECK_EQ_INT(imgw_jwt_secret_equal("admin-token-0123456789abcdef0123",
+                                       32, tok, 32), 1);
+    CHECK_EQ_INT(imgw_jwt_secret_equal(tok, 31, tok, 32), 0);
+    CHECK_EQ_INT(imgw_jwt_secret_equal(tok, 32, tok, 31), 0);
+    CHECK_EQ_INT(imgw_jwt_secret_equal("admin-token-0123456789abcdef0124",
+                                       32, tok, 32), 0);
+    CHECK_EQ_INT(imgw_jwt_secret_equal("", 0, tok, 32), 0);
+    CHECK_EQ_INT(imgw_jwt_secret_equal(NULL, 0, "", 0), 1);
+    CHECK_EQ_INT(imgw_jwt_secret_equal(NULL, 5, tok, 32), 0);
+    /* A prefix is not enough (a byte loop over the shorter would say so). */
+    CHECK_EQ_INT(imgw_jwt_secret_equal("adm", 3, tok, 32), 0);
 }
 
 TEST(issuer_audience)
@@ -1034,6 +1136,7 @@ TEST(new_errors)
         imgw_jwt_claims_t c;
         o.hs256_secret = secret;
         o.issuer = iss;
+        o.exp_optional = 1;
         CHECK_EQ_INT(imgw_jwt_new(&j, &o, err, sizeof err), 0);
         memset(secret, 'x', sizeof secret - 1);
         memset(iss, 'y', sizeof iss - 1);
@@ -1247,6 +1350,8 @@ main(void)
     RUN(es256);
     RUN(user_id);
     RUN(time_claims);
+    RUN(require_exp);
+    RUN(secret_equal);
     RUN(issuer_audience);
     RUN(app_ids);
     RUN(key_hints_ignored);
