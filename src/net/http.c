@@ -675,8 +675,10 @@ imgw__http_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
             if (is_ws_path(&req->path, 1)) {
                 ok = handle_upgrade(c, h, req);
             } else {
-                /* Upgrade header on another path: a plain request. */
+                /* Upgrade header on another path: a plain request, and
+                 * the last on this connection. */
                 c->loop->st.http_requests++;
+                h->close_after = 1;
                 int r = c->loop->net->h->on_http
                             ? c->loop->net->h->on_http(c, req)
                             : 404;
