@@ -382,8 +382,9 @@ imgw_api_push_json(imgw_core_loop_t *cl, const cJSON *j, size_t *targets,
     const cJSON *data = cJSON_GetObjectItemCaseSensitive(j, "data");
     const cJSON *bc = cJSON_GetObjectItemCaseSensitive(j, "broadcast");
     int broadcast = cJSON_IsTrue(bc);
+    int64_t cmd;
     *targets = 0;
-    if (!cJSON_IsNumber(code) || code->valuedouble != (double)code->valueint) {
+    if (imgw_codec_json_int(code, 0, INT32_MAX, &cmd) != 0) {
         *why = "code must be a command number";
         return 400;
     }
@@ -409,12 +410,12 @@ imgw_api_push_json(imgw_core_loop_t *cl, const cJSON *j, size_t *targets,
         data = empty = cJSON_CreateObject();
     size_t half = cl->out_cap / 2;
     int64_t now = imgw_now_ms();
-    ssize_t pl = imgw_codec_encode_from_json(IMGW_CODEC_PB, code->valueint,
-                                             data, now, cl->out + half, half);
+    ssize_t pl = imgw_codec_encode_from_json(IMGW_CODEC_PB, (int)cmd, data,
+                                             now, cl->out + half, half);
     ssize_t jl = pl < 0 ? pl
                         : imgw_codec_encode_from_json(IMGW_CODEC_JSON,
-                                                      code->valueint, data,
-                                                      now, cl->out, half);
+                                                      (int)cmd, data, now,
+                                                      cl->out, half);
     cJSON_Delete(empty);
     if (pl < 0 || jl < 0) {
         ssize_t e = pl < 0 ? pl : jl;

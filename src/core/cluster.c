@@ -407,9 +407,14 @@ handle_push(imgw_core_loop_t *cl, const cJSON *j)
     const cJSON *ts = cJSON_GetObjectItemCaseSensitive(j, "ts");
     const cJSON *blob = cJSON_GetObjectItemCaseSensitive(j, "blob");
     const cJSON *targets = cJSON_GetObjectItemCaseSensitive(j, "targets");
+    int64_t ts_ms;
     if (!cJSON_IsNumber(ts) || !cJSON_IsString(blob) ||
         !cJSON_IsArray(targets))
         return "push needs ts, blob and targets";
+    /* Numbers from the broker are checked before any cast: (int64_t)1e300
+     * is undefined behaviour and would push seq -2^63 in a release build. */
+    if (imgw_codec_json_int(ts, 0, IMGW_JSON_MAX_EXACT, &ts_ms) != 0)
+        return "ts must be an integer in [0, 2^53]";
     size_t bl = strlen(blob->valuestring), olen = 0;
     uint8_t *raw = malloc(bl ? bl : 1);
     if (raw == NULL)
@@ -440,19 +445,18 @@ handle_push(imgw_core_loop_t *cl, const cJSON *j)
             break;
         const cJSON *u = cJSON_GetArrayItem(t, 0);
         const cJSON *s = cJSON_GetArrayItem(t, 1);
-        if (!cJSON_IsArray(t) || !cJSON_IsString(u) || !cJSON_IsNumber(s) ||
-            s->valuedouble < 0) {
-            why = "targets must be [[user, seq], ...]";
+        if (!cJSON_IsArray(t) || !cJSON_IsString(u) ||
+            imgw_codec_json_int(s, 0, IMGW_JSON_MAX_EXACT, &seqs[k]) != 0) {
+            why = "targets must be [[user, seq], ...] with integer seqs in "
+                  "[0, 2^53]";
             break;
         }
         users[k] = u->valuestring;
-        seqs[k] = (int64_t)s->valuedouble;
         k++;
     }
     if (why == NULL) {
         imgw_conn_ref_t none = {0xffff, 0, 0};
-        imgw_deliver_push_local(cl, raw, olen, (int64_t)ts->valuedouble, users,
-                                seqs, k, none);
+        imgw_deliver_push_local(cl, raw, olen, ts_ms, users, seqs, k, none);
     }
     free(users);
     free(seqs);

@@ -507,9 +507,10 @@ codec_jr_init(codec_jr_t *r, imgw_slice_t *content)
  * which hold integers exactly up to 2^53; protocol values (seqs, millis)
  * are far below, and bigger int64s can be sent as strings.
  */
-static int
-codec_jr_num(const cJSON *v, int64_t lo, int64_t hi, int64_t *out)
+int
+imgw_codec_json_int(const void *item, int64_t lo, int64_t hi, int64_t *out)
 {
+    const cJSON *v = item;
     double d;
     int64_t i;
 
@@ -523,6 +524,12 @@ codec_jr_num(const cJSON *v, int64_t lo, int64_t hi, int64_t *out)
         return -1;
     *out = i;
     return 0;
+}
+
+static int
+codec_jr_num(const cJSON *v, int64_t lo, int64_t hi, int64_t *out)
+{
+    return imgw_codec_json_int(v, lo, hi, out);
 }
 
 /* "-?[0-9]+" within int64, nothing else (no spaces, signs, exponents). */

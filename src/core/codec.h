@@ -152,6 +152,20 @@ ssize_t imgw_codec_encode_from_json(imgw_codec_t codec, int command,
  */
 int imgw_codec_json_prescan(const uint8_t *p, size_t n);
 
+/*
+ * The one conversion of a peer's JSON number (a cJSON *, void * keeps
+ * cJSON out of this header) to an integer: it must be a number, integral
+ * and within [lo, hi]; cJSON keeps numbers as doubles, and casting one out
+ * of int64's range (1e300) is undefined behaviour. Everything from the
+ * network (frames, /api bodies, broker messages) goes through here.
+ * Returns 0 and fills *out, or -1.
+ */
+int imgw_codec_json_int(const void *v, int64_t lo, int64_t hi, int64_t *out);
+
+/* Integers a double holds exactly (2^53): the bound for seqs and
+ * millisecond timestamps that arrive as JSON numbers. */
+#define IMGW_JSON_MAX_EXACT 9007199254740992LL
+
 /** "CMD_AUTH_REQ" for 100, or NULL. */
 const char *imgw_codec_cmd_name(int command);
 

@@ -103,12 +103,21 @@ imgw_core_loop_current(void)
     return current_loop;
 }
 
+_Atomic int64_t imgw__wall_offset_ms;
+
+/*
+ * The wall clock, unix ms: only for what goes on the wire or into the store
+ * (frame timestamps, server_time, JWT exp/nbf, store expiry). Deadlines,
+ * timeouts and rate buckets run on the loop's monotonic clock
+ * (imgw_loop_now_ms), which a wall clock step does not move.
+ */
 int64_t
 imgw_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 +
+           atomic_load_explicit(&imgw__wall_offset_ms, memory_order_relaxed);
 }
 
 static const int errcode_list[IMGW_N_ERRCODES] = {
@@ -553,6 +562,18 @@ on_message(imgw_conn_t *c, int is_text, const uint8_t *data, size_t len)
 
     int r = imgw_codec_decode((imgw_codec_t)s->codec, data, len, in,
                               cl->scratch, cl->scratch_cap);
+    /* The frame bucket applies from the first frame: before it, a client
+     * that never authenticates could have every heartbeat answered. Sends
+     * take from their own bucket below (only once authenticated: before
+     * that a send closes the connection). */
+    int is_send = s->authed && r == 0 &&
+                  in->command == im_CommandType_CMD_SEND_MSG_REQ;
+    if (!is_send && !take_token(s, 0)) {
+        cl->st.rate_limited++;
+        imgw_session_error(s, r == IMGW_EENVELOPE ? 0 : in->sequence,
+                           im_ErrorCode_ERR_SEND_TOO_FAST, "too many frames");
+        return;
+    }
     if (!s->authed) {
         if (r == 0 && in->command == im_CommandType_CMD_HEARTBEAT_REQ) {
             do_heartbeat(s, in);
@@ -570,13 +591,6 @@ on_message(imgw_conn_t *c, int is_text, const uint8_t *data, size_t len)
                   r != 0 ? "undecodable frame before CMD_AUTH_REQ (4001)"
                          : "a command before CMD_AUTH_REQ (4001)");
         imgw_conn_close_ws(c, 4001, "authentication required");
-        return;
-    }
-    int is_send = r == 0 && in->command == im_CommandType_CMD_SEND_MSG_REQ;
-    if (!is_send && !take_token(s, 0)) {
-        cl->st.rate_limited++;
-        imgw_session_error(s, r == IMGW_EENVELOPE ? 0 : in->sequence,
-                           im_ErrorCode_ERR_SEND_TOO_FAST, "too many frames");
         return;
     }
     if (r != 0) {
@@ -696,7 +710,9 @@ on_tick(imgw_loop_t *l, uint64_t now_ms)
 {
     imgw_core_loop_t *cl = imgw_loop_data(l);
     if (cl->index == 0) {
-        imgw_store_tick(cl->node->store, (int64_t)now_ms);
+        /* now_ms is loop time (monotonic); the store's expiry stamps are
+         * wall clock. */
+        imgw_store_tick(cl->node->store, imgw_now_ms());
         act_tick(now_ms);
     }
 }

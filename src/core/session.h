@@ -36,7 +36,11 @@ void imgw_session_kick(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
                        const char *platform);
 /* Counts an error code in metrics. */
 void imgw_core_count_error(imgw_core_loop_t *cl, int code);
+/* The wall clock (unix ms) for timestamps on the wire and in the store;
+ * never for deadlines (those use imgw_loop_now_ms, a monotonic clock). */
 int64_t imgw_now_ms(void);
+/* Test hook: added to imgw_now_ms() (a wall clock step); 0 in production. */
+extern _Atomic int64_t imgw__wall_offset_ms;
 /* The calling loop thread's core state (store callbacks use it). */
 imgw_core_loop_t *imgw_core_loop_current(void);
 

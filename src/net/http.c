@@ -43,6 +43,9 @@ typedef struct imgw_http_s {
     size_t body_cap;
     size_t body_limit;
     int body_too_big;
+    int close_after;  /* the request being answered ends the connection
+                         (Connection: close, HTTP/1.0): every response to
+                         it, now or from an async handler, closes */
     char buf[IMGW_HTTP_MAX_HEAD];
 } imgw_http_t;
 
@@ -275,6 +278,8 @@ imgw_conn_http_respond(imgw_conn_t *c, int status, const char *ctype,
     char head[1024];
     if (c->state == IMGW_CONN_CLOSED)
         return;
+    if (c->http != NULL && c->http->close_after)
+        keep_alive = 0;
     int n = snprintf(head, sizeof(head),
                      "HTTP/1.1 %d %s\r\n"
                      "Content-Type: %s\r\n"
@@ -563,6 +568,7 @@ handle_request(imgw_conn_t *c, imgw_http_t *h)
         return 0;
     }
     int keep = llhttp_should_keep_alive(&h->parser);
+    h->close_after = !keep;
     int r = l->net->h->on_http ? l->net->h->on_http(c, req) : 404;
     free(req);
     if (c->state >= IMGW_CONN_CLOSING)
@@ -669,8 +675,10 @@ imgw__http_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
             if (is_ws_path(&req->path, 1)) {
                 ok = handle_upgrade(c, h, req);
             } else {
-                /* Upgrade header on another path: a plain request. */
+                /* Upgrade header on another path: a plain request, and
+                 * the last on this connection. */
                 c->loop->st.http_requests++;
+                h->close_after = 1;
                 int r = c->loop->net->h->on_http
                             ? c->loop->net->h->on_http(c, req)
                             : 404;

@@ -33,12 +33,20 @@
 #include "../core/log.h"
 #include "net_int.h"
 
-static uint64_t
-wall_ms(void)
+/*
+ * The loop's clock for deadlines, timeouts and rate buckets: libuv's loop
+ * time, CLOCK_MONOTONIC in ms, cached per iteration (uv_run refreshes it
+ * before timers and again after polling, so read and mailbox callbacks see
+ * a current value without a syscall each). Never the wall clock: a step
+ * back (NTP, an operator, a VM resume) would freeze every auth and
+ * heartbeat deadline, a step forward would fire them all at once.
+ * Timestamps that go on the wire or into the store use the wall clock
+ * (imgw_now_ms in core), never this one.
+ */
+uint64_t
+imgw__loop_clock_ms(imgw_loop_t *l)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    return uv_now(&l->uv);
 }
 
 /* ---- connection table ------------------------------------------------ */
@@ -130,7 +138,7 @@ static void
 read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     imgw_conn_t *c = IMGW_CONTAINER_OF(s, imgw_conn_t, tcp);
-    c->loop->now_ms = c->loop->wall_base + uv_now(&c->loop->uv);
+    c->loop->now_ms = imgw__loop_clock_ms(c->loop);
     if (nread > 0) {
         imgw__conn_on_read(c, (const uint8_t *)buf->base, (size_t)nread);
         return;
@@ -234,7 +242,7 @@ on_connection(uv_stream_t *server, int status)
     imgw_alloc_arm();
     l->st.accepted++;
     l->st.conns_open++;
-    l->now_ms = l->wall_base + uv_now(&l->uv);
+    l->now_ms = imgw__loop_clock_ms(l);
     long n = atomic_fetch_add(&l->net->conns, 1) + 1;
     uv_tcp_nodelay(&c->tcp, 1);
     c->last_rx_ms = l->now_ms;
@@ -361,8 +369,7 @@ static void
 timer_cb(uv_timer_t *t)
 {
     imgw_loop_t *l = t->data;
-    l->now_ms = wall_ms();
-    l->wall_base = l->now_ms - uv_now(&l->uv);
+    l->now_ms = imgw__loop_clock_ms(l);
     imgw_tw_advance(&l->tw, l->now_ms / IMGW_TICK_MS, tw_expire, NULL);
     if (l->now_ms - l->last_tick_ms >= 1000) {
         l->last_tick_ms = l->now_ms;
@@ -408,7 +415,7 @@ static void
 mailbox_cb(imgw_mailbox_t *mb, imgw_mpsc_node_t *n)
 {
     imgw_loop_t *l = mb->data;
-    l->now_ms = wall_ms();
+    l->now_ms = imgw__loop_clock_ms(l);
     if (n == &l->stop_node) {
         start_drain(l);
         return;
@@ -477,10 +484,8 @@ loop_thread(void *arg)
     snprintf(tag, sizeof(tag), "loop%d", l->index);
     imgw_log_set_thread(tag);
     int r = 0;
-    l->now_ms = wall_ms();
-    /* Loop time as wall-clock ms without a syscall per read: uv_now() is
-     * cached per iteration; the offset is re-synced by the timer. */
-    l->wall_base = l->now_ms - uv_now(&l->uv);
+    uv_update_time(&l->uv);
+    l->now_ms = imgw__loop_clock_ms(l);
     l->last_tick_ms = l->now_ms;
     if ((r = imgw_tw_init(&l->tw, 1024, l->now_ms / IMGW_TICK_MS)) != 0)
         goto fail;

@@ -85,7 +85,7 @@ typedef struct imgw_net_handlers_s {
     void (*on_close)(imgw_conn_t *c);
     /* A mailbox node posted with imgw_loop_post(); the handler owns it. */
     void (*on_mail)(imgw_loop_t *l, imgw_mpsc_node_t *n);
-    /* Once a second on every loop. */
+    /* Once a second on every loop; now_ms is loop time (monotonic). */
     void (*on_tick)(imgw_loop_t *l, uint64_t now_ms);
     /* Loop thread start/stop (per-loop state such as store handles). */
     int (*on_loop_start)(imgw_loop_t *l);
@@ -157,7 +157,8 @@ imgw_conn_t *imgw_loop_conn(imgw_loop_t *l, imgw_conn_ref_t ref);
 /** Calls fn for every WebSocket connection of the loop. */
 void imgw_loop_foreach_ws(imgw_loop_t *l, void (*fn)(imgw_conn_t *, void *),
                           void *arg);
-/** Cached wall clock of this loop iteration, ms. */
+/** Loop time of this iteration, ms: a monotonic clock (not the wall clock,
+ * not unix time), for deadlines, timeouts and rate buckets only. */
 uint64_t imgw_loop_now_ms(imgw_loop_t *l);
 
 typedef struct imgw_loop_stats_s {

@@ -29,6 +29,10 @@
 #define IMGW_TRIM_MS 10000      /* pool trim + malloc_trim period */
 #define IMGW_TICK_MS 250        /* timer wheel resolution */
 #define IMGW_CLOSE_GRACE_MS 2000 /* close handshake before abort */
+/* Frames of one fragmented WebSocket message, first one included; one more
+ * closes the connection with 1009 (docs/protocol.md). Empty continuations
+ * would otherwise be free to send forever. */
+#define IMGW_WS_MAX_FRAGMENTS 1024
 
 #define IMGW_CONTAINER_OF(ptr, type, field)                                  \
     ((type *)((char *)(ptr) - offsetof(type, field)))
@@ -109,8 +113,7 @@ struct imgw_loop_s {
     uv_timer_t timer;
     uv_prepare_t flush_prep;
     imgw_twheel_t tw;
-    uint64_t now_ms;
-    uint64_t wall_base;     /* wall ms - uv_now() */
+    uint64_t now_ms;        /* imgw__loop_clock_ms() of this iteration */
     uint64_t last_tick_ms;
 
     /* connection table: slot -> conn, with generations for stale refs */
@@ -172,6 +175,9 @@ struct imgw_net_s {
 /* conn.c */
 int imgw__conn_tls_start(imgw_conn_t *c, imgw_tls_ctx_t *ctx);
 imgw_conn_t *imgw__conn_new(imgw_loop_t *l);
+/* loop.c: the monotonic ms clock behind now_ms and every deadline. */
+uint64_t imgw__loop_clock_ms(imgw_loop_t *l);
+
 void imgw__conn_on_read(imgw_conn_t *c, const uint8_t *data, size_t len);
 int imgw__conn_write_raw(imgw_conn_t *c, const uv_buf_t *bufs, size_t n,
                          int bounded);

@@ -49,6 +49,7 @@ typedef struct imgw_ws_rx_s {
     uint8_t *msg;
     size_t msg_len;
     size_t msg_cap;
+    uint32_t msg_frames; /* frames of the message so far (<= IMGW_WS_MAX_FRAGMENTS) */
     /* control frame payload (<= 125 bytes) */
     size_t ctl_len;
     uint8_t ctl[125];
@@ -396,6 +397,12 @@ process(imgw_conn_t *c, imgw_ws_rx_t *rx)
                     ws_fail(c, 1002, "continuation without a message");
                     return -1;
                 }
+                /* Empty continuations cost no bytes, so the byte limit
+                 * does not bound them: count frames too. */
+                if (++rx->msg_frames > IMGW_WS_MAX_FRAGMENTS) {
+                    ws_fail(c, 1009, "too many fragments");
+                    return -1;
+                }
                 break;
             case 0x1:
             case 0x2:
@@ -438,6 +445,7 @@ process(imgw_conn_t *c, imgw_ws_rx_t *rx)
                 rx->in_msg = 1;
                 rx->msg_opcode = rx->opcode;
                 rx->msg_len = 0;
+                rx->msg_frames = 1;
             }
             if (msg_append(rx, iocb.data, iocb.data_length, limit) != 0) {
                 ws_fail(c, 1009, "message too big");
