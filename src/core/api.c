@@ -20,6 +20,7 @@
 
 #include "alloc.h"
 #include "err.h"
+#include "idsyntax.h"
 #include "log.h"
 #include "metrics.h"
 #include "../mq/mq.h"
@@ -195,15 +196,20 @@ group_get_fail(int r, void *data)
     group_get_cb(r, NULL, 0, data);
 }
 
+/* The id rule (idsyntax.h) for every id /api and /dev take. */
 static int
 valid_id(const char *s, size_t n)
 {
-    if (n == 0 || n >= IMGW_JWT_MAX_USER)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)s[i] < 0x21 || s[i] == '/' || s[i] == 0x7f)
-            return 0;
-    return 1;
+    return imgw_id_check(s, n) == NULL;
+}
+
+/* 400 {"error": "<what> <the rule that failed>"}. */
+static void
+respond_bad_id(imgw_conn_t *c, const char *what, const char *s, size_t n)
+{
+    char msg[128];
+    snprintf(msg, sizeof(msg), "%s %s", what, imgw_id_check(s, n));
+    respond_error_json(c, 400, msg);
 }
 
 static int
@@ -212,7 +218,7 @@ handle_groups(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
     const char *gid = req->path.p + strlen("/api/groups/");
     size_t gl = req->path.len - strlen("/api/groups/");
     if (!valid_id(gid, gl)) {
-        respond_error_json(c, 400, "bad group id");
+        respond_bad_id(c, "group id", gid, gl);
         return 0;
     }
     api_ctx_t *x = imgw_calloc(1, sizeof(*x));
@@ -243,6 +249,7 @@ handle_groups(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
     cJSON *m = j ? cJSON_GetObjectItemCaseSensitive(j, "members") : NULL;
     size_t n = cJSON_IsArray(m) ? (size_t)cJSON_GetArraySize(m) : 0;
     const char **members = NULL;
+    const char *bad_member = NULL;
     int bad = !cJSON_IsArray(m) || n > IMGW_STORE_MAX_GROUP;
     if (!bad) {
         members = imgw_malloc((n ? n : 1) * sizeof(char *));
@@ -253,9 +260,10 @@ handle_groups(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
         {
             if (bad)
                 break;
-            if (!cJSON_IsString(it) ||
-                !valid_id(it->valuestring, strlen(it->valuestring)))
+            if (!cJSON_IsString(it))
                 bad = 1;
+            else if (!valid_id(it->valuestring, strlen(it->valuestring)))
+                bad = 1, bad_member = it->valuestring;
             else
                 members[i++] = it->valuestring;
         }
@@ -264,7 +272,11 @@ handle_groups(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
     if (bad) {
         sync_pending = NULL;
         free(x);
-        respond_error_json(c, 400, "body must be {\"members\":[user ids]}");
+        if (bad_member != NULL)
+            respond_bad_id(c, "member id", bad_member, strlen(bad_member));
+        else
+            respond_error_json(c, 400,
+                               "body must be {\"members\":[user ids]}");
     } else {
         r = run_async(x, imgw_store_group_set(cl->store, x->gid, members, n,
                                               group_set_cb, x),
@@ -349,9 +361,20 @@ imgw_api_push_json(imgw_core_loop_t *cl, const cJSON *j, size_t *targets,
         const cJSON *it;
         cJSON_ArrayForEach(it, ids)
         {
-            if (!cJSON_IsString(it) || it->valuestring[0] == '\0') {
+            if (!cJSON_IsString(it)) {
                 free(users);
-                *why = "ids must be non-empty strings";
+                *why = "ids must be strings";
+                return 400;
+            }
+            /* *why must outlive this call: static sentences. */
+            size_t il = strlen(it->valuestring);
+            if (!valid_id(it->valuestring, il)) {
+                free(users);
+                *why = il == 0            ? "ids: an id is empty"
+                       : il > IMGW_ID_MAX ? "ids: an id is longer than 127 "
+                                            "bytes"
+                                          : "ids: an id may only contain "
+                                            "A-Z a-z 0-9 . _ @ -";
                 return 400;
             }
             users[i++] = it->valuestring;
@@ -412,9 +435,12 @@ handle_dev_token(imgw_core_loop_t *cl, imgw_conn_t *c,
         respond_text(c, 404, "not found\n");
         return 0;
     }
-    if (imgw_http_query_param(req, "user", user, sizeof(user)) != 0 ||
-        !valid_id(user, strlen(user))) {
+    if (imgw_http_query_param(req, "user", user, sizeof(user)) != 0) {
         respond_error_json(c, 400, "user required");
+        return 0;
+    }
+    if (!valid_id(user, strlen(user))) {
+        respond_bad_id(c, "user", user, strlen(user));
         return 0;
     }
     int n = imgw_jwt_sign_hs256(cfg->jwt_secret, user, imgw_now_ms() / 1000,

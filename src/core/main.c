@@ -170,6 +170,8 @@ main(int argc, char **argv)
                            cfg.retention_count, cfg.retention_days,
                            cfg.dedupe_ttl,    cfg.redis_timeout_ms,
                            cfg.threads};
+    sc.seq_idle_days = cfg.seq_idle_days;
+    sc.max_users = (size_t)cfg.max_users;
     if ((r = imgw_store_open(&node.store, &sc, err, sizeof(err))) != 0) {
         fprintf(stderr, "imgw: store: %s\n", err);
         return 2;
