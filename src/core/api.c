@@ -275,8 +275,7 @@ handle_groups(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
         if (bad_member != NULL)
             respond_bad_id(c, "member id", bad_member, strlen(bad_member));
         else
-            respond_error_json(c, 400,
-                               "body must be {\"members\":[user ids]}");
+            respond_error_json(c, 400, "body must be {\"members\":[user ids]}");
     } else {
         r = run_async(x, imgw_store_group_set(cl->store, x->gid, members, n,
                                               group_set_cb, x),

@@ -315,8 +315,7 @@ imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in)
     if (field != NULL) {
         char msg[96];
         snprintf(msg, sizeof(msg), "%s %s", field, why);
-        send_rsp(s, in->sequence, im_ErrorCode_ERR_INVALID_PARAM, msg, 0, 0,
-                 0);
+        send_rsp(s, in->sequence, im_ErrorCode_ERR_INVALID_PARAM, msg, 0, 0, 0);
         return;
     }
     if (q->sender_id[0] == '\0')

@@ -202,10 +202,10 @@ typedef struct imgw__mem_s {
     int64_t meta_ms;    /* metadata lifetime in the table */
     size_t max_dedupes; /* caps, see MEM_DEFAULT_MAX_DEDUPES */
     size_t max_metas;
-    size_t max_users;   /* see MEM_DEFAULT_MAX_USERS */
-    int64_t seq_ttl_ms; /* retention + seq_idle_days: max_seq's lifetime
-                           after the record's last use */
-    atomic_size_t n_users;        /* records in all shards */
+    size_t max_users;      /* see MEM_DEFAULT_MAX_USERS */
+    int64_t seq_ttl_ms;    /* retention + seq_idle_days: max_seq's lifetime
+                              after the record's last use */
+    atomic_size_t n_users; /* records in all shards */
     atomic_uint_fast64_t users_refused; /* requests refused at max_users */
     atomic_size_t n_dedupes; /* records in all shards' dedupe tables */
     atomic_size_t n_metas;   /* records in all shards' metadata tables */
@@ -794,8 +794,7 @@ users_sweep(imgw__mem_t *m, imgw__mem_shard_t *sh, int64_t now, int budget)
             if (user_is_free(m, u, now)) {
                 *pp = u->h.next;
                 sh->users.n--;
-                atomic_fetch_sub_explicit(&m->n_users, 1,
-                                          memory_order_relaxed);
+                atomic_fetch_sub_explicit(&m->n_users, 1, memory_order_relaxed);
                 user_free(m, u);
             } else {
                 pp = &u->h.next;
@@ -956,8 +955,7 @@ mem_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err, size_t errlen)
                   "after last use",
                   MEM_SHARDS, cfg->retention_count, cfg->retention_days,
                   cfg->dedupe_ttl, max_dd, (long long)(m->meta_ms / 1000),
-                  max_mt, m->max_users,
-                  (long long)(m->seq_ttl_ms / 86400000));
+                  max_mt, m->max_users, (long long)(m->seq_ttl_ms / 86400000));
     return 0;
 }
 

@@ -878,8 +878,9 @@ imgw__redis_route_refresh(imgw_store_loop_t *sl, const char *user, int ttl,
     snprintf(t, sizeof(t), "%d", ttl);
     snprintf(sttl, sizeof(sttl), "%" PRId64, rl_->r->seq_ttl_ms);
     const char *argv[7] = {NULL, NULL, "2", k, sq, t, sttl};
-    size_t lens[7] = {0,          0,        1,      key1(k, K_USER, user),
-                      key1(sq, K_SEQ, user), strlen(t), strlen(sttl)};
+    size_t lens[7] = {0, 0, 1, 0, 0, strlen(t), strlen(sttl)};
+    lens[3] = key1(k, K_USER, user);
+    lens[4] = key1(sq, K_SEQ, user);
     q->cb.done = cb;
     q->data = data;
     imgw__redis_send(q, IMGW__REDIS_S_ROUTE_REFRESH, 7, argv, lens);

@@ -162,8 +162,7 @@ imgw_store_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
 {
     if (sl == NULL || req == NULL || cb == NULL)
         return IMGW_EINVAL;
-    if (!valid_id(req->sender) ||
-        !imgw_cmid_valid_opt(req->client_msg_id) ||
+    if (!valid_id(req->sender) || !imgw_cmid_valid_opt(req->client_msg_id) ||
         !valid_opt(req->conversation_id, IMGW__STORE_CONV_MAX) ||
         req->users == NULL || req->n_users == 0 || req->seqs == NULL ||
         (req->entry == NULL && req->entry_len != 0))

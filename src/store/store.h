@@ -60,9 +60,9 @@ typedef struct imgw_store_cfg_s {
      * append, auth (max_seq), sync or route refresh, so it outlives every
      * entry of its timeline; 0 = the default (30 days). Both backends. */
     int seq_idle_days;
-    size_t max_users;       /* memory backend: user records; past it a
-                               request that needs a new one is refused
-                               with IMGW_EBUSY; 0 = the default */
+    size_t max_users; /* memory backend: user records; past it a
+                         request that needs a new one is refused
+                         with IMGW_EBUSY; 0 = the default */
 } imgw_store_cfg_t;
 
 int imgw_store_open(imgw_store_t **out, const imgw_store_cfg_t *cfg, char *err,
@@ -70,9 +70,9 @@ int imgw_store_open(imgw_store_t **out, const imgw_store_cfg_t *cfg, char *err,
 void imgw_store_close(imgw_store_t *s);
 /* Node-wide counters for /metrics (any thread). */
 typedef struct imgw_store_stats_s {
-    size_t users;            /* memory: user records held */
-    size_t max_users;        /* memory: their cap */
-    uint64_t users_refused;  /* memory: requests refused at the cap */
+    size_t users;           /* memory: user records held */
+    size_t max_users;       /* memory: their cap */
+    uint64_t users_refused; /* memory: requests refused at the cap */
 } imgw_store_stats_t;
 /** Fills *out; IMGW_ENOTFOUND when the backend keeps no such counters. */
 int imgw_store_stats(imgw_store_t *s, imgw_store_stats_t *out);

@@ -977,16 +977,16 @@ TEST(id_validator)
     CHECK_EQ_INT(imgw_id_valid(max), 0);
     max[IMGW_ID_MAX] = '\0';
     CHECK_EQ_INT(imgw_id_valid(max), 1);
-    static const char *good[] = {"u1", "alice", "eve-x", "slow_r",
-                                 "a.b@example.com", "0", "A-Z_09.@"};
+    static const char *good[] = {
+        "u1", "alice", "eve-x", "slow_r", "a.b@example.com", "0", "A-Z_09.@"};
     for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
         printf("  id %-20s valid\n", good[i]);
         CHECK_EQ_INT(imgw_id_valid(good[i]), 1);
     }
-    static const char *bad[] = {"",    "a:b",   "a b",   "a\tb", "a\nb",
-                                "a\x7f", "a/b", "a*",    "a?",   "a[1]",
-                                "{a}", "a\"b",  "a\\b",  "Jos\xc3\xa9",
-                                "a,b", "a+b",   "a#b",   "a%b"};
+    static const char *bad[] = {"",      "a:b",  "a b",  "a\tb",        "a\nb",
+                                "a\x7f", "a/b",  "a*",   "a?",          "a[1]",
+                                "{a}",   "a\"b", "a\\b", "Jos\xc3\xa9", "a,b",
+                                "a+b",   "a#b",  "a%b"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         const char *why = imgw_id_check(bad[i], strlen(bad[i]));
         printf("  id #%zu refused: %s\n", i, why ? why : "(accepted!)");
@@ -994,7 +994,8 @@ TEST(id_validator)
         CHECK_EQ_INT(imgw_id_valid(bad[i]), 0);
     }
     CHECK_EQ_STR(imgw_id_check("", 0), "is empty");
-    CHECK_EQ_STR(imgw_id_check("a:b", 3), "may only contain A-Z a-z 0-9 . _ @ -");
+    CHECK_EQ_STR(imgw_id_check("a:b", 3),
+                 "may only contain A-Z a-z 0-9 . _ @ -");
     CHECK_EQ_INT(imgw_id_valid(NULL), 0);
     /* client_msg_id: printable ASCII, ':' and '/' included; optional. */
     CHECK_EQ_INT(imgw_cmid_valid_opt(NULL), 1);
@@ -1026,8 +1027,7 @@ TEST(store_edge_ids)
     CHECK_EQ_INT(append_msg(&f, "", 1, "c", colon, 2, s2, NULL), IMGW_EINVAL);
     CHECK_EQ_INT(append_msg(&f, "", 1, "c", sp, 2, s2, NULL), IMGW_EINVAL);
     CHECK_EQ_INT(append_msg(&f, "a b", 1, "c", ok, 2, s2, NULL), IMGW_EINVAL);
-    CHECK_EQ_INT(append_msg(&f, "a\x1b", 1, "c", ok, 2, s2, NULL),
-                 IMGW_EINVAL);
+    CHECK_EQ_INT(append_msg(&f, "a\x1b", 1, "c", ok, 2, s2, NULL), IMGW_EINVAL);
     CHECK_EQ_INT(stats(&f).users, 0); /* nothing was created */
     CHECK_EQ_INT(append_msg(&f, "k:1/2", 1, "c", ok, 2, s2, NULL), 0);
     CHECK_EQ_INT(do_sync(&f, "a:x", 0, 0, 10)->status, IMGW_EINVAL);
