@@ -20,6 +20,7 @@
 
 #include "alloc.h"
 #include "err.h"
+#include "idsyntax.h"
 #include "log.h"
 #include "metrics.h"
 #include "../mq/mq.h"
@@ -280,15 +281,20 @@ group_get_fail(int r, void *data)
     group_get_cb(r, NULL, 0, data);
 }
 
+/* The id rule (idsyntax.h) for every id /api and /dev take. */
 static int
 valid_id(const char *s, size_t n)
 {
-    if (n == 0 || n >= IMGW_JWT_MAX_USER)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)s[i] < 0x21 || s[i] == '/' || s[i] == 0x7f)
-            return 0;
-    return 1;
+    return imgw_id_check(s, n) == NULL;
+}
+
+/* 400 {"error": "<what> <the rule that failed>"}. */
+static void
+respond_bad_id(imgw_conn_t *c, const char *what, const char *s, size_t n)
+{
+    char msg[128];
+    snprintf(msg, sizeof(msg), "%s %s", what, imgw_id_check(s, n));
+    respond_error_json(c, 400, msg);
 }
 
 static int
@@ -297,7 +303,7 @@ handle_groups(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
     const char *gid = req->path.p + strlen("/api/groups/");
     size_t gl = req->path.len - strlen("/api/groups/");
     if (!valid_id(gid, gl)) {
-        respond_error_json(c, 400, "bad group id");
+        respond_bad_id(c, "group id", gid, gl);
         return 0;
     }
     api_ctx_t *x = imgw_calloc(1, sizeof(*x));
@@ -328,6 +334,7 @@ handle_groups(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
     cJSON *m = j ? cJSON_GetObjectItemCaseSensitive(j, "members") : NULL;
     size_t n = cJSON_IsArray(m) ? (size_t)cJSON_GetArraySize(m) : 0;
     const char **members = NULL;
+    const char *bad_member = NULL;
     int bad = !cJSON_IsArray(m) || n > IMGW_STORE_MAX_GROUP;
     if (!bad) {
         members = imgw_malloc((n ? n : 1) * sizeof(char *));
@@ -338,9 +345,10 @@ handle_groups(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
         {
             if (bad)
                 break;
-            if (!cJSON_IsString(it) ||
-                !valid_id(it->valuestring, strlen(it->valuestring)))
+            if (!cJSON_IsString(it))
                 bad = 1;
+            else if (!valid_id(it->valuestring, strlen(it->valuestring)))
+                bad = 1, bad_member = it->valuestring;
             else
                 members[i++] = it->valuestring;
         }
@@ -349,7 +357,10 @@ handle_groups(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
     if (bad) {
         sync_pending = NULL;
         free(x);
-        respond_error_json(c, 400, "body must be {\"members\":[user ids]}");
+        if (bad_member != NULL)
+            respond_bad_id(c, "member id", bad_member, strlen(bad_member));
+        else
+            respond_error_json(c, 400, "body must be {\"members\":[user ids]}");
     } else {
         r = run_async(x, imgw_store_group_set(cl->store, x->gid, members, n,
                                               group_set_cb, x),
@@ -435,9 +446,20 @@ imgw_api_push_json(imgw_core_loop_t *cl, const cJSON *j, size_t *targets,
         const cJSON *it;
         cJSON_ArrayForEach(it, ids)
         {
-            if (!cJSON_IsString(it) || it->valuestring[0] == '\0') {
+            if (!cJSON_IsString(it)) {
                 free(users);
-                *why = "ids must be non-empty strings";
+                *why = "ids must be strings";
+                return 400;
+            }
+            /* *why must outlive this call: static sentences. */
+            size_t il = strlen(it->valuestring);
+            if (!valid_id(it->valuestring, il)) {
+                free(users);
+                *why = il == 0            ? "ids: an id is empty"
+                       : il > IMGW_ID_MAX ? "ids: an id is longer than 127 "
+                                            "bytes"
+                                          : "ids: an id may only contain "
+                                            "A-Z a-z 0-9 . _ @ -";
                 return 400;
             }
             users[i++] = it->valuestring;
@@ -487,34 +509,6 @@ handle_push(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
 
 /* ---- dev tokens ------------------------------------------------------------- */
 
-/*
- * Why the ?user= of /dev/token was refused, in words a new user can act on
- * (issue 18: "a%20b" used to be answered "user required"). valid_id stays
- * the authority; this only names the rule, with a generic answer for any
- * rule it does not know.
- */
-static const char *
-dev_user_problem(int qr, const char *user)
-{
-    if (qr == -1)
-        return "user required: GET /dev/token?user=<id>";
-    size_t n = qr == 0 ? strlen(user) : IMGW_JWT_MAX_USER;
-    if (n == 0)
-        return "user is empty";
-    if (n >= IMGW_JWT_MAX_USER)
-        return "user is too long (at most 127 bytes)";
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)user[i];
-        if (ch == ' ')
-            return "user must not contain spaces";
-        if (ch < 0x20 || ch == 0x7f)
-            return "user must not contain control characters";
-        if (ch == '/')
-            return "user must not contain '/'";
-    }
-    return "user is not a valid id";
-}
-
 static int
 handle_dev_token(imgw_core_loop_t *cl, imgw_conn_t *c,
                  const imgw_http_req_t *req)
@@ -527,8 +521,14 @@ handle_dev_token(imgw_core_loop_t *cl, imgw_conn_t *c,
         return 0;
     }
     int qr = imgw_http_query_param(req, "user", user, sizeof(user));
-    if (qr != 0 || !valid_id(user, strlen(user))) {
-        respond_error_json(c, 400, dev_user_problem(qr, user));
+    if (qr != 0) {
+        respond_error_json(c, 400,
+                           qr == -1 ? "user required: GET /dev/token?user=<id>"
+                                    : "user is too long (at most 127 bytes)");
+        return 0;
+    }
+    if (!valid_id(user, strlen(user))) {
+        respond_bad_id(c, "user", user, strlen(user));
         return 0;
     }
     int n = imgw_jwt_sign_hs256(cfg->jwt_secret, user, imgw_now_ms() / 1000,

@@ -31,6 +31,7 @@
 
 #include "../mq/mq.h"
 #include "err.h"
+#include "idsyntax.h"
 #include "log.h"
 #include "session.h"
 
@@ -446,9 +447,10 @@ handle_push(imgw_core_loop_t *cl, const cJSON *j)
         const cJSON *u = cJSON_GetArrayItem(t, 0);
         const cJSON *s = cJSON_GetArrayItem(t, 1);
         if (!cJSON_IsArray(t) || !cJSON_IsString(u) ||
+            !imgw_id_valid(u->valuestring) ||
             imgw_codec_json_int(s, 0, IMGW_JSON_MAX_EXACT, &seqs[k]) != 0) {
-            why = "targets must be [[user, seq], ...] with integer seqs in "
-                  "[0, 2^53]";
+            why = "targets must be [[user id, seq], ...] with integer seqs "
+                  "in [0, 2^53]";
             break;
         }
         users[k] = u->valuestring;
@@ -493,7 +495,8 @@ imgw_cluster_handle(imgw_core_loop_t *cl, const uint8_t *body, size_t len,
         } else if (strcmp(kind->valuestring, "kick") == 0) {
             const cJSON *u = cJSON_GetObjectItemCaseSensitive(j, "user");
             const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "platform");
-            if (cJSON_IsString(u) && cJSON_IsString(p))
+            if (cJSON_IsString(u) && cJSON_IsString(p) &&
+                imgw_id_valid(u->valuestring))
                 kick_local(cl, u->valuestring, p->valuestring);
             else
                 why = "kick needs user and platform";

@@ -205,6 +205,11 @@ static const imgw_config_opt_t opts[] = {
             "seconds a client message id is remembered for dedupe"),
     OPT_INT("store", "redis_timeout_ms", redis_timeout_ms, "2000", 1, 600000,
             "milliseconds before a Redis command fails"),
+    OPT_INT("store", "seq_idle_days", seq_idle_days, "30", 1, 3650,
+            "days a user's max seq outlives retention after its last use"),
+    OPT_INT("store", "max_users", max_users, "2000000", 1, 1000000000,
+            "memory backend: per-user records; past it sends to new users "
+            "get ERR_SERVER_BUSY"),
 
     /* [mq] */
     OPT_STR("mq", "url", mq_url, "",

@@ -69,6 +69,8 @@ typedef struct imgw_config_s {
     int retention_days;
     int dedupe_ttl;         /* seconds */
     int redis_timeout_ms;
+    int seq_idle_days;      /* IM-SEQ lives retention + this after use */
+    int max_users;          /* memory backend: user records */
 
     /* [mq] */
     char mq_url[512];       /* "" = single node */

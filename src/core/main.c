@@ -184,6 +184,8 @@ main(int argc, char **argv)
     sc.fsync = cfg.store_fsync;
     sc.fsync_interval_ms = cfg.store_fsync_interval_ms;
     sc.compact_bytes = cfg.store_compact_bytes;
+    sc.seq_idle_days = cfg.seq_idle_days;
+    sc.max_users = (size_t)cfg.max_users;
     if ((r = imgw_store_open(&node.store, &sc, err, sizeof(err))) != 0) {
         fprintf(stderr, "imgw: store: %s\n", err);
         return 2;

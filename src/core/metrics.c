@@ -263,6 +263,25 @@ imgw_metrics_render(imgw_node_t *node, size_t *len)
         node->loops[0]->store ? imgw_store_loop_ready(node->loops[0]->store)
                               : 0);
     {
+        /* Memory backend only: its per-user records and the requests
+         * refused at store.max_users (Redis keeps its own keys). */
+        imgw_store_stats_t ss;
+        if (node->store != NULL && imgw_store_stats(node->store, &ss) == 0) {
+            head(&b, "imgw_store_users", "gauge",
+                 "Per-user records held by the memory store.");
+            put(&b, "imgw_store_users %zu\n", ss.users);
+            head(&b, "imgw_store_users_max", "gauge",
+                 "Cap on the memory store's per-user records "
+                 "(store.max_users).");
+            put(&b, "imgw_store_users_max %zu\n", ss.max_users);
+            head(&b, "imgw_store_users_refused_total", "counter",
+                 "Requests refused because the memory store held "
+                 "store.max_users user records.");
+            put(&b, "imgw_store_users_refused_total %llu\n",
+                (unsigned long long)ss.users_refused);
+        }
+    }
+    {
         imgw_mq_stats_t ms;
         memset(&ms, 0, sizeof(ms));
         if (node->mq != NULL)

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "idsyntax.h"
 #include "log.h"
 #include "session.h"
 
@@ -158,6 +159,15 @@ append_cb(imgw_store_append_t *req, int status, void *data)
     imgw_session_t *s = session_of(cl, x->ref);
     (void)req;
     cl->st.store_ops++;
+    if (status == IMGW_EINVAL) {
+        /* The store's edge check: an id the rule refuses, e.g. a group
+         * member stored before the rule existed. Nothing was stored. */
+        if (s)
+            send_rsp(s, x->sequence, im_ErrorCode_ERR_INVALID_PARAM,
+                     "a participant's id breaks the id rule", 0, 0, 0);
+        send_ctx_free(x);
+        return;
+    }
     if (status != 0) {
         cl->st.store_errors++;
         if (s)
@@ -285,6 +295,29 @@ imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in)
     im_SendMessageRequest *q = &in->u.send;
     char conv[264];
 
+    /* Ids name per-user state and Redis keys: the id rule first
+     * (idsyntax.h), so a bad one is ERR_INVALID_PARAM saying which. */
+    const char *field = NULL, *why = NULL;
+    if (q->sender_id[0] != '\0' &&
+        (why = imgw_id_check(q->sender_id, strlen(q->sender_id))) != NULL)
+        field = "sender_id";
+    else if (q->receiver_id[0] != '\0' &&
+             (why = imgw_id_check(q->receiver_id, strlen(q->receiver_id))) !=
+                 NULL)
+        field = "receiver_id";
+    else if (q->group_id[0] != '\0' &&
+             (why = imgw_id_check(q->group_id, strlen(q->group_id))) != NULL)
+        field = "group_id";
+    else if (q->client_msg_id[0] != '\0' &&
+             (why = imgw_cmid_check(q->client_msg_id,
+                                    strlen(q->client_msg_id))) != NULL)
+        field = "client_msg_id";
+    if (field != NULL) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "%s %s", field, why);
+        send_rsp(s, in->sequence, im_ErrorCode_ERR_INVALID_PARAM, msg, 0, 0, 0);
+        return;
+    }
     if (q->sender_id[0] == '\0')
         copy_str(q->sender_id, sizeof(q->sender_id), s->user);
     if (strcmp(q->sender_id, s->user) != 0) {
@@ -660,14 +693,35 @@ conv_command(imgw_session_t *s, imgw_msg_in_t *in, const char *conv)
         snprintf(p->user_id, sizeof(p->user_id), "%s", s->user);
         p->status = in->u.typing.status;
     }
+    if (in->command == im_CommandType_CMD_READ_RECEIPT_REQ) {
+        /* Message ids are stored as the read position: printable. */
+        for (pb_size_t i = 0; i < in->u.read.message_ids_count; i++) {
+            const char *m = in->u.read.message_ids[i];
+            if (imgw_cmid_check(m, strlen(m)) != NULL) {
+                conv_reply(cl, x, im_ErrorCode_ERR_INVALID_PARAM,
+                           "message_ids must be printable ASCII");
+                free(x);
+                return;
+            }
+        }
+    }
     if (strncmp(conv, "g_", 2) == 0 && conv[2] != '\0') {
+        const char *why = imgw_id_check(conv + 2, strlen(conv + 2));
+        if (why != NULL) {
+            char msg[96];
+            snprintf(msg, sizeof(msg), "group id %s", why);
+            conv_reply(cl, x, im_ErrorCode_ERR_INVALID_PARAM, msg);
+            free(x);
+            return;
+        }
         int r = imgw_store_group_get(cl->store, conv + 2, conv_members_cb, x);
         if (r != 0)
             conv_members_cb(r, NULL, 0, x);
         return;
     }
     char peer[IMGW_JWT_MAX_USER];
-    if (conv_peer(conv, s->user, peer, sizeof(peer)) != 0) {
+    if (conv_peer(conv, s->user, peer, sizeof(peer)) != 0 ||
+        !imgw_id_valid(peer)) {
         conv_reply(cl, x, im_ErrorCode_ERR_INVALID_PARAM,
                    "not a conversation of this user");
         free(x);

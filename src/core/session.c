@@ -16,6 +16,7 @@
 
 #include "alloc.h"
 #include "err.h"
+#include "idsyntax.h"
 #include "log.h"
 #include "session.h"
 
@@ -377,6 +378,14 @@ on_upgrade(imgw_conn_t *c, const imgw_http_req_t *req)
             act_event(ACT_REFUSED, NULL, NULL, why);
             return 401;
         }
+        /* An authentic token whose user id breaks the id rule
+         * (idsyntax.h): the request is bad, not the signature. */
+        const char *why = imgw_id_check(claims.user_id, strlen(claims.user_id));
+        if (why != NULL) {
+            cl->st.auth_fail[auth_fail_index(IMGW_JWT_BAD_CLAIM)]++;
+            IMGW_LOG_DEBUG("handshake token refused: user id %s", why);
+            return 400;
+        }
     }
     imgw_session_t *s = imgw_calloc(1, sizeof(*s));
     if (s == NULL)
@@ -449,6 +458,21 @@ auth_reject(imgw_session_t *s, uint32_t sequence, imgw_jwt_result_t r,
     imgw_conn_close_ws(s->conn, 4001, "authentication failed");
 }
 
+/* A user id outside the id rule (idsyntax.h): ERR_INVALID_PARAM saying
+ * which rule failed, then close 4001 like any failed authentication. */
+static void
+auth_bad_id(imgw_session_t *s, uint32_t sequence, const char *field,
+            const char *why)
+{
+    im_AuthResponse ar = im_AuthResponse_init_zero;
+    ar.error_code = im_ErrorCode_ERR_INVALID_PARAM;
+    snprintf(ar.error_msg, sizeof(ar.error_msg), "%s %s", field, why);
+    s->cl->st.auth_fail[auth_fail_index(IMGW_JWT_BAD_CLAIM)]++;
+    imgw_core_count_error(s->cl, ar.error_code);
+    imgw_session_reply(s, im_CommandType_CMD_AUTH_RSP, sequence, &ar);
+    imgw_conn_close_ws(s->conn, 4001, "authentication failed");
+}
+
 static void
 do_auth(imgw_session_t *s, imgw_msg_in_t *in)
 {
@@ -479,6 +503,16 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
         user = s->hs_user;
     } else {
         auth_reject(s, in->sequence, IMGW_JWT_MALFORMED, "token required");
+        return;
+    }
+    const char *why;
+    if (a->user_id[0] != '\0' &&
+        (why = imgw_id_check(a->user_id, strlen(a->user_id))) != NULL) {
+        auth_bad_id(s, in->sequence, "user_id", why);
+        return;
+    }
+    if ((why = imgw_id_check(user, strlen(user))) != NULL) {
+        auth_bad_id(s, in->sequence, "the token's user id", why);
         return;
     }
     if (a->user_id[0] != '\0' && strcmp(a->user_id, user) != 0) {

@@ -54,6 +54,16 @@
  */
 #define MEM_DEFAULT_MAX_DEDUPES 1000000
 #define MEM_DEFAULT_MAX_METAS 1000000
+/*
+ * Per-user records are capped too: a record is made for every user named
+ * as a receiver or group member, and one that got a message keeps its
+ * max_seq for retention + seq_idle_days after its last use. Past the cap
+ * a request that needs a new record is refused (IMGW_EBUSY: the sender
+ * gets ERR_SERVER_BUSY, nothing is stored) and counted, rather than
+ * evicting a record whose max_seq a client may still hold. ~200 bytes a
+ * record with a small ring: about 400 MB at the default.
+ */
+#define MEM_DEFAULT_MAX_USERS 2000000
 #define MEM_MAX_RECORDS ((size_t)1 << 32)
 /* Expired dedupe keys / metadata an append removes from the shards it has
  * locked anyway: more than one per insertion, so expiry keeps pace with
@@ -141,7 +151,9 @@ typedef struct imgw__mem_read_s {
 /* Everything kept per user; all of it under the user's shard lock. */
 typedef struct imgw__mem_user_s {
     imgw__mem_hnode_t h;   /* in shard->users */
-    int64_t max_seq;       /* never decreases while the record exists */
+    int64_t max_seq;       /* never decreases while the timeline holds an
+                              entry or the user was used within seq_ttl */
+    int64_t touched_ms;    /* last append, sync, max_seq or route refresh */
     imgw__mem_ent_t *ring; /* cap slots, count used from head */
     uint32_t cap, head, count;
     uint16_t n_routes, cap_routes;
@@ -191,6 +203,11 @@ typedef struct imgw__mem_s {
     int64_t meta_ms;    /* metadata lifetime in the table */
     size_t max_dedupes; /* caps, see MEM_DEFAULT_MAX_DEDUPES */
     size_t max_metas;
+    size_t max_users;      /* see MEM_DEFAULT_MAX_USERS */
+    int64_t seq_ttl_ms;    /* retention + seq_idle_days: max_seq's lifetime
+                              after the record's last use */
+    atomic_size_t n_users; /* records in all shards */
+    atomic_uint_fast64_t users_refused; /* requests refused at max_users */
     atomic_size_t n_dedupes; /* records in all shards' dedupe tables */
     atomic_size_t n_metas;   /* records in all shards' metadata tables */
     uint64_t seed;
@@ -577,23 +594,58 @@ user_find(imgw__mem_shard_t *sh, uint64_t h, const char *id)
     return NULL;
 }
 
-/* Finds or creates the record; NULL only on ENOMEM. A new record is empty
- * (max_seq 0), which reads exactly like an unknown user, so creating one
- * and then failing later leaves no visible state: the sweep drops it. */
+/*
+ * Finds or creates the record; NULL with *err = IMGW_ENOMEM, or
+ * IMGW_EBUSY when the node holds max_users records already (counted in
+ * users_refused). A new record is empty (max_seq 0), which reads exactly
+ * like an unknown user, so creating one and then failing later leaves no
+ * visible state: the sweep drops it. The count is reserved before the
+ * allocation, so concurrent creations on other shards cannot pass the cap.
+ */
 static imgw__mem_user_t *
-user_get(imgw__mem_shard_t *sh, uint64_t h, const char *id)
+user_get(imgw__mem_t *m, imgw__mem_shard_t *sh, uint64_t h, const char *id,
+         int64_t now, int *err)
 {
     imgw__mem_user_t *u = user_find(sh, h, id);
     if (u != NULL)
         return u;
+    if (atomic_fetch_add_explicit(&m->n_users, 1, memory_order_relaxed) >=
+        m->max_users) {
+        atomic_fetch_sub_explicit(&m->n_users, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&m->users_refused, 1, memory_order_relaxed);
+        IMGW_LOG_WARN_RL("store: %zu user records (store.max_users): "
+                         "refusing a new one",
+                         m->max_users);
+        *err = IMGW_EBUSY;
+        return NULL;
+    }
     size_t len = strlen(id);
     u = mem_calloc(1, sizeof(*u) + len + 1);
-    if (u == NULL)
+    if (u == NULL) {
+        atomic_fetch_sub_explicit(&m->n_users, 1, memory_order_relaxed);
+        *err = IMGW_ENOMEM;
         return NULL;
+    }
     memcpy(u->id, id, len + 1);
     u->h.hash = h;
+    u->touched_ms = now;
     htab_insert(&sh->users, &u->h);
     return u;
+}
+
+/*
+ * The memory twin of IM-SEQ's TTL: a max_seq unused for seq_ttl (longer
+ * than retention, so the timeline has aged out by then) is forgotten and
+ * the next message starts again at seq 1. Lookups call this before they
+ * read max_seq, so a late sweep never shows a counter Redis would have
+ * expired. Aged entries must have been dropped first (user_age).
+ */
+static void
+user_seq_expire(const imgw__mem_t *m, imgw__mem_user_t *u, int64_t now)
+{
+    if (u->count == 0 && u->max_seq != 0 &&
+        now - u->touched_ms >= m->seq_ttl_ms)
+        u->max_seq = 0;
 }
 
 static void
@@ -675,12 +727,21 @@ routes_expire(imgw__mem_user_t *u, int64_t now)
     }
 }
 
+/*
+ * Whether the sweep may free the record: nothing retained, no live route,
+ * and either nothing at all (it reads like an unknown user) or unused for
+ * seq_ttl (its max_seq has expired; its delivered / read positions go with
+ * it, as Redis's IM-POS / IM-READ expire retention after their last write).
+ */
 static int
-user_is_empty(const imgw__mem_user_t *u)
+user_is_free(const imgw__mem_t *m, imgw__mem_user_t *u, int64_t now)
 {
-    /* max_seq is what must survive aging; count is 0 whenever it is. */
-    return u->max_seq == 0 && u->n_routes == 0 && u->n_dev == 0 &&
-           u->n_read == 0;
+    if (u->count > 0 || u->n_routes > 0)
+        return 0;
+    user_seq_expire(m, u, now);
+    if (u->max_seq == 0 && u->n_dev == 0 && u->n_read == 0)
+        return 1;
+    return now - u->touched_ms >= m->seq_ttl_ms;
 }
 
 static void
@@ -731,9 +792,10 @@ users_sweep(imgw__mem_t *m, imgw__mem_shard_t *sh, int64_t now, int budget)
             user_age(m, u, now);
             routes_expire(u, now);
             ring_shrink(u);
-            if (user_is_empty(u)) {
+            if (user_is_free(m, u, now)) {
                 *pp = u->h.next;
                 sh->users.n--;
+                atomic_fetch_sub_explicit(&m->n_users, 1, memory_order_relaxed);
                 user_free(m, u);
             } else {
                 pp = &u->h.next;
@@ -820,6 +882,17 @@ mem_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err, size_t errlen)
                  MEM_MAX_RETENTION_DAYS * 86400);
         return IMGW_ECONFIG;
     }
+    if (cfg->max_users > MEM_MAX_RECORDS) {
+        snprintf(err, errlen, "store: max_users must be 0..%zu",
+                 MEM_MAX_RECORDS);
+        return IMGW_ECONFIG;
+    }
+    if (cfg->seq_idle_days < 0 ||
+        cfg->seq_idle_days > IMGW__STORE_MAX_SEQ_IDLE_DAYS) {
+        snprintf(err, errlen, "store: seq_idle_days must be 1..%d",
+                 IMGW__STORE_MAX_SEQ_IDLE_DAYS);
+        return IMGW_ECONFIG;
+    }
     imgw__mem_t *m = mem_calloc(1, sizeof(*m));
     if (m == NULL)
         return IMGW_ENOMEM;
@@ -842,6 +915,13 @@ mem_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err, size_t errlen)
     size_t max_mt = cfg->max_metas ? cfg->max_metas : MEM_DEFAULT_MAX_METAS;
     m->max_dedupes = max_dd;
     m->max_metas = max_mt;
+    m->max_users = cfg->max_users ? cfg->max_users : MEM_DEFAULT_MAX_USERS;
+    m->seq_ttl_ms = m->retention_ms +
+                    (int64_t)(cfg->seq_idle_days ? cfg->seq_idle_days
+                                                 : IMGW__STORE_SEQ_IDLE_DAYS) *
+                        86400 * 1000;
+    atomic_init(&m->n_users, 0);
+    atomic_init(&m->users_refused, 0);
     atomic_init(&m->n_dedupes, 0);
     atomic_init(&m->n_metas, 0);
     m->clock = mem_realtime_ms;
@@ -872,10 +952,11 @@ mem_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err, size_t errlen)
     s->impl = m;
     IMGW_LOG_INFO("store: memory backend, %u shards, retention %d entries "
                   "/ %d days, dedupe %d s (at most %zu), metadata %lld s "
-                  "(at most %zu)",
+                  "(at most %zu), users at most %zu, max seq kept %lld days "
+                  "after last use",
                   MEM_SHARDS, cfg->retention_count, cfg->retention_days,
                   cfg->dedupe_ttl, max_dd, (long long)(m->meta_ms / 1000),
-                  max_mt);
+                  max_mt, m->max_users, (long long)(m->seq_ttl_ms / 86400000));
     return 0;
 }
 
@@ -1049,10 +1130,12 @@ mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     }
     for (size_t i = 0; i < n; i++) {
         imgw__mem_shard_t *sh = &m->shards[shard_of(slots[i].hash)];
-        imgw__mem_user_t *u = user_get(sh, slots[i].hash, req->users[i]);
+        imgw__mem_user_t *u =
+            user_get(m, sh, slots[i].hash, req->users[i], now, &r);
         if (u == NULL || ring_reserve(m, u) != 0) {
             unlock_mask(m, mask);
-            r = IMGW_ENOMEM;
+            if (u != NULL)
+                r = IMGW_ENOMEM;
             goto out;
         }
         slots[i].u = u;
@@ -1064,6 +1147,8 @@ mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     for (size_t i = 0; i < n; i++) {
         imgw__mem_user_t *u = slots[i].u;
         user_age(m, u, now);
+        user_seq_expire(m, u, now);
+        u->touched_ms = now;
         /* count == cap only if users[] named this user twice (against the
          * contract): drop the oldest rather than overflow. */
         while (u->count >= (uint32_t)m->retention_count || u->count == u->cap)
@@ -1138,6 +1223,8 @@ mem_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
         return 0;
     }
     user_age(m, u, now);
+    user_seq_expire(m, u, now);
+    u->touched_ms = now; /* the client holds seqs: keep max_seq alive */
     int64_t server_max = u->max_seq;
     int64_t first = u->max_seq - (int64_t)u->count + 1;
     int64_t hi = max_seq == 0 || max_seq > u->max_seq ? u->max_seq : max_seq;
@@ -1191,9 +1278,17 @@ mem_max_seq(imgw_store_loop_t *sl, const char *user, imgw_store_seq_cb cb,
     imgw__mem_t *m = sl->store->impl;
     uint64_t h = hash_str(m, user);
     imgw__mem_shard_t *sh = &m->shards[shard_of(h)];
+    int64_t now = mem_now(m), seq = 0;
     pthread_mutex_lock(&sh->mu);
     imgw__mem_user_t *u = user_find(sh, h, user);
-    int64_t seq = u ? u->max_seq : 0;
+    if (u != NULL) {
+        /* At auth: the client is about to hold seqs (IM-SEQ's TTL restarts
+         * in Redis). */
+        user_age(m, u, now);
+        user_seq_expire(m, u, now);
+        u->touched_ms = now;
+        seq = u->max_seq;
+    }
     pthread_mutex_unlock(&sh->mu);
     cb(0, seq, data);
     return 0;
@@ -1211,11 +1306,13 @@ mem_set_delivered(imgw_store_loop_t *sl, const char *user, const char *device,
     uint64_t h = hash_str(m, user);
     imgw__mem_shard_t *sh = &m->shards[shard_of(h)];
     char *copy = NULL;
+    int err = IMGW_ENOMEM;
+    int64_t now = mem_now(m);
 
     pthread_mutex_lock(&sh->mu);
-    imgw__mem_user_t *u = user_get(sh, h, user);
+    imgw__mem_user_t *u = user_get(m, sh, h, user, now, &err);
     if (u == NULL)
-        goto nomem;
+        goto fail;
     for (uint16_t i = 0; i < u->n_dev; i++)
         if (strcmp(u->dev[i].device, device) == 0) {
             if (seq > u->dev[i].seq)
@@ -1225,7 +1322,7 @@ mem_set_delivered(imgw_store_loop_t *sl, const char *user, const char *device,
         }
     copy = mem_strdup(device);
     if (copy == NULL)
-        goto nomem;
+        goto fail;
     uint16_t i;
     if (u->n_dev == MEM_MAX_DEVICES) {
         i = 0;
@@ -1237,7 +1334,7 @@ mem_set_delivered(imgw_store_loop_t *sl, const char *user, const char *device,
         if (u->n_dev == u->cap_dev &&
             array_grow((void **)&u->dev, &u->cap_dev, sizeof(*u->dev),
                        MEM_MAX_DEVICES) != 0)
-            goto nomem;
+            goto fail;
         i = u->n_dev++;
     }
     u->dev[i].device = copy;
@@ -1248,10 +1345,10 @@ done:
     if (cb)
         cb(0, data);
     return 0;
-nomem:
+fail:
     pthread_mutex_unlock(&sh->mu);
     free(copy);
-    return IMGW_ENOMEM;
+    return err;
 }
 
 /* Keeps the last message id written per conversation; at MEM_MAX_READS
@@ -1270,11 +1367,13 @@ mem_set_read(imgw_store_loop_t *sl, const char *user,
         return IMGW_ENOMEM;
     memcpy(cm, conversation_id, clen + 1);
     memcpy(cm + clen + 1, message_id, mlen + 1);
+    int err = IMGW_ENOMEM;
+    int64_t now = mem_now(m);
 
     pthread_mutex_lock(&sh->mu);
-    imgw__mem_user_t *u = user_get(sh, h, user);
+    imgw__mem_user_t *u = user_get(m, sh, h, user, now, &err);
     if (u == NULL)
-        goto nomem;
+        goto fail;
     uint16_t i;
     for (i = 0; i < u->n_read; i++)
         if (strcmp(u->reads[i].cm, conversation_id) == 0)
@@ -1291,7 +1390,7 @@ mem_set_read(imgw_store_loop_t *sl, const char *user,
         if (u->n_read == u->cap_read &&
             array_grow((void **)&u->reads, &u->cap_read, sizeof(*u->reads),
                        MEM_MAX_READS) != 0)
-            goto nomem;
+            goto fail;
         i = u->n_read++;
     }
     u->reads[i].cm = cm;
@@ -1300,10 +1399,10 @@ mem_set_read(imgw_store_loop_t *sl, const char *user,
     if (cb)
         cb(0, data);
     return 0;
-nomem:
+fail:
     pthread_mutex_unlock(&sh->mu);
     free(cm);
-    return IMGW_ENOMEM;
+    return err;
 }
 
 /* ---- messages ------------------------------------------------------------ */
@@ -1535,11 +1634,12 @@ mem_route_set(imgw_store_loop_t *sl, const char *user, const char *platform,
     memcpy(pb, platform, plen + 1);
     memcpy(pb + plen + 1, broker_id, blen + 1);
     int64_t now = mem_now(m);
+    int err = IMGW_ENOMEM;
 
     pthread_mutex_lock(&sh->mu);
-    imgw__mem_user_t *u = user_get(sh, h, user);
+    imgw__mem_user_t *u = user_get(m, sh, h, user, now, &err);
     if (u == NULL)
-        goto nomem;
+        goto fail;
     routes_expire(u, now);
     uint16_t i;
     for (i = 0; i < u->n_routes; i++)
@@ -1557,7 +1657,7 @@ mem_route_set(imgw_store_loop_t *sl, const char *user, const char *platform,
         if (u->n_routes == u->cap_routes &&
             array_grow((void **)&u->routes, &u->cap_routes, sizeof(*u->routes),
                        IMGW_STORE_MAX_ROUTES) != 0)
-            goto nomem;
+            goto fail;
         i = u->n_routes++;
     }
     u->routes[i].pb = pb;
@@ -1566,10 +1666,10 @@ mem_route_set(imgw_store_loop_t *sl, const char *user, const char *platform,
     if (cb)
         cb(0, data);
     return 0;
-nomem:
+fail:
     pthread_mutex_unlock(&sh->mu);
     free(pb);
-    return IMGW_ENOMEM;
+    return err;
 }
 
 /* Status 0 whether or not a field was deleted: a route that moved to
@@ -1622,6 +1722,12 @@ mem_route_refresh(imgw_store_loop_t *sl, const char *user, int ttl,
         routes_expire(u, now);
         for (uint16_t i = 0; i < u->n_routes; i++)
             u->routes[i].expire_ms = now + (int64_t)ttl * 1000;
+        /* Heartbeats of an online client keep its max_seq alive (Redis:
+         * the same script refreshes IM-SEQ's TTL), unless it has expired
+         * already: then there is nothing to keep. */
+        user_age(m, u, now);
+        user_seq_expire(m, u, now);
+        u->touched_ms = now;
     }
     pthread_mutex_unlock(&sh->mu);
     if (cb)
@@ -1658,6 +1764,17 @@ mem_route_get(imgw_store_loop_t *sl, const char *user, imgw_store_routes_cb cb,
     return 0;
 }
 
+static int
+mem_stats(imgw_store_t *s, imgw_store_stats_t *out)
+{
+    imgw__mem_t *m = s->impl;
+    out->users = atomic_load_explicit(&m->n_users, memory_order_relaxed);
+    out->max_users = m->max_users;
+    out->users_refused =
+        atomic_load_explicit(&m->users_refused, memory_order_relaxed);
+    return 0;
+}
+
 /* ---- the table ----------------------------------------------------------- */
 
 const imgw_store_backend_t imgw__store_memory = {
@@ -1668,6 +1785,7 @@ const imgw_store_backend_t imgw__store_memory = {
     .loop_close = mem_loop_close,
     .loop_ready = mem_loop_ready,
     .tick = mem_tick,
+    .stats = mem_stats,
     .append = mem_append,
     .sync = mem_sync,
     .max_seq = mem_max_seq,

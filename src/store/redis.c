@@ -278,6 +278,12 @@ redis_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err,
                  REDIS_MAX_DEDUPE_TTL);
         return IMGW_ECONFIG;
     }
+    if (cfg->seq_idle_days < 0 ||
+        cfg->seq_idle_days > IMGW__STORE_MAX_SEQ_IDLE_DAYS) {
+        snprintf(err, errlen, "store: seq_idle_days must be 1..%d",
+                 IMGW__STORE_MAX_SEQ_IDLE_DAYS);
+        return IMGW_ECONFIG;
+    }
     imgw__redis_t *r = calloc(1, sizeof(*r));
     if (r == NULL)
         return IMGW_ENOMEM;
@@ -289,6 +295,10 @@ redis_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err,
     }
     r->retention_count = cfg->retention_count;
     r->retention_ms = (int64_t)cfg->retention_days * 86400 * 1000;
+    r->seq_ttl_ms = r->retention_ms +
+                    (int64_t)(cfg->seq_idle_days ? cfg->seq_idle_days
+                                                 : IMGW__STORE_SEQ_IDLE_DAYS) *
+                        86400 * 1000;
     r->dedupe_ttl = cfg->dedupe_ttl;
     r->timeout_ms =
         cfg->timeout_ms > 0 ? cfg->timeout_ms : REDIS_DEFAULT_TIMEOUT_MS;
@@ -300,10 +310,11 @@ redis_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err,
                  r->url.port, r->url.db);
     s->impl = r;
     IMGW_LOG_INFO("store: redis backend at %s%s, retention %d entries / %d "
-                  "days, dedupe %d s, timeout %d ms",
+                  "days, dedupe %d s, max seq kept %lld days after last use, "
+                  "timeout %d ms",
                   r->where, r->url.password ? " (AUTH)" : "",
                   cfg->retention_count, cfg->retention_days, cfg->dedupe_ttl,
-                  r->timeout_ms);
+                  (long long)(r->seq_ttl_ms / 86400000), r->timeout_ms);
     return 0;
 }
 

@@ -37,6 +37,8 @@ enum {
     IMGW__REDIS_S_ROUTE_DEL,
     IMGW__REDIS_S_DELIVERED,
     IMGW__REDIS_S_READ,
+    IMGW__REDIS_S_MAX_SEQ,
+    IMGW__REDIS_S_ROUTE_REFRESH,
     IMGW__REDIS_N_SCRIPTS
 };
 
@@ -59,6 +61,7 @@ typedef struct imgw__redis_s {
     char where[IMGW__REDIS_HOST_MAX + 64]; /* "host:port db N", for logs */
     int retention_count;
     int64_t retention_ms;
+    int64_t seq_ttl_ms; /* IM-SEQ: retention + seq_idle_days, refreshed */
     int dedupe_ttl; /* seconds */
     int timeout_ms; /* per command, connect and handshake included */
 } imgw__redis_t;

@@ -9,15 +9,28 @@
  * loop's connection is not ready (store.h allows both).
  *
  * Keys (protocol.md section 6, plus our own; docs/store.md has the table):
- *   IM-SEQ-{u}    string counter        the timeline's max seq (no TTL)
+ *   IM-SEQ-{u}    string counter        the timeline's max seq, PX
+ *                                       retention + seq_idle_days, refreshed
+ *                                       by append, sync, max_seq and
+ *                                       route_refresh
  *   IM-TL-{u}     zset score = seq      member "<message_id>:<stored_ms>:"
  *                                       + entry bytes (unique per message)
- *   IM-DEDUP-{u}-{client_msg_id}        "<message_id>:<seq>", EX dedupe_ttl
+ *   IM-DEDUP-{u}:{client_msg_id}        "<message_id>:<seq>", EX dedupe_ttl
  *   IM-MSG-{id}   hash sender conv ts revoked, PX retention
  *   IM-GROUP-{g}  set of members
  *   IM-USER-{u}   hash platform -> broker_id, EX route ttl
  *   IM-POS-{u}    hash device -> "<stamp>:<seq>", "" -> stamp counter
  *   IM-READ-{u}   hash conv -> "<stamp>:<message_id>", "" -> stamp counter
+ *
+ * Every key is a fixed prefix and at most one value, except IM-DEDUP, which
+ * joins two: the sender and the client_msg_id. The separator is ':', which
+ * user ids cannot contain (idsyntax.h, enforced by store.c for every
+ * request), so the first ':' after the prefix ends the sender and two
+ * different (sender, client_msg_id) pairs never share a key. (The
+ * contract's '-' did not: "eve" + "x-1" and "eve-x" + "1" collided.) The
+ * members and values that join several parts lead with digits and ':'
+ * ("<message_id>:<stored_ms>:", "<stamp>:"), which the readers split at
+ * the first ':' or two; the rest may hold anything.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -37,7 +50,7 @@
 #define K_POS "IM-POS-"
 #define K_READ "IM-READ-"
 
-/* A key: prefix + id (+ "-" + id2), in a caller buffer of KEY_MAX bytes. */
+/* A key: prefix + id (+ ":" + id2), in a caller buffer of KEY_MAX bytes. */
 #define KEY_MAX (16 + 2 * (IMGW__STORE_ID_MAX + 1) + 1)
 
 /* ---- Lua ----------------------------------------------------------------- */
@@ -103,7 +116,9 @@
 /*
  * append. KEYS: dedupe key, message key, then per user its IM-SEQ and
  * IM-TL. ARGV: message id, sender, conversation, server time, retention
- * count, retention ms, dedupe ttl s, entry, dedupe flag. Everything that
+ * count, retention ms, dedupe ttl s, entry, dedupe flag, IM-SEQ ttl ms
+ * (longer than retention: the counter outlives every entry it numbered,
+ * so a seq is never reused while a timeline holds one). Everything that
  * can fail is checked before the first write, so an error reply means
  * nothing was written and a script that gets past the checks writes all.
  * Returns {0, seq...}, {1, "<id>:<seq>"} (duplicate) or {2} (id in use).
@@ -137,6 +152,7 @@ static const char lua_append[] =
     "for i = 1, nu do\n"
     "  local tk = KEYS[2 * i + 2]\n"
     "  local s = redis.call('INCR', KEYS[2 * i + 1])\n"
+    "  redis.call('PEXPIRE', KEYS[2 * i + 1], ARGV[10])\n"
     "  redis.call('ZADD', tk, s, member)\n"
     "  local n = redis.call('ZCARD', tk)\n"
     "  if n > rc then redis.call('ZREMRANGEBYRANK', tk, 0, n - rc - 1) end\n"
@@ -154,13 +170,16 @@ static const char lua_append[] =
 
 /*
  * sync. KEYS: IM-TL, IM-SEQ. ARGV: min_seq, max_seq ("0": none), limit,
- * retention ms, message key prefix. Drops aged entries first (the only
- * write), then returns {max_seq, has_more, seq, member, revoked, ...}.
+ * retention ms, message key prefix, IM-SEQ ttl ms. Drops aged entries and
+ * refreshes IM-SEQ's TTL (a client that syncs holds seqs: the counter must
+ * not expire under it; PEXPIRE of a missing key is a no-op), then returns
+ * {max_seq, has_more, seq, member, revoked, ...}.
  */
 static const char lua_sync[] =
     LUA_PROLOGUE LUA_TRIM_AGE
     "local top = tonumber(redis.call('GET', KEYS[2]) or '0') or 0\n" LUA_NOW
     "trim_age(KEYS[1], now - tonumber(ARGV[4]))\n"
+    "redis.call('PEXPIRE', KEYS[2], ARGV[6])\n"
     "local hi = ARGV[2]\n"
     "if hi == '0' then hi = '+inf' end\n"
     "local lim = tonumber(ARGV[3])\n"
@@ -261,6 +280,22 @@ static const char lua_read[] =
     "redis.call('PEXPIRE', k, ARGV[4])\n"
     "return 1\n";
 
+/* max_seq. KEYS: IM-SEQ. ARGV: its ttl ms. Called at auth: the client is
+ * about to hold seqs, so the counter's TTL restarts. */
+static const char lua_max_seq[] =
+    "local v = redis.call('GET', KEYS[1])\n"
+    "if v then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end\n"
+    "return v\n";
+
+/* route_refresh (heartbeats). KEYS: IM-USER, IM-SEQ. ARGV: route ttl s,
+ * IM-SEQ ttl ms. EXPIRE / PEXPIRE of a missing key are no-ops: expired
+ * routes stay dead, and no counter is created. An online client keeps its
+ * max seq alive even when nobody writes to it. */
+static const char lua_route_refresh[] =
+    "redis.call('EXPIRE', KEYS[1], ARGV[1])\n"
+    "redis.call('PEXPIRE', KEYS[2], ARGV[2])\n"
+    "return 1\n";
+
 const char *const imgw__redis_scripts[IMGW__REDIS_N_SCRIPTS] = {
     [IMGW__REDIS_S_APPEND] = lua_append,
     [IMGW__REDIS_S_SYNC] = lua_sync,
@@ -270,6 +305,8 @@ const char *const imgw__redis_scripts[IMGW__REDIS_N_SCRIPTS] = {
     [IMGW__REDIS_S_ROUTE_DEL] = lua_route_del,
     [IMGW__REDIS_S_DELIVERED] = lua_delivered,
     [IMGW__REDIS_S_READ] = lua_read,
+    [IMGW__REDIS_S_MAX_SEQ] = lua_max_seq,
+    [IMGW__REDIS_S_ROUTE_REFRESH] = lua_route_refresh,
 };
 
 /* ---- helpers ------------------------------------------------------------- */
@@ -420,8 +457,8 @@ imgw__redis_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     q->data = data;
     q->app = req;
 
-    /* EVALSHA sha numkeys, 2 + 2n keys, 9 args */
-    int argc = 3 + 2 + 2 * (int)n + 9;
+    /* EVALSHA sha numkeys, 2 + 2n keys, 10 args */
+    int argc = 3 + 2 + 2 * (int)n + 10;
     size_t text = strlen(K_DEDUP) + strlen(req->sender) + 1 + strlen(cmid) +
                   1 + KEY_MAX;
     for (size_t i = 0; i < n; i++)
@@ -437,7 +474,7 @@ imgw__redis_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
         return IMGW_ENOMEM;
     }
     char *p = buf;
-    char numkeys[16], mid[24], ts[24], rc[16], rms[24], ttl[16];
+    char numkeys[16], mid[24], ts[24], rc[16], rms[24], ttl[16], sttl[24];
     int a = 2;
 #define PUT(s, l)                                                            \
     do {                                                                     \
@@ -448,7 +485,7 @@ imgw__redis_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
 #define PUTS(s) PUT((s), strlen(s))
     snprintf(numkeys, sizeof(numkeys), "%zu", 2 + 2 * n);
     PUTS(numkeys);
-    int k = sprintf(p, K_DEDUP "%s-%s", req->sender, cmid);
+    int k = sprintf(p, K_DEDUP "%s:%s", req->sender, cmid);
     PUT(p, (size_t)k);
     p += k + 1;
     k = (int)key_msg(p, req->message_id);
@@ -467,6 +504,7 @@ imgw__redis_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     snprintf(rc, sizeof(rc), "%d", r->retention_count);
     snprintf(rms, sizeof(rms), "%" PRId64, r->retention_ms);
     snprintf(ttl, sizeof(ttl), "%d", r->dedupe_ttl);
+    snprintf(sttl, sizeof(sttl), "%" PRId64, r->seq_ttl_ms);
     PUTS(mid);
     PUTS(req->sender);
     PUTS(conv);
@@ -476,6 +514,7 @@ imgw__redis_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     PUTS(ttl);
     PUT(req->entry_len ? (const char *)req->entry : "", req->entry_len);
     PUTS(cmid[0] ? "1" : "0");
+    PUTS(sttl);
 #undef PUT
 #undef PUTS
     imgw__redis_send(q, IMGW__REDIS_S_APPEND, a, argv, lens);
@@ -546,9 +585,9 @@ imgw__redis_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
 {
     /* A read for the caller: its only write drops aged entries. */
     REQ_BEGIN(q, sl, sync_done, 0, cb(IMGW_EBUSY, NULL, 0, 0, 0, data));
-    char tl[KEY_MAX], sq[KEY_MAX], mn[24], mx[24], lim[16], rms[24];
-    const char *argv[10];
-    size_t lens[10];
+    char tl[KEY_MAX], sq[KEY_MAX], mn[24], mx[24], lim[16], rms[24], sttl[24];
+    const char *argv[11];
+    size_t lens[11];
     q->cb.sync = cb;
     q->data = data;
     q->aux = limit;
@@ -556,6 +595,7 @@ imgw__redis_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
     snprintf(mx, sizeof(mx), "%" PRId64, max_seq);
     snprintf(lim, sizeof(lim), "%d", limit);
     snprintf(rms, sizeof(rms), "%" PRId64, rl_->r->retention_ms);
+    snprintf(sttl, sizeof(sttl), "%" PRId64, rl_->r->seq_ttl_ms);
     argv[2] = "2";
     argv[3] = tl;
     lens[3] = key1(tl, K_TL, user);
@@ -566,10 +606,11 @@ imgw__redis_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
     argv[7] = lim;
     argv[8] = rms;
     argv[9] = K_MSG;
+    argv[10] = sttl;
     lens[2] = 1;
-    for (int i = 5; i < 10; i++)
+    for (int i = 5; i < 11; i++)
         lens[i] = strlen(argv[i]);
-    imgw__redis_send(q, IMGW__REDIS_S_SYNC, 10, argv, lens);
+    imgw__redis_send(q, IMGW__REDIS_S_SYNC, 11, argv, lens);
     return 0;
 }
 
@@ -586,13 +627,15 @@ int
 imgw__redis_max_seq(imgw_store_loop_t *sl, const char *user,
                     imgw_store_seq_cb cb, void *data)
 {
+    /* A read for the caller: its only write is the TTL refresh. */
     REQ_BEGIN(q, sl, max_seq_done, 0, cb(IMGW_EBUSY, 0, data));
-    char k[KEY_MAX];
-    const char *argv[2] = {"GET", k};
-    size_t lens[2] = {3, key1(k, K_SEQ, user)};
+    char k[KEY_MAX], sttl[24];
+    snprintf(sttl, sizeof(sttl), "%" PRId64, rl_->r->seq_ttl_ms);
+    const char *argv[5] = {NULL, NULL, "1", k, sttl};
+    size_t lens[5] = {0, 0, 1, key1(k, K_SEQ, user), strlen(sttl)};
     q->cb.seq = cb;
     q->data = data;
-    imgw__redis_send(q, -1, 2, argv, lens);
+    imgw__redis_send(q, IMGW__REDIS_S_MAX_SEQ, 5, argv, lens);
     return 0;
 }
 
@@ -825,19 +868,22 @@ imgw__redis_route_del(imgw_store_loop_t *sl, const char *user,
     return 0;
 }
 
-/* EXPIRE on a missing key is a no-op: expired routes stay dead. */
+/* Refreshes the route's TTL and the user's IM-SEQ TTL (lua_route_refresh). */
 int
 imgw__redis_route_refresh(imgw_store_loop_t *sl, const char *user, int ttl,
                           imgw_store_done_cb cb, void *data)
 {
     REQ_BEGIN(q, sl, done_status, 1, if (cb) cb(IMGW_EBUSY, data));
-    char k[KEY_MAX], t[16];
+    char k[KEY_MAX], sq[KEY_MAX], t[16], sttl[24];
     snprintf(t, sizeof(t), "%d", ttl);
-    const char *argv[3] = {"EXPIRE", k, t};
-    size_t lens[3] = {6, key1(k, K_USER, user), strlen(t)};
+    snprintf(sttl, sizeof(sttl), "%" PRId64, rl_->r->seq_ttl_ms);
+    const char *argv[7] = {NULL, NULL, "2", k, sq, t, sttl};
+    size_t lens[7] = {0, 0, 1, 0, 0, strlen(t), strlen(sttl)};
+    lens[3] = key1(k, K_USER, user);
+    lens[4] = key1(sq, K_SEQ, user);
     q->cb.done = cb;
     q->data = data;
-    imgw__redis_send(q, -1, 3, argv, lens);
+    imgw__redis_send(q, IMGW__REDIS_S_ROUTE_REFRESH, 7, argv, lens);
     return 0;
 }
 

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "idsyntax.h"
 #include "store_impl.h"
 
 /*
@@ -46,7 +47,16 @@ valid_opt(const char *s, size_t max)
     return s == NULL || strnlen(s, max + 1) <= max;
 }
 
-#define valid_id(s) valid_str((s), IMGW__STORE_ID_MAX)
+/*
+ * User, member and group ids become parts of keys (IM-SEQ-{u},
+ * IM-DEDUP-{u}:{cmid}, ...), so they must obey the id syntax
+ * (idsyntax.h): core checks it where ids enter, and this edge check makes
+ * sure no backend ever composes a key from anything else, whoever calls.
+ * device, platform and broker_id are only hash fields and values: a length
+ * bound is enough for them.
+ */
+#define valid_id(s) imgw_id_valid(s)
+#define valid_name(s) valid_str((s), IMGW__STORE_ID_MAX)
 
 int
 imgw_store_open(imgw_store_t **out, const imgw_store_cfg_t *cfg, char *err,
@@ -137,6 +147,15 @@ imgw_store_tick(imgw_store_t *s, int64_t now_ms)
         s->be->tick(s, now_ms);
 }
 
+int
+imgw_store_stats(imgw_store_t *s, imgw_store_stats_t *out)
+{
+    if (s == NULL || out == NULL)
+        return IMGW_EINVAL;
+    memset(out, 0, sizeof(*out));
+    return s->be->stats ? s->be->stats(s, out) : IMGW_ENOTFOUND;
+}
+
 /* ---- append ---------------------------------------------------------- */
 
 int
@@ -145,8 +164,7 @@ imgw_store_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
 {
     if (sl == NULL || req == NULL || cb == NULL)
         return IMGW_EINVAL;
-    if (!valid_id(req->sender) ||
-        !valid_opt(req->client_msg_id, IMGW__STORE_ID_MAX) ||
+    if (!valid_id(req->sender) || !imgw_cmid_valid_opt(req->client_msg_id) ||
         !valid_opt(req->conversation_id, IMGW__STORE_CONV_MAX) ||
         req->users == NULL || req->n_users == 0 || req->seqs == NULL ||
         (req->entry == NULL && req->entry_len != 0))
@@ -194,7 +212,7 @@ imgw_store_set_delivered(imgw_store_loop_t *sl, const char *user,
                          const char *device, int64_t seq, imgw_store_done_cb cb,
                          void *data)
 {
-    if (sl == NULL || !valid_id(user) || !valid_id(device) || seq < 0)
+    if (sl == NULL || !valid_id(user) || !valid_name(device) || seq < 0)
         return IMGW_EINVAL;
     return sl->be->set_delivered(sl, user, device, seq, cb, data);
 }
@@ -206,7 +224,8 @@ imgw_store_set_read(imgw_store_loop_t *sl, const char *user,
 {
     if (sl == NULL || !valid_id(user) ||
         !valid_str(conversation_id, IMGW__STORE_CONV_MAX) ||
-        !valid_id(message_id))
+        message_id == NULL || message_id[0] == '\0' ||
+        !imgw_cmid_valid_opt(message_id))
         return IMGW_EINVAL;
     return sl->be->set_read(sl, user, conversation_id, message_id, cb, data);
 }
@@ -273,8 +292,8 @@ imgw_store_route_set(imgw_store_loop_t *sl, const char *user,
                      const char *platform, const char *broker_id, int ttl,
                      imgw_store_done_cb cb, void *data)
 {
-    if (sl == NULL || !valid_id(user) || !valid_id(platform) ||
-        !valid_id(broker_id) || ttl <= 0)
+    if (sl == NULL || !valid_id(user) || !valid_name(platform) ||
+        !valid_name(broker_id) || ttl <= 0)
         return IMGW_EINVAL;
     return sl->be->route_set(sl, user, platform, broker_id, ttl, cb, data);
 }
@@ -284,8 +303,8 @@ imgw_store_route_del(imgw_store_loop_t *sl, const char *user,
                      const char *platform, const char *broker_id,
                      imgw_store_done_cb cb, void *data)
 {
-    if (sl == NULL || !valid_id(user) || !valid_id(platform) ||
-        !valid_id(broker_id))
+    if (sl == NULL || !valid_id(user) || !valid_name(platform) ||
+        !valid_name(broker_id))
         return IMGW_EINVAL;
     return sl->be->route_del(sl, user, platform, broker_id, cb, data);
 }

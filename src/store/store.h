@@ -62,11 +62,28 @@ typedef struct imgw_store_cfg_s {
     int fsync_interval_ms;  /* interval: 0 = 1000 */
     int64_t compact_bytes;  /* journal size that triggers a snapshot;
                                0 = 64 MiB */
+    /* Per-user state (docs/store.md "Per-user state"). A user's max_seq
+     * (IM-SEQ) lives retention_days + seq_idle_days after the user's last
+     * append, auth (max_seq), sync or route refresh, so it outlives every
+     * entry of its timeline; 0 = the default (30 days). Both backends. */
+    int seq_idle_days;
+    size_t max_users; /* memory backend: user records; past it a
+                         request that needs a new one is refused
+                         with IMGW_EBUSY; 0 = the default */
 } imgw_store_cfg_t;
 
 int imgw_store_open(imgw_store_t **out, const imgw_store_cfg_t *cfg, char *err,
                     size_t errlen);
 void imgw_store_close(imgw_store_t *s);
+/* Node-wide counters for /metrics (any thread). */
+typedef struct imgw_store_stats_s {
+    size_t users;           /* memory: user records held */
+    size_t max_users;       /* memory: their cap */
+    uint64_t users_refused; /* memory: requests refused at the cap */
+} imgw_store_stats_t;
+/** Fills *out; IMGW_ENOTFOUND when the backend keeps no such counters. */
+int imgw_store_stats(imgw_store_t *s, imgw_store_stats_t *out);
+
 /** Called on the loop's own thread before it serves connections. */
 int imgw_store_loop_open(imgw_store_t *s, int loop_index, uv_loop_t *loop,
                          imgw_store_loop_t **out);

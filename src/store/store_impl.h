@@ -38,6 +38,8 @@
 #define IMGW__STORE_CONV_MAX 511 /* conversation_id ("s_<a>_<b>" <= 257) */
 #define IMGW__STORE_ENTRY_MAX (16u << 20) /* one encoded PushMessage */
 #define IMGW__STORE_SYNC_DEFAULT 100      /* limit <= 0 */
+#define IMGW__STORE_SEQ_IDLE_DAYS 30      /* seq_idle_days = 0 */
+#define IMGW__STORE_MAX_SEQ_IDLE_DAYS 3650
 
 typedef struct imgw_store_backend_s imgw_store_backend_t;
 
@@ -76,6 +78,7 @@ struct imgw_store_backend_s {
     void (*loop_close)(imgw_store_loop_t *sl);
     int (*loop_ready)(imgw_store_loop_t *sl);
     void (*tick)(imgw_store_t *s, int64_t now_ms); /* NULL: nothing to do */
+    int (*stats)(imgw_store_t *s, imgw_store_stats_t *out); /* may be NULL */
 
     int (*append)(imgw_store_loop_t *sl, imgw_store_append_t *req,
                   imgw_store_append_cb cb, void *data);

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "idsyntax.h"
 #include "log.h"
 #include "store.h"
 #include "store_impl.h"
@@ -965,6 +966,231 @@ TEST(tick_sweeps)
     fx_close(&f);
 }
 
+/* ---- ids, keys and per-user state (audit items 1 and 6) ---------------- */
+
+static void
+fx_open_cfg(fx_t *f, imgw_store_cfg_t *cfg)
+{
+    char err[128];
+    f->s = NULL;
+    f->sl = NULL;
+    if (imgw_store_open(&f->s, cfg, err, sizeof(err)) != 0) {
+        printf("  cannot open the store: %s\n", err);
+        exit(2);
+    }
+    fake_now = T0;
+    imgw__store_mem_set_clock(f->s, fake_clock, NULL);
+    if (imgw_store_loop_open(f->s, 0, NULL, &f->sl) != 0)
+        exit(2);
+}
+
+TEST(id_validator)
+{
+    char max[IMGW_ID_MAX + 2];
+    memset(max, 'x', sizeof(max) - 1);
+    max[sizeof(max) - 1] = '\0';
+    CHECK(imgw_id_check(max, IMGW_ID_MAX + 1) != NULL); /* 128 bytes */
+    CHECK(imgw_id_check(max, IMGW_ID_MAX) == NULL);     /* 127 bytes */
+    CHECK_EQ_INT(imgw_id_valid(max), 0);
+    max[IMGW_ID_MAX] = '\0';
+    CHECK_EQ_INT(imgw_id_valid(max), 1);
+    static const char *good[] = {
+        "u1", "alice", "eve-x", "slow_r", "a.b@example.com", "0", "A-Z_09.@"};
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        printf("  id %-20s valid\n", good[i]);
+        CHECK_EQ_INT(imgw_id_valid(good[i]), 1);
+    }
+    static const char *bad[] = {"",      "a:b",  "a b",  "a\tb",        "a\nb",
+                                "a\x7f", "a/b",  "a*",   "a?",          "a[1]",
+                                "{a}",   "a\"b", "a\\b", "Jos\xc3\xa9", "a,b",
+                                "a+b",   "a#b",  "a%b"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        const char *why = imgw_id_check(bad[i], strlen(bad[i]));
+        printf("  id #%zu refused: %s\n", i, why ? why : "(accepted!)");
+        CHECK(why != NULL);
+        CHECK_EQ_INT(imgw_id_valid(bad[i]), 0);
+    }
+    CHECK_EQ_STR(imgw_id_check("", 0), "is empty");
+    CHECK_EQ_STR(imgw_id_check("a:b", 3),
+                 "may only contain A-Z a-z 0-9 . _ @ -");
+    CHECK_EQ_INT(imgw_id_valid(NULL), 0);
+    /* client_msg_id: printable ASCII, ':' and '/' included; optional. */
+    CHECK_EQ_INT(imgw_cmid_valid_opt(NULL), 1);
+    CHECK_EQ_INT(imgw_cmid_valid_opt(""), 1);
+    CHECK_EQ_INT(imgw_cmid_valid_opt("x-1:2/3{}*?~"), 1);
+    CHECK_EQ_INT(imgw_cmid_valid_opt("a b"), 0);
+    CHECK_EQ_INT(imgw_cmid_valid_opt("a\x01"), 0);
+    CHECK_EQ_INT(imgw_cmid_valid_opt("\xc3\xa9"), 0);
+    CHECK_EQ_STR(imgw_cmid_check("a b", 3),
+                 "must be printable ASCII without spaces");
+    char cm[IMGW_CMID_MAX + 2];
+    memset(cm, 'c', sizeof(cm) - 1);
+    cm[sizeof(cm) - 1] = '\0';
+    CHECK_EQ_INT(imgw_cmid_valid_opt(cm), 0);
+    cm[IMGW_CMID_MAX] = '\0';
+    CHECK_EQ_INT(imgw_cmid_valid_opt(cm), 1);
+}
+
+/* Every request refuses ids outside the syntax up front, whoever calls. */
+TEST(store_edge_ids)
+{
+    fx_t f;
+    fx_open(&f, 1000, 7, 86400);
+    int64_t s2[2];
+    int st = 1;
+    const char *ctl[] = {"a", "b\x01"}, *colon[] = {"a:x", "b"};
+    const char *sp[] = {"a", "b c"}, *ok[] = {"a", "b"};
+    CHECK_EQ_INT(append_msg(&f, "", 1, "c", ctl, 2, s2, NULL), IMGW_EINVAL);
+    CHECK_EQ_INT(append_msg(&f, "", 1, "c", colon, 2, s2, NULL), IMGW_EINVAL);
+    CHECK_EQ_INT(append_msg(&f, "", 1, "c", sp, 2, s2, NULL), IMGW_EINVAL);
+    CHECK_EQ_INT(append_msg(&f, "a b", 1, "c", ok, 2, s2, NULL), IMGW_EINVAL);
+    CHECK_EQ_INT(append_msg(&f, "a\x1b", 1, "c", ok, 2, s2, NULL), IMGW_EINVAL);
+    CHECK_EQ_INT(stats(&f).users, 0); /* nothing was created */
+    CHECK_EQ_INT(append_msg(&f, "k:1/2", 1, "c", ok, 2, s2, NULL), 0);
+    CHECK_EQ_INT(do_sync(&f, "a:x", 0, 0, 10)->status, IMGW_EINVAL);
+    CHECK_EQ_INT(do_sync(&f, "b\n", 0, 0, 10)->status, IMGW_EINVAL);
+    CHECK_EQ_INT(max_seq(&f, "a b"), -2);
+    CHECK_EQ_INT(imgw_store_set_delivered(f.sl, "a\x7f", "d", 1, NULL, NULL),
+                 IMGW_EINVAL);
+    CHECK_EQ_INT(imgw_store_set_read(f.sl, "a:", "s_a_b", "1", NULL, NULL),
+                 IMGW_EINVAL);
+    CHECK_EQ_INT(imgw_store_set_read(f.sl, "a", "s_a_b", "1\x01", NULL, NULL),
+                 IMGW_EINVAL);
+    const char *mem_bad[] = {"a", "b\x01"};
+    CHECK_EQ_INT(imgw_store_group_set(f.sl, "g:1", ok, 2, done_cb, &st),
+                 IMGW_EINVAL);
+    CHECK_EQ_INT(imgw_store_group_set(f.sl, "g1", mem_bad, 2, done_cb, &st),
+                 IMGW_EINVAL);
+    CHECK_EQ_INT(imgw_store_group_del(f.sl, "g/1", done_cb, &st), IMGW_EINVAL);
+    CHECK_EQ_INT(imgw_store_route_set(f.sl, "a b", "ios", "n1", 60, NULL, NULL),
+                 IMGW_EINVAL);
+    CHECK_EQ_INT(imgw_store_route_refresh(f.sl, "a\r", 60, NULL, NULL),
+                 IMGW_EINVAL);
+    CHECK_EQ_INT(stats(&f).users, 2);
+    fx_close(&f);
+}
+
+/*
+ * The audit's collision: ("eve", "x-1") and ("eve-x", "1") are different
+ * (sender, client_msg_id) pairs and must both be stored, with their own
+ * ids and seqs; the memory backend compares both parts (and so must
+ * Redis's key: test_store_redis.c dedupe_key_collision).
+ */
+TEST(dedupe_key_collision)
+{
+    fx_t f;
+    fx_open(&f, 1000, 7, 86400);
+    int64_t s2[2];
+    imgw_store_append_t req;
+    const char *eve[] = {"eve", "bob"}, *evex[] = {"eve-x", "bob"};
+    CHECK_EQ_INT(append_msg(&f, "x-1", 1, "s_bob_eve", eve, 2, s2, &req), 0);
+    CHECK_EQ_INT(req.duplicate, 0);
+    CHECK_EQ_INT(append_msg(&f, "1", 2, "s_bob_eve-x", evex, 2, s2, &req), 0);
+    CHECK_EQ_INT(req.duplicate, 0);
+    CHECK_EQ_INT(s2[0], 1);
+    CHECK_EQ_INT(s2[1], 2); /* bob got both */
+    CHECK_EQ_INT(max_seq(&f, "eve-x"), 1);
+    sync_res_t *r = do_sync(&f, "bob", 0, 0, 10);
+    CHECK(r->n == 2 && r->mid[0] == 1 && r->mid[1] == 2);
+    /* Each pair still dedupes itself. */
+    CHECK_EQ_INT(append_msg(&f, "1", 3, "s_bob_eve-x", evex, 2, s2, &req), 0);
+    CHECK(req.duplicate == 1 && req.dup_message_id == 2);
+    CHECK_EQ_INT(append_msg(&f, "x-1", 4, "s_bob_eve", eve, 2, s2, &req), 0);
+    CHECK(req.duplicate == 1 && req.dup_message_id == 1);
+    fx_close(&f);
+}
+
+/*
+ * store.max_users: past the cap a request that needs a new user record is
+ * refused with IMGW_EBUSY and counted; existing users go on; records the
+ * sweep frees make room again.
+ */
+TEST(user_cap)
+{
+    imgw_store_cfg_t cfg = {"memory", NULL, 1000, 1, 60, 1000, 1};
+    cfg.max_users = 3;
+    cfg.seq_idle_days = 1;
+    fx_t f;
+    fx_open_cfg(&f, &cfg);
+    int64_t s2[2];
+    imgw_store_stats_t st;
+    const char *ab[] = {"a", "b"}, *ac[] = {"a", "c"}, *ad[] = {"a", "d"};
+    CHECK_EQ_INT(append_msg(&f, "", 1, "c", ab, 2, s2, NULL), 0);
+    CHECK_EQ_INT(append_msg(&f, "", 2, "c", ac, 2, s2, NULL), 0);
+    CHECK_EQ_INT(append_msg(&f, "", 3, "c", ad, 2, s2, NULL), IMGW_EBUSY);
+    CHECK_EQ_INT(max_seq(&f, "a"), 2); /* nothing of message 3 */
+    CHECK_EQ_INT(max_seq(&f, "d"), 0);
+    CHECK_EQ_INT(imgw_store_route_set(f.sl, "e", "ios", "n1", 60, NULL, NULL),
+                 IMGW_EBUSY);
+    CHECK_EQ_INT(imgw_store_set_delivered(f.sl, "e", "d", 1, NULL, NULL),
+                 IMGW_EBUSY);
+    CHECK_EQ_INT(imgw_store_set_delivered(f.sl, "a", "d", 1, NULL, NULL), 0);
+    CHECK_EQ_INT(append_msg(&f, "", 4, "c", ab, 2, s2, NULL), 0);
+    CHECK_EQ_INT(imgw_store_stats(f.s, &st), 0);
+    printf("  users %zu / %zu, refused %llu\n", st.users, st.max_users,
+           (unsigned long long)st.users_refused);
+    CHECK_EQ_INT(st.users, 3);
+    CHECK_EQ_INT(st.max_users, 3);
+    CHECK_EQ_INT(st.users_refused, 3);
+    /* After retention (1 day) + seq_idle_days (1): the records are idle,
+     * the sweep frees them, and new users fit again. */
+    fake_now = T0 + 2 * DAY_MS;
+    for (int i = 0; i < 64; i++)
+        imgw_store_tick(f.s, fake_now);
+    CHECK_EQ_INT(imgw_store_stats(f.s, &st), 0);
+    CHECK_EQ_INT(st.users, 0);
+    CHECK_EQ_INT(stats(&f).users, 0);
+    CHECK_EQ_INT(append_msg(&f, "", 5, "c", ad, 2, s2, NULL), 0);
+    CHECK_EQ_INT(s2[0], 1); /* a's counter expired with its record */
+    fx_close(&f);
+}
+
+/*
+ * max_seq's lifetime (the memory twin of IM-SEQ's TTL): it survives the
+ * timeline by seq_idle_days after the user's last append / sync / max_seq
+ * / route refresh; a user unused for longer starts again at 1.
+ */
+TEST(seq_idle_expiry)
+{
+    imgw_store_cfg_t cfg = {"memory", NULL, 1000, 1, 60, 1000, 1};
+    cfg.seq_idle_days = 2;
+    fx_t f;
+    fx_open_cfg(&f, &cfg);
+    int64_t s2[2];
+    const char *ab[] = {"a", "b"};
+    CHECK_EQ_INT(append_msg(&f, "", 1, "c", ab, 2, s2, NULL), 0);
+    CHECK_EQ_INT(append_msg(&f, "", 2, "c", ab, 2, s2, NULL), 0);
+    /* Day 2: the entries aged out (retention 1 day), the counters stay. */
+    fake_now = T0 + 2 * DAY_MS;
+    for (int i = 0; i < 64; i++)
+        imgw_store_tick(f.s, fake_now);
+    CHECK_EQ_INT(stats(&f).entries, 0);
+    CHECK_EQ_INT(stats(&f).users, 2);
+    CHECK_EQ_INT(max_seq(&f, "a"), 2); /* touches a (an auth) */
+    /* Day 3.5: b was last used on day 0 (> 1 + 2 days): gone; a was
+     * touched on day 2: kept. */
+    fake_now = T0 + 3 * DAY_MS + DAY_MS / 2;
+    CHECK_EQ_INT(max_seq(&f, "b"), 0);
+    for (int i = 0; i < 64; i++)
+        imgw_store_tick(f.s, fake_now);
+    CHECK_EQ_INT(stats(&f).users, 1);
+    CHECK_EQ_INT(append_msg(&f, "", 3, "c", ab, 2, s2, NULL), 0);
+    CHECK_EQ_INT(s2[0], 3); /* a: never reused a seq */
+    CHECK_EQ_INT(s2[1], 1); /* b: started again */
+    /* Heartbeats (route refresh) keep a quiet online user's counter. */
+    CHECK_EQ_INT(imgw_store_route_set(f.sl, "a", "ios", "n1", 60, NULL, NULL),
+                 0);
+    for (int d = 0; d < 8; d++) {
+        fake_now += DAY_MS;
+        imgw_store_route_refresh(f.sl, "a", 86400 * 2, NULL, NULL);
+        for (int i = 0; i < 64; i++)
+            imgw_store_tick(f.s, fake_now);
+    }
+    CHECK_EQ_INT(max_seq(&f, "a"), 3);
+    CHECK_EQ_INT(max_seq(&f, "b"), 0);
+    fx_close(&f);
+}
+
 /* A sync callback that appends to the timeline it is reading. */
 typedef struct reenter_s {
     fx_t *f;
@@ -1407,6 +1633,11 @@ main(void)
     RUN(routes);
     RUN(positions);
     RUN(tick_sweeps);
+    RUN(id_validator);
+    RUN(store_edge_ids);
+    RUN(dedupe_key_collision);
+    RUN(user_cap);
+    RUN(seq_idle_expiry);
     RUN(reentrant_sync);
     RUN(failmalloc);
     RUN(concurrent_appends);

@@ -593,7 +593,11 @@ TEST(append_seq_per_user)
     CHECK(pttl > 7LL * 86400 * 1000 - 60000 && pttl <= 7LL * 86400 * 1000);
     pttl = rc_int("PTTL IM-TL-a");
     CHECK(pttl > 7LL * 86400 * 1000 - 60000 && pttl <= 7LL * 86400 * 1000);
-    CHECK_EQ_INT(rc_int("TTL IM-SEQ-a"), -1); /* max_seq must survive */
+    /* max_seq outlives the timeline: retention (7 days) + seq_idle_days
+     * (default 30), from the last append. */
+    long long sttl = rc_int("PTTL IM-SEQ-a");
+    CHECK(sttl > 37LL * 86400 * 1000 - 60000 && sttl <= 37LL * 86400 * 1000);
+    CHECK(sttl > rc_int("PTTL IM-TL-a"));
     fx_close(&f);
 }
 
@@ -627,7 +631,7 @@ TEST(append_refused)
     CHECK_EQ_INT(append_msg(&f, "k", 2, "c", mix, 2, seqs, NULL), IMGW_EBUSY);
     CHECK_EQ_INT(max_seq(&f, "u0"), 1);
     CHECK_EQ_INT(rc_int("EXISTS IM-MSG-2"), 0);
-    CHECK_EQ_INT(rc_int("EXISTS IM-DEDUP-u0-k"), 0);
+    CHECK_EQ_INT(rc_int("EXISTS IM-DEDUP-u0:k"), 0);
     CHECK_EQ_INT(imgw_store_loop_ready(f.sl), 1);
     fx_close(&f);
 }
@@ -746,8 +750,9 @@ TEST(dedupe)
     CHECK_EQ_INT(append_msg(&f, "c1", 100, "s_a_b", ab, 2, s2, &req), 0);
     CHECK_EQ_INT(req.duplicate, 0);
     int64_t first = s2[0];
-    CHECK_EQ_STR(rc_str("GET IM-DEDUP-a-c1"), "100:1");
-    long long ttl = rc_int("PTTL IM-DEDUP-a-c1");
+    /* IM-DEDUP-{sender}:{client_msg_id}: ':' cannot occur in a user id. */
+    CHECK_EQ_STR(rc_str("GET IM-DEDUP-a:c1"), "100:1");
+    long long ttl = rc_int("PTTL IM-DEDUP-a:c1");
     CHECK(ttl > 0 && ttl <= 1000);
     s2[0] = s2[1] = -7;
     CHECK_EQ_INT(append_msg(&f, "c1", 101, "s_a_b", ab, 2, s2, &req), 0);
@@ -774,6 +779,113 @@ TEST(dedupe)
     CHECK_EQ_INT(req.dup_message_id, 106);
     CHECK_EQ_INT(req.dup_seq, 5);
     fx_close(&f);
+}
+
+/*
+ * Audit item 1: with the contract's IM-DEDUP-{user}-{cmid}, ("eve", "x-1")
+ * and ("eve-x", "1") shared IM-DEDUP-eve-x-1, so eve-x's send was answered
+ * as a duplicate of eve's message (its id and seq) and never stored. Both
+ * must be stored, with their own ids, and each pair must still dedupe.
+ */
+TEST(dedupe_key_collision)
+{
+    fx_t f;
+    fx_open(&f, 1000, 86400);
+    int64_t s2[2];
+    imgw_store_append_t req;
+    const char *eve[] = {"eve", "bob"}, *evex[] = {"eve-x", "bob"};
+    CHECK_EQ_INT(append_msg(&f, "x-1", 1, "s_bob_eve", eve, 2, s2, &req), 0);
+    CHECK_EQ_INT(req.duplicate, 0);
+    CHECK_EQ_INT(append_msg(&f, "1", 2, "s_bob_eve-x", evex, 2, s2, &req), 0);
+    printf("  eve-x/1: duplicate %d (dup id %" PRIu64 "), seqs %" PRId64
+           " %" PRId64 "\n",
+           req.duplicate, req.dup_message_id, s2[0], s2[1]);
+    CHECK_EQ_INT(req.duplicate, 0);
+    CHECK_EQ_INT(s2[0], 1);
+    CHECK_EQ_INT(s2[1], 2);
+    CHECK_EQ_INT(rc_int("EXISTS IM-MSG-2"), 1);
+    CHECK_EQ_STR(rc_str("GET IM-DEDUP-eve:x-1"), "1:1");
+    CHECK_EQ_STR(rc_str("GET IM-DEDUP-eve-x:1"), "2:1");
+    CHECK_EQ_INT(rc_int("EXISTS IM-DEDUP-eve-x-1"), 0);
+    sync_res_t *r = do_sync(&f, "bob", 0, 0, 10);
+    CHECK(r->n == 2 && r->mid[0] == 1 && r->mid[1] == 2);
+    CHECK_EQ_INT(append_msg(&f, "1", 3, "s_bob_eve-x", evex, 2, s2, &req), 0);
+    CHECK(req.duplicate == 1 && req.dup_message_id == 2);
+    CHECK_EQ_INT(append_msg(&f, "x-1", 4, "s_bob_eve", eve, 2, s2, &req), 0);
+    CHECK(req.duplicate == 1 && req.dup_message_id == 1);
+    /* A client_msg_id may hold ':' itself: the first ':' ends the user. */
+    const char *ab[] = {"a", "b"};
+    CHECK_EQ_INT(append_msg(&f, "b:c", 5, "s_a_b", ab, 2, s2, &req), 0);
+    CHECK_EQ_STR(rc_str("GET IM-DEDUP-a:b:c"), "5:1");
+    /* Ids outside the syntax never reach Redis (store.c refuses them). */
+    const char *colon[] = {"a:b", "c"}, *ctl[] = {"a", "b\x01"};
+    CHECK_EQ_INT(append_msg(&f, "c", 6, "x", colon, 2, s2, NULL), IMGW_EINVAL);
+    CHECK_EQ_INT(append_msg(&f, "c", 6, "x", ctl, 2, s2, NULL), IMGW_EINVAL);
+    CHECK_EQ_INT(append_msg(&f, "a b", 6, "x", ab, 2, s2, NULL), IMGW_EINVAL);
+    CHECK_EQ_INT(do_sync(&f, "a b", 0, 0, 10)->status, IMGW_EINVAL);
+    CHECK_EQ_INT(max_seq(&f, "a:"), -2);
+    CHECK_EQ_INT(imgw_store_group_set(f.sl, "g*", ab, 2, NULL, NULL),
+                 IMGW_EINVAL);
+    CHECK_EQ_INT(rc_int("EXISTS IM-MSG-6"), 0);
+    fx_close(&f);
+}
+
+/*
+ * Audit item 6: IM-SEQ has a TTL (retention + seq_idle_days) that every
+ * append, sync, max_seq (auth) and route refresh (heartbeat) restarts, so
+ * ids nobody uses do not keep a key forever, while a counter never expires
+ * under a timeline or an active client. Nothing creates an IM-SEQ for a
+ * user that has none.
+ */
+TEST(seq_ttl)
+{
+    fx_t f;
+    fx_open(&f, 1000, 86400);
+    const long long full = 37LL * 86400 * 1000; /* 7 + 30 days */
+    int64_t s2[2];
+    const char *ab[] = {"a", "b"};
+    CHECK_EQ_INT(append_msg(&f, "", 1, "s_a_b", ab, 2, s2, NULL), 0);
+    long long t = rc_int("PTTL IM-SEQ-b");
+    printf("  PTTL IM-SEQ-b after an append: %lld ms\n", t);
+    CHECK(t > full - 60000 && t <= full);
+    /* Each kind of use restarts it. */
+    freeReplyObject(redisCommand(RC, "PEXPIRE IM-SEQ-a 100000"));
+    CHECK_EQ_INT(max_seq(&f, "a"), 1);
+    CHECK(rc_int("PTTL IM-SEQ-a") > full - 60000);
+    freeReplyObject(redisCommand(RC, "PEXPIRE IM-SEQ-a 100000"));
+    CHECK_EQ_INT(do_sync(&f, "a", 0, 0, 10)->n, 1);
+    CHECK(rc_int("PTTL IM-SEQ-a") > full - 60000);
+    freeReplyObject(redisCommand(RC, "PEXPIRE IM-SEQ-a 100000"));
+    CHECK_EQ_INT(DONE(imgw_store_route_refresh(f.sl, "a", 60, done_cb, res)),
+                 0);
+    CHECK(rc_int("PTTL IM-SEQ-a") > full - 60000);
+    /* Unknown users: no key appears. */
+    CHECK_EQ_INT(max_seq(&f, "ghost"), 0);
+    CHECK_EQ_INT(do_sync(&f, "ghost", 0, 0, 10)->n, 0);
+    imgw_store_route_refresh(f.sl, "ghost", 60, NULL, NULL);
+    CHECK_EQ_INT(max_seq(&f, "ghost"), 0);
+    CHECK_EQ_INT(rc_int("EXISTS IM-SEQ-ghost"), 0);
+    /* A pre-existing counter without TTL (older nodes) gets one on use. */
+    freeReplyObject(redisCommand(RC, "SET IM-SEQ-old 9"));
+    CHECK_EQ_INT(rc_int("TTL IM-SEQ-old"), -1);
+    CHECK_EQ_INT(max_seq(&f, "old"), 9);
+    CHECK(rc_int("PTTL IM-SEQ-old") > full - 60000);
+    /* Expired: the user starts again at 1 (its timeline expired first). */
+    freeReplyObject(redisCommand(RC, "DEL IM-SEQ-b IM-TL-b"));
+    CHECK_EQ_INT(append_msg(&f, "", 2, "s_a_b", ab, 2, s2, NULL), 0);
+    CHECK_EQ_INT(s2[0], 2);
+    CHECK_EQ_INT(s2[1], 1);
+    fx_close(&f);
+
+    /* seq_idle_days is configurable (1..3650). */
+    imgw_store_cfg_t cfg = {"redis", URL, 100, 7, 60, 500, 1};
+    imgw_store_t *s = NULL;
+    char err[256];
+    cfg.seq_idle_days = 3651;
+    CHECK_EQ_INT(imgw_store_open(&s, &cfg, err, sizeof(err)), IMGW_ECONFIG);
+    CHECK(strstr(err, "seq_idle_days") != NULL);
+    cfg.seq_idle_days = -1;
+    CHECK_EQ_INT(imgw_store_open(&s, &cfg, err, sizeof(err)), IMGW_ECONFIG);
 }
 
 TEST(revoke_and_msg_get)
@@ -1222,6 +1334,8 @@ run_semantics(void)
     RUN(sync_ranges_and_paging);
     RUN(retention);
     RUN(dedupe);
+    RUN(dedupe_key_collision);
+    RUN(seq_ttl);
     RUN(revoke_and_msg_get);
     RUN(groups);
     RUN(routes);
