@@ -1925,6 +1925,9 @@ dump_user(imgw__mem_dump_t *d, const imgw__mem_user_t *u)
     size_t at = imgw__rec_begin(o, IMGW__REC_S_USER);
     imgw__rec_put_str(o, u->id);
     imgw__rec_put_u64(o, (uint64_t)u->max_seq);
+    /* The last use, so max_seq's idle expiry (seq_ttl) counts from the
+     * same moment after a restart as it would have without one. */
+    imgw__rec_put_u64(o, (uint64_t)u->touched_ms);
     imgw__rec_put_u16(o, u->n_dev);
     for (uint16_t i = 0; i < u->n_dev; i++) {
         imgw__rec_put_str(o, u->dev[i].device);
@@ -2214,17 +2217,16 @@ load_user(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
     imgw__mem_t *m = ld->m;
     const char *id = imgw__rec_get_str(r);
     int64_t max_seq = (int64_t)imgw__rec_get_u64(r);
+    int64_t touched = (int64_t)imgw__rec_get_u64(r);
     if (r->err || !id[0] || max_seq < 0)
         return IMGW_EPROTO;
     uint64_t h = hash_str(m, id);
     imgw__mem_shard_t *sh = &m->shards[shard_of(h)];
     int rc = 0;
     pthread_mutex_lock(&sh->mu);
-    imgw__mem_user_t *u = user_get(sh, h, id);
-    if (u == NULL) {
-        rc = IMGW_ENOMEM;
+    imgw__mem_user_t *u = user_get(m, sh, h, id, touched, &rc);
+    if (u == NULL)
         goto out;
-    }
     if (u->max_seq != 0 || u->count != 0) {
         rc = IMGW_EPROTO; /* a user twice */
         goto out;

@@ -523,6 +523,11 @@ main(void)
     RUN(routes);
     RUN(positions);
     RUN(tick_sweeps);
+    RUN(id_validator);
+    RUN(store_edge_ids);
+    RUN(dedupe_key_collision);
+    RUN(user_cap);
+    RUN(seq_idle_expiry);
     RUN(reentrant_sync);
     RUN(failmalloc);
     RUN(concurrent_appends);
