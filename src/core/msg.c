@@ -437,15 +437,13 @@ sync_frame_budget(imgw_core_loop_t *cl)
     return q < SYNC_MAX_FRAME ? q : SYNC_MAX_FRAME;
 }
 
-/* What entry i adds to the frame: the cheap bound, or when that would
- * pass the budget the exact size (a decode, for JSON), so escaping-heavy
- * content cuts a page where its real frame does and no earlier. */
+/* What entry e adds to the frame: the cheap bound, or the exact size
+ * (a decode, for JSON) when asked and the blob decodes. */
 static size_t
-sync_entry_bytes(imgw_codec_t codec, const imgw_store_entry_t *e,
-                 size_t used, size_t budget)
+sync_entry_bytes(imgw_codec_t codec, const imgw_store_entry_t *e, int exact)
 {
     size_t b = imgw_codec_sync_entry_max(codec, e->len);
-    if (used + b > budget) {
+    if (exact) {
         ssize_t x = imgw_codec_sync_entry_size(codec, e->blob, e->len,
                                                e->seq, e->revoked);
         if (x >= 0 && (size_t)x < b)
@@ -459,16 +457,27 @@ sync_entry_bytes(imgw_codec_t codec, const imgw_store_entry_t *e,
  * stored payload and a frame within sync_frame_budget() in the
  * connection's codec (JSON writes a control byte as six), so content can
  * only make a page shorter (has_more), never fail to encode. The first
- * entry always goes, so paging makes progress. *need gets an output
- * buffer size the page's frame cannot exceed.
+ * entry always goes, so paging makes progress. Entries are counted by the
+ * cheap bound until it passes the budget; from then on by their exact
+ * sizes (earlier ones recounted once), so a page is cut where its real
+ * frame would pass the budget, not where the bound would. *need gets an
+ * output buffer size the page's frame cannot exceed.
  */
 static size_t
 sync_page_cut(imgw_core_loop_t *cl, imgw_codec_t codec,
               const imgw_store_entry_t *e, size_t n, size_t *need)
 {
     size_t budget = sync_frame_budget(cl), bytes = 0, frame = 0, k;
+    int exact = 0;
     for (k = 0; k < n; k++) {
-        size_t fb = sync_entry_bytes(codec, &e[k], frame, budget);
+        size_t fb = sync_entry_bytes(codec, &e[k], exact);
+        if (!exact && frame + fb > budget) {
+            exact = 1;
+            frame = 0;
+            for (size_t i = 0; i < k; i++)
+                frame += sync_entry_bytes(codec, &e[i], 1);
+            fb = sync_entry_bytes(codec, &e[k], 1);
+        }
         if (k > 0 && (bytes + e[k].len > SYNC_MAX_BYTES ||
                       frame + fb > budget))
             break;
