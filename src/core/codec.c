@@ -13,6 +13,10 @@
  *             written by a small bounds-checked writer, not cJSON_Print, so
  *             encoding never allocates either.
  *
+ * Every decoded body (both codecs, client frames and downlink JSON) has
+ * its string fields checked for UTF-8 through the same field tables
+ * (codec_strings_valid); bytes fields are not strings and stay unchecked.
+ *
  * Threads: any. Every function works on caller memory and the read-only
  * tables below; there is no global mutable state.
  *

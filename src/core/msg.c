@@ -444,8 +444,8 @@ sync_entry_bytes(imgw_codec_t codec, const imgw_store_entry_t *e, int exact)
 {
     size_t b = imgw_codec_sync_entry_max(codec, e->len);
     if (exact) {
-        ssize_t x = imgw_codec_sync_entry_size(codec, e->blob, e->len,
-                                               e->seq, e->revoked);
+        ssize_t x = imgw_codec_sync_entry_size(codec, e->blob, e->len, e->seq,
+                                               e->revoked);
         if (x >= 0 && (size_t)x < b)
             b = (size_t)x;
     }
@@ -478,8 +478,7 @@ sync_page_cut(imgw_core_loop_t *cl, imgw_codec_t codec,
                 frame += sync_entry_bytes(codec, &e[i], 1);
             fb = sync_entry_bytes(codec, &e[k], 1);
         }
-        if (k > 0 && (bytes + e[k].len > SYNC_MAX_BYTES ||
-                      frame + fb > budget))
+        if (k > 0 && (bytes + e[k].len > SYNC_MAX_BYTES || frame + fb > budget))
             break;
         bytes += e[k].len;
         frame += fb;
