@@ -432,6 +432,7 @@ imgw_api_push_json(imgw_core_loop_t *cl, const cJSON *j, size_t *targets,
         ssize_t e = pl < 0 ? pl : jl;
         *why = e == IMGW_EUNKNOWNCMD ? "unknown or client-side code"
                : e == IMGW_ETOOBIG   ? "data too large"
+               : e == IMGW_EUTF8     ? "data has a string that is not UTF-8"
                                      : "data does not fit the command's body";
         return 400;
     }

@@ -13,6 +13,10 @@
  *             written by a small bounds-checked writer, not cJSON_Print, so
  *             encoding never allocates either.
  *
+ * Every decoded body (both codecs, client frames and downlink JSON) has
+ * its string fields checked for UTF-8 through the same field tables
+ * (codec_strings_valid); bytes fields are not strings and stay unchecked.
+ *
  * Threads: any. Every function works on caller memory and the read-only
  * tables below; there is no global mutable state.
  *
@@ -29,6 +33,7 @@
 #include <pb_decode.h>
 #include <pb_encode.h>
 
+#include "../base/utf8.h"
 #include "err.h"
 
 /* A bytes field (content) is never larger than this, whatever the config
@@ -174,6 +179,68 @@ static const codec_jmsg_t codec_m_revq =
 static const codec_jmsg_t codec_m_revs =
     CODEC_JMSG(im_RevokeMessageResponse, -1);
 static const codec_jmsg_t codec_m_revp = CODEC_JMSG(im_RevokeMessagePush, -1);
+
+/* A NUL-terminated char[size] member holds UTF-8. */
+static int
+codec_cstr_utf8(const char *s, size_t size)
+{
+    return imgw_utf8_valid((const uint8_t *)s, strnlen(s, size));
+}
+
+/*
+ * Every string field of a decoded body must be UTF-8 (protobuf requires it
+ * of `string`). One that is not would be stored and pushed as it came, and
+ * a receiver's standard protobuf decoder then rejects that push and every
+ * sync page holding it. nanopb can check this itself (PB_VALIDATE_UTF8),
+ * but only when pb_decode.c is compiled with that define, and imgw links
+ * the distribution's prebuilt libprotobuf-nanopb. The JSON reader fills the
+ * same structs from /api/push and broker input, which no WebSocket layer
+ * checked. So both codecs walk the field tables after decoding: singular
+ * strings, map keys and values, repeated strings. bytes (content) are not
+ * strings and may hold anything. Returns 0 or IMGW_EUTF8.
+ */
+static int
+codec_strings_valid(const codec_jmsg_t *m, const void *st)
+{
+    const uint8_t *base = st;
+    uint32_t k;
+    pb_size_t i, n;
+
+    for (k = 0; k < m->nf; k++) {
+        const codec_jfield_t *f = &m->f[k];
+        const uint8_t *p = base + f->off;
+
+        switch ((codec_jkind_t)f->kind) {
+        case CODEC_JK_STRING:
+            if (!codec_cstr_utf8((const char *)p, f->size))
+                return IMGW_EUTF8;
+            break;
+        case CODEC_JK_MAP: {
+            const im_PushMessage_ExtraEntry *e =
+                (const im_PushMessage_ExtraEntry *)p;
+
+            n = *(const pb_size_t *)(base + f->count_off);
+            for (i = 0; i < n && i < f->size / f->elem; i++) {
+                if (!codec_cstr_utf8(e[i].key, sizeof(e[i].key)) ||
+                    !codec_cstr_utf8(e[i].value, sizeof(e[i].value)))
+                    return IMGW_EUTF8;
+            }
+            break;
+        }
+        case CODEC_JK_STRINGS:
+            n = *(const pb_size_t *)(base + f->count_off);
+            for (i = 0; i < n && i < f->size / f->elem; i++) {
+                if (!codec_cstr_utf8((const char *)(p + (size_t)i * f->elem),
+                                     f->elem))
+                    return IMGW_EUTF8;
+            }
+            break;
+        default:
+            break;
+        }
+    }
+    return 0;
+}
 
 typedef struct codec_cmd_s {
     int command;
@@ -685,14 +752,17 @@ codec_jr_msgs(const cJSON *v, pb_callback_t *cb)
     codec_jr_t r;
     const cJSON *c;
     size_t n = 0;
+    int rc;
 
     if (!cJSON_IsArray(v))
         return -1;
     for (c = v->child; c; c = c->next) {
         codec_jr_init(&r, &content);
-        if (++n > CODEC_SYNC_MAX || !cJSON_IsObject(c) ||
-            codec_jr_msg(c, &codec_m_push, &pm, &r) != 0)
+        if (++n > CODEC_SYNC_MAX || !cJSON_IsObject(c))
             return -1;
+        rc = codec_jr_msg(c, &codec_m_push, &pm, &r);
+        if (rc != 0)
+            return rc;
     }
     cb->funcs.encode = codec_msgs_json_encode_cb;
     cb->arg = (void *)(uintptr_t)v; /* read-only; pb_callback_t has no const */
@@ -743,8 +813,10 @@ codec_jr_field(const cJSON *v, const codec_jfield_t *f, uint8_t *st,
 
 /*
  * Fills st (zeroed first) from a JSON object: keys are proto field names,
- * unknown keys are ignored, NULL or null is an all-default body. Returns 0
- * or IMGW_EDECODE.
+ * unknown keys are ignored, NULL or null is an all-default body. Returns 0,
+ * IMGW_EDECODE, or IMGW_EUTF8 for a string field that is not UTF-8 (cJSON
+ * does not check raw bytes, and /api/push and broker input never went
+ * through a WebSocket text frame check).
  */
 static int
 codec_jr_msg(const cJSON *obj, const codec_jmsg_t *m, void *st,
@@ -752,6 +824,7 @@ codec_jr_msg(const cJSON *obj, const codec_jmsg_t *m, void *st,
 {
     const cJSON *c;
     uint32_t k;
+    int rc;
 
     memset(st, 0, m->size);
     if (obj == NULL || cJSON_IsNull(obj))
@@ -765,10 +838,10 @@ codec_jr_msg(const cJSON *obj, const codec_jmsg_t *m, void *st,
             if (strcmp(m->f[k].name, c->string) == 0)
                 break;
         }
-        if (k < m->nf && codec_jr_field(c, &m->f[k], st, r) != 0)
-            return IMGW_EDECODE;
+        if (k < m->nf && (rc = codec_jr_field(c, &m->f[k], st, r)) != 0)
+            return rc == IMGW_EUTF8 ? IMGW_EUTF8 : IMGW_EDECODE;
     }
-    return 0;
+    return codec_strings_valid(m, st);
 }
 
 static CODEC_NOINLINE bool
@@ -840,7 +913,9 @@ codec_decode_pb(const uint8_t *data, size_t len, imgw_msg_in_t *out)
             out->content.len = 0;
         imgw_codec_set_bytes(&out->u.send.content, &out->content);
     }
-    return ok ? 0 : IMGW_EDECODE;
+    if (!ok)
+        return IMGW_EDECODE;
+    return codec_strings_valid(ci->msg, &out->u);
 }
 
 int
@@ -1052,6 +1127,8 @@ typedef struct codec_jw_s {
     uint8_t *p;  /* next byte to write */
     size_t left; /* bytes left at p */
     int err;     /* first error: IMGW_ETOOBIG or IMGW_EINVAL; 0 = none */
+    size_t over; /* bytes that did not fit once err is ETOOBIG, so a
+                    writer with no room at all measures the text */
 } codec_jw_t;
 
 static void
@@ -1067,6 +1144,7 @@ codec_jw_put(codec_jw_t *w, const void *s, size_t n)
 {
     if (n > w->left) {
         codec_jw_fail(w, IMGW_ETOOBIG);
+        w->over += n;
         return;
     }
     if (n) {
@@ -1083,6 +1161,7 @@ codec_jw_ch(codec_jw_t *w, uint8_t c)
 {
     if (w->left == 0) {
         codec_jw_fail(w, IMGW_ETOOBIG);
+        w->over++;
         return;
     }
     *w->p++ = c;
@@ -1114,43 +1193,6 @@ codec_jw_i64(codec_jw_t *w, int64_t v)
 }
 
 /*
- * Length of the valid UTF-8 sequence at s (n >= 1 bytes, s[0] >= 0x80), or
- * 0 if there is none: no overlongs, surrogates or code points above
- * U+10FFFF (RFC 3629 table).
- */
-static size_t
-codec_utf8_len(const uint8_t *s, size_t n)
-{
-    uint8_t c = s[0], lo = 0x80, hi = 0xbf;
-    size_t len, i;
-
-    if (c >= 0xc2 && c <= 0xdf) {
-        len = 2;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        len = 3;
-        if (c == 0xe0)
-            lo = 0xa0;
-        else if (c == 0xed)
-            hi = 0x9f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        if (c == 0xf0)
-            lo = 0x90;
-        else if (c == 0xf4)
-            hi = 0x8f;
-    } else {
-        return 0;
-    }
-    if (n < len || s[1] < lo || s[1] > hi)
-        return 0;
-    for (i = 2; i < len; i++) {
-        if (s[i] < 0x80 || s[i] > 0xbf)
-            return 0;
-    }
-    return len;
-}
-
-/*
  * A JSON string literal of n bytes: quote, backslash and control
  * characters escaped, and each byte that does not start a valid UTF-8
  * sequence replaced by U+FFFD, so the frame is valid JSON and a valid
@@ -1172,7 +1214,7 @@ codec_jw_str(codec_jw_t *w, const uint8_t *s, size_t n)
             i++;
             continue;
         }
-        if (c >= 0x80 && (u = codec_utf8_len(s + i, n - i)) != 0) {
+        if (c >= 0x80 && (u = imgw_utf8_seq_len(s + i, n - i)) != 0) {
             i += u;
             continue;
         }
@@ -1422,7 +1464,7 @@ codec_encode_json(const codec_cmd_t *ci, uint32_t sequence,
                   int64_t timestamp, const void *body, uint8_t *out,
                   size_t cap)
 {
-    codec_jw_t w = {out, out ? cap : 0, 0};
+    codec_jw_t w = {out, out ? cap : 0, 0, 0};
 
     codec_jw_head(&w, ci, sequence, timestamp);
     codec_jw_msg(&w, ci->msg, body, 0);
@@ -1436,8 +1478,12 @@ codec_encode_json(const codec_cmd_t *ci, uint32_t sequence,
 
 /*
  * Refuses nesting deeper than IMGW_JSON_MAX_DEPTH before cJSON (which
- * recurses per level) sees the text, and any \u0000 escape. Brackets inside strings do not count;
- * a backslash skips the next byte so \" does not end a string.
+ * recurses per level) sees the text, and U+0000 in any form: a \u0000
+ * escape or a raw NUL byte (valid UTF-8, so a text frame may carry it).
+ * cJSON hands strings out NUL-terminated, so either would silently cut the
+ * field, content included, where the docs promise ERR_INVALID_PARAM.
+ * Brackets inside strings do not count; a backslash skips the next byte so
+ * \" does not end a string.
  */
 static int
 codec_json_depth_ok(const uint8_t *p, size_t n)
@@ -1445,6 +1491,8 @@ codec_json_depth_ok(const uint8_t *p, size_t n)
     size_t i;
     int depth = 0;
 
+    if (n && memchr(p, 0, n) != NULL)
+        return 0;
     for (i = 0; i < n; i++) {
         switch (p[i]) {
         case '"':
@@ -1483,6 +1531,7 @@ codec_decode_json_tree(const cJSON *root, imgw_msg_in_t *out,
     const cJSON *v;
     codec_jr_t r;
     int64_t i;
+    int rc;
 
     if (!cJSON_IsObject(root))
         return IMGW_EENVELOPE;
@@ -1513,9 +1562,10 @@ codec_decode_json_tree(const cJSON *root, imgw_msg_in_t *out,
     codec_jr_init(&r, &out->content);
     r.scratch = scratch;
     r.cap = scratch ? scratch_cap : 0;
-    if (codec_jr_msg(cJSON_GetObjectItemCaseSensitive(root, "body"), ci->msg,
-                     &out->u, &r) != 0)
-        return IMGW_EDECODE;
+    rc = codec_jr_msg(cJSON_GetObjectItemCaseSensitive(root, "body"), ci->msg,
+                      &out->u, &r);
+    if (rc != 0)
+        return rc;
     if (out->command == im_CommandType_CMD_SEND_MSG_REQ)
         imgw_codec_set_bytes(&out->u.send.content, &out->content);
     return 0;
@@ -1625,6 +1675,7 @@ imgw_codec_encode_from_json(imgw_codec_t codec, int command,
     imgw_slice_t content;
     codec_s2c_t body;
     codec_jr_t r;
+    int rc;
 
     if (ci == NULL || ci->dir != CODEC_S2C)
         return IMGW_EUNKNOWNCMD;
@@ -1632,8 +1683,9 @@ imgw_codec_encode_from_json(imgw_codec_t codec, int command,
         return IMGW_EINVAL;
     /* content points into the cJSON tree, which outlives this call. */
     codec_jr_init(&r, &content);
-    if (codec_jr_msg(data, ci->msg, &body, &r) != 0)
-        return IMGW_EDECODE;
+    rc = codec_jr_msg(data, ci->msg, &body, &r);
+    if (rc != 0)
+        return rc;
     if (command == im_CommandType_CMD_PUSH_MSG)
         imgw_codec_set_bytes(&body.push.content, &content);
     if (codec == IMGW_CODEC_JSON)
@@ -1647,7 +1699,7 @@ imgw_codec_push_json_prefix(const uint8_t *blob, size_t blob_len,
                             int64_t timestamp, uint8_t *out, size_t cap)
 {
     const codec_cmd_t *ci = codec_cmd_find(im_CommandType_CMD_PUSH_MSG);
-    codec_jw_t w = {out, out ? cap : 0, 0};
+    codec_jw_t w = {out, out ? cap : 0, 0, 0};
     im_PushMessage pm;
     imgw_slice_t content;
 
@@ -1656,4 +1708,68 @@ imgw_codec_push_json_prefix(const uint8_t *blob, size_t blob_len,
     codec_jw_head(&w, ci, 0, timestamp);
     codec_jw_msg(&w, &codec_m_push, &pm, 1);
     return w.err ? w.err : (ssize_t)(w.p - out);
+}
+
+/* =======================================================================
+ * Sync page sizing
+ * ======================================================================= */
+
+size_t
+imgw_codec_sync_entry_max(imgw_codec_t codec, size_t blob_len)
+{
+    /* PB: field tag, length varint (<= 10), the blob, the seq field
+     * (<= 11); a revoked entry is re-encoded without content, plus the
+     * marker (~12) and any longer re-encoded varint; 64 covers all.
+     * JSON: each blob byte becomes at most 6 (a control byte's \u00XX;
+     * every string or map entry also costs >= 2 wire bytes that its JSON
+     * quotes and colon do not exceed), plus every key of a PushMessage
+     * written with defaults, 20-digit numbers, the revoked marker and the
+     * separating comma: under 512. */
+    if (codec == IMGW_CODEC_JSON)
+        return blob_len * 6 + 512;
+    return blob_len + 64;
+}
+
+static CODEC_NOINLINE ssize_t
+codec_sync_entry_size_slow(imgw_codec_t codec, const uint8_t *blob,
+                           size_t len, int64_t seq, int revoked)
+{
+    imgw_slice_t sl = {blob, len};
+    uint8_t rev = revoked ? 1 : 0;
+    imgw_codec_entries_t e = {1, &sl, &seq, &rev};
+    im_PushMessage pm;
+    imgw_slice_t content;
+    size_t n;
+
+    if (codec_entry_load(&e, 0, &pm, &content) != 0)
+        return IMGW_EINVAL;
+    if (codec == IMGW_CODEC_PB) {
+        if (!pb_get_encoded_size(&n, &im_PushMessage_msg, &pm))
+            return IMGW_EINVAL;
+        return (ssize_t)(1 + codec_varint_len(n) + n);
+    } else {
+        /* A writer with no room measures (codec_jw_t.over). */
+        codec_jw_t w = {NULL, 0, 0, 0};
+
+        codec_jw_msg(&w, &codec_m_push, &pm, 0);
+        if (w.err != 0 && w.err != IMGW_ETOOBIG)
+            return w.err;
+        return (ssize_t)(w.over + 1); /* and its comma */
+    }
+}
+
+ssize_t
+imgw_codec_sync_entry_size(imgw_codec_t codec, const uint8_t *blob,
+                           size_t len, int64_t seq, int revoked)
+{
+    size_t tn;
+
+    if (codec != IMGW_CODEC_PB && codec != IMGW_CODEC_JSON)
+        return IMGW_EINVAL;
+    if (codec == IMGW_CODEC_PB && !revoked) {
+        /* Copied as stored, seq appended (codec_entries_encode_cb). */
+        tn = 1 + codec_varint_len((uint64_t)seq);
+        return (ssize_t)(1 + codec_varint_len(len + tn) + len + tn);
+    }
+    return codec_sync_entry_size_slow(codec, blob, len, seq, revoked);
 }

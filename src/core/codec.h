@@ -66,6 +66,9 @@ typedef struct imgw_msg_in_s {
  *   IMGW_EUNKNOWNCMD  not a client->server command (out->sequence set)
  *   IMGW_EDECODE      the body is undecodable or over a bound
  *                     (out->sequence and out->command set)
+ *   IMGW_EUTF8        a string field (not bytes: content may hold
+ *                     anything) is not valid UTF-8; sequence and command
+ *                     set, as for IMGW_EDECODE
  */
 int imgw_codec_decode(imgw_codec_t codec, const uint8_t *data, size_t len,
                       imgw_msg_in_t *out, uint8_t *scratch,
@@ -98,6 +101,27 @@ typedef struct imgw_codec_entries_s {
     const int64_t *seq;
     const uint8_t *revoked;
 } imgw_codec_entries_t;
+
+/*
+ * Sizing a SyncResponse page before encoding it (msg.c cuts pages by the
+ * frame they make, so content never makes a page fail to encode):
+ *
+ * imgw_codec_sync_entry_max() is a cheap upper bound of the bytes one
+ * stored entry of blob_len bytes adds to the frame in codec, whatever the
+ * blob holds (JSON: 6 bytes per blob byte, as a control byte escapes to
+ * \u00XX, plus the keys).
+ *
+ * imgw_codec_sync_entry_size() is the exact number (JSON: its separating
+ * comma included), for when the bound would cut a page early. It decodes
+ * the blob unless it is a live protobuf entry. Returns it, or IMGW_EINVAL
+ * for a blob that does not decode.
+ *
+ * A frame is at most IMGW_CODEC_SYNC_OVERHEAD bytes plus its entries.
+ */
+#define IMGW_CODEC_SYNC_OVERHEAD 4096
+size_t imgw_codec_sync_entry_max(imgw_codec_t codec, size_t blob_len);
+ssize_t imgw_codec_sync_entry_size(imgw_codec_t codec, const uint8_t *blob,
+                                   size_t len, int64_t seq, int revoked);
 
 /** Sets a bytes callback field to encode from s (s must outlive encoding). */
 void imgw_codec_set_bytes(pb_callback_t *field, imgw_slice_t *s);
@@ -138,7 +162,9 @@ ssize_t imgw_codec_push_json_prefix(const uint8_t *blob, size_t blob_len,
  * the body of server->client command `command` and encodes the whole frame
  * in codec. Used by the broker downlink and POST /api/push.
  * Returns the frame length, IMGW_EUNKNOWNCMD for a command that is not
- * server->client, IMGW_EDECODE for data of the wrong shape, IMGW_ETOOBIG.
+ * server->client, IMGW_EDECODE for data of the wrong shape, IMGW_EUTF8 for
+ * a string field that is not valid UTF-8 (content, bytes, may hold
+ * anything), IMGW_ETOOBIG.
  * data is a cJSON * (void * keeps cJSON out of this header).
  */
 ssize_t imgw_codec_encode_from_json(imgw_codec_t codec, int command,
@@ -147,8 +173,9 @@ ssize_t imgw_codec_encode_from_json(imgw_codec_t codec, int command,
 
 /*
  * The cheap check before any cJSON parse of peer input: nesting at most
- * IMGW_JSON_MAX_DEPTH (cJSON recurses per level) and no \u0000 escape
- * (cJSON would cut the string there). Returns 1 when the text may be parsed.
+ * IMGW_JSON_MAX_DEPTH (cJSON recurses per level) and no U+0000, neither a
+ * \u0000 escape nor a raw NUL byte (cJSON would cut the string there).
+ * Returns 1 when the text may be parsed.
  */
 int imgw_codec_json_prescan(const uint8_t *p, size_t n);
 

@@ -22,6 +22,7 @@
  */
 #include "jwt.h"
 
+#include "../base/utf8.h"
 #include "err.h"
 
 #include <cjson/cJSON.h>
@@ -179,48 +180,6 @@ jwt_b64url_encode(const unsigned char *src, size_t n, char *dst)
     return out;
 }
 
-/* Strict UTF-8 (RFC 3629): no overlongs, no surrogates, <= U+10FFFF. */
-static int
-jwt_utf8_valid(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-
-    while (i < n) {
-        unsigned char c = s[i];
-        size_t more;
-        uint32_t cp;
-
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        if (c >= 0xc2 && c <= 0xdf) {
-            more = 1;
-            cp = c & 0x1f;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            more = 2;
-            cp = c & 0x0f;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            more = 3;
-            cp = c & 0x07;
-        } else {
-            return 0;
-        }
-        if (n - i - 1 < more)
-            return 0;
-        for (size_t k = 1; k <= more; k++) {
-            if ((s[i + k] & 0xc0) != 0x80)
-                return 0;
-            cp = (cp << 6) | (s[i + k] & 0x3f);
-        }
-        if ((more == 2 && cp < 0x800) || (more == 3 && cp < 0x10000) ||
-            cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return 0;
-        i += more + 1;
-    }
-    return 1;
-}
-
 /*
  * A flat pass before cJSON. cJSON recurses once per nesting level up to its
  * own limit of 1000, so depth is capped here where it is cheap. It also
@@ -291,7 +250,7 @@ jwt_parse_segment(const char *seg, size_t n, unsigned char *buf, size_t max)
     if (len <= 0 || (size_t)len > max)
         return NULL;
     buf[len] = '\0';
-    if (!jwt_utf8_valid(buf, (size_t)len) ||
+    if (!imgw_utf8_valid(buf, (size_t)len) ||
         jwt_json_prescan(buf, (size_t)len) != 0)
         return NULL;
     /* require_null_terminated: trailing bytes after the object are an
@@ -971,7 +930,7 @@ imgw_jwt_sign_hs256(const char *secret, const char *user, int64_t now,
         return IMGW_EINVAL;
     ulen = strlen(user);
     if (!jwt_id_ok(user, ulen, IMGW_JWT_MAX_USER) ||
-        !jwt_utf8_valid((const unsigned char *)user, ulen))
+        !imgw_utf8_valid((const uint8_t *)user, ulen))
         return IMGW_EINVAL;
     if ((ttl > 0 && now > INT64_MAX - ttl) ||
         (ttl < 0 && now < INT64_MIN - ttl))

@@ -18,6 +18,7 @@
 #include "session.h"
 
 #define SYNC_MAX_BYTES (1u << 20) /* a sync page's payload bound */
+#define SYNC_MAX_FRAME (4u << 20) /* a sync page's encoded frame bound */
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -457,6 +458,68 @@ typedef struct sync_ctx_s {
     uint32_t sequence;
 } sync_ctx_t;
 
+/*
+ * The frame bound of one sync page: half the per-connection write queue
+ * (a frame over max_queued_bytes would close the connection as a slow
+ * consumer, and pushes may be queued beside it), at most SYNC_MAX_FRAME.
+ */
+static size_t
+sync_frame_budget(imgw_core_loop_t *cl)
+{
+    size_t q = (size_t)cl->node->cfg->max_queued_bytes / 2;
+    return q < SYNC_MAX_FRAME ? q : SYNC_MAX_FRAME;
+}
+
+/* What entry e adds to the frame: the cheap bound, or the exact size
+ * (a decode, for JSON) when asked and the blob decodes. */
+static size_t
+sync_entry_bytes(imgw_codec_t codec, const imgw_store_entry_t *e, int exact)
+{
+    size_t b = imgw_codec_sync_entry_max(codec, e->len);
+    if (exact) {
+        ssize_t x = imgw_codec_sync_entry_size(codec, e->blob, e->len, e->seq,
+                                               e->revoked);
+        if (x >= 0 && (size_t)x < b)
+            b = (size_t)x;
+    }
+    return b;
+}
+
+/*
+ * How many of the n entries go into this page: at most SYNC_MAX_BYTES of
+ * stored payload and a frame within sync_frame_budget() in the
+ * connection's codec (JSON writes a control byte as six), so content can
+ * only make a page shorter (has_more), never fail to encode. The first
+ * entry always goes, so paging makes progress. Entries are counted by the
+ * cheap bound until it passes the budget; from then on by their exact
+ * sizes (earlier ones recounted once), so a page is cut where its real
+ * frame would pass the budget, not where the bound would. *need gets an
+ * output buffer size the page's frame cannot exceed.
+ */
+static size_t
+sync_page_cut(imgw_core_loop_t *cl, imgw_codec_t codec,
+              const imgw_store_entry_t *e, size_t n, size_t *need)
+{
+    size_t budget = sync_frame_budget(cl), bytes = 0, frame = 0, k;
+    int exact = 0;
+    for (k = 0; k < n; k++) {
+        size_t fb = sync_entry_bytes(codec, &e[k], exact);
+        if (!exact && frame + fb > budget) {
+            exact = 1;
+            frame = 0;
+            for (size_t i = 0; i < k; i++)
+                frame += sync_entry_bytes(codec, &e[i], 1);
+            fb = sync_entry_bytes(codec, &e[k], 1);
+        }
+        if (k > 0 && (bytes + e[k].len > SYNC_MAX_BYTES || frame + fb > budget))
+            break;
+        bytes += e[k].len;
+        frame += fb;
+    }
+    *need = frame + IMGW_CODEC_SYNC_OVERHEAD;
+    return k;
+}
+
 static void
 sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
         int64_t server_max_seq, void *data)
@@ -478,18 +541,13 @@ sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
         imgw_session_reply(s, im_CommandType_CMD_SYNC_RSP, sequence, &r);
         return;
     }
-    /* Keep a page within SYNC_MAX_BYTES; the rest comes with has_more. */
-    size_t bytes = 0, k = 0;
-    while (k < n && (k == 0 || bytes + e[k].len <= SYNC_MAX_BYTES)) {
-        bytes += e[k].len;
-        k++;
-    }
+    size_t need;
+    size_t k = sync_page_cut(cl, (imgw_codec_t)s->codec, e, n, &need);
     if (k < n)
         has_more = 1;
     imgw_slice_t *blobs = malloc((k ? k : 1) * sizeof(*blobs));
     int64_t *seqs = malloc((k ? k : 1) * sizeof(*seqs));
     uint8_t *rev = malloc(k ? k : 1);
-    size_t need = bytes * 2 + k * 64 + 4096;
     uint8_t *out = need > cl->out_cap ? malloc(need) : cl->out;
     if (blobs == NULL || seqs == NULL || rev == NULL || out == NULL) {
         free(blobs);

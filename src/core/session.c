@@ -632,6 +632,7 @@ on_message(imgw_conn_t *c, int is_text, const uint8_t *data, size_t len)
                            im_ErrorCode_ERR_INVALID_PARAM,
                            r == IMGW_EUNKNOWNCMD ? "unknown command"
                            : r == IMGW_EENVELOPE ? "undecodable frame"
+                           : r == IMGW_EUTF8     ? "string field is not UTF-8"
                                                  : "undecodable body");
         return;
     }

@@ -200,7 +200,6 @@ void imgw__ws_feed(imgw_conn_t *c, const uint8_t *data, size_t len);
 void imgw__ws_free(imgw_conn_t *c);
 void imgw__ws_pool_free(imgw_loop_t *l);
 size_t imgw__ws_header(uint8_t *hdr, int opcode, size_t len);
-int imgw__ws_utf8_valid(const uint8_t *s, size_t len);
 int imgw__ws_accept_key(const char *key, size_t key_len, char out[29]);
 
 /* loop.c */

@@ -28,6 +28,7 @@
 #include <mbedtls/sha1.h>
 #include <wslay/wslay.h>
 
+#include "../base/utf8.h"
 #include "../core/alloc.h"
 #include "../core/err.h"
 #include "../core/log.h"
@@ -150,49 +151,6 @@ imgw__ws_header(uint8_t *hdr, int opcode, size_t len)
     return 10;
 }
 
-/*
- * Strict UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing above
- * U+10FFFF. Returns 1 when valid.
- */
-int
-imgw__ws_utf8_valid(const uint8_t *s, size_t len)
-{
-    size_t i = 0;
-    while (i < len) {
-        uint8_t b = s[i];
-        if (b < 0x80) {
-            i++;
-            continue;
-        }
-        size_t need;
-        uint32_t cp;
-        if (b >= 0xc2 && b <= 0xdf) {
-            need = 1;
-            cp = b & 0x1f;
-        } else if (b >= 0xe0 && b <= 0xef) {
-            need = 2;
-            cp = b & 0x0f;
-        } else if (b >= 0xf0 && b <= 0xf4) {
-            need = 3;
-            cp = b & 0x07;
-        } else {
-            return 0;
-        }
-        if (i + need >= len)
-            return 0;
-        for (size_t k = 1; k <= need; k++) {
-            if ((s[i + k] & 0xc0) != 0x80)
-                return 0;
-            cp = (cp << 6) | (s[i + k] & 0x3f);
-        }
-        if ((need == 2 && cp < 0x800) || (need == 3 && cp < 0x10000) ||
-            cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return 0;
-        i += need + 1;
-    }
-    return 1;
-}
-
 int
 imgw__ws_accept_key(const char *key, size_t key_len, char out[29])
 {
@@ -277,7 +235,7 @@ on_control(imgw_conn_t *c, imgw_ws_rx_t *rx)
                 ws_fail(c, 1002, "bad close code");
                 return;
             }
-            if (!imgw__ws_utf8_valid(rx->ctl + 2, rx->ctl_len - 2)) {
+            if (!imgw_utf8_valid(rx->ctl + 2, rx->ctl_len - 2)) {
                 ws_fail(c, 1007, "bad close reason");
                 return;
             }
@@ -318,7 +276,7 @@ deliver(imgw_conn_t *c, int opcode, const uint8_t *p, size_t n)
     c->loop->st.frames_in++;
     if (c->state != IMGW_CONN_WS)
         return; /* closing: data is dropped */
-    if (opcode == 1 && !imgw__ws_utf8_valid(p, n)) {
+    if (opcode == 1 && !imgw_utf8_valid(p, n)) {
         ws_fail(c, 1007, "invalid UTF-8");
         return;
     }

@@ -13,6 +13,8 @@
 #include <string.h>
 
 #include <cjson/cJSON.h>
+#include <pb_common.h>
+#include <pb_decode.h>
 
 #include "codec.h"
 #include "err.h"
@@ -54,6 +56,79 @@ fuzz_utf8_ok(const uint8_t *s, size_t n)
 }
 
 /*
+ * Every static string of a nanopb struct (repeated ones and those inside
+ * submessages such as map entries included) is UTF-8. Walks nanopb's own
+ * field iterator, not the codec's tables, so it checks the codec against
+ * the library. Callback fields (content, sync messages) are skipped.
+ */
+static int
+fuzz_strings_ok(const pb_msgdesc_t *desc, const void *st)
+{
+    pb_field_iter_t it;
+
+    if (!pb_field_iter_begin_const(&it, desc, st))
+        return 1; /* no fields */
+    do {
+        pb_type_t t = it.type;
+        size_t count = 1;
+
+        if (PB_ATYPE(t) != PB_ATYPE_STATIC)
+            continue;
+        if (PB_HTYPE(t) == PB_HTYPE_REPEATED)
+            count = *(const pb_size_t *)it.pSize;
+        for (size_t i = 0; i < count && i < it.array_size; i++) {
+            const char *p = (const char *)it.pData + i * it.data_size;
+            if (PB_LTYPE(t) == PB_LTYPE_STRING &&
+                !fuzz_utf8_ok((const uint8_t *)p, strnlen(p, it.data_size)))
+                return 0;
+            if (PB_LTYPE_IS_SUBMSG(t) && !fuzz_strings_ok(it.submsg_desc, p))
+                return 0;
+        }
+    } while (pb_field_iter_next(&it));
+    return 1;
+}
+
+/* The body descriptor of a client->server command, or NULL. */
+static const pb_msgdesc_t *
+fuzz_c2s_desc(int command)
+{
+    switch (command) {
+    case im_CommandType_CMD_HEARTBEAT_REQ: return &im_HeartbeatRequest_msg;
+    case im_CommandType_CMD_AUTH_REQ: return &im_AuthRequest_msg;
+    case im_CommandType_CMD_SEND_MSG_REQ: return &im_SendMessageRequest_msg;
+    case im_CommandType_CMD_MSG_ACK: return &im_MessageAck_msg;
+    case im_CommandType_CMD_REVOKE_MSG_REQ: return &im_RevokeMessageRequest_msg;
+    case im_CommandType_CMD_SYNC_REQ: return &im_SyncRequest_msg;
+    case im_CommandType_CMD_READ_RECEIPT_REQ: return &im_ReadReceiptRequest_msg;
+    case im_CommandType_CMD_TYPING_STATUS_REQ: return &im_TypingStatusRequest_msg;
+    default: return NULL;
+    }
+}
+
+/*
+ * What imgw_codec_decode() returns: one of its codes, and on success every
+ * string field of the body is UTF-8 (an invalid one is IMGW_EUTF8, never
+ * stored and pushed on to receivers whose decoders would reject it).
+ */
+static void
+fuzz_decoded_ok(int r, const imgw_msg_in_t *in)
+{
+    if (r != 0 && r != IMGW_EENVELOPE && r != IMGW_EUNKNOWNCMD &&
+        r != IMGW_EDECODE && r != IMGW_EUTF8) {
+        fprintf(stderr, "decode returned %d\n", r);
+        abort();
+    }
+    if (r != 0)
+        return;
+    const pb_msgdesc_t *d = fuzz_c2s_desc(in->command);
+    if (d == NULL || !fuzz_strings_ok(d, &in->u)) {
+        fprintf(stderr, "decoded command %d has a non-UTF-8 string\n",
+                in->command);
+        abort();
+    }
+}
+
+/*
  * A JSON frame the server sends (n >= 0 = its length) must be one valid
  * JSON object in valid UTF-8: codec.h promises a valid text frame whatever
  * bytes were stored.
@@ -82,7 +157,7 @@ fuzz_check_len(ssize_t n, size_t cap)
 {
     if ((n >= 0 && (size_t)n > cap) ||
         (n < 0 && n != IMGW_ETOOBIG && n != IMGW_EINVAL && n != IMGW_EDECODE &&
-         n != IMGW_EUNKNOWNCMD)) {
+         n != IMGW_EUNKNOWNCMD && n != IMGW_EUTF8)) {
         fprintf(stderr, "encode returned %zd (cap %zu)\n", n, cap);
         abort();
     }

@@ -4,7 +4,7 @@
  *
  * imgw_api_push_json() needs a core loop and delivers to connections, so
  * this target runs its parsing and encoding steps directly: the same
- * nesting prescan as api.c's parse_body(), cJSON_ParseWithLength(), the
+ * prescan as api.c's parse_body(), cJSON_ParseWithLength(), the
  * same shape checks, then imgw_codec_encode_from_json() in both codecs
  * into halves of a buffer sized as main.c sizes cl->out (default
  * max_frame_bytes). Beyond the server's path it also encodes "data" (or
@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include <cjson/cJSON.h>
+#include <pb_decode.h>
 
 #include "codec.h"
 #include "err.h"
@@ -28,28 +29,72 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static uint8_t *out;
 
-/* A copy of api.c's json_depth_ok (static there). */
-static int
-json_depth_ok(const uint8_t *p, size_t n, int max)
+/* The body descriptor of a server->client command, or NULL. */
+static const pb_msgdesc_t *
+s2c_desc(int command)
 {
-    int depth = 0, in_str = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint8_t ch = p[i];
-        if (in_str) {
-            if (ch == '\\')
-                i++;
-            else if (ch == '"')
-                in_str = 0;
-        } else if (ch == '"') {
-            in_str = 1;
-        } else if (ch == '{' || ch == '[') {
-            if (++depth > max)
-                return 0;
-        } else if (ch == '}' || ch == ']') {
-            depth--;
-        }
+    switch (command) {
+    case 1: return &im_ErrorResponse_msg;
+    case 6: return &im_HeartbeatResponse_msg;
+    case 101: return &im_AuthResponse_msg;
+    case 102: return &im_KickPush_msg;
+    case 201: return &im_SendMessageResponse_msg;
+    case 202: return &im_PushMessage_msg;
+    case 206: return &im_RevokeMessageResponse_msg;
+    case 207: return &im_RevokeMessagePush_msg;
+    case 301: return &im_SyncResponse_msg;
+    case 501: return &im_ReadReceiptResponse_msg;
+    case 502: return &im_ReadReceiptPush_msg;
+    case 602: return &im_TypingStatusPush_msg;
+    default: return NULL;
     }
-    return 1;
+}
+
+static bool
+body_slice_cb(pb_istream_t *s, const pb_field_t *f, void **arg)
+{
+    const uint8_t **b = *arg;
+    (void)f;
+    b[0] = (const uint8_t *)s->state;
+    b[1] = b[0] + s->bytes_left;
+    return pb_read(s, NULL, s->bytes_left);
+}
+
+/*
+ * A protobuf frame made from downlink JSON opens with plain nanopb and
+ * every string in its body is UTF-8: a receiver's standard decoder would
+ * reject the push otherwise.
+ */
+static void
+pb_frame_ok(int code, const uint8_t *p, ssize_t n)
+{
+    static union {
+        im_PushMessage push;
+        im_SyncResponse sync;
+        im_ReadReceiptPush read;
+        uint8_t any[64 * 1024];
+    } body;
+    const pb_msgdesc_t *d = s2c_desc(code);
+    im_WebSocketMessage env;
+    const uint8_t *b[2] = {NULL, NULL};
+    if (n < 0 || d == NULL)
+        return;
+    memset(&env, 0, sizeof(env));
+    env.body.funcs.decode = body_slice_cb;
+    env.body.arg = b;
+    pb_istream_t is = pb_istream_from_buffer(p, (size_t)n);
+    if (!pb_decode(&is, &im_WebSocketMessage_msg, &env) ||
+        (int)env.command != code) {
+        fprintf(stderr, "downlink PB frame does not decode\n");
+        abort();
+    }
+    memset(&body, 0, sizeof(body));
+    is = pb_istream_from_buffer(b[0], b[0] ? (size_t)(b[1] - b[0]) : 0);
+    if (!pb_decode(&is, d, &body) || !fuzz_strings_ok(d, &body)) {
+        fprintf(stderr, "downlink PB body %d: undecodable or not UTF-8\n",
+                code);
+        abort();
+    }
 }
 
 static void
@@ -64,6 +109,7 @@ encode_both(int code, const cJSON *body)
         abort();
     fuzz_check_len(pl, half);
     fuzz_check_len(jl, half);
+    pb_frame_ok(code, out + half, pl);
     fuzz_json_frame_ok(out, jl); /* valid JSON in valid UTF-8 */
 }
 
@@ -78,7 +124,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (out == NULL)
             abort();
     }
-    if (size == 0 || !json_depth_ok(data, size, IMGW_JSON_MAX_DEPTH))
+    /* api.c's parse_body() and the broker path run the same prescan. */
+    if (size == 0 || !imgw_codec_json_prescan(data, size))
         return 0;
     char *body = malloc(size);
     if (body == NULL)

@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../src/base/utf8.h"
 #include "../../src/core/log.h"
 #include "../../src/net/net_int.h"
 
@@ -131,7 +132,7 @@ fuzz_on_message(imgw_conn_t *c, int is_text, const uint8_t *data, size_t len)
     fuzz_messages++;
     FUZZ_CHECK(len <= FUZZ_MAX_FRAME);
     if (is_text)
-        FUZZ_CHECK(imgw__ws_utf8_valid(data, len));
+        FUZZ_CHECK(imgw_utf8_valid(data, len));
     if (len) {
         volatile uint8_t x = data[0] ^ data[len - 1];
         (void)x;

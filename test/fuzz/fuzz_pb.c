@@ -8,8 +8,10 @@
  * decodes, the re-encodes the server does with stored blobs: a PushMessage
  * frame in both codecs, the fan-out pieces (push_pb_parts and
  * push_json_prefix) and a SyncResponse page with the blob as a live and as
- * a revoked entry.
+ * a revoked entry, sized as msg.c sizes sync pages. Decoded client bodies
+ * must hold only UTF-8 strings (fuzz_decoded_ok).
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,6 +34,46 @@ check_frame(ssize_t n, size_t cap)
         abort();
     if (n < 0 && n != IMGW_ETOOBIG && n != IMGW_EINVAL && n != IMGW_EDECODE)
         abort();
+}
+
+/*
+ * msg.c sizes and cuts sync pages with imgw_codec_sync_entry_max/_size: for
+ * a blob that decodes, the exact size is at most the bound, and a page of
+ * these two entries always encodes into the sum of the sizes plus
+ * IMGW_CODEC_SYNC_OVERHEAD, in both codecs, whatever the blob holds.
+ */
+static void
+sync_sizing(imgw_slice_t *blobs, int64_t *seqs, uint8_t *revoked)
+{
+    imgw_codec_entries_t e = {2, blobs, seqs, revoked};
+    for (int c = 0; c < 2; c++) {
+        imgw_codec_t codec = c ? IMGW_CODEC_JSON : IMGW_CODEC_PB;
+        size_t need = IMGW_CODEC_SYNC_OVERHEAD;
+        for (int i = 0; i < 2; i++) {
+            ssize_t x = imgw_codec_sync_entry_size(codec, blobs[i].ptr,
+                                                   blobs[i].len, seqs[i],
+                                                   revoked[i]);
+            size_t b = imgw_codec_sync_entry_max(codec, blobs[i].len);
+            if (x < 0 || (size_t)x > b) {
+                fprintf(stderr, "sync entry size %zd, bound %zu\n", x, b);
+                abort();
+            }
+            need += (size_t)x;
+        }
+        if (need > OUT_CAP)
+            continue;
+        im_SyncResponse sr;
+        memset(&sr, 0, sizeof(sr));
+        sr.messages.arg = &e;
+        sr.server_max_seq = INT64_MIN;
+        sr.has_more = true;
+        ssize_t n = imgw_codec_encode(codec, im_CommandType_CMD_SYNC_RSP,
+                                      UINT32_MAX, INT64_MIN, &sr, out, need);
+        if (n < 0) {
+            fprintf(stderr, "sync page of %zu sized bytes: %zd\n", need, n);
+            abort();
+        }
+    }
 }
 
 static void
@@ -86,6 +128,7 @@ fuzz_blob(const uint8_t *blob, size_t len)
                            &sr, out, OUT_CAP);
     check_frame(jl, OUT_CAP);
     fuzz_json_frame_ok(out, jl);
+    sync_sizing(blobs, seqs, revoked);
 }
 
 int
@@ -107,9 +150,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memset(&in, 0, sizeof(in));
     int r = imgw_codec_decode(IMGW_CODEC_PB, frame, size, &in, scratch,
                               scratch_cap);
-    if (r != 0 && r != IMGW_EENVELOPE && r != IMGW_EUNKNOWNCMD &&
-        r != IMGW_EDECODE)
-        abort();
+    fuzz_decoded_ok(r, &in);
     if (r == 0 && in.content.len &&
         (in.content.ptr < frame ||
          in.content.ptr + in.content.len > frame + size))

@@ -93,6 +93,23 @@ def seeds_pb():
     put(t, "blob_revoked_extra", b"\x05" + PUSH + b"".join(extra(15, "k%d" % i, "v") for i in range(17)))
     put(t, "blob_empty", b"\x07")
     put(t, "blob_truncated", b"\x09" + PUSH[:-3])
+    # invalid UTF-8 in string fields: IMGW_EUTF8 (audit item 2)
+    put(t, "send_bad_utf8_cmid", env(200, 15, SEND + fb(1, b"c\xff")))
+    put(t, "send_bad_utf8_extra_key", env(200, 16, SEND + extra(10, b"\xc0\xaf", "v")))
+    put(t, "send_bad_utf8_extra_value", env(200, 17, SEND + extra(10, "k", b"\xed\xa0\x80")))
+    put(t, "send_utf8_ok", env(200, 18, fb(1, "\u00e9\u4e16\U0001F600".encode()) + fb(4, "b")))
+    put(t, "read_bad_utf8", env(500, 19, fb(1, "m1") + fb(1, b"m\x80") + fb(2, "g_1")))
+    put(t, "auth_bad_utf8", env(100, 20, fb(1, "alice") + fb(3, b"web\xf4\x90\x80\x80")))
+    put(t, "typing_bad_utf8", env(600, 21, fb(1, b"s_a_\xe2\x82")))
+    put(t, "revoke_bad_utf8", env(205, 22, fb(1, b"\xfe") + fb(2, "g_1")))
+    # sync sizing: control bytes everywhere (six bytes each in JSON); kept
+    # near 2 KB, since the largest seed sets libFuzzer's input length
+    ctl = (fb(1, b"\x01" * 23) + fb(2, b"\x1f" * 127) + fb(4, b"\x02" * 127)
+           + fv(7, (1 << 64) - 1) + fb(8, b"\x01" * 300) + fv(9, (1 << 63))
+           + b"".join(extra(15, bytes([0x41 + i]) + b"\x01" * 62, b"\x01" * 24)
+                      for i in range(17)))
+    put(t, "blob_control_bytes", b"\x0b" + ctl)
+    put(t, "blob_bad_utf8_content", b"\x0d" + PUSH + fb(8, b"\xff" * 500))
 
 
 def seeds_json():
@@ -123,6 +140,15 @@ def seeds_json():
     put(t, "enum_neg", '{"command":-200}')
     put(t, "not_object", '[1,2,3]')
     put(t, "unterminated", '{"command":"CMD_AUTH_REQ","body":{"token":"abc')
+    # U+0000 and raw invalid UTF-8 (the WebSocket layer checks text frames,
+    # this target feeds the codec directly): refused (audit item 2)
+    put(t, "raw_nul_content", b'{"command":200,"sequence":1,"body":{"content":"a\x00b"}}')
+    put(t, "esc_nul_cmid", '{"command":200,"sequence":1,"body":{"client_msg_id":"a\\u0000b"}}')
+    put(t, "escaped_backslash_u0000", '{"command":200,"body":{"content":"a\\\\u0000"}}')
+    put(t, "bad_utf8_cmid", b'{"command":200,"sequence":1,"body":{"client_msg_id":"a\xff"}}')
+    put(t, "bad_utf8_extra_key", b'{"command":200,"body":{"extra":{"\xc0\xaf":"v"}}}')
+    put(t, "bad_utf8_read_ids", b'{"command":500,"body":{"message_ids":["1","\xed\xa0\x80"]}}')
+    put(t, "bad_utf8_content", b'{"command":200,"body":{"content":"\xff\x01"}}')
 
 
 def seeds_downlink():
@@ -149,6 +175,13 @@ def seeds_downlink():
     put(t, "big_extra", j({"code": 202, "ids": ["u"], "data": {"extra": {"k%d" % i: "v" for i in range(20)}}}))
     put(t, "deep", '{"code":202,"data":{"extra":' + "[" * 15 + "]" * 15 + "}}")
     put(t, "msgs_many", j({"code": 301, "ids": ["u"], "data": {"messages": [{"seq": i} for i in range(30)]}}))
+    # strings must be UTF-8 in protobuf pushes; content is bytes (audit item 2)
+    put(t, "bad_utf8_cmid", b'{"code":202,"ids":["u"],"data":{"client_msg_id":"a\xff"}}')
+    put(t, "bad_utf8_extra", b'{"code":202,"ids":["u"],"data":{"extra":{"k":"\xc0\xaf"}}}')
+    put(t, "bad_utf8_read_ids", b'{"code":502,"ids":["u"],"data":{"message_ids":["\xff"]}}')
+    put(t, "bad_utf8_sync_msg", b'{"code":301,"ids":["u"],"data":{"messages":[{"seq":1},{"sender_id":"\xed\xa0\x80"}]}}')
+    put(t, "bad_utf8_content", b'{"code":202,"ids":["u"],"data":{"content":"ok\xff\x01"}}')
+    put(t, "raw_nul", b'{"code":202,"ids":["u"],"data":{"content":"a\x00b"}}')
 
 
 # ---- HTTP / WebSocket ------------------------------------------------------------

@@ -39,7 +39,7 @@ mkdir -p "$OBJ" "$GEN"
 
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
 CFLAGS="-g -O1 -fno-omit-frame-pointer -std=gnu11 -D_GNU_SOURCE $SAN"
-INC="-I$ROOT/src/core -I$ROOT/src/net -I$ROOT/src/store -I$ROOT/src/mq \
+INC="-I$ROOT/src/base -I$ROOT/src/core -I$ROOT/src/net -I$ROOT/src/store -I$ROOT/src/mq \
      -I$GEN -I/usr/share/include/llhttp"
 LIBS="-luv -lcjson -linih -lwslay -lmbedtls -lmbedx509 -lmbedcrypto \
       /usr/lib/x86_64-linux-gnu/libprotobuf-nanopb.a -lhiredis -lpthread -lm"
@@ -55,6 +55,7 @@ fi
 
 # name:source pairs for the library objects (instrumented for coverage).
 LIBSRC="
+utf8:$ROOT/src/base/utf8.c
 codec:$ROOT/src/core/codec.c
 config:$ROOT/src/core/config.c
 jwt:$ROOT/src/core/jwt.c
@@ -109,11 +110,11 @@ compile_all() {
 objs_for() {
     case $1 in
     fuzz_http|fuzz_ws)
-        echo "http ws conn twheel tls iplimit alloc log err llhttp_api llhttp_http llhttp_llhttp" ;;
+        echo "http ws conn twheel tls iplimit alloc log err utf8 llhttp_api llhttp_http llhttp_llhttp" ;;
     fuzz_pb|fuzz_json|fuzz_downlink)
-        echo "codec imgw_pb alloc log err" ;;
+        echo "codec imgw_pb alloc log err utf8" ;;
     fuzz_jwt)
-        echo "jwt log err" ;;
+        echo "jwt log err utf8" ;;
     fuzz_config)
         echo "config log err" ;;
     *)

@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include <cjson/cJSON.h>
+#include <pb_common.h>
 #include <pb_decode.h>
 #include <pb_encode.h>
 
@@ -1903,7 +1904,7 @@ static int
 t_rc_ok(int rc)
 {
     return rc == 0 || rc == IMGW_EENVELOPE || rc == IMGW_EUNKNOWNCMD ||
-           rc == IMGW_EDECODE;
+           rc == IMGW_EDECODE || rc == IMGW_EUTF8;
 }
 
 TEST(garbage)
@@ -2027,7 +2028,7 @@ TEST(garbage)
                     it % 2 ? IMGW_CODEC_PB : IMGW_CODEC_JSON,
                     cmds[t_rand() % 4], d, 1, t_out, sizeof(t_out));
 
-                bad += r < 0 && r != IMGW_EDECODE;
+                bad += r < 0 && r != IMGW_EDECODE && r != IMGW_EUTF8;
                 cJSON_Delete(d);
             }
         }
@@ -2098,6 +2099,439 @@ TEST(too_small_output)
     CHECK_EQ_INT(bad, 0);
 }
 
+/* ---- audit item 2: UTF-8 in string fields, NUL in JSON ----------------- */
+
+/* Malformed UTF-8 of each kind the validator knows. */
+static const char *const t_bad_utf8[] = {
+    "a\xff",         /* never valid */
+    "ok\xc3",        /* cut 2-byte */
+    "\xed\xa0\x80",  /* surrogate */
+    "\xc0\xaf",      /* overlong */
+    "\xf4\x90\x80\x80", /* above U+10FFFF */
+    "x\x80y",        /* stray continuation */
+};
+#define T_NBAD (sizeof(t_bad_utf8) / sizeof(t_bad_utf8[0]))
+
+/*
+ * Writes s into string slot j of a nanopb struct and returns the number of
+ * slots. Slots come from nanopb's field iterator, so every static string
+ * field of every body is found without a list here to keep in step: the
+ * singular strings, element 0 of a repeated string and the key and value
+ * of map entry 0 (the filled bodies have at least one of each).
+ */
+static int
+t_string_slot(const pb_msgdesc_t *desc, void *st, int j, const char *s,
+              int *seen)
+{
+    pb_field_iter_t it;
+
+    if (!pb_field_iter_begin(&it, desc, st))
+        return *seen;
+    do {
+        if (PB_ATYPE(it.type) != PB_ATYPE_STATIC)
+            continue;
+        if (PB_LTYPE(it.type) == PB_LTYPE_STRING) {
+            if ((*seen)++ == j && s)
+                snprintf((char *)it.pData, it.data_size, "%s", s);
+        } else if (PB_LTYPE_IS_SUBMSG(it.type)) {
+            t_string_slot(it.submsg_desc, it.pData, j, s, seen);
+        }
+    } while (pb_field_iter_next(&it));
+    return *seen;
+}
+
+TEST(utf8_string_fields_pb)
+{
+    static uint8_t body[16384];
+    size_t t, b, n;
+    int j, slots, total = 0, seen;
+
+    printf("  checks: every string field of every client->server body "
+           "(map keys and values, repeated strings) with invalid UTF-8 is "
+           "IMGW_EUTF8 with command and sequence known; valid UTF-8 in the "
+           "same slot decodes\n");
+    t_fill_c2s();
+    for (t = 0; t < T_NC2S; t++) {
+        seen = 0;
+        memcpy(body, t_c2s[t].body, t_c2s[t].size);
+        slots = t_string_slot(t_c2s[t].desc, body, -1, NULL, &seen);
+        for (j = 0; j < slots; j++) {
+            for (b = 0; b < T_NBAD; b++) {
+                memcpy(body, t_c2s[t].body, t_c2s[t].size);
+                seen = 0;
+                t_string_slot(t_c2s[t].desc, body, j, t_bad_utf8[b], &seen);
+                n = t_pb_frame(t_c2s[t].cmd, 77, 5, t_c2s[t].desc, body,
+                               t_out, sizeof(t_out));
+                CHECK(n > 0);
+                CHECK_EQ_INT(t_pdec(t_out, n), IMGW_EUTF8);
+                CHECK_EQ_INT(t_in.sequence, 77);
+                CHECK_EQ_INT(t_in.command, t_c2s[t].cmd);
+            }
+            memcpy(body, t_c2s[t].body, t_c2s[t].size);
+            seen = 0;
+            t_string_slot(t_c2s[t].desc, body, j, "\xc3\xa9\xe2\x82\xac",
+                          &seen);
+            n = t_pb_frame(t_c2s[t].cmd, 77, 5, t_c2s[t].desc, body, t_out,
+                           sizeof(t_out));
+            CHECK_EQ_INT(t_pdec(t_out, n), 0);
+        }
+        printf("  command %d: %d string slots\n", t_c2s[t].cmd, slots);
+        total += slots;
+    }
+    /* auth 3, send 5 + extra key and value, ack 1, revoke 2, receipt 2,
+     * typing 1: a new string field in the proto raises this. */
+    CHECK_EQ_INT(total, 16);
+}
+
+TEST(utf8_string_fields_json)
+{
+    /* Each names one string field of a client body; %s is the value. */
+    static const char *const cases[] = {
+        "{\"command\":100,\"sequence\":7,\"body\":{\"user_id\":\"%s\"}}",
+        "{\"command\":100,\"sequence\":7,\"body\":{\"token\":\"%s\"}}",
+        "{\"command\":100,\"sequence\":7,\"body\":{\"platform\":\"%s\"}}",
+        "{\"command\":200,\"sequence\":7,\"body\":{\"client_msg_id\":\"%s\"}}",
+        "{\"command\":200,\"sequence\":7,\"body\":{\"conversation_id\":\"%s\"}}",
+        "{\"command\":200,\"sequence\":7,\"body\":{\"sender_id\":\"%s\"}}",
+        "{\"command\":200,\"sequence\":7,\"body\":{\"receiver_id\":\"%s\"}}",
+        "{\"command\":200,\"sequence\":7,\"body\":{\"group_id\":\"%s\"}}",
+        "{\"command\":200,\"sequence\":7,\"body\":{\"extra\":{\"%s\":\"v\"}}}",
+        "{\"command\":200,\"sequence\":7,\"body\":{\"extra\":{\"k\":\"%s\"}}}",
+        "{\"command\":203,\"sequence\":7,\"body\":{\"message_id\":\"%s\"}}",
+        "{\"command\":205,\"sequence\":7,\"body\":{\"message_id\":\"%s\"}}",
+        "{\"command\":205,\"sequence\":7,\"body\":{\"conversation_id\":\"%s\"}}",
+        "{\"command\":500,\"sequence\":7,\"body\":{\"message_ids\":[\"1\",\"%s\"]}}",
+        "{\"command\":500,\"sequence\":7,\"body\":{\"conversation_id\":\"%s\"}}",
+        "{\"command\":600,\"sequence\":7,\"body\":{\"conversation_id\":\"%s\"}}",
+    };
+    char buf[512];
+    size_t i, b;
+
+    printf("  checks: the JSON reader refuses raw invalid UTF-8 in every "
+           "string field (a caller that skipped the text-frame check, and "
+           "/api/push or broker input, which never had one); content, "
+           "bytes, may hold any bytes\n");
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        for (b = 0; b < T_NBAD; b++) {
+            snprintf(buf, sizeof(buf), cases[i], t_bad_utf8[b]);
+            CHECK_EQ_INT(t_jdec(buf), IMGW_EUTF8);
+            CHECK_EQ_INT(t_in.sequence, 7);
+        }
+        snprintf(buf, sizeof(buf), cases[i], "\xc3\xa9");
+        CHECK_EQ_INT(t_jdec(buf), 0);
+    }
+    CHECK_EQ_INT(t_jdec("{\"command\":200,\"sequence\":7,\"body\":"
+                        "{\"content\":\"a\xff\"}}"),
+                 0);
+    CHECK(t_in.content.len == 2 && memcmp(t_in.content.ptr, "a\xff", 2) == 0);
+}
+
+static int
+t_jdecn(const char *s, size_t n)
+{
+    uint8_t *p = malloc(n ? n : 1);
+    int rc;
+
+    memcpy(p, s, n);
+    memset(&t_in, 0xa5, sizeof(t_in));
+    rc = imgw_codec_decode(IMGW_CODEC_JSON, p, n, &t_in, t_scratch,
+                           sizeof(t_scratch));
+    free(p);
+    return rc;
+}
+
+TEST(json_nul_refused)
+{
+    /* sizeof - 1: the raw NUL is part of the text. */
+    static const char raw_content[] =
+        "{\"command\":200,\"sequence\":7,\"body\":{\"content\":\"ab\0cd\"}}";
+    static const char raw_cmid[] =
+        "{\"command\":200,\"sequence\":7,\"body\":{\"client_msg_id\":\"a\0b\"}}";
+    static const char raw_extra[] =
+        "{\"command\":200,\"sequence\":7,\"body\":{\"extra\":{\"k\":\"v\0w\"}}}";
+    static const char raw_outside[] =
+        "{\"command\":5,\"sequence\":7}\0";
+    static const char esc_content[] =
+        "{\"command\":200,\"sequence\":7,\"body\":{\"content\":\"ab\\u0000cd\"}}";
+    static const char esc_user[] =
+        "{\"command\":100,\"sequence\":7,\"body\":{\"user_id\":\"al\\u0000ice\"}}";
+    static const char esc_literal[] =
+        "{\"command\":200,\"sequence\":7,\"body\":{\"content\":\"a\\\\u0000\"}}";
+
+    printf("  checks: U+0000 in JSON, raw NUL byte or \\u0000 escape, in "
+           "content or any string, is refused (IMGW_EENVELOPE, sequence 0) "
+           "instead of cutting the field; an escaped backslash before "
+           "u0000 is text\n");
+    CHECK_EQ_INT(t_jdecn(raw_content, sizeof(raw_content) - 1),
+                 IMGW_EENVELOPE);
+    CHECK_EQ_INT(t_in.sequence, 0);
+    CHECK_EQ_INT(t_jdecn(raw_cmid, sizeof(raw_cmid) - 1), IMGW_EENVELOPE);
+    CHECK_EQ_INT(t_jdecn(raw_extra, sizeof(raw_extra) - 1), IMGW_EENVELOPE);
+    CHECK_EQ_INT(t_jdecn(raw_outside, sizeof(raw_outside) - 1),
+                 IMGW_EENVELOPE);
+    CHECK_EQ_INT(t_jdecn(esc_content, sizeof(esc_content) - 1),
+                 IMGW_EENVELOPE);
+    CHECK_EQ_INT(t_jdecn(esc_user, sizeof(esc_user) - 1), IMGW_EENVELOPE);
+    CHECK_EQ_INT(t_jdecn(esc_literal, sizeof(esc_literal) - 1), 0);
+    CHECK(t_in.content.len == 7 &&
+          memcmp(t_in.content.ptr, "a\\u0000", 7) == 0);
+    /* The prescan the push API and the broker path run. */
+    CHECK_EQ_INT(imgw_codec_json_prescan((const uint8_t *)raw_content,
+                                         sizeof(raw_content) - 1),
+                 0);
+    CHECK_EQ_INT(imgw_codec_json_prescan((const uint8_t *)esc_content,
+                                         sizeof(esc_content) - 1),
+                 0);
+    CHECK_EQ_INT(imgw_codec_json_prescan((const uint8_t *)esc_literal,
+                                         sizeof(esc_literal) - 1),
+                 1);
+}
+
+TEST(downlink_utf8)
+{
+    static const struct {
+        int cmd;
+        const char *data;
+    } bad[] = {
+        {202, "{\"client_msg_id\":\"a\xff\"}"},
+        {202, "{\"sender_id\":\"\xed\xa0\x80\"}"},
+        {202, "{\"extra\":{\"k\xc3\":\"v\"}}"},
+        {202, "{\"extra\":{\"k\":\"\xc0\xaf\"}}"},
+        {502, "{\"message_ids\":[\"1\",\"\xff\"]}"},
+        {602, "{\"user_id\":\"\xf4\x90\x80\x80\"}"},
+        {1, "{\"error_msg\":\"x\x80\"}"},
+        {301, "{\"messages\":[{\"message_id\":\"1\"},{\"group_id\":\"\xff\"}]}"},
+    };
+    static im_PushMessage got;
+    im_WebSocketMessage env;
+    imgw_slice_t body, gc;
+    cJSON *d, *root;
+    ssize_t n;
+    size_t i;
+
+    printf("  checks: downlink data (/api/push, broker) with a non-UTF-8 "
+           "string is IMGW_EUTF8 in both codecs, so no protobuf push carries "
+           "one; non-UTF-8 content (bytes) goes to PB exactly and to JSON "
+           "with U+FFFD\n");
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        d = cJSON_Parse(bad[i].data);
+        CHECK(d != NULL);
+        CHECK_EQ_INT(imgw_codec_encode_from_json(IMGW_CODEC_PB, bad[i].cmd, d,
+                                                 1, t_out, sizeof(t_out)),
+                     IMGW_EUTF8);
+        CHECK_EQ_INT(imgw_codec_encode_from_json(IMGW_CODEC_JSON, bad[i].cmd,
+                                                 d, 1, t_out, sizeof(t_out)),
+                     IMGW_EUTF8);
+        cJSON_Delete(d);
+    }
+    d = cJSON_Parse("{\"message_id\":\"1\",\"content\":\"a\xff\x01z\"}");
+    n = imgw_codec_encode_from_json(IMGW_CODEC_PB, 202, d, 1, t_out,
+                                    sizeof(t_out));
+    CHECK(n > 0 && t_pb_open(t_out, (size_t)n, &env, &body) == 0);
+    CHECK(t_push_dec(body.ptr, body.len, &got, &gc) == 0);
+    CHECK(gc.len == 4 && memcmp(gc.ptr, "a\xff\x01z", 4) == 0);
+    n = imgw_codec_encode_from_json(IMGW_CODEC_JSON, 202, d, 1, t_out,
+                                    sizeof(t_out));
+    CHECK(n > 0 && t_utf8_ok(t_out, (size_t)n));
+    root = t_json(t_out, n);
+    CHECK_EQ_STR(t_jstr(cJSON_GetObjectItemCaseSensitive(root, "body"),
+                        "content"),
+                 "a\xef\xbf\xbd\x01z");
+    cJSON_Delete(root);
+    cJSON_Delete(d);
+}
+
+TEST(content_non_utf8_consistent)
+{
+    static const uint8_t raw[] = "ok\xff\xfe\xc3(\x01\xe2\x82";
+    static im_PushMessage pm;
+    static im_SyncResponse sr;
+    static const char want[] =
+        "ok\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd(\x01\xef\xbf\xbd\xef\xbf\xbd";
+    static uint8_t blob[4096], pfx[8192];
+    imgw_slice_t c, sl;
+    int64_t seq = 5;
+    uint8_t rev = 0;
+    imgw_codec_entries_t e = {1, &sl, &seq, &rev};
+    cJSON *root;
+    const cJSON *b;
+    ssize_t n, bl;
+
+    printf("  checks: content that is not UTF-8 is stored as sent; JSON "
+           "receivers get it with each malformed byte as U+FFFD, the same "
+           "in a push frame, the fan-out prefix and a sync page\n");
+    t_fill_push(&pm, &c);
+    c.ptr = raw;
+    c.len = sizeof(raw) - 1;
+    bl = imgw_codec_encode_pb_body(202, &pm, blob, sizeof(blob));
+    CHECK(bl > 0);
+    sl.ptr = blob;
+    sl.len = (size_t)bl;
+    /* push frame */
+    n = imgw_codec_encode(IMGW_CODEC_JSON, 202, 0, 1, &pm, t_out,
+                          sizeof(t_out));
+    root = t_json(t_out, n);
+    CHECK_EQ_STR(t_jstr(cJSON_GetObjectItemCaseSensitive(root, "body"),
+                        "content"),
+                 want);
+    cJSON_Delete(root);
+    /* fan-out prefix + seq + }} */
+    n = imgw_codec_push_json_prefix(blob, (size_t)bl, 1, pfx, sizeof(pfx));
+    CHECK(n > 0);
+    n += snprintf((char *)pfx + n, sizeof(pfx) - (size_t)n, "5}}");
+    root = t_json(pfx, n);
+    CHECK_EQ_STR(t_jstr(cJSON_GetObjectItemCaseSensitive(root, "body"),
+                        "content"),
+                 want);
+    cJSON_Delete(root);
+    /* sync page */
+    memset(&sr, 0, sizeof(sr));
+    sr.messages.arg = &e;
+    n = imgw_codec_encode(IMGW_CODEC_JSON, 301, 1, 1, &sr, t_out,
+                          sizeof(t_out));
+    root = t_json(t_out, n);
+    b = cJSON_GetObjectItemCaseSensitive(root, "body");
+    b = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(b, "messages"), 0);
+    CHECK_EQ_STR(t_jstr(b, "content"), want);
+    cJSON_Delete(root);
+}
+
+/* ---- audit item 3: sync page sizing ------------------------------------ */
+
+/* A worst-case PushMessage blob: every string full of control bytes, 17
+ * extras of maximal control-byte keys and values, content of clen 0x01. */
+static ssize_t
+t_worst_blob(uint8_t *out, size_t cap, size_t clen, uint8_t fill)
+{
+    static im_PushMessage pm;
+    static uint8_t content[70000];
+    imgw_slice_t c = {content, clen};
+    pb_size_t i;
+
+    memset(&pm, 0, sizeof(pm));
+    memset(content, fill, clen);
+    memset(pm.message_id, 1, sizeof(pm.message_id) - 1);
+    memset(pm.client_msg_id, 1, sizeof(pm.client_msg_id) - 1);
+    memset(pm.conversation_id, 1, sizeof(pm.conversation_id) - 1);
+    memset(pm.sender_id, 1, sizeof(pm.sender_id) - 1);
+    memset(pm.receiver_id, 1, sizeof(pm.receiver_id) - 1);
+    memset(pm.group_id, 1, sizeof(pm.group_id) - 1);
+    pm.message_type = INT32_MIN;
+    pm.send_time = INT64_MIN;
+    pm.server_time = INT64_MIN;
+    pm.extra_count = 17;
+    for (i = 0; i < 17; i++) {
+        memset(pm.extra[i].key, 1, sizeof(pm.extra[i].key) - 1);
+        pm.extra[i].key[0] = (char)('a' + i); /* distinct keys */
+        memset(pm.extra[i].value, 1, sizeof(pm.extra[i].value) - 1);
+    }
+    imgw_codec_set_bytes(&pm.content, &c);
+    return imgw_codec_encode_pb_body(202, &pm, out, cap);
+}
+
+/* Frame length of a SyncResponse of the first n entries of e, or error. */
+static ssize_t
+t_sync_frame(imgw_codec_t codec, imgw_codec_entries_t *e, size_t n,
+             uint8_t *out, size_t cap)
+{
+    static im_SyncResponse sr;
+    imgw_codec_entries_t sub = *e;
+
+    sub.n = n;
+    memset(&sr, 0, sizeof(sr));
+    sr.server_max_seq = INT64_MAX;
+    sr.has_more = true;
+    sr.messages.arg = &sub;
+    return imgw_codec_encode(codec, 301, UINT32_MAX, INT64_MIN, &sr, out,
+                             cap);
+}
+
+TEST(sync_entry_sizing)
+{
+    static uint8_t blobs[4][80000];
+    static const struct {
+        size_t clen;
+        uint8_t fill;
+    } kinds[] = {{60000, 0x01}, {60000, 0xff}, {0, 0x01}, {3, 'a'}};
+    imgw_slice_t sl[4];
+    int64_t seqs[4] = {1, 127, 128, INT64_MAX};
+    uint8_t rev[4] = {0, 1, 0, 1};
+    imgw_codec_entries_t e = {4, sl, seqs, rev};
+    size_t i, k, sum;
+    int c;
+
+    printf("  checks: imgw_codec_sync_entry_size is exactly what an entry "
+           "adds to the frame and imgw_codec_sync_entry_max bounds it, for "
+           "worst-case blobs (control bytes everywhere, invalid UTF-8), "
+           "live and revoked, both codecs; a buffer of the sizes plus "
+           "IMGW_CODEC_SYNC_OVERHEAD always fits the page\n");
+    for (i = 0; i < 4; i++) {
+        ssize_t n = t_worst_blob(blobs[i], sizeof(blobs[i]), kinds[i].clen,
+                                 kinds[i].fill);
+        CHECK(n > 0);
+        sl[i].ptr = blobs[i];
+        sl[i].len = n > 0 ? (size_t)n : 0;
+    }
+    for (c = 0; c < 2; c++) {
+        imgw_codec_t codec = c ? IMGW_CODEC_JSON : IMGW_CODEC_PB;
+        ssize_t f0 = t_sync_frame(codec, &e, 0, t_out, sizeof(t_out)), fk;
+
+        CHECK(f0 > 0 && (size_t)f0 <= IMGW_CODEC_SYNC_OVERHEAD);
+        sum = 0;
+        for (k = 0; k < 4; k++) {
+            ssize_t x = imgw_codec_sync_entry_size(codec, sl[k].ptr,
+                                                   sl[k].len, seqs[k],
+                                                   rev[k]);
+            size_t b = imgw_codec_sync_entry_max(codec, sl[k].len);
+
+            printf("  %s entry %zu: blob %zu, exact %zd, bound %zu\n",
+                   c ? "JSON" : "PB", k, sl[k].len, x, b);
+            CHECK(x > 0 && (size_t)x <= b);
+            sum += (size_t)x;
+            fk = t_sync_frame(codec, &e, k + 1, t_out, sizeof(t_out));
+            if (c) {
+                /* JSON's first entry has no comma before it. */
+                CHECK_EQ_INT(fk - f0, (ssize_t)sum - 1);
+            } else {
+                /* PB: the envelope's body length varint grows too. */
+                CHECK(fk - f0 >= (ssize_t)sum && fk - f0 <= (ssize_t)sum + 9);
+            }
+            CHECK(fk > 0 && (size_t)fk <= sum + IMGW_CODEC_SYNC_OVERHEAD);
+        }
+        /* The page fits a buffer of exactly its sizes + the overhead, and
+         * the content comes back intact. */
+        fk = t_sync_frame(codec, &e, 4, t_out,
+                          sum + IMGW_CODEC_SYNC_OVERHEAD);
+        CHECK(fk > 0);
+        CHECK(t_sync_frame(codec, &e, 4, t_out, (size_t)fk - 1) ==
+              IMGW_ETOOBIG);
+        fk = t_sync_frame(codec, &e, 4, t_out, sizeof(t_out));
+        if (c) {
+            cJSON *root = t_json(t_out, fk);
+            const cJSON *m = cJSON_GetArrayItem(
+                cJSON_GetObjectItemCaseSensitive(
+                    cJSON_GetObjectItemCaseSensitive(root, "body"),
+                    "messages"),
+                0);
+            const char *got = t_jstr(m, "content");
+
+            CHECK(got && strlen(got) == 60000 && got[0] == 1 &&
+                  got[59999] == 1);
+            cJSON_Delete(root);
+        }
+    }
+    /* A blob that does not decode has no exact size (live PB needs no
+     * decode). */
+    CHECK_EQ_INT(imgw_codec_sync_entry_size(IMGW_CODEC_JSON,
+                                            (const uint8_t *)"\x0a\x7f", 2,
+                                            1, 0),
+                 IMGW_EINVAL);
+    CHECK_EQ_INT(imgw_codec_sync_entry_size(IMGW_CODEC_PB,
+                                            (const uint8_t *)"\x0a\x7f", 2,
+                                            1, 1),
+                 IMGW_EINVAL);
+}
+
 int
 main(void)
 {
@@ -2127,5 +2561,11 @@ main(void)
     RUN(truncated_json);
     RUN(garbage);
     RUN(too_small_output);
+    RUN(utf8_string_fields_pb);
+    RUN(utf8_string_fields_json);
+    RUN(json_nul_refused);
+    RUN(downlink_utf8);
+    RUN(content_non_utf8_consistent);
+    RUN(sync_entry_sizing);
     TEST_DONE();
 }

@@ -2,6 +2,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "../../src/base/utf8.h"
 #include "../../src/net/net_int.h"
 #include "test.h"
 
@@ -31,20 +32,20 @@ TEST(header_lengths)
 
 TEST(utf8)
 {
-    CHECK(imgw__ws_utf8_valid((const uint8_t *)"", 0));
-    CHECK(imgw__ws_utf8_valid((const uint8_t *)"hello", 5));
-    CHECK(imgw__ws_utf8_valid((const uint8_t *)"h\xc3\xa9llo", 6));
-    CHECK(imgw__ws_utf8_valid((const uint8_t *)"\xe4\xbd\xa0\xe5\xa5\xbd", 6));
-    CHECK(imgw__ws_utf8_valid((const uint8_t *)"\xf0\x9f\x98\x80", 4));
-    CHECK(!imgw__ws_utf8_valid((const uint8_t *)"\xff", 1));
-    CHECK(!imgw__ws_utf8_valid((const uint8_t *)"\xc3", 1));          /* cut */
-    CHECK(!imgw__ws_utf8_valid((const uint8_t *)"\xe4\xbd", 2));      /* cut */
-    CHECK(!imgw__ws_utf8_valid((const uint8_t *)"\xc0\xaf", 2));      /* overlong */
-    CHECK(!imgw__ws_utf8_valid((const uint8_t *)"\xe0\x80\xaf", 3));  /* overlong */
-    CHECK(!imgw__ws_utf8_valid((const uint8_t *)"\xed\xa0\x80", 3));  /* surrogate */
-    CHECK(!imgw__ws_utf8_valid((const uint8_t *)"\xf4\x90\x80\x80", 4)); /* >10FFFF */
-    CHECK(!imgw__ws_utf8_valid((const uint8_t *)"a\x80", 2));         /* stray */
-    CHECK(!imgw__ws_utf8_valid((const uint8_t *)"\xce\xba\xe1\xbd", 4));
+    CHECK(imgw_utf8_valid((const uint8_t *)"", 0));
+    CHECK(imgw_utf8_valid((const uint8_t *)"hello", 5));
+    CHECK(imgw_utf8_valid((const uint8_t *)"h\xc3\xa9llo", 6));
+    CHECK(imgw_utf8_valid((const uint8_t *)"\xe4\xbd\xa0\xe5\xa5\xbd", 6));
+    CHECK(imgw_utf8_valid((const uint8_t *)"\xf0\x9f\x98\x80", 4));
+    CHECK(!imgw_utf8_valid((const uint8_t *)"\xff", 1));
+    CHECK(!imgw_utf8_valid((const uint8_t *)"\xc3", 1));          /* cut */
+    CHECK(!imgw_utf8_valid((const uint8_t *)"\xe4\xbd", 2));      /* cut */
+    CHECK(!imgw_utf8_valid((const uint8_t *)"\xc0\xaf", 2));      /* overlong */
+    CHECK(!imgw_utf8_valid((const uint8_t *)"\xe0\x80\xaf", 3));  /* overlong */
+    CHECK(!imgw_utf8_valid((const uint8_t *)"\xed\xa0\x80", 3));  /* surrogate */
+    CHECK(!imgw_utf8_valid((const uint8_t *)"\xf4\x90\x80\x80", 4)); /* >10FFFF */
+    CHECK(!imgw_utf8_valid((const uint8_t *)"a\x80", 2));         /* stray */
+    CHECK(!imgw_utf8_valid((const uint8_t *)"\xce\xba\xe1\xbd", 4));
 }
 
 TEST(accept_key)
