@@ -30,6 +30,9 @@ typedef struct imgw_config_s {
     uint16_t ports[IMGW_CONFIG_MAX_PORTS];
     int n_ports;
     char bind[64];
+    const char *weak_secret; /* set by load: the key of a short secret
+                                accepted because bind is loopback; main
+                                warns about it. NULL when none. */
     int threads;            /* default: CPU count */
     char broker_id[128];    /* default: hostname-<first port> */
     int node_id;            /* 0..1023; default: hash of broker_id */
@@ -45,7 +48,8 @@ typedef struct imgw_config_s {
     char origins[1024];     /* comma list of allowed Origin values; "" = any */
 
     /* [auth] */
-    char jwt_secret[512];   /* "" or at least IMGW_CONFIG_MIN_SECRET bytes */
+    char jwt_secret[512];   /* "" or at least IMGW_CONFIG_MIN_SECRET bytes,
+                               unless the node listens on loopback only */
     char jwt_public_key[512]; /* PEM file path */
     int leeway;
     int require_exp;        /* bool: tokens without exp are refused */

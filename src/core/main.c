@@ -150,6 +150,11 @@ main(int argc, char **argv)
         }
         imgw_tls_ctx_free(t);
     }
+    if (cfg.weak_secret != NULL)
+        IMGW_LOG_WARN("%s is shorter than %d bytes: accepted only because "
+                      "server.bind %s is loopback; a node reachable from the "
+                      "network refuses it",
+                      cfg.weak_secret, IMGW_CONFIG_MIN_SECRET, cfg.bind);
     if (cfg.dev_tokens)
         IMGW_LOG_WARN("auth.dev_tokens is on: /dev/token mints a token for "
                       "any user and /dev/group overwrites any group, without "

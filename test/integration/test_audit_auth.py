@@ -300,7 +300,10 @@ def test_short_secret_refused_at_start(imgw_bin, tmp_path, key, value, via):
     print("check: auth.%s of %d bytes (%s) -> exit 2 with a message naming "
           "auth.%s and not the value" % (key, len(value), via, key))
     ini = tmp_path / "imgw.ini"
-    text = "[server]\nports = %d\nbind = 127.0.0.1\n[auth]\n" % H.free_port()
+    # A network-facing bind: only such a node must refuse (a loopback-only
+    # node starts with a warning, see the test below). The process exits at
+    # config validation, before it binds anything.
+    text = "[server]\nports = %d\nbind = 0.0.0.0\n[auth]\n" % H.free_port()
     env = {}
     if key != "jwt_secret":
         text += "jwt_secret = %s\n" % H.DEFAULT_SECRET
@@ -320,3 +323,33 @@ def test_short_secret_refused_at_start(imgw_bin, tmp_path, key, value, via):
     assert "auth.%s" % key in out, out
     assert "at least 32" in out, out
     assert value not in out, out
+
+
+def test_short_secret_on_loopback_starts_with_warning(tmp_path):
+    print("check: a node bound to 127.0.0.1 only starts with a 27-byte "
+          "jwt_secret and a 9-byte admin_token (the shared benchmark tools "
+          "use such), warns naming the key, and HS256 still verifies")
+    secret = "cmp-secret-0123456789abcdef"
+    s = H.build_server(str(tmp_path), "weak", threads=1, secret=secret,
+                       env={"auth.admin_token": "cmp-admin"})
+    s.start()
+    try:
+        log = s.log_text()
+        print("  log:", [l for l in log.splitlines() if "shorter than" in l])
+        assert "is shorter than 32 bytes: accepted only because server.bind " \
+               "127.0.0.1 is loopback" in log, log
+        r = H.http_get(s.port, "/api/groups/g1",
+                       headers={"Authorization": "Bearer cmp-admin"})
+        print("  admin GET with the short token ->", r.status)
+        assert r.status == 404, r  # authorized: the group does not exist
+        r = H.http_get(s.port, "/api/groups/g1",
+                       headers={"Authorization": "Bearer cmp-admix"})
+        print("  admin GET with a wrong token ->", r.status)
+        assert r.status == 401, r
+        tok = H.make_token("alice", key=secret)
+        print("  HS256 token signed with the short secret verifies at the handshake")
+        raw, _ = H.upgrade_request(s.port, path="/ws?token=" + tok)
+        st = H.http_request(s.port, raw, head_only=True)
+        assert st.status == 101, st
+    finally:
+        s.stop()
