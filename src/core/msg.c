@@ -211,9 +211,7 @@ send_store(imgw_core_loop_t *cl, send_ctx_t *x)
     x->req.entry = x->blob;
     x->req.entry_len = x->blob_len;
     x->req.seqs = x->seqs;
-    int r = imgw_store_append(cl->store, &x->req, append_cb, x);
-    if (r != 0)
-        append_cb(&x->req, r, x);
+    imgw_store_append(cl->store, &x->req, append_cb, x);
 }
 
 /* Adds u to users unless it is there already (users has room). */
@@ -435,9 +433,7 @@ imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in)
     x->users = NULL;
     x->seqs = NULL;
     x->n_users = 0;
-    int r = imgw_store_group_get(cl->store, q->group_id, group_members_cb, x);
-    if (r != 0)
-        group_members_cb(r, NULL, 0, x);
+    imgw_store_group_get(cl->store, q->group_id, group_members_cb, x);
 }
 
 /* ---- ack ------------------------------------------------------------------ */
@@ -625,10 +621,8 @@ imgw_msg_sync(imgw_session_t *s, imgw_msg_in_t *in)
     }
     x->ref = imgw_conn_ref(s->conn);
     x->sequence = in->sequence;
-    int r = imgw_store_sync(s->cl->store, s->user, min_seq, max_seq, limit,
-                            sync_cb, x);
-    if (r != 0)
-        sync_cb(r, NULL, 0, 0, 0, x);
+    imgw_store_sync(s->cl->store, s->user, min_seq, max_seq, limit, sync_cb,
+                    x);
 }
 
 /* ---- conversation participants (receipts, typing) ------------------------ */
@@ -772,9 +766,7 @@ conv_command(imgw_session_t *s, imgw_msg_in_t *in, const char *conv)
             free(x);
             return;
         }
-        int r = imgw_store_group_get(cl->store, conv + 2, conv_members_cb, x);
-        if (r != 0)
-            conv_members_cb(r, NULL, 0, x);
+        imgw_store_group_get(cl->store, conv + 2, conv_members_cb, x);
         return;
     }
     char peer[IMGW_JWT_MAX_USER];
@@ -879,10 +871,7 @@ revoke_done_cb(int status, void *data)
     }
     revoke_reply(cl, x, 0, NULL);
     if (strncmp(x->conv, "g_", 2) == 0) {
-        int r = imgw_store_group_get(cl->store, x->conv + 2, revoke_members_cb,
-                                     x);
-        if (r != 0)
-            revoke_members_cb(r, NULL, 0, x);
+        imgw_store_group_get(cl->store, x->conv + 2, revoke_members_cb, x);
         return;
     }
     char peer[IMGW_JWT_MAX_USER];
@@ -932,9 +921,7 @@ revoke_msg_cb(int status, const imgw_store_msg_t *m, void *data)
         return;
     }
     snprintf(x->conv, sizeof(x->conv), "%s", m->conversation_id);
-    int r = imgw_store_revoke(cl->store, x->message_id, revoke_done_cb, x);
-    if (r != 0)
-        revoke_done_cb(r, x);
+    imgw_store_revoke(cl->store, x->message_id, revoke_done_cb, x);
 }
 
 void
@@ -958,7 +945,5 @@ imgw_msg_revoke(imgw_session_t *s, imgw_msg_in_t *in)
         free(x);
         return;
     }
-    int r = imgw_store_msg_get(s->cl->store, x->message_id, revoke_msg_cb, x);
-    if (r != 0)
-        revoke_msg_cb(r, NULL, x);
+    imgw_store_msg_get(s->cl->store, x->message_id, revoke_msg_cb, x);
 }
