@@ -144,7 +144,10 @@ typedef int64_t (*imgw__store_clock_fn)(void *arg);
 /**
  * Replaces the memory backend's clock (default: CLOCK_REALTIME in ms).
  * Call before any loop uses the store: the pointer is read without a lock.
- * fn NULL restores the default. No-op for other backends.
+ * fn NULL restores the default. No-op for other backends: a file store's
+ * clock is imgw__store_file_set_clock's (the file backend sits above the
+ * memory one, never the other way round; the memory hooks below take the
+ * memory store itself, imgw__store_file_inner() of a file store).
  */
 void imgw__store_mem_set_clock(imgw_store_t *s, imgw__store_clock_fn fn,
                                void *arg);
@@ -209,7 +212,8 @@ void imgw__store_mem_load_end(imgw__store_mem_loader_t *ld, uint64_t *max_id);
 
 /** The memory store inside a file store, or s itself for other backends. */
 imgw_store_t *imgw__store_file_inner(imgw_store_t *s);
-/** Sets the clock of a file store (the memory hook forwards here). */
+/** Sets the clock of a file store (it stamps its journal records and
+ * gives its memory store their times). */
 void imgw__store_file_set_clock(imgw_store_t *s, imgw__store_clock_fn fn,
                                 void *arg);
 /** Writes a snapshot and switches journals now, on the calling thread. */

@@ -191,19 +191,19 @@ done_cb(int status, void *data)
  * as its callback and data, and evaluates to the callback's status (-2:
  * the request function refused it, -1: no callback, -3: more than one).
  */
-#define DONE(f, call_with_cb)                                                \
-    ({                                                                       \
-        val_res_t r_ = {0, 12345, 0};                                        \
-        val_res_t *res = &r_;                                                \
-        int rc_ = (call_with_cb);                                            \
-        if (rc_ == 0) {                                                      \
-            sc_note_early(r_.calls);                                         \
-            if (!sc_wait((f), &r_.calls))                                    \
-                rc_ = -1;                                                    \
-        } else {                                                             \
-            rc_ = -2;                                                        \
-        }                                                                    \
-        rc_ == 0 ? (r_.calls == 1 ? r_.status : -3) : rc_;                   \
+#define DONE(f, call_with_cb)                                                  \
+    ({                                                                         \
+        val_res_t r_ = {0, 12345, 0};                                          \
+        val_res_t *res = &r_;                                                  \
+        int rc_ = (call_with_cb);                                              \
+        if (rc_ == 0) {                                                        \
+            sc_note_early(r_.calls);                                           \
+            if (!sc_wait((f), &r_.calls))                                      \
+                rc_ = -1;                                                      \
+        } else {                                                               \
+            rc_ = -2;                                                          \
+        }                                                                      \
+        rc_ == 0 ? (r_.calls == 1 ? r_.status : -3) : rc_;                     \
     })
 
 /* ---- messages, groups, routes ----------------------------------------- */
@@ -470,12 +470,11 @@ TEST(callbacks_later)
         imgw_store_route_set(sl, "a", "ios", "n1", 0, cnt_done, &st[n++]), 0);
     CHECK_EQ_INT(imgw_store_route_get(sl, "a", cnt_routes, &st[n++]), 0);
     CHECK_EQ_INT(imgw_store_route_get(sl, "a:", cnt_routes, &st[n++]), 0);
-    CHECK_EQ_INT(
-        imgw_store_route_refresh(sl, "a", 60, cnt_done, &st[n++]), 0);
-    CHECK_EQ_INT(
-        imgw_store_route_refresh(sl, "a\n", 60, cnt_done, &st[n++]), 0);
-    CHECK_EQ_INT(
-        imgw_store_route_del(sl, "a", "ios", "n2", cnt_done, &st[n++]), 0);
+    CHECK_EQ_INT(imgw_store_route_refresh(sl, "a", 60, cnt_done, &st[n++]), 0);
+    CHECK_EQ_INT(imgw_store_route_refresh(sl, "a\n", 60, cnt_done, &st[n++]),
+                 0);
+    CHECK_EQ_INT(imgw_store_route_del(sl, "a", "ios", "n2", cnt_done, &st[n++]),
+                 0);
     CHECK_EQ_INT(imgw_store_route_del(sl, "a", "", "n2", cnt_done, &st[n++]),
                  0);
     printf("  %d requests issued, %d callbacks ran before they returned\n", n,
@@ -539,9 +538,8 @@ TEST(results_are_the_request_time_state)
     int64_t s1[1];
     append_msg(&f, "", 1, "c", aa, 1, s1, NULL);
     append_msg(&f, "", 2, "c", aa, 1, s1, NULL);
-    CHECK_EQ_INT(DONE(&f, imgw_store_group_set(f.sl, "g1", m1, 2, done_cb,
-                                                res)),
-                 0);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_group_set(f.sl, "g1", m1, 2, done_cb, res)), 0);
     static sync_res_t sr;
     static grp_res_t gr;
     memset(&sr, 0, sizeof(sr));
@@ -552,9 +550,8 @@ TEST(results_are_the_request_time_state)
      * callbacks above have run. */
     append_msg(&f, "", 3, "c", aa, 1, s1, NULL);
     append_msg(&f, "", 4, "c", aa, 1, s1, NULL);
-    CHECK_EQ_INT(DONE(&f, imgw_store_group_set(f.sl, "g1", m2, 1, done_cb,
-                                                res)),
-                 0);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_group_set(f.sl, "g1", m2, 1, done_cb, res)), 0);
     sc_wait(&f, &sr.calls);
     sc_wait(&f, &gr.calls);
     CHECK(sr.calls == 1 && sr.status == 0 && sr.n == 2);
@@ -750,14 +747,14 @@ TEST(store_edge_ids)
     CHECK_EQ_INT(do_sync(&f, "a:x", 0, 0, 10)->status, IMGW_EINVAL);
     CHECK_EQ_INT(do_sync(&f, "b\n", 0, 0, 10)->status, IMGW_EINVAL);
     CHECK_EQ_INT(max_seq(&f, "a b"), -1000 + IMGW_EINVAL);
-    CHECK_EQ_INT(DONE(&f, imgw_store_set_delivered(f.sl, "a\x7f", "d", 1,
-                                                    done_cb, res)),
-                 IMGW_EINVAL);
-    CHECK_EQ_INT(DONE(&f, imgw_store_set_read(f.sl, "a:", "s_a_b", "1",
-                                               done_cb, res)),
-                 IMGW_EINVAL);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_set_delivered(f.sl, "a\x7f", "d", 1, done_cb, res)),
+        IMGW_EINVAL);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_set_read(f.sl, "a:", "s_a_b", "1", done_cb, res)),
+        IMGW_EINVAL);
     CHECK_EQ_INT(DONE(&f, imgw_store_set_read(f.sl, "a", "s_a_b", "1\x01",
-                                               done_cb, res)),
+                                              done_cb, res)),
                  IMGW_EINVAL);
     const char *mem_bad[] = {"a", "b\x01"};
     CHECK_EQ_INT(
@@ -769,7 +766,7 @@ TEST(store_edge_ids)
     CHECK_EQ_INT(DONE(&f, imgw_store_group_del(f.sl, "g/1", done_cb, res)),
                  IMGW_EINVAL);
     CHECK_EQ_INT(DONE(&f, imgw_store_route_set(f.sl, "a b", "ios", "n1", 60,
-                                                done_cb, res)),
+                                               done_cb, res)),
                  IMGW_EINVAL);
     CHECK_EQ_INT(
         DONE(&f, imgw_store_route_refresh(f.sl, "a\r", 60, done_cb, res)),

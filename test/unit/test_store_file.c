@@ -27,6 +27,8 @@
 
 #define TEST_STORE_BACKEND "file"
 #define TEST_STORE_NO_MAIN 1
+#define TEST_STORE_MEM_OF(s) imgw__store_file_inner(s)
+#define TEST_STORE_SET_CLOCK(s, fn, arg) imgw__store_file_set_clock(s, fn, arg)
 
 static char tdir[256];
 static int tdir_n;
@@ -204,9 +206,9 @@ check_filled(fx_t *f, const snap_t *before)
     CHECK_EQ_INT(group_get(f, "g2")->status, IMGW_ENOTFOUND);
     int64_t seq = 0;
     char buf[64] = "";
-    CHECK_EQ_INT(imgw__store_mem_get_delivered(f->s, "a", "phone", &seq), 0);
+    CHECK_EQ_INT(imgw__store_mem_get_delivered(TEST_STORE_MEM_OF(f->s), "a", "phone", &seq), 0);
     CHECK_EQ_INT(seq, 4);
-    CHECK_EQ_INT(imgw__store_mem_get_read(f->s, "b", "s_a_b", buf,
+    CHECK_EQ_INT(imgw__store_mem_get_read(TEST_STORE_MEM_OF(f->s), "b", "s_a_b", buf,
                                           sizeof(buf)),
                  0);
     CHECK_EQ_STR(buf, "5");

@@ -46,6 +46,16 @@ test_store_prep(imgw_store_cfg_t *cfg)
     (void)cfg;
 }
 #endif
+/*
+ * The memory engine's test hooks take the memory store itself; a file
+ * store holds one (store_impl.h), and test_store_file.c defines these to
+ * reach it. The backends depend on each other one way only: file on
+ * memory.
+ */
+#ifndef TEST_STORE_MEM_OF
+#define TEST_STORE_MEM_OF(s) (s)
+#define TEST_STORE_SET_CLOCK(s, fn, arg) imgw__store_mem_set_clock(s, fn, arg)
+#endif
 
 #define DAY_MS (86400LL * 1000)
 #define T0 1700000000000LL /* any fixed unix ms */
@@ -75,7 +85,7 @@ fx_open(fx_t *f, int retention_count, int retention_days, int dedupe_ttl)
         exit(2);
     }
     fake_now = T0;
-    imgw__store_mem_set_clock(f->s, fake_clock, NULL);
+    TEST_STORE_SET_CLOCK(f->s, fake_clock, NULL);
     if (imgw_store_loop_open(f->s, 0, NULL, &f->sl) != 0)
         exit(2);
 }
@@ -122,7 +132,7 @@ static imgw__store_mem_stats_t
 stats(fx_t *f)
 {
     imgw__store_mem_stats_t st;
-    imgw__store_mem_stats(f->s, &st);
+    imgw__store_mem_stats(TEST_STORE_MEM_OF(f->s), &st);
     return st;
 }
 
@@ -357,7 +367,7 @@ TEST(record_caps)
     test_store_prep(&cfg);
     CHECK_EQ_INT(imgw_store_open(&f.s, &cfg, err, sizeof(err)), 0);
     fake_now = T0;
-    imgw__store_mem_set_clock(f.s, fake_clock, NULL);
+    TEST_STORE_SET_CLOCK(f.s, fake_clock, NULL);
     CHECK_EQ_INT(imgw_store_loop_open(f.s, 0, NULL, &f.sl), 0);
 
     /* 40 senders (spread over the shards) x 100 messages, all in one
@@ -543,10 +553,10 @@ TEST(positions)
     char buf[64];
     CHECK_EQ_INT(DONE(&f, imgw_store_set_delivered(f.sl, "u", "d0", 5, done_cb, res)), 0);
     imgw_store_set_delivered(f.sl, "u", "d0", 3, NULL, NULL); /* older ack */
-    CHECK_EQ_INT(imgw__store_mem_get_delivered(f.s, "u", "d0", &seq), 0);
+    CHECK_EQ_INT(imgw__store_mem_get_delivered(TEST_STORE_MEM_OF(f.s), "u", "d0", &seq), 0);
     CHECK_EQ_INT(seq, 5);
     imgw_store_set_delivered(f.sl, "u", "d0", 9, NULL, NULL);
-    imgw__store_mem_get_delivered(f.s, "u", "d0", &seq);
+    imgw__store_mem_get_delivered(TEST_STORE_MEM_OF(f.s), "u", "d0", &seq);
     CHECK_EQ_INT(seq, 9);
     /* 20 devices: beyond 16 the least recently updated go: d0..d3. */
     for (int i = 1; i < 20; i++) {
@@ -555,18 +565,18 @@ TEST(positions)
         imgw_store_set_delivered(f.sl, "u", d, i, NULL, NULL);
     }
     CHECK_EQ_INT(stats(&f).devices, 16);
-    CHECK_EQ_INT(imgw__store_mem_get_delivered(f.s, "u", "d0", &seq),
+    CHECK_EQ_INT(imgw__store_mem_get_delivered(TEST_STORE_MEM_OF(f.s), "u", "d0", &seq),
                  IMGW_ENOTFOUND);
-    CHECK_EQ_INT(imgw__store_mem_get_delivered(f.s, "u", "d3", &seq),
+    CHECK_EQ_INT(imgw__store_mem_get_delivered(TEST_STORE_MEM_OF(f.s), "u", "d3", &seq),
                  IMGW_ENOTFOUND);
-    CHECK_EQ_INT(imgw__store_mem_get_delivered(f.s, "u", "d4", &seq), 0);
+    CHECK_EQ_INT(imgw__store_mem_get_delivered(TEST_STORE_MEM_OF(f.s), "u", "d4", &seq), 0);
     CHECK_EQ_INT(seq, 4);
-    CHECK_EQ_INT(imgw__store_mem_get_delivered(f.s, "u", "d19", &seq), 0);
+    CHECK_EQ_INT(imgw__store_mem_get_delivered(TEST_STORE_MEM_OF(f.s), "u", "d19", &seq), 0);
 
     /* Read positions: the last message id per conversation, 256 kept. */
     imgw_store_set_read(f.sl, "u", "s_u_v", "100", NULL, NULL);
     imgw_store_set_read(f.sl, "u", "s_u_v", "90", NULL, NULL);
-    CHECK_EQ_INT(imgw__store_mem_get_read(f.s, "u", "s_u_v", buf, sizeof(buf)),
+    CHECK_EQ_INT(imgw__store_mem_get_read(TEST_STORE_MEM_OF(f.s), "u", "s_u_v", buf, sizeof(buf)),
                  0);
     CHECK_EQ_STR(buf, "90");
     for (int i = 0; i < 300; i++) {
@@ -577,12 +587,12 @@ TEST(positions)
             imgw_store_set_read(f.sl, "u", "s_u_v", "91", NULL, NULL);
     }
     CHECK_EQ_INT(stats(&f).reads, 256);
-    CHECK_EQ_INT(imgw__store_mem_get_read(f.s, "u", "s_u_v", buf, sizeof(buf)),
+    CHECK_EQ_INT(imgw__store_mem_get_read(TEST_STORE_MEM_OF(f.s), "u", "s_u_v", buf, sizeof(buf)),
                  0);
     CHECK_EQ_STR(buf, "91");
-    CHECK_EQ_INT(imgw__store_mem_get_read(f.s, "u", "g_0", buf, sizeof(buf)),
+    CHECK_EQ_INT(imgw__store_mem_get_read(TEST_STORE_MEM_OF(f.s), "u", "g_0", buf, sizeof(buf)),
                  IMGW_ENOTFOUND);
-    CHECK_EQ_INT(imgw__store_mem_get_read(f.s, "u", "g_299", buf, sizeof(buf)),
+    CHECK_EQ_INT(imgw__store_mem_get_read(TEST_STORE_MEM_OF(f.s), "u", "g_299", buf, sizeof(buf)),
                  0);
     CHECK_EQ_INT(DONE(&f, imgw_store_set_read(f.sl, "u", "", "1", done_cb, res)), IMGW_EINVAL);
     CHECK_EQ_INT(DONE(&f, imgw_store_set_delivered(f.sl, "u", "d", -1, done_cb, res)), IMGW_EINVAL);
@@ -663,7 +673,7 @@ fx_open_cfg(fx_t *f, imgw_store_cfg_t *cfg)
         exit(2);
     }
     fake_now = T0;
-    imgw__store_mem_set_clock(f->s, fake_clock, NULL);
+    imgw__store_mem_set_clock(f->s, fake_clock, NULL); /* memory */
     if (imgw_store_loop_open(f->s, 0, NULL, &f->sl) != 0)
         exit(2);
 }
