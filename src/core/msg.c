@@ -621,8 +621,7 @@ imgw_msg_sync(imgw_session_t *s, imgw_msg_in_t *in)
     }
     x->ref = imgw_conn_ref(s->conn);
     x->sequence = in->sequence;
-    imgw_store_sync(s->cl->store, s->user, min_seq, max_seq, limit, sync_cb,
-                    x);
+    imgw_store_sync(s->cl->store, s->user, min_seq, max_seq, limit, sync_cb, x);
 }
 
 /* ---- conversation participants (receipts, typing) ------------------------ */

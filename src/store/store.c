@@ -128,7 +128,6 @@ imgw_store_close(imgw_store_t *s)
     free(s);
 }
 
-
 /* ---- completions --------------------------------------------------------- */
 
 /* Callbacks run per idle callback before the loop polls again: a chain of
@@ -217,8 +216,7 @@ rec_new(imgw_store_loop_t *sl, rec_kind_t kind, void *data)
     return q;
 }
 
-static void
-cq_idle_cb(uv_idle_t *h);
+static void cq_idle_cb(uv_idle_t *h);
 
 static void
 cq_push(struct imgw__store_cq_s *cq, rec_t *q)
@@ -716,8 +714,7 @@ imgw_store_set_delivered(imgw_store_loop_t *sl, const char *user,
         return done_refuse(q, IMGW_EINVAL);
     if (!done_open(sl, q))
         return 0;
-    return done_call(q,
-                     sl->be->set_delivered(sl, user, device, seq, cb, data));
+    return done_call(q, sl->be->set_delivered(sl, user, device, seq, cb, data));
 }
 
 int

@@ -2,8 +2,8 @@
  * test_store_file.c: the "file" backend. First the store contract suite
  * (store_contract.c) and the memory engine's cases of test_store_memory.c
  * against it (the file backend is the memory backend plus a journal, so
- * the engine's clock and counters are its too), then what only it does: state that
- * survives a close and reopen (timelines, seqs, revokes, dedupe keys,
+ * the engine's clock and counters are its too), then what only it does: state
+ * that survives a close and reopen (timelines, seqs, revokes, dedupe keys,
  * groups, positions, the time each entry was stored), a torn or corrupted
  * journal tail, snapshots (compaction) and a crash in the middle of one, a
  * damaged snapshot, the data directory lock, and a journal that cannot be
@@ -206,10 +206,12 @@ check_filled(fx_t *f, const snap_t *before)
     CHECK_EQ_INT(group_get(f, "g2")->status, IMGW_ENOTFOUND);
     int64_t seq = 0;
     char buf[64] = "";
-    CHECK_EQ_INT(imgw__store_mem_get_delivered(TEST_STORE_MEM_OF(f->s), "a", "phone", &seq), 0);
+    CHECK_EQ_INT(imgw__store_mem_get_delivered(TEST_STORE_MEM_OF(f->s), "a",
+                                               "phone", &seq),
+                 0);
     CHECK_EQ_INT(seq, 4);
-    CHECK_EQ_INT(imgw__store_mem_get_read(TEST_STORE_MEM_OF(f->s), "b", "s_a_b", buf,
-                                          sizeof(buf)),
+    CHECK_EQ_INT(imgw__store_mem_get_read(TEST_STORE_MEM_OF(f->s), "b", "s_a_b",
+                                          buf, sizeof(buf)),
                  0);
     CHECK_EQ_STR(buf, "5");
     /* New appends continue the seqs. */
@@ -498,9 +500,9 @@ TEST(write_failure)
     sc_wait(&f, &ar.calls);
     CHECK_EQ_INT(ar.status, IMGW_EBUSY);
     CHECK_EQ_INT(req.duplicate, 0);
-    CHECK_EQ_INT(DONE(&f, imgw_store_set_delivered(f.sl, "a", "d", 1, done_cb,
-                                                    res)),
-                 IMGW_EBUSY);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_set_delivered(f.sl, "a", "d", 1, done_cb, res)),
+        IMGW_EBUSY);
     fx_restart(&f, 1000, 7, 86400);
     CHECK_EQ_INT(imgw_store_loop_ready(f.sl), 1);
     CHECK_EQ_INT(max_seq(&f, "a"), 1);

@@ -343,7 +343,8 @@ TEST(revoke_and_msg_get)
     CHECK_EQ_INT(DONE(&f, imgw_store_revoke(f.sl, 77, done_cb, res)), 0);
     CHECK_EQ_INT(msg_get(&f, 77)->m.revoked, 1);
     CHECK_EQ_INT(msg_get(&f, 78)->m.revoked, 0);
-    CHECK_EQ_INT(DONE(&f, imgw_store_revoke(f.sl, 999, done_cb, res)), IMGW_ENOTFOUND);
+    CHECK_EQ_INT(DONE(&f, imgw_store_revoke(f.sl, 999, done_cb, res)),
+                 IMGW_ENOTFOUND);
     CHECK_EQ_INT(imgw_store_revoke(f.sl, 78, NULL, NULL), 0); /* cb NULL */
     for (int u = 0; u < 3; u++) {
         sync_res_t *sr = do_sync(&f, grp[u], 0, 0, 10);
@@ -352,7 +353,8 @@ TEST(revoke_and_msg_get)
     /* Metadata expires with retention_days. */
     fake_now = T0 + DAY_MS + 5;
     CHECK_EQ_INT(msg_get(&f, 77)->status, IMGW_ENOTFOUND);
-    CHECK_EQ_INT(DONE(&f, imgw_store_revoke(f.sl, 77, done_cb, res)), IMGW_ENOTFOUND);
+    CHECK_EQ_INT(DONE(&f, imgw_store_revoke(f.sl, 77, done_cb, res)),
+                 IMGW_ENOTFOUND);
     fx_close(&f);
 }
 
@@ -433,7 +435,8 @@ TEST(groups)
     fx_t f;
     fx_open(&f, 1000, 7, 86400);
     const char *m1[] = {"u1", "u2", "u1", "u3", "u2"};
-    CHECK_EQ_INT(DONE(&f, imgw_store_group_set(f.sl, "g1", m1, 5, done_cb, res)), 0);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_group_set(f.sl, "g1", m1, 5, done_cb, res)), 0);
     grp_res_t *r = group_get(&f, "g1");
     CHECK_EQ_INT(r->status, 0);
     CHECK_EQ_INT(r->n, 3); /* duplicates dropped, first order kept */
@@ -448,21 +451,27 @@ TEST(groups)
 
     CHECK_EQ_INT(DONE(&f, imgw_store_group_del(f.sl, "g1", done_cb, res)), 0);
     CHECK_EQ_INT(group_get(&f, "g1")->status, IMGW_ENOTFOUND);
-    CHECK_EQ_INT(DONE(&f, imgw_store_group_del(f.sl, "g1", done_cb, res)), IMGW_ENOTFOUND);
+    CHECK_EQ_INT(DONE(&f, imgw_store_group_del(f.sl, "g1", done_cb, res)),
+                 IMGW_ENOTFOUND);
 
     /* Bounds are refused up front, through the callback (later). */
     static const char *many[IMGW_STORE_MAX_GROUP + 1];
     for (int i = 0; i <= IMGW_STORE_MAX_GROUP; i++)
         many[i] = "x";
-    CHECK_EQ_INT(DONE(&f, imgw_store_group_set(f.sl, "g3", many,
-                                      IMGW_STORE_MAX_GROUP + 1, done_cb, res)), IMGW_ETOOBIG);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_group_set(f.sl, "g3", many,
+                                      IMGW_STORE_MAX_GROUP + 1, done_cb, res)),
+        IMGW_ETOOBIG);
     char longid[IMGW__STORE_ID_MAX + 2];
     memset(longid, 'y', sizeof(longid) - 1);
     longid[sizeof(longid) - 1] = '\0';
     const char *bad[] = {"ok", longid};
-    CHECK_EQ_INT(DONE(&f, imgw_store_group_set(f.sl, "g3", bad, 2, done_cb, res)), IMGW_EINVAL);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_group_set(f.sl, "g3", bad, 2, done_cb, res)),
+        IMGW_EINVAL);
     longid[IMGW__STORE_ID_MAX] = '\0'; /* exactly 127 bytes: fine */
-    CHECK_EQ_INT(DONE(&f, imgw_store_group_set(f.sl, "g3", bad, 2, done_cb, res)), 0);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_group_set(f.sl, "g3", bad, 2, done_cb, res)), 0);
     CHECK_EQ_INT(group_get(&f, "g3")->n, 2);
     const char *dup1000[IMGW_STORE_MAX_GROUP];
     for (int i = 0; i < IMGW_STORE_MAX_GROUP; i++)
@@ -470,7 +479,8 @@ TEST(groups)
     imgw_store_group_set(f.sl, "g4", dup1000, IMGW_STORE_MAX_GROUP, NULL, NULL);
     CHECK_EQ_INT(group_get(&f, "g4")->n, 1);
     /* An empty member set removes the group (as an empty Redis set). */
-    CHECK_EQ_INT(DONE(&f, imgw_store_group_set(f.sl, "g3", NULL, 0, done_cb, res)), 0);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_group_set(f.sl, "g3", NULL, 0, done_cb, res)), 0);
     CHECK_EQ_INT(group_get(&f, "g3")->status, IMGW_ENOTFOUND);
 
     /* Re-entrant callback replacing the group it is reading. */
@@ -492,7 +502,9 @@ TEST(routes)
 {
     fx_t f;
     fx_open(&f, 1000, 7, 86400);
-    CHECK_EQ_INT(DONE(&f, imgw_store_route_set(f.sl, "u", "ios", "b1", 30, done_cb, res)), 0);
+    CHECK_EQ_INT(DONE(&f, imgw_store_route_set(f.sl, "u", "ios", "b1", 30,
+                                               done_cb, res)),
+                 0);
     imgw_store_route_set(f.sl, "u", "web", "b2", 30, NULL, NULL);
     route_res_t *r = routes(&f, "u");
     CHECK_EQ_INT(r->n, 2);
@@ -502,7 +514,9 @@ TEST(routes)
     CHECK_EQ_INT(routes(&f, "nobody")->calls, 1);
 
     /* Delete only if it is still ours. */
-    CHECK_EQ_INT(DONE(&f, imgw_store_route_del(f.sl, "u", "ios", "b2", done_cb, res)), 0);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_route_del(f.sl, "u", "ios", "b2", done_cb, res)),
+        0);
     CHECK_EQ_STR(route_of(routes(&f, "u"), "ios"), "b1");
     imgw_store_route_del(f.sl, "u", "ios", "b1", NULL, NULL);
     r = routes(&f, "u");
@@ -528,7 +542,9 @@ TEST(routes)
     /* refresh does not resurrect what expired */
     imgw_store_route_refresh(f.sl, "v", 30, NULL, NULL);
     CHECK_EQ_INT(routes(&f, "v")->n, 0);
-    CHECK_EQ_INT(DONE(&f, imgw_store_route_set(f.sl, "v", "ios", "b1", 0, done_cb, res)), IMGW_EINVAL);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_route_set(f.sl, "v", "ios", "b1", 0, done_cb, res)),
+        IMGW_EINVAL);
 
     /* At most IMGW_STORE_MAX_ROUTES platforms: the soonest to expire goes. */
     for (int i = 0; i < IMGW_STORE_MAX_ROUTES + 4; i++) {
@@ -551,9 +567,13 @@ TEST(positions)
     fx_open(&f, 1000, 7, 86400);
     int64_t seq = 0;
     char buf[64];
-    CHECK_EQ_INT(DONE(&f, imgw_store_set_delivered(f.sl, "u", "d0", 5, done_cb, res)), 0);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_set_delivered(f.sl, "u", "d0", 5, done_cb, res)),
+        0);
     imgw_store_set_delivered(f.sl, "u", "d0", 3, NULL, NULL); /* older ack */
-    CHECK_EQ_INT(imgw__store_mem_get_delivered(TEST_STORE_MEM_OF(f.s), "u", "d0", &seq), 0);
+    CHECK_EQ_INT(
+        imgw__store_mem_get_delivered(TEST_STORE_MEM_OF(f.s), "u", "d0", &seq),
+        0);
     CHECK_EQ_INT(seq, 5);
     imgw_store_set_delivered(f.sl, "u", "d0", 9, NULL, NULL);
     imgw__store_mem_get_delivered(TEST_STORE_MEM_OF(f.s), "u", "d0", &seq);
@@ -565,18 +585,25 @@ TEST(positions)
         imgw_store_set_delivered(f.sl, "u", d, i, NULL, NULL);
     }
     CHECK_EQ_INT(stats(&f).devices, 16);
-    CHECK_EQ_INT(imgw__store_mem_get_delivered(TEST_STORE_MEM_OF(f.s), "u", "d0", &seq),
-                 IMGW_ENOTFOUND);
-    CHECK_EQ_INT(imgw__store_mem_get_delivered(TEST_STORE_MEM_OF(f.s), "u", "d3", &seq),
-                 IMGW_ENOTFOUND);
-    CHECK_EQ_INT(imgw__store_mem_get_delivered(TEST_STORE_MEM_OF(f.s), "u", "d4", &seq), 0);
+    CHECK_EQ_INT(
+        imgw__store_mem_get_delivered(TEST_STORE_MEM_OF(f.s), "u", "d0", &seq),
+        IMGW_ENOTFOUND);
+    CHECK_EQ_INT(
+        imgw__store_mem_get_delivered(TEST_STORE_MEM_OF(f.s), "u", "d3", &seq),
+        IMGW_ENOTFOUND);
+    CHECK_EQ_INT(
+        imgw__store_mem_get_delivered(TEST_STORE_MEM_OF(f.s), "u", "d4", &seq),
+        0);
     CHECK_EQ_INT(seq, 4);
-    CHECK_EQ_INT(imgw__store_mem_get_delivered(TEST_STORE_MEM_OF(f.s), "u", "d19", &seq), 0);
+    CHECK_EQ_INT(
+        imgw__store_mem_get_delivered(TEST_STORE_MEM_OF(f.s), "u", "d19", &seq),
+        0);
 
     /* Read positions: the last message id per conversation, 256 kept. */
     imgw_store_set_read(f.sl, "u", "s_u_v", "100", NULL, NULL);
     imgw_store_set_read(f.sl, "u", "s_u_v", "90", NULL, NULL);
-    CHECK_EQ_INT(imgw__store_mem_get_read(TEST_STORE_MEM_OF(f.s), "u", "s_u_v", buf, sizeof(buf)),
+    CHECK_EQ_INT(imgw__store_mem_get_read(TEST_STORE_MEM_OF(f.s), "u", "s_u_v",
+                                          buf, sizeof(buf)),
                  0);
     CHECK_EQ_STR(buf, "90");
     for (int i = 0; i < 300; i++) {
@@ -587,15 +614,22 @@ TEST(positions)
             imgw_store_set_read(f.sl, "u", "s_u_v", "91", NULL, NULL);
     }
     CHECK_EQ_INT(stats(&f).reads, 256);
-    CHECK_EQ_INT(imgw__store_mem_get_read(TEST_STORE_MEM_OF(f.s), "u", "s_u_v", buf, sizeof(buf)),
+    CHECK_EQ_INT(imgw__store_mem_get_read(TEST_STORE_MEM_OF(f.s), "u", "s_u_v",
+                                          buf, sizeof(buf)),
                  0);
     CHECK_EQ_STR(buf, "91");
-    CHECK_EQ_INT(imgw__store_mem_get_read(TEST_STORE_MEM_OF(f.s), "u", "g_0", buf, sizeof(buf)),
+    CHECK_EQ_INT(imgw__store_mem_get_read(TEST_STORE_MEM_OF(f.s), "u", "g_0",
+                                          buf, sizeof(buf)),
                  IMGW_ENOTFOUND);
-    CHECK_EQ_INT(imgw__store_mem_get_read(TEST_STORE_MEM_OF(f.s), "u", "g_299", buf, sizeof(buf)),
+    CHECK_EQ_INT(imgw__store_mem_get_read(TEST_STORE_MEM_OF(f.s), "u", "g_299",
+                                          buf, sizeof(buf)),
                  0);
-    CHECK_EQ_INT(DONE(&f, imgw_store_set_read(f.sl, "u", "", "1", done_cb, res)), IMGW_EINVAL);
-    CHECK_EQ_INT(DONE(&f, imgw_store_set_delivered(f.sl, "u", "d", -1, done_cb, res)), IMGW_EINVAL);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_set_read(f.sl, "u", "", "1", done_cb, res)),
+        IMGW_EINVAL);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_set_delivered(f.sl, "u", "d", -1, done_cb, res)),
+        IMGW_EINVAL);
     fx_close(&f);
 }
 
@@ -735,7 +769,7 @@ TEST(store_edge_ids_no_records)
     CHECK_EQ_INT(append_msg(&f, "", 1, "c", ctl, 2, s2, NULL), IMGW_EINVAL);
     CHECK_EQ_INT(append_msg(&f, "a b", 1, "c", ok, 2, s2, NULL), IMGW_EINVAL);
     CHECK_EQ_INT(DONE(&f, imgw_store_route_set(f.sl, "a b", "ios", "n1", 60,
-                                                done_cb, res)),
+                                               done_cb, res)),
                  IMGW_EINVAL);
     CHECK_EQ_INT(stats(&f).users, 0); /* nothing was created */
     CHECK_EQ_INT(append_msg(&f, "k:1/2", 1, "c", ok, 2, s2, NULL), 0);
@@ -763,9 +797,14 @@ TEST(user_cap)
     CHECK_EQ_INT(append_msg(&f, "", 3, "c", ad, 2, s2, NULL), IMGW_EBUSY);
     CHECK_EQ_INT(max_seq(&f, "a"), 2); /* nothing of message 3 */
     CHECK_EQ_INT(max_seq(&f, "d"), 0);
-    CHECK_EQ_INT(DONE(&f, imgw_store_route_set(f.sl, "e", "ios", "n1", 60, done_cb, res)), IMGW_EBUSY);
-    CHECK_EQ_INT(DONE(&f, imgw_store_set_delivered(f.sl, "e", "d", 1, done_cb, res)), IMGW_EBUSY);
-    CHECK_EQ_INT(DONE(&f, imgw_store_set_delivered(f.sl, "a", "d", 1, done_cb, res)), 0);
+    CHECK_EQ_INT(DONE(&f, imgw_store_route_set(f.sl, "e", "ios", "n1", 60,
+                                               done_cb, res)),
+                 IMGW_EBUSY);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_set_delivered(f.sl, "e", "d", 1, done_cb, res)),
+        IMGW_EBUSY);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_set_delivered(f.sl, "a", "d", 1, done_cb, res)), 0);
     CHECK_EQ_INT(append_msg(&f, "", 4, "c", ab, 2, s2, NULL), 0);
     CHECK_EQ_INT(imgw_store_stats(f.s, &st), 0);
     printf("  users %zu / %zu, refused %llu\n", st.users, st.max_users,
@@ -819,7 +858,9 @@ TEST(seq_idle_expiry)
     CHECK_EQ_INT(s2[0], 3); /* a: never reused a seq */
     CHECK_EQ_INT(s2[1], 1); /* b: started again */
     /* Heartbeats (route refresh) keep a quiet online user's counter. */
-    CHECK_EQ_INT(DONE(&f, imgw_store_route_set(f.sl, "a", "ios", "n1", 60, done_cb, res)), 0);
+    CHECK_EQ_INT(DONE(&f, imgw_store_route_set(f.sl, "a", "ios", "n1", 60,
+                                               done_cb, res)),
+                 0);
     for (int d = 0; d < 8; d++) {
         fake_now += DAY_MS;
         imgw_store_route_refresh(f.sl, "a", 86400 * 2, NULL, NULL);
@@ -923,8 +964,8 @@ TEST(failmalloc)
                 r = do_sync(&f, "a", 0, 0, 100)->status;
                 break;
             case 4:
-                r = DONE(&f, imgw_store_group_set(f.sl, "g", grp, ng, done_cb,
-                                                  res));
+                r = DONE(
+                    &f, imgw_store_group_set(f.sl, "g", grp, ng, done_cb, res));
                 break;
             case 5:
                 r = DONE(&f, imgw_store_route_set(f.sl, "nn", "ios", "b", 60,

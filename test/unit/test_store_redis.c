@@ -496,7 +496,9 @@ TEST(dedupe_key_collision_keys)
     CHECK_EQ_INT(append_msg(&f, "a b", 6, "x", ab, 2, s2, NULL), IMGW_EINVAL);
     CHECK_EQ_INT(do_sync(&f, "a b", 0, 0, 10)->status, IMGW_EINVAL);
     CHECK_EQ_INT(max_seq(&f, "a:"), -1000 + IMGW_EINVAL);
-    CHECK_EQ_INT(DONE(&f, imgw_store_group_set(f.sl, "g*", ab, 2, done_cb, res)), IMGW_EINVAL);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_group_set(f.sl, "g*", ab, 2, done_cb, res)),
+        IMGW_EINVAL);
     CHECK_EQ_INT(rc_int("EXISTS IM-MSG-6"), 0);
     fx_close(&f);
 }
@@ -527,8 +529,8 @@ TEST(seq_ttl)
     CHECK_EQ_INT(do_sync(&f, "a", 0, 0, 10)->n, 1);
     CHECK(rc_int("PTTL IM-SEQ-a") > full - 60000);
     freeReplyObject(redisCommand(RC, "PEXPIRE IM-SEQ-a 100000"));
-    CHECK_EQ_INT(DONE(&f, imgw_store_route_refresh(f.sl, "a", 60, done_cb, res)),
-                 0);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_route_refresh(f.sl, "a", 60, done_cb, res)), 0);
     CHECK(rc_int("PTTL IM-SEQ-a") > full - 60000);
     /* Unknown users: no key appears. */
     CHECK_EQ_INT(max_seq(&f, "ghost"), 0);
@@ -601,8 +603,8 @@ TEST(groups)
     fx_t f;
     fx_open(&f, 1000, 86400);
     const char *m1[] = {"u1", "u2", "u1", "u3", "u2"};
-    CHECK_EQ_INT(DONE(&f, imgw_store_group_set(f.sl, "g1", m1, 5, done_cb, res)),
-                 0);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_group_set(f.sl, "g1", m1, 5, done_cb, res)), 0);
     grp_res_t *r = group_get(&f, "g1");
     CHECK_EQ_INT(r->status, 0);
     CHECK_EQ_INT(r->n, 3);
@@ -611,8 +613,8 @@ TEST(groups)
     CHECK_EQ_STR(r->m[2], "u3");
     CHECK_EQ_STR(rc_str("TYPE IM-GROUP-g1"), "set");
     const char *m2[] = {"u9"};
-    CHECK_EQ_INT(DONE(&f, imgw_store_group_set(f.sl, "g1", m2, 1, done_cb, res)),
-                 0);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_group_set(f.sl, "g1", m2, 1, done_cb, res)), 0);
     r = group_get(&f, "g1");
     CHECK(r->n == 1 && strcmp(r->m[0], "u9") == 0);
     CHECK_EQ_INT(group_get(&f, "g2")->status, IMGW_ENOTFOUND);
@@ -627,16 +629,18 @@ TEST(groups)
         snprintf(names[i], sizeof(names[i]), "m%d", i);
         many[i] = names[i];
     }
-    CHECK_EQ_INT(DONE(&f, imgw_store_group_set(
-                     f.sl, "g3", many, IMGW_STORE_MAX_GROUP + 1, done_cb, res)),
-                 IMGW_ETOOBIG);
-    CHECK_EQ_INT(DONE(&f, imgw_store_group_set(f.sl, "g3", many,
-                                           IMGW_STORE_MAX_GROUP, done_cb, res)),
-                 0);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_group_set(f.sl, "g3", many,
+                                      IMGW_STORE_MAX_GROUP + 1, done_cb, res)),
+        IMGW_ETOOBIG);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_group_set(f.sl, "g3", many, IMGW_STORE_MAX_GROUP,
+                                      done_cb, res)),
+        0);
     CHECK_EQ_INT(group_get(&f, "g3")->n, IMGW_STORE_MAX_GROUP);
     /* n = 0 removes the group. */
-    CHECK_EQ_INT(DONE(&f, imgw_store_group_set(f.sl, "g3", NULL, 0, done_cb, res)),
-                 0);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_group_set(f.sl, "g3", NULL, 0, done_cb, res)), 0);
     CHECK_EQ_INT(group_get(&f, "g3")->status, IMGW_ENOTFOUND);
     CHECK_EQ_INT(rc_int("EXISTS IM-GROUP-g3"), 0);
 
@@ -657,9 +661,9 @@ TEST(routes)
 {
     fx_t f;
     fx_open(&f, 1000, 86400);
-    CHECK_EQ_INT(
-        DONE(&f, imgw_store_route_set(f.sl, "u", "ios", "b1", 30, done_cb, res)),
-        0);
+    CHECK_EQ_INT(DONE(&f, imgw_store_route_set(f.sl, "u", "ios", "b1", 30,
+                                               done_cb, res)),
+                 0);
     imgw_store_route_set(f.sl, "u", "web", "b2", 30, NULL, NULL);
     route_res_t *r = routes(&f, "u");
     CHECK_EQ_INT(r->n, 2);
@@ -673,7 +677,8 @@ TEST(routes)
     CHECK(ttl > 25 && ttl <= 30);
 
     CHECK_EQ_INT(
-        DONE(&f, imgw_store_route_del(f.sl, "u", "ios", "b2", done_cb, res)), 0);
+        DONE(&f, imgw_store_route_del(f.sl, "u", "ios", "b2", done_cb, res)),
+        0);
     CHECK_EQ_STR(route_of(routes(&f, "u"), "ios"), "b1");
     imgw_store_route_del(f.sl, "u", "ios", "b1", NULL, NULL);
     r = routes(&f, "u");
@@ -698,11 +703,13 @@ TEST(routes)
     CHECK_EQ_INT(routes(&f, "x")->n, 1);
     sleep_loop(1100);
     CHECK_EQ_INT(routes(&f, "x")->n, 0);
-    CHECK_EQ_INT(DONE(&f, imgw_store_route_refresh(f.sl, "x", 30, done_cb, res)),
-                 0);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_route_refresh(f.sl, "x", 30, done_cb, res)), 0);
     CHECK_EQ_INT(routes(&f, "x")->n, 0);
     CHECK_EQ_INT(rc_int("EXISTS IM-USER-x"), 0);
-    CHECK_EQ_INT(DONE(&f, imgw_store_route_set(f.sl, "v", "ios", "b1", 0, done_cb, res)), IMGW_EINVAL);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_route_set(f.sl, "v", "ios", "b1", 0, done_cb, res)),
+        IMGW_EINVAL);
 
     /* At most IMGW_STORE_MAX_ROUTES platforms: the first added go. */
     for (int i = 0; i < IMGW_STORE_MAX_ROUTES + 4; i++) {
@@ -724,20 +731,22 @@ TEST(positions)
     fx_t f;
     fx_open(&f, 1000, 86400);
     CHECK_EQ_INT(
-        DONE(&f, imgw_store_set_delivered(f.sl, "u", "d0", 5, done_cb, res)), 0);
+        DONE(&f, imgw_store_set_delivered(f.sl, "u", "d0", 5, done_cb, res)),
+        0);
     imgw_store_set_delivered(f.sl, "u", "d0", 3, NULL, NULL);
     CHECK_EQ_STR(position("IM-POS-u", "d0"), "5");
     CHECK_EQ_INT(
-        DONE(&f, imgw_store_set_delivered(f.sl, "u", "d0", 9, done_cb, res)), 0);
+        DONE(&f, imgw_store_set_delivered(f.sl, "u", "d0", 9, done_cb, res)),
+        0);
     CHECK_EQ_STR(position("IM-POS-u", "d0"), "9");
     for (int i = 1; i < 20; i++) {
         char d[16];
         snprintf(d, sizeof(d), "d%d", i);
         imgw_store_set_delivered(f.sl, "u", d, i, NULL, NULL);
     }
-    CHECK_EQ_INT(DONE(&f, imgw_store_set_delivered(f.sl, "u", "d19", 19, done_cb,
-                                               res)),
-                 0);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_set_delivered(f.sl, "u", "d19", 19, done_cb, res)),
+        0);
     CHECK_EQ_INT(rc_int("HLEN IM-POS-u"), 16 + 1); /* + the stamp field */
     CHECK_EQ_STR(position("IM-POS-u", "d0"), "(nil)");
     CHECK_EQ_STR(position("IM-POS-u", "d3"), "(nil)");
@@ -748,7 +757,8 @@ TEST(positions)
 
     imgw_store_set_read(f.sl, "u", "s_u_v", "100", NULL, NULL);
     CHECK_EQ_INT(
-        DONE(&f, imgw_store_set_read(f.sl, "u", "s_u_v", "90", done_cb, res)), 0);
+        DONE(&f, imgw_store_set_read(f.sl, "u", "s_u_v", "90", done_cb, res)),
+        0);
     CHECK_EQ_STR(position("IM-READ-u", "s_u_v"), "90");
     for (int i = 0; i < 300; i++) {
         char c[16];
@@ -757,14 +767,16 @@ TEST(positions)
         if (i == 100)
             imgw_store_set_read(f.sl, "u", "s_u_v", "91", NULL, NULL);
     }
-    CHECK_EQ_INT(DONE(&f, imgw_store_set_read(f.sl, "u", "g_299", "1", done_cb,
-                                          res)),
-                 0);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_set_read(f.sl, "u", "g_299", "1", done_cb, res)),
+        0);
     CHECK_EQ_INT(rc_int("HLEN IM-READ-u"), 256 + 1);
     CHECK_EQ_STR(position("IM-READ-u", "s_u_v"), "91");
     CHECK_EQ_STR(position("IM-READ-u", "g_0"), "(nil)");
     CHECK_EQ_STR(position("IM-READ-u", "g_299"), "1");
-    CHECK_EQ_INT(DONE(&f, imgw_store_set_read(f.sl, "u", "", "1", done_cb, res)), IMGW_EINVAL);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_set_read(f.sl, "u", "", "1", done_cb, res)),
+        IMGW_EINVAL);
     fx_close(&f);
 }
 
@@ -1181,8 +1193,8 @@ TEST(outage)
     for (uint64_t i = 1; i <= 5; i++)
         CHECK_EQ_INT(append_msg(&f, "", i, "s", ab, 2, s2, NULL), 0);
     const char *gm[] = {"oa", "ob"};
-    CHECK_EQ_INT(DONE(&f, imgw_store_group_set(f.sl, "og", gm, 2, done_cb, res)),
-                 0);
+    CHECK_EQ_INT(
+        DONE(&f, imgw_store_group_set(f.sl, "og", gm, 2, done_cb, res)), 0);
 
     /* Phase 1: Redis goes away. */
     CHECK(await_line("KILL_NOW", "killed", 20000));
