@@ -51,14 +51,14 @@ typedef struct co_held_s {
 } co_held_t;
 
 typedef struct co_entry_s {
-    struct co_entry_s *hnext;        /* bucket chain */
-    struct co_entry_s *prev, *next;  /* FIFO of its kind */
+    struct co_entry_s *hnext;       /* bucket chain */
+    struct co_entry_s *prev, *next; /* FIFO of its kind */
     uint64_t hash;
-    uint64_t end_ms;  /* uv_now() when the window ends */
-    uint64_t pos;     /* receipts: highest id pushed or held this window */
-    co_held_t *held;  /* NULL = nothing to push at end_ms */
+    uint64_t end_ms; /* uv_now() when the window ends */
+    uint64_t pos;    /* receipts: highest id pushed or held this window */
+    co_held_t *held; /* NULL = nothing to push at end_ms */
     uint8_t kind;
-    size_t ulen;      /* strlen(user); the conversation follows its NUL */
+    size_t ulen; /* strlen(user); the conversation follows its NUL */
     char key[];
 } co_entry_t;
 
@@ -100,7 +100,7 @@ co_interval(int kind)
 {
     const imgw_config_t *cfg = co->cl->node->cfg;
     return (uint64_t)(kind == IMGW_COALESCE_TYPING ? cfg->typing_interval_ms
-                                                  : cfg->receipt_interval_ms);
+                                                   : cfg->receipt_interval_ms);
 }
 
 /* ---- the FIFOs and the timer -------------------------------------------- */
@@ -233,8 +233,8 @@ receipt_pos(const im_ReadReceiptPush *p)
 {
     uint64_t pos = 0, id;
     for (pb_size_t i = 0; i < p->message_ids_count; i++)
-        if (imgw_id_parse(p->message_ids[i], strlen(p->message_ids[i]),
-                          &id) == 0 &&
+        if (imgw_id_parse(p->message_ids[i], strlen(p->message_ids[i]), &id) ==
+                0 &&
             id > pos)
             pos = id;
     return pos;
@@ -331,8 +331,7 @@ imgw_coalesce_offer(imgw_core_loop_t *cl, int kind, const char *user,
         return IMGW_COALESCE_NOW;
     size_t ulen = strlen(user), clen = strlen(conv);
     uint64_t h = co_hash(user, ulen, conv, clen);
-    uint64_t pos =
-        kind == IMGW_COALESCE_RECEIPT ? receipt_pos(&body->read) : 0;
+    uint64_t pos = kind == IMGW_COALESCE_RECEIPT ? receipt_pos(&body->read) : 0;
     co_entry_t **pp = co_find(h, kind, user, ulen, conv, clen);
     co_entry_t *e = *pp;
     if (e == NULL) {

@@ -13,10 +13,10 @@ enum { IMGW_COALESCE_RECEIPT = 0, IMGW_COALESCE_TYPING = 1 };
 
 /* What imgw_coalesce_offer decided. */
 enum {
-    IMGW_COALESCE_NOW = 0,  /* push it now: a new window opened */
-    IMGW_COALESCE_HELD,     /* kept as the window's push, sent at its end */
-    IMGW_COALESCE_COVERED   /* a receipt at or behind the position already
-                               pushed or held in this window: nothing */
+    IMGW_COALESCE_NOW = 0, /* push it now: a new window opened */
+    IMGW_COALESCE_HELD,    /* kept as the window's push, sent at its end */
+    IMGW_COALESCE_COVERED  /* a receipt at or behind the position already
+                              pushed or held in this window: nothing */
 };
 
 /*

@@ -42,11 +42,11 @@ static int
 user_budget(imgw_session_t *s, int which)
 {
     const imgw_config_t *cfg = s->cl->node->cfg;
-    double rate = which == IMGW_USERMAP_BUDGET_SEND
-                      ? (cfg->user_send_rate ? cfg->user_send_rate
-                                             : 2.0 * cfg->send_rate)
-                      : (cfg->user_receipt_rate ? cfg->user_receipt_rate
-                                                : (double)cfg->send_rate);
+    double rate =
+        which == IMGW_USERMAP_BUDGET_SEND
+            ? (cfg->user_send_rate ? cfg->user_send_rate : 2.0 * cfg->send_rate)
+            : (cfg->user_receipt_rate ? cfg->user_receipt_rate
+                                      : (double)cfg->send_rate);
     return imgw_usermap_take(s->cl->node->users, s->user, which, rate,
                              2.0 * rate, imgw_loop_now_ms(s->cl->loop));
 }
@@ -254,8 +254,8 @@ group_members_cb(int status, const char *const *members, size_t n,
     } else if (status != 0) {
         code = im_ErrorCode_ERR_SERVER_BUSY;
         why = "store unavailable";
-    } else if ((u = imgw_uniq_build(&uniq, sender, members, n, &k,
-                                    &member)) == NULL) {
+    } else if ((u = imgw_uniq_build(&uniq, sender, members, n, &k, &member)) ==
+               NULL) {
         code = im_ErrorCode_ERR_SERVER_BUSY;
         why = "out of memory";
     } else if (!member) {
@@ -570,7 +570,7 @@ imgw_msg_sync(imgw_session_t *s, imgw_msg_in_t *in)
  * push goes out later); pushes of held requests (flush) skip steps 1-3.
  */
 typedef struct conv_ctx_s {
-    imgw_conn_ref_t ref;   /* the requesting connection (excluded) */
+    imgw_conn_ref_t ref; /* the requesting connection (excluded) */
     uint32_t sequence;
     int command;           /* the request */
     int flush;             /* 1: only push body (accepted before) */
@@ -579,7 +579,7 @@ typedef struct conv_ctx_s {
     imgw_push_body_t body; /* the push to send */
     char user[IMGW_JWT_MAX_USER];
     char conv[264];
-    uint64_t pos;          /* receipts: the highest message id */
+    uint64_t pos; /* receipts: the highest message id */
 } conv_ctx_t;
 
 static int
@@ -640,8 +640,8 @@ conv_push_start(imgw_core_loop_t *cl, conv_ctx_t *x)
 {
     if (strncmp(x->conv, "g_", 2) == 0) {
         x->flush = 1;
-        int r = imgw_store_group_get(cl->store, x->conv + 2, conv_members_cb,
-                                     x);
+        int r =
+            imgw_store_group_get(cl->store, x->conv + 2, conv_members_cb, x);
         if (r != 0)
             conv_members_cb(r, NULL, 0, x);
         return;
@@ -649,9 +649,8 @@ conv_push_start(imgw_core_loop_t *cl, conv_ctx_t *x)
     char peer[IMGW_JWT_MAX_USER];
     const char *users[2] = {x->user, peer};
     if (conv_peer(x->conv, x->user, peer, sizeof(peer)) == 0)
-        conv_push(cl, x, users, strcmp(x->user, peer) == 0 && is_receipt(x)
-                                    ? 1
-                                    : 2);
+        conv_push(cl, x, users,
+                  strcmp(x->user, peer) == 0 && is_receipt(x) ? 1 : 2);
     free(x);
 }
 
@@ -755,8 +754,8 @@ conv_members_cb(int status, const char *const *members, size_t n, void *data)
                    "no such group");
     } else if (status != 0) {
         conv_reply(cl, x, im_ErrorCode_ERR_SERVER_BUSY, "store unavailable");
-    } else if ((u = imgw_uniq_build(&uniq, x->user, members, n, &k,
-                                    &member)) == NULL) {
+    } else if ((u = imgw_uniq_build(&uniq, x->user, members, n, &k, &member)) ==
+               NULL) {
         conv_reply(cl, x, im_ErrorCode_ERR_SERVER_BUSY, "out of memory");
     } else if (!member) {
         /* A held push of a user who has left the group is dropped. */

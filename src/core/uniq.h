@@ -16,14 +16,17 @@
 #include <stdint.h>
 
 typedef struct imgw_uniq_s {
-    uint64_t *slots_;    /* hash (high 32) | list index + 1 (low 32); 0 =
-                            empty. nslots_ is a power of two */
+    uint64_t *slots_; /* hash (high 32) | list index + 1 (low 32); 0 =
+                         empty. nslots_ is a power of two */
     size_t nslots_;
-    const char **list_;  /* the result; room for list_cap_ */
+    const char **list_; /* the result; room for list_cap_ */
     size_t list_cap_;
 } imgw_uniq_t;
 
-#define IMGW_UNIQ_INIT {NULL, 0, NULL, 0}
+#define IMGW_UNIQ_INIT                                                         \
+    {                                                                          \
+        NULL, 0, NULL, 0                                                       \
+    }
 
 /*
  * Builds the distinct strings of first (when not NULL) followed by

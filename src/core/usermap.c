@@ -14,11 +14,11 @@
  * Memory: one allocation per user, holding the entry header, room for
  * `cap` connections (1, 2, 4, 8 or 16, grown on demand), the user's rate
  * buckets and the user id, so a user with one connection costs about 100
- * bytes plus its share of the bucket array. An entry is freed as soon as its last connection goes.
- * Bucket arrays double when a shard holds more users than buckets and
- * halve when it holds fewer than a quarter (hysteresis, so a shard at the
- * boundary does not flap); a failed resize is ignored: the table is still
- * correct, only its chains are longer.
+ * bytes plus its share of the bucket array. An entry is freed as soon as its
+ * last connection goes. Bucket arrays double when a shard holds more users than
+ * buckets and halve when it holds fewer than a quarter (hysteresis, so a shard
+ * at the boundary does not flap); a failed resize is ignored: the table is
+ * still correct, only its chains are longer.
  *
  * The hash is FNV-1a with a 64-bit finaliser (FNV's high bits mix poorly
  * on short keys). It is unseeded: user ids come from tokens the operator's

@@ -591,26 +591,24 @@ TEST(user_budget)
     CHECK_EQ_INT(imgw_usermap_add(m, "v", "Web", mkref(2, 1, 1), NULL), 0);
     int taken = 0;
     for (int i = 0; i < 10; i++)
-        taken += imgw_usermap_take(m, "u", IMGW_USERMAP_BUDGET_SEND, 2.0, 4.0,
-                                   1000);
+        taken +=
+            imgw_usermap_take(m, "u", IMGW_USERMAP_BUDGET_SEND, 2.0, 4.0, 1000);
     CHECK_EQ_INT(taken, 4); /* the burst, shared by both connections */
     /* other budgets and other users are separate */
-    CHECK_EQ_INT(imgw_usermap_take(m, "u", IMGW_USERMAP_BUDGET_RECEIPT, 2.0,
-                                   4.0, 1000),
-                 1);
-    CHECK_EQ_INT(imgw_usermap_take(m, "v", IMGW_USERMAP_BUDGET_SEND, 2.0, 4.0,
-                                   1000),
-                 1);
+    CHECK_EQ_INT(
+        imgw_usermap_take(m, "u", IMGW_USERMAP_BUDGET_RECEIPT, 2.0, 4.0, 1000),
+        1);
+    CHECK_EQ_INT(
+        imgw_usermap_take(m, "v", IMGW_USERMAP_BUDGET_SEND, 2.0, 4.0, 1000), 1);
     /* 1 s later: rate 2 -> two more */
     taken = 0;
     for (int i = 0; i < 10; i++)
-        taken += imgw_usermap_take(m, "u", IMGW_USERMAP_BUDGET_SEND, 2.0, 4.0,
-                                   2000);
+        taken +=
+            imgw_usermap_take(m, "u", IMGW_USERMAP_BUDGET_SEND, 2.0, 4.0, 2000);
     CHECK_EQ_INT(taken, 2);
     /* a clock behind the last refill adds nothing */
-    CHECK_EQ_INT(imgw_usermap_take(m, "u", IMGW_USERMAP_BUDGET_SEND, 2.0, 4.0,
-                                   1500),
-                 0);
+    CHECK_EQ_INT(
+        imgw_usermap_take(m, "u", IMGW_USERMAP_BUDGET_SEND, 2.0, 4.0, 1500), 0);
     /* long idle: capped at the burst */
     taken = 0;
     for (int i = 0; i < 10; i++)
@@ -619,13 +617,13 @@ TEST(user_budget)
     CHECK_EQ_INT(taken, 4);
     /* the bucket survives a connection growing the entry (realloc) */
     CHECK_EQ_INT(imgw_usermap_add(m, "u", "Android", mkref(3, 1, 1), NULL), 0);
-    CHECK_EQ_INT(imgw_usermap_take(m, "u", IMGW_USERMAP_BUDGET_SEND, 2.0, 4.0,
-                                   100000),
-                 0);
+    CHECK_EQ_INT(
+        imgw_usermap_take(m, "u", IMGW_USERMAP_BUDGET_SEND, 2.0, 4.0, 100000),
+        0);
     /* not in the map: not charged */
-    CHECK_EQ_INT(imgw_usermap_take(m, "nobody", IMGW_USERMAP_BUDGET_SEND, 0.0,
-                                   0.0, 1),
-                 1);
+    CHECK_EQ_INT(
+        imgw_usermap_take(m, "nobody", IMGW_USERMAP_BUDGET_SEND, 0.0, 0.0, 1),
+        1);
     imgw_usermap_free(m);
 }
 
