@@ -24,6 +24,7 @@ import pytest
 import imgw_harness as H
 from msg_helpers import (DENIED, OK, MClient, close_all, mserver,  # noqa: F401
                          single_conv, store_backend, uid)
+from services import rabbitmq_server, redis_server  # noqa: F401
 
 SECRET = "hook-secret-for-tests-0123456789"
 BUSY = H.ERR.Value("ERR_SERVER_BUSY")
@@ -441,3 +442,71 @@ def test_non_utf8_downlink_refused(mserver):
     assert r.status == 400
     ok = http_json(s.port, "POST", "/api/push", raw_body=raw.replace(b"\xff", b"\xc3\xa9"))
     assert ok.status == 200, ok
+
+
+# ---- cluster (Redis + RabbitMQ) ------------------------------------------
+
+
+def test_offline_events_two_nodes(server, hook, redis_server, rabbitmq_server):
+    from cluster_helpers import metrics, short_id, start_node, wait_for
+    tag = short_id("hk")
+    env = hook_env(hook, before=True, events="message.offline")
+    nodes = [start_node(server, redis_server.url, rabbitmq_server.url,
+                        broker_id="%s-node%d" % (tag, i), node_id=170 + i,
+                        extra=env) for i in (1, 2)]
+    for s in nodes:
+        wait_for(lambda: metrics(s.port).get("imgw_mq_up") == 1, 20, what="imgw_mq_up")
+    n1, n2 = nodes
+    print("check: sender on node1, receiver online on node2 -> pushed there, no "
+          "message.offline (the route in Redis decides); an offline receiver "
+          "gets exactly one event; both nodes ask the before-send hook")
+
+    async def go():
+        a, on, off = uid("a"), uid("on"), uid("off")
+        ca = await MClient.open(n1, a)
+        con = await MClient.open(n2, on, codec="json")
+        r_on = await ca.send_ok(to=on, content="online")
+        await con.wait_push("CMD_PUSH_MSG", lambda f: f.body.message_id == r_on.message_id,
+                            timeout=10)
+        r_off = await ca.send_ok(to=off, content="offline")
+        cb = await MClient.open(n2, a)
+        r_2 = await cb.send_ok(to=off, content="from node2")
+        await await_for(lambda: len(hook.events_of("message.offline")) >= 2, 10,
+                        "2 offline events")
+        await asyncio.sleep(0.5)
+        await close_all([ca, con, cb])
+        return on, off, r_on, r_off, r_2
+    on, off, r_on, r_off, r_2 = run(go())
+    offl = hook.events_of("message.offline")
+    print("offline events:", [(e["user_id"], e["message_id"], e["node"]) for e in offl])
+    assert not hook.events_of("message.offline", user_id=on)
+    assert sorted(e["message_id"] for e in offl) == sorted([r_off.message_id, r_2.message_id])
+    assert {e["node"] for e in offl} == {n1.broker_id, n2.broker_id}
+    assert {c["node"] for c in hook.calls} == {n1.broker_id, n2.broker_id}
+
+
+def test_non_utf8_broker_downlink_refused(server, redis_server, rabbitmq_server):
+    from cluster_helpers import ametrics, apublish, metrics, short_id, start_node, wait_for
+    n1 = start_node(server, redis_server.url, rabbitmq_server.url,
+                    broker_id="%s-node1" % short_id("u8"), node_id=181)
+    wait_for(lambda: metrics(n1.port).get("imgw_mq_up") == 1, 20, what="imgw_mq_up")
+    print("check: a broker downlink whose data.content is not UTF-8 is rejected "
+          "(imgw_mq_rejected_total +1) and delivered to nobody; a valid one after "
+          "it arrives")
+
+    async def go():
+        u = uid("u")
+        c = await MClient.open(n1, u, codec="json")
+        before = (await ametrics(n1.port)).get("imgw_mq_rejected_total", 0)
+        bad = ('{"code":202,"ids":["%s"],"data":{"message_id":"b1","content":"a' % u
+               ).encode() + b"\xff\xfe" + b'"}}'
+        await apublish(rabbitmq_server, n1.broker_id, bad)
+        good = {"code": 202, "ids": [u], "data": {"message_id": "g1", "content": "ok"}}
+        await apublish(rabbitmq_server, n1.broker_id, good)
+        await c.wait_push("CMD_PUSH_MSG", lambda f: f.body.message_id == "g1", timeout=10)
+        after = (await ametrics(n1.port)).get("imgw_mq_rejected_total", 0)
+        got = [f.body.message_id for f in c.pushes("CMD_PUSH_MSG")]
+        print("rejected %d -> %d, pushes %r" % (before, after, got))
+        assert after - before == 1 and got == ["g1"]
+        await c.close()
+    run(go())
