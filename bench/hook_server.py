@@ -13,6 +13,9 @@ ALLOW = b'{"allow":true}'
 
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # http.server writes the head and the body separately: without this,
+    # Nagle holds the body until imgw's delayed ACK (40 ms per call).
+    disable_nagle_algorithm = True
 
     def log_message(self, *a):
         pass
@@ -26,6 +29,7 @@ class H(BaseHTTPRequestHandler):
         self.wfile.write(ALLOW)
 
 
+ThreadingHTTPServer.request_queue_size = 256  # the default backlog is 5
 s = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0), H)
 s.daemon_threads = True
 print(s.server_address[1], flush=True)

@@ -83,7 +83,8 @@ typedef struct hook_send_s hook_send_t;
 
 struct imgw_hooks_chain_s {
     hook_send_t *head, *tail;
-    int orphan; /* the session is gone; freed once empty */
+    int orphan;   /* the session is gone; freed once empty */
+    int draining; /* inside chain_drain: only it may free the chain */
 };
 
 enum { HS_LOOKUP = 0, HS_CALLING, HS_READY };
@@ -307,6 +308,11 @@ send_finish(hook_send_t *x)
 static void
 chain_drain(imgw_hooks_chain_t *ch)
 {
+    if (ch->draining)
+        return; /* the outer drain goes on from the new head */
+    /* Answering can close the connection (a write error), and its close
+     * may orphan this chain under us: draining keeps it alive. */
+    ch->draining = 1;
     while (ch->head != NULL && ch->head->state == HS_READY) {
         hook_send_t *x = ch->head;
         ch->head = x->next;
@@ -315,6 +321,7 @@ chain_drain(imgw_hooks_chain_t *ch)
         send_finish(x);
         send_free(x);
     }
+    ch->draining = 0;
     if (ch->orphan && ch->head == NULL)
         imgw_free(ch);
 }
@@ -629,7 +636,7 @@ imgw_hooks_session_closed(imgw_session_t *s)
         return;
     s->hook_chain = NULL;
     ch->orphan = 1;
-    if (ch->head == NULL)
+    if (ch->head == NULL && !ch->draining)
         imgw_free(ch);
 }
 
