@@ -62,6 +62,8 @@ void imgw_msg_send_answer(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
                           uint32_t sequence, int code, const char *msg,
                           uint64_t message_id, int64_t seq,
                           int64_t server_time);
+/* Frees the calling loop thread's messaging scratch (at loop stop). */
+void imgw_msg_thread_free(void);
 
 /* deliver.c: pushes to connections of this node, on any loop. */
 void imgw_deliver_push(imgw_core_loop_t *cl, const uint8_t *blob, size_t len,

@@ -36,7 +36,7 @@
 #include <mbedtls/base64.h>
 #include <mbedtls/md.h>
 
-#include "../base/utf8.h"
+#include "utf8.h"
 #include "alloc.h"
 #include "err.h"
 #include "httpc.h"
