@@ -8,6 +8,7 @@ PKGS=(
   build-essential pkg-config meson ninja-build clang libclang-rt-14-dev
   libuv1-dev libwslay-dev libnanopb-dev nanopb protobuf-compiler
   libhiredis-dev librabbitmq-dev libcjson-dev libmbedtls-dev libinih-dev
+  libcurl4-openssl-dev
   node-llhttp
   python3 python3-pytest python3-websockets python3-protobuf python3-jwt
   python3-cryptography python3-pika python3-redis

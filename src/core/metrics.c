@@ -13,6 +13,7 @@
 
 #include "metrics.h"
 #include "../mq/mq.h"
+#include "hooks.h"
 #include "nacos.h"
 
 typedef struct mbuf_s {
@@ -335,6 +336,12 @@ imgw_metrics_render(imgw_node_t *node, size_t *len)
              "Nacos requests that failed (connect, timeout, non-2xx).");
         put(&b, "imgw_nacos_failures_total %llu\n",
             (unsigned long long)ns.failures);
+    }
+    {
+        char *ht = imgw_hooks_metrics(node);
+        if (ht != NULL)
+            put(&b, "%s", ht);
+        free(ht);
     }
     head(&b, "imgw_process_resident_memory_bytes", "gauge",
          "Resident set size of the process.");

@@ -14,6 +14,7 @@
 
 #include "coalesce.h"
 #include "err.h"
+#include "hooks.h"
 #include "idsyntax.h"
 #include "log.h"
 #include "session.h"
@@ -221,6 +222,8 @@ append_cb(imgw_store_append_t *req, int status, void *data)
     if (s)
         send_rsp(s, x->sequence, 0, NULL, x->message_id, x->seqs[0],
                  x->server_time);
+    imgw_hooks_stored(cl, x->blob, x->blob_len,
+                      (const char *const *)x->users, x->n_users);
     imgw_deliver_push(cl, x->blob, x->blob_len, x->server_time,
                       (const char *const *)x->users, x->seqs, x->n_users,
                       x->ref);
@@ -376,6 +379,40 @@ imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in)
         return;
     }
 
+    if (imgw_hooks_before_send_on(cl)) {
+        /* The business decides first (docs/hooks.md); it calls
+         * imgw_msg_send_commit once allowed. */
+        imgw_hooks_before_send(s, in, conv);
+        return;
+    }
+    imgw_msg_send_commit(cl, imgw_conn_ref(s->conn), in->sequence, q,
+                         in->content, conv);
+}
+
+void
+imgw_msg_send_answer(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
+                     uint32_t sequence, int code, const char *msg,
+                     uint64_t message_id, int64_t mseq, int64_t server_time)
+{
+    imgw_session_t *s = session_of(cl, ref);
+    if (s != NULL)
+        send_rsp(s, sequence, code, msg, message_id, mseq, server_time);
+    else if (code != 0)
+        imgw_core_count_error(cl, code);
+}
+
+/*
+ * Stores and pushes a send that passed validation (and the before-send
+ * hook, when there is one). The connection may be gone by now: the message
+ * is stored anyway, as one whose store request was under way when its
+ * connection closed, and q->sender_id is the authenticated sender.
+ */
+void
+imgw_msg_send_commit(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
+                     uint32_t sequence, const im_SendMessageRequest *q,
+                     imgw_slice_t content_in, const char *conv)
+{
+    int has_r = q->receiver_id[0] != '\0';
     /*
      * The blob does not depend on the group's members: encode it now, from
      * the loop's scratch PushMessage (no 10.7 KB struct per send), into
@@ -385,13 +422,14 @@ imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in)
     int64_t server_time = imgw_now_ms();
     uint64_t message_id = imgw_id_next(&cl->node->ids, server_time);
     im_PushMessage *pm = &cl->push;
-    imgw_slice_t content = {in->content.ptr, in->content.len};
+    imgw_slice_t content = content_in;
     imgw_id_format(message_id, pm->message_id);
     size_t cmid_len = copy_str(pm->client_msg_id, sizeof(pm->client_msg_id),
                                q->client_msg_id);
     size_t conv_len =
         copy_str(pm->conversation_id, sizeof(pm->conversation_id), conv);
-    size_t user_len = copy_str(pm->sender_id, sizeof(pm->sender_id), s->user);
+    size_t user_len =
+        copy_str(pm->sender_id, sizeof(pm->sender_id), q->sender_id);
     size_t recv_len =
         copy_str(pm->receiver_id, sizeof(pm->receiver_id), q->receiver_id);
     copy_str(pm->group_id, sizeof(pm->group_id), q->group_id);
@@ -412,8 +450,8 @@ imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in)
         /* Same answer as a failing store: nothing was stored. */
         cl->st.store_ops++;
         cl->st.store_errors++;
-        send_rsp(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY,
-                 "store unavailable", 0, 0, 0);
+        imgw_msg_send_answer(cl, ref, sequence, im_ErrorCode_ERR_SERVER_BUSY,
+                             "store unavailable", 0, 0, 0);
         return;
     }
 
@@ -424,12 +462,12 @@ imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in)
                   (has_r ? recv_len + 1 : 0);
     send_ctx_t *x = malloc(sizeof(*x) + arr + strs);
     if (x == NULL) {
-        send_rsp(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY, "out of memory",
-                 0, 0, 0);
+        imgw_msg_send_answer(cl, ref, sequence, im_ErrorCode_ERR_SERVER_BUSY,
+                             "out of memory", 0, 0, 0);
         return;
     }
-    x->ref = imgw_conn_ref(s->conn);
-    x->sequence = in->sequence;
+    x->ref = ref;
+    x->sequence = sequence;
     x->message_id = message_id;
     x->server_time = server_time;
     x->members = NULL;

@@ -16,6 +16,7 @@
 
 #include "alloc.h"
 #include "err.h"
+#include "hooks.h"
 #include "idsyntax.h"
 #include "log.h"
 #include "session.h"
@@ -528,8 +529,9 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
     snprintf(s->platform, sizeof(s->platform), "%s",
              a->platform[0] ? a->platform : "default");
     imgw_conn_ref_t kicked;
-    int k = imgw_usermap_add(cl->node->users, s->user, s->platform,
-                             imgw_conn_ref(s->conn), &kicked);
+    size_t n_conns = 0;
+    int k = imgw_usermap_add_n(cl->node->users, s->user, s->platform,
+                               imgw_conn_ref(s->conn), &kicked, &n_conns);
     if (k < 0) {
         auth_reject(s, in->sequence, IMGW_JWT_BAD_CLAIM,
                     "too many connections for this user");
@@ -542,6 +544,8 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
     cl->st.auth_ok++;
     cl->st.sessions_authed++;
     act_event(ACT_LOGIN, s->user, s->platform, NULL);
+    if (n_conns == 1)
+        imgw_hooks_presence(cl, s->user, s->platform, 1);
     if (k == 1)
         imgw_deliver_kick(cl, kicked, s->platform);
     /* Read the route before overwriting it: a (user, platform) logged in
@@ -710,9 +714,13 @@ on_close(imgw_conn_t *c)
         cl->st.sessions_authed--;
         act_event(ACT_LOGOUT, s->user, s->platform, NULL);
     }
+    imgw_hooks_session_closed(s);
     if (s->user != NULL) {
-        int removed = imgw_usermap_remove(cl->node->users, s->user,
-                                          imgw_conn_ref(c));
+        size_t left = 1;
+        int removed = imgw_usermap_remove_n(cl->node->users, s->user,
+                                            imgw_conn_ref(c), &left);
+        if (removed && left == 0)
+            imgw_hooks_presence(cl, s->user, s->platform, 0);
         /* The route belongs to this connection only if the user map still
          * pointed at it (a newer login on the platform owns it now). */
         if (removed && s->registered)
@@ -770,6 +778,8 @@ on_loop_start(imgw_loop_t *l)
         IMGW_LOG_ERROR("%s", err);
         return r;
     }
+    if ((r = imgw_hooks_loop_start(cl)) != 0)
+        return r;
     return imgw_store_loop_open(node->store, cl->index, imgw_loop_uv(l),
                                 &cl->store);
 }
@@ -778,6 +788,7 @@ static void
 on_loop_stop(imgw_loop_t *l)
 {
     imgw_core_loop_t *cl = imgw_loop_data(l);
+    imgw_hooks_loop_stop(cl);
     if (cl->store)
         imgw_store_loop_close(cl->store);
     cl->store = NULL;

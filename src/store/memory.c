@@ -1272,6 +1272,34 @@ mem_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
 }
 
 static int
+mem_dedupe_get(imgw_store_loop_t *sl, const char *sender, const char *cmid,
+               imgw_store_dedupe_cb cb, void *data)
+{
+    imgw__mem_t *m = sl->store->impl;
+    size_t slen = strlen(sender), clen = strlen(cmid);
+    char key[2 * (IMGW__STORE_ID_MAX + 1)];
+    if (slen + 1 + clen + 1 > sizeof(key))
+        return IMGW_EINVAL;
+    memcpy(key, sender, slen + 1);
+    memcpy(key + slen + 1, cmid, clen + 1);
+    imgw__mem_shard_t *sh = &m->shards[shard_of(hash_str(m, sender))];
+    uint64_t hd = hash_dedupe(m, sender, cmid);
+    int64_t now = mem_now(m), seq = 0;
+    uint64_t id = 0;
+    int st = IMGW_ENOTFOUND;
+    pthread_mutex_lock(&sh->mu);
+    imgw__mem_dedupe_t *d = dedupe_find(sh, hd, key);
+    if (d != NULL && d->expire_ms > now) {
+        st = 0;
+        id = d->message_id;
+        seq = d->seq;
+    }
+    pthread_mutex_unlock(&sh->mu);
+    cb(st, id, seq, data);
+    return 0;
+}
+
+static int
 mem_max_seq(imgw_store_loop_t *sl, const char *user, imgw_store_seq_cb cb,
             void *data)
 {
@@ -1789,6 +1817,7 @@ const imgw_store_backend_t imgw__store_memory = {
     .append = mem_append,
     .sync = mem_sync,
     .max_seq = mem_max_seq,
+    .dedupe_get = mem_dedupe_get,
     .set_delivered = mem_set_delivered,
     .set_read = mem_set_read,
     .msg_get = mem_msg_get,

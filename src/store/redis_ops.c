@@ -802,6 +802,48 @@ group_get_done(imgw__redis_req_t *q, redisReply *reply, int status)
         free(m);
 }
 
+/* GET IM-DEDUP-{u}:{cmid}: nil = not found, else "<message_id>:<seq>". */
+static void
+dedupe_get_done(imgw__redis_req_t *q, redisReply *reply, int status)
+{
+    uint64_t id = 0;
+    int64_t seq = 0;
+    if (status == 0 && reply->type == REDIS_REPLY_NIL) {
+        status = IMGW_ENOTFOUND;
+    } else if (status == 0) {
+        char *end = NULL;
+        if (reply->type != REDIS_REPLY_STRING || reply->len > 64)
+            status = bad_reply(q);
+        else {
+            char buf[72];
+            memcpy(buf, reply->str, reply->len);
+            buf[reply->len] = '\0';
+            id = strtoull(buf, &end, 10);
+            if (end == buf || *end != ':')
+                status = bad_reply(q);
+            else
+                seq = strtoll(end + 1, NULL, 10);
+        }
+    }
+    q->cb.dedupe(status, id, seq, q->data);
+}
+
+int
+imgw__redis_dedupe_get(imgw_store_loop_t *sl, const char *sender,
+                       const char *client_msg_id, imgw_store_dedupe_cb cb,
+                       void *data)
+{
+    REQ_BEGIN(q, sl, dedupe_get_done, 0, cb(IMGW_EBUSY, 0, 0, data));
+    char k[KEY_MAX];
+    int kl = snprintf(k, sizeof(k), K_DEDUP "%s:%s", sender, client_msg_id);
+    const char *argv[2] = {"GET", k};
+    size_t lens[2] = {3, (size_t)kl};
+    q->cb.dedupe = cb;
+    q->data = data;
+    imgw__redis_send(q, -1, 2, argv, lens);
+    return 0;
+}
+
 int
 imgw__redis_group_get(imgw_store_loop_t *sl, const char *gid,
                       imgw_store_members_cb cb, void *data)

@@ -200,6 +200,22 @@ int imgw_store_group_get(imgw_store_loop_t *sl, const char *gid,
 int imgw_store_group_del(imgw_store_loop_t *sl, const char *gid,
                          imgw_store_done_cb cb, void *data);
 
+/* ---- dedupe lookup ---------------------------------------------------- */
+
+typedef void (*imgw_store_dedupe_cb)(int status, uint64_t message_id,
+                                     int64_t seq, void *data);
+/*
+ * Looks (sender, client_msg_id) up without appending: status 0 with the
+ * message id and the sender's seq of the message an earlier append stored
+ * under that key within dedupe_ttl, IMGW_ENOTFOUND, or an error
+ * (IMGW_EBUSY). The before-send hook uses it so that a resend of a stored
+ * message is answered without asking the hook again; the append itself
+ * still dedupes atomically. client_msg_id must not be empty.
+ */
+int imgw_store_dedupe_get(imgw_store_loop_t *sl, const char *sender,
+                          const char *client_msg_id, imgw_store_dedupe_cb cb,
+                          void *data);
+
 /* ---- routes: user -> platform -> broker_id ------------------------------ */
 
 typedef struct imgw_store_route_s {

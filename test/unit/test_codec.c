@@ -2311,8 +2311,8 @@ TEST(downlink_utf8)
 
     printf("  checks: downlink data (/api/push, broker) with a non-UTF-8 "
            "string is IMGW_EUTF8 in both codecs, so no protobuf push carries "
-           "one; non-UTF-8 content (bytes) goes to PB exactly and to JSON "
-           "with U+FFFD\n");
+           "one; non-UTF-8 content is refused too (issue 12 item 5), UTF-8 "
+           "content goes to both codecs exactly\n");
     for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         d = cJSON_Parse(bad[i].data);
         CHECK(d != NULL);
@@ -2324,19 +2324,30 @@ TEST(downlink_utf8)
                      IMGW_EUTF8);
         cJSON_Delete(d);
     }
+    /* Issue 12 item 5: business input whose content is not UTF-8 is
+     * refused as malformed (it used to reach PB clients as is and JSON
+     * clients with U+FFFD); valid UTF-8 content still goes through. */
     d = cJSON_Parse("{\"message_id\":\"1\",\"content\":\"a\xff\x01z\"}");
+    CHECK_EQ_INT(imgw_codec_encode_from_json(IMGW_CODEC_PB, 202, d, 1, t_out,
+                                             sizeof(t_out)),
+                 IMGW_EUTF8);
+    CHECK_EQ_INT(imgw_codec_encode_from_json(IMGW_CODEC_JSON, 202, d, 1, t_out,
+                                             sizeof(t_out)),
+                 IMGW_EUTF8);
+    cJSON_Delete(d);
+    d = cJSON_Parse("{\"message_id\":\"1\",\"content\":\"a\xc3\xa9\x01z\"}");
     n = imgw_codec_encode_from_json(IMGW_CODEC_PB, 202, d, 1, t_out,
                                     sizeof(t_out));
     CHECK(n > 0 && t_pb_open(t_out, (size_t)n, &env, &body) == 0);
     CHECK(t_push_dec(body.ptr, body.len, &got, &gc) == 0);
-    CHECK(gc.len == 4 && memcmp(gc.ptr, "a\xff\x01z", 4) == 0);
+    CHECK(gc.len == 5 && memcmp(gc.ptr, "a\xc3\xa9\x01z", 5) == 0);
     n = imgw_codec_encode_from_json(IMGW_CODEC_JSON, 202, d, 1, t_out,
                                     sizeof(t_out));
     CHECK(n > 0 && t_utf8_ok(t_out, (size_t)n));
     root = t_json(t_out, n);
     CHECK_EQ_STR(t_jstr(cJSON_GetObjectItemCaseSensitive(root, "body"),
                         "content"),
-                 "a\xef\xbf\xbd\x01z");
+                 "a\xc3\xa9\x01z");
     cJSON_Delete(root);
     cJSON_Delete(d);
 }
