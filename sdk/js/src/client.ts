@@ -324,6 +324,17 @@ export class ImgwClient extends Emitter<ClientEvents> {
     return p;
   }
 
+  /**
+   * While waiting to reconnect: try now instead of after the rest of the
+   * backoff (e.g. a "retry now" button, or the browser's online event).
+   */
+  reconnectNow(): void {
+    if (this.stopped || !this.reconnectTimer) return;
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = undefined;
+    this.open();
+  }
+
   /** Stops for good: closes the socket, rejects every waiting promise. */
   close(): void {
     if (this.stopped) return;
