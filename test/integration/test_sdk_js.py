@@ -92,3 +92,22 @@ def test_sdk_against_imgw(sdk_ready, imgw_bin):
     assert p.returncode == 0, "the SDK's tests failed (output above)"
     assert "# fail 0" in out and "# pass " in out, "no node:test summary"
     assert "# skipped 0" in out, "a case was skipped (Redis URL?)"
+
+
+def test_npm_pack_is_publishable(sdk_ready):
+    print("check: `npm pack` holds ESM, CJS, type declarations, the browser "
+          "bundle and the README; the CJS build loads with require()")
+    import json
+    p = _run(["npm", "pack", "--dry-run", "--json", "--ignore-scripts"])
+    assert p.returncode == 0
+    out = p.stdout
+    info = json.loads(out[out.index("["):])
+    files = {f["path"] for f in info[0]["files"]}
+    print("[sdk] package files: %s" % sorted(files))
+    for f in ("dist/index.mjs", "dist/index.cjs", "dist/types/index.d.ts",
+              "dist/imgw.iife.js", "README.md", "package.json"):
+        assert f in files, f
+    p = _run(["node", "-e", "const m = require('./dist/index.cjs'); "
+              "if (typeof m.ImgwClient !== 'function') process.exit(1); "
+              "console.log('cjs ok', Object.keys(m).sort().join(','))"])
+    assert p.returncode == 0
