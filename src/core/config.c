@@ -226,6 +226,21 @@ static const imgw_config_opt_t opts[] = {
             64 * IMGW__MIB, "whole WebSocket message; over: close 1009"),
     OPT_INT("limits", "send_rate", send_rate, "50", 1, 1000000,
             "sends per second per connection (burst 2x)"),
+    OPT_INT("limits", "user_send_rate", user_send_rate, "0", 0, 1000000,
+            "sends per second per user, all its connections on this node "
+            "together (burst 2x); 0 = 2 x send_rate"),
+    OPT_INT("limits", "user_receipt_rate", user_receipt_rate, "0", 0,
+            1000000,
+            "read receipts and typing requests per second per user on this "
+            "node (burst 2x); 0 = send_rate"),
+    OPT_INT("limits", "receipt_interval_ms", receipt_interval_ms, "1000", 10,
+            60000,
+            "at most one read receipt push per (user, conversation) per "
+            "interval; the latest position is pushed at its end"),
+    OPT_INT("limits", "typing_interval_ms", typing_interval_ms, "2000", 10,
+            60000,
+            "at most one typing push per (user, conversation) per interval; "
+            "the latest status is pushed at its end"),
     OPT_INT("limits", "max_queued_bytes", max_queued_bytes, "4194304", 4096,
             1024 * IMGW__MIB, "per-connection write queue bound"),
     OPT_INT("limits", "max_body_bytes", max_body_bytes, "1048576", 1024,

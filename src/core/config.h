@@ -85,6 +85,13 @@ typedef struct imgw_config_s {
     int max_message_bytes;
     int max_frame_bytes;
     int send_rate;          /* msgs/s per connection, burst 2x */
+    int user_send_rate;     /* msgs/s per user on this node, burst 2x;
+                               0 = 2 x send_rate */
+    int user_receipt_rate;  /* receipts + typing /s per user on this node,
+                               burst 2x; 0 = send_rate */
+    int receipt_interval_ms; /* receipt pushes per (user, conversation):
+                                at most one per interval */
+    int typing_interval_ms;  /* the same for typing pushes */
     int max_queued_bytes;   /* per-connection write queue bound */
     int max_body_bytes;     /* HTTP request body bound (api) */
 

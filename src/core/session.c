@@ -787,6 +787,7 @@ on_loop_stop(imgw_loop_t *l)
         imgw_store_loop_close(cl->store);
     cl->store = NULL;
     imgw_deliver_thread_free();
+    imgw_msg_thread_free();
 }
 
 const imgw_net_handlers_t imgw_core_handlers = {

@@ -51,6 +51,8 @@ void imgw_msg_sync(imgw_session_t *s, imgw_msg_in_t *in);
 void imgw_msg_read(imgw_session_t *s, imgw_msg_in_t *in);
 void imgw_msg_typing(imgw_session_t *s, imgw_msg_in_t *in);
 void imgw_msg_revoke(imgw_session_t *s, imgw_msg_in_t *in);
+/* Frees the calling loop thread's messaging scratch (at loop stop). */
+void imgw_msg_thread_free(void);
 
 /* deliver.c: pushes to connections of this node, on any loop. */
 void imgw_deliver_push(imgw_core_loop_t *cl, const uint8_t *blob, size_t len,
