@@ -312,9 +312,9 @@ static const char lua_max_seq[] =
     "return {v or '0', e or '0'}\n";
 
 /* route_refresh (heartbeats). KEYS: IM-USER, IM-SEQ, IM-EPOCH. ARGV: route
- * ttl s, IM-SEQ ttl ms (IM-EPOCH's too). EXPIRE / PEXPIRE of a missing key are no-ops: expired
- * routes stay dead, and no counter is created. An online client keeps its
- * max seq alive even when nobody writes to it. */
+ * ttl s, IM-SEQ ttl ms (IM-EPOCH's too). EXPIRE / PEXPIRE of a missing key
+ * are no-ops: expired routes stay dead, and no counter is created. An
+ * online client keeps its max seq alive even when nobody writes to it. */
 static const char lua_route_refresh[] =
     "redis.call('EXPIRE', KEYS[1], ARGV[1])\n"
     "redis.call('PEXPIRE', KEYS[2], ARGV[2])\n"
@@ -635,8 +635,7 @@ imgw__redis_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
                  int64_t max_seq, int limit, imgw_store_sync_cb cb, void *data)
 {
     /* A read for the caller: its only write drops aged entries. */
-    REQ_BEGIN(q, sl, sync_done, 0,
-              cb(IMGW_EBUSY, NULL, 0, 0, 0, 0, 0, data));
+    REQ_BEGIN(q, sl, sync_done, 0, cb(IMGW_EBUSY, NULL, 0, 0, 0, 0, 0, data));
     char tl[KEY_MAX], sq[KEY_MAX], ek[KEY_MAX], mn[24], mx[24], lim[16],
         rms[24], sttl[24];
     const char *argv[12];
@@ -691,8 +690,8 @@ imgw__redis_max_seq(imgw_store_loop_t *sl, const char *user,
     char k[KEY_MAX], ek[KEY_MAX], sttl[24];
     snprintf(sttl, sizeof(sttl), "%" PRId64, rl_->r->seq_ttl_ms);
     const char *argv[6] = {NULL, NULL, "2", k, ek, sttl};
-    size_t lens[6] = {0, 0, 1, key1(k, K_SEQ, user), key1(ek, K_EPOCH, user),
-                      strlen(sttl)};
+    size_t lens[6] = {
+        0, 0, 1, key1(k, K_SEQ, user), key1(ek, K_EPOCH, user), strlen(sttl)};
     q->cb.seq = cb;
     q->data = data;
     imgw__redis_send(q, IMGW__REDIS_S_MAX_SEQ, 6, argv, lens);

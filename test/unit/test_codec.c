@@ -1231,8 +1231,8 @@ TEST(sync_entries_json)
     CHECK_EQ_INT(t_jcount(body), 8);
     CHECK_EQ_STR(t_jstr(body, "error_code"), "ERR_SUCCESS");
     CHECK(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(body, "has_more")));
-    CHECK(cJSON_IsFalse(
-        cJSON_GetObjectItemCaseSensitive(body, "discontinuity")));
+    CHECK(
+        cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(body, "discontinuity")));
     CHECK_EQ_STR(t_jstr(body, "epoch"), "");
     msgs = cJSON_GetObjectItemCaseSensitive(body, "messages");
     CHECK_EQ_INT(t_jcount(msgs), 5);

@@ -1523,7 +1523,7 @@ typedef struct cc_page_s {
 static void
 cc_page_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
            int64_t server_max_seq, int64_t oldest_seq, uint64_t epoch,
-                void *data)
+           void *data)
 {
     cc_page_t *p = data;
     (void)has_more;

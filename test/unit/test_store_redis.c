@@ -922,8 +922,7 @@ TEST(timeline_epoch)
     r = do_sync(&f, "a", 0, 0, 10);
     printf("  sync: oldest %lld, max %lld\n", (long long)r->oldest,
            (long long)r->server_max);
-    CHECK(r->epoch == big && r->oldest == 3 && r->server_max == 5 &&
-          r->n == 3);
+    CHECK(r->epoch == big && r->oldest == 3 && r->server_max == 5 && r->n == 3);
     /* Heartbeats keep the epoch alive beside the counter. */
     freeReplyObject(redisCommand(RC, "PEXPIRE IM-EPOCH-a 100000"));
     imgw_store_route_refresh(f.sl, "a", 60, NULL, NULL);
