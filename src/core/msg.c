@@ -8,6 +8,7 @@
  * continuation finds the connection again by ref (it may be gone: a stored
  * message is still pushed to its receivers).
  */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -517,7 +518,58 @@ imgw_msg_ack(imgw_session_t *s, imgw_msg_in_t *in)
 typedef struct sync_ctx_s {
     imgw_conn_ref_t ref;
     uint32_t sequence;
+    /* The request as the store saw it, for the resume contract. */
+    int64_t min_seq, max_seq;
+    int limit;
+    char epoch[24]; /* the client's epoch, "" = no check */
+    int reset;      /* resent from seq 0 after an epoch mismatch */
 } sync_ctx_t;
+
+static void sync_cb(int status, const imgw_store_entry_t *e, size_t n,
+                    int has_more, int64_t server_max_seq, int64_t oldest_seq,
+                    uint64_t epoch, void *data);
+
+/*
+ * The resume contract (protocol.md "Resume contract"). A client's min_seq
+ * means something only in the epoch it came from. When the timeline's epoch
+ * differs (it was reset or lost since), the page is read again from seq 0,
+ * so the client gets the new timeline from its start, flagged as a
+ * discontinuity. Returns 1 when the request was resent (x now belongs to
+ * that request).
+ */
+static int
+sync_epoch_reset(imgw_session_t *s, sync_ctx_t *x, uint64_t epoch)
+{
+    char now[24] = "";
+    if (x->reset || x->epoch[0] == '\0' || x->min_seq == 0)
+        return 0;
+    if (epoch != 0)
+        snprintf(now, sizeof(now), "%" PRIu64, epoch);
+    if (strcmp(now, x->epoch) == 0)
+        return 0;
+    x->reset = 1;
+    x->min_seq = 0;
+    x->max_seq = 0;
+    int r = imgw_store_sync(s->cl->store, s->user, 0, 0, x->limit, sync_cb, x);
+    if (r != 0)
+        sync_cb(r, NULL, 0, 0, 0, 0, 0, x);
+    return 1;
+}
+
+/*
+ * Messages after the client's position that the timeline no longer holds:
+ * an epoch reset, a position past anything this timeline reached (reset
+ * without an epoch to compare), or retention trimmed past it.
+ */
+static int
+sync_gap(const sync_ctx_t *x, int64_t server_max_seq, int64_t oldest_seq)
+{
+    if (x->reset || x->min_seq > server_max_seq)
+        return 1;
+    if (x->max_seq != 0 && x->max_seq <= x->min_seq)
+        return 0;
+    return x->min_seq + 1 < oldest_seq;
+}
 
 /*
  * The frame bound of one sync page: half the per-connection write queue
@@ -583,14 +635,17 @@ sync_page_cut(imgw_core_loop_t *cl, imgw_codec_t codec,
 
 static void
 sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
-        int64_t server_max_seq, void *data)
+        int64_t server_max_seq, int64_t oldest_seq, uint64_t epoch, void *data)
 {
     sync_ctx_t *x = data;
     imgw_core_loop_t *cl = imgw_core_loop_current();
     imgw_session_t *s = session_of(cl, x->ref);
     uint32_t sequence = x->sequence;
-    free(x);
     cl->st.store_ops++;
+    if (s != NULL && status == 0 && sync_epoch_reset(s, x, epoch))
+        return;
+    int gap = status == 0 && sync_gap(x, server_max_seq, oldest_seq);
+    free(x);
     if (s == NULL)
         return;
     im_SyncResponse r = im_SyncResponse_init_zero;
@@ -630,6 +685,10 @@ sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
     r.messages.arg = &ents;
     r.server_max_seq = server_max_seq;
     r.has_more = has_more != 0;
+    if (epoch != 0)
+        snprintf(r.epoch, sizeof(r.epoch), "%" PRIu64, epoch);
+    r.discontinuity = gap != 0;
+    r.oldest_seq = oldest_seq;
     ssize_t len = imgw_codec_encode((imgw_codec_t)s->codec,
                                     im_CommandType_CMD_SYNC_RSP, sequence,
                                     imgw_now_ms(), &r, out,
@@ -686,10 +745,15 @@ imgw_msg_sync(imgw_session_t *s, imgw_msg_in_t *in)
     }
     x->ref = imgw_conn_ref(s->conn);
     x->sequence = in->sequence;
+    x->min_seq = min_seq;
+    x->max_seq = max_seq;
+    x->limit = limit;
+    x->reset = 0;
+    snprintf(x->epoch, sizeof(x->epoch), "%s", q->epoch);
     int r = imgw_store_sync(s->cl->store, s->user, min_seq, max_seq, limit,
                             sync_cb, x);
     if (r != 0)
-        sync_cb(r, NULL, 0, 0, 0, x);
+        sync_cb(r, NULL, 0, 0, 0, 0, 0, x);
 }
 
 /* ---- conversation participants (receipts, typing) ------------------------ */

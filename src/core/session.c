@@ -7,6 +7,7 @@
  * (redis): they find the connection again by imgw_conn_ref_t, never keep a
  * pointer to it.
  */
+#include <inttypes.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -417,7 +418,7 @@ route_done(int status, void *data)
 }
 
 static void
-auth_max_seq_cb(int status, int64_t max_seq, void *data)
+auth_max_seq_cb(int status, int64_t max_seq, uint64_t epoch, void *data)
 {
     auth_ctx_t *ctx = data;
     imgw_core_loop_t *cl = imgw_core_loop_current();
@@ -435,6 +436,10 @@ auth_max_seq_cb(int status, int64_t max_seq, void *data)
         } else {
             ar.error_code = im_ErrorCode_ERR_SUCCESS;
             ar.max_seq = max_seq;
+            /* The resume contract (protocol.md): "" while the timeline
+             * holds no seq. */
+            if (epoch != 0)
+                snprintf(ar.epoch, sizeof(ar.epoch), "%" PRIu64, epoch);
             imgw_session_reply(s, im_CommandType_CMD_AUTH_RSP, ctx->sequence,
                                &ar);
         }
@@ -566,7 +571,7 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
     ctx->ref = imgw_conn_ref(s->conn);
     ctx->sequence = in->sequence;
     if (imgw_store_max_seq(cl->store, s->user, auth_max_seq_cb, ctx) != 0)
-        auth_max_seq_cb(IMGW_EBUSY, 0, ctx);
+        auth_max_seq_cb(IMGW_EBUSY, 0, 0, ctx);
 }
 
 static void

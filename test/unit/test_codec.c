@@ -525,7 +525,7 @@ TEST(json_envelope_exact)
     static const char want[] =
         "{\"command\":\"CMD_AUTH_RSP\",\"sequence\":1,\"timestamp\":123,"
         "\"body\":{\"error_code\":\"ERR_SUCCESS\",\"error_msg\":\"\","
-        "\"max_seq\":0}}";
+        "\"max_seq\":0,\"epoch\":\"\"}}";
     static const char want_hb[] =
         "{\"command\":\"CMD_HEARTBEAT_RSP\",\"sequence\":4294967295,"
         "\"timestamp\":-9223372036854775808,\"body\":{\"server_time\":"
@@ -1227,9 +1227,13 @@ TEST(sync_entries_json)
     root = t_json(t_out, n);
     CHECK(root != NULL);
     body = cJSON_GetObjectItemCaseSensitive(root, "body");
-    CHECK_EQ_INT(t_jcount(body), 5);
+    /* 5 + the resume contract's epoch, discontinuity, oldest_seq. */
+    CHECK_EQ_INT(t_jcount(body), 8);
     CHECK_EQ_STR(t_jstr(body, "error_code"), "ERR_SUCCESS");
     CHECK(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(body, "has_more")));
+    CHECK(
+        cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(body, "discontinuity")));
+    CHECK_EQ_STR(t_jstr(body, "epoch"), "");
     msgs = cJSON_GetObjectItemCaseSensitive(body, "messages");
     CHECK_EQ_INT(t_jcount(msgs), 5);
     for (i = 0; i < 5; i++) {
@@ -2178,9 +2182,9 @@ TEST(utf8_string_fields_pb)
         printf("  command %d: %d string slots\n", t_c2s[t].cmd, slots);
         total += slots;
     }
-    /* auth 3, send 5 + extra key and value, ack 1, revoke 2, receipt 2,
-     * typing 1: a new string field in the proto raises this. */
-    CHECK_EQ_INT(total, 16);
+    /* auth 3, send 5 + extra key and value, ack 1, sync 1 (epoch), revoke
+     * 2, receipt 2, typing 1: a new string field in the proto raises this. */
+    CHECK_EQ_INT(total, 17);
 }
 
 TEST(utf8_string_fields_json)
