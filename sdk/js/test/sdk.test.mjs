@@ -265,7 +265,12 @@ test("Redis FLUSHALL under connected clients: discontinuity, then the new timeli
   await ca.send({ to: b, content: "r1" });
   await ca.send({ to: b, content: "r2" });
   await until(() => rb.messages.length === 2, "b has 2");
+  // Pushes carry no epoch: b learns its timeline's epoch from a sync. Sync
+  // once here so the cursor compared below is the one b holds when the
+  // flush happens, whatever background sync the client ran meanwhile.
+  await cb.sync();
   const before = cb.cursor;
+  assert.notEqual(before.epoch, "", "b knows its epoch before the flush");
   await redisFlushAll(url);
   log("FLUSHALL done");
   const r = await ca.send({ to: b, content: "after-flush" });
