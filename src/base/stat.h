@@ -27,9 +27,8 @@ typedef _Atomic uint64_t imgw_stat_t;
 static inline void
 imgw_stat_add(imgw_stat_t *s, uint64_t n)
 {
-    atomic_store_explicit(
-        s, atomic_load_explicit(s, memory_order_relaxed) + n,
-        memory_order_relaxed);
+    atomic_store_explicit(s, atomic_load_explicit(s, memory_order_relaxed) + n,
+                          memory_order_relaxed);
 }
 
 static inline void

@@ -705,8 +705,8 @@ codec_jr_enum(const cJSON *v, int64_t *out)
         for (i = 0; i < n; i++) {
             int code = imgw_codec_err_value(i);
 
-            if (strcmp(im_ErrorCode_name((im_ErrorCode)code),
-                       v->valuestring) == 0) {
+            if (strcmp(im_ErrorCode_name((im_ErrorCode)code), v->valuestring) ==
+                0) {
                 *out = code;
                 return 0;
             }

@@ -106,17 +106,17 @@ typedef struct scrape_s {
     int n;                  /* loops */
     imgw_loop_stats_t *net; /* per loop, imgw_loop_stats() */
     node_vals_t v;
-    int have_store;         /* the store reports user records (memory) */
+    int have_store; /* the store reports user records (memory) */
 } scrape_t;
 
 typedef enum metric_src_e {
-    M_NET_LOOP,   /* one sample per loop, {loop="i"}: imgw_loop_stats_t */
-    M_NET_SUM,    /* summed over loops: imgw_loop_stats_t */
-    M_CORE_SUM,   /* summed over loops: imgw_core_stats_t (imgw_stat_t) */
-    M_CORE_ERRS,  /* core errors[]: a sample per ErrorCode but SUCCESS,
-                     then "other" */
-    M_NODE,       /* node_vals_t */
-    M_NODE_STORE  /* node_vals_t, only when have_store */
+    M_NET_LOOP,  /* one sample per loop, {loop="i"}: imgw_loop_stats_t */
+    M_NET_SUM,   /* summed over loops: imgw_loop_stats_t */
+    M_CORE_SUM,  /* summed over loops: imgw_core_stats_t (imgw_stat_t) */
+    M_CORE_ERRS, /* core errors[]: a sample per ErrorCode but SUCCESS,
+                    then "other" */
+    M_NODE,      /* node_vals_t */
+    M_NODE_STORE /* node_vals_t, only when have_store */
 } metric_src_t;
 
 /*
@@ -131,7 +131,7 @@ typedef struct metric_s {
     const char *help;
     const char *labels; /* inside {}, or NULL */
     metric_src_t src;
-    size_t off;         /* of the field in the src's struct */
+    size_t off; /* of the field in the src's struct */
 } metric_t;
 
 #define NET(f) offsetof(imgw_loop_stats_t, f)
@@ -141,8 +141,8 @@ typedef struct metric_s {
 #define G "gauge"
 
 static const metric_t metrics[] = {
-    {"imgw_connections_open", G, "Open WebSocket connections per loop.",
-     NULL, M_NET_LOOP, NET(ws_open)},
+    {"imgw_connections_open", G, "Open WebSocket connections per loop.", NULL,
+     M_NET_LOOP, NET(ws_open)},
     {"imgw_tcp_connections_open", G,
      "Open TCP connections (HTTP and WebSocket) per loop.", NULL, M_NET_LOOP,
      NET(conns_open)},
@@ -170,15 +170,13 @@ static const metric_t metrics[] = {
      CORE(auth_fail[6])},
     {"imgw_auth_failures_total", C, NULL, "reason=\"other\"", M_CORE_SUM,
      CORE(auth_fail[7])},
-    {"imgw_handshake_unauthorized_total", C,
-     "Upgrades refused with HTTP 401.", NULL, M_CORE_SUM,
-     CORE(handshake_401)},
+    {"imgw_handshake_unauthorized_total", C, "Upgrades refused with HTTP 401.",
+     NULL, M_CORE_SUM, CORE(handshake_401)},
     {"imgw_http_requests_total", C, "Plain HTTP requests.", NULL, M_NET_SUM,
      NET(http_requests)},
-    {"imgw_frames_total", C, "WebSocket messages by direction.",
-     "dir=\"in\"", M_NET_SUM, NET(frames_in)},
-    {"imgw_frames_total", C, NULL, "dir=\"out\"", M_NET_SUM,
-     NET(frames_out)},
+    {"imgw_frames_total", C, "WebSocket messages by direction.", "dir=\"in\"",
+     M_NET_SUM, NET(frames_in)},
+    {"imgw_frames_total", C, NULL, "dir=\"out\"", M_NET_SUM, NET(frames_out)},
     {"imgw_bytes_total", C, "Socket bytes by direction.", "dir=\"in\"",
      M_NET_SUM, NET(bytes_in)},
     {"imgw_bytes_total", C, NULL, "dir=\"out\"", M_NET_SUM, NET(bytes_out)},
@@ -217,17 +215,17 @@ static const metric_t metrics[] = {
     {"imgw_api_pushes_total", C,
      "Frames written for /api/push and broker downlinks.", NULL, M_CORE_SUM,
      CORE(api_pushes)},
-    {"imgw_store_ops_total", C, "Store operations completed.", NULL,
-     M_CORE_SUM, CORE(store_ops)},
+    {"imgw_store_ops_total", C, "Store operations completed.", NULL, M_CORE_SUM,
+     CORE(store_ops)},
     {"imgw_store_errors_total", C, "Store operations that failed.", NULL,
      M_CORE_SUM, CORE(store_errors)},
     {"imgw_mailbox_depth", G,
      "Mail items posted to the loop and not yet drained.", NULL, M_NET_LOOP,
      NET(mailbox_depth)},
-    {"imgw_mailbox_drained_total", C, "Mail items drained by the loop.",
-     NULL, M_NET_LOOP, NET(mailbox_drained)},
-    {"imgw_mailbox_wakeups_total", C, "Mailbox wake-ups (drain batches).",
-     NULL, M_NET_LOOP, NET(mailbox_wakeups)},
+    {"imgw_mailbox_drained_total", C, "Mail items drained by the loop.", NULL,
+     M_NET_LOOP, NET(mailbox_drained)},
+    {"imgw_mailbox_wakeups_total", C, "Mailbox wake-ups (drain batches).", NULL,
+     M_NET_LOOP, NET(mailbox_wakeups)},
     {"imgw_mailbox_last_batch", G, "Items in the loop's last mailbox drain.",
      NULL, M_NET_LOOP, NET(mailbox_last_batch)},
     {"imgw_users_online", G,
@@ -235,13 +233,12 @@ static const metric_t metrics[] = {
      M_NODE, NODE(users_online)},
     {"imgw_draining", G, "1 while the node drains.", NULL, M_NODE,
      NODE(draining)},
-    {"imgw_store_up", G,
-     "1 while the store backend is reachable from loop 0.", NULL, M_NODE,
-     NODE(store_up)},
+    {"imgw_store_up", G, "1 while the store backend is reachable from loop 0.",
+     NULL, M_NODE, NODE(store_up)},
     /* Memory backend only: its per-user records and the requests refused
      * at store.max_users (Redis keeps its own keys). */
-    {"imgw_store_users", G, "Per-user records held by the memory store.",
-     NULL, M_NODE_STORE, NODE(store_users)},
+    {"imgw_store_users", G, "Per-user records held by the memory store.", NULL,
+     M_NODE_STORE, NODE(store_users)},
     {"imgw_store_users_max", G,
      "Cap on the memory store's per-user records (store.max_users).", NULL,
      M_NODE_STORE, NODE(store_users_max)},
@@ -283,8 +280,8 @@ static const metric_t metrics[] = {
      NODE(nacos_failures)},
     {"imgw_process_resident_memory_bytes", G,
      "Resident set size of the process.", NULL, M_NODE, NODE(rss)},
-    {"imgw_process_open_fds", G, "Open file descriptors of the process.",
-     NULL, M_NODE, NODE(fds)},
+    {"imgw_process_open_fds", G, "Open file descriptors of the process.", NULL,
+     M_NODE, NODE(fds)},
 };
 
 #undef NET

@@ -48,12 +48,12 @@ typedef struct imgw_node_s {
 typedef struct imgw_core_stats_s {
     imgw_stat_t auth_ok;
     imgw_stat_t sessions_authed; /* gauge: authenticated connections */
-    imgw_stat_t auth_fail[8]; /* by imgw_jwt_result_t (negated), [7] other */
+    imgw_stat_t auth_fail[8];    /* by imgw_jwt_result_t (negated), [7] other */
     imgw_stat_t handshake_401;
     imgw_stat_t refused_origin;
     imgw_stat_t msgs_sent;
-    imgw_stat_t msgs_pushed;  /* push frames written */
-    imgw_stat_t msgs_synced;  /* entries returned by sync */
+    imgw_stat_t msgs_pushed; /* push frames written */
+    imgw_stat_t msgs_synced; /* entries returned by sync */
     imgw_stat_t msgs_dup;
     imgw_stat_t errors[IMGW_N_ERRCODES];
     imgw_stat_t kicks;

@@ -370,7 +370,8 @@ on_upgrade(imgw_conn_t *c, const imgw_http_req_t *req)
          * (idsyntax.h): the request is bad, not the signature. */
         const char *why = imgw_id_check(claims.user_id, strlen(claims.user_id));
         if (why != NULL) {
-            imgw_stat_inc(&cl->st.auth_fail[auth_fail_index(IMGW_JWT_BAD_CLAIM)]);
+            imgw_stat_inc(
+                &cl->st.auth_fail[auth_fail_index(IMGW_JWT_BAD_CLAIM)]);
             IMGW_LOG_DEBUG("handshake token refused: user id %s", why);
             return 400;
         }

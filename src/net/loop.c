@@ -878,7 +878,6 @@ imgw_loop_stats(imgw_loop_t *l, imgw_loop_stats_t *out)
 #define IMGW__LOOP_STAT_COPY(name, what) out->name = imgw_stat_get(&l->st.name);
     IMGW_LOOP_COUNTERS(IMGW__LOOP_STAT_COPY)
 #undef IMGW__LOOP_STAT_COPY
-    imgw_mailbox_stats(&l->mbox, &out->mailbox_drained,
-                       &out->mailbox_wakeups, &out->mailbox_last_batch,
-                       &out->mailbox_depth);
+    imgw_mailbox_stats(&l->mbox, &out->mailbox_drained, &out->mailbox_wakeups,
+                       &out->mailbox_last_batch, &out->mailbox_depth);
 }

@@ -166,20 +166,20 @@ uint64_t imgw_loop_now_ms(imgw_loop_t *l);
  * only by the loop, see base/stat.h) and imgw_loop_stats() copies them into
  * this plain struct for any thread. X(name, comment).
  */
-#define IMGW_LOOP_COUNTERS(X)                                                \
-    X(accepted, "TCP connections accepted")                                  \
-    X(conns_open, "gauge: all connections, HTTP and WebSocket")             \
-    X(ws_open, "gauge: open WebSockets")                                     \
-    X(handshakes_ok, "upgrades answered 101")                                \
-    X(handshakes_failed, "upgrades and heads refused")                       \
-    X(http_requests, "plain HTTP requests")                                  \
-    X(frames_in, "WebSocket messages received")                              \
-    X(frames_out, "WebSocket messages queued")                               \
-    X(bytes_in, "socket bytes read")                                         \
-    X(bytes_out, "socket bytes written")                                     \
-    X(slow_consumers, "closed at max_queued_bytes")                          \
-    X(refused_full, "refused at max_connections")                            \
-    X(refused_ip, "refused at max_connections_per_ip")                       \
+#define IMGW_LOOP_COUNTERS(X)                                                  \
+    X(accepted, "TCP connections accepted")                                    \
+    X(conns_open, "gauge: all connections, HTTP and WebSocket")                \
+    X(ws_open, "gauge: open WebSockets")                                       \
+    X(handshakes_ok, "upgrades answered 101")                                  \
+    X(handshakes_failed, "upgrades and heads refused")                         \
+    X(http_requests, "plain HTTP requests")                                    \
+    X(frames_in, "WebSocket messages received")                                \
+    X(frames_out, "WebSocket messages queued")                                 \
+    X(bytes_in, "socket bytes read")                                           \
+    X(bytes_out, "socket bytes written")                                       \
+    X(slow_consumers, "closed at max_queued_bytes")                            \
+    X(refused_full, "refused at max_connections")                              \
+    X(refused_ip, "refused at max_connections_per_ip")                         \
     X(refused_rate, "refused at handshake_rate")
 
 typedef struct imgw_loop_stats_s {

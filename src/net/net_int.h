@@ -96,8 +96,7 @@ typedef struct imgw_proto_s {
     /* Plaintext from the peer, valid during the call. */
     void (*feed)(imgw_conn_t *c, const uint8_t *data, size_t len);
     /* imgw_conn_send_ws(); NULL: refused with IMGW_ECLOSED. */
-    int (*send)(imgw_conn_t *c, int is_text, const uv_buf_t *pieces,
-                size_t n);
+    int (*send)(imgw_conn_t *c, int is_text, const uv_buf_t *pieces, size_t n);
     /* imgw_conn_close_ws(): the handler's way to end the connection. */
     void (*close)(imgw_conn_t *c, int code, const char *reason);
     /* close_cb: frees what the handler holds for c. conn.c runs every
@@ -127,7 +126,7 @@ struct imgw_conn_s {
     uint32_t gen;
     uint8_t state;
     uint8_t flags;
-    uint8_t proto;      /* IMGW_PROTO_*: index into net->protos */
+    uint8_t proto; /* IMGW_PROTO_*: index into net->protos */
     imgw_tw_entry_t tw;
     uint64_t deadline_ms;          /* 0 = none */
     uint64_t last_rx_ms;           /* loop time of the last read */
