@@ -14,7 +14,7 @@
 
 #include "codec.h"
 #include "config.h"
-#include "../base/stat.h"
+#include "stat.h"
 #include "id.h"
 #include "jwt.h"
 #include "mailbox.h"

@@ -20,7 +20,7 @@
 
 #include <uv.h>
 
-#include "../base/stat.h"
+#include "stat.h"
 
 typedef struct imgw_mpsc_node_s {
     struct imgw_mpsc_node_s *_Atomic next;

@@ -20,7 +20,7 @@
 
 #include <uv.h>
 
-#include "../base/stat.h"
+#include "stat.h"
 #include "mailbox.h"
 #include "net.h"
 #include "iplimit.h"
