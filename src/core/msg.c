@@ -192,7 +192,7 @@ append_cb(imgw_store_append_t *req, int status, void *data)
     imgw_core_loop_t *cl = imgw_core_loop_current();
     imgw_session_t *s = session_of(cl, x->ref);
     (void)req;
-    cl->st.store_ops++;
+    imgw_stat_inc(&cl->st.store_ops);
     if (status == IMGW_EINVAL) {
         /* The store's edge check: an id the rule refuses, e.g. a group
          * member stored before the rule existed. Nothing was stored. */
@@ -203,7 +203,7 @@ append_cb(imgw_store_append_t *req, int status, void *data)
         return;
     }
     if (status != 0) {
-        cl->st.store_errors++;
+        imgw_stat_inc(&cl->st.store_errors);
         if (s)
             send_rsp(s, x->sequence, im_ErrorCode_ERR_SERVER_BUSY,
                      "store unavailable", 0, 0, 0);
@@ -211,7 +211,7 @@ append_cb(imgw_store_append_t *req, int status, void *data)
         return;
     }
     if (x->req.duplicate) {
-        cl->st.msgs_dup++;
+        imgw_stat_inc(&cl->st.msgs_dup);
         if (s)
             send_rsp(s, x->sequence, 0, NULL, x->req.dup_message_id,
                      x->req.dup_seq,
@@ -219,7 +219,7 @@ append_cb(imgw_store_append_t *req, int status, void *data)
         send_ctx_free(x);
         return;
     }
-    cl->st.msgs_sent++;
+    imgw_stat_inc(&cl->st.msgs_sent);
     if (s)
         send_rsp(s, x->sequence, 0, NULL, x->message_id, x->seqs[0],
                  x->server_time);
@@ -449,8 +449,8 @@ imgw_msg_send_commit(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
                                              cl->out, cl->out_cap);
     if (blen < 0) {
         /* Same answer as a failing store: nothing was stored. */
-        cl->st.store_ops++;
-        cl->st.store_errors++;
+        imgw_stat_inc(&cl->st.store_ops);
+        imgw_stat_inc(&cl->st.store_errors);
         imgw_msg_send_answer(cl, ref, sequence, im_ErrorCode_ERR_SERVER_BUSY,
                              "store unavailable", 0, 0, 0);
         return;
@@ -641,7 +641,7 @@ sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
     imgw_core_loop_t *cl = imgw_core_loop_current();
     imgw_session_t *s = session_of(cl, x->ref);
     uint32_t sequence = x->sequence;
-    cl->st.store_ops++;
+    imgw_stat_inc(&cl->st.store_ops);
     if (s != NULL && status == 0 && sync_epoch_reset(s, x, epoch))
         return;
     int gap = status == 0 && sync_gap(x, server_max_seq, oldest_seq);
@@ -650,7 +650,7 @@ sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
         return;
     im_SyncResponse r = im_SyncResponse_init_zero;
     if (status != 0) {
-        cl->st.store_errors++;
+        imgw_stat_inc(&cl->st.store_errors);
         r.error_code = im_ErrorCode_ERR_SERVER_BUSY;
         snprintf(r.error_msg, sizeof(r.error_msg), "store unavailable");
         imgw_core_count_error(cl, r.error_code);
@@ -696,7 +696,7 @@ sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
     if (len >= 0) {
         uv_buf_t b = uv_buf_init((char *)out, (unsigned)len);
         imgw_conn_send_ws(s->conn, s->codec == IMGW_CODEC_JSON, &b, 1);
-        cl->st.msgs_synced += k;
+        imgw_stat_add(&cl->st.msgs_synced, k);
     } else {
         IMGW_LOG_WARN_RL("cannot encode a sync page: %s",
                          imgw_strerror((int)len));

@@ -41,6 +41,7 @@
 #include "err.h"
 #include "httpc.h"
 #include "log.h"
+#include "stat.h"
 
 #define HOOK_LAT_BUCKETS 12
 static const double hook_lat_le[HOOK_LAT_BUCKETS - 1] = {
@@ -60,23 +61,25 @@ static const char *const hf_name[HF_N] = {"timeout", "connect", "status",
 
 enum { EV_OFFLINE = 1, EV_ONLINE = 2, EV_OFFLINE_USER = 4 };
 
+/* Written by the owning loop only, read by the /metrics scrape on another
+ * thread: single-writer atomics like every other counter (base/stat.h). */
 typedef struct hooks_stats_s {
-    uint64_t bs_calls;
-    uint64_t bs_allowed;
-    uint64_t bs_rewritten;
-    uint64_t bs_denied;
-    uint64_t bs_failed[HF_N];
-    uint64_t bs_fail_open; /* failures allowed by failure = open */
-    uint64_t bs_busy;      /* refused: max_inflight reached */
-    uint64_t bs_dup;       /* resends answered from the store */
-    uint64_t bs_lat_hist[HOOK_LAT_BUCKETS];
-    uint64_t bs_lat_us_sum;
-    uint64_t bs_inflight; /* gauge */
-    uint64_t ev_posts;
-    uint64_t ev_post_failures;
-    uint64_t ev_sent;
-    uint64_t ev_dropped;
-    uint64_t ev_queued; /* gauge */
+    imgw_stat_t bs_calls;
+    imgw_stat_t bs_allowed;
+    imgw_stat_t bs_rewritten;
+    imgw_stat_t bs_denied;
+    imgw_stat_t bs_failed[HF_N];
+    imgw_stat_t bs_fail_open; /* failures allowed by failure = open */
+    imgw_stat_t bs_busy;      /* refused: max_inflight reached */
+    imgw_stat_t bs_dup;       /* resends answered from the store */
+    imgw_stat_t bs_lat_hist[HOOK_LAT_BUCKETS];
+    imgw_stat_t bs_lat_us_sum;
+    imgw_stat_t bs_inflight; /* gauge */
+    imgw_stat_t ev_posts;
+    imgw_stat_t ev_post_failures;
+    imgw_stat_t ev_sent;
+    imgw_stat_t ev_dropped;
+    imgw_stat_t ev_queued; /* gauge */
 } hooks_stats_t;
 
 typedef struct hook_send_s hook_send_t;
@@ -287,7 +290,7 @@ send_finish(hook_send_t *x)
         break;
     }
     case HV_DUP:
-        cl->st.msgs_dup++;
+        imgw_stat_inc(&cl->st.msgs_dup);
         imgw_msg_send_answer(cl, x->ref, x->sequence, 0, NULL, x->dup_id,
                              x->dup_seq, imgw_id_time_ms(x->dup_id));
         break;
