@@ -54,11 +54,12 @@ $(TSAN_BUILD)/build.ninja:
 	CC=clang meson setup $(TSAN_BUILD) -Dsanitize=thread -Dbench=false -Dintegration=false -Doptimization=1
 
 # The plain build's tests, the ASan/UBSan build's, the ThreadSanitizer unit
-# tests of the shared structures, the bench smoke run and a few seconds of
-# every fuzz target; one summary line at the end.
+# tests of the shared structures and the ThreadSanitizer imgw scraped under
+# cross-loop traffic (test_tsan_metrics.py), the bench smoke run and a few
+# seconds of every fuzz target; one summary line at the end.
 test: build $(SAN_BUILD)/build.ninja $(TSAN_BUILD)/build.ninja
 	ninja -C $(SAN_BUILD)
-	ninja -C $(TSAN_BUILD) $(TSAN_UNITS)
+	ninja -C $(TSAN_BUILD) imgw $(TSAN_UNITS)
 	/usr/bin/python3 test/run.py --build $(BUILD) --build $(SAN_BUILD) \
 	    --tsan $(TSAN_BUILD) --smoke $(BUILD) --fuzz 5
 

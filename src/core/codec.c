@@ -26,6 +26,7 @@
  */
 #include "codec.h"
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <string.h>
 
@@ -245,54 +246,112 @@ codec_strings_valid(const codec_jmsg_t *m, const void *st)
 typedef struct codec_cmd_s {
     int command;
     int dir; /* CODEC_C2S, CODEC_S2C, or 0 (no body: CMD_UNKNOWN) */
-    const char *name;
     const codec_jmsg_t *msg;
 } codec_cmd_t;
 
-/* The CommandType enum of proto/imgw.proto, in numeric order. */
+/*
+ * The CommandType enum of proto/imgw.proto, in numeric order, with each
+ * command's direction and body. The names come from the proto itself
+ * (nanopb's im_CommandType_name(), enum_to_string in imgw.options).
+ */
 static const codec_cmd_t codec_cmds[] = {
-    {0, 0, "CMD_UNKNOWN", NULL},
-    {1, CODEC_S2C, "CMD_ERROR_RSP", &codec_m_error},
-    {5, CODEC_C2S, "CMD_HEARTBEAT_REQ", &codec_m_hbq},
-    {6, CODEC_S2C, "CMD_HEARTBEAT_RSP", &codec_m_hbs},
-    {100, CODEC_C2S, "CMD_AUTH_REQ", &codec_m_authq},
-    {101, CODEC_S2C, "CMD_AUTH_RSP", &codec_m_auths},
-    {102, CODEC_S2C, "CMD_KICK_PUSH", &codec_m_kick},
-    {200, CODEC_C2S, "CMD_SEND_MSG_REQ", &codec_m_sendq},
-    {201, CODEC_S2C, "CMD_SEND_MSG_RSP", &codec_m_sends},
-    {202, CODEC_S2C, "CMD_PUSH_MSG", &codec_m_push},
-    {203, CODEC_C2S, "CMD_MSG_ACK", &codec_m_ack},
-    {205, CODEC_C2S, "CMD_REVOKE_MSG_REQ", &codec_m_revq},
-    {206, CODEC_S2C, "CMD_REVOKE_MSG_RSP", &codec_m_revs},
-    {207, CODEC_S2C, "CMD_REVOKE_MSG_PUSH", &codec_m_revp},
-    {300, CODEC_C2S, "CMD_SYNC_REQ", &codec_m_syncq},
-    {301, CODEC_S2C, "CMD_SYNC_RSP", &codec_m_syncs},
-    {500, CODEC_C2S, "CMD_READ_RECEIPT_REQ", &codec_m_readq},
-    {501, CODEC_S2C, "CMD_READ_RECEIPT_RSP", &codec_m_reads},
-    {502, CODEC_S2C, "CMD_READ_RECEIPT_PUSH", &codec_m_readp},
-    {600, CODEC_C2S, "CMD_TYPING_STATUS_REQ", &codec_m_typq},
-    {602, CODEC_S2C, "CMD_TYPING_STATUS_PUSH", &codec_m_typp},
+    {0, 0, NULL},
+    {1, CODEC_S2C, &codec_m_error},
+    {5, CODEC_C2S, &codec_m_hbq},
+    {6, CODEC_S2C, &codec_m_hbs},
+    {100, CODEC_C2S, &codec_m_authq},
+    {101, CODEC_S2C, &codec_m_auths},
+    {102, CODEC_S2C, &codec_m_kick},
+    {200, CODEC_C2S, &codec_m_sendq},
+    {201, CODEC_S2C, &codec_m_sends},
+    {202, CODEC_S2C, &codec_m_push},
+    {203, CODEC_C2S, &codec_m_ack},
+    {205, CODEC_C2S, &codec_m_revq},
+    {206, CODEC_S2C, &codec_m_revs},
+    {207, CODEC_S2C, &codec_m_revp},
+    {300, CODEC_C2S, &codec_m_syncq},
+    {301, CODEC_S2C, &codec_m_syncs},
+    {500, CODEC_C2S, &codec_m_readq},
+    {501, CODEC_S2C, &codec_m_reads},
+    {502, CODEC_S2C, &codec_m_readp},
+    {600, CODEC_C2S, &codec_m_typq},
+    {602, CODEC_S2C, &codec_m_typp},
 };
 #define CODEC_NCMDS (sizeof(codec_cmds) / sizeof(codec_cmds[0]))
 
-/* The ErrorCode enum of proto/imgw.proto. */
-static const struct {
-    int code;
-    const char *name;
-} codec_errs[] = {
-    {0, "ERR_SUCCESS"},
-    {1, "ERR_UNKNOWN"},
-    {2, "ERR_INVALID_PARAM"},
-    {3, "ERR_SERVER_BUSY"},
-    {100, "ERR_AUTH_FAILED"},
-    {101, "ERR_TOKEN_EXPIRED"},
-    {102, "ERR_PERMISSION_DENIED"},
-    {103, "ERR_USER_NOT_EXIST"},
-    {200, "ERR_MESSAGE_TOO_LARGE"},
-    {201, "ERR_SEND_TOO_FAST"},
-    {202, "ERR_CONVERSATION_NOT_EXIST"},
-};
-#define CODEC_NERRS (sizeof(codec_errs) / sizeof(codec_errs[0]))
+/* What nanopb's generated *_name() answers for a value outside its enum. */
+#define CODEC_PB_NO_NAME "unknown"
+
+static const char *
+codec_cmd_name(const codec_cmd_t *ci)
+{
+    return im_CommandType_name((im_CommandType)ci->command);
+}
+
+/*
+ * The ErrorCode values of proto/imgw.proto in numeric order, enumerated
+ * once from nanopb's im_ErrorCode_name() over [_MIN, _MAX]: the proto is
+ * the one list of the codes and their names (/metrics labels, JSON).
+ */
+static int codec_err_vals[IMGW_CODEC_MAX_ERRS];
+static size_t codec_n_err_vals;
+static pthread_once_t codec_errs_once = PTHREAD_ONCE_INIT;
+
+static void
+codec_errs_init(void)
+{
+    int v;
+
+    for (v = _im_ErrorCode_MIN; v <= _im_ErrorCode_MAX; v++) {
+        if (strcmp(im_ErrorCode_name((im_ErrorCode)v), CODEC_PB_NO_NAME) == 0)
+            continue;
+        /* IMGW_CODEC_MAX_ERRS is sized with room to spare: grow it when
+         * the proto outgrows it. */
+        if (codec_n_err_vals == IMGW_CODEC_MAX_ERRS)
+            break;
+        codec_err_vals[codec_n_err_vals++] = v;
+    }
+}
+
+size_t
+imgw_codec_err_count(void)
+{
+    pthread_once(&codec_errs_once, codec_errs_init);
+    return codec_n_err_vals;
+}
+
+int
+imgw_codec_err_value(size_t i)
+{
+    pthread_once(&codec_errs_once, codec_errs_init);
+    return i < codec_n_err_vals ? codec_err_vals[i] : -1;
+}
+
+int
+imgw_codec_err_index(int code)
+{
+    size_t lo = 0, hi = imgw_codec_err_count();
+
+    while (lo < hi) { /* codec_err_vals is sorted */
+        size_t mid = lo + (hi - lo) / 2;
+
+        if (codec_err_vals[mid] == code)
+            return (int)mid;
+        if (codec_err_vals[mid] < code)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return -1;
+}
+
+const char *
+imgw_codec_err_name(int code)
+{
+    return imgw_codec_err_index(code) >= 0
+               ? im_ErrorCode_name((im_ErrorCode)code)
+               : NULL;
+}
 
 static const codec_cmd_t *
 codec_cmd_find(int command)
@@ -312,7 +371,7 @@ codec_cmd_find_name(const char *name)
     size_t i;
 
     for (i = 0; i < CODEC_NCMDS; i++) {
-        if (strcmp(codec_cmds[i].name, name) == 0)
+        if (strcmp(codec_cmd_name(&codec_cmds[i]), name) == 0)
             return &codec_cmds[i];
     }
     return NULL;
@@ -323,7 +382,7 @@ imgw_codec_cmd_name(int command)
 {
     const codec_cmd_t *ci = codec_cmd_find(command);
 
-    return ci ? ci->name : NULL;
+    return ci ? codec_cmd_name(ci) : NULL;
 }
 
 /* The JSON reader (below) is also used by the nanopb callbacks. */
@@ -556,6 +615,7 @@ struct codec_jr_s {
     size_t cap;            /* of scratch */
     size_t used;           /* of scratch */
     imgw_slice_t *content; /* the slice a bytes field is decoded into */
+    int utf8_content;      /* content must be UTF-8 (business input) */
 };
 
 static void
@@ -565,6 +625,7 @@ codec_jr_init(codec_jr_t *r, imgw_slice_t *content)
     r->cap = 0;
     r->used = 0;
     r->content = content;
+    r->utf8_content = 1;
     content->ptr = NULL;
     content->len = 0;
 }
@@ -639,12 +700,16 @@ codec_jr_i64(const cJSON *v, int64_t *out)
 static int
 codec_jr_enum(const cJSON *v, int64_t *out)
 {
-    size_t i;
+    size_t i, n;
 
     if (cJSON_IsString(v)) {
-        for (i = 0; i < CODEC_NERRS; i++) {
-            if (strcmp(codec_errs[i].name, v->valuestring) == 0) {
-                *out = codec_errs[i].code;
+        n = imgw_codec_err_count();
+        for (i = 0; i < n; i++) {
+            int code = imgw_codec_err_value(i);
+
+            if (strcmp(im_ErrorCode_name((im_ErrorCode)code), v->valuestring) ==
+                0) {
+                *out = code;
                 return 0;
             }
         }
@@ -679,6 +744,14 @@ codec_jr_bytes(const cJSON *v, pb_callback_t *cb, codec_jr_t *r)
     n = strlen(v->valuestring);
     if (n > CODEC_MAX_BYTES)
         return -1;
+    /* Business input (/api/push, the broker): content is a JSON string,
+     * which must be UTF-8 (RFC 8259); one that is not is refused like any
+     * malformed downlink (issue 12 item 5) instead of reaching JSON
+     * clients with U+FFFD in place of what the business sent. cJSON does
+     * not check. Protobuf clients' bytes never pass through here. */
+    if (r->utf8_content &&
+        !imgw_utf8_valid((const uint8_t *)v->valuestring, n))
+        return IMGW_EUTF8;
     if (r->scratch) {
         /* The decoded string is never longer than its JSON text, so a
          * scratch of len bytes always fits; check anyway. */
@@ -1330,13 +1403,7 @@ codec_jw_msgs(codec_jw_t *w, const pb_callback_t *cb)
 static const char *
 codec_err_name(int code)
 {
-    size_t i;
-
-    for (i = 0; i < CODEC_NERRS; i++) {
-        if (codec_errs[i].code == code)
-            return codec_errs[i].name;
-    }
-    return NULL;
+    return imgw_codec_err_name(code);
 }
 
 static void
@@ -1451,7 +1518,7 @@ codec_jw_head(codec_jw_t *w, const codec_cmd_t *ci, uint32_t sequence,
               int64_t timestamp)
 {
     codec_jw_lit(w, "{\"command\":\"");
-    codec_jw_put(w, ci->name, strlen(ci->name));
+    codec_jw_put(w, codec_cmd_name(ci), strlen(codec_cmd_name(ci)));
     codec_jw_lit(w, "\",\"sequence\":");
     codec_jw_u64(w, sequence, 0);
     codec_jw_lit(w, ",\"timestamp\":");
@@ -1561,6 +1628,9 @@ codec_decode_json_tree(const cJSON *root, imgw_msg_in_t *out,
 
     codec_jr_init(&r, &out->content);
     r.scratch = scratch;
+    /* A client's JSON frame arrived as a WebSocket text frame, which the
+     * ws layer has checked already; keep its content as it came. */
+    r.utf8_content = 0;
     r.cap = scratch ? scratch_cap : 0;
     rc = codec_jr_msg(cJSON_GetObjectItemCaseSensitive(root, "body"), ci->msg,
                       &out->u, &r);

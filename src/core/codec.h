@@ -196,4 +196,19 @@ int imgw_codec_json_int(const void *v, int64_t lo, int64_t hi, int64_t *out);
 /** "CMD_AUTH_REQ" for 100, or NULL. */
 const char *imgw_codec_cmd_name(int command);
 
+/*
+ * The ErrorCode values of proto/imgw.proto in numeric order, with their
+ * names from the proto (nanopb's im_ErrorCode_name): the one list behind
+ * the JSON codec and /metrics' error labels. Any thread.
+ */
+#define IMGW_CODEC_MAX_ERRS 32 /* room for the enum's values */
+/** How many ErrorCode values there are. */
+size_t imgw_codec_err_count(void);
+/** The i-th value (numeric order), or -1 past the end. */
+int imgw_codec_err_value(size_t i);
+/** Position of code in that order, or -1 for no ErrorCode value. */
+int imgw_codec_err_index(int code);
+/** "ERR_INVALID_PARAM" for 2, or NULL for no ErrorCode value. */
+const char *imgw_codec_err_name(int code);
+
 #endif

@@ -136,7 +136,7 @@ local_push(imgw_core_loop_t *cl, const uint8_t *blob, size_t len, int64_t ts,
             b[1] = uv_buf_init((char *)trl, (unsigned)tl);
             imgw_conn_send_ws(s->conn, 1, b, 2);
         }
-        cl->st.msgs_pushed++;
+        imgw_stat_inc(&cl->st.msgs_pushed);
     }
 }
 
@@ -182,7 +182,7 @@ local_raw(imgw_core_loop_t *cl, uint8_t *const raw[2],
         uv_buf_t b = uv_buf_init((char *)raw[s->codec],
                                  (unsigned)raw_len[s->codec]);
         imgw_conn_send_ws(s->conn, s->codec == IMGW_CODEC_JSON, &b, 1);
-        cl->st.api_pushes++;
+        imgw_stat_inc(&cl->st.api_pushes);
     }
 }
 
@@ -202,7 +202,7 @@ bcast_one(imgw_conn_t *c, void *arg)
     uv_buf_t ub = uv_buf_init((char *)b->raw[s->codec],
                               (unsigned)b->raw_len[s->codec]);
     imgw_conn_send_ws(c, s->codec == IMGW_CODEC_JSON, &ub, 1);
-    b->cl->st.api_pushes++;
+    imgw_stat_inc(&b->cl->st.api_pushes);
 }
 
 void
@@ -387,7 +387,7 @@ imgw_deliver_raw(imgw_core_loop_t *cl, const uint8_t *pb, size_t pb_len,
         }
         size_t authed = 0;
         for (int i = 0; i < cl->node->n_loops; i++)
-            authed += cl->node->loops[i]->st.sessions_authed;
+            authed += imgw_stat_get(&cl->node->loops[i]->st.sessions_authed);
         return authed;
     }
     imgw_conn_ref_t none_ref = {0xffff, 0, 0};

@@ -1,11 +1,16 @@
 /*
- * metrics.c: renders /metrics (see metrics.h). Called on whichever loop
- * serves the scrape; it reads the other loops' counters without locks:
- * they are only ever incremented by their own loop, so a scrape sees
- * values at most a moment old.
+ * metrics.c: renders /metrics (see metrics.h) from one table, `metrics`
+ * below: a row per sample (name, type, help, labels, where its value is).
+ *
+ * Called on whichever loop serves the scrape. It reads the other loops'
+ * counters without locks: each is a relaxed atomic that only its own loop
+ * writes (base/stat.h), so a scrape sees values a moment old at most and
+ * never races a writer. Error-code labels come from the proto's names
+ * (imgw_codec_err_name); nothing here lists them.
  */
 #include <dirent.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +18,7 @@
 
 #include "metrics.h"
 #include "../mq/mq.h"
+#include "hooks.h"
 #include "nacos.h"
 
 typedef struct mbuf_s {
@@ -82,269 +88,352 @@ open_fds(void)
     return n > 2 ? n - 3 : 0; /* ".", ".." and the DIR's own fd */
 }
 
-static const char *const err_names[IMGW_N_ERRCODES] = {
-    "ERR_SUCCESS",           "ERR_UNKNOWN",         "ERR_INVALID_PARAM",
-    "ERR_SERVER_BUSY",       "ERR_AUTH_FAILED",     "ERR_TOKEN_EXPIRED",
-    "ERR_PERMISSION_DENIED", "ERR_USER_NOT_EXIST",  "ERR_MESSAGE_TOO_LARGE",
-    "ERR_SEND_TOO_FAST",     "ERR_CONVERSATION_NOT_EXIST", "other"};
+/* ---- the scrape: one snapshot, then the table ------------------------ */
 
-static const char *const auth_reasons[8] = {
-    "ok",      "malformed",     "bad_alg",   "bad_signature",
-    "expired", "not_yet_valid", "bad_claim", "other"};
+/* Node-wide values, read once per scrape (each source's own way: relaxed
+ * atomics, or the store's and broker's stats calls). */
+typedef struct node_vals_s {
+    uint64_t users_online, draining, store_up;
+    uint64_t store_users, store_users_max, store_users_refused;
+    uint64_t mq_up, mq_rejected, mq_consumed, mq_published;
+    uint64_t mq_publish_dropped, mq_reconnects, remote_dropped;
+    uint64_t nacos_registered, nacos_requests, nacos_beats_ok;
+    uint64_t nacos_failures;
+    uint64_t rss, fds;
+} node_vals_t;
 
-#define SUM(field)                                                           \
-    ({                                                                       \
-        uint64_t s_ = 0;                                                     \
-        for (int i_ = 0; i_ < node->n_loops; i_++)                           \
-            s_ += node->loops[i_]->st.field;                                 \
-        s_;                                                                  \
-    })
+typedef struct scrape_s {
+    imgw_node_t *node;
+    int n;                  /* loops */
+    imgw_loop_stats_t *net; /* per loop, imgw_loop_stats() */
+    node_vals_t v;
+    int have_store; /* the store reports user records (memory) */
+} scrape_t;
+
+typedef enum metric_src_e {
+    M_NET_LOOP,  /* one sample per loop, {loop="i"}: imgw_loop_stats_t */
+    M_NET_SUM,   /* summed over loops: imgw_loop_stats_t */
+    M_CORE_SUM,  /* summed over loops: imgw_core_stats_t (imgw_stat_t) */
+    M_CORE_ERRS, /* core errors[]: a sample per ErrorCode but SUCCESS,
+                    then "other" */
+    M_NODE,      /* node_vals_t */
+    M_NODE_STORE /* node_vals_t, only when have_store */
+} metric_src_t;
+
+/*
+ * One row per sample line (per loop for M_NET_LOOP, per code for
+ * M_CORE_ERRS). Consecutive rows of one name are one family: its HELP and
+ * TYPE come from its first row. The order is the page's order; names,
+ * types and labels are what dashboards and tests scrape: keep them.
+ */
+typedef struct metric_s {
+    const char *name;
+    const char *type;
+    const char *help;
+    const char *labels; /* inside {}, or NULL */
+    metric_src_t src;
+    size_t off; /* of the field in the src's struct */
+} metric_t;
+
+#define NET(f) offsetof(imgw_loop_stats_t, f)
+#define CORE(f) offsetof(imgw_core_stats_t, f)
+#define NODE(f) offsetof(node_vals_t, f)
+#define C "counter"
+#define G "gauge"
+
+static const metric_t metrics[] = {
+    {"imgw_connections_open", G, "Open WebSocket connections per loop.", NULL,
+     M_NET_LOOP, NET(ws_open)},
+    {"imgw_tcp_connections_open", G,
+     "Open TCP connections (HTTP and WebSocket) per loop.", NULL, M_NET_LOOP,
+     NET(conns_open)},
+    {"imgw_connections_accepted_total", C, "TCP connections accepted.", NULL,
+     M_NET_SUM, NET(accepted)},
+    {"imgw_handshakes_total", C, "WebSocket upgrade requests by result.",
+     "result=\"ok\"", M_NET_SUM, NET(handshakes_ok)},
+    {"imgw_handshakes_total", C, NULL, "result=\"failed\"", M_NET_SUM,
+     NET(handshakes_failed)},
+    {"imgw_auth_total", C,
+     "Authentications by result (handshake tokens and CMD_AUTH_REQ).",
+     "result=\"ok\"", M_CORE_SUM, CORE(auth_ok)},
+    /* auth_fail[] is indexed by imgw_jwt_result_t (negated), [7] other. */
+    {"imgw_auth_failures_total", C, "Failed authentications by reason.",
+     "reason=\"malformed\"", M_CORE_SUM, CORE(auth_fail[1])},
+    {"imgw_auth_failures_total", C, NULL, "reason=\"bad_alg\"", M_CORE_SUM,
+     CORE(auth_fail[2])},
+    {"imgw_auth_failures_total", C, NULL, "reason=\"bad_signature\"",
+     M_CORE_SUM, CORE(auth_fail[3])},
+    {"imgw_auth_failures_total", C, NULL, "reason=\"expired\"", M_CORE_SUM,
+     CORE(auth_fail[4])},
+    {"imgw_auth_failures_total", C, NULL, "reason=\"not_yet_valid\"",
+     M_CORE_SUM, CORE(auth_fail[5])},
+    {"imgw_auth_failures_total", C, NULL, "reason=\"bad_claim\"", M_CORE_SUM,
+     CORE(auth_fail[6])},
+    {"imgw_auth_failures_total", C, NULL, "reason=\"other\"", M_CORE_SUM,
+     CORE(auth_fail[7])},
+    {"imgw_handshake_unauthorized_total", C, "Upgrades refused with HTTP 401.",
+     NULL, M_CORE_SUM, CORE(handshake_401)},
+    {"imgw_http_requests_total", C, "Plain HTTP requests.", NULL, M_NET_SUM,
+     NET(http_requests)},
+    {"imgw_frames_total", C, "WebSocket messages by direction.", "dir=\"in\"",
+     M_NET_SUM, NET(frames_in)},
+    {"imgw_frames_total", C, NULL, "dir=\"out\"", M_NET_SUM, NET(frames_out)},
+    {"imgw_bytes_total", C, "Socket bytes by direction.", "dir=\"in\"",
+     M_NET_SUM, NET(bytes_in)},
+    {"imgw_bytes_total", C, NULL, "dir=\"out\"", M_NET_SUM, NET(bytes_out)},
+    {"imgw_messages_total", C,
+     "Messages: sent (stored), pushed (push frames written), synced "
+     "(entries returned by sync), duplicate (dedupe hits).",
+     "kind=\"sent\"", M_CORE_SUM, CORE(msgs_sent)},
+    {"imgw_messages_total", C, NULL, "kind=\"pushed\"", M_CORE_SUM,
+     CORE(msgs_pushed)},
+    {"imgw_messages_total", C, NULL, "kind=\"synced\"", M_CORE_SUM,
+     CORE(msgs_synced)},
+    {"imgw_messages_total", C, NULL, "kind=\"duplicate\"", M_CORE_SUM,
+     CORE(msgs_dup)},
+    {"imgw_error_responses_total", C,
+     "Error responses sent to clients by error code.", "code", M_CORE_ERRS,
+     CORE(errors)},
+    {"imgw_slow_consumers_total", C,
+     "Connections closed because their write queue hit its bound.", NULL,
+     M_NET_SUM, NET(slow_consumers)},
+    {"imgw_refused_total", C,
+     "Connections or upgrades refused by admission control, by reason.",
+     "reason=\"max_connections\"", M_NET_SUM, NET(refused_full)},
+    {"imgw_refused_total", C, NULL, "reason=\"per_ip\"", M_NET_SUM,
+     NET(refused_ip)},
+    {"imgw_refused_total", C, NULL, "reason=\"handshake_rate\"", M_NET_SUM,
+     NET(refused_rate)},
+    {"imgw_refused_total", C, NULL, "reason=\"origin\"", M_CORE_SUM,
+     CORE(refused_origin)},
+    {"imgw_kicks_total", C, "Connections kicked by a newer login.", NULL,
+     M_CORE_SUM, CORE(kicks)},
+    {"imgw_heartbeats_total", C, "Heartbeats answered.", NULL, M_CORE_SUM,
+     CORE(heartbeats)},
+    {"imgw_rate_limited_total", C,
+     "Frames refused by the per-connection rate limits.", NULL, M_CORE_SUM,
+     CORE(rate_limited)},
+    {"imgw_api_pushes_total", C,
+     "Frames written for /api/push and broker downlinks.", NULL, M_CORE_SUM,
+     CORE(api_pushes)},
+    {"imgw_store_ops_total", C, "Store operations completed.", NULL, M_CORE_SUM,
+     CORE(store_ops)},
+    {"imgw_store_errors_total", C, "Store operations that failed.", NULL,
+     M_CORE_SUM, CORE(store_errors)},
+    {"imgw_mailbox_depth", G,
+     "Mail items posted to the loop and not yet drained.", NULL, M_NET_LOOP,
+     NET(mailbox_depth)},
+    {"imgw_mailbox_drained_total", C, "Mail items drained by the loop.", NULL,
+     M_NET_LOOP, NET(mailbox_drained)},
+    {"imgw_mailbox_wakeups_total", C, "Mailbox wake-ups (drain batches).", NULL,
+     M_NET_LOOP, NET(mailbox_wakeups)},
+    {"imgw_mailbox_last_batch", G, "Items in the loop's last mailbox drain.",
+     NULL, M_NET_LOOP, NET(mailbox_last_batch)},
+    {"imgw_users_online", G,
+     "Users with at least one authenticated connection on this node.", NULL,
+     M_NODE, NODE(users_online)},
+    {"imgw_draining", G, "1 while the node drains.", NULL, M_NODE,
+     NODE(draining)},
+    {"imgw_store_up", G, "1 while the store backend is reachable from loop 0.",
+     NULL, M_NODE, NODE(store_up)},
+    /* Memory backend only: its per-user records and the requests refused
+     * at store.max_users (Redis keeps its own keys). */
+    {"imgw_store_users", G, "Per-user records held by the memory store.", NULL,
+     M_NODE_STORE, NODE(store_users)},
+    {"imgw_store_users_max", G,
+     "Cap on the memory store's per-user records (store.max_users).", NULL,
+     M_NODE_STORE, NODE(store_users_max)},
+    {"imgw_store_users_refused_total", C,
+     "Requests refused because the memory store held store.max_users user "
+     "records.",
+     NULL, M_NODE_STORE, NODE(store_users_refused)},
+    {"imgw_mq_up", G,
+     "1 while the RabbitMQ channel is open (0 also when no broker is "
+     "configured).",
+     NULL, M_NODE, NODE(mq_up)},
+    {"imgw_mq_rejected_total", C,
+     "Broker messages rejected without requeue (malformed, unknown code, "
+     "oversized).",
+     NULL, M_NODE, NODE(mq_rejected)},
+    {"imgw_mq_consumed_total", C, "Messages consumed from this node's queue.",
+     NULL, M_NODE, NODE(mq_consumed)},
+    {"imgw_mq_published_total", C,
+     "Inter-node publishes confirmed by the broker.", NULL, M_NODE,
+     NODE(mq_published)},
+    {"imgw_mq_publish_dropped_total", C,
+     "Publishes dropped while the broker was unavailable.", NULL, M_NODE,
+     NODE(mq_publish_dropped)},
+    {"imgw_mq_reconnects_total", C, "Reconnections to the broker.", NULL,
+     M_NODE, NODE(mq_reconnects)},
+    {"imgw_remote_push_dropped_total", C,
+     "Pushes for other nodes that could not be published (the receivers "
+     "sync them from the store).",
+     NULL, M_NODE, NODE(remote_dropped)},
+    {"imgw_nacos_registered", G,
+     "Ports currently registered in Nacos (0 without nacos.server).", NULL,
+     M_NODE, NODE(nacos_registered)},
+    {"imgw_nacos_requests_total", C, "Requests sent to Nacos.", NULL, M_NODE,
+     NODE(nacos_requests)},
+    {"imgw_nacos_beats_ok_total", C, "Beats Nacos accepted.", NULL, M_NODE,
+     NODE(nacos_beats_ok)},
+    {"imgw_nacos_failures_total", C,
+     "Nacos requests that failed (connect, timeout, non-2xx).", NULL, M_NODE,
+     NODE(nacos_failures)},
+    {"imgw_process_resident_memory_bytes", G,
+     "Resident set size of the process.", NULL, M_NODE, NODE(rss)},
+    {"imgw_process_open_fds", G, "Open file descriptors of the process.", NULL,
+     M_NODE, NODE(fds)},
+};
+
+#undef NET
+#undef CORE
+#undef NODE
+#undef C
+#undef G
+
+/* Reads every source once: the loops' counters and the node-wide values. */
+static int
+scrape_take(scrape_t *sc, imgw_node_t *node)
+{
+    memset(sc, 0, sizeof(*sc));
+    sc->node = node;
+    sc->n = node->n_loops;
+    sc->net = calloc((size_t)sc->n, sizeof(*sc->net));
+    if (sc->net == NULL)
+        return -1;
+    for (int i = 0; i < sc->n; i++)
+        imgw_loop_stats(imgw_net_loop(node->net, i), &sc->net[i]);
+
+    node_vals_t *v = &sc->v;
+    v->users_online = imgw_usermap_users(node->users);
+    v->draining = (uint64_t)imgw_net_draining(node->net);
+    v->store_up = node->loops[0]->store
+                      ? (uint64_t)imgw_store_loop_ready(node->loops[0]->store)
+                      : 0;
+    imgw_store_stats_t ss;
+    if (node->store != NULL && imgw_store_stats(node->store, &ss) == 0) {
+        sc->have_store = 1;
+        v->store_users = ss.users;
+        v->store_users_max = ss.max_users;
+        v->store_users_refused = ss.users_refused;
+    }
+    imgw_mq_stats_t ms;
+    memset(&ms, 0, sizeof(ms));
+    if (node->mq != NULL)
+        imgw_mq_stats(node->mq, &ms);
+    v->mq_up = (uint64_t)ms.connected;
+    v->mq_rejected = ms.rejected;
+    v->mq_consumed = ms.consumed;
+    v->mq_published = ms.published;
+    v->mq_publish_dropped = ms.publish_dropped;
+    v->mq_reconnects = ms.reconnects;
+    v->remote_dropped = atomic_load(&node->remote_dropped);
+    imgw_nacos_stats_t ns;
+    imgw_nacos_stats(NULL, &ns);
+    v->nacos_registered = ns.registered;
+    v->nacos_requests = ns.requests;
+    v->nacos_beats_ok = ns.beats_ok;
+    v->nacos_failures = ns.failures;
+    v->rss = (uint64_t)rss_bytes();
+    v->fds = (uint64_t)open_fds();
+    return 0;
+}
+
+static uint64_t
+core_sum(const scrape_t *sc, size_t off)
+{
+    uint64_t s = 0;
+    for (int i = 0; i < sc->n; i++)
+        s += imgw_stat_get(
+            (const imgw_stat_t *)((const char *)&sc->node->loops[i]->st + off));
+    return s;
+}
+
+static uint64_t
+net_at(const scrape_t *sc, int loop, size_t off)
+{
+    return *(const uint64_t *)((const char *)&sc->net[loop] + off);
+}
+
+static void
+sample(mbuf_t *b, const char *name, const char *labels, uint64_t v)
+{
+    if (labels)
+        put(b, "%s{%s} %llu\n", name, labels, (unsigned long long)v);
+    else
+        put(b, "%s %llu\n", name, (unsigned long long)v);
+}
+
+static void
+render_row(mbuf_t *b, const scrape_t *sc, const metric_t *m)
+{
+    char lab[96];
+    uint64_t t = 0;
+    switch (m->src) {
+    case M_NET_LOOP:
+        for (int i = 0; i < sc->n; i++) {
+            snprintf(lab, sizeof(lab), "loop=\"%d\"", i);
+            sample(b, m->name, lab, net_at(sc, i, m->off));
+        }
+        return;
+    case M_NET_SUM:
+        for (int i = 0; i < sc->n; i++)
+            t += net_at(sc, i, m->off);
+        sample(b, m->name, m->labels, t);
+        return;
+    case M_CORE_SUM:
+        sample(b, m->name, m->labels, core_sum(sc, m->off));
+        return;
+    case M_CORE_ERRS: {
+        /* Index 0 is ERR_SUCCESS, never an error response. */
+        size_t n = imgw_codec_err_count();
+        for (size_t e = 1; e <= n; e++) {
+            size_t slot = e < n ? e : IMGW_N_ERRCODES - 1;
+            const char *code =
+                e < n ? imgw_codec_err_name(imgw_codec_err_value(e)) : "other";
+            snprintf(lab, sizeof(lab), "%s=\"%s\"", m->labels, code);
+            sample(b, m->name, lab,
+                   core_sum(sc, m->off + slot * sizeof(imgw_stat_t)));
+        }
+        return;
+    }
+    case M_NODE:
+    case M_NODE_STORE:
+        sample(b, m->name, m->labels,
+               *(const uint64_t *)((const char *)&sc->v + m->off));
+        return;
+    }
+}
 
 char *
 imgw_metrics_render(imgw_node_t *node, size_t *len)
 {
     mbuf_t b = {malloc(8192), 0, 8192, 0};
+    scrape_t sc;
     if (b.p == NULL)
         return NULL;
-    int n = node->n_loops;
-    imgw_loop_stats_t *ls = calloc((size_t)n, sizeof(*ls));
-    if (ls == NULL) {
+    if (scrape_take(&sc, node) != 0) {
         free(b.p);
         return NULL;
     }
-    for (int i = 0; i < n; i++)
-        imgw_loop_stats(imgw_net_loop(node->net, i), &ls[i]);
-
-#define PER_LOOP(name, type, help, expr)                                     \
-    do {                                                                     \
-        head(&b, name, type, help);                                          \
-        for (int i = 0; i < n; i++)                                          \
-            put(&b, name "{loop=\"%d\"} %llu\n", i,                          \
-                (unsigned long long)(expr));                                 \
-    } while (0)
-#define TOTAL(name, type, help, expr)                                        \
-    do {                                                                     \
-        uint64_t t_ = 0;                                                     \
-        for (int i = 0; i < n; i++)                                          \
-            t_ += (expr);                                                    \
-        head(&b, name, type, help);                                          \
-        put(&b, name " %llu\n", (unsigned long long)t_);                     \
-    } while (0)
-
-    PER_LOOP("imgw_connections_open", "gauge",
-             "Open WebSocket connections per loop.", ls[i].ws_open);
-    PER_LOOP("imgw_tcp_connections_open", "gauge",
-             "Open TCP connections (HTTP and WebSocket) per loop.",
-             ls[i].conns_open);
-    TOTAL("imgw_connections_accepted_total", "counter",
-          "TCP connections accepted.", ls[i].accepted);
-    head(&b, "imgw_handshakes_total", "counter",
-         "WebSocket upgrade requests by result.");
-    {
-        uint64_t ok = 0, bad = 0;
-        for (int i = 0; i < n; i++) {
-            ok += ls[i].handshakes_ok;
-            bad += ls[i].handshakes_failed;
+    const char *family = NULL;
+    for (size_t i = 0; i < sizeof(metrics) / sizeof(metrics[0]); i++) {
+        const metric_t *m = &metrics[i];
+        if (m->src == M_NODE_STORE && !sc.have_store)
+            continue;
+        if (family == NULL || strcmp(family, m->name) != 0) {
+            head(&b, m->name, m->type, m->help);
+            family = m->name;
         }
-        put(&b, "imgw_handshakes_total{result=\"ok\"} %llu\n",
-            (unsigned long long)ok);
-        put(&b, "imgw_handshakes_total{result=\"failed\"} %llu\n",
-            (unsigned long long)bad);
+        render_row(&b, &sc, m);
     }
-    head(&b, "imgw_auth_total", "counter",
-         "Authentications by result (handshake tokens and CMD_AUTH_REQ).");
-    put(&b, "imgw_auth_total{result=\"ok\"} %llu\n",
-        (unsigned long long)SUM(auth_ok));
-    head(&b, "imgw_auth_failures_total", "counter",
-         "Failed authentications by reason.");
-    for (int r = 1; r < 8; r++)
-        put(&b, "imgw_auth_failures_total{reason=\"%s\"} %llu\n",
-            auth_reasons[r], (unsigned long long)SUM(auth_fail[r]));
-    TOTAL("imgw_handshake_unauthorized_total", "counter",
-          "Upgrades refused with HTTP 401.",
-          node->loops[i]->st.handshake_401);
-    TOTAL("imgw_http_requests_total", "counter", "Plain HTTP requests.",
-          ls[i].http_requests);
-    head(&b, "imgw_frames_total", "counter",
-         "WebSocket messages by direction.");
-    {
-        uint64_t in = 0, out = 0;
-        for (int i = 0; i < n; i++) {
-            in += ls[i].frames_in;
-            out += ls[i].frames_out;
-        }
-        put(&b, "imgw_frames_total{dir=\"in\"} %llu\n",
-            (unsigned long long)in);
-        put(&b, "imgw_frames_total{dir=\"out\"} %llu\n",
-            (unsigned long long)out);
-    }
-    head(&b, "imgw_bytes_total", "counter", "Socket bytes by direction.");
-    {
-        uint64_t in = 0, out = 0;
-        for (int i = 0; i < n; i++) {
-            in += ls[i].bytes_in;
-            out += ls[i].bytes_out;
-        }
-        put(&b, "imgw_bytes_total{dir=\"in\"} %llu\n",
-            (unsigned long long)in);
-        put(&b, "imgw_bytes_total{dir=\"out\"} %llu\n",
-            (unsigned long long)out);
-    }
-    head(&b, "imgw_messages_total", "counter",
-         "Messages: sent (stored), pushed (push frames written), synced "
-         "(entries returned by sync), duplicate (dedupe hits).");
-    put(&b, "imgw_messages_total{kind=\"sent\"} %llu\n",
-        (unsigned long long)SUM(msgs_sent));
-    put(&b, "imgw_messages_total{kind=\"pushed\"} %llu\n",
-        (unsigned long long)SUM(msgs_pushed));
-    put(&b, "imgw_messages_total{kind=\"synced\"} %llu\n",
-        (unsigned long long)SUM(msgs_synced));
-    put(&b, "imgw_messages_total{kind=\"duplicate\"} %llu\n",
-        (unsigned long long)SUM(msgs_dup));
-    head(&b, "imgw_error_responses_total", "counter",
-         "Error responses sent to clients by error code.");
-    for (int e = 1; e < IMGW_N_ERRCODES; e++)
-        put(&b, "imgw_error_responses_total{code=\"%s\"} %llu\n",
-            err_names[e], (unsigned long long)SUM(errors[e]));
-    TOTAL("imgw_slow_consumers_total", "counter",
-          "Connections closed because their write queue hit its bound.",
-          ls[i].slow_consumers);
-    head(&b, "imgw_refused_total", "counter",
-         "Connections or upgrades refused by admission control, by reason.");
-    {
-        uint64_t full = 0, ip = 0, rate = 0, origin = 0;
-        for (int i = 0; i < n; i++) {
-            full += ls[i].refused_full;
-            ip += ls[i].refused_ip;
-            rate += ls[i].refused_rate;
-            origin += node->loops[i]->st.refused_origin;
-        }
-        put(&b, "imgw_refused_total{reason=\"max_connections\"} %llu\n",
-            (unsigned long long)full);
-        put(&b, "imgw_refused_total{reason=\"per_ip\"} %llu\n",
-            (unsigned long long)ip);
-        put(&b, "imgw_refused_total{reason=\"handshake_rate\"} %llu\n",
-            (unsigned long long)rate);
-        put(&b, "imgw_refused_total{reason=\"origin\"} %llu\n",
-            (unsigned long long)origin);
-    }
-    TOTAL("imgw_kicks_total", "counter",
-          "Connections kicked by a newer login.", node->loops[i]->st.kicks);
-    TOTAL("imgw_heartbeats_total", "counter", "Heartbeats answered.",
-          node->loops[i]->st.heartbeats);
-    TOTAL("imgw_rate_limited_total", "counter",
-          "Frames refused by the per-connection rate limits.",
-          node->loops[i]->st.rate_limited);
-    TOTAL("imgw_api_pushes_total", "counter",
-          "Frames written for /api/push and broker downlinks.",
-          node->loops[i]->st.api_pushes);
-    TOTAL("imgw_store_ops_total", "counter", "Store operations completed.",
-          node->loops[i]->st.store_ops);
-    TOTAL("imgw_store_errors_total", "counter",
-          "Store operations that failed.", node->loops[i]->st.store_errors);
-    PER_LOOP("imgw_mailbox_depth", "gauge",
-             "Mail items posted to the loop and not yet drained.",
-             ls[i].mailbox_depth);
-    PER_LOOP("imgw_mailbox_drained_total", "counter",
-             "Mail items drained by the loop.", ls[i].mailbox_drained);
-    PER_LOOP("imgw_mailbox_wakeups_total", "counter",
-             "Mailbox wake-ups (drain batches).", ls[i].mailbox_wakeups);
-    PER_LOOP("imgw_mailbox_last_batch", "gauge",
-             "Items in the loop's last mailbox drain.",
-             ls[i].mailbox_last_batch);
-    head(&b, "imgw_users_online", "gauge",
-         "Users with at least one authenticated connection on this node.");
-    put(&b, "imgw_users_online %zu\n", imgw_usermap_users(node->users));
-    head(&b, "imgw_draining", "gauge", "1 while the node drains.");
-    put(&b, "imgw_draining %d\n", imgw_net_draining(node->net));
-    head(&b, "imgw_store_up", "gauge",
-         "1 while the store backend is reachable from loop 0.");
-    put(&b, "imgw_store_up %d\n",
-        node->loops[0]->store ? imgw_store_loop_ready(node->loops[0]->store)
-                              : 0);
-    {
-        /* Memory backend only: its per-user records and the requests
-         * refused at store.max_users (Redis keeps its own keys). */
-        imgw_store_stats_t ss;
-        if (node->store != NULL && imgw_store_stats(node->store, &ss) == 0) {
-            head(&b, "imgw_store_users", "gauge",
-                 "Per-user records held by the memory store.");
-            put(&b, "imgw_store_users %zu\n", ss.users);
-            head(&b, "imgw_store_users_max", "gauge",
-                 "Cap on the memory store's per-user records "
-                 "(store.max_users).");
-            put(&b, "imgw_store_users_max %zu\n", ss.max_users);
-            head(&b, "imgw_store_users_refused_total", "counter",
-                 "Requests refused because the memory store held "
-                 "store.max_users user records.");
-            put(&b, "imgw_store_users_refused_total %llu\n",
-                (unsigned long long)ss.users_refused);
-        }
-    }
-    {
-        imgw_mq_stats_t ms;
-        memset(&ms, 0, sizeof(ms));
-        if (node->mq != NULL)
-            imgw_mq_stats(node->mq, &ms);
-        head(&b, "imgw_mq_up", "gauge",
-             "1 while the RabbitMQ channel is open (0 also when no broker "
-             "is configured).");
-        put(&b, "imgw_mq_up %d\n", ms.connected);
-        head(&b, "imgw_mq_rejected_total", "counter",
-             "Broker messages rejected without requeue (malformed, unknown "
-             "code, oversized).");
-        put(&b, "imgw_mq_rejected_total %llu\n",
-            (unsigned long long)ms.rejected);
-        head(&b, "imgw_mq_consumed_total", "counter",
-             "Messages consumed from this node's queue.");
-        put(&b, "imgw_mq_consumed_total %llu\n",
-            (unsigned long long)ms.consumed);
-        head(&b, "imgw_mq_published_total", "counter",
-             "Inter-node publishes confirmed by the broker.");
-        put(&b, "imgw_mq_published_total %llu\n",
-            (unsigned long long)ms.published);
-        head(&b, "imgw_mq_publish_dropped_total", "counter",
-             "Publishes dropped while the broker was unavailable.");
-        put(&b, "imgw_mq_publish_dropped_total %llu\n",
-            (unsigned long long)(ms.publish_dropped));
-        head(&b, "imgw_mq_reconnects_total", "counter",
-             "Reconnections to the broker.");
-        put(&b, "imgw_mq_reconnects_total %llu\n",
-            (unsigned long long)ms.reconnects);
-        head(&b, "imgw_remote_push_dropped_total", "counter",
-             "Pushes for other nodes that could not be published (the "
-             "receivers sync them from the store).");
-        put(&b, "imgw_remote_push_dropped_total %llu\n",
-            (unsigned long long)atomic_load(&node->remote_dropped));
-    }
-    {
-        imgw_nacos_stats_t ns;
-        imgw_nacos_stats(NULL, &ns);
-        head(&b, "imgw_nacos_registered", "gauge",
-             "Ports currently registered in Nacos (0 without nacos.server).");
-        put(&b, "imgw_nacos_registered %llu\n", (unsigned long long)ns.registered);
-        head(&b, "imgw_nacos_requests_total", "counter",
-             "Requests sent to Nacos.");
-        put(&b, "imgw_nacos_requests_total %llu\n",
-            (unsigned long long)ns.requests);
-        head(&b, "imgw_nacos_beats_ok_total", "counter",
-             "Beats Nacos accepted.");
-        put(&b, "imgw_nacos_beats_ok_total %llu\n",
-            (unsigned long long)ns.beats_ok);
-        head(&b, "imgw_nacos_failures_total", "counter",
-             "Nacos requests that failed (connect, timeout, non-2xx).");
-        put(&b, "imgw_nacos_failures_total %llu\n",
-            (unsigned long long)ns.failures);
-    }
-    head(&b, "imgw_process_resident_memory_bytes", "gauge",
-         "Resident set size of the process.");
-    put(&b, "imgw_process_resident_memory_bytes %ld\n", rss_bytes());
-    head(&b, "imgw_process_open_fds", "gauge",
-         "Open file descriptors of the process.");
-    put(&b, "imgw_process_open_fds %ld\n", open_fds());
-#undef PER_LOOP
-#undef TOTAL
-    free(ls);
+    /* The hooks render their own families (src/hooks: calls, failures,
+     * latency histogram, queue depth); none when no hook is configured. */
+    char *ht = imgw_hooks_metrics(node);
+    if (ht != NULL)
+        put(&b, "%s", ht);
+    free(ht);
+    free(sc.net);
     if (b.oom) {
         free(b.p);
         return NULL;

@@ -8,12 +8,14 @@
  * continuation finds the connection again by ref (it may be gone: a stored
  * message is still pushed to its receivers).
  */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "coalesce.h"
 #include "err.h"
+#include "hooks.h"
 #include "idsyntax.h"
 #include "log.h"
 #include "session.h"
@@ -190,7 +192,7 @@ append_cb(imgw_store_append_t *req, int status, void *data)
     imgw_core_loop_t *cl = imgw_core_loop_current();
     imgw_session_t *s = session_of(cl, x->ref);
     (void)req;
-    cl->st.store_ops++;
+    imgw_stat_inc(&cl->st.store_ops);
     if (status == IMGW_EINVAL) {
         /* The store's edge check: an id the rule refuses, e.g. a group
          * member stored before the rule existed. Nothing was stored. */
@@ -201,7 +203,7 @@ append_cb(imgw_store_append_t *req, int status, void *data)
         return;
     }
     if (status != 0) {
-        cl->st.store_errors++;
+        imgw_stat_inc(&cl->st.store_errors);
         if (s)
             send_rsp(s, x->sequence, im_ErrorCode_ERR_SERVER_BUSY,
                      "store unavailable", 0, 0, 0);
@@ -209,7 +211,7 @@ append_cb(imgw_store_append_t *req, int status, void *data)
         return;
     }
     if (x->req.duplicate) {
-        cl->st.msgs_dup++;
+        imgw_stat_inc(&cl->st.msgs_dup);
         if (s)
             send_rsp(s, x->sequence, 0, NULL, x->req.dup_message_id,
                      x->req.dup_seq,
@@ -217,10 +219,12 @@ append_cb(imgw_store_append_t *req, int status, void *data)
         send_ctx_free(x);
         return;
     }
-    cl->st.msgs_sent++;
+    imgw_stat_inc(&cl->st.msgs_sent);
     if (s)
         send_rsp(s, x->sequence, 0, NULL, x->message_id, x->seqs[0],
                  x->server_time);
+    imgw_hooks_stored(cl, x->blob, x->blob_len,
+                      (const char *const *)x->users, x->n_users);
     imgw_deliver_push(cl, x->blob, x->blob_len, x->server_time,
                       (const char *const *)x->users, x->seqs, x->n_users,
                       x->ref);
@@ -374,6 +378,40 @@ imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in)
         return;
     }
 
+    if (imgw_hooks_before_send_on(cl)) {
+        /* The business decides first (docs/hooks.md); it calls
+         * imgw_msg_send_commit once allowed. */
+        imgw_hooks_before_send(s, in, conv);
+        return;
+    }
+    imgw_msg_send_commit(cl, imgw_conn_ref(s->conn), in->sequence, q,
+                         in->content, conv);
+}
+
+void
+imgw_msg_send_answer(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
+                     uint32_t sequence, int code, const char *msg,
+                     uint64_t message_id, int64_t mseq, int64_t server_time)
+{
+    imgw_session_t *s = session_of(cl, ref);
+    if (s != NULL)
+        send_rsp(s, sequence, code, msg, message_id, mseq, server_time);
+    else if (code != 0)
+        imgw_core_count_error(cl, code);
+}
+
+/*
+ * Stores and pushes a send that passed validation (and the before-send
+ * hook, when there is one). The connection may be gone by now: the message
+ * is stored anyway, as one whose store request was under way when its
+ * connection closed, and q->sender_id is the authenticated sender.
+ */
+void
+imgw_msg_send_commit(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
+                     uint32_t sequence, const im_SendMessageRequest *q,
+                     imgw_slice_t content_in, const char *conv)
+{
+    int has_r = q->receiver_id[0] != '\0';
     /*
      * The blob does not depend on the group's members: encode it now, from
      * the loop's scratch PushMessage (no 10.7 KB struct per send), into
@@ -383,13 +421,14 @@ imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in)
     int64_t server_time = imgw_now_ms();
     uint64_t message_id = imgw_id_next(&cl->node->ids, server_time);
     im_PushMessage *pm = &cl->push;
-    imgw_slice_t content = {in->content.ptr, in->content.len};
+    imgw_slice_t content = content_in;
     imgw_id_format(message_id, pm->message_id);
     size_t cmid_len = copy_str(pm->client_msg_id, sizeof(pm->client_msg_id),
                                q->client_msg_id);
     size_t conv_len =
         copy_str(pm->conversation_id, sizeof(pm->conversation_id), conv);
-    size_t user_len = copy_str(pm->sender_id, sizeof(pm->sender_id), s->user);
+    size_t user_len =
+        copy_str(pm->sender_id, sizeof(pm->sender_id), q->sender_id);
     size_t recv_len =
         copy_str(pm->receiver_id, sizeof(pm->receiver_id), q->receiver_id);
     copy_str(pm->group_id, sizeof(pm->group_id), q->group_id);
@@ -408,10 +447,10 @@ imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in)
                                              cl->out, cl->out_cap);
     if (blen < 0) {
         /* Same answer as a failing store: nothing was stored. */
-        cl->st.store_ops++;
-        cl->st.store_errors++;
-        send_rsp(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY,
-                 "store unavailable", 0, 0, 0);
+        imgw_stat_inc(&cl->st.store_ops);
+        imgw_stat_inc(&cl->st.store_errors);
+        imgw_msg_send_answer(cl, ref, sequence, im_ErrorCode_ERR_SERVER_BUSY,
+                             "store unavailable", 0, 0, 0);
         return;
     }
 
@@ -422,12 +461,12 @@ imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in)
                   (has_r ? recv_len + 1 : 0);
     send_ctx_t *x = malloc(sizeof(*x) + arr + strs);
     if (x == NULL) {
-        send_rsp(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY, "out of memory",
-                 0, 0, 0);
+        imgw_msg_send_answer(cl, ref, sequence, im_ErrorCode_ERR_SERVER_BUSY,
+                             "out of memory", 0, 0, 0);
         return;
     }
-    x->ref = imgw_conn_ref(s->conn);
-    x->sequence = in->sequence;
+    x->ref = ref;
+    x->sequence = sequence;
     x->message_id = message_id;
     x->server_time = server_time;
     x->members = NULL;
@@ -475,7 +514,56 @@ imgw_msg_ack(imgw_session_t *s, imgw_msg_in_t *in)
 typedef struct sync_ctx_s {
     imgw_conn_ref_t ref;
     uint32_t sequence;
+    /* The request as the store saw it, for the resume contract. */
+    int64_t min_seq, max_seq;
+    int limit;
+    char epoch[24]; /* the client's epoch, "" = no check */
+    int reset;      /* resent from seq 0 after an epoch mismatch */
 } sync_ctx_t;
+
+static void sync_cb(int status, const imgw_store_entry_t *e, size_t n,
+                    int has_more, int64_t server_max_seq, int64_t oldest_seq,
+                    uint64_t epoch, void *data);
+
+/*
+ * The resume contract (protocol.md "Resume contract"). A client's min_seq
+ * means something only in the epoch it came from. When the timeline's epoch
+ * differs (it was reset or lost since), the page is read again from seq 0,
+ * so the client gets the new timeline from its start, flagged as a
+ * discontinuity. Returns 1 when the request was resent (x now belongs to
+ * that request).
+ */
+static int
+sync_epoch_reset(imgw_session_t *s, sync_ctx_t *x, uint64_t epoch)
+{
+    char now[24] = "";
+    if (x->reset || x->epoch[0] == '\0' || x->min_seq == 0)
+        return 0;
+    if (epoch != 0)
+        snprintf(now, sizeof(now), "%" PRIu64, epoch);
+    if (strcmp(now, x->epoch) == 0)
+        return 0;
+    x->reset = 1;
+    x->min_seq = 0;
+    x->max_seq = 0;
+    imgw_store_sync(s->cl->store, s->user, 0, 0, x->limit, sync_cb, x);
+    return 1;
+}
+
+/*
+ * Messages after the client's position that the timeline no longer holds:
+ * an epoch reset, a position past anything this timeline reached (reset
+ * without an epoch to compare), or retention trimmed past it.
+ */
+static int
+sync_gap(const sync_ctx_t *x, int64_t server_max_seq, int64_t oldest_seq)
+{
+    if (x->reset || x->min_seq > server_max_seq)
+        return 1;
+    if (x->max_seq != 0 && x->max_seq <= x->min_seq)
+        return 0;
+    return x->min_seq + 1 < oldest_seq;
+}
 
 /*
  * The frame bound of one sync page: half the per-connection write queue
@@ -541,19 +629,22 @@ sync_page_cut(imgw_core_loop_t *cl, imgw_codec_t codec,
 
 static void
 sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
-        int64_t server_max_seq, void *data)
+        int64_t server_max_seq, int64_t oldest_seq, uint64_t epoch, void *data)
 {
     sync_ctx_t *x = data;
     imgw_core_loop_t *cl = imgw_core_loop_current();
     imgw_session_t *s = session_of(cl, x->ref);
     uint32_t sequence = x->sequence;
+    imgw_stat_inc(&cl->st.store_ops);
+    if (s != NULL && status == 0 && sync_epoch_reset(s, x, epoch))
+        return;
+    int gap = status == 0 && sync_gap(x, server_max_seq, oldest_seq);
     free(x);
-    cl->st.store_ops++;
     if (s == NULL)
         return;
     im_SyncResponse r = im_SyncResponse_init_zero;
     if (status != 0) {
-        cl->st.store_errors++;
+        imgw_stat_inc(&cl->st.store_errors);
         r.error_code = im_ErrorCode_ERR_SERVER_BUSY;
         snprintf(r.error_msg, sizeof(r.error_msg), "store unavailable");
         imgw_core_count_error(cl, r.error_code);
@@ -588,6 +679,10 @@ sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
     r.messages.arg = &ents;
     r.server_max_seq = server_max_seq;
     r.has_more = has_more != 0;
+    if (epoch != 0)
+        snprintf(r.epoch, sizeof(r.epoch), "%" PRIu64, epoch);
+    r.discontinuity = gap != 0;
+    r.oldest_seq = oldest_seq;
     ssize_t len = imgw_codec_encode((imgw_codec_t)s->codec,
                                     im_CommandType_CMD_SYNC_RSP, sequence,
                                     imgw_now_ms(), &r, out,
@@ -595,7 +690,7 @@ sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
     if (len >= 0) {
         uv_buf_t b = uv_buf_init((char *)out, (unsigned)len);
         imgw_conn_send_ws(s->conn, s->codec == IMGW_CODEC_JSON, &b, 1);
-        cl->st.msgs_synced += k;
+        imgw_stat_add(&cl->st.msgs_synced, k);
     } else {
         IMGW_LOG_WARN_RL("cannot encode a sync page: %s",
                          imgw_strerror((int)len));
@@ -644,6 +739,11 @@ imgw_msg_sync(imgw_session_t *s, imgw_msg_in_t *in)
     }
     x->ref = imgw_conn_ref(s->conn);
     x->sequence = in->sequence;
+    x->min_seq = min_seq;
+    x->max_seq = max_seq;
+    x->limit = limit;
+    x->reset = 0;
+    snprintf(x->epoch, sizeof(x->epoch), "%s", q->epoch);
     imgw_store_sync(s->cl->store, s->user, min_seq, max_seq, limit, sync_cb, x);
 }
 

@@ -14,6 +14,7 @@
 
 #include "codec.h"
 #include "config.h"
+#include "stat.h"
 #include "id.h"
 #include "jwt.h"
 #include "mailbox.h"
@@ -21,8 +22,9 @@
 #include "store.h"
 #include "usermap.h"
 
-/* Error codes as counted in metrics (index = position in this list). */
-#define IMGW_N_ERRCODES 12
+/* Error responses as counted in metrics: index = the code's position among
+ * the ErrorCode values (imgw_codec_err_index), the last one "other". */
+#define IMGW_N_ERRCODES (IMGW_CODEC_MAX_ERRS + 1)
 
 typedef struct imgw_node_s {
     const imgw_config_t *cfg;
@@ -40,26 +42,28 @@ typedef struct imgw_node_s {
     atomic_ullong remote_dropped; /* remote pushes the broker did not take */
 } imgw_node_t;
 
-/* Per-loop counters; summed over loops by /metrics. Loop thread writes. */
+/* Per-loop counters; summed over loops by /metrics (metrics.c's table).
+ * Only the loop thread writes them (imgw_stat_inc, base/stat.h); any thread
+ * reads them (imgw_stat_get). */
 typedef struct imgw_core_stats_s {
-    uint64_t auth_ok;
-    uint64_t sessions_authed; /* gauge: authenticated connections */
-    uint64_t auth_fail[8]; /* by imgw_jwt_result_t (negated), [7] other */
-    uint64_t handshake_401;
-    uint64_t refused_origin;
-    uint64_t msgs_sent;
-    uint64_t msgs_pushed;  /* push frames written */
-    uint64_t msgs_synced;  /* entries returned by sync */
-    uint64_t msgs_dup;
-    uint64_t errors[IMGW_N_ERRCODES];
-    uint64_t kicks;
-    uint64_t heartbeats;
-    uint64_t rate_limited;
-    uint64_t api_pushes;
-    uint64_t store_ops;
-    uint64_t store_errors;
-    uint64_t store_lat_us_sum;
-    uint64_t store_lat_hist[12]; /* buckets, see metrics.c */
+    imgw_stat_t auth_ok;
+    imgw_stat_t sessions_authed; /* gauge: authenticated connections */
+    imgw_stat_t auth_fail[8];    /* by imgw_jwt_result_t (negated), [7] other */
+    imgw_stat_t handshake_401;
+    imgw_stat_t refused_origin;
+    imgw_stat_t msgs_sent;
+    imgw_stat_t msgs_pushed; /* push frames written */
+    imgw_stat_t msgs_synced; /* entries returned by sync */
+    imgw_stat_t msgs_dup;
+    imgw_stat_t errors[IMGW_N_ERRCODES];
+    imgw_stat_t kicks;
+    imgw_stat_t heartbeats;
+    imgw_stat_t rate_limited;
+    imgw_stat_t api_pushes;
+    imgw_stat_t store_ops;
+    imgw_stat_t store_errors;
+    imgw_stat_t store_lat_us_sum;
+    imgw_stat_t store_lat_hist[12]; /* buckets, see metrics.c */
 } imgw_core_stats_t;
 
 typedef struct imgw_core_loop_s {
@@ -77,6 +81,7 @@ typedef struct imgw_core_loop_s {
      * each send (extra only up to extra_count), so it is never zeroed. */
     im_PushMessage push;
     imgw_core_stats_t st;
+    struct imgw_hooks_loop_s *hooks; /* hooks.c; NULL without hooks */
 } imgw_core_loop_t;
 
 /* Mail between loops (see session.c / deliver.c). */

@@ -7,6 +7,7 @@
  * (redis): they find the connection again by imgw_conn_ref_t, never keep a
  * pointer to it.
  */
+#include <inttypes.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 
 #include "alloc.h"
 #include "err.h"
+#include "hooks.h"
 #include "idsyntax.h"
 #include "log.h"
 #include "session.h"
@@ -121,23 +123,11 @@ imgw_now_ms(void)
            atomic_load_explicit(&imgw__wall_offset_ms, memory_order_relaxed);
 }
 
-static const int errcode_list[IMGW_N_ERRCODES] = {
-    im_ErrorCode_ERR_SUCCESS, im_ErrorCode_ERR_UNKNOWN,
-    im_ErrorCode_ERR_INVALID_PARAM, im_ErrorCode_ERR_SERVER_BUSY,
-    im_ErrorCode_ERR_AUTH_FAILED, im_ErrorCode_ERR_TOKEN_EXPIRED,
-    im_ErrorCode_ERR_PERMISSION_DENIED, im_ErrorCode_ERR_USER_NOT_EXIST,
-    im_ErrorCode_ERR_MESSAGE_TOO_LARGE, im_ErrorCode_ERR_SEND_TOO_FAST,
-    im_ErrorCode_ERR_CONVERSATION_NOT_EXIST, -1};
-
 void
 imgw_core_count_error(imgw_core_loop_t *cl, int code)
 {
-    for (int i = 0; i < IMGW_N_ERRCODES - 1; i++)
-        if (errcode_list[i] == code) {
-            cl->st.errors[i]++;
-            return;
-        }
-    cl->st.errors[IMGW_N_ERRCODES - 1]++;
+    int i = imgw_codec_err_index(code);
+    imgw_stat_inc(&cl->st.errors[i >= 0 ? i : IMGW_N_ERRCODES - 1]);
 }
 
 /* ---- replies ------------------------------------------------------------ */
@@ -188,7 +178,7 @@ imgw_session_kick(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
     imgw_session_reply(s, im_CommandType_CMD_KICK_PUSH, 0, &kp);
     /* It no longer owns the (user, platform) slot: the newer login does. */
     s->registered = 0;
-    cl->st.kicks++;
+    imgw_stat_inc(&cl->st.kicks);
     imgw_conn_close_ws(c, 4002, "kicked");
 }
 
@@ -341,7 +331,7 @@ on_upgrade(imgw_conn_t *c, const imgw_http_req_t *req)
     imgw_core_loop_t *cl = imgw_loop_data(imgw_conn_loop(c));
     if (!origin_allowed(cl->node->cfg->origins,
                         imgw_http_header(req, "origin"))) {
-        cl->st.refused_origin++;
+        imgw_stat_inc(&cl->st.refused_origin);
         return 403;
     }
     char *tok = (char *)cl->scratch; /* big enough: max_frame_bytes */
@@ -352,15 +342,15 @@ on_upgrade(imgw_conn_t *c, const imgw_http_req_t *req)
     if (have > 0 && from_cookie &&
         !cookie_allowed(cl->node->cfg->origins, imgw_http_header(req, "origin"),
                         imgw_http_header(req, "host"))) {
-        cl->st.handshake_401++;
-        cl->st.auth_fail[7]++;
+        imgw_stat_inc(&cl->st.handshake_401);
+        imgw_stat_inc(&cl->st.auth_fail[7]);
         IMGW_LOG_DEBUG("handshake token cookie refused: no Origin, or a "
                        "cross-origin one without server.origins");
         return 401;
     }
     if (have < 0) {
-        cl->st.handshake_401++;
-        cl->st.auth_fail[auth_fail_index(IMGW_JWT_MALFORMED)]++;
+        imgw_stat_inc(&cl->st.handshake_401);
+        imgw_stat_inc(&cl->st.auth_fail[auth_fail_index(IMGW_JWT_MALFORMED)]);
         act_event(ACT_REFUSED, NULL, NULL, "handshake token too long (401)");
         return 401;
     }
@@ -368,8 +358,8 @@ on_upgrade(imgw_conn_t *c, const imgw_http_req_t *req)
         imgw_jwt_result_t r = imgw_jwt_verify(cl->jwt, tok, strlen(tok),
                                               imgw_now_ms() / 1000, &claims);
         if (r != IMGW_JWT_OK) {
-            cl->st.handshake_401++;
-            cl->st.auth_fail[auth_fail_index(r)]++;
+            imgw_stat_inc(&cl->st.handshake_401);
+            imgw_stat_inc(&cl->st.auth_fail[auth_fail_index(r)]);
             IMGW_LOG_DEBUG("handshake token refused: %s",
                            imgw_jwt_reason(r));
             char why[96];
@@ -382,7 +372,8 @@ on_upgrade(imgw_conn_t *c, const imgw_http_req_t *req)
          * (idsyntax.h): the request is bad, not the signature. */
         const char *why = imgw_id_check(claims.user_id, strlen(claims.user_id));
         if (why != NULL) {
-            cl->st.auth_fail[auth_fail_index(IMGW_JWT_BAD_CLAIM)]++;
+            imgw_stat_inc(
+                &cl->st.auth_fail[auth_fail_index(IMGW_JWT_BAD_CLAIM)]);
             IMGW_LOG_DEBUG("handshake token refused: user id %s", why);
             return 400;
         }
@@ -416,7 +407,7 @@ route_done(int status, void *data)
 }
 
 static void
-auth_max_seq_cb(int status, int64_t max_seq, void *data)
+auth_max_seq_cb(int status, int64_t max_seq, uint64_t epoch, void *data)
 {
     auth_ctx_t *ctx = data;
     imgw_core_loop_t *cl = imgw_core_loop_current();
@@ -434,6 +425,10 @@ auth_max_seq_cb(int status, int64_t max_seq, void *data)
         } else {
             ar.error_code = im_ErrorCode_ERR_SUCCESS;
             ar.max_seq = max_seq;
+            /* The resume contract (protocol.md): "" while the timeline
+             * holds no seq. */
+            if (epoch != 0)
+                snprintf(ar.epoch, sizeof(ar.epoch), "%" PRIu64, epoch);
             imgw_session_reply(s, im_CommandType_CMD_AUTH_RSP, ctx->sequence,
                                &ar);
         }
@@ -449,7 +444,7 @@ auth_reject(imgw_session_t *s, uint32_t sequence, imgw_jwt_result_t r,
     ar.error_code = r == IMGW_JWT_EXPIRED ? im_ErrorCode_ERR_TOKEN_EXPIRED
                                           : im_ErrorCode_ERR_AUTH_FAILED;
     snprintf(ar.error_msg, sizeof(ar.error_msg), "%s", msg);
-    s->cl->st.auth_fail[auth_fail_index(r)]++;
+    imgw_stat_inc(&s->cl->st.auth_fail[auth_fail_index(r)]);
     imgw_core_count_error(s->cl, ar.error_code);
     char why[160];
     snprintf(why, sizeof(why), "CMD_AUTH_REQ: %s (4001)", msg);
@@ -467,7 +462,7 @@ auth_bad_id(imgw_session_t *s, uint32_t sequence, const char *field,
     im_AuthResponse ar = im_AuthResponse_init_zero;
     ar.error_code = im_ErrorCode_ERR_INVALID_PARAM;
     snprintf(ar.error_msg, sizeof(ar.error_msg), "%s %s", field, why);
-    s->cl->st.auth_fail[auth_fail_index(IMGW_JWT_BAD_CLAIM)]++;
+    imgw_stat_inc(&s->cl->st.auth_fail[auth_fail_index(IMGW_JWT_BAD_CLAIM)]);
     imgw_core_count_error(s->cl, ar.error_code);
     imgw_session_reply(s, im_CommandType_CMD_AUTH_RSP, sequence, &ar);
     imgw_conn_close_ws(s->conn, 4001, "authentication failed");
@@ -528,8 +523,9 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
     snprintf(s->platform, sizeof(s->platform), "%s",
              a->platform[0] ? a->platform : "default");
     imgw_conn_ref_t kicked;
-    int k = imgw_usermap_add(cl->node->users, s->user, s->platform,
-                             imgw_conn_ref(s->conn), &kicked);
+    size_t n_conns = 0;
+    int k = imgw_usermap_add_n(cl->node->users, s->user, s->platform,
+                               imgw_conn_ref(s->conn), &kicked, &n_conns);
     if (k < 0) {
         auth_reject(s, in->sequence, IMGW_JWT_BAD_CLAIM,
                     "too many connections for this user");
@@ -539,9 +535,11 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
     }
     s->registered = 1;
     s->authed = 1;
-    cl->st.auth_ok++;
-    cl->st.sessions_authed++;
+    imgw_stat_inc(&cl->st.auth_ok);
+    imgw_stat_inc(&cl->st.sessions_authed);
     act_event(ACT_LOGIN, s->user, s->platform, NULL);
+    if (n_conns == 1)
+        imgw_hooks_presence(cl, s->user, s->platform, 1);
     if (k == 1)
         imgw_deliver_kick(cl, kicked, s->platform);
     /* Read the route before overwriting it: a (user, platform) logged in
@@ -571,7 +569,7 @@ do_heartbeat(imgw_session_t *s, imgw_msg_in_t *in)
     const imgw_config_t *cfg = cl->node->cfg;
     im_HeartbeatResponse hr = im_HeartbeatResponse_init_zero;
     hr.server_time = imgw_now_ms();
-    cl->st.heartbeats++;
+    imgw_stat_inc(&cl->st.heartbeats);
     imgw_session_reply(s, im_CommandType_CMD_HEARTBEAT_RSP, in->sequence, &hr);
     uint64_t now = imgw_loop_now_ms(cl->loop);
     /* Refresh the route's TTL, but not on every beat. */
@@ -602,7 +600,7 @@ on_message(imgw_conn_t *c, int is_text, const uint8_t *data, size_t len)
     int is_send = s->authed && r == 0 &&
                   in->command == im_CommandType_CMD_SEND_MSG_REQ;
     if (!is_send && !take_token(s, 0)) {
-        cl->st.rate_limited++;
+        imgw_stat_inc(&cl->st.rate_limited);
         imgw_session_error(s, r == IMGW_EENVELOPE ? 0 : in->sequence,
                            im_ErrorCode_ERR_SEND_TOO_FAST, "too many frames");
         return;
@@ -619,7 +617,7 @@ on_message(imgw_conn_t *c, int is_text, const uint8_t *data, size_t len)
         imgw_session_error(s, r == IMGW_EENVELOPE ? 0 : in->sequence,
                            im_ErrorCode_ERR_AUTH_FAILED,
                            "authentication required");
-        cl->st.auth_fail[7]++;
+        imgw_stat_inc(&cl->st.auth_fail[7]);
         act_event(ACT_REFUSED, NULL, NULL,
                   r != 0 ? "undecodable frame before CMD_AUTH_REQ (4001)"
                          : "a command before CMD_AUTH_REQ (4001)");
@@ -647,7 +645,7 @@ on_message(imgw_conn_t *c, int is_text, const uint8_t *data, size_t len)
             im_SendMessageResponse sr = im_SendMessageResponse_init_zero;
             sr.error_code = im_ErrorCode_ERR_SEND_TOO_FAST;
             snprintf(sr.error_msg, sizeof(sr.error_msg), "send rate exceeded");
-            cl->st.rate_limited++;
+            imgw_stat_inc(&cl->st.rate_limited);
             imgw_core_count_error(cl, sr.error_code);
             imgw_session_reply(s, im_CommandType_CMD_SEND_MSG_RSP,
                                in->sequence, &sr);
@@ -706,12 +704,16 @@ on_close(imgw_conn_t *c)
     imgw_session_t *s = imgw_conn_data(c);
     imgw_core_loop_t *cl = s->cl;
     if (s->authed) {
-        cl->st.sessions_authed--;
+        imgw_stat_dec(&cl->st.sessions_authed);
         act_event(ACT_LOGOUT, s->user, s->platform, NULL);
     }
+    imgw_hooks_session_closed(s);
     if (s->user != NULL) {
-        int removed = imgw_usermap_remove(cl->node->users, s->user,
-                                          imgw_conn_ref(c));
+        size_t left = 1;
+        int removed = imgw_usermap_remove_n(cl->node->users, s->user,
+                                            imgw_conn_ref(c), &left);
+        if (removed && left == 0)
+            imgw_hooks_presence(cl, s->user, s->platform, 0);
         /* The route belongs to this connection only if the user map still
          * pointed at it (a newer login on the platform owns it now). */
         if (removed && s->registered)
@@ -769,6 +771,8 @@ on_loop_start(imgw_loop_t *l)
         IMGW_LOG_ERROR("%s", err);
         return r;
     }
+    if ((r = imgw_hooks_loop_start(cl)) != 0)
+        return r;
     return imgw_store_loop_open(node->store, cl->index, imgw_loop_uv(l),
                                 &cl->store);
 }
@@ -777,6 +781,7 @@ static void
 on_loop_stop(imgw_loop_t *l)
 {
     imgw_core_loop_t *cl = imgw_loop_data(l);
+    imgw_hooks_loop_stop(cl);
     if (cl->store)
         imgw_store_loop_close(cl->store);
     cl->store = NULL;

@@ -237,6 +237,15 @@ int
 imgw_usermap_add(imgw_usermap_t *m, const char *user, const char *platform,
                  imgw_conn_ref_t ref, imgw_conn_ref_t *kicked)
 {
+    return imgw_usermap_add_n(m, user, platform, ref, kicked, NULL);
+}
+
+int
+imgw_usermap_add_n(imgw_usermap_t *m, const char *user, const char *platform,
+                   imgw_conn_ref_t ref, imgw_conn_ref_t *kicked, size_t *n)
+{
+    if (n != NULL)
+        *n = 0;
     size_t len = um_user_len(user);
     if (len == 0 || platform == NULL)
         return IMGW_EINVAL;
@@ -319,6 +328,8 @@ imgw_usermap_add(imgw_usermap_t *m, const char *user, const char *platform,
     memcpy(e->conns[e->n].platform, platform, plen + 1);
     e->n++;
 out:
+    if (n != NULL && e != NULL && rc >= 0)
+        *n = e->n;
     pthread_mutex_unlock(&s->lock);
     return rc;
 }
@@ -326,6 +337,15 @@ out:
 int
 imgw_usermap_remove(imgw_usermap_t *m, const char *user, imgw_conn_ref_t ref)
 {
+    return imgw_usermap_remove_n(m, user, ref, NULL);
+}
+
+int
+imgw_usermap_remove_n(imgw_usermap_t *m, const char *user,
+                      imgw_conn_ref_t ref, size_t *n)
+{
+    if (n != NULL)
+        *n = 0;
     size_t len = um_user_len(user);
     if (len == 0)
         return 0;
@@ -350,6 +370,8 @@ imgw_usermap_remove(imgw_usermap_t *m, const char *user, imgw_conn_ref_t ref)
         removed = 1;
         break;
     }
+    if (removed && n != NULL)
+        *n = e->n;
     if (removed && e->n == 0) {
         *pp = e->next;
         free(e);

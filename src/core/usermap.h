@@ -57,6 +57,15 @@ int imgw_usermap_add(imgw_usermap_t *m, const char *user, const char *platform,
 /** Removes ref if registered for user; returns 1 if removed, 0 otherwise. */
 int imgw_usermap_remove(imgw_usermap_t *m, const char *user,
                         imgw_conn_ref_t ref);
+/* The same, with *n set (under the shard lock, so two loops never both
+ * see "first" or "last") to the user's connection count afterwards: 1
+ * after an add = the user's first connection on this node, 0 after a
+ * remove that returned 1 = the last one. n may be NULL. */
+int imgw_usermap_add_n(imgw_usermap_t *m, const char *user,
+                       const char *platform, imgw_conn_ref_t ref,
+                       imgw_conn_ref_t *kicked, size_t *n);
+int imgw_usermap_remove_n(imgw_usermap_t *m, const char *user,
+                          imgw_conn_ref_t ref, size_t *n);
 /** Copies up to max of user's connections into out; returns the count. */
 size_t imgw_usermap_get(imgw_usermap_t *m, const char *user,
                         imgw_usermap_conn_t *out, size_t max);

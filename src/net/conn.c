@@ -10,6 +10,11 @@
  * while needed: the read buffer is the loop's, output blocks come from a
  * per-loop pool and go back once flushed.
  *
+ * Protocols: the connection's handler (HTTP, then WebSocket after an
+ * upgrade) is reached only through net->protos (see net_int.h); this file
+ * names none of them. It owns the connection's entry in the loop's table:
+ * imgw__conn_accept links it, conn_close_cb unlinks it.
+ *
  * Writes: frames are appended to the connection's pending block and the
  * connection joins the loop's flush list; the loop's prepare handle (run
  * once per iteration, right before it polls) flushes every listed
@@ -26,6 +31,12 @@
 #include "net_int.h"
 
 static void conn_close_cb(uv_handle_t *h);
+
+static const imgw_proto_t *
+conn_proto(const imgw_conn_t *c)
+{
+    return c->loop->net->protos[c->proto];
+}
 
 /* ---- output blocks ----------------------------------------------------- */
 
@@ -68,7 +79,7 @@ imgw__obuf_release(imgw_loop_t *l, imgw_obuf_t *b)
         free(b);
 }
 
-/* ---- creation ----------------------------------------------------------- */
+/* ---- creation and the loop's table ------------------------------------ */
 
 imgw_conn_t *
 imgw__conn_new(imgw_loop_t *l)
@@ -80,39 +91,114 @@ imgw__conn_new(imgw_loop_t *l)
         return NULL;
     c->loop = l;
     c->state = IMGW_CONN_HTTP;
+    c->proto = IMGW_PROTO_HTTP;
     return c;
+}
+
+/* Gives c a slot of the loop's table; its generation tells stale refs. */
+static int
+conn_link(imgw_loop_t *l, imgw_conn_t *c)
+{
+    uint32_t s;
+    if (l->n_free > 0) {
+        s = l->free_slots[--l->n_free];
+    } else {
+        if (l->n_slots == l->cap_slots) {
+            size_t cap = l->cap_slots ? l->cap_slots * 2 : 1024;
+            imgw_conn_t **ns = imgw_realloc(l->slots, cap * sizeof(*ns));
+            if (ns == NULL)
+                return IMGW_ENOMEM;
+            l->slots = ns;
+            uint32_t *ng = imgw_realloc(l->gens, cap * sizeof(*ng));
+            if (ng == NULL)
+                return IMGW_ENOMEM;
+            l->gens = ng;
+            uint32_t *nf = imgw_realloc(l->free_slots, cap * sizeof(*nf));
+            if (nf == NULL)
+                return IMGW_ENOMEM;
+            l->free_slots = nf;
+            l->cap_slots = cap;
+        }
+        s = (uint32_t)l->n_slots++;
+        l->gens[s] = 0;
+    }
+    /* Generation 0 means "not in the table" (conn_unlink): skip it when
+     * a slot's counter wraps. */
+    if (++l->gens[s] == 0)
+        l->gens[s] = 1;
+    l->slots[s] = c;
+    c->slot = s;
+    c->gen = l->gens[s];
+    return 0;
+}
+
+static void
+conn_unlink(imgw_loop_t *l, imgw_conn_t *c)
+{
+    if (c->gen == 0)
+        return; /* never linked (a harness's bare connection) */
+    if (c->flags & IMGW_CF_IP_COUNTED)
+        imgw_iplimit_release(l->net->iplimit, &c->addr);
+    l->slots[c->slot] = NULL;
+    l->free_slots[l->n_free++] = c->slot;
+    imgw_stat_dec(&l->st.conns_open);
+    if (c->flags & IMGW_CF_COUNTED_WS)
+        imgw_stat_dec(&l->st.ws_open);
+    atomic_fetch_sub(&l->net->conns, 1);
+}
+
+imgw_conn_t *
+imgw__conn_accept(imgw_loop_t *l, uv_stream_t *server, long *node_conns)
+{
+    imgw_conn_t *c = imgw__conn_new(l);
+    if (c == NULL)
+        return NULL;
+    uv_tcp_init(&l->uv, &c->tcp);
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 ||
+        conn_link(l, c) != 0) {
+        /* Not in the table: close without the table bookkeeping. */
+        c->state = IMGW_CONN_CLOSED;
+        uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+        return NULL;
+    }
+    imgw_stat_inc(&l->st.accepted);
+    imgw_stat_inc(&l->st.conns_open);
+    *node_conns = atomic_fetch_add(&l->net->conns, 1) + 1;
+    return c;
+}
+
+void
+imgw__conn_set_proto(imgw_conn_t *c, int proto)
+{
+    c->proto = (uint8_t)proto;
+    if (conn_proto(c)->start)
+        conn_proto(c)->start(c);
+}
+
+void
+imgw__conn_pools_trim(imgw_loop_t *l, size_t keep)
+{
+    while (l->n_obuf_pool > keep)
+        free(l->obuf_pool[--l->n_obuf_pool]);
+    for (int i = 0; i < IMGW_PROTO_N; i++)
+        if (l->net->protos[i]->trim)
+            l->net->protos[i]->trim(l, keep);
 }
 
 /* ---- reading ------------------------------------------------------------ */
 
 /* Plaintext from the socket, or from TLS. */
-static void
-conn_on_plain(imgw_conn_t *c, const uint8_t *data, size_t len)
+void
+imgw__conn_input(imgw_conn_t *c, const uint8_t *data, size_t len)
 {
-    switch (c->state) {
-    case IMGW_CONN_HTTP:
-        imgw__http_feed(c, data, len);
-        break;
-    case IMGW_CONN_WS:
-        imgw__ws_feed(c, data, len);
-        break;
-    case IMGW_CONN_CLOSING:
-        /* Only a WebSocket waits for the peer's close frame; an HTTP
-         * connection that is ending ignores what else arrives. */
-        if (c->flags & IMGW_CF_COUNTED_WS)
-            imgw__ws_feed(c, data, len);
-        break;
-    default:
-        break;
-    }
+    if (c->state != IMGW_CONN_CLOSED)
+        conn_proto(c)->feed(c, data, len);
 }
 
 static void
 tls_recv(void *arg, const uint8_t *p, size_t n)
 {
-    imgw_conn_t *c = arg;
-    if (c->state != IMGW_CONN_CLOSED)
-        conn_on_plain(c, p, n);
+    imgw__conn_input(arg, p, n);
 }
 
 static int conn_append(imgw_conn_t *c, const uv_buf_t *bufs, size_t n,
@@ -136,10 +222,10 @@ imgw__conn_tls_start(imgw_conn_t *c, imgw_tls_ctx_t *ctx)
 void
 imgw__conn_on_read(imgw_conn_t *c, const uint8_t *data, size_t len)
 {
-    c->loop->st.bytes_in += len;
+    imgw_stat_add(&c->loop->st.bytes_in, len);
     c->last_rx_ms = c->loop->now_ms;
     if (c->tls == NULL) {
-        conn_on_plain(c, data, len);
+        imgw__conn_input(c, data, len);
         return;
     }
     int r = imgw_tls_feed(c->tls, data, len);
@@ -147,6 +233,37 @@ imgw__conn_on_read(imgw_conn_t *c, const uint8_t *data, size_t len)
         IMGW_LOG_DEBUG("tls %s: %s", imgw_conn_peer(c), imgw_strerror(r));
         imgw__conn_close_now(c);
     }
+}
+
+static void
+alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    imgw_conn_t *c = IMGW_CONTAINER_OF(h, imgw_conn_t, tcp);
+    (void)suggested;
+    /* One buffer per loop: libuv calls read_cb right after alloc_cb for
+     * the same stream, and read_cb consumes or copies everything. */
+    buf->base = (char *)c->loop->rbuf;
+    buf->len = sizeof(c->loop->rbuf);
+}
+
+static void
+read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    imgw_conn_t *c = IMGW_CONTAINER_OF(s, imgw_conn_t, tcp);
+    c->loop->now_ms = imgw__loop_clock_ms(c->loop);
+    if (nread > 0) {
+        imgw__conn_on_read(c, (const uint8_t *)buf->base, (size_t)nread);
+        return;
+    }
+    if (nread < 0) /* EOF or error */
+        imgw__conn_close_now(c);
+}
+
+void
+imgw__conn_read_start(imgw_conn_t *c)
+{
+    if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) != 0)
+        imgw__conn_close_now(c);
 }
 
 /* ---- writing ------------------------------------------------------------ */
@@ -254,7 +371,7 @@ write_cb(uv_write_t *req, int status)
     imgw_conn_t *c = b->conn;
     imgw_loop_t *l = c->loop;
     c->queued -= b->len - b->off;
-    l->st.bytes_out += b->len - b->off;
+    imgw_stat_add(&l->st.bytes_out, b->len - b->off);
     c->inflight = NULL;
     imgw__obuf_release(l, b);
     if (status < 0) {
@@ -286,7 +403,7 @@ imgw__conn_flush(imgw_conn_t *c)
         }
         b->off += (size_t)r;
         c->queued -= (size_t)r;
-        l->st.bytes_out += (size_t)r;
+        imgw_stat_add(&l->st.bytes_out, (size_t)r);
         if (b->off < b->len) {
             c->pend = NULL;
             c->inflight = b;
@@ -319,71 +436,23 @@ imgw__conn_flush_all(imgw_loop_t *l)
     }
 }
 
+/* The WebSocket calls of net.h go to the connection's handler: only the
+ * WebSocket one sends messages; each has its own way to close. */
 int
 imgw_conn_send_ws(imgw_conn_t *c, int is_text, const uv_buf_t *pieces,
                   size_t n)
 {
-    uint8_t hdr[10];
-    uv_buf_t bufs[9];
-    size_t total = 0;
-    if (c->state != IMGW_CONN_WS)
+    const imgw_proto_t *p = conn_proto(c);
+    if (c->state == IMGW_CONN_CLOSED || p->send == NULL)
         return IMGW_ECLOSED;
-    if (n > 8)
-        return IMGW_EINVAL;
-    for (size_t i = 0; i < n; i++)
-        total += pieces[i].len;
-    size_t hl = imgw__ws_header(hdr, is_text ? 1 : 2, total);
-    bufs[0] = uv_buf_init((char *)hdr, (unsigned)hl);
-    for (size_t i = 0; i < n; i++)
-        bufs[i + 1] = pieces[i];
-    int r = imgw__conn_write_raw(c, bufs, n + 1, 1);
-    if (r == IMGW_EQUEUEFULL) {
-        c->loop->st.slow_consumers++;
-        IMGW_LOG_WARN_RL("slow consumer %s closed: %zu bytes queued",
-                         imgw_conn_peer(c), c->queued);
-        /* Its queue is full, so a close frame could not get through in
-         * time either: drop the connection. */
-        imgw_conn_abort(c);
-        return r;
-    }
-    if (r < 0) {
-        imgw_conn_abort(c);
-        return r;
-    }
-    c->loop->st.frames_out++;
-    return 0;
+    return p->send(c, is_text, pieces, n);
 }
 
 void
 imgw_conn_close_ws(imgw_conn_t *c, int code, const char *reason)
 {
-    uint8_t payload[125];
-    uint8_t hdr[10];
-    size_t rl = reason ? strlen(reason) : 0;
-    if (c->state != IMGW_CONN_WS) {
-        if (c->state == IMGW_CONN_HTTP)
-            imgw_conn_abort(c);
-        return;
-    }
-    if (rl > sizeof(payload) - 2)
-        rl = sizeof(payload) - 2;
-    payload[0] = (uint8_t)(code >> 8);
-    payload[1] = (uint8_t)(code & 0xff);
-    if (rl)
-        memcpy(payload + 2, reason, rl);
-    size_t hl = imgw__ws_header(hdr, 8, rl + 2);
-    uv_buf_t bufs[2] = {uv_buf_init((char *)hdr, (unsigned)hl),
-                        uv_buf_init((char *)payload, (unsigned)(rl + 2))};
-    c->state = IMGW_CONN_CLOSING;
-    c->flags |= IMGW_CF_CLOSE_SENT;
-    /* The close frame goes out even when the queue is at its bound. */
-    int r = imgw__conn_write_raw(c, bufs, 2, 0);
-    if (r < 0) {
-        imgw__conn_close_now(c);
-        return;
-    }
-    /* Wait for the peer's close frame, but not forever. */
-    imgw_conn_set_deadline(c, c->loop->now_ms + IMGW_CLOSE_GRACE_MS);
+    if (c->state != IMGW_CONN_CLOSED)
+        conn_proto(c)->close(c, code, reason);
 }
 
 void
@@ -410,8 +479,8 @@ conn_close_cb(uv_handle_t *h)
     imgw_loop_t *l = c->loop;
     if (l->net->h->on_close && c->data != NULL)
         l->net->h->on_close(c);
-    imgw__http_free(c);
-    imgw__ws_free(c);
+    for (int i = 0; i < IMGW_PROTO_N; i++)
+        l->net->protos[i]->free(c);
     if (c->tls) {
         imgw_tls_free(c->tls);
         c->tls = NULL;
@@ -426,7 +495,7 @@ conn_close_cb(uv_handle_t *h)
         if (*pp)
             *pp = c->flush_next;
     }
-    imgw__loop_conn_removed(l, c);
+    conn_unlink(l, c);
     free(c);
 }
 

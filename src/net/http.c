@@ -10,7 +10,11 @@
  * The buffer is IMGW_HTTP_MAX_HEAD bytes: a head that does not fit is a
  * 431. After a complete request the parser pauses; the handler answers;
  * what remains (a pipelined request) moves to the front and parsing
- * resumes. An upgrade hands what follows the head to the WebSocket layer.
+ * resumes. An upgrade hands the connection, and what follows the head, to
+ * the WebSocket handler through conn.c (imgw__conn_set_proto): this file
+ * names no other handler and never loop.c. It computes the upgrade's
+ * Sec-WebSocket-Accept itself (SHA-1 and base64 from mbedtls): that is
+ * part of the HTTP handshake, not of WebSocket framing.
  */
 #include <ctype.h>
 #include <stdio.h>
@@ -19,6 +23,8 @@
 #include <strings.h>
 
 #include <llhttp.h>
+#include <mbedtls/base64.h>
+#include <mbedtls/sha1.h>
 
 #include "../core/alloc.h"
 #include "../core/err.h"
@@ -235,8 +241,8 @@ http_get(imgw_conn_t *c)
     return c->http;
 }
 
-void
-imgw__http_free(imgw_conn_t *c)
+static void
+http_free(imgw_conn_t *c)
 {
     if (c->http) {
         free(c->http->body);
@@ -297,7 +303,7 @@ imgw_conn_http_respond(imgw_conn_t *c, int status, const char *ctype,
      * responses without bound (one large response alone is fine). */
     if (c->queued > 0 &&
         c->queued + (size_t)n + body_len > c->loop->net->opts.max_queued_bytes) {
-        c->loop->st.slow_consumers++;
+        imgw_stat_inc(&c->loop->st.slow_consumers);
         imgw__conn_close_now(c);
         return;
     }
@@ -449,6 +455,36 @@ header_has_token(const imgw_span_t *v, const char *token)
     return 0;
 }
 
+int
+imgw__http_accept_key(const char *key, size_t key_len, char out[29])
+{
+    static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    unsigned char raw[32];
+    size_t olen = 0;
+    while (key_len > 0 && (key[key_len - 1] == ' ' || key[key_len - 1] == '\t'))
+        key_len--;
+    while (key_len > 0 && (*key == ' ' || *key == '\t')) {
+        key++;
+        key_len--;
+    }
+    if (key_len != 24)
+        return -1;
+    if (mbedtls_base64_decode(raw, sizeof(raw), &olen,
+                              (const unsigned char *)key, key_len) != 0 ||
+        olen != 16)
+        return -1;
+    unsigned char cat[24 + sizeof(guid)];
+    unsigned char sha[20];
+    memcpy(cat, key, 24);
+    memcpy(cat + 24, guid, sizeof(guid) - 1);
+    if (mbedtls_sha1_ret(cat, 24 + sizeof(guid) - 1, sha) != 0)
+        return -1;
+    if (mbedtls_base64_encode((unsigned char *)out, 29, &olen, sha, 20) != 0)
+        return -1;
+    out[olen] = '\0';
+    return 0;
+}
+
 /*
  * Returns 0 when req is a valid upgrade, else the HTTP status to answer
  * (400, or 426 for a version other than 13), and fills accept.
@@ -467,7 +503,7 @@ imgw__http_check_upgrade(const imgw_http_req_t *req, int is_get,
         return 400;
     if (conn == NULL || !header_has_token(conn, "upgrade"))
         return 400;
-    if (key == NULL || imgw__ws_accept_key(key->p, key->len, accept) != 0)
+    if (key == NULL || imgw__http_accept_key(key->p, key->len, accept) != 0)
         return 400;
     if (ver == NULL || ver->len != 2 || memcmp(ver->p, "13", 2) != 0)
         return 426;
@@ -514,7 +550,7 @@ handle_upgrade(imgw_conn_t *c, imgw_http_t *h, imgw_http_req_t *req)
     int st = imgw__http_check_upgrade(
         req, llhttp_get_method(&h->parser) == HTTP_GET, accept);
     if (st != 0) {
-        l->st.handshakes_failed++;
+        imgw_stat_inc(&l->st.handshakes_failed);
         respond_error(c, st);
         return 0;
     }
@@ -523,7 +559,7 @@ handle_upgrade(imgw_conn_t *c, imgw_http_t *h, imgw_http_req_t *req)
     if (c->state == IMGW_CONN_CLOSED)
         return 0;
     if (st != 0) {
-        l->st.handshakes_failed++;
+        imgw_stat_inc(&l->st.handshakes_failed);
         respond_error(c, st);
         return 0;
     }
@@ -539,10 +575,8 @@ handle_upgrade(imgw_conn_t *c, imgw_http_t *h, imgw_http_req_t *req)
         imgw__conn_close_now(c);
         return 0;
     }
-    l->st.handshakes_ok++;
-    l->st.ws_open++;
-    c->flags |= IMGW_CF_COUNTED_WS;
-    c->state = IMGW_CONN_WS;
+    imgw_stat_inc(&l->st.handshakes_ok);
+    imgw__conn_set_proto(c, IMGW_PROTO_WS);
     return 1;
 }
 
@@ -560,7 +594,7 @@ handle_request(imgw_conn_t *c, imgw_http_t *h)
         return 0;
     }
     fill_req(c, h, req);
-    l->st.http_requests++;
+    imgw_stat_inc(&l->st.http_requests);
     if (h->body_too_big ||
         h->body_len > l->net->opts.max_body_bytes) {
         free(req);
@@ -606,9 +640,13 @@ is_ws_path(const imgw_span_t *path, int has_upgrade)
 }
 
 /* Runs llhttp on buf[parsed..len) or on feed; see the file comment. */
-void
-imgw__http_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
+static void
+http_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
 {
+    /* A response that ends the connection is queued: what else the peer
+     * sends is ignored. */
+    if (c->state != IMGW_CONN_HTTP)
+        return;
     imgw_http_t *h = http_get(c);
     if (h == NULL) {
         imgw__conn_close_now(c);
@@ -629,7 +667,7 @@ imgw__http_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
             } else {
                 size_t space = sizeof(h->buf) - h->len;
                 if (space == 0) {
-                    c->loop->st.handshakes_failed++;
+                    imgw_stat_inc(&c->loop->st.handshakes_failed);
                     respond_error(c, 431);
                     return;
                 }
@@ -658,7 +696,7 @@ imgw__http_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
         }
         if (err == HPE_OK) {
             if (!h->headers_done && !direct && h->len == sizeof(h->buf)) {
-                c->loop->st.handshakes_failed++;
+                imgw_stat_inc(&c->loop->st.handshakes_failed);
                 respond_error(c, 431);
                 return;
             }
@@ -677,7 +715,7 @@ imgw__http_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
             } else {
                 /* Upgrade header on another path: a plain request, and
                  * the last on this connection. */
-                c->loop->st.http_requests++;
+                imgw_stat_inc(&c->loop->st.http_requests);
                 h->close_after = 1;
                 int r = c->loop->net->h->on_http
                             ? c->loop->net->h->on_http(c, req)
@@ -703,12 +741,12 @@ imgw__http_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
                 }
                 memcpy(tmp, h->buf + h->parsed, rest);
             }
-            imgw__http_free(c);
+            http_free(c);
             if (rest)
-                imgw__ws_feed(c, tmp, rest);
+                imgw__conn_input(c, tmp, rest);
             free(tmp);
             if (len && c->state == IMGW_CONN_WS)
-                imgw__ws_feed(c, data, len);
+                imgw__conn_input(c, data, len);
             return;
         }
         if (err == HPE_PAUSED && h->message_done) {
@@ -722,7 +760,7 @@ imgw__http_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
                                        : 1;
             if (is_ws_path(&tmpreq.path, 0)) {
                 /* /ws without an Upgrade header. */
-                c->loop->st.handshakes_failed++;
+                imgw_stat_inc(&c->loop->st.handshakes_failed);
                 respond_error(c, 400);
                 return;
             }
@@ -750,7 +788,7 @@ imgw__http_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
         /* A parse error. */
         IMGW_LOG_DEBUG("bad request from %s: %s", imgw_conn_peer(c),
                        llhttp_errno_name(err));
-        c->loop->st.handshakes_failed++;
+        imgw_stat_inc(&c->loop->st.handshakes_failed);
         respond_error(c, 400);
         return;
     }
@@ -764,8 +802,26 @@ imgw__http_resume(imgw_conn_t *c)
         return;
     llhttp_resume(&h->parser);
     compact(h);
-    imgw__http_feed(c, NULL, 0);
+    http_feed(c, NULL, 0);
     if (c->state == IMGW_CONN_HTTP &&
         !(c->flags & IMGW_CF_READ_PAUSED))
-        imgw__loop_read_start(c);
+        imgw__conn_read_start(c);
 }
+
+/* imgw_conn_close_ws() before an upgrade: an HTTP connection has no
+ * closing handshake; one that is reading is dropped, one whose last
+ * response is queued ends after it. */
+static void
+http_close(imgw_conn_t *c, int code, const char *reason)
+{
+    (void)code, (void)reason;
+    if (c->state == IMGW_CONN_HTTP)
+        imgw__conn_close_now(c);
+}
+
+const imgw_proto_t imgw__http_proto = {
+    .name = "http",
+    .feed = http_feed,
+    .close = http_close,
+    .free = http_free,
+};

@@ -34,70 +34,15 @@
 #include "net_int.h"
 
 /*
- * The loop's clock for deadlines, timeouts and rate buckets: libuv's loop
- * time, CLOCK_MONOTONIC in ms, cached per iteration (uv_run refreshes it
- * before timers and again after polling, so read and mailbox callbacks see
- * a current value without a syscall each). Never the wall clock: a step
- * back (NTP, an operator, a VM resume) would freeze every auth and
- * heartbeat deadline, a step forward would fire them all at once.
- * Timestamps that go on the wire or into the store use the wall clock
- * (imgw_now_ms in core), never this one.
+ * The protocol handlers by IMGW_PROTO_*: the one place that names them.
+ * conn.c reaches a connection's handler through this table only.
  */
-uint64_t
-imgw__loop_clock_ms(imgw_loop_t *l)
-{
-    return uv_now(&l->uv);
-}
+static const imgw_proto_t *const net_protos[IMGW_PROTO_N] = {
+    [IMGW_PROTO_HTTP] = &imgw__http_proto,
+    [IMGW_PROTO_WS] = &imgw__ws_proto,
+};
 
 /* ---- connection table ------------------------------------------------ */
-
-static int
-slot_alloc(imgw_loop_t *l, imgw_conn_t *c)
-{
-    uint32_t s;
-    if (l->n_free > 0) {
-        s = l->free_slots[--l->n_free];
-    } else {
-        if (l->n_slots == l->cap_slots) {
-            size_t cap = l->cap_slots ? l->cap_slots * 2 : 1024;
-            imgw_conn_t **ns = imgw_realloc(l->slots, cap * sizeof(*ns));
-            if (ns == NULL)
-                return IMGW_ENOMEM;
-            l->slots = ns;
-            uint32_t *ng = imgw_realloc(l->gens, cap * sizeof(*ng));
-            if (ng == NULL)
-                return IMGW_ENOMEM;
-            l->gens = ng;
-            uint32_t *nf = imgw_realloc(l->free_slots, cap * sizeof(*nf));
-            if (nf == NULL)
-                return IMGW_ENOMEM;
-            l->free_slots = nf;
-            l->cap_slots = cap;
-        }
-        s = (uint32_t)l->n_slots++;
-        l->gens[s] = 0;
-    }
-    l->gens[s]++;
-    l->slots[s] = c;
-    c->slot = s;
-    c->gen = l->gens[s];
-    return 0;
-}
-
-void
-imgw__loop_conn_removed(imgw_loop_t *l, imgw_conn_t *c)
-{
-    if (c->flags & IMGW_CF_IP_COUNTED)
-        imgw_iplimit_release(l->net->iplimit, &c->addr);
-    l->slots[c->slot] = NULL;
-    l->free_slots[l->n_free++] = c->slot;
-    l->st.conns_open--;
-    if (c->flags & IMGW_CF_COUNTED_WS)
-        l->st.ws_open--;
-    atomic_fetch_sub(&l->net->conns, 1);
-    if (l->draining && (c->flags & IMGW_CF_COUNTED_WS))
-        l->drain_closed++;
-}
 
 imgw_conn_t *
 imgw_loop_conn(imgw_loop_t *l, imgw_conn_ref_t ref)
@@ -119,39 +64,6 @@ imgw_loop_foreach_ws(imgw_loop_t *l, void (*fn)(imgw_conn_t *, void *),
         if (c != NULL && c->state == IMGW_CONN_WS)
             fn(c, arg);
     }
-}
-
-/* ---- reading ----------------------------------------------------------- */
-
-static void
-alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    imgw_conn_t *c = IMGW_CONTAINER_OF(h, imgw_conn_t, tcp);
-    (void)suggested;
-    /* One buffer per loop: libuv calls read_cb right after alloc_cb for
-     * the same stream, and read_cb consumes or copies everything. */
-    buf->base = (char *)c->loop->rbuf;
-    buf->len = sizeof(c->loop->rbuf);
-}
-
-static void
-read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
-{
-    imgw_conn_t *c = IMGW_CONTAINER_OF(s, imgw_conn_t, tcp);
-    c->loop->now_ms = imgw__loop_clock_ms(c->loop);
-    if (nread > 0) {
-        imgw__conn_on_read(c, (const uint8_t *)buf->base, (size_t)nread);
-        return;
-    }
-    if (nread < 0) /* EOF or error */
-        imgw__conn_close_now(c);
-}
-
-void
-imgw__loop_read_start(imgw_conn_t *c)
-{
-    if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) != 0)
-        imgw__conn_close_now(c);
 }
 
 /* ---- accepting --------------------------------------------------------- */
@@ -228,22 +140,12 @@ on_connection(uv_stream_t *server, int status)
         IMGW_LOG_WARN_RL("accept failed: %s", uv_strerror(status));
         return;
     }
-    imgw_conn_t *c = imgw__conn_new(l);
+    long n;
+    imgw_conn_t *c = imgw__conn_accept(l, server, &n);
     if (c == NULL)
         return;
-    uv_tcp_init(&l->uv, &c->tcp);
-    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 ||
-        slot_alloc(l, c) != 0) {
-        /* Not in the table yet: close without the table bookkeeping. */
-        c->state = IMGW_CONN_CLOSED;
-        uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
-        return;
-    }
     imgw_alloc_arm();
-    l->st.accepted++;
-    l->st.conns_open++;
     l->now_ms = imgw__loop_clock_ms(l);
-    long n = atomic_fetch_add(&l->net->conns, 1) + 1;
     uv_tcp_nodelay(&c->tcp, 1);
     c->last_rx_ms = l->now_ms;
     imgw_conn_set_deadline(c, l->now_ms +
@@ -258,12 +160,12 @@ on_connection(uv_stream_t *server, int status)
         return;
     }
     if (n > l->net->opts.max_connections) {
-        l->st.refused_full++;
+        imgw_stat_inc(&l->st.refused_full);
         refuse(c, 503);
         return;
     }
     if (!handshake_token(l)) {
-        l->st.refused_rate++;
+        imgw_stat_inc(&l->st.refused_rate);
         refuse(c, 429);
         return;
     }
@@ -272,13 +174,13 @@ on_connection(uv_stream_t *server, int status)
         int ok = imgw_iplimit_acquire(l->net->iplimit, &c->addr,
                                       l->net->opts.max_connections_per_ip);
         if (ok != 1) {
-            l->st.refused_ip++;
+            imgw_stat_inc(&l->st.refused_ip);
             refuse(c, 429);
             return;
         }
         c->flags |= IMGW_CF_IP_COUNTED;
     }
-    imgw__loop_read_start(c);
+    imgw__conn_read_start(c);
 }
 
 /* ---- timers, flush, mailbox ---------------------------------------------- */
@@ -326,13 +228,14 @@ drain_step(imgw_loop_t *l)
         else if (c->state == IMGW_CONN_HTTP)
             imgw__conn_close_now(c);
     }
-    if (l->st.conns_open == 0)
+    if (imgw_stat_get(&l->st.conns_open) == 0)
         loop_idle(l);
 }
 
 /*
- * Every IMGW_TRIM_MS: gives back what a burst left behind. The pools are
- * cut to IMGW_POOL_KEEP entries (they refill from malloc if the load needs
+ * Every IMGW_TRIM_MS: gives back what a burst left behind. The pools (conn.c's
+ * output blocks and each protocol handler's own) are cut to IMGW_POOL_KEEP
+ * entries (they refill from malloc if the load needs
  * more, a few mallocs per 10 s), and loop 0 asks glibc to return free
  * memory to the OS: freed blocks otherwise stay in the heap (and in RSS)
  * for good, 16 KiB output blocks and 4 KiB wslay buffers of thousands of
@@ -349,18 +252,7 @@ trim_tick(imgw_loop_t *l)
     if (l->now_ms - trim_last_ms < IMGW_TRIM_MS)
         return;
     trim_last_ms = l->now_ms;
-    while (l->n_obuf_pool > IMGW_POOL_KEEP)
-        free(l->obuf_pool[--l->n_obuf_pool]);
-    if (l->n_ws_pool > IMGW_POOL_KEEP) {
-        /* imgw__ws_pool_free (ws.c owns wslay) empties the pool: set the
-         * newest IMGW_POOL_KEEP aside, free the rest, put them back. */
-        void *kept[IMGW_POOL_KEEP];
-        l->n_ws_pool -= IMGW_POOL_KEEP;
-        memcpy(kept, l->ws_pool + l->n_ws_pool, sizeof(kept));
-        imgw__ws_pool_free(l);
-        memcpy(l->ws_pool, kept, sizeof(kept));
-        l->n_ws_pool = IMGW_POOL_KEEP;
-    }
+    imgw__conn_pools_trim(l, IMGW_POOL_KEEP);
     if (l->index == 0)
         malloc_trim(0);
 }
@@ -404,8 +296,7 @@ start_drain(imgw_loop_t *l)
     l->drain_start_ms = l->now_ms;
     l->drain_end_ms =
         l->now_ms + (uint64_t)atomic_load(&l->net->drain_ms);
-    l->drain_total = (size_t)l->st.conns_open;
-    l->drain_closed = 0;
+    l->drain_total = (size_t)imgw_stat_get(&l->st.conns_open);
     IMGW_LOG_INFO("draining %zu connections over %llu ms", l->drain_total,
                   (unsigned long long)(l->drain_end_ms - l->drain_start_ms));
     drain_step(l);
@@ -532,9 +423,7 @@ out:
     imgw_tls_ctx_free(l->tls_ctx);
     l->tls_ctx = NULL;
     imgw_tw_free(&l->tw);
-    imgw__ws_pool_free(l);
-    while (l->n_obuf_pool > 0)
-        free(l->obuf_pool[--l->n_obuf_pool]);
+    imgw__conn_pools_trim(l, 0);
     if (uv_loop_close(&l->uv) != 0) {
         uv_walk(&l->uv, close_walk_cb, NULL);
         uv_run(&l->uv, UV_RUN_DEFAULT);
@@ -754,6 +643,7 @@ imgw_net_new(imgw_net_t **out, const imgw_net_opts_t *opts, char *err,
         return IMGW_ENOMEM;
     n->opts = *opts;
     n->h = opts->handlers;
+    n->protos = net_protos;
     snprintf(n->bind, sizeof(n->bind), "%s", opts->bind);
     n->opts.bind = n->bind;
     if (opts->n_ports + opts->n_tls_ports > IMGW_MAX_LISTENERS) {
@@ -983,11 +873,11 @@ imgw_loop_now_ms(imgw_loop_t *l)
 void
 imgw_loop_stats(imgw_loop_t *l, imgw_loop_stats_t *out)
 {
-    /* Read from another thread: plain loads of counters only ever
-     * written by the loop; a scrape may see values a moment old. */
-    *out = l->st;
-    out->mailbox_drained = l->mbox.drained;
-    out->mailbox_wakeups = l->mbox.wakeups;
-    out->mailbox_last_batch = l->mbox.last_batch;
-    out->mailbox_depth = atomic_load(&l->mbox.depth);
+    /* Any thread: relaxed loads of counters that only the loop writes
+     * (base/stat.h); a scrape sees each a moment old at most. */
+#define IMGW__LOOP_STAT_COPY(name, what) out->name = imgw_stat_get(&l->st.name);
+    IMGW_LOOP_COUNTERS(IMGW__LOOP_STAT_COPY)
+#undef IMGW__LOOP_STAT_COPY
+    imgw_mailbox_stats(&l->mbox, &out->mailbox_drained, &out->mailbox_wakeups,
+                       &out->mailbox_last_batch, &out->mailbox_depth);
 }

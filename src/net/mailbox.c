@@ -129,10 +129,10 @@ mailbox_drain_n(imgw_mailbox_t *mb, size_t budget)
          * acquired. */
         atomic_fetch_sub_explicit(&mb->depth, 1, memory_order_relaxed);
         n++;
-        mb->drained++;
+        imgw_stat_inc(&mb->drained);
         mb->cb(mb, node); /* owns node now; do not touch it again */
     }
-    mb->last_batch = n;
+    imgw_stat_set(&mb->last_batch, n);
     return n;
 }
 
@@ -171,7 +171,7 @@ mailbox_async_cb(uv_async_t *a)
 {
     imgw_mailbox_t *mb = MAILBOX_OF(a);
 
-    mb->wakeups++;
+    imgw_stat_inc(&mb->wakeups);
     atomic_exchange_explicit(&mb->armed, 0, memory_order_acq_rel);
     size_t budget = atomic_load_explicit(&mb->depth, memory_order_relaxed);
     mailbox_drain_n(mb, budget);
@@ -192,9 +192,9 @@ imgw_mailbox_init(imgw_mailbox_t *mb, uv_loop_t *loop, imgw_mailbox_cb cb,
     atomic_init(&mb->depth, 0);
     mb->cb = cb;
     mb->data = data;
-    mb->drained = 0;
-    mb->wakeups = 0;
-    mb->last_batch = 0;
+    atomic_init(&mb->drained, 0);
+    atomic_init(&mb->wakeups, 0);
+    atomic_init(&mb->last_batch, 0);
     return uv_async_init(loop, &mb->async, mailbox_async_cb);
 }
 
@@ -244,4 +244,15 @@ imgw_mailbox_close(imgw_mailbox_t *mb, uv_close_cb close_cb)
      */
     uv_close((uv_handle_t *)&mb->async, close_cb);
     mailbox_drain_n(mb, SIZE_MAX);
+}
+
+void
+imgw_mailbox_stats(const imgw_mailbox_t *mb, uint64_t *drained,
+                   uint64_t *wakeups, uint64_t *last_batch, uint64_t *depth)
+{
+    *drained = imgw_stat_get(&mb->drained);
+    *wakeups = imgw_stat_get(&mb->wakeups);
+    *last_batch = imgw_stat_get(&mb->last_batch);
+    *depth = atomic_load_explicit(&((imgw_mailbox_t *)mb)->depth,
+                                  memory_order_relaxed);
 }

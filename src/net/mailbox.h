@@ -16,8 +16,11 @@
 
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <uv.h>
+
+#include "stat.h"
 
 typedef struct imgw_mpsc_node_s {
     struct imgw_mpsc_node_s *_Atomic next;
@@ -49,10 +52,11 @@ struct imgw_mailbox_s {
     atomic_int armed;          /* 1 while a wake-up is pending */
     imgw_mailbox_cb cb;
     void *data;                /* user pointer */
-    /* stats, loop thread only */
-    uint64_t drained;          /* nodes delivered */
-    uint64_t wakeups;          /* callbacks run */
-    size_t last_batch;         /* nodes in the last drain */
+    /* stats: written by the loop thread only, read by any
+     * (imgw_mailbox_stats) */
+    imgw_stat_t drained;       /* nodes delivered */
+    imgw_stat_t wakeups;       /* callbacks run */
+    imgw_stat_t last_batch;    /* nodes in the last drain */
     atomic_size_t depth;       /* pushed minus drained (approximate) */
 };
 
@@ -63,6 +67,10 @@ int imgw_mailbox_init(imgw_mailbox_t *mb, uv_loop_t *loop, imgw_mailbox_cb cb,
 int imgw_mailbox_post(imgw_mailbox_t *mb, imgw_mpsc_node_t *n);
 /** Loop thread: drains what is queued now (also done by the async cb). */
 size_t imgw_mailbox_drain(imgw_mailbox_t *mb);
+/** Any thread: the statistics above, each a moment old at most. */
+void imgw_mailbox_stats(const imgw_mailbox_t *mb, uint64_t *drained,
+                        uint64_t *wakeups, uint64_t *last_batch,
+                        uint64_t *depth);
 /** Loop thread: closes the async handle; queued nodes are drained first. */
 void imgw_mailbox_close(imgw_mailbox_t *mb, uv_close_cb close_cb);
 

@@ -161,22 +161,37 @@ void imgw_loop_foreach_ws(imgw_loop_t *l, void (*fn)(imgw_conn_t *, void *),
  * not unix time), for deadlines, timeouts and rate buckets only. */
 uint64_t imgw_loop_now_ms(imgw_loop_t *l);
 
+/*
+ * A loop's counters, one list: the loop keeps them as imgw_stat_t (written
+ * only by the loop, see base/stat.h) and imgw_loop_stats() copies them into
+ * this plain struct for any thread. X(name, comment).
+ */
+#define IMGW_LOOP_COUNTERS(X)                                                  \
+    X(accepted, "TCP connections accepted")                                    \
+    X(conns_open, "gauge: all connections, HTTP and WebSocket")                \
+    X(ws_open, "gauge: open WebSockets")                                       \
+    X(handshakes_ok, "upgrades answered 101")                                  \
+    X(handshakes_failed, "upgrades and heads refused")                         \
+    X(http_requests, "plain HTTP requests")                                    \
+    X(frames_in, "WebSocket messages received")                                \
+    X(frames_out, "WebSocket messages queued")                                 \
+    X(bytes_in, "socket bytes read")                                           \
+    X(bytes_out, "socket bytes written")                                       \
+    X(slow_consumers, "closed at max_queued_bytes")                            \
+    X(refused_full, "refused at max_connections")                              \
+    X(refused_ip, "refused at max_connections_per_ip")                         \
+    X(refused_rate, "refused at handshake_rate")
+
 typedef struct imgw_loop_stats_s {
-    uint64_t accepted;
-    uint64_t conns_open;     /* all connections, HTTP and WebSocket */
-    uint64_t ws_open;
-    uint64_t handshakes_ok;
-    uint64_t handshakes_failed;
-    uint64_t http_requests;
-    uint64_t frames_in, frames_out;
-    uint64_t bytes_in, bytes_out;
-    uint64_t slow_consumers;
-    uint64_t refused_full;   /* max_connections */
-    uint64_t refused_ip;     /* max_connections_per_ip */
-    uint64_t refused_rate;   /* handshake_rate */
+#define IMGW__LOOP_STAT_FIELD(name, what) uint64_t name;
+    IMGW_LOOP_COUNTERS(IMGW__LOOP_STAT_FIELD)
+#undef IMGW__LOOP_STAT_FIELD
+    /* the loop's mailbox */
     uint64_t mailbox_drained, mailbox_wakeups, mailbox_last_batch;
     uint64_t mailbox_depth;
 } imgw_loop_stats_t;
+/** Any thread: a snapshot of loop l's counters (each a moment old at most;
+ * no two are taken at the same instant). */
 void imgw_loop_stats(imgw_loop_t *l, imgw_loop_stats_t *out);
 
 /* ---- connections ------------------------------------------------------ */

@@ -1,6 +1,15 @@
 /*
  * net_int.h: net's private structures, shared by loop.c, conn.c, http.c and
  * ws.c only. Nothing outside src/net includes this file.
+ *
+ * Calls run one way: loop.c -> conn.c -> a protocol handler (http.c, ws.c)
+ * through the handler table (imgw_proto_t), and the handlers -> conn.c's
+ * face (the conn.c section at the end). conn.c never names a handler, a
+ * handler never names loop.c or another handler: the HTTP handler hands a
+ * connection to the WebSocket one with imgw__conn_set_proto(), and the
+ * table is filled by loop.c, which names them (net->protos). TLS is no
+ * handler: it is a byte transformer under them (tls.h) that conn.c drives
+ * through imgw_tls_io_t.
  */
 #ifndef IMGW_NET_INT_H
 #define IMGW_NET_INT_H
@@ -11,6 +20,7 @@
 
 #include <uv.h>
 
+#include "stat.h"
 #include "mailbox.h"
 #include "net.h"
 #include "iplimit.h"
@@ -68,6 +78,47 @@ enum {
 struct imgw_http_s; /* http.c */
 struct imgw_ws_rx_s; /* ws.c */
 
+/* ---- protocol handlers ------------------------------------------------ */
+
+/* Index into net->protos: a connection's current handler (c->proto). */
+enum { IMGW_PROTO_HTTP = 0, IMGW_PROTO_WS, IMGW_PROTO_N };
+
+/*
+ * A protocol handler, the way libuv's stream types plug into uv_stream_t:
+ * conn.c owns the socket, the write queue, deadlines and the close path,
+ * and calls the connection's handler only through these pointers. Every
+ * member runs on the owning loop.
+ */
+typedef struct imgw_proto_s {
+    const char *name;
+    /* The connection became this handler's (imgw__conn_set_proto). */
+    void (*start)(imgw_conn_t *c);
+    /* Plaintext from the peer, valid during the call. */
+    void (*feed)(imgw_conn_t *c, const uint8_t *data, size_t len);
+    /* imgw_conn_send_ws(); NULL: refused with IMGW_ECLOSED. */
+    int (*send)(imgw_conn_t *c, int is_text, const uv_buf_t *pieces, size_t n);
+    /* imgw_conn_close_ws(): the handler's way to end the connection. */
+    void (*close)(imgw_conn_t *c, int code, const char *reason);
+    /* close_cb: frees what the handler holds for c. conn.c runs every
+     * handler's (a connection that just switched may hold both). */
+    void (*free)(imgw_conn_t *c);
+    /* Cuts the loop's pools of this handler to at most keep entries
+     * (keep 0: empties them); NULL when it has none. */
+    void (*trim)(imgw_loop_t *l, size_t keep);
+} imgw_proto_t;
+
+/* http.c, ws.c: the handlers. Only loop.c (which fills net->protos) and
+ * test harnesses name them. */
+extern const imgw_proto_t imgw__http_proto;
+extern const imgw_proto_t imgw__ws_proto;
+
+/* A loop's counters (net.h's list), written by the loop only. */
+typedef struct imgw__loop_counters_s {
+#define IMGW__LOOP_COUNTER(name, what) imgw_stat_t name;
+    IMGW_LOOP_COUNTERS(IMGW__LOOP_COUNTER)
+#undef IMGW__LOOP_COUNTER
+} imgw__loop_counters_t;
+
 struct imgw_conn_s {
     uv_tcp_t tcp;
     imgw_loop_t *loop;
@@ -75,7 +126,7 @@ struct imgw_conn_s {
     uint32_t gen;
     uint8_t state;
     uint8_t flags;
-    uint8_t codec_hint; /* unused by net; spare byte */
+    uint8_t proto; /* IMGW_PROTO_*: index into net->protos */
     imgw_tw_entry_t tw;
     uint64_t deadline_ms;          /* 0 = none */
     uint64_t last_rx_ms;           /* loop time of the last read */
@@ -138,12 +189,11 @@ struct imgw_loop_s {
     uint64_t drain_start_ms;
     uint64_t drain_end_ms;
     size_t drain_total;
-    size_t drain_closed;
     int stopping;
 
     double hs_tokens;       /* handshake_rate bucket */
     uint64_t hs_refill_ms;
-    imgw_loop_stats_t st;
+    imgw__loop_counters_t st;
     void *data; /* core's per-loop state */
     int start_err;
     uv_sem_t started;
@@ -169,41 +219,68 @@ struct imgw_net_s {
     uv_mutex_t done_mu;
     uv_cond_t done_cv;
     const imgw_net_handlers_t *h;
+    /* The protocol handlers by IMGW_PROTO_* (loop.c's table). */
+    const imgw_proto_t *const *protos;
     imgw_iplimit_t *iplimit;
 };
 
-/* conn.c */
-int imgw__conn_tls_start(imgw_conn_t *c, imgw_tls_ctx_t *ctx);
-imgw_conn_t *imgw__conn_new(imgw_loop_t *l);
-/* loop.c: the monotonic ms clock behind now_ms and every deadline. */
-uint64_t imgw__loop_clock_ms(imgw_loop_t *l);
+/*
+ * The loop's clock for deadlines, timeouts and rate buckets: libuv's loop
+ * time, CLOCK_MONOTONIC in ms, cached per iteration (uv_run refreshes it
+ * before timers and again after polling, so read and mailbox callbacks see
+ * a current value without a syscall each). Never the wall clock: a step
+ * back (NTP, an operator, a VM resume) would freeze every auth and
+ * heartbeat deadline, a step forward would fire them all at once.
+ * Timestamps that go on the wire or into the store use the wall clock
+ * (imgw_now_ms in core), never this one.
+ */
+static inline uint64_t
+imgw__loop_clock_ms(imgw_loop_t *l)
+{
+    return uv_now(&l->uv);
+}
 
+/* ---- conn.c: for loop.c ---------------------------------------------- */
+
+/* A zeroed connection of loop l in the HTTP handler, not yet in the
+ * loop's table (harnesses use it bare). NULL when out of memory. */
+imgw_conn_t *imgw__conn_new(imgw_loop_t *l);
+/* Accepts one connection from server into the loop's table and counts it;
+ * *node_conns is the node-wide count with it. NULL when it failed (then
+ * nothing is left to clean up). */
+imgw_conn_t *imgw__conn_accept(imgw_loop_t *l, uv_stream_t *server,
+                               long *node_conns);
+int imgw__conn_tls_start(imgw_conn_t *c, imgw_tls_ctx_t *ctx);
+/* Bytes from the socket (ciphertext on a TLS connection). */
 void imgw__conn_on_read(imgw_conn_t *c, const uint8_t *data, size_t len);
+void imgw__conn_flush_all(imgw_loop_t *l);
+void imgw__conn_deadline_fired(imgw_conn_t *c);
+/* Cuts the loop's output block pool and every handler's pools to keep. */
+void imgw__conn_pools_trim(imgw_loop_t *l, size_t keep);
+void imgw__obuf_release(imgw_loop_t *l, imgw_obuf_t *b);
+
+/* ---- conn.c: the face the handlers (and loop.c) use ------------------- */
+
+/* Plaintext into c's current handler (what a switch leaves over). */
+void imgw__conn_input(imgw_conn_t *c, const uint8_t *data, size_t len);
+/* Hands c to another handler (IMGW_PROTO_*), which starts it. */
+void imgw__conn_set_proto(imgw_conn_t *c, int proto);
+/* (Re)starts reading from the socket; closes c when libuv refuses. */
+void imgw__conn_read_start(imgw_conn_t *c);
 int imgw__conn_write_raw(imgw_conn_t *c, const uv_buf_t *bufs, size_t n,
                          int bounded);
 void imgw__conn_flush(imgw_conn_t *c);
-void imgw__conn_flush_all(imgw_loop_t *l);
-void imgw__conn_deadline_fired(imgw_conn_t *c);
 void imgw__conn_close_now(imgw_conn_t *c);
-void imgw__obuf_release(imgw_loop_t *l, imgw_obuf_t *b);
 
-/* http.c */
-void imgw__http_feed(imgw_conn_t *c, const uint8_t *data, size_t len);
-void imgw__http_free(imgw_conn_t *c);
+/* ---- http.c, ws.c: helpers their unit tests reach --------------------- */
+
 void imgw__http_resume(imgw_conn_t *c);
 /* 0 for a valid RFC 6455 upgrade (accept filled), else 400 or 426. */
 int imgw__http_check_upgrade(const imgw_http_req_t *req, int is_get,
                              char accept[29]);
-
-/* ws.c */
-void imgw__ws_feed(imgw_conn_t *c, const uint8_t *data, size_t len);
-void imgw__ws_free(imgw_conn_t *c);
-void imgw__ws_pool_free(imgw_loop_t *l);
+/* Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 4.2.2): 0, or -1
+ * for a key that is not 16 bytes of base64. */
+int imgw__http_accept_key(const char *key, size_t key_len, char out[29]);
 size_t imgw__ws_header(uint8_t *hdr, int opcode, size_t len);
-int imgw__ws_accept_key(const char *key, size_t key_len, char out[29]);
-
-/* loop.c */
-void imgw__loop_conn_removed(imgw_loop_t *l, imgw_conn_t *c);
-void imgw__loop_read_start(imgw_conn_t *c);
 
 #endif

@@ -20,12 +20,13 @@
  * Outgoing frames are built here (server frames are unmasked: a 2-10 byte
  * header), so a fan-out payload encoded once is copied straight into each
  * connection's output block.
+ *
+ * This is the WebSocket protocol handler (imgw__ws_proto): conn.c calls it
+ * through the handler table only, and it calls conn.c's face only.
  */
 #include <stdlib.h>
 #include <string.h>
 
-#include <mbedtls/base64.h>
-#include <mbedtls/sha1.h>
 #include <wslay/wslay.h>
 
 #include "../base/utf8.h"
@@ -112,15 +113,21 @@ fctx_put(imgw_loop_t *l, wslay_frame_context_ptr f, int clean)
         wslay_frame_context_free(f);
 }
 
-void
-imgw__ws_pool_free(imgw_loop_t *l)
+/* Frees the oldest pooled contexts; the newest keep entries stay. */
+static void
+ws_trim(imgw_loop_t *l, size_t keep)
 {
-    while (l->n_ws_pool > 0)
-        wslay_frame_context_free(l->ws_pool[--l->n_ws_pool]);
+    if (l->n_ws_pool <= keep)
+        return;
+    size_t drop = l->n_ws_pool - keep;
+    for (size_t i = 0; i < drop; i++)
+        wslay_frame_context_free(l->ws_pool[i]);
+    memmove(l->ws_pool, l->ws_pool + drop, keep * sizeof(l->ws_pool[0]));
+    l->n_ws_pool = keep;
 }
 
-void
-imgw__ws_free(imgw_conn_t *c)
+static void
+ws_free(imgw_conn_t *c)
 {
     imgw_ws_rx_t *rx = c->rx;
     if (rx == NULL)
@@ -151,34 +158,78 @@ imgw__ws_header(uint8_t *hdr, int opcode, size_t len)
     return 10;
 }
 
-int
-imgw__ws_accept_key(const char *key, size_t key_len, char out[29])
+/* The connection has answered 101: it is a WebSocket from now on. */
+static void
+ws_start(imgw_conn_t *c)
 {
-    static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-    unsigned char raw[32];
-    size_t olen = 0;
-    while (key_len > 0 && (key[key_len - 1] == ' ' || key[key_len - 1] == '\t'))
-        key_len--;
-    while (key_len > 0 && (*key == ' ' || *key == '\t')) {
-        key++;
-        key_len--;
+    imgw_stat_inc(&c->loop->st.ws_open);
+    c->flags |= IMGW_CF_COUNTED_WS;
+    c->state = IMGW_CONN_WS;
+}
+
+/* imgw_conn_send_ws() */
+static int
+ws_send(imgw_conn_t *c, int is_text, const uv_buf_t *pieces, size_t n)
+{
+    uint8_t hdr[10];
+    uv_buf_t bufs[9];
+    size_t total = 0;
+    if (c->state != IMGW_CONN_WS)
+        return IMGW_ECLOSED;
+    if (n > 8)
+        return IMGW_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        total += pieces[i].len;
+    size_t hl = imgw__ws_header(hdr, is_text ? 1 : 2, total);
+    bufs[0] = uv_buf_init((char *)hdr, (unsigned)hl);
+    for (size_t i = 0; i < n; i++)
+        bufs[i + 1] = pieces[i];
+    int r = imgw__conn_write_raw(c, bufs, n + 1, 1);
+    if (r == IMGW_EQUEUEFULL) {
+        imgw_stat_inc(&c->loop->st.slow_consumers);
+        IMGW_LOG_WARN_RL("slow consumer %s closed: %zu bytes queued",
+                         imgw_conn_peer(c), c->queued);
+        /* Its queue is full, so a close frame could not get through in
+         * time either: drop the connection. */
+        imgw__conn_close_now(c);
+        return r;
     }
-    if (key_len != 24)
-        return -1;
-    if (mbedtls_base64_decode(raw, sizeof(raw), &olen,
-                              (const unsigned char *)key, key_len) != 0 ||
-        olen != 16)
-        return -1;
-    unsigned char cat[24 + sizeof(guid)];
-    unsigned char sha[20];
-    memcpy(cat, key, 24);
-    memcpy(cat + 24, guid, sizeof(guid) - 1);
-    if (mbedtls_sha1_ret(cat, 24 + sizeof(guid) - 1, sha) != 0)
-        return -1;
-    if (mbedtls_base64_encode((unsigned char *)out, 29, &olen, sha, 20) != 0)
-        return -1;
-    out[olen] = '\0';
+    if (r < 0) {
+        imgw__conn_close_now(c);
+        return r;
+    }
+    imgw_stat_inc(&c->loop->st.frames_out);
     return 0;
+}
+
+/* imgw_conn_close_ws(): the closing handshake. */
+static void
+ws_close(imgw_conn_t *c, int code, const char *reason)
+{
+    uint8_t payload[125];
+    uint8_t hdr[10];
+    size_t rl = reason ? strlen(reason) : 0;
+    if (c->state != IMGW_CONN_WS)
+        return;
+    if (rl > sizeof(payload) - 2)
+        rl = sizeof(payload) - 2;
+    payload[0] = (uint8_t)(code >> 8);
+    payload[1] = (uint8_t)(code & 0xff);
+    if (rl)
+        memcpy(payload + 2, reason, rl);
+    size_t hl = imgw__ws_header(hdr, 8, rl + 2);
+    uv_buf_t bufs[2] = {uv_buf_init((char *)hdr, (unsigned)hl),
+                        uv_buf_init((char *)payload, (unsigned)(rl + 2))};
+    c->state = IMGW_CONN_CLOSING;
+    c->flags |= IMGW_CF_CLOSE_SENT;
+    /* The close frame goes out even when the queue is at its bound. */
+    int r = imgw__conn_write_raw(c, bufs, 2, 0);
+    if (r < 0) {
+        imgw__conn_close_now(c);
+        return;
+    }
+    /* Wait for the peer's close frame, but not forever. */
+    imgw_conn_set_deadline(c, c->loop->now_ms + IMGW_CLOSE_GRACE_MS);
 }
 
 /* ---- receiving ------------------------------------------------------- */
@@ -189,7 +240,7 @@ ws_fail(imgw_conn_t *c, int code, const char *why)
     IMGW_LOG_DEBUG("websocket %s: closing %d (%s)", imgw_conn_peer(c), code,
                    why);
     if (c->state == IMGW_CONN_WS)
-        imgw_conn_close_ws(c, code, why);
+        ws_close(c, code, why);
     else
         imgw__conn_close_now(c);
 }
@@ -257,7 +308,7 @@ on_control(imgw_conn_t *c, imgw_ws_rx_t *rx)
         /* Pongs count against the output bound: a client that pings but
          * never reads would otherwise grow our memory without limit. */
         if (c->queued + rx->ctl_len + 2 > c->loop->net->opts.max_queued_bytes) {
-            c->loop->st.slow_consumers++;
+            imgw_stat_inc(&c->loop->st.slow_consumers);
             IMGW_LOG_WARN_RL("slow consumer %s closed: pongs not read",
                              imgw_conn_peer(c));
             imgw__conn_close_now(c);
@@ -273,7 +324,7 @@ on_control(imgw_conn_t *c, imgw_ws_rx_t *rx)
 static void
 deliver(imgw_conn_t *c, int opcode, const uint8_t *p, size_t n)
 {
-    c->loop->st.frames_in++;
+    imgw_stat_inc(&c->loop->st.frames_in);
     if (c->state != IMGW_CONN_WS)
         return; /* closing: data is dropped */
     if (opcode == 1 && !imgw_utf8_valid(p, n)) {
@@ -463,8 +514,8 @@ announced_too_big(imgw_conn_t *c, imgw_ws_rx_t *rx, const uint8_t *data,
     return 1;
 }
 
-void
-imgw__ws_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
+static void
+ws_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
 {
     imgw_loop_t *l = c->loop;
     imgw_ws_rx_t *rx = c->rx;
@@ -531,3 +582,13 @@ imgw__ws_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
         c->rx = NULL;
     }
 }
+
+const imgw_proto_t imgw__ws_proto = {
+    .name = "websocket",
+    .start = ws_start,
+    .feed = ws_feed,
+    .send = ws_send,
+    .close = ws_close,
+    .free = ws_free,
+    .trim = ws_trim,
+};

@@ -1,7 +1,7 @@
 /*
  * mem_dedupe.c: the memory backend's dedupe keys (sender, client_msg_id) ->
  * (message id, seq): lookup, expiry from the age lists, eviction at
- * max_dedupes.
+ * max_dedupes; the dedupe_get request.
  * See memory.c for the locking and memory rules every file follows.
  */
 #include <pthread.h>
@@ -74,4 +74,32 @@ imgw__mem_dedupe_evict(imgw__mem_t *m, imgw__mem_shard_t *sh,
            sh->dedupe_age.next != &keep->age)
         dedupe_drop(
             m, sh, MEM_CONTAINER(sh->dedupe_age.next, imgw__mem_dedupe_t, age));
+}
+
+int
+imgw__mem_dedupe_get(imgw_store_loop_t *sl, const char *sender,
+                     const char *cmid, imgw_store_dedupe_cb cb, void *data)
+{
+    imgw__mem_t *m = sl->store->impl;
+    size_t slen = strlen(sender), clen = strlen(cmid);
+    char key[2 * (IMGW__STORE_ID_MAX + 1)];
+    if (slen + 1 + clen + 1 > sizeof(key))
+        return IMGW_EINVAL;
+    memcpy(key, sender, slen + 1);
+    memcpy(key + slen + 1, cmid, clen + 1);
+    imgw__mem_shard_t *sh = &m->shards[shard_of(hash_str(m, sender))];
+    uint64_t hd = hash_dedupe(m, sender, cmid);
+    int64_t now = mem_now(m), seq = 0;
+    uint64_t id = 0;
+    int st = IMGW_ENOTFOUND;
+    pthread_mutex_lock(&sh->mu);
+    imgw__mem_dedupe_t *d = imgw__mem_dedupe_find(sh, hd, key);
+    if (d != NULL && d->expire_ms > now) {
+        st = 0;
+        id = d->message_id;
+        seq = d->seq;
+    }
+    pthread_mutex_unlock(&sh->mu);
+    cb(st, id, seq, data);
+    return 0;
 }

@@ -146,6 +146,8 @@ typedef struct imgw__mem_user_s {
     int64_t max_seq;       /* never decreases while the timeline holds an
                               entry or the user was used within seq_ttl */
     int64_t touched_ms;    /* last append, sync, max_seq or route refresh */
+    uint64_t epoch;        /* id of the message that got seq 1 (store.h);
+                              meaningful while max_seq != 0 */
     imgw__mem_ent_t *ring; /* cap slots, count used from head */
     uint32_t cap, head, count;
     uint16_t n_routes, cap_routes;
@@ -453,6 +455,8 @@ int imgw__mem_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
 int imgw__mem_max_seq(imgw_store_loop_t *sl, const char *user,
                       imgw_store_seq_cb cb, void *data);
 /* mem_dedupe.c */
+int imgw__mem_dedupe_get(imgw_store_loop_t *sl, const char *sender,
+                         const char *cmid, imgw_store_dedupe_cb cb, void *data);
 imgw__mem_dedupe_t *imgw__mem_dedupe_find(imgw__mem_shard_t *sh, uint64_t h,
                                           const char *key);
 void imgw__mem_dedupe_expire(imgw__mem_t *m, imgw__mem_shard_t *sh, int64_t now,

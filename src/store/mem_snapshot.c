@@ -155,6 +155,9 @@ dump_user(imgw__mem_dump_t *d, const imgw__mem_user_t *u)
         imgw__rec_put_str(o, cm + strlen(cm) + 1);
         imgw__rec_put_u64(o, u->reads[i].stamp);
     }
+    /* Last, so a snapshot written before epochs existed still loads (its
+     * users read epoch 0). */
+    imgw__rec_put_u64(o, u->epoch);
     imgw__rec_end(o, at);
     uint32_t nums[MEM_DUMP_CHUNK];
     for (uint32_t done = 0; done < u->count && !o->err;) {
@@ -492,6 +495,8 @@ load_user(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
         if (stamp > sh->stamp)
             sh->stamp = stamp;
     }
+    if (!r->err && r->n - r->off >= 8)
+        u->epoch = imgw__rec_get_u64(r);
     if (r->err)
         rc = IMGW_EPROTO;
 out:

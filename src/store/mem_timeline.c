@@ -372,6 +372,11 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
         imgw__mem_user_age(m, u, now);
         imgw__mem_user_seq_expire(m, u, now);
         u->touched_ms = now;
+        /* A timeline that starts (again) at seq 1 starts a new epoch; the
+         * message id makes it unique and replays of the file backend's
+         * journal rebuild the same one. */
+        if (u->max_seq == 0)
+            u->epoch = req->message_id;
         /* count == cap only if users[] named this user twice (against the
          * contract): drop the oldest rather than overflow. */
         while (u->count >= (uint32_t)m->retention_count || u->count == u->cap)
@@ -442,13 +447,14 @@ imgw__mem_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
     imgw__mem_user_t *u = imgw__mem_user_find(sh, h, user);
     if (u == NULL) {
         pthread_mutex_unlock(&sh->mu);
-        cb(0, NULL, 0, 0, 0, data);
+        cb(0, NULL, 0, 0, 0, 1, 0, data);
         return 0;
     }
     imgw__mem_user_age(m, u, now);
     imgw__mem_user_seq_expire(m, u, now);
     u->touched_ms = now; /* the client holds seqs: keep max_seq alive */
     int64_t server_max = u->max_seq;
+    uint64_t epoch = u->max_seq != 0 ? u->epoch : 0;
     int64_t first = u->max_seq - (int64_t)u->count + 1;
     int64_t hi = max_seq == 0 || max_seq > u->max_seq ? u->max_seq : max_seq;
     int64_t lo = first, avail = 0;
@@ -484,7 +490,7 @@ imgw__mem_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
 
     /* The references keep the bytes alive while the callback runs with no
      * lock held, even if a concurrent append trims these entries. */
-    cb(0, e, k, has_more, server_max, data);
+    cb(0, e, k, has_more, server_max, first, epoch, data);
     for (size_t i = 0; i < k; i++)
         imgw__mem_blob_unref(m, bl[i]);
     if (e != stack_e) {
@@ -502,6 +508,7 @@ imgw__mem_max_seq(imgw_store_loop_t *sl, const char *user, imgw_store_seq_cb cb,
     uint64_t h = hash_str(m, user);
     imgw__mem_shard_t *sh = &m->shards[shard_of(h)];
     int64_t now = mem_now(m), seq = 0;
+    uint64_t epoch = 0;
     pthread_mutex_lock(&sh->mu);
     imgw__mem_user_t *u = imgw__mem_user_find(sh, h, user);
     if (u != NULL) {
@@ -511,8 +518,9 @@ imgw__mem_max_seq(imgw_store_loop_t *sl, const char *user, imgw_store_seq_cb cb,
         imgw__mem_user_seq_expire(m, u, now);
         u->touched_ms = now;
         seq = u->max_seq;
+        epoch = seq != 0 ? u->epoch : 0;
     }
     pthread_mutex_unlock(&sh->mu);
-    cb(0, seq, data);
+    cb(0, seq, epoch, data);
     return 0;
 }

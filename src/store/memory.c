@@ -303,6 +303,7 @@ const imgw_store_backend_t imgw__store_memory = {
     .append = imgw__mem_append,
     .sync = imgw__mem_sync,
     .max_seq = imgw__mem_max_seq,
+    .dedupe_get = imgw__mem_dedupe_get,
     .set_delivered = imgw__mem_set_delivered,
     .set_read = imgw__mem_set_read,
     .msg_get = imgw__mem_msg_get,

@@ -138,6 +138,7 @@ typedef enum {
     REC_APPEND,
     REC_SYNC,
     REC_SEQ,
+    REC_DEDUPE,
     REC_DONE,
     REC_MSG,
     REC_MEMBERS,
@@ -169,6 +170,7 @@ struct rec_s {
         imgw_store_append_cb append;
         imgw_store_sync_cb sync;
         imgw_store_seq_cb seq;
+        imgw_store_dedupe_cb dedupe;
         imgw_store_done_cb done;
         imgw_store_msg_cb msg;
         imgw_store_members_cb members;
@@ -180,9 +182,17 @@ struct rec_s {
             imgw_store_entry_t *e; /* one allocation with the bytes */
             size_t n;
             int has_more;
-            int64_t server_max_seq;
+            int64_t server_max_seq, oldest_seq;
+            uint64_t epoch;
         } sync;
-        int64_t seq;
+        struct {
+            int64_t v;
+            uint64_t epoch;
+        } seq;
+        struct {
+            uint64_t message_id;
+            int64_t seq;
+        } dedupe;
         imgw_store_msg_t *msg; /* one allocation with its strings, or NULL */
         struct {
             const char **m; /* one allocation with the strings */
@@ -244,11 +254,15 @@ rec_run(rec_t *q)
         break;
     case REC_SYNC:
         q->cb.sync(st, q->u.sync.n ? q->u.sync.e : NULL, q->u.sync.n,
-                   q->u.sync.has_more, q->u.sync.server_max_seq, q->data);
+                   q->u.sync.has_more, q->u.sync.server_max_seq,
+                   q->u.sync.oldest_seq, q->u.sync.epoch, q->data);
         free(q->u.sync.e);
         break;
     case REC_SEQ:
-        q->cb.seq(st, q->u.seq, q->data);
+        q->cb.seq(st, q->u.seq.v, q->u.seq.epoch, q->data);
+        break;
+    case REC_DEDUPE:
+        q->cb.dedupe(st, q->u.dedupe.message_id, q->u.dedupe.seq, q->data);
         break;
     case REC_DONE:
         if (q->cb.done)
@@ -367,16 +381,20 @@ append_tramp(imgw_store_append_t *req, int status, void *data)
 
 static void
 sync_tramp(int status, const imgw_store_entry_t *e, size_t n, int has_more,
-           int64_t server_max_seq, void *data)
+           int64_t server_max_seq, int64_t oldest_seq, uint64_t epoch,
+           void *data)
 {
     rec_t *q = data;
     if (!rec_sync_now(q, status)) {
-        q->cb.sync(status, e, n, has_more, server_max_seq, q->data);
+        q->cb.sync(status, e, n, has_more, server_max_seq, oldest_seq, epoch,
+                   q->data);
         free(q);
         return;
     }
     q->u.sync.has_more = has_more;
     q->u.sync.server_max_seq = server_max_seq;
+    q->u.sync.oldest_seq = oldest_seq;
+    q->u.sync.epoch = epoch;
     if (status != 0 || n == 0)
         return;
     size_t bytes = n * sizeof(*e);
@@ -400,14 +418,28 @@ sync_tramp(int status, const imgw_store_entry_t *e, size_t n, int has_more,
 }
 
 static void
-seq_tramp(int status, int64_t max_seq, void *data)
+seq_tramp(int status, int64_t max_seq, uint64_t epoch, void *data)
 {
     rec_t *q = data;
     if (rec_sync_now(q, status)) {
-        q->u.seq = max_seq;
+        q->u.seq.v = max_seq;
+        q->u.seq.epoch = epoch;
         return;
     }
-    q->cb.seq(status, max_seq, q->data);
+    q->cb.seq(status, max_seq, epoch, q->data);
+    free(q);
+}
+
+static void
+dedupe_tramp(int status, uint64_t message_id, int64_t seq, void *data)
+{
+    rec_t *q = data;
+    if (rec_sync_now(q, status)) {
+        q->u.dedupe.message_id = message_id;
+        q->u.dedupe.seq = seq;
+        return;
+    }
+    q->cb.dedupe(status, message_id, seq, q->data);
     free(q);
 }
 
@@ -736,6 +768,26 @@ imgw_store_set_read(imgw_store_loop_t *sl, const char *user,
 }
 
 /* ---- messages -------------------------------------------------------- */
+
+int
+imgw_store_dedupe_get(imgw_store_loop_t *sl, const char *sender,
+                      const char *client_msg_id, imgw_store_dedupe_cb cb,
+                      void *data)
+{
+    if (sl == NULL || cb == NULL)
+        return IMGW_EINVAL;
+    rec_t *q = rec_new(sl, REC_DEDUPE, data);
+    q->cb.dedupe = cb;
+    if (!valid_id(sender) || client_msg_id == NULL ||
+        client_msg_id[0] == '\0' || !imgw_cmid_valid_opt(client_msg_id))
+        return rec_refuse(q, IMGW_EINVAL);
+    if (sl->be->dedupe_get == NULL)
+        return rec_refuse(q, IMGW_ENOTFOUND);
+    if (!rec_open(q))
+        return 0;
+    return rec_call(
+        q, sl->be->dedupe_get(sl, sender, client_msg_id, dedupe_tramp, q));
+}
 
 int
 imgw_store_msg_get(imgw_store_loop_t *sl, uint64_t message_id,

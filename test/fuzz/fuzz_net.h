@@ -9,8 +9,10 @@
  * fuzz_net_end() closes the connection and runs the uv loop once so that
  * conn_close_cb frees it exactly as in the server.
  *
- * loop.c is replaced by the two functions net needs from it:
- * imgw__loop_conn_removed() and imgw__loop_read_start().
+ * loop.c is not linked: net calls it for nothing. The harness plays its
+ * part by filling the net's protocol handler table itself (fuzz_protos);
+ * conn_close_cb running is seen through the on_close handler (the
+ * connection carries a non-NULL data pointer for that).
  *
  * The first input byte selects how the core handlers behave (respond now,
  * answer later, refuse the upgrade, echo/close/abort on a message); the
@@ -48,19 +50,20 @@ static size_t fuzz_removed;  /* conn_close_cb ran */
         }                                                                      \
     } while (0)
 
-/* ---- loop.c stand-ins -------------------------------------------------- */
+/* ---- loop.c's part ------------------------------------------------------ */
 
-void
-imgw__loop_conn_removed(imgw_loop_t *l, imgw_conn_t *c)
+static const imgw_proto_t *const fuzz_protos[IMGW_PROTO_N] = {
+    [IMGW_PROTO_HTTP] = &imgw__http_proto,
+    [IMGW_PROTO_WS] = &imgw__ws_proto,
+};
+
+static int fuzz_conn_tag; /* every connection's data: on_close runs */
+
+static void
+fuzz_on_close(imgw_conn_t *c)
 {
-    (void)l, (void)c;
+    FUZZ_CHECK(imgw_conn_data(c) == &fuzz_conn_tag);
     fuzz_removed++;
-}
-
-void
-imgw__loop_read_start(imgw_conn_t *c)
-{
-    (void)c; /* reads are driven by the harness */
 }
 
 /* ---- core handler stand-ins -------------------------------------------- */
@@ -171,6 +174,7 @@ fuzz_net_init(void)
     fuzz_handlers.on_http = fuzz_on_http;
     fuzz_handlers.on_upgrade = fuzz_on_upgrade;
     fuzz_handlers.on_message = fuzz_on_message;
+    fuzz_handlers.on_close = fuzz_on_close;
     fuzz_net = calloc(1, sizeof(*fuzz_net));
     fuzz_loop = calloc(1, sizeof(*fuzz_loop));
     if (fuzz_net == NULL || fuzz_loop == NULL)
@@ -181,6 +185,7 @@ fuzz_net_init(void)
     fuzz_net->opts.auth_timeout = 10;
     fuzz_net->opts.handlers = &fuzz_handlers;
     fuzz_net->h = &fuzz_handlers;
+    fuzz_net->protos = fuzz_protos;
     fuzz_loop->net = fuzz_net;
     fuzz_loop->now_ms = 1000000;
     if (uv_loop_init(&fuzz_loop->uv) != 0 ||
@@ -194,9 +199,9 @@ fuzz_net_conn(int state)
     imgw_conn_t *c = imgw__conn_new(fuzz_loop);
     if (c == NULL || uv_tcp_init(&fuzz_loop->uv, &c->tcp) != 0)
         abort();
-    c->state = (uint8_t)state;
+    imgw_conn_set_data(c, &fuzz_conn_tag);
     if (state == IMGW_CONN_WS)
-        c->flags |= IMGW_CF_COUNTED_WS;
+        imgw__conn_set_proto(c, IMGW_PROTO_WS); /* as after a 101 */
     fuzz_async = 0;
     fuzz_messages = 0;
     fuzz_removed = 0;
@@ -288,9 +293,7 @@ fuzz_net_end(imgw_conn_t *c)
     FUZZ_CHECK(fuzz_removed == 1);
     FUZZ_CHECK(fuzz_loop->flush_head == NULL);
     /* Keep the pools from holding memory across inputs. */
-    while (fuzz_loop->n_obuf_pool > 0)
-        free(fuzz_loop->obuf_pool[--fuzz_loop->n_obuf_pool]);
-    imgw__ws_pool_free(fuzz_loop);
+    imgw__conn_pools_trim(fuzz_loop, 0);
 }
 
 #endif

@@ -226,9 +226,10 @@ def test_json_nul_refused(mgw):
 
 def test_api_push_strings_must_be_utf8(mgw):
     print("check: POST /api/push whose data has a non-UTF-8 string (raw bytes "
-          "in the JSON text) -> 400 naming UTF-8, nothing pushed; non-UTF-8 "
-          "content (bytes) is pushed: exact bytes to protobuf clients, U+FFFD "
-          "to JSON clients; every push decodes with the standard decoder")
+          "in the JSON text) -> 400 naming UTF-8, nothing pushed; the same "
+          "for non-UTF-8 content (issue 12: strings from the business must "
+          "be UTF-8); a valid push afterwards decodes with the standard "
+          "decoder on both codecs")
 
     async def go():
         u = uid("u")
@@ -250,13 +251,18 @@ def test_api_push_strings_must_be_utf8(mgw):
                b'"content":"ok\xff\x01z"}}')
         r = http_json(mgw.port, "POST", "/api/push", raw_body=raw)
         print("  content with a bad byte -> %r" % r)
+        assert r.status == 400 and "UTF-8" in (r.json or {}).get("error", ""), r
+        raw = (b'{"code":202,"ids":["' + u.encode() + b'"],"data":{"message_id":"10",'
+               b'"content":"ok \xc3\xa9\x01z"}}')
+        r = http_json(mgw.port, "POST", "/api/push", raw_body=raw)
         assert r.status == 200, r
         p = await cp.wait_push("CMD_PUSH_MSG")
         j = await cj.wait_push("CMD_PUSH_MSG")
         print("  PB content %r, JSON content %r" % (bytes(p.body.content), j.json["body"]["content"]))
-        assert bytes(p.body.content) == b"ok\xff\x01z", p
-        assert j.json["body"]["content"] == "ok\ufffd\x01z", j.json
-        await cp.expect_no_push("CMD_PUSH_MSG", pred=lambda f: f.body.message_id != "9", wait=0.3)
+        assert p.body.message_id == "10", p
+        assert bytes(p.body.content) == "ok \u00e9\x01z".encode(), p
+        assert j.json["body"]["content"] == "ok \u00e9\x01z", j.json
+        await cp.expect_no_push("CMD_PUSH_MSG", pred=lambda f: f.body.message_id != "10", wait=0.3)
         assert_all_decoded(cp, "PB client")
         assert_all_decoded(cj, "JSON client")
         await close_all([cp, cj])

@@ -108,6 +108,8 @@ typedef struct sync_res_s {
     size_t n;
     int has_more;
     int64_t server_max;
+    int64_t oldest;
+    uint64_t epoch;
     int64_t seq[PAGE_MAX];
     uint64_t mid[PAGE_MAX]; /* the blob parsed back */
     int revoked[PAGE_MAX];
@@ -115,7 +117,7 @@ typedef struct sync_res_s {
 
 static void
 sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
-        int64_t server_max_seq, void *data)
+        int64_t server_max_seq, int64_t oldest_seq, uint64_t epoch, void *data)
 {
     sync_res_t *r = data;
     r->calls++;
@@ -123,6 +125,8 @@ sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
     r->n = n;
     r->has_more = has_more;
     r->server_max = server_max_seq;
+    r->oldest = oldest_seq;
+    r->epoch = epoch;
     for (size_t i = 0; i < n && i < PAGE_MAX; i++) {
         char buf[32];
         size_t l = e[i].len < sizeof(buf) - 1 ? e[i].len : sizeof(buf) - 1;
@@ -154,22 +158,27 @@ typedef struct val_res_s {
     int calls;
     int status;
     int64_t v;
+    uint64_t epoch;
 } val_res_t;
 
+static uint64_t last_epoch; /* epoch of the last max_seq() */
+
 static void
-seq_cb(int status, int64_t max_seq, void *data)
+seq_cb(int status, int64_t max_seq, uint64_t epoch, void *data)
 {
     val_res_t *r = data;
     r->calls++;
     r->status = status;
     r->v = max_seq;
+    r->epoch = epoch;
+    last_epoch = epoch;
 }
 
 /* max_seq, or -1000 + the callback's status (-2: refused, -3: no cb). */
 static int64_t
 max_seq(fx_t *f, const char *user)
 {
-    val_res_t r = {0, 0, 0};
+    val_res_t r = {0, 0, 0, 0};
     if (imgw_store_max_seq(f->sl, user, seq_cb, &r) != 0)
         return -2;
     sc_note_early(r.calls);
@@ -193,7 +202,7 @@ done_cb(int status, void *data)
  */
 #define DONE(f, call_with_cb)                                                  \
     ({                                                                         \
-        val_res_t r_ = {0, 12345, 0};                                          \
+        val_res_t r_ = {0, 12345, 0, 0};                                          \
         val_res_t *res = &r_;                                                  \
         int rc_ = (call_with_cb);                                              \
         if (rc_ == 0) {                                                        \
@@ -362,16 +371,23 @@ cnt_append(imgw_store_append_t *req, int status, void *data)
 }
 static void
 cnt_sync(int status, const imgw_store_entry_t *e, size_t n, int more,
-         int64_t max, void *data)
+         int64_t max, int64_t oldest, uint64_t epoch, void *data)
 {
-    (void)e, (void)n, (void)more, (void)max;
+    (void)e, (void)n, (void)more, (void)max, (void)oldest, (void)epoch;
     *(int *)data = status;
     sc_count();
 }
 static void
-cnt_seq(int status, int64_t v, void *data)
+cnt_seq(int status, int64_t v, uint64_t epoch, void *data)
 {
-    (void)v;
+    (void)v, (void)epoch;
+    *(int *)data = status;
+    sc_count();
+}
+static void
+cnt_dedupe(int status, uint64_t id, int64_t seq, void *data)
+{
+    (void)id, (void)seq;
     *(int *)data = status;
     sc_count();
 }
@@ -446,6 +462,8 @@ TEST(callbacks_later)
     CHECK_EQ_INT(imgw_store_sync(sl, "a b", 0, 0, 10, cnt_sync, &st[n++]), 0);
     CHECK_EQ_INT(imgw_store_max_seq(sl, "a", cnt_seq, &st[n++]), 0);
     CHECK_EQ_INT(imgw_store_max_seq(sl, "", cnt_seq, &st[n++]), 0);
+    CHECK_EQ_INT(imgw_store_dedupe_get(sl, "a", "k1", cnt_dedupe, &st[n++]), 0);
+    CHECK_EQ_INT(imgw_store_dedupe_get(sl, "a", "", cnt_dedupe, &st[n++]), 0);
     CHECK_EQ_INT(imgw_store_set_delivered(sl, "a", "d", 1, cnt_done, &st[n++]),
                  0);
     CHECK_EQ_INT(imgw_store_set_delivered(sl, "a", "d", -1, cnt_done, &st[n++]),
@@ -493,13 +511,15 @@ TEST(callbacks_later)
     int k = 0;
     CHECK_EQ_INT(st[k++], 0);           /* append */
     CHECK_EQ_INT(st[k++], IMGW_EINVAL); /* append without users */
-    CHECK_EQ_INT(st[k++], 0);
+    CHECK_EQ_INT(st[k++], 0);           /* sync */
     CHECK_EQ_INT(st[k++], IMGW_EINVAL);
-    CHECK_EQ_INT(st[k++], 0);
+    CHECK_EQ_INT(st[k++], 0);           /* max_seq */
     CHECK_EQ_INT(st[k++], IMGW_EINVAL);
-    CHECK_EQ_INT(st[k++], 0);
+    CHECK_EQ_INT(st[k++], 0);           /* dedupe_get of the append's key */
+    CHECK_EQ_INT(st[k++], IMGW_EINVAL); /* empty client_msg_id */
+    CHECK_EQ_INT(st[k++], 0);           /* set_delivered */
     CHECK_EQ_INT(st[k++], IMGW_EINVAL);
-    CHECK_EQ_INT(st[k++], 0);
+    CHECK_EQ_INT(st[k++], 0);           /* set_read */
     CHECK_EQ_INT(st[k++], IMGW_EINVAL);
     CHECK_EQ_INT(st[k++], 0);              /* msg_get of the append */
     CHECK_EQ_INT(st[k++], IMGW_ENOTFOUND); /* unknown message */

@@ -52,14 +52,15 @@ TEST(accept_key)
 {
     char out[29];
     /* RFC 6455 section 1.3's example. */
-    CHECK_EQ_INT(imgw__ws_accept_key("dGhlIHNhbXBsZSBub25jZQ==", 24, out), 0);
+    CHECK_EQ_INT(imgw__http_accept_key("dGhlIHNhbXBsZSBub25jZQ==", 24, out), 0);
     CHECK_EQ_STR(out, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-    CHECK_EQ_INT(imgw__ws_accept_key(" dGhlIHNhbXBsZSBub25jZQ== ", 26, out), 0);
-    CHECK(imgw__ws_accept_key("dGhlIHNhbXBsZSBub25jZQ", 22, out) != 0);
-    CHECK(imgw__ws_accept_key("dGhlIHNhbXBsZSBub25jZQ=!", 24, out) != 0);
+    CHECK_EQ_INT(imgw__http_accept_key(" dGhlIHNhbXBsZSBub25jZQ== ", 26, out),
+                 0);
+    CHECK(imgw__http_accept_key("dGhlIHNhbXBsZSBub25jZQ", 22, out) != 0);
+    CHECK(imgw__http_accept_key("dGhlIHNhbXBsZSBub25jZQ=!", 24, out) != 0);
     /* 24 characters of base64 that decode to 17 bytes are refused. */
-    CHECK(imgw__ws_accept_key("AAAAAAAAAAAAAAAAAAAAAAAA", 24, out) != 0);
-    CHECK(imgw__ws_accept_key("", 0, out) != 0);
+    CHECK(imgw__http_accept_key("AAAAAAAAAAAAAAAAAAAAAAAA", 24, out) != 0);
+    CHECK(imgw__http_accept_key("", 0, out) != 0);
 }
 
 int
