@@ -36,7 +36,7 @@ $(BUILD)/build.ninja:
 	meson setup $(BUILD)
 
 $(SAN_BUILD)/build.ninja:
-	CC=clang meson setup $(SAN_BUILD) -Dsanitize=$(SANITIZE) -Dbench=false -Doptimization=1
+	CC=clang meson setup $(SAN_BUILD) -Db_sanitize=$(SANITIZE) -Db_lundef=false -Dbench=false -Doptimization=1
 
 build: deps $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -51,7 +51,7 @@ TSAN_BUILD ?= build-tsan
 TSAN_UNITS = test/test_mailbox test/test_usermap test/test_id test/test_store_memory test/test_store_file
 
 $(TSAN_BUILD)/build.ninja:
-	CC=clang meson setup $(TSAN_BUILD) -Dsanitize=thread -Dbench=false -Dintegration=false -Doptimization=1
+	CC=clang meson setup $(TSAN_BUILD) -Db_sanitize=thread -Db_lundef=false -Dbench=false -Dintegration=false -Doptimization=1
 
 # The plain build's tests, the ASan/UBSan build's, the ThreadSanitizer unit
 # tests of the shared structures, the bench smoke run and a few seconds of

@@ -12,7 +12,8 @@
 #include <unistd.h>
 
 #include "metrics.h"
-#include "../mq/mq.h"
+#include "alloc.h"
+#include "mq.h"
 #include "nacos.h"
 
 typedef struct mbuf_s {
@@ -40,7 +41,7 @@ put(mbuf_t *b, const char *fmt, ...)
             return;
         }
         size_t cap = b->cap * 2 + (size_t)n;
-        char *np = realloc(b->p, cap);
+        char *np = imgw_try_realloc(b->p, cap);
         if (np == NULL) {
             b->oom = 1;
             return;
@@ -103,13 +104,13 @@ static const char *const auth_reasons[8] = {
 char *
 imgw_metrics_render(imgw_node_t *node, size_t *len)
 {
-    mbuf_t b = {malloc(8192), 0, 8192, 0};
+    mbuf_t b = {imgw_try_malloc(8192), 0, 8192, 0};
     if (b.p == NULL)
         return NULL;
     int n = node->n_loops;
-    imgw_loop_stats_t *ls = calloc((size_t)n, sizeof(*ls));
+    imgw_loop_stats_t *ls = imgw_try_calloc((size_t)n, sizeof(*ls));
     if (ls == NULL) {
-        free(b.p);
+        imgw_free(b.p);
         return NULL;
     }
     for (int i = 0; i < n; i++)
@@ -344,9 +345,9 @@ imgw_metrics_render(imgw_node_t *node, size_t *len)
     put(&b, "imgw_process_open_fds %ld\n", open_fds());
 #undef PER_LOOP
 #undef TOTAL
-    free(ls);
+    imgw_free(ls);
     if (b.oom) {
-        free(b.p);
+        imgw_free(b.p);
         return NULL;
     }
     *len = b.len;

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc.h"
 #include "err.h"
 #include "idsyntax.h"
 #include "log.h"
@@ -127,8 +128,8 @@ send_ctx_free(send_ctx_t *x)
 {
     if (x == NULL)
         return;
-    free(x->members);
-    free(x);
+    imgw_free(x->members);
+    imgw_free(x);
 }
 
 /* snprintf(dst, cap, "%s", src) without the format parser. */
@@ -258,7 +259,7 @@ group_members_cb(int status, const char *const *members, size_t n,
         for (size_t i = 0; i < n; i++)
             bytes += strlen(members[i]) + 1;
         size_t arr = (n + 1) * (sizeof(char *) + sizeof(int64_t));
-        unsigned char *blk = malloc(arr + bytes);
+        unsigned char *blk = imgw_try_malloc(arr + bytes);
         if (blk == NULL) {
             code = im_ErrorCode_ERR_SERVER_BUSY;
         } else {
@@ -401,7 +402,7 @@ imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in)
     size_t arr = has_r ? 2 * (sizeof(char *) + sizeof(int64_t)) : 0;
     size_t strs = (size_t)blen + cmid_len + 1 + conv_len + 1 + user_len + 1 +
                   (has_r ? recv_len + 1 : 0);
-    send_ctx_t *x = malloc(sizeof(*x) + arr + strs);
+    send_ctx_t *x = imgw_try_malloc(sizeof(*x) + arr + strs);
     if (x == NULL) {
         send_rsp(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY, "out of memory",
                  0, 0, 0);
@@ -528,7 +529,7 @@ sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
     imgw_core_loop_t *cl = imgw_core_loop_current();
     imgw_session_t *s = session_of(cl, x->ref);
     uint32_t sequence = x->sequence;
-    free(x);
+    imgw_free(x);
     cl->st.store_ops++;
     if (s == NULL)
         return;
@@ -545,16 +546,16 @@ sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
     size_t k = sync_page_cut(cl, (imgw_codec_t)s->codec, e, n, &need);
     if (k < n)
         has_more = 1;
-    imgw_slice_t *blobs = malloc((k ? k : 1) * sizeof(*blobs));
-    int64_t *seqs = malloc((k ? k : 1) * sizeof(*seqs));
-    uint8_t *rev = malloc(k ? k : 1);
-    uint8_t *out = need > cl->out_cap ? malloc(need) : cl->out;
+    imgw_slice_t *blobs = imgw_try_malloc((k ? k : 1) * sizeof(*blobs));
+    int64_t *seqs = imgw_try_malloc((k ? k : 1) * sizeof(*seqs));
+    uint8_t *rev = imgw_try_malloc(k ? k : 1);
+    uint8_t *out = need > cl->out_cap ? imgw_try_malloc(need) : cl->out;
     if (blobs == NULL || seqs == NULL || rev == NULL || out == NULL) {
-        free(blobs);
-        free(seqs);
-        free(rev);
+        imgw_free(blobs);
+        imgw_free(seqs);
+        imgw_free(rev);
         if (out != cl->out)
-            free(out);
+            imgw_free(out);
         imgw_session_error(s, sequence, im_ErrorCode_ERR_SERVER_BUSY,
                            "out of memory");
         return;
@@ -583,11 +584,11 @@ sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
         imgw_session_error(s, sequence, im_ErrorCode_ERR_UNKNOWN,
                            "cannot encode the sync page");
     }
-    free(blobs);
-    free(seqs);
-    free(rev);
+    imgw_free(blobs);
+    imgw_free(seqs);
+    imgw_free(rev);
     if (out != cl->out)
-        free(out);
+        imgw_free(out);
 }
 
 void
@@ -617,7 +618,7 @@ imgw_msg_sync(imgw_session_t *s, imgw_msg_in_t *in)
         min_seq = max_seq;
         max_seq = 0;
     }
-    sync_ctx_t *x = malloc(sizeof(*x));
+    sync_ctx_t *x = imgw_try_malloc(sizeof(*x));
     if (x == NULL) {
         imgw_session_error(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY,
                            "out of memory");
@@ -700,19 +701,19 @@ conv_members_cb(int status, const char *const *members, size_t n, void *data)
                 conv_push(cl, x, members, n);
             } else {
                 /* Typing goes to the others only. */
-                const char **others = malloc((n ? n : 1) * sizeof(char *));
+                const char **others = imgw_try_malloc((n ? n : 1) * sizeof(char *));
                 size_t k = 0;
                 for (size_t i = 0; others && i < n; i++)
                     if (strcmp(members[i], x->user) != 0)
                         others[k++] = members[i];
                 if (others)
                     conv_push(cl, x, others, k);
-                free(others);
+                imgw_free(others);
             }
             conv_reply(cl, x, 0, NULL);
         }
     }
-    free(x);
+    imgw_free(x);
 }
 
 /* Resolves the conversation, checks membership, pushes. */
@@ -720,7 +721,7 @@ static void
 conv_command(imgw_session_t *s, imgw_msg_in_t *in, const char *conv)
 {
     imgw_core_loop_t *cl = s->cl;
-    conv_ctx_t *x = calloc(1, sizeof(*x));
+    conv_ctx_t *x = imgw_try_calloc(1, sizeof(*x));
     if (x == NULL) {
         imgw_session_error(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY,
                            "out of memory");
@@ -758,7 +759,7 @@ conv_command(imgw_session_t *s, imgw_msg_in_t *in, const char *conv)
             if (imgw_cmid_check(m, strlen(m)) != NULL) {
                 conv_reply(cl, x, im_ErrorCode_ERR_INVALID_PARAM,
                            "message_ids must be printable ASCII");
-                free(x);
+                imgw_free(x);
                 return;
             }
         }
@@ -769,7 +770,7 @@ conv_command(imgw_session_t *s, imgw_msg_in_t *in, const char *conv)
             char msg[96];
             snprintf(msg, sizeof(msg), "group id %s", why);
             conv_reply(cl, x, im_ErrorCode_ERR_INVALID_PARAM, msg);
-            free(x);
+            imgw_free(x);
             return;
         }
         int r = imgw_store_group_get(cl->store, conv + 2, conv_members_cb, x);
@@ -782,7 +783,7 @@ conv_command(imgw_session_t *s, imgw_msg_in_t *in, const char *conv)
         !imgw_id_valid(peer)) {
         conv_reply(cl, x, im_ErrorCode_ERR_INVALID_PARAM,
                    "not a conversation of this user");
-        free(x);
+        imgw_free(x);
         return;
     }
     const char *users[2] = {s->user, peer};
@@ -795,7 +796,7 @@ conv_command(imgw_session_t *s, imgw_msg_in_t *in, const char *conv)
         conv_push(cl, x, users + 1, 1);
     }
     conv_reply(cl, x, 0, NULL);
-    free(x);
+    imgw_free(x);
 }
 
 void
@@ -864,7 +865,7 @@ revoke_members_cb(int status, const char *const *members, size_t n,
         const char *u[1] = {x->user};
         revoke_push(cl, x, u, 1);
     }
-    free(x);
+    imgw_free(x);
 }
 
 static void
@@ -874,7 +875,7 @@ revoke_done_cb(int status, void *data)
     imgw_core_loop_t *cl = imgw_core_loop_current();
     if (status != 0) {
         revoke_reply(cl, x, im_ErrorCode_ERR_SERVER_BUSY, "store unavailable");
-        free(x);
+        imgw_free(x);
         return;
     }
     revoke_reply(cl, x, 0, NULL);
@@ -892,7 +893,7 @@ revoke_done_cb(int status, void *data)
         strcmp(peer, x->user) != 0)
         n = 2;
     revoke_push(cl, x, users, n);
-    free(x);
+    imgw_free(x);
 }
 
 static void
@@ -903,24 +904,24 @@ revoke_msg_cb(int status, const imgw_store_msg_t *m, void *data)
     const imgw_config_t *cfg = cl->node->cfg;
     if (status == IMGW_ENOTFOUND) {
         revoke_reply(cl, x, im_ErrorCode_ERR_INVALID_PARAM, "unknown message");
-        free(x);
+        imgw_free(x);
         return;
     }
     if (status != 0) {
         revoke_reply(cl, x, im_ErrorCode_ERR_SERVER_BUSY, "store unavailable");
-        free(x);
+        imgw_free(x);
         return;
     }
     if (strcmp(m->sender, x->user) != 0) {
         revoke_reply(cl, x, im_ErrorCode_ERR_PERMISSION_DENIED,
                      "only the sender may revoke");
-        free(x);
+        imgw_free(x);
         return;
     }
     if (x->conv[0] && strcmp(x->conv, m->conversation_id) != 0) {
         revoke_reply(cl, x, im_ErrorCode_ERR_INVALID_PARAM,
                      "conversation_id does not match");
-        free(x);
+        imgw_free(x);
         return;
     }
     x->revoked_time = imgw_now_ms();
@@ -928,7 +929,7 @@ revoke_msg_cb(int status, const imgw_store_msg_t *m, void *data)
         (int64_t)cfg->revoke_window * 1000) {
         revoke_reply(cl, x, im_ErrorCode_ERR_PERMISSION_DENIED,
                      "revoke window has passed");
-        free(x);
+        imgw_free(x);
         return;
     }
     snprintf(x->conv, sizeof(x->conv), "%s", m->conversation_id);
@@ -941,7 +942,7 @@ void
 imgw_msg_revoke(imgw_session_t *s, imgw_msg_in_t *in)
 {
     im_RevokeMessageRequest *q = &in->u.revoke;
-    revoke_ctx_t *x = calloc(1, sizeof(*x));
+    revoke_ctx_t *x = imgw_try_calloc(1, sizeof(*x));
     if (x == NULL) {
         imgw_session_error(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY,
                            "out of memory");
@@ -955,7 +956,7 @@ imgw_msg_revoke(imgw_session_t *s, imgw_msg_in_t *in)
         0) {
         revoke_reply(s->cl, x, im_ErrorCode_ERR_INVALID_PARAM,
                      "bad message_id");
-        free(x);
+        imgw_free(x);
         return;
     }
     int r = imgw_store_msg_get(s->cl->store, x->message_id, revoke_msg_cb, x);

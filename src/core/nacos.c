@@ -26,6 +26,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "alloc.h"
 #include "err.h"
 #include "log.h"
 #include "nacos.h"
@@ -146,7 +147,7 @@ imgw_nacos_sb_add(imgw_nacos_sb_t *b, const char *s, size_t len)
         size_t cap = b->cap ? b->cap : 1024;
         while (b->len + len + 1 > cap)
             cap *= 2;
-        char *p = realloc(b->p, cap);
+        char *p = imgw_try_realloc(b->p, cap);
         if (p == NULL) {
             b->oom = 1;
             return;
@@ -320,9 +321,9 @@ imgw_nacos_build(imgw_nacos_inst_t *in, int kind, char **out, size_t *len)
         imgw_nacos_sb_str(&b, "Content-Length: 0\r\n\r\n");
     }
     int oom = q.oom || b.oom;
-    free(q.p);
+    imgw_free(q.p);
     if (oom) {
-        free(b.p);
+        imgw_free(b.p);
         return IMGW_ENOMEM;
     }
     *out = b.p;
@@ -441,7 +442,7 @@ imgw_nacos_release(imgw_nacos_t *n)
 {
     if (n->freeing && n->open_timers == 0 && n->live_reqs == 0 &&
         !n->gai_pending)
-        free(n);
+        imgw_free(n);
 }
 
 /* What an instance does after its request is gone. */
@@ -479,8 +480,8 @@ imgw_nacos_req_close_cb(uv_handle_t *h)
         in->retry = 1 + req->kind;
     in->req = NULL;
     n->live_reqs--;
-    free(req->out);
-    free(req);
+    imgw_free(req->out);
+    imgw_free(req);
     imgw_nacos_next(in);
     imgw_nacos_release(n);
 }
@@ -618,13 +619,13 @@ imgw_nacos_send(imgw_nacos_inst_t *in, int kind)
             in->dereg = IMGW_NACOS_DEREG_DONE;
         return;
     }
-    req = calloc(1, sizeof(*req));
+    req = imgw_try_calloc(1, sizeof(*req));
     if (req == NULL) {
         r = IMGW_ENOMEM;
         goto fail;
     }
     if ((r = imgw_nacos_build(in, kind, &req->out, &req->out_len)) != 0) {
-        free(req);
+        imgw_free(req);
         goto fail;
     }
     req->inst = in;
@@ -903,7 +904,7 @@ int
 imgw_nacos_start(imgw_nacos_t **out, uv_loop_t *loop, const imgw_config_t *cfg,
                  char *err, size_t errlen)
 {
-    imgw_nacos_t *n = calloc(1, sizeof(*n));
+    imgw_nacos_t *n = imgw_try_calloc(1, sizeof(*n));
     char bid[300];
 
     *out = NULL;
@@ -914,7 +915,7 @@ imgw_nacos_start(imgw_nacos_t **out, uv_loop_t *loop, const imgw_config_t *cfg,
     n->loop = loop;
     n->cfg = cfg;
     if (imgw_nacos_parse_server(n, cfg->nacos_server, err, errlen) != 0) {
-        free(n);
+        imgw_free(n);
         return IMGW_ECONFIG;
     }
     if (uv_ip4_addr(n->host, n->port, (struct sockaddr_in *)&n->addrs[0]) ==

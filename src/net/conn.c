@@ -20,9 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../core/alloc.h"
-#include "../core/err.h"
-#include "../core/log.h"
+#include "alloc.h"
+#include "err.h"
+#include "log.h"
 #include "net_int.h"
 
 static void conn_close_cb(uv_handle_t *h);
@@ -37,7 +37,7 @@ obuf_get(imgw_loop_t *l, size_t need)
         if (l->n_obuf_pool > 0) {
             b = l->obuf_pool[--l->n_obuf_pool];
         } else {
-            b = imgw_malloc(sizeof(*b) + IMGW_OBUF_SMALL);
+            b = imgw_try_malloc(sizeof(*b) + IMGW_OBUF_SMALL);
             if (b == NULL)
                 return NULL;
             b->cap = IMGW_OBUF_SMALL;
@@ -46,7 +46,7 @@ obuf_get(imgw_loop_t *l, size_t need)
         size_t cap = IMGW_OBUF_SMALL;
         while (cap < need)
             cap *= 2;
-        b = imgw_malloc(sizeof(*b) + cap);
+        b = imgw_try_malloc(sizeof(*b) + cap);
         if (b == NULL)
             return NULL;
         b->cap = cap;
@@ -65,7 +65,7 @@ imgw__obuf_release(imgw_loop_t *l, imgw_obuf_t *b)
     if (b->cap == IMGW_OBUF_SMALL && l->n_obuf_pool < IMGW_OBUF_POOL_MAX)
         l->obuf_pool[l->n_obuf_pool++] = b;
     else
-        free(b);
+        imgw_free(b);
 }
 
 /* ---- creation ----------------------------------------------------------- */
@@ -75,7 +75,7 @@ imgw__conn_new(imgw_loop_t *l)
 {
     /* Not hooked: libuv stops accepting until an accepted connection is
      * taken, so this one allocation is never made to fail on purpose. */
-    imgw_conn_t *c = calloc(1, sizeof(*c));
+    imgw_conn_t *c = imgw_try_calloc(1, sizeof(*c));
     if (c == NULL)
         return NULL;
     c->loop = l;
@@ -427,7 +427,7 @@ conn_close_cb(uv_handle_t *h)
             *pp = c->flush_next;
     }
     imgw__loop_conn_removed(l, c);
-    free(c);
+    imgw_free(c);
 }
 
 /* ---- deadlines ---------------------------------------------------------- */

@@ -28,9 +28,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../core/alloc.h"
-#include "../core/err.h"
-#include "../core/log.h"
+#include "alloc.h"
+#include "clock.h"
+#include "err.h"
+#include "log.h"
 #include "net_int.h"
 
 /*
@@ -49,6 +50,14 @@ imgw__loop_clock_ms(imgw_loop_t *l)
     return uv_now(&l->uv);
 }
 
+/* close_cb of a connection that never entered the table (tcp is the
+ * first member of imgw_conn_t, so the handle is the allocation). */
+static void
+free_unlisted_cb(uv_handle_t *h)
+{
+    imgw_free(h);
+}
+
 /* ---- connection table ------------------------------------------------ */
 
 static int
@@ -60,15 +69,15 @@ slot_alloc(imgw_loop_t *l, imgw_conn_t *c)
     } else {
         if (l->n_slots == l->cap_slots) {
             size_t cap = l->cap_slots ? l->cap_slots * 2 : 1024;
-            imgw_conn_t **ns = imgw_realloc(l->slots, cap * sizeof(*ns));
+            imgw_conn_t **ns = imgw_try_realloc(l->slots, cap * sizeof(*ns));
             if (ns == NULL)
                 return IMGW_ENOMEM;
             l->slots = ns;
-            uint32_t *ng = imgw_realloc(l->gens, cap * sizeof(*ng));
+            uint32_t *ng = imgw_try_realloc(l->gens, cap * sizeof(*ng));
             if (ng == NULL)
                 return IMGW_ENOMEM;
             l->gens = ng;
-            uint32_t *nf = imgw_realloc(l->free_slots, cap * sizeof(*nf));
+            uint32_t *nf = imgw_try_realloc(l->free_slots, cap * sizeof(*nf));
             if (nf == NULL)
                 return IMGW_ENOMEM;
             l->free_slots = nf;
@@ -236,7 +245,7 @@ on_connection(uv_stream_t *server, int status)
         slot_alloc(l, c) != 0) {
         /* Not in the table yet: close without the table bookkeeping. */
         c->state = IMGW_CONN_CLOSED;
-        uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+        uv_close((uv_handle_t *)&c->tcp, free_unlisted_cb);
         return;
     }
     imgw_alloc_arm();
@@ -350,7 +359,7 @@ trim_tick(imgw_loop_t *l)
         return;
     trim_last_ms = l->now_ms;
     while (l->n_obuf_pool > IMGW_POOL_KEEP)
-        free(l->obuf_pool[--l->n_obuf_pool]);
+        imgw_free(l->obuf_pool[--l->n_obuf_pool]);
     if (l->n_ws_pool > IMGW_POOL_KEEP) {
         /* imgw__ws_pool_free (ws.c owns wslay) empties the pool: set the
          * newest IMGW_POOL_KEEP aside, free the rest, put them back. */
@@ -534,7 +543,7 @@ out:
     imgw_tw_free(&l->tw);
     imgw__ws_pool_free(l);
     while (l->n_obuf_pool > 0)
-        free(l->obuf_pool[--l->n_obuf_pool]);
+        imgw_free(l->obuf_pool[--l->n_obuf_pool]);
     if (uv_loop_close(&l->uv) != 0) {
         uv_walk(&l->uv, close_walk_cb, NULL);
         uv_run(&l->uv, UV_RUN_DEFAULT);
@@ -749,7 +758,7 @@ int
 imgw_net_new(imgw_net_t **out, const imgw_net_opts_t *opts, char *err,
              size_t errlen)
 {
-    imgw_net_t *n = imgw_calloc(1, sizeof(*n));
+    imgw_net_t *n = imgw_try_calloc(1, sizeof(*n));
     if (n == NULL)
         return IMGW_ENOMEM;
     n->opts = *opts;
@@ -757,7 +766,7 @@ imgw_net_new(imgw_net_t **out, const imgw_net_opts_t *opts, char *err,
     snprintf(n->bind, sizeof(n->bind), "%s", opts->bind);
     n->opts.bind = n->bind;
     if (opts->n_ports + opts->n_tls_ports > IMGW_MAX_LISTENERS) {
-        free(n);
+        imgw_free(n);
         return IMGW_EINVAL;
     }
     memcpy(n->ports, opts->ports, (size_t)opts->n_ports * sizeof(uint16_t));
@@ -774,20 +783,20 @@ imgw_net_new(imgw_net_t **out, const imgw_net_opts_t *opts, char *err,
             release_port_locks(n);
             uv_mutex_destroy(&n->done_mu);
             uv_cond_destroy(&n->done_cv);
-            free(n);
+            imgw_free(n);
             return fd;
         }
         n->port_locks[n->n_port_locks++] = fd;
     }
-    n->loops = imgw_calloc((size_t)n->n_loops, sizeof(*n->loops));
+    n->loops = imgw_try_calloc((size_t)n->n_loops, sizeof(*n->loops));
     if (n->loops == NULL || imgw_iplimit_new(&n->iplimit) != 0) {
         release_port_locks(n);
-        free(n->loops);
-        free(n);
+        imgw_free(n->loops);
+        imgw_free(n);
         return IMGW_ENOMEM;
     }
     for (int i = 0; i < n->n_loops; i++) {
-        imgw_loop_t *l = imgw_calloc(1, sizeof(*l));
+        imgw_loop_t *l = imgw_try_calloc(1, sizeof(*l));
         if (l == NULL) {
             imgw_net_free(n);
             return IMGW_ENOMEM;
@@ -853,10 +862,10 @@ imgw_net_drain(imgw_net_t *n, int drain_ms)
 int
 imgw_net_join(imgw_net_t *n, int timeout_ms)
 {
-    uint64_t deadline = uv_hrtime() + (uint64_t)timeout_ms * 1000000ULL;
+    uint64_t deadline = imgw_clock_mono_ns() + (uint64_t)timeout_ms * 1000000ULL;
     uv_mutex_lock(&n->done_mu);
     while (atomic_load(&n->loops_running) > 0) {
-        uint64_t now = uv_hrtime();
+        uint64_t now = imgw_clock_mono_ns();
         if (now >= deadline)
             break;
         uv_cond_timedwait(&n->done_cv, &n->done_mu, deadline - now);
@@ -882,17 +891,17 @@ imgw_net_free(imgw_net_t *n)
         for (int k = 0; k < l->n_listeners; k++)
             if (l->listen_fds[k] >= 0)
                 close(l->listen_fds[k]);
-        free(l->slots);
-        free(l->gens);
-        free(l->free_slots);
-        free(l);
+        imgw_free(l->slots);
+        imgw_free(l->gens);
+        imgw_free(l->free_slots);
+        imgw_free(l);
     }
-    free(n->loops);
+    imgw_free(n->loops);
     release_port_locks(n);
     imgw_iplimit_free(n->iplimit);
     uv_mutex_destroy(&n->done_mu);
     uv_cond_destroy(&n->done_cv);
-    free(n);
+    imgw_free(n);
 }
 
 int

@@ -26,7 +26,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "alloc.h"
+#include "clock.h"
 #include "err.h"
+#include "hash.h"
 #include "log.h"
 #include "rec.h"
 #include "store_impl.h"
@@ -221,56 +224,14 @@ typedef struct imgw__mem_s {
 /* ---- allocation ---------------------------------------------------------- */
 
 /*
- * Every allocation goes through these so the unit tests can fail the Nth
- * one (imgw__store_mem_fail_alloc) and check that a failed request leaves
- * no partial state. Off, the cost is one relaxed load.
+ * Every allocation is an imgw_try_* one, so the unit tests can fail the
+ * Nth (imgw__store_mem_fail_alloc, base/alloc.c's countdown) and check
+ * that a failed request leaves no partial state.
  */
-static atomic_int mem_fail_countdown;
-
-static int
-mem_alloc_fails(void)
-{
-    if (atomic_load_explicit(&mem_fail_countdown, memory_order_relaxed) <= 0)
-        return 0;
-    return atomic_fetch_sub_explicit(&mem_fail_countdown, 1,
-                                     memory_order_relaxed) == 1;
-}
-
-static void *
-mem_malloc(size_t n)
-{
-    return mem_alloc_fails() ? NULL : malloc(n);
-}
-
-static void *
-mem_calloc(size_t n, size_t size)
-{
-    return mem_alloc_fails() ? NULL : calloc(n, size);
-}
-
-static void *
-mem_realloc(void *p, size_t n)
-{
-    return mem_alloc_fails() ? NULL : realloc(p, n);
-}
-
-static char *
-mem_strdup(const char *s)
-{
-    return mem_alloc_fails() ? NULL : strdup(s);
-}
-
-static void *
-mem_aligned_alloc(size_t align, size_t n)
-{
-    return mem_alloc_fails() ? NULL : aligned_alloc(align, n);
-}
-
 int
 imgw__store_mem_fail_alloc(int n)
 {
-    return atomic_exchange_explicit(&mem_fail_countdown, n > 0 ? n : 0,
-                                    memory_order_relaxed);
+    return imgw__alloc_fail_nth(n);
 }
 
 /* ---- clock, hashing ------------------------------------------------------ */
@@ -278,10 +239,8 @@ imgw__store_mem_fail_alloc(int n)
 static int64_t
 mem_realtime_ms(void *arg)
 {
-    struct timespec ts;
     (void)arg;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return imgw_clock_wall_ms();
 }
 
 static int64_t
@@ -291,26 +250,8 @@ mem_now(const imgw__mem_t *m)
 }
 
 /* murmur3's finalizer: spreads FNV's weak high bits, which pick shards. */
-static uint64_t
-mix64(uint64_t x)
-{
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdULL;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ULL;
-    x ^= x >> 33;
-    return x;
-}
-
-static uint64_t
-fnv(uint64_t h, const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 0x100000001b3ULL;
-    }
-    return h;
-}
+#define mix64 imgw_hash_fmix64
+#define fnv imgw_hash_fnv1a64
 
 /*
  * Seeded per process so hash chains cannot be planned from outside. This
@@ -320,14 +261,14 @@ fnv(uint64_t h, const char *s, size_t n)
 static uint64_t
 hash_str(const imgw__mem_t *m, const char *s)
 {
-    return mix64(fnv(m->seed ^ 0xcbf29ce484222325ULL, s, strlen(s)));
+    return mix64(fnv(m->seed ^ IMGW_HASH_FNV64_BASIS, s, strlen(s)));
 }
 
 static uint64_t
 hash_dedupe(const imgw__mem_t *m, const char *sender, const char *cmid)
 {
     uint64_t h =
-        fnv(m->seed ^ 0xcbf29ce484222325ULL, sender, strlen(sender) + 1);
+        fnv(m->seed ^ IMGW_HASH_FNV64_BASIS, sender, strlen(sender) + 1);
     return mix64(fnv(h, cmid, strlen(cmid)));
 }
 
@@ -367,7 +308,7 @@ unlock_mask(imgw__mem_t *m, uint64_t mask)
 static int
 htab_init(imgw__mem_htab_t *t)
 {
-    t->b = mem_calloc(MEM_HTAB_MIN, sizeof(*t->b));
+    t->b = imgw_try_calloc(MEM_HTAB_MIN, sizeof(*t->b));
     t->mask = MEM_HTAB_MIN - 1;
     t->n = 0;
     return t->b ? 0 : IMGW_ENOMEM;
@@ -378,7 +319,7 @@ htab_init(imgw__mem_htab_t *t)
 static void
 htab_resize(imgw__mem_htab_t *t, size_t nb)
 {
-    imgw__mem_hnode_t **nbk = mem_calloc(nb, sizeof(*nbk));
+    imgw__mem_hnode_t **nbk = imgw_try_calloc(nb, sizeof(*nbk));
     if (nbk == NULL)
         return;
     for (size_t i = 0; i <= t->mask; i++) {
@@ -389,7 +330,7 @@ htab_resize(imgw__mem_htab_t *t, size_t nb)
             nbk[x->hash & (nb - 1)] = x;
         }
     }
-    free(t->b);
+    imgw_free(t->b);
     t->b = nbk;
     t->mask = nb - 1;
 }
@@ -456,7 +397,7 @@ meta_unref(imgw__mem_t *m, imgw__mem_meta_t *x)
 {
     if (atomic_fetch_sub_explicit(&x->refs, 1, memory_order_acq_rel) == 1) {
         atomic_fetch_sub_explicit(&m->metas_live, 1, memory_order_relaxed);
-        free(x);
+        imgw_free(x);
     }
 }
 
@@ -474,7 +415,7 @@ blob_unref(imgw__mem_t *m, imgw__mem_blob_t *b)
     if (atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) == 1) {
         meta_unref(m, b->meta);
         atomic_fetch_sub_explicit(&m->blobs_live, 1, memory_order_relaxed);
-        free(b);
+        imgw_free(b);
     }
 }
 
@@ -505,7 +446,7 @@ dedupe_drop(imgw__mem_t *m, imgw__mem_shard_t *sh, imgw__mem_dedupe_t *d)
     link_remove(&d->age);
     htab_remove(&sh->dedupes, &d->h);
     atomic_fetch_sub_explicit(&m->n_dedupes, 1, memory_order_relaxed);
-    free(d);
+    imgw_free(d);
 }
 
 static imgw__mem_dedupe_t *
@@ -620,7 +561,7 @@ user_get(imgw__mem_t *m, imgw__mem_shard_t *sh, uint64_t h, const char *id,
         return NULL;
     }
     size_t len = strlen(id);
-    u = mem_calloc(1, sizeof(*u) + len + 1);
+    u = imgw_try_calloc(1, sizeof(*u) + len + 1);
     if (u == NULL) {
         atomic_fetch_sub_explicit(&m->n_users, 1, memory_order_relaxed);
         *err = IMGW_ENOMEM;
@@ -662,7 +603,7 @@ ring_pop(imgw__mem_t *m, imgw__mem_user_t *u)
 static int
 ring_realloc(imgw__mem_user_t *u, uint32_t ncap)
 {
-    imgw__mem_ent_t *r = mem_malloc((size_t)ncap * sizeof(*r));
+    imgw__mem_ent_t *r = imgw_try_malloc((size_t)ncap * sizeof(*r));
     if (r == NULL)
         return IMGW_ENOMEM;
     uint32_t j = u->head;
@@ -671,7 +612,7 @@ ring_realloc(imgw__mem_user_t *u, uint32_t ncap)
         if (++j == u->cap)
             j = 0;
     }
-    free(u->ring);
+    imgw_free(u->ring);
     u->ring = r;
     u->cap = ncap;
     u->head = 0;
@@ -697,7 +638,7 @@ static void
 ring_shrink(imgw__mem_user_t *u)
 {
     if (u->count == 0) {
-        free(u->ring);
+        imgw_free(u->ring);
         u->ring = NULL;
         u->cap = u->head = 0;
     } else if (u->cap > 16 && u->count * 4 <= u->cap) {
@@ -718,7 +659,7 @@ routes_expire(imgw__mem_user_t *u, int64_t now)
 {
     for (uint16_t i = 0; i < u->n_routes;) {
         if (u->routes[i].expire_ms <= now) {
-            free(u->routes[i].pb);
+            imgw_free(u->routes[i].pb);
             if (i != --u->n_routes)
                 u->routes[i] = u->routes[u->n_routes];
         } else {
@@ -749,17 +690,17 @@ user_free(imgw__mem_t *m, imgw__mem_user_t *u)
 {
     while (u->count > 0)
         ring_pop(m, u);
-    free(u->ring);
+    imgw_free(u->ring);
     for (uint16_t i = 0; i < u->n_routes; i++)
-        free(u->routes[i].pb);
+        imgw_free(u->routes[i].pb);
     for (uint16_t i = 0; i < u->n_dev; i++)
-        free(u->dev[i].device);
+        imgw_free(u->dev[i].device);
     for (uint16_t i = 0; i < u->n_read; i++)
-        free(u->reads[i].cm);
-    free(u->routes);
-    free(u->dev);
-    free(u->reads);
-    free(u);
+        imgw_free(u->reads[i].cm);
+    imgw_free(u->routes);
+    imgw_free(u->dev);
+    imgw_free(u->reads);
+    imgw_free(u);
 }
 
 /* Grows a small per-user array by doubling, up to max elements. */
@@ -769,7 +710,7 @@ array_grow(void **arr, uint16_t *cap, size_t elsize, uint16_t max)
     uint32_t ncap = *cap ? (uint32_t)*cap * 2 : 2;
     if (ncap > max)
         ncap = max;
-    void *p = mem_realloc(*arr, ncap * elsize);
+    void *p = imgw_try_realloc(*arr, ncap * elsize);
     if (p == NULL)
         return IMGW_ENOMEM;
     *arr = p;
@@ -828,7 +769,7 @@ shards_free(imgw__mem_t *m, unsigned n)
         for (size_t b = 0; sh->dedupes.b && b <= sh->dedupes.mask; b++)
             for (x = sh->dedupes.b[b]; x; x = next) {
                 next = x->next;
-                free(x);
+                imgw_free(x);
             }
         for (size_t b = 0; sh->metas.b && b <= sh->metas.mask; b++)
             for (x = sh->metas.b[b]; x; x = next) {
@@ -838,15 +779,15 @@ shards_free(imgw__mem_t *m, unsigned n)
         for (size_t b = 0; sh->groups.b && b <= sh->groups.mask; b++)
             for (x = sh->groups.b[b]; x; x = next) {
                 next = x->next;
-                free(x); /* no reader can hold one: no loop is left */
+                imgw_free(x); /* no reader can hold one: no loop is left */
             }
-        free(sh->users.b);
-        free(sh->dedupes.b);
-        free(sh->metas.b);
-        free(sh->groups.b);
+        imgw_free(sh->users.b);
+        imgw_free(sh->dedupes.b);
+        imgw_free(sh->metas.b);
+        imgw_free(sh->groups.b);
         pthread_mutex_destroy(&sh->mu);
     }
-    free(m->shards);
+    imgw_free(m->shards);
 }
 
 static int
@@ -893,13 +834,13 @@ mem_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err, size_t errlen)
                  IMGW__STORE_MAX_SEQ_IDLE_DAYS);
         return IMGW_ECONFIG;
     }
-    imgw__mem_t *m = mem_calloc(1, sizeof(*m));
+    imgw__mem_t *m = imgw_try_calloc(1, sizeof(*m));
     if (m == NULL)
         return IMGW_ENOMEM;
-    m->shards = mem_aligned_alloc(_Alignof(imgw__mem_shard_t),
+    m->shards = imgw_try_aligned_alloc(_Alignof(imgw__mem_shard_t),
                                   MEM_SHARDS * sizeof(imgw__mem_shard_t));
     if (m->shards == NULL) {
-        free(m);
+        imgw_free(m);
         return IMGW_ENOMEM;
     }
     memset(m->shards, 0, MEM_SHARDS * sizeof(imgw__mem_shard_t));
@@ -925,10 +866,7 @@ mem_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err, size_t errlen)
     atomic_init(&m->n_dedupes, 0);
     atomic_init(&m->n_metas, 0);
     m->clock = mem_realtime_ms;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    m->seed = mix64((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^
-                    (uint64_t)(uintptr_t)m);
+    m->seed = mix64(imgw_clock_mono_ns() ^ (uint64_t)(uintptr_t)m);
     atomic_init(&m->tick_next, 0);
     atomic_init(&m->blobs_live, 0);
     atomic_init(&m->metas_live, 0);
@@ -938,14 +876,14 @@ mem_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err, size_t errlen)
         link_init(&sh->meta_age);
         if (pthread_mutex_init(&sh->mu, NULL) != 0) {
             shards_free(m, i);
-            free(m);
+            imgw_free(m);
             return IMGW_ENOMEM;
         }
         /* Tables that failed keep b == NULL, which shards_free skips. */
         if (htab_init(&sh->users) || htab_init(&sh->dedupes) ||
             htab_init(&sh->metas) || htab_init(&sh->groups)) {
             shards_free(m, i + 1);
-            free(m);
+            imgw_free(m);
             return IMGW_ENOMEM;
         }
     }
@@ -965,7 +903,7 @@ mem_close(imgw_store_t *s)
 {
     imgw__mem_t *m = s->impl;
     shards_free(m, MEM_SHARDS);
-    free(m);
+    imgw_free(m);
     s->impl = NULL;
 }
 
@@ -974,7 +912,7 @@ mem_loop_open(imgw_store_t *s, int loop_index, uv_loop_t *loop,
               imgw_store_loop_t **out)
 {
     /* Nothing per loop: the handle only points at the shared state. */
-    imgw_store_loop_t *sl = mem_calloc(1, sizeof(*sl));
+    imgw_store_loop_t *sl = imgw_try_calloc(1, sizeof(*sl));
     if (sl == NULL)
         return IMGW_ENOMEM;
     sl->store = s;
@@ -988,7 +926,7 @@ mem_loop_open(imgw_store_t *s, int loop_index, uv_loop_t *loop,
 static void
 mem_loop_close(imgw_store_loop_t *sl)
 {
-    free(sl);
+    imgw_free(sl);
 }
 
 static int
@@ -1060,14 +998,14 @@ mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     int r = IMGW_ENOMEM;
 
     if (n > MEM_STACK_SLOTS) {
-        slots = mem_malloc(n * sizeof(*slots));
+        slots = imgw_try_malloc(n * sizeof(*slots));
         if (slots == NULL)
             return IMGW_ENOMEM;
     }
-    blob = mem_malloc(sizeof(*blob) + req->entry_len);
-    meta = mem_malloc(sizeof(*meta) + slen + 1 + vlen + 1);
+    blob = imgw_try_malloc(sizeof(*blob) + req->entry_len);
+    meta = imgw_try_malloc(sizeof(*meta) + slen + 1 + vlen + 1);
     if (clen > 0)
-        dd = mem_malloc(sizeof(*dd) + slen + 1 + clen + 1);
+        dd = imgw_try_malloc(sizeof(*dd) + slen + 1 + clen + 1);
     if (blob == NULL || meta == NULL || (clen > 0 && dd == NULL))
         goto out;
 
@@ -1169,7 +1107,7 @@ mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     if (dd != NULL) {
         if (old_dd != NULL) {
             /* An expired key still in the table: reuse its record. */
-            free(dd);
+            imgw_free(dd);
             dd = old_dd;
             link_remove(&dd->age);
         } else {
@@ -1187,16 +1125,16 @@ mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     unlock_mask(m, mask);
 
     if (slots != stack_slots)
-        free(slots);
+        imgw_free(slots);
     cb(req, 0, data);
     return 0;
 
 out:
-    free(blob);
-    free(meta);
-    free(dd);
+    imgw_free(blob);
+    imgw_free(meta);
+    imgw_free(dd);
     if (slots != stack_slots)
-        free(slots);
+        imgw_free(slots);
     if (r == 0)
         cb(req, 0, data);
     return r;
@@ -1237,12 +1175,12 @@ mem_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
     int has_more = avail > (int64_t)k;
     if (k > MEM_STACK_ENTRIES) {
         /* Sized under the lock: malloc takes none of ours. */
-        e = mem_malloc(k * sizeof(*e));
-        bl = mem_malloc(k * sizeof(*bl));
+        e = imgw_try_malloc(k * sizeof(*e));
+        bl = imgw_try_malloc(k * sizeof(*bl));
         if (e == NULL || bl == NULL) {
             pthread_mutex_unlock(&sh->mu);
-            free(e);
-            free(bl);
+            imgw_free(e);
+            imgw_free(bl);
             return IMGW_ENOMEM;
         }
     }
@@ -1265,8 +1203,8 @@ mem_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
     for (size_t i = 0; i < k; i++)
         blob_unref(m, bl[i]);
     if (e != stack_e) {
-        free(e);
-        free(bl);
+        imgw_free(e);
+        imgw_free(bl);
     }
     return 0;
 }
@@ -1320,7 +1258,7 @@ mem_set_delivered(imgw_store_loop_t *sl, const char *user, const char *device,
             u->dev[i].stamp = ++sh->stamp;
             goto done;
         }
-    copy = mem_strdup(device);
+    copy = imgw_try_strdup(device);
     if (copy == NULL)
         goto fail;
     uint16_t i;
@@ -1329,7 +1267,7 @@ mem_set_delivered(imgw_store_loop_t *sl, const char *user, const char *device,
         for (uint16_t j = 1; j < u->n_dev; j++)
             if (u->dev[j].stamp < u->dev[i].stamp)
                 i = j;
-        free(u->dev[i].device);
+        imgw_free(u->dev[i].device);
     } else {
         if (u->n_dev == u->cap_dev &&
             array_grow((void **)&u->dev, &u->cap_dev, sizeof(*u->dev),
@@ -1347,7 +1285,7 @@ done:
     return 0;
 fail:
     pthread_mutex_unlock(&sh->mu);
-    free(copy);
+    imgw_free(copy);
     return err;
 }
 
@@ -1362,7 +1300,7 @@ mem_set_read(imgw_store_loop_t *sl, const char *user,
     uint64_t h = hash_str(m, user);
     imgw__mem_shard_t *sh = &m->shards[shard_of(h)];
     size_t clen = strlen(conversation_id), mlen = strlen(message_id);
-    char *cm = mem_malloc(clen + 1 + mlen + 1);
+    char *cm = imgw_try_malloc(clen + 1 + mlen + 1);
     if (cm == NULL)
         return IMGW_ENOMEM;
     memcpy(cm, conversation_id, clen + 1);
@@ -1379,13 +1317,13 @@ mem_set_read(imgw_store_loop_t *sl, const char *user,
         if (strcmp(u->reads[i].cm, conversation_id) == 0)
             break;
     if (i < u->n_read) {
-        free(u->reads[i].cm);
+        imgw_free(u->reads[i].cm);
     } else if (u->n_read == MEM_MAX_READS) {
         i = 0;
         for (uint16_t j = 1; j < u->n_read; j++)
             if (u->reads[j].stamp < u->reads[i].stamp)
                 i = j;
-        free(u->reads[i].cm);
+        imgw_free(u->reads[i].cm);
     } else {
         if (u->n_read == u->cap_read &&
             array_grow((void **)&u->reads, &u->cap_read, sizeof(*u->reads),
@@ -1401,7 +1339,7 @@ mem_set_read(imgw_store_loop_t *sl, const char *user,
     return 0;
 fail:
     pthread_mutex_unlock(&sh->mu);
-    free(cm);
+    imgw_free(cm);
     return err;
 }
 
@@ -1478,7 +1416,7 @@ static void
 group_unref(imgw__mem_group_t *g)
 {
     if (atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) == 1)
-        free(g);
+        imgw_free(g);
 }
 
 typedef struct imgw__mem_sortkey_s {
@@ -1503,8 +1441,8 @@ sortkey_cmp(const void *a, const void *b)
 static imgw__mem_group_t *
 group_build(const char *gid, const char *const *members, size_t n)
 {
-    imgw__mem_sortkey_t *keys = mem_malloc(n * sizeof(*keys));
-    unsigned char *keep = mem_calloc(n, 1);
+    imgw__mem_sortkey_t *keys = imgw_try_malloc(n * sizeof(*keys));
+    unsigned char *keep = imgw_try_calloc(n, 1);
     imgw__mem_group_t *g = NULL;
     if (keys == NULL || keep == NULL)
         goto out;
@@ -1520,7 +1458,7 @@ group_build(const char *gid, const char *const *members, size_t n)
             kept++;
             bytes += strlen(keys[j].s) + 1;
         }
-    g = mem_malloc(sizeof(*g) + kept * sizeof(char *) + bytes);
+    g = imgw_try_malloc(sizeof(*g) + kept * sizeof(char *) + bytes);
     if (g == NULL)
         goto out;
     g->members = (const char **)(void *)(g + 1);
@@ -1537,8 +1475,8 @@ group_build(const char *gid, const char *const *members, size_t n)
         }
     atomic_init(&g->refs, 1);
 out:
-    free(keys);
-    free(keep);
+    imgw_free(keys);
+    imgw_free(keep);
     return g;
 }
 
@@ -1628,7 +1566,7 @@ mem_route_set(imgw_store_loop_t *sl, const char *user, const char *platform,
     uint64_t h = hash_str(m, user);
     imgw__mem_shard_t *sh = &m->shards[shard_of(h)];
     size_t plen = strlen(platform), blen = strlen(broker_id);
-    char *pb = mem_malloc(plen + 1 + blen + 1);
+    char *pb = imgw_try_malloc(plen + 1 + blen + 1);
     if (pb == NULL)
         return IMGW_ENOMEM;
     memcpy(pb, platform, plen + 1);
@@ -1646,13 +1584,13 @@ mem_route_set(imgw_store_loop_t *sl, const char *user, const char *platform,
         if (strcmp(u->routes[i].pb, platform) == 0)
             break;
     if (i < u->n_routes) {
-        free(u->routes[i].pb);
+        imgw_free(u->routes[i].pb);
     } else if (u->n_routes == IMGW_STORE_MAX_ROUTES) {
         i = 0;
         for (uint16_t j = 1; j < u->n_routes; j++)
             if (u->routes[j].expire_ms < u->routes[i].expire_ms)
                 i = j;
-        free(u->routes[i].pb);
+        imgw_free(u->routes[i].pb);
     } else {
         if (u->n_routes == u->cap_routes &&
             array_grow((void **)&u->routes, &u->cap_routes, sizeof(*u->routes),
@@ -1668,7 +1606,7 @@ mem_route_set(imgw_store_loop_t *sl, const char *user, const char *platform,
     return 0;
 fail:
     pthread_mutex_unlock(&sh->mu);
-    free(pb);
+    imgw_free(pb);
     return err;
 }
 
@@ -1691,7 +1629,7 @@ mem_route_del(imgw_store_loop_t *sl, const char *user, const char *platform,
             const char *pb = u->routes[i].pb;
             if (strcmp(pb, platform) == 0) {
                 if (strcmp(pb + strlen(pb) + 1, broker_id) == 0) {
-                    free(u->routes[i].pb);
+                    imgw_free(u->routes[i].pb);
                     if (i != --u->n_routes)
                         u->routes[i] = u->routes[u->n_routes];
                 }
@@ -1847,11 +1785,11 @@ static int
 pmap_grow(imgw__mem_pmap_t *pm)
 {
     size_t nb = pm->k ? (pm->mask + 1) * 2 : 1024;
-    imgw__mem_pmap_t nm = {calloc(nb, sizeof(void *)),
-                           malloc(nb * sizeof(uint32_t)), nb - 1, 0};
+    imgw__mem_pmap_t nm = {imgw_try_calloc(nb, sizeof(void *)),
+                           imgw_try_malloc(nb * sizeof(uint32_t)), nb - 1, 0};
     if (nm.k == NULL || nm.v == NULL) {
-        free(nm.k);
-        free(nm.v);
+        imgw_free(nm.k);
+        imgw_free(nm.v);
         return IMGW_ENOMEM;
     }
     for (size_t i = 0; pm->k && i <= pm->mask; i++)
@@ -1861,8 +1799,8 @@ pmap_grow(imgw__mem_pmap_t *pm)
             nm.v[j] = pm->v[i];
             nm.n++;
         }
-    free(pm->k);
-    free(pm->v);
+    imgw_free(pm->k);
+    imgw_free(pm->v);
     *pm = nm;
     return 0;
 }
@@ -2017,8 +1955,8 @@ imgw__store_mem_dump(imgw_store_t *s, imgw__rec_buf_t *out)
         dump_shard(&d, sh);
         pthread_mutex_unlock(&sh->mu);
     }
-    free(d.map.k);
-    free(d.map.v);
+    imgw_free(d.map.k);
+    imgw_free(d.map.v);
     return out->err;
 }
 
@@ -2042,7 +1980,7 @@ imgw__store_mem_load_begin(imgw_store_t *s)
 {
     if (s == NULL || s->be != &imgw__store_memory)
         return NULL;
-    imgw__store_mem_loader_t *ld = calloc(1, sizeof(*ld));
+    imgw__store_mem_loader_t *ld = imgw_try_calloc(1, sizeof(*ld));
     if (ld != NULL)
         ld->m = s->impl;
     return ld;
@@ -2053,7 +1991,7 @@ load_push(void ***arr, size_t *n, size_t *cap, void *x)
 {
     if (*n == *cap) {
         size_t nc = *cap ? *cap * 2 : 1024;
-        void **q = realloc(*arr, nc * sizeof(*q));
+        void **q = imgw_try_realloc(*arr, nc * sizeof(*q));
         if (q == NULL)
             return IMGW_ENOMEM;
         *arr = q;
@@ -2075,7 +2013,7 @@ load_meta(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
     if (r->err || num != ld->n_metas)
         return IMGW_EPROTO;
     size_t slen = strlen(sender), vlen = strlen(conv);
-    imgw__mem_meta_t *mt = mem_malloc(sizeof(*mt) + slen + 1 + vlen + 1);
+    imgw__mem_meta_t *mt = imgw_try_malloc(sizeof(*mt) + slen + 1 + vlen + 1);
     if (mt == NULL)
         return IMGW_ENOMEM;
     memset(mt, 0, sizeof(*mt));
@@ -2089,7 +2027,7 @@ load_meta(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
     link_init(&mt->age);
     mt->h.hash = hash_id(ld->m, id);
     if (load_push((void ***)&ld->metas, &ld->n_metas, &ld->cap_metas, mt)) {
-        free(mt);
+        imgw_free(mt);
         return IMGW_ENOMEM;
     }
     atomic_fetch_add_explicit(&ld->m->metas_live, 1, memory_order_relaxed);
@@ -2130,7 +2068,7 @@ load_blob(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
     const uint8_t *data = imgw__rec_get_bytes(r, &len);
     if (r->err || num != ld->n_blobs || mnum >= ld->n_metas)
         return IMGW_EPROTO;
-    imgw__mem_blob_t *b = mem_malloc(sizeof(*b) + len);
+    imgw__mem_blob_t *b = imgw_try_malloc(sizeof(*b) + len);
     if (b == NULL)
         return IMGW_ENOMEM;
     atomic_init(&b->refs, 1); /* the loader's */
@@ -2139,7 +2077,7 @@ load_blob(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
     if (len > 0)
         memcpy(b->data, data, len);
     if (load_push((void ***)&ld->blobs, &ld->n_blobs, &ld->cap_blobs, b)) {
-        free(b);
+        imgw_free(b);
         return IMGW_ENOMEM;
     }
     atomic_fetch_add_explicit(&b->meta->refs, 1, memory_order_relaxed);
@@ -2159,7 +2097,7 @@ load_dedupe(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
         return IMGW_EPROTO;
     imgw__mem_t *m = ld->m;
     size_t slen = strlen(sender), clen = strlen(cmid);
-    imgw__mem_dedupe_t *dd = mem_malloc(sizeof(*dd) + slen + 1 + clen + 1);
+    imgw__mem_dedupe_t *dd = imgw_try_malloc(sizeof(*dd) + slen + 1 + clen + 1);
     if (dd == NULL)
         return IMGW_ENOMEM;
     memcpy(dd->key, sender, slen + 1);
@@ -2172,7 +2110,7 @@ load_dedupe(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
     pthread_mutex_lock(&sh->mu);
     if (dedupe_find(sh, dd->h.hash, dd->key) != NULL) {
         pthread_mutex_unlock(&sh->mu);
-        free(dd);
+        imgw_free(dd);
         return 0;
     }
     htab_insert(&sh->dedupes, &dd->h);
@@ -2239,11 +2177,11 @@ load_user(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
         uint64_t stamp = imgw__rec_get_u64(r);
         if (r->err || u->n_dev == MEM_MAX_DEVICES)
             break;
-        char *copy = mem_strdup(dev);
+        char *copy = imgw_try_strdup(dev);
         if (copy == NULL || (u->n_dev == u->cap_dev &&
                              array_grow((void **)&u->dev, &u->cap_dev,
                                         sizeof(*u->dev), MEM_MAX_DEVICES))) {
-            free(copy);
+            imgw_free(copy);
             rc = IMGW_ENOMEM;
             goto out;
         }
@@ -2261,11 +2199,11 @@ load_user(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
         if (r->err || u->n_read == MEM_MAX_READS)
             break;
         size_t cl = strlen(conv), ml = strlen(mid);
-        char *cm = mem_malloc(cl + 1 + ml + 1);
+        char *cm = imgw_try_malloc(cl + 1 + ml + 1);
         if (cm == NULL || (u->n_read == u->cap_read &&
                            array_grow((void **)&u->reads, &u->cap_read,
                                       sizeof(*u->reads), MEM_MAX_READS))) {
-            free(cm);
+            imgw_free(cm);
             rc = IMGW_ENOMEM;
             goto out;
         }
@@ -2365,9 +2303,9 @@ imgw__store_mem_load_end(imgw__store_mem_loader_t *ld, uint64_t *max_id)
         blob_unref(ld->m, ld->blobs[i]);
     for (size_t i = 0; i < ld->n_metas; i++)
         meta_unref(ld->m, ld->metas[i]);
-    free(ld->blobs);
-    free(ld->metas);
-    free(ld);
+    imgw_free(ld->blobs);
+    imgw_free(ld->metas);
+    imgw_free(ld);
 }
 
 /* ---- test hooks (store_impl.h) ------------------------------------------- */

@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc.h"
 #include "err.h"
 #include "log.h"
 #include "redis_impl.h"
@@ -463,13 +464,13 @@ imgw__redis_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
                   1 + KEY_MAX;
     for (size_t i = 0; i < n; i++)
         text += strlen(K_SEQ) + strlen(K_TL) + 2 * strlen(req->users[i]) + 2;
-    const char **argv = malloc((size_t)argc * sizeof(*argv));
-    size_t *lens = malloc((size_t)argc * sizeof(*lens));
-    char *buf = malloc(text);
+    const char **argv = imgw_try_malloc((size_t)argc * sizeof(*argv));
+    size_t *lens = imgw_try_malloc((size_t)argc * sizeof(*lens));
+    char *buf = imgw_try_malloc(text);
     if (argv == NULL || lens == NULL || buf == NULL) {
-        free(argv);
-        free(lens);
-        free(buf);
+        imgw_free(argv);
+        imgw_free(lens);
+        imgw_free(buf);
         imgw__redis_req_free(q);
         return IMGW_ENOMEM;
     }
@@ -518,9 +519,9 @@ imgw__redis_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
 #undef PUT
 #undef PUTS
     imgw__redis_send(q, IMGW__REDIS_S_APPEND, a, argv, lens);
-    free(argv);
-    free(lens);
-    free(buf);
+    imgw_free(argv);
+    imgw_free(lens);
+    imgw_free(buf);
     return 0;
 }
 
@@ -547,7 +548,7 @@ sync_done(imgw__redis_req_t *q, redisReply *reply, int status)
     if (n > (size_t)q->aux)
         goto bad;
     if (n > SYNC_STACK) {
-        e = malloc(n * sizeof(*e));
+        e = imgw_try_malloc(n * sizeof(*e));
         if (e == NULL) {
             q->cb.sync(IMGW_EBUSY, NULL, 0, 0, 0, q->data);
             return;
@@ -571,11 +572,11 @@ sync_done(imgw__redis_req_t *q, redisReply *reply, int status)
     }
     q->cb.sync(0, n ? e : NULL, n, more != 0, top, q->data);
     if (e != stack_e)
-        free(e);
+        imgw_free(e);
     return;
 bad:
     if (e != stack_e)
-        free(e);
+        imgw_free(e);
     q->cb.sync(bad_reply(q), NULL, 0, 0, 0, q->data);
 }
 
@@ -752,11 +753,11 @@ imgw__redis_group_set(imgw_store_loop_t *sl, const char *gid,
     REQ_BEGIN(q, sl, done_status, 1, if (cb) cb(IMGW_EBUSY, data));
     char k[KEY_MAX];
     int argc = 4 + (int)n;
-    const char **argv = malloc((size_t)argc * sizeof(*argv));
-    size_t *lens = malloc((size_t)argc * sizeof(*lens));
+    const char **argv = imgw_try_malloc((size_t)argc * sizeof(*argv));
+    size_t *lens = imgw_try_malloc((size_t)argc * sizeof(*lens));
     if (argv == NULL || lens == NULL) {
-        free(argv);
-        free(lens);
+        imgw_free(argv);
+        imgw_free(lens);
         imgw__redis_req_free(q);
         return IMGW_ENOMEM;
     }
@@ -771,8 +772,8 @@ imgw__redis_group_set(imgw_store_loop_t *sl, const char *gid,
     q->cb.done = cb;
     q->data = data;
     imgw__redis_send(q, IMGW__REDIS_S_GROUP_SET, argc, argv, lens);
-    free(argv);
-    free(lens);
+    imgw_free(argv);
+    imgw_free(lens);
     return 0;
 }
 
@@ -789,7 +790,7 @@ group_get_done(imgw__redis_req_t *q, redisReply *reply, int status)
         return;
     }
     size_t n = reply->elements;
-    if (n > 64 && (m = malloc(n * sizeof(*m))) == NULL) {
+    if (n > 64 && (m = imgw_try_malloc(n * sizeof(*m))) == NULL) {
         q->cb.members(IMGW_EBUSY, NULL, 0, q->data);
         return;
     }
@@ -799,7 +800,7 @@ group_get_done(imgw__redis_req_t *q, redisReply *reply, int status)
                    : "";
     q->cb.members(0, m, n, q->data);
     if (m != stack_m)
-        free(m);
+        imgw_free(m);
 }
 
 int

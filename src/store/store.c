@@ -10,25 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc.h"
 #include "err.h"
 #include "idsyntax.h"
 #include "store_impl.h"
-
-/*
- * The redis backend is optional. Without IMGW_STORE_REDIS the reference is
- * weak: it resolves to NULL when no redis*.c is linked and "redis" is
- * refused as "not built". A weak reference does not make the linker pull
- * an object out of a static library (meson builds imgwcore as one), so the
- * build that adds redis*.c also defines IMGW_STORE_REDIS: the reference
- * becomes strong and a missing backend is a link error, never a silent
- * "not built".
- */
-#ifdef IMGW_STORE_REDIS
-#define IMGW__STORE_REDIS_BE (&imgw__store_redis)
-#else
-extern const imgw_store_backend_t imgw__store_redis __attribute__((weak));
-#define IMGW__STORE_REDIS_BE ((const imgw_store_backend_t *)&imgw__store_redis)
-#endif
 
 /* 1 when s is a NUL-terminated string of 1..max bytes. */
 static int
@@ -81,16 +66,12 @@ imgw_store_open(imgw_store_t **out, const imgw_store_cfg_t *cfg, char *err,
     } else if (strcmp(name, "file") == 0) {
         be = &imgw__store_file;
     } else if (strcmp(name, "redis") == 0) {
-        be = IMGW__STORE_REDIS_BE;
-        if (be == NULL) {
-            snprintf(err, errlen, "store: redis backend not built");
-            return IMGW_ECONFIG;
-        }
+        be = &imgw__store_redis;
     } else {
         snprintf(err, errlen, "store: unknown backend \"%.32s\"", name);
         return IMGW_ECONFIG;
     }
-    imgw_store_t *s = calloc(1, sizeof(*s));
+    imgw_store_t *s = imgw_try_calloc(1, sizeof(*s));
     if (s == NULL) {
         snprintf(err, errlen, "store: out of memory");
         return IMGW_ENOMEM;
@@ -101,7 +82,7 @@ imgw_store_open(imgw_store_t **out, const imgw_store_cfg_t *cfg, char *err,
         if (err[0] == '\0')
             snprintf(err, errlen, "store: cannot open %s backend: %s", name,
                      imgw_strerror(r));
-        free(s);
+        imgw_free(s);
         return r;
     }
     *out = s;
@@ -114,7 +95,7 @@ imgw_store_close(imgw_store_t *s)
     if (s == NULL)
         return;
     s->be->close(s);
-    free(s);
+    imgw_free(s);
 }
 
 int
