@@ -13,48 +13,17 @@
 
 #include "metrics.h"
 #include "alloc.h"
+#include "buf.h"
 #include "mq.h"
 #include "nacos.h"
 
-typedef struct mbuf_s {
-    char *p;
-    size_t len, cap;
-    int oom;
-} mbuf_t;
+/* The page is built in an imgw_buf_t (base/buf.h): an allocation failure
+ * sticks and is checked once at the end. */
 
 static void
-put(mbuf_t *b, const char *fmt, ...)
+head(imgw_buf_t *b, const char *name, const char *type, const char *help)
 {
-    va_list ap;
-    for (;;) {
-        if (b->oom)
-            return;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            b->oom = 1;
-            return;
-        }
-        if ((size_t)n < b->cap - b->len) {
-            b->len += (size_t)n;
-            return;
-        }
-        size_t cap = b->cap * 2 + (size_t)n;
-        char *np = imgw_try_realloc(b->p, cap);
-        if (np == NULL) {
-            b->oom = 1;
-            return;
-        }
-        b->p = np;
-        b->cap = cap;
-    }
-}
-
-static void
-head(mbuf_t *b, const char *name, const char *type, const char *help)
-{
-    put(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    imgw_buf_fmt(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
 static long
@@ -104,8 +73,8 @@ static const char *const auth_reasons[8] = {
 char *
 imgw_metrics_render(imgw_node_t *node, size_t *len)
 {
-    mbuf_t b = {imgw_try_malloc(8192), 0, 8192, 0};
-    if (b.p == NULL)
+    imgw_buf_t b = {0};
+    if (imgw_buf_reserve(&b, 8192) != 0)
         return NULL;
     int n = node->n_loops;
     imgw_loop_stats_t *ls = imgw_try_calloc((size_t)n, sizeof(*ls));
@@ -120,7 +89,7 @@ imgw_metrics_render(imgw_node_t *node, size_t *len)
     do {                                                                     \
         head(&b, name, type, help);                                          \
         for (int i = 0; i < n; i++)                                          \
-            put(&b, name "{loop=\"%d\"} %llu\n", i,                          \
+            imgw_buf_fmt(&b, name "{loop=\"%d\"} %llu\n", i,                          \
                 (unsigned long long)(expr));                                 \
     } while (0)
 #define TOTAL(name, type, help, expr)                                        \
@@ -129,7 +98,7 @@ imgw_metrics_render(imgw_node_t *node, size_t *len)
         for (int i = 0; i < n; i++)                                          \
             t_ += (expr);                                                    \
         head(&b, name, type, help);                                          \
-        put(&b, name " %llu\n", (unsigned long long)t_);                     \
+        imgw_buf_fmt(&b, name " %llu\n", (unsigned long long)t_);                     \
     } while (0)
 
     PER_LOOP("imgw_connections_open", "gauge",
@@ -147,19 +116,19 @@ imgw_metrics_render(imgw_node_t *node, size_t *len)
             ok += ls[i].handshakes_ok;
             bad += ls[i].handshakes_failed;
         }
-        put(&b, "imgw_handshakes_total{result=\"ok\"} %llu\n",
+        imgw_buf_fmt(&b, "imgw_handshakes_total{result=\"ok\"} %llu\n",
             (unsigned long long)ok);
-        put(&b, "imgw_handshakes_total{result=\"failed\"} %llu\n",
+        imgw_buf_fmt(&b, "imgw_handshakes_total{result=\"failed\"} %llu\n",
             (unsigned long long)bad);
     }
     head(&b, "imgw_auth_total", "counter",
          "Authentications by result (handshake tokens and CMD_AUTH_REQ).");
-    put(&b, "imgw_auth_total{result=\"ok\"} %llu\n",
+    imgw_buf_fmt(&b, "imgw_auth_total{result=\"ok\"} %llu\n",
         (unsigned long long)SUM(auth_ok));
     head(&b, "imgw_auth_failures_total", "counter",
          "Failed authentications by reason.");
     for (int r = 1; r < 8; r++)
-        put(&b, "imgw_auth_failures_total{reason=\"%s\"} %llu\n",
+        imgw_buf_fmt(&b, "imgw_auth_failures_total{reason=\"%s\"} %llu\n",
             auth_reasons[r], (unsigned long long)SUM(auth_fail[r]));
     TOTAL("imgw_handshake_unauthorized_total", "counter",
           "Upgrades refused with HTTP 401.",
@@ -174,9 +143,9 @@ imgw_metrics_render(imgw_node_t *node, size_t *len)
             in += ls[i].frames_in;
             out += ls[i].frames_out;
         }
-        put(&b, "imgw_frames_total{dir=\"in\"} %llu\n",
+        imgw_buf_fmt(&b, "imgw_frames_total{dir=\"in\"} %llu\n",
             (unsigned long long)in);
-        put(&b, "imgw_frames_total{dir=\"out\"} %llu\n",
+        imgw_buf_fmt(&b, "imgw_frames_total{dir=\"out\"} %llu\n",
             (unsigned long long)out);
     }
     head(&b, "imgw_bytes_total", "counter", "Socket bytes by direction.");
@@ -186,26 +155,26 @@ imgw_metrics_render(imgw_node_t *node, size_t *len)
             in += ls[i].bytes_in;
             out += ls[i].bytes_out;
         }
-        put(&b, "imgw_bytes_total{dir=\"in\"} %llu\n",
+        imgw_buf_fmt(&b, "imgw_bytes_total{dir=\"in\"} %llu\n",
             (unsigned long long)in);
-        put(&b, "imgw_bytes_total{dir=\"out\"} %llu\n",
+        imgw_buf_fmt(&b, "imgw_bytes_total{dir=\"out\"} %llu\n",
             (unsigned long long)out);
     }
     head(&b, "imgw_messages_total", "counter",
          "Messages: sent (stored), pushed (push frames written), synced "
          "(entries returned by sync), duplicate (dedupe hits).");
-    put(&b, "imgw_messages_total{kind=\"sent\"} %llu\n",
+    imgw_buf_fmt(&b, "imgw_messages_total{kind=\"sent\"} %llu\n",
         (unsigned long long)SUM(msgs_sent));
-    put(&b, "imgw_messages_total{kind=\"pushed\"} %llu\n",
+    imgw_buf_fmt(&b, "imgw_messages_total{kind=\"pushed\"} %llu\n",
         (unsigned long long)SUM(msgs_pushed));
-    put(&b, "imgw_messages_total{kind=\"synced\"} %llu\n",
+    imgw_buf_fmt(&b, "imgw_messages_total{kind=\"synced\"} %llu\n",
         (unsigned long long)SUM(msgs_synced));
-    put(&b, "imgw_messages_total{kind=\"duplicate\"} %llu\n",
+    imgw_buf_fmt(&b, "imgw_messages_total{kind=\"duplicate\"} %llu\n",
         (unsigned long long)SUM(msgs_dup));
     head(&b, "imgw_error_responses_total", "counter",
          "Error responses sent to clients by error code.");
     for (int e = 1; e < IMGW_N_ERRCODES; e++)
-        put(&b, "imgw_error_responses_total{code=\"%s\"} %llu\n",
+        imgw_buf_fmt(&b, "imgw_error_responses_total{code=\"%s\"} %llu\n",
             err_names[e], (unsigned long long)SUM(errors[e]));
     TOTAL("imgw_slow_consumers_total", "counter",
           "Connections closed because their write queue hit its bound.",
@@ -220,13 +189,13 @@ imgw_metrics_render(imgw_node_t *node, size_t *len)
             rate += ls[i].refused_rate;
             origin += node->loops[i]->st.refused_origin;
         }
-        put(&b, "imgw_refused_total{reason=\"max_connections\"} %llu\n",
+        imgw_buf_fmt(&b, "imgw_refused_total{reason=\"max_connections\"} %llu\n",
             (unsigned long long)full);
-        put(&b, "imgw_refused_total{reason=\"per_ip\"} %llu\n",
+        imgw_buf_fmt(&b, "imgw_refused_total{reason=\"per_ip\"} %llu\n",
             (unsigned long long)ip);
-        put(&b, "imgw_refused_total{reason=\"handshake_rate\"} %llu\n",
+        imgw_buf_fmt(&b, "imgw_refused_total{reason=\"handshake_rate\"} %llu\n",
             (unsigned long long)rate);
-        put(&b, "imgw_refused_total{reason=\"origin\"} %llu\n",
+        imgw_buf_fmt(&b, "imgw_refused_total{reason=\"origin\"} %llu\n",
             (unsigned long long)origin);
     }
     TOTAL("imgw_kicks_total", "counter",
@@ -255,12 +224,12 @@ imgw_metrics_render(imgw_node_t *node, size_t *len)
              ls[i].mailbox_last_batch);
     head(&b, "imgw_users_online", "gauge",
          "Users with at least one authenticated connection on this node.");
-    put(&b, "imgw_users_online %zu\n", imgw_usermap_users(node->users));
+    imgw_buf_fmt(&b, "imgw_users_online %zu\n", imgw_usermap_users(node->users));
     head(&b, "imgw_draining", "gauge", "1 while the node drains.");
-    put(&b, "imgw_draining %d\n", imgw_net_draining(node->net));
+    imgw_buf_fmt(&b, "imgw_draining %d\n", imgw_net_draining(node->net));
     head(&b, "imgw_store_up", "gauge",
          "1 while the store backend is reachable from loop 0.");
-    put(&b, "imgw_store_up %d\n",
+    imgw_buf_fmt(&b, "imgw_store_up %d\n",
         node->loops[0]->store ? imgw_store_loop_ready(node->loops[0]->store)
                               : 0);
     {
@@ -270,15 +239,15 @@ imgw_metrics_render(imgw_node_t *node, size_t *len)
         if (node->store != NULL && imgw_store_stats(node->store, &ss) == 0) {
             head(&b, "imgw_store_users", "gauge",
                  "Per-user records held by the memory store.");
-            put(&b, "imgw_store_users %zu\n", ss.users);
+            imgw_buf_fmt(&b, "imgw_store_users %zu\n", ss.users);
             head(&b, "imgw_store_users_max", "gauge",
                  "Cap on the memory store's per-user records "
                  "(store.max_users).");
-            put(&b, "imgw_store_users_max %zu\n", ss.max_users);
+            imgw_buf_fmt(&b, "imgw_store_users_max %zu\n", ss.max_users);
             head(&b, "imgw_store_users_refused_total", "counter",
                  "Requests refused because the memory store held "
                  "store.max_users user records.");
-            put(&b, "imgw_store_users_refused_total %llu\n",
+            imgw_buf_fmt(&b, "imgw_store_users_refused_total %llu\n",
                 (unsigned long long)ss.users_refused);
         }
     }
@@ -290,32 +259,32 @@ imgw_metrics_render(imgw_node_t *node, size_t *len)
         head(&b, "imgw_mq_up", "gauge",
              "1 while the RabbitMQ channel is open (0 also when no broker "
              "is configured).");
-        put(&b, "imgw_mq_up %d\n", ms.connected);
+        imgw_buf_fmt(&b, "imgw_mq_up %d\n", ms.connected);
         head(&b, "imgw_mq_rejected_total", "counter",
              "Broker messages rejected without requeue (malformed, unknown "
              "code, oversized).");
-        put(&b, "imgw_mq_rejected_total %llu\n",
+        imgw_buf_fmt(&b, "imgw_mq_rejected_total %llu\n",
             (unsigned long long)ms.rejected);
         head(&b, "imgw_mq_consumed_total", "counter",
              "Messages consumed from this node's queue.");
-        put(&b, "imgw_mq_consumed_total %llu\n",
+        imgw_buf_fmt(&b, "imgw_mq_consumed_total %llu\n",
             (unsigned long long)ms.consumed);
         head(&b, "imgw_mq_published_total", "counter",
              "Inter-node publishes confirmed by the broker.");
-        put(&b, "imgw_mq_published_total %llu\n",
+        imgw_buf_fmt(&b, "imgw_mq_published_total %llu\n",
             (unsigned long long)ms.published);
         head(&b, "imgw_mq_publish_dropped_total", "counter",
              "Publishes dropped while the broker was unavailable.");
-        put(&b, "imgw_mq_publish_dropped_total %llu\n",
+        imgw_buf_fmt(&b, "imgw_mq_publish_dropped_total %llu\n",
             (unsigned long long)(ms.publish_dropped));
         head(&b, "imgw_mq_reconnects_total", "counter",
              "Reconnections to the broker.");
-        put(&b, "imgw_mq_reconnects_total %llu\n",
+        imgw_buf_fmt(&b, "imgw_mq_reconnects_total %llu\n",
             (unsigned long long)ms.reconnects);
         head(&b, "imgw_remote_push_dropped_total", "counter",
              "Pushes for other nodes that could not be published (the "
              "receivers sync them from the store).");
-        put(&b, "imgw_remote_push_dropped_total %llu\n",
+        imgw_buf_fmt(&b, "imgw_remote_push_dropped_total %llu\n",
             (unsigned long long)atomic_load(&node->remote_dropped));
     }
     {
@@ -323,30 +292,30 @@ imgw_metrics_render(imgw_node_t *node, size_t *len)
         imgw_nacos_stats(NULL, &ns);
         head(&b, "imgw_nacos_registered", "gauge",
              "Ports currently registered in Nacos (0 without nacos.server).");
-        put(&b, "imgw_nacos_registered %llu\n", (unsigned long long)ns.registered);
+        imgw_buf_fmt(&b, "imgw_nacos_registered %llu\n", (unsigned long long)ns.registered);
         head(&b, "imgw_nacos_requests_total", "counter",
              "Requests sent to Nacos.");
-        put(&b, "imgw_nacos_requests_total %llu\n",
+        imgw_buf_fmt(&b, "imgw_nacos_requests_total %llu\n",
             (unsigned long long)ns.requests);
         head(&b, "imgw_nacos_beats_ok_total", "counter",
              "Beats Nacos accepted.");
-        put(&b, "imgw_nacos_beats_ok_total %llu\n",
+        imgw_buf_fmt(&b, "imgw_nacos_beats_ok_total %llu\n",
             (unsigned long long)ns.beats_ok);
         head(&b, "imgw_nacos_failures_total", "counter",
              "Nacos requests that failed (connect, timeout, non-2xx).");
-        put(&b, "imgw_nacos_failures_total %llu\n",
+        imgw_buf_fmt(&b, "imgw_nacos_failures_total %llu\n",
             (unsigned long long)ns.failures);
     }
     head(&b, "imgw_process_resident_memory_bytes", "gauge",
          "Resident set size of the process.");
-    put(&b, "imgw_process_resident_memory_bytes %ld\n", rss_bytes());
+    imgw_buf_fmt(&b, "imgw_process_resident_memory_bytes %ld\n", rss_bytes());
     head(&b, "imgw_process_open_fds", "gauge",
          "Open file descriptors of the process.");
-    put(&b, "imgw_process_open_fds %ld\n", open_fds());
+    imgw_buf_fmt(&b, "imgw_process_open_fds %ld\n", open_fds());
 #undef PER_LOOP
 #undef TOTAL
     imgw_free(ls);
-    if (b.oom) {
+    if (b.err) {
         imgw_free(b.p);
         return NULL;
     }

@@ -27,6 +27,7 @@
 #include <strings.h>
 
 #include "alloc.h"
+#include "buf.h"
 #include "err.h"
 #include "log.h"
 #include "nacos.h"
@@ -129,65 +130,14 @@ static void imgw_nacos_send(imgw_nacos_inst_t *in, int kind);
 static void imgw_nacos_check_stopped(imgw_nacos_t *n);
 
 /* ------------------------------------------------------------------------
- * small string builder; allocation failure sticks and is checked once
+ * request text: an imgw_buf_t (base/buf.h); allocation failure sticks and
+ * is checked once
  */
-
-typedef struct imgw_nacos_sb_s {
-    char *p;
-    size_t len, cap; /* len < cap while p != NULL (room for the NUL) */
-    int oom;
-} imgw_nacos_sb_t;
-
-static void
-imgw_nacos_sb_add(imgw_nacos_sb_t *b, const char *s, size_t len)
-{
-    if (b->oom)
-        return;
-    if (b->len + len + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 1024;
-        while (b->len + len + 1 > cap)
-            cap *= 2;
-        char *p = imgw_try_realloc(b->p, cap);
-        if (p == NULL) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, len);
-    b->len += len;
-    b->p[b->len] = '\0';
-}
-
-static void
-imgw_nacos_sb_str(imgw_nacos_sb_t *b, const char *s)
-{
-    imgw_nacos_sb_add(b, s, strlen(s));
-}
-
-static void imgw_nacos_sb_fmt(imgw_nacos_sb_t *b, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void
-imgw_nacos_sb_fmt(imgw_nacos_sb_t *b, const char *fmt, ...)
-{
-    char tmp[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int k = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-    va_end(ap);
-    if (k < 0 || (size_t)k >= sizeof(tmp)) {
-        b->oom = 1; /* only used for short, bounded pieces */
-        return;
-    }
-    imgw_nacos_sb_add(b, tmp, (size_t)k);
-}
 
 /* Percent-encodes everything but RFC 3986 unreserved characters; valid in
  * both query strings and x-www-form-urlencoded bodies. */
 static void
-imgw_nacos_sb_enc(imgw_nacos_sb_t *b, const char *s)
+imgw_nacos_sb_enc(imgw_buf_t *b, const char *s)
 {
     static const char hex[] = "0123456789ABCDEF";
     for (; *s; s++) {
@@ -195,10 +145,10 @@ imgw_nacos_sb_enc(imgw_nacos_sb_t *b, const char *s)
         if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
             (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.' ||
             c == '~') {
-            imgw_nacos_sb_add(b, (const char *)&c, 1);
+            imgw_buf_add(b, (const char *)&c, 1);
         } else {
             char e[3] = {'%', hex[c >> 4], hex[c & 15]};
-            imgw_nacos_sb_add(b, e, 3);
+            imgw_buf_add(b, e, 3);
         }
     }
 }
@@ -234,20 +184,20 @@ imgw_nacos_json_str(char *dst, size_t cap, const char *s)
 
 /* The parameters every endpoint takes, as name=value&... (encoded). */
 static void
-imgw_nacos_common_params(imgw_nacos_sb_t *b, imgw_nacos_inst_t *in)
+imgw_nacos_common_params(imgw_buf_t *b, imgw_nacos_inst_t *in)
 {
     const imgw_config_t *cfg = in->n->cfg;
-    imgw_nacos_sb_str(b, "serviceName=");
+    imgw_buf_str(b, "serviceName=");
     imgw_nacos_sb_enc(b, cfg->nacos_service);
-    imgw_nacos_sb_str(b, "&groupName=");
+    imgw_buf_str(b, "&groupName=");
     imgw_nacos_sb_enc(b, cfg->nacos_group);
     if (cfg->nacos_namespace[0] != '\0') {
-        imgw_nacos_sb_str(b, "&namespaceId=");
+        imgw_buf_str(b, "&namespaceId=");
         imgw_nacos_sb_enc(b, cfg->nacos_namespace);
     }
-    imgw_nacos_sb_str(b, "&ip=");
+    imgw_buf_str(b, "&ip=");
     imgw_nacos_sb_enc(b, cfg->nacos_ip);
-    imgw_nacos_sb_fmt(b, "&port=%u&ephemeral=true", (unsigned)in->port);
+    imgw_buf_fmt(b, "&port=%u&ephemeral=true", (unsigned)in->port);
 }
 
 static void
@@ -266,7 +216,7 @@ imgw_nacos_build(imgw_nacos_inst_t *in, int kind, char **out, size_t *len)
 {
     imgw_nacos_t *n = in->n;
     const imgw_config_t *cfg = n->cfg;
-    imgw_nacos_sb_t q = {0}, b = {0};
+    imgw_buf_t q = {0}, b = {0};
     char meta[640];
     const char *method, *path;
 
@@ -275,7 +225,7 @@ imgw_nacos_build(imgw_nacos_inst_t *in, int kind, char **out, size_t *len)
     if (kind == IMGW_NACOS_REGISTER) {
         method = "POST";
         path = "/nacos/v1/ns/instance";
-        imgw_nacos_sb_str(&q, "&healthy=true&enabled=true&weight=1"
+        imgw_buf_str(&q, "&healthy=true&enabled=true&weight=1"
                               "&metadata=");
         imgw_nacos_sb_enc(&q, meta);
     } else if (kind == IMGW_NACOS_BEAT) {
@@ -294,33 +244,33 @@ imgw_nacos_build(imgw_nacos_inst_t *in, int kind, char **out, size_t *len)
                  svc, ip, (unsigned)in->port, meta);
         method = "PUT";
         path = "/nacos/v1/ns/instance/beat";
-        imgw_nacos_sb_str(&q, "&beat=");
+        imgw_buf_str(&q, "&beat=");
         imgw_nacos_sb_enc(&q, beat);
     } else {
         method = "DELETE";
         path = "/nacos/v1/ns/instance";
     }
 
-    imgw_nacos_sb_fmt(&b, "%s %s", method, path);
-    if (kind != IMGW_NACOS_REGISTER && !q.oom) {
-        imgw_nacos_sb_str(&b, "?");
-        imgw_nacos_sb_add(&b, q.p, q.len);
+    imgw_buf_fmt(&b, "%s %s", method, path);
+    if (kind != IMGW_NACOS_REGISTER && !q.err) {
+        imgw_buf_str(&b, "?");
+        imgw_buf_add(&b, q.p, q.len);
     }
-    imgw_nacos_sb_str(&b, " HTTP/1.1\r\nHost: ");
-    imgw_nacos_sb_str(&b, n->hostport);
-    imgw_nacos_sb_str(&b, "\r\nUser-Agent: imgw/" IMGW_VERSION
+    imgw_buf_str(&b, " HTTP/1.1\r\nHost: ");
+    imgw_buf_str(&b, n->hostport);
+    imgw_buf_str(&b, "\r\nUser-Agent: imgw/" IMGW_VERSION
                           "\r\nAccept: */*\r\nConnection: close\r\n");
     if (kind == IMGW_NACOS_REGISTER) {
-        imgw_nacos_sb_fmt(&b,
+        imgw_buf_fmt(&b,
                           "Content-Type: application/x-www-form-urlencoded"
                           "\r\nContent-Length: %zu\r\n\r\n",
                           q.len);
-        if (!q.oom)
-            imgw_nacos_sb_add(&b, q.p, q.len);
+        if (!q.err)
+            imgw_buf_add(&b, q.p, q.len);
     } else {
-        imgw_nacos_sb_str(&b, "Content-Length: 0\r\n\r\n");
+        imgw_buf_str(&b, "Content-Length: 0\r\n\r\n");
     }
-    int oom = q.oom || b.oom;
+    int oom = q.err || b.err;
     imgw_free(q.p);
     if (oom) {
         imgw_free(b.p);

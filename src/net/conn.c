@@ -73,11 +73,10 @@ imgw__obuf_release(imgw_loop_t *l, imgw_obuf_t *b)
 imgw_conn_t *
 imgw__conn_new(imgw_loop_t *l)
 {
-    /* Not hooked: libuv stops accepting until an accepted connection is
-     * taken, so this one allocation is never made to fail on purpose. */
-    imgw_conn_t *c = imgw_try_calloc(1, sizeof(*c));
-    if (c == NULL)
-        return NULL;
+    /* Aborts (imgw_xcalloc): a fixed small size, and there is no graceful
+     * way on, because libuv stops accepting until an accepted connection
+     * is taken. So it is never made to fail on purpose either. */
+    imgw_conn_t *c = imgw_xcalloc(1, sizeof(*c));
     c->loop = l;
     c->state = IMGW_CONN_HTTP;
     return c;

@@ -9,6 +9,7 @@
 
 #include "alloc.h"
 #include "err.h"
+#include "hash.h"
 #include "iplimit.h"
 
 #define NSHARDS 64
@@ -32,12 +33,7 @@ struct imgw_iplimit_s {
 static uint64_t
 addr_hash(const imgw_ipaddr_t *a)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (int i = 0; i < 16; i++) {
-        h ^= a->b[i];
-        h *= 1099511628211ULL;
-    }
-    return h;
+    return imgw_hash_fnv1a64(IMGW_HASH_FNV64_BASIS, a->b, sizeof(a->b));
 }
 
 int

@@ -237,9 +237,7 @@ on_connection(uv_stream_t *server, int status)
         IMGW_LOG_WARN_RL("accept failed: %s", uv_strerror(status));
         return;
     }
-    imgw_conn_t *c = imgw__conn_new(l);
-    if (c == NULL)
-        return;
+    imgw_conn_t *c = imgw__conn_new(l); /* aborts rather than fail */
     uv_tcp_init(&l->uv, &c->tcp);
     if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 ||
         slot_alloc(l, c) != 0) {
