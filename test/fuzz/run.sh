@@ -44,6 +44,15 @@ INC="-I$ROOT/src/base -I$ROOT/src/core -I$ROOT/src/net -I$ROOT/src/store -I$ROOT
 LIBS="-luv -lcjson -linih -lwslay -lmbedtls -lmbedx509 -lmbedcrypto \
       /usr/lib/x86_64-linux-gnu/libprotobuf-nanopb.a -lhiredis -lpthread -lm"
 
+# The version header meson makes from project(version : ...) in meson.build.
+ver=$(sed -n "s/^  version : '\([^']*\)',*$/\1/p" "$ROOT/meson.build" | head -n 1)
+sed "s/@version@/$ver/" "$ROOT/src/core/imgw_version.h.in" >"$GEN/imgw_version.h.new"
+if cmp -s "$GEN/imgw_version.h.new" "$GEN/imgw_version.h"; then
+    rm -f "$GEN/imgw_version.h.new"
+else
+    mv "$GEN/imgw_version.h.new" "$GEN/imgw_version.h"
+fi
+
 # Generated nanopb sources, only when the .proto or .options changed.
 if [ ! -f "$GEN/imgw.pb.c" ] ||
    [ "$ROOT/proto/imgw.proto" -nt "$GEN/imgw.pb.c" ] ||
@@ -59,15 +68,16 @@ utf8:$ROOT/src/base/utf8.c
 codec:$ROOT/src/core/codec.c
 config:$ROOT/src/core/config.c
 jwt:$ROOT/src/core/jwt.c
-log:$ROOT/src/core/log.c
-err:$ROOT/src/core/err.c
+log:$ROOT/src/base/log.c
+clock:$ROOT/src/base/clock.c
+err:$ROOT/src/base/err.c
 http:$ROOT/src/net/http.c
 ws:$ROOT/src/net/ws.c
 conn:$ROOT/src/net/conn.c
 twheel:$ROOT/src/net/twheel.c
 tls:$ROOT/src/net/tls.c
 iplimit:$ROOT/src/net/iplimit.c
-alloc:$ROOT/src/core/alloc.c
+alloc:$ROOT/src/base/alloc.c
 imgw_pb:$GEN/imgw.pb.c
 llhttp_api:/usr/share/llhttp/api.c
 llhttp_http:/usr/share/llhttp/http.c
@@ -110,13 +120,13 @@ compile_all() {
 objs_for() {
     case $1 in
     fuzz_http|fuzz_ws)
-        echo "http ws conn twheel tls iplimit alloc log err utf8 llhttp_api llhttp_http llhttp_llhttp" ;;
+        echo "http ws conn twheel tls iplimit alloc log clock err utf8 llhttp_api llhttp_http llhttp_llhttp" ;;
     fuzz_pb|fuzz_json|fuzz_downlink)
-        echo "codec imgw_pb alloc log err utf8" ;;
+        echo "codec imgw_pb alloc log clock err utf8" ;;
     fuzz_jwt)
-        echo "jwt log err utf8" ;;
+        echo "jwt alloc log clock err utf8" ;;
     fuzz_config)
-        echo "config log err" ;;
+        echo "config log clock err" ;;
     *)
         echo "unknown target $1" >&2
         exit 2 ;;
