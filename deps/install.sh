@@ -8,6 +8,7 @@ PKGS=(
   build-essential pkg-config meson ninja-build clang libclang-rt-14-dev
   libuv1-dev libwslay-dev libnanopb-dev nanopb protobuf-compiler
   libhiredis-dev librabbitmq-dev libcjson-dev libmbedtls-dev libinih-dev
+  libcurl4-openssl-dev
   node-llhttp
   python3 python3-pytest python3-websockets python3-protobuf python3-jwt
   python3-cryptography python3-pika python3-redis
@@ -17,6 +18,11 @@ PKGS=(
   # www/index.html in a headless Chromium through Selenium.
   chromium chromium-driver python3-selenium
 )
+# Node and npm for the JavaScript SDK (sdk/js): Debian's, unless a node and
+# an npm are already on the PATH (another vendor's nodejs package bundles
+# its own npm and conflicts with Debian's).
+if ! command -v node >/dev/null 2>&1; then PKGS+=(nodejs); fi
+if ! command -v npm >/dev/null 2>&1; then PKGS+=(npm); fi
 # Optional extras asked for by a caller: DEPS_EXTRA="chromium chromium-driver".
 if [ -n "${DEPS_EXTRA:-}" ]; then
   read -r -a extra <<<"$DEPS_EXTRA"
@@ -30,8 +36,23 @@ for p in "${PKGS[@]}"; do
   fi
 done
 
+# The JavaScript SDK's npm packages (sdk/js), exactly as pinned by its
+# package-lock.json, whenever node_modules is missing or older than the
+# lockfile. No network use when they are current.
+npm_deps() {
+  local dir
+  dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/sdk/js"
+  [ -f "$dir/package-lock.json" ] || return 0
+  if [ ! -f "$dir/node_modules/.package-lock.json" ] ||
+     [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    echo "deps: npm ci in sdk/js"
+    (cd "$dir" && CI=true npm ci --no-audit --no-fund --loglevel=error </dev/null)
+  fi
+}
+
 if [ ${#missing[@]} -eq 0 ]; then
   echo "deps: all ${#PKGS[@]} packages present"
+  npm_deps
   exit 0
 fi
 
@@ -51,4 +72,5 @@ cleanup() { if [ "$policy_added" = 1 ]; then $SUDO rm -f /usr/sbin/policy-rc.d; 
 trap cleanup EXIT
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+npm_deps
 echo "deps: done"

@@ -10,7 +10,8 @@
 #      own function, which this does not flag.
 #   2. Floors: a quoted #include in src/<layer>/ must name a header of a
 #      floor that layer may include (base: base; net, store, mq: itself
-#      and base; core: everything). meson's include directories enforce
+#      and base; core, with discovery and hooks, which share its floor:
+#      everything). meson's include directories enforce
 #      the same at compile time; this names the line.
 #   3. No #include "../...": every layer has its include directory.
 set -u
@@ -34,10 +35,10 @@ allowed() {
     case $1 in
     base) echo "base" ;;
     net | store | mq) echo "$1 base" ;;
-    core) echo "core net store mq base" ;;
+    core | discovery | hooks) echo "core discovery hooks net store mq base" ;;
     esac
 }
-for layer in base net store mq core; do
+for layer in base net store mq core discovery hooks; do
     dirs=$(allowed "$layer")
     for f in $(find "src/$layer" -name '*.[ch]' | sort); do
         grep -nE '^[[:space:]]*#[[:space:]]*include[[:space:]]*"' "$f" |
@@ -49,11 +50,11 @@ for layer in base net store mq core; do
             for d in $dirs; do
                 [ -f "src/$d/$h" ] && ok=1
             done
-            if [ $ok = 0 ] && [ "$layer" = core ]; then
+            if [ $ok = 0 ] && [ "$(allowed "$layer")" = "$(allowed core)" ]; then
                 case $h in imgw.pb.h | imgw_version.h | *.c) ok=1 ;; esac
             fi
             if [ $ok = 0 ]; then
-                where=$(for d in base net store mq core; do
+                where=$(for d in base net store mq core discovery hooks; do
                             [ -f "src/$d/$h" ] && echo "src/$d"; done | head -n 1)
                 echo "$f:$n: src/$layer may include only $dirs, not \"$h\"${where:+ ($where)}"
                 echo x >>"$TMPF"

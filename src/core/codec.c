@@ -556,6 +556,7 @@ struct codec_jr_s {
     size_t cap;            /* of scratch */
     size_t used;           /* of scratch */
     imgw_slice_t *content; /* the slice a bytes field is decoded into */
+    int utf8_content;      /* content must be UTF-8 (business input) */
 };
 
 static void
@@ -565,6 +566,7 @@ codec_jr_init(codec_jr_t *r, imgw_slice_t *content)
     r->cap = 0;
     r->used = 0;
     r->content = content;
+    r->utf8_content = 1;
     content->ptr = NULL;
     content->len = 0;
 }
@@ -679,6 +681,14 @@ codec_jr_bytes(const cJSON *v, pb_callback_t *cb, codec_jr_t *r)
     n = strlen(v->valuestring);
     if (n > CODEC_MAX_BYTES)
         return -1;
+    /* Business input (/api/push, the broker): content is a JSON string,
+     * which must be UTF-8 (RFC 8259); one that is not is refused like any
+     * malformed downlink (issue 12 item 5) instead of reaching JSON
+     * clients with U+FFFD in place of what the business sent. cJSON does
+     * not check. Protobuf clients' bytes never pass through here. */
+    if (r->utf8_content &&
+        !imgw_utf8_valid((const uint8_t *)v->valuestring, n))
+        return IMGW_EUTF8;
     if (r->scratch) {
         /* The decoded string is never longer than its JSON text, so a
          * scratch of len bytes always fits; check anyway. */
@@ -1561,6 +1571,9 @@ codec_decode_json_tree(const cJSON *root, imgw_msg_in_t *out,
 
     codec_jr_init(&r, &out->content);
     r.scratch = scratch;
+    /* A client's JSON frame arrived as a WebSocket text frame, which the
+     * ws layer has checked already; keep its content as it came. */
+    r.utf8_content = 0;
     r.cap = scratch ? scratch_cap : 0;
     rc = codec_jr_msg(cJSON_GetObjectItemCaseSensitive(root, "body"), ci->msg,
                       &out->u, &r);

@@ -227,6 +227,21 @@ static const imgw_config_opt_t opts[] = {
             64 * IMGW__MIB, "whole WebSocket message; over: close 1009"),
     OPT_INT("limits", "send_rate", send_rate, "50", 1, 1000000,
             "sends per second per connection (burst 2x)"),
+    OPT_INT("limits", "user_send_rate", user_send_rate, "0", 0, 1000000,
+            "sends per second per user, all its connections on this node "
+            "together (burst 2x); 0 = 2 x send_rate"),
+    OPT_INT("limits", "user_receipt_rate", user_receipt_rate, "0", 0,
+            1000000,
+            "read receipts and typing requests per second per user on this "
+            "node (burst 2x); 0 = send_rate"),
+    OPT_INT("limits", "receipt_interval_ms", receipt_interval_ms, "1000", 10,
+            60000,
+            "at most one read receipt push per (user, conversation) per "
+            "interval; the latest position is pushed at its end"),
+    OPT_INT("limits", "typing_interval_ms", typing_interval_ms, "2000", 10,
+            60000,
+            "at most one typing push per (user, conversation) per interval; "
+            "the latest status is pushed at its end"),
     OPT_INT("limits", "max_queued_bytes", max_queued_bytes, "4194304", 4096,
             1024 * IMGW__MIB, "per-connection write queue bound"),
     OPT_INT("limits", "max_body_bytes", max_body_bytes, "1048576", 1024,
@@ -250,6 +265,37 @@ static const imgw_config_opt_t opts[] = {
                     "address registered in Nacos"),
     OPT_INT("nacos", "beat_interval", nacos_beat_interval, "5", 1, 3600,
             "seconds between heartbeats to Nacos"),
+
+    /* [hooks] (docs/hooks.md) */
+    OPT_STR("hooks", "before_send_url", hooks_before_send_url, "",
+            "http(s) URL asked before each send is stored; empty = off"),
+    OPT_STR("hooks", "events_url", hooks_events_url, "",
+            "http(s) URL receiving event batches; empty = off"),
+    OPT_STR("hooks", "events", hooks_events,
+            "message.offline,user.online,user.offline",
+            "comma list of events sent to events_url"),
+    OPT_STR("hooks", "secret", hooks_secret, "",
+            "HMAC-SHA256 key signing every hook request (16+ bytes; "
+            "required with a hook URL)"),
+    OPT_ENUM("hooks", "failure", hooks_failure, "closed", "open|closed",
+             "before-send hook timeout/down/bad answer: open = allow, "
+             "closed = ERR_SERVER_BUSY"),
+    OPT_INT("hooks", "timeout_ms", hooks_timeout_ms, "1000", 10, 60000,
+            "before-send call timeout (ms)"),
+    OPT_INT("hooks", "max_inflight", hooks_max_inflight, "256", 1, 65536,
+            "before-send calls in flight per loop; beyond: ERR_SERVER_BUSY"),
+    OPT_INT("hooks", "max_response_bytes", hooks_max_response_bytes, "65536",
+            256, 16 * IMGW__MIB, "hook response body bound"),
+    OPT_INT("hooks", "batch", hooks_batch, "100", 1, 10000,
+            "events per POST"),
+    OPT_INT("hooks", "flush_ms", hooks_flush_ms, "200", 10, 60000,
+            "at most one event POST per loop every flush_ms"),
+    OPT_INT("hooks", "queue_max", hooks_queue_max, "10000", 1, 1000000,
+            "events held per loop; beyond: dropped and counted"),
+    OPT_INT("hooks", "retry_max_ms", hooks_retry_max_ms, "30000", 100,
+            3600000, "cap of the event POST retry backoff (ms)"),
+    OPT_INT("hooks", "preview_bytes", hooks_preview_bytes, "128", 0, 4096,
+            "message.offline content preview bound (bytes, UTF-8 cut)"),
 };
 /* clang-format on */
 
@@ -894,6 +940,82 @@ imgw_config_check_secret(imgw_config_t *cfg, const char *key,
 }
 
 /* Checks that involve more than one key; run on the final values. */
+
+/*
+ * A hook URL: http:// or https://, a host, no whitespace or control bytes
+ * (it goes into libcurl as is). Returns NULL or why not.
+ */
+static const char *
+imgw_config_url_bad(const char *u)
+{
+    size_t skip;
+    if (strncmp(u, "http://", 7) == 0)
+        skip = 7;
+    else if (strncmp(u, "https://", 8) == 0)
+        skip = 8;
+    else
+        return "must start with http:// or https://";
+    if (u[skip] == '\0' || u[skip] == '/' || u[skip] == ':' ||
+        u[skip] == '?' || u[skip] == '#' || u[skip] == '@')
+        return "has no host";
+    for (const char *p = u; *p; p++)
+        if ((unsigned char)*p <= ' ' || (unsigned char)*p >= 0x7f)
+            return "has a space, control or non-ASCII byte";
+    return NULL;
+}
+
+/* [hooks]: URLs, the secret they need, the event names. */
+static int
+imgw_config_check_hooks(const imgw_config_t *cfg, char *err, size_t errlen)
+{
+    const char *why;
+    if (cfg->hooks_before_send_url[0] &&
+        (why = imgw_config_url_bad(cfg->hooks_before_send_url)) != NULL) {
+        imgw_config_fail(err, errlen, "hooks.before_send_url: '%s' %s",
+                         cfg->hooks_before_send_url, why);
+        return -1;
+    }
+    if (cfg->hooks_events_url[0] &&
+        (why = imgw_config_url_bad(cfg->hooks_events_url)) != NULL) {
+        imgw_config_fail(err, errlen, "hooks.events_url: '%s' %s",
+                         cfg->hooks_events_url, why);
+        return -1;
+    }
+    if ((cfg->hooks_before_send_url[0] || cfg->hooks_events_url[0]) &&
+        strlen(cfg->hooks_secret) < 16) {
+        imgw_config_fail(err, errlen,
+                         "hooks.secret: at least 16 bytes are required when "
+                         "a hook URL is set (every request is signed)");
+        return -1;
+    }
+    /* Each name of hooks.events must be one we send. */
+    const char *p = cfg->hooks_events;
+    while (*p) {
+        size_t n = strcspn(p, ",");
+        size_t a = 0, b = n;
+        while (a < b && p[a] == ' ')
+            a++;
+        while (b > a && p[b - 1] == ' ')
+            b--;
+        static const char *const known[] = {"message.offline", "user.online",
+                                            "user.offline"};
+        int ok = b == a; /* empty items are ignored */
+        for (size_t k = 0; k < 3 && !ok; k++)
+            ok = strlen(known[k]) == b - a && memcmp(known[k], p + a, b - a) == 0;
+        if (!ok) {
+            imgw_config_fail(err, errlen,
+                             "hooks.events: unknown event '%.*s' (known: "
+                             "message.offline, user.online, user.offline)",
+                             (int)(b - a), p + a);
+            return -1;
+        }
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+    return 0;
+}
+
 static int
 imgw_config_validate(imgw_config_t *cfg, char *err, size_t errlen)
 {
@@ -977,7 +1099,7 @@ imgw_config_validate(imgw_config_t *cfg, char *err, size_t errlen)
         imgw_config_fail(err, errlen, "nacos.service: must not be empty");
         return -1;
     }
-    return 0;
+    return imgw_config_check_hooks(cfg, err, errlen);
 }
 
 int

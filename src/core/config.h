@@ -85,6 +85,13 @@ typedef struct imgw_config_s {
     int max_message_bytes;
     int max_frame_bytes;
     int send_rate;          /* msgs/s per connection, burst 2x */
+    int user_send_rate;     /* msgs/s per user on this node, burst 2x;
+                               0 = 2 x send_rate */
+    int user_receipt_rate;  /* receipts + typing /s per user on this node,
+                               burst 2x; 0 = send_rate */
+    int receipt_interval_ms; /* receipt pushes per (user, conversation):
+                                at most one per interval */
+    int typing_interval_ms;  /* the same for typing pushes */
     int max_queued_bytes;   /* per-connection write queue bound */
     int max_body_bytes;     /* HTTP request body bound (api) */
 
@@ -101,6 +108,21 @@ typedef struct imgw_config_s {
     char nacos_namespace[128];
     char nacos_ip[64];      /* address to register; default: bind or 127.0.0.1 */
     int nacos_beat_interval; /* seconds */
+
+    /* [hooks] (docs/hooks.md) */
+    char hooks_before_send_url[512]; /* "" = no before-send hook */
+    char hooks_events_url[512];      /* "" = no event hook */
+    char hooks_events[256];          /* comma list of event types */
+    char hooks_secret[512];          /* HMAC-SHA256 key of every request */
+    char hooks_failure[8];           /* "open" | "closed" */
+    int hooks_timeout_ms;            /* one before-send call */
+    int hooks_max_inflight;          /* before-send calls per loop */
+    int hooks_max_response_bytes;    /* response body bound */
+    int hooks_batch;                 /* events per POST */
+    int hooks_flush_ms;              /* at most one event POST per ... */
+    int hooks_queue_max;             /* events held per loop */
+    int hooks_retry_max_ms;          /* backoff cap of event POSTs */
+    int hooks_preview_bytes;         /* message.offline content preview */
 } imgw_config_t;
 
 enum {

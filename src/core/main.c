@@ -15,6 +15,7 @@
 #include "alloc.h"
 #include "err.h"
 #include "log.h"
+#include "httpc.h"
 #include "nacos.h"
 #include "node.h"
 #include "session.h"
@@ -128,6 +129,11 @@ main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     imgw_alloc_init();
     imgw_alloc_install_cjson();
+    /* libcurl's global state, before any thread (hooks, Nacos). */
+    if (imgw_httpc_global_init() != 0) {
+        fprintf(stderr, "imgw: cannot initialise libcurl\n");
+        return 1;
+    }
 
     /* A bad key file is a configuration error: check it before anything
      * starts (each loop parses its own copy later). */

@@ -14,6 +14,7 @@
 #include "metrics.h"
 #include "alloc.h"
 #include "buf.h"
+#include "hooks.h"
 #include "mq.h"
 #include "nacos.h"
 
@@ -305,6 +306,12 @@ imgw_metrics_render(imgw_node_t *node, size_t *len)
              "Nacos requests that failed (connect, timeout, non-2xx).");
         imgw_buf_fmt(&b, "imgw_nacos_failures_total %llu\n",
             (unsigned long long)ns.failures);
+    }
+    {
+        char *ht = imgw_hooks_metrics(node);
+        if (ht != NULL)
+            imgw_buf_fmt(&b, "%s", ht);
+        imgw_free(ht);
     }
     head(&b, "imgw_process_resident_memory_bytes", "gauge",
          "Resident set size of the process.");

@@ -8,20 +8,53 @@
  * continuation finds the connection again by ref (it may be gone: a stored
  * message is still pushed to its receivers).
  */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "alloc.h"
+#include "coalesce.h"
 #include "err.h"
+#include "hooks.h"
 #include "idsyntax.h"
 #include "log.h"
 #include "session.h"
+#include "uniq.h"
 
 #define SYNC_MAX_BYTES (1u << 20) /* a sync page's payload bound */
 #define SYNC_MAX_FRAME (4u << 20) /* a sync page's encoded frame bound */
 
 /* ---- helpers ------------------------------------------------------------ */
+
+/* The loop's recipient scratch: distinct members of one fan-out. */
+static _Thread_local imgw_uniq_t uniq = IMGW_UNIQ_INIT;
+
+void
+imgw_msg_thread_free(void)
+{
+    imgw_uniq_free(&uniq);
+    imgw_coalesce_thread_free();
+}
+
+/*
+ * Takes one token of the user's node-wide budget (which: the user map's
+ * IMGW_USERMAP_BUDGET_*): limits.user_send_rate (0 = 2 x send_rate) for
+ * sends, limits.user_receipt_rate (0 = send_rate) for receipts and typing,
+ * each with a burst of 2 x its rate. 1 = taken, 0 = over budget.
+ */
+static int
+user_budget(imgw_session_t *s, int which)
+{
+    const imgw_config_t *cfg = s->cl->node->cfg;
+    double rate =
+        which == IMGW_USERMAP_BUDGET_SEND
+            ? (cfg->user_send_rate ? cfg->user_send_rate : 2.0 * cfg->send_rate)
+            : (cfg->user_receipt_rate ? cfg->user_receipt_rate
+                                      : (double)cfg->send_rate);
+    return imgw_usermap_take(s->cl->node->users, s->user, which, rate,
+                             2.0 * rate, imgw_loop_now_ms(s->cl->loop));
+}
 
 static imgw_session_t *
 session_of(imgw_core_loop_t *cl, imgw_conn_ref_t ref)
@@ -191,6 +224,8 @@ append_cb(imgw_store_append_t *req, int status, void *data)
     if (s)
         send_rsp(s, x->sequence, 0, NULL, x->message_id, x->seqs[0],
                  x->server_time);
+    imgw_hooks_stored(cl, x->blob, x->blob_len,
+                      (const char *const *)x->users, x->n_users);
     imgw_deliver_push(cl, x->blob, x->blob_len, x->server_time,
                       (const char *const *)x->users, x->seqs, x->n_users,
                       x->ref);
@@ -217,16 +252,6 @@ send_store(imgw_core_loop_t *cl, send_ctx_t *x)
         append_cb(&x->req, r, x);
 }
 
-/* Adds u to users unless it is there already (users has room). */
-static void
-users_add(char **users, size_t *n, char *u)
-{
-    for (size_t i = 0; i < *n; i++)
-        if (strcmp(users[i], u) == 0)
-            return;
-    users[(*n)++] = u;
-}
-
 static void
 group_members_cb(int status, const char *const *members, size_t n,
                  void *data)
@@ -235,49 +260,43 @@ group_members_cb(int status, const char *const *members, size_t n,
     imgw_core_loop_t *cl = imgw_core_loop_current();
     imgw_session_t *s = session_of(cl, x->ref);
     const char *sender = x->sender;
-    int code = 0;
+    int code = 0, member = 0;
     const char *why = NULL;
+    const char *const *u = NULL;
+    size_t k = 0;
     if (status == IMGW_ENOTFOUND) {
         code = im_ErrorCode_ERR_CONVERSATION_NOT_EXIST;
         why = "no such group";
     } else if (status != 0) {
         code = im_ErrorCode_ERR_SERVER_BUSY;
         why = "store unavailable";
-    } else {
-        int member = 0;
-        for (size_t i = 0; i < n && !member; i++)
-            member = strcmp(members[i], sender) == 0;
-        if (!member) {
-            code = im_ErrorCode_ERR_PERMISSION_DENIED;
-            why = "not a member of the group";
-        }
+    } else if ((u = imgw_uniq_build(&uniq, sender, members, n, &k, &member)) ==
+               NULL) {
+        code = im_ErrorCode_ERR_SERVER_BUSY;
+        why = "out of memory";
+    } else if (!member) {
+        code = im_ErrorCode_ERR_PERMISSION_DENIED;
+        why = "not a member of the group";
     }
     if (code == 0) {
-        /* One block: users[n + 1], seqs[n + 1], then the strings (the
-         * members are only valid during this callback). */
-        size_t slen = strlen(sender), bytes = slen + 1;
-        for (size_t i = 0; i < n; i++)
-            bytes += strlen(members[i]) + 1;
-        size_t arr = (n + 1) * (sizeof(char *) + sizeof(int64_t));
+        /* One block: users[k], seqs[k], then the strings (the members are
+         * only valid during this callback). u[0] is the sender. */
+        size_t bytes = 0;
+        for (size_t i = 0; i < k; i++)
+            bytes += strlen(u[i]) + 1;
+        size_t arr = k * (sizeof(char *) + sizeof(int64_t));
         unsigned char *blk = imgw_try_malloc(arr + bytes);
         if (blk == NULL) {
             code = im_ErrorCode_ERR_SERVER_BUSY;
+            why = "out of memory";
         } else {
             x->members = blk;
             x->seqs = (int64_t *)(void *)blk;
-            x->users = (char **)(void *)(blk + (n + 1) * sizeof(int64_t));
+            x->users = (char **)(void *)(blk + k * sizeof(int64_t));
             unsigned char *p = blk + arr;
-            x->n_users = 0;
-            users_add(x->users, &x->n_users, put_str(&p, sender, slen));
-            for (size_t i = 0; i < n; i++) {
-                size_t ml = strlen(members[i]);
-                unsigned char *save = p;
-                char *m = put_str(&p, members[i], ml);
-                size_t before = x->n_users;
-                users_add(x->users, &x->n_users, m);
-                if (x->n_users == before)
-                    p = save; /* a duplicate: reuse its bytes */
-            }
+            for (size_t i = 0; i < k; i++)
+                x->users[i] = put_str(&p, u[i], strlen(u[i]));
+            x->n_users = k;
         }
     }
     if (code != 0) {
@@ -320,6 +339,12 @@ imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in)
         send_rsp(s, in->sequence, im_ErrorCode_ERR_INVALID_PARAM, msg, 0, 0, 0);
         return;
     }
+    if (!user_budget(s, IMGW_USERMAP_BUDGET_SEND)) {
+        cl->st.rate_limited++;
+        send_rsp(s, in->sequence, im_ErrorCode_ERR_SEND_TOO_FAST,
+                 "user send rate exceeded", 0, 0, 0);
+        return;
+    }
     if (q->sender_id[0] == '\0')
         copy_str(q->sender_id, sizeof(q->sender_id), s->user);
     if (strcmp(q->sender_id, s->user) != 0) {
@@ -356,6 +381,40 @@ imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in)
         return;
     }
 
+    if (imgw_hooks_before_send_on(cl)) {
+        /* The business decides first (docs/hooks.md); it calls
+         * imgw_msg_send_commit once allowed. */
+        imgw_hooks_before_send(s, in, conv);
+        return;
+    }
+    imgw_msg_send_commit(cl, imgw_conn_ref(s->conn), in->sequence, q,
+                         in->content, conv);
+}
+
+void
+imgw_msg_send_answer(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
+                     uint32_t sequence, int code, const char *msg,
+                     uint64_t message_id, int64_t mseq, int64_t server_time)
+{
+    imgw_session_t *s = session_of(cl, ref);
+    if (s != NULL)
+        send_rsp(s, sequence, code, msg, message_id, mseq, server_time);
+    else if (code != 0)
+        imgw_core_count_error(cl, code);
+}
+
+/*
+ * Stores and pushes a send that passed validation (and the before-send
+ * hook, when there is one). The connection may be gone by now: the message
+ * is stored anyway, as one whose store request was under way when its
+ * connection closed, and q->sender_id is the authenticated sender.
+ */
+void
+imgw_msg_send_commit(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
+                     uint32_t sequence, const im_SendMessageRequest *q,
+                     imgw_slice_t content_in, const char *conv)
+{
+    int has_r = q->receiver_id[0] != '\0';
     /*
      * The blob does not depend on the group's members: encode it now, from
      * the loop's scratch PushMessage (no 10.7 KB struct per send), into
@@ -365,13 +424,14 @@ imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in)
     int64_t server_time = imgw_now_ms();
     uint64_t message_id = imgw_id_next(&cl->node->ids, server_time);
     im_PushMessage *pm = &cl->push;
-    imgw_slice_t content = {in->content.ptr, in->content.len};
+    imgw_slice_t content = content_in;
     imgw_id_format(message_id, pm->message_id);
     size_t cmid_len = copy_str(pm->client_msg_id, sizeof(pm->client_msg_id),
                                q->client_msg_id);
     size_t conv_len =
         copy_str(pm->conversation_id, sizeof(pm->conversation_id), conv);
-    size_t user_len = copy_str(pm->sender_id, sizeof(pm->sender_id), s->user);
+    size_t user_len =
+        copy_str(pm->sender_id, sizeof(pm->sender_id), q->sender_id);
     size_t recv_len =
         copy_str(pm->receiver_id, sizeof(pm->receiver_id), q->receiver_id);
     copy_str(pm->group_id, sizeof(pm->group_id), q->group_id);
@@ -392,8 +452,8 @@ imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in)
         /* Same answer as a failing store: nothing was stored. */
         cl->st.store_ops++;
         cl->st.store_errors++;
-        send_rsp(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY,
-                 "store unavailable", 0, 0, 0);
+        imgw_msg_send_answer(cl, ref, sequence, im_ErrorCode_ERR_SERVER_BUSY,
+                             "store unavailable", 0, 0, 0);
         return;
     }
 
@@ -404,12 +464,12 @@ imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in)
                   (has_r ? recv_len + 1 : 0);
     send_ctx_t *x = imgw_try_malloc(sizeof(*x) + arr + strs);
     if (x == NULL) {
-        send_rsp(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY, "out of memory",
-                 0, 0, 0);
+        imgw_msg_send_answer(cl, ref, sequence, im_ErrorCode_ERR_SERVER_BUSY,
+                             "out of memory", 0, 0, 0);
         return;
     }
-    x->ref = imgw_conn_ref(s->conn);
-    x->sequence = in->sequence;
+    x->ref = ref;
+    x->sequence = sequence;
     x->message_id = message_id;
     x->server_time = server_time;
     x->members = NULL;
@@ -426,10 +486,12 @@ imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in)
     if (has_r) {
         x->users = (char **)(void *)x->mem;
         x->seqs = (int64_t *)(void *)(x->mem + 2 * sizeof(char *));
-        x->n_users = 0;
-        users_add(x->users, &x->n_users, sender);
-        users_add(x->users, &x->n_users,
-                  put_str(&p, pm->receiver_id, recv_len));
+        x->users[0] = sender;
+        x->n_users = 1;
+        /* To yourself: one timeline, s_<you>_<you>. */
+        char *r = put_str(&p, pm->receiver_id, recv_len);
+        if (strcmp(r, sender) != 0)
+            x->users[x->n_users++] = r;
         send_store(cl, x);
         return;
     }
@@ -457,7 +519,58 @@ imgw_msg_ack(imgw_session_t *s, imgw_msg_in_t *in)
 typedef struct sync_ctx_s {
     imgw_conn_ref_t ref;
     uint32_t sequence;
+    /* The request as the store saw it, for the resume contract. */
+    int64_t min_seq, max_seq;
+    int limit;
+    char epoch[24]; /* the client's epoch, "" = no check */
+    int reset;      /* resent from seq 0 after an epoch mismatch */
 } sync_ctx_t;
+
+static void sync_cb(int status, const imgw_store_entry_t *e, size_t n,
+                    int has_more, int64_t server_max_seq, int64_t oldest_seq,
+                    uint64_t epoch, void *data);
+
+/*
+ * The resume contract (protocol.md "Resume contract"). A client's min_seq
+ * means something only in the epoch it came from. When the timeline's epoch
+ * differs (it was reset or lost since), the page is read again from seq 0,
+ * so the client gets the new timeline from its start, flagged as a
+ * discontinuity. Returns 1 when the request was resent (x now belongs to
+ * that request).
+ */
+static int
+sync_epoch_reset(imgw_session_t *s, sync_ctx_t *x, uint64_t epoch)
+{
+    char now[24] = "";
+    if (x->reset || x->epoch[0] == '\0' || x->min_seq == 0)
+        return 0;
+    if (epoch != 0)
+        snprintf(now, sizeof(now), "%" PRIu64, epoch);
+    if (strcmp(now, x->epoch) == 0)
+        return 0;
+    x->reset = 1;
+    x->min_seq = 0;
+    x->max_seq = 0;
+    int r = imgw_store_sync(s->cl->store, s->user, 0, 0, x->limit, sync_cb, x);
+    if (r != 0)
+        sync_cb(r, NULL, 0, 0, 0, 0, 0, x);
+    return 1;
+}
+
+/*
+ * Messages after the client's position that the timeline no longer holds:
+ * an epoch reset, a position past anything this timeline reached (reset
+ * without an epoch to compare), or retention trimmed past it.
+ */
+static int
+sync_gap(const sync_ctx_t *x, int64_t server_max_seq, int64_t oldest_seq)
+{
+    if (x->reset || x->min_seq > server_max_seq)
+        return 1;
+    if (x->max_seq != 0 && x->max_seq <= x->min_seq)
+        return 0;
+    return x->min_seq + 1 < oldest_seq;
+}
 
 /*
  * The frame bound of one sync page: half the per-connection write queue
@@ -523,14 +636,17 @@ sync_page_cut(imgw_core_loop_t *cl, imgw_codec_t codec,
 
 static void
 sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
-        int64_t server_max_seq, void *data)
+        int64_t server_max_seq, int64_t oldest_seq, uint64_t epoch, void *data)
 {
     sync_ctx_t *x = data;
     imgw_core_loop_t *cl = imgw_core_loop_current();
     imgw_session_t *s = session_of(cl, x->ref);
     uint32_t sequence = x->sequence;
-    imgw_free(x);
     cl->st.store_ops++;
+    if (s != NULL && status == 0 && sync_epoch_reset(s, x, epoch))
+        return;
+    int gap = status == 0 && sync_gap(x, server_max_seq, oldest_seq);
+    imgw_free(x);
     if (s == NULL)
         return;
     im_SyncResponse r = im_SyncResponse_init_zero;
@@ -570,6 +686,10 @@ sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
     r.messages.arg = &ents;
     r.server_max_seq = server_max_seq;
     r.has_more = has_more != 0;
+    if (epoch != 0)
+        snprintf(r.epoch, sizeof(r.epoch), "%" PRIu64, epoch);
+    r.discontinuity = gap != 0;
+    r.oldest_seq = oldest_seq;
     ssize_t len = imgw_codec_encode((imgw_codec_t)s->codec,
                                     im_CommandType_CMD_SYNC_RSP, sequence,
                                     imgw_now_ms(), &r, out,
@@ -626,31 +746,62 @@ imgw_msg_sync(imgw_session_t *s, imgw_msg_in_t *in)
     }
     x->ref = imgw_conn_ref(s->conn);
     x->sequence = in->sequence;
+    x->min_seq = min_seq;
+    x->max_seq = max_seq;
+    x->limit = limit;
+    x->reset = 0;
+    snprintf(x->epoch, sizeof(x->epoch), "%s", q->epoch);
     int r = imgw_store_sync(s->cl->store, s->user, min_seq, max_seq, limit,
                             sync_cb, x);
     if (r != 0)
-        sync_cb(r, NULL, 0, 0, 0, x);
+        sync_cb(r, NULL, 0, 0, 0, 0, 0, x);
 }
 
 /* ---- conversation participants (receipts, typing) ------------------------ */
 
+/*
+ * A receipt or typing request goes through these steps (docs/protocol.md):
+ *   1. the user's node-wide budget (limits.user_receipt_rate): a receipt
+ *      over it is ERR_SEND_TOO_FAST, a typing status is dropped;
+ *   2. the conversation: a single one must contain the user, a group must
+ *      exist and have the user as a member;
+ *   3. receipts only: every message id must name a stored message of this
+ *      conversation (one msg_get each, in parallel), else ERR_INVALID_PARAM;
+ *   4. accepted: a receipt stores the read position and is answered; then
+ *      the coalescer decides whether the push goes now, at the end of the
+ *      (user, conversation) window, or not at all (already covered).
+ * A push for a group fetches the members again when it goes out (the
+ * member list of step 2 is only valid inside its callback, and a held
+ * push goes out later); pushes of held requests (flush) skip steps 1-3.
+ */
 typedef struct conv_ctx_s {
-    imgw_conn_ref_t ref;
+    imgw_conn_ref_t ref; /* the requesting connection (excluded) */
     uint32_t sequence;
     int command;           /* the request */
+    int flush;             /* 1: only push body (accepted before) */
+    int lookups;           /* receipts: msg_get answers outstanding */
+    int verdict;           /* receipts: first error code of the lookups */
     imgw_push_body_t body; /* the push to send */
     char user[IMGW_JWT_MAX_USER];
     char conv[264];
-    char last_msg[24];
+    uint64_t pos; /* receipts: the highest message id */
 } conv_ctx_t;
+
+static int
+is_receipt(const conv_ctx_t *x)
+{
+    return x->command == im_CommandType_CMD_READ_RECEIPT_REQ;
+}
 
 static void
 conv_reply(imgw_core_loop_t *cl, conv_ctx_t *x, int code, const char *why)
 {
+    if (x->flush)
+        return;
     imgw_session_t *s = session_of(cl, x->ref);
     if (s == NULL)
         return;
-    if (x->command == im_CommandType_CMD_READ_RECEIPT_REQ) {
+    if (is_receipt(x)) {
         im_ReadReceiptResponse r = im_ReadReceiptResponse_init_zero;
         r.error_code = (im_ErrorCode)code;
         if (why)
@@ -664,16 +815,135 @@ conv_reply(imgw_core_loop_t *cl, conv_ctx_t *x, int code, const char *why)
     }
 }
 
-/* Pushes x->body to users (the reader's other devices included for
- * receipts: only the requesting connection is excluded). */
+/*
+ * Pushes x->body to the conversation's participants, given as users (the
+ * user first, no duplicates): receipts to all of them (the reader's other
+ * devices included), typing to the others only. Only the requesting
+ * connection is excluded.
+ */
 static void
 conv_push(imgw_core_loop_t *cl, conv_ctx_t *x, const char *const *users,
           size_t n)
 {
-    int cmd = x->command == im_CommandType_CMD_READ_RECEIPT_REQ
-                  ? im_CommandType_CMD_READ_RECEIPT_PUSH
-                  : im_CommandType_CMD_TYPING_STATUS_PUSH;
-    imgw_deliver_frame(cl, cmd, &x->body, users, n, x->ref);
+    int cmd = is_receipt(x) ? im_CommandType_CMD_READ_RECEIPT_PUSH
+                            : im_CommandType_CMD_TYPING_STATUS_PUSH;
+    if (!is_receipt(x)) {
+        users++;
+        n = n ? n - 1 : 0;
+    }
+    if (n > 0)
+        imgw_deliver_frame(cl, cmd, &x->body, users, n, x->ref);
+}
+
+static void conv_members_cb(int status, const char *const *members, size_t n,
+                            void *data);
+
+/* Pushes to a single conversation at once, to a group after fetching its
+ * members; frees x either way. */
+static void
+conv_push_start(imgw_core_loop_t *cl, conv_ctx_t *x)
+{
+    if (strncmp(x->conv, "g_", 2) == 0) {
+        x->flush = 1;
+        int r =
+            imgw_store_group_get(cl->store, x->conv + 2, conv_members_cb, x);
+        if (r != 0)
+            conv_members_cb(r, NULL, 0, x);
+        return;
+    }
+    char peer[IMGW_JWT_MAX_USER];
+    const char *users[2] = {x->user, peer};
+    if (conv_peer(x->conv, x->user, peer, sizeof(peer)) == 0)
+        conv_push(cl, x, users,
+                  strcmp(x->user, peer) == 0 && is_receipt(x) ? 1 : 2);
+    imgw_free(x);
+}
+
+/* Step 4: the request is valid. */
+static void
+conv_accept(imgw_core_loop_t *cl, conv_ctx_t *x, const char *const *users,
+            size_t n)
+{
+    int kind = is_receipt(x) ? IMGW_COALESCE_RECEIPT : IMGW_COALESCE_TYPING;
+    if (is_receipt(x)) {
+        /* The read position is stored for every accepted receipt, held
+         * or not: coalescing only ever delays or drops pushes. */
+        char pos[24];
+        imgw_id_format(x->pos, pos);
+        imgw_store_set_read(cl->store, x->user, x->conv, pos, NULL, NULL);
+        conv_reply(cl, x, 0, NULL);
+    }
+    if (imgw_coalesce_offer(cl, kind, x->user, x->conv, &x->body, x->ref) !=
+        IMGW_COALESCE_NOW) {
+        imgw_free(x);
+        return;
+    }
+    if (users != NULL) {
+        conv_push(cl, x, users, n);
+        imgw_free(x);
+        return;
+    }
+    conv_push_start(cl, x);
+}
+
+/* One lookup answered, or the issuing loop done; the last one decides. */
+static void
+receipt_lookup_done(imgw_core_loop_t *cl, conv_ctx_t *x)
+{
+    if (--x->lookups > 0)
+        return;
+    if (x->verdict == im_ErrorCode_ERR_INVALID_PARAM) {
+        conv_reply(cl, x, x->verdict,
+                   "message_ids must name messages of this conversation");
+        imgw_free(x);
+    } else if (x->verdict != 0) {
+        conv_reply(cl, x, x->verdict, "store unavailable");
+        imgw_free(x);
+    } else {
+        conv_accept(cl, x, NULL, 0);
+    }
+}
+
+static void
+receipt_msg_cb(int status, const imgw_store_msg_t *m, void *data)
+{
+    conv_ctx_t *x = data;
+    imgw_core_loop_t *cl = imgw_core_loop_current();
+    cl->st.store_ops++;
+    if (x->verdict == 0) {
+        if (status == IMGW_ENOTFOUND ||
+            (status == 0 && strcmp(m->conversation_id, x->conv) != 0))
+            x->verdict = im_ErrorCode_ERR_INVALID_PARAM;
+        else if (status != 0)
+            x->verdict = im_ErrorCode_ERR_SERVER_BUSY;
+    }
+    if (status != 0 && status != IMGW_ENOTFOUND)
+        cl->st.store_errors++;
+    receipt_lookup_done(cl, x);
+}
+
+/*
+ * Step 3. x->lookups starts at 1 for this function itself, so answers
+ * that come synchronously (the memory backend) cannot finish x before
+ * every lookup was issued.
+ */
+static void
+receipt_validate(imgw_core_loop_t *cl, conv_ctx_t *x)
+{
+    const im_ReadReceiptPush *p = &x->body.read;
+    x->lookups = 1;
+    x->verdict = 0;
+    for (pb_size_t i = 0; i < p->message_ids_count && x->verdict == 0; i++) {
+        uint64_t id = 0;
+        imgw_id_parse(p->message_ids[i], strlen(p->message_ids[i]), &id);
+        x->lookups++;
+        int r = imgw_store_msg_get(cl->store, id, receipt_msg_cb, x);
+        if (r != 0) {
+            x->lookups--;
+            x->verdict = im_ErrorCode_ERR_SERVER_BUSY;
+        }
+    }
+    receipt_lookup_done(cl, x);
 }
 
 static void
@@ -681,46 +951,54 @@ conv_members_cb(int status, const char *const *members, size_t n, void *data)
 {
     conv_ctx_t *x = data;
     imgw_core_loop_t *cl = imgw_core_loop_current();
+    const char *const *u = NULL;
+    size_t k = 0;
+    int member = 0;
     if (status == IMGW_ENOTFOUND) {
         conv_reply(cl, x, im_ErrorCode_ERR_CONVERSATION_NOT_EXIST,
                    "no such group");
     } else if (status != 0) {
         conv_reply(cl, x, im_ErrorCode_ERR_SERVER_BUSY, "store unavailable");
+    } else if ((u = imgw_uniq_build(&uniq, x->user, members, n, &k, &member)) ==
+               NULL) {
+        conv_reply(cl, x, im_ErrorCode_ERR_SERVER_BUSY, "out of memory");
+    } else if (!member) {
+        /* A held push of a user who has left the group is dropped. */
+        conv_reply(cl, x, im_ErrorCode_ERR_PERMISSION_DENIED,
+                   "not a member of the group");
+    } else if (x->flush) {
+        conv_push(cl, x, u, k);
+    } else if (is_receipt(x)) {
+        receipt_validate(cl, x);
+        return;
     } else {
-        int member = 0;
-        for (size_t i = 0; i < n && !member; i++)
-            member = strcmp(members[i], x->user) == 0;
-        if (!member) {
-            conv_reply(cl, x, im_ErrorCode_ERR_PERMISSION_DENIED,
-                       "not a member of the group");
-        } else {
-            if (x->command == im_CommandType_CMD_READ_RECEIPT_REQ) {
-                if (x->last_msg[0])
-                    imgw_store_set_read(cl->store, x->user, x->conv,
-                                        x->last_msg, NULL, NULL);
-                conv_push(cl, x, members, n);
-            } else {
-                /* Typing goes to the others only. */
-                const char **others = imgw_try_malloc((n ? n : 1) * sizeof(char *));
-                size_t k = 0;
-                for (size_t i = 0; others && i < n; i++)
-                    if (strcmp(members[i], x->user) != 0)
-                        others[k++] = members[i];
-                if (others)
-                    conv_push(cl, x, others, k);
-                imgw_free(others);
-            }
-            conv_reply(cl, x, 0, NULL);
-        }
+        conv_accept(cl, x, u, k);
+        return;
     }
     imgw_free(x);
 }
 
-/* Resolves the conversation, checks membership, pushes. */
+/* Steps 1 and 2: the budget, then the conversation. */
 static void
 conv_command(imgw_session_t *s, imgw_msg_in_t *in, const char *conv)
 {
     imgw_core_loop_t *cl = s->cl;
+    int receipt = in->command == im_CommandType_CMD_READ_RECEIPT_REQ;
+    if (!user_budget(s, IMGW_USERMAP_BUDGET_RECEIPT)) {
+        cl->st.rate_limited++;
+        if (receipt) {
+            im_ReadReceiptResponse r = im_ReadReceiptResponse_init_zero;
+            r.error_code = im_ErrorCode_ERR_SEND_TOO_FAST;
+            snprintf(r.error_msg, sizeof(r.error_msg),
+                     "user receipt rate exceeded");
+            imgw_core_count_error(cl, r.error_code);
+            imgw_session_reply(s, im_CommandType_CMD_READ_RECEIPT_RSP,
+                               in->sequence, &r);
+        }
+        /* Typing over the budget is dropped without an answer: typing
+         * has no response, and a status is stale a second later. */
+        return;
+    }
     conv_ctx_t *x = imgw_try_calloc(1, sizeof(*x));
     if (x == NULL) {
         imgw_session_error(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY,
@@ -732,16 +1010,30 @@ conv_command(imgw_session_t *s, imgw_msg_in_t *in, const char *conv)
     x->command = in->command;
     snprintf(x->user, sizeof(x->user), "%s", s->user);
     snprintf(x->conv, sizeof(x->conv), "%s", conv);
-    if (in->command == im_CommandType_CMD_READ_RECEIPT_REQ) {
+    if (receipt) {
         im_ReadReceiptPush *p = &x->body.read;
         *p = (im_ReadReceiptPush)im_ReadReceiptPush_init_zero;
         p->message_ids_count = in->u.read.message_ids_count;
-        for (pb_size_t i = 0; i < p->message_ids_count; i++)
-            snprintf(p->message_ids[i], sizeof(p->message_ids[i]), "%s",
-                     in->u.read.message_ids[i]);
-        if (p->message_ids_count)
-            snprintf(x->last_msg, sizeof(x->last_msg), "%s",
-                     p->message_ids[p->message_ids_count - 1]);
+        for (pb_size_t i = 0; i < p->message_ids_count; i++) {
+            const char *id = in->u.read.message_ids[i];
+            uint64_t v;
+            if (imgw_id_parse(id, strlen(id), &v) != 0) {
+                conv_reply(cl, x, im_ErrorCode_ERR_INVALID_PARAM,
+                           "bad message_id");
+                imgw_free(x);
+                return;
+            }
+            /* The canonical form: what the lookups and pushes carry. */
+            imgw_id_format(v, p->message_ids[i]);
+            if (v > x->pos)
+                x->pos = v;
+        }
+        if (p->message_ids_count == 0) {
+            conv_reply(cl, x, im_ErrorCode_ERR_INVALID_PARAM,
+                       "message_ids is empty");
+            imgw_free(x);
+            return;
+        }
         snprintf(p->conversation_id, sizeof(p->conversation_id), "%s", conv);
         snprintf(p->user_id, sizeof(p->user_id), "%s", s->user);
         p->read_time = imgw_now_ms();
@@ -786,17 +1078,12 @@ conv_command(imgw_session_t *s, imgw_msg_in_t *in, const char *conv)
         imgw_free(x);
         return;
     }
-    const char *users[2] = {s->user, peer};
-    if (x->command == im_CommandType_CMD_READ_RECEIPT_REQ) {
-        if (x->last_msg[0])
-            imgw_store_set_read(cl->store, x->user, x->conv, x->last_msg, NULL,
-                                NULL);
-        conv_push(cl, x, users, strcmp(s->user, peer) == 0 ? 1 : 2);
-    } else {
-        conv_push(cl, x, users + 1, 1);
+    if (receipt) {
+        receipt_validate(cl, x);
+        return;
     }
-    conv_reply(cl, x, 0, NULL);
-    imgw_free(x);
+    const char *users[2] = {s->user, peer};
+    conv_accept(cl, x, users, 2);
 }
 
 void
@@ -809,6 +1096,27 @@ void
 imgw_msg_typing(imgw_session_t *s, imgw_msg_in_t *in)
 {
     conv_command(s, in, in->u.typing.conversation_id);
+}
+
+/* A held push whose window ended (coalesce.c): participants resolved
+ * again, pushed, no answer (the request was answered when accepted). */
+void
+imgw_msg_conv_flush(imgw_core_loop_t *cl, int kind, const char *user,
+                    const char *conv, const imgw_push_body_t *body,
+                    imgw_conn_ref_t exclude)
+{
+    conv_ctx_t *x = imgw_try_calloc(1, sizeof(*x));
+    if (x == NULL)
+        return;
+    x->ref = exclude;
+    x->flush = 1;
+    x->command = kind == IMGW_COALESCE_RECEIPT
+                     ? im_CommandType_CMD_READ_RECEIPT_REQ
+                     : im_CommandType_CMD_TYPING_STATUS_REQ;
+    x->body = *body;
+    snprintf(x->user, sizeof(x->user), "%s", user);
+    snprintf(x->conv, sizeof(x->conv), "%s", conv);
+    conv_push_start(cl, x);
 }
 
 /* ---- revoke --------------------------------------------------------------- */

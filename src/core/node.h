@@ -77,6 +77,7 @@ typedef struct imgw_core_loop_s {
      * each send (extra only up to extra_count), so it is never zeroed. */
     im_PushMessage push;
     imgw_core_stats_t st;
+    struct imgw_hooks_loop_s *hooks; /* hooks.c; NULL without hooks */
 } imgw_core_loop_t;
 
 /* Mail between loops (see session.c / deliver.c). */

@@ -7,6 +7,7 @@
  * (redis): they find the connection again by imgw_conn_ref_t, never keep a
  * pointer to it.
  */
+#include <inttypes.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 #include "alloc.h"
 #include "clock.h"
 #include "err.h"
+#include "hooks.h"
 #include "idsyntax.h"
 #include "log.h"
 #include "session.h"
@@ -415,7 +417,7 @@ route_done(int status, void *data)
 }
 
 static void
-auth_max_seq_cb(int status, int64_t max_seq, void *data)
+auth_max_seq_cb(int status, int64_t max_seq, uint64_t epoch, void *data)
 {
     auth_ctx_t *ctx = data;
     imgw_core_loop_t *cl = imgw_core_loop_current();
@@ -433,6 +435,10 @@ auth_max_seq_cb(int status, int64_t max_seq, void *data)
         } else {
             ar.error_code = im_ErrorCode_ERR_SUCCESS;
             ar.max_seq = max_seq;
+            /* The resume contract (protocol.md): "" while the timeline
+             * holds no seq. */
+            if (epoch != 0)
+                snprintf(ar.epoch, sizeof(ar.epoch), "%" PRIu64, epoch);
             imgw_session_reply(s, im_CommandType_CMD_AUTH_RSP, ctx->sequence,
                                &ar);
         }
@@ -527,8 +533,9 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
     snprintf(s->platform, sizeof(s->platform), "%s",
              a->platform[0] ? a->platform : "default");
     imgw_conn_ref_t kicked;
-    int k = imgw_usermap_add(cl->node->users, s->user, s->platform,
-                             imgw_conn_ref(s->conn), &kicked);
+    size_t n_conns = 0;
+    int k = imgw_usermap_add_n(cl->node->users, s->user, s->platform,
+                               imgw_conn_ref(s->conn), &kicked, &n_conns);
     if (k < 0) {
         auth_reject(s, in->sequence, IMGW_JWT_BAD_CLAIM,
                     "too many connections for this user");
@@ -541,6 +548,8 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
     cl->st.auth_ok++;
     cl->st.sessions_authed++;
     act_event(ACT_LOGIN, s->user, s->platform, NULL);
+    if (n_conns == 1)
+        imgw_hooks_presence(cl, s->user, s->platform, 1);
     if (k == 1)
         imgw_deliver_kick(cl, kicked, s->platform);
     /* Read the route before overwriting it: a (user, platform) logged in
@@ -561,7 +570,7 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
     ctx->ref = imgw_conn_ref(s->conn);
     ctx->sequence = in->sequence;
     if (imgw_store_max_seq(cl->store, s->user, auth_max_seq_cb, ctx) != 0)
-        auth_max_seq_cb(IMGW_EBUSY, 0, ctx);
+        auth_max_seq_cb(IMGW_EBUSY, 0, 0, ctx);
 }
 
 static void
@@ -709,9 +718,13 @@ on_close(imgw_conn_t *c)
         cl->st.sessions_authed--;
         act_event(ACT_LOGOUT, s->user, s->platform, NULL);
     }
+    imgw_hooks_session_closed(s);
     if (s->user != NULL) {
-        int removed = imgw_usermap_remove(cl->node->users, s->user,
-                                          imgw_conn_ref(c));
+        size_t left = 1;
+        int removed = imgw_usermap_remove_n(cl->node->users, s->user,
+                                            imgw_conn_ref(c), &left);
+        if (removed && left == 0)
+            imgw_hooks_presence(cl, s->user, s->platform, 0);
         /* The route belongs to this connection only if the user map still
          * pointed at it (a newer login on the platform owns it now). */
         if (removed && s->registered)
@@ -769,6 +782,8 @@ on_loop_start(imgw_loop_t *l)
         IMGW_LOG_ERROR("%s", err);
         return r;
     }
+    if ((r = imgw_hooks_loop_start(cl)) != 0)
+        return r;
     return imgw_store_loop_open(node->store, cl->index, imgw_loop_uv(l),
                                 &cl->store);
 }
@@ -777,10 +792,12 @@ static void
 on_loop_stop(imgw_loop_t *l)
 {
     imgw_core_loop_t *cl = imgw_loop_data(l);
+    imgw_hooks_loop_stop(cl);
     if (cl->store)
         imgw_store_loop_close(cl->store);
     cl->store = NULL;
     imgw_deliver_thread_free();
+    imgw_msg_thread_free();
 }
 
 const imgw_net_handlers_t imgw_core_handlers = {

@@ -20,6 +20,7 @@ typedef struct imgw_session_s {
     float other_tokens; /* every other frame */
     uint64_t refill_ms;
     uint64_t route_refreshed_ms;
+    struct imgw_hooks_chain_s *hook_chain; /* hooks.c: sends in order */
 } imgw_session_t;
 
 extern const imgw_net_handlers_t imgw_core_handlers;
@@ -51,6 +52,18 @@ void imgw_msg_sync(imgw_session_t *s, imgw_msg_in_t *in);
 void imgw_msg_read(imgw_session_t *s, imgw_msg_in_t *in);
 void imgw_msg_typing(imgw_session_t *s, imgw_msg_in_t *in);
 void imgw_msg_revoke(imgw_session_t *s, imgw_msg_in_t *in);
+/* The second half of a send (hooks.c calls it once the before-send hook
+ * allowed it): encode, store, answer, push. q->sender_id is the sender. */
+void imgw_msg_send_commit(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
+                          uint32_t sequence, const im_SendMessageRequest *q,
+                          imgw_slice_t content, const char *conv);
+/* SendMessageResponse to ref's session if it is still there (counted). */
+void imgw_msg_send_answer(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
+                          uint32_t sequence, int code, const char *msg,
+                          uint64_t message_id, int64_t seq,
+                          int64_t server_time);
+/* Frees the calling loop thread's messaging scratch (at loop stop). */
+void imgw_msg_thread_free(void);
 
 /* deliver.c: pushes to connections of this node, on any loop. */
 void imgw_deliver_push(imgw_core_loop_t *cl, const uint8_t *blob, size_t len,

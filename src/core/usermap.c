@@ -12,13 +12,13 @@
  * on its own cache lines so neighbouring shards' locks do not false-share.
  *
  * Memory: one allocation per user, holding the entry header, room for
- * `cap` connections (1, 2, 4, 8 or 16, grown on demand) and the user id,
- * so a user with one connection costs about 80 bytes plus its share of the
- * bucket array. An entry is freed as soon as its last connection goes.
- * Bucket arrays double when a shard holds more users than buckets and
- * halve when it holds fewer than a quarter (hysteresis, so a shard at the
- * boundary does not flap); a failed resize is ignored: the table is still
- * correct, only its chains are longer.
+ * `cap` connections (1, 2, 4, 8 or 16, grown on demand), the user's rate
+ * buckets and the user id, so a user with one connection costs about 100
+ * bytes plus its share of the bucket array. An entry is freed as soon as its
+ * last connection goes. Bucket arrays double when a shard holds more users than
+ * buckets and halve when it holds fewer than a quarter (hysteresis, so a shard
+ * at the boundary does not flap); a failed resize is ignored: the table is
+ * still correct, only its chains are longer.
  *
  * The hash is FNV-1a with a 64-bit finaliser (FNV's high bits mix poorly
  * on short keys). It is unseeded: user ids come from tokens the operator's
@@ -45,6 +45,10 @@ typedef struct um_entry_s {
     uint8_t n;               /* connections in conns[] */
     uint8_t cap;             /* room in conns[]; the user id follows it */
     uint8_t keylen;          /* strlen(user), 1..UM_USER_MAX */
+    /* The user's token buckets (imgw_usermap_take), shared by all of its
+     * connections on this node; refill_ms 0 = full, not used yet. */
+    float tokens[IMGW_USERMAP_N_BUDGETS];
+    uint64_t refill_ms[IMGW_USERMAP_N_BUDGETS];
     imgw_usermap_conn_t conns[];
 } um_entry_t;
 
@@ -224,6 +228,15 @@ int
 imgw_usermap_add(imgw_usermap_t *m, const char *user, const char *platform,
                  imgw_conn_ref_t ref, imgw_conn_ref_t *kicked)
 {
+    return imgw_usermap_add_n(m, user, platform, ref, kicked, NULL);
+}
+
+int
+imgw_usermap_add_n(imgw_usermap_t *m, const char *user, const char *platform,
+                   imgw_conn_ref_t ref, imgw_conn_ref_t *kicked, size_t *n)
+{
+    if (n != NULL)
+        *n = 0;
     size_t len = um_user_len(user);
     if (len == 0 || platform == NULL)
         return IMGW_EINVAL;
@@ -251,6 +264,10 @@ imgw_usermap_add(imgw_usermap_t *m, const char *user, const char *platform,
         e->n = 0;
         e->cap = 1;
         e->keylen = (uint8_t)len;
+        for (int b = 0; b < IMGW_USERMAP_N_BUDGETS; b++) {
+            e->tokens[b] = 0;
+            e->refill_ms[b] = 0;
+        }
         memcpy(um_entry_user(e), user, len + 1);
         *pp = e;
         s->n++;
@@ -302,6 +319,8 @@ imgw_usermap_add(imgw_usermap_t *m, const char *user, const char *platform,
     memcpy(e->conns[e->n].platform, platform, plen + 1);
     e->n++;
 out:
+    if (n != NULL && e != NULL && rc >= 0)
+        *n = e->n;
     pthread_mutex_unlock(&s->lock);
     return rc;
 }
@@ -309,6 +328,15 @@ out:
 int
 imgw_usermap_remove(imgw_usermap_t *m, const char *user, imgw_conn_ref_t ref)
 {
+    return imgw_usermap_remove_n(m, user, ref, NULL);
+}
+
+int
+imgw_usermap_remove_n(imgw_usermap_t *m, const char *user,
+                      imgw_conn_ref_t ref, size_t *n)
+{
+    if (n != NULL)
+        *n = 0;
     size_t len = um_user_len(user);
     if (len == 0)
         return 0;
@@ -333,6 +361,8 @@ imgw_usermap_remove(imgw_usermap_t *m, const char *user, imgw_conn_ref_t ref)
         removed = 1;
         break;
     }
+    if (removed && n != NULL)
+        *n = e->n;
     if (removed && e->n == 0) {
         *pp = e->next;
         imgw_free(e);
@@ -366,6 +396,50 @@ imgw_usermap_get(imgw_usermap_t *m, const char *user, imgw_usermap_conn_t *out,
     }
     pthread_mutex_unlock(&s->lock);
     return k;
+}
+
+/*
+ * Why here: a user's connections may live on different loops, and the
+ * entry already exists per user with a lock that is held only briefly;
+ * a bucket is two floats of arithmetic inside the same critical section a
+ * push's lookup takes. The bucket lives and dies with the entry: a user
+ * with no connection left has no budget to keep.
+ */
+int
+imgw_usermap_take(imgw_usermap_t *m, const char *user, int which, double rate,
+                  double burst, uint64_t now_ms)
+{
+    size_t len = um_user_len(user);
+    if (len == 0 || which < 0 || which >= IMGW_USERMAP_N_BUDGETS)
+        return 1;
+    uint64_t h64 = um_hash(user, len);
+    uint32_t h = (uint32_t)h64;
+    um_shard_t *s = um_shard(m, h64);
+    int ok = 1;
+
+    pthread_mutex_lock(&s->lock);
+    um_entry_t *e = *um_find(s, h, user, len);
+    if (e != NULL) {
+        double t = e->tokens[which];
+        if (e->refill_ms[which] == 0) {
+            t = burst;
+            e->refill_ms[which] = now_ms ? now_ms : 1;
+        } else if (now_ms > e->refill_ms[which]) {
+            /* Loops' clocks differ by a little; one behind the last
+             * refill adds nothing rather than moving the mark back. */
+            t += (double)(now_ms - e->refill_ms[which]) * rate / 1000.0;
+            if (t > burst)
+                t = burst;
+            e->refill_ms[which] = now_ms;
+        }
+        if (t >= 1.0)
+            t -= 1.0;
+        else
+            ok = 0;
+        e->tokens[which] = (float)t;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return ok;
 }
 
 size_t

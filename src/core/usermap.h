@@ -18,6 +18,13 @@
 #define IMGW_USERMAP_MAX_CONNS 16 /* live connections per user */
 #define IMGW_USERMAP_PLATFORM 32
 
+/* Per-user budgets (imgw_usermap_take). */
+enum {
+    IMGW_USERMAP_BUDGET_SEND = 0,    /* CMD_SEND_MSG_REQ */
+    IMGW_USERMAP_BUDGET_RECEIPT = 1, /* read receipts and typing */
+    IMGW_USERMAP_N_BUDGETS
+};
+
 typedef struct imgw_usermap_conn_s {
     imgw_conn_ref_t ref;
     char platform[IMGW_USERMAP_PLATFORM];
@@ -40,9 +47,29 @@ int imgw_usermap_add(imgw_usermap_t *m, const char *user, const char *platform,
 /** Removes ref if registered for user; returns 1 if removed, 0 otherwise. */
 int imgw_usermap_remove(imgw_usermap_t *m, const char *user,
                         imgw_conn_ref_t ref);
+/* The same, with *n set (under the shard lock, so two loops never both
+ * see "first" or "last") to the user's connection count afterwards: 1
+ * after an add = the user's first connection on this node, 0 after a
+ * remove that returned 1 = the last one. n may be NULL. */
+int imgw_usermap_add_n(imgw_usermap_t *m, const char *user,
+                       const char *platform, imgw_conn_ref_t ref,
+                       imgw_conn_ref_t *kicked, size_t *n);
+int imgw_usermap_remove_n(imgw_usermap_t *m, const char *user,
+                          imgw_conn_ref_t ref, size_t *n);
 /** Copies up to max of user's connections into out; returns the count. */
 size_t imgw_usermap_get(imgw_usermap_t *m, const char *user,
                         imgw_usermap_conn_t *out, size_t max);
+/*
+ * Takes one token from user's budget `which`: a token bucket refilled at
+ * rate tokens per second up to burst (it starts full), shared by all of
+ * the user's connections on this node, whatever loop they are on. now_ms
+ * is the caller's clock in ms (the loops' wall-clock time). Returns 1 when
+ * a token was taken, 0 when the user is over budget. A user that is not in
+ * the map (its last connection is going away) is not charged: 1. Any
+ * thread; the shard lock is held for the arithmetic only.
+ */
+int imgw_usermap_take(imgw_usermap_t *m, const char *user, int which,
+                      double rate, double burst, uint64_t now_ms);
 /** Users with at least one connection (approximate under concurrency). */
 size_t imgw_usermap_users(imgw_usermap_t *m);
 

@@ -1311,6 +1311,13 @@ file_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
 }
 
 static int
+file_dedupe_get(imgw_store_loop_t *sl, const char *sender, const char *cmid,
+                imgw_store_dedupe_cb cb, void *data)
+{
+    return imgw__store_memory.dedupe_get(inner_of(sl), sender, cmid, cb, data);
+}
+
+static int
 file_max_seq(imgw_store_loop_t *sl, const char *user, imgw_store_seq_cb cb,
              void *data)
 {
@@ -1375,6 +1382,7 @@ const imgw_store_backend_t imgw__store_file = {
     .append = file_append,
     .sync = file_sync,
     .max_seq = file_max_seq,
+    .dedupe_get = file_dedupe_get,
     .set_delivered = file_set_delivered,
     .set_read = file_set_read,
     .msg_get = file_msg_get,

@@ -157,6 +157,8 @@ typedef struct imgw__mem_user_s {
     int64_t max_seq;       /* never decreases while the timeline holds an
                               entry or the user was used within seq_ttl */
     int64_t touched_ms;    /* last append, sync, max_seq or route refresh */
+    uint64_t epoch;        /* id of the message that got seq 1 (store.h);
+                              meaningful while max_seq != 0 */
     imgw__mem_ent_t *ring; /* cap slots, count used from head */
     uint32_t cap, head, count;
     uint16_t n_routes, cap_routes;
@@ -1087,6 +1089,11 @@ mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
         user_age(m, u, now);
         user_seq_expire(m, u, now);
         u->touched_ms = now;
+        /* A timeline that starts (again) at seq 1 starts a new epoch; the
+         * message id makes it unique and replays of the file backend's
+         * journal rebuild the same one. */
+        if (u->max_seq == 0)
+            u->epoch = req->message_id;
         /* count == cap only if users[] named this user twice (against the
          * contract): drop the oldest rather than overflow. */
         while (u->count >= (uint32_t)m->retention_count || u->count == u->cap)
@@ -1157,13 +1164,14 @@ mem_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
     imgw__mem_user_t *u = user_find(sh, h, user);
     if (u == NULL) {
         pthread_mutex_unlock(&sh->mu);
-        cb(0, NULL, 0, 0, 0, data);
+        cb(0, NULL, 0, 0, 0, 1, 0, data);
         return 0;
     }
     user_age(m, u, now);
     user_seq_expire(m, u, now);
     u->touched_ms = now; /* the client holds seqs: keep max_seq alive */
     int64_t server_max = u->max_seq;
+    uint64_t epoch = u->max_seq != 0 ? u->epoch : 0;
     int64_t first = u->max_seq - (int64_t)u->count + 1;
     int64_t hi = max_seq == 0 || max_seq > u->max_seq ? u->max_seq : max_seq;
     int64_t lo = first, avail = 0;
@@ -1199,13 +1207,41 @@ mem_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
 
     /* The references keep the bytes alive while the callback runs with no
      * lock held, even if a concurrent append trims these entries. */
-    cb(0, e, k, has_more, server_max, data);
+    cb(0, e, k, has_more, server_max, first, epoch, data);
     for (size_t i = 0; i < k; i++)
         blob_unref(m, bl[i]);
     if (e != stack_e) {
         imgw_free(e);
         imgw_free(bl);
     }
+    return 0;
+}
+
+static int
+mem_dedupe_get(imgw_store_loop_t *sl, const char *sender, const char *cmid,
+               imgw_store_dedupe_cb cb, void *data)
+{
+    imgw__mem_t *m = sl->store->impl;
+    size_t slen = strlen(sender), clen = strlen(cmid);
+    char key[2 * (IMGW__STORE_ID_MAX + 1)];
+    if (slen + 1 + clen + 1 > sizeof(key))
+        return IMGW_EINVAL;
+    memcpy(key, sender, slen + 1);
+    memcpy(key + slen + 1, cmid, clen + 1);
+    imgw__mem_shard_t *sh = &m->shards[shard_of(hash_str(m, sender))];
+    uint64_t hd = hash_dedupe(m, sender, cmid);
+    int64_t now = mem_now(m), seq = 0;
+    uint64_t id = 0;
+    int st = IMGW_ENOTFOUND;
+    pthread_mutex_lock(&sh->mu);
+    imgw__mem_dedupe_t *d = dedupe_find(sh, hd, key);
+    if (d != NULL && d->expire_ms > now) {
+        st = 0;
+        id = d->message_id;
+        seq = d->seq;
+    }
+    pthread_mutex_unlock(&sh->mu);
+    cb(st, id, seq, data);
     return 0;
 }
 
@@ -1217,6 +1253,7 @@ mem_max_seq(imgw_store_loop_t *sl, const char *user, imgw_store_seq_cb cb,
     uint64_t h = hash_str(m, user);
     imgw__mem_shard_t *sh = &m->shards[shard_of(h)];
     int64_t now = mem_now(m), seq = 0;
+    uint64_t epoch = 0;
     pthread_mutex_lock(&sh->mu);
     imgw__mem_user_t *u = user_find(sh, h, user);
     if (u != NULL) {
@@ -1226,9 +1263,10 @@ mem_max_seq(imgw_store_loop_t *sl, const char *user, imgw_store_seq_cb cb,
         user_seq_expire(m, u, now);
         u->touched_ms = now;
         seq = u->max_seq;
+        epoch = seq != 0 ? u->epoch : 0;
     }
     pthread_mutex_unlock(&sh->mu);
-    cb(0, seq, data);
+    cb(0, seq, epoch, data);
     return 0;
 }
 
@@ -1727,6 +1765,7 @@ const imgw_store_backend_t imgw__store_memory = {
     .append = mem_append,
     .sync = mem_sync,
     .max_seq = mem_max_seq,
+    .dedupe_get = mem_dedupe_get,
     .set_delivered = mem_set_delivered,
     .set_read = mem_set_read,
     .msg_get = mem_msg_get,
@@ -1879,6 +1918,9 @@ dump_user(imgw__mem_dump_t *d, const imgw__mem_user_t *u)
         imgw__rec_put_str(o, cm + strlen(cm) + 1);
         imgw__rec_put_u64(o, u->reads[i].stamp);
     }
+    /* Last, so a snapshot written before epochs existed still loads (its
+     * users read epoch 0). */
+    imgw__rec_put_u64(o, u->epoch);
     imgw__rec_end(o, at);
     uint32_t nums[MEM_DUMP_CHUNK];
     for (uint32_t done = 0; done < u->count && !o->err;) {
@@ -2214,6 +2256,8 @@ load_user(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
         if (stamp > sh->stamp)
             sh->stamp = stamp;
     }
+    if (!r->err && r->n - r->off >= 8)
+        u->epoch = imgw__rec_get_u64(r);
     if (r->err)
         rc = IMGW_EPROTO;
 out:

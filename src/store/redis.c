@@ -983,6 +983,7 @@ const imgw_store_backend_t imgw__store_redis = {
     .append = imgw__redis_append,
     .sync = imgw__redis_sync,
     .max_seq = imgw__redis_max_seq,
+    .dedupe_get = imgw__redis_dedupe_get,
     .set_delivered = imgw__redis_set_delivered,
     .set_read = imgw__redis_set_read,
     .msg_get = imgw__redis_msg_get,

@@ -103,6 +103,7 @@ struct imgw__redis_req_s {
         imgw_store_msg_cb msg;
         imgw_store_members_cb members;
         imgw_store_routes_cb routes;
+        imgw_store_dedupe_cb dedupe;
     } cb;
     void *data;
     imgw_store_append_t *app; /* append: the caller's request */
@@ -179,6 +180,10 @@ void imgw__redis_send(imgw__redis_req_t *q, int script, int argc,
 void imgw__redis_req_free(imgw__redis_req_t *q);
 
 /* ---- redis_ops.c: the request functions of the backend table ------------ */
+
+int imgw__redis_dedupe_get(imgw_store_loop_t *sl, const char *sender,
+                           const char *client_msg_id, imgw_store_dedupe_cb cb,
+                           void *data);
 
 int imgw__redis_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
                        imgw_store_append_cb cb, void *data);

@@ -13,6 +13,10 @@
  *                                       retention + seq_idle_days, refreshed
  *                                       by append, sync, max_seq and
  *                                       route_refresh
+ *   IM-EPOCH-{u}  string                the timeline's epoch (store.h): the
+ *                                       id of the message that got seq 1;
+ *                                       set when INCR of IM-SEQ gives 1,
+ *                                       same PX as IM-SEQ, refreshed with it
  *   IM-TL-{u}     zset score = seq      member "<message_id>:<stored_ms>:"
  *                                       + entry bytes (unique per message)
  *   IM-DEDUP-{u}:{client_msg_id}        "<message_id>:<seq>", EX dedupe_ttl
@@ -32,6 +36,7 @@
  * ("<message_id>:<stored_ms>:", "<stamp>:"), which the readers split at
  * the first ':' or two; the rest may hold anything.
  */
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +49,7 @@
 
 #define K_SEQ "IM-SEQ-"
 #define K_TL "IM-TL-"
+#define K_EPOCH "IM-EPOCH-"
 #define K_DEDUP "IM-DEDUP-"
 #define K_MSG "IM-MSG-"
 #define K_GROUP "IM-GROUP-"
@@ -115,18 +121,20 @@
     "end\n"
 
 /*
- * append. KEYS: dedupe key, message key, then per user its IM-SEQ and
- * IM-TL. ARGV: message id, sender, conversation, server time, retention
+ * append. KEYS: dedupe key, message key, then per user its IM-SEQ, IM-TL
+ * and IM-EPOCH. ARGV: message id, sender, conversation, server time, retention
  * count, retention ms, dedupe ttl s, entry, dedupe flag, IM-SEQ ttl ms
  * (longer than retention: the counter outlives every entry it numbered,
  * so a seq is never reused while a timeline holds one). Everything that
  * can fail is checked before the first write, so an error reply means
  * nothing was written and a script that gets past the checks writes all.
+ * A counter that INCR starts at 1 (new, flushed or expired) starts a new
+ * epoch: this message's id.
  * Returns {0, seq...}, {1, "<id>:<seq>"} (duplicate) or {2} (id in use).
  */
 static const char lua_append[] =
     LUA_PROLOGUE LUA_TRIM_AGE
-    "local nu = (#KEYS - 2) / 2\n"
+    "local nu = (#KEYS - 2) / 3\n"
     "local dd = ARGV[9] == '1'\n"
     "if dd then\n"
     "  local d = redis.call('GET', KEYS[1])\n"
@@ -134,14 +142,14 @@ static const char lua_append[] =
     "end\n"
     "if redis.call('EXISTS', KEYS[2]) == 1 then return {2} end\n"
     "for i = 1, nu do\n"
-    "  local v = redis.call('GET', KEYS[2 * i + 1])\n"
+    "  local v = redis.call('GET', KEYS[3 * i])\n"
     "  if v and not string.match(v, '^%d+$') then\n"
-    "    return redis.error_reply('IMGW ' .. KEYS[2 * i + 1] .. "
+    "    return redis.error_reply('IMGW ' .. KEYS[3 * i] .. "
     "' is not a counter')\n"
     "  end\n"
-    "  local t = redis.call('TYPE', KEYS[2 * i + 2])['ok']\n"
+    "  local t = redis.call('TYPE', KEYS[3 * i + 1])['ok']\n"
     "  if t ~= 'none' and t ~= 'zset' then\n"
-    "    return redis.error_reply('IMGW ' .. KEYS[2 * i + 2] .. "
+    "    return redis.error_reply('IMGW ' .. KEYS[3 * i + 1] .. "
     "' is not a sorted set')\n"
     "  end\n"
     "end\n" LUA_NOW
@@ -151,9 +159,11 @@ static const char lua_append[] =
     "ARGV[8]\n"
     "local out = {0}\n"
     "for i = 1, nu do\n"
-    "  local tk = KEYS[2 * i + 2]\n"
-    "  local s = redis.call('INCR', KEYS[2 * i + 1])\n"
-    "  redis.call('PEXPIRE', KEYS[2 * i + 1], ARGV[10])\n"
+    "  local tk = KEYS[3 * i + 1]\n"
+    "  local s = redis.call('INCR', KEYS[3 * i])\n"
+    "  redis.call('PEXPIRE', KEYS[3 * i], ARGV[10])\n"
+    "  if s == 1 then redis.call('SET', KEYS[3 * i + 2], ARGV[1]) end\n"
+    "  redis.call('PEXPIRE', KEYS[3 * i + 2], ARGV[10])\n"
     "  redis.call('ZADD', tk, s, member)\n"
     "  local n = redis.call('ZCARD', tk)\n"
     "  if n > rc then redis.call('ZREMRANGEBYRANK', tk, 0, n - rc - 1) end\n"
@@ -170,17 +180,25 @@ static const char lua_append[] =
     "return out\n";
 
 /*
- * sync. KEYS: IM-TL, IM-SEQ. ARGV: min_seq, max_seq ("0": none), limit,
- * retention ms, message key prefix, IM-SEQ ttl ms. Drops aged entries and
- * refreshes IM-SEQ's TTL (a client that syncs holds seqs: the counter must
- * not expire under it; PEXPIRE of a missing key is a no-op), then returns
- * {max_seq, has_more, seq, member, revoked, ...}.
+ * sync. KEYS: IM-TL, IM-SEQ, IM-EPOCH. ARGV: min_seq, max_seq ("0": none),
+ * limit, retention ms, message key prefix, IM-SEQ ttl ms. Drops aged
+ * entries and refreshes the TTLs of IM-SEQ and IM-EPOCH (a client that
+ * syncs holds seqs: the counter must not expire under it; PEXPIRE of a
+ * missing key is a no-op), then returns {max_seq, has_more, oldest seq
+ * held (max_seq + 1: none), epoch ("0": none), seq, member, revoked, ...}.
+ * The epoch is a string: a Lua number would round a 64-bit id.
  */
 static const char lua_sync[] =
     LUA_PROLOGUE LUA_TRIM_AGE
     "local top = tonumber(redis.call('GET', KEYS[2]) or '0') or 0\n" LUA_NOW
     "trim_age(KEYS[1], now - tonumber(ARGV[4]))\n"
     "redis.call('PEXPIRE', KEYS[2], ARGV[6])\n"
+    "redis.call('PEXPIRE', KEYS[3], ARGV[6])\n"
+    "local ep = '0'\n"
+    "if top > 0 then ep = redis.call('GET', KEYS[3]) or '0' end\n"
+    "local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')\n"
+    "local oldest = top + 1\n"
+    "if first[2] then oldest = tonumber(first[2]) end\n"
     "local hi = ARGV[2]\n"
     "if hi == '0' then hi = '+inf' end\n"
     "local lim = tonumber(ARGV[3])\n"
@@ -189,16 +207,16 @@ static const char lua_sync[] =
     "local n = #r / 2\n"
     "local more = 0\n"
     "if n > lim then n = lim more = 1 end\n"
-    "local out = {top, more}\n"
+    "local out = {top, more, oldest, ep}\n"
     "for i = 1, n do\n"
     "  local m = r[2 * i - 1]\n"
     "  local id = string.match(m, '^(%d+):')\n"
     "  local rv = 0\n"
     "  if id and redis.call('HGET', ARGV[5] .. id, 'revoked') == '1' then "
     "rv = 1 end\n"
-    "  out[3 * i] = tonumber(r[2 * i])\n"
-    "  out[3 * i + 1] = m\n"
-    "  out[3 * i + 2] = rv\n"
+    "  out[3 * i + 2] = tonumber(r[2 * i])\n"
+    "  out[3 * i + 3] = m\n"
+    "  out[3 * i + 4] = rv\n"
     "end\n"
     "return out\n";
 
@@ -281,20 +299,27 @@ static const char lua_read[] =
     "redis.call('PEXPIRE', k, ARGV[4])\n"
     "return 1\n";
 
-/* max_seq. KEYS: IM-SEQ. ARGV: its ttl ms. Called at auth: the client is
- * about to hold seqs, so the counter's TTL restarts. */
+/* max_seq. KEYS: IM-SEQ, IM-EPOCH. ARGV: their ttl ms. Called at auth:
+ * the client is about to hold seqs, so the counter's TTL restarts.
+ * Returns {max_seq, epoch}, both strings ("0": none). */
 static const char lua_max_seq[] =
     "local v = redis.call('GET', KEYS[1])\n"
-    "if v then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end\n"
-    "return v\n";
+    "local e = false\n"
+    "if v then\n"
+    "  redis.call('PEXPIRE', KEYS[1], ARGV[1])\n"
+    "  redis.call('PEXPIRE', KEYS[2], ARGV[1])\n"
+    "  e = redis.call('GET', KEYS[2])\n"
+    "end\n"
+    "return {v or '0', e or '0'}\n";
 
-/* route_refresh (heartbeats). KEYS: IM-USER, IM-SEQ. ARGV: route ttl s,
- * IM-SEQ ttl ms. EXPIRE / PEXPIRE of a missing key are no-ops: expired
- * routes stay dead, and no counter is created. An online client keeps its
- * max seq alive even when nobody writes to it. */
+/* route_refresh (heartbeats). KEYS: IM-USER, IM-SEQ, IM-EPOCH. ARGV: route
+ * ttl s, IM-SEQ ttl ms (IM-EPOCH's too). EXPIRE / PEXPIRE of a missing key
+ * are no-ops: expired routes stay dead, and no counter is created. An
+ * online client keeps its max seq alive even when nobody writes to it. */
 static const char lua_route_refresh[] =
     "redis.call('EXPIRE', KEYS[1], ARGV[1])\n"
     "redis.call('PEXPIRE', KEYS[2], ARGV[2])\n"
+    "redis.call('PEXPIRE', KEYS[3], ARGV[2])\n"
     "return 1\n";
 
 const char *const imgw__redis_scripts[IMGW__REDIS_N_SCRIPTS] = {
@@ -346,6 +371,25 @@ reply_int(const redisReply *r, long long def, long long *out)
         return *end == '\0' ? 0 : -1;
     }
     return -1;
+}
+
+/* A string holding an unsigned 64-bit decimal (an epoch; "0" = none). */
+static int
+reply_u64(const redisReply *r, uint64_t *out)
+{
+    if (r->type != REDIS_REPLY_STRING || r->len == 0 || r->len > 20)
+        return -1;
+    char buf[24], *end;
+    memcpy(buf, r->str, r->len);
+    buf[r->len] = '\0';
+    if (buf[0] < '0' || buf[0] > '9')
+        return -1;
+    errno = 0;
+    unsigned long long v = strtoull(buf, &end, 10);
+    if (*end != '\0' || errno != 0)
+        return -1;
+    *out = (uint64_t)v;
+    return 0;
 }
 
 /* A reply we cannot read: for a write its effect is unknown. */
@@ -458,12 +502,13 @@ imgw__redis_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     q->data = data;
     q->app = req;
 
-    /* EVALSHA sha numkeys, 2 + 2n keys, 10 args */
-    int argc = 3 + 2 + 2 * (int)n + 10;
+    /* EVALSHA sha numkeys, 2 + 3n keys, 10 args */
+    int argc = 3 + 2 + 3 * (int)n + 10;
     size_t text = strlen(K_DEDUP) + strlen(req->sender) + 1 + strlen(cmid) +
                   1 + KEY_MAX;
     for (size_t i = 0; i < n; i++)
-        text += strlen(K_SEQ) + strlen(K_TL) + 2 * strlen(req->users[i]) + 2;
+        text += strlen(K_SEQ) + strlen(K_TL) + strlen(K_EPOCH) +
+                3 * strlen(req->users[i]) + 3;
     const char **argv = imgw_try_malloc((size_t)argc * sizeof(*argv));
     size_t *lens = imgw_try_malloc((size_t)argc * sizeof(*lens));
     char *buf = imgw_try_malloc(text);
@@ -484,7 +529,7 @@ imgw__redis_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
         a++;                                                                 \
     } while (0)
 #define PUTS(s) PUT((s), strlen(s))
-    snprintf(numkeys, sizeof(numkeys), "%zu", 2 + 2 * n);
+    snprintf(numkeys, sizeof(numkeys), "%zu", 2 + 3 * n);
     PUTS(numkeys);
     int k = sprintf(p, K_DEDUP "%s:%s", req->sender, cmid);
     PUT(p, (size_t)k);
@@ -497,6 +542,9 @@ imgw__redis_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
         PUT(p, (size_t)k);
         p += k + 1;
         k = sprintf(p, K_TL "%s", req->users[i]);
+        PUT(p, (size_t)k);
+        p += k + 1;
+        k = sprintf(p, K_EPOCH "%s", req->users[i]);
         PUT(p, (size_t)k);
         p += k + 1;
     }
@@ -533,29 +581,32 @@ static void
 sync_done(imgw__redis_req_t *q, redisReply *reply, int status)
 {
     imgw_store_entry_t stack_e[SYNC_STACK], *e = stack_e;
-    long long top = 0, more = 0;
+    long long top = 0, more = 0, oldest = 0;
+    uint64_t epoch = 0;
     size_t n = 0;
     if (status != 0) {
-        q->cb.sync(status, NULL, 0, 0, 0, q->data);
+        q->cb.sync(status, NULL, 0, 0, 0, 0, 0, q->data);
         return;
     }
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 2 ||
-        (reply->elements - 2) % 3 != 0 ||
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 4 ||
+        (reply->elements - 4) % 3 != 0 ||
         reply_int(reply->element[0], 0, &top) != 0 ||
-        reply_int(reply->element[1], 0, &more) != 0)
+        reply_int(reply->element[1], 0, &more) != 0 ||
+        reply_int(reply->element[2], 0, &oldest) != 0 ||
+        reply_u64(reply->element[3], &epoch) != 0)
         goto bad;
-    n = (reply->elements - 2) / 3;
+    n = (reply->elements - 4) / 3;
     if (n > (size_t)q->aux)
         goto bad;
     if (n > SYNC_STACK) {
         e = imgw_try_malloc(n * sizeof(*e));
         if (e == NULL) {
-            q->cb.sync(IMGW_EBUSY, NULL, 0, 0, 0, q->data);
+            q->cb.sync(IMGW_EBUSY, NULL, 0, 0, 0, 0, 0, q->data);
             return;
         }
     }
     for (size_t i = 0; i < n; i++) {
-        redisReply **x = reply->element + 2 + 3 * i;
+        redisReply **x = reply->element + 4 + 3 * i;
         long long seq, rv;
         if (reply_int(x[0], -1, &seq) != 0 || x[1]->type != REDIS_REPLY_STRING ||
             reply_int(x[2], 0, &rv) != 0)
@@ -570,14 +621,14 @@ sync_done(imgw__redis_req_t *q, redisReply *reply, int status)
         e[i].len = (size_t)(end - blob);
         e[i].revoked = rv == 1;
     }
-    q->cb.sync(0, n ? e : NULL, n, more != 0, top, q->data);
+    q->cb.sync(0, n ? e : NULL, n, more != 0, top, oldest, epoch, q->data);
     if (e != stack_e)
         imgw_free(e);
     return;
 bad:
     if (e != stack_e)
         imgw_free(e);
-    q->cb.sync(bad_reply(q), NULL, 0, 0, 0, q->data);
+    q->cb.sync(bad_reply(q), NULL, 0, 0, 0, 0, 0, q->data);
 }
 
 int
@@ -585,10 +636,11 @@ imgw__redis_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
                  int64_t max_seq, int limit, imgw_store_sync_cb cb, void *data)
 {
     /* A read for the caller: its only write drops aged entries. */
-    REQ_BEGIN(q, sl, sync_done, 0, cb(IMGW_EBUSY, NULL, 0, 0, 0, data));
-    char tl[KEY_MAX], sq[KEY_MAX], mn[24], mx[24], lim[16], rms[24], sttl[24];
-    const char *argv[11];
-    size_t lens[11];
+    REQ_BEGIN(q, sl, sync_done, 0, cb(IMGW_EBUSY, NULL, 0, 0, 0, 0, 0, data));
+    char tl[KEY_MAX], sq[KEY_MAX], ek[KEY_MAX], mn[24], mx[24], lim[16],
+        rms[24], sttl[24];
+    const char *argv[12];
+    size_t lens[12];
     q->cb.sync = cb;
     q->data = data;
     q->aux = limit;
@@ -597,21 +649,23 @@ imgw__redis_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
     snprintf(lim, sizeof(lim), "%d", limit);
     snprintf(rms, sizeof(rms), "%" PRId64, rl_->r->retention_ms);
     snprintf(sttl, sizeof(sttl), "%" PRId64, rl_->r->seq_ttl_ms);
-    argv[2] = "2";
+    argv[2] = "3";
     argv[3] = tl;
     lens[3] = key1(tl, K_TL, user);
     argv[4] = sq;
     lens[4] = key1(sq, K_SEQ, user);
-    argv[5] = mn;
-    argv[6] = mx;
-    argv[7] = lim;
-    argv[8] = rms;
-    argv[9] = K_MSG;
-    argv[10] = sttl;
+    argv[5] = ek;
+    lens[5] = key1(ek, K_EPOCH, user);
+    argv[6] = mn;
+    argv[7] = mx;
+    argv[8] = lim;
+    argv[9] = rms;
+    argv[10] = K_MSG;
+    argv[11] = sttl;
     lens[2] = 1;
-    for (int i = 5; i < 11; i++)
+    for (int i = 6; i < 12; i++)
         lens[i] = strlen(argv[i]);
-    imgw__redis_send(q, IMGW__REDIS_S_SYNC, 11, argv, lens);
+    imgw__redis_send(q, IMGW__REDIS_S_SYNC, 12, argv, lens);
     return 0;
 }
 
@@ -619,9 +673,13 @@ static void
 max_seq_done(imgw__redis_req_t *q, redisReply *reply, int status)
 {
     long long v = 0;
-    if (status == 0 && reply_int(reply, 0, &v) != 0)
+    uint64_t epoch = 0;
+    if (status == 0 &&
+        (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+         reply_int(reply->element[0], 0, &v) != 0 ||
+         reply_u64(reply->element[1], &epoch) != 0))
         status = bad_reply(q);
-    q->cb.seq(status, status == 0 ? v : 0, q->data);
+    q->cb.seq(status, status == 0 ? v : 0, status == 0 ? epoch : 0, q->data);
 }
 
 int
@@ -629,14 +687,15 @@ imgw__redis_max_seq(imgw_store_loop_t *sl, const char *user,
                     imgw_store_seq_cb cb, void *data)
 {
     /* A read for the caller: its only write is the TTL refresh. */
-    REQ_BEGIN(q, sl, max_seq_done, 0, cb(IMGW_EBUSY, 0, data));
-    char k[KEY_MAX], sttl[24];
+    REQ_BEGIN(q, sl, max_seq_done, 0, cb(IMGW_EBUSY, 0, 0, data));
+    char k[KEY_MAX], ek[KEY_MAX], sttl[24];
     snprintf(sttl, sizeof(sttl), "%" PRId64, rl_->r->seq_ttl_ms);
-    const char *argv[5] = {NULL, NULL, "1", k, sttl};
-    size_t lens[5] = {0, 0, 1, key1(k, K_SEQ, user), strlen(sttl)};
+    const char *argv[6] = {NULL, NULL, "2", k, ek, sttl};
+    size_t lens[6] = {
+        0, 0, 1, key1(k, K_SEQ, user), key1(ek, K_EPOCH, user), strlen(sttl)};
     q->cb.seq = cb;
     q->data = data;
-    imgw__redis_send(q, IMGW__REDIS_S_MAX_SEQ, 5, argv, lens);
+    imgw__redis_send(q, IMGW__REDIS_S_MAX_SEQ, 6, argv, lens);
     return 0;
 }
 
@@ -803,6 +862,48 @@ group_get_done(imgw__redis_req_t *q, redisReply *reply, int status)
         imgw_free(m);
 }
 
+/* GET IM-DEDUP-{u}:{cmid}: nil = not found, else "<message_id>:<seq>". */
+static void
+dedupe_get_done(imgw__redis_req_t *q, redisReply *reply, int status)
+{
+    uint64_t id = 0;
+    int64_t seq = 0;
+    if (status == 0 && reply->type == REDIS_REPLY_NIL) {
+        status = IMGW_ENOTFOUND;
+    } else if (status == 0) {
+        char *end = NULL;
+        if (reply->type != REDIS_REPLY_STRING || reply->len > 64)
+            status = bad_reply(q);
+        else {
+            char buf[72];
+            memcpy(buf, reply->str, reply->len);
+            buf[reply->len] = '\0';
+            id = strtoull(buf, &end, 10);
+            if (end == buf || *end != ':')
+                status = bad_reply(q);
+            else
+                seq = strtoll(end + 1, NULL, 10);
+        }
+    }
+    q->cb.dedupe(status, id, seq, q->data);
+}
+
+int
+imgw__redis_dedupe_get(imgw_store_loop_t *sl, const char *sender,
+                       const char *client_msg_id, imgw_store_dedupe_cb cb,
+                       void *data)
+{
+    REQ_BEGIN(q, sl, dedupe_get_done, 0, cb(IMGW_EBUSY, 0, 0, data));
+    char k[KEY_MAX];
+    int kl = snprintf(k, sizeof(k), K_DEDUP "%s:%s", sender, client_msg_id);
+    const char *argv[2] = {"GET", k};
+    size_t lens[2] = {3, (size_t)kl};
+    q->cb.dedupe = cb;
+    q->data = data;
+    imgw__redis_send(q, -1, 2, argv, lens);
+    return 0;
+}
+
 int
 imgw__redis_group_get(imgw_store_loop_t *sl, const char *gid,
                       imgw_store_members_cb cb, void *data)
@@ -875,16 +976,17 @@ imgw__redis_route_refresh(imgw_store_loop_t *sl, const char *user, int ttl,
                           imgw_store_done_cb cb, void *data)
 {
     REQ_BEGIN(q, sl, done_status, 1, if (cb) cb(IMGW_EBUSY, data));
-    char k[KEY_MAX], sq[KEY_MAX], t[16], sttl[24];
+    char k[KEY_MAX], sq[KEY_MAX], ek[KEY_MAX], t[16], sttl[24];
     snprintf(t, sizeof(t), "%d", ttl);
     snprintf(sttl, sizeof(sttl), "%" PRId64, rl_->r->seq_ttl_ms);
-    const char *argv[7] = {NULL, NULL, "2", k, sq, t, sttl};
-    size_t lens[7] = {0, 0, 1, 0, 0, strlen(t), strlen(sttl)};
+    const char *argv[8] = {NULL, NULL, "3", k, sq, ek, t, sttl};
+    size_t lens[8] = {0, 0, 1, 0, 0, 0, strlen(t), strlen(sttl)};
     lens[3] = key1(k, K_USER, user);
     lens[4] = key1(sq, K_SEQ, user);
+    lens[5] = key1(ek, K_EPOCH, user);
     q->cb.done = cb;
     q->data = data;
-    imgw__redis_send(q, IMGW__REDIS_S_ROUTE_REFRESH, 7, argv, lens);
+    imgw__redis_send(q, IMGW__REDIS_S_ROUTE_REFRESH, 8, argv, lens);
     return 0;
 }
 

@@ -214,6 +214,22 @@ imgw_store_set_read(imgw_store_loop_t *sl, const char *user,
 /* ---- messages -------------------------------------------------------- */
 
 int
+imgw_store_dedupe_get(imgw_store_loop_t *sl, const char *sender,
+                      const char *client_msg_id, imgw_store_dedupe_cb cb,
+                      void *data)
+{
+    if (sl == NULL || cb == NULL || !valid_id(sender) ||
+        client_msg_id == NULL || client_msg_id[0] == '\0' ||
+        !imgw_cmid_valid_opt(client_msg_id))
+        return IMGW_EINVAL;
+    if (sl->be->dedupe_get == NULL) {
+        cb(IMGW_ENOTFOUND, 0, 0, data);
+        return 0;
+    }
+    return sl->be->dedupe_get(sl, sender, client_msg_id, cb, data);
+}
+
+int
 imgw_store_msg_get(imgw_store_loop_t *sl, uint64_t message_id,
                    imgw_store_msg_cb cb, void *data)
 {

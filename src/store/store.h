@@ -141,19 +141,34 @@ typedef struct imgw_store_entry_s {
     uint8_t revoked;     /* the message was revoked */
 } imgw_store_entry_t;
 
+/*
+ * A timeline's epoch (docs/store.md "Epochs"): the message id of the append
+ * that gave it seq 1, kept exactly as long as its max_seq (IM-EPOCH-{u}
+ * beside IM-SEQ-{u}; the file backend's journal and snapshots). A timeline
+ * that is reset or lost (a Redis flush, a memory-store restart, max_seq's
+ * idle expiry) starts again at seq 1 under a new epoch, so a client that
+ * remembers (epoch, seq) can tell "nothing missed" from "the seqs I hold
+ * mean nothing here". 0: the timeline holds no seq (never started or
+ * reset and empty), or it started before epochs existed.
+ */
 typedef void (*imgw_store_sync_cb)(int status, const imgw_store_entry_t *e,
                                    size_t n, int has_more,
-                                   int64_t server_max_seq, void *data);
+                                   int64_t server_max_seq, int64_t oldest_seq,
+                                   uint64_t epoch, void *data);
 /*
  * Entries of user's timeline with min_seq < seq <= max_seq (max_seq 0 = no
  * bound), oldest first, at most limit (1..IMGW_STORE_SYNC_MAX); has_more
- * when more exist in the range.
+ * when more exist in the range. oldest_seq: the lowest seq the timeline
+ * still holds (retention trims its head), server_max_seq + 1 when it holds
+ * none; epoch as above.
  */
 int imgw_store_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
                     int64_t max_seq, int limit, imgw_store_sync_cb cb,
                     void *data);
 
-typedef void (*imgw_store_seq_cb)(int status, int64_t max_seq, void *data);
+/** max_seq and the timeline's epoch (see imgw_store_sync_cb). */
+typedef void (*imgw_store_seq_cb)(int status, int64_t max_seq, uint64_t epoch,
+                                  void *data);
 int imgw_store_max_seq(imgw_store_loop_t *sl, const char *user,
                        imgw_store_seq_cb cb, void *data);
 
@@ -199,6 +214,22 @@ int imgw_store_group_get(imgw_store_loop_t *sl, const char *gid,
 /** IMGW_ENOTFOUND when the group does not exist. */
 int imgw_store_group_del(imgw_store_loop_t *sl, const char *gid,
                          imgw_store_done_cb cb, void *data);
+
+/* ---- dedupe lookup ---------------------------------------------------- */
+
+typedef void (*imgw_store_dedupe_cb)(int status, uint64_t message_id,
+                                     int64_t seq, void *data);
+/*
+ * Looks (sender, client_msg_id) up without appending: status 0 with the
+ * message id and the sender's seq of the message an earlier append stored
+ * under that key within dedupe_ttl, IMGW_ENOTFOUND, or an error
+ * (IMGW_EBUSY). The before-send hook uses it so that a resend of a stored
+ * message is answered without asking the hook again; the append itself
+ * still dedupes atomically. client_msg_id must not be empty.
+ */
+int imgw_store_dedupe_get(imgw_store_loop_t *sl, const char *sender,
+                          const char *client_msg_id, imgw_store_dedupe_cb cb,
+                          void *data);
 
 /* ---- routes: user -> platform -> broker_id ------------------------------ */
 

@@ -55,6 +55,19 @@ def http(port, method, path, headers=None):
     return H.http_request(port, raw)
 
 
+def served_page():
+    """www/index.html as the build embeds it (tools/embed.py inline_sdk)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "embed", os.path.join(REPO, "tools", "embed.py"))
+    embed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(embed)
+    with open(os.path.join(REPO, "www", "index.html"), "rb") as f:
+        page = f.read()
+    with open(os.path.join(REPO, "www", "imgw-sdk.js"), "rb") as f:
+        return embed.inline_sdk(page, f.read())
+
+
 # ---------------------------------------------------------------------------
 # plain HTTP
 
@@ -69,8 +82,10 @@ def check_page(r):
                  "style-src 'unsafe-inline'", "connect-src 'self' ws: wss:"):
         assert part in csp, csp
     assert int(r.header("content-length")) == len(r.body)
-    with open(os.path.join(REPO, "www", "index.html"), "rb") as f:
-        assert r.body == f.read(), "served page differs from www/index.html"
+    # The served page is www/index.html with the SDK bundle inlined at its
+    # marker (tools/embed.py --sdk www/imgw-sdk.js): still one static file.
+    assert r.body == served_page(), "served page differs from www/index.html + SDK"
+    assert b"<!-- imgw-sdk:" not in r.body and b"ImgwClient" in r.body
     assert b'data-testid="login-user"' in r.body
 
 
@@ -275,12 +290,12 @@ class Page:
         """Sends a typing frame from this page in conv_id and waits until
         `other` (which has conv_id open) shows it: anything this page sent
         earlier (a read receipt) has reached `other` by then. Then clears it."""
-        self.js("sendFrame('CMD_TYPING_STATUS_REQ', {conversation_id: arguments[0], status: 1}, 0);",
-                conv_id)
+        # Through the page's SDK client: same socket, so it follows whatever
+        # the page sent before.
+        self.js("state.client.typing(arguments[0], 1);", conv_id)
         other.wait("typing barrier from %s" % self.name,
                    lambda: "is typing" in other.el("typing").text)
-        self.js("sendFrame('CMD_TYPING_STATUS_REQ', {conversation_id: arguments[0], status: 0}, 0);",
-                conv_id)
+        self.js("state.client.typing(arguments[0], 0);", conv_id)
         other.wait("typing barrier cleared", lambda: other.el("typing").text == "")
 
     def screenshot(self, path):

@@ -525,7 +525,7 @@ TEST(json_envelope_exact)
     static const char want[] =
         "{\"command\":\"CMD_AUTH_RSP\",\"sequence\":1,\"timestamp\":123,"
         "\"body\":{\"error_code\":\"ERR_SUCCESS\",\"error_msg\":\"\","
-        "\"max_seq\":0}}";
+        "\"max_seq\":0,\"epoch\":\"\"}}";
     static const char want_hb[] =
         "{\"command\":\"CMD_HEARTBEAT_RSP\",\"sequence\":4294967295,"
         "\"timestamp\":-9223372036854775808,\"body\":{\"server_time\":"
@@ -1227,9 +1227,13 @@ TEST(sync_entries_json)
     root = t_json(t_out, n);
     CHECK(root != NULL);
     body = cJSON_GetObjectItemCaseSensitive(root, "body");
-    CHECK_EQ_INT(t_jcount(body), 5);
+    /* 5 + the resume contract's epoch, discontinuity, oldest_seq. */
+    CHECK_EQ_INT(t_jcount(body), 8);
     CHECK_EQ_STR(t_jstr(body, "error_code"), "ERR_SUCCESS");
     CHECK(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(body, "has_more")));
+    CHECK(
+        cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(body, "discontinuity")));
+    CHECK_EQ_STR(t_jstr(body, "epoch"), "");
     msgs = cJSON_GetObjectItemCaseSensitive(body, "messages");
     CHECK_EQ_INT(t_jcount(msgs), 5);
     for (i = 0; i < 5; i++) {
@@ -2178,9 +2182,9 @@ TEST(utf8_string_fields_pb)
         printf("  command %d: %d string slots\n", t_c2s[t].cmd, slots);
         total += slots;
     }
-    /* auth 3, send 5 + extra key and value, ack 1, revoke 2, receipt 2,
-     * typing 1: a new string field in the proto raises this. */
-    CHECK_EQ_INT(total, 16);
+    /* auth 3, send 5 + extra key and value, ack 1, sync 1 (epoch), revoke
+     * 2, receipt 2, typing 1: a new string field in the proto raises this. */
+    CHECK_EQ_INT(total, 17);
 }
 
 TEST(utf8_string_fields_json)
@@ -2311,8 +2315,8 @@ TEST(downlink_utf8)
 
     printf("  checks: downlink data (/api/push, broker) with a non-UTF-8 "
            "string is IMGW_EUTF8 in both codecs, so no protobuf push carries "
-           "one; non-UTF-8 content (bytes) goes to PB exactly and to JSON "
-           "with U+FFFD\n");
+           "one; non-UTF-8 content is refused too (issue 12 item 5), UTF-8 "
+           "content goes to both codecs exactly\n");
     for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         d = cJSON_Parse(bad[i].data);
         CHECK(d != NULL);
@@ -2324,19 +2328,30 @@ TEST(downlink_utf8)
                      IMGW_EUTF8);
         cJSON_Delete(d);
     }
+    /* Issue 12 item 5: business input whose content is not UTF-8 is
+     * refused as malformed (it used to reach PB clients as is and JSON
+     * clients with U+FFFD); valid UTF-8 content still goes through. */
     d = cJSON_Parse("{\"message_id\":\"1\",\"content\":\"a\xff\x01z\"}");
+    CHECK_EQ_INT(imgw_codec_encode_from_json(IMGW_CODEC_PB, 202, d, 1, t_out,
+                                             sizeof(t_out)),
+                 IMGW_EUTF8);
+    CHECK_EQ_INT(imgw_codec_encode_from_json(IMGW_CODEC_JSON, 202, d, 1, t_out,
+                                             sizeof(t_out)),
+                 IMGW_EUTF8);
+    cJSON_Delete(d);
+    d = cJSON_Parse("{\"message_id\":\"1\",\"content\":\"a\xc3\xa9\x01z\"}");
     n = imgw_codec_encode_from_json(IMGW_CODEC_PB, 202, d, 1, t_out,
                                     sizeof(t_out));
     CHECK(n > 0 && t_pb_open(t_out, (size_t)n, &env, &body) == 0);
     CHECK(t_push_dec(body.ptr, body.len, &got, &gc) == 0);
-    CHECK(gc.len == 4 && memcmp(gc.ptr, "a\xff\x01z", 4) == 0);
+    CHECK(gc.len == 5 && memcmp(gc.ptr, "a\xc3\xa9\x01z", 5) == 0);
     n = imgw_codec_encode_from_json(IMGW_CODEC_JSON, 202, d, 1, t_out,
                                     sizeof(t_out));
     CHECK(n > 0 && t_utf8_ok(t_out, (size_t)n));
     root = t_json(t_out, n);
     CHECK_EQ_STR(t_jstr(cJSON_GetObjectItemCaseSensitive(root, "body"),
                         "content"),
-                 "a\xef\xbf\xbd\x01z");
+                 "a\xc3\xa9\x01z");
     cJSON_Delete(root);
     cJSON_Delete(d);
 }

@@ -265,6 +265,32 @@ TEST(restart_keeps_times)
     rm_rf(tdir);
 }
 
+/* A durable timeline keeps its epoch across restarts (journal replay) and
+ * compactions (snapshots): clients see no discontinuity. */
+TEST(restart_keeps_epoch)
+{
+    fx_t f;
+    const char *ab[] = {"a", "b"};
+    int64_t seqs[2];
+    fx_open(&f, 1000, 7, 86400);
+    CHECK_EQ_INT(append_msg(&f, "", 500, "c", ab, 2, seqs, NULL), 0);
+    CHECK_EQ_INT(append_msg(&f, "", 501, "c", ab, 2, seqs, NULL), 0);
+    fx_restart(&f, 1000, 7, 86400);
+    CHECK_EQ_INT(max_seq(&f, "a"), 2);
+    printf("  epoch after replay: %llu\n", (unsigned long long)last_epoch);
+    CHECK(last_epoch == 500);
+    CHECK_EQ_INT(imgw__store_file_compact(f.s), 0);
+    fx_restart(&f, 1000, 7, 86400);
+    CHECK_EQ_INT(max_seq(&f, "b"), 2);
+    printf("  epoch after a snapshot: %llu\n", (unsigned long long)last_epoch);
+    CHECK(last_epoch == 500);
+    CHECK_EQ_INT(append_msg(&f, "", 502, "c", ab, 2, seqs, NULL), 0);
+    sync_res_t *r = do_sync(&f, "a", 0, 0, 10);
+    CHECK(r->epoch == 500 && r->n == 3 && r->oldest == 1);
+    fx_close(&f);
+    rm_rf(tdir);
+}
+
 TEST(torn_tail)
 {
     fx_t f;
@@ -528,6 +554,7 @@ main(void)
     RUN(dedupe_key_collision);
     RUN(user_cap);
     RUN(seq_idle_expiry);
+    RUN(timeline_epoch);
     RUN(reentrant_sync);
     RUN(failmalloc);
     RUN(concurrent_appends);
@@ -536,6 +563,7 @@ main(void)
     tfsync = "interval";
     RUN(restart_keeps_state);
     RUN(restart_keeps_times);
+    RUN(restart_keeps_epoch);
     RUN(torn_tail);
     RUN(crc_corruption);
     RUN(compaction);

@@ -144,6 +144,8 @@ typedef struct sync_res_s {
     size_t n;
     int has_more;
     int64_t server_max;
+    int64_t oldest;
+    uint64_t epoch;
     int64_t seq[PAGE_MAX];
     uint64_t mid[PAGE_MAX]; /* the blob parsed back */
     int revoked[PAGE_MAX];
@@ -151,7 +153,7 @@ typedef struct sync_res_s {
 
 static void
 sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
-        int64_t server_max_seq, void *data)
+        int64_t server_max_seq, int64_t oldest_seq, uint64_t epoch, void *data)
 {
     sync_res_t *r = data;
     r->calls++;
@@ -159,6 +161,8 @@ sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
     r->n = n;
     r->has_more = has_more;
     r->server_max = server_max_seq;
+    r->oldest = oldest_seq;
+    r->epoch = epoch;
     for (size_t i = 0; i < n && i < PAGE_MAX; i++) {
         char buf[32];
         size_t l = e[i].len < sizeof(buf) - 1 ? e[i].len : sizeof(buf) - 1;
@@ -181,11 +185,14 @@ do_sync(fx_t *f, const char *user, int64_t min, int64_t max, int limit)
     return &r;
 }
 
+static uint64_t last_epoch; /* epoch of the last max_seq() */
+
 static void
-seq_cb(int status, int64_t max_seq, void *data)
+seq_cb(int status, int64_t max_seq, uint64_t epoch, void *data)
 {
     int64_t *out = data;
     *out = status == 0 ? max_seq : -1000 + status;
+    last_epoch = epoch;
 }
 
 static int64_t
@@ -1184,6 +1191,59 @@ TEST(seq_idle_expiry)
     fx_close(&f);
 }
 
+/* The resume contract's store side (store.h "epoch"): a timeline's epoch
+ * is the id of the message that gave it seq 1, and stays until the
+ * timeline starts again at seq 1; oldest_seq follows retention. */
+TEST(timeline_epoch)
+{
+    imgw_store_cfg_t cfg = {TEST_STORE_BACKEND, NULL, 3, 1, 60, 1000, 1};
+    cfg.seq_idle_days = 2;
+    test_store_prep(&cfg);
+    fx_t f;
+    fx_open_cfg(&f, &cfg);
+    int64_t s2[2];
+    const char *ab[] = {"a", "b"};
+    const char *ac[] = {"a", "c"};
+    /* Nothing yet: no epoch, the first seq a sync could return is 1. */
+    CHECK_EQ_INT(max_seq(&f, "a"), 0);
+    CHECK(last_epoch == 0);
+    sync_res_t *r = do_sync(&f, "a", 0, 0, 10);
+    CHECK(r->status == 0 && r->epoch == 0 && r->oldest == 1);
+    CHECK_EQ_INT(append_msg(&f, "", 70, "c", ab, 2, s2, NULL), 0);
+    CHECK_EQ_INT(append_msg(&f, "", 71, "c", ab, 2, s2, NULL), 0);
+    CHECK_EQ_INT(append_msg(&f, "", 72, "c", ac, 2, s2, NULL), 0);
+    CHECK_EQ_INT(max_seq(&f, "a"), 3);
+    printf("  epoch of a: %llu, of c: ", (unsigned long long)last_epoch);
+    CHECK(last_epoch == 70);
+    CHECK_EQ_INT(max_seq(&f, "c"), 1);
+    printf("%llu\n", (unsigned long long)last_epoch);
+    CHECK(last_epoch == 72); /* c's timeline started with message 72 */
+    r = do_sync(&f, "a", 0, 0, 10);
+    CHECK(r->epoch == 70 && r->oldest == 1 && r->server_max == 3);
+    /* Retention 3 trims a's head: oldest_seq moves, the epoch stays. */
+    CHECK_EQ_INT(append_msg(&f, "", 73, "c", ab, 2, s2, NULL), 0);
+    CHECK_EQ_INT(append_msg(&f, "", 74, "c", ab, 2, s2, NULL), 0);
+    r = do_sync(&f, "a", 0, 0, 10);
+    printf("  a after trimming: oldest %lld, max %lld, epoch %llu\n",
+           (long long)r->oldest, (long long)r->server_max,
+           (unsigned long long)r->epoch);
+    CHECK(r->epoch == 70 && r->oldest == 3 && r->server_max == 5);
+    CHECK_EQ_INT(r->n, 3);
+    /* Idle expiry of b's counter (retention 1 day + 2 idle days) resets
+     * its timeline: the next message starts a new epoch. */
+    fake_now += 4 * DAY_MS;
+    CHECK_EQ_INT(max_seq(&f, "b"), 0);
+    CHECK(last_epoch == 0);
+    r = do_sync(&f, "b", 0, 0, 10);
+    CHECK(r->epoch == 0 && r->oldest == 1 && r->server_max == 0);
+    CHECK_EQ_INT(append_msg(&f, "", 80, "c", ab, 2, s2, NULL), 0);
+    CHECK_EQ_INT(s2[1], 1);
+    CHECK_EQ_INT(max_seq(&f, "b"), 1);
+    printf("  b after its reset: epoch %llu\n", (unsigned long long)last_epoch);
+    CHECK(last_epoch == 80);
+    fx_close(&f);
+}
+
 /* A sync callback that appends to the timeline it is reading. */
 typedef struct reenter_s {
     fx_t *f;
@@ -1192,13 +1252,16 @@ typedef struct reenter_s {
 
 static void
 reenter_sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
-                int64_t server_max_seq, void *data)
+                int64_t server_max_seq, int64_t oldest_seq, uint64_t epoch,
+                void *data)
 {
     reenter_t *x = data;
     const char *aa[] = {"a"};
     int64_t s1[1];
     (void)has_more;
     (void)server_max_seq;
+    (void)oldest_seq;
+    (void)epoch;
     /* Retention 2: this append trims entry 1 while we still read it. */
     int r = append_msg(x->f, "", 50, "c", aa, 1, s1, NULL);
     x->ok = status == 0 && n == 2 && r == 0 && s1[0] == 3 && e[0].len == 1 &&
@@ -1452,10 +1515,13 @@ typedef struct cc_page_s {
 
 static void
 cc_page_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
-           int64_t server_max_seq, void *data)
+           int64_t server_max_seq, int64_t oldest_seq, uint64_t epoch,
+           void *data)
 {
     cc_page_t *p = data;
     (void)has_more;
+    (void)oldest_seq;
+    (void)epoch;
     p->n = n;
     p->ok = status == 0;
     for (size_t i = 0; i < n; i++)
@@ -1631,6 +1697,7 @@ main(void)
     RUN(dedupe_key_collision);
     RUN(user_cap);
     RUN(seq_idle_expiry);
+    RUN(timeline_epoch);
     RUN(reentrant_sync);
     RUN(failmalloc);
     RUN(concurrent_appends);

@@ -259,6 +259,8 @@ typedef struct sync_res_s {
     size_t n;
     int has_more;
     int64_t server_max;
+    int64_t oldest;
+    uint64_t epoch;
     int64_t seq[PAGE_MAX];
     uint64_t mid[PAGE_MAX];
     int revoked[PAGE_MAX];
@@ -266,7 +268,7 @@ typedef struct sync_res_s {
 
 static void
 sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
-        int64_t server_max_seq, void *data)
+        int64_t server_max_seq, int64_t oldest_seq, uint64_t epoch, void *data)
 {
     sync_res_t *r = data;
     r->calls++;
@@ -274,6 +276,8 @@ sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
     r->n = n;
     r->has_more = has_more;
     r->server_max = server_max_seq;
+    r->oldest = oldest_seq;
+    r->epoch = epoch;
     for (size_t i = 0; i < n && i < PAGE_MAX; i++) {
         char buf[32];
         size_t l = e[i].len < sizeof(buf) - 1 ? e[i].len : sizeof(buf) - 1;
@@ -306,13 +310,16 @@ typedef struct val_res_s {
     int64_t v;
 } val_res_t;
 
+static uint64_t last_epoch; /* epoch of the last seq_cb */
+
 static void
-seq_cb(int status, int64_t max_seq, void *data)
+seq_cb(int status, int64_t max_seq, uint64_t epoch, void *data)
 {
     val_res_t *r = data;
     r->calls++;
     r->status = status;
     r->v = max_seq;
+    last_epoch = epoch;
 }
 
 static int64_t
@@ -888,6 +895,54 @@ TEST(seq_ttl)
     CHECK_EQ_INT(imgw_store_open(&s, &cfg, err, sizeof(err)), IMGW_ECONFIG);
 }
 
+/* The resume contract's store side: IM-EPOCH-{u} is the id of the message
+ * that gave the timeline seq 1, lives as long as IM-SEQ-{u}, and a flush
+ * (the timeline lost) gives the next message a new one. */
+TEST(timeline_epoch)
+{
+    fx_t f;
+    fx_open(&f, 3, 86400);
+    const char *ab[] = {"a", "b"};
+    int64_t s2[2];
+    const uint64_t big = 18446744073709551000ull; /* a Lua number rounds it */
+    CHECK_EQ_INT(max_seq(&f, "a"), 0);
+    CHECK(last_epoch == 0);
+    sync_res_t *r = do_sync(&f, "a", 0, 0, 10);
+    CHECK(r->status == 0 && r->epoch == 0 && r->oldest == 1);
+    CHECK_EQ_INT(append_msg(&f, "", big, "c", ab, 2, s2, NULL), 0);
+    for (uint64_t i = 1; i <= 4; i++)
+        CHECK_EQ_INT(append_msg(&f, "", big + i, "c", ab, 2, s2, NULL), 0);
+    CHECK_EQ_INT(max_seq(&f, "a"), 5);
+    printf("  epoch of a: %llu, IM-EPOCH-a = %s\n",
+           (unsigned long long)last_epoch, rc_str("GET IM-EPOCH-a"));
+    CHECK(last_epoch == big);
+    long long ts = rc_int("PTTL IM-SEQ-a"), te = rc_int("PTTL IM-EPOCH-a");
+    printf("  PTTL IM-SEQ-a %lld, IM-EPOCH-a %lld\n", ts, te);
+    CHECK(te > 0 && te > ts - 60000 && te <= ts + 60000);
+    r = do_sync(&f, "a", 0, 0, 10);
+    printf("  sync: oldest %lld, max %lld\n", (long long)r->oldest,
+           (long long)r->server_max);
+    CHECK(r->epoch == big && r->oldest == 3 && r->server_max == 5 && r->n == 3);
+    /* Heartbeats keep the epoch alive beside the counter. */
+    freeReplyObject(redisCommand(RC, "PEXPIRE IM-EPOCH-a 100000"));
+    imgw_store_route_refresh(f.sl, "a", 60, NULL, NULL);
+    CHECK_EQ_INT(max_seq(&f, "a"), 5);
+    CHECK(rc_int("PTTL IM-EPOCH-a") > 100000);
+    /* The timeline lost: no epoch until the next message starts one. */
+    flushdb();
+    CHECK_EQ_INT(max_seq(&f, "a"), 0);
+    CHECK(last_epoch == 0);
+    r = do_sync(&f, "a", 4, 0, 10);
+    CHECK(r->status == 0 && r->epoch == 0 && r->server_max == 0);
+    CHECK_EQ_INT(append_msg(&f, "", 77, "c", ab, 2, s2, NULL), 0);
+    CHECK_EQ_INT(s2[0], 1);
+    CHECK_EQ_INT(max_seq(&f, "b"), 1);
+    printf("  epoch of b after the flush: %llu\n",
+           (unsigned long long)last_epoch);
+    CHECK(last_epoch == 77);
+    fx_close(&f);
+}
+
 TEST(revoke_and_msg_get)
 {
     fx_t f;
@@ -1294,10 +1349,11 @@ typedef struct closer_s {
 } closer_t;
 
 static void
-closer_cb(int status, int64_t max_seq, void *data)
+closer_cb(int status, int64_t max_seq, uint64_t epoch, void *data)
 {
     closer_t *c = data;
     (void)max_seq;
+    (void)epoch;
     if (c->calls++ == 0 && c->f != NULL) {
         imgw_store_loop_close(c->f->sl); /* inside hiredis's reply callback */
         c->f = NULL;
@@ -1336,6 +1392,7 @@ run_semantics(void)
     RUN(dedupe);
     RUN(dedupe_key_collision);
     RUN(seq_ttl);
+    RUN(timeline_epoch);
     RUN(revoke_and_msg_get);
     RUN(groups);
     RUN(routes);

@@ -580,6 +580,53 @@ TEST(concurrent)
     imgw_usermap_free(m);
 }
 
+/* The per-user budget is one bucket per user, whatever connection (loop)
+ * charges it; refills at rate, capped at burst; absent users are free. */
+TEST(user_budget)
+{
+    imgw_usermap_t *m = NULL;
+    CHECK_EQ_INT(imgw_usermap_new(&m, 4), 0);
+    CHECK_EQ_INT(imgw_usermap_add(m, "u", "Web", mkref(0, 1, 1), NULL), 0);
+    CHECK_EQ_INT(imgw_usermap_add(m, "u", "iOS", mkref(1, 1, 1), NULL), 0);
+    CHECK_EQ_INT(imgw_usermap_add(m, "v", "Web", mkref(2, 1, 1), NULL), 0);
+    int taken = 0;
+    for (int i = 0; i < 10; i++)
+        taken +=
+            imgw_usermap_take(m, "u", IMGW_USERMAP_BUDGET_SEND, 2.0, 4.0, 1000);
+    CHECK_EQ_INT(taken, 4); /* the burst, shared by both connections */
+    /* other budgets and other users are separate */
+    CHECK_EQ_INT(
+        imgw_usermap_take(m, "u", IMGW_USERMAP_BUDGET_RECEIPT, 2.0, 4.0, 1000),
+        1);
+    CHECK_EQ_INT(
+        imgw_usermap_take(m, "v", IMGW_USERMAP_BUDGET_SEND, 2.0, 4.0, 1000), 1);
+    /* 1 s later: rate 2 -> two more */
+    taken = 0;
+    for (int i = 0; i < 10; i++)
+        taken +=
+            imgw_usermap_take(m, "u", IMGW_USERMAP_BUDGET_SEND, 2.0, 4.0, 2000);
+    CHECK_EQ_INT(taken, 2);
+    /* a clock behind the last refill adds nothing */
+    CHECK_EQ_INT(
+        imgw_usermap_take(m, "u", IMGW_USERMAP_BUDGET_SEND, 2.0, 4.0, 1500), 0);
+    /* long idle: capped at the burst */
+    taken = 0;
+    for (int i = 0; i < 10; i++)
+        taken += imgw_usermap_take(m, "u", IMGW_USERMAP_BUDGET_SEND, 2.0, 4.0,
+                                   100000);
+    CHECK_EQ_INT(taken, 4);
+    /* the bucket survives a connection growing the entry (realloc) */
+    CHECK_EQ_INT(imgw_usermap_add(m, "u", "Android", mkref(3, 1, 1), NULL), 0);
+    CHECK_EQ_INT(
+        imgw_usermap_take(m, "u", IMGW_USERMAP_BUDGET_SEND, 2.0, 4.0, 100000),
+        0);
+    /* not in the map: not charged */
+    CHECK_EQ_INT(
+        imgw_usermap_take(m, "nobody", IMGW_USERMAP_BUDGET_SEND, 0.0, 0.0, 1),
+        1);
+    imgw_usermap_free(m);
+}
+
 int
 main(void)
 {
@@ -591,6 +638,7 @@ main(void)
     RUN(max_conns);
     RUN(bad_args);
     RUN(grow_shrink);
+    RUN(user_budget);
     RUN(concurrent);
     TEST_DONE();
 }

@@ -5,10 +5,10 @@
  * tls.ports as "wss") is registered as an ephemeral instance of
  * nacos.service in nacos.group / nacos.namespace, kept alive with a beat
  * every nacos.beat_interval seconds and deregistered on shutdown. All of it
- * runs on the main thread's libuv loop with a small non-blocking HTTP/1.1
- * client: no extra thread, and a Nacos that is down or slow never stops or
- * delays the gateway (failures are logged at a bounded rate and retried at
- * the next beat).
+ * runs on the main thread's libuv loop with the shared HTTP client
+ * (net/httpc.h, libcurl on that loop): a Nacos that is down or slow never
+ * stops or delays the gateway (failures are logged at a bounded rate and
+ * retried at the next beat).
  *
  * Thread: every function except imgw_nacos_stats() must be called on the
  * thread that runs the loop given to imgw_nacos_start() (the main thread).
@@ -38,8 +38,7 @@ typedef struct imgw_nacos_stats_s {
  * instance per WebSocket port. Nothing is sent yet: the first register
  * requests go out on the first turn of `loop` (so call uv_run after the
  * listeners exist), then a beat per port every cfg->nacos_beat_interval s.
- * Host names other than numeric addresses are resolved with
- * uv_getaddrinfo, asynchronously.
+ * Host names are resolved by the HTTP client, asynchronously.
  *
  * cfg must outlive the instance. On success *out owns the registration;
  * release it with imgw_nacos_free(). Returns 0, IMGW_ECONFIG (err names
@@ -60,7 +59,7 @@ void imgw_nacos_stop(imgw_nacos_t *n, void (*done)(void *), void *arg);
 /*
  * Closes everything. Memory is released in libuv close callbacks, so the
  * loop must run once more afterwards (uv_run(loop, UV_RUN_NOWAIT) is
- * enough unless a DNS lookup is still in flight). A pending done callback
+ * enough). A pending done callback
  * of imgw_nacos_stop() is never called after this. n may be NULL.
  */
 void imgw_nacos_free(imgw_nacos_t *n);

@@ -1,0 +1,44 @@
+/*
+ * coalesce.h: at most one read receipt / typing push per (user,
+ * conversation) per interval (limits.receipt_interval_ms,
+ * limits.typing_interval_ms); see coalesce.c and docs/protocol.md.
+ * Internal to src/core. Loop thread only.
+ */
+#ifndef IMGW_COALESCE_H
+#define IMGW_COALESCE_H
+
+#include "node.h"
+
+enum { IMGW_COALESCE_RECEIPT = 0, IMGW_COALESCE_TYPING = 1 };
+
+/* What imgw_coalesce_offer decided. */
+enum {
+    IMGW_COALESCE_NOW = 0, /* push it now: a new window opened */
+    IMGW_COALESCE_HELD,    /* kept as the window's push, sent at its end */
+    IMGW_COALESCE_COVERED  /* a receipt at or behind the position already
+                              pushed or held in this window: nothing */
+};
+
+/*
+ * Offers an accepted receipt (body->read) or typing status (body->typing)
+ * of user in conv, sent from connection `from` (excluded from the push).
+ * Returns one of the values above. When the loop's table is full or out
+ * of memory the answer is IMGW_COALESCE_NOW (the per-user budget still
+ * bounds such pushes).
+ */
+int imgw_coalesce_offer(imgw_core_loop_t *cl, int kind, const char *user,
+                        const char *conv, const imgw_push_body_t *body,
+                        imgw_conn_ref_t from);
+
+/* Held pushes whose window ended go to msg.c's imgw_msg_conv_flush. */
+void imgw_msg_conv_flush(imgw_core_loop_t *cl, int kind, const char *user,
+                         const char *conv, const imgw_push_body_t *body,
+                         imgw_conn_ref_t exclude);
+
+/* Entries and held pushes of this loop (tests and metrics). */
+size_t imgw_coalesce_entries(void);
+/* Drops the calling loop's table and closes its timer (at loop stop;
+ * held pushes are dropped: their read positions are already stored). */
+void imgw_coalesce_thread_free(void);
+
+#endif
