@@ -6,7 +6,8 @@
 #                   (durable file store in ./data, no broker, dev tokens on;
 #                   STORE=memory for the in-memory store, RUN_BIND=0.0.0.0
 #                   opens it, dev tokens included, to the network)
-#   make test       unit + integration tests, then again under ASan/UBSan
+#   make lint       source rules: one allocator, floors, no "../" includes
+#   make test       lint, unit + integration tests, then again under ASan/UBSan
 #   make bench      build bench/imgw-bench
 #   make clean      remove the build directories
 
@@ -25,7 +26,7 @@ export IMGW__AUTH__JWT_SECRET
 # mints a token for any user.
 RUN_BIND ?= 127.0.0.1
 
-.PHONY: all deps build run test test-fast check-sanitize bench clean fuzz
+.PHONY: all deps build run lint test test-fast check-sanitize bench clean fuzz
 
 all: build
 
@@ -36,7 +37,7 @@ $(BUILD)/build.ninja:
 	meson setup $(BUILD)
 
 $(SAN_BUILD)/build.ninja:
-	CC=clang meson setup $(SAN_BUILD) -Dsanitize=$(SANITIZE) -Dbench=false -Doptimization=1
+	CC=clang meson setup $(SAN_BUILD) -Db_sanitize=$(SANITIZE) -Db_lundef=false -Dbench=false -Doptimization=1
 
 build: deps $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -51,13 +52,18 @@ TSAN_BUILD ?= build-tsan
 TSAN_UNITS = test/test_mailbox test/test_usermap test/test_id test/test_store_memory test/test_store_file
 
 $(TSAN_BUILD)/build.ninja:
-	CC=clang meson setup $(TSAN_BUILD) -Dsanitize=thread -Dbench=false -Dintegration=false -Doptimization=1
+	CC=clang meson setup $(TSAN_BUILD) -Db_sanitize=thread -Db_lundef=false -Dbench=false -Dintegration=false -Doptimization=1
 
-# The plain build's tests, the ASan/UBSan build's, the ThreadSanitizer unit
-# tests of the shared structures and the ThreadSanitizer imgw scraped under
-# cross-loop traffic (test_tsan_metrics.py), the bench smoke run and a few
-# seconds of every fuzz target; one summary line at the end.
-test: build $(SAN_BUILD)/build.ninja $(TSAN_BUILD)/build.ninja
+# Allocator policy and include floors (tools/lint.sh prints file:line).
+lint:
+	@sh tools/lint.sh
+
+# The lint, the plain build's tests, the ASan/UBSan build's, the
+# ThreadSanitizer unit tests of the shared structures and the
+# ThreadSanitizer imgw scraped under cross-loop traffic
+# (test_tsan_metrics.py), the bench smoke run and a few seconds of every
+# fuzz target; one summary line at the end.
+test: lint build $(SAN_BUILD)/build.ninja $(TSAN_BUILD)/build.ninja
 	ninja -C $(SAN_BUILD)
 	ninja -C $(TSAN_BUILD) imgw $(TSAN_UNITS)
 	/usr/bin/python3 test/run.py --build $(BUILD) --build $(SAN_BUILD) \

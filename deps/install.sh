@@ -14,6 +14,8 @@ PKGS=(
   python3-cryptography python3-pika python3-redis
   redis-server rabbitmq-server
   openssl procps psmisc
+  # The browser demo test (test/integration/test_demo_browser.py) drives
+  # www/index.html in a headless Chromium through Selenium.
   chromium chromium-driver python3-selenium
 )
 # Node and npm for the JavaScript SDK (sdk/js): Debian's, unless a node and

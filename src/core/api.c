@@ -23,7 +23,7 @@
 #include "idsyntax.h"
 #include "log.h"
 #include "metrics.h"
-#include "../mq/mq.h"
+#include "mq.h"
 #include "session.h"
 
 #define JSON_CT "application/json"
@@ -57,7 +57,7 @@ respond_json(imgw_conn_t *c, int status, cJSON *j)
         return;
     }
     imgw_conn_http_respond(c, status, JSON_CT, NULL, s, strlen(s), 1);
-    free(s);
+    imgw_free(s);
 }
 
 static void
@@ -213,7 +213,7 @@ group_set_cb(int status, void *data)
         else
             respond_error_json(c, 503, "store unavailable");
     }
-    free(x);
+    imgw_free(x);
 }
 
 static void
@@ -230,7 +230,7 @@ group_del_cb(int status, void *data)
         else
             respond_error_json(c, 503, "store unavailable");
     }
-    free(x);
+    imgw_free(x);
 }
 
 static void
@@ -253,7 +253,7 @@ group_get_cb(int status, const char *const *members, size_t n, void *data)
             respond_error_json(c, 503, "store unavailable");
         }
     }
-    free(x);
+    imgw_free(x);
 }
 
 /* The id rule (idsyntax.h) for every id /api and /dev take. */
@@ -281,7 +281,7 @@ handle_groups(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
         respond_bad_id(c, "group id", gid, gl);
         return 0;
     }
-    api_ctx_t *x = imgw_calloc(1, sizeof(*x));
+    api_ctx_t *x = imgw_try_calloc(1, sizeof(*x));
     if (x == NULL) {
         respond_error_json(c, 503, "out of memory");
         return 0;
@@ -298,7 +298,7 @@ handle_groups(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
         return 1;
     }
     if (strcmp(req->method, "PUT") != 0) {
-        free(x);
+        imgw_free(x);
         imgw_conn_http_respond(c, 405, NULL, "Allow: GET, PUT, DELETE\r\n",
                                "method not allowed\n", 19, 1);
         return 0;
@@ -310,7 +310,7 @@ handle_groups(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
     const char *bad_member = NULL;
     int bad = !cJSON_IsArray(m) || n > IMGW_STORE_MAX_GROUP;
     if (!bad) {
-        members = imgw_malloc((n ? n : 1) * sizeof(char *));
+        members = imgw_try_malloc((n ? n : 1) * sizeof(char *));
         bad = members == NULL;
         size_t i = 0;
         cJSON *it;
@@ -328,7 +328,7 @@ handle_groups(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
     }
     int r = 0;
     if (bad) {
-        free(x);
+        imgw_free(x);
         if (bad_member != NULL)
             respond_bad_id(c, "member id", bad_member, strlen(bad_member));
         else
@@ -338,7 +338,7 @@ handle_groups(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
         imgw_store_group_set(cl->store, x->gid, members, n, group_set_cb, x);
         r = 1;
     }
-    free(members);
+    imgw_free(members);
     cJSON_Delete(j);
     return r;
 }
@@ -410,7 +410,7 @@ imgw_api_push_json(imgw_core_loop_t *cl, const cJSON *j, size_t *targets,
     }
     const char **users = NULL;
     if (!broadcast) {
-        users = imgw_malloc((n ? n : 1) * sizeof(char *));
+        users = imgw_try_malloc((n ? n : 1) * sizeof(char *));
         if (users == NULL) {
             *why = "out of memory";
             return 503;
@@ -420,14 +420,14 @@ imgw_api_push_json(imgw_core_loop_t *cl, const cJSON *j, size_t *targets,
         cJSON_ArrayForEach(it, ids)
         {
             if (!cJSON_IsString(it)) {
-                free(users);
+                imgw_free(users);
                 *why = "ids must be strings";
                 return 400;
             }
             /* *why must outlive this call: static sentences. */
             size_t il = strlen(it->valuestring);
             if (!valid_id(it->valuestring, il)) {
-                free(users);
+                imgw_free(users);
                 *why = il == 0            ? "ids: an id is empty"
                        : il > IMGW_ID_MAX ? "ids: an id is longer than 127 "
                                             "bytes"
@@ -447,7 +447,7 @@ imgw_api_push_json(imgw_core_loop_t *cl, const cJSON *j, size_t *targets,
     }
     *targets = imgw_deliver_raw(cl, cl->out + half, (size_t)pl, cl->out,
                                 (size_t)jl, users, n);
-    free(users);
+    imgw_free(users);
     return 200;
 }
 
@@ -562,7 +562,7 @@ handle_dev_group(imgw_core_loop_t *cl, imgw_conn_t *c,
         respond_error_json(c, 400, "members required");
         return 0;
     }
-    api_ctx_t *x = imgw_calloc(1, sizeof(*x));
+    api_ctx_t *x = imgw_try_calloc(1, sizeof(*x));
     if (x == NULL) {
         respond_error_json(c, 503, "out of memory");
         return 0;
@@ -635,7 +635,7 @@ imgw_api_handle(imgw_core_loop_t *cl, imgw_conn_t *c,
         }
         imgw_conn_http_respond(c, 200, "text/plain; version=0.0.4", NULL,
                                body, len, 1);
-        free(body);
+        imgw_free(body);
         return 0;
     }
     if (path_eq(p, "/dev/token"))

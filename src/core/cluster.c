@@ -29,7 +29,8 @@
 #include <cjson/cJSON.h>
 #include <mbedtls/base64.h>
 
-#include "../mq/mq.h"
+#include "alloc.h"
+#include "mq.h"
 #include "err.h"
 #include "idsyntax.h"
 #include "log.h"
@@ -49,22 +50,22 @@ on_mq(void *data, const uint8_t *body, size_t len, uint64_t tag)
     imgw_node_t *node = data;
     if (atomic_load(&node->draining))
         return; /* left unacked: the broker redelivers it elsewhere/later */
-    imgw_mail_t *m = calloc(1, sizeof(*m));
+    imgw_mail_t *m = imgw_try_calloc(1, sizeof(*m));
     if (m == NULL)
         return;
     m->kind = IMGW_MAIL_MQ;
     m->tag = tag;
-    m->raw[0] = malloc(len ? len : 1);
+    m->raw[0] = imgw_try_malloc(len ? len : 1);
     if (m->raw[0] == NULL) {
-        free(m);
+        imgw_free(m);
         return;
     }
     memcpy(m->raw[0], body, len);
     m->raw_len[0] = len;
     int loop = (int)(atomic_fetch_add(&node->mq_rr, 1) % (unsigned)node->n_loops);
     if (imgw_net_post(node->net, loop, &m->node) != 0) {
-        free(m->raw[0]);
-        free(m);
+        imgw_free(m->raw[0]);
+        imgw_free(m);
     }
 }
 
@@ -126,13 +127,13 @@ static void
 fanout_free(fanout_t *f)
 {
     for (size_t i = 0; i < f->n; i++)
-        free(f->users[i]);
-    free(f->users);
-    free(f->seqs);
-    free(f->payload);
-    free(f->hops);
-    free(f->refs);
-    free(f);
+        imgw_free(f->users[i]);
+    imgw_free(f->users);
+    imgw_free(f->seqs);
+    imgw_free(f->payload);
+    imgw_free(f->hops);
+    imgw_free(f->refs);
+    imgw_free(f);
 }
 
 static int
@@ -143,7 +144,7 @@ hop_add(fanout_t *f, const char *broker, size_t user)
             return 0;
     if (f->n_hops == f->cap_hops) {
         size_t cap = f->cap_hops ? f->cap_hops * 2 : 8;
-        hop_t *h = realloc(f->hops, cap * sizeof(*h));
+        hop_t *h = imgw_try_realloc(f->hops, cap * sizeof(*h));
         if (h == NULL)
             return IMGW_ENOMEM;
         f->hops = h;
@@ -161,12 +162,12 @@ b64(const uint8_t *p, size_t n)
 {
     size_t olen = 0;
     mbedtls_base64_encode(NULL, 0, &olen, p, n);
-    char *out = malloc(olen + 1);
+    char *out = imgw_try_malloc(olen + 1);
     if (out == NULL)
         return NULL;
     if (mbedtls_base64_encode((unsigned char *)out, olen + 1, &olen, p, n) !=
         0) {
-        free(out);
+        imgw_free(out);
         return NULL;
     }
     out[olen] = '\0';
@@ -184,9 +185,9 @@ fanout_flush(imgw_core_loop_t *cl, fanout_t *f)
         if (blob64 == NULL)
             return;
     }
-    uint8_t *done = calloc(f->n_hops ? f->n_hops : 1, 1);
+    uint8_t *done = imgw_try_calloc(f->n_hops ? f->n_hops : 1, 1);
     if (done == NULL) {
-        free(blob64);
+        imgw_free(blob64);
         return;
     }
     for (size_t i = 0; i < f->n_hops; i++) {
@@ -232,10 +233,10 @@ fanout_flush(imgw_core_loop_t *cl, fanout_t *f)
             IMGW_LOG_WARN_RL("cluster: push to node %s dropped (broker "
                              "unavailable)", broker);
         }
-        free(text);
+        imgw_free(text);
     }
-    free(done);
-    free(blob64);
+    imgw_free(done);
+    imgw_free(blob64);
 }
 
 static void
@@ -266,26 +267,26 @@ fanout_start(imgw_core_loop_t *cl, int command, int64_t ts,
 {
     if (n == 0)
         return;
-    fanout_t *f = calloc(1, sizeof(*f));
-    fanout_ref_t *refs = calloc(n, sizeof(*refs));
+    fanout_t *f = imgw_try_calloc(1, sizeof(*f));
+    fanout_ref_t *refs = imgw_try_calloc(n, sizeof(*refs));
     if (f == NULL || refs == NULL) {
-        free(f);
-        free(refs);
+        imgw_free(f);
+        imgw_free(refs);
         IMGW_LOG_WARN_RL("cluster: out of memory routing a push");
         return;
     }
     f->refs = refs;
     f->command = command;
     f->ts = ts;
-    f->payload = malloc(len ? len : 1);
-    f->users = calloc(n, sizeof(char *));
-    f->seqs = calloc(n, sizeof(int64_t));
+    f->payload = imgw_try_malloc(len ? len : 1);
+    f->users = imgw_try_calloc(n, sizeof(char *));
+    f->seqs = imgw_try_calloc(n, sizeof(int64_t));
     if (f->payload == NULL || f->users == NULL || f->seqs == NULL)
         goto oom;
     memcpy(f->payload, payload, len);
     f->payload_len = len;
     for (size_t i = 0; i < n; i++) {
-        f->users[i] = strdup(users[i]);
+        f->users[i] = imgw_try_strdup(users[i]);
         if (f->users[i] == NULL)
             goto oom;
         f->n = i + 1;
@@ -332,7 +333,7 @@ imgw_cluster_frame(imgw_core_loop_t *cl, int command,
         return;
     fanout_start(cl, command, 0, (const uint8_t *)text, strlen(text), users,
                  NULL, n);
-    free(text);
+    imgw_free(text);
 }
 
 /* ---- kicks across nodes ------------------------------------------------- */
@@ -362,15 +363,15 @@ kick_route_cb(int status, const imgw_store_route_t *r, size_t n, void *data)
                                             (const uint8_t *)text,
                                             strlen(text)) != 0)
             atomic_fetch_add(&cl->node->remote_dropped, 1);
-        free(text);
+        imgw_free(text);
     }
-    free(k);
+    imgw_free(k);
 }
 
 void
 imgw_cluster_kick(imgw_core_loop_t *cl, const char *user, const char *platform)
 {
-    kick_ctx_t *k = calloc(1, sizeof(*k));
+    kick_ctx_t *k = imgw_try_calloc(1, sizeof(*k));
     if (k == NULL)
         return;
     snprintf(k->user, sizeof(k->user), "%s", user);
@@ -409,24 +410,24 @@ handle_push(imgw_core_loop_t *cl, const cJSON *j)
     if (imgw_codec_json_int(ts, 0, IMGW_JSON_MAX_EXACT, &ts_ms) != 0)
         return "ts must be an integer in [0, 2^53]";
     size_t bl = strlen(blob->valuestring), olen = 0;
-    uint8_t *raw = malloc(bl ? bl : 1);
+    uint8_t *raw = imgw_try_malloc(bl ? bl : 1);
     if (raw == NULL)
         return "out of memory";
     if (mbedtls_base64_decode(raw, bl ? bl : 1, &olen,
                               (const unsigned char *)blob->valuestring,
                               bl) != 0) {
-        free(raw);
+        imgw_free(raw);
         return "blob is not base64";
     }
     im_PushMessage pm;
     imgw_slice_t content;
     if (imgw_codec_decode_push(raw, olen, &pm, &content) != 0) {
-        free(raw);
+        imgw_free(raw);
         return "blob is not a PushMessage";
     }
     size_t n = (size_t)cJSON_GetArraySize(targets);
-    const char **users = malloc((n ? n : 1) * sizeof(char *));
-    int64_t *seqs = malloc((n ? n : 1) * sizeof(int64_t));
+    const char **users = imgw_try_malloc((n ? n : 1) * sizeof(char *));
+    int64_t *seqs = imgw_try_malloc((n ? n : 1) * sizeof(int64_t));
     const char *why = NULL;
     size_t k = 0;
     const cJSON *t;
@@ -452,9 +453,9 @@ handle_push(imgw_core_loop_t *cl, const cJSON *j)
         imgw_conn_ref_t none = {0xffff, 0, 0};
         imgw_deliver_push_local(cl, raw, olen, ts_ms, users, seqs, k, none);
     }
-    free(users);
-    free(seqs);
-    free(raw);
+    imgw_free(users);
+    imgw_free(seqs);
+    imgw_free(raw);
     return why;
 }
 

@@ -174,7 +174,7 @@ static void
 co_grow(void)
 {
     size_t nb = co->nbuckets * 2;
-    co_entry_t **b = imgw_calloc(nb, sizeof(*b));
+    co_entry_t **b = imgw_try_calloc(nb, sizeof(*b));
     if (b == NULL)
         return; /* longer chains, still correct */
     for (size_t i = 0; i < co->nbuckets; i++) {
@@ -186,7 +186,7 @@ co_grow(void)
             e = next;
         }
     }
-    free(co->buckets);
+    imgw_free(co->buckets);
     co->buckets = b;
     co->nbuckets = nb;
 }
@@ -199,8 +199,8 @@ co_remove(co_entry_t *e)
         pp = &(*pp)->hnext;
     *pp = e->hnext;
     fifo_unlink(e);
-    free(e->held);
-    free(e);
+    imgw_free(e->held);
+    imgw_free(e);
     co->n--;
 }
 
@@ -209,11 +209,11 @@ co_state(imgw_core_loop_t *cl)
 {
     if (co != NULL)
         return 0;
-    co_state_t *s = imgw_calloc(1, sizeof(*s));
-    co_entry_t **b = imgw_calloc(CO_MIN_BUCKETS, sizeof(*b));
+    co_state_t *s = imgw_try_calloc(1, sizeof(*s));
+    co_entry_t **b = imgw_try_calloc(CO_MIN_BUCKETS, sizeof(*b));
     if (s == NULL || b == NULL) {
-        free(s);
-        free(b);
+        imgw_free(s);
+        imgw_free(b);
         return -1;
     }
     s->cl = cl;
@@ -248,7 +248,7 @@ held_new(int kind, const imgw_push_body_t *body, imgw_conn_ref_t from)
         n = body->read.message_ids_count;
     if (n > CO_MAX_IDS)
         n = CO_MAX_IDS;
-    co_held_t *h = imgw_malloc(sizeof(*h) + n * sizeof(uint64_t));
+    co_held_t *h = imgw_try_malloc(sizeof(*h) + n * sizeof(uint64_t));
     if (h == NULL)
         return NULL;
     h->exclude = from;
@@ -292,7 +292,7 @@ held_flush(co_entry_t *e)
         p->read_time = h->read_time;
     }
     imgw_conn_ref_t ex = h->exclude;
-    free(h);
+    imgw_free(h);
     imgw_msg_conv_flush(co->cl, e->kind, user, conv, &body, ex);
 }
 
@@ -337,7 +337,7 @@ imgw_coalesce_offer(imgw_core_loop_t *cl, int kind, const char *user,
     if (e == NULL) {
         if (co->n >= CO_MAX_ENTRIES)
             return IMGW_COALESCE_NOW;
-        e = imgw_malloc(sizeof(*e) + ulen + 1 + clen + 1);
+        e = imgw_try_malloc(sizeof(*e) + ulen + 1 + clen + 1);
         if (e == NULL)
             return IMGW_COALESCE_NOW;
         e->hnext = NULL;
@@ -366,7 +366,7 @@ imgw_coalesce_offer(imgw_core_loop_t *cl, int kind, const char *user,
         /* Without room to hold it, push it (bounded by the user budget). */
         return IMGW_COALESCE_NOW;
     }
-    free(e->held);
+    imgw_free(e->held);
     e->held = nh;
     e->pos = pos;
     return IMGW_COALESCE_HELD;
@@ -382,8 +382,8 @@ static void
 co_close_cb(uv_handle_t *h)
 {
     co_state_t *s = h->data;
-    free(s->buckets);
-    free(s);
+    imgw_free(s->buckets);
+    imgw_free(s);
 }
 
 void

@@ -34,7 +34,7 @@
 #include <pb_decode.h>
 #include <pb_encode.h>
 
-#include "../base/utf8.h"
+#include "utf8.h"
 #include "err.h"
 
 /* A bytes field (content) is never larger than this, whatever the config

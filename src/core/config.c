@@ -22,6 +22,7 @@
  * cross-key checks run on the final result.
  */
 #include "config.h"
+#include "hash.h"
 
 #include "log.h"
 
@@ -554,19 +555,6 @@ imgw_config_set(imgw_config_t *cfg, const imgw_config_opt_t *o, const char *raw,
     return -1;
 }
 
-/* FNV-1a: stable across builds and platforms, unlike a seeded hash. */
-static uint32_t
-imgw_config_fnv1a(const char *s)
-{
-    uint32_t h = 2166136261u;
-
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 16777619u;
-    }
-    return h;
-}
-
 static void
 imgw_config_derive_broker_id(imgw_config_t *cfg)
 {
@@ -617,7 +605,7 @@ imgw_config_defaults(imgw_config_t *cfg)
     }
     cfg->threads = imgw_config_cpu_count();
     imgw_config_derive_broker_id(cfg);
-    cfg->node_id = (int)(imgw_config_fnv1a(cfg->broker_id) % 1024u);
+    cfg->node_id = (int)(imgw_hash_fnv1a32(cfg->broker_id) % 1024u);
     imgw_config_derive_nacos_ip(cfg);
 }
 
@@ -1214,7 +1202,7 @@ imgw_config_load(imgw_config_t *cfg, int argc, char **argv, char **envp,
         !ld.set[imgw_config_find("server", "broker_id") - opts])
         imgw_config_derive_broker_id(cfg);
     if (!ld.set[imgw_config_find("server", "node_id") - opts])
-        cfg->node_id = (int)(imgw_config_fnv1a(cfg->broker_id) % 1024u);
+        cfg->node_id = (int)(imgw_hash_fnv1a32(cfg->broker_id) % 1024u);
     if (cfg->nacos_ip[0] == '\0' ||
         !ld.set[imgw_config_find("nacos", "ip") - opts])
         imgw_config_derive_nacos_ip(cfg);

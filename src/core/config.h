@@ -147,6 +147,7 @@ int imgw_config_load(imgw_config_t *cfg, int argc, char **argv, char **envp,
 /** Writes --help text (every option and every key with default) to fp. */
 void imgw_config_usage(void *fp);
 
-#define IMGW_VERSION "0.1.0"
+/* IMGW_VERSION: generated from meson.build's project version. */
+#include "imgw_version.h"
 
 #endif

@@ -30,8 +30,8 @@ void
 imgw_deliver_thread_free(void)
 {
     for (int i = 0; i < n_routes; i++)
-        free(routes[i].t);
-    free(routes);
+        imgw_free(routes[i].t);
+    imgw_free(routes);
     routes = NULL;
     n_routes = 0;
 }
@@ -40,7 +40,7 @@ static int
 routes_reset(int n_loops)
 {
     if (routes == NULL) {
-        routes = imgw_calloc((size_t)n_loops, sizeof(*routes));
+        routes = imgw_try_calloc((size_t)n_loops, sizeof(*routes));
         if (routes == NULL)
             return IMGW_ENOMEM;
         n_routes = n_loops;
@@ -56,7 +56,7 @@ route_add(imgw_conn_ref_t ref, int64_t seq)
     route_t *r = &routes[ref.loop];
     if (r->n == r->cap) {
         size_t cap = r->cap ? r->cap * 2 : 64;
-        imgw_target_t *t = imgw_realloc(r->t, cap * sizeof(*t));
+        imgw_target_t *t = imgw_try_realloc(r->t, cap * sizeof(*t));
         if (t == NULL)
             return IMGW_ENOMEM;
         r->t = t;
@@ -214,14 +214,14 @@ imgw_deliver_mail(imgw_core_loop_t *cl, imgw_mail_t *m)
         break;
     case IMGW_MAIL_PUSH:
         local_push(cl, m->blob, m->blob_len, m->timestamp, m->targets, m->n);
-        free(m->blob);
+        imgw_free(m->blob);
         break;
     case IMGW_MAIL_FRAME:
         local_frame(cl, m->command, &m->body, m->timestamp, m->targets, m->n);
         break;
     case IMGW_MAIL_MQ:
         imgw_cluster_handle(cl, m->raw[0], m->raw_len[0], m->tag);
-        free(m->raw[0]);
+        imgw_free(m->raw[0]);
         break;
     case IMGW_MAIL_RAW:
         if (m->broadcast) {
@@ -230,13 +230,13 @@ imgw_deliver_mail(imgw_core_loop_t *cl, imgw_mail_t *m)
         } else {
             local_raw(cl, m->raw, m->raw_len, m->targets, m->n);
         }
-        free(m->raw[0]);
-        free(m->raw[1]);
+        imgw_free(m->raw[0]);
+        imgw_free(m->raw[1]);
         break;
     default:
         break;
     }
-    free(m);
+    imgw_free(m);
 }
 
 /* ---- routing ------------------------------------------------------------- */
@@ -249,7 +249,7 @@ imgw_deliver_kick(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
         imgw_session_kick(cl, ref, platform);
         return;
     }
-    imgw_mail_t *m = imgw_calloc(1, sizeof(*m) + sizeof(imgw_target_t));
+    imgw_mail_t *m = imgw_try_calloc(1, sizeof(*m) + sizeof(imgw_target_t));
     if (m == NULL)
         return;
     m->kind = IMGW_MAIL_KICK;
@@ -263,7 +263,7 @@ imgw_deliver_kick(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
 static imgw_mail_t *
 mail_new(int kind, const route_t *r)
 {
-    imgw_mail_t *m = imgw_malloc(sizeof(*m) + r->n * sizeof(imgw_target_t));
+    imgw_mail_t *m = imgw_try_malloc(sizeof(*m) + r->n * sizeof(imgw_target_t));
     if (m == NULL)
         return NULL;
     memset(m, 0, sizeof(*m));
@@ -302,9 +302,9 @@ imgw_deliver_push_local(imgw_core_loop_t *cl, const uint8_t *blob, size_t len,
         imgw_mail_t *m = mail_new(IMGW_MAIL_PUSH, r);
         if (m == NULL)
             continue;
-        m->blob = imgw_malloc(len ? len : 1);
+        m->blob = imgw_try_malloc(len ? len : 1);
         if (m->blob == NULL) {
-            free(m);
+            imgw_free(m);
             continue;
         }
         memcpy(m->blob, blob, len);
@@ -347,14 +347,14 @@ raw_copy(imgw_mail_t *m, const uint8_t *pb, size_t pb_len, const uint8_t *json,
          size_t json_len)
 {
     if (pb) {
-        m->raw[0] = imgw_malloc(pb_len ? pb_len : 1);
+        m->raw[0] = imgw_try_malloc(pb_len ? pb_len : 1);
         if (m->raw[0] == NULL)
             return -1;
         memcpy(m->raw[0], pb, pb_len);
         m->raw_len[0] = pb_len;
     }
     if (json) {
-        m->raw[1] = imgw_malloc(json_len ? json_len : 1);
+        m->raw[1] = imgw_try_malloc(json_len ? json_len : 1);
         if (m->raw[1] == NULL)
             return -1;
         memcpy(m->raw[1], json, json_len);
@@ -378,9 +378,9 @@ imgw_deliver_raw(imgw_core_loop_t *cl, const uint8_t *pb, size_t pb_len,
                 continue;
             m->broadcast = 1;
             if (raw_copy(m, pb, pb_len, json, json_len) != 0) {
-                free(m->raw[0]);
-                free(m->raw[1]);
-                free(m);
+                imgw_free(m->raw[0]);
+                imgw_free(m->raw[1]);
+                imgw_free(m);
                 continue;
             }
             imgw_loop_post(imgw_net_loop(cl->node->net, i), &m->node);
@@ -400,9 +400,9 @@ imgw_deliver_raw(imgw_core_loop_t *cl, const uint8_t *pb, size_t pb_len,
         if (m == NULL)
             continue;
         if (raw_copy(m, pb, pb_len, json, json_len) != 0) {
-            free(m->raw[0]);
-            free(m->raw[1]);
-            free(m);
+            imgw_free(m->raw[0]);
+            imgw_free(m->raw[1]);
+            imgw_free(m);
             continue;
         }
         if (i == cl->index) {

@@ -22,7 +22,8 @@
  */
 #include "jwt.h"
 
-#include "../base/utf8.h"
+#include "alloc.h"
+#include "utf8.h"
 #include "err.h"
 
 #include <cjson/cJSON.h>
@@ -572,7 +573,7 @@ jwt_dup_opt(char **dst, const char *src)
 {
     if (!jwt_nonempty(src))
         return 0;
-    *dst = strdup(src);
+    *dst = imgw_try_strdup(src);
     return *dst != NULL ? 0 : IMGW_ENOMEM;
 }
 
@@ -588,7 +589,7 @@ imgw_jwt_new(imgw_jwt_t **out, const imgw_jwt_opts_t *opts, char *err,
         return IMGW_EINVAL;
     }
     *out = NULL;
-    j = calloc(1, sizeof *j);
+    j = imgw_try_calloc(1, sizeof *j);
     if (j == NULL) {
         jwt_seterr(err, errlen, "jwt: out of memory");
         return IMGW_ENOMEM;
@@ -600,7 +601,7 @@ imgw_jwt_new(imgw_jwt_t **out, const imgw_jwt_opts_t *opts, char *err,
     rc = 0;
     if (jwt_nonempty(opts->hs256_secret)) {
         j->secret_len = strlen(opts->hs256_secret);
-        j->secret = malloc(j->secret_len);
+        j->secret = imgw_try_malloc(j->secret_len);
         if (j->secret == NULL)
             rc = IMGW_ENOMEM;
         else
@@ -643,13 +644,13 @@ imgw_jwt_free(imgw_jwt_t *j)
         return;
     if (j->secret != NULL) {
         mbedtls_platform_zeroize(j->secret, j->secret_len);
-        free(j->secret);
+        imgw_free(j->secret);
     }
     mbedtls_pk_free(&j->pk);
-    free(j->issuer);
-    free(j->audience);
-    free(j->app_ids);
-    free(j);
+    imgw_free(j->issuer);
+    imgw_free(j->audience);
+    imgw_free(j->app_ids);
+    imgw_free(j);
 }
 
 /*

@@ -74,22 +74,22 @@ raise_nofile(void)
 static int
 core_loops_new(void)
 {
-    node.loops = calloc((size_t)node.n_loops, sizeof(*node.loops));
+    node.loops = imgw_try_calloc((size_t)node.n_loops, sizeof(*node.loops));
     if (node.loops == NULL)
         return IMGW_ENOMEM;
     for (int i = 0; i < node.n_loops; i++) {
-        imgw_core_loop_t *cl = calloc(1, sizeof(*cl));
+        imgw_core_loop_t *cl = imgw_try_calloc(1, sizeof(*cl));
         if (cl == NULL)
             return IMGW_ENOMEM;
         node.loops[i] = cl;
         cl->node = &node;
         cl->index = i;
         cl->scratch_cap = (size_t)cfg.max_frame_bytes + 4096;
-        cl->scratch = malloc(cl->scratch_cap);
+        cl->scratch = imgw_try_malloc(cl->scratch_cap);
         /* One frame in either codec: JSON escaping can grow content up to
          * six times (\u00XX), and pushes share the buffer in halves. */
         cl->out_cap = (size_t)cfg.max_frame_bytes * 8 + 65536;
-        cl->out = malloc(cl->out_cap);
+        cl->out = imgw_try_malloc(cl->out_cap);
         if (cl->scratch == NULL || cl->out == NULL)
             return IMGW_ENOMEM;
     }
@@ -107,11 +107,11 @@ core_loops_free(void)
             continue;
         if (cl->jwt)
             imgw_jwt_free(cl->jwt);
-        free(cl->scratch);
-        free(cl->out);
-        free(cl);
+        imgw_free(cl->scratch);
+        imgw_free(cl->out);
+        imgw_free(cl);
     }
-    free(node.loops);
+    imgw_free(node.loops);
 }
 
 int

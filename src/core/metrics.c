@@ -16,8 +16,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "alloc.h"
 #include "metrics.h"
-#include "../mq/mq.h"
+#include "mq.h"
 #include "hooks.h"
 #include "nacos.h"
 
@@ -46,7 +47,7 @@ put(mbuf_t *b, const char *fmt, ...)
             return;
         }
         size_t cap = b->cap * 2 + (size_t)n;
-        char *np = realloc(b->p, cap);
+        char *np = imgw_try_realloc(b->p, cap);
         if (np == NULL) {
             b->oom = 1;
             return;
@@ -298,7 +299,7 @@ scrape_take(scrape_t *sc, imgw_node_t *node)
     memset(sc, 0, sizeof(*sc));
     sc->node = node;
     sc->n = node->n_loops;
-    sc->net = calloc((size_t)sc->n, sizeof(*sc->net));
+    sc->net = imgw_try_calloc((size_t)sc->n, sizeof(*sc->net));
     if (sc->net == NULL)
         return -1;
     for (int i = 0; i < sc->n; i++)
@@ -408,12 +409,12 @@ render_row(mbuf_t *b, const scrape_t *sc, const metric_t *m)
 char *
 imgw_metrics_render(imgw_node_t *node, size_t *len)
 {
-    mbuf_t b = {malloc(8192), 0, 8192, 0};
+    mbuf_t b = {imgw_try_malloc(8192), 0, 8192, 0};
     scrape_t sc;
     if (b.p == NULL)
         return NULL;
     if (scrape_take(&sc, node) != 0) {
-        free(b.p);
+        imgw_free(b.p);
         return NULL;
     }
     const char *family = NULL;
@@ -432,10 +433,10 @@ imgw_metrics_render(imgw_node_t *node, size_t *len)
     char *ht = imgw_hooks_metrics(node);
     if (ht != NULL)
         put(&b, "%s", ht);
-    free(ht);
-    free(sc.net);
+    imgw_free(ht);
+    imgw_free(sc.net);
     if (b.oom) {
-        free(b.p);
+        imgw_free(b.p);
         return NULL;
     }
     *len = b.len;

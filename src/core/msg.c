@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc.h"
 #include "coalesce.h"
 #include "err.h"
 #include "hooks.h"
@@ -160,8 +161,8 @@ send_ctx_free(send_ctx_t *x)
 {
     if (x == NULL)
         return;
-    free(x->members);
-    free(x);
+    imgw_free(x->members);
+    imgw_free(x);
 }
 
 /* snprintf(dst, cap, "%s", src) without the format parser. */
@@ -282,7 +283,7 @@ group_members_cb(int status, const char *const *members, size_t n,
         for (size_t i = 0; i < k; i++)
             bytes += strlen(u[i]) + 1;
         size_t arr = k * (sizeof(char *) + sizeof(int64_t));
-        unsigned char *blk = malloc(arr + bytes);
+        unsigned char *blk = imgw_try_malloc(arr + bytes);
         if (blk == NULL) {
             code = im_ErrorCode_ERR_SERVER_BUSY;
             why = "out of memory";
@@ -459,7 +460,7 @@ imgw_msg_send_commit(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
     size_t arr = has_r ? 2 * (sizeof(char *) + sizeof(int64_t)) : 0;
     size_t strs = (size_t)blen + cmid_len + 1 + conv_len + 1 + user_len + 1 +
                   (has_r ? recv_len + 1 : 0);
-    send_ctx_t *x = malloc(sizeof(*x) + arr + strs);
+    send_ctx_t *x = imgw_try_malloc(sizeof(*x) + arr + strs);
     if (x == NULL) {
         imgw_msg_send_answer(cl, ref, sequence, im_ErrorCode_ERR_SERVER_BUSY,
                              "out of memory", 0, 0, 0);
@@ -639,7 +640,7 @@ sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
     if (s != NULL && status == 0 && sync_epoch_reset(s, x, epoch))
         return;
     int gap = status == 0 && sync_gap(x, server_max_seq, oldest_seq);
-    free(x);
+    imgw_free(x);
     if (s == NULL)
         return;
     im_SyncResponse r = im_SyncResponse_init_zero;
@@ -655,16 +656,16 @@ sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
     size_t k = sync_page_cut(cl, (imgw_codec_t)s->codec, e, n, &need);
     if (k < n)
         has_more = 1;
-    imgw_slice_t *blobs = malloc((k ? k : 1) * sizeof(*blobs));
-    int64_t *seqs = malloc((k ? k : 1) * sizeof(*seqs));
-    uint8_t *rev = malloc(k ? k : 1);
-    uint8_t *out = need > cl->out_cap ? malloc(need) : cl->out;
+    imgw_slice_t *blobs = imgw_try_malloc((k ? k : 1) * sizeof(*blobs));
+    int64_t *seqs = imgw_try_malloc((k ? k : 1) * sizeof(*seqs));
+    uint8_t *rev = imgw_try_malloc(k ? k : 1);
+    uint8_t *out = need > cl->out_cap ? imgw_try_malloc(need) : cl->out;
     if (blobs == NULL || seqs == NULL || rev == NULL || out == NULL) {
-        free(blobs);
-        free(seqs);
-        free(rev);
+        imgw_free(blobs);
+        imgw_free(seqs);
+        imgw_free(rev);
         if (out != cl->out)
-            free(out);
+            imgw_free(out);
         imgw_session_error(s, sequence, im_ErrorCode_ERR_SERVER_BUSY,
                            "out of memory");
         return;
@@ -697,11 +698,11 @@ sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
         imgw_session_error(s, sequence, im_ErrorCode_ERR_UNKNOWN,
                            "cannot encode the sync page");
     }
-    free(blobs);
-    free(seqs);
-    free(rev);
+    imgw_free(blobs);
+    imgw_free(seqs);
+    imgw_free(rev);
     if (out != cl->out)
-        free(out);
+        imgw_free(out);
 }
 
 void
@@ -731,7 +732,7 @@ imgw_msg_sync(imgw_session_t *s, imgw_msg_in_t *in)
         min_seq = max_seq;
         max_seq = 0;
     }
-    sync_ctx_t *x = malloc(sizeof(*x));
+    sync_ctx_t *x = imgw_try_malloc(sizeof(*x));
     if (x == NULL) {
         imgw_session_error(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY,
                            "out of memory");
@@ -843,7 +844,7 @@ conv_push_start(imgw_core_loop_t *cl, conv_ctx_t *x)
     if (conv_peer(x->conv, x->user, peer, sizeof(peer)) == 0)
         conv_push(cl, x, users,
                   strcmp(x->user, peer) == 0 && is_receipt(x) ? 1 : 2);
-    free(x);
+    imgw_free(x);
 }
 
 /* Step 4: the request is valid. */
@@ -862,12 +863,12 @@ conv_accept(imgw_core_loop_t *cl, conv_ctx_t *x, const char *const *users,
     }
     if (imgw_coalesce_offer(cl, kind, x->user, x->conv, &x->body, x->ref) !=
         IMGW_COALESCE_NOW) {
-        free(x);
+        imgw_free(x);
         return;
     }
     if (users != NULL) {
         conv_push(cl, x, users, n);
-        free(x);
+        imgw_free(x);
         return;
     }
     conv_push_start(cl, x);
@@ -882,10 +883,10 @@ receipt_lookup_done(imgw_core_loop_t *cl, conv_ctx_t *x)
     if (x->verdict == im_ErrorCode_ERR_INVALID_PARAM) {
         conv_reply(cl, x, x->verdict,
                    "message_ids must name messages of this conversation");
-        free(x);
+        imgw_free(x);
     } else if (x->verdict != 0) {
         conv_reply(cl, x, x->verdict, "store unavailable");
-        free(x);
+        imgw_free(x);
     } else {
         conv_accept(cl, x, NULL, 0);
     }
@@ -961,7 +962,7 @@ conv_members_cb(int status, const char *const *members, size_t n, void *data)
         conv_accept(cl, x, u, k);
         return;
     }
-    free(x);
+    imgw_free(x);
 }
 
 /* Steps 1 and 2: the budget, then the conversation. */
@@ -985,7 +986,7 @@ conv_command(imgw_session_t *s, imgw_msg_in_t *in, const char *conv)
          * has no response, and a status is stale a second later. */
         return;
     }
-    conv_ctx_t *x = calloc(1, sizeof(*x));
+    conv_ctx_t *x = imgw_try_calloc(1, sizeof(*x));
     if (x == NULL) {
         imgw_session_error(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY,
                            "out of memory");
@@ -1006,7 +1007,7 @@ conv_command(imgw_session_t *s, imgw_msg_in_t *in, const char *conv)
             if (imgw_id_parse(id, strlen(id), &v) != 0) {
                 conv_reply(cl, x, im_ErrorCode_ERR_INVALID_PARAM,
                            "bad message_id");
-                free(x);
+                imgw_free(x);
                 return;
             }
             /* The canonical form: what the lookups and pushes carry. */
@@ -1017,7 +1018,7 @@ conv_command(imgw_session_t *s, imgw_msg_in_t *in, const char *conv)
         if (p->message_ids_count == 0) {
             conv_reply(cl, x, im_ErrorCode_ERR_INVALID_PARAM,
                        "message_ids is empty");
-            free(x);
+            imgw_free(x);
             return;
         }
         snprintf(p->conversation_id, sizeof(p->conversation_id), "%s", conv);
@@ -1037,7 +1038,7 @@ conv_command(imgw_session_t *s, imgw_msg_in_t *in, const char *conv)
             if (imgw_cmid_check(m, strlen(m)) != NULL) {
                 conv_reply(cl, x, im_ErrorCode_ERR_INVALID_PARAM,
                            "message_ids must be printable ASCII");
-                free(x);
+                imgw_free(x);
                 return;
             }
         }
@@ -1048,7 +1049,7 @@ conv_command(imgw_session_t *s, imgw_msg_in_t *in, const char *conv)
             char msg[96];
             snprintf(msg, sizeof(msg), "group id %s", why);
             conv_reply(cl, x, im_ErrorCode_ERR_INVALID_PARAM, msg);
-            free(x);
+            imgw_free(x);
             return;
         }
         imgw_store_group_get(cl->store, conv + 2, conv_members_cb, x);
@@ -1059,7 +1060,7 @@ conv_command(imgw_session_t *s, imgw_msg_in_t *in, const char *conv)
         !imgw_id_valid(peer)) {
         conv_reply(cl, x, im_ErrorCode_ERR_INVALID_PARAM,
                    "not a conversation of this user");
-        free(x);
+        imgw_free(x);
         return;
     }
     if (receipt) {
@@ -1089,7 +1090,7 @@ imgw_msg_conv_flush(imgw_core_loop_t *cl, int kind, const char *user,
                     const char *conv, const imgw_push_body_t *body,
                     imgw_conn_ref_t exclude)
 {
-    conv_ctx_t *x = calloc(1, sizeof(*x));
+    conv_ctx_t *x = imgw_try_calloc(1, sizeof(*x));
     if (x == NULL)
         return;
     x->ref = exclude;
@@ -1157,7 +1158,7 @@ revoke_members_cb(int status, const char *const *members, size_t n,
         const char *u[1] = {x->user};
         revoke_push(cl, x, u, 1);
     }
-    free(x);
+    imgw_free(x);
 }
 
 static void
@@ -1167,7 +1168,7 @@ revoke_done_cb(int status, void *data)
     imgw_core_loop_t *cl = imgw_core_loop_current();
     if (status != 0) {
         revoke_reply(cl, x, im_ErrorCode_ERR_SERVER_BUSY, "store unavailable");
-        free(x);
+        imgw_free(x);
         return;
     }
     revoke_reply(cl, x, 0, NULL);
@@ -1182,7 +1183,7 @@ revoke_done_cb(int status, void *data)
         strcmp(peer, x->user) != 0)
         n = 2;
     revoke_push(cl, x, users, n);
-    free(x);
+    imgw_free(x);
 }
 
 static void
@@ -1193,24 +1194,24 @@ revoke_msg_cb(int status, const imgw_store_msg_t *m, void *data)
     const imgw_config_t *cfg = cl->node->cfg;
     if (status == IMGW_ENOTFOUND) {
         revoke_reply(cl, x, im_ErrorCode_ERR_INVALID_PARAM, "unknown message");
-        free(x);
+        imgw_free(x);
         return;
     }
     if (status != 0) {
         revoke_reply(cl, x, im_ErrorCode_ERR_SERVER_BUSY, "store unavailable");
-        free(x);
+        imgw_free(x);
         return;
     }
     if (strcmp(m->sender, x->user) != 0) {
         revoke_reply(cl, x, im_ErrorCode_ERR_PERMISSION_DENIED,
                      "only the sender may revoke");
-        free(x);
+        imgw_free(x);
         return;
     }
     if (x->conv[0] && strcmp(x->conv, m->conversation_id) != 0) {
         revoke_reply(cl, x, im_ErrorCode_ERR_INVALID_PARAM,
                      "conversation_id does not match");
-        free(x);
+        imgw_free(x);
         return;
     }
     x->revoked_time = imgw_now_ms();
@@ -1218,7 +1219,7 @@ revoke_msg_cb(int status, const imgw_store_msg_t *m, void *data)
         (int64_t)cfg->revoke_window * 1000) {
         revoke_reply(cl, x, im_ErrorCode_ERR_PERMISSION_DENIED,
                      "revoke window has passed");
-        free(x);
+        imgw_free(x);
         return;
     }
     snprintf(x->conv, sizeof(x->conv), "%s", m->conversation_id);
@@ -1229,7 +1230,7 @@ void
 imgw_msg_revoke(imgw_session_t *s, imgw_msg_in_t *in)
 {
     im_RevokeMessageRequest *q = &in->u.revoke;
-    revoke_ctx_t *x = calloc(1, sizeof(*x));
+    revoke_ctx_t *x = imgw_try_calloc(1, sizeof(*x));
     if (x == NULL) {
         imgw_session_error(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY,
                            "out of memory");
@@ -1243,7 +1244,7 @@ imgw_msg_revoke(imgw_session_t *s, imgw_msg_in_t *in)
         0) {
         revoke_reply(s->cl, x, im_ErrorCode_ERR_INVALID_PARAM,
                      "bad message_id");
-        free(x);
+        imgw_free(x);
         return;
     }
     imgw_store_msg_get(s->cl->store, x->message_id, revoke_msg_cb, x);

@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "alloc.h"
+#include "clock.h"
 #include "err.h"
 #include "hooks.h"
 #include "idsyntax.h"
@@ -117,9 +118,7 @@ _Atomic int64_t imgw__wall_offset_ms;
 int64_t
 imgw_now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 +
+    return imgw_clock_wall_ms() +
            atomic_load_explicit(&imgw__wall_offset_ms, memory_order_relaxed);
 }
 
@@ -378,15 +377,15 @@ on_upgrade(imgw_conn_t *c, const imgw_http_req_t *req)
             return 400;
         }
     }
-    imgw_session_t *s = imgw_calloc(1, sizeof(*s));
+    imgw_session_t *s = imgw_try_calloc(1, sizeof(*s));
     if (s == NULL)
         return 503;
     s->cl = cl;
     s->conn = c;
     if (have > 0) {
-        s->hs_user = imgw_strdup(claims.user_id);
+        s->hs_user = imgw_try_strdup(claims.user_id);
         if (s->hs_user == NULL) {
-            free(s);
+            imgw_free(s);
             return 503;
         }
     }
@@ -433,7 +432,7 @@ auth_max_seq_cb(int status, int64_t max_seq, uint64_t epoch, void *data)
                                &ar);
         }
     }
-    free(ctx);
+    imgw_free(ctx);
 }
 
 static void
@@ -515,7 +514,7 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
                     "user_id does not match the token");
         return;
     }
-    s->user = imgw_strdup(user);
+    s->user = imgw_try_strdup(user);
     if (s->user == NULL) {
         imgw_conn_close_ws(s->conn, 1011, "out of memory");
         return;
@@ -529,7 +528,7 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
     if (k < 0) {
         auth_reject(s, in->sequence, IMGW_JWT_BAD_CLAIM,
                     "too many connections for this user");
-        free(s->user);
+        imgw_free(s->user);
         s->user = NULL;
         return;
     }
@@ -552,7 +551,7 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
     imgw_conn_set_deadline(s->conn, imgw_loop_now_ms(cl->loop) +
                                         (uint64_t)cfg->heartbeat_timeout *
                                             1000);
-    auth_ctx_t *ctx = imgw_malloc(sizeof(*ctx));
+    auth_ctx_t *ctx = imgw_try_malloc(sizeof(*ctx));
     if (ctx == NULL) {
         imgw_conn_close_ws(s->conn, 1011, "out of memory");
         return;
@@ -720,9 +719,9 @@ on_close(imgw_conn_t *c)
             imgw_store_route_del(cl->store, s->user, s->platform,
                                  cl->node->cfg->broker_id, route_done, NULL);
     }
-    free(s->user);
-    free(s->hs_user);
-    free(s);
+    imgw_free(s->user);
+    imgw_free(s->hs_user);
+    imgw_free(s);
     imgw_conn_set_data(c, NULL);
 }
 

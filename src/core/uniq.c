@@ -40,18 +40,18 @@ uniq_reserve(imgw_uniq_t *u, size_t n, size_t *nslots)
     while (want < 2 * n)
         want <<= 1;
     if (want > u->nslots_) {
-        uint64_t *s = imgw_malloc(want * sizeof(*s));
+        uint64_t *s = imgw_try_malloc(want * sizeof(*s));
         if (s == NULL)
             return -1;
-        free(u->slots_);
+        imgw_free(u->slots_);
         u->slots_ = s;
         u->nslots_ = want;
     }
     if (n > u->list_cap_) {
-        const char **l = imgw_malloc(n * sizeof(*l));
+        const char **l = imgw_try_malloc(n * sizeof(*l));
         if (l == NULL)
             return -1;
-        free(u->list_);
+        imgw_free(u->list_);
         u->list_ = l;
         u->list_cap_ = n;
     }
@@ -106,7 +106,7 @@ imgw_uniq_build(imgw_uniq_t *u, const char *first, const char *const *in,
 void
 imgw_uniq_free(imgw_uniq_t *u)
 {
-    free(u->slots_);
-    free(u->list_);
+    imgw_free(u->slots_);
+    imgw_free(u->list_);
     memset(u, 0, sizeof(*u));
 }

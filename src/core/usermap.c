@@ -31,7 +31,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc.h"
 #include "err.h"
+#include "hash.h"
 
 #define UM_USER_MAX 127     /* bytes in a user id, NUL excluded */
 #define UM_MIN_BUCKETS 16   /* per shard; also the initial size */
@@ -70,18 +72,7 @@ struct imgw_usermap_s {
 static uint64_t
 um_hash(const char *s, size_t len)
 {
-    uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a 64 */
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 0x100000001b3ULL;
-    }
-    /* murmur3's fmix64: spread every input bit over the whole word */
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdULL;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53ULL;
-    h ^= h >> 33;
-    return h;
+    return imgw_hash_bytes(s, len); /* FNV-1a 64 + fmix64 */
 }
 
 static size_t
@@ -132,7 +123,7 @@ um_find(um_shard_t *s, uint32_t h, const char *user, size_t len)
 static void
 um_resize(um_shard_t *s, size_t nb)
 {
-    um_entry_t **nbk = calloc(nb, sizeof(*nbk));
+    um_entry_t **nbk = imgw_try_calloc(nb, sizeof(*nbk));
     if (nbk == NULL)
         return;
     for (size_t i = 0; i < s->nbuckets; i++) {
@@ -145,7 +136,7 @@ um_resize(um_shard_t *s, size_t nb)
             e = next;
         }
     }
-    free(s->buckets);
+    imgw_free(s->buckets);
     s->buckets = nbk;
     s->nbuckets = nb;
 }
@@ -169,20 +160,20 @@ imgw_usermap_new(imgw_usermap_t **out, size_t nshards)
         return IMGW_EINVAL;
     while (ns < nshards)
         ns <<= 1;
-    imgw_usermap_t *m = calloc(1, sizeof(*m));
+    imgw_usermap_t *m = imgw_try_calloc(1, sizeof(*m));
     if (m == NULL)
         return IMGW_ENOMEM;
     /* sizeof(um_shard_t) is a multiple of its 64-byte alignment. */
-    m->shards = aligned_alloc(_Alignof(um_shard_t), ns * sizeof(um_shard_t));
+    m->shards = imgw_try_aligned_alloc(_Alignof(um_shard_t), ns * sizeof(um_shard_t));
     if (m->shards == NULL) {
-        free(m);
+        imgw_free(m);
         return IMGW_ENOMEM;
     }
     for (size_t i = 0; i < ns; i++) {
         um_shard_t *s = &m->shards[i];
-        s->buckets = calloc(UM_MIN_BUCKETS, sizeof(*s->buckets));
+        s->buckets = imgw_try_calloc(UM_MIN_BUCKETS, sizeof(*s->buckets));
         if (s->buckets == NULL || pthread_mutex_init(&s->lock, NULL) != 0) {
-            free(s->buckets);
+            imgw_free(s->buckets);
             m->nshards = i; /* free what was set up so far */
             imgw_usermap_free(m);
             return IMGW_ENOMEM;
@@ -207,15 +198,15 @@ imgw_usermap_free(imgw_usermap_t *m)
             um_entry_t *e = s->buckets[b];
             while (e != NULL) {
                 um_entry_t *next = e->next;
-                free(e);
+                imgw_free(e);
                 e = next;
             }
         }
-        free(s->buckets);
+        imgw_free(s->buckets);
         pthread_mutex_destroy(&s->lock);
     }
-    free(m->shards);
-    free(m);
+    imgw_free(m->shards);
+    imgw_free(m);
 }
 
 /* ---- operations ---------------------------------------------------------- */
@@ -263,7 +254,7 @@ imgw_usermap_add_n(imgw_usermap_t *m, const char *user, const char *platform,
     um_entry_t *e = *pp;
 
     if (e == NULL) {
-        e = malloc(um_entry_size(1, len));
+        e = imgw_try_malloc(um_entry_size(1, len));
         if (e == NULL) {
             rc = IMGW_ENOMEM;
             goto out;
@@ -311,7 +302,7 @@ imgw_usermap_add_n(imgw_usermap_t *m, const char *user, const char *platform,
             size_t ncap = (size_t)e->cap * 2;
             if (ncap > IMGW_USERMAP_MAX_CONNS)
                 ncap = IMGW_USERMAP_MAX_CONNS;
-            um_entry_t *ne = realloc(e, um_entry_size(ncap, len));
+            um_entry_t *ne = imgw_try_realloc(e, um_entry_size(ncap, len));
             if (ne == NULL) {
                 rc = IMGW_ENOMEM;
                 goto out;
@@ -374,7 +365,7 @@ imgw_usermap_remove_n(imgw_usermap_t *m, const char *user,
         *n = e->n;
     if (removed && e->n == 0) {
         *pp = e->next;
-        free(e);
+        imgw_free(e);
         s->n--;
         um_users_changed(s);
         if (s->nbuckets > UM_MIN_BUCKETS && s->n < s->nbuckets / 4)

@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "conn_ref.h" /* imgw_conn_ref_t (net) */
+
 #define IMGW_USERMAP_MAX_CONNS 16 /* live connections per user */
 #define IMGW_USERMAP_PLATFORM 32
 
@@ -22,18 +24,6 @@ enum {
     IMGW_USERMAP_BUDGET_RECEIPT = 1, /* read receipts and typing */
     IMGW_USERMAP_N_BUDGETS
 };
-
-typedef struct imgw_conn_ref_s {
-    uint16_t loop;
-    uint32_t slot;
-    uint32_t gen;
-} imgw_conn_ref_t;
-
-static inline int
-imgw_conn_ref_eq(imgw_conn_ref_t a, imgw_conn_ref_t b)
-{
-    return a.loop == b.loop && a.slot == b.slot && a.gen == b.gen;
-}
 
 typedef struct imgw_usermap_conn_s {
     imgw_conn_ref_t ref;

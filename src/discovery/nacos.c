@@ -27,6 +27,7 @@
 #include <strings.h>
 
 #include "alloc.h"
+#include "buf.h"
 #include "err.h"
 #include "httpc.h"
 #include "log.h"
@@ -93,65 +94,14 @@ static void imgw_nacos_send(imgw_nacos_inst_t *in, int kind);
 static void imgw_nacos_check_stopped(imgw_nacos_t *n);
 
 /* ------------------------------------------------------------------------
- * small string builder; allocation failure sticks and is checked once
+ * request text: an imgw_buf_t (base/buf.h); allocation failure sticks and
+ * is checked once
  */
-
-typedef struct imgw_nacos_sb_s {
-    char *p;
-    size_t len, cap; /* len < cap while p != NULL (room for the NUL) */
-    int oom;
-} imgw_nacos_sb_t;
-
-static void
-imgw_nacos_sb_add(imgw_nacos_sb_t *b, const char *s, size_t len)
-{
-    if (b->oom)
-        return;
-    if (b->len + len + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 1024;
-        while (b->len + len + 1 > cap)
-            cap *= 2;
-        char *p = imgw_realloc(b->p, cap);
-        if (p == NULL) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, len);
-    b->len += len;
-    b->p[b->len] = '\0';
-}
-
-static void
-imgw_nacos_sb_str(imgw_nacos_sb_t *b, const char *s)
-{
-    imgw_nacos_sb_add(b, s, strlen(s));
-}
-
-static void imgw_nacos_sb_fmt(imgw_nacos_sb_t *b, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void
-imgw_nacos_sb_fmt(imgw_nacos_sb_t *b, const char *fmt, ...)
-{
-    char tmp[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int k = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-    va_end(ap);
-    if (k < 0 || (size_t)k >= sizeof(tmp)) {
-        b->oom = 1; /* only used for short, bounded pieces */
-        return;
-    }
-    imgw_nacos_sb_add(b, tmp, (size_t)k);
-}
 
 /* Percent-encodes everything but RFC 3986 unreserved characters; valid in
  * both query strings and x-www-form-urlencoded bodies. */
 static void
-imgw_nacos_sb_enc(imgw_nacos_sb_t *b, const char *s)
+imgw_nacos_sb_enc(imgw_buf_t *b, const char *s)
 {
     static const char hex[] = "0123456789ABCDEF";
     for (; *s; s++) {
@@ -159,10 +109,10 @@ imgw_nacos_sb_enc(imgw_nacos_sb_t *b, const char *s)
         if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
             (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.' ||
             c == '~') {
-            imgw_nacos_sb_add(b, (const char *)&c, 1);
+            imgw_buf_add(b, (const char *)&c, 1);
         } else {
             char e[3] = {'%', hex[c >> 4], hex[c & 15]};
-            imgw_nacos_sb_add(b, e, 3);
+            imgw_buf_add(b, e, 3);
         }
     }
 }
@@ -198,20 +148,20 @@ imgw_nacos_json_str(char *dst, size_t cap, const char *s)
 
 /* The parameters every endpoint takes, as name=value&... (encoded). */
 static void
-imgw_nacos_common_params(imgw_nacos_sb_t *b, imgw_nacos_inst_t *in)
+imgw_nacos_common_params(imgw_buf_t *b, imgw_nacos_inst_t *in)
 {
     const imgw_config_t *cfg = in->n->cfg;
-    imgw_nacos_sb_str(b, "serviceName=");
+    imgw_buf_str(b, "serviceName=");
     imgw_nacos_sb_enc(b, cfg->nacos_service);
-    imgw_nacos_sb_str(b, "&groupName=");
+    imgw_buf_str(b, "&groupName=");
     imgw_nacos_sb_enc(b, cfg->nacos_group);
     if (cfg->nacos_namespace[0] != '\0') {
-        imgw_nacos_sb_str(b, "&namespaceId=");
+        imgw_buf_str(b, "&namespaceId=");
         imgw_nacos_sb_enc(b, cfg->nacos_namespace);
     }
-    imgw_nacos_sb_str(b, "&ip=");
+    imgw_buf_str(b, "&ip=");
     imgw_nacos_sb_enc(b, cfg->nacos_ip);
-    imgw_nacos_sb_fmt(b, "&port=%u&ephemeral=true", (unsigned)in->port);
+    imgw_buf_fmt(b, "&port=%u&ephemeral=true", (unsigned)in->port);
 }
 
 static void
@@ -231,7 +181,7 @@ imgw_nacos_build(imgw_nacos_inst_t *in, int kind, char **url, char **body,
 {
     imgw_nacos_t *n = in->n;
     const imgw_config_t *cfg = n->cfg;
-    imgw_nacos_sb_t q = {0}, b = {0};
+    imgw_buf_t q = {0}, b = {0};
     char meta[640];
     const char *path;
 
@@ -239,7 +189,7 @@ imgw_nacos_build(imgw_nacos_inst_t *in, int kind, char **url, char **body,
     imgw_nacos_common_params(&q, in);
     if (kind == IMGW_NACOS_REGISTER) {
         path = "/nacos/v1/ns/instance";
-        imgw_nacos_sb_str(&q, "&healthy=true&enabled=true&weight=1"
+        imgw_buf_str(&q, "&healthy=true&enabled=true&weight=1"
                               "&metadata=");
         imgw_nacos_sb_enc(&q, meta);
     } else if (kind == IMGW_NACOS_BEAT) {
@@ -257,20 +207,20 @@ imgw_nacos_build(imgw_nacos_inst_t *in, int kind, char **url, char **body,
                  "\"metadata\":%s}",
                  svc, ip, (unsigned)in->port, meta);
         path = "/nacos/v1/ns/instance/beat";
-        imgw_nacos_sb_str(&q, "&beat=");
+        imgw_buf_str(&q, "&beat=");
         imgw_nacos_sb_enc(&q, beat);
     } else {
         path = "/nacos/v1/ns/instance";
     }
 
-    imgw_nacos_sb_str(&b, "http://");
-    imgw_nacos_sb_str(&b, n->hostport);
-    imgw_nacos_sb_str(&b, path);
-    if (kind != IMGW_NACOS_REGISTER && !q.oom) {
-        imgw_nacos_sb_str(&b, "?");
-        imgw_nacos_sb_add(&b, q.p, q.len);
+    imgw_buf_str(&b, "http://");
+    imgw_buf_str(&b, n->hostport);
+    imgw_buf_str(&b, path);
+    if (kind != IMGW_NACOS_REGISTER && !q.err) {
+        imgw_buf_str(&b, "?");
+        imgw_buf_add(&b, q.p, q.len);
     }
-    int oom = q.oom || b.oom;
+    int oom = q.err || b.err;
     if (oom) {
         imgw_free(q.p);
         imgw_free(b.p);
@@ -639,7 +589,7 @@ int
 imgw_nacos_start(imgw_nacos_t **out, uv_loop_t *loop, const imgw_config_t *cfg,
                  char *err, size_t errlen)
 {
-    imgw_nacos_t *n = imgw_calloc(1, sizeof(*n));
+    imgw_nacos_t *n = imgw_try_calloc(1, sizeof(*n));
     char bid[300];
 
     *out = NULL;

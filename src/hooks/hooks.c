@@ -38,6 +38,7 @@
 
 #include "utf8.h"
 #include "alloc.h"
+#include "buf.h"
 #include "err.h"
 #include "httpc.h"
 #include "log.h"
@@ -213,7 +214,7 @@ static int
 hooks_add_content(cJSON *obj, const char *key, const uint8_t *p, size_t n)
 {
     if (imgw_utf8_valid(p, n)) {
-        char *s = imgw_malloc(n + 1);
+        char *s = imgw_try_malloc(n + 1);
         if (s == NULL)
             return -1;
         memcpy(s, p, n);
@@ -224,7 +225,7 @@ hooks_add_content(cJSON *obj, const char *key, const uint8_t *p, size_t n)
     }
     size_t olen = 0;
     mbedtls_base64_encode(NULL, 0, &olen, p, n);
-    unsigned char *b = imgw_malloc(olen + 1);
+    unsigned char *b = imgw_try_malloc(olen + 1);
     if (b == NULL)
         return -1;
     int r = mbedtls_base64_encode(b, olen + 1, &olen, p, n);
@@ -416,7 +417,7 @@ send_parse(hook_send_t *x, const char *body, size_t len)
         if (n > (size_t)cfg->max_message_bytes ||
             !imgw_utf8_valid((const uint8_t *)content->valuestring, n))
             goto out;
-        uint8_t *c = imgw_malloc(n ? n : 1);
+        uint8_t *c = imgw_try_malloc(n ? n : 1);
         if (c == NULL)
             goto out;
         memcpy(c, content->valuestring, n);
@@ -584,10 +585,10 @@ imgw_hooks_before_send(imgw_session_t *s, const imgw_msg_in_t *in,
                              0, 0, 0);
         return;
     }
-    hook_send_t *x = imgw_calloc(1, sizeof(*x));
-    uint8_t *content = imgw_malloc(in->content.len ? in->content.len : 1);
+    hook_send_t *x = imgw_try_calloc(1, sizeof(*x));
+    uint8_t *content = imgw_try_malloc(in->content.len ? in->content.len : 1);
     if (s->hook_chain == NULL && x != NULL && content != NULL)
-        s->hook_chain = imgw_calloc(1, sizeof(*s->hook_chain));
+        s->hook_chain = imgw_try_calloc(1, sizeof(*s->hook_chain));
     if (x == NULL || content == NULL || s->hook_chain == NULL) {
         imgw_free(x);
         imgw_free(content);
@@ -754,7 +755,7 @@ ev_flush(imgw_hooks_loop_t *hl)
     size_t bytes = 16;
     for (size_t i = 0; i < n; i++)
         bytes += strlen(hl->q[(hl->q_head + i) % hl->q_cap]) + 1;
-    char *body = imgw_malloc(bytes);
+    char *body = imgw_try_malloc(bytes);
     if (body == NULL)
         return;
     size_t o = 0;
@@ -860,7 +861,7 @@ imgw_hooks_stored(imgw_core_loop_t *cl, const uint8_t *blob, size_t len,
     imgw_slice_t content;
     if (imgw_codec_decode_push(blob, len, &hl->pm, &content) != 0)
         return;
-    ev_msg_shared_t *m = imgw_calloc(1, sizeof(*m));
+    ev_msg_shared_t *m = imgw_try_calloc(1, sizeof(*m));
     if (m == NULL) {
         hl->st.ev_dropped += n - 1;
         return;
@@ -876,7 +877,7 @@ imgw_hooks_stored(imgw_core_loop_t *cl, const uint8_t *blob, size_t len,
     if (imgw_utf8_valid(content.ptr, content.len)) {
         size_t k = utf8_cut(content.ptr, content.len,
                             (size_t)hl->cfg->hooks_preview_bytes);
-        m->preview = imgw_malloc(k + 1);
+        m->preview = imgw_try_malloc(k + 1);
         if (m->preview) {
             if (k)
                 memcpy(m->preview, content.ptr, k);
@@ -885,7 +886,7 @@ imgw_hooks_stored(imgw_core_loop_t *cl, const uint8_t *blob, size_t len,
     }
     for (size_t i = 1; i < n; i++) {
         size_t ul = strlen(users[i]);
-        ev_msg_t *e = imgw_malloc(sizeof(*e) + ul + 1);
+        ev_msg_t *e = imgw_try_malloc(sizeof(*e) + ul + 1);
         if (e == NULL) {
             hl->st.ev_dropped++;
             continue;
@@ -969,7 +970,7 @@ imgw_hooks_loop_start(imgw_core_loop_t *cl)
     cl->hooks = NULL;
     if (cfg->hooks_before_send_url[0] == '\0' && cfg->hooks_events_url[0] == '\0')
         return 0;
-    imgw_hooks_loop_t *hl = imgw_calloc(1, sizeof(*hl));
+    imgw_hooks_loop_t *hl = imgw_try_calloc(1, sizeof(*hl));
     if (hl == NULL)
         return IMGW_ENOMEM;
     hl->cl = cl;
@@ -982,7 +983,7 @@ imgw_hooks_loop_start(imgw_core_loop_t *cl)
     if (cfg->hooks_events_url[0] != '\0') {
         hl->events = events_mask(cfg->hooks_events);
         hl->q_cap = (size_t)cfg->hooks_queue_max;
-        hl->q = imgw_calloc(hl->q_cap, sizeof(*hl->q));
+        hl->q = imgw_try_calloc(hl->q_cap, sizeof(*hl->q));
         if (hl->q == NULL) {
             imgw_httpc_free(hl->http);
             imgw_free(hl);
@@ -1046,44 +1047,8 @@ imgw_hooks_loop_stop(imgw_core_loop_t *cl)
 
 /* ---- metrics -------------------------------------------------------------------- */
 
-typedef struct mtext_s {
-    char *p;
-    size_t len, cap;
-    int oom;
-} mtext_t;
-
-static void mput(mtext_t *b, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void
-mput(mtext_t *b, const char *fmt, ...)
-{
-    for (;;) {
-        if (b->oom)
-            return;
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->p ? b->p + b->len : NULL,
-                          b->p ? b->cap - b->len : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            b->oom = 1;
-            return;
-        }
-        if (b->p && (size_t)n < b->cap - b->len) {
-            b->len += (size_t)n;
-            return;
-        }
-        size_t cap = b->cap * 2 + (size_t)n + 256;
-        char *np = imgw_realloc(b->p, cap);
-        if (np == NULL) {
-            b->oom = 1;
-            return;
-        }
-        b->p = np;
-        b->cap = cap;
-    }
-}
+/* The text is built in an imgw_buf_t (base/buf.h): an allocation failure
+ * sticks and is checked once at the end. */
 
 char *
 imgw_hooks_metrics(imgw_node_t *node)
@@ -1099,70 +1064,70 @@ imgw_hooks_metrics(imgw_node_t *node)
         for (size_t k = 0; k < sizeof(t) / sizeof(uint64_t); k++)
             dst[k] += src[k];
     }
-    mtext_t b = {0};
+    imgw_buf_t b = {0};
 #define HEAD(name, type, help)                                                 \
-    mput(&b, "# HELP " name " " help "\n# TYPE " name " " type "\n")
+    imgw_buf_fmt(&b, "# HELP " name " " help "\n# TYPE " name " " type "\n")
     HEAD("imgw_hook_calls_total", "counter",
          "Before-send hook calls (hook=before_send) and event POSTs "
          "(hook=events).");
-    mput(&b, "imgw_hook_calls_total{hook=\"before_send\"} %" PRIu64 "\n",
+    imgw_buf_fmt(&b, "imgw_hook_calls_total{hook=\"before_send\"} %" PRIu64 "\n",
          t.bs_calls);
-    mput(&b, "imgw_hook_calls_total{hook=\"events\"} %" PRIu64 "\n",
+    imgw_buf_fmt(&b, "imgw_hook_calls_total{hook=\"events\"} %" PRIu64 "\n",
          t.ev_posts);
     HEAD("imgw_hook_failures_total", "counter",
          "Hook calls without a usable answer, by reason.");
     for (int k = 0; k < HF_N; k++)
-        mput(&b,
+        imgw_buf_fmt(&b,
              "imgw_hook_failures_total{hook=\"before_send\",reason=\"%s\"} "
              "%" PRIu64 "\n",
              hf_name[k], t.bs_failed[k]);
-    mput(&b, "imgw_hook_failures_total{hook=\"events\",reason=\"post\"} %" PRIu64
+    imgw_buf_fmt(&b, "imgw_hook_failures_total{hook=\"events\",reason=\"post\"} %" PRIu64
              "\n",
          t.ev_post_failures);
     HEAD("imgw_hook_decisions_total", "counter",
          "Before-send outcomes: allow, rewrite (allowed with new content or "
          "extra), deny, fail_open (allowed after a failure), busy (refused: "
          "max_inflight), dup (a resend answered from the store).");
-    mput(&b, "imgw_hook_decisions_total{decision=\"allow\"} %" PRIu64 "\n",
+    imgw_buf_fmt(&b, "imgw_hook_decisions_total{decision=\"allow\"} %" PRIu64 "\n",
          t.bs_allowed);
-    mput(&b, "imgw_hook_decisions_total{decision=\"rewrite\"} %" PRIu64 "\n",
+    imgw_buf_fmt(&b, "imgw_hook_decisions_total{decision=\"rewrite\"} %" PRIu64 "\n",
          t.bs_rewritten);
-    mput(&b, "imgw_hook_decisions_total{decision=\"deny\"} %" PRIu64 "\n",
+    imgw_buf_fmt(&b, "imgw_hook_decisions_total{decision=\"deny\"} %" PRIu64 "\n",
          t.bs_denied);
-    mput(&b, "imgw_hook_decisions_total{decision=\"fail_open\"} %" PRIu64 "\n",
+    imgw_buf_fmt(&b, "imgw_hook_decisions_total{decision=\"fail_open\"} %" PRIu64 "\n",
          t.bs_fail_open);
-    mput(&b, "imgw_hook_decisions_total{decision=\"busy\"} %" PRIu64 "\n",
+    imgw_buf_fmt(&b, "imgw_hook_decisions_total{decision=\"busy\"} %" PRIu64 "\n",
          t.bs_busy);
-    mput(&b, "imgw_hook_decisions_total{decision=\"dup\"} %" PRIu64 "\n",
+    imgw_buf_fmt(&b, "imgw_hook_decisions_total{decision=\"dup\"} %" PRIu64 "\n",
          t.bs_dup);
     HEAD("imgw_hook_inflight", "gauge",
          "Sends waiting for the before-send hook (or its store lookup).");
-    mput(&b, "imgw_hook_inflight %" PRIu64 "\n", t.bs_inflight);
+    imgw_buf_fmt(&b, "imgw_hook_inflight %" PRIu64 "\n", t.bs_inflight);
     HEAD("imgw_hook_latency_seconds", "histogram",
          "Before-send hook call latency.");
     uint64_t cum = 0;
     for (int k = 0; k < HOOK_LAT_BUCKETS - 1; k++) {
         cum += t.bs_lat_hist[k];
-        mput(&b, "imgw_hook_latency_seconds_bucket{le=\"%g\"} %" PRIu64 "\n",
+        imgw_buf_fmt(&b, "imgw_hook_latency_seconds_bucket{le=\"%g\"} %" PRIu64 "\n",
              hook_lat_le[k], cum);
     }
     cum += t.bs_lat_hist[HOOK_LAT_BUCKETS - 1];
-    mput(&b, "imgw_hook_latency_seconds_bucket{le=\"+Inf\"} %" PRIu64 "\n",
+    imgw_buf_fmt(&b, "imgw_hook_latency_seconds_bucket{le=\"+Inf\"} %" PRIu64 "\n",
          cum);
-    mput(&b, "imgw_hook_latency_seconds_sum %.6f\n",
+    imgw_buf_fmt(&b, "imgw_hook_latency_seconds_sum %.6f\n",
          (double)t.bs_lat_us_sum / 1e6);
-    mput(&b, "imgw_hook_latency_seconds_count %" PRIu64 "\n", cum);
+    imgw_buf_fmt(&b, "imgw_hook_latency_seconds_count %" PRIu64 "\n", cum);
     HEAD("imgw_hook_events_queued", "gauge",
          "Events waiting to be posted to hooks.events_url.");
-    mput(&b, "imgw_hook_events_queued %" PRIu64 "\n", t.ev_queued);
+    imgw_buf_fmt(&b, "imgw_hook_events_queued %" PRIu64 "\n", t.ev_queued);
     HEAD("imgw_hook_events_sent_total", "counter",
          "Events the event hook accepted (2xx).");
-    mput(&b, "imgw_hook_events_sent_total %" PRIu64 "\n", t.ev_sent);
+    imgw_buf_fmt(&b, "imgw_hook_events_sent_total %" PRIu64 "\n", t.ev_sent);
     HEAD("imgw_hook_events_dropped_total", "counter",
          "Events dropped because the queue was full (hooks.queue_max).");
-    mput(&b, "imgw_hook_events_dropped_total %" PRIu64 "\n", t.ev_dropped);
+    imgw_buf_fmt(&b, "imgw_hook_events_dropped_total %" PRIu64 "\n", t.ev_dropped);
 #undef HEAD
-    if (b.oom) {
+    if (b.err) {
         imgw_free(b.p);
         return NULL;
     }

@@ -46,8 +46,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "alloc.h"
+#include "clock.h"
 #include "err.h"
 #include "log.h"
+#include "mpsc.h"
 
 #define MQ_CHANNEL 1
 #define MQ_DEFAULT_EXCHANGE "imgw.direct"
@@ -108,14 +111,10 @@
 
 /* ---- the command queue --------------------------------------------------- */
 
-typedef struct mq_node_s {
-    struct mq_node_s *_Atomic next;
-} mq_node_t;
-
 enum { MQ_ITEM_PUBLISH = 1, MQ_ITEM_ACK, MQ_ITEM_REJECT };
 
 typedef struct mq_item_s {
-    mq_node_t node; /* first: a node pointer is an item pointer */
+    imgw_mpsc_node_t node; /* first: a node pointer is an item pointer */
     int kind;
     uint64_t tag;    /* ack/reject: the generation-stamped tag */
     size_t key_len;  /* publish: routing key bytes (a NUL follows) */
@@ -139,10 +138,8 @@ struct imgw_mq_s {
     int efd; /* eventfd: wakes the MQ thread */
     pthread_t thread;
 
-    /* Command queue: producers push at q_head, the MQ thread pops. */
-    mq_node_t *_Atomic q_head;
-    mq_node_t *q_tail; /* MQ thread only */
-    mq_node_t q_stub;
+    /* Command queue: any thread pushes, the MQ thread pops. */
+    imgw_mpsc_t q;
     atomic_int armed;          /* 1 while a wake-up is pending */
     atomic_size_t acks_queued; /* acks pushed, not yet popped */
     size_t ack_wake_at;        /* acks_queued that wakes the thread */
@@ -182,49 +179,13 @@ struct imgw_mq_s {
     uint64_t rng; /* xorshift state for backoff jitter */
 };
 
-static void
-mq_q_push(imgw_mq_t *mq, mq_node_t *n)
-{
-    atomic_store_explicit(&n->next, NULL, memory_order_relaxed);
-    /* acq_rel/release: the same pairing as imgw_mpsc_push (net/mailbox.c):
-     * the consumer that acquires prev->next sees the item's payload. */
-    mq_node_t *prev =
-        atomic_exchange_explicit(&mq->q_head, n, memory_order_acq_rel);
-    atomic_store_explicit(&prev->next, n, memory_order_release);
-}
-
-/*
- * MQ thread only. NULL when empty, or when a producer is between its two
+/* MQ thread only. NULL when empty, or when a producer is between its two
  * steps; that producer wakes the thread after it finishes (see mq_wake),
- * so its item is popped on a later turn.
- */
+ * so its item is popped on a later turn. */
 static mq_item_t *
 mq_q_pop(imgw_mq_t *mq)
 {
-    mq_node_t *tail = mq->q_tail;
-    mq_node_t *next = atomic_load_explicit(&tail->next, memory_order_acquire);
-
-    if (tail == &mq->q_stub) {
-        if (next == NULL)
-            return NULL;
-        mq->q_tail = next;
-        tail = next;
-        next = atomic_load_explicit(&next->next, memory_order_acquire);
-    }
-    if (next != NULL) {
-        mq->q_tail = next;
-        return (mq_item_t *)tail;
-    }
-    if (tail != atomic_load_explicit(&mq->q_head, memory_order_acquire))
-        return NULL;
-    /* tail is the last node: put the stub behind it so it can be taken. */
-    mq_q_push(mq, &mq->q_stub);
-    next = atomic_load_explicit(&tail->next, memory_order_acquire);
-    if (next != NULL) {
-        mq->q_tail = next;
-        return (mq_item_t *)tail;
-    }
-    return NULL;
+    return (mq_item_t *)(void *)imgw_mpsc_pop(&mq->q);
 }
 
 static void
@@ -268,7 +229,7 @@ mq_item_drop(imgw_mq_t *mq, mq_item_t *it)
     } else if (it->kind == MQ_ITEM_ACK) {
         atomic_fetch_sub_explicit(&mq->acks_queued, 1, memory_order_relaxed);
     }
-    free(it);
+    imgw_free(it);
 }
 
 /*
@@ -284,14 +245,6 @@ mq_drop_queued(imgw_mq_t *mq)
 }
 
 /* ---- small helpers ------------------------------------------------------- */
-
-static uint64_t
-mq_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static uint64_t
 mq_rand(imgw_mq_t *mq)
@@ -510,7 +463,7 @@ mq_ack_flush(imgw_mq_t *mq, bool force)
         mq->ack_gap_ms = 0;
         return AMQP_STATUS_OK;
     }
-    uint64_t now = mq_now_ms();
+    uint64_t now = imgw_clock_mono_ms();
     if (mq->ack_gap_ms == 0)
         mq->ack_gap_ms = now;
     if (!force && now - mq->ack_gap_ms < MQ_ACK_GAP_MS)
@@ -762,7 +715,7 @@ mq_on_deliver(imgw_mq_t *mq, amqp_channel_t ch, const amqp_basic_deliver_t *d)
             cap *= 2;
         if (cap > mq->max_message)
             cap = mq->max_message;
-        uint8_t *nb = realloc(mq->body, cap);
+        uint8_t *nb = imgw_try_realloc(mq->body, cap);
         if (nb == NULL) {
             /* Reconnecting requeues it; better than rejecting it. */
             IMGW_LOG_ERROR("mq: out of memory for a %llu byte delivery",
@@ -975,7 +928,7 @@ mq_drain_items(imgw_mq_t *mq)
             rc = mq_ack_settle(mq, dtag, it->kind == MQ_ITEM_ACK);
             break;
         }
-        free(it);
+        imgw_free(it);
         if (rc != AMQP_STATUS_OK) {
             IMGW_LOG_WARN("mq: send failed: %s", amqp_error_string2(rc));
             return -1;
@@ -1010,7 +963,7 @@ mq_drain(imgw_mq_t *mq)
 static int
 mq_finish(imgw_mq_t *mq)
 {
-    uint64_t deadline = mq_now_ms() + MQ_STOP_CONFIRM_MS;
+    uint64_t deadline = imgw_clock_mono_ms() + MQ_STOP_CONFIRM_MS;
     struct pollfd pfd = {amqp_get_sockfd(mq->conn), POLLIN, 0};
 
     mq->quiesce = true;
@@ -1020,7 +973,7 @@ mq_finish(imgw_mq_t *mq)
             return -1;
         if (more == MQ_DRAIN_EMPTY && mq->low_seq == mq->next_seq)
             return 0;
-        uint64_t now = mq_now_ms();
+        uint64_t now = imgw_clock_mono_ms();
         if (now >= deadline) {
             IMGW_LOG_WARN("mq: stopping with %llu publishes unconfirmed",
                           (unsigned long long)(mq->next_seq - mq->low_seq));
@@ -1032,15 +985,6 @@ mq_finish(imgw_mq_t *mq)
         if (mq_read_frames(mq) < 0)
             return -1;
     }
-}
-
-/* MQ thread: 1 if an item may be queued (a producer between its two
- * steps counts as queued; it wakes us anyway). */
-static bool
-mq_q_nonempty(imgw_mq_t *mq)
-{
-    return mq->q_tail != &mq->q_stub ||
-           atomic_load_explicit(&mq->q_stub.next, memory_order_acquire) != NULL;
 }
 
 /*
@@ -1079,7 +1023,7 @@ mq_serve(imgw_mq_t *mq)
             timeout = 0;
         if (timeout > 0) {
             atomic_exchange(&mq->armed, 0);
-            if (mq_q_nonempty(mq))
+            if (imgw_mpsc_nonempty(&mq->q))
                 timeout = 0;
         }
         pfd[0].revents = pfd[1].revents = 0;
@@ -1107,7 +1051,7 @@ mq_run(imgw_mq_t *mq)
     /* Back to the plain pattern for mq_backoff, which drops what gets
      * queued when woken: wake it for anything already there. */
     atomic_exchange(&mq->armed, 0);
-    if (mq_q_nonempty(mq))
+    if (imgw_mpsc_nonempty(&mq->q))
         mq_wake(mq);
     return rc;
 }
@@ -1117,11 +1061,11 @@ mq_run(imgw_mq_t *mq)
 static void
 mq_backoff(imgw_mq_t *mq, uint64_t ms)
 {
-    uint64_t deadline = mq_now_ms() + ms;
+    uint64_t deadline = imgw_clock_mono_ms() + ms;
     struct pollfd pfd = {mq->efd, POLLIN, 0};
 
     while (!atomic_load(&mq->stopping)) {
-        uint64_t now = mq_now_ms();
+        uint64_t now = imgw_clock_mono_ms();
         if (now >= deadline)
             break;
         pfd.revents = 0;
@@ -1162,12 +1106,12 @@ mq_thread_main(void *arg)
         IMGW_LOG_INFO("mq: connected to %s:%d vhost %s, consuming queue %s",
                       mq->ci.host, mq->ci.port, mq->ci.vhost, mq->broker_id);
 
-        uint64_t t0 = mq_now_ms();
+        uint64_t t0 = imgw_clock_mono_ms();
         int rc = mq_run(mq);
         mq_disconnect(mq, rc == 0);
         /* A connection that dies right after it was made (a broker that
          * accepts then kills us) must not turn into a 10 Hz retry loop. */
-        if (mq_now_ms() - t0 >= MQ_BACKOFF_MAX_MS)
+        if (imgw_clock_mono_ms() - t0 >= MQ_BACKOFF_MAX_MS)
             backoff = MQ_BACKOFF_MIN_MS;
         if (!atomic_load(&mq->stopping)) {
             IMGW_LOG_WARN("mq: disconnected from %s:%d, reconnecting",
@@ -1192,14 +1136,14 @@ mq_free(imgw_mq_t *mq)
         mq_item_drop(mq, it);
     if (mq->efd >= 0)
         close(mq->efd);
-    free(mq->resolved);
-    free(mq->ack_wait);
-    free(mq->ack_done);
-    free(mq->body);
-    free(mq->broker_id);
-    free(mq->exchange);
-    free(mq->url_buf);
-    free(mq);
+    imgw_free(mq->resolved);
+    imgw_free(mq->ack_wait);
+    imgw_free(mq->ack_done);
+    imgw_free(mq->body);
+    imgw_free(mq->broker_id);
+    imgw_free(mq->exchange);
+    imgw_free(mq->url_buf);
+    imgw_free(mq);
 }
 
 int
@@ -1243,20 +1187,18 @@ imgw_mq_start(imgw_mq_t **out, const imgw_mq_opts_t *opts, char *err,
         return IMGW_EINVAL;
     }
 
-    imgw_mq_t *mq = calloc(1, sizeof(*mq));
+    imgw_mq_t *mq = imgw_try_calloc(1, sizeof(*mq));
     if (mq == NULL)
         goto nomem;
     mq->efd = -1;
-    atomic_init(&mq->q_stub.next, NULL);
-    atomic_init(&mq->q_head, &mq->q_stub);
-    mq->q_tail = &mq->q_stub;
+    imgw_mpsc_init(&mq->q);
     /* amqp_parse_url() cuts the string up and points ci into it: keep it. */
-    mq->url_buf = strdup(opts->url);
-    mq->broker_id = strdup(opts->broker_id);
-    mq->exchange = strdup(exchange);
-    mq->resolved = calloc(MQ_CONFIRM_WINDOW / 64, sizeof(uint64_t));
-    mq->ack_wait = calloc(MQ_ACK_WINDOW / 64, sizeof(uint64_t));
-    mq->ack_done = calloc(MQ_ACK_WINDOW / 64, sizeof(uint64_t));
+    mq->url_buf = imgw_try_strdup(opts->url);
+    mq->broker_id = imgw_try_strdup(opts->broker_id);
+    mq->exchange = imgw_try_strdup(exchange);
+    mq->resolved = imgw_try_calloc(MQ_CONFIRM_WINDOW / 64, sizeof(uint64_t));
+    mq->ack_wait = imgw_try_calloc(MQ_ACK_WINDOW / 64, sizeof(uint64_t));
+    mq->ack_done = imgw_try_calloc(MQ_ACK_WINDOW / 64, sizeof(uint64_t));
     if (!mq->url_buf || !mq->broker_id || !mq->exchange || !mq->resolved ||
         !mq->ack_wait || !mq->ack_done)
         goto nomem;
@@ -1293,7 +1235,7 @@ imgw_mq_start(imgw_mq_t **out, const imgw_mq_opts_t *opts, char *err,
     mq->on_message = opts->on_message;
     mq->data = opts->data;
     mq->next_seq = mq->low_seq = 1;
-    mq->rng = (mq_now_ms() << 20) ^ (uint64_t)getpid() ^ (uintptr_t)mq;
+    mq->rng = (imgw_clock_mono_ms() << 20) ^ (uint64_t)getpid() ^ (uintptr_t)mq;
     if (mq->rng == 0)
         mq->rng = 0x9e3779b97f4a7c15u;
 
@@ -1327,7 +1269,7 @@ nomem:
 static int
 mq_push_item(imgw_mq_t *mq, mq_item_t *it)
 {
-    mq_q_push(mq, &it->node);
+    imgw_mpsc_push(&mq->q, &it->node);
     mq_wake(mq);
     return 0;
 }
@@ -1353,7 +1295,7 @@ imgw_mq_publish(imgw_mq_t *mq, const char *routing_key, const uint8_t *body,
                          MQ_MAX_PENDING);
         return IMGW_EMQ;
     }
-    mq_item_t *it = malloc(sizeof(*it) + key_len + 1 + len);
+    mq_item_t *it = imgw_try_malloc(sizeof(*it) + key_len + 1 + len);
     if (it == NULL) {
         atomic_fetch_sub(&mq->pending, 1);
         atomic_fetch_add(&mq->publish_dropped, 1);
@@ -1378,7 +1320,7 @@ mq_settle(imgw_mq_t *mq, int kind, uint64_t tag)
 {
     if (mq == NULL)
         return;
-    mq_item_t *it = malloc(sizeof(*it));
+    mq_item_t *it = imgw_try_malloc(sizeof(*it));
     if (it == NULL) {
         /* The delivery stays unacked until the connection is rebuilt. */
         IMGW_LOG_ERROR("mq: out of memory queueing an ack");
@@ -1395,7 +1337,7 @@ mq_settle(imgw_mq_t *mq, int kind, uint64_t tag)
     size_t q =
         atomic_fetch_add_explicit(&mq->acks_queued, 1, memory_order_relaxed) +
         1;
-    mq_q_push(mq, &it->node);
+    imgw_mpsc_push(&mq->q, &it->node);
     if (q >= mq->ack_wake_at)
         mq_wake(mq);
 }

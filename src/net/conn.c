@@ -25,9 +25,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../core/alloc.h"
-#include "../core/err.h"
-#include "../core/log.h"
+#include "alloc.h"
+#include "err.h"
+#include "log.h"
 #include "net_int.h"
 
 static void conn_close_cb(uv_handle_t *h);
@@ -48,7 +48,7 @@ obuf_get(imgw_loop_t *l, size_t need)
         if (l->n_obuf_pool > 0) {
             b = l->obuf_pool[--l->n_obuf_pool];
         } else {
-            b = imgw_malloc(sizeof(*b) + IMGW_OBUF_SMALL);
+            b = imgw_try_malloc(sizeof(*b) + IMGW_OBUF_SMALL);
             if (b == NULL)
                 return NULL;
             b->cap = IMGW_OBUF_SMALL;
@@ -57,7 +57,7 @@ obuf_get(imgw_loop_t *l, size_t need)
         size_t cap = IMGW_OBUF_SMALL;
         while (cap < need)
             cap *= 2;
-        b = imgw_malloc(sizeof(*b) + cap);
+        b = imgw_try_malloc(sizeof(*b) + cap);
         if (b == NULL)
             return NULL;
         b->cap = cap;
@@ -76,7 +76,7 @@ imgw__obuf_release(imgw_loop_t *l, imgw_obuf_t *b)
     if (b->cap == IMGW_OBUF_SMALL && l->n_obuf_pool < IMGW_OBUF_POOL_MAX)
         l->obuf_pool[l->n_obuf_pool++] = b;
     else
-        free(b);
+        imgw_free(b);
 }
 
 /* ---- creation and the loop's table ------------------------------------ */
@@ -84,11 +84,10 @@ imgw__obuf_release(imgw_loop_t *l, imgw_obuf_t *b)
 imgw_conn_t *
 imgw__conn_new(imgw_loop_t *l)
 {
-    /* Not hooked: libuv stops accepting until an accepted connection is
-     * taken, so this one allocation is never made to fail on purpose. */
-    imgw_conn_t *c = calloc(1, sizeof(*c));
-    if (c == NULL)
-        return NULL;
+    /* Aborts (imgw_xcalloc): a fixed small size, and there is no graceful
+     * way on, because libuv stops accepting until an accepted connection
+     * is taken. So it is never made to fail on purpose either. */
+    imgw_conn_t *c = imgw_xcalloc(1, sizeof(*c));
     c->loop = l;
     c->state = IMGW_CONN_HTTP;
     c->proto = IMGW_PROTO_HTTP;
@@ -179,7 +178,7 @@ void
 imgw__conn_pools_trim(imgw_loop_t *l, size_t keep)
 {
     while (l->n_obuf_pool > keep)
-        free(l->obuf_pool[--l->n_obuf_pool]);
+        imgw_free(l->obuf_pool[--l->n_obuf_pool]);
     for (int i = 0; i < IMGW_PROTO_N; i++)
         if (l->net->protos[i]->trim)
             l->net->protos[i]->trim(l, keep);
@@ -496,7 +495,7 @@ conn_close_cb(uv_handle_t *h)
             *pp = c->flush_next;
     }
     conn_unlink(l, c);
-    free(c);
+    imgw_free(c);
 }
 
 /* ---- deadlines ---------------------------------------------------------- */

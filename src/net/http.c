@@ -26,9 +26,9 @@
 #include <mbedtls/base64.h>
 #include <mbedtls/sha1.h>
 
-#include "../core/alloc.h"
-#include "../core/err.h"
-#include "../core/log.h"
+#include "alloc.h"
+#include "err.h"
+#include "log.h"
 #include "net_int.h"
 
 typedef struct imgw_http_s {
@@ -187,7 +187,7 @@ on_body(llhttp_t *p, const char *at, size_t len)
         size_t cap = h->body_cap ? h->body_cap : 1024;
         while (cap < h->body_len + len)
             cap *= 2;
-        uint8_t *nb = imgw_realloc(h->body, cap);
+        uint8_t *nb = imgw_try_realloc(h->body, cap);
         if (nb == NULL) {
             h->body_too_big = 1;
             return 0;
@@ -229,7 +229,7 @@ http_get(imgw_conn_t *c)
 {
     if (c->http == NULL) {
         uv_once(&settings_once, settings_init);
-        imgw_http_t *h = imgw_malloc(sizeof(*h));
+        imgw_http_t *h = imgw_try_malloc(sizeof(*h));
         if (h == NULL)
             return NULL;
         memset(h, 0, offsetof(imgw_http_t, buf));
@@ -245,8 +245,8 @@ static void
 http_free(imgw_conn_t *c)
 {
     if (c->http) {
-        free(c->http->body);
-        free(c->http);
+        imgw_free(c->http->body);
+        imgw_free(c->http);
         c->http = NULL;
     }
 }
@@ -588,7 +588,7 @@ static int
 handle_request(imgw_conn_t *c, imgw_http_t *h)
 {
     imgw_loop_t *l = c->loop;
-    imgw_http_req_t *req = imgw_malloc(sizeof(*req));
+    imgw_http_req_t *req = imgw_try_malloc(sizeof(*req));
     if (req == NULL) {
         imgw__conn_close_now(c);
         return 0;
@@ -597,14 +597,14 @@ handle_request(imgw_conn_t *c, imgw_http_t *h)
     imgw_stat_inc(&l->st.http_requests);
     if (h->body_too_big ||
         h->body_len > l->net->opts.max_body_bytes) {
-        free(req);
+        imgw_free(req);
         respond_error(c, 413);
         return 0;
     }
     int keep = llhttp_should_keep_alive(&h->parser);
     h->close_after = !keep;
     int r = l->net->h->on_http ? l->net->h->on_http(c, req) : 404;
-    free(req);
+    imgw_free(req);
     if (c->state >= IMGW_CONN_CLOSING)
         return 0;
     if (r == 1) {
@@ -703,7 +703,7 @@ http_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
             continue;
         }
         if (err == HPE_PAUSED_UPGRADE) {
-            imgw_http_req_t *req = imgw_malloc(sizeof(*req));
+            imgw_http_req_t *req = imgw_try_malloc(sizeof(*req));
             if (req == NULL) {
                 imgw__conn_close_now(c);
                 return;
@@ -727,14 +727,14 @@ http_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
                 }
                 ok = 0;
             }
-            free(req);
+            imgw_free(req);
             if (!ok)
                 return;
             /* Bytes after the head belong to the WebSocket. */
             size_t rest = h->len - h->parsed;
             uint8_t *tmp = NULL;
             if (rest) {
-                tmp = imgw_malloc(rest);
+                tmp = imgw_try_malloc(rest);
                 if (tmp == NULL) {
                     imgw__conn_close_now(c);
                     return;
@@ -744,7 +744,7 @@ http_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
             http_free(c);
             if (rest)
                 imgw__conn_input(c, tmp, rest);
-            free(tmp);
+            imgw_free(tmp);
             if (len && c->state == IMGW_CONN_WS)
                 imgw__conn_input(c, data, len);
             return;

@@ -215,7 +215,7 @@ httpc_socket_fn(CURL *easy, curl_socket_t s, int what, void *userp,
         return 0;
     }
     if (ps == NULL) {
-        ps = imgw_calloc(1, sizeof(*ps));
+        ps = imgw_try_calloc(1, sizeof(*ps));
         if (ps == NULL)
             return -1;
         if (uv_poll_init_socket(h->loop, &ps->poll, s) != 0) {
@@ -240,7 +240,7 @@ httpc_socket_fn(CURL *easy, curl_socket_t s, int what, void *userp,
 int
 imgw_httpc_new(imgw_httpc_t **out, uv_loop_t *loop)
 {
-    imgw_httpc_t *h = imgw_calloc(1, sizeof(*h));
+    imgw_httpc_t *h = imgw_try_calloc(1, sizeof(*h));
     *out = NULL;
     if (h == NULL)
         return IMGW_ENOMEM;
@@ -295,7 +295,7 @@ httpc_write_cb(char *p, size_t size, size_t nmemb, void *arg)
         size_t cap = r->in_cap ? r->in_cap : 1024;
         while (cap < r->in_len + n + 1)
             cap *= 2;
-        char *q = imgw_realloc(r->in, cap);
+        char *q = imgw_try_realloc(r->in, cap);
         if (q == NULL)
             return 0;
         r->in = q;
@@ -349,7 +349,7 @@ imgw_httpc_request(imgw_httpc_t *h, const imgw_httpc_opts_t *o,
     if (h == NULL || h->freeing || o->url == NULL || o->method == NULL ||
         cb == NULL)
         return IMGW_EINVAL;
-    imgw_httpc_req_t *r = imgw_calloc(1, sizeof(*r));
+    imgw_httpc_req_t *r = imgw_try_calloc(1, sizeof(*r));
     if (r == NULL)
         return IMGW_ENOMEM;
     r->max_response = o->max_response ? o->max_response : 65536;
@@ -359,7 +359,7 @@ imgw_httpc_request(imgw_httpc_t *h, const imgw_httpc_opts_t *o,
     if ((r->easy = curl_easy_init()) == NULL)
         goto fail;
     if (o->body_len > 0) {
-        if ((r->body = imgw_malloc(o->body_len)) == NULL)
+        if ((r->body = imgw_try_malloc(o->body_len)) == NULL)
             goto fail;
         memcpy(r->body, o->body, o->body_len);
     }

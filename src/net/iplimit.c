@@ -7,7 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../core/err.h"
+#include "alloc.h"
+#include "err.h"
+#include "hash.h"
 #include "iplimit.h"
 
 #define NSHARDS 64
@@ -31,18 +33,13 @@ struct imgw_iplimit_s {
 static uint64_t
 addr_hash(const imgw_ipaddr_t *a)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (int i = 0; i < 16; i++) {
-        h ^= a->b[i];
-        h *= 1099511628211ULL;
-    }
-    return h;
+    return imgw_hash_fnv1a64(IMGW_HASH_FNV64_BASIS, a->b, sizeof(a->b));
 }
 
 int
 imgw_iplimit_new(imgw_iplimit_t **out)
 {
-    imgw_iplimit_t *t = calloc(1, sizeof(*t));
+    imgw_iplimit_t *t = imgw_try_calloc(1, sizeof(*t));
     if (t == NULL)
         return IMGW_ENOMEM;
     for (int i = 0; i < NSHARDS; i++)
@@ -58,9 +55,9 @@ imgw_iplimit_free(imgw_iplimit_t *t)
         return;
     for (int i = 0; i < NSHARDS; i++) {
         pthread_mutex_destroy(&t->shards[i].mu);
-        free(t->shards[i].slots);
+        imgw_free(t->shards[i].slots);
     }
-    free(t);
+    imgw_free(t);
 }
 
 static slot_t *
@@ -82,7 +79,7 @@ static int
 grow(shard_t *s)
 {
     size_t cap = s->cap ? s->cap * 2 : 16;
-    slot_t *ns = calloc(cap, sizeof(*ns));
+    slot_t *ns = imgw_try_calloc(cap, sizeof(*ns));
     if (ns == NULL)
         return IMGW_ENOMEM;
     for (size_t k = 0; k < s->cap; k++) {
@@ -94,7 +91,7 @@ grow(shard_t *s)
             i = (i + 1) & (cap - 1);
         ns[i] = *o;
     }
-    free(s->slots);
+    imgw_free(s->slots);
     s->slots = ns;
     s->cap = cap;
     return 0;

@@ -28,9 +28,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../core/alloc.h"
-#include "../core/err.h"
-#include "../core/log.h"
+#include "alloc.h"
+#include "clock.h"
+#include "err.h"
+#include "log.h"
 #include "net_int.h"
 
 /*
@@ -41,6 +42,14 @@ static const imgw_proto_t *const net_protos[IMGW_PROTO_N] = {
     [IMGW_PROTO_HTTP] = &imgw__http_proto,
     [IMGW_PROTO_WS] = &imgw__ws_proto,
 };
+
+/* close_cb of a connection that never entered the table (tcp is the
+ * first member of imgw_conn_t, so the handle is the allocation). */
+static void
+free_unlisted_cb(uv_handle_t *h)
+{
+    imgw_free(h);
+}
 
 /* ---- connection table ------------------------------------------------ */
 
@@ -638,7 +647,7 @@ int
 imgw_net_new(imgw_net_t **out, const imgw_net_opts_t *opts, char *err,
              size_t errlen)
 {
-    imgw_net_t *n = imgw_calloc(1, sizeof(*n));
+    imgw_net_t *n = imgw_try_calloc(1, sizeof(*n));
     if (n == NULL)
         return IMGW_ENOMEM;
     n->opts = *opts;
@@ -647,7 +656,7 @@ imgw_net_new(imgw_net_t **out, const imgw_net_opts_t *opts, char *err,
     snprintf(n->bind, sizeof(n->bind), "%s", opts->bind);
     n->opts.bind = n->bind;
     if (opts->n_ports + opts->n_tls_ports > IMGW_MAX_LISTENERS) {
-        free(n);
+        imgw_free(n);
         return IMGW_EINVAL;
     }
     memcpy(n->ports, opts->ports, (size_t)opts->n_ports * sizeof(uint16_t));
@@ -664,20 +673,20 @@ imgw_net_new(imgw_net_t **out, const imgw_net_opts_t *opts, char *err,
             release_port_locks(n);
             uv_mutex_destroy(&n->done_mu);
             uv_cond_destroy(&n->done_cv);
-            free(n);
+            imgw_free(n);
             return fd;
         }
         n->port_locks[n->n_port_locks++] = fd;
     }
-    n->loops = imgw_calloc((size_t)n->n_loops, sizeof(*n->loops));
+    n->loops = imgw_try_calloc((size_t)n->n_loops, sizeof(*n->loops));
     if (n->loops == NULL || imgw_iplimit_new(&n->iplimit) != 0) {
         release_port_locks(n);
-        free(n->loops);
-        free(n);
+        imgw_free(n->loops);
+        imgw_free(n);
         return IMGW_ENOMEM;
     }
     for (int i = 0; i < n->n_loops; i++) {
-        imgw_loop_t *l = imgw_calloc(1, sizeof(*l));
+        imgw_loop_t *l = imgw_try_calloc(1, sizeof(*l));
         if (l == NULL) {
             imgw_net_free(n);
             return IMGW_ENOMEM;
@@ -743,10 +752,10 @@ imgw_net_drain(imgw_net_t *n, int drain_ms)
 int
 imgw_net_join(imgw_net_t *n, int timeout_ms)
 {
-    uint64_t deadline = uv_hrtime() + (uint64_t)timeout_ms * 1000000ULL;
+    uint64_t deadline = imgw_clock_mono_ns() + (uint64_t)timeout_ms * 1000000ULL;
     uv_mutex_lock(&n->done_mu);
     while (atomic_load(&n->loops_running) > 0) {
-        uint64_t now = uv_hrtime();
+        uint64_t now = imgw_clock_mono_ns();
         if (now >= deadline)
             break;
         uv_cond_timedwait(&n->done_cv, &n->done_mu, deadline - now);
@@ -772,17 +781,17 @@ imgw_net_free(imgw_net_t *n)
         for (int k = 0; k < l->n_listeners; k++)
             if (l->listen_fds[k] >= 0)
                 close(l->listen_fds[k]);
-        free(l->slots);
-        free(l->gens);
-        free(l->free_slots);
-        free(l);
+        imgw_free(l->slots);
+        imgw_free(l->gens);
+        imgw_free(l->free_slots);
+        imgw_free(l);
     }
-    free(n->loops);
+    imgw_free(n->loops);
     release_port_locks(n);
     imgw_iplimit_free(n->iplimit);
     uv_mutex_destroy(&n->done_mu);
     uv_cond_destroy(&n->done_cv);
-    free(n);
+    imgw_free(n);
 }
 
 int

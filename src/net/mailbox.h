@@ -1,9 +1,7 @@
 /*
  * mailbox.h: a loop's inbox for other threads.
  *
- * imgw_mpsc_t is a lock-free intrusive multi-producer single-consumer queue
- * (Dmitry Vyukov's design): push is one atomic exchange plus one store and
- * never blocks; pop is consumer-only. imgw_mailbox_t adds one uv_async_t:
+ * The queue is imgw_mpsc_t (base/mpsc.h). imgw_mailbox_t adds one uv_async_t:
  * a producer wakes the loop only when the mailbox is not already armed,
  * and the loop drains everything per wake-up because uv_async_send()
  * coalesces.
@@ -20,27 +18,8 @@
 
 #include <uv.h>
 
+#include "mpsc.h"
 #include "stat.h"
-
-typedef struct imgw_mpsc_node_s {
-    struct imgw_mpsc_node_s *_Atomic next;
-} imgw_mpsc_node_t;
-
-typedef struct imgw_mpsc_s {
-    imgw_mpsc_node_t *_Atomic head; /* producers exchange here */
-    imgw_mpsc_node_t *tail;         /* consumer only */
-    imgw_mpsc_node_t stub;
-} imgw_mpsc_t;
-
-void imgw_mpsc_init(imgw_mpsc_t *q);
-/** Any thread. */
-void imgw_mpsc_push(imgw_mpsc_t *q, imgw_mpsc_node_t *n);
-/*
- * Consumer thread only. Returns the oldest node or NULL when the queue is
- * empty or a producer is between its two steps (its node shows up on a
- * later pop; the mailbox re-arms so that pop happens).
- */
-imgw_mpsc_node_t *imgw_mpsc_pop(imgw_mpsc_t *q);
 
 typedef struct imgw_mailbox_s imgw_mailbox_t;
 /** Runs on the loop thread once per drained node; owns n. */

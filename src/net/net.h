@@ -21,7 +21,7 @@
 #include <uv.h>
 
 #include "mailbox.h"
-#include "usermap.h" /* imgw_conn_ref_t */
+#include "conn_ref.h"
 
 typedef struct imgw_conn_s imgw_conn_t;
 typedef struct imgw_loop_s imgw_loop_t;

@@ -46,8 +46,9 @@
  */
 #include "tls.h"
 
-#include "../core/err.h"
-#include "../core/log.h"
+#include "alloc.h"
+#include "err.h"
+#include "log.h"
 
 #include <mbedtls/ctr_drbg.h>
 #include <mbedtls/entropy.h>
@@ -325,7 +326,7 @@ imgw_tls_ctx_new(imgw_tls_ctx_t **out, const char *cert_path,
     *out = NULL;
     if (err != NULL && errlen > 0)
         err[0] = '\0';
-    ctx = calloc(1, sizeof *ctx);
+    ctx = imgw_try_calloc(1, sizeof *ctx);
     if (ctx == NULL) {
         tls_seterr(err, errlen, "tls: out of memory");
         return IMGW_ENOMEM;
@@ -363,7 +364,7 @@ imgw_tls_ctx_free(imgw_tls_ctx_t *ctx)
     mbedtls_x509_crt_free(&ctx->crt);
     mbedtls_ctr_drbg_free(&ctx->drbg);
     mbedtls_entropy_free(&ctx->entropy);
-    free(ctx);
+    imgw_free(ctx);
 }
 
 /* ---- BIO callbacks ------------------------------------------------------ */
@@ -432,7 +433,7 @@ imgw_tls_new(imgw_tls_t **out, imgw_tls_ctx_t *ctx, const imgw_tls_io_t *io)
     *out = NULL;
     if (ctx == NULL || io == NULL || io->send == NULL || io->recv == NULL)
         return IMGW_EINVAL;
-    t = calloc(1, sizeof *t);
+    t = imgw_try_calloc(1, sizeof *t);
     if (t == NULL)
         return IMGW_ENOMEM;
     t->io = *io;
@@ -440,7 +441,7 @@ imgw_tls_new(imgw_tls_t **out, imgw_tls_ctx_t *ctx, const imgw_tls_io_t *io)
     /* This is where mbedtls allocates the two record buffers (~33 KiB). */
     if (mbedtls_ssl_setup(&t->ssl, &ctx->conf) != 0) {
         mbedtls_ssl_free(&t->ssl);
-        free(t);
+        imgw_free(t);
         /* Only allocations can fail in setup once the config is valid. */
         return IMGW_ENOMEM;
     }
@@ -458,9 +459,9 @@ imgw_tls_free(imgw_tls_t *t)
     if (t->early != NULL) {
         /* Application plaintext: do not leave it in freed memory. */
         mbedtls_platform_zeroize(t->early, t->early_cap);
-        free(t->early);
+        imgw_free(t->early);
     }
-    free(t);
+    imgw_free(t);
 }
 
 /* Makes err the connection's sticky error (the first one wins) and
@@ -519,7 +520,7 @@ tls_flush_early(imgw_tls_t *t)
         rc = tls_write_all(t, t->early, t->early_len);
     if (t->early != NULL) {
         mbedtls_platform_zeroize(t->early, t->early_cap);
-        free(t->early);
+        imgw_free(t->early);
     }
     t->early = NULL;
     t->early_len = t->early_cap = 0;
@@ -624,7 +625,7 @@ tls_buffer_early(imgw_tls_t *t, const uint8_t *p, size_t n)
             cap *= 2;
         if (cap > TLS_MAX_EARLY)
             cap = TLS_MAX_EARLY;
-        q = malloc(cap);
+        q = imgw_try_malloc(cap);
         if (q == NULL)
             return IMGW_ENOMEM;
         /* Copy rather than realloc so the old plaintext can be wiped. */
@@ -632,7 +633,7 @@ tls_buffer_early(imgw_tls_t *t, const uint8_t *p, size_t n)
             memcpy(q, t->early, t->early_len);
         if (t->early != NULL) {
             mbedtls_platform_zeroize(t->early, t->early_cap);
-            free(t->early);
+            imgw_free(t->early);
         }
         t->early = q;
         t->early_cap = cap;

@@ -19,7 +19,8 @@
 
 #include <stdlib.h>
 
-#include "../core/err.h"
+#include "alloc.h"
+#include "err.h"
 
 static void
 tw_link(imgw_tw_entry_t *head, imgw_tw_entry_t *e)
@@ -53,7 +54,7 @@ imgw_tw_init(imgw_twheel_t *tw, size_t nslots, uint64_t now)
             return IMGW_ENOMEM;
         n <<= 1;
     }
-    tw->slots = malloc(n * sizeof(*tw->slots));
+    tw->slots = imgw_try_malloc(n * sizeof(*tw->slots));
     if (tw->slots == NULL)
         return IMGW_ENOMEM;
     for (size_t i = 0; i < n; i++) {
@@ -81,7 +82,7 @@ imgw_tw_free(imgw_twheel_t *tw)
             e = next;
         }
     }
-    free(tw->slots);
+    imgw_free(tw->slots);
     tw->slots = NULL;
     tw->nslots = 0;
     tw->count = 0;

@@ -29,10 +29,10 @@
 
 #include <wslay/wslay.h>
 
-#include "../base/utf8.h"
-#include "../core/alloc.h"
-#include "../core/err.h"
-#include "../core/log.h"
+#include "utf8.h"
+#include "alloc.h"
+#include "err.h"
+#include "log.h"
 #include "net_int.h"
 
 typedef struct imgw_ws_rx_s {
@@ -133,8 +133,8 @@ ws_free(imgw_conn_t *c)
     if (rx == NULL)
         return;
     fctx_put(c->loop, rx->fctx, 0);
-    free(rx->msg);
-    free(rx);
+    imgw_free(rx->msg);
+    imgw_free(rx);
     c->rx = NULL;
 }
 
@@ -347,7 +347,7 @@ msg_append(imgw_ws_rx_t *rx, const uint8_t *p, size_t n, size_t limit)
             cap *= 2;
         if (cap > limit)
             cap = limit;
-        uint8_t *m = imgw_realloc(rx->msg, cap);
+        uint8_t *m = imgw_try_realloc(rx->msg, cap);
         if (m == NULL)
             return -1;
         rx->msg = m;
@@ -473,7 +473,7 @@ process(imgw_conn_t *c, imgw_ws_rx_t *rx)
             deliver(c, rx->msg_opcode, rx->msg, rx->msg_len);
             rx->msg_len = 0;
             /* Return a big reassembly buffer's memory at once. */
-            free(rx->msg);
+            imgw_free(rx->msg);
             rx->msg = NULL;
             rx->msg_cap = 0;
         }
@@ -529,7 +529,7 @@ ws_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
         rx->fctx = fctx_get(l);
         if (rx->fctx == NULL) {
             if (rx == &loop_rx)
-                free(rx->msg);
+                imgw_free(rx->msg);
             imgw__conn_close_now(c);
             return;
         }
@@ -553,7 +553,7 @@ ws_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
         c->flags |= IMGW_CF_RX_DEAD;
         if (rx == &loop_rx) {
             fctx_put(l, rx->fctx, boundary);
-            free(rx->msg);
+            imgw_free(rx->msg);
         } /* else conn_close_cb frees c->rx */
         return;
     }
@@ -564,21 +564,21 @@ ws_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
     int partial = rx->fctx != NULL || rx->in_msg;
     if (rx == &loop_rx) {
         if (partial) {
-            imgw_ws_rx_t *heap = imgw_malloc(sizeof(*heap));
+            imgw_ws_rx_t *heap = imgw_try_malloc(sizeof(*heap));
             if (heap == NULL) {
                 fctx_put(l, rx->fctx, 0);
-                free(rx->msg);
+                imgw_free(rx->msg);
                 imgw__conn_close_now(c);
                 return;
             }
             memcpy(heap, rx, sizeof(*heap));
             c->rx = heap;
         } else {
-            free(rx->msg);
+            imgw_free(rx->msg);
         }
     } else if (!partial) {
-        free(rx->msg);
-        free(rx);
+        imgw_free(rx->msg);
+        imgw_free(rx);
         c->rx = NULL;
     }
 }

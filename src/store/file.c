@@ -67,6 +67,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "alloc.h"
+#include "clock.h"
 #include "err.h"
 #include "id.h"
 #include "log.h"
@@ -165,10 +167,8 @@ static _Thread_local int64_t tl_now;
 static int64_t
 file_realtime_ms(void *arg)
 {
-    struct timespec ts;
     (void)arg;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return imgw_clock_wall_ms();
 }
 
 /* The memory backend's clock (installed in open). */
@@ -344,8 +344,8 @@ replay_append(replay_t *rp, imgw__rec_rd_t *r, int64_t now)
     uint16_t n = imgw__rec_get_u16(r);
     if (r->err || n == 0 || n > IMGW_STORE_MAX_GROUP)
         return IMGW_EPROTO;
-    const char **users = malloc(n * sizeof(*users));
-    int64_t *seqs = malloc(n * sizeof(*seqs));
+    const char **users = imgw_try_malloc(n * sizeof(*users));
+    int64_t *seqs = imgw_try_malloc(n * sizeof(*seqs));
     int st = IMGW_ENOMEM;
     if (users == NULL || seqs == NULL)
         goto out;
@@ -371,8 +371,8 @@ replay_append(replay_t *rp, imgw__rec_rd_t *r, int64_t now)
     if (req.message_id > rp->max_id)
         rp->max_id = req.message_id;
 out:
-    free(users);
-    free(seqs);
+    imgw_free(users);
+    imgw_free(seqs);
     return st;
 }
 
@@ -416,7 +416,7 @@ replay_record(replay_t *rp, uint8_t type, const uint8_t *p, size_t n)
         uint16_t k = imgw__rec_get_u16(&r);
         const char **mem = NULL;
         if (!r.err && k > 0 && k <= IMGW_STORE_MAX_GROUP)
-            mem = malloc(k * sizeof(*mem));
+            mem = imgw_try_malloc(k * sizeof(*mem));
         for (uint16_t i = 0; mem != NULL && i < k; i++)
             mem[i] = imgw__rec_get_str(&r);
         if (r.err || k > IMGW_STORE_MAX_GROUP)
@@ -425,7 +425,7 @@ replay_record(replay_t *rp, uint8_t type, const uint8_t *p, size_t n)
             st = IMGW_ENOMEM;
         else
             st = imgw_store_group_set(sl, gid, mem, k, cap_done_cb, &c);
-        free(mem);
+        imgw_free(mem);
         break;
     }
     case J_GROUP_DEL: {
@@ -499,7 +499,7 @@ read_file(imgw__file_t *f, const char *name, int is_snap, replay_t *rp,
             goto bad;
         }
         if (len > cap) {
-            uint8_t *q = realloc(rec, len);
+            uint8_t *q = imgw_try_realloc(rec, len);
             if (q == NULL) {
                 snprintf(err, errlen, "store: out of memory reading %s", name);
                 r = IMGW_ENOMEM;
@@ -578,7 +578,7 @@ bad:
 out:
     if (size_out != NULL)
         *size_out = good;
-    free(rec);
+    imgw_free(rec);
     fclose(fp);
     return r;
 }
@@ -595,7 +595,7 @@ gens_push(gens_t *g, uint64_t x)
 {
     if (g->n == g->cap) {
         size_t nc = g->cap ? g->cap * 2 : 8;
-        uint64_t *q = realloc(g->v, nc * sizeof(*q));
+        uint64_t *q = imgw_try_realloc(g->v, nc * sizeof(*q));
         if (q == NULL)
             return IMGW_ENOMEM;
         g->v = q;
@@ -680,8 +680,8 @@ remove_older(imgw__file_t *f, uint64_t gen)
             (void)unlinkat(f->dir_fd, name, 0);
         }
     }
-    free(s.v);
-    free(j.v);
+    imgw_free(s.v);
+    imgw_free(j.v);
 }
 
 /*
@@ -785,8 +785,8 @@ recover(imgw__file_t *f, char *err, size_t errlen)
                                                : "never");
     wait_past_ids(max_id);
 out:
-    free(snaps.v);
-    free(journals.v);
+    imgw_free(snaps.v);
+    imgw_free(journals.v);
     return r;
 }
 
@@ -821,7 +821,7 @@ compact(imgw__file_t *f)
         pthread_mutex_unlock(&f->mu);
         IMGW_LOG_WARN("store: compaction: %s",
                       r ? imgw_strerror(r) : strerror(-nfd));
-        free(b.p);
+        imgw_free(b.p);
         return nfd;
     }
     int ofd = f->fd;
@@ -863,7 +863,7 @@ compact(imgw__file_t *f)
         f->snap_bytes = (int64_t)b.len;
     f->compacting = 0;
     pthread_mutex_unlock(&f->mu);
-    free(b.p);
+    imgw_free(b.p);
     return r == 0 ? 0 : IMGW_EBUSY;
 }
 
@@ -933,7 +933,7 @@ static int
 file_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err,
           size_t errlen)
 {
-    imgw__file_t *f = calloc(1, sizeof(*f));
+    imgw__file_t *f = imgw_try_calloc(1, sizeof(*f));
     if (f == NULL)
         return IMGW_ENOMEM;
     f->fd = f->dir_fd = f->lock_fd = -1;
@@ -961,7 +961,7 @@ file_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err,
         cfg->compact_bytes > 0 ? cfg->compact_bytes : FILE_DEFAULT_COMPACT;
     if (f->compact_bytes < FILE_MIN_COMPACT)
         f->compact_bytes = FILE_MIN_COMPACT;
-    f->dir = strdup(cfg->path && cfg->path[0] ? cfg->path : FILE_DEFAULT_DIR);
+    f->dir = imgw_try_strdup(cfg->path && cfg->path[0] ? cfg->path : FILE_DEFAULT_DIR);
     if (f->dir == NULL) {
         r = IMGW_ENOMEM;
         goto fail;
@@ -1041,8 +1041,8 @@ file_close(imgw_store_t *s)
     pthread_cond_destroy(&f->bg_cv);
     pthread_mutex_destroy(&f->bg_mu);
     pthread_mutex_destroy(&f->mu);
-    free(f->dir);
-    free(f);
+    imgw_free(f->dir);
+    imgw_free(f);
     s->impl = NULL;
 }
 
@@ -1051,13 +1051,13 @@ file_loop_open(imgw_store_t *s, int loop_index, uv_loop_t *loop,
                imgw_store_loop_t **out)
 {
     imgw__file_t *f = s->impl;
-    imgw__file_loop_t *fl = calloc(1, sizeof(*fl));
+    imgw__file_loop_t *fl = imgw_try_calloc(1, sizeof(*fl));
     if (fl == NULL)
         return IMGW_ENOMEM;
     int r = imgw__store_memory.loop_open(&f->inner, loop_index, loop,
                                          &fl->inner);
     if (r != 0) {
-        free(fl);
+        imgw_free(fl);
         return r;
     }
     fl->base.store = s;
@@ -1073,8 +1073,8 @@ file_loop_close(imgw_store_loop_t *sl)
 {
     imgw__file_loop_t *fl = (imgw__file_loop_t *)sl;
     imgw__store_memory.loop_close(fl->inner);
-    free(fl->buf.p);
-    free(fl);
+    imgw_free(fl->buf.p);
+    imgw_free(fl);
 }
 
 /* 0 once the journal cannot be written: this node takes no writes. */

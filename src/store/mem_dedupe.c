@@ -22,7 +22,7 @@ dedupe_drop(imgw__mem_t *m, imgw__mem_shard_t *sh, imgw__mem_dedupe_t *d)
     link_remove(&d->age);
     htab_remove(&sh->dedupes, &d->h);
     atomic_fetch_sub_explicit(&m->n_dedupes, 1, memory_order_relaxed);
-    free(d);
+    imgw_free(d);
 }
 
 imgw__mem_dedupe_t *

@@ -33,7 +33,7 @@ void
 imgw__mem_group_unref(imgw__mem_group_t *g)
 {
     if (atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) == 1)
-        free(g);
+        imgw_free(g);
 }
 
 typedef struct imgw__mem_sortkey_s {
@@ -92,8 +92,8 @@ imgw__mem_group_build(const char *gid, const char *const *members, size_t n)
         }
     atomic_init(&g->refs, 1);
 out:
-    free(keys);
-    free(keep);
+    imgw_free(keys);
+    imgw_free(keep);
     return g;
 }
 

@@ -21,6 +21,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "alloc.h"
+#include "clock.h"
+#include "hash.h"
 #include "store_impl.h"
 
 #define MEM_SHARD_BITS 6
@@ -215,51 +218,15 @@ typedef struct imgw__mem_s {
 /* ---- allocation ---------------------------------------------------------- */
 
 /*
- * Every allocation goes through these so the unit tests can fail the Nth
- * one (imgw__store_mem_fail_alloc) and check that a failed request leaves
- * no partial state. Off, the cost is one relaxed load.
+ * Every allocation is an imgw_try_* one (base/alloc.h), so the unit tests
+ * can fail the Nth (imgw__store_mem_fail_alloc forwards to base/alloc.c's
+ * one countdown) and check that a failed request leaves no partial state.
  */
-extern atomic_int imgw__mem_fail_countdown; /* memory.c */
-
-static inline int
-mem_alloc_fails(void)
-{
-    if (atomic_load_explicit(&imgw__mem_fail_countdown, memory_order_relaxed) <=
-        0)
-        return 0;
-    return atomic_fetch_sub_explicit(&imgw__mem_fail_countdown, 1,
-                                     memory_order_relaxed) == 1;
-}
-
-static inline void *
-mem_malloc(size_t n)
-{
-    return mem_alloc_fails() ? NULL : malloc(n);
-}
-
-static inline void *
-mem_calloc(size_t n, size_t size)
-{
-    return mem_alloc_fails() ? NULL : calloc(n, size);
-}
-
-static inline void *
-mem_realloc(void *p, size_t n)
-{
-    return mem_alloc_fails() ? NULL : realloc(p, n);
-}
-
-static inline char *
-mem_strdup(const char *s)
-{
-    return mem_alloc_fails() ? NULL : strdup(s);
-}
-
-static inline void *
-mem_aligned_alloc(size_t align, size_t n)
-{
-    return mem_alloc_fails() ? NULL : aligned_alloc(align, n);
-}
+#define mem_malloc imgw_try_malloc
+#define mem_calloc imgw_try_calloc
+#define mem_realloc imgw_try_realloc
+#define mem_strdup imgw_try_strdup
+#define mem_aligned_alloc imgw_try_aligned_alloc
 
 /* ---- clock, hashing ------------------------------------------------------ */
 
@@ -270,26 +237,9 @@ mem_now(const imgw__mem_t *m)
 }
 
 /* murmur3's finalizer: spreads FNV's weak high bits, which pick shards. */
-static inline uint64_t
-mix64(uint64_t x)
-{
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdULL;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ULL;
-    x ^= x >> 33;
-    return x;
-}
+#define mix64 imgw_hash_fmix64
 
-static inline uint64_t
-fnv(uint64_t h, const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 0x100000001b3ULL;
-    }
-    return h;
-}
+#define fnv imgw_hash_fnv1a64
 
 /*
  * Seeded per process so hash chains cannot be planned from outside. This
@@ -299,14 +249,14 @@ fnv(uint64_t h, const char *s, size_t n)
 static inline uint64_t
 hash_str(const imgw__mem_t *m, const char *s)
 {
-    return mix64(fnv(m->seed ^ 0xcbf29ce484222325ULL, s, strlen(s)));
+    return mix64(fnv(m->seed ^ IMGW_HASH_FNV64_BASIS, s, strlen(s)));
 }
 
 static inline uint64_t
 hash_dedupe(const imgw__mem_t *m, const char *sender, const char *cmid)
 {
     uint64_t h =
-        fnv(m->seed ^ 0xcbf29ce484222325ULL, sender, strlen(sender) + 1);
+        fnv(m->seed ^ IMGW_HASH_FNV64_BASIS, sender, strlen(sender) + 1);
     return mix64(fnv(h, cmid, strlen(cmid)));
 }
 
@@ -368,7 +318,7 @@ htab_resize(imgw__mem_htab_t *t, size_t nb)
             nbk[x->hash & (nb - 1)] = x;
         }
     }
-    free(t->b);
+    imgw_free(t->b);
     t->b = nbk;
     t->mask = nb - 1;
 }

@@ -23,7 +23,7 @@ imgw__mem_meta_unref(imgw__mem_t *m, imgw__mem_meta_t *x)
 {
     if (atomic_fetch_sub_explicit(&x->refs, 1, memory_order_acq_rel) == 1) {
         atomic_fetch_sub_explicit(&m->metas_live, 1, memory_order_relaxed);
-        free(x);
+        imgw_free(x);
     }
 }
 
@@ -41,7 +41,7 @@ imgw__mem_blob_unref(imgw__mem_t *m, imgw__mem_blob_t *b)
     if (atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) == 1) {
         imgw__mem_meta_unref(m, b->meta);
         atomic_fetch_sub_explicit(&m->blobs_live, 1, memory_order_relaxed);
-        free(b);
+        imgw_free(b);
     }
 }
 

@@ -51,7 +51,7 @@ imgw__mem_set_delivered(imgw_store_loop_t *sl, const char *user,
         for (uint16_t j = 1; j < u->n_dev; j++)
             if (u->dev[j].stamp < u->dev[i].stamp)
                 i = j;
-        free(u->dev[i].device);
+        imgw_free(u->dev[i].device);
     } else {
         if (u->n_dev == u->cap_dev &&
             imgw__mem_array_grow((void **)&u->dev, &u->cap_dev, sizeof(*u->dev),
@@ -69,7 +69,7 @@ done:
     return 0;
 fail:
     pthread_mutex_unlock(&sh->mu);
-    free(copy);
+    imgw_free(copy);
     return err;
 }
 
@@ -101,13 +101,13 @@ imgw__mem_set_read(imgw_store_loop_t *sl, const char *user,
         if (strcmp(u->reads[i].cm, conversation_id) == 0)
             break;
     if (i < u->n_read) {
-        free(u->reads[i].cm);
+        imgw_free(u->reads[i].cm);
     } else if (u->n_read == MEM_MAX_READS) {
         i = 0;
         for (uint16_t j = 1; j < u->n_read; j++)
             if (u->reads[j].stamp < u->reads[i].stamp)
                 i = j;
-        free(u->reads[i].cm);
+        imgw_free(u->reads[i].cm);
     } else {
         if (u->n_read == u->cap_read &&
             imgw__mem_array_grow((void **)&u->reads, &u->cap_read,
@@ -123,7 +123,7 @@ imgw__mem_set_read(imgw_store_loop_t *sl, const char *user,
     return 0;
 fail:
     pthread_mutex_unlock(&sh->mu);
-    free(cm);
+    imgw_free(cm);
     return err;
 }
 

@@ -50,13 +50,13 @@ imgw__mem_route_set(imgw_store_loop_t *sl, const char *user,
         if (strcmp(u->routes[i].pb, platform) == 0)
             break;
     if (i < u->n_routes) {
-        free(u->routes[i].pb);
+        imgw_free(u->routes[i].pb);
     } else if (u->n_routes == IMGW_STORE_MAX_ROUTES) {
         i = 0;
         for (uint16_t j = 1; j < u->n_routes; j++)
             if (u->routes[j].expire_ms < u->routes[i].expire_ms)
                 i = j;
-        free(u->routes[i].pb);
+        imgw_free(u->routes[i].pb);
     } else {
         if (u->n_routes == u->cap_routes &&
             imgw__mem_array_grow((void **)&u->routes, &u->cap_routes,
@@ -73,7 +73,7 @@ imgw__mem_route_set(imgw_store_loop_t *sl, const char *user,
     return 0;
 fail:
     pthread_mutex_unlock(&sh->mu);
-    free(pb);
+    imgw_free(pb);
     return err;
 }
 
@@ -97,7 +97,7 @@ imgw__mem_route_del(imgw_store_loop_t *sl, const char *user,
             const char *pb = u->routes[i].pb;
             if (strcmp(pb, platform) == 0) {
                 if (strcmp(pb + strlen(pb) + 1, broker_id) == 0) {
-                    free(u->routes[i].pb);
+                    imgw_free(u->routes[i].pb);
                     if (i != --u->n_routes)
                         u->routes[i] = u->routes[u->n_routes];
                 }

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc.h"
 #include "err.h"
 #include "log.h"
 #include "rec.h"
@@ -61,11 +62,11 @@ static int
 pmap_grow(imgw__mem_pmap_t *pm)
 {
     size_t nb = pm->k ? (pm->mask + 1) * 2 : 1024;
-    imgw__mem_pmap_t nm = {calloc(nb, sizeof(void *)),
-                           malloc(nb * sizeof(uint32_t)), nb - 1, 0};
+    imgw__mem_pmap_t nm = {imgw_try_calloc(nb, sizeof(void *)),
+                           imgw_try_malloc(nb * sizeof(uint32_t)), nb - 1, 0};
     if (nm.k == NULL || nm.v == NULL) {
-        free(nm.k);
-        free(nm.v);
+        imgw_free(nm.k);
+        imgw_free(nm.v);
         return IMGW_ENOMEM;
     }
     for (size_t i = 0; pm->k && i <= pm->mask; i++)
@@ -75,8 +76,8 @@ pmap_grow(imgw__mem_pmap_t *pm)
             nm.v[j] = pm->v[i];
             nm.n++;
         }
-    free(pm->k);
-    free(pm->v);
+    imgw_free(pm->k);
+    imgw_free(pm->v);
     *pm = nm;
     return 0;
 }
@@ -234,8 +235,8 @@ imgw__store_mem_dump(imgw_store_t *s, imgw__rec_buf_t *out)
         dump_shard(&d, sh);
         pthread_mutex_unlock(&sh->mu);
     }
-    free(d.map.k);
-    free(d.map.v);
+    imgw_free(d.map.k);
+    imgw_free(d.map.v);
     return out->err;
 }
 
@@ -259,7 +260,7 @@ imgw__store_mem_load_begin(imgw_store_t *s)
 {
     if (s == NULL || s->be != &imgw__store_memory)
         return NULL;
-    imgw__store_mem_loader_t *ld = calloc(1, sizeof(*ld));
+    imgw__store_mem_loader_t *ld = imgw_try_calloc(1, sizeof(*ld));
     if (ld != NULL)
         ld->m = s->impl;
     return ld;
@@ -270,7 +271,7 @@ load_push(void ***arr, size_t *n, size_t *cap, void *x)
 {
     if (*n == *cap) {
         size_t nc = *cap ? *cap * 2 : 1024;
-        void **q = realloc(*arr, nc * sizeof(*q));
+        void **q = imgw_try_realloc(*arr, nc * sizeof(*q));
         if (q == NULL)
             return IMGW_ENOMEM;
         *arr = q;
@@ -306,7 +307,7 @@ load_meta(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
     link_init(&mt->age);
     mt->h.hash = hash_id(ld->m, id);
     if (load_push((void ***)&ld->metas, &ld->n_metas, &ld->cap_metas, mt)) {
-        free(mt);
+        imgw_free(mt);
         return IMGW_ENOMEM;
     }
     atomic_fetch_add_explicit(&ld->m->metas_live, 1, memory_order_relaxed);
@@ -356,7 +357,7 @@ load_blob(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
     if (len > 0)
         memcpy(b->data, data, len);
     if (load_push((void ***)&ld->blobs, &ld->n_blobs, &ld->cap_blobs, b)) {
-        free(b);
+        imgw_free(b);
         return IMGW_ENOMEM;
     }
     atomic_fetch_add_explicit(&b->meta->refs, 1, memory_order_relaxed);
@@ -389,7 +390,7 @@ load_dedupe(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
     pthread_mutex_lock(&sh->mu);
     if (imgw__mem_dedupe_find(sh, dd->h.hash, dd->key) != NULL) {
         pthread_mutex_unlock(&sh->mu);
-        free(dd);
+        imgw_free(dd);
         return 0;
     }
     htab_insert(&sh->dedupes, &dd->h);
@@ -461,7 +462,7 @@ load_user(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
             (u->n_dev == u->cap_dev &&
              imgw__mem_array_grow((void **)&u->dev, &u->cap_dev,
                                   sizeof(*u->dev), MEM_MAX_DEVICES))) {
-            free(copy);
+            imgw_free(copy);
             rc = IMGW_ENOMEM;
             goto out;
         }
@@ -484,7 +485,7 @@ load_user(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
             (u->n_read == u->cap_read &&
              imgw__mem_array_grow((void **)&u->reads, &u->cap_read,
                                   sizeof(*u->reads), MEM_MAX_READS))) {
-            free(cm);
+            imgw_free(cm);
             rc = IMGW_ENOMEM;
             goto out;
         }
@@ -586,7 +587,7 @@ imgw__store_mem_load_end(imgw__store_mem_loader_t *ld, uint64_t *max_id)
         imgw__mem_blob_unref(ld->m, ld->blobs[i]);
     for (size_t i = 0; i < ld->n_metas; i++)
         imgw__mem_meta_unref(ld->m, ld->metas[i]);
-    free(ld->blobs);
-    free(ld->metas);
-    free(ld);
+    imgw_free(ld->blobs);
+    imgw_free(ld->metas);
+    imgw_free(ld);
 }

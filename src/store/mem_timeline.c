@@ -108,7 +108,7 @@ imgw__mem_ring_realloc(imgw__mem_user_t *u, uint32_t ncap)
         if (++j == u->cap)
             j = 0;
     }
-    free(u->ring);
+    imgw_free(u->ring);
     u->ring = r;
     u->cap = ncap;
     u->head = 0;
@@ -134,7 +134,7 @@ static void
 ring_shrink(imgw__mem_user_t *u)
 {
     if (u->count == 0) {
-        free(u->ring);
+        imgw_free(u->ring);
         u->ring = NULL;
         u->cap = u->head = 0;
     } else if (u->cap > 16 && u->count * 4 <= u->cap) {
@@ -155,7 +155,7 @@ imgw__mem_routes_expire(imgw__mem_user_t *u, int64_t now)
 {
     for (uint16_t i = 0; i < u->n_routes;) {
         if (u->routes[i].expire_ms <= now) {
-            free(u->routes[i].pb);
+            imgw_free(u->routes[i].pb);
             if (i != --u->n_routes)
                 u->routes[i] = u->routes[u->n_routes];
         } else {
@@ -186,17 +186,17 @@ imgw__mem_user_free(imgw__mem_t *m, imgw__mem_user_t *u)
 {
     while (u->count > 0)
         imgw__mem_ring_pop(m, u);
-    free(u->ring);
+    imgw_free(u->ring);
     for (uint16_t i = 0; i < u->n_routes; i++)
-        free(u->routes[i].pb);
+        imgw_free(u->routes[i].pb);
     for (uint16_t i = 0; i < u->n_dev; i++)
-        free(u->dev[i].device);
+        imgw_free(u->dev[i].device);
     for (uint16_t i = 0; i < u->n_read; i++)
-        free(u->reads[i].cm);
-    free(u->routes);
-    free(u->dev);
-    free(u->reads);
-    free(u);
+        imgw_free(u->reads[i].cm);
+    imgw_free(u->routes);
+    imgw_free(u->dev);
+    imgw_free(u->reads);
+    imgw_free(u);
 }
 
 /* Grows a small per-user array by doubling, up to max elements. */
@@ -397,7 +397,7 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     if (dd != NULL) {
         if (old_dd != NULL) {
             /* An expired key still in the table: reuse its record. */
-            free(dd);
+            imgw_free(dd);
             dd = old_dd;
             link_remove(&dd->age);
         } else {
@@ -415,16 +415,16 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     unlock_mask(m, mask);
 
     if (slots != stack_slots)
-        free(slots);
+        imgw_free(slots);
     cb(req, 0, data);
     return 0;
 
 out:
-    free(blob);
-    free(meta);
-    free(dd);
+    imgw_free(blob);
+    imgw_free(meta);
+    imgw_free(dd);
     if (slots != stack_slots)
-        free(slots);
+        imgw_free(slots);
     if (r == 0)
         cb(req, 0, data);
     return r;
@@ -470,8 +470,8 @@ imgw__mem_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
         bl = mem_malloc(k * sizeof(*bl));
         if (e == NULL || bl == NULL) {
             pthread_mutex_unlock(&sh->mu);
-            free(e);
-            free(bl);
+            imgw_free(e);
+            imgw_free(bl);
             return IMGW_ENOMEM;
         }
     }
@@ -494,8 +494,8 @@ imgw__mem_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
     for (size_t i = 0; i < k; i++)
         imgw__mem_blob_unref(m, bl[i]);
     if (e != stack_e) {
-        free(e);
-        free(bl);
+        imgw_free(e);
+        imgw_free(bl);
     }
     return 0;
 }

@@ -44,23 +44,19 @@
 #include "log.h"
 #include "mem_int.h"
 
-/* The failmalloc countdown of the memory backend (mem_int.h). */
-atomic_int imgw__mem_fail_countdown;
-
+/* The unit tests fail the Nth allocation through base/alloc.c's one
+ * countdown (every store allocation is an imgw_try_* one). */
 int
 imgw__store_mem_fail_alloc(int n)
 {
-    return atomic_exchange_explicit(&imgw__mem_fail_countdown, n > 0 ? n : 0,
-                                    memory_order_relaxed);
+    return imgw__alloc_fail_nth(n);
 }
 
 static int64_t
 mem_realtime_ms(void *arg)
 {
-    struct timespec ts;
     (void)arg;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return imgw_clock_wall_ms();
 }
 
 /* ---- open, close, loops, tick -------------------------------------------- */
@@ -79,7 +75,7 @@ shards_free(imgw__mem_t *m, unsigned n)
         for (size_t b = 0; sh->dedupes.b && b <= sh->dedupes.mask; b++)
             for (x = sh->dedupes.b[b]; x; x = next) {
                 next = x->next;
-                free(x);
+                imgw_free(x);
             }
         for (size_t b = 0; sh->metas.b && b <= sh->metas.mask; b++)
             for (x = sh->metas.b[b]; x; x = next) {
@@ -89,15 +85,15 @@ shards_free(imgw__mem_t *m, unsigned n)
         for (size_t b = 0; sh->groups.b && b <= sh->groups.mask; b++)
             for (x = sh->groups.b[b]; x; x = next) {
                 next = x->next;
-                free(x); /* no reader can hold one: no loop is left */
+                imgw_free(x); /* no reader can hold one: no loop is left */
             }
-        free(sh->users.b);
-        free(sh->dedupes.b);
-        free(sh->metas.b);
-        free(sh->groups.b);
+        imgw_free(sh->users.b);
+        imgw_free(sh->dedupes.b);
+        imgw_free(sh->metas.b);
+        imgw_free(sh->groups.b);
         pthread_mutex_destroy(&sh->mu);
     }
-    free(m->shards);
+    imgw_free(m->shards);
 }
 
 static int
@@ -150,7 +146,7 @@ mem_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err, size_t errlen)
     m->shards = mem_aligned_alloc(_Alignof(imgw__mem_shard_t),
                                   MEM_SHARDS * sizeof(imgw__mem_shard_t));
     if (m->shards == NULL) {
-        free(m);
+        imgw_free(m);
         return IMGW_ENOMEM;
     }
     memset(m->shards, 0, MEM_SHARDS * sizeof(imgw__mem_shard_t));
@@ -189,14 +185,14 @@ mem_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err, size_t errlen)
         link_init(&sh->meta_age);
         if (pthread_mutex_init(&sh->mu, NULL) != 0) {
             shards_free(m, i);
-            free(m);
+            imgw_free(m);
             return IMGW_ENOMEM;
         }
         /* Tables that failed keep b == NULL, which shards_free skips. */
         if (htab_init(&sh->users) || htab_init(&sh->dedupes) ||
             htab_init(&sh->metas) || htab_init(&sh->groups)) {
             shards_free(m, i + 1);
-            free(m);
+            imgw_free(m);
             return IMGW_ENOMEM;
         }
     }
@@ -216,7 +212,7 @@ mem_close(imgw_store_t *s)
 {
     imgw__mem_t *m = s->impl;
     shards_free(m, MEM_SHARDS);
-    free(m);
+    imgw_free(m);
     s->impl = NULL;
 }
 
@@ -239,7 +235,7 @@ mem_loop_open(imgw_store_t *s, int loop_index, uv_loop_t *loop,
 static void
 mem_loop_close(imgw_store_loop_t *sl)
 {
-    free(sl);
+    imgw_free(sl);
 }
 
 static int

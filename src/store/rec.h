@@ -64,7 +64,7 @@ imgw__rec_reserve(imgw__rec_buf_t *b, size_t n)
     size_t ncap = b->cap ? b->cap : 256;
     while (ncap < b->len + n)
         ncap *= 2;
-    uint8_t *q = realloc(b->p, ncap);
+    uint8_t *q = imgw_try_realloc(b->p, ncap);
     if (q == NULL)
         return b->err = IMGW_ENOMEM;
     b->p = q;

@@ -28,6 +28,7 @@
 
 #include <hiredis/adapters/libuv.h>
 
+#include "alloc.h"
 #include "err.h"
 #include "log.h"
 #include "redis_impl.h"
@@ -66,7 +67,7 @@ hexval(int c)
 static char *
 pct_dup(const char *s, size_t n, int *bad)
 {
-    char *out = malloc(n + 1);
+    char *out = imgw_try_malloc(n + 1);
     size_t j = 0;
     *bad = 0;
     if (out == NULL)
@@ -77,7 +78,7 @@ pct_dup(const char *s, size_t n, int *bad)
             int a = i + 2 < n ? hexval((unsigned char)s[i + 1]) : -1;
             int b = i + 2 < n ? hexval((unsigned char)s[i + 2]) : -1;
             if (a < 0 || b < 0 || a * 16 + b == 0) {
-                free(out);
+                imgw_free(out);
                 *bad = 1;
                 return NULL;
             }
@@ -111,10 +112,10 @@ parse_int(const char *s, size_t n, long lo, long hi, int *out)
 void
 imgw__redis_url_free(imgw__redis_url_t *u)
 {
-    free(u->host);
-    free(u->path);
-    free(u->user);
-    free(u->password);
+    imgw_free(u->host);
+    imgw_free(u->path);
+    imgw_free(u->user);
+    imgw_free(u->password);
     memset(u, 0, sizeof(*u));
 }
 
@@ -146,7 +147,7 @@ url_parse_unix(const char *s, imgw__redis_url_t *u, char *err, size_t errlen)
         } else if (n > 9 && strncmp(p, "password=", 9) == 0) {
             if (n - 9 > IMGW__REDIS_SECRET_MAX)
                 return url_fail(err, errlen, "password too long");
-            free(u->password);
+            imgw_free(u->password);
             u->password = pct_dup(p + 9, n - 9, &bad);
             if (u->password == NULL)
                 return bad ? url_fail(err, errlen, "bad %-escape in password")
@@ -219,7 +220,7 @@ url_parse_tcp(const char *s, imgw__redis_url_t *u, char *err, size_t errlen)
         if (h[i] == '@' || h[i] == '%' || h[i] == ' ' || h[i] == '[' ||
             h[i] == ']')
             return url_fail(err, errlen, "bad character in host");
-    u->host = strndup(h, hlen);
+    u->host = imgw_try_strndup(h, hlen);
     if (u->host == NULL)
         return IMGW_ENOMEM;
     u->port = 6379;
@@ -284,13 +285,13 @@ redis_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err,
                  IMGW__STORE_MAX_SEQ_IDLE_DAYS);
         return IMGW_ECONFIG;
     }
-    imgw__redis_t *r = calloc(1, sizeof(*r));
+    imgw__redis_t *r = imgw_try_calloc(1, sizeof(*r));
     if (r == NULL)
         return IMGW_ENOMEM;
     int rc = imgw__redis_url_parse(cfg->redis_url, &r->url, err, errlen);
     if (rc != 0) {
         imgw__redis_url_free(&r->url);
-        free(r);
+        imgw_free(r);
         return rc;
     }
     r->retention_count = cfg->retention_count;
@@ -325,7 +326,7 @@ redis_close(imgw_store_t *s)
     if (r == NULL)
         return;
     imgw__redis_url_free(&r->url);
-    free(r);
+    imgw_free(r);
     s->impl = NULL;
 }
 
@@ -368,7 +369,7 @@ imgw__redis_req_free(imgw__redis_req_t *q)
 {
     if (q->cmd != NULL)
         redisFreeCommand(q->cmd);
-    free(q);
+    imgw_free(q);
 }
 
 static void
@@ -393,7 +394,7 @@ imgw__redis_req_new(imgw__redis_loop_t *rl, imgw__redis_done_fn done,
         rl->shed++;
         return NULL;
     }
-    imgw__redis_req_t *q = calloc(1, sizeof(*q));
+    imgw__redis_req_t *q = imgw_try_calloc(1, sizeof(*q));
     if (q == NULL) {
         *refuse = IMGW_ENOMEM;
         return NULL;
@@ -456,7 +457,7 @@ send_internal(imgw__redis_loop_t *rl, imgw__redis_done_fn done, int aux,
               int argc, const char **argv)
 {
     size_t lens[3];
-    imgw__redis_req_t *q = calloc(1, sizeof(*q));
+    imgw__redis_req_t *q = imgw_try_calloc(1, sizeof(*q));
     if (q == NULL) {
         /* The handshake cannot complete: start over later. */
         conn_drop(rl, 0);
@@ -850,7 +851,7 @@ gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     uv_freeaddrinfo(res);
     if (rl->closing) {
         if (--rl->open_handles == 0)
-            free(rl);
+            imgw_free(rl);
         return;
     }
     rl->open_handles--;
@@ -907,7 +908,7 @@ redis_loop_open(imgw_store_t *s, int loop_index, uv_loop_t *loop,
 {
     if (loop == NULL)
         return IMGW_EINVAL; /* the redis backend needs the loop's I/O */
-    imgw__redis_loop_t *rl = calloc(1, sizeof(*rl));
+    imgw__redis_loop_t *rl = imgw_try_calloc(1, sizeof(*rl));
     if (rl == NULL)
         return IMGW_ENOMEM;
     rl->base.store = s;
@@ -936,7 +937,7 @@ handle_closed(uv_handle_t *h)
 {
     imgw__redis_loop_t *rl = h->data;
     if (--rl->open_handles == 0)
-        free(rl);
+        imgw_free(rl);
 }
 
 /*

@@ -42,6 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc.h"
 #include "err.h"
 #include "log.h"
 #include "redis_impl.h"
@@ -508,13 +509,13 @@ imgw__redis_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     for (size_t i = 0; i < n; i++)
         text += strlen(K_SEQ) + strlen(K_TL) + strlen(K_EPOCH) +
                 3 * strlen(req->users[i]) + 3;
-    const char **argv = malloc((size_t)argc * sizeof(*argv));
-    size_t *lens = malloc((size_t)argc * sizeof(*lens));
-    char *buf = malloc(text);
+    const char **argv = imgw_try_malloc((size_t)argc * sizeof(*argv));
+    size_t *lens = imgw_try_malloc((size_t)argc * sizeof(*lens));
+    char *buf = imgw_try_malloc(text);
     if (argv == NULL || lens == NULL || buf == NULL) {
-        free(argv);
-        free(lens);
-        free(buf);
+        imgw_free(argv);
+        imgw_free(lens);
+        imgw_free(buf);
         imgw__redis_req_free(q);
         return IMGW_ENOMEM;
     }
@@ -566,9 +567,9 @@ imgw__redis_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
 #undef PUT
 #undef PUTS
     imgw__redis_send(q, IMGW__REDIS_S_APPEND, a, argv, lens);
-    free(argv);
-    free(lens);
-    free(buf);
+    imgw_free(argv);
+    imgw_free(lens);
+    imgw_free(buf);
     return 0;
 }
 
@@ -598,7 +599,7 @@ sync_done(imgw__redis_req_t *q, redisReply *reply, int status)
     if (n > (size_t)q->aux)
         goto bad;
     if (n > SYNC_STACK) {
-        e = malloc(n * sizeof(*e));
+        e = imgw_try_malloc(n * sizeof(*e));
         if (e == NULL) {
             q->cb.sync(IMGW_EBUSY, NULL, 0, 0, 0, 0, 0, q->data);
             return;
@@ -622,11 +623,11 @@ sync_done(imgw__redis_req_t *q, redisReply *reply, int status)
     }
     q->cb.sync(0, n ? e : NULL, n, more != 0, top, oldest, epoch, q->data);
     if (e != stack_e)
-        free(e);
+        imgw_free(e);
     return;
 bad:
     if (e != stack_e)
-        free(e);
+        imgw_free(e);
     q->cb.sync(bad_reply(q), NULL, 0, 0, 0, 0, 0, q->data);
 }
 
@@ -811,11 +812,11 @@ imgw__redis_group_set(imgw_store_loop_t *sl, const char *gid,
     REQ_BEGIN(q, sl, done_status, 1, if (cb) cb(IMGW_EBUSY, data));
     char k[KEY_MAX];
     int argc = 4 + (int)n;
-    const char **argv = malloc((size_t)argc * sizeof(*argv));
-    size_t *lens = malloc((size_t)argc * sizeof(*lens));
+    const char **argv = imgw_try_malloc((size_t)argc * sizeof(*argv));
+    size_t *lens = imgw_try_malloc((size_t)argc * sizeof(*lens));
     if (argv == NULL || lens == NULL) {
-        free(argv);
-        free(lens);
+        imgw_free(argv);
+        imgw_free(lens);
         imgw__redis_req_free(q);
         return IMGW_ENOMEM;
     }
@@ -830,8 +831,8 @@ imgw__redis_group_set(imgw_store_loop_t *sl, const char *gid,
     q->cb.done = cb;
     q->data = data;
     imgw__redis_send(q, IMGW__REDIS_S_GROUP_SET, argc, argv, lens);
-    free(argv);
-    free(lens);
+    imgw_free(argv);
+    imgw_free(lens);
     return 0;
 }
 
@@ -848,7 +849,7 @@ group_get_done(imgw__redis_req_t *q, redisReply *reply, int status)
         return;
     }
     size_t n = reply->elements;
-    if (n > 64 && (m = malloc(n * sizeof(*m))) == NULL) {
+    if (n > 64 && (m = imgw_try_malloc(n * sizeof(*m))) == NULL) {
         q->cb.members(IMGW_EBUSY, NULL, 0, q->data);
         return;
     }
@@ -858,7 +859,7 @@ group_get_done(imgw__redis_req_t *q, redisReply *reply, int status)
                    : "";
     q->cb.members(0, m, n, q->data);
     if (m != stack_m)
-        free(m);
+        imgw_free(m);
 }
 
 /* GET IM-DEDUP-{u}:{cmid}: nil = not found, else "<message_id>:<seq>". */

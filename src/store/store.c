@@ -21,25 +21,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc.h"
 #include "err.h"
 #include "idsyntax.h"
 #include "store_impl.h"
-
-/*
- * The redis backend is optional. Without IMGW_STORE_REDIS the reference is
- * weak: it resolves to NULL when no redis*.c is linked and "redis" is
- * refused as "not built". A weak reference does not make the linker pull
- * an object out of a static library (meson builds imgwcore as one), so the
- * build that adds redis*.c also defines IMGW_STORE_REDIS: the reference
- * becomes strong and a missing backend is a link error, never a silent
- * "not built".
- */
-#ifdef IMGW_STORE_REDIS
-#define IMGW__STORE_REDIS_BE (&imgw__store_redis)
-#else
-extern const imgw_store_backend_t imgw__store_redis __attribute__((weak));
-#define IMGW__STORE_REDIS_BE ((const imgw_store_backend_t *)&imgw__store_redis)
-#endif
 
 /* 1 when s is a NUL-terminated string of 1..max bytes. */
 static int
@@ -92,16 +77,12 @@ imgw_store_open(imgw_store_t **out, const imgw_store_cfg_t *cfg, char *err,
     } else if (strcmp(name, "file") == 0) {
         be = &imgw__store_file;
     } else if (strcmp(name, "redis") == 0) {
-        be = IMGW__STORE_REDIS_BE;
-        if (be == NULL) {
-            snprintf(err, errlen, "store: redis backend not built");
-            return IMGW_ECONFIG;
-        }
+        be = &imgw__store_redis;
     } else {
         snprintf(err, errlen, "store: unknown backend \"%.32s\"", name);
         return IMGW_ECONFIG;
     }
-    imgw_store_t *s = calloc(1, sizeof(*s));
+    imgw_store_t *s = imgw_try_calloc(1, sizeof(*s));
     if (s == NULL) {
         snprintf(err, errlen, "store: out of memory");
         return IMGW_ENOMEM;
@@ -112,7 +93,7 @@ imgw_store_open(imgw_store_t **out, const imgw_store_cfg_t *cfg, char *err,
         if (err[0] == '\0')
             snprintf(err, errlen, "store: cannot open %s backend: %s", name,
                      imgw_strerror(r));
-        free(s);
+        imgw_free(s);
         return r;
     }
     *out = s;
@@ -125,7 +106,7 @@ imgw_store_close(imgw_store_t *s)
     if (s == NULL)
         return;
     s->be->close(s);
-    free(s);
+    imgw_free(s);
 }
 
 /* ---- completions --------------------------------------------------------- */
@@ -214,11 +195,7 @@ struct rec_s {
 static rec_t *
 rec_new(imgw_store_loop_t *sl, rec_kind_t kind, void *data)
 {
-    rec_t *q = calloc(1, sizeof(*q));
-    if (q == NULL) {
-        fprintf(stderr, "imgw: store: out of memory for a completion\n");
-        abort();
-    }
+    rec_t *q = imgw_xcalloc(1, sizeof(*q)); /* aborts, never injected */
     q->cq = sl->cq;
     q->kind = kind;
     q->in_call = 1;
@@ -256,7 +233,7 @@ rec_run(rec_t *q)
         q->cb.sync(st, q->u.sync.n ? q->u.sync.e : NULL, q->u.sync.n,
                    q->u.sync.has_more, q->u.sync.server_max_seq,
                    q->u.sync.oldest_seq, q->u.sync.epoch, q->data);
-        free(q->u.sync.e);
+        imgw_free(q->u.sync.e);
         break;
     case REC_SEQ:
         q->cb.seq(st, q->u.seq.v, q->u.seq.epoch, q->data);
@@ -270,19 +247,19 @@ rec_run(rec_t *q)
         break;
     case REC_MSG:
         q->cb.msg(st, st == 0 ? q->u.msg : NULL, q->data);
-        free(q->u.msg);
+        imgw_free(q->u.msg);
         break;
     case REC_MEMBERS:
         q->cb.members(st, q->u.members.m, q->u.members.n, q->data);
-        free(q->u.members.m);
+        imgw_free(q->u.members.m);
         break;
     case REC_ROUTES:
         q->cb.routes(st, q->u.routes.n ? q->u.routes.r : NULL, q->u.routes.n,
                      q->data);
-        free(q->u.routes.r);
+        imgw_free(q->u.routes.r);
         break;
     }
-    free(q);
+    imgw_free(q);
 }
 
 /* Runs up to max queued completions, including ones their callbacks
@@ -376,7 +353,7 @@ append_tramp(imgw_store_append_t *req, int status, void *data)
     if (rec_sync_now(q, status))
         return; /* the result is in *req, which the caller owns */
     q->cb.append(req, status, q->data);
-    free(q);
+    imgw_free(q);
 }
 
 static void
@@ -388,7 +365,7 @@ sync_tramp(int status, const imgw_store_entry_t *e, size_t n, int has_more,
     if (!rec_sync_now(q, status)) {
         q->cb.sync(status, e, n, has_more, server_max_seq, oldest_seq, epoch,
                    q->data);
-        free(q);
+        imgw_free(q);
         return;
     }
     q->u.sync.has_more = has_more;
@@ -400,7 +377,7 @@ sync_tramp(int status, const imgw_store_entry_t *e, size_t n, int has_more,
     size_t bytes = n * sizeof(*e);
     for (size_t i = 0; i < n; i++)
         bytes += e[i].len;
-    imgw_store_entry_t *c = malloc(bytes);
+    imgw_store_entry_t *c = imgw_try_malloc(bytes);
     if (c == NULL) {
         q->status = IMGW_ENOMEM;
         return;
@@ -427,7 +404,7 @@ seq_tramp(int status, int64_t max_seq, uint64_t epoch, void *data)
         return;
     }
     q->cb.seq(status, max_seq, epoch, q->data);
-    free(q);
+    imgw_free(q);
 }
 
 static void
@@ -440,7 +417,7 @@ dedupe_tramp(int status, uint64_t message_id, int64_t seq, void *data)
         return;
     }
     q->cb.dedupe(status, message_id, seq, q->data);
-    free(q);
+    imgw_free(q);
 }
 
 static void
@@ -450,7 +427,7 @@ done_tramp(int status, void *data)
     if (rec_sync_now(q, status))
         return;
     q->cb.done(status, q->data);
-    free(q);
+    imgw_free(q);
 }
 
 static void
@@ -459,13 +436,13 @@ msg_tramp(int status, const imgw_store_msg_t *m, void *data)
     rec_t *q = data;
     if (!rec_sync_now(q, status)) {
         q->cb.msg(status, m, q->data);
-        free(q);
+        imgw_free(q);
         return;
     }
     if (status != 0 || m == NULL)
         return;
     size_t sl = strlen(m->sender) + 1, cl = strlen(m->conversation_id) + 1;
-    imgw_store_msg_t *c = malloc(sizeof(*c) + sl + cl);
+    imgw_store_msg_t *c = imgw_try_malloc(sizeof(*c) + sl + cl);
     if (c == NULL) {
         q->status = IMGW_ENOMEM;
         return;
@@ -483,7 +460,7 @@ members_tramp(int status, const char *const *members, size_t n, void *data)
     rec_t *q = data;
     if (!rec_sync_now(q, status)) {
         q->cb.members(status, members, n, q->data);
-        free(q);
+        imgw_free(q);
         return;
     }
     if (status != 0 || n == 0)
@@ -491,7 +468,7 @@ members_tramp(int status, const char *const *members, size_t n, void *data)
     size_t bytes = n * sizeof(char *);
     for (size_t i = 0; i < n; i++)
         bytes += strlen(members[i]) + 1;
-    const char **c = malloc(bytes);
+    const char **c = imgw_try_malloc(bytes);
     if (c == NULL) {
         q->status = IMGW_ENOMEM;
         return;
@@ -512,7 +489,7 @@ routes_tramp(int status, const imgw_store_route_t *r, size_t n, void *data)
     rec_t *q = data;
     if (!rec_sync_now(q, status)) {
         q->cb.routes(status, r, n, q->data);
-        free(q);
+        imgw_free(q);
         return;
     }
     if (status != 0 || n == 0)
@@ -520,7 +497,7 @@ routes_tramp(int status, const imgw_store_route_t *r, size_t n, void *data)
     size_t bytes = n * sizeof(*r);
     for (size_t i = 0; i < n; i++)
         bytes += strlen(r[i].platform) + strlen(r[i].broker_id) + 2;
-    imgw_store_route_t *c = malloc(bytes);
+    imgw_store_route_t *c = imgw_try_malloc(bytes);
     if (c == NULL) {
         q->status = IMGW_ENOMEM;
         return;
@@ -585,12 +562,12 @@ imgw_store_loop_open(imgw_store_t *s, int loop_index, uv_loop_t *loop,
     if (s == NULL || out == NULL || loop_index < 0)
         return IMGW_EINVAL;
     *out = NULL;
-    struct imgw__store_cq_s *cq = calloc(1, sizeof(*cq));
+    struct imgw__store_cq_s *cq = imgw_try_calloc(1, sizeof(*cq));
     if (cq == NULL)
         return IMGW_ENOMEM;
     int r = s->be->loop_open(s, loop_index, loop, out);
     if (r != 0) {
-        free(cq);
+        imgw_free(cq);
         return r;
     }
     cq->loop = loop;
@@ -605,7 +582,7 @@ imgw_store_loop_open(imgw_store_t *s, int loop_index, uv_loop_t *loop,
 static void
 cq_closed(uv_handle_t *h)
 {
-    free(h->data);
+    imgw_free(h->data);
 }
 
 /*
@@ -632,7 +609,7 @@ imgw_store_loop_close(imgw_store_loop_t *sl)
     if (cq->loop != NULL)
         uv_close((uv_handle_t *)&cq->idle, cq_closed);
     else
-        free(cq);
+        imgw_free(cq);
 }
 
 int

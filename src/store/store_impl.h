@@ -10,11 +10,10 @@
  * already clamped, counts within IMGW_STORE_MAX_*), and every backend
  * refuses the same things with the same codes.
  *
- * Adding the redis backend: write src/store/redis*.c that defines
- *     const imgw_store_backend_t imgw__store_redis = { "redis", ... };
- * and build with -DIMGW_STORE_REDIS (see store.c for why the define is
- * needed when the objects go through a static library). Nothing in core
- * changes.
+ * Adding a backend: write src/store/<name>.c that defines
+ *     const imgw_store_backend_t imgw__store_<name> = { "<name>", ... };
+ * and name it in imgw_store_open (store.c), as memory, file and redis
+ * (always built) are. Nothing in core changes.
  *
  * Threads: the table's open/close run on the main thread, loop_open /
  * loop_close and the request functions on the loop that owns the handle,
@@ -135,8 +134,7 @@ struct imgw_store_backend_s {
 extern const imgw_store_backend_t imgw__store_memory;
 /* file.c: the memory backend plus a journal and snapshots on disk. */
 extern const imgw_store_backend_t imgw__store_file;
-/* redis*.c, when built (store.c references it weakly unless
- * IMGW_STORE_REDIS is defined). */
+/* redis*.c: always built. */
 extern const imgw_store_backend_t imgw__store_redis;
 
 /* ---- memory backend hooks for unit tests --------------------------------- */

@@ -26,9 +26,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../src/base/utf8.h"
-#include "../../src/core/log.h"
-#include "../../src/net/net_int.h"
+#include "utf8.h"
+#include "log.h"
+#include "net_int.h"
 
 #define FUZZ_MAX_FRAME 4096
 #define FUZZ_MAX_BODY 2048

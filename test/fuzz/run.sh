@@ -45,7 +45,7 @@ LIBS="-luv -lcjson -linih -lwslay -lmbedtls -lmbedx509 -lmbedcrypto \
       /usr/lib/x86_64-linux-gnu/libprotobuf-nanopb.a -lhiredis -lpthread -lm"
 
 # The version header meson makes from project(version : ...) in meson.build.
-ver=$(sed -n "s/^  version : '\\([^']*\\)',*$/\\1/p" "$ROOT/meson.build" | head -n 1)
+ver=$(sed -n "s/^  version : '\([^']*\)',*$/\1/p" "$ROOT/meson.build" | head -n 1)
 sed "s/@version@/$ver/" "$ROOT/src/core/imgw_version.h.in" >"$GEN/imgw_version.h.new"
 if cmp -s "$GEN/imgw_version.h.new" "$GEN/imgw_version.h"; then
     rm -f "$GEN/imgw_version.h.new"

@@ -1,7 +1,7 @@
 /* test_http.c: the RFC 6455 upgrade checks and the request helpers. */
 #include <string.h>
 
-#include "../../src/net/net_int.h"
+#include "net_int.h"
 #include "test.h"
 
 static void

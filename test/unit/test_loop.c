@@ -24,8 +24,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "../../src/core/session.h"
-#include "../../src/net/net_int.h"
+#include "session.h"
+#include "net_int.h"
 #include "test.h"
 
 #define HOUR_MS (3600LL * 1000)

@@ -2,7 +2,7 @@
  * test_uniq.c: unit tests for core/uniq.c, the O(n) recipient builder of
  * group fan-out (distinct members, the sender first, input order kept).
  */
-#include "../../src/core/uniq.h"
+#include "uniq.h"
 
 #include "test.h"
 

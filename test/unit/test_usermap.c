@@ -9,7 +9,7 @@
  * main thread. IMGW_TEST_SCALE (default 1, 0.25 under TSAN) scales the
  * user counts and iterations.
  */
-#include "../../src/core/usermap.c"
+#include "usermap.c"
 
 #include "test.h"
 

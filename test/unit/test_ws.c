@@ -2,8 +2,8 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "../../src/base/utf8.h"
-#include "../../src/net/net_int.h"
+#include "utf8.h"
+#include "net_int.h"
 #include "test.h"
 
 TEST(header_lengths)

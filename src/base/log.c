@@ -1,6 +1,8 @@
 /* log.c: see log.h. Any thread. */
 #include "log.h"
 
+#include "clock.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -46,9 +48,7 @@ imgw_log_set_thread(const char *tag)
 uint64_t
 imgw_log_now_sec(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return (uint64_t)ts.tv_sec;
+    return imgw_clock_coarse_s();
 }
 
 void
@@ -60,7 +60,7 @@ imgw_log_write(int level, const char *file, int line, const char *fmt, ...)
     size_t n;
     va_list ap;
 
-    clock_gettime(CLOCK_REALTIME, &ts);
+    imgw_clock_wall_ts(&ts);
     gmtime_r(&ts.tv_sec, &tm);
     n = strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
     const char *base = strrchr(file, '/');
