@@ -25,7 +25,7 @@ typedef struct imgw_session_s {
 
 extern const imgw_net_handlers_t imgw_core_handlers;
 
-/* Encodes body for command in the session's codec and queues the frame.
+/* reply.c: encodes body for command in the session's codec and queues the frame.
  * Returns 0 or a negative IMGW_E* code (the connection may be closing). */
 int imgw_session_reply(imgw_session_t *s, int command, uint32_t sequence,
                        const void *body);
@@ -35,7 +35,7 @@ void imgw_session_error(imgw_session_t *s, uint32_t sequence, int code,
 /* Kicks a connection of this loop (CMD_KICK_PUSH, then close 4002). */
 void imgw_session_kick(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
                        const char *platform);
-/* Counts an error code in metrics. */
+/* loopctx.c: counts an error code in metrics. */
 void imgw_core_count_error(imgw_core_loop_t *cl, int code);
 /* The wall clock (unix ms) for timestamps on the wire and in the store;
  * never for deadlines (those use imgw_loop_now_ms, a monotonic clock). */
@@ -44,6 +44,8 @@ int64_t imgw_now_ms(void);
 extern _Atomic int64_t imgw__wall_offset_ms;
 /* The calling loop thread's core state (store callbacks use it). */
 imgw_core_loop_t *imgw_core_loop_current(void);
+/* Sets it (session.c, at loop start). */
+void imgw_core_loop_set_current(imgw_core_loop_t *cl);
 
 /* msg.c: the messaging commands. */
 void imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in);
