@@ -38,9 +38,6 @@
 #define CLUSTER_MAX_MESSAGE (4u << 20)
 #define CLUSTER_PUBLISH_TTL_MS 60000
 
-int imgw_api_push_json(imgw_core_loop_t *cl, const cJSON *j, size_t *targets,
-                       const char **why);
-
 /* ---- the MQ thread side ------------------------------------------------- */
 
 static void
@@ -388,22 +385,9 @@ imgw_cluster_kick(imgw_core_loop_t *cl, const char *user, const char *platform)
 
 /* ---- incoming ------------------------------------------------------------- */
 
-/* Kicks this node's connections of (user, platform). */
-static void
-kick_local(imgw_core_loop_t *cl, const char *user, const char *platform)
-{
-    imgw_usermap_conn_t conns[IMGW_USERMAP_MAX_CONNS];
-    size_t k = imgw_usermap_get(cl->node->users, user, conns,
-                                IMGW_USERMAP_MAX_CONNS);
-    for (size_t i = 0; i < k; i++) {
-        if (strcmp(conns[i].platform, platform) == 0)
-            imgw_deliver_kick(cl, conns[i].ref, platform);
-    }
-}
-
 /* An internal push: {"imgw":"push","ts":T,"blob":B64,"targets":[[u,seq]]}. */
 static const char *
-handle_push(imgw_core_loop_t *cl, const cJSON *j)
+parse_push(const cJSON *j, imgw_cluster_in_t *in)
 {
     const cJSON *ts = cJSON_GetObjectItemCaseSensitive(j, "ts");
     const cJSON *blob = cJSON_GetObjectItemCaseSensitive(j, "blob");
@@ -456,55 +440,83 @@ handle_push(imgw_core_loop_t *cl, const cJSON *j)
         users[k] = u->valuestring;
         k++;
     }
-    if (why == NULL) {
-        imgw_conn_ref_t none = {0xffff, 0, 0};
-        imgw_deliver_push_local(cl, raw, olen, ts_ms, users, seqs, k, none);
+    if (why != NULL) {
+        free(users);
+        free(seqs);
+        free(raw);
+        return why;
     }
-    free(users);
-    free(seqs);
-    free(raw);
+    in->kind = IMGW_CLUSTER_IN_PUSH;
+    in->blob = raw;
+    in->blob_len = olen;
+    in->ts = ts_ms;
+    in->users = users;
+    in->seqs = seqs;
+    in->n = k;
+    return NULL;
+}
+
+/*
+ * Parses a message consumed from this node's queue into *in (which owns
+ * what it points at until imgw_cluster_in_free). Returns NULL, or why the
+ * message is rejected. The caller (downlink.c) routes it and settles it.
+ */
+const char *
+imgw_cluster_parse(const uint8_t *body, size_t len, imgw_cluster_in_t *in)
+{
+    const char *why = NULL;
+    cJSON *j = NULL;
+    memset(in, 0, sizeof(*in));
+    if (len == 0 || len > CLUSTER_MAX_MESSAGE)
+        return "empty or oversized";
+    if (!imgw_codec_json_prescan(body, len))
+        return "nested too deep or \\u0000";
+    if ((j = cJSON_ParseWithLength((const char *)body, len)) == NULL ||
+        !cJSON_IsObject(j)) {
+        cJSON_Delete(j);
+        return "not a JSON object";
+    }
+    in->j = j;
+    const cJSON *kind = cJSON_GetObjectItemCaseSensitive(j, "imgw");
+    if (kind == NULL) {
+        in->kind = IMGW_CLUSTER_IN_DOWNLINK;
+    } else if (!cJSON_IsString(kind)) {
+        why = "imgw must be a string";
+    } else if (strcmp(kind->valuestring, "push") == 0) {
+        why = parse_push(j, in);
+    } else if (strcmp(kind->valuestring, "kick") == 0) {
+        const cJSON *u = cJSON_GetObjectItemCaseSensitive(j, "user");
+        const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "platform");
+        if (cJSON_IsString(u) && cJSON_IsString(p) &&
+            imgw_id_valid(u->valuestring)) {
+            in->kind = IMGW_CLUSTER_IN_KICK;
+            in->user = u->valuestring;
+            in->platform = p->valuestring;
+        } else {
+            why = "kick needs user and platform";
+        }
+    } else {
+        why = "unknown imgw message";
+    }
     return why;
 }
 
 void
-imgw_cluster_handle(imgw_core_loop_t *cl, const uint8_t *body, size_t len,
-                    uint64_t tag)
+imgw_cluster_in_free(imgw_cluster_in_t *in)
+{
+    cJSON_Delete(in->j);
+    free(in->blob);
+    free(in->users);
+    free(in->seqs);
+    memset(in, 0, sizeof(*in));
+}
+
+/* Acks a handled message, or rejects it (counted, logged) with why. */
+void
+imgw_cluster_settle(imgw_core_loop_t *cl, uint64_t tag, size_t len,
+                    const char *why)
 {
     imgw_node_t *node = cl->node;
-    const char *why = NULL;
-    cJSON *j = NULL;
-    if (len == 0 || len > CLUSTER_MAX_MESSAGE)
-        why = "empty or oversized";
-    else if (!imgw_codec_json_prescan(body, len))
-        why = "nested too deep or \\u0000";
-    else if ((j = cJSON_ParseWithLength((const char *)body, len)) == NULL ||
-             !cJSON_IsObject(j))
-        why = "not a JSON object";
-    if (why == NULL) {
-        const cJSON *kind = cJSON_GetObjectItemCaseSensitive(j, "imgw");
-        if (kind == NULL) {
-            size_t targets = 0;
-            if (imgw_api_push_json(cl, j, &targets, &why) == 200)
-                why = NULL;
-            else if (why == NULL)
-                why = "rejected";
-        } else if (!cJSON_IsString(kind)) {
-            why = "imgw must be a string";
-        } else if (strcmp(kind->valuestring, "push") == 0) {
-            why = handle_push(cl, j);
-        } else if (strcmp(kind->valuestring, "kick") == 0) {
-            const cJSON *u = cJSON_GetObjectItemCaseSensitive(j, "user");
-            const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "platform");
-            if (cJSON_IsString(u) && cJSON_IsString(p) &&
-                imgw_id_valid(u->valuestring))
-                kick_local(cl, u->valuestring, p->valuestring);
-            else
-                why = "kick needs user and platform";
-        } else {
-            why = "unknown imgw message";
-        }
-    }
-    cJSON_Delete(j);
     if (why != NULL) {
         atomic_fetch_add(&node->mq_bad, 1);
         IMGW_LOG_WARN_RL("mq: rejected a message (%zu bytes): %s", len, why);

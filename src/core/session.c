@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "alloc.h"
+#include "downlink.h"
 #include "err.h"
 #include "hooks.h"
 #include "idsyntax.h"
@@ -460,8 +461,7 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
         imgw_deliver_kick(cl, kicked, s->platform);
     /* Read the route before overwriting it: a (user, platform) logged in
      * on another node is kicked there (the store answers in order). */
-    if (cl->node->mq != NULL)
-        imgw_cluster_kick(cl, s->user, s->platform);
+    imgw_deliver_kick_remote(cl, s->user, s->platform);
     imgw_store_route_set(cl->store, s->user, s->platform, cfg->broker_id,
                          cfg->route_ttl, route_done, NULL);
     s->route_refreshed_ms = imgw_loop_now_ms(cl->loop);
@@ -655,7 +655,12 @@ on_mail(imgw_loop_t *l, imgw_mpsc_node_t *n)
 {
     imgw_core_loop_t *cl = imgw_loop_data(l);
     imgw_mail_t *m = (imgw_mail_t *)n;
-    imgw_deliver_mail(cl, m);
+    /* The broker's messages come back down through the downlink handler,
+     * which routes them like local work; the rest is routing's mail. */
+    if (m->kind == IMGW_MAIL_MQ)
+        imgw_downlink_mail(cl, m);
+    else
+        imgw_deliver_mail(cl, m);
 }
 
 static void

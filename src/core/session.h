@@ -89,6 +89,9 @@ void imgw_deliver_mail(imgw_core_loop_t *cl, imgw_mail_t *m);
 /* Kicks a connection of this node, on whichever loop owns it. */
 void imgw_deliver_kick(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
                        const char *platform);
+/* Kicks (user, platform) on another node (through cluster.c), if any. */
+void imgw_deliver_kick_remote(imgw_core_loop_t *cl, const char *user,
+                              const char *platform);
 /* Frees the calling loop thread's routing scratch (at loop stop). */
 void imgw_deliver_thread_free(void);
 
@@ -104,9 +107,28 @@ void imgw_cluster_frame(imgw_core_loop_t *cl, int command,
 /* Kicks (user, platform) on whichever other node its route names. */
 void imgw_cluster_kick(imgw_core_loop_t *cl, const char *user,
                        const char *platform);
-/* A message consumed from this node's queue, on a loop. */
-void imgw_cluster_handle(imgw_core_loop_t *cl, const uint8_t *body,
-                         size_t len, uint64_t tag);
+/* A message consumed from this node's queue, parsed (on a loop). */
+enum {
+    IMGW_CLUSTER_IN_DOWNLINK = 1, /* a business downlink, like /api/push */
+    IMGW_CLUSTER_IN_PUSH,         /* another node's stored message */
+    IMGW_CLUSTER_IN_KICK          /* (user, platform) logged in elsewhere */
+};
+typedef struct imgw_cluster_in_s {
+    int kind;
+    struct cJSON *j; /* the parsed message; user and platform point in it */
+    uint8_t *blob;   /* PUSH: the PushMessage */
+    size_t blob_len;
+    int64_t ts;
+    const char **users;
+    int64_t *seqs;
+    size_t n;
+    const char *user, *platform; /* KICK */
+} imgw_cluster_in_t;
+const char *imgw_cluster_parse(const uint8_t *body, size_t len,
+                               imgw_cluster_in_t *in);
+void imgw_cluster_in_free(imgw_cluster_in_t *in);
+void imgw_cluster_settle(imgw_core_loop_t *cl, uint64_t tag, size_t len,
+                         const char *why);
 
 /* api.c: plain HTTP endpoints. */
 int imgw_api_handle(imgw_core_loop_t *cl, imgw_conn_t *c,
