@@ -18,6 +18,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "../base/json.h"
 #include "alloc.h"
 #include "err.h"
 #include "idsyntax.h"
@@ -61,12 +62,27 @@ respond_json(imgw_conn_t *c, int status, cJSON *j)
     free(s);
 }
 
+/* {"error": msg}: msg escaped by base's one JSON escaper, so a message
+ * that quotes a rule ("body must be {"members": ...}") or an id stays JSON. */
 static void
 respond_error_json(imgw_conn_t *c, int status, const char *msg)
 {
-    char buf[256];
-    int n = snprintf(buf, sizeof(buf), "{\"error\":\"%s\"}", msg);
-    imgw_conn_http_respond(c, status, JSON_CT, NULL, buf, (size_t)n, 1);
+    static const char head[] = "{\"error\":\"", tail[] = "\"}";
+    uint8_t buf[512];
+    size_t ml = strlen(msg), h = sizeof(head) - 1, t = sizeof(tail) - 1;
+    size_t need = imgw_json_escape(NULL, 0, (const uint8_t *)msg, ml);
+    uint8_t *o = need + h + t <= sizeof(buf) ? buf : imgw_malloc(need + h + t);
+    if (o == NULL) {
+        respond_text(c, 500, "out of memory\n");
+        return;
+    }
+    memcpy(o, head, h);
+    imgw_json_escape(o + h, need, (const uint8_t *)msg, ml);
+    memcpy(o + h + need, tail, t);
+    imgw_conn_http_respond(c, status, JSON_CT, NULL, (const char *)o,
+                           h + need + t, 1);
+    if (o != buf)
+        free(o);
 }
 
 static cJSON *

@@ -29,6 +29,7 @@
 #include <cjson/cJSON.h>
 #include <mbedtls/base64.h>
 
+#include "../base/json.h"
 #include "../mq/mq.h"
 #include "err.h"
 #include "idsyntax.h"
@@ -170,6 +171,57 @@ b64(const uint8_t *p, size_t n)
     return out;
 }
 
+/*
+ * The downlink {"code":C,"ids":[the hops' users of broker from hop i],
+ * "data":BODY} around the fan-out's body text, built once as text (ids are
+ * escaped by base's JSON escaper). Marks the hops it takes in done.
+ * Returns a malloc'd NUL-terminated string or NULL (out of memory).
+ */
+static char *
+frame_downlink(const fanout_t *f, size_t i, uint8_t *done, size_t *len)
+{
+    const char *broker = f->hops[i].broker;
+    size_t need = 64 + f->payload_len;
+    for (size_t k = i; k < f->n_hops; k++) {
+        if (!done[k] && strcmp(f->hops[k].broker, broker) == 0) {
+            const char *u = f->users[f->hops[k].user];
+            need += 3 + imgw_json_escape(NULL, 0, (const uint8_t *)u,
+                                         strlen(u));
+        }
+    }
+    char *out = malloc(need);
+    if (out == NULL) {
+        for (size_t k = i; k < f->n_hops; k++)
+            if (strcmp(f->hops[k].broker, broker) == 0)
+                done[k] = 1; /* one drop counted for this broker */
+        return NULL;
+    }
+    size_t o = (size_t)snprintf(out, need, "{\"code\":%d,\"ids\":[",
+                                f->command);
+    int first = 1;
+    for (size_t k = i; k < f->n_hops; k++) {
+        if (done[k] || strcmp(f->hops[k].broker, broker) != 0)
+            continue;
+        done[k] = 1;
+        const char *u = f->users[f->hops[k].user];
+        if (!first)
+            out[o++] = ',';
+        first = 0;
+        out[o++] = '"';
+        o += imgw_json_escape((uint8_t *)out + o, need - o,
+                              (const uint8_t *)u, strlen(u));
+        out[o++] = '"';
+    }
+    memcpy(out + o, "],\"data\":", 9);
+    o += 9;
+    memcpy(out + o, f->payload, f->payload_len);
+    o += f->payload_len;
+    out[o++] = '}';
+    out[o] = '\0';
+    *len = o;
+    return out;
+}
+
 /* Publishes one message per broker named by the hops. */
 static void
 fanout_flush(imgw_core_loop_t *cl, fanout_t *f)
@@ -190,6 +242,19 @@ fanout_flush(imgw_core_loop_t *cl, fanout_t *f)
         if (done[i])
             continue;
         const char *broker = f->hops[i].broker;
+        if (blob64 == NULL) {
+            size_t tl = 0;
+            char *text = frame_downlink(f, i, done, &tl);
+            if (text == NULL ||
+                imgw_mq_publish(node->mq, broker, (const uint8_t *)text, tl) !=
+                    0) {
+                atomic_fetch_add(&node->remote_dropped, 1);
+                IMGW_LOG_WARN_RL("cluster: push to node %s dropped (broker "
+                                 "unavailable)", broker);
+            }
+            free(text);
+            continue;
+        }
         cJSON *msg = cJSON_CreateObject();
         cJSON *list = cJSON_CreateArray();
         for (size_t k = i; k < f->n_hops; k++) {
@@ -197,28 +262,15 @@ fanout_flush(imgw_core_loop_t *cl, fanout_t *f)
                 continue;
             done[k] = 1;
             size_t u = f->hops[k].user;
-            if (blob64 != NULL) {
-                cJSON *t = cJSON_CreateArray();
-                cJSON_AddItemToArray(t, cJSON_CreateString(f->users[u]));
-                cJSON_AddItemToArray(t, cJSON_CreateNumber((double)f->seqs[u]));
-                cJSON_AddItemToArray(list, t);
-            } else {
-                cJSON_AddItemToArray(list, cJSON_CreateString(f->users[u]));
-            }
+            cJSON *t = cJSON_CreateArray();
+            cJSON_AddItemToArray(t, cJSON_CreateString(f->users[u]));
+            cJSON_AddItemToArray(t, cJSON_CreateNumber((double)f->seqs[u]));
+            cJSON_AddItemToArray(list, t);
         }
-        if (blob64 != NULL) {
-            cJSON_AddStringToObject(msg, "imgw", "push");
-            cJSON_AddNumberToObject(msg, "ts", (double)f->ts);
-            cJSON_AddStringToObject(msg, "blob", blob64);
-            cJSON_AddItemToObject(msg, "targets", list);
-        } else {
-            cJSON_AddNumberToObject(msg, "code", f->command);
-            cJSON_AddItemToObject(msg, "ids", list);
-            cJSON_AddItemToObject(msg, "data",
-                                  cJSON_ParseWithLength((const char *)
-                                                            f->payload,
-                                                        f->payload_len));
-        }
+        cJSON_AddStringToObject(msg, "imgw", "push");
+        cJSON_AddNumberToObject(msg, "ts", (double)f->ts);
+        cJSON_AddStringToObject(msg, "blob", blob64);
+        cJSON_AddItemToObject(msg, "targets", list);
         char *text = cJSON_PrintUnformatted(msg);
         cJSON_Delete(msg);
         if (text == NULL ||
@@ -323,20 +375,13 @@ imgw_cluster_frame(imgw_core_loop_t *cl, int command,
                    const imgw_push_body_t *body, const char *const *users,
                    size_t n)
 {
-    /* The body as JSON: our own encoder's frame, whose "body" we keep. */
-    ssize_t len = imgw_codec_encode(IMGW_CODEC_JSON, command, 0, 0, body,
-                                    cl->out, cl->out_cap);
+    /* The body as JSON, written once by our own encoder; fanout_flush
+     * wraps it into each node's downlink without parsing it again. */
+    ssize_t len = imgw_codec_encode_json_body(command, body, cl->out,
+                                              cl->out_cap);
     if (len < 0)
         return;
-    cJSON *frame = cJSON_ParseWithLength((const char *)cl->out, (size_t)len);
-    cJSON *b = cJSON_GetObjectItemCaseSensitive(frame, "body");
-    char *text = b ? cJSON_PrintUnformatted(b) : NULL;
-    cJSON_Delete(frame);
-    if (text == NULL)
-        return;
-    fanout_start(cl, command, 0, (const uint8_t *)text, strlen(text), users,
-                 NULL, n);
-    free(text);
+    fanout_start(cl, command, 0, cl->out, (size_t)len, users, NULL, n);
 }
 
 /* ---- kicks across nodes ------------------------------------------------- */
