@@ -208,31 +208,12 @@ typedef struct api_ctx_s {
     char gid[IMGW_JWT_MAX_USER];
 } api_ctx_t;
 
-static _Thread_local api_ctx_t *sync_pending;
-static _Thread_local int sync_done;
-
 /* The connection a callback answers, or NULL when it went away. */
 static imgw_conn_t *
 ctx_conn(api_ctx_t *x)
 {
     imgw_core_loop_t *cl = imgw_core_loop_current();
-    if (x == sync_pending)
-        sync_done = 1;
     return imgw_loop_conn(cl->loop, x->ref);
-}
-
-/* Runs a store call; returns 0 when it answered already, 1 when later. */
-static int
-run_async(api_ctx_t *x, int r, void (*fail)(int, void *))
-{
-    if (r != 0) {
-        fail(r, x);
-        return 0;
-    }
-    int was = sync_done;
-    sync_pending = NULL;
-    sync_done = 0;
-    return was ? 0 : 1;
 }
 
 static void
@@ -292,12 +273,6 @@ group_get_cb(int status, const char *const *members, size_t n, void *data)
     free(x);
 }
 
-static void
-group_get_fail(int r, void *data)
-{
-    group_get_cb(r, NULL, 0, data);
-}
-
 /* The id rule (idsyntax.h) for every id /api and /dev take. */
 static int
 valid_id(const char *s, size_t n)
@@ -330,18 +305,16 @@ handle_groups(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
     }
     x->ref = imgw_conn_ref(c);
     memcpy(x->gid, gid, gl);
-    sync_pending = x;
-    sync_done = 0;
-    if (strcmp(req->method, "GET") == 0)
-        return run_async(x, imgw_store_group_get(cl->store, x->gid,
-                                                 group_get_cb, x),
-                         group_get_fail);
-    if (strcmp(req->method, "DELETE") == 0)
-        return run_async(x, imgw_store_group_del(cl->store, x->gid,
-                                                 group_del_cb, x),
-                         group_del_cb);
+    /* The store answers later, always (store.h), refusals included. */
+    if (strcmp(req->method, "GET") == 0) {
+        imgw_store_group_get(cl->store, x->gid, group_get_cb, x);
+        return 1;
+    }
+    if (strcmp(req->method, "DELETE") == 0) {
+        imgw_store_group_del(cl->store, x->gid, group_del_cb, x);
+        return 1;
+    }
     if (strcmp(req->method, "PUT") != 0) {
-        sync_pending = NULL;
         free(x);
         imgw_conn_http_respond(c, 405, NULL, "Allow: GET, PUT, DELETE\r\n",
                                "method not allowed\n", 19, 1);
@@ -372,16 +345,15 @@ handle_groups(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
     }
     int r = 0;
     if (bad) {
-        sync_pending = NULL;
         free(x);
         if (bad_member != NULL)
             respond_bad_id(c, "member id", bad_member, strlen(bad_member));
         else
             respond_error_json(c, 400, "body must be {\"members\":[user ids]}");
     } else {
-        r = run_async(x, imgw_store_group_set(cl->store, x->gid, members, n,
-                                              group_set_cb, x),
-                      group_set_cb);
+        /* members point into j: the store copies them before it returns. */
+        imgw_store_group_set(cl->store, x->gid, members, n, group_set_cb, x);
+        r = 1;
     }
     free(members);
     cJSON_Delete(j);
@@ -508,11 +480,8 @@ handle_dev_group(imgw_core_loop_t *cl, imgw_conn_t *c,
     }
     x->ref = imgw_conn_ref(c);
     memcpy(x->gid, gid, strlen(gid) + 1);
-    sync_pending = x;
-    sync_done = 0;
-    return run_async(x, imgw_store_group_set(cl->store, x->gid, members, n,
-                                             group_set_cb, x),
-                     group_set_cb);
+    imgw_store_group_set(cl->store, x->gid, members, n, group_set_cb, x);
+    return 1;
 }
 
 /* ---- browser demo page ---------------------------------------------------------- */

@@ -340,20 +340,13 @@ fanout_start(imgw_core_loop_t *cl, int command, int64_t ts,
         f->n = i + 1;
         f->seqs[i] = seqs ? seqs[i] : 0;
     }
-    /* Every lookup counts before the first is sent: a backend that answers
-     * synchronously must not finish the fan-out early. */
-    f->pending = n + 1;
+    /* Every lookup answers later, refused or not (store.h), so the last
+     * answer flushes and frees; nothing here touches f after the loop. */
+    f->pending = n;
     for (size_t i = 0; i < n; i++) {
         refs[i].f = f;
         refs[i].user = i;
-        if (imgw_store_route_get(cl->store, f->users[i], route_cb,
-                                 &refs[i]) != 0)
-            f->pending--;
-    }
-    /* Drop the extra count; the last answer flushes and frees. */
-    if (--f->pending == 0) {
-        fanout_flush(cl, f);
-        fanout_free(f);
+        imgw_store_route_get(cl->store, f->users[i], route_cb, &refs[i]);
     }
     return;
 oom:
@@ -424,8 +417,7 @@ imgw_cluster_kick(imgw_core_loop_t *cl, const char *user, const char *platform)
         return;
     snprintf(k->user, sizeof(k->user), "%s", user);
     snprintf(k->platform, sizeof(k->platform), "%s", platform);
-    if (imgw_store_route_get(cl->store, user, kick_route_cb, k) != 0)
-        free(k);
+    imgw_store_route_get(cl->store, user, kick_route_cb, k);
 }
 
 /* ---- incoming ------------------------------------------------------------- */

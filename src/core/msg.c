@@ -246,9 +246,7 @@ send_store(imgw_core_loop_t *cl, send_ctx_t *x)
     x->req.entry = x->blob;
     x->req.entry_len = x->blob_len;
     x->req.seqs = x->seqs;
-    int r = imgw_store_append(cl->store, &x->req, append_cb, x);
-    if (r != 0)
-        append_cb(&x->req, r, x);
+    imgw_store_append(cl->store, &x->req, append_cb, x);
 }
 
 static void
@@ -499,9 +497,7 @@ imgw_msg_send_commit(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
     x->users = NULL;
     x->seqs = NULL;
     x->n_users = 0;
-    int r = imgw_store_group_get(cl->store, q->group_id, group_members_cb, x);
-    if (r != 0)
-        group_members_cb(r, NULL, 0, x);
+    imgw_store_group_get(cl->store, q->group_id, group_members_cb, x);
 }
 
 /* ---- ack ------------------------------------------------------------------ */
@@ -552,9 +548,7 @@ sync_epoch_reset(imgw_session_t *s, sync_ctx_t *x, uint64_t epoch)
     x->reset = 1;
     x->min_seq = 0;
     x->max_seq = 0;
-    int r = imgw_store_sync(s->cl->store, s->user, 0, 0, x->limit, sync_cb, x);
-    if (r != 0)
-        sync_cb(r, NULL, 0, 0, 0, 0, 0, x);
+    imgw_store_sync(s->cl->store, s->user, 0, 0, x->limit, sync_cb, x);
     return 1;
 }
 
@@ -752,10 +746,7 @@ imgw_msg_sync(imgw_session_t *s, imgw_msg_in_t *in)
     x->limit = limit;
     x->reset = 0;
     snprintf(x->epoch, sizeof(x->epoch), "%s", q->epoch);
-    int r = imgw_store_sync(s->cl->store, s->user, min_seq, max_seq, limit,
-                            sync_cb, x);
-    if (r != 0)
-        sync_cb(r, NULL, 0, 0, 0, 0, 0, x);
+    imgw_store_sync(s->cl->store, s->user, min_seq, max_seq, limit, sync_cb, x);
 }
 
 /* ---- conversation participants (receipts, typing) ------------------------ */
@@ -846,10 +837,7 @@ conv_push_start(imgw_core_loop_t *cl, conv_ctx_t *x)
 {
     if (strncmp(x->conv, "g_", 2) == 0) {
         x->flush = 1;
-        int r =
-            imgw_store_group_get(cl->store, x->conv + 2, conv_members_cb, x);
-        if (r != 0)
-            conv_members_cb(r, NULL, 0, x);
+        imgw_store_group_get(cl->store, x->conv + 2, conv_members_cb, x);
         return;
     }
     char peer[IMGW_JWT_MAX_USER];
@@ -928,27 +916,26 @@ receipt_msg_cb(int status, const imgw_store_msg_t *m, void *data)
 }
 
 /*
- * Step 3. x->lookups starts at 1 for this function itself, so answers
- * that come synchronously (the memory backend) cannot finish x before
- * every lookup was issued.
+ * Step 3. Every lookup answers later, refused or not (store.h), so the
+ * count is complete before the first answer and the last one decides; no
+ * ids: decided at once.
  */
 static void
 receipt_validate(imgw_core_loop_t *cl, conv_ctx_t *x)
 {
     const im_ReadReceiptPush *p = &x->body.read;
-    x->lookups = 1;
     x->verdict = 0;
-    for (pb_size_t i = 0; i < p->message_ids_count && x->verdict == 0; i++) {
+    if (p->message_ids_count == 0) {
+        x->lookups = 1;
+        receipt_lookup_done(cl, x);
+        return;
+    }
+    x->lookups = p->message_ids_count;
+    for (pb_size_t i = 0; i < p->message_ids_count; i++) {
         uint64_t id = 0;
         imgw_id_parse(p->message_ids[i], strlen(p->message_ids[i]), &id);
-        x->lookups++;
-        int r = imgw_store_msg_get(cl->store, id, receipt_msg_cb, x);
-        if (r != 0) {
-            x->lookups--;
-            x->verdict = im_ErrorCode_ERR_SERVER_BUSY;
-        }
+        imgw_store_msg_get(cl->store, id, receipt_msg_cb, x);
     }
-    receipt_lookup_done(cl, x);
 }
 
 static void
@@ -1070,9 +1057,7 @@ conv_command(imgw_session_t *s, imgw_msg_in_t *in, const char *conv)
             free(x);
             return;
         }
-        int r = imgw_store_group_get(cl->store, conv + 2, conv_members_cb, x);
-        if (r != 0)
-            conv_members_cb(r, NULL, 0, x);
+        imgw_store_group_get(cl->store, conv + 2, conv_members_cb, x);
         return;
     }
     char peer[IMGW_JWT_MAX_USER];
@@ -1192,10 +1177,7 @@ revoke_done_cb(int status, void *data)
     }
     revoke_reply(cl, x, 0, NULL);
     if (strncmp(x->conv, "g_", 2) == 0) {
-        int r = imgw_store_group_get(cl->store, x->conv + 2, revoke_members_cb,
-                                     x);
-        if (r != 0)
-            revoke_members_cb(r, NULL, 0, x);
+        imgw_store_group_get(cl->store, x->conv + 2, revoke_members_cb, x);
         return;
     }
     char peer[IMGW_JWT_MAX_USER];
@@ -1245,9 +1227,7 @@ revoke_msg_cb(int status, const imgw_store_msg_t *m, void *data)
         return;
     }
     snprintf(x->conv, sizeof(x->conv), "%s", m->conversation_id);
-    int r = imgw_store_revoke(cl->store, x->message_id, revoke_done_cb, x);
-    if (r != 0)
-        revoke_done_cb(r, x);
+    imgw_store_revoke(cl->store, x->message_id, revoke_done_cb, x);
 }
 
 void
@@ -1271,7 +1251,5 @@ imgw_msg_revoke(imgw_session_t *s, imgw_msg_in_t *in)
         free(x);
         return;
     }
-    int r = imgw_store_msg_get(s->cl->store, x->message_id, revoke_msg_cb, x);
-    if (r != 0)
-        revoke_msg_cb(r, NULL, x);
+    imgw_store_msg_get(s->cl->store, x->message_id, revoke_msg_cb, x);
 }

@@ -475,8 +475,7 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
     }
     ctx->ref = imgw_conn_ref(s->conn);
     ctx->sequence = in->sequence;
-    if (imgw_store_max_seq(cl->store, s->user, auth_max_seq_cb, ctx) != 0)
-        auth_max_seq_cb(IMGW_EBUSY, 0, 0, ctx);
+    imgw_store_max_seq(cl->store, s->user, auth_max_seq_cb, ctx);
 }
 
 static void

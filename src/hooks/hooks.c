@@ -627,10 +627,9 @@ imgw_hooks_before_send(imgw_session_t *s, const imgw_msg_in_t *in,
     }
     x->state = HS_LOOKUP;
     hl->lookups++;
-    int r = imgw_store_dedupe_get(cl->store, x->q.sender_id,
-                                  x->q.client_msg_id, send_dedupe_cb, x);
-    if (r != 0)
-        send_dedupe_cb(r, 0, 0, x);
+    /* Answers later, refusals included (store.h). */
+    imgw_store_dedupe_get(cl->store, x->q.sender_id, x->q.client_msg_id,
+                          send_dedupe_cb, x);
 }
 
 void
@@ -899,9 +898,7 @@ imgw_hooks_stored(imgw_core_loop_t *cl, const uint8_t *blob, size_t len,
         memcpy(e->user, users[i], ul + 1);
         m->refs++;
         hl->route_lookups++;
-        int r = imgw_store_route_get(cl->store, e->user, ev_route_cb, e);
-        if (r != 0)
-            ev_route_cb(r, NULL, 0, e);
+        imgw_store_route_get(cl->store, e->user, ev_route_cb, e);
     }
     ev_msg_unref(m);
 }

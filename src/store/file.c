@@ -359,8 +359,10 @@ replay_append(replay_t *rp, imgw__rec_rd_t *r, int64_t now)
     req.n_users = n;
     req.seqs = seqs;
     capture_t c = {0, 0};
+    c.status = 1; /* not run yet */
     now_begin(now);
     st = imgw_store_append(rp->f->replay_sl, &req, cap_append_cb, &c);
+    (void)imgw_store_loop_run_completions(rp->f->replay_sl);
     now_end();
     if (st == 0)
         st = c.status;
@@ -434,6 +436,9 @@ replay_record(replay_t *rp, uint8_t type, const uint8_t *p, size_t n)
     default:
         st = IMGW_EPROTO;
     }
+    /* The callback runs here, still with the record's time (store.h:
+     * never before the request function returned). */
+    (void)imgw_store_loop_run_completions(sl);
     now_end();
     return st == 0 ? c.status : st;
 }
@@ -986,7 +991,10 @@ file_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err,
         goto fail;
     }
     imgw__store_mem_set_clock(&f->inner, file_clock, f);
-    r = imgw__store_memory.loop_open(&f->inner, 0, NULL, &f->replay_sl);
+    /* Through store.c, like any handle: replay validates every record's
+     * arguments the way requests are validated, and runs the callbacks
+     * with imgw_store_loop_run_completions(). */
+    r = imgw_store_loop_open(&f->inner, 0, NULL, &f->replay_sl);
     if (r != 0)
         goto fail;
     r = recover(f, err, errlen);
@@ -1023,7 +1031,7 @@ file_close(imgw_store_t *s)
         close(f->fd);
     }
     if (f->replay_sl != NULL)
-        imgw__store_memory.loop_close(f->replay_sl);
+        imgw_store_loop_close(f->replay_sl);
     if (f->inner.be != NULL)
         imgw__store_memory.close(&f->inner);
     if (f->lock_fd >= 0)

@@ -3,10 +3,21 @@
  * cfg->backend; every request function validates its arguments here, the
  * same way for every backend, and then calls the table (store_impl.h).
  *
+ * It also keeps store.h's promise that no callback runs before its
+ * request function returns, for every backend at once: each request gets
+ * a completion record whose trampoline is what the backend calls back. A
+ * trampoline that runs while the request function is still on the stack
+ * (memory and file always, redis when it refuses at once) copies what its
+ * callback would get into the record and the record is queued on the
+ * loop handle; one that runs later (a redis reply) calls the caller's
+ * callback directly. Refusals here are queued the same way.
+ *
  * Threads: open/close on the main thread; everything else on the calling
- * loop's thread. Nothing here keeps state besides the handles.
+ * loop's thread. The queue belongs to one loop handle, so it needs no
+ * lock.
  */
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -117,6 +128,456 @@ imgw_store_close(imgw_store_t *s)
     free(s);
 }
 
+/* ---- completions --------------------------------------------------------- */
+
+/* Callbacks run per idle callback before the loop polls again: a chain of
+ * requests each queued by the previous callback cannot starve the loop. */
+#define CQ_RUN_MAX 4096
+
+typedef enum {
+    REC_APPEND,
+    REC_SYNC,
+    REC_SEQ,
+    REC_DEDUPE,
+    REC_DONE,
+    REC_MSG,
+    REC_MEMBERS,
+    REC_ROUTES,
+} rec_kind_t;
+
+typedef struct rec_s rec_t;
+
+struct imgw__store_cq_s {
+    rec_t *head, *tail; /* completed, in completion order */
+    uv_loop_t *loop;    /* NULL: run only by run_completions */
+    uv_idle_t idle;     /* runs them when loop is set */
+    int idle_on;
+    int closing; /* imgw_store_loop_close() runs: refuse new requests */
+};
+
+/*
+ * One request in flight. in_call is 1 while the request function runs:
+ * a trampoline that sees it copies the result (the backend's pointers die
+ * when it returns) and marks done; the request function then queues it.
+ */
+struct rec_s {
+    rec_t *next;
+    struct imgw__store_cq_s *cq;
+    rec_kind_t kind;
+    int in_call, done, status;
+    void *data;
+    union {
+        imgw_store_append_cb append;
+        imgw_store_sync_cb sync;
+        imgw_store_seq_cb seq;
+        imgw_store_dedupe_cb dedupe;
+        imgw_store_done_cb done;
+        imgw_store_msg_cb msg;
+        imgw_store_members_cb members;
+        imgw_store_routes_cb routes;
+    } cb;
+    union {
+        imgw_store_append_t *req; /* the caller's: holds the result */
+        struct {
+            imgw_store_entry_t *e; /* one allocation with the bytes */
+            size_t n;
+            int has_more;
+            int64_t server_max_seq, oldest_seq;
+            uint64_t epoch;
+        } sync;
+        struct {
+            int64_t v;
+            uint64_t epoch;
+        } seq;
+        struct {
+            uint64_t message_id;
+            int64_t seq;
+        } dedupe;
+        imgw_store_msg_t *msg; /* one allocation with its strings, or NULL */
+        struct {
+            const char **m; /* one allocation with the strings */
+            size_t n;
+        } members;
+        struct {
+            imgw_store_route_t *r; /* one allocation with the strings */
+            size_t n;
+        } routes;
+    } u;
+};
+
+/*
+ * A record is a few dozen bytes of fixed size, needed to answer at all: a
+ * process that cannot get one cannot answer anybody either, so this is
+ * the one allocation of the store that aborts instead of failing (like
+ * h2o's h2o_mem_alloc). Everything sized by a request fails softly.
+ */
+static rec_t *
+rec_new(imgw_store_loop_t *sl, rec_kind_t kind, void *data)
+{
+    rec_t *q = calloc(1, sizeof(*q));
+    if (q == NULL) {
+        fprintf(stderr, "imgw: store: out of memory for a completion\n");
+        abort();
+    }
+    q->cq = sl->cq;
+    q->kind = kind;
+    q->in_call = 1;
+    q->data = data;
+    return q;
+}
+
+static void cq_idle_cb(uv_idle_t *h);
+
+static void
+cq_push(struct imgw__store_cq_s *cq, rec_t *q)
+{
+    q->next = NULL;
+    if (cq->tail)
+        cq->tail->next = q;
+    else
+        cq->head = q;
+    cq->tail = q;
+    if (cq->loop != NULL && !cq->idle_on) {
+        uv_idle_start(&cq->idle, cq_idle_cb);
+        cq->idle_on = 1;
+    }
+}
+
+/* Runs the caller's callback of a completed record and frees it. */
+static void
+rec_run(rec_t *q)
+{
+    int st = q->status;
+    switch (q->kind) {
+    case REC_APPEND:
+        q->cb.append(q->u.req, st, q->data);
+        break;
+    case REC_SYNC:
+        q->cb.sync(st, q->u.sync.n ? q->u.sync.e : NULL, q->u.sync.n,
+                   q->u.sync.has_more, q->u.sync.server_max_seq,
+                   q->u.sync.oldest_seq, q->u.sync.epoch, q->data);
+        free(q->u.sync.e);
+        break;
+    case REC_SEQ:
+        q->cb.seq(st, q->u.seq.v, q->u.seq.epoch, q->data);
+        break;
+    case REC_DEDUPE:
+        q->cb.dedupe(st, q->u.dedupe.message_id, q->u.dedupe.seq, q->data);
+        break;
+    case REC_DONE:
+        if (q->cb.done)
+            q->cb.done(st, q->data);
+        break;
+    case REC_MSG:
+        q->cb.msg(st, st == 0 ? q->u.msg : NULL, q->data);
+        free(q->u.msg);
+        break;
+    case REC_MEMBERS:
+        q->cb.members(st, q->u.members.m, q->u.members.n, q->data);
+        free(q->u.members.m);
+        break;
+    case REC_ROUTES:
+        q->cb.routes(st, q->u.routes.n ? q->u.routes.r : NULL, q->u.routes.n,
+                     q->data);
+        free(q->u.routes.r);
+        break;
+    }
+    free(q);
+}
+
+/* Runs up to max queued completions, including ones their callbacks
+ * queue; returns how many ran. */
+static int
+cq_run(struct imgw__store_cq_s *cq, int max)
+{
+    int ran = 0;
+    while (cq->head != NULL && ran < max) {
+        rec_t *q = cq->head;
+        cq->head = q->next;
+        if (cq->head == NULL)
+            cq->tail = NULL;
+        rec_run(q);
+        ran++;
+    }
+    if (cq->head == NULL && cq->idle_on) {
+        uv_idle_stop(&cq->idle);
+        cq->idle_on = 0;
+    }
+    return ran;
+}
+
+static void
+cq_idle_cb(uv_idle_t *h)
+{
+    cq_run(h->data, CQ_RUN_MAX);
+}
+
+int
+imgw_store_loop_run_completions(imgw_store_loop_t *sl)
+{
+    if (sl == NULL || sl->cq == NULL)
+        return 0;
+    return cq_run(sl->cq, INT32_MAX);
+}
+
+/*
+ * The request function's tail: r is what the backend returned. A
+ * completed record (the trampoline ran, or the backend refused) is queued;
+ * one still in flight waits for its trampoline.
+ */
+static int
+rec_call(rec_t *q, int r)
+{
+    q->in_call = 0;
+    if (!q->done && r != 0) {
+        q->status = r;
+        q->done = 1;
+    }
+    if (q->done)
+        cq_push(q->cq, q);
+    return 0;
+}
+
+/* A refusal before the backend saw the request. */
+static int
+rec_refuse(rec_t *q, int status)
+{
+    q->status = status;
+    q->done = 1;
+    return rec_call(q, 0);
+}
+
+/* 1 when the request may go to the backend; else it was refused. */
+static int
+rec_open(rec_t *q)
+{
+    if (q->cq == NULL || !q->cq->closing)
+        return 1;
+    /* A callback run by imgw_store_loop_close() asked for more. */
+    rec_refuse(q, IMGW_EBUSY);
+    return 0;
+}
+
+/* A trampoline's first step: 1 when the caller's callback must wait. */
+static int
+rec_sync_now(rec_t *q, int status)
+{
+    if (!q->in_call)
+        return 0;
+    q->status = status;
+    q->done = 1;
+    return 1;
+}
+
+static void
+append_tramp(imgw_store_append_t *req, int status, void *data)
+{
+    rec_t *q = data;
+    if (rec_sync_now(q, status))
+        return; /* the result is in *req, which the caller owns */
+    q->cb.append(req, status, q->data);
+    free(q);
+}
+
+static void
+sync_tramp(int status, const imgw_store_entry_t *e, size_t n, int has_more,
+           int64_t server_max_seq, int64_t oldest_seq, uint64_t epoch,
+           void *data)
+{
+    rec_t *q = data;
+    if (!rec_sync_now(q, status)) {
+        q->cb.sync(status, e, n, has_more, server_max_seq, oldest_seq, epoch,
+                   q->data);
+        free(q);
+        return;
+    }
+    q->u.sync.has_more = has_more;
+    q->u.sync.server_max_seq = server_max_seq;
+    q->u.sync.oldest_seq = oldest_seq;
+    q->u.sync.epoch = epoch;
+    if (status != 0 || n == 0)
+        return;
+    size_t bytes = n * sizeof(*e);
+    for (size_t i = 0; i < n; i++)
+        bytes += e[i].len;
+    imgw_store_entry_t *c = malloc(bytes);
+    if (c == NULL) {
+        q->status = IMGW_ENOMEM;
+        return;
+    }
+    uint8_t *p = (uint8_t *)(c + n);
+    for (size_t i = 0; i < n; i++) {
+        c[i] = e[i];
+        if (e[i].len > 0)
+            memcpy(p, e[i].blob, e[i].len);
+        c[i].blob = p;
+        p += e[i].len;
+    }
+    q->u.sync.e = c;
+    q->u.sync.n = n;
+}
+
+static void
+seq_tramp(int status, int64_t max_seq, uint64_t epoch, void *data)
+{
+    rec_t *q = data;
+    if (rec_sync_now(q, status)) {
+        q->u.seq.v = max_seq;
+        q->u.seq.epoch = epoch;
+        return;
+    }
+    q->cb.seq(status, max_seq, epoch, q->data);
+    free(q);
+}
+
+static void
+dedupe_tramp(int status, uint64_t message_id, int64_t seq, void *data)
+{
+    rec_t *q = data;
+    if (rec_sync_now(q, status)) {
+        q->u.dedupe.message_id = message_id;
+        q->u.dedupe.seq = seq;
+        return;
+    }
+    q->cb.dedupe(status, message_id, seq, q->data);
+    free(q);
+}
+
+static void
+done_tramp(int status, void *data)
+{
+    rec_t *q = data;
+    if (rec_sync_now(q, status))
+        return;
+    q->cb.done(status, q->data);
+    free(q);
+}
+
+static void
+msg_tramp(int status, const imgw_store_msg_t *m, void *data)
+{
+    rec_t *q = data;
+    if (!rec_sync_now(q, status)) {
+        q->cb.msg(status, m, q->data);
+        free(q);
+        return;
+    }
+    if (status != 0 || m == NULL)
+        return;
+    size_t sl = strlen(m->sender) + 1, cl = strlen(m->conversation_id) + 1;
+    imgw_store_msg_t *c = malloc(sizeof(*c) + sl + cl);
+    if (c == NULL) {
+        q->status = IMGW_ENOMEM;
+        return;
+    }
+    *c = *m;
+    char *p = (char *)(c + 1);
+    c->sender = memcpy(p, m->sender, sl);
+    c->conversation_id = memcpy(p + sl, m->conversation_id, cl);
+    q->u.msg = c;
+}
+
+static void
+members_tramp(int status, const char *const *members, size_t n, void *data)
+{
+    rec_t *q = data;
+    if (!rec_sync_now(q, status)) {
+        q->cb.members(status, members, n, q->data);
+        free(q);
+        return;
+    }
+    if (status != 0 || n == 0)
+        return;
+    size_t bytes = n * sizeof(char *);
+    for (size_t i = 0; i < n; i++)
+        bytes += strlen(members[i]) + 1;
+    const char **c = malloc(bytes);
+    if (c == NULL) {
+        q->status = IMGW_ENOMEM;
+        return;
+    }
+    char *p = (char *)(c + n);
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(members[i]) + 1;
+        c[i] = memcpy(p, members[i], len);
+        p += len;
+    }
+    q->u.members.m = c;
+    q->u.members.n = n;
+}
+
+static void
+routes_tramp(int status, const imgw_store_route_t *r, size_t n, void *data)
+{
+    rec_t *q = data;
+    if (!rec_sync_now(q, status)) {
+        q->cb.routes(status, r, n, q->data);
+        free(q);
+        return;
+    }
+    if (status != 0 || n == 0)
+        return;
+    size_t bytes = n * sizeof(*r);
+    for (size_t i = 0; i < n; i++)
+        bytes += strlen(r[i].platform) + strlen(r[i].broker_id) + 2;
+    imgw_store_route_t *c = malloc(bytes);
+    if (c == NULL) {
+        q->status = IMGW_ENOMEM;
+        return;
+    }
+    char *p = (char *)(c + n);
+    for (size_t i = 0; i < n; i++) {
+        size_t a = strlen(r[i].platform) + 1, b = strlen(r[i].broker_id) + 1;
+        c[i].platform = memcpy(p, r[i].platform, a);
+        c[i].broker_id = memcpy(p + a, r[i].broker_id, b);
+        p += a + b;
+    }
+    q->u.routes.r = c;
+    q->u.routes.n = n;
+}
+
+/*
+ * Requests whose callback may be NULL (imgw_store_done_cb): with no
+ * callback there is nothing to queue and the backend gets NULL; with one,
+ * *cbp and *datap are replaced by the trampoline and its record. Returns
+ * the record (NULL: no callback).
+ */
+static rec_t *
+done_begin(imgw_store_loop_t *sl, imgw_store_done_cb *cbp, void **datap)
+{
+    if (*cbp == NULL)
+        return NULL;
+    rec_t *q = rec_new(sl, REC_DONE, *datap);
+    q->cb.done = *cbp;
+    *cbp = done_tramp;
+    *datap = q;
+    return q;
+}
+
+/* Refuses a done request: its callback (if any) runs later. */
+static int
+done_refuse(rec_t *q, int status)
+{
+    return q ? rec_refuse(q, status) : 0;
+}
+
+/* 1 when it may go to the backend. */
+static int
+done_open(imgw_store_loop_t *sl, rec_t *q)
+{
+    if (q != NULL)
+        return rec_open(q);
+    return sl->cq == NULL || !sl->cq->closing;
+}
+
+static int
+done_call(rec_t *q, int r)
+{
+    return q ? rec_call(q, r) : 0;
+}
+
+/* ---- loops --------------------------------------------------------------- */
+
 int
 imgw_store_loop_open(imgw_store_t *s, int loop_index, uv_loop_t *loop,
                      imgw_store_loop_t **out)
@@ -124,14 +585,54 @@ imgw_store_loop_open(imgw_store_t *s, int loop_index, uv_loop_t *loop,
     if (s == NULL || out == NULL || loop_index < 0)
         return IMGW_EINVAL;
     *out = NULL;
-    return s->be->loop_open(s, loop_index, loop, out);
+    struct imgw__store_cq_s *cq = calloc(1, sizeof(*cq));
+    if (cq == NULL)
+        return IMGW_ENOMEM;
+    int r = s->be->loop_open(s, loop_index, loop, out);
+    if (r != 0) {
+        free(cq);
+        return r;
+    }
+    cq->loop = loop;
+    if (loop != NULL) {
+        uv_idle_init(loop, &cq->idle);
+        cq->idle.data = cq;
+    }
+    (*out)->cq = cq;
+    return 0;
 }
 
+static void
+cq_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+/*
+ * Runs what is queued (callbacks that ask for more get IMGW_EBUSY, also
+ * queued and run here), closes the backend's handle (redis fails what is
+ * in flight through the callbacks), runs what that queued, and frees the
+ * queue: after the idle handle closed when there is a loop (it must run
+ * once more, as for redis).
+ */
 void
 imgw_store_loop_close(imgw_store_loop_t *sl)
 {
-    if (sl != NULL)
-        sl->be->loop_close(sl);
+    if (sl == NULL)
+        return;
+    struct imgw__store_cq_s *cq = sl->cq;
+    if (cq != NULL) {
+        cq->closing = 1;
+        cq_run(cq, INT32_MAX);
+    }
+    sl->be->loop_close(sl); /* memory and file free sl here */
+    if (cq == NULL)
+        return;
+    cq_run(cq, INT32_MAX);
+    if (cq->loop != NULL)
+        uv_close((uv_handle_t *)&cq->idle, cq_closed);
+    else
+        free(cq);
 }
 
 int
@@ -158,12 +659,9 @@ imgw_store_stats(imgw_store_t *s, imgw_store_stats_t *out)
 
 /* ---- append ---------------------------------------------------------- */
 
-int
-imgw_store_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
-                  imgw_store_append_cb cb, void *data)
+static int
+append_check(const imgw_store_append_t *req)
 {
-    if (sl == NULL || req == NULL || cb == NULL)
-        return IMGW_EINVAL;
     if (!valid_id(req->sender) || !imgw_cmid_valid_opt(req->client_msg_id) ||
         !valid_opt(req->conversation_id, IMGW__STORE_CONV_MAX) ||
         req->users == NULL || req->n_users == 0 || req->seqs == NULL ||
@@ -175,11 +673,28 @@ imgw_store_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     for (size_t i = 0; i < req->n_users; i++)
         if (!valid_id(req->users[i]))
             return IMGW_EINVAL;
+    return 0;
+}
+
+int
+imgw_store_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
+                  imgw_store_append_cb cb, void *data)
+{
+    if (sl == NULL || req == NULL || cb == NULL)
+        return IMGW_EINVAL;
     /* Outputs start clean whatever the caller left in them. */
     req->duplicate = 0;
     req->dup_message_id = 0;
     req->dup_seq = 0;
-    return sl->be->append(sl, req, cb, data);
+    rec_t *q = rec_new(sl, REC_APPEND, data);
+    q->cb.append = cb;
+    q->u.req = req;
+    int r = append_check(req);
+    if (r != 0)
+        return rec_refuse(q, r);
+    if (!rec_open(q))
+        return 0;
+    return rec_call(q, sl->be->append(sl, req, append_tramp, q));
 }
 
 /* ---- timelines ------------------------------------------------------- */
@@ -188,23 +703,35 @@ int
 imgw_store_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
                 int64_t max_seq, int limit, imgw_store_sync_cb cb, void *data)
 {
-    if (sl == NULL || cb == NULL || !valid_id(user) || min_seq < 0 ||
-        max_seq < 0)
+    if (sl == NULL || cb == NULL)
         return IMGW_EINVAL;
+    rec_t *q = rec_new(sl, REC_SYNC, data);
+    q->cb.sync = cb;
+    if (!valid_id(user) || min_seq < 0 || max_seq < 0)
+        return rec_refuse(q, IMGW_EINVAL);
     if (limit <= 0)
         limit = IMGW__STORE_SYNC_DEFAULT;
     if (limit > IMGW_STORE_SYNC_MAX)
         limit = IMGW_STORE_SYNC_MAX;
-    return sl->be->sync(sl, user, min_seq, max_seq, limit, cb, data);
+    if (!rec_open(q))
+        return 0;
+    return rec_call(
+        q, sl->be->sync(sl, user, min_seq, max_seq, limit, sync_tramp, q));
 }
 
 int
 imgw_store_max_seq(imgw_store_loop_t *sl, const char *user,
                    imgw_store_seq_cb cb, void *data)
 {
-    if (sl == NULL || cb == NULL || !valid_id(user))
+    if (sl == NULL || cb == NULL)
         return IMGW_EINVAL;
-    return sl->be->max_seq(sl, user, cb, data);
+    rec_t *q = rec_new(sl, REC_SEQ, data);
+    q->cb.seq = cb;
+    if (!valid_id(user))
+        return rec_refuse(q, IMGW_EINVAL);
+    if (!rec_open(q))
+        return 0;
+    return rec_call(q, sl->be->max_seq(sl, user, seq_tramp, q));
 }
 
 int
@@ -212,9 +739,14 @@ imgw_store_set_delivered(imgw_store_loop_t *sl, const char *user,
                          const char *device, int64_t seq, imgw_store_done_cb cb,
                          void *data)
 {
-    if (sl == NULL || !valid_id(user) || !valid_name(device) || seq < 0)
+    if (sl == NULL)
         return IMGW_EINVAL;
-    return sl->be->set_delivered(sl, user, device, seq, cb, data);
+    rec_t *q = done_begin(sl, &cb, &data);
+    if (!valid_id(user) || !valid_name(device) || seq < 0)
+        return done_refuse(q, IMGW_EINVAL);
+    if (!done_open(sl, q))
+        return 0;
+    return done_call(q, sl->be->set_delivered(sl, user, device, seq, cb, data));
 }
 
 int
@@ -222,12 +754,17 @@ imgw_store_set_read(imgw_store_loop_t *sl, const char *user,
                     const char *conversation_id, const char *message_id,
                     imgw_store_done_cb cb, void *data)
 {
-    if (sl == NULL || !valid_id(user) ||
-        !valid_str(conversation_id, IMGW__STORE_CONV_MAX) ||
+    if (sl == NULL)
+        return IMGW_EINVAL;
+    rec_t *q = done_begin(sl, &cb, &data);
+    if (!valid_id(user) || !valid_str(conversation_id, IMGW__STORE_CONV_MAX) ||
         message_id == NULL || message_id[0] == '\0' ||
         !imgw_cmid_valid_opt(message_id))
-        return IMGW_EINVAL;
-    return sl->be->set_read(sl, user, conversation_id, message_id, cb, data);
+        return done_refuse(q, IMGW_EINVAL);
+    if (!done_open(sl, q))
+        return 0;
+    return done_call(
+        q, sl->be->set_read(sl, user, conversation_id, message_id, cb, data));
 }
 
 /* ---- messages -------------------------------------------------------- */
@@ -237,15 +774,19 @@ imgw_store_dedupe_get(imgw_store_loop_t *sl, const char *sender,
                       const char *client_msg_id, imgw_store_dedupe_cb cb,
                       void *data)
 {
-    if (sl == NULL || cb == NULL || !valid_id(sender) ||
-        client_msg_id == NULL || client_msg_id[0] == '\0' ||
-        !imgw_cmid_valid_opt(client_msg_id))
+    if (sl == NULL || cb == NULL)
         return IMGW_EINVAL;
-    if (sl->be->dedupe_get == NULL) {
-        cb(IMGW_ENOTFOUND, 0, 0, data);
+    rec_t *q = rec_new(sl, REC_DEDUPE, data);
+    q->cb.dedupe = cb;
+    if (!valid_id(sender) || client_msg_id == NULL ||
+        client_msg_id[0] == '\0' || !imgw_cmid_valid_opt(client_msg_id))
+        return rec_refuse(q, IMGW_EINVAL);
+    if (sl->be->dedupe_get == NULL)
+        return rec_refuse(q, IMGW_ENOTFOUND);
+    if (!rec_open(q))
         return 0;
-    }
-    return sl->be->dedupe_get(sl, sender, client_msg_id, cb, data);
+    return rec_call(
+        q, sl->be->dedupe_get(sl, sender, client_msg_id, dedupe_tramp, q));
 }
 
 int
@@ -254,7 +795,11 @@ imgw_store_msg_get(imgw_store_loop_t *sl, uint64_t message_id,
 {
     if (sl == NULL || cb == NULL)
         return IMGW_EINVAL;
-    return sl->be->msg_get(sl, message_id, cb, data);
+    rec_t *q = rec_new(sl, REC_MSG, data);
+    q->cb.msg = cb;
+    if (!rec_open(q))
+        return 0;
+    return rec_call(q, sl->be->msg_get(sl, message_id, msg_tramp, q));
 }
 
 int
@@ -263,7 +808,10 @@ imgw_store_revoke(imgw_store_loop_t *sl, uint64_t message_id,
 {
     if (sl == NULL)
         return IMGW_EINVAL;
-    return sl->be->revoke(sl, message_id, cb, data);
+    rec_t *q = done_begin(sl, &cb, &data);
+    if (!done_open(sl, q))
+        return 0;
+    return done_call(q, sl->be->revoke(sl, message_id, cb, data));
 }
 
 /* ---- groups ---------------------------------------------------------- */
@@ -273,32 +821,48 @@ imgw_store_group_set(imgw_store_loop_t *sl, const char *gid,
                      const char *const *members, size_t n,
                      imgw_store_done_cb cb, void *data)
 {
-    if (sl == NULL || !valid_id(gid) || (n > 0 && members == NULL))
+    if (sl == NULL)
         return IMGW_EINVAL;
+    rec_t *q = done_begin(sl, &cb, &data);
+    if (!valid_id(gid) || (n > 0 && members == NULL))
+        return done_refuse(q, IMGW_EINVAL);
     if (n > IMGW_STORE_MAX_GROUP)
-        return IMGW_ETOOBIG;
+        return done_refuse(q, IMGW_ETOOBIG);
     for (size_t i = 0; i < n; i++)
         if (!valid_id(members[i]))
-            return IMGW_EINVAL;
-    return sl->be->group_set(sl, gid, members, n, cb, data);
+            return done_refuse(q, IMGW_EINVAL);
+    if (!done_open(sl, q))
+        return 0;
+    return done_call(q, sl->be->group_set(sl, gid, members, n, cb, data));
 }
 
 int
 imgw_store_group_get(imgw_store_loop_t *sl, const char *gid,
                      imgw_store_members_cb cb, void *data)
 {
-    if (sl == NULL || cb == NULL || !valid_id(gid))
+    if (sl == NULL || cb == NULL)
         return IMGW_EINVAL;
-    return sl->be->group_get(sl, gid, cb, data);
+    rec_t *q = rec_new(sl, REC_MEMBERS, data);
+    q->cb.members = cb;
+    if (!valid_id(gid))
+        return rec_refuse(q, IMGW_EINVAL);
+    if (!rec_open(q))
+        return 0;
+    return rec_call(q, sl->be->group_get(sl, gid, members_tramp, q));
 }
 
 int
 imgw_store_group_del(imgw_store_loop_t *sl, const char *gid,
                      imgw_store_done_cb cb, void *data)
 {
-    if (sl == NULL || !valid_id(gid))
+    if (sl == NULL)
         return IMGW_EINVAL;
-    return sl->be->group_del(sl, gid, cb, data);
+    rec_t *q = done_begin(sl, &cb, &data);
+    if (!valid_id(gid))
+        return done_refuse(q, IMGW_EINVAL);
+    if (!done_open(sl, q))
+        return 0;
+    return done_call(q, sl->be->group_del(sl, gid, cb, data));
 }
 
 /* ---- routes ---------------------------------------------------------- */
@@ -308,10 +872,16 @@ imgw_store_route_set(imgw_store_loop_t *sl, const char *user,
                      const char *platform, const char *broker_id, int ttl,
                      imgw_store_done_cb cb, void *data)
 {
-    if (sl == NULL || !valid_id(user) || !valid_name(platform) ||
-        !valid_name(broker_id) || ttl <= 0)
+    if (sl == NULL)
         return IMGW_EINVAL;
-    return sl->be->route_set(sl, user, platform, broker_id, ttl, cb, data);
+    rec_t *q = done_begin(sl, &cb, &data);
+    if (!valid_id(user) || !valid_name(platform) || !valid_name(broker_id) ||
+        ttl <= 0)
+        return done_refuse(q, IMGW_EINVAL);
+    if (!done_open(sl, q))
+        return 0;
+    return done_call(
+        q, sl->be->route_set(sl, user, platform, broker_id, ttl, cb, data));
 }
 
 int
@@ -319,26 +889,42 @@ imgw_store_route_del(imgw_store_loop_t *sl, const char *user,
                      const char *platform, const char *broker_id,
                      imgw_store_done_cb cb, void *data)
 {
-    if (sl == NULL || !valid_id(user) || !valid_name(platform) ||
-        !valid_name(broker_id))
+    if (sl == NULL)
         return IMGW_EINVAL;
-    return sl->be->route_del(sl, user, platform, broker_id, cb, data);
+    rec_t *q = done_begin(sl, &cb, &data);
+    if (!valid_id(user) || !valid_name(platform) || !valid_name(broker_id))
+        return done_refuse(q, IMGW_EINVAL);
+    if (!done_open(sl, q))
+        return 0;
+    return done_call(
+        q, sl->be->route_del(sl, user, platform, broker_id, cb, data));
 }
 
 int
 imgw_store_route_refresh(imgw_store_loop_t *sl, const char *user, int ttl,
                          imgw_store_done_cb cb, void *data)
 {
-    if (sl == NULL || !valid_id(user) || ttl <= 0)
+    if (sl == NULL)
         return IMGW_EINVAL;
-    return sl->be->route_refresh(sl, user, ttl, cb, data);
+    rec_t *q = done_begin(sl, &cb, &data);
+    if (!valid_id(user) || ttl <= 0)
+        return done_refuse(q, IMGW_EINVAL);
+    if (!done_open(sl, q))
+        return 0;
+    return done_call(q, sl->be->route_refresh(sl, user, ttl, cb, data));
 }
 
 int
 imgw_store_route_get(imgw_store_loop_t *sl, const char *user,
                      imgw_store_routes_cb cb, void *data)
 {
-    if (sl == NULL || cb == NULL || !valid_id(user))
+    if (sl == NULL || cb == NULL)
         return IMGW_EINVAL;
-    return sl->be->route_get(sl, user, cb, data);
+    rec_t *q = rec_new(sl, REC_ROUTES, data);
+    q->cb.routes = cb;
+    if (!valid_id(user))
+        return rec_refuse(q, IMGW_EINVAL);
+    if (!rec_open(q))
+        return 0;
+    return rec_call(q, sl->be->route_get(sl, user, routes_tramp, q));
 }

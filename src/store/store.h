@@ -9,20 +9,31 @@
  * Threads: imgw_store_open() and imgw_store_close() run on the main thread.
  * Each loop gets its own handle with imgw_store_loop_open() on that loop's
  * thread and uses it only there. Every callback runs on the loop that
- * issued the request; it may run synchronously, before the request
- * function returns (the memory backend does), or later (redis).
+ * issued the request.
+ *
+ * Callbacks never run before the request function returns (libuv's rule:
+ * a refused request also completes through its callback, later). Every
+ * request function returns 0 and its callback then runs exactly once,
+ * later, from imgw_store_loop_run_completions() (which the handle's own
+ * uv_idle_t calls on the loop it was opened with) or from the backend's
+ * I/O (redis replies), with status 0 or the reason it failed, including
+ * argument refusals (IMGW_EINVAL, IMGW_ETOOBIG; see docs/store.md for
+ * the bounds) and IMGW_ENOMEM. The only other return is IMGW_EINVAL for
+ * a NULL handle or a NULL callback where the request has a result: a
+ * caller bug, and then nothing runs. So a caller can count or free
+ * right after the call, whatever the backend, and never needs to call
+ * its own callback for a refusal.
  *
  * Requests: the caller owns every imgw_store_*_t request struct and every
- * pointer inside it until the callback has run. Pointers handed to a
- * callback (result arrays, strings) are valid only during the callback.
- *
- * Every request function returns 0 when the request was accepted (its
- * callback will run exactly once) or a negative IMGW_E* code when it was
- * refused up front (bad argument, over a bound); then the callback never
- * runs.
+ * pointer inside it until the callback has run. Other arguments (ids,
+ * member lists) are used before the request function returns. Pointers
+ * handed to a callback (result arrays, strings) are valid only during the
+ * callback: the store copied them for a completion that had to wait.
  *
  * status in callbacks: 0, IMGW_ENOTFOUND (missing group / message),
- * IMGW_EBUSY (backend unreachable: nothing was written),
+ * IMGW_EINVAL / IMGW_ETOOBIG (refused up front: nothing was done),
+ * IMGW_EEXIST (append: the message id is in use), IMGW_ENOMEM,
+ * IMGW_EBUSY (backend unreachable or closing: nothing was written),
  * IMGW_ETIMEDOUT (no answer in time: the write may or may not have
  * happened; callers treat it like EBUSY towards clients).
  */
@@ -89,6 +100,16 @@ int imgw_store_loop_open(imgw_store_t *s, int loop_index, uv_loop_t *loop,
                          imgw_store_loop_t **out);
 /** Closes the loop handle (its uv handles are closed on loop). */
 void imgw_store_loop_close(imgw_store_loop_t *sl);
+/**
+ * Runs the callbacks of completed requests of this handle, in the order
+ * they completed, including those their callbacks queue; returns how many
+ * ran. A handle opened with a uv loop runs them by itself (an idle handle
+ * started while any wait, before the loop's prepare/flush step, so the
+ * answers they write leave in the same iteration); a handle opened with
+ * loop NULL (tests, the file backend's replay) runs them only here.
+ * imgw_store_loop_close() runs what is left.
+ */
+int imgw_store_loop_run_completions(imgw_store_loop_t *sl);
 /** 1 while the backend is reachable from this loop (memory: always). */
 int imgw_store_loop_ready(imgw_store_loop_t *sl);
 /**

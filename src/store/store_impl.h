@@ -54,19 +54,32 @@ struct imgw_store_s {
  * of a larger struct of its own) in loop_open, fills these fields, and
  * frees it in loop_close, at once or after its uv handles have closed.
  */
+struct imgw__store_cq_s; /* store.c: the completion queue */
+
 struct imgw_store_loop_s {
     imgw_store_t *store;
     const imgw_store_backend_t *be;
     int loop_index;
     uv_loop_t *loop; /* may be NULL for backends that do no I/O (memory) */
     void *impl;      /* backend per-loop state, or NULL */
+    /* store.c's completion queue (store.h "Calling conventions"); set by
+     * imgw_store_loop_open after the backend's loop_open. Backends leave
+     * it alone. NULL for an inner handle another backend opened directly
+     * through the table (file.c's memory handles), whose requests never
+     * go through store.c. */
+    struct imgw__store_cq_s *cq;
 };
 
 /*
- * The backend table. Request functions have store.h's contract (0 =
- * accepted and the callback runs exactly once, < 0 = refused and it never
- * runs) with arguments already validated by store.c. Callbacks typed
- * imgw_store_done_cb may be NULL.
+ * The backend table. Request functions get arguments already validated by
+ * store.c and return 0 = accepted (the callback runs exactly once) or < 0
+ * = refused (the callback never runs). Unlike store.h's contract, a
+ * backend MAY run the callback before it returns (memory does, always;
+ * redis when it refuses at once): store.c hands every backend its own
+ * trampoline callback, copies what a callback received before the request
+ * returned, and queues it, so the caller's callback always runs later.
+ * The pointers a backend hands a callback need only be valid during that
+ * call. Callbacks typed imgw_store_done_cb may be NULL.
  */
 struct imgw_store_backend_s {
     const char *name; /* cfg->backend value that selects it */
@@ -134,7 +147,10 @@ typedef int64_t (*imgw__store_clock_fn)(void *arg);
 /**
  * Replaces the memory backend's clock (default: CLOCK_REALTIME in ms).
  * Call before any loop uses the store: the pointer is read without a lock.
- * fn NULL restores the default. No-op for other backends.
+ * fn NULL restores the default. No-op for other backends: a file store's
+ * clock is imgw__store_file_set_clock's (the file backend sits above the
+ * memory one, never the other way round; the memory hooks below take the
+ * memory store itself, imgw__store_file_inner() of a file store).
  */
 void imgw__store_mem_set_clock(imgw_store_t *s, imgw__store_clock_fn fn,
                                void *arg);
@@ -199,7 +215,8 @@ void imgw__store_mem_load_end(imgw__store_mem_loader_t *ld, uint64_t *max_id);
 
 /** The memory store inside a file store, or s itself for other backends. */
 imgw_store_t *imgw__store_file_inner(imgw_store_t *s);
-/** Sets the clock of a file store (the memory hook forwards here). */
+/** Sets the clock of a file store (it stamps its journal records and
+ * gives its memory store their times). */
 void imgw__store_file_set_clock(imgw_store_t *s, imgw__store_clock_fn fn,
                                 void *arg);
 /** Writes a snapshot and switches journals now, on the calling thread. */
