@@ -29,12 +29,12 @@ int imgw_hooks_before_send_on(const imgw_core_loop_t *cl);
 /* msg.c's second half of a send and its answer: handed in with every send,
  * so the hook, below msg.c, completes a send without calling up into it. */
 typedef struct imgw_hooks_send_ops_s {
-    void (*commit)(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
-                   uint32_t sequence, const im_SendMessageRequest *q,
-                   imgw_slice_t content, const char *conv);
-    void (*answer)(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
-                   uint32_t sequence, int code, const char *msg,
-                   uint64_t message_id, int64_t seq, int64_t server_time);
+    void (*commit)(imgw_core_loop_t *cl, imgw_conn_ref_t ref, uint32_t sequence,
+                   const im_SendMessageRequest *q, imgw_slice_t content,
+                   const char *conv);
+    void (*answer)(imgw_core_loop_t *cl, imgw_conn_ref_t ref, uint32_t sequence,
+                   int code, const char *msg, uint64_t message_id, int64_t seq,
+                   int64_t server_time);
 } imgw_hooks_send_ops_t;
 
 /*
@@ -45,8 +45,7 @@ typedef struct imgw_hooks_send_ops_s {
  * one connection complete in the order they arrived. ops is static.
  */
 void imgw_hooks_before_send(imgw_session_t *s, const imgw_msg_in_t *in,
-                            const char *conv,
-                            const imgw_hooks_send_ops_t *ops);
+                            const char *conv, const imgw_hooks_send_ops_t *ops);
 
 /* The session is closing: its sends still in the hook go on without it. */
 void imgw_hooks_session_closed(imgw_session_t *s);
