@@ -1280,7 +1280,7 @@ codec_jw_str(codec_jw_t *w, const uint8_t *s, size_t n)
     if (need > w->left) {
         codec_jw_fail(w, IMGW_ETOOBIG);
         w->over += need;
-    } else {
+    } else if (need > 0) { /* a measuring writer's p is NULL */
         w->p += need;
         w->left -= need;
     }
