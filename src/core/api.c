@@ -18,12 +18,14 @@
 
 #include <cjson/cJSON.h>
 
+#include "json.h"
 #include "alloc.h"
 #include "err.h"
 #include "idsyntax.h"
 #include "log.h"
 #include "metrics.h"
 #include "mq.h"
+#include "downlink.h"
 #include "session.h"
 
 #define JSON_CT "application/json"
@@ -60,12 +62,27 @@ respond_json(imgw_conn_t *c, int status, cJSON *j)
     imgw_free(s);
 }
 
+/* {"error": msg}: msg escaped by base's one JSON escaper, so a message
+ * that quotes a rule ("body must be {"members": ...}") or an id stays JSON. */
 static void
 respond_error_json(imgw_conn_t *c, int status, const char *msg)
 {
-    char buf[256];
-    int n = snprintf(buf, sizeof(buf), "{\"error\":\"%s\"}", msg);
-    imgw_conn_http_respond(c, status, JSON_CT, NULL, buf, (size_t)n, 1);
+    static const char head[] = "{\"error\":\"", tail[] = "\"}";
+    uint8_t buf[512];
+    size_t ml = strlen(msg), h = sizeof(head) - 1, t = sizeof(tail) - 1;
+    size_t need = imgw_json_escape(NULL, 0, (const uint8_t *)msg, ml);
+    uint8_t *o = need + h + t <= sizeof(buf) ? buf : imgw_try_malloc(need + h + t);
+    if (o == NULL) {
+        respond_text(c, 500, "out of memory\n");
+        return;
+    }
+    memcpy(o, head, h);
+    imgw_json_escape(o + h, need, (const uint8_t *)msg, ml);
+    memcpy(o + h + need, tail, t);
+    imgw_conn_http_respond(c, status, JSON_CT, NULL, (const char *)o,
+                           h + need + t, 1);
+    if (o != buf)
+        imgw_free(o);
 }
 
 static cJSON *
@@ -346,112 +363,6 @@ handle_groups(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
 /* ---- push ---------------------------------------------------------------- */
 
 static int
-cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-/*
- * The downlink body {code, ids, data, broadcast} (protocol.md section 8):
- * encoded once per codec, delivered to the users' connections on this node.
- * Returns the HTTP status and fills *targets.
- */
-int
-imgw_api_push_json(imgw_core_loop_t *cl, const cJSON *j, size_t *targets,
-                   const char **why)
-{
-    const cJSON *code = cJSON_GetObjectItemCaseSensitive(j, "code");
-    const cJSON *ids = cJSON_GetObjectItemCaseSensitive(j, "ids");
-    const cJSON *data = cJSON_GetObjectItemCaseSensitive(j, "data");
-    const cJSON *bc = cJSON_GetObjectItemCaseSensitive(j, "broadcast");
-    int broadcast = cJSON_IsTrue(bc);
-    int64_t cmd;
-    *targets = 0;
-    if (imgw_codec_json_int(code, 0, INT32_MAX, &cmd) != 0) {
-        *why = "code must be a command number";
-        return 400;
-    }
-    if (data != NULL && !cJSON_IsObject(data)) {
-        *why = "data must be an object";
-        return 400;
-    }
-    if (!broadcast && !cJSON_IsArray(ids)) {
-        *why = "ids must be an array of user ids";
-        return 400;
-    }
-    if (bc != NULL && !cJSON_IsBool(bc)) {
-        *why = "broadcast must be a boolean";
-        return 400;
-    }
-    size_t n = broadcast ? 0 : (size_t)cJSON_GetArraySize(ids);
-    if (n > 10000) {
-        *why = "too many ids";
-        return 400;
-    }
-    cJSON *empty = NULL;
-    if (data == NULL)
-        data = empty = cJSON_CreateObject();
-    size_t half = cl->out_cap / 2;
-    int64_t now = imgw_now_ms();
-    ssize_t pl = imgw_codec_encode_from_json(IMGW_CODEC_PB, (int)cmd, data,
-                                             now, cl->out + half, half);
-    ssize_t jl = pl < 0 ? pl
-                        : imgw_codec_encode_from_json(IMGW_CODEC_JSON,
-                                                      (int)cmd, data, now,
-                                                      cl->out, half);
-    cJSON_Delete(empty);
-    if (pl < 0 || jl < 0) {
-        ssize_t e = pl < 0 ? pl : jl;
-        *why = e == IMGW_EUNKNOWNCMD ? "unknown or client-side code"
-               : e == IMGW_ETOOBIG   ? "data too large"
-               : e == IMGW_EUTF8     ? "data has a string that is not UTF-8"
-                                     : "data does not fit the command's body";
-        return 400;
-    }
-    const char **users = NULL;
-    if (!broadcast) {
-        users = imgw_try_malloc((n ? n : 1) * sizeof(char *));
-        if (users == NULL) {
-            *why = "out of memory";
-            return 503;
-        }
-        size_t i = 0;
-        const cJSON *it;
-        cJSON_ArrayForEach(it, ids)
-        {
-            if (!cJSON_IsString(it)) {
-                imgw_free(users);
-                *why = "ids must be strings";
-                return 400;
-            }
-            /* *why must outlive this call: static sentences. */
-            size_t il = strlen(it->valuestring);
-            if (!valid_id(it->valuestring, il)) {
-                imgw_free(users);
-                *why = il == 0            ? "ids: an id is empty"
-                       : il > IMGW_ID_MAX ? "ids: an id is longer than 127 "
-                                            "bytes"
-                                          : "ids: an id may only contain "
-                                            "A-Z a-z 0-9 . _ @ -";
-                return 400;
-            }
-            users[i++] = it->valuestring;
-        }
-        /* ids is a set: a user listed twice gets the frame once. */
-        qsort(users, n, sizeof(*users), cmp_str);
-        size_t k = 0;
-        for (i = 0; i < n; i++)
-            if (k == 0 || strcmp(users[k - 1], users[i]) != 0)
-                users[k++] = users[i];
-        n = k;
-    }
-    *targets = imgw_deliver_raw(cl, cl->out + half, (size_t)pl, cl->out,
-                                (size_t)jl, users, n);
-    imgw_free(users);
-    return 200;
-}
-
-static int
 handle_push(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
 {
     if (strcmp(req->method, "POST") != 0) {
@@ -467,7 +378,7 @@ handle_push(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
     }
     size_t targets = 0;
     const char *why = NULL;
-    int st = imgw_api_push_json(cl, j, &targets, &why);
+    int st = imgw_downlink_push(cl, j, &targets, &why);
     cJSON_Delete(j);
     if (st != 200) {
         respond_error_json(c, st, why);

@@ -30,6 +30,7 @@
 #include <mbedtls/base64.h>
 
 #include "alloc.h"
+#include "json.h"
 #include "mq.h"
 #include "err.h"
 #include "idsyntax.h"
@@ -38,9 +39,6 @@
 
 #define CLUSTER_MAX_MESSAGE (4u << 20)
 #define CLUSTER_PUBLISH_TTL_MS 60000
-
-int imgw_api_push_json(imgw_core_loop_t *cl, const cJSON *j, size_t *targets,
-                       const char **why);
 
 /* ---- the MQ thread side ------------------------------------------------- */
 
@@ -174,6 +172,57 @@ b64(const uint8_t *p, size_t n)
     return out;
 }
 
+/*
+ * The downlink {"code":C,"ids":[the hops' users of broker from hop i],
+ * "data":BODY} around the fan-out's body text, built once as text (ids are
+ * escaped by base's JSON escaper). Marks the hops it takes in done.
+ * Returns a malloc'd NUL-terminated string or NULL (out of memory).
+ */
+static char *
+frame_downlink(const fanout_t *f, size_t i, uint8_t *done, size_t *len)
+{
+    const char *broker = f->hops[i].broker;
+    size_t need = 64 + f->payload_len;
+    for (size_t k = i; k < f->n_hops; k++) {
+        if (!done[k] && strcmp(f->hops[k].broker, broker) == 0) {
+            const char *u = f->users[f->hops[k].user];
+            need += 3 + imgw_json_escape(NULL, 0, (const uint8_t *)u,
+                                         strlen(u));
+        }
+    }
+    char *out = imgw_try_malloc(need);
+    if (out == NULL) {
+        for (size_t k = i; k < f->n_hops; k++)
+            if (strcmp(f->hops[k].broker, broker) == 0)
+                done[k] = 1; /* one drop counted for this broker */
+        return NULL;
+    }
+    size_t o = (size_t)snprintf(out, need, "{\"code\":%d,\"ids\":[",
+                                f->command);
+    int first = 1;
+    for (size_t k = i; k < f->n_hops; k++) {
+        if (done[k] || strcmp(f->hops[k].broker, broker) != 0)
+            continue;
+        done[k] = 1;
+        const char *u = f->users[f->hops[k].user];
+        if (!first)
+            out[o++] = ',';
+        first = 0;
+        out[o++] = '"';
+        o += imgw_json_escape((uint8_t *)out + o, need - o,
+                              (const uint8_t *)u, strlen(u));
+        out[o++] = '"';
+    }
+    memcpy(out + o, "],\"data\":", 9);
+    o += 9;
+    memcpy(out + o, f->payload, f->payload_len);
+    o += f->payload_len;
+    out[o++] = '}';
+    out[o] = '\0';
+    *len = o;
+    return out;
+}
+
 /* Publishes one message per broker named by the hops. */
 static void
 fanout_flush(imgw_core_loop_t *cl, fanout_t *f)
@@ -194,6 +243,19 @@ fanout_flush(imgw_core_loop_t *cl, fanout_t *f)
         if (done[i])
             continue;
         const char *broker = f->hops[i].broker;
+        if (blob64 == NULL) {
+            size_t tl = 0;
+            char *text = frame_downlink(f, i, done, &tl);
+            if (text == NULL ||
+                imgw_mq_publish(node->mq, broker, (const uint8_t *)text, tl) !=
+                    0) {
+                atomic_fetch_add(&node->remote_dropped, 1);
+                IMGW_LOG_WARN_RL("cluster: push to node %s dropped (broker "
+                                 "unavailable)", broker);
+            }
+            imgw_free(text);
+            continue;
+        }
         cJSON *msg = cJSON_CreateObject();
         cJSON *list = cJSON_CreateArray();
         for (size_t k = i; k < f->n_hops; k++) {
@@ -201,28 +263,15 @@ fanout_flush(imgw_core_loop_t *cl, fanout_t *f)
                 continue;
             done[k] = 1;
             size_t u = f->hops[k].user;
-            if (blob64 != NULL) {
-                cJSON *t = cJSON_CreateArray();
-                cJSON_AddItemToArray(t, cJSON_CreateString(f->users[u]));
-                cJSON_AddItemToArray(t, cJSON_CreateNumber((double)f->seqs[u]));
-                cJSON_AddItemToArray(list, t);
-            } else {
-                cJSON_AddItemToArray(list, cJSON_CreateString(f->users[u]));
-            }
+            cJSON *t = cJSON_CreateArray();
+            cJSON_AddItemToArray(t, cJSON_CreateString(f->users[u]));
+            cJSON_AddItemToArray(t, cJSON_CreateNumber((double)f->seqs[u]));
+            cJSON_AddItemToArray(list, t);
         }
-        if (blob64 != NULL) {
-            cJSON_AddStringToObject(msg, "imgw", "push");
-            cJSON_AddNumberToObject(msg, "ts", (double)f->ts);
-            cJSON_AddStringToObject(msg, "blob", blob64);
-            cJSON_AddItemToObject(msg, "targets", list);
-        } else {
-            cJSON_AddNumberToObject(msg, "code", f->command);
-            cJSON_AddItemToObject(msg, "ids", list);
-            cJSON_AddItemToObject(msg, "data",
-                                  cJSON_ParseWithLength((const char *)
-                                                            f->payload,
-                                                        f->payload_len));
-        }
+        cJSON_AddStringToObject(msg, "imgw", "push");
+        cJSON_AddNumberToObject(msg, "ts", (double)f->ts);
+        cJSON_AddStringToObject(msg, "blob", blob64);
+        cJSON_AddItemToObject(msg, "targets", list);
         char *text = cJSON_PrintUnformatted(msg);
         cJSON_Delete(msg);
         if (text == NULL ||
@@ -320,20 +369,13 @@ imgw_cluster_frame(imgw_core_loop_t *cl, int command,
                    const imgw_push_body_t *body, const char *const *users,
                    size_t n)
 {
-    /* The body as JSON: our own encoder's frame, whose "body" we keep. */
-    ssize_t len = imgw_codec_encode(IMGW_CODEC_JSON, command, 0, 0, body,
-                                    cl->out, cl->out_cap);
+    /* The body as JSON, written once by our own encoder; fanout_flush
+     * wraps it into each node's downlink without parsing it again. */
+    ssize_t len = imgw_codec_encode_json_body(command, body, cl->out,
+                                              cl->out_cap);
     if (len < 0)
         return;
-    cJSON *frame = cJSON_ParseWithLength((const char *)cl->out, (size_t)len);
-    cJSON *b = cJSON_GetObjectItemCaseSensitive(frame, "body");
-    char *text = b ? cJSON_PrintUnformatted(b) : NULL;
-    cJSON_Delete(frame);
-    if (text == NULL)
-        return;
-    fanout_start(cl, command, 0, (const uint8_t *)text, strlen(text), users,
-                 NULL, n);
-    imgw_free(text);
+    fanout_start(cl, command, 0, cl->out, (size_t)len, users, NULL, n);
 }
 
 /* ---- kicks across nodes ------------------------------------------------- */
@@ -381,22 +423,9 @@ imgw_cluster_kick(imgw_core_loop_t *cl, const char *user, const char *platform)
 
 /* ---- incoming ------------------------------------------------------------- */
 
-/* Kicks this node's connections of (user, platform). */
-static void
-kick_local(imgw_core_loop_t *cl, const char *user, const char *platform)
-{
-    imgw_usermap_conn_t conns[IMGW_USERMAP_MAX_CONNS];
-    size_t k = imgw_usermap_get(cl->node->users, user, conns,
-                                IMGW_USERMAP_MAX_CONNS);
-    for (size_t i = 0; i < k; i++) {
-        if (strcmp(conns[i].platform, platform) == 0)
-            imgw_deliver_kick(cl, conns[i].ref, platform);
-    }
-}
-
 /* An internal push: {"imgw":"push","ts":T,"blob":B64,"targets":[[u,seq]]}. */
 static const char *
-handle_push(imgw_core_loop_t *cl, const cJSON *j)
+parse_push(const cJSON *j, imgw_cluster_in_t *in)
 {
     const cJSON *ts = cJSON_GetObjectItemCaseSensitive(j, "ts");
     const cJSON *blob = cJSON_GetObjectItemCaseSensitive(j, "blob");
@@ -449,55 +478,83 @@ handle_push(imgw_core_loop_t *cl, const cJSON *j)
         users[k] = u->valuestring;
         k++;
     }
-    if (why == NULL) {
-        imgw_conn_ref_t none = {0xffff, 0, 0};
-        imgw_deliver_push_local(cl, raw, olen, ts_ms, users, seqs, k, none);
+    if (why != NULL) {
+        imgw_free(users);
+        imgw_free(seqs);
+        imgw_free(raw);
+        return why;
     }
-    imgw_free(users);
-    imgw_free(seqs);
-    imgw_free(raw);
+    in->kind = IMGW_CLUSTER_IN_PUSH;
+    in->blob = raw;
+    in->blob_len = olen;
+    in->ts = ts_ms;
+    in->users = users;
+    in->seqs = seqs;
+    in->n = k;
+    return NULL;
+}
+
+/*
+ * Parses a message consumed from this node's queue into *in (which owns
+ * what it points at until imgw_cluster_in_free). Returns NULL, or why the
+ * message is rejected. The caller (downlink.c) routes it and settles it.
+ */
+const char *
+imgw_cluster_parse(const uint8_t *body, size_t len, imgw_cluster_in_t *in)
+{
+    const char *why = NULL;
+    cJSON *j = NULL;
+    memset(in, 0, sizeof(*in));
+    if (len == 0 || len > CLUSTER_MAX_MESSAGE)
+        return "empty or oversized";
+    if (!imgw_codec_json_prescan(body, len))
+        return "nested too deep or \\u0000";
+    if ((j = cJSON_ParseWithLength((const char *)body, len)) == NULL ||
+        !cJSON_IsObject(j)) {
+        cJSON_Delete(j);
+        return "not a JSON object";
+    }
+    in->j = j;
+    const cJSON *kind = cJSON_GetObjectItemCaseSensitive(j, "imgw");
+    if (kind == NULL) {
+        in->kind = IMGW_CLUSTER_IN_DOWNLINK;
+    } else if (!cJSON_IsString(kind)) {
+        why = "imgw must be a string";
+    } else if (strcmp(kind->valuestring, "push") == 0) {
+        why = parse_push(j, in);
+    } else if (strcmp(kind->valuestring, "kick") == 0) {
+        const cJSON *u = cJSON_GetObjectItemCaseSensitive(j, "user");
+        const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "platform");
+        if (cJSON_IsString(u) && cJSON_IsString(p) &&
+            imgw_id_valid(u->valuestring)) {
+            in->kind = IMGW_CLUSTER_IN_KICK;
+            in->user = u->valuestring;
+            in->platform = p->valuestring;
+        } else {
+            why = "kick needs user and platform";
+        }
+    } else {
+        why = "unknown imgw message";
+    }
     return why;
 }
 
 void
-imgw_cluster_handle(imgw_core_loop_t *cl, const uint8_t *body, size_t len,
-                    uint64_t tag)
+imgw_cluster_in_free(imgw_cluster_in_t *in)
+{
+    cJSON_Delete(in->j);
+    imgw_free(in->blob);
+    imgw_free(in->users);
+    imgw_free(in->seqs);
+    memset(in, 0, sizeof(*in));
+}
+
+/* Acks a handled message, or rejects it (counted, logged) with why. */
+void
+imgw_cluster_settle(imgw_core_loop_t *cl, uint64_t tag, size_t len,
+                    const char *why)
 {
     imgw_node_t *node = cl->node;
-    const char *why = NULL;
-    cJSON *j = NULL;
-    if (len == 0 || len > CLUSTER_MAX_MESSAGE)
-        why = "empty or oversized";
-    else if (!imgw_codec_json_prescan(body, len))
-        why = "nested too deep or \\u0000";
-    else if ((j = cJSON_ParseWithLength((const char *)body, len)) == NULL ||
-             !cJSON_IsObject(j))
-        why = "not a JSON object";
-    if (why == NULL) {
-        const cJSON *kind = cJSON_GetObjectItemCaseSensitive(j, "imgw");
-        if (kind == NULL) {
-            size_t targets = 0;
-            if (imgw_api_push_json(cl, j, &targets, &why) == 200)
-                why = NULL;
-            else if (why == NULL)
-                why = "rejected";
-        } else if (!cJSON_IsString(kind)) {
-            why = "imgw must be a string";
-        } else if (strcmp(kind->valuestring, "push") == 0) {
-            why = handle_push(cl, j);
-        } else if (strcmp(kind->valuestring, "kick") == 0) {
-            const cJSON *u = cJSON_GetObjectItemCaseSensitive(j, "user");
-            const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "platform");
-            if (cJSON_IsString(u) && cJSON_IsString(p) &&
-                imgw_id_valid(u->valuestring))
-                kick_local(cl, u->valuestring, p->valuestring);
-            else
-                why = "kick needs user and platform";
-        } else {
-            why = "unknown imgw message";
-        }
-    }
-    cJSON_Delete(j);
     if (why != NULL) {
         atomic_fetch_add(&node->mq_bad, 1);
         IMGW_LOG_WARN_RL("mq: rejected a message (%zu bytes): %s", len, why);

@@ -64,6 +64,7 @@ typedef struct co_entry_s {
 
 typedef struct co_state_s {
     imgw_core_loop_t *cl;
+    imgw_coalesce_flush_fn flush; /* the last offer's (one caller: msg.c) */
     uv_timer_t timer;
     uint64_t due_ms; /* the timer's due time; 0 = not armed */
     co_entry_t **buckets;
@@ -293,7 +294,7 @@ held_flush(co_entry_t *e)
     }
     imgw_conn_ref_t ex = h->exclude;
     imgw_free(h);
-    imgw_msg_conv_flush(co->cl, e->kind, user, conv, &body, ex);
+    co->flush(co->cl, e->kind, user, conv, &body, ex);
 }
 
 static void
@@ -325,10 +326,11 @@ co_timer_cb(uv_timer_t *t)
 int
 imgw_coalesce_offer(imgw_core_loop_t *cl, int kind, const char *user,
                     const char *conv, const imgw_push_body_t *body,
-                    imgw_conn_ref_t from)
+                    imgw_conn_ref_t from, imgw_coalesce_flush_fn flush)
 {
     if (co_state(cl) != 0)
         return IMGW_COALESCE_NOW;
+    co->flush = flush;
     size_t ulen = strlen(user), clen = strlen(conv);
     uint64_t h = co_hash(user, ulen, conv, clen);
     uint64_t pos = kind == IMGW_COALESCE_RECEIPT ? receipt_pos(&body->read) : 0;

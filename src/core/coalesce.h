@@ -19,21 +19,23 @@ enum {
                               pushed or held in this window: nothing */
 };
 
+/* Where held pushes whose window ended go (msg.c's imgw_msg_conv_flush):
+ * passed in by the caller, so this helper never calls up into msg.c. */
+typedef void (*imgw_coalesce_flush_fn)(imgw_core_loop_t *cl, int kind,
+                                       const char *user, const char *conv,
+                                       const imgw_push_body_t *body,
+                                       imgw_conn_ref_t exclude);
+
 /*
  * Offers an accepted receipt (body->read) or typing status (body->typing)
  * of user in conv, sent from connection `from` (excluded from the push).
  * Returns one of the values above. When the loop's table is full or out
  * of memory the answer is IMGW_COALESCE_NOW (the per-user budget still
- * bounds such pushes).
+ * bounds such pushes). A held push goes to flush at its window's end.
  */
 int imgw_coalesce_offer(imgw_core_loop_t *cl, int kind, const char *user,
                         const char *conv, const imgw_push_body_t *body,
-                        imgw_conn_ref_t from);
-
-/* Held pushes whose window ended go to msg.c's imgw_msg_conv_flush. */
-void imgw_msg_conv_flush(imgw_core_loop_t *cl, int kind, const char *user,
-                         const char *conv, const imgw_push_body_t *body,
-                         imgw_conn_ref_t exclude);
+                        imgw_conn_ref_t from, imgw_coalesce_flush_fn flush);
 
 /* Entries and held pushes of this loop (tests and metrics). */
 size_t imgw_coalesce_entries(void);

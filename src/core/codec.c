@@ -34,6 +34,7 @@
 #include <pb_decode.h>
 #include <pb_encode.h>
 
+#include "json.h"
 #include "utf8.h"
 #include "err.h"
 
@@ -1266,59 +1267,23 @@ codec_jw_i64(codec_jw_t *w, int64_t v)
 }
 
 /*
- * A JSON string literal of n bytes: quote, backslash and control
- * characters escaped, and each byte that does not start a valid UTF-8
- * sequence replaced by U+FFFD, so the frame is valid JSON and a valid
- * WebSocket text frame whatever bytes were stored. Runs of plain bytes are
- * copied in one go.
+ * A JSON string literal of n bytes, escaped by base's one escaper
+ * (json.h: quote, backslash and control characters escaped, bytes that
+ * start no valid UTF-8 sequence replaced by U+FFFD), so the frame is valid
+ * JSON and a valid WebSocket text frame whatever bytes were stored.
  */
 static void
 codec_jw_str(codec_jw_t *w, const uint8_t *s, size_t n)
 {
-    static const char hex[] = "0123456789abcdef";
-    size_t i = 0, run = 0, u;
-    uint8_t esc[6];
-
     codec_jw_ch(w, '"');
-    while (i < n) {
-        uint8_t c = s[i];
-
-        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
-            i++;
-            continue;
-        }
-        if (c >= 0x80 && (u = imgw_utf8_seq_len(s + i, n - i)) != 0) {
-            i += u;
-            continue;
-        }
-        if (i > run)
-            codec_jw_put(w, s + run, i - run);
-        if (c >= 0x80) {
-            codec_jw_lit(w, "\xef\xbf\xbd");
-        } else if (c == '"' || c == '\\') {
-            esc[0] = '\\';
-            esc[1] = c;
-            codec_jw_put(w, esc, 2);
-        } else if (c == '\n') {
-            codec_jw_lit(w, "\\n");
-        } else if (c == '\r') {
-            codec_jw_lit(w, "\\r");
-        } else if (c == '\t') {
-            codec_jw_lit(w, "\\t");
-        } else if (c == '\b') {
-            codec_jw_lit(w, "\\b");
-        } else if (c == '\f') {
-            codec_jw_lit(w, "\\f");
-        } else {
-            memcpy(esc, "\\u00", 4);
-            esc[4] = (uint8_t)hex[c >> 4];
-            esc[5] = (uint8_t)hex[c & 15];
-            codec_jw_put(w, esc, 6);
-        }
-        run = ++i;
+    size_t need = imgw_json_escape(w->p, w->left, s, n);
+    if (need > w->left) {
+        codec_jw_fail(w, IMGW_ETOOBIG);
+        w->over += need;
+    } else if (need > 0) { /* a measuring writer's p is NULL */
+        w->p += need;
+        w->left -= need;
     }
-    if (i > run) /* s may be NULL when n is 0 */
-        codec_jw_put(w, s + run, i - run);
     codec_jw_ch(w, '"');
 }
 
@@ -1536,6 +1501,19 @@ codec_encode_json(const codec_cmd_t *ci, uint32_t sequence,
     codec_jw_head(&w, ci, sequence, timestamp);
     codec_jw_msg(&w, ci->msg, body, 0);
     codec_jw_ch(&w, '}');
+    return w.err ? w.err : (ssize_t)(w.p - out);
+}
+
+ssize_t
+imgw_codec_encode_json_body(int command, const void *body, uint8_t *out,
+                            size_t cap)
+{
+    const codec_cmd_t *ci = codec_cmd_find(command);
+
+    if (ci == NULL || ci->dir != CODEC_S2C || body == NULL)
+        return IMGW_EINVAL;
+    codec_jw_t w = {out, out ? cap : 0, 0, 0};
+    codec_jw_msg(&w, ci->msg, body, 0);
     return w.err ? w.err : (ssize_t)(w.p - out);
 }
 

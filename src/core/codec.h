@@ -89,6 +89,10 @@ int imgw_codec_decode(imgw_codec_t codec, const uint8_t *data, size_t len,
 ssize_t imgw_codec_encode(imgw_codec_t codec, int command, uint32_t sequence,
                           int64_t timestamp, const void *body, uint8_t *out,
                           size_t cap);
+/* Only the JSON object of a server->client body (the frame's "body"), as
+ * imgw_codec_encode writes it: the data of a cross-node downlink. */
+ssize_t imgw_codec_encode_json_body(int command, const void *body,
+                                    uint8_t *out, size_t cap);
 
 /*
  * Timeline entries for a SyncResponse: blob[i] is a protobuf PushMessage

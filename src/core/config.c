@@ -179,7 +179,7 @@ static const imgw_config_opt_t opts[] = {
             "failed /api authentications a minute per client address (per "
             "loop) before 429; 0 = no limit"),
     OPT_BOOL("auth", "dev_tokens", dev_tokens, "false",
-             "enable /api/dev/token (development only)"),
+             "enable /dev/token and /dev/group (development only)"),
 
     /* [store] */
     OPT_ENUM("store", "backend", backend, "memory", "memory|file|redis",

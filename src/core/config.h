@@ -60,7 +60,7 @@ typedef struct imgw_config_s {
                                IMGW_CONFIG_MIN_SECRET bytes */
     int admin_fail_limit;   /* failed admin auths a minute per address and
                                loop before 429; 0 = no limit */
-    int dev_tokens;         /* bool: /api/dev/token enabled */
+    int dev_tokens;         /* bool: /dev/token, /dev/group enabled */
 
     /* [store] */
     char backend[16];       /* "memory" | "file" | "redis" */

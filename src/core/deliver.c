@@ -219,10 +219,6 @@ imgw_deliver_mail(imgw_core_loop_t *cl, imgw_mail_t *m)
     case IMGW_MAIL_FRAME:
         local_frame(cl, m->command, &m->body, m->timestamp, m->targets, m->n);
         break;
-    case IMGW_MAIL_MQ:
-        imgw_cluster_handle(cl, m->raw[0], m->raw_len[0], m->tag);
-        imgw_free(m->raw[0]);
-        break;
     case IMGW_MAIL_RAW:
         if (m->broadcast) {
             bcast_t b = {cl, m->raw, m->raw_len};
@@ -412,4 +408,14 @@ imgw_deliver_raw(imgw_core_loop_t *cl, const uint8_t *pb, size_t pb_len,
         imgw_loop_post(imgw_net_loop(cl->node->net, i), &m->node);
     }
     return total;
+}
+
+/* Kicks (user, platform) on the node its route names, if that is another
+ * one: routing to remote nodes is this file's, so session.c asks here. */
+void
+imgw_deliver_kick_remote(imgw_core_loop_t *cl, const char *user,
+                         const char *platform)
+{
+    if (cl->node->mq != NULL)
+        imgw_cluster_kick(cl, user, platform);
 }

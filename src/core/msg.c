@@ -382,7 +382,9 @@ imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in)
     if (imgw_hooks_before_send_on(cl)) {
         /* The business decides first (docs/hooks.md); it calls
          * imgw_msg_send_commit once allowed. */
-        imgw_hooks_before_send(s, in, conv);
+        static const imgw_hooks_send_ops_t ops = {imgw_msg_send_commit,
+                                                  imgw_msg_send_answer};
+        imgw_hooks_before_send(s, in, conv, &ops);
         return;
     }
     imgw_msg_send_commit(cl, imgw_conn_ref(s->conn), in->sequence, q,
@@ -848,6 +850,10 @@ conv_push_start(imgw_core_loop_t *cl, conv_ctx_t *x)
 }
 
 /* Step 4: the request is valid. */
+static void conv_flush(imgw_core_loop_t *cl, int kind, const char *user,
+                       const char *conv, const imgw_push_body_t *body,
+                       imgw_conn_ref_t exclude);
+
 static void
 conv_accept(imgw_core_loop_t *cl, conv_ctx_t *x, const char *const *users,
             size_t n)
@@ -861,8 +867,8 @@ conv_accept(imgw_core_loop_t *cl, conv_ctx_t *x, const char *const *users,
         imgw_store_set_read(cl->store, x->user, x->conv, pos, NULL, NULL);
         conv_reply(cl, x, 0, NULL);
     }
-    if (imgw_coalesce_offer(cl, kind, x->user, x->conv, &x->body, x->ref) !=
-        IMGW_COALESCE_NOW) {
+    if (imgw_coalesce_offer(cl, kind, x->user, x->conv, &x->body, x->ref,
+                            conv_flush) != IMGW_COALESCE_NOW) {
         imgw_free(x);
         return;
     }
@@ -1085,10 +1091,9 @@ imgw_msg_typing(imgw_session_t *s, imgw_msg_in_t *in)
 
 /* A held push whose window ended (coalesce.c): participants resolved
  * again, pushed, no answer (the request was answered when accepted). */
-void
-imgw_msg_conv_flush(imgw_core_loop_t *cl, int kind, const char *user,
-                    const char *conv, const imgw_push_body_t *body,
-                    imgw_conn_ref_t exclude)
+static void
+conv_flush(imgw_core_loop_t *cl, int kind, const char *user, const char *conv,
+           const imgw_push_body_t *body, imgw_conn_ref_t exclude)
 {
     conv_ctx_t *x = imgw_try_calloc(1, sizeof(*x));
     if (x == NULL)

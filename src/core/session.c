@@ -16,14 +16,12 @@
 #include <time.h>
 
 #include "alloc.h"
-#include "clock.h"
+#include "downlink.h"
 #include "err.h"
 #include "hooks.h"
 #include "idsyntax.h"
 #include "log.h"
 #include "session.h"
-
-static _Thread_local imgw_core_loop_t *current_loop;
 
 /* ---- activity log ------------------------------------------------------ */
 
@@ -99,86 +97,6 @@ act_tick(uint64_t now_ms)
                       "disconnects; %llu sessions open",
                       (unsigned long long)secs, d[ACT_LOGIN], d[ACT_REFUSED],
                       d[ACT_LOGOUT], t[ACT_LOGIN] - t[ACT_LOGOUT]);
-}
-
-imgw_core_loop_t *
-imgw_core_loop_current(void)
-{
-    return current_loop;
-}
-
-_Atomic int64_t imgw__wall_offset_ms;
-
-/*
- * The wall clock, unix ms: only for what goes on the wire or into the store
- * (frame timestamps, server_time, JWT exp/nbf, store expiry). Deadlines,
- * timeouts and rate buckets run on the loop's monotonic clock
- * (imgw_loop_now_ms), which a wall clock step does not move.
- */
-int64_t
-imgw_now_ms(void)
-{
-    return imgw_clock_wall_ms() +
-           atomic_load_explicit(&imgw__wall_offset_ms, memory_order_relaxed);
-}
-
-void
-imgw_core_count_error(imgw_core_loop_t *cl, int code)
-{
-    int i = imgw_codec_err_index(code);
-    imgw_stat_inc(&cl->st.errors[i >= 0 ? i : IMGW_N_ERRCODES - 1]);
-}
-
-/* ---- replies ------------------------------------------------------------ */
-
-int
-imgw_session_reply(imgw_session_t *s, int command, uint32_t sequence,
-                   const void *body)
-{
-    imgw_core_loop_t *cl = s->cl;
-    ssize_t n = imgw_codec_encode((imgw_codec_t)s->codec, command, sequence,
-                                  imgw_now_ms(), body, cl->out, cl->out_cap);
-    if (n < 0) {
-        IMGW_LOG_WARN_RL("cannot encode command %d: %s", command,
-                         imgw_strerror((int)n));
-        return (int)n;
-    }
-    uv_buf_t b = uv_buf_init((char *)cl->out, (unsigned)n);
-    return imgw_conn_send_ws(s->conn, s->codec == IMGW_CODEC_JSON, &b, 1);
-}
-
-void
-imgw_session_error(imgw_session_t *s, uint32_t sequence, int code,
-                   const char *msg)
-{
-    im_ErrorResponse er = im_ErrorResponse_init_zero;
-    er.error_code = (im_ErrorCode)code;
-    snprintf(er.error_msg, sizeof(er.error_msg), "%s", msg);
-    imgw_core_count_error(s->cl, code);
-    imgw_session_reply(s, im_CommandType_CMD_ERROR_RSP, sequence, &er);
-}
-
-/* ---- kicks -------------------------------------------------------------- */
-
-void
-imgw_session_kick(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
-                  const char *platform)
-{
-    imgw_conn_t *c = imgw_loop_conn(cl->loop, ref);
-    if (c == NULL)
-        return;
-    imgw_session_t *s = imgw_conn_data(c);
-    if (s == NULL || !imgw_conn_is_ws(c))
-        return;
-    im_KickPush kp = im_KickPush_init_zero;
-    snprintf(kp.reason, sizeof(kp.reason), "%s",
-             "logged in on another connection");
-    snprintf(kp.platform, sizeof(kp.platform), "%s", platform);
-    imgw_session_reply(s, im_CommandType_CMD_KICK_PUSH, 0, &kp);
-    /* It no longer owns the (user, platform) slot: the newer login does. */
-    s->registered = 0;
-    imgw_stat_inc(&cl->st.kicks);
-    imgw_conn_close_ws(c, 4002, "kicked");
 }
 
 /* ---- rate limits -------------------------------------------------------- */
@@ -543,8 +461,7 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
         imgw_deliver_kick(cl, kicked, s->platform);
     /* Read the route before overwriting it: a (user, platform) logged in
      * on another node is kicked there (the store answers in order). */
-    if (cl->node->mq != NULL)
-        imgw_cluster_kick(cl, s->user, s->platform);
+    imgw_deliver_kick_remote(cl, s->user, s->platform);
     imgw_store_route_set(cl->store, s->user, s->platform, cfg->broker_id,
                          cfg->route_ttl, route_done, NULL);
     s->route_refreshed_ms = imgw_loop_now_ms(cl->loop);
@@ -737,7 +654,12 @@ on_mail(imgw_loop_t *l, imgw_mpsc_node_t *n)
 {
     imgw_core_loop_t *cl = imgw_loop_data(l);
     imgw_mail_t *m = (imgw_mail_t *)n;
-    imgw_deliver_mail(cl, m);
+    /* The broker's messages come back down through the downlink handler,
+     * which routes them like local work; the rest is routing's mail. */
+    if (m->kind == IMGW_MAIL_MQ)
+        imgw_downlink_mail(cl, m);
+    else
+        imgw_deliver_mail(cl, m);
 }
 
 static void
@@ -759,7 +681,7 @@ on_loop_start(imgw_loop_t *l)
     imgw_core_loop_t *cl = node->loops[imgw_loop_index(l)];
     char err[256];
     cl->loop = l;
-    current_loop = cl;
+    imgw_core_loop_set_current(cl);
     imgw_loop_set_data(l, cl);
     const imgw_config_t *cfg = node->cfg;
     imgw_jwt_opts_t jo = {cfg->jwt_secret, cfg->jwt_public_key, cfg->leeway,

@@ -25,7 +25,7 @@ typedef struct imgw_session_s {
 
 extern const imgw_net_handlers_t imgw_core_handlers;
 
-/* Encodes body for command in the session's codec and queues the frame.
+/* reply.c: encodes body for command in the session's codec and queues the frame.
  * Returns 0 or a negative IMGW_E* code (the connection may be closing). */
 int imgw_session_reply(imgw_session_t *s, int command, uint32_t sequence,
                        const void *body);
@@ -35,7 +35,7 @@ void imgw_session_error(imgw_session_t *s, uint32_t sequence, int code,
 /* Kicks a connection of this loop (CMD_KICK_PUSH, then close 4002). */
 void imgw_session_kick(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
                        const char *platform);
-/* Counts an error code in metrics. */
+/* loopctx.c: counts an error code in metrics. */
 void imgw_core_count_error(imgw_core_loop_t *cl, int code);
 /* The wall clock (unix ms) for timestamps on the wire and in the store;
  * never for deadlines (those use imgw_loop_now_ms, a monotonic clock). */
@@ -44,6 +44,8 @@ int64_t imgw_now_ms(void);
 extern _Atomic int64_t imgw__wall_offset_ms;
 /* The calling loop thread's core state (store callbacks use it). */
 imgw_core_loop_t *imgw_core_loop_current(void);
+/* Sets it (session.c, at loop start). */
+void imgw_core_loop_set_current(imgw_core_loop_t *cl);
 
 /* msg.c: the messaging commands. */
 void imgw_msg_send(imgw_session_t *s, imgw_msg_in_t *in);
@@ -87,6 +89,9 @@ void imgw_deliver_mail(imgw_core_loop_t *cl, imgw_mail_t *m);
 /* Kicks a connection of this node, on whichever loop owns it. */
 void imgw_deliver_kick(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
                        const char *platform);
+/* Kicks (user, platform) on another node (through cluster.c), if any. */
+void imgw_deliver_kick_remote(imgw_core_loop_t *cl, const char *user,
+                              const char *platform);
 /* Frees the calling loop thread's routing scratch (at loop stop). */
 void imgw_deliver_thread_free(void);
 
@@ -102,9 +107,28 @@ void imgw_cluster_frame(imgw_core_loop_t *cl, int command,
 /* Kicks (user, platform) on whichever other node its route names. */
 void imgw_cluster_kick(imgw_core_loop_t *cl, const char *user,
                        const char *platform);
-/* A message consumed from this node's queue, on a loop. */
-void imgw_cluster_handle(imgw_core_loop_t *cl, const uint8_t *body,
-                         size_t len, uint64_t tag);
+/* A message consumed from this node's queue, parsed (on a loop). */
+enum {
+    IMGW_CLUSTER_IN_DOWNLINK = 1, /* a business downlink, like /api/push */
+    IMGW_CLUSTER_IN_PUSH,         /* another node's stored message */
+    IMGW_CLUSTER_IN_KICK          /* (user, platform) logged in elsewhere */
+};
+typedef struct imgw_cluster_in_s {
+    int kind;
+    struct cJSON *j; /* the parsed message; user and platform point in it */
+    uint8_t *blob;   /* PUSH: the PushMessage */
+    size_t blob_len;
+    int64_t ts;
+    const char **users;
+    int64_t *seqs;
+    size_t n;
+    const char *user, *platform; /* KICK */
+} imgw_cluster_in_t;
+const char *imgw_cluster_parse(const uint8_t *body, size_t len,
+                               imgw_cluster_in_t *in);
+void imgw_cluster_in_free(imgw_cluster_in_t *in);
+void imgw_cluster_settle(imgw_core_loop_t *cl, uint64_t tag, size_t len,
+                         const char *why);
 
 /* api.c: plain HTTP endpoints. */
 int imgw_api_handle(imgw_core_loop_t *cl, imgw_conn_t *c,

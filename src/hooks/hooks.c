@@ -124,6 +124,7 @@ struct imgw_hooks_loop_s {
     unsigned events; /* EV_* chosen by hooks.events */
     size_t inflight; /* before-send items past the busy check */
     hook_send_t *all; /* every item not yet finished */
+    const imgw_hooks_send_ops_t *ops; /* msg.c's, from before_send */
     /* events */
     char **q;        /* ring of JSON objects, cap hooks.queue_max */
     size_t q_cap, q_head, q_len;
@@ -287,21 +288,21 @@ send_finish(hook_send_t *x)
     switch (verdict) {
     case HV_ALLOW: {
         imgw_slice_t c = {x->content, x->content_len};
-        imgw_msg_send_commit(cl, x->ref, x->sequence, &x->q, c, x->conv);
+        hl->ops->commit(cl, x->ref, x->sequence, &x->q, c, x->conv);
         break;
     }
     case HV_DUP:
         imgw_stat_inc(&cl->st.msgs_dup);
-        imgw_msg_send_answer(cl, x->ref, x->sequence, 0, NULL, x->dup_id,
+        hl->ops->answer(cl, x->ref, x->sequence, 0, NULL, x->dup_id,
                              x->dup_seq, imgw_id_time_ms(x->dup_id));
         break;
     case HV_DENY:
-        imgw_msg_send_answer(cl, x->ref, x->sequence, x->code,
+        hl->ops->answer(cl, x->ref, x->sequence, x->code,
                              x->msg[0] ? x->msg : "denied by the business",
                              0, 0, 0);
         break;
     default:
-        imgw_msg_send_answer(cl, x->ref, x->sequence,
+        hl->ops->answer(cl, x->ref, x->sequence,
                              im_ErrorCode_ERR_SERVER_BUSY,
                              "before-send hook unavailable", 0, 0, 0);
         break;
@@ -573,13 +574,14 @@ send_dedupe_cb(int status, uint64_t message_id, int64_t seq, void *data)
 
 void
 imgw_hooks_before_send(imgw_session_t *s, const imgw_msg_in_t *in,
-                       const char *conv)
+                       const char *conv, const imgw_hooks_send_ops_t *ops)
 {
     imgw_core_loop_t *cl = s->cl;
     imgw_hooks_loop_t *hl = cl->hooks;
+    hl->ops = ops;
     if (hl->inflight >= (size_t)hl->cfg->hooks_max_inflight) {
         hl->st.bs_busy++;
-        imgw_msg_send_answer(cl, imgw_conn_ref(s->conn), in->sequence,
+        hl->ops->answer(cl, imgw_conn_ref(s->conn), in->sequence,
                              im_ErrorCode_ERR_SERVER_BUSY,
                              "too many sends waiting for the before-send hook",
                              0, 0, 0);
@@ -592,7 +594,7 @@ imgw_hooks_before_send(imgw_session_t *s, const imgw_msg_in_t *in,
     if (x == NULL || content == NULL || s->hook_chain == NULL) {
         imgw_free(x);
         imgw_free(content);
-        imgw_msg_send_answer(cl, imgw_conn_ref(s->conn), in->sequence,
+        hl->ops->answer(cl, imgw_conn_ref(s->conn), in->sequence,
                              im_ErrorCode_ERR_SERVER_BUSY, "out of memory", 0,
                              0, 0);
         return;

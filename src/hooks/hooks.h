@@ -26,15 +26,26 @@ void imgw_hooks_loop_stop(imgw_core_loop_t *cl);
 /* 1 when the before-send hook is configured. */
 int imgw_hooks_before_send_on(const imgw_core_loop_t *cl);
 
+/* msg.c's second half of a send and its answer: handed in with every send,
+ * so the hook, below msg.c, completes a send without calling up into it. */
+typedef struct imgw_hooks_send_ops_s {
+    void (*commit)(imgw_core_loop_t *cl, imgw_conn_ref_t ref, uint32_t sequence,
+                   const im_SendMessageRequest *q, imgw_slice_t content,
+                   const char *conv);
+    void (*answer)(imgw_core_loop_t *cl, imgw_conn_ref_t ref, uint32_t sequence,
+                   int code, const char *msg, uint64_t message_id, int64_t seq,
+                   int64_t server_time);
+} imgw_hooks_send_ops_t;
+
 /*
  * Takes over a validated CMD_SEND_MSG_REQ (copied: in is the loop's decode
  * scratch): a store lookup of (sender, client_msg_id) answers a resend of
  * a stored message; otherwise the hook is asked, and the send is committed
- * (imgw_msg_send_commit), denied or failed (hooks.failure). Sends of one
- * connection complete in the order they arrived.
+ * (ops->commit), denied or failed (hooks.failure; ops->answer). Sends of
+ * one connection complete in the order they arrived. ops is static.
  */
 void imgw_hooks_before_send(imgw_session_t *s, const imgw_msg_in_t *in,
-                            const char *conv);
+                            const char *conv, const imgw_hooks_send_ops_t *ops);
 
 /* The session is closing: its sends still in the hook go on without it. */
 void imgw_hooks_session_closed(imgw_session_t *s);

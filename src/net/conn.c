@@ -104,15 +104,15 @@ conn_link(imgw_loop_t *l, imgw_conn_t *c)
     } else {
         if (l->n_slots == l->cap_slots) {
             size_t cap = l->cap_slots ? l->cap_slots * 2 : 1024;
-            imgw_conn_t **ns = imgw_realloc(l->slots, cap * sizeof(*ns));
+            imgw_conn_t **ns = imgw_try_realloc(l->slots, cap * sizeof(*ns));
             if (ns == NULL)
                 return IMGW_ENOMEM;
             l->slots = ns;
-            uint32_t *ng = imgw_realloc(l->gens, cap * sizeof(*ng));
+            uint32_t *ng = imgw_try_realloc(l->gens, cap * sizeof(*ng));
             if (ng == NULL)
                 return IMGW_ENOMEM;
             l->gens = ng;
-            uint32_t *nf = imgw_realloc(l->free_slots, cap * sizeof(*nf));
+            uint32_t *nf = imgw_try_realloc(l->free_slots, cap * sizeof(*nf));
             if (nf == NULL)
                 return IMGW_ENOMEM;
             l->free_slots = nf;
@@ -146,18 +146,24 @@ conn_unlink(imgw_loop_t *l, imgw_conn_t *c)
     atomic_fetch_sub(&l->net->conns, 1);
 }
 
+/* close_cb of a connection that never entered the table (tcp is the
+ * first member of imgw_conn_t, so the handle is the allocation). */
+static void
+free_unlisted_cb(uv_handle_t *h)
+{
+    imgw_free(h);
+}
+
 imgw_conn_t *
 imgw__conn_accept(imgw_loop_t *l, uv_stream_t *server, long *node_conns)
 {
-    imgw_conn_t *c = imgw__conn_new(l);
-    if (c == NULL)
-        return NULL;
+    imgw_conn_t *c = imgw__conn_new(l); /* aborts rather than fail */
     uv_tcp_init(&l->uv, &c->tcp);
     if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 ||
         conn_link(l, c) != 0) {
         /* Not in the table: close without the table bookkeeping. */
         c->state = IMGW_CONN_CLOSED;
-        uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+        uv_close((uv_handle_t *)&c->tcp, free_unlisted_cb);
         return NULL;
     }
     imgw_stat_inc(&l->st.accepted);

@@ -43,14 +43,6 @@ static const imgw_proto_t *const net_protos[IMGW_PROTO_N] = {
     [IMGW_PROTO_WS] = &imgw__ws_proto,
 };
 
-/* close_cb of a connection that never entered the table (tcp is the
- * first member of imgw_conn_t, so the handle is the allocation). */
-static void
-free_unlisted_cb(uv_handle_t *h)
-{
-    imgw_free(h);
-}
-
 /* ---- connection table ------------------------------------------------ */
 
 imgw_conn_t *

@@ -2,7 +2,7 @@
  * fuzz_downlink: the broker downlink / POST /api/push body
  * {code, ids, data, broadcast} (protocol.md section 8).
  *
- * imgw_api_push_json() needs a core loop and delivers to connections, so
+ * imgw_downlink_push() (downlink.c) needs a core loop and delivers to connections, so
  * this target runs its parsing and encoding steps directly: the same
  * prescan as api.c's parse_body(), cJSON_ParseWithLength(), the
  * same shape checks, then imgw_codec_encode_from_json() in both codecs

@@ -91,8 +91,22 @@ def test_group_api_bad_body_400(mgw, raw):
     r = http_json(mgw.port, "PUT", "/api/groups/" + gid, raw_body=raw)
     print(r)
     assert r.status == 400, r
+    # The error body is JSON (its message quotes the rule, braces and all).
+    assert r.json is not None and isinstance(r.json.get("error"), str), r
     r = http_json(mgw.port, "GET", "/api/groups/" + gid)
     assert r.status == 200 and r.json["members"] == ["orig"], r
+
+
+def test_group_api_error_body_is_valid_json(mgw):
+    print("check: PUT /api/groups with a bad body answers 400 with valid JSON whose "
+          "error names the expected shape, quotes escaped")
+    gid = uid("grp")
+    r = http_json(mgw.port, "PUT", "/api/groups/" + gid, raw_body='{"members": "u1"}')
+    print(r)
+    assert r.status == 400, r
+    assert r.json is not None, "error body is not JSON: %r" % r.raw
+    print("error message:", r.json["error"])
+    assert r.json["error"] == 'body must be {"members":[user ids]}', r.json
 
 
 @pytest.mark.parametrize("what,body", [

@@ -2547,9 +2547,40 @@ TEST(sync_entry_sizing)
                  IMGW_EINVAL);
 }
 
+/* The cross-node downlink's data: exactly the frame's "body" object. */
+static void
+test_json_body_only(void)
+{
+    im_ReadReceiptPush rp = im_ReadReceiptPush_init_zero;
+    snprintf(rp.conversation_id, sizeof(rp.conversation_id), "%s",
+             "single:a\"b");
+    snprintf(rp.user_id, sizeof(rp.user_id), "%s", "u1");
+    rp.message_ids_count = 2;
+    snprintf(rp.message_ids[0], sizeof(rp.message_ids[0]), "%s", "123");
+    snprintf(rp.message_ids[1], sizeof(rp.message_ids[1]), "%s", "456");
+    rp.read_time = 9007199254740993LL; /* above 2^53: written exactly */
+    uint8_t frame[4096], body[4096];
+    ssize_t fl = imgw_codec_encode(IMGW_CODEC_JSON, 502, 0, 0, &rp, frame,
+                                   sizeof(frame));
+    ssize_t bl = imgw_codec_encode_json_body(502, &rp, body, sizeof(body));
+    CHECK(fl > 0 && bl > 0);
+    const char *at = strstr((const char *)frame, "\"body\":");
+    CHECK(at != NULL);
+    if (at == NULL || fl <= 0 || bl <= 0)
+        return;
+    at += 7;
+    CHECK_EQ_INT((int)bl, (int)(fl - (at - (const char *)frame) - 1));
+    CHECK(memcmp(at, body, (size_t)bl) == 0);
+    printf("  body: %.*s\n", (int)bl, body);
+    CHECK(imgw_codec_encode_json_body(502, &rp, body, 8) == IMGW_ETOOBIG);
+    CHECK(imgw_codec_encode_json_body(3, &rp, body, sizeof(body)) ==
+          IMGW_EINVAL);
+}
+
 int
 main(void)
 {
+    RUN(json_body_only);
     test_verbose_ = getenv("TEST_QUIET") == NULL;
     RUN(cmd_names);
     RUN(s2c_pb_roundtrip);

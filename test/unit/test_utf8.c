@@ -6,10 +6,12 @@
  * (decode the code point, then judge it), exhaustively over every 1-, 2-
  * and 3-byte input and every 4-byte input with a valid-looking lead.
  */
+#include "json.h"
 #include "utf8.h"
 #include "test.h"
 
 #include <stdint.h>
+#include <string.h>
 
 /* Reference: 1 when p[0..n) is well-formed UTF-8 (RFC 3629). */
 static int
@@ -149,9 +151,33 @@ TEST(ascii_fast_path)
     CHECK_EQ_INT(bad, 0);
 }
 
+/* base's JSON escaper: quotes, backslashes, controls, bad bytes. */
+static void
+test_json_escape(void)
+{
+    const char *in = "body must be {\"members\":[a\\b]}\n\x01\xff\xc3\xa9";
+    const char *want =
+        "body must be {\\\"members\\\":[a\\\\b]}\\n\\u0001\xef\xbf\xbd\xc3\xa9";
+    uint8_t out[128];
+    size_t n = imgw_json_escape(NULL, 0, (const uint8_t *)in, strlen(in));
+    CHECK_EQ_INT((int)n, (int)strlen(want));
+    /* too small: nothing written, the length still told */
+    memset(out, 'x', sizeof(out));
+    CHECK_EQ_INT((int)imgw_json_escape(out, n - 1, (const uint8_t *)in,
+                                       strlen(in)),
+                 (int)n);
+    CHECK(out[0] == 'x');
+    CHECK_EQ_INT((int)imgw_json_escape(out, sizeof(out), (const uint8_t *)in,
+                                       strlen(in)),
+                 (int)n);
+    CHECK(memcmp(out, want, n) == 0);
+    CHECK_EQ_INT((int)imgw_json_escape(out, 0, NULL, 0), 0);
+}
+
 int
 main(void)
 {
+    RUN(json_escape);
     RUN(known_cases);
     RUN(exhaustive_vs_reference);
     RUN(ascii_fast_path);
