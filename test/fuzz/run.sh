@@ -65,6 +65,7 @@ fi
 # name:source pairs for the library objects (instrumented for coverage).
 LIBSRC="
 utf8:$ROOT/src/base/utf8.c
+json:$ROOT/src/base/json.c
 codec:$ROOT/src/core/codec.c
 config:$ROOT/src/core/config.c
 jwt:$ROOT/src/core/jwt.c
@@ -122,7 +123,7 @@ objs_for() {
     fuzz_http|fuzz_ws)
         echo "http ws conn twheel tls iplimit alloc log clock err utf8 llhttp_api llhttp_http llhttp_llhttp" ;;
     fuzz_pb|fuzz_json|fuzz_downlink)
-        echo "codec imgw_pb alloc log clock err utf8" ;;
+        echo "codec imgw_pb alloc log clock err utf8 json" ;;
     fuzz_jwt)
         echo "jwt alloc log clock err utf8" ;;
     fuzz_config)
