@@ -34,6 +34,8 @@
 #include <pb_decode.h>
 #include <pb_encode.h>
 
+#include "pbfast.h"
+
 #include "json.h"
 #include "utf8.h"
 #include "err.h"
@@ -960,11 +962,14 @@ codec_decode_pb(const uint8_t *data, size_t len, imgw_msg_in_t *out)
     pb_istream_t is;
     bool ok;
 
-    /* The body is bounded only by the frame itself. */
-    codec_slice_dec_init(&bd, &env.body, &body, data, len, SIZE_MAX);
-    is = pb_istream_from_buffer(data, len);
-    if (!pb_decode(&is, &im_WebSocketMessage_msg, &env))
-        return IMGW_EENVELOPE;
+    /* The hot shapes by hand (pbfast.h); nanopb for everything else. The
+     * body is bounded only by the frame itself. */
+    if (imgw_pbfast_decode_env(data, len, &env, &body) != 0) {
+        codec_slice_dec_init(&bd, &env.body, &body, data, len, SIZE_MAX);
+        is = pb_istream_from_buffer(data, len);
+        if (!pb_decode(&is, &im_WebSocketMessage_msg, &env))
+            return IMGW_EENVELOPE;
+    }
 
     out->command = (int)env.command;
     out->sequence = env.sequence;
@@ -973,6 +978,12 @@ codec_decode_pb(const uint8_t *data, size_t len, imgw_msg_in_t *out)
     if (ci == NULL || ci->dir != CODEC_C2S)
         return IMGW_EUNKNOWNCMD;
 
+    if (out->command == im_CommandType_CMD_SEND_MSG_REQ &&
+        imgw_pbfast_decode_send(body.ptr, body.len, CODEC_MAX_BYTES,
+                                &out->u.send, &out->content) == 0) {
+        imgw_codec_set_bytes(&out->u.send.content, &out->content);
+        return codec_strings_valid(ci->msg, &out->u);
+    }
     if (out->command == im_CommandType_CMD_SEND_MSG_REQ) {
         /* pb_decode leaves callbacks alone, so this survives its init. */
         codec_slice_dec_init(&cd, &out->u.send.content, &out->content,
@@ -1039,6 +1050,23 @@ codec_needs_copy(int command, const void *body)
     return 0;
 }
 
+/* The direct encoders of pbfast.h for the two hot bodies; -1 = nanopb's
+ * turn (any other body, or a shape pbfast leaves to nanopb). */
+static ssize_t
+codec_fast_body(int command, const void *body, uint8_t *out, size_t cap)
+{
+    if (command == im_CommandType_CMD_SEND_MSG_RSP)
+        return imgw_pbfast_encode_send_rsp(body, out, cap);
+    if (command == im_CommandType_CMD_PUSH_MSG) {
+        const im_PushMessage *pm = body;
+
+        if (pm->content.funcs.encode != codec_bytes_encode_cb)
+            return -1;
+        return imgw_pbfast_encode_push(pm, pm->content.arg, out, cap);
+    }
+    return -1;
+}
+
 /*
  * Runs pb_encode into out. nanopb reports "stream full" and bad input the
  * same way, so a failure is re-run on a sizing stream (failure path only):
@@ -1080,11 +1108,16 @@ codec_encode_pb_once(const codec_cmd_t *ci, uint32_t sequence,
 
     if (cap <= CODEC_PB_HDR_MAX)
         return -1;
-    os = pb_ostream_from_buffer(out + CODEC_PB_HDR_MAX,
+    n = (size_t)codec_fast_body(ci->command, body, out + CODEC_PB_HDR_MAX,
                                 cap - CODEC_PB_HDR_MAX);
-    if (!pb_encode(&os, ci->msg->desc, body))
-        return -1;
-    bl = os.bytes_written;
+    if (n == (size_t)-1) {
+        os = pb_ostream_from_buffer(out + CODEC_PB_HDR_MAX,
+                                    cap - CODEC_PB_HDR_MAX);
+        if (!pb_encode(&os, ci->msg->desc, body))
+            return -1;
+        n = os.bytes_written;
+    }
+    bl = n;
     hdr[hl++] = 0x08; /* command (field 1); never 0 for a server command */
     hl += codec_varint(hdr + hl, (uint32_t)ci->command);
     if (sequence != 0) {
@@ -1158,11 +1191,15 @@ imgw_codec_encode_pb_body(int command, const void *body, uint8_t *out,
                           size_t cap)
 {
     const codec_cmd_t *ci = codec_cmd_find(command);
+    ssize_t n;
 
     if (ci == NULL || ci->msg == NULL || body == NULL)
         return IMGW_EINVAL;
     if (codec_needs_copy(command, body))
         return codec_encode_pb_copy(ci, 0, 0, 0, body, out, cap);
+    n = codec_fast_body(command, body, out, cap);
+    if (n >= 0)
+        return n;
     return codec_pb_run(ci->msg->desc, body, out, cap);
 }
 

@@ -67,6 +67,7 @@ LIBSRC="
 utf8:$ROOT/src/base/utf8.c
 json:$ROOT/src/base/json.c
 codec:$ROOT/src/core/codec.c
+pbfast:$ROOT/src/core/pbfast.c
 config:$ROOT/src/core/config.c
 jwt:$ROOT/src/core/jwt.c
 log:$ROOT/src/base/log.c
