@@ -94,7 +94,7 @@ int
 imgw_pbfast_decode_env(const uint8_t *p, size_t n, im_WebSocketMessage *env,
                        imgw_slice_t *body)
 {
-    const uint8_t *end = p + n;
+    const uint8_t *end;
     uint64_t v;
 
     env->command = 0;
@@ -104,6 +104,7 @@ imgw_pbfast_decode_env(const uint8_t *p, size_t n, im_WebSocketMessage *env,
     body->len = 0;
     if (p == NULL)
         return n == 0 ? 0 : IMGW_PBFAST_NOT_MINE;
+    end = p + n;
     while (p < end) {
         uint8_t tag = *p++;
 
@@ -140,7 +141,7 @@ int
 imgw_pbfast_decode_send(const uint8_t *p, size_t n, size_t content_max,
                         im_SendMessageRequest *m, imgw_slice_t *content)
 {
-    const uint8_t *end = p + n;
+    const uint8_t *end;
     uint64_t v;
 
     m->client_msg_id[0] = '\0';
@@ -155,6 +156,7 @@ imgw_pbfast_decode_send(const uint8_t *p, size_t n, size_t content_max,
     content->len = 0;
     if (p == NULL)
         return n == 0 ? 0 : IMGW_PBFAST_NOT_MINE;
+    end = p + n;
     while (p < end) {
         uint8_t tag = *p++;
         int r;

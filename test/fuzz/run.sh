@@ -124,7 +124,7 @@ objs_for() {
     fuzz_http|fuzz_ws)
         echo "http ws conn twheel tls iplimit alloc log clock err utf8 llhttp_api llhttp_http llhttp_llhttp" ;;
     fuzz_pb|fuzz_json|fuzz_downlink)
-        echo "codec imgw_pb alloc log clock err utf8 json" ;;
+        echo "codec pbfast imgw_pb alloc log clock err utf8 json" ;;
     fuzz_jwt)
         echo "jwt alloc log clock err utf8" ;;
     fuzz_config)
