@@ -25,15 +25,21 @@ typedef struct pbc_slice_s {
     const uint8_t *ptr;
     size_t len;
     size_t max;
+    const uint8_t *lo, *hi; /* the input: a value elsewhere is refused */
 } pbc_slice_t;
 
+/* As codec_pb.c's slice callback: for a bytes field sent with another
+ * wire type, nanopb hands over a stream on its own stack copy, which is
+ * refused rather than kept. */
 static bool
 pbc_slice_cb(pb_istream_t *stream, const pb_field_t *field, void **arg)
 {
     pbc_slice_t *s = *arg;
+    const uint8_t *p = stream->state;
 
     (void)field;
-    if (stream->bytes_left > s->max)
+    if (stream->bytes_left > s->max || p < s->lo || p > s->hi ||
+        stream->bytes_left > (size_t)(s->hi - p))
         return false;
     s->ptr = stream->state;
     s->len = stream->bytes_left;
@@ -82,7 +88,8 @@ pbfast_check(const uint8_t *data, size_t n, int *accepted)
     im_WebSocketMessage fe, ne;
     im_SendMessageResponse rsp;
     imgw_slice_t fbody, fcontent;
-    pbc_slice_t nbody = {NULL, 0, SIZE_MAX}, ncontent = {NULL, 0, 65536};
+    pbc_slice_t nbody = {NULL, 0, SIZE_MAX, data, data + n},
+                ncontent = {NULL, 0, 65536, data, data + n};
     pb_istream_t is;
     int nok, r;
 
