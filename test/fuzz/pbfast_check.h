@@ -149,7 +149,7 @@ pbfast_check(const uint8_t *data, size_t n, int *accepted)
     strcpy(pm.group_id, nq.group_id);
     pm.message_type = nq.message_type;
     pm.send_time = nq.send_time;
-    pm.server_time = -nq.send_time;
+    pm.server_time = (int64_t)(0 - (uint64_t)nq.send_time);
     pm.seq = (int64_t)nq.message_type * 7;
     fcontent.ptr = ncontent.ptr;
     fcontent.len = ncontent.len;
@@ -176,7 +176,7 @@ pbfast_check(const uint8_t *data, size_t n, int *accepted)
     memcpy(rsp.message_id, nq.sender_id,
            strnlen(nq.sender_id, sizeof(rsp.message_id) - 1));
     rsp.seq = nq.send_time;
-    rsp.server_time = (int64_t)nq.message_type - nq.send_time;
+    rsp.server_time = (int64_t)((uint64_t)nq.message_type - (uint64_t)nq.send_time);
     return pbc_encode_same(&im_SendMessageResponse_msg, &rsp,
                            imgw_pbfast_encode_send_rsp(&rsp, fbuf,
                                                        sizeof(fbuf)),
