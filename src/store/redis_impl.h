@@ -10,6 +10,7 @@
 #ifndef IMGW_STORE_REDIS_IMPL_H
 #define IMGW_STORE_REDIS_IMPL_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -64,6 +65,11 @@ typedef struct imgw__redis_s {
     int64_t seq_ttl_ms; /* IM-SEQ: retention + seq_idle_days, refreshed */
     int dedupe_ttl; /* seconds */
     int timeout_ms; /* per command, connect and handshake included */
+    /* The node is ready when every loop's connection is (/readyz,
+     * imgw_store_up): each loop thread moves these as its own connection
+     * comes and goes; any thread reads them. */
+    atomic_int loops_open;
+    atomic_int loops_ready;
 } imgw__redis_t;
 
 typedef struct imgw__redis_loop_s imgw__redis_loop_t;

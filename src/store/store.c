@@ -618,6 +618,12 @@ imgw_store_loop_ready(imgw_store_loop_t *sl)
     return sl != NULL && sl->be->loop_ready(sl);
 }
 
+int
+imgw_store_ready(imgw_store_t *s, int n_loops)
+{
+    return s != NULL && (s->be->ready == NULL || s->be->ready(s, n_loops));
+}
+
 void
 imgw_store_tick(imgw_store_t *s, int64_t now_ms)
 {

@@ -112,6 +112,9 @@ void imgw_store_loop_close(imgw_store_loop_t *sl);
 int imgw_store_loop_run_completions(imgw_store_loop_t *sl);
 /** 1 while the backend is reachable from this loop (memory: always). */
 int imgw_store_loop_ready(imgw_store_loop_t *sl);
+/** Whether n_loops loop handles are open and ready (a node-wide readiness:
+ * /readyz, imgw_store_up). Any thread. */
+int imgw_store_ready(imgw_store_t *s, int n_loops);
 /**
  * Periodic housekeeping (expiry sweeps of the memory backend); call from
  * one loop about once a second with unix time in ms. Bounded work per call.

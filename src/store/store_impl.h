@@ -89,6 +89,9 @@ struct imgw_store_backend_s {
                      imgw_store_loop_t **out);
     void (*loop_close)(imgw_store_loop_t *sl);
     int (*loop_ready)(imgw_store_loop_t *sl);
+    /* n_loops loops open and ready; any thread. NULL: always (the backend
+     * has no connection to wait for). */
+    int (*ready)(imgw_store_t *s, int n_loops);
     void (*tick)(imgw_store_t *s, int64_t now_ms); /* NULL: nothing to do */
     int (*stats)(imgw_store_t *s, imgw_store_stats_t *out); /* may be NULL */
 
