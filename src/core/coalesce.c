@@ -45,6 +45,7 @@
 typedef struct co_held_s {
     imgw_conn_ref_t exclude; /* the latest request's connection */
     int64_t read_time;       /* receipts */
+    int64_t read_seq;        /* receipts: the reader's timeline seq, or 0 */
     int32_t status;          /* typing */
     uint32_t n;              /* receipts: ids */
     uint64_t ids[];
@@ -254,6 +255,7 @@ held_new(int kind, const imgw_push_body_t *body, imgw_conn_ref_t from)
         return NULL;
     h->exclude = from;
     h->read_time = 0;
+    h->read_seq = 0;
     h->status = 0;
     h->n = 0;
     if (kind == IMGW_COALESCE_TYPING) {
@@ -261,6 +263,7 @@ held_new(int kind, const imgw_push_body_t *body, imgw_conn_ref_t from)
         return h;
     }
     h->read_time = body->read.read_time;
+    h->read_seq = body->read.read_seq;
     for (size_t i = 0; i < n; i++) {
         const char *s = body->read.message_ids[i];
         if (imgw_id_parse(s, strlen(s), &h->ids[h->n]) == 0)
@@ -291,6 +294,7 @@ held_flush(co_entry_t *e)
         snprintf(p->conversation_id, sizeof(p->conversation_id), "%s", conv);
         snprintf(p->user_id, sizeof(p->user_id), "%s", user);
         p->read_time = h->read_time;
+        p->read_seq = h->read_seq;
     }
     imgw_conn_ref_t ex = h->exclude;
     imgw_free(h);

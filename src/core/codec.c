@@ -69,7 +69,10 @@ typedef enum codec_jkind_e {
     CODEC_JK_BYTES,   /* pb_callback_t, arg = imgw_slice_t * */
     CODEC_JK_MAP,     /* map<string,string>: repeated ExtraEntry */
     CODEC_JK_STRINGS, /* repeated string: char[count][elem] */
-    CODEC_JK_MSGS     /* pb_callback_t of PushMessages (SyncResponse) */
+    CODEC_JK_MSGS,    /* pb_callback_t of PushMessages (SyncResponse) */
+    CODEC_JK_SUBMSGS  /* static repeated submessage (sub): a JSON array;
+                         tables name it by hand, as nanopb's triple is
+                         the map's */
 } codec_jkind_t;
 
 /* nanopb's (allocation, label, type) triples mapped onto our kinds. A
@@ -92,6 +95,7 @@ typedef struct codec_jfield_s {
     uint32_t size;      /* sizeof the member (whole array if repeated) */
     uint32_t count_off; /* static repeated: offset of the pb_size_t count */
     uint32_t elem;      /* static repeated: sizeof one element */
+    const struct codec_jmsg_s *sub; /* CODEC_JK_SUBMSGS: the element */
 } codec_jfield_t;
 
 #define CODEC_JREP_STATIC_SINGULAR(T, n) 0, 0
@@ -137,6 +141,10 @@ CODEC_JFIELDS(im_TypingStatusPush)
 CODEC_JFIELDS(im_RevokeMessageRequest)
 CODEC_JFIELDS(im_RevokeMessageResponse)
 CODEC_JFIELDS(im_RevokeMessagePush)
+CODEC_JFIELDS(im_ConversationListRequest)
+CODEC_JFIELDS(im_Conversation)
+CODEC_JFIELDS(im_ConversationDeleteRequest)
+CODEC_JFIELDS(im_ConversationDeleteResponse)
 
 /* Field indices of PushMessage, so "seq" can be written last: the fan-out
  * prefix (imgw_codec_push_json_prefix) ends right before its value. */
@@ -181,6 +189,34 @@ static const codec_jmsg_t codec_m_revq =
 static const codec_jmsg_t codec_m_revs =
     CODEC_JMSG(im_RevokeMessageResponse, -1);
 static const codec_jmsg_t codec_m_revp = CODEC_JMSG(im_RevokeMessagePush, -1);
+static const codec_jmsg_t codec_m_convlq =
+    CODEC_JMSG(im_ConversationListRequest, -1);
+static const codec_jmsg_t codec_m_conv = CODEC_JMSG(im_Conversation, -1);
+static const codec_jmsg_t codec_m_convdq =
+    CODEC_JMSG(im_ConversationDeleteRequest, -1);
+static const codec_jmsg_t codec_m_convds =
+    CODEC_JMSG(im_ConversationDeleteResponse, -1);
+/* By hand: conversations is a static repeated submessage (CODEC_JK_SUBMSGS),
+ * which nanopb's field list cannot tell from a map. */
+#define CODEC_CLR im_ConversationListResponse
+static const codec_jfield_t CODEC_CLR_jf[] = {
+    {"error_code", CODEC_JK_ENUM, offsetof(CODEC_CLR, error_code),
+     sizeof(((CODEC_CLR *)0)->error_code), 0, 0, NULL},
+    {"error_msg", CODEC_JK_STRING, offsetof(CODEC_CLR, error_msg),
+     sizeof(((CODEC_CLR *)0)->error_msg), 0, 0, NULL},
+    {"conversations", CODEC_JK_SUBMSGS, offsetof(CODEC_CLR, conversations),
+     sizeof(((CODEC_CLR *)0)->conversations),
+     offsetof(CODEC_CLR, conversations_count),
+     sizeof(((CODEC_CLR *)0)->conversations[0]), &codec_m_conv},
+    {"has_more", CODEC_JK_BOOL, offsetof(CODEC_CLR, has_more),
+     sizeof(((CODEC_CLR *)0)->has_more), 0, 0, NULL},
+    {"total_unread", CODEC_JK_INT64, offsetof(CODEC_CLR, total_unread),
+     sizeof(((CODEC_CLR *)0)->total_unread), 0, 0, NULL},
+};
+static const codec_jmsg_t codec_m_convls = {
+    &im_ConversationListResponse_msg, CODEC_CLR_jf,
+    sizeof(CODEC_CLR_jf) / sizeof(CODEC_CLR_jf[0]), -1, sizeof(CODEC_CLR)};
+#undef CODEC_CLR
 
 /* A NUL-terminated char[size] member holds UTF-8. */
 static int
@@ -277,6 +313,10 @@ static const codec_cmd_t codec_cmds[] = {
     {502, CODEC_S2C, &codec_m_readp},
     {600, CODEC_C2S, &codec_m_typq},
     {602, CODEC_S2C, &codec_m_typp},
+    {700, CODEC_C2S, &codec_m_convlq},
+    {701, CODEC_S2C, &codec_m_convls},
+    {702, CODEC_C2S, &codec_m_convdq},
+    {703, CODEC_S2C, &codec_m_convds},
 };
 #define CODEC_NCMDS (sizeof(codec_cmds) / sizeof(codec_cmds[0]))
 
@@ -813,6 +853,27 @@ codec_jr_strings(const cJSON *v, const codec_jfield_t *f, uint8_t *st)
     return 0;
 }
 
+/* A static repeated submessage: a JSON array of objects, each read like a
+ * body (codec_jr_msg zeroes the element first). */
+static int
+codec_jr_submsgs(const cJSON *v, const codec_jfield_t *f, uint8_t *st,
+                 codec_jr_t *r)
+{
+    const cJSON *c;
+    pb_size_t n = 0;
+
+    if (!cJSON_IsArray(v))
+        return -1;
+    for (c = v->child; c; c = c->next) {
+        if (n >= f->size / f->elem || !cJSON_IsObject(c) ||
+            codec_jr_msg(c, f->sub, st + f->off + (size_t)n * f->elem, r) != 0)
+            return -1;
+        n++;
+    }
+    *(pb_size_t *)(st + f->count_off) = n;
+    return 0;
+}
+
 /*
  * SyncResponse.messages from JSON: validated here, element by element, and
  * read again when encoded (codec_msgs_json_encode_cb, codec_jw_msgs), so
@@ -881,6 +942,8 @@ codec_jr_field(const cJSON *v, const codec_jfield_t *f, uint8_t *st,
         return codec_jr_strings(v, f, st);
     case CODEC_JK_MSGS:
         return codec_jr_msgs(v, (pb_callback_t *)p);
+    case CODEC_JK_SUBMSGS:
+        return codec_jr_submsgs(v, f, st, r);
     }
     return -1;
 }
@@ -1443,6 +1506,16 @@ codec_jw_field(codec_jw_t *w, const codec_jfield_t *f, const uint8_t *st)
     case CODEC_JK_MSGS:
         codec_jw_msgs(w, (const pb_callback_t *)p);
         break;
+    case CODEC_JK_SUBMSGS:
+        n = *(const pb_size_t *)(st + f->count_off);
+        codec_jw_ch(w, '[');
+        for (i = 0; i < n && i < f->size / f->elem; i++) {
+            if (i)
+                codec_jw_ch(w, ',');
+            codec_jw_msg(w, f->sub, p + (size_t)i * f->elem, 0);
+        }
+        codec_jw_ch(w, ']');
+        break;
     }
 }
 
@@ -1712,6 +1785,8 @@ typedef union codec_s2c_u {
     im_ReadReceiptResponse read;
     im_ReadReceiptPush read_push;
     im_TypingStatusPush typing;
+    im_ConversationListResponse conv_list;
+    im_ConversationDeleteResponse conv_delete;
 } codec_s2c_t;
 
 ssize_t

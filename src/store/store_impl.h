@@ -39,6 +39,9 @@
 #define IMGW__STORE_SYNC_DEFAULT 100      /* limit <= 0 */
 #define IMGW__STORE_SEQ_IDLE_DAYS 30      /* seq_idle_days = 0 */
 #define IMGW__STORE_MAX_SEQ_IDLE_DAYS 3650
+#define IMGW__STORE_CONVS_DEFAULT 200 /* max_conversations = 0 */
+#define IMGW__STORE_CONVS_MAX 10000
+#define IMGW__STORE_CONV_PAGE_DEFAULT 20
 
 typedef struct imgw_store_backend_s imgw_store_backend_t;
 
@@ -128,6 +131,15 @@ struct imgw_store_backend_s {
     int (*dedupe_get)(imgw_store_loop_t *sl, const char *sender,
                       const char *client_msg_id, imgw_store_dedupe_cb cb,
                       void *data);
+    /* Conversations; NULL: the backend keeps none (IMGW_ENOTFOUND). */
+    int (*conv_list)(imgw_store_loop_t *sl, const char *user,
+                     int64_t before_seq, int limit, imgw_store_conv_list_cb cb,
+                     void *data);
+    int (*conv_read)(imgw_store_loop_t *sl, const char *user, int kind,
+                     const char *peer, int64_t read_seq, imgw_store_done_cb cb,
+                     void *data);
+    int (*conv_delete)(imgw_store_loop_t *sl, const char *user, int kind,
+                       const char *peer, imgw_store_done_cb cb, void *data);
 };
 
 /* memory.c */
