@@ -37,23 +37,10 @@ imgw__mem_conv_find(imgw__mem_convs_t *t, int kind, const char *peer)
     return NULL;
 }
 
-size_t
-imgw__mem_conv_cut(const char *s, size_t max)
-{
-    size_t n = strnlen(s, max + 1);
-    if (n <= max)
-        return n;
-    n = max;
-    /* Back off continuation bytes so the cut ends on a sequence start. */
-    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
-        n--;
-    return n;
-}
-
 static void
 copy_cut(char *dst, size_t cap, const char *src)
 {
-    size_t n = src ? imgw__mem_conv_cut(src, cap - 1) : 0;
+    size_t n = src ? imgw__store_cut_utf8(src, cap - 1) : 0;
     if (n > 0)
         memcpy(dst, src, n);
     dst[n] = '\0';

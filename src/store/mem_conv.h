@@ -61,7 +61,4 @@ size_t imgw__mem_conv_page(const imgw__mem_convs_t *t, int64_t before_seq,
 
 void imgw__mem_conv_free(imgw__mem_convs_t *t);
 
-/** Cuts s to at most max bytes without splitting a UTF-8 sequence. */
-size_t imgw__mem_conv_cut(const char *s, size_t max);
-
 #endif

@@ -13,7 +13,6 @@
 #include <string.h>
 
 #include "err.h"
-#include "idsyntax.h"
 #include "log.h"
 #include "mem_int.h"
 
@@ -268,34 +267,6 @@ typedef struct imgw__mem_slot_s {
  * entries), so on ENOMEM we unlock and return with nothing appended. After
  * that point nothing can fail.
  */
-/*
- * The conversation an append belongs to (mem_conv.h): "g_<gid>" is group
- * gid; "s_..." is the 1:1 conversation of users[0] (the sender) and
- * users[1] (or the sender alone: a note to self). Anything else keeps no
- * conversation state. The 1:1 string is never parsed: it is ambiguous when
- * ids contain '_', and users[] names both sides exactly.
- */
-static int
-conv_kind_of(const char *conv, size_t n_users)
-{
-    if (strncmp(conv, "g_", 2) == 0 && imgw_id_valid(conv + 2))
-        return IMGW_STORE_CONV_GROUP;
-    if (strncmp(conv, "s_", 2) == 0 && n_users <= 2)
-        return IMGW_STORE_CONV_SINGLE;
-    return 0;
-}
-
-static const char *
-conv_peer(int kind, const char *conv, const char *const *users, size_t n,
-          size_t i)
-{
-    if (kind == IMGW_STORE_CONV_GROUP)
-        return conv + 2;
-    if (n < 2)
-        return users[0];
-    return i == 0 ? users[1] : users[0];
-}
-
 int
 imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
                  imgw_store_append_cb cb, void *data)
@@ -359,7 +330,7 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     }
 
     int64_t now = mem_now(m);
-    int ckind = conv_kind_of(conv, n);
+    int ckind = imgw__store_conv_kind(conv, n);
     lock_mask(m, mask);
 
     imgw__mem_dedupe_t *old_dd = NULL;
@@ -421,7 +392,7 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
         req->seqs[i] = ++u->max_seq;
         if (ckind != 0)
             imgw__mem_conv_update(&u->convs, m->max_convs, ckind,
-                                  conv_peer(ckind, conv, req->users, n, i),
+                                  imgw__store_conv_peer(ckind, conv, req->users, n, i),
                                   req->message_id, req->seqs[i], req->sender,
                                   req->msg_type, req->preview, now, i == 0);
     }

@@ -784,6 +784,43 @@ imgw_store_set_read(imgw_store_loop_t *sl, const char *user,
 
 /* ---- conversations --------------------------------------------------- */
 
+int
+imgw__store_conv_kind(const char *conv, size_t n_users)
+{
+    if (conv == NULL)
+        return 0;
+    if (strncmp(conv, "g_", 2) == 0 && imgw_id_valid(conv + 2))
+        return IMGW_STORE_CONV_GROUP;
+    if (strncmp(conv, "s_", 2) == 0 && n_users <= 2)
+        return IMGW_STORE_CONV_SINGLE;
+    return 0;
+}
+
+const char *
+imgw__store_conv_peer(int kind, const char *conv, const char *const *users,
+                      size_t n, size_t i)
+{
+    if (kind == IMGW_STORE_CONV_GROUP)
+        return conv + 2;
+    if (n < 2)
+        return users[0];
+    return i == 0 ? users[1] : users[0];
+}
+
+size_t
+imgw__store_cut_utf8(const char *s, size_t max)
+{
+    size_t n = strnlen(s, max + 1);
+    if (n <= max)
+        return n;
+    n = max;
+    /* Back off continuation bytes so the cut ends before a sequence
+     * start. */
+    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+        n--;
+    return n;
+}
+
 static int
 valid_conv_key(int kind, const char *peer)
 {

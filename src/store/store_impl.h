@@ -142,6 +142,24 @@ struct imgw_store_backend_s {
                        const char *peer, imgw_store_done_cb cb, void *data);
 };
 
+/* store.c: what every backend's conversation state shares (store.h). */
+
+/*
+ * The conversation an append belongs to: IMGW_STORE_CONV_GROUP for
+ * "g_<gid>", IMGW_STORE_CONV_SINGLE for "s_..." with at most two users (the
+ * 1:1 string is never parsed: it is ambiguous when ids contain '_', and
+ * users[] names both sides exactly), 0 (no conversation state) otherwise.
+ */
+int imgw__store_conv_kind(const char *conversation_id, size_t n_users);
+/* Whose conversation user i's entry is: the group id, the other user of a
+ * 1:1, or the sender itself for a note to self (n_users 1). */
+const char *imgw__store_conv_peer(int kind, const char *conversation_id,
+                                  const char *const *users, size_t n_users,
+                                  size_t i);
+/** Length of s cut to at most max bytes without splitting a UTF-8
+ *  sequence. */
+size_t imgw__store_cut_utf8(const char *s, size_t max);
+
 /* memory.c */
 extern const imgw_store_backend_t imgw__store_memory;
 /* file.c: the memory backend plus a journal and snapshots on disk. */
