@@ -57,6 +57,8 @@ typedef struct co_entry_s {
     uint64_t hash;
     uint64_t end_ms; /* uv_now() when the window ends */
     uint64_t pos;    /* receipts: highest id pushed or held this window */
+    int64_t rseq;    /* receipts: highest read_seq pushed or held (the
+                        reader's own devices clear badges from it) */
     co_held_t *held; /* NULL = nothing to push at end_ms */
     uint8_t kind;
     size_t ulen; /* strlen(user); the conversation follows its NUL */
@@ -338,6 +340,7 @@ imgw_coalesce_offer(imgw_core_loop_t *cl, int kind, const char *user,
     size_t ulen = strlen(user), clen = strlen(conv);
     uint64_t h = co_hash(user, ulen, conv, clen);
     uint64_t pos = kind == IMGW_COALESCE_RECEIPT ? receipt_pos(&body->read) : 0;
+    int64_t rseq = kind == IMGW_COALESCE_RECEIPT ? body->read.read_seq : 0;
     co_entry_t **pp = co_find(h, kind, user, ulen, conv, clen);
     co_entry_t *e = *pp;
     if (e == NULL) {
@@ -354,6 +357,7 @@ imgw_coalesce_offer(imgw_core_loop_t *cl, int kind, const char *user,
         memcpy(e->key + ulen + 1, conv, clen + 1);
         e->end_ms = co_now() + co_interval(kind);
         e->pos = pos;
+        e->rseq = rseq;
         e->held = NULL;
         *pp = e;
         co->n++;
@@ -365,16 +369,27 @@ imgw_coalesce_offer(imgw_core_loop_t *cl, int kind, const char *user,
     }
     /* Inside the window (or at its end with the timer about to run: the
      * timer pushes the latest then, in order). */
-    if (kind == IMGW_COALESCE_RECEIPT && pos <= e->pos)
+    if (kind == IMGW_COALESCE_RECEIPT && pos <= e->pos && rseq <= e->rseq)
         return IMGW_COALESCE_COVERED;
+    if (kind == IMGW_COALESCE_RECEIPT && pos <= e->pos && e->held != NULL) {
+        /* Only the read_seq moved: the held push (higher ids) carries it. */
+        e->held->read_seq = rseq;
+        e->rseq = rseq;
+        return IMGW_COALESCE_HELD;
+    }
     co_held_t *nh = held_new(kind, body, from);
     if (nh == NULL) {
         /* Without room to hold it, push it (bounded by the user budget). */
         return IMGW_COALESCE_NOW;
     }
+    if (kind == IMGW_COALESCE_RECEIPT && nh->read_seq < e->rseq)
+        nh->read_seq = e->rseq; /* positions only move forward */
     imgw_free(e->held);
     e->held = nh;
-    e->pos = pos;
+    if (pos > e->pos)
+        e->pos = pos;
+    if (rseq > e->rseq)
+        e->rseq = rseq;
     return IMGW_COALESCE_HELD;
 }
 

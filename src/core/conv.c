@@ -150,18 +150,21 @@ void
 imgw_conv_list(imgw_session_t *s, imgw_msg_in_t *in)
 {
     const im_ConversationListRequest *q = &in->u.conv_list;
-    int limit = q->limit <= 0 ? CONV_WIRE_PAGE_DEFAULT : q->limit;
-    if (limit > CONV_WIRE_PAGE_MAX)
-        limit = CONV_WIRE_PAGE_MAX;
-    if (q->before_seq < 0) {
+    const char *bad = NULL;
+    if (q->before_seq < 0)
+        bad = "before_seq must be >= 0";
+    else if (q->limit < 0 || q->limit > CONV_WIRE_PAGE_MAX)
+        bad = "limit must be 0..50 (0: 20)";
+    if (bad != NULL) {
         im_ConversationListResponse r = im_ConversationListResponse_init_zero;
         r.error_code = im_ErrorCode_ERR_INVALID_PARAM;
-        snprintf(r.error_msg, sizeof(r.error_msg), "bad before_seq");
+        snprintf(r.error_msg, sizeof(r.error_msg), "%s", bad);
         imgw_core_count_error(s->cl, r.error_code);
         imgw_session_reply(s, im_CommandType_CMD_CONVERSATION_LIST_RSP,
                            in->sequence, &r);
         return;
     }
+    int limit = q->limit == 0 ? CONV_WIRE_PAGE_DEFAULT : q->limit;
     conv_list_ctx_t *x = imgw_try_malloc(sizeof(*x));
     if (x == NULL) {
         imgw_session_error(s, in->sequence, im_ErrorCode_ERR_SERVER_BUSY,
@@ -249,14 +252,15 @@ imgw_conv_delete(imgw_session_t *s, imgw_msg_in_t *in)
 /* ---- read ------------------------------------------------------------------
  */
 
-void
-imgw_conv_note_read(imgw_store_loop_t *store, const char *user,
-                    const char *conv, int64_t read_seq)
+int
+imgw_conv_mark_read(imgw_store_loop_t *store, const char *user,
+                    const char *conv, int64_t read_seq, imgw_store_done_cb cb,
+                    void *data)
 {
     char peer[IMGW_JWT_MAX_USER];
     int kind = 0;
     if (read_seq <= 0 ||
         imgw_conv_resolve(user, conv, &kind, peer, sizeof(peer)) != 0)
-        return;
-    imgw_store_conv_read(store, user, kind, peer, read_seq, NULL, NULL);
+        return -1;
+    return imgw_store_conv_read(store, user, kind, peer, read_seq, cb, data);
 }

@@ -16,13 +16,15 @@ void imgw_conv_list(imgw_session_t *s, imgw_msg_in_t *in);
 void imgw_conv_delete(imgw_session_t *s, imgw_msg_in_t *in);
 /**
  * An accepted read receipt with read_seq > 0 (msg.c): moves user's read
- * position and unread count of conversation conv in the store. Fire and
- * forget: the receipt is answered by msg.c; a conversation without state
- * (deleted, past store.max_conversations, a backend without any) is left
- * alone.
+ * position and unread count of conversation conv in the store; cb runs
+ * later with the store's status (IMGW_ENOTFOUND: no state for it, e.g.
+ * deleted or dropped past store.max_conversations). Returns 0, or -1 when
+ * conv names no conversation of user (nothing was asked, cb will not
+ * run).
  */
-void imgw_conv_note_read(imgw_store_loop_t *store, const char *user,
-                         const char *conv, int64_t read_seq);
+int imgw_conv_mark_read(imgw_store_loop_t *store, const char *user,
+                        const char *conv, int64_t read_seq,
+                        imgw_store_done_cb cb, void *data);
 
 /**
  * Resolves a conversation id relative to user (docs/protocol.md): "g_<gid>"

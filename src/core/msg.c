@@ -807,6 +807,7 @@ typedef struct conv_ctx_s {
     char conv[264];
     uint64_t pos; /* receipts: the highest message id */
     int64_t read_seq; /* receipts: ReadReceiptRequest.read_seq (0: none) */
+    int read_stored;  /* receipts: the conversation read state is stored */
 } conv_ctx_t;
 
 static int
@@ -883,19 +884,47 @@ static void conv_flush(imgw_core_loop_t *cl, int kind, const char *user,
                        const char *conv, const imgw_push_body_t *body,
                        imgw_conn_ref_t exclude);
 
+static void conv_accept(imgw_core_loop_t *cl, conv_ctx_t *x,
+                        const char *const *users, size_t n);
+
+/* The conversation read state of a receipt with read_seq is stored: only
+ * now is it answered and pushed, so a device told of the new state (the
+ * push) and asking for the list gets that state, whatever store
+ * connection it asks on. */
+static void
+conv_read_cb(int status, void *data)
+{
+    conv_ctx_t *x = data;
+    imgw_core_loop_t *cl = imgw_core_loop_current();
+    cl->st.store_ops++;
+    if (status != 0 && status != IMGW_ENOTFOUND) {
+        /* ENOTFOUND: no state kept (deleted, dropped past
+         * store.max_conversations): the receipt still stands. */
+        cl->st.store_errors++;
+        conv_reply(cl, x, im_ErrorCode_ERR_SERVER_BUSY, "store unavailable");
+        imgw_free(x);
+        return;
+    }
+    conv_accept(cl, x, NULL, 0);
+}
+
 static void
 conv_accept(imgw_core_loop_t *cl, conv_ctx_t *x, const char *const *users,
             size_t n)
 {
     int kind = is_receipt(x) ? IMGW_COALESCE_RECEIPT : IMGW_COALESCE_TYPING;
+    if (is_receipt(x) && x->read_seq > 0 && !x->read_stored) {
+        x->read_stored = 1;
+        if (imgw_conv_mark_read(cl->store, x->user, x->conv, x->read_seq,
+                                conv_read_cb, x) == 0)
+            return;
+    }
     if (is_receipt(x)) {
         /* The read position is stored for every accepted receipt, held
          * or not: coalescing only ever delays or drops pushes. */
         char pos[24];
         imgw_id_format(x->pos, pos);
         imgw_store_set_read(cl->store, x->user, x->conv, pos, NULL, NULL);
-        if (x->read_seq > 0)
-            imgw_conv_note_read(cl->store, x->user, x->conv, x->read_seq);
         conv_reply(cl, x, 0, NULL);
     }
     if (imgw_coalesce_offer(cl, kind, x->user, x->conv, &x->body, x->ref,
@@ -1057,6 +1086,12 @@ conv_command(imgw_session_t *s, imgw_msg_in_t *in, const char *conv)
         if (p->message_ids_count == 0) {
             conv_reply(cl, x, im_ErrorCode_ERR_INVALID_PARAM,
                        "message_ids is empty");
+            imgw_free(x);
+            return;
+        }
+        if (in->u.read.read_seq < 0) {
+            conv_reply(cl, x, im_ErrorCode_ERR_INVALID_PARAM,
+                       "read_seq must be >= 0");
             imgw_free(x);
             return;
         }
