@@ -106,6 +106,10 @@ BODY_CLASS = {
     CMD.Value("CMD_READ_RECEIPT_PUSH"): pb.ReadReceiptPush,
     CMD.Value("CMD_TYPING_STATUS_REQ"): pb.TypingStatusRequest,
     CMD.Value("CMD_TYPING_STATUS_PUSH"): pb.TypingStatusPush,
+    CMD.Value("CMD_CONVERSATION_LIST_REQ"): pb.ConversationListRequest,
+    CMD.Value("CMD_CONVERSATION_LIST_RSP"): pb.ConversationListResponse,
+    CMD.Value("CMD_CONVERSATION_DELETE_REQ"): pb.ConversationDeleteRequest,
+    CMD.Value("CMD_CONVERSATION_DELETE_RSP"): pb.ConversationDeleteResponse,
 }
 
 
