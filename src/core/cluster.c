@@ -16,7 +16,8 @@
  * Malformed messages are rejected without requeue, counted and logged at a
  * bounded rate.
  *
- * Internal messages carry "imgw": "push" | "kick"; anything else is a
+ * Internal messages carry "imgw": "push" | "kick" | "presence" (sent by
+ * presence.c to the nodes watching a user); anything else is a
  * business downlink, handled exactly like POST /api/push.
  *
  * Threads: imgw_cluster_start/stop on main; on_mq on the MQ thread; the
@@ -533,6 +534,14 @@ imgw_cluster_parse(const uint8_t *body, size_t len, imgw_cluster_in_t *in)
         } else {
             why = "kick needs user and platform";
         }
+    } else if (strcmp(kind->valuestring, "presence") == 0) {
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(j, "data");
+        const cJSON *u = cJSON_GetObjectItemCaseSensitive(d, "user_id");
+        if (cJSON_IsObject(d) && cJSON_IsString(u) &&
+            imgw_id_valid(u->valuestring))
+            in->kind = IMGW_CLUSTER_IN_PRESENCE;
+        else
+            why = "presence needs data with a user_id";
     } else {
         why = "unknown imgw message";
     }

@@ -67,7 +67,8 @@ typedef enum codec_jkind_e {
     CODEC_JK_ENUM,    /* im_ErrorCode (the only enum inside bodies) */
     CODEC_JK_BOOL,    /* bool */
     CODEC_JK_BYTES,   /* pb_callback_t, arg = imgw_slice_t * */
-    CODEC_JK_MAP,     /* map<string,string>: repeated ExtraEntry */
+    CODEC_JK_MAP,     /* map<string,string>: repeated ExtraEntry, or the
+                         message's repeated submessage (codec_jmsg_t.sub) */
     CODEC_JK_STRINGS, /* repeated string: char[count][elem] */
     CODEC_JK_MSGS     /* pb_callback_t of PushMessages (SyncResponse) */
 } codec_jkind_t;
@@ -110,12 +111,22 @@ typedef struct codec_jmsg_s {
     uint32_t nf;
     int32_t last; /* field written last in JSON (PushMessage.seq), or -1 */
     uint32_t size;
+    /* nanopb lays a map and a static repeated submessage out alike, so
+     * the field macros cannot tell them apart: a message whose one
+     * repeated message field is not a map names its element table here
+     * (UserPresence lists), and that field is read and written as an
+     * array of objects. */
+    const struct codec_jmsg_s *sub;
 } codec_jmsg_t;
 
 #define CODEC_JFIELDS(T)                                                     \
     static const codec_jfield_t T##_jf[] = {T##_FIELDLIST(CODEC_JF, T)};
 #define CODEC_JMSG(T, last)                                                  \
-    {&T##_msg, T##_jf, sizeof(T##_jf) / sizeof(T##_jf[0]), (last), sizeof(T)}
+    {&T##_msg, T##_jf, sizeof(T##_jf) / sizeof(T##_jf[0]), (last), sizeof(T), \
+     NULL}
+#define CODEC_JMSG_SUB(T, sub)                                               \
+    {&T##_msg, T##_jf, sizeof(T##_jf) / sizeof(T##_jf[0]), -1, sizeof(T),    \
+     (sub)}
 
 CODEC_JFIELDS(im_ErrorResponse)
 CODEC_JFIELDS(im_KickPush)
@@ -137,6 +148,12 @@ CODEC_JFIELDS(im_TypingStatusPush)
 CODEC_JFIELDS(im_RevokeMessageRequest)
 CODEC_JFIELDS(im_RevokeMessageResponse)
 CODEC_JFIELDS(im_RevokeMessagePush)
+CODEC_JFIELDS(im_UserPresence)
+CODEC_JFIELDS(im_PresenceRequest)
+CODEC_JFIELDS(im_PresenceResponse)
+CODEC_JFIELDS(im_PresenceSubscribeRequest)
+CODEC_JFIELDS(im_PresenceSubscribeResponse)
+CODEC_JFIELDS(im_PresencePush)
 
 /* Field indices of PushMessage, so "seq" can be written last: the fan-out
  * prefix (imgw_codec_push_json_prefix) ends right before its value. */
@@ -181,6 +198,15 @@ static const codec_jmsg_t codec_m_revq =
 static const codec_jmsg_t codec_m_revs =
     CODEC_JMSG(im_RevokeMessageResponse, -1);
 static const codec_jmsg_t codec_m_revp = CODEC_JMSG(im_RevokeMessagePush, -1);
+static const codec_jmsg_t codec_m_upres = CODEC_JMSG(im_UserPresence, -1);
+static const codec_jmsg_t codec_m_presq = CODEC_JMSG(im_PresenceRequest, -1);
+static const codec_jmsg_t codec_m_press =
+    CODEC_JMSG_SUB(im_PresenceResponse, &codec_m_upres);
+static const codec_jmsg_t codec_m_psubq =
+    CODEC_JMSG(im_PresenceSubscribeRequest, -1);
+static const codec_jmsg_t codec_m_psubs =
+    CODEC_JMSG_SUB(im_PresenceSubscribeResponse, &codec_m_upres);
+static const codec_jmsg_t codec_m_presp = CODEC_JMSG(im_PresencePush, -1);
 
 /* A NUL-terminated char[size] member holds UTF-8. */
 static int
@@ -222,7 +248,11 @@ codec_strings_valid(const codec_jmsg_t *m, const void *st)
                 (const im_PushMessage_ExtraEntry *)p;
 
             n = *(const pb_size_t *)(base + f->count_off);
-            for (i = 0; i < n && i < f->size / f->elem; i++) {
+            for (i = 0; m->sub && i < n && i < f->size / f->elem; i++) {
+                if (codec_strings_valid(m->sub, p + (size_t)i * f->elem))
+                    return IMGW_EUTF8;
+            }
+            for (i = 0; !m->sub && i < n && i < f->size / f->elem; i++) {
                 if (!codec_cstr_utf8(e[i].key, sizeof(e[i].key)) ||
                     !codec_cstr_utf8(e[i].value, sizeof(e[i].value)))
                     return IMGW_EUTF8;
@@ -277,6 +307,11 @@ static const codec_cmd_t codec_cmds[] = {
     {502, CODEC_S2C, &codec_m_readp},
     {600, CODEC_C2S, &codec_m_typq},
     {602, CODEC_S2C, &codec_m_typp},
+    {800, CODEC_C2S, &codec_m_presq},
+    {801, CODEC_S2C, &codec_m_press},
+    {802, CODEC_C2S, &codec_m_psubq},
+    {803, CODEC_S2C, &codec_m_psubs},
+    {804, CODEC_S2C, &codec_m_presp},
 };
 #define CODEC_NCMDS (sizeof(codec_cmds) / sizeof(codec_cmds[0]))
 
@@ -794,6 +829,26 @@ codec_jr_map(const cJSON *v, const codec_jfield_t *f, uint8_t *st)
     return 0;
 }
 
+/* A repeated submessage (codec_jmsg_t.sub): an array of objects. */
+static int
+codec_jr_subs(const cJSON *v, const codec_jfield_t *f, uint8_t *st,
+              const codec_jmsg_t *sub, codec_jr_t *r)
+{
+    const cJSON *c;
+    pb_size_t n = 0;
+
+    if (!cJSON_IsArray(v))
+        return -1;
+    for (c = v->child; c; c = c->next) {
+        if (n >= f->size / f->elem || !cJSON_IsObject(c) ||
+            codec_jr_msg(c, sub, st + f->off + (size_t)n * f->elem, r) != 0)
+            return -1;
+        n++;
+    }
+    *(pb_size_t *)(st + f->count_off) = n;
+    return 0;
+}
+
 static int
 codec_jr_strings(const cJSON *v, const codec_jfield_t *f, uint8_t *st)
 {
@@ -845,7 +900,7 @@ codec_jr_msgs(const cJSON *v, pb_callback_t *cb)
 
 static int
 codec_jr_field(const cJSON *v, const codec_jfield_t *f, uint8_t *st,
-               codec_jr_t *r)
+               const codec_jmsg_t *sub, codec_jr_t *r)
 {
     uint8_t *p = st + f->off;
     int64_t i;
@@ -876,6 +931,8 @@ codec_jr_field(const cJSON *v, const codec_jfield_t *f, uint8_t *st,
     case CODEC_JK_BYTES:
         return codec_jr_bytes(v, (pb_callback_t *)p, r);
     case CODEC_JK_MAP:
+        if (sub)
+            return codec_jr_subs(v, f, st, sub, r);
         return codec_jr_map(v, f, st);
     case CODEC_JK_STRINGS:
         return codec_jr_strings(v, f, st);
@@ -912,7 +969,7 @@ codec_jr_msg(const cJSON *obj, const codec_jmsg_t *m, void *st,
             if (strcmp(m->f[k].name, c->string) == 0)
                 break;
         }
-        if (k < m->nf && (rc = codec_jr_field(c, &m->f[k], st, r)) != 0)
+        if (k < m->nf && (rc = codec_jr_field(c, &m->f[k], st, m->sub, r)) != 0)
             return rc == IMGW_EUTF8 ? IMGW_EUTF8 : IMGW_EDECODE;
     }
     return codec_strings_valid(m, st);
@@ -1372,7 +1429,8 @@ codec_err_name(int code)
 }
 
 static void
-codec_jw_field(codec_jw_t *w, const codec_jfield_t *f, const uint8_t *st)
+codec_jw_field(codec_jw_t *w, const codec_jfield_t *f, const uint8_t *st,
+               const codec_jmsg_t *sub)
 {
     const uint8_t *p = st + f->off;
     const char *name;
@@ -1418,6 +1476,16 @@ codec_jw_field(codec_jw_t *w, const codec_jfield_t *f, const uint8_t *st)
             (const im_PushMessage_ExtraEntry *)p;
 
         n = *(const pb_size_t *)(st + f->count_off);
+        if (sub) {
+            codec_jw_ch(w, '[');
+            for (i = 0; i < n && i < f->size / f->elem; i++) {
+                if (i)
+                    codec_jw_ch(w, ',');
+                codec_jw_msg(w, sub, p + (size_t)i * f->elem, 0);
+            }
+            codec_jw_ch(w, ']');
+            break;
+        }
         codec_jw_ch(w, '{');
         for (i = 0; i < n && i < f->size / f->elem; i++) {
             if (i)
@@ -1463,7 +1531,7 @@ codec_jw_msg(codec_jw_t *w, const codec_jmsg_t *m, const void *st,
             continue;
         if (n++)
             codec_jw_ch(w, ',');
-        codec_jw_field(w, &m->f[k], st);
+        codec_jw_field(w, &m->f[k], st, m->sub);
     }
     if (m->last >= 0) {
         if (n++)
@@ -1472,7 +1540,7 @@ codec_jw_msg(codec_jw_t *w, const codec_jmsg_t *m, const void *st,
             codec_jw_key(w, m->f[m->last].name);
             return;
         }
-        codec_jw_field(w, &m->f[m->last], st);
+        codec_jw_field(w, &m->f[m->last], st, m->sub);
     }
     codec_jw_ch(w, '}');
 }
@@ -1712,6 +1780,9 @@ typedef union codec_s2c_u {
     im_ReadReceiptResponse read;
     im_ReadReceiptPush read_push;
     im_TypingStatusPush typing;
+    im_PresenceResponse presence;
+    im_PresenceSubscribeResponse presence_sub;
+    im_PresencePush presence_push;
 } codec_s2c_t;
 
 ssize_t

@@ -995,4 +995,6 @@ const imgw_store_backend_t imgw__store_redis = {
     .route_del = imgw__redis_route_del,
     .route_refresh = imgw__redis_route_refresh,
     .route_get = imgw__redis_route_get,
+    .watch_set = imgw__redis_watch_set,
+    .watch_get = imgw__redis_watch_get,
 };

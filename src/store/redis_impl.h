@@ -219,5 +219,10 @@ int imgw__redis_route_refresh(imgw_store_loop_t *sl, const char *user,
                               int ttl, imgw_store_done_cb cb, void *data);
 int imgw__redis_route_get(imgw_store_loop_t *sl, const char *user,
                           imgw_store_routes_cb cb, void *data);
+int imgw__redis_watch_set(imgw_store_loop_t *sl, const char *user,
+                          const char *broker_id, int ttl,
+                          imgw_store_done_cb cb, void *data);
+int imgw__redis_watch_get(imgw_store_loop_t *sl, const char *user,
+                          imgw_store_routes_cb cb, void *data);
 
 #endif

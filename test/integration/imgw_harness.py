@@ -106,6 +106,11 @@ BODY_CLASS = {
     CMD.Value("CMD_READ_RECEIPT_PUSH"): pb.ReadReceiptPush,
     CMD.Value("CMD_TYPING_STATUS_REQ"): pb.TypingStatusRequest,
     CMD.Value("CMD_TYPING_STATUS_PUSH"): pb.TypingStatusPush,
+    CMD.Value("CMD_PRESENCE_REQ"): pb.PresenceRequest,
+    CMD.Value("CMD_PRESENCE_RSP"): pb.PresenceResponse,
+    CMD.Value("CMD_PRESENCE_SUB_REQ"): pb.PresenceSubscribeRequest,
+    CMD.Value("CMD_PRESENCE_SUB_RSP"): pb.PresenceSubscribeResponse,
+    CMD.Value("CMD_PRESENCE_PUSH"): pb.PresencePush,
 }
 
 
