@@ -90,6 +90,11 @@ CODEC_JFIELDS(im_TypingStatusPush)
 CODEC_JFIELDS(im_RevokeMessageRequest)
 CODEC_JFIELDS(im_RevokeMessageResponse)
 CODEC_JFIELDS(im_RevokeMessagePush)
+CODEC_JFIELDS(im_ConversationListRequest)
+CODEC_JFIELDS(im_Conversation)
+CODEC_JFIELDS(im_ConversationListResponse)
+CODEC_JFIELDS(im_ConversationDeleteRequest)
+CODEC_JFIELDS(im_ConversationDeleteResponse)
 CODEC_JFIELDS(im_UserPresence)
 CODEC_JFIELDS(im_PresenceRequest)
 CODEC_JFIELDS(im_PresenceResponse)
@@ -140,6 +145,15 @@ static const codec_jmsg_t codec_m_revq =
 static const codec_jmsg_t codec_m_revs =
     CODEC_JMSG(im_RevokeMessageResponse, -1);
 static const codec_jmsg_t codec_m_revp = CODEC_JMSG(im_RevokeMessagePush, -1);
+static const codec_jmsg_t codec_m_convlq =
+    CODEC_JMSG(im_ConversationListRequest, -1);
+static const codec_jmsg_t codec_m_conv = CODEC_JMSG(im_Conversation, -1);
+static const codec_jmsg_t codec_m_convls =
+    CODEC_JMSG_SUB(im_ConversationListResponse, &codec_m_conv);
+static const codec_jmsg_t codec_m_convdq =
+    CODEC_JMSG(im_ConversationDeleteRequest, -1);
+static const codec_jmsg_t codec_m_convds =
+    CODEC_JMSG(im_ConversationDeleteResponse, -1);
 static const codec_jmsg_t codec_m_upres = CODEC_JMSG(im_UserPresence, -1);
 static const codec_jmsg_t codec_m_presq = CODEC_JMSG(im_PresenceRequest, -1);
 static const codec_jmsg_t codec_m_press =
@@ -244,6 +258,10 @@ static const codec_cmd_t codec_cmds[] = {
     {502, CODEC_S2C, &codec_m_readp},
     {600, CODEC_C2S, &codec_m_typq},
     {602, CODEC_S2C, &codec_m_typp},
+    {700, CODEC_C2S, &codec_m_convlq},
+    {701, CODEC_S2C, &codec_m_convls},
+    {702, CODEC_C2S, &codec_m_convdq},
+    {703, CODEC_S2C, &codec_m_convds},
     {800, CODEC_C2S, &codec_m_presq},
     {801, CODEC_S2C, &codec_m_press},
     {802, CODEC_C2S, &codec_m_psubq},

@@ -285,9 +285,17 @@ redis_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err,
                  IMGW__STORE_MAX_SEQ_IDLE_DAYS);
         return IMGW_ECONFIG;
     }
+    if (cfg->max_conversations < 0 ||
+        cfg->max_conversations > IMGW__STORE_CONVS_MAX) {
+        snprintf(err, errlen, "store: max_conversations must be 0..%d",
+                 IMGW__STORE_CONVS_MAX);
+        return IMGW_ECONFIG;
+    }
     imgw__redis_t *r = imgw_try_calloc(1, sizeof(*r));
     if (r == NULL)
         return IMGW_ENOMEM;
+    r->max_convs = cfg->max_conversations > 0 ? cfg->max_conversations
+                                              : IMGW__STORE_CONVS_DEFAULT;
     int rc = imgw__redis_url_parse(cfg->redis_url, &r->url, err, errlen);
     if (rc != 0) {
         imgw__redis_url_free(&r->url);
@@ -995,6 +1003,9 @@ const imgw_store_backend_t imgw__store_redis = {
     .route_del = imgw__redis_route_del,
     .route_refresh = imgw__redis_route_refresh,
     .route_get = imgw__redis_route_get,
+    .conv_list = imgw__redis_conv_list,
+    .conv_read = imgw__redis_conv_read,
+    .conv_delete = imgw__redis_conv_delete,
     .watch_set = imgw__redis_watch_set,
     .watch_get = imgw__redis_watch_get,
 };

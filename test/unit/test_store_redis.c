@@ -164,6 +164,7 @@ fx_open_url(fx_t *f, const char *url, int retention_count, int dedupe_ttl,
 {
     imgw_store_cfg_t cfg = {"redis", url,        retention_count, 7,
                             dedupe_ttl, timeout_ms, 1};
+    cfg.max_conversations = sc_max_convs;
     char err[256];
     f->s = NULL;
     f->sl = NULL;
