@@ -448,6 +448,14 @@ imgw_deliver_raw_refs(imgw_core_loop_t *cl, const uint8_t *pb, size_t pb_len,
     }
 }
 
+void
+imgw_deliver_presence_remote(imgw_core_loop_t *cl, const char *const *nodes,
+                             size_t n, const uint8_t *json_body, size_t len)
+{
+    if (cl->node->mq != NULL && n > 0)
+        imgw_cluster_presence(cl, nodes, n, json_body, len);
+}
+
 /* Kicks (user, platform) on the node its route names, if that is another
  * one: routing to remote nodes is this file's, so session.c asks here. */
 void

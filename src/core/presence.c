@@ -15,8 +15,7 @@
  * store (imgw_store_watch_set, IM-PWATCH-{u}, refreshed by loop 0's tick
  * while the subscription lasts), so that the node where the user logs in
  * or out knows which other nodes to tell: one broker message per watching
- * node, {"imgw":"presence","data":<PresencePush as JSON>}, never a
- * broadcast.
+ * node (deliver.c -> cluster.c), never a broadcast.
  *
  * A change is read back from the store after the route write (same loop,
  * same store connection: answered in order), so every push carries the
@@ -34,7 +33,6 @@
 #include "err.h"
 #include "idsyntax.h"
 #include "log.h"
-#include "mq.h"
 #include "session.h"
 
 #define PRESENCE_MAX_IDS 100 /* ids per request (imgw.options) */
@@ -246,7 +244,8 @@ presence_refuse(imgw_session_t *s, uint32_t sequence, int command, int code,
         imgw_session_reply(s, command, sequence, r);
         imgw_free(r);
     }
-    imgw_core_count_error(s->cl, code);
+    if (code != im_ErrorCode_ERR_SUCCESS)
+        imgw_core_count_error(s->cl, code);
 }
 
 void
@@ -405,13 +404,15 @@ typedef struct pc_s {
     char user[IMGW_JWT_MAX_USER];
     char platform[IMGW_USERMAP_PLATFORM];
     int online;
-    size_t n_nodes; /* other watching nodes */
-    char (*nodes)[128];
+    size_t n_nodes; /* other watching nodes (owned strings) */
+    char **nodes;
 } pc_t;
 
 static void
 pc_free(pc_t *c)
 {
+    for (size_t i = 0; i < c->n_nodes; i++)
+        imgw_free(c->nodes[i]);
     imgw_free(c->nodes);
     imgw_free(c);
 }
@@ -439,20 +440,12 @@ pc_routes_cb(int status, const imgw_store_route_t *r, size_t n, void *data)
     p.time = imgw_now_ms();
 
     if (c->n_nodes > 0) {
-        /* {"imgw":"presence","data":BODY}: the body as our JSON encoder
-         * writes it, wrapped once for every node. */
-        uint8_t *buf = cl->out;
-        size_t cap = cl->out_cap;
+        /* The body as our JSON encoder writes it, once for every node. */
         ssize_t bl = imgw_codec_encode_json_body(
-            im_CommandType_CMD_PRESENCE_PUSH, &p, buf + 32, cap - 64);
-        if (bl > 0) {
-            memcpy(buf + 6, "{\"imgw\":\"presence\",\"data\":", 26);
-            buf[32 + bl] = '}';
-            for (size_t i = 0; i < c->n_nodes; i++)
-                if (imgw_mq_publish(cl->node->mq, c->nodes[i], buf + 6,
-                                    (size_t)bl + 27) != 0)
-                    atomic_fetch_add(&cl->node->remote_dropped, 1);
-        }
+            im_CommandType_CMD_PRESENCE_PUSH, &p, cl->out, cl->out_cap);
+        if (bl > 0)
+            imgw_deliver_presence_remote(cl, (const char *const *)c->nodes,
+                                         c->n_nodes, cl->out, (size_t)bl);
     }
     imgw_conn_ref_t *refs = NULL;
     ssize_t nr = imgw_watchmap_get(cl->node->watches, c->user, &refs);
@@ -484,10 +477,12 @@ pc_watch_cb(int status, const imgw_store_route_t *r, size_t n, void *data)
         others += strcmp(r[i].broker_id, self) != 0;
     if (others > 0) {
         c->nodes = imgw_try_calloc(others, sizeof(*c->nodes));
-        for (size_t i = 0; c->nodes && i < n; i++)
-            if (strcmp(r[i].broker_id, self) != 0)
-                snprintf(c->nodes[c->n_nodes++], sizeof(c->nodes[0]), "%s",
-                         r[i].broker_id);
+        for (size_t i = 0; c->nodes && i < n; i++) {
+            if (strcmp(r[i].broker_id, self) == 0)
+                continue;
+            if ((c->nodes[c->n_nodes] = imgw_try_strdup(r[i].broker_id)))
+                c->n_nodes++;
+        }
     }
     imgw_conn_ref_t *refs = NULL;
     ssize_t local = imgw_watchmap_get(cl->node->watches, c->user, &refs);

@@ -151,6 +151,14 @@ void imgw_presence_remote(imgw_core_loop_t *cl, const struct cJSON *j);
 /* Loop 0's tick: re-registers this node's watched users in the store
  * before their IM-PWATCH entries expire. */
 void imgw_presence_tick(imgw_core_loop_t *cl, uint64_t now_ms);
+/* deliver.c: a PresencePush (its JSON body) to other nodes, one broker
+ * message each (through cluster.c). */
+void imgw_deliver_presence_remote(imgw_core_loop_t *cl,
+                                  const char *const *nodes, size_t n,
+                                  const uint8_t *json_body, size_t len);
+/* cluster.c: {"imgw":"presence","data":BODY} to each node's queue. */
+void imgw_cluster_presence(imgw_core_loop_t *cl, const char *const *nodes,
+                           size_t n, const uint8_t *json_body, size_t len);
 /* deliver.c: pre-encoded frames (both codecs) to connections by ref, on
  * whichever loop owns them (counted as presence pushes). */
 void imgw_deliver_raw_refs(imgw_core_loop_t *cl, const uint8_t *pb,
