@@ -212,7 +212,7 @@ static const imgw_config_opt_t opts[] = {
             "memory backend: per-user records; past it sends to new users "
             "get ERR_SERVER_BUSY"),
     OPT_INT("store", "max_conversations", max_conversations, "200", 1, 10000,
-            "memory backend: conversations kept per user; the one updated "
+            "conversations kept per user (every backend); the one updated "
             "longest ago is dropped"),
 
     /* [mq] */
