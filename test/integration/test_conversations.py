@@ -311,3 +311,30 @@ def test_read_on_one_device_updates_the_other_loop(mserver):
                                   pred=lambda f: f.body.read_seq == sent[2].seq)
         await close_all(opened + [ca])
     run(go())
+
+
+def test_read_seq_moves_even_when_ids_are_covered(mgw):
+    print("check: two receipts naming the same message id, the second with a "
+          "higher read_seq, inside one coalescing window: the reader's other "
+          "device still learns the higher read_seq, and the list agrees")
+
+    async def go():
+        a, b = uid("a"), uid("b")
+        ca = await MClient.open(mgw, a)
+        b1 = await MClient.open(mgw, b)
+        b2 = await MClient.open(mgw, b, platform="iOS", codec="json")
+        for i in range(3):
+            await ca.send_ok(to=b, content="m%d" % i)
+        pushes = sorted((f.body for f in await b1.wait_push("CMD_PUSH_MSG", count=3)),
+                        key=lambda m: m.seq)
+        conv = single_conv(a, b)
+        mid = pushes[2].message_id
+        assert_code(await read_to(b1, conv, pushes[0].seq, [mid]), OK, "first")
+        assert_code(await read_to(b1, conv, pushes[2].seq, [mid]), OK, "covered ids")
+        p = await b2.wait_push("CMD_READ_RECEIPT_PUSH",
+                               pred=lambda f: f.body.read_seq == pushes[2].seq)
+        print("b's other device got:", p)
+        e = (await conv_list(b2)).conversations[0]
+        assert e.unread == 0 and e.read_seq == pushes[2].seq, e
+        await close_all([ca, b1, b2])
+    run(go())
