@@ -403,7 +403,6 @@ imgw_presence_session_closed(imgw_session_t *s)
 typedef struct pc_s {
     char user[IMGW_JWT_MAX_USER];
     char platform[IMGW_USERMAP_PLATFORM];
-    int online;
     size_t n_nodes; /* other watching nodes (owned strings) */
     char **nodes;
 } pc_t;
@@ -512,7 +511,8 @@ imgw_presence_changed(imgw_core_loop_t *cl, const char *user,
         return;
     snprintf(c->user, sizeof(c->user), "%s", user);
     snprintf(c->platform, sizeof(c->platform), "%s", platform);
-    c->online = online;
+    IMGW_LOG_DEBUG("presence: %s %s on %s, telling its watchers", user,
+                   online ? "logged in" : "logged out", platform);
     /* Issued after the caller's route write on the same store handle, so
      * both answers come after it. */
     if (node->mq == NULL)

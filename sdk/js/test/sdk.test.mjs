@@ -330,11 +330,11 @@ for (const codec of ["protobuf", "json"]) {
   });
 }
 
-test("presence: query, subscribe, pushes, and the subscription survives a server restart", async () => {
+for (const codec of ["protobuf", "json"]) test(`presence: query, subscribe, pushes, and the subscription survives a server restart (${codec})`, async () => {
   log("check: w subscribes to x (offline); x logs in on Web then iOS and out: w gets presence events with the platforms; presence() answers; after an imgw restart w resubscribes by itself (a presence event with the state then) and still gets x's login");
   const srv = await server({});
   const w = uid("w"), x = uid("x");
-  const cw = client(srv, w, { codec: "json" });
+  const cw = client(srv, w, { codec });
   const events = [];
   cw.on("presence", (p) => events.push(p));
   await cw.connect();
