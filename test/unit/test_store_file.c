@@ -640,6 +640,7 @@ main(void)
     RUN(record_caps);
     RUN(groups);
     RUN(routes);
+    RUN(watchers_single_node);
     RUN(positions);
     RUN(tick_sweeps);
     RUN(id_validator);
