@@ -90,6 +90,7 @@ core_loops_new(void)
          * six times (\u00XX), and pushes share the buffer in halves. */
         cl->out_cap = (size_t)cfg.max_frame_bytes * 8 + 65536;
         cl->out = imgw_try_malloc(cl->out_cap);
+        imgw_pool_init(&cl->send_ctxs, IMGW_SEND_CTX_BLOCK, 256);
         if (cl->scratch == NULL || cl->out == NULL)
             return IMGW_ENOMEM;
     }
@@ -109,6 +110,7 @@ core_loops_free(void)
             imgw_jwt_free(cl->jwt);
         imgw_free(cl->scratch);
         imgw_free(cl->out);
+        imgw_pool_drain(&cl->send_ctxs);
         imgw_free(cl);
     }
     imgw_free(node.loops);

@@ -167,18 +167,41 @@ typedef struct send_ctx_s {
     uint8_t *blob;
     size_t blob_len;
     int32_t msg_type;
+    uint8_t pooled; /* an IMGW_SEND_CTX_BLOCK block of the loop's pool */
     char preview[IMGW_STORE_PREVIEW_MAX + 1]; /* conversation list */
     imgw_store_append_t req;
     _Alignas(8) unsigned char mem[];
 } send_ctx_t;
 
+/* A context of `size` bytes: a block-sized one comes from (and goes back
+ * to) the loop's pool, so a steady stream of sends does not malloc. */
+static send_ctx_t *
+send_ctx_new(imgw_core_loop_t *cl, size_t size)
+{
+    send_ctx_t *x = NULL;
+    int pooled = size <= IMGW_SEND_CTX_BLOCK;
+    if (pooled) {
+        x = imgw_pool_get(&cl->send_ctxs);
+        if (x == NULL)
+            x = imgw_try_malloc(IMGW_SEND_CTX_BLOCK);
+    } else {
+        x = imgw_try_malloc(size);
+    }
+    if (x != NULL)
+        x->pooled = (uint8_t)pooled;
+    return x;
+}
+
+/* On the loop that made x (store and member callbacks run there). */
 static void
 send_ctx_free(send_ctx_t *x)
 {
     if (x == NULL)
         return;
     imgw_free(x->members);
-    imgw_free(x);
+    imgw_core_loop_t *cl = imgw_core_loop_current();
+    if (!x->pooled || cl == NULL || !imgw_pool_put(&cl->send_ctxs, x))
+        imgw_free(x);
 }
 
 /* snprintf(dst, cap, "%s", src) without the format parser. */
@@ -500,7 +523,7 @@ imgw_msg_send_commit(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
     size_t arr = has_r ? 2 * (sizeof(char *) + sizeof(int64_t)) : 0;
     size_t strs = (size_t)blen + cmid_len + 1 + conv_len + 1 + user_len + 1 +
                   (has_r ? recv_len + 1 : 0);
-    send_ctx_t *x = imgw_try_malloc(sizeof(*x) + arr + strs);
+    send_ctx_t *x = send_ctx_new(cl, sizeof(*x) + arr + strs);
     if (x == NULL) {
         imgw_msg_send_answer(cl, ref, sequence, im_ErrorCode_ERR_SERVER_BUSY,
                              "out of memory", 0, 0, 0);

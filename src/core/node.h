@@ -19,6 +19,7 @@
 #include "jwt.h"
 #include "mailbox.h"
 #include "net.h"
+#include "pool.h"
 #include "store.h"
 #include "usermap.h"
 #include "watchmap.h"
@@ -69,6 +70,10 @@ typedef struct imgw_core_stats_s {
     imgw_stat_t store_lat_hist[12]; /* buckets, see metrics.c */
 } imgw_core_stats_t;
 
+/* Send contexts up to this size share one block size (msg.c): the
+ * struct (~330 B), a small message's PushMessage blob and its ids. */
+#define IMGW_SEND_CTX_BLOCK 1024
+
 typedef struct imgw_core_loop_s {
     imgw_node_t *node;
     imgw_loop_t *loop;
@@ -83,6 +88,9 @@ typedef struct imgw_core_loop_s {
     /* imgw_msg_send's PushMessage: every field it encodes is assigned on
      * each send (extra only up to extra_count), so it is never zeroed. */
     im_PushMessage push;
+    /* msg.c's send contexts up to IMGW_SEND_CTX_BLOCK bytes (most 1:1
+     * messages), kept between messages; zeroed, it keeps nothing. */
+    imgw_pool_t send_ctxs;
     imgw_core_stats_t st;
     struct imgw_hooks_loop_s *hooks; /* hooks.c; NULL without hooks */
 } imgw_core_loop_t;

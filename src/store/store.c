@@ -24,6 +24,7 @@
 #include "alloc.h"
 #include "err.h"
 #include "idsyntax.h"
+#include "pool.h"
 #include "store_impl.h"
 
 /* 1 when s is a NUL-terminated string of 1..max bytes. */
@@ -114,6 +115,9 @@ imgw_store_close(imgw_store_t *s)
 /* Callbacks run per idle callback before the loop polls again: a chain of
  * requests each queued by the previous callback cannot starve the loop. */
 #define CQ_RUN_MAX 4096
+/* Completion records kept per loop: a few dozen bytes each; more than one
+ * iteration's requests rarely wait at once. */
+#define IMGW_STORE_REC_POOL 256
 
 typedef enum {
     REC_APPEND,
@@ -135,6 +139,7 @@ struct imgw__store_cq_s {
     uv_idle_t idle;     /* runs them when loop is set */
     int idle_on;
     int closing; /* imgw_store_loop_close() runs: refuse new requests */
+    imgw_pool_t recs; /* freed records, for the next requests */
 };
 
 /*
@@ -203,12 +208,26 @@ struct rec_s {
 static rec_t *
 rec_new(imgw_store_loop_t *sl, rec_kind_t kind, void *data)
 {
-    rec_t *q = imgw_xcalloc(1, sizeof(*q)); /* aborts, never injected */
+    rec_t *q = sl->cq ? imgw_pool_get(&sl->cq->recs) : NULL;
+    if (q != NULL)
+        memset(q, 0, sizeof(*q));
+    else
+        q = imgw_xcalloc(1, sizeof(*q)); /* aborts, never injected */
     q->cq = sl->cq;
     q->kind = kind;
     q->in_call = 1;
     q->data = data;
     return q;
+}
+
+/* Every record ends here: its queue keeps it for the next request. The
+ * queue outlives its records (imgw_store_loop_close fails what is in
+ * flight before it frees the queue). */
+static void
+rec_free(rec_t *q)
+{
+    if (q->cq == NULL || !imgw_pool_put(&q->cq->recs, q))
+        imgw_free(q);
 }
 
 static void cq_idle_cb(uv_idle_t *h);
@@ -272,7 +291,7 @@ rec_run(rec_t *q)
         imgw_free(q->u.convs.c);
         break;
     }
-    imgw_free(q);
+    rec_free(q);
 }
 
 /* Runs up to max queued completions, including ones their callbacks
@@ -366,7 +385,7 @@ append_tramp(imgw_store_append_t *req, int status, void *data)
     if (rec_sync_now(q, status))
         return; /* the result is in *req, which the caller owns */
     q->cb.append(req, status, q->data);
-    imgw_free(q);
+    rec_free(q);
 }
 
 static void
@@ -378,7 +397,7 @@ sync_tramp(int status, const imgw_store_entry_t *e, size_t n, int has_more,
     if (!rec_sync_now(q, status)) {
         q->cb.sync(status, e, n, has_more, server_max_seq, oldest_seq, epoch,
                    q->data);
-        imgw_free(q);
+        rec_free(q);
         return;
     }
     q->u.sync.has_more = has_more;
@@ -417,7 +436,7 @@ seq_tramp(int status, int64_t max_seq, uint64_t epoch, void *data)
         return;
     }
     q->cb.seq(status, max_seq, epoch, q->data);
-    imgw_free(q);
+    rec_free(q);
 }
 
 static void
@@ -430,7 +449,7 @@ dedupe_tramp(int status, uint64_t message_id, int64_t seq, void *data)
         return;
     }
     q->cb.dedupe(status, message_id, seq, q->data);
-    imgw_free(q);
+    rec_free(q);
 }
 
 static void
@@ -440,7 +459,7 @@ done_tramp(int status, void *data)
     if (rec_sync_now(q, status))
         return;
     q->cb.done(status, q->data);
-    imgw_free(q);
+    rec_free(q);
 }
 
 static void
@@ -449,7 +468,7 @@ msg_tramp(int status, const imgw_store_msg_t *m, void *data)
     rec_t *q = data;
     if (!rec_sync_now(q, status)) {
         q->cb.msg(status, m, q->data);
-        imgw_free(q);
+        rec_free(q);
         return;
     }
     if (status != 0 || m == NULL)
@@ -473,7 +492,7 @@ members_tramp(int status, const char *const *members, size_t n, void *data)
     rec_t *q = data;
     if (!rec_sync_now(q, status)) {
         q->cb.members(status, members, n, q->data);
-        imgw_free(q);
+        rec_free(q);
         return;
     }
     if (status != 0 || n == 0)
@@ -502,7 +521,7 @@ routes_tramp(int status, const imgw_store_route_t *r, size_t n, void *data)
     rec_t *q = data;
     if (!rec_sync_now(q, status)) {
         q->cb.routes(status, r, n, q->data);
-        imgw_free(q);
+        rec_free(q);
         return;
     }
     if (status != 0 || n == 0)
@@ -533,7 +552,7 @@ convs_tramp(int status, const imgw_store_conv_t *c, size_t n, int has_more,
     rec_t *q = data;
     if (!rec_sync_now(q, status)) {
         q->cb.convs(status, c, n, has_more, total_unread, q->data);
-        imgw_free(q);
+        rec_free(q);
         return;
     }
     q->u.convs.has_more = has_more;
@@ -609,6 +628,7 @@ imgw_store_loop_open(imgw_store_t *s, int loop_index, uv_loop_t *loop,
         return r;
     }
     cq->loop = loop;
+    imgw_pool_init(&cq->recs, sizeof(rec_t), IMGW_STORE_REC_POOL);
     if (loop != NULL) {
         uv_idle_init(loop, &cq->idle);
         cq->idle.data = cq;
@@ -618,9 +638,16 @@ imgw_store_loop_open(imgw_store_t *s, int loop_index, uv_loop_t *loop,
 }
 
 static void
+cq_free(struct imgw__store_cq_s *cq)
+{
+    imgw_pool_drain(&cq->recs);
+    imgw_free(cq);
+}
+
+static void
 cq_closed(uv_handle_t *h)
 {
-    imgw_free(h->data);
+    cq_free(h->data);
 }
 
 /*
@@ -647,7 +674,7 @@ imgw_store_loop_close(imgw_store_loop_t *sl)
     if (cq->loop != NULL)
         uv_close((uv_handle_t *)&cq->idle, cq_closed);
     else
-        imgw_free(cq);
+        cq_free(cq);
 }
 
 int
