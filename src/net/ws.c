@@ -13,6 +13,10 @@
  * 2 + (0|2|8) + 4 (mask) + payload bytes, and the context is clean when
  * the bytes fed to it equal the bytes of the frames it completed.
  *
+ * Most reads hold only whole small data frames (an IM envelope is a few
+ * hundred bytes): fast_frames() unmasks and delivers those itself, and
+ * wslay sees a read only from the first frame that is anything else.
+ *
  * Likewise the per-connection receive state (imgw_ws_rx_t) lives in the
  * loop while a read is processed and is copied to the heap only when a
  * read ends inside a frame or a fragmented message.
@@ -334,6 +338,67 @@ deliver(imgw_conn_t *c, int opcode, const uint8_t *p, size_t n)
     c->loop->net->h->on_message(c, opcode == 1, p, n);
 }
 
+/*
+ * The common case without wslay: whole, final, masked text or binary
+ * frames of up to IMGW_WS_FAST_MAX payload bytes at the start of data,
+ * while nothing is partial (no c->rx). Returns the bytes it consumed and
+ * stops at the first frame that is anything else (a control frame, a
+ * fragment, a frame cut by the read, a 64-bit or non-minimal length, RSV
+ * bits, no mask, a payload over the limit...): process() then judges it
+ * exactly as before, so the rules and the answers live in one place.
+ * Returns -1 when a delivery closed the connection.
+ *
+ * Saves wslay's copy into its 4 KiB buffer, the frame context borrowed
+ * and returned per read, and its per-byte state machine: about 1,500
+ * instructions per message (docs/benchmarks.md).
+ */
+#define IMGW_WS_FAST_MAX 4096
+static _Thread_local uint8_t unmask_buf[IMGW_WS_FAST_MAX];
+
+static ssize_t
+fast_frames(imgw_conn_t *c, const uint8_t *data, size_t len)
+{
+    size_t limit = c->loop->net->opts.max_frame_bytes;
+    size_t off = 0;
+    while (len - off >= 6) {
+        const uint8_t *h = data + off;
+        uint8_t op = h[0] & 0x0f;
+        if ((h[0] & 0xf0) != 0x80 || (op != 1 && op != 2) || !(h[1] & 0x80))
+            break; /* not final, RSV set, not data, or unmasked */
+        size_t plen = h[1] & 0x7f, hl = 6;
+        if (plen == 127)
+            break;
+        if (plen == 126) {
+            if (len - off < 8)
+                break;
+            plen = ((size_t)h[2] << 8) | h[3];
+            if (plen < 126)
+                break; /* non-minimal: wslay refuses it */
+            hl = 8;
+        }
+        if (plen > IMGW_WS_FAST_MAX || plen > limit || len - off - hl < plen)
+            break;
+        const uint8_t *mask = h + hl - 4, *src = h + hl;
+        uint32_t m32;
+        memcpy(&m32, mask, 4);
+        uint64_t m64 = ((uint64_t)m32 << 32) | m32;
+        size_t i = 0;
+        for (; i + 8 <= plen; i += 8) {
+            uint64_t w;
+            memcpy(&w, src + i, 8);
+            w ^= m64;
+            memcpy(unmask_buf + i, &w, 8);
+        }
+        for (; i < plen; i++)
+            unmask_buf[i] = src[i] ^ mask[i & 3];
+        off += hl + plen;
+        deliver(c, op, unmask_buf, plen);
+        if (c->state != IMGW_CONN_WS && c->state != IMGW_CONN_CLOSING)
+            return -1;
+    }
+    return (ssize_t)off;
+}
+
 static int
 msg_append(imgw_ws_rx_t *rx, const uint8_t *p, size_t n, size_t limit)
 {
@@ -522,6 +587,15 @@ ws_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
     if (c->flags & IMGW_CF_RX_DEAD)
         return;
     if (rx == NULL) {
+        ssize_t k = fast_frames(c, data, len);
+        if (k < 0) {
+            c->flags |= IMGW_CF_RX_DEAD; /* nothing partial to drop */
+            return;
+        }
+        data += k;
+        len -= (size_t)k;
+        if (len == 0)
+            return;
         rx = &loop_rx;
         memset(rx, 0, offsetof(imgw_ws_rx_t, ctl));
     }

@@ -147,6 +147,89 @@ def test_large_message_across_reads(gw):
         rw.close()
 
 
+def frame_bytes(opcode, payload, fin=True, len16=False):
+    """A masked client frame; len16 forces the 16-bit length form (a
+    non-minimal encoding when the payload is under 126 bytes)."""
+    n = len(payload)
+    b0 = (0x80 if fin else 0) | opcode
+    if n < 126 and not len16:
+        hdr = struct.pack("!BB", b0, 0x80 | n)
+    elif n < 65536:
+        hdr = struct.pack("!BBH", b0, 0x80 | 126, n)
+    else:
+        hdr = struct.pack("!BBQ", b0, 0x80 | 127, n)
+    mk = os.urandom(4)
+    return hdr + mk + bytes(b ^ mk[i % 4] for i, b in enumerate(payload))
+
+
+def padded_hb(seq, pad):
+    body = (pb.HeartbeatRequest(client_time=1).SerializeToString()
+            + b"\x7a" + H._varint(pad) + b"z" * pad)
+    return H.pb_frame("CMD_HEARTBEAT_REQ", body, seq=seq)
+
+
+def test_mixed_frames_in_one_write_and_a_cut_frame(gw):
+    print("check: one TCP write with whole data frames (7- and 16-bit lengths, "
+          "the reader's fast path), a ping, a fragmented message, more whole "
+          "frames and the first half of a frame, then the rest -> every answer "
+          "in order and the pong")
+    rw = raw_authed(gw.port, "mixed")
+    try:
+        first = frame_bytes(H.OP_BINARY, hb_bytes(1))
+        big = frame_bytes(H.OP_BINARY, padded_hb(2, 300))      # 16-bit length
+        over = frame_bytes(H.OP_BINARY, padded_hb(3, 5000))    # over 4 KiB
+        ping = frame_bytes(H.OP_PING, b"pp")
+        hb4 = hb_bytes(4)
+        frag = frame_bytes(H.OP_BINARY, hb4[:3], fin=False) + \
+            frame_bytes(H.OP_CONT, hb4[3:])
+        after = frame_bytes(H.OP_BINARY, hb_bytes(5))
+        cut = frame_bytes(H.OP_BINARY, padded_hb(6, 200))
+        rw.sock.sendall(first + big + over + ping + frag + after + cut[:50])
+        time.sleep(0.05)
+        rw.sock.sendall(cut[50:] + frame_bytes(H.OP_BINARY, hb_bytes(7)))
+        seqs, pongs = [], 0
+        while len(seqs) < 7:
+            fin, op, data = rw.recv_frame(5)
+            if op == H.OP_PONG:
+                assert data == b"pp", data
+                pongs += 1
+                continue
+            f = H.decode_frame(data)
+            assert f.command == HB_RSP, f
+            seqs.append(f.sequence)
+        print("answers:", seqs, "pongs:", pongs)
+        assert seqs == [1, 2, 3, 4, 5, 6, 7], seqs
+        assert pongs == 1
+    finally:
+        rw.close()
+
+
+@pytest.mark.parametrize("kind", ["non_minimal_16bit_length", "unmasked",
+                                  "invalid_utf8_text"])
+def test_bad_frame_after_a_good_one_in_one_write(gw, kind):
+    print("check: a whole good frame then a bad one (%s) in one TCP write -> "
+          "the first is answered, then the connection is closed" % kind)
+    rw = raw_authed(gw.port, "badafter-" + kind)
+    try:
+        good = frame_bytes(H.OP_BINARY, hb_bytes(11))
+        if kind == "non_minimal_16bit_length":
+            bad, want = frame_bytes(H.OP_BINARY, hb_bytes(12), len16=True), 1002
+        elif kind == "unmasked":
+            p = hb_bytes(12)
+            bad, want = struct.pack("!BB", 0x80 | H.OP_BINARY, len(p)) + p, 1002
+        else:
+            bad, want = frame_bytes(H.OP_TEXT, b"\xff\xfe"), 1007
+        rw.sock.sendall(good + bad)
+        code, reason, before = rw.expect_close(5)
+        print("close code %s reason %r frames before %d" % (code, reason, len(before)))
+        assert code == want, code
+        answered = [H.decode_frame(d).sequence for op, d in before
+                    if op == H.OP_BINARY]
+        assert answered == [11], answered
+    finally:
+        rw.close()
+
+
 def test_abrupt_disconnects_do_not_hurt(gw):
     print("check: clients vanishing mid-handshake, mid-frame and mid-fragmented "
           "message (RST) leave the server serving")
