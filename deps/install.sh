@@ -14,6 +14,9 @@ PKGS=(
   python3-cryptography python3-pika python3-redis
   redis-server rabbitmq-server
   openssl procps psmisc
+  # ../shared/peers (compare.sh: loadgen and the libwebsockets relay) for
+  # the side-by-side figures in docs/benchmarks.md.
+  libwebsockets-dev
   # The browser demo test (test/integration/test_demo_browser.py) drives
   # www/index.html in a headless Chromium through Selenium.
   chromium chromium-driver python3-selenium

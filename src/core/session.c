@@ -432,11 +432,16 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
                     "user_id does not match the token");
         return;
     }
-    s->user = imgw_try_strdup(user);
+    /* The handshake token's user id is the session's from here on: take
+     * its copy rather than a second one (an idle connection keeps one). */
+    int stolen = user == s->hs_user;
+    s->user = stolen ? s->hs_user : imgw_try_strdup(user);
     if (s->user == NULL) {
         imgw_conn_close_ws(s->conn, 1011, "out of memory");
         return;
     }
+    if (stolen)
+        s->hs_user = NULL;
     snprintf(s->platform, sizeof(s->platform), "%s",
              a->platform[0] ? a->platform : "default");
     imgw_conn_ref_t kicked;
@@ -446,10 +451,17 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
     if (k < 0) {
         auth_reject(s, in->sequence, IMGW_JWT_BAD_CLAIM,
                     "too many connections for this user");
-        imgw_free(s->user);
+        if (stolen)
+            s->hs_user = s->user; /* a later CMD_AUTH_REQ may use it */
+        else
+            imgw_free(s->user);
         s->user = NULL;
         return;
     }
+    /* Re-authentication is refused from here on: the handshake's copy is
+     * of no more use. */
+    imgw_free(s->hs_user);
+    s->hs_user = NULL;
     s->registered = 1;
     s->authed = 1;
     imgw_stat_inc(&cl->st.auth_ok);

@@ -203,7 +203,9 @@ imgw__mem_user_free(imgw__mem_t *m, imgw__mem_user_t *u)
 int
 imgw__mem_array_grow(void **arr, uint16_t *cap, size_t elsize, uint16_t max)
 {
-    uint32_t ncap = *cap ? (uint32_t)*cap * 2 : 2;
+    /* Starts at one: most users hold one route and one device position,
+     * and every idle connection's user keeps its route array. */
+    uint32_t ncap = *cap ? (uint32_t)*cap * 2 : 1;
     if (ncap > max)
         ncap = max;
     void *p = mem_realloc(*arr, ncap * elsize);
