@@ -239,7 +239,7 @@ drain_step(imgw_loop_t *l)
  * entries (they refill from malloc if the load needs
  * more, a few mallocs per 10 s), and loop 0 asks glibc to return free
  * memory to the OS: freed blocks otherwise stay in the heap (and in RSS)
- * for good, 16 KiB output blocks and 4 KiB wslay buffers of thousands of
+ * for good, 4 KiB output blocks and 4 KiB wslay buffers of thousands of
  * connections after one heartbeat burst. malloc_trim(0) walks every arena
  * (each loop thread has its own), so one loop doing it is enough; it costs
  * a walk of the free chunks and an madvise per free page run, about every

@@ -29,9 +29,15 @@
 
 #define IMGW_MAX_LISTENERS 32
 #define IMGW_READ_BUF 65536
-#define IMGW_OBUF_SMALL 16384   /* pooled output block size */
+/* Pooled output block size. Nearly every write is a few frames of a few
+ * hundred bytes (a 101, an AuthResponse, a push or two per iteration), so
+ * 4 KiB holds them; a bigger write (a sync page) gets a block of its own.
+ * The size matters for idle memory: a connect or heartbeat burst fills the
+ * pool, and a full pool at 16 KiB was 1 MiB, ~55 B per connection of a
+ * 19,000-connection node (docs/benchmarks.md, hold). */
+#define IMGW_OBUF_SMALL 4096
 /* Pool caps: what a burst leaves pooled stays out of the OS for good, so
- * keep them small (64 x 16 KiB = 1 MiB of blocks); the steady state needs
+ * keep them small (64 x 4 KiB = 256 KiB of blocks); the steady state needs
  * few, and loop.c's trim tick gives the rest back (IMGW_POOL_KEEP). */
 #define IMGW_OBUF_POOL_MAX 64   /* pooled blocks kept per loop */
 #define IMGW_WS_POOL_MAX 64     /* pooled wslay frame contexts per loop */
