@@ -482,7 +482,7 @@ conn_close_cb(uv_handle_t *h)
 {
     imgw_conn_t *c = IMGW_CONTAINER_OF(h, imgw_conn_t, tcp);
     imgw_loop_t *l = c->loop;
-    if (l->net->h->on_close && c->data != NULL)
+    if (l->net->h->on_close && c->tcp.data != NULL)
         l->net->h->on_close(c);
     for (int i = 0; i < IMGW_PROTO_N; i++)
         l->net->protos[i]->free(c);
@@ -559,13 +559,13 @@ imgw_conn_loop(const imgw_conn_t *c)
 void *
 imgw_conn_data(const imgw_conn_t *c)
 {
-    return c->data;
+    return c->tcp.data;
 }
 
 void
 imgw_conn_set_data(imgw_conn_t *c, void *data)
 {
-    c->data = data;
+    c->tcp.data = data;
 }
 
 uint64_t

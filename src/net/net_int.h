@@ -136,13 +136,21 @@ struct imgw_conn_s {
     imgw_tw_entry_t tw;
     uint64_t deadline_ms;          /* 0 = none */
     uint64_t last_rx_ms;           /* loop time of the last read */
-    struct imgw_http_s *http;      /* HTTP phase only */
-    struct imgw_ws_rx_s *rx;       /* only while a frame/message is partial */
+    /* The current handler's borrowed state (c->proto says which member):
+     * the HTTP handler's request state, or, once a WebSocket, what a
+     * partial frame or message needs. http.c frees its state before it
+     * hands the connection over, so the two never overlap, and each
+     * handler's free looks only at its own member. */
+    union {
+        struct imgw_http_s *http;  /* IMGW_PROTO_HTTP */
+        struct imgw_ws_rx_s *rx;   /* IMGW_PROTO_WS */
+    };
     imgw_obuf_t *pend;             /* being filled */
     imgw_obuf_t *inflight;         /* handed to uv_write */
     size_t queued;                 /* pend + inflight unwritten bytes */
     imgw_conn_t *flush_next;
-    void *data;                    /* core's session */
+    /* core's session (imgw_conn_data) lives in tcp.data, which libuv
+     * leaves to its user: a pointer less per connection. */
     imgw_ipaddr_t addr;            /* peer, for the per-IP limit */
     imgw_tls_t *tls;               /* wss:// connections only */
 };
