@@ -300,6 +300,7 @@ on_upgrade(imgw_conn_t *c, const imgw_http_req_t *req)
         return 503;
     s->cl = cl;
     s->conn = c;
+    s->platform = "";
     if (have > 0) {
         s->hs_user = imgw_try_strdup(claims.user_id);
         if (s->hs_user == NULL) {
@@ -432,18 +433,22 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
                     "user_id does not match the token");
         return;
     }
-    /* The handshake token's user id is the session's from here on: take
-     * its copy rather than a second one (an idle connection keeps one). */
-    int stolen = user == s->hs_user;
-    s->user = stolen ? s->hs_user : imgw_try_strdup(user);
-    if (s->user == NULL) {
+    /* User id and platform in one allocation: an idle connection keeps
+     * them for its whole life, so one malloc chunk rather than two plus a
+     * 32-byte array in the session. */
+    const char *plat = a->platform[0] ? a->platform : "default";
+    size_t ulen = strlen(user);
+    size_t plen = strnlen(plat, IMGW_USERMAP_PLATFORM - 1);
+    char *ids = imgw_try_malloc(ulen + 1 + plen + 1);
+    if (ids == NULL) {
         imgw_conn_close_ws(s->conn, 1011, "out of memory");
         return;
     }
-    if (stolen)
-        s->hs_user = NULL;
-    snprintf(s->platform, sizeof(s->platform), "%s",
-             a->platform[0] ? a->platform : "default");
+    memcpy(ids, user, ulen + 1);
+    memcpy(ids + ulen + 1, plat, plen);
+    ids[ulen + 1 + plen] = '\0';
+    s->user = ids;
+    s->platform = ids + ulen + 1;
     imgw_conn_ref_t kicked;
     size_t n_conns = 0;
     int k = imgw_usermap_add_n(cl->node->users, s->user, s->platform,
@@ -451,11 +456,9 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
     if (k < 0) {
         auth_reject(s, in->sequence, IMGW_JWT_BAD_CLAIM,
                     "too many connections for this user");
-        if (stolen)
-            s->hs_user = s->user; /* a later CMD_AUTH_REQ may use it */
-        else
-            imgw_free(s->user);
+        imgw_free(s->user);
         s->user = NULL;
+        s->platform = "";
         return;
     }
     /* Re-authentication is refused from here on: the handshake's copy is

@@ -10,9 +10,13 @@
 typedef struct imgw_session_s {
     imgw_core_loop_t *cl;
     imgw_conn_t *conn;
-    char *user;         /* authenticated user id (owned); NULL before auth */
-    char *hs_user;      /* user of a valid handshake token (owned) */
-    char platform[IMGW_USERMAP_PLATFORM];
+    /* Authenticated user id, NULL before auth. Owned: one allocation
+     * "user\0platform\0" that platform points into (the user map borrows
+     * platform until this session removes its ref, usermap.h). */
+    char *user;
+    char *hs_user;        /* user of a valid handshake token (owned); freed
+                             at auth, which is refused from then on */
+    const char *platform; /* "" before auth */
     uint8_t codec;      /* imgw_codec_t of the client's last frame */
     uint8_t authed;
     uint8_t registered; /* in the user map */
