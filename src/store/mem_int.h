@@ -129,8 +129,18 @@ typedef struct imgw__mem_ent_s {
 
 typedef struct imgw__mem_route_s {
     int64_t expire_ms;
-    char *pb; /* "platform\0broker_id\0", one allocation */
+    /* "platform\0broker_id\0", shared with every route of the shard that
+     * names the same pair (imgw__mem_pb_get): thousands of idle users on
+     * one node all hold the same few strings. */
+    const char *pb;
 } imgw__mem_route_t;
+
+/* A shared route string of one shard, refcounted under the shard lock. */
+typedef struct imgw__mem_pb_s {
+    imgw__mem_hnode_t h; /* in shard->pbs */
+    uint32_t refs;       /* routes naming it; bounded by max_users * 16 */
+    char s[];            /* "platform\0broker_id\0" */
+} imgw__mem_pb_t;
 
 typedef struct imgw__mem_dev_s {
     uint64_t stamp; /* shard->stamp at last update: LRU order */
@@ -187,6 +197,7 @@ typedef struct imgw__mem_group_s {
 typedef struct imgw__mem_shard_s {
     _Alignas(64) pthread_mutex_t mu; /* a cache line per shard at least */
     imgw__mem_htab_t users, dedupes, metas, groups;
+    imgw__mem_htab_t pbs; /* route strings of this shard's users */
     imgw__mem_link_t dedupe_age, meta_age;
     size_t cursor;  /* next users bucket the tick sweep visits */
     uint64_t stamp; /* LRU clock of delivered/read positions */
@@ -391,8 +402,16 @@ void imgw__mem_user_seq_expire(const imgw__mem_t *m, imgw__mem_user_t *u,
 void imgw__mem_ring_pop(imgw__mem_t *m, imgw__mem_user_t *u);
 int imgw__mem_ring_realloc(imgw__mem_user_t *u, uint32_t ncap);
 void imgw__mem_user_age(imgw__mem_t *m, imgw__mem_user_t *u, int64_t now);
-void imgw__mem_routes_expire(imgw__mem_user_t *u, int64_t now);
-void imgw__mem_user_free(imgw__mem_t *m, imgw__mem_user_t *u);
+void imgw__mem_routes_expire(imgw__mem_shard_t *sh, imgw__mem_user_t *u,
+                             int64_t now);
+void imgw__mem_user_free(imgw__mem_t *m, imgw__mem_shard_t *sh,
+                         imgw__mem_user_t *u);
+/* mem_routes.c: the shard's shared "platform\0broker_id\0" strings, under
+ * its lock. get returns a reference (NULL when out of memory), put drops
+ * one. */
+const char *imgw__mem_pb_get(imgw__mem_t *m, imgw__mem_shard_t *sh,
+                             const char *platform, const char *broker_id);
+void imgw__mem_pb_put(imgw__mem_shard_t *sh, const char *pb);
 int imgw__mem_array_grow(void **arr, uint16_t *cap, size_t elsize,
                          uint16_t max);
 void imgw__mem_users_sweep(imgw__mem_t *m, imgw__mem_shard_t *sh, int64_t now,

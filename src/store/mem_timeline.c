@@ -151,11 +151,12 @@ imgw__mem_user_age(imgw__mem_t *m, imgw__mem_user_t *u, int64_t now)
 }
 
 void
-imgw__mem_routes_expire(imgw__mem_user_t *u, int64_t now)
+imgw__mem_routes_expire(imgw__mem_shard_t *sh, imgw__mem_user_t *u,
+                        int64_t now)
 {
     for (uint16_t i = 0; i < u->n_routes;) {
         if (u->routes[i].expire_ms <= now) {
-            imgw_free(u->routes[i].pb);
+            imgw__mem_pb_put(sh, u->routes[i].pb);
             if (i != --u->n_routes)
                 u->routes[i] = u->routes[u->n_routes];
         } else {
@@ -182,13 +183,14 @@ user_is_free(const imgw__mem_t *m, imgw__mem_user_t *u, int64_t now)
 }
 
 void
-imgw__mem_user_free(imgw__mem_t *m, imgw__mem_user_t *u)
+imgw__mem_user_free(imgw__mem_t *m, imgw__mem_shard_t *sh,
+                    imgw__mem_user_t *u)
 {
     while (u->count > 0)
         imgw__mem_ring_pop(m, u);
     imgw_free(u->ring);
     for (uint16_t i = 0; i < u->n_routes; i++)
-        imgw_free(u->routes[i].pb);
+        imgw__mem_pb_put(sh, u->routes[i].pb);
     for (uint16_t i = 0; i < u->n_dev; i++)
         imgw_free(u->dev[i].device);
     for (uint16_t i = 0; i < u->n_read; i++)
@@ -230,13 +232,13 @@ imgw__mem_users_sweep(imgw__mem_t *m, imgw__mem_shard_t *sh, int64_t now,
         while (*pp != NULL) {
             imgw__mem_user_t *u = (imgw__mem_user_t *)*pp;
             imgw__mem_user_age(m, u, now);
-            imgw__mem_routes_expire(u, now);
+            imgw__mem_routes_expire(sh, u, now);
             ring_shrink(u);
             if (user_is_free(m, u, now)) {
                 *pp = u->h.next;
                 sh->users.n--;
                 atomic_fetch_sub_explicit(&m->n_users, 1, memory_order_relaxed);
-                imgw__mem_user_free(m, u);
+                imgw__mem_user_free(m, sh, u);
             } else {
                 pp = &u->h.next;
             }

@@ -70,7 +70,7 @@ shards_free(imgw__mem_t *m, unsigned n)
         for (size_t b = 0; sh->users.b && b <= sh->users.mask; b++)
             for (x = sh->users.b[b]; x; x = next) {
                 next = x->next;
-                imgw__mem_user_free(m, (imgw__mem_user_t *)x);
+                imgw__mem_user_free(m, sh, (imgw__mem_user_t *)x);
             }
         for (size_t b = 0; sh->dedupes.b && b <= sh->dedupes.mask; b++)
             for (x = sh->dedupes.b[b]; x; x = next) {
@@ -91,6 +91,8 @@ shards_free(imgw__mem_t *m, unsigned n)
         imgw_free(sh->dedupes.b);
         imgw_free(sh->metas.b);
         imgw_free(sh->groups.b);
+        /* The users held every reference: nothing is left in pbs. */
+        imgw_free(sh->pbs.b);
         pthread_mutex_destroy(&sh->mu);
     }
     imgw_free(m->shards);
@@ -190,7 +192,8 @@ mem_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err, size_t errlen)
         }
         /* Tables that failed keep b == NULL, which shards_free skips. */
         if (htab_init(&sh->users) || htab_init(&sh->dedupes) ||
-            htab_init(&sh->metas) || htab_init(&sh->groups)) {
+            htab_init(&sh->metas) || htab_init(&sh->groups) ||
+            htab_init(&sh->pbs)) {
             shards_free(m, i + 1);
             imgw_free(m);
             return IMGW_ENOMEM;
@@ -339,6 +342,7 @@ imgw__store_mem_stats(imgw_store_t *s, imgw__store_mem_stats_t *out)
         out->dedupes += sh->dedupes.n;
         out->metas += sh->metas.n;
         out->groups += sh->groups.n;
+        out->route_strings += sh->pbs.n;
         for (size_t b = 0; b <= sh->users.mask; b++)
             for (imgw__mem_hnode_t *x = sh->users.b[b]; x; x = x->next) {
                 imgw__mem_user_t *u = (imgw__mem_user_t *)x;

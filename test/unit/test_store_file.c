@@ -579,6 +579,7 @@ main(void)
     RUN(record_caps);
     RUN(groups);
     RUN(routes);
+    RUN(routes_shared_strings);
     RUN(positions);
     RUN(tick_sweeps);
     RUN(id_validator);
