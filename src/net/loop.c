@@ -148,7 +148,7 @@ on_connection(uv_stream_t *server, int status)
     imgw_alloc_arm();
     l->now_ms = imgw__loop_clock_ms(l);
     uv_tcp_nodelay(&c->tcp, 1);
-    c->last_rx_ms = l->now_ms;
+    c->last_rx = (uint32_t)l->now_ms;
     imgw_conn_set_deadline(c, l->now_ms +
                                   (uint64_t)l->net->opts.auth_timeout * 1000);
     if (l->draining) {

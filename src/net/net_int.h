@@ -78,7 +78,8 @@ enum {
     IMGW_CF_CLOSE_SENT = 1 << 4,   /* our close frame is queued */
     IMGW_CF_DRAIN_DONE = 1 << 5,   /* drain already asked it to close */
     IMGW_CF_RX_DEAD = 1 << 6,      /* protocol failed: input ignored */
-    IMGW_CF_IP_COUNTED = 1 << 7    /* holds a per-IP count */
+    IMGW_CF_IP_COUNTED = 1 << 7,   /* holds a per-IP count */
+    IMGW_CF_WRITING = 1 << 8       /* a uv_write of a block is under way */
 };
 
 struct imgw_http_s; /* http.c */
@@ -130,12 +131,15 @@ struct imgw_conn_s {
     imgw_loop_t *loop;
     uint32_t slot;
     uint32_t gen;
+    /* Loop time of the last read, its low 32 bits: the distance to now is
+     * exact for 49 days (imgw_conn_last_rx_ms), and with the three small
+     * fields it fills one word where a uint64_t and padding took two. */
+    uint32_t last_rx;
+    uint16_t flags;  /* IMGW_CF_* */
     uint8_t state;
-    uint8_t flags;
     uint8_t proto; /* IMGW_PROTO_*: index into net->protos */
     imgw_tw_entry_t tw;
     uint64_t deadline_ms;          /* 0 = none */
-    uint64_t last_rx_ms;           /* loop time of the last read */
     /* The current handler's borrowed state (c->proto says which member):
      * the HTTP handler's request state, or, once a WebSocket, what a
      * partial frame or message needs. http.c frees its state before it
@@ -146,8 +150,9 @@ struct imgw_conn_s {
         struct imgw_ws_rx_s *rx;   /* IMGW_PROTO_WS */
     };
     imgw_obuf_t *pend;             /* being filled */
-    imgw_obuf_t *inflight;         /* handed to uv_write */
-    size_t queued;                 /* pend + inflight unwritten bytes */
+    /* The block handed to uv_write (IMGW_CF_WRITING) is reached through
+     * its request in write_cb: no pointer here. */
+    size_t queued;                 /* pend + in-write unwritten bytes */
     imgw_conn_t *flush_next;
     /* core's session (imgw_conn_data) lives in tcp.data, which libuv
      * leaves to its user: a pointer less per connection. */
