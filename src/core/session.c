@@ -300,7 +300,6 @@ on_upgrade(imgw_conn_t *c, const imgw_http_req_t *req)
         return 503;
     s->cl = cl;
     s->conn = c;
-    s->platform = "";
     if (have > 0) {
         s->hs_user = imgw_try_strdup(claims.user_id);
         if (s->hs_user == NULL) {
@@ -448,17 +447,16 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
     memcpy(ids + ulen + 1, plat, plen);
     ids[ulen + 1 + plen] = '\0';
     s->user = ids;
-    s->platform = ids + ulen + 1;
+    const char *platform = ids + ulen + 1; /* imgw_session_platform */
     imgw_conn_ref_t kicked;
     size_t n_conns = 0;
-    int k = imgw_usermap_add_n(cl->node->users, s->user, s->platform,
+    int k = imgw_usermap_add_n(cl->node->users, s->user, platform,
                                imgw_conn_ref(s->conn), &kicked, &n_conns);
     if (k < 0) {
         auth_reject(s, in->sequence, IMGW_JWT_BAD_CLAIM,
                     "too many connections for this user");
         imgw_free(s->user);
         s->user = NULL;
-        s->platform = "";
         return;
     }
     /* Re-authentication is refused from here on: the handshake's copy is
@@ -469,15 +467,15 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
     s->authed = 1;
     imgw_stat_inc(&cl->st.auth_ok);
     imgw_stat_inc(&cl->st.sessions_authed);
-    act_event(ACT_LOGIN, s->user, s->platform, NULL);
+    act_event(ACT_LOGIN, s->user, platform, NULL);
     if (n_conns == 1)
-        imgw_hooks_presence(cl, s->user, s->platform, 1);
+        imgw_hooks_presence(cl, s->user, platform, 1);
     if (k == 1)
-        imgw_deliver_kick(cl, kicked, s->platform);
+        imgw_deliver_kick(cl, kicked, platform);
     /* Read the route before overwriting it: a (user, platform) logged in
      * on another node is kicked there (the store answers in order). */
-    imgw_deliver_kick_remote(cl, s->user, s->platform);
-    imgw_store_route_set(cl->store, s->user, s->platform, cfg->broker_id,
+    imgw_deliver_kick_remote(cl, s->user, platform);
+    imgw_store_route_set(cl->store, s->user, platform, cfg->broker_id,
                          cfg->route_ttl, route_done, NULL);
     s->route_refreshed_ms = imgw_loop_now_ms(cl->loop);
     imgw_conn_set_deadline(s->conn, imgw_loop_now_ms(cl->loop) +
@@ -634,9 +632,10 @@ on_close(imgw_conn_t *c)
 {
     imgw_session_t *s = imgw_conn_data(c);
     imgw_core_loop_t *cl = s->cl;
+    const char *platform = imgw_session_platform(s);
     if (s->authed) {
         imgw_stat_dec(&cl->st.sessions_authed);
-        act_event(ACT_LOGOUT, s->user, s->platform, NULL);
+        act_event(ACT_LOGOUT, s->user, platform, NULL);
     }
     imgw_hooks_session_closed(s);
     if (s->user != NULL) {
@@ -644,11 +643,11 @@ on_close(imgw_conn_t *c)
         int removed = imgw_usermap_remove_n(cl->node->users, s->user,
                                             imgw_conn_ref(c), &left);
         if (removed && left == 0)
-            imgw_hooks_presence(cl, s->user, s->platform, 0);
+            imgw_hooks_presence(cl, s->user, platform, 0);
         /* The route belongs to this connection only if the user map still
          * pointed at it (a newer login on the platform owns it now). */
         if (removed && s->registered)
-            imgw_store_route_del(cl->store, s->user, s->platform,
+            imgw_store_route_del(cl->store, s->user, platform,
                                  cl->node->cfg->broker_id, route_done, NULL);
     }
     imgw_free(s->user);

@@ -5,18 +5,20 @@
 #ifndef IMGW_SESSION_H
 #define IMGW_SESSION_H
 
+#include <string.h>
+
 #include "node.h"
 
 typedef struct imgw_session_s {
     imgw_core_loop_t *cl;
     imgw_conn_t *conn;
     /* Authenticated user id, NULL before auth. Owned: one allocation
-     * "user\0platform\0" that platform points into (the user map borrows
-     * platform until this session removes its ref, usermap.h). */
+     * "user\0platform\0", the platform read with imgw_session_platform
+     * (the user map borrows that pointer until this session removes its
+     * ref, usermap.h). */
     char *user;
-    char *hs_user;        /* user of a valid handshake token (owned); freed
-                             at auth, which is refused from then on */
-    const char *platform; /* "" before auth */
+    char *hs_user;      /* user of a valid handshake token (owned); freed
+                           at auth, which is refused from then on */
     uint8_t codec;      /* imgw_codec_t of the client's last frame */
     uint8_t authed;
     uint8_t registered; /* in the user map */
@@ -26,6 +28,13 @@ typedef struct imgw_session_s {
     uint64_t route_refreshed_ms;
     struct imgw_hooks_chain_s *hook_chain; /* hooks.c: sends in order */
 } imgw_session_t;
+
+/* The platform of the authenticated session, "" before auth. */
+static inline const char *
+imgw_session_platform(const imgw_session_t *s)
+{
+    return s->user ? s->user + strlen(s->user) + 1 : "";
+}
 
 extern const imgw_net_handlers_t imgw_core_handlers;
 

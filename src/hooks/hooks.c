@@ -610,7 +610,7 @@ imgw_hooks_before_send(imgw_session_t *s, const imgw_msg_in_t *in,
     x->content = content;
     x->content_len = in->content.len;
     snprintf(x->conv, sizeof(x->conv), "%s", conv);
-    snprintf(x->platform, sizeof(x->platform), "%s", s->platform);
+    snprintf(x->platform, sizeof(x->platform), "%s", imgw_session_platform(s));
     x->all_next = hl->all;
     if (hl->all)
         hl->all->all_prev = x;
