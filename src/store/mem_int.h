@@ -153,6 +153,16 @@ typedef struct imgw__mem_read_s {
     char *cm; /* "conversation_id\0message_id\0", one allocation */
 } imgw__mem_read_t;
 
+/* Delivered and read positions of a user that has any: most idle users
+ * (a connection that never acks or marks read) have none, so the record
+ * holds one pointer for them instead of two arrays and their counts. */
+typedef struct imgw__mem_pos_s {
+    imgw__mem_dev_t *dev;
+    imgw__mem_read_t *reads;
+    uint16_t n_dev, cap_dev;
+    uint16_t n_read, cap_read;
+} imgw__mem_pos_t;
+
 /* Everything kept per user; all of it under the user's shard lock. */
 typedef struct imgw__mem_user_s {
     imgw__mem_hnode_t h;   /* in shard->users */
@@ -164,11 +174,8 @@ typedef struct imgw__mem_user_s {
     imgw__mem_ent_t *ring; /* cap slots, count used from head */
     uint32_t cap, head, count;
     uint16_t n_routes, cap_routes;
-    uint16_t n_dev, cap_dev;
-    uint16_t n_read, cap_read;
     imgw__mem_route_t *routes;
-    imgw__mem_dev_t *dev;
-    imgw__mem_read_t *reads;
+    imgw__mem_pos_t *pos; /* NULL until the first position */
     char id[];
 } imgw__mem_user_t;
 
@@ -414,6 +421,8 @@ const char *imgw__mem_pb_get(imgw__mem_t *m, imgw__mem_shard_t *sh,
 void imgw__mem_pb_put(imgw__mem_shard_t *sh, const char *pb);
 int imgw__mem_array_grow(void **arr, uint16_t *cap, size_t elsize,
                          uint16_t max);
+/* u's positions, created empty when it has none; NULL when out of memory. */
+imgw__mem_pos_t *imgw__mem_pos_own(imgw__mem_user_t *u);
 void imgw__mem_users_sweep(imgw__mem_t *m, imgw__mem_shard_t *sh, int64_t now,
                            int budget);
 int imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,

@@ -143,18 +143,20 @@ dump_user(imgw__mem_dump_t *d, const imgw__mem_user_t *u)
     /* The last use, so max_seq's idle expiry (seq_ttl) counts from the
      * same moment after a restart as it would have without one. */
     imgw__rec_put_u64(o, (uint64_t)u->touched_ms);
-    imgw__rec_put_u16(o, u->n_dev);
-    for (uint16_t i = 0; i < u->n_dev; i++) {
-        imgw__rec_put_str(o, u->dev[i].device);
-        imgw__rec_put_u64(o, (uint64_t)u->dev[i].seq);
-        imgw__rec_put_u64(o, u->dev[i].stamp);
+    const imgw__mem_pos_t *p = u->pos;
+    uint16_t nd = p ? p->n_dev : 0, nr = p ? p->n_read : 0;
+    imgw__rec_put_u16(o, nd);
+    for (uint16_t i = 0; i < nd; i++) {
+        imgw__rec_put_str(o, p->dev[i].device);
+        imgw__rec_put_u64(o, (uint64_t)p->dev[i].seq);
+        imgw__rec_put_u64(o, p->dev[i].stamp);
     }
-    imgw__rec_put_u16(o, u->n_read);
-    for (uint16_t i = 0; i < u->n_read; i++) {
-        const char *cm = u->reads[i].cm;
+    imgw__rec_put_u16(o, nr);
+    for (uint16_t i = 0; i < nr; i++) {
+        const char *cm = p->reads[i].cm;
         imgw__rec_put_str(o, cm);
         imgw__rec_put_str(o, cm + strlen(cm) + 1);
-        imgw__rec_put_u64(o, u->reads[i].stamp);
+        imgw__rec_put_u64(o, p->reads[i].stamp);
     }
     /* Last, so a snapshot written before epochs existed still loads (its
      * users read epoch 0). */
@@ -217,7 +219,8 @@ dump_shard(imgw__mem_dump_t *d, imgw__mem_shard_t *sh)
     for (size_t b = 0; b <= sh->users.mask && !o->err; b++)
         for (imgw__mem_hnode_t *x = sh->users.b[b]; x; x = x->next) {
             imgw__mem_user_t *u = (imgw__mem_user_t *)x;
-            if (u->max_seq != 0 || u->n_dev != 0 || u->n_read != 0)
+            if (u->max_seq != 0 ||
+                (u->pos && (u->pos->n_dev != 0 || u->pos->n_read != 0)))
                 dump_user(d, u);
         }
 }
@@ -451,48 +454,57 @@ load_user(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
     }
     u->max_seq = max_seq;
     uint16_t nd = imgw__rec_get_u16(r);
+    imgw__mem_pos_t *p = NULL;
+    if (nd > 0 && (p = imgw__mem_pos_own(u)) == NULL) {
+        rc = IMGW_ENOMEM;
+        goto out;
+    }
     for (uint16_t i = 0; i < nd && !r->err; i++) {
         const char *dev = imgw__rec_get_str(r);
         int64_t seq = (int64_t)imgw__rec_get_u64(r);
         uint64_t stamp = imgw__rec_get_u64(r);
-        if (r->err || u->n_dev == MEM_MAX_DEVICES)
+        if (r->err || p->n_dev == MEM_MAX_DEVICES)
             break;
         char *copy = mem_strdup(dev);
         if (copy == NULL ||
-            (u->n_dev == u->cap_dev &&
-             imgw__mem_array_grow((void **)&u->dev, &u->cap_dev,
-                                  sizeof(*u->dev), MEM_MAX_DEVICES))) {
+            (p->n_dev == p->cap_dev &&
+             imgw__mem_array_grow((void **)&p->dev, &p->cap_dev,
+                                  sizeof(*p->dev), MEM_MAX_DEVICES))) {
             imgw_free(copy);
             rc = IMGW_ENOMEM;
             goto out;
         }
-        u->dev[u->n_dev].device = copy;
-        u->dev[u->n_dev].seq = seq;
-        u->dev[u->n_dev++].stamp = stamp;
+        p->dev[p->n_dev].device = copy;
+        p->dev[p->n_dev].seq = seq;
+        p->dev[p->n_dev++].stamp = stamp;
         if (stamp > sh->stamp)
             sh->stamp = stamp;
     }
     uint16_t nr = imgw__rec_get_u16(r);
+    if (nr > 0 && p == NULL && (p = imgw__mem_pos_own(u)) == NULL) {
+        rc = IMGW_ENOMEM;
+        goto out;
+    }
     for (uint16_t i = 0; i < nr && !r->err; i++) {
         const char *conv = imgw__rec_get_str(r);
         const char *mid = imgw__rec_get_str(r);
         uint64_t stamp = imgw__rec_get_u64(r);
-        if (r->err || u->n_read == MEM_MAX_READS)
+        if (r->err || p->n_read == MEM_MAX_READS)
             break;
         size_t cl = strlen(conv), ml = strlen(mid);
         char *cm = mem_malloc(cl + 1 + ml + 1);
         if (cm == NULL ||
-            (u->n_read == u->cap_read &&
-             imgw__mem_array_grow((void **)&u->reads, &u->cap_read,
-                                  sizeof(*u->reads), MEM_MAX_READS))) {
+            (p->n_read == p->cap_read &&
+             imgw__mem_array_grow((void **)&p->reads, &p->cap_read,
+                                  sizeof(*p->reads), MEM_MAX_READS))) {
             imgw_free(cm);
             rc = IMGW_ENOMEM;
             goto out;
         }
         memcpy(cm, conv, cl + 1);
         memcpy(cm + cl + 1, mid, ml + 1);
-        u->reads[u->n_read].cm = cm;
-        u->reads[u->n_read++].stamp = stamp;
+        p->reads[p->n_read].cm = cm;
+        p->reads[p->n_read++].stamp = stamp;
         if (stamp > sh->stamp)
             sh->stamp = stamp;
     }

@@ -177,7 +177,8 @@ user_is_free(const imgw__mem_t *m, imgw__mem_user_t *u, int64_t now)
     if (u->count > 0 || u->n_routes > 0)
         return 0;
     imgw__mem_user_seq_expire(m, u, now);
-    if (u->max_seq == 0 && u->n_dev == 0 && u->n_read == 0)
+    if (u->max_seq == 0 &&
+        (u->pos == NULL || (u->pos->n_dev == 0 && u->pos->n_read == 0)))
         return 1;
     return now - u->touched_ms >= m->seq_ttl_ms;
 }
@@ -191,13 +192,17 @@ imgw__mem_user_free(imgw__mem_t *m, imgw__mem_shard_t *sh,
     imgw_free(u->ring);
     for (uint16_t i = 0; i < u->n_routes; i++)
         imgw__mem_pb_put(sh, u->routes[i].pb);
-    for (uint16_t i = 0; i < u->n_dev; i++)
-        imgw_free(u->dev[i].device);
-    for (uint16_t i = 0; i < u->n_read; i++)
-        imgw_free(u->reads[i].cm);
     imgw_free(u->routes);
-    imgw_free(u->dev);
-    imgw_free(u->reads);
+    imgw__mem_pos_t *p = u->pos;
+    if (p != NULL) {
+        for (uint16_t i = 0; i < p->n_dev; i++)
+            imgw_free(p->dev[i].device);
+        for (uint16_t i = 0; i < p->n_read; i++)
+            imgw_free(p->reads[i].cm);
+        imgw_free(p->dev);
+        imgw_free(p->reads);
+        imgw_free(p);
+    }
     imgw_free(u);
 }
 
@@ -216,6 +221,14 @@ imgw__mem_array_grow(void **arr, uint16_t *cap, size_t elsize, uint16_t max)
     *arr = p;
     *cap = (uint16_t)ncap;
     return 0;
+}
+
+imgw__mem_pos_t *
+imgw__mem_pos_own(imgw__mem_user_t *u)
+{
+    if (u->pos == NULL)
+        u->pos = mem_calloc(1, sizeof(*u->pos));
+    return u->pos;
 }
 
 /* Visits up to budget buckets of a shard's users, continuing where the

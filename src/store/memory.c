@@ -348,8 +348,8 @@ imgw__store_mem_stats(imgw_store_t *s, imgw__store_mem_stats_t *out)
                 imgw__mem_user_t *u = (imgw__mem_user_t *)x;
                 out->entries += u->count;
                 out->routes += u->n_routes;
-                out->devices += u->n_dev;
-                out->reads += u->n_read;
+                out->devices += u->pos ? u->pos->n_dev : 0;
+                out->reads += u->pos ? u->pos->n_read : 0;
             }
         pthread_mutex_unlock(&sh->mu);
     }
