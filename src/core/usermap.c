@@ -37,6 +37,7 @@
 
 #define UM_USER_MAX 127     /* bytes in a user id, NUL excluded */
 #define UM_MIN_BUCKETS 16   /* per shard; also the initial size */
+#define UM_LOAD 2           /* users per bucket before the shard doubles */
 #define UM_MAX_SHARDS 65536 /* shard index comes from 16+ hash bits */
 
 /* A registered connection. The platform is the registering caller's
@@ -281,7 +282,10 @@ imgw_usermap_add_n(imgw_usermap_t *m, const char *user, const char *platform,
         *pp = e;
         s->n++;
         um_users_changed(s);
-        if (s->n > s->nbuckets)
+        /* Up to two users per bucket: a bucket word per user is ~13 B of
+         * an idle connection's memory at load 1, and a lookup compares
+         * hashes before keys, so a second hop is cheap. */
+        if (s->n > UM_LOAD * s->nbuckets)
             um_resize(s, s->nbuckets * 2); /* e stays valid; pp does not */
     } else {
         for (size_t i = 0; i < e->n; i++) {
@@ -380,7 +384,7 @@ imgw_usermap_remove_n(imgw_usermap_t *m, const char *user,
         imgw_free(e);
         s->n--;
         um_users_changed(s);
-        if (s->nbuckets > UM_MIN_BUCKETS && s->n < s->nbuckets / 4)
+        if (s->nbuckets > UM_MIN_BUCKETS && s->n < s->nbuckets / 2)
             um_resize(s, s->nbuckets / 2);
     }
 out:
