@@ -67,6 +67,9 @@ LIBSRC="
 utf8:$ROOT/src/base/utf8.c
 json:$ROOT/src/base/json.c
 codec:$ROOT/src/core/codec.c
+codec_dispatch:$ROOT/src/core/codec_dispatch.c
+codec_json:$ROOT/src/core/codec_json.c
+codec_pb:$ROOT/src/core/codec_pb.c
 config:$ROOT/src/core/config.c
 jwt:$ROOT/src/core/jwt.c
 log:$ROOT/src/base/log.c
@@ -123,7 +126,7 @@ objs_for() {
     fuzz_http|fuzz_ws)
         echo "http ws conn twheel tls iplimit alloc log clock err utf8 llhttp_api llhttp_http llhttp_llhttp" ;;
     fuzz_pb|fuzz_json|fuzz_downlink)
-        echo "codec imgw_pb alloc log clock err utf8 json" ;;
+        echo "codec codec_dispatch codec_json codec_pb imgw_pb alloc log clock err utf8 json" ;;
     fuzz_jwt)
         echo "jwt alloc log clock err utf8" ;;
     fuzz_config)

@@ -1,5 +1,5 @@
 /*
- * test_codec.c: unit tests for src/core/codec.c, both wire codecs.
+ * test_codec.c: unit tests for src/core/codec*.c, both wire codecs.
  *
  * Frames the codec writes are opened here with nanopb and cJSON directly,
  * and client frames are built here by hand (pb_encode, JSON text), so the
