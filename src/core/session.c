@@ -432,17 +432,22 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
                     "user_id does not match the token");
         return;
     }
-    /* User id and platform in one allocation: an idle connection keeps
-     * them for its whole life, so one malloc chunk rather than two plus a
-     * 32-byte array in the session. */
+    /* User id and platform at the session's tail: an idle connection
+     * keeps them for its whole life, so no malloc chunk of their own.
+     * Nothing but the connection points at the session yet (commands
+     * other than auth and heartbeats are refused before auth, and auth
+     * once only), so it may move. */
     const char *plat = a->platform[0] ? a->platform : "default";
     size_t ulen = strlen(user);
     size_t plen = strnlen(plat, IMGW_USERMAP_PLATFORM - 1);
-    char *ids = imgw_try_malloc(ulen + 1 + plen + 1);
-    if (ids == NULL) {
+    imgw_session_t *ns = imgw_try_realloc(s, sizeof(*s) + ulen + 1 + plen + 1);
+    if (ns == NULL) {
         imgw_conn_close_ws(s->conn, 1011, "out of memory");
         return;
     }
+    s = ns;
+    imgw_conn_set_data(s->conn, s);
+    char *ids = s->ids;
     memcpy(ids, user, ulen + 1);
     memcpy(ids + ulen + 1, plat, plen);
     ids[ulen + 1 + plen] = '\0';
@@ -455,8 +460,7 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
     if (k < 0) {
         auth_reject(s, in->sequence, IMGW_JWT_BAD_CLAIM,
                     "too many connections for this user");
-        imgw_free(s->user);
-        s->user = NULL;
+        s->user = NULL; /* ids[] stays: a retry writes it again */
         return;
     }
     /* Re-authentication is refused from here on: the handshake's copy is
@@ -650,7 +654,6 @@ on_close(imgw_conn_t *c)
             imgw_store_route_del(cl->store, s->user, platform,
                                  cl->node->cfg->broker_id, route_done, NULL);
     }
-    imgw_free(s->user);
     imgw_free(s->hs_user);
     imgw_free(s);
     imgw_conn_set_data(c, NULL);

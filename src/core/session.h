@@ -12,10 +12,10 @@
 typedef struct imgw_session_s {
     imgw_core_loop_t *cl;
     imgw_conn_t *conn;
-    /* Authenticated user id, NULL before auth. Owned: one allocation
-     * "user\0platform\0", the platform read with imgw_session_platform
-     * (the user map borrows that pointer until this session removes its
-     * ref, usermap.h). */
+    /* Authenticated user id, NULL before auth: points into ids[], where
+     * auth puts "user\0platform\0" (the platform read with
+     * imgw_session_platform; the user map borrows that pointer until this
+     * session removes its ref, usermap.h). */
     char *user;
     char *hs_user;      /* user of a valid handshake token (owned); freed
                            at auth, which is refused from then on */
@@ -27,6 +27,10 @@ typedef struct imgw_session_s {
     uint64_t refill_ms;
     uint64_t route_refreshed_ms;
     struct imgw_hooks_chain_s *hook_chain; /* hooks.c: sends in order */
+    /* Grown once, at auth (the session is reallocated then, before anything
+     * but the connection points at it): an idle connection's user id and
+     * platform cost no malloc chunk of their own. */
+    char ids[];
 } imgw_session_t;
 
 /* The platform of the authenticated session, "" before auth. */
