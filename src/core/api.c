@@ -529,7 +529,8 @@ imgw_api_handle(imgw_core_loop_t *cl, imgw_conn_t *c,
     if (path_eq(p, "/readyz")) {
         if (draining)
             respond_text(c, 503, "draining\n");
-        else if (!imgw_store_loop_ready(cl->store))
+        else if (!imgw_store_loop_ready(cl->store) ||
+                 !imgw_store_ready(cl->node->store, cl->node->n_loops))
             respond_text(c, 503, "store unavailable\n");
         else if (cl->node->mq != NULL && !imgw_mq_connected(cl->node->mq))
             respond_text(c, 503, "broker unavailable\n");

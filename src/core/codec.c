@@ -86,6 +86,10 @@ CODEC_JFIELDS(im_TypingStatusPush)
 CODEC_JFIELDS(im_RevokeMessageRequest)
 CODEC_JFIELDS(im_RevokeMessageResponse)
 CODEC_JFIELDS(im_RevokeMessagePush)
+CODEC_JFIELDS(im_ConversationListRequest)
+CODEC_JFIELDS(im_Conversation)
+CODEC_JFIELDS(im_ConversationDeleteRequest)
+CODEC_JFIELDS(im_ConversationDeleteResponse)
 
 /* Field indices of PushMessage, so "seq" can be written last: the fan-out
  * prefix (imgw_codec_push_json_prefix) ends right before its value. */
@@ -130,6 +134,34 @@ static const codec_jmsg_t codec_m_revq =
 static const codec_jmsg_t codec_m_revs =
     CODEC_JMSG(im_RevokeMessageResponse, -1);
 static const codec_jmsg_t codec_m_revp = CODEC_JMSG(im_RevokeMessagePush, -1);
+static const codec_jmsg_t codec_m_convlq =
+    CODEC_JMSG(im_ConversationListRequest, -1);
+static const codec_jmsg_t codec_m_conv = CODEC_JMSG(im_Conversation, -1);
+static const codec_jmsg_t codec_m_convdq =
+    CODEC_JMSG(im_ConversationDeleteRequest, -1);
+static const codec_jmsg_t codec_m_convds =
+    CODEC_JMSG(im_ConversationDeleteResponse, -1);
+/* By hand: conversations is a static repeated submessage (CODEC_JK_SUBMSGS),
+ * which nanopb's field list cannot tell from a map. */
+#define CODEC_CLR im_ConversationListResponse
+static const codec_jfield_t CODEC_CLR_jf[] = {
+    {"error_code", CODEC_JK_ENUM, offsetof(CODEC_CLR, error_code),
+     sizeof(((CODEC_CLR *)0)->error_code), 0, 0, NULL},
+    {"error_msg", CODEC_JK_STRING, offsetof(CODEC_CLR, error_msg),
+     sizeof(((CODEC_CLR *)0)->error_msg), 0, 0, NULL},
+    {"conversations", CODEC_JK_SUBMSGS, offsetof(CODEC_CLR, conversations),
+     sizeof(((CODEC_CLR *)0)->conversations),
+     offsetof(CODEC_CLR, conversations_count),
+     sizeof(((CODEC_CLR *)0)->conversations[0]), &codec_m_conv},
+    {"has_more", CODEC_JK_BOOL, offsetof(CODEC_CLR, has_more),
+     sizeof(((CODEC_CLR *)0)->has_more), 0, 0, NULL},
+    {"total_unread", CODEC_JK_INT64, offsetof(CODEC_CLR, total_unread),
+     sizeof(((CODEC_CLR *)0)->total_unread), 0, 0, NULL},
+};
+static const codec_jmsg_t codec_m_convls = {
+    &im_ConversationListResponse_msg, CODEC_CLR_jf,
+    sizeof(CODEC_CLR_jf) / sizeof(CODEC_CLR_jf[0]), -1, sizeof(CODEC_CLR)};
+#undef CODEC_CLR
 
 /* A NUL-terminated char[size] member holds UTF-8. */
 static int
@@ -220,6 +252,10 @@ static const codec_cmd_t codec_cmds[] = {
     {502, CODEC_S2C, &codec_m_readp},
     {600, CODEC_C2S, &codec_m_typq},
     {602, CODEC_S2C, &codec_m_typp},
+    {700, CODEC_C2S, &codec_m_convlq},
+    {701, CODEC_S2C, &codec_m_convls},
+    {702, CODEC_C2S, &codec_m_convdq},
+    {703, CODEC_S2C, &codec_m_convds},
 };
 #define CODEC_NCMDS (sizeof(codec_cmds) / sizeof(codec_cmds[0]))
 

@@ -46,7 +46,10 @@ typedef enum codec_jkind_e {
     CODEC_JK_BYTES,   /* pb_callback_t, arg = imgw_slice_t * */
     CODEC_JK_MAP,     /* map<string,string>: repeated ExtraEntry */
     CODEC_JK_STRINGS, /* repeated string: char[count][elem] */
-    CODEC_JK_MSGS     /* pb_callback_t of PushMessages (SyncResponse) */
+    CODEC_JK_MSGS,    /* pb_callback_t of PushMessages (SyncResponse) */
+    CODEC_JK_SUBMSGS  /* static repeated submessage (sub): a JSON array;
+                         tables name it by hand, as nanopb's triple is
+                         the map's */
 } codec_jkind_t;
 
 typedef struct codec_jfield_s {
@@ -56,6 +59,7 @@ typedef struct codec_jfield_s {
     uint32_t size;      /* sizeof the member (whole array if repeated) */
     uint32_t count_off; /* static repeated: offset of the pb_size_t count */
     uint32_t elem;      /* static repeated: sizeof one element */
+    const struct codec_jmsg_s *sub; /* CODEC_JK_SUBMSGS: the element */
 } codec_jfield_t;
 
 typedef struct codec_jmsg_s {

@@ -222,6 +222,28 @@ codec_jr_strings(const cJSON *v, const codec_jfield_t *f, uint8_t *st)
     return 0;
 }
 
+/* A static repeated submessage: a JSON array of objects, each read like a
+ * body (imgw__codec_jr_msg zeroes the element first). */
+static int
+codec_jr_submsgs(const cJSON *v, const codec_jfield_t *f, uint8_t *st,
+                 codec_jr_t *r)
+{
+    const cJSON *c;
+    pb_size_t n = 0;
+
+    if (!cJSON_IsArray(v))
+        return -1;
+    for (c = v->child; c; c = c->next) {
+        if (n >= f->size / f->elem || !cJSON_IsObject(c) ||
+            imgw__codec_jr_msg(c, f->sub, st + f->off + (size_t)n * f->elem,
+                               r) != 0)
+            return -1;
+        n++;
+    }
+    *(pb_size_t *)(st + f->count_off) = n;
+    return 0;
+}
+
 /*
  * SyncResponse.messages from JSON: validated here, element by element, and
  * read again when encoded (imgw__codec_msgs_json_encode_cb, codec_jw_msgs), so
@@ -290,6 +312,8 @@ codec_jr_field(const cJSON *v, const codec_jfield_t *f, uint8_t *st,
         return codec_jr_strings(v, f, st);
     case CODEC_JK_MSGS:
         return codec_jr_msgs(v, (pb_callback_t *)p);
+    case CODEC_JK_SUBMSGS:
+        return codec_jr_submsgs(v, f, st, r);
     }
     return -1;
 }
@@ -593,6 +617,16 @@ codec_jw_field(codec_jw_t *w, const codec_jfield_t *f, const uint8_t *st)
         break;
     case CODEC_JK_MSGS:
         codec_jw_msgs(w, (const pb_callback_t *)p);
+        break;
+    case CODEC_JK_SUBMSGS:
+        n = *(const pb_size_t *)(st + f->count_off);
+        codec_jw_ch(w, '[');
+        for (i = 0; i < n && i < f->size / f->elem; i++) {
+            if (i)
+                codec_jw_ch(w, ',');
+            imgw__codec_jw_msg(w, f->sub, p + (size_t)i * f->elem, 0);
+        }
+        codec_jw_ch(w, ']');
         break;
     }
 }

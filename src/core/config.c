@@ -211,6 +211,9 @@ static const imgw_config_opt_t opts[] = {
     OPT_INT("store", "max_users", max_users, "2000000", 1, 1000000000,
             "memory backend: per-user records; past it sends to new users "
             "get ERR_SERVER_BUSY"),
+    OPT_INT("store", "max_conversations", max_conversations, "200", 1, 10000,
+            "conversations kept per user (every backend); the one updated "
+            "longest ago is dropped"),
 
     /* [mq] */
     OPT_STR("mq", "url", mq_url, "",

@@ -75,6 +75,7 @@ typedef struct imgw_config_s {
     int redis_timeout_ms;
     int seq_idle_days;      /* IM-SEQ lives retention + this after use */
     int max_users;          /* memory backend: user records */
+    int max_conversations;  /* memory backend: conversations per user */
 
     /* [mq] */
     char mq_url[512];       /* "" = single node */

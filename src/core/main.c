@@ -197,6 +197,7 @@ main(int argc, char **argv)
     sc.compact_bytes = cfg.store_compact_bytes;
     sc.seq_idle_days = cfg.seq_idle_days;
     sc.max_users = (size_t)cfg.max_users;
+    sc.max_conversations = cfg.max_conversations;
     if ((r = imgw_store_open(&node.store, &sc, err, sizeof(err))) != 0) {
         fprintf(stderr, "imgw: store: %s\n", err);
         return 2;

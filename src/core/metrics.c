@@ -235,7 +235,7 @@ static const metric_t metrics[] = {
      M_NODE, NODE(users_online)},
     {"imgw_draining", G, "1 while the node drains.", NULL, M_NODE,
      NODE(draining)},
-    {"imgw_store_up", G, "1 while the store backend is reachable from loop 0.",
+    {"imgw_store_up", G, "1 while the store backend is reachable from every loop.",
      NULL, M_NODE, NODE(store_up)},
     /* Memory backend only: its per-user records and the requests refused
      * at store.max_users (Redis keeps its own keys). */
@@ -308,9 +308,7 @@ scrape_take(scrape_t *sc, imgw_node_t *node)
     node_vals_t *v = &sc->v;
     v->users_online = imgw_usermap_users(node->users);
     v->draining = (uint64_t)imgw_net_draining(node->net);
-    v->store_up = node->loops[0]->store
-                      ? (uint64_t)imgw_store_loop_ready(node->loops[0]->store)
-                      : 0;
+    v->store_up = (uint64_t)imgw_store_ready(node->store, node->n_loops);
     imgw_store_stats_t ss;
     if (node->store != NULL && imgw_store_stats(node->store, &ss) == 0) {
         sc->have_store = 1;

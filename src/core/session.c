@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "alloc.h"
+#include "conv.h"
 #include "downlink.h"
 #include "err.h"
 #include "hooks.h"
@@ -594,6 +595,12 @@ on_message(imgw_conn_t *c, int is_text, const uint8_t *data, size_t len)
         break;
     case im_CommandType_CMD_READ_RECEIPT_REQ:
         imgw_msg_read(s, in);
+        break;
+    case im_CommandType_CMD_CONVERSATION_LIST_REQ:
+        imgw_conv_list(s, in);
+        break;
+    case im_CommandType_CMD_CONVERSATION_DELETE_REQ:
+        imgw_conv_delete(s, in);
         break;
     case im_CommandType_CMD_TYPING_STATUS_REQ:
         imgw_msg_typing(s, in);

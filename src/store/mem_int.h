@@ -24,6 +24,7 @@
 #include "alloc.h"
 #include "clock.h"
 #include "hash.h"
+#include "mem_conv.h"
 #include "store_impl.h"
 
 #define MEM_SHARD_BITS 6
@@ -153,14 +154,16 @@ typedef struct imgw__mem_read_s {
     char *cm; /* "conversation_id\0message_id\0", one allocation */
 } imgw__mem_read_t;
 
-/* Delivered and read positions of a user that has any: most idle users
- * (a connection that never acks or marks read) have none, so the record
- * holds one pointer for them instead of two arrays and their counts. */
+/* Delivered and read positions and the conversation list of a user that
+ * has any: most idle users (a connection that never receives, acks or
+ * marks read) have none, so the record holds one pointer for them instead
+ * of three arrays and their counts. */
 typedef struct imgw__mem_pos_s {
     imgw__mem_dev_t *dev;
     imgw__mem_read_t *reads;
     uint16_t n_dev, cap_dev;
     uint16_t n_read, cap_read;
+    imgw__mem_convs_t convs; /* conversation list (mem_conv.h) */
 } imgw__mem_pos_t;
 
 /* Everything kept per user; all of it under the user's shard lock. */
@@ -175,7 +178,7 @@ typedef struct imgw__mem_user_s {
     uint32_t cap, head, count;
     uint16_t n_routes, cap_routes;
     imgw__mem_route_t *routes;
-    imgw__mem_pos_t *pos; /* NULL until the first position */
+    imgw__mem_pos_t *pos; /* NULL until the first position or conversation */
     char id[];
 } imgw__mem_user_t;
 
@@ -219,6 +222,7 @@ typedef struct imgw__mem_s {
     size_t max_dedupes; /* caps, see MEM_DEFAULT_MAX_DEDUPES */
     size_t max_metas;
     size_t max_users;      /* see MEM_DEFAULT_MAX_USERS */
+    uint32_t max_convs;    /* conversations per user */
     int64_t seq_ttl_ms;    /* retention + seq_idle_days: max_seq's lifetime
                               after the record's last use */
     atomic_size_t n_users; /* records in all shards */

@@ -76,6 +76,7 @@ fx_open(fx_t *f, int retention_count, int retention_days, int dedupe_ttl)
                             retention_days,     dedupe_ttl, 1000,
                             1};
     char err[128];
+    cfg.max_conversations = sc_max_convs;
     test_store_prep(&cfg);
     f->s = NULL;
     f->sl = NULL;
@@ -157,6 +158,19 @@ TEST(open_errors)
     cfg.dedupe_ttl = 0;
     CHECK_EQ_INT(imgw_store_open(&s, &cfg, err, sizeof(err)), IMGW_ECONFIG);
     cfg.dedupe_ttl = 60;
+    cfg.max_conversations = IMGW__STORE_CONVS_MAX + 1;
+    CHECK_EQ_INT(imgw_store_open(&s, &cfg, err, sizeof(err)), IMGW_ECONFIG);
+    printf("  refused: %s\n", err);
+    CHECK(strstr(err, "max_conversations") != NULL);
+    cfg.max_conversations = -1;
+    CHECK_EQ_INT(imgw_store_open(&s, &cfg, err, sizeof(err)), IMGW_ECONFIG);
+    cfg.max_conversations = 0;
+    cfg.backend = "redis";
+    cfg.redis_url = "redis://127.0.0.1:1";
+    cfg.max_conversations = IMGW__STORE_CONVS_MAX + 1;
+    CHECK_EQ_INT(imgw_store_open(&s, &cfg, err, sizeof(err)), IMGW_ECONFIG);
+    CHECK(strstr(err, "max_conversations") != NULL);
+    cfg.max_conversations = 0;
     cfg.backend = NULL; /* default: memory */
     CHECK_EQ_INT(imgw_store_open(&s, &cfg, err, sizeof(err)), 0);
     imgw_store_loop_t *sl = NULL;

@@ -164,6 +164,7 @@ fx_open_url(fx_t *f, const char *url, int retention_count, int dedupe_ttl,
 {
     imgw_store_cfg_t cfg = {"redis", url,        retention_count, 7,
                             dedupe_ttl, timeout_ms, 1};
+    cfg.max_conversations = sc_max_convs;
     char err[256];
     f->s = NULL;
     f->sl = NULL;
@@ -930,6 +931,7 @@ TEST(timeouts)
     CHECK_EQ_INT(m.timedout, 10);
     CHECK(took >= 450 && took < 1400); /* timeout_ms = 500 */
     CHECK_EQ_INT(imgw_store_loop_ready(f.sl), 0);
+    CHECK_EQ_INT(imgw_store_ready(f.s, 1), 0); /* node-wide: /readyz */
     /* While down: EBUSY at once (in the callback, never before the
      * request returned). */
     for (int i = 10; i < 20; i++) {
@@ -946,6 +948,10 @@ TEST(timeouts)
     while (!imgw_store_loop_ready(f.sl) && uv_now(L) < end)
         uv_run(L, UV_RUN_ONCE);
     CHECK_EQ_INT(imgw_store_loop_ready(f.sl), 1);
+    /* Ready node-wide only for as many loops as are open and ready: a
+     * two-loop node with one loop connected is not ready. */
+    CHECK_EQ_INT(imgw_store_ready(f.s, 1), 1);
+    CHECK_EQ_INT(imgw_store_ready(f.s, 2), 0);
     CHECK(max_seq(&f, "ta") >= 0);
     const char *ab[] = {"ta", "tb"};
     int64_t s2[2];

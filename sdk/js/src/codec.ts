@@ -54,6 +54,10 @@ const BODIES: Record<string, DescMessage> = {
   CMD_READ_RECEIPT_PUSH: pb.ReadReceiptPushSchema,
   CMD_TYPING_STATUS_REQ: pb.TypingStatusRequestSchema,
   CMD_TYPING_STATUS_PUSH: pb.TypingStatusPushSchema,
+  CMD_CONVERSATION_LIST_REQ: pb.ConversationListRequestSchema,
+  CMD_CONVERSATION_LIST_RSP: pb.ConversationListResponseSchema,
+  CMD_CONVERSATION_DELETE_REQ: pb.ConversationDeleteRequestSchema,
+  CMD_CONVERSATION_DELETE_RSP: pb.ConversationDeleteResponseSchema,
 };
 
 const utf8enc = new TextEncoder();
