@@ -64,7 +64,11 @@
 #define CODEC_JFIELDS(T)                                                     \
     static const codec_jfield_t T##_jf[] = {T##_FIELDLIST(CODEC_JF, T)};
 #define CODEC_JMSG(T, last)                                                  \
-    {&T##_msg, T##_jf, sizeof(T##_jf) / sizeof(T##_jf[0]), (last), sizeof(T)}
+    {&T##_msg, T##_jf, sizeof(T##_jf) / sizeof(T##_jf[0]), (last), sizeof(T), \
+     NULL}
+#define CODEC_JMSG_SUB(T, sub)                                               \
+    {&T##_msg, T##_jf, sizeof(T##_jf) / sizeof(T##_jf[0]), -1, sizeof(T),    \
+     (sub)}
 
 CODEC_JFIELDS(im_ErrorResponse)
 CODEC_JFIELDS(im_KickPush)
@@ -88,8 +92,15 @@ CODEC_JFIELDS(im_RevokeMessageResponse)
 CODEC_JFIELDS(im_RevokeMessagePush)
 CODEC_JFIELDS(im_ConversationListRequest)
 CODEC_JFIELDS(im_Conversation)
+CODEC_JFIELDS(im_ConversationListResponse)
 CODEC_JFIELDS(im_ConversationDeleteRequest)
 CODEC_JFIELDS(im_ConversationDeleteResponse)
+CODEC_JFIELDS(im_UserPresence)
+CODEC_JFIELDS(im_PresenceRequest)
+CODEC_JFIELDS(im_PresenceResponse)
+CODEC_JFIELDS(im_PresenceSubscribeRequest)
+CODEC_JFIELDS(im_PresenceSubscribeResponse)
+CODEC_JFIELDS(im_PresencePush)
 
 /* Field indices of PushMessage, so "seq" can be written last: the fan-out
  * prefix (imgw_codec_push_json_prefix) ends right before its value. */
@@ -137,31 +148,21 @@ static const codec_jmsg_t codec_m_revp = CODEC_JMSG(im_RevokeMessagePush, -1);
 static const codec_jmsg_t codec_m_convlq =
     CODEC_JMSG(im_ConversationListRequest, -1);
 static const codec_jmsg_t codec_m_conv = CODEC_JMSG(im_Conversation, -1);
+static const codec_jmsg_t codec_m_convls =
+    CODEC_JMSG_SUB(im_ConversationListResponse, &codec_m_conv);
 static const codec_jmsg_t codec_m_convdq =
     CODEC_JMSG(im_ConversationDeleteRequest, -1);
 static const codec_jmsg_t codec_m_convds =
     CODEC_JMSG(im_ConversationDeleteResponse, -1);
-/* By hand: conversations is a static repeated submessage (CODEC_JK_SUBMSGS),
- * which nanopb's field list cannot tell from a map. */
-#define CODEC_CLR im_ConversationListResponse
-static const codec_jfield_t CODEC_CLR_jf[] = {
-    {"error_code", CODEC_JK_ENUM, offsetof(CODEC_CLR, error_code),
-     sizeof(((CODEC_CLR *)0)->error_code), 0, 0, NULL},
-    {"error_msg", CODEC_JK_STRING, offsetof(CODEC_CLR, error_msg),
-     sizeof(((CODEC_CLR *)0)->error_msg), 0, 0, NULL},
-    {"conversations", CODEC_JK_SUBMSGS, offsetof(CODEC_CLR, conversations),
-     sizeof(((CODEC_CLR *)0)->conversations),
-     offsetof(CODEC_CLR, conversations_count),
-     sizeof(((CODEC_CLR *)0)->conversations[0]), &codec_m_conv},
-    {"has_more", CODEC_JK_BOOL, offsetof(CODEC_CLR, has_more),
-     sizeof(((CODEC_CLR *)0)->has_more), 0, 0, NULL},
-    {"total_unread", CODEC_JK_INT64, offsetof(CODEC_CLR, total_unread),
-     sizeof(((CODEC_CLR *)0)->total_unread), 0, 0, NULL},
-};
-static const codec_jmsg_t codec_m_convls = {
-    &im_ConversationListResponse_msg, CODEC_CLR_jf,
-    sizeof(CODEC_CLR_jf) / sizeof(CODEC_CLR_jf[0]), -1, sizeof(CODEC_CLR)};
-#undef CODEC_CLR
+static const codec_jmsg_t codec_m_upres = CODEC_JMSG(im_UserPresence, -1);
+static const codec_jmsg_t codec_m_presq = CODEC_JMSG(im_PresenceRequest, -1);
+static const codec_jmsg_t codec_m_press =
+    CODEC_JMSG_SUB(im_PresenceResponse, &codec_m_upres);
+static const codec_jmsg_t codec_m_psubq =
+    CODEC_JMSG(im_PresenceSubscribeRequest, -1);
+static const codec_jmsg_t codec_m_psubs =
+    CODEC_JMSG_SUB(im_PresenceSubscribeResponse, &codec_m_upres);
+static const codec_jmsg_t codec_m_presp = CODEC_JMSG(im_PresencePush, -1);
 
 /* A NUL-terminated char[size] member holds UTF-8. */
 static int
@@ -203,7 +204,12 @@ imgw__codec_strings_valid(const codec_jmsg_t *m, const void *st)
                 (const im_PushMessage_ExtraEntry *)p;
 
             n = *(const pb_size_t *)(base + f->count_off);
-            for (i = 0; i < n && i < f->size / f->elem; i++) {
+            for (i = 0; m->sub && i < n && i < f->size / f->elem; i++) {
+                if (imgw__codec_strings_valid(m->sub,
+                                              p + (size_t)i * f->elem))
+                    return IMGW_EUTF8;
+            }
+            for (i = 0; !m->sub && i < n && i < f->size / f->elem; i++) {
                 if (!codec_cstr_utf8(e[i].key, sizeof(e[i].key)) ||
                     !codec_cstr_utf8(e[i].value, sizeof(e[i].value)))
                     return IMGW_EUTF8;
@@ -256,6 +262,11 @@ static const codec_cmd_t codec_cmds[] = {
     {701, CODEC_S2C, &codec_m_convls},
     {702, CODEC_C2S, &codec_m_convdq},
     {703, CODEC_S2C, &codec_m_convds},
+    {800, CODEC_C2S, &codec_m_presq},
+    {801, CODEC_S2C, &codec_m_press},
+    {802, CODEC_C2S, &codec_m_psubq},
+    {803, CODEC_S2C, &codec_m_psubs},
+    {804, CODEC_S2C, &codec_m_presp},
 };
 #define CODEC_NCMDS (sizeof(codec_cmds) / sizeof(codec_cmds[0]))
 

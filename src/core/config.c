@@ -237,6 +237,10 @@ static const imgw_config_opt_t opts[] = {
             1000000,
             "read receipts and typing requests per second per user on this "
             "node (burst 2x); 0 = send_rate"),
+    OPT_INT("limits", "presence_subscriptions", presence_subscriptions,
+            "100", 0, 10000,
+            "users one connection may subscribe to for presence pushes; "
+            "0 = subscriptions off"),
     OPT_INT("limits", "receipt_interval_ms", receipt_interval_ms, "1000", 10,
             60000,
             "at most one read receipt push per (user, conversation) per "

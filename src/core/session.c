@@ -482,6 +482,7 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
     imgw_deliver_kick_remote(cl, s->user, platform);
     imgw_store_route_set(cl->store, s->user, platform, cfg->broker_id,
                          cfg->route_ttl, route_done, NULL);
+    imgw_presence_changed(cl, s->user, platform, 1);
     s->route_refreshed_ms = imgw_loop_now_ms(cl->loop);
     imgw_conn_set_deadline(s->conn, imgw_loop_now_ms(cl->loop) +
                                         (uint64_t)cfg->heartbeat_timeout *
@@ -608,6 +609,12 @@ on_message(imgw_conn_t *c, int is_text, const uint8_t *data, size_t len)
     case im_CommandType_CMD_REVOKE_MSG_REQ:
         imgw_msg_revoke(s, in);
         break;
+    case im_CommandType_CMD_PRESENCE_REQ:
+        imgw_presence_query(s, in);
+        break;
+    case im_CommandType_CMD_PRESENCE_SUB_REQ:
+        imgw_presence_subscribe(s, in);
+        break;
     default:
         imgw_session_error(s, in->sequence, im_ErrorCode_ERR_INVALID_PARAM,
                            "unknown command");
@@ -657,10 +664,13 @@ on_close(imgw_conn_t *c)
             imgw_hooks_presence(cl, s->user, platform, 0);
         /* The route belongs to this connection only if the user map still
          * pointed at it (a newer login on the platform owns it now). */
-        if (removed && s->registered)
+        if (removed && s->registered) {
             imgw_store_route_del(cl->store, s->user, platform,
                                  cl->node->cfg->broker_id, route_done, NULL);
+            imgw_presence_changed(cl, s->user, platform, 0);
+        }
     }
+    imgw_presence_session_closed(s);
     imgw_free(s->hs_user);
     imgw_free(s);
     imgw_conn_set_data(c, NULL);
@@ -695,6 +705,7 @@ on_tick(imgw_loop_t *l, uint64_t now_ms)
          * wall clock. */
         imgw_store_tick(cl->node->store, imgw_now_ms());
         act_tick(now_ms);
+        imgw_presence_tick(cl, now_ms);
     }
 }
 

@@ -1031,4 +1031,6 @@ const imgw_store_backend_t imgw__store_redis = {
     .conv_list = imgw__redis_conv_list,
     .conv_read = imgw__redis_conv_read,
     .conv_delete = imgw__redis_conv_delete,
+    .watch_set = imgw__redis_watch_set,
+    .watch_get = imgw__redis_watch_get,
 };

@@ -239,5 +239,10 @@ int imgw__redis_conv_read(imgw_store_loop_t *sl, const char *user, int kind,
 int imgw__redis_conv_delete(imgw_store_loop_t *sl, const char *user,
                             int kind, const char *peer, imgw_store_done_cb cb,
                             void *data);
+int imgw__redis_watch_set(imgw_store_loop_t *sl, const char *user,
+                          const char *broker_id, int ttl,
+                          imgw_store_done_cb cb, void *data);
+int imgw__redis_watch_get(imgw_store_loop_t *sl, const char *user,
+                          imgw_store_routes_cb cb, void *data);
 
 #endif

@@ -25,6 +25,8 @@
  *   IM-USER-{u}   hash platform -> broker_id, EX route ttl
  *   IM-POS-{u}    hash device -> "<stamp>:<seq>", "" -> stamp counter
  *   IM-READ-{u}   hash conv -> "<stamp>:<message_id>", "" -> stamp counter
+ *   IM-PWATCH-{u} hash broker_id -> broker_id: nodes with presence
+ *                 subscribers of u, EX route ttl (refreshed by them)
  *   IM-CONV-{u}   zset score = the last message's seq in u's timeline,
  *                 member = "s:<peer>" (1:1) or "g:<gid>" (group); at most
  *                 store.max_conversations, the lowest score dropped first
@@ -63,6 +65,7 @@
 #define K_USER "IM-USER-"
 #define K_POS "IM-POS-"
 #define K_READ "IM-READ-"
+#define K_PWATCH "IM-PWATCH-"
 #define K_CONV "IM-CONV-"
 #define K_CONVE "IM-CONVE-"
 
@@ -1166,10 +1169,13 @@ imgw__redis_route_refresh(imgw_store_loop_t *sl, const char *user, int ttl,
     return 0;
 }
 
+/* Route and watcher hashes alike: field -> value pairs (route_set caps
+ * IM-USER at IMGW_STORE_MAX_ROUTES fields, watch_set IM-PWATCH at
+ * IMGW_STORE_MAX_WATCHERS). */
 static void
 route_get_done(imgw__redis_req_t *q, redisReply *reply, int status)
 {
-    imgw_store_route_t r[IMGW_STORE_MAX_ROUTES];
+    imgw_store_route_t r[IMGW_STORE_MAX_WATCHERS];
     size_t n = 0;
     if (status == 0 &&
         (reply->type != REDIS_REPLY_ARRAY || reply->elements % 2 != 0))
@@ -1178,7 +1184,7 @@ route_get_done(imgw__redis_req_t *q, redisReply *reply, int status)
         q->cb.routes(status, NULL, 0, q->data);
         return;
     }
-    for (size_t i = 0; i + 1 < reply->elements && n < IMGW_STORE_MAX_ROUTES;
+    for (size_t i = 0; i + 1 < reply->elements && n < IMGW_STORE_MAX_WATCHERS;
          i += 2) {
         if (reply->element[i]->type != REDIS_REPLY_STRING ||
             reply->element[i + 1]->type != REDIS_REPLY_STRING)
@@ -1379,5 +1385,42 @@ imgw__redis_conv_delete(imgw_store_loop_t *sl, const char *user, int kind,
     q->cb.done = cb;
     q->data = data;
     imgw__redis_send(q, IMGW__REDIS_S_CONV_DEL, 6, argv, lens);
+    return 0;
+}
+/* ---- presence watchers ---------------------------------------------------- */
+
+/* IM-PWATCH-{u}: hash broker_id -> broker_id, EX ttl: the route script on
+ * another key (the TTL only grows; past the cap a new node replaces the
+ * oldest field). */
+int
+imgw__redis_watch_set(imgw_store_loop_t *sl, const char *user,
+                      const char *broker_id, int ttl, imgw_store_done_cb cb,
+                      void *data)
+{
+    REQ_BEGIN(q, sl, done_status, 1, if (cb) cb(IMGW_EBUSY, data));
+    char k[KEY_MAX], t[16], max[8];
+    snprintf(t, sizeof(t), "%d", ttl);
+    snprintf(max, sizeof(max), "%d", IMGW_STORE_MAX_WATCHERS);
+    const char *argv[8] = {NULL, NULL, "1", k, broker_id, broker_id, t, max};
+    size_t lens[8];
+    for (int i = 2; i < 8; i++)
+        lens[i] = i == 3 ? key1(k, K_PWATCH, user) : strlen(argv[i]);
+    q->cb.done = cb;
+    q->data = data;
+    imgw__redis_send(q, IMGW__REDIS_S_ROUTE_SET, 8, argv, lens);
+    return 0;
+}
+
+int
+imgw__redis_watch_get(imgw_store_loop_t *sl, const char *user,
+                      imgw_store_routes_cb cb, void *data)
+{
+    REQ_BEGIN(q, sl, route_get_done, 0, cb(IMGW_EBUSY, NULL, 0, data));
+    char k[KEY_MAX];
+    const char *argv[2] = {"HGETALL", k};
+    size_t lens[2] = {7, key1(k, K_PWATCH, user)};
+    q->cb.routes = cb;
+    q->data = data;
+    imgw__redis_send(q, -1, 2, argv, lens);
     return 0;
 }

@@ -1052,3 +1052,40 @@ imgw_store_route_get(imgw_store_loop_t *sl, const char *user,
         return 0;
     return rec_call(q, sl->be->route_get(sl, user, routes_tramp, q));
 }
+
+/* ---- presence watchers ------------------------------------------------ */
+
+int
+imgw_store_watch_set(imgw_store_loop_t *sl, const char *user,
+                     const char *broker_id, int ttl, imgw_store_done_cb cb,
+                     void *data)
+{
+    if (sl == NULL)
+        return IMGW_EINVAL;
+    rec_t *q = done_begin(sl, &cb, &data);
+    if (!valid_id(user) || !valid_name(broker_id) || ttl <= 0)
+        return done_refuse(q, IMGW_EINVAL);
+    if (sl->be->watch_set == NULL) /* one node: nothing to record */
+        return done_refuse(q, 0);
+    if (!done_open(sl, q))
+        return 0;
+    return done_call(
+        q, sl->be->watch_set(sl, user, broker_id, ttl, cb, data));
+}
+
+int
+imgw_store_watch_get(imgw_store_loop_t *sl, const char *user,
+                     imgw_store_routes_cb cb, void *data)
+{
+    if (sl == NULL || cb == NULL)
+        return IMGW_EINVAL;
+    rec_t *q = rec_new(sl, REC_ROUTES, data);
+    q->cb.routes = cb;
+    if (!valid_id(user))
+        return rec_refuse(q, IMGW_EINVAL);
+    if (sl->be->watch_get == NULL) /* one node: no other watcher */
+        return rec_refuse(q, 0);
+    if (!rec_open(q))
+        return 0;
+    return rec_call(q, sl->be->watch_get(sl, user, routes_tramp, q));
+}

@@ -336,4 +336,24 @@ int imgw_store_route_refresh(imgw_store_loop_t *sl, const char *user, int ttl,
 int imgw_store_route_get(imgw_store_loop_t *sl, const char *user,
                          imgw_store_routes_cb cb, void *data);
 
+/* ---- presence watchers: user -> nodes with presence subscribers -------- */
+
+#define IMGW_STORE_MAX_WATCHERS 64 /* nodes per watched user */
+
+/*
+ * Records that node broker_id has connections subscribed to user's
+ * presence, for ttl seconds (refreshed by that node while they last), so
+ * the node where user logs in or out knows whom to tell (redis:
+ * IM-PWATCH-{user}, docs/store.md). The memory and file backends serve
+ * one node, whose own subscription map is all there is: set does nothing
+ * and get answers no node, both with status 0.
+ */
+int imgw_store_watch_set(imgw_store_loop_t *sl, const char *user,
+                         const char *broker_id, int ttl,
+                         imgw_store_done_cb cb, void *data);
+/* The watching nodes, as routes whose platform and broker_id both name
+ * the node (at most IMGW_STORE_MAX_WATCHERS). */
+int imgw_store_watch_get(imgw_store_loop_t *sl, const char *user,
+                         imgw_store_routes_cb cb, void *data);
+
 #endif

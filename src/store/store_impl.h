@@ -131,6 +131,12 @@ struct imgw_store_backend_s {
                          imgw_store_done_cb cb, void *data);
     int (*route_get)(imgw_store_loop_t *sl, const char *user,
                      imgw_store_routes_cb cb, void *data);
+    /* NULL in single-node backends (store.h, imgw_store_watch_set). */
+    int (*watch_set)(imgw_store_loop_t *sl, const char *user,
+                     const char *broker_id, int ttl, imgw_store_done_cb cb,
+                     void *data);
+    int (*watch_get)(imgw_store_loop_t *sl, const char *user,
+                     imgw_store_routes_cb cb, void *data);
     int (*dedupe_get)(imgw_store_loop_t *sl, const char *sender,
                       const char *client_msg_id, imgw_store_dedupe_cb cb,
                       void *data);

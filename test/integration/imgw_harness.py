@@ -110,6 +110,11 @@ BODY_CLASS = {
     CMD.Value("CMD_CONVERSATION_LIST_RSP"): pb.ConversationListResponse,
     CMD.Value("CMD_CONVERSATION_DELETE_REQ"): pb.ConversationDeleteRequest,
     CMD.Value("CMD_CONVERSATION_DELETE_RSP"): pb.ConversationDeleteResponse,
+    CMD.Value("CMD_PRESENCE_REQ"): pb.PresenceRequest,
+    CMD.Value("CMD_PRESENCE_RSP"): pb.PresenceResponse,
+    CMD.Value("CMD_PRESENCE_SUB_REQ"): pb.PresenceSubscribeRequest,
+    CMD.Value("CMD_PRESENCE_SUB_RSP"): pb.PresenceSubscribeResponse,
+    CMD.Value("CMD_PRESENCE_PUSH"): pb.PresencePush,
 }
 
 

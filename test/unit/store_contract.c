@@ -339,6 +339,22 @@ routes(fx_t *f, const char *user)
     return &r;
 }
 
+/* imgw_store_watch_get, like routes(): the nodes watching user. */
+static route_res_t *
+watchers(fx_t *f, const char *user)
+{
+    static route_res_t r;
+    memset(&r, 0, sizeof(r));
+    if (imgw_store_watch_get(f->sl, user, route_cb, &r) != 0) {
+        r.n = 998;
+        return &r;
+    }
+    sc_note_early(r.calls);
+    if (!sc_wait(f, &r.calls))
+        r.n = 997;
+    return &r;
+}
+
 /* The broker of platform p in the last route_get, or "" if absent. */
 static const char *
 route_of(route_res_t *r, const char *p)

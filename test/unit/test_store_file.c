@@ -641,6 +641,7 @@ main(void)
     RUN(groups);
     RUN(routes);
     RUN(routes_shared_strings);
+    RUN(watchers_single_node);
     RUN(positions);
     RUN(tick_sweeps);
     RUN(id_validator);

@@ -627,6 +627,28 @@ TEST(routes_shared_strings)
     fx_close(&f);
 }
 
+/* One node: watch_set records nothing, watch_get names no node; both
+ * answer later with status 0, and bad ids are refused like elsewhere. */
+TEST(watchers_single_node)
+{
+    fx_t f;
+    fx_open(&f, 1000, 7, 86400);
+    CHECK_EQ_INT(DONE(&f, imgw_store_watch_set(f.sl, "u", "b1", 30, done_cb,
+                                               res)),
+                 0);
+    route_res_t *r = watchers(&f, "u");
+    CHECK_EQ_INT(r->calls, 1);
+    CHECK_EQ_INT(r->n, 0);
+    CHECK_EQ_INT(DONE(&f, imgw_store_watch_set(f.sl, "a b", "b1", 30, done_cb,
+                                               res)),
+                 IMGW_EINVAL);
+    CHECK_EQ_INT(DONE(&f, imgw_store_watch_set(f.sl, "u", "b1", 0, done_cb,
+                                               res)),
+                 IMGW_EINVAL);
+    CHECK_EQ_INT(watchers(&f, "a:b")->n, 999); /* refused: status != 0 */
+    fx_close(&f);
+}
+
 TEST(positions)
 {
     fx_t f;
@@ -1450,6 +1472,7 @@ main(void)
     RUN(groups);
     RUN(routes);
     RUN(routes_shared_strings);
+    RUN(watchers_single_node);
     RUN(positions);
     RUN(tick_sweeps);
     RUN(id_validator);

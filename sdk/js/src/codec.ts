@@ -58,6 +58,11 @@ const BODIES: Record<string, DescMessage> = {
   CMD_CONVERSATION_LIST_RSP: pb.ConversationListResponseSchema,
   CMD_CONVERSATION_DELETE_REQ: pb.ConversationDeleteRequestSchema,
   CMD_CONVERSATION_DELETE_RSP: pb.ConversationDeleteResponseSchema,
+  CMD_PRESENCE_REQ: pb.PresenceRequestSchema,
+  CMD_PRESENCE_RSP: pb.PresenceResponseSchema,
+  CMD_PRESENCE_SUB_REQ: pb.PresenceSubscribeRequestSchema,
+  CMD_PRESENCE_SUB_RSP: pb.PresenceSubscribeResponseSchema,
+  CMD_PRESENCE_PUSH: pb.PresencePushSchema,
 };
 
 const utf8enc = new TextEncoder();
