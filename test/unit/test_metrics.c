@@ -1,7 +1,7 @@
 /*
  * test_metrics.c: unit tests for core/metrics.c, the /metrics page, on a
- * node of two loops that are created but never started (no traffic: the
- * counters are set by hand, as the loops' owners would). Checks the text
+ * node_fixture.h's node of three loops, created but never started (no
+ * traffic: the counters are set by hand, as the loops' owners would). Checks the text
  * format (HELP and TYPE once per family, before its samples), that core
  * counters are summed over the loops, per-loop gauges carry loop labels,
  * error responses are labelled by the proto's code names, node values
@@ -10,46 +10,8 @@
  */
 #include "metrics.h"
 
-#include <stdio.h>
-
-#include "alloc.h"
+#include "node_fixture.h"
 #include "test.h"
-
-static imgw_node_t node;
-static imgw_core_loop_t loops[2];
-static imgw_core_loop_t *loop_ptrs[2] = {&loops[0], &loops[1]};
-static const imgw_net_handlers_t no_handlers;
-
-static int
-setup(void)
-{
-    char err[256] = "";
-    imgw_net_opts_t o = {
-        .bind = "127.0.0.1",
-        .n_ports = 0, /* no listener: nothing is served */
-        .n_loops = 2,
-        .auth_timeout = 10,
-        .max_frame_bytes = 65536,
-        .max_queued_bytes = 1 << 20,
-        .max_body_bytes = 65536,
-        .max_connections = 100,
-        .handlers = &no_handlers,
-    };
-    if (imgw_net_new(&node.net, &o, err, sizeof(err)) != 0) {
-        printf("  cannot create the net: %s\n", err);
-        return -1;
-    }
-    if (imgw_usermap_new(&node.users, 4) != 0)
-        return -1;
-    node.loops = loop_ptrs;
-    node.n_loops = 2;
-    for (int i = 0; i < 2; i++) {
-        loops[i].node = &node;
-        loops[i].index = i;
-        loops[i].loop = imgw_net_loop(node.net, i);
-    }
-    return 0;
-}
 
 /* The value of the sample line that starts with `series ` exactly, or -1. */
 static long long
@@ -76,13 +38,13 @@ TEST(format_and_sums)
 {
     size_t len = 0;
 
-    imgw_stat_add(&loops[0].st.msgs_sent, 3);
-    imgw_stat_add(&loops[1].st.msgs_sent, 4);
-    imgw_stat_inc(&loops[1].st.kicks);
-    imgw_stat_add(&loops[0].st.heartbeats, 10);
-    imgw_stat_add(&loops[1].st.heartbeats, 5);
-    imgw_stat_inc(&loops[0].st.auth_fail[4]); /* expired */
-    char *t = imgw_metrics_render(&node, &len);
+    imgw_stat_add(&fx_loops[0].st.msgs_sent, 3);
+    imgw_stat_add(&fx_loops[1].st.msgs_sent, 4);
+    imgw_stat_inc(&fx_loops[1].st.kicks);
+    imgw_stat_add(&fx_loops[0].st.heartbeats, 10);
+    imgw_stat_add(&fx_loops[1].st.heartbeats, 5);
+    imgw_stat_inc(&fx_loops[0].st.auth_fail[4]); /* expired */
+    char *t = imgw_metrics_render(&fx_node, &len);
     CHECK(t != NULL);
     if (t == NULL)
         return;
@@ -104,8 +66,8 @@ TEST(format_and_sums)
           strstr(t, "imgw_messages_total{kind=\"sent\"}"));
     /* Per-loop gauges, one sample per loop. */
     CHECK_EQ_INT(value_of(t, "imgw_connections_open{loop=\"0\"}"), 0);
-    CHECK_EQ_INT(value_of(t, "imgw_connections_open{loop=\"1\"}"), 0);
-    CHECK_EQ_INT(value_of(t, "imgw_connections_open{loop=\"2\"}"), -1);
+    CHECK_EQ_INT(value_of(t, "imgw_connections_open{loop=\"2\"}"), 0);
+    CHECK_EQ_INT(value_of(t, "imgw_connections_open{loop=\"3\"}"), -1);
     CHECK(t[len - 1] == '\n');
     imgw_free(t);
 }
@@ -116,10 +78,10 @@ TEST(error_labels_from_the_proto)
     int idx = imgw_codec_err_index(im_ErrorCode_ERR_INVALID_PARAM);
 
     CHECK(idx > 0);
-    imgw_stat_add(&loops[0].st.errors[idx], 2);
-    imgw_stat_add(&loops[1].st.errors[idx], 1);
-    imgw_stat_inc(&loops[1].st.errors[IMGW_N_ERRCODES - 1]); /* other */
-    char *t = imgw_metrics_render(&node, &len);
+    imgw_stat_add(&fx_loops[0].st.errors[idx], 2);
+    imgw_stat_add(&fx_loops[1].st.errors[idx], 1);
+    imgw_stat_inc(&fx_loops[1].st.errors[IMGW_N_ERRCODES - 1]); /* other */
+    char *t = imgw_metrics_render(&fx_node, &len);
     CHECK(t != NULL);
     if (t == NULL)
         return;
@@ -148,9 +110,9 @@ TEST(node_values)
 
     r1.slot = 1;
     r2.slot = 2;
-    imgw_usermap_add(node.users, "alice", "web", r1, &kicked);
-    imgw_usermap_add(node.users, "bob", "web", r2, &kicked);
-    char *t = imgw_metrics_render(&node, &len);
+    imgw_usermap_add(fx_node.users, "alice", "web", r1, &kicked);
+    imgw_usermap_add(fx_node.users, "bob", "web", r2, &kicked);
+    char *t = imgw_metrics_render(&fx_node, &len);
     CHECK(t != NULL);
     if (t == NULL)
         return;
@@ -174,9 +136,9 @@ TEST(memory_store_families)
     sc.retention_count = 100;
     sc.retention_days = 1;
     sc.dedupe_ttl = 60;
-    sc.n_loops = 2;
-    CHECK_EQ_INT(imgw_store_open(&node.store, &sc, err, sizeof(err)), 0);
-    char *t = imgw_metrics_render(&node, &len);
+    sc.n_loops = FIXTURE_LOOPS;
+    CHECK_EQ_INT(imgw_store_open(&fx_node.store, &sc, err, sizeof(err)), 0);
+    char *t = imgw_metrics_render(&fx_node, &len);
     CHECK(t != NULL);
     if (t != NULL) {
         CHECK_EQ_INT(value_of(t, "imgw_store_users"), 0);
@@ -184,8 +146,8 @@ TEST(memory_store_families)
         CHECK_EQ_INT(value_of(t, "imgw_store_users_refused_total"), 0);
     }
     imgw_free(t);
-    imgw_store_close(node.store);
-    node.store = NULL;
+    imgw_store_close(fx_node.store);
+    fx_node.store = NULL;
 }
 
 TEST(allocation_failure)
@@ -193,11 +155,11 @@ TEST(allocation_failure)
     size_t len = 12345;
 
     imgw__alloc_fail_nth(1); /* the page's buffer */
-    CHECK(imgw_metrics_render(&node, &len) == NULL);
+    CHECK(imgw_metrics_render(&fx_node, &len) == NULL);
     imgw__alloc_fail_nth(2); /* the scrape's per-loop copy */
-    CHECK(imgw_metrics_render(&node, &len) == NULL);
+    CHECK(imgw_metrics_render(&fx_node, &len) == NULL);
     imgw__alloc_fail_nth(0);
-    char *t = imgw_metrics_render(&node, &len);
+    char *t = imgw_metrics_render(&fx_node, &len);
     CHECK(t != NULL); /* and all is well again */
     imgw_free(t);
 }
@@ -206,8 +168,8 @@ int
 main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    if (setup() != 0) {
-        CHECK(!"setup");
+    if (fixture_setup() != 0) {
+        CHECK(!"fixture_setup");
         TEST_DONE();
     }
     RUN(format_and_sums);
@@ -215,7 +177,6 @@ main(void)
     RUN(node_values);
     RUN(memory_store_families);
     RUN(allocation_failure);
-    imgw_usermap_free(node.users);
-    imgw_net_free(node.net);
+    fixture_teardown();
     TEST_DONE();
 }
