@@ -169,7 +169,7 @@ fuzz_on_message(imgw_conn_t *c, int is_text, const uint8_t *data, size_t len)
 
 /* ---- setup, per-input driving ------------------------------------------ */
 
-static void
+static inline void
 fuzz_net_init(void)
 {
     if (fuzz_loop != NULL)
@@ -197,7 +197,7 @@ fuzz_net_init(void)
         abort();
 }
 
-static imgw_conn_t *
+static inline imgw_conn_t *
 fuzz_net_conn(int state)
 {
     imgw_conn_t *c = imgw__conn_new(fuzz_loop);
@@ -216,7 +216,7 @@ fuzz_net_conn(int state)
  * What the loop's prepare callback would do if every write succeeded at
  * once, plus the late answer of an async HTTP handler.
  */
-static void
+static inline void
 fuzz_net_flush(imgw_conn_t *c)
 {
     if (fuzz_async && c->state == IMGW_CONN_HTTP &&
@@ -256,7 +256,7 @@ fuzz_net_flush(imgw_conn_t *c)
 }
 
 /* Next chunk length from a small PRNG seeded by input byte 1. */
-static size_t
+static inline size_t
 fuzz_chunk(uint32_t *rng, unsigned seed, size_t left)
 {
     size_t n;
@@ -272,7 +272,7 @@ fuzz_chunk(uint32_t *rng, unsigned seed, size_t left)
 }
 
 /* Feeds data to c as a sequence of reads, as read_cb would. */
-static void
+static inline void
 fuzz_net_feed(imgw_conn_t *c, const uint8_t *data, size_t len, unsigned seed)
 {
     uint32_t rng = 0x9e3779b9u ^ seed;
@@ -299,7 +299,7 @@ fuzz_net_feed(imgw_conn_t *c, const uint8_t *data, size_t len, unsigned seed)
 }
 
 /* Closes c (if the input did not) and lets conn_close_cb free it. */
-static void
+static inline void
 fuzz_net_end(imgw_conn_t *c)
 {
     if (c->state != IMGW_CONN_CLOSED)
