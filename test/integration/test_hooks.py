@@ -388,8 +388,11 @@ def test_events_retry_then_overflow(mserver, hook):
         a = uid("a")
         ca = await MClient.open(s, a)
         first = [await ca.send_ok(to=uid("off"), content="m%d" % i) for i in range(6)]
-        await asyncio.sleep(0.8)
-        assert metric(s.port, "imgw_hook_failures_total", hook="events", reason="post") >= 1
+        # Wait for a failed post rather than sleeping a fixed time: on a
+        # loaded machine the first retry can come late.
+        await await_for(lambda: metric(s.port, "imgw_hook_failures_total",
+                                       hook="events", reason="post") >= 1,
+                        10, "a failed events post")
         with hook.lock:
             hook.events_status = 200
         await asyncio.sleep(0)
@@ -404,8 +407,15 @@ def test_events_retry_then_overflow(mserver, hook):
             await ca.send_ok(to=uid("off"), content="o%d" % i)
         await ca.close()
     run(go())
-    dropped = metric(s.port, "imgw_hook_events_dropped_total")
-    queued = metric(s.port, "imgw_hook_events_queued")
+    # A batch may be in flight (neither queued nor dropped) when the sends
+    # end; it returns to the queue or is dropped once its post fails.
+    deadline = time.monotonic() + 10
+    while True:
+        dropped = metric(s.port, "imgw_hook_events_dropped_total")
+        queued = metric(s.port, "imgw_hook_events_queued")
+        if dropped + queued == 25 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     print("dropped %s, queued %s" % (dropped, queued))
     assert queued <= 10 and dropped >= 15 and dropped + queued == 25
 
