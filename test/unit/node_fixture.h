@@ -34,6 +34,7 @@ static imgw_core_loop_t fx_loops[FIXTURE_LOOPS];
 static imgw_core_loop_t *fx_loop_ptrs[FIXTURE_LOOPS];
 static imgw_net_handlers_t fx_handlers;
 static uint8_t fx_out[2][1 << 16];
+static const uint16_t fx_no_ports[1];
 
 static inline imgw_core_loop_t *
 fixture_core(imgw_loop_t *l)
@@ -58,7 +59,8 @@ fixture_setup(void)
     char err[256] = "";
     imgw_net_opts_t o = {
         .bind = "127.0.0.1",
-        .n_ports = 0, /* no listener */
+        .ports = fx_no_ports, /* none (a pointer all the same: memcpy) */
+        .n_ports = 0,
         .n_loops = FIXTURE_LOOPS,
         .auth_timeout = 10,
         .max_frame_bytes = 65536,

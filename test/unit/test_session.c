@@ -30,7 +30,8 @@ static imgw_core_loop_t *core_ptr = &core;
 
 /* Output per connection (at most 4 at a time). */
 typedef struct outbuf_s {
-    imgw_conn_t *c;
+    imgw_conn_t *c; /* compared only: it may be freed already */
+    uint32_t slot, gen; /* its table entry, to tell whether it lives */
     char b[16384];
     size_t n;
 } outbuf_t;
@@ -159,6 +160,9 @@ conn_new(void)
         abort();
     table_link(c);
     forget(c);
+    outbuf_t *o = out_of(c);
+    o->slot = c->slot;
+    o->gen = c->gen;
     return c;
 }
 
@@ -218,7 +222,10 @@ token(const char *user, char *out, size_t cap)
 static void
 conn_end(imgw_conn_t *c)
 {
-    if (c->state != IMGW_CONN_CLOSED)
+    /* A connection the test closed (4001, kick) is freed already. */
+    outbuf_t *o = out_of(c);
+    imgw_conn_t *live = fuzz_loop->slots[o->slot];
+    if (live == c && live->gen == o->gen && c->state != IMGW_CONN_CLOSED)
         imgw__conn_close_now(c);
     uv_run(&fuzz_loop->uv, UV_RUN_NOWAIT); /* conn_close_cb: on_close */
     forget(c);
