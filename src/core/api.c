@@ -1,6 +1,7 @@
 /*
  * api.c: the plain HTTP endpoints of protocol.md section 1: /healthz,
- * /readyz, /metrics, the admin API (/api/groups/{gid}, /api/push), the
+ * /readyz, /metrics, the admin API (/api/groups/{gid}, /api/push,
+ * /api/users/{uid}), the
  * dev endpoints (/dev/token, /dev/group) and the browser demo page at GET /
  * (www/index.html, embedded at build time by tools/embed.py).
  *
@@ -360,6 +361,69 @@ handle_groups(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
     return r;
 }
 
+/* ---- users: presence -------------------------------------------------- */
+
+/*
+ * GET /api/users/{uid}: the user's routes (every node's logins, from the
+ * store) and this node's own connections of the user:
+ * {"user_id":U,"online":B,"platforms":[{"platform":P,"node":N}],
+ *  "node":THIS_NODE,"connections":K}.
+ */
+static void
+user_routes_cb(int status, const imgw_store_route_t *r, size_t n, void *data)
+{
+    api_ctx_t *x = data;
+    imgw_conn_t *c = ctx_conn(x);
+    if (c != NULL && status != 0) {
+        respond_error_json(c, 503, "store unavailable");
+    } else if (c != NULL) {
+        imgw_core_loop_t *cl = imgw_core_loop_current();
+        imgw_usermap_conn_t conns[IMGW_USERMAP_MAX_CONNS];
+        size_t k = imgw_usermap_get(cl->node->users, x->gid, conns,
+                                    IMGW_USERMAP_MAX_CONNS);
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "user_id", x->gid);
+        cJSON_AddBoolToObject(j, "online", n > 0);
+        cJSON *arr = cJSON_AddArrayToObject(j, "platforms");
+        for (size_t i = 0; i < n; i++) {
+            cJSON *e = cJSON_CreateObject();
+            cJSON_AddStringToObject(e, "platform", r[i].platform);
+            cJSON_AddStringToObject(e, "node", r[i].broker_id);
+            cJSON_AddItemToArray(arr, e);
+        }
+        cJSON_AddStringToObject(j, "node", cl->node->cfg->broker_id);
+        cJSON_AddNumberToObject(j, "connections", (double)k);
+        respond_json(c, 200, j);
+        cJSON_Delete(j);
+    }
+    imgw_free(x);
+}
+
+static int
+handle_users(imgw_core_loop_t *cl, imgw_conn_t *c, const imgw_http_req_t *req)
+{
+    const char *uid = req->path.p + strlen("/api/users/");
+    size_t ul = req->path.len - strlen("/api/users/");
+    if (strcmp(req->method, "GET") != 0) {
+        imgw_conn_http_respond(c, 405, NULL, "Allow: GET\r\n",
+                               "method not allowed\n", 19, 1);
+        return 0;
+    }
+    if (!valid_id(uid, ul)) {
+        respond_bad_id(c, "user id", uid, ul);
+        return 0;
+    }
+    api_ctx_t *x = imgw_try_calloc(1, sizeof(*x));
+    if (x == NULL) {
+        respond_error_json(c, 503, "out of memory");
+        return 0;
+    }
+    x->ref = imgw_conn_ref(c);
+    memcpy(x->gid, uid, ul); /* gid: the id the answer is about */
+    imgw_store_route_get(cl->store, x->gid, user_routes_cb, x);
+    return 1;
+}
+
 /* ---- push ---------------------------------------------------------------- */
 
 static int
@@ -529,7 +593,8 @@ imgw_api_handle(imgw_core_loop_t *cl, imgw_conn_t *c,
     if (path_eq(p, "/readyz")) {
         if (draining)
             respond_text(c, 503, "draining\n");
-        else if (!imgw_store_loop_ready(cl->store))
+        else if (!imgw_store_loop_ready(cl->store) ||
+                 !imgw_store_ready(cl->node->store, cl->node->n_loops))
             respond_text(c, 503, "store unavailable\n");
         else if (cl->node->mq != NULL && !imgw_mq_connected(cl->node->mq))
             respond_text(c, 503, "broker unavailable\n");
@@ -566,6 +631,8 @@ imgw_api_handle(imgw_core_loop_t *cl, imgw_conn_t *c,
             return handle_groups(cl, c, req);
         if (path_eq(p, "/api/push"))
             return handle_push(cl, c, req);
+        if (path_prefix(p, "/api/users/"))
+            return handle_users(cl, c, req);
     }
     respond_text(c, 404, "not found\n");
     return 0;

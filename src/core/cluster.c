@@ -16,7 +16,8 @@
  * Malformed messages are rejected without requeue, counted and logged at a
  * bounded rate.
  *
- * Internal messages carry "imgw": "push" | "kick"; anything else is a
+ * Internal messages carry "imgw": "push" | "kick" | "presence" (sent by
+ * presence.c to the nodes watching a user); anything else is a
  * business downlink, handled exactly like POST /api/push.
  *
  * Threads: imgw_cluster_start/stop on main; on_mq on the MQ thread; the
@@ -421,6 +422,34 @@ imgw_cluster_kick(imgw_core_loop_t *cl, const char *user, const char *platform)
     imgw_store_route_get(cl->store, user, kick_route_cb, k);
 }
 
+/* ---- presence to the watching nodes -------------------------------------- */
+
+/* {"imgw":"presence","data":BODY}, built once as text around the body our
+ * JSON encoder wrote, published to each node (presence.c found them). */
+void
+imgw_cluster_presence(imgw_core_loop_t *cl, const char *const *nodes,
+                      size_t n, const uint8_t *json_body, size_t len)
+{
+    static const char head[] = "{\"imgw\":\"presence\",\"data\":";
+    size_t hl = sizeof(head) - 1;
+    uint8_t *text = imgw_try_malloc(hl + len + 1);
+    if (text == NULL) {
+        atomic_fetch_add(&cl->node->remote_dropped, n);
+        return;
+    }
+    memcpy(text, head, hl);
+    memcpy(text + hl, json_body, len);
+    text[hl + len] = '}';
+    for (size_t i = 0; i < n; i++) {
+        if (imgw_mq_publish(cl->node->mq, nodes[i], text, hl + len + 1) != 0) {
+            atomic_fetch_add(&cl->node->remote_dropped, 1);
+            IMGW_LOG_WARN_RL("cluster: presence push to node %s dropped "
+                             "(broker unavailable)", nodes[i]);
+        }
+    }
+    imgw_free(text);
+}
+
 /* ---- incoming ------------------------------------------------------------- */
 
 /* An internal push: {"imgw":"push","ts":T,"blob":B64,"targets":[[u,seq]]}. */
@@ -533,6 +562,14 @@ imgw_cluster_parse(const uint8_t *body, size_t len, imgw_cluster_in_t *in)
         } else {
             why = "kick needs user and platform";
         }
+    } else if (strcmp(kind->valuestring, "presence") == 0) {
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(j, "data");
+        const cJSON *u = cJSON_GetObjectItemCaseSensitive(d, "user_id");
+        if (cJSON_IsObject(d) && cJSON_IsString(u) &&
+            imgw_id_valid(u->valuestring))
+            in->kind = IMGW_CLUSTER_IN_PRESENCE;
+        else
+            why = "presence needs data with a user_id";
     } else {
         why = "unknown imgw message";
     }

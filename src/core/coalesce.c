@@ -46,6 +46,7 @@
 typedef struct co_held_s {
     imgw_conn_ref_t exclude; /* the latest request's connection */
     int64_t read_time;       /* receipts */
+    int64_t read_seq;        /* receipts: the reader's timeline seq, or 0 */
     int32_t status;          /* typing */
     uint32_t n;              /* receipts: ids */
     uint64_t ids[];
@@ -57,6 +58,8 @@ typedef struct co_entry_s {
     uint64_t hash;
     uint64_t end_ms; /* uv_now() when the window ends */
     uint64_t pos;    /* receipts: highest id pushed or held this window */
+    int64_t rseq;    /* receipts: highest read_seq pushed or held (the
+                        reader's own devices clear badges from it) */
     co_held_t *held; /* NULL = nothing to push at end_ms */
     uint8_t kind;
     size_t ulen; /* strlen(user); the conversation follows its NUL */
@@ -253,6 +256,7 @@ held_new(int kind, const imgw_push_body_t *body, imgw_conn_ref_t from)
         return NULL;
     h->exclude = from;
     h->read_time = 0;
+    h->read_seq = 0;
     h->status = 0;
     h->n = 0;
     if (kind == IMGW_COALESCE_TYPING) {
@@ -260,6 +264,7 @@ held_new(int kind, const imgw_push_body_t *body, imgw_conn_ref_t from)
         return h;
     }
     h->read_time = body->read.read_time;
+    h->read_seq = body->read.read_seq;
     for (size_t i = 0; i < n; i++) {
         const char *s = body->read.message_ids[i];
         if (imgw_id_parse(s, strlen(s), &h->ids[h->n]) == 0)
@@ -290,6 +295,7 @@ held_flush(co_entry_t *e)
         snprintf(p->conversation_id, sizeof(p->conversation_id), "%s", conv);
         snprintf(p->user_id, sizeof(p->user_id), "%s", user);
         p->read_time = h->read_time;
+        p->read_seq = h->read_seq;
     }
     imgw_conn_ref_t ex = h->exclude;
     imgw_free(h);
@@ -333,6 +339,7 @@ imgw_coalesce_offer(imgw_core_loop_t *cl, int kind, const char *user,
     size_t ulen = strlen(user), clen = strlen(conv);
     uint64_t h = co_hash(user, ulen, conv, clen);
     uint64_t pos = kind == IMGW_COALESCE_RECEIPT ? receipt_pos(&body->read) : 0;
+    int64_t rseq = kind == IMGW_COALESCE_RECEIPT ? body->read.read_seq : 0;
     co_entry_t **pp = co_find(h, kind, user, ulen, conv, clen);
     co_entry_t *e = *pp;
     if (e == NULL) {
@@ -349,6 +356,7 @@ imgw_coalesce_offer(imgw_core_loop_t *cl, int kind, const char *user,
         memcpy(e->key + ulen + 1, conv, clen + 1);
         e->end_ms = co_now() + co_interval(kind);
         e->pos = pos;
+        e->rseq = rseq;
         e->held = NULL;
         *pp = e;
         co->n++;
@@ -360,16 +368,27 @@ imgw_coalesce_offer(imgw_core_loop_t *cl, int kind, const char *user,
     }
     /* Inside the window (or at its end with the timer about to run: the
      * timer pushes the latest then, in order). */
-    if (kind == IMGW_COALESCE_RECEIPT && pos <= e->pos)
+    if (kind == IMGW_COALESCE_RECEIPT && pos <= e->pos && rseq <= e->rseq)
         return IMGW_COALESCE_COVERED;
+    if (kind == IMGW_COALESCE_RECEIPT && pos <= e->pos && e->held != NULL) {
+        /* Only the read_seq moved: the held push (higher ids) carries it. */
+        e->held->read_seq = rseq;
+        e->rseq = rseq;
+        return IMGW_COALESCE_HELD;
+    }
     co_held_t *nh = held_new(kind, body, from);
     if (nh == NULL) {
         /* Without room to hold it, push it (bounded by the user budget). */
         return IMGW_COALESCE_NOW;
     }
+    if (kind == IMGW_COALESCE_RECEIPT && nh->read_seq < e->rseq)
+        nh->read_seq = e->rseq; /* positions only move forward */
     imgw_free(e->held);
     e->held = nh;
-    e->pos = pos;
+    if (pos > e->pos)
+        e->pos = pos;
+    if (rseq > e->rseq)
+        e->rseq = rseq;
     return IMGW_COALESCE_HELD;
 }
 

@@ -64,7 +64,11 @@
 #define CODEC_JFIELDS(T)                                                     \
     static const codec_jfield_t T##_jf[] = {T##_FIELDLIST(CODEC_JF, T)};
 #define CODEC_JMSG(T, last)                                                  \
-    {&T##_msg, T##_jf, sizeof(T##_jf) / sizeof(T##_jf[0]), (last), sizeof(T)}
+    {&T##_msg, T##_jf, sizeof(T##_jf) / sizeof(T##_jf[0]), (last), sizeof(T), \
+     NULL}
+#define CODEC_JMSG_SUB(T, sub)                                               \
+    {&T##_msg, T##_jf, sizeof(T##_jf) / sizeof(T##_jf[0]), -1, sizeof(T),    \
+     (sub)}
 
 CODEC_JFIELDS(im_ErrorResponse)
 CODEC_JFIELDS(im_KickPush)
@@ -86,6 +90,17 @@ CODEC_JFIELDS(im_TypingStatusPush)
 CODEC_JFIELDS(im_RevokeMessageRequest)
 CODEC_JFIELDS(im_RevokeMessageResponse)
 CODEC_JFIELDS(im_RevokeMessagePush)
+CODEC_JFIELDS(im_ConversationListRequest)
+CODEC_JFIELDS(im_Conversation)
+CODEC_JFIELDS(im_ConversationListResponse)
+CODEC_JFIELDS(im_ConversationDeleteRequest)
+CODEC_JFIELDS(im_ConversationDeleteResponse)
+CODEC_JFIELDS(im_UserPresence)
+CODEC_JFIELDS(im_PresenceRequest)
+CODEC_JFIELDS(im_PresenceResponse)
+CODEC_JFIELDS(im_PresenceSubscribeRequest)
+CODEC_JFIELDS(im_PresenceSubscribeResponse)
+CODEC_JFIELDS(im_PresencePush)
 
 /* Field indices of PushMessage, so "seq" can be written last: the fan-out
  * prefix (imgw_codec_push_json_prefix) ends right before its value. */
@@ -130,6 +145,24 @@ static const codec_jmsg_t codec_m_revq =
 static const codec_jmsg_t codec_m_revs =
     CODEC_JMSG(im_RevokeMessageResponse, -1);
 static const codec_jmsg_t codec_m_revp = CODEC_JMSG(im_RevokeMessagePush, -1);
+static const codec_jmsg_t codec_m_convlq =
+    CODEC_JMSG(im_ConversationListRequest, -1);
+static const codec_jmsg_t codec_m_conv = CODEC_JMSG(im_Conversation, -1);
+static const codec_jmsg_t codec_m_convls =
+    CODEC_JMSG_SUB(im_ConversationListResponse, &codec_m_conv);
+static const codec_jmsg_t codec_m_convdq =
+    CODEC_JMSG(im_ConversationDeleteRequest, -1);
+static const codec_jmsg_t codec_m_convds =
+    CODEC_JMSG(im_ConversationDeleteResponse, -1);
+static const codec_jmsg_t codec_m_upres = CODEC_JMSG(im_UserPresence, -1);
+static const codec_jmsg_t codec_m_presq = CODEC_JMSG(im_PresenceRequest, -1);
+static const codec_jmsg_t codec_m_press =
+    CODEC_JMSG_SUB(im_PresenceResponse, &codec_m_upres);
+static const codec_jmsg_t codec_m_psubq =
+    CODEC_JMSG(im_PresenceSubscribeRequest, -1);
+static const codec_jmsg_t codec_m_psubs =
+    CODEC_JMSG_SUB(im_PresenceSubscribeResponse, &codec_m_upres);
+static const codec_jmsg_t codec_m_presp = CODEC_JMSG(im_PresencePush, -1);
 
 /* A NUL-terminated char[size] member holds UTF-8. */
 static int
@@ -171,7 +204,12 @@ imgw__codec_strings_valid(const codec_jmsg_t *m, const void *st)
                 (const im_PushMessage_ExtraEntry *)p;
 
             n = *(const pb_size_t *)(base + f->count_off);
-            for (i = 0; i < n && i < f->size / f->elem; i++) {
+            for (i = 0; m->sub && i < n && i < f->size / f->elem; i++) {
+                if (imgw__codec_strings_valid(m->sub,
+                                              p + (size_t)i * f->elem))
+                    return IMGW_EUTF8;
+            }
+            for (i = 0; !m->sub && i < n && i < f->size / f->elem; i++) {
                 if (!codec_cstr_utf8(e[i].key, sizeof(e[i].key)) ||
                     !codec_cstr_utf8(e[i].value, sizeof(e[i].value)))
                     return IMGW_EUTF8;
@@ -220,6 +258,15 @@ static const codec_cmd_t codec_cmds[] = {
     {502, CODEC_S2C, &codec_m_readp},
     {600, CODEC_C2S, &codec_m_typq},
     {602, CODEC_S2C, &codec_m_typp},
+    {700, CODEC_C2S, &codec_m_convlq},
+    {701, CODEC_S2C, &codec_m_convls},
+    {702, CODEC_C2S, &codec_m_convdq},
+    {703, CODEC_S2C, &codec_m_convds},
+    {800, CODEC_C2S, &codec_m_presq},
+    {801, CODEC_S2C, &codec_m_press},
+    {802, CODEC_C2S, &codec_m_psubq},
+    {803, CODEC_S2C, &codec_m_psubs},
+    {804, CODEC_S2C, &codec_m_presp},
 };
 #define CODEC_NCMDS (sizeof(codec_cmds) / sizeof(codec_cmds[0]))
 

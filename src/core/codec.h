@@ -34,8 +34,8 @@ typedef struct imgw_slice_s {
 
 /*
  * A decoded client frame. command is one of the client->server commands
- * (5, 100, 200, 203, 205, 300, 500, 600); u holds its body (zeroed proto3
- * defaults when the body is absent).
+ * (5, 100, 200, 203, 205, 300, 500, 600, 700, 702, 800, 802); u holds its
+ * body (zeroed proto3 defaults when the body is absent).
  */
 typedef struct imgw_msg_in_s {
     int command;
@@ -50,6 +50,10 @@ typedef struct imgw_msg_in_s {
         im_SyncRequest sync;
         im_ReadReceiptRequest read;
         im_TypingStatusRequest typing;
+        im_ConversationListRequest conv_list;
+        im_ConversationDeleteRequest conv_delete;
+        im_PresenceRequest presence;
+        im_PresenceSubscribeRequest presence_sub;
     } u;
     /*
      * SendMessageRequest.content: for PB it points into the input frame;
@@ -80,7 +84,9 @@ int imgw_codec_decode(imgw_codec_t codec, const uint8_t *data, size_t len,
  *   1 ErrorResponse, 6 HeartbeatResponse, 101 AuthResponse, 102 KickPush,
  *   201 SendMessageResponse, 202 PushMessage, 206 RevokeMessageResponse,
  *   207 RevokeMessagePush, 301 SyncResponse, 501 ReadReceiptResponse,
- *   502 ReadReceiptPush, 602 TypingStatusPush.
+ *   502 ReadReceiptPush, 602 TypingStatusPush, 701
+ *   ConversationListResponse, 703 ConversationDeleteResponse, 801
+ *   PresenceResponse, 803 PresenceSubscribeResponse, 804 PresencePush.
  * Callback fields: PushMessage.content's arg is an imgw_slice_t *;
  * SyncResponse.messages' arg is an imgw_codec_entries_t *.
  * Returns the frame length, or IMGW_ETOOBIG when cap is too small,

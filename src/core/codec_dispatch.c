@@ -117,6 +117,11 @@ typedef union codec_s2c_u {
     im_ReadReceiptResponse read;
     im_ReadReceiptPush read_push;
     im_TypingStatusPush typing;
+    im_ConversationListResponse conv_list;
+    im_ConversationDeleteResponse conv_delete;
+    im_PresenceResponse presence;
+    im_PresenceSubscribeResponse presence_sub;
+    im_PresencePush presence_push;
 } codec_s2c_t;
 
 ssize_t

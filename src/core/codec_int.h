@@ -44,7 +44,8 @@ typedef enum codec_jkind_e {
     CODEC_JK_ENUM,    /* im_ErrorCode (the only enum inside bodies) */
     CODEC_JK_BOOL,    /* bool */
     CODEC_JK_BYTES,   /* pb_callback_t, arg = imgw_slice_t * */
-    CODEC_JK_MAP,     /* map<string,string>: repeated ExtraEntry */
+    CODEC_JK_MAP,     /* map<string,string>: repeated ExtraEntry, or the
+                         message's repeated submessage (codec_jmsg_t.sub) */
     CODEC_JK_STRINGS, /* repeated string: char[count][elem] */
     CODEC_JK_MSGS     /* pb_callback_t of PushMessages (SyncResponse) */
 } codec_jkind_t;
@@ -64,6 +65,12 @@ typedef struct codec_jmsg_s {
     uint32_t nf;
     int32_t last; /* field written last in JSON (PushMessage.seq), or -1 */
     uint32_t size;
+    /* nanopb lays a map and a static repeated submessage out alike, so
+     * the field macros cannot tell them apart: a message whose one
+     * repeated message field is not a map names its element table here
+     * (UserPresence lists), and that field is read and written as an
+     * array of objects. */
+    const struct codec_jmsg_s *sub;
 } codec_jmsg_t;
 
 typedef struct codec_cmd_s {

@@ -203,6 +203,27 @@ codec_jr_map(const cJSON *v, const codec_jfield_t *f, uint8_t *st)
     return 0;
 }
 
+/* A repeated submessage (codec_jmsg_t.sub): an array of objects. */
+static int
+codec_jr_subs(const cJSON *v, const codec_jfield_t *f, uint8_t *st,
+              const codec_jmsg_t *sub, codec_jr_t *r)
+{
+    const cJSON *c;
+    pb_size_t n = 0;
+
+    if (!cJSON_IsArray(v))
+        return -1;
+    for (c = v->child; c; c = c->next) {
+        if (n >= f->size / f->elem || !cJSON_IsObject(c) ||
+            imgw__codec_jr_msg(c, sub, st + f->off + (size_t)n * f->elem,
+                               r) != 0)
+            return -1;
+        n++;
+    }
+    *(pb_size_t *)(st + f->count_off) = n;
+    return 0;
+}
+
 static int
 codec_jr_strings(const cJSON *v, const codec_jfield_t *f, uint8_t *st)
 {
@@ -254,7 +275,7 @@ codec_jr_msgs(const cJSON *v, pb_callback_t *cb)
 
 static int
 codec_jr_field(const cJSON *v, const codec_jfield_t *f, uint8_t *st,
-               codec_jr_t *r)
+               const codec_jmsg_t *sub, codec_jr_t *r)
 {
     uint8_t *p = st + f->off;
     int64_t i;
@@ -285,6 +306,8 @@ codec_jr_field(const cJSON *v, const codec_jfield_t *f, uint8_t *st,
     case CODEC_JK_BYTES:
         return codec_jr_bytes(v, (pb_callback_t *)p, r);
     case CODEC_JK_MAP:
+        if (sub)
+            return codec_jr_subs(v, f, st, sub, r);
         return codec_jr_map(v, f, st);
     case CODEC_JK_STRINGS:
         return codec_jr_strings(v, f, st);
@@ -321,7 +344,7 @@ imgw__codec_jr_msg(const cJSON *obj, const codec_jmsg_t *m, void *st,
             if (strcmp(m->f[k].name, c->string) == 0)
                 break;
         }
-        if (k < m->nf && (rc = codec_jr_field(c, &m->f[k], st, r)) != 0)
+        if (k < m->nf && (rc = codec_jr_field(c, &m->f[k], st, m->sub, r)) != 0)
             return rc == IMGW_EUTF8 ? IMGW_EUTF8 : IMGW_EDECODE;
     }
     return imgw__codec_strings_valid(m, st);
@@ -523,7 +546,8 @@ codec_err_name(int code)
 }
 
 static void
-codec_jw_field(codec_jw_t *w, const codec_jfield_t *f, const uint8_t *st)
+codec_jw_field(codec_jw_t *w, const codec_jfield_t *f, const uint8_t *st,
+               const codec_jmsg_t *sub)
 {
     const uint8_t *p = st + f->off;
     const char *name;
@@ -569,6 +593,16 @@ codec_jw_field(codec_jw_t *w, const codec_jfield_t *f, const uint8_t *st)
             (const im_PushMessage_ExtraEntry *)p;
 
         n = *(const pb_size_t *)(st + f->count_off);
+        if (sub) {
+            codec_jw_ch(w, '[');
+            for (i = 0; i < n && i < f->size / f->elem; i++) {
+                if (i)
+                    codec_jw_ch(w, ',');
+                imgw__codec_jw_msg(w, sub, p + (size_t)i * f->elem, 0);
+            }
+            codec_jw_ch(w, ']');
+            break;
+        }
         codec_jw_ch(w, '{');
         for (i = 0; i < n && i < f->size / f->elem; i++) {
             if (i)
@@ -614,7 +648,7 @@ imgw__codec_jw_msg(codec_jw_t *w, const codec_jmsg_t *m, const void *st,
             continue;
         if (n++)
             codec_jw_ch(w, ',');
-        codec_jw_field(w, &m->f[k], st);
+        codec_jw_field(w, &m->f[k], st, m->sub);
     }
     if (m->last >= 0) {
         if (n++)
@@ -623,7 +657,7 @@ imgw__codec_jw_msg(codec_jw_t *w, const codec_jmsg_t *m, const void *st,
             codec_jw_key(w, m->f[m->last].name);
             return;
         }
-        codec_jw_field(w, &m->f[m->last], st);
+        codec_jw_field(w, &m->f[m->last], st, m->sub);
     }
     codec_jw_ch(w, '}');
 }

@@ -211,6 +211,9 @@ static const imgw_config_opt_t opts[] = {
     OPT_INT("store", "max_users", max_users, "2000000", 1, 1000000000,
             "memory backend: per-user records; past it sends to new users "
             "get ERR_SERVER_BUSY"),
+    OPT_INT("store", "max_conversations", max_conversations, "200", 1, 10000,
+            "conversations kept per user (every backend); the one updated "
+            "longest ago is dropped"),
 
     /* [mq] */
     OPT_STR("mq", "url", mq_url, "",
@@ -234,6 +237,10 @@ static const imgw_config_opt_t opts[] = {
             1000000,
             "read receipts and typing requests per second per user on this "
             "node (burst 2x); 0 = send_rate"),
+    OPT_INT("limits", "presence_subscriptions", presence_subscriptions,
+            "100", 0, 10000,
+            "users one connection may subscribe to for presence pushes; "
+            "0 = subscriptions off"),
     OPT_INT("limits", "receipt_interval_ms", receipt_interval_ms, "1000", 10,
             60000,
             "at most one read receipt push per (user, conversation) per "

@@ -75,6 +75,7 @@ typedef struct imgw_config_s {
     int redis_timeout_ms;
     int seq_idle_days;      /* IM-SEQ lives retention + this after use */
     int max_users;          /* memory backend: user records */
+    int max_conversations;  /* memory backend: conversations per user */
 
     /* [mq] */
     char mq_url[512];       /* "" = single node */
@@ -89,6 +90,8 @@ typedef struct imgw_config_s {
                                0 = 2 x send_rate */
     int user_receipt_rate;  /* receipts + typing /s per user on this node,
                                burst 2x; 0 = send_rate */
+    int presence_subscriptions; /* presence subscriptions per connection;
+                                   0 = off */
     int receipt_interval_ms; /* receipt pushes per (user, conversation):
                                 at most one per interval */
     int typing_interval_ms;  /* the same for typing pushes */

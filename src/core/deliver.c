@@ -171,9 +171,12 @@ local_frame(imgw_core_loop_t *cl, int command, const imgw_push_body_t *body,
     }
 }
 
+/* command: 0 for a downlink (counted as an API push), else the frame's
+ * own command (a presence push). */
 static void
 local_raw(imgw_core_loop_t *cl, uint8_t *const raw[2],
-          const size_t raw_len[2], const imgw_target_t *t, size_t n)
+          const size_t raw_len[2], const imgw_target_t *t, size_t n,
+          int command)
 {
     for (size_t i = 0; i < n; i++) {
         imgw_session_t *s = live_session(cl, t[i].ref);
@@ -182,7 +185,7 @@ local_raw(imgw_core_loop_t *cl, uint8_t *const raw[2],
         uv_buf_t b = uv_buf_init((char *)raw[s->codec],
                                  (unsigned)raw_len[s->codec]);
         imgw_conn_send_ws(s->conn, s->codec == IMGW_CODEC_JSON, &b, 1);
-        imgw_stat_inc(&cl->st.api_pushes);
+        imgw_stat_inc(command ? &cl->st.presence_pushes : &cl->st.api_pushes);
     }
 }
 
@@ -224,7 +227,7 @@ imgw_deliver_mail(imgw_core_loop_t *cl, imgw_mail_t *m)
             bcast_t b = {cl, m->raw, m->raw_len};
             imgw_loop_foreach_ws(cl->loop, bcast_one, &b);
         } else {
-            local_raw(cl, m->raw, m->raw_len, m->targets, m->n);
+            local_raw(cl, m->raw, m->raw_len, m->targets, m->n, m->command);
         }
         imgw_free(m->raw[0]);
         imgw_free(m->raw[1]);
@@ -408,6 +411,49 @@ imgw_deliver_raw(imgw_core_loop_t *cl, const uint8_t *pb, size_t pb_len,
         imgw_loop_post(imgw_net_loop(cl->node->net, i), &m->node);
     }
     return total;
+}
+
+void
+imgw_deliver_raw_refs(imgw_core_loop_t *cl, const uint8_t *pb, size_t pb_len,
+                      const uint8_t *json, size_t json_len,
+                      const imgw_conn_ref_t *refs, size_t n)
+{
+    if (n == 0 || routes_reset(cl->node->n_loops) != 0)
+        return;
+    for (size_t i = 0; i < n; i++)
+        if (refs[i].loop < n_routes && route_add(refs[i], 0) != 0)
+            break;
+    for (int i = 0; i < n_routes; i++) {
+        route_t *r = &routes[i];
+        if (r->n == 0)
+            continue;
+        if (i == cl->index) { /* written from the caller's buffers */
+            uint8_t *raw[2] = {(uint8_t *)pb, (uint8_t *)json};
+            size_t raw_len[2] = {pb_len, json_len};
+            local_raw(cl, raw, raw_len, r->t, r->n,
+                      im_CommandType_CMD_PRESENCE_PUSH);
+            continue;
+        }
+        imgw_mail_t *m = mail_new(IMGW_MAIL_RAW, r);
+        if (m == NULL)
+            continue;
+        m->command = im_CommandType_CMD_PRESENCE_PUSH;
+        if (raw_copy(m, pb, pb_len, json, json_len) != 0) {
+            imgw_free(m->raw[0]);
+            imgw_free(m->raw[1]);
+            imgw_free(m);
+            continue;
+        }
+        imgw_loop_post(imgw_net_loop(cl->node->net, i), &m->node);
+    }
+}
+
+void
+imgw_deliver_presence_remote(imgw_core_loop_t *cl, const char *const *nodes,
+                             size_t n, const uint8_t *json_body, size_t len)
+{
+    if (cl->node->mq != NULL && n > 0)
+        imgw_cluster_presence(cl, nodes, n, json_body, len);
 }
 
 /* Kicks (user, platform) on the node its route names, if that is another

@@ -163,6 +163,9 @@ imgw_downlink_mail(imgw_core_loop_t *cl, imgw_mail_t *m)
         case IMGW_CLUSTER_IN_KICK:
             kick_local(cl, in.user, in.platform);
             break;
+        case IMGW_CLUSTER_IN_PRESENCE:
+            imgw_presence_remote(cl, in.j);
+            break;
         default:
             break;
         }

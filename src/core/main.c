@@ -183,7 +183,8 @@ main(int argc, char **argv)
     node.n_loops = cfg.threads;
     node.start_ms = (uint64_t)imgw_now_ms();
     imgw_id_init(&node.ids, cfg.node_id);
-    if (imgw_usermap_new(&node.users, 64) != 0 || core_loops_new() != 0) {
+    if (imgw_usermap_new(&node.users, 64) != 0 ||
+        imgw_watchmap_new(&node.watches, 64) != 0 || core_loops_new() != 0) {
         fprintf(stderr, "imgw: out of memory\n");
         return 1;
     }
@@ -197,6 +198,7 @@ main(int argc, char **argv)
     sc.compact_bytes = cfg.store_compact_bytes;
     sc.seq_idle_days = cfg.seq_idle_days;
     sc.max_users = (size_t)cfg.max_users;
+    sc.max_conversations = cfg.max_conversations;
     if ((r = imgw_store_open(&node.store, &sc, err, sizeof(err))) != 0) {
         fprintf(stderr, "imgw: store: %s\n", err);
         return 2;
@@ -279,6 +281,7 @@ main(int argc, char **argv)
     imgw_store_close(node.store);
     core_loops_free();
     imgw_usermap_free(node.users);
+    imgw_watchmap_free(node.watches);
     IMGW_LOG_INFO("stopped");
     return 0;
 }

@@ -60,6 +60,7 @@ open_fds(void)
  * atomics, or the store's and broker's stats calls). */
 typedef struct node_vals_s {
     uint64_t users_online, draining, store_up;
+    uint64_t presence_watched, presence_subs;
     uint64_t store_users, store_users_max, store_users_refused;
     uint64_t mq_up, mq_rejected, mq_consumed, mq_published;
     uint64_t mq_publish_dropped, mq_reconnects, remote_dropped;
@@ -182,6 +183,9 @@ static const metric_t metrics[] = {
     {"imgw_api_pushes_total", C,
      "Frames written for /api/push and broker downlinks.", NULL, M_CORE_SUM,
      CORE(api_pushes)},
+    {"imgw_presence_pushes_total", C,
+     "CMD_PRESENCE_PUSH frames written to subscribers.", NULL, M_CORE_SUM,
+     CORE(presence_pushes)},
     {"imgw_store_ops_total", C, "Store operations completed.", NULL, M_CORE_SUM,
      CORE(store_ops)},
     {"imgw_store_errors_total", C, "Store operations that failed.", NULL,
@@ -198,9 +202,15 @@ static const metric_t metrics[] = {
     {"imgw_users_online", G,
      "Users with at least one authenticated connection on this node.", NULL,
      M_NODE, NODE(users_online)},
+    {"imgw_presence_watched_users", G,
+     "Users with presence subscribers on this node.", NULL, M_NODE,
+     NODE(presence_watched)},
+    {"imgw_presence_subscriptions", G,
+     "Presence subscriptions of this node's connections.", NULL, M_NODE,
+     NODE(presence_subs)},
     {"imgw_draining", G, "1 while the node drains.", NULL, M_NODE,
      NODE(draining)},
-    {"imgw_store_up", G, "1 while the store backend is reachable from loop 0.",
+    {"imgw_store_up", G, "1 while the store backend is reachable from every loop.",
      NULL, M_NODE, NODE(store_up)},
     /* Memory backend only: its per-user records and the requests refused
      * at store.max_users (Redis keeps its own keys). */
@@ -272,10 +282,10 @@ scrape_take(scrape_t *sc, imgw_node_t *node)
 
     node_vals_t *v = &sc->v;
     v->users_online = imgw_usermap_users(node->users);
+    v->presence_watched = imgw_watchmap_users(node->watches);
+    v->presence_subs = imgw_watchmap_subs(node->watches);
     v->draining = (uint64_t)imgw_net_draining(node->net);
-    v->store_up = node->loops[0]->store
-                      ? (uint64_t)imgw_store_loop_ready(node->loops[0]->store)
-                      : 0;
+    v->store_up = (uint64_t)imgw_store_ready(node->store, node->n_loops);
     imgw_store_stats_t ss;
     if (node->store != NULL && imgw_store_stats(node->store, &ss) == 0) {
         sc->have_store = 1;

@@ -15,12 +15,14 @@
 
 #include "alloc.h"
 #include "coalesce.h"
+#include "conv.h"
 #include "err.h"
 #include "hooks.h"
 #include "idsyntax.h"
 #include "log.h"
 #include "session.h"
 #include "uniq.h"
+#include "utf8.h"
 
 #define SYNC_MAX_BYTES (1u << 20) /* a sync page's payload bound */
 #define SYNC_MAX_FRAME (4u << 20) /* a sync page's encoded frame bound */
@@ -152,6 +154,8 @@ typedef struct send_ctx_s {
     const char *conv;
     uint8_t *blob;
     size_t blob_len;
+    int32_t msg_type;
+    char preview[IMGW_STORE_PREVIEW_MAX + 1]; /* conversation list */
     imgw_store_append_t req;
     _Alignas(8) unsigned char mem[];
 } send_ctx_t;
@@ -173,6 +177,26 @@ copy_str(char *dst, size_t cap, const char *src)
     memcpy(dst, src, n);
     dst[n] = '\0';
     return n;
+}
+
+/*
+ * The conversation list's preview of content: its first
+ * IMGW_STORE_PREVIEW_MAX bytes cut on a UTF-8 boundary, or "" when content
+ * is not text (bytes may hold anything; the list is pushed as strings).
+ */
+static void
+make_preview(char *dst, imgw_slice_t content)
+{
+    size_t n = content.len < IMGW_STORE_PREVIEW_MAX ? content.len
+                                                    : IMGW_STORE_PREVIEW_MAX;
+    while (n > 0 && n < content.len && (content.ptr[n] & 0xC0) == 0x80)
+        n--;
+    if (n > 0 &&
+        (memchr(content.ptr, 0, n) != NULL || !imgw_utf8_valid(content.ptr, n)))
+        n = 0;
+    if (n > 0)
+        memcpy(dst, content.ptr, n);
+    dst[n] = '\0';
 }
 
 /* Copies len bytes plus a NUL to *p, advances it; returns the copy. */
@@ -247,6 +271,8 @@ send_store(imgw_core_loop_t *cl, send_ctx_t *x)
     x->req.entry = x->blob;
     x->req.entry_len = x->blob_len;
     x->req.seqs = x->seqs;
+    x->req.msg_type = x->msg_type;
+    x->req.preview = x->preview;
     imgw_store_append(cl->store, &x->req, append_cb, x);
 }
 
@@ -473,6 +499,8 @@ imgw_msg_send_commit(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
     x->message_id = message_id;
     x->server_time = server_time;
     x->members = NULL;
+    x->msg_type = (int32_t)q->message_type;
+    make_preview(x->preview, content_in);
     unsigned char *p = x->mem + arr;
     x->blob = p;
     x->blob_len = (size_t)blen;
@@ -778,6 +806,8 @@ typedef struct conv_ctx_s {
     char user[IMGW_JWT_MAX_USER];
     char conv[264];
     uint64_t pos; /* receipts: the highest message id */
+    int64_t read_seq; /* receipts: ReadReceiptRequest.read_seq (0: none) */
+    int read_stored;  /* receipts: the conversation read state is stored */
 } conv_ctx_t;
 
 static int
@@ -854,11 +884,41 @@ static void conv_flush(imgw_core_loop_t *cl, int kind, const char *user,
                        const char *conv, const imgw_push_body_t *body,
                        imgw_conn_ref_t exclude);
 
+static void conv_accept(imgw_core_loop_t *cl, conv_ctx_t *x,
+                        const char *const *users, size_t n);
+
+/* The conversation read state of a receipt with read_seq is stored: only
+ * now is it answered and pushed, so a device told of the new state (the
+ * push) and asking for the list gets that state, whatever store
+ * connection it asks on. */
+static void
+conv_read_cb(int status, void *data)
+{
+    conv_ctx_t *x = data;
+    imgw_core_loop_t *cl = imgw_core_loop_current();
+    cl->st.store_ops++;
+    if (status != 0 && status != IMGW_ENOTFOUND) {
+        /* ENOTFOUND: no state kept (deleted, dropped past
+         * store.max_conversations): the receipt still stands. */
+        cl->st.store_errors++;
+        conv_reply(cl, x, im_ErrorCode_ERR_SERVER_BUSY, "store unavailable");
+        imgw_free(x);
+        return;
+    }
+    conv_accept(cl, x, NULL, 0);
+}
+
 static void
 conv_accept(imgw_core_loop_t *cl, conv_ctx_t *x, const char *const *users,
             size_t n)
 {
     int kind = is_receipt(x) ? IMGW_COALESCE_RECEIPT : IMGW_COALESCE_TYPING;
+    if (is_receipt(x) && x->read_seq > 0 && !x->read_stored) {
+        x->read_stored = 1;
+        if (imgw_conv_mark_read(cl->store, x->user, x->conv, x->read_seq,
+                                conv_read_cb, x) == 0)
+            return;
+    }
     if (is_receipt(x)) {
         /* The read position is stored for every accepted receipt, held
          * or not: coalescing only ever delays or drops pushes. */
@@ -1001,6 +1061,8 @@ conv_command(imgw_session_t *s, imgw_msg_in_t *in, const char *conv)
     x->ref = imgw_conn_ref(s->conn);
     x->sequence = in->sequence;
     x->command = in->command;
+    if (in->command == im_CommandType_CMD_READ_RECEIPT_REQ)
+        x->read_seq = in->u.read.read_seq;
     snprintf(x->user, sizeof(x->user), "%s", s->user);
     snprintf(x->conv, sizeof(x->conv), "%s", conv);
     if (receipt) {
@@ -1027,9 +1089,17 @@ conv_command(imgw_session_t *s, imgw_msg_in_t *in, const char *conv)
             imgw_free(x);
             return;
         }
+        if (in->u.read.read_seq < 0) {
+            conv_reply(cl, x, im_ErrorCode_ERR_INVALID_PARAM,
+                       "read_seq must be >= 0");
+            imgw_free(x);
+            return;
+        }
         snprintf(p->conversation_id, sizeof(p->conversation_id), "%s", conv);
         snprintf(p->user_id, sizeof(p->user_id), "%s", s->user);
         p->read_time = imgw_now_ms();
+        /* The reader's own devices clear their badge from it. */
+        p->read_seq = in->u.read.read_seq > 0 ? in->u.read.read_seq : 0;
     } else {
         im_TypingStatusPush *p = &x->body.typing;
         *p = (im_TypingStatusPush)im_TypingStatusPush_init_zero;

@@ -21,6 +21,7 @@
 #include "net.h"
 #include "store.h"
 #include "usermap.h"
+#include "watchmap.h"
 
 /* Error responses as counted in metrics: index = the code's position among
  * the ErrorCode values (imgw_codec_err_index), the last one "other". */
@@ -30,6 +31,7 @@ typedef struct imgw_node_s {
     const imgw_config_t *cfg;
     imgw_net_t *net;
     imgw_usermap_t *users;
+    imgw_watchmap_t *watches;  /* presence subscriptions (presence.c) */
     imgw_idgen_t ids;
     imgw_store_t *store;
     struct imgw_core_loop_s **loops;
@@ -60,6 +62,7 @@ typedef struct imgw_core_stats_s {
     imgw_stat_t heartbeats;
     imgw_stat_t rate_limited;
     imgw_stat_t api_pushes;
+    imgw_stat_t presence_pushes; /* CMD_PRESENCE_PUSH frames written */
     imgw_stat_t store_ops;
     imgw_stat_t store_errors;
     imgw_stat_t store_lat_us_sum;

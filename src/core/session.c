@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "alloc.h"
+#include "conv.h"
 #include "downlink.h"
 #include "err.h"
 #include "hooks.h"
@@ -464,6 +465,7 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
     imgw_deliver_kick_remote(cl, s->user, s->platform);
     imgw_store_route_set(cl->store, s->user, s->platform, cfg->broker_id,
                          cfg->route_ttl, route_done, NULL);
+    imgw_presence_changed(cl, s->user, s->platform, 1);
     s->route_refreshed_ms = imgw_loop_now_ms(cl->loop);
     imgw_conn_set_deadline(s->conn, imgw_loop_now_ms(cl->loop) +
                                         (uint64_t)cfg->heartbeat_timeout *
@@ -578,11 +580,23 @@ on_message(imgw_conn_t *c, int is_text, const uint8_t *data, size_t len)
     case im_CommandType_CMD_READ_RECEIPT_REQ:
         imgw_msg_read(s, in);
         break;
+    case im_CommandType_CMD_CONVERSATION_LIST_REQ:
+        imgw_conv_list(s, in);
+        break;
+    case im_CommandType_CMD_CONVERSATION_DELETE_REQ:
+        imgw_conv_delete(s, in);
+        break;
     case im_CommandType_CMD_TYPING_STATUS_REQ:
         imgw_msg_typing(s, in);
         break;
     case im_CommandType_CMD_REVOKE_MSG_REQ:
         imgw_msg_revoke(s, in);
+        break;
+    case im_CommandType_CMD_PRESENCE_REQ:
+        imgw_presence_query(s, in);
+        break;
+    case im_CommandType_CMD_PRESENCE_SUB_REQ:
+        imgw_presence_subscribe(s, in);
         break;
     default:
         imgw_session_error(s, in->sequence, im_ErrorCode_ERR_INVALID_PARAM,
@@ -632,10 +646,13 @@ on_close(imgw_conn_t *c)
             imgw_hooks_presence(cl, s->user, s->platform, 0);
         /* The route belongs to this connection only if the user map still
          * pointed at it (a newer login on the platform owns it now). */
-        if (removed && s->registered)
+        if (removed && s->registered) {
             imgw_store_route_del(cl->store, s->user, s->platform,
                                  cl->node->cfg->broker_id, route_done, NULL);
+            imgw_presence_changed(cl, s->user, s->platform, 0);
+        }
     }
+    imgw_presence_session_closed(s);
     imgw_free(s->user);
     imgw_free(s->hs_user);
     imgw_free(s);
@@ -671,6 +688,7 @@ on_tick(imgw_loop_t *l, uint64_t now_ms)
          * wall clock. */
         imgw_store_tick(cl->node->store, imgw_now_ms());
         act_tick(now_ms);
+        imgw_presence_tick(cl, now_ms);
     }
 }
 

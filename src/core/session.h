@@ -21,6 +21,11 @@ typedef struct imgw_session_s {
     uint64_t refill_ms;
     uint64_t route_refreshed_ms;
     struct imgw_hooks_chain_s *hook_chain; /* hooks.c: sends in order */
+    /* presence.c: the users this connection subscribed to (owned ids),
+     * at most limits.presence_subscriptions; each is also in the node's
+     * watch map under this connection's ref. */
+    char **watch;
+    uint32_t n_watch, cap_watch;
 } imgw_session_t;
 
 extern const imgw_net_handlers_t imgw_core_handlers;
@@ -111,7 +116,8 @@ void imgw_cluster_kick(imgw_core_loop_t *cl, const char *user,
 enum {
     IMGW_CLUSTER_IN_DOWNLINK = 1, /* a business downlink, like /api/push */
     IMGW_CLUSTER_IN_PUSH,         /* another node's stored message */
-    IMGW_CLUSTER_IN_KICK          /* (user, platform) logged in elsewhere */
+    IMGW_CLUSTER_IN_KICK,         /* (user, platform) logged in elsewhere */
+    IMGW_CLUSTER_IN_PRESENCE      /* a presence change for our watchers */
 };
 typedef struct imgw_cluster_in_s {
     int kind;
@@ -129,6 +135,36 @@ const char *imgw_cluster_parse(const uint8_t *body, size_t len,
 void imgw_cluster_in_free(imgw_cluster_in_t *in);
 void imgw_cluster_settle(imgw_core_loop_t *cl, uint64_t tag, size_t len,
                          const char *why);
+
+/* presence.c: presence queries, subscriptions and pushes. */
+void imgw_presence_query(imgw_session_t *s, imgw_msg_in_t *in);
+void imgw_presence_subscribe(imgw_session_t *s, imgw_msg_in_t *in);
+/* (user, platform) logged in (online 1) or out (0) on this node, called
+ * right after the route write was issued: tells the subscribers, on this
+ * node and on the watching nodes, once the store has answered. */
+void imgw_presence_changed(imgw_core_loop_t *cl, const char *user,
+                           const char *platform, int online);
+/* The connection closes: drops its subscriptions. */
+void imgw_presence_session_closed(imgw_session_t *s);
+/* A presence message from another node (cluster.c parsed it). */
+void imgw_presence_remote(imgw_core_loop_t *cl, const struct cJSON *j);
+/* Loop 0's tick: re-registers this node's watched users in the store
+ * before their IM-PWATCH entries expire. */
+void imgw_presence_tick(imgw_core_loop_t *cl, uint64_t now_ms);
+/* deliver.c: a PresencePush (its JSON body) to other nodes, one broker
+ * message each (through cluster.c). */
+void imgw_deliver_presence_remote(imgw_core_loop_t *cl,
+                                  const char *const *nodes, size_t n,
+                                  const uint8_t *json_body, size_t len);
+/* cluster.c: {"imgw":"presence","data":BODY} to each node's queue. */
+void imgw_cluster_presence(imgw_core_loop_t *cl, const char *const *nodes,
+                           size_t n, const uint8_t *json_body, size_t len);
+/* deliver.c: pre-encoded frames (both codecs) to connections by ref, on
+ * whichever loop owns them (counted as presence pushes). */
+void imgw_deliver_raw_refs(imgw_core_loop_t *cl, const uint8_t *pb,
+                           size_t pb_len, const uint8_t *json,
+                           size_t json_len, const imgw_conn_ref_t *refs,
+                           size_t n);
 
 /* api.c: plain HTTP endpoints. */
 int imgw_api_handle(imgw_core_loop_t *cl, imgw_conn_t *c,

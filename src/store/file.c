@@ -94,6 +94,8 @@ enum {
     J_READ = 4,
     J_GROUP_SET = 5,
     J_GROUP_DEL = 6,
+    J_CONV_READ = 7, /* imgw_store_conv_read */
+    J_CONV_DEL = 8,  /* imgw_store_conv_delete */
 };
 
 typedef enum { FSYNC_NEVER, FSYNC_INTERVAL, FSYNC_ALWAYS } fsync_mode_t;
@@ -352,6 +354,12 @@ replay_append(replay_t *rp, imgw__rec_rd_t *r, int64_t now)
     for (uint16_t i = 0; i < n; i++)
         users[i] = imgw__rec_get_str(r);
     req.entry = imgw__rec_get_bytes(r, &req.entry_len);
+    /* The conversation list's type and preview: absent from records
+     * written before conversations existed. */
+    if (!r->err && r->n - r->off > 0) {
+        req.msg_type = (int32_t)imgw__rec_get_u32(r);
+        req.preview = imgw__rec_get_str(r);
+    }
     st = IMGW_EPROTO;
     if (r->err)
         goto out;
@@ -431,6 +439,21 @@ replay_record(replay_t *rp, uint8_t type, const uint8_t *p, size_t n)
     case J_GROUP_DEL: {
         const char *gid = imgw__rec_get_str(&r);
         st = r.err ? r.err : imgw_store_group_del(sl, gid, cap_done_cb, &c);
+        break;
+    }
+    case J_CONV_READ:
+    case J_CONV_DEL: {
+        const char *user = imgw__rec_get_str(&r);
+        int kind = imgw__rec_get_u8(&r);
+        const char *peer = imgw__rec_get_str(&r);
+        int64_t seq = type == J_CONV_READ ? (int64_t)imgw__rec_get_u64(&r) : 0;
+        if (r.err)
+            st = r.err;
+        else if (type == J_CONV_READ)
+            st = imgw_store_conv_read(sl, user, kind, peer, seq, cap_done_cb,
+                                      &c);
+        else
+            st = imgw_store_conv_delete(sl, user, kind, peer, cap_done_cb, &c);
         break;
     }
     default:
@@ -1125,6 +1148,15 @@ file_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     for (size_t i = 0; i < req->n_users; i++)
         imgw__rec_put_str(b, req->users[i]);
     imgw__rec_put_bytes(b, req->entry, req->entry_len);
+    imgw__rec_put_u32(b, (uint32_t)req->msg_type);
+    char preview[IMGW_STORE_PREVIEW_MAX + 1];
+    size_t pl = req->preview
+                    ? imgw__store_cut_utf8(req->preview, IMGW_STORE_PREVIEW_MAX)
+                    : 0;
+    if (pl > 0)
+        memcpy(preview, req->preview, pl);
+    preview[pl] = '\0';
+    imgw__rec_put_str(b, preview);
     if (b->err)
         return b->err;
 
@@ -1308,7 +1340,65 @@ file_group_del(imgw_store_loop_t *sl, const char *gid, imgw_store_done_cb cb,
     return journaled(sl, b, at, now, apply_group_del, &a, cb, data);
 }
 
+static int
+apply_conv_read(imgw_store_loop_t *in, const void *v, capture_t *c)
+{
+    const args_t *a = v;
+    return imgw__store_memory.conv_read(in, a->a, (int)a->n, a->b, a->seq,
+                                        cap_done_cb, c);
+}
+
+static int
+file_conv_read(imgw_store_loop_t *sl, const char *user, int kind,
+               const char *peer, int64_t read_seq, imgw_store_done_cb cb,
+               void *data)
+{
+    imgw__file_t *f = sl->store->impl;
+    imgw__rec_buf_t *b = loop_buf(sl);
+    int64_t now = f->clock(f->clock_arg);
+    size_t at = imgw__rec_begin(b, J_CONV_READ);
+    imgw__rec_put_u64(b, (uint64_t)now);
+    imgw__rec_put_str(b, user);
+    imgw__rec_put_u8(b, (uint8_t)kind);
+    imgw__rec_put_str(b, peer);
+    imgw__rec_put_u64(b, (uint64_t)read_seq);
+    args_t a = {.a = user, .b = peer, .seq = read_seq, .n = (size_t)kind};
+    return journaled(sl, b, at, now, apply_conv_read, &a, cb, data);
+}
+
+static int
+apply_conv_del(imgw_store_loop_t *in, const void *v, capture_t *c)
+{
+    const args_t *a = v;
+    return imgw__store_memory.conv_delete(in, a->a, (int)a->n, a->b,
+                                          cap_done_cb, c);
+}
+
+static int
+file_conv_delete(imgw_store_loop_t *sl, const char *user, int kind,
+                 const char *peer, imgw_store_done_cb cb, void *data)
+{
+    imgw__file_t *f = sl->store->impl;
+    imgw__rec_buf_t *b = loop_buf(sl);
+    int64_t now = f->clock(f->clock_arg);
+    size_t at = imgw__rec_begin(b, J_CONV_DEL);
+    imgw__rec_put_u64(b, (uint64_t)now);
+    imgw__rec_put_str(b, user);
+    imgw__rec_put_u8(b, (uint8_t)kind);
+    imgw__rec_put_str(b, peer);
+    args_t a = {.a = user, .b = peer, .n = (size_t)kind};
+    return journaled(sl, b, at, now, apply_conv_del, &a, cb, data);
+}
+
 /* ---- reads and routes: the memory backend alone ------------------------ */
+
+static int
+file_conv_list(imgw_store_loop_t *sl, const char *user, int64_t before_seq,
+               int limit, imgw_store_conv_list_cb cb, void *data)
+{
+    return imgw__store_memory.conv_list(inner_of(sl), user, before_seq, limit,
+                                        cb, data);
+}
 
 static int
 file_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
@@ -1402,6 +1492,9 @@ const imgw_store_backend_t imgw__store_file = {
     .route_del = file_route_del,
     .route_refresh = file_route_refresh,
     .route_get = file_route_get,
+    .conv_list = file_conv_list,
+    .conv_read = file_conv_read,
+    .conv_delete = file_conv_delete,
 };
 
 /* ---- test hooks (store_impl.h) -------------------------------------------- */

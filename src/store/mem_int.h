@@ -25,6 +25,7 @@
 #include "clock.h"
 #include "hash.h"
 #include "list.h"
+#include "mem_conv.h"
 #include "store_impl.h"
 
 #define MEM_SHARD_BITS 6
@@ -152,6 +153,7 @@ typedef struct imgw__mem_user_s {
     imgw__mem_route_t *routes;
     imgw__mem_dev_t *dev;
     imgw__mem_read_t *reads;
+    imgw__mem_convs_t convs; /* conversation list (mem_conv.h) */
     char id[];
 } imgw__mem_user_t;
 
@@ -194,6 +196,7 @@ typedef struct imgw__mem_s {
     size_t max_dedupes; /* caps, see MEM_DEFAULT_MAX_DEDUPES */
     size_t max_metas;
     size_t max_users;      /* see MEM_DEFAULT_MAX_USERS */
+    uint32_t max_convs;    /* conversations per user */
     int64_t seq_ttl_ms;    /* retention + seq_idle_days: max_seq's lifetime
                               after the record's last use */
     atomic_size_t n_users; /* records in all shards */

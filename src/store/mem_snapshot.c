@@ -178,6 +178,21 @@ dump_user(imgw__mem_dump_t *d, const imgw__mem_user_t *u)
         imgw__rec_end(o, at);
         done += k;
     }
+    for (uint32_t i = 0; i < u->convs.n && !o->err; i++) {
+        const imgw_store_conv_t *c = &u->convs.v[i];
+        at = imgw__rec_begin(o, IMGW__REC_S_CONV);
+        imgw__rec_put_u8(o, (uint8_t)c->kind);
+        imgw__rec_put_str(o, c->peer);
+        imgw__rec_put_u64(o, c->last_message_id);
+        imgw__rec_put_u64(o, (uint64_t)c->last_seq);
+        imgw__rec_put_str(o, c->last_sender);
+        imgw__rec_put_u32(o, (uint32_t)c->last_type);
+        imgw__rec_put_str(o, c->preview);
+        imgw__rec_put_u32(o, c->unread);
+        imgw__rec_put_u64(o, (uint64_t)c->read_seq);
+        imgw__rec_put_u64(o, (uint64_t)c->updated_ms);
+        imgw__rec_end(o, at);
+    }
 }
 
 static void
@@ -217,7 +232,8 @@ dump_shard(imgw__mem_dump_t *d, imgw__mem_shard_t *sh)
     for (size_t b = 0; b <= sh->users.mask && !o->err; b++)
         for (imgw__mem_hnode_t *x = sh->users.b[b]; x; x = x->next) {
             imgw__mem_user_t *u = (imgw__mem_user_t *)x;
-            if (u->max_seq != 0 || u->n_dev != 0 || u->n_read != 0)
+            if (u->max_seq != 0 || u->n_dev != 0 || u->n_read != 0 ||
+                u->convs.n != 0)
                 dump_user(d, u);
         }
 }
@@ -548,14 +564,57 @@ load_entries(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
     return rc;
 }
 
+/* A conversation of the current user (after its S_USER). */
+static int
+load_conv(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
+{
+    imgw__mem_t *m = ld->m;
+    imgw__mem_user_t *u = ld->cur;
+    imgw_store_conv_t c;
+    memset(&c, 0, sizeof(c));
+    c.kind = imgw__rec_get_u8(r);
+    const char *peer = imgw__rec_get_str(r);
+    c.last_message_id = imgw__rec_get_u64(r);
+    c.last_seq = (int64_t)imgw__rec_get_u64(r);
+    const char *sender = imgw__rec_get_str(r);
+    c.last_type = (int32_t)imgw__rec_get_u32(r);
+    const char *preview = imgw__rec_get_str(r);
+    c.unread = imgw__rec_get_u32(r);
+    c.read_seq = (int64_t)imgw__rec_get_u64(r);
+    c.updated_ms = (int64_t)imgw__rec_get_u64(r);
+    if (r->err || u == NULL ||
+        (c.kind != IMGW_STORE_CONV_SINGLE && c.kind != IMGW_STORE_CONV_GROUP) ||
+        strlen(peer) >= sizeof(c.peer) ||
+        strlen(sender) >= sizeof(c.last_sender) ||
+        strlen(preview) > IMGW_STORE_PREVIEW_MAX)
+        return IMGW_EPROTO;
+    memcpy(c.peer, peer, strlen(peer) + 1);
+    memcpy(c.last_sender, sender, strlen(sender) + 1);
+    memcpy(c.preview, preview, strlen(preview) + 1);
+    imgw__mem_shard_t *sh = &m->shards[shard_of(u->h.hash)];
+    int rc = 0;
+    pthread_mutex_lock(&sh->mu);
+    if (u->convs.n >= m->max_convs) {
+        /* A smaller store.max_conversations than when saved: the list
+         * keeps the first max_convs (any; the rest of the list is what
+         * the next updates order). */
+    } else if (imgw__mem_conv_reserve(&u->convs, m->max_convs) != 0) {
+        rc = IMGW_ENOMEM;
+    } else {
+        u->convs.v[u->convs.n++] = c;
+    }
+    pthread_mutex_unlock(&sh->mu);
+    return rc;
+}
+
 int
 imgw__store_mem_load(imgw__store_mem_loader_t *ld, uint8_t type,
                      const uint8_t *p, size_t n)
 {
     imgw__rec_rd_t r = {p, n, 0, 0};
     if (type != IMGW__REC_S_ENTRIES && type != IMGW__REC_S_BLOB &&
-        type != IMGW__REC_S_META)
-        ld->cur = NULL; /* entries follow their user or its blobs only */
+        type != IMGW__REC_S_META && type != IMGW__REC_S_CONV)
+        ld->cur = NULL; /* entries and conversations follow their user */
     switch (type) {
     case IMGW__REC_S_META:
         return load_meta(ld, &r);
@@ -571,6 +630,8 @@ imgw__store_mem_load(imgw__store_mem_loader_t *ld, uint8_t type,
         return load_user(ld, &r);
     case IMGW__REC_S_ENTRIES:
         return load_entries(ld, &r);
+    case IMGW__REC_S_CONV:
+        return load_conv(ld, &r);
     default:
         return IMGW_EPROTO;
     }

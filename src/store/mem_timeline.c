@@ -196,6 +196,7 @@ imgw__mem_user_free(imgw__mem_t *m, imgw__mem_user_t *u)
     imgw_free(u->routes);
     imgw_free(u->dev);
     imgw_free(u->reads);
+    imgw__mem_conv_free(&u->convs);
     imgw_free(u);
 }
 
@@ -329,6 +330,7 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     }
 
     int64_t now = mem_now(m);
+    int ckind = imgw__store_conv_kind(conv, n);
     lock_mask(m, mask);
 
     imgw__mem_dedupe_t *old_dd = NULL;
@@ -355,7 +357,9 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
         imgw__mem_shard_t *sh = &m->shards[shard_of(slots[i].hash)];
         imgw__mem_user_t *u =
             imgw__mem_user_get(m, sh, slots[i].hash, req->users[i], now, &r);
-        if (u == NULL || ring_reserve(m, u) != 0) {
+        if (u == NULL || ring_reserve(m, u) != 0 ||
+            (ckind != 0 &&
+             imgw__mem_conv_reserve(&u->convs, m->max_convs) != 0)) {
             unlock_mask(m, mask);
             if (u != NULL)
                 r = IMGW_ENOMEM;
@@ -386,6 +390,11 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
         e->blob = blob;
         u->count++;
         req->seqs[i] = ++u->max_seq;
+        if (ckind != 0)
+            imgw__mem_conv_update(&u->convs, m->max_convs, ckind,
+                                  imgw__store_conv_peer(ckind, conv, req->users, n, i),
+                                  req->message_id, req->seqs[i], req->sender,
+                                  req->msg_type, req->preview, now, i == 0);
     }
     atomic_fetch_add_explicit(&m->blobs_live, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&m->metas_live, 1, memory_order_relaxed);

@@ -140,9 +140,17 @@ mem_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err, size_t errlen)
                  IMGW__STORE_MAX_SEQ_IDLE_DAYS);
         return IMGW_ECONFIG;
     }
+    if (cfg->max_conversations < 0 ||
+        cfg->max_conversations > IMGW__STORE_CONVS_MAX) {
+        snprintf(err, errlen, "store: max_conversations must be 0..%d",
+                 IMGW__STORE_CONVS_MAX);
+        return IMGW_ECONFIG;
+    }
     imgw__mem_t *m = mem_calloc(1, sizeof(*m));
     if (m == NULL)
         return IMGW_ENOMEM;
+    m->max_convs = cfg->max_conversations > 0 ? (uint32_t)cfg->max_conversations
+                                              : IMGW__STORE_CONVS_DEFAULT;
     m->shards = mem_aligned_alloc(_Alignof(imgw__mem_shard_t),
                                   MEM_SHARDS * sizeof(imgw__mem_shard_t));
     if (m->shards == NULL) {
@@ -287,6 +295,107 @@ mem_stats(imgw_store_t *s, imgw_store_stats_t *out)
 
 /* ---- the table ----------------------------------------------------------- */
 
+/* ---- conversations ------------------------------------------------------- */
+
+static int
+mem_conv_list(imgw_store_loop_t *sl, const char *user, int64_t before_seq,
+              int limit, imgw_store_conv_list_cb cb, void *data)
+{
+    imgw__mem_t *m = sl->store->impl;
+    uint64_t h = hash_str(m, user);
+    imgw__mem_shard_t *sh = &m->shards[shard_of(h)];
+    /* limit <= IMGW_STORE_CONV_PAGE_MAX (store.c): a bounded copy taken
+     * under the lock, handed to cb without it. */
+    imgw_store_conv_t *out = mem_malloc((size_t)limit * sizeof(*out));
+    if (out == NULL)
+        return IMGW_ENOMEM;
+    size_t k = 0;
+    int has_more = 0;
+    uint64_t total = 0;
+    pthread_mutex_lock(&sh->mu);
+    imgw__mem_user_t *u = imgw__mem_user_find(sh, h, user);
+    if (u != NULL) {
+        k = imgw__mem_conv_page(&u->convs, before_seq, (size_t)limit, out,
+                                &has_more);
+        total = imgw__mem_conv_total_unread(&u->convs);
+    }
+    pthread_mutex_unlock(&sh->mu);
+    cb(0, out, k, has_more, total, data);
+    imgw_free(out);
+    return 0;
+}
+
+/* Messages of others in c above read_seq still in u's timeline. */
+static uint32_t
+conv_recount(const imgw__mem_user_t *u, const imgw_store_conv_t *c,
+             int64_t read_seq)
+{
+    int64_t first = u->max_seq - (int64_t)u->count + 1;
+    uint32_t n = 0;
+    int64_t lo = read_seq + 1 > first ? read_seq + 1 : first;
+    for (int64_t seq = lo; seq <= u->max_seq; seq++) {
+        const imgw__mem_blob_t *b =
+            u->ring[(u->head + (uint32_t)(seq - first)) % u->cap].blob;
+        const imgw__mem_meta_t *mt = b->meta;
+        if (strcmp(mt->sender, u->id) == 0)
+            continue;
+        if (c->kind == IMGW_STORE_CONV_GROUP
+                ? strncmp(mt->conv, "g_", 2) == 0 &&
+                      strcmp(mt->conv + 2, c->peer) == 0
+                : strncmp(mt->conv, "s_", 2) == 0 &&
+                      strcmp(mt->sender, c->peer) == 0)
+            n++;
+    }
+    return n;
+}
+
+static int
+mem_conv_read(imgw_store_loop_t *sl, const char *user, int kind,
+              const char *peer, int64_t read_seq, imgw_store_done_cb cb,
+              void *data)
+{
+    imgw__mem_t *m = sl->store->impl;
+    uint64_t h = hash_str(m, user);
+    imgw__mem_shard_t *sh = &m->shards[shard_of(h)];
+    int status = 0;
+    pthread_mutex_lock(&sh->mu);
+    imgw__mem_user_t *u = imgw__mem_user_find(sh, h, user);
+    imgw_store_conv_t *c =
+        u != NULL ? imgw__mem_conv_find(&u->convs, kind, peer) : NULL;
+    if (c == NULL) {
+        status = IMGW_ENOTFOUND;
+    } else {
+        if (read_seq == 0 || read_seq > c->last_seq)
+            read_seq = c->last_seq;
+        if (read_seq > c->read_seq) { /* never back */
+            c->read_seq = read_seq;
+            c->unread =
+                read_seq >= c->last_seq ? 0 : conv_recount(u, c, read_seq);
+        }
+    }
+    pthread_mutex_unlock(&sh->mu);
+    if (cb)
+        cb(status, data);
+    return 0;
+}
+
+static int
+mem_conv_delete(imgw_store_loop_t *sl, const char *user, int kind,
+                const char *peer, imgw_store_done_cb cb, void *data)
+{
+    imgw__mem_t *m = sl->store->impl;
+    uint64_t h = hash_str(m, user);
+    imgw__mem_shard_t *sh = &m->shards[shard_of(h)];
+    pthread_mutex_lock(&sh->mu);
+    imgw__mem_user_t *u = imgw__mem_user_find(sh, h, user);
+    int status = u != NULL ? imgw__mem_conv_delete(&u->convs, kind, peer)
+                           : IMGW_ENOTFOUND;
+    pthread_mutex_unlock(&sh->mu);
+    if (cb)
+        cb(status, data);
+    return 0;
+}
+
 const imgw_store_backend_t imgw__store_memory = {
     .name = "memory",
     .open = mem_open,
@@ -311,6 +420,9 @@ const imgw_store_backend_t imgw__store_memory = {
     .route_del = imgw__mem_route_del,
     .route_refresh = imgw__mem_route_refresh,
     .route_get = imgw__mem_route_get,
+    .conv_list = mem_conv_list,
+    .conv_read = mem_conv_read,
+    .conv_delete = mem_conv_delete,
 };
 
 /* ---- test hooks (store_impl.h) ------------------------------------------- */

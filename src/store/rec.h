@@ -38,6 +38,7 @@ enum {
     IMGW__REC_S_GROUP = 0x45,
     IMGW__REC_S_USER = 0x46,    /* starts a user: max_seq, positions */
     IMGW__REC_S_ENTRIES = 0x47, /* timeline slots of the last S_USER */
+    IMGW__REC_S_CONV = 0x48,    /* one conversation of the last S_USER */
 };
 
 typedef struct imgw__rec_buf_s {

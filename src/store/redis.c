@@ -285,9 +285,17 @@ redis_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err,
                  IMGW__STORE_MAX_SEQ_IDLE_DAYS);
         return IMGW_ECONFIG;
     }
+    if (cfg->max_conversations < 0 ||
+        cfg->max_conversations > IMGW__STORE_CONVS_MAX) {
+        snprintf(err, errlen, "store: max_conversations must be 0..%d",
+                 IMGW__STORE_CONVS_MAX);
+        return IMGW_ECONFIG;
+    }
     imgw__redis_t *r = imgw_try_calloc(1, sizeof(*r));
     if (r == NULL)
         return IMGW_ENOMEM;
+    r->max_convs = cfg->max_conversations > 0 ? cfg->max_conversations
+                                              : IMGW__STORE_CONVS_DEFAULT;
     int rc = imgw__redis_url_parse(cfg->redis_url, &r->url, err, errlen);
     if (rc != 0) {
         imgw__redis_url_free(&r->url);
@@ -499,6 +507,19 @@ req_retry_noscript(imgw__redis_req_t *q)
  * have happened (IMGW_ETIMEDOUT), a read simply failed (IMGW_EBUSY), unless
  * the drop was a timeout, which is IMGW_ETIMEDOUT for all.
  */
+
+/* Every state change goes through here so that the node-wide count of
+ * ready loops (redis_ready) follows it. */
+static void
+set_state(imgw__redis_loop_t *rl, int st)
+{
+    int was = rl->state == IMGW__REDIS_READY;
+    int now = st == IMGW__REDIS_READY;
+    rl->state = st;
+    if (was != now)
+        atomic_fetch_add(&rl->r->loops_ready, now ? 1 : -1);
+}
+
 static void
 reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 {
@@ -510,7 +531,7 @@ reply_cb(redisAsyncContext *ac, void *r, void *privdata)
     if (reply == NULL) {
         /* The context is being torn down: callbacks that run from here
          * on must not send on it. */
-        rl->state = IMGW__REDIS_DOWN;
+        set_state(rl, IMGW__REDIS_DOWN);
         int st = rl->drop_status;
         if (st == 0)
             st = q->write ? IMGW_ETIMEDOUT : IMGW_EBUSY;
@@ -606,7 +627,7 @@ schedule_reconnect(imgw__redis_loop_t *rl)
 {
     if (rl->closing)
         return;
-    rl->state = IMGW__REDIS_DOWN;
+    set_state(rl, IMGW__REDIS_DOWN);
     uv_timer_stop(&rl->conn_timer);
     uv_timer_start(&rl->conn_timer, reconnect_cb, (uint64_t)rl->backoff_ms,
                    0);
@@ -631,7 +652,7 @@ conn_gone(imgw__redis_loop_t *rl)
     rl->ac = NULL;
     rl->freeing = 0;
     rl->drop_status = 0;
-    rl->state = IMGW__REDIS_DOWN;
+    set_state(rl, IMGW__REDIS_DOWN);
     schedule_reconnect(rl);
 }
 
@@ -648,7 +669,7 @@ conn_drop(imgw__redis_loop_t *rl, int status)
     redisAsyncContext *ac = rl->ac;
     if (ac == NULL || rl->freeing)
         return;
-    rl->state = IMGW__REDIS_DOWN;
+    set_state(rl, IMGW__REDIS_DOWN);
     if (ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING))
         return; /* hiredis is already tearing it down: on_disconnect */
     rl->freeing = 1;
@@ -706,7 +727,7 @@ handshake_step(imgw__redis_loop_t *rl)
 {
     if (--rl->handshake_left > 0 || rl->state != IMGW__REDIS_HANDSHAKE)
         return;
-    rl->state = IMGW__REDIS_READY;
+    set_state(rl, IMGW__REDIS_READY);
     rl->up = 1;
     rl->backoff_ms = REDIS_BACKOFF_MIN_MS;
     IMGW_LOG_INFO("store: redis (%s) ready on loop %d", rl->r->where,
@@ -803,7 +824,7 @@ conn_connect(imgw__redis_loop_t *rl, const char *ip)
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     rl->ac = ac;
-    rl->state = IMGW__REDIS_HANDSHAKE;
+    set_state(rl, IMGW__REDIS_HANDSHAKE);
     rl->handshake_left = IMGW__REDIS_N_SCRIPTS + (u->password != NULL) +
                          (u->db != 0);
     if (u->password != NULL) {
@@ -886,7 +907,7 @@ conn_start(imgw__redis_loop_t *rl)
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     rl->gai.data = rl;
-    rl->state = IMGW__REDIS_RESOLVING;
+    set_state(rl, IMGW__REDIS_RESOLVING);
     if (uv_getaddrinfo(rl->loop, &rl->gai, gai_cb, u->host, NULL, &hints) !=
         0) {
         schedule_reconnect(rl);
@@ -917,6 +938,7 @@ redis_loop_open(imgw_store_t *s, int loop_index, uv_loop_t *loop,
     imgw_list_init(&rl->fifo);
     rl->backoff_ms = REDIS_BACKOFF_MIN_MS;
     rl->state = IMGW__REDIS_DOWN;
+    atomic_fetch_add(&rl->r->loops_open, 1);
     uv_timer_init(loop, &rl->deadline_timer);
     uv_timer_init(loop, &rl->conn_timer);
     rl->deadline_timer.data = rl;
@@ -949,12 +971,13 @@ redis_loop_close(imgw_store_loop_t *sl)
     if (rl->closing)
         return;
     rl->closing = 1;
+    atomic_fetch_sub(&rl->r->loops_open, 1);
     uv_timer_stop(&rl->deadline_timer);
     uv_timer_stop(&rl->conn_timer);
     if (rl->gai_active)
         uv_cancel((uv_req_t *)&rl->gai); /* gai_cb runs either way */
     conn_drop(rl, 0);
-    rl->state = IMGW__REDIS_DOWN;
+    set_state(rl, IMGW__REDIS_DOWN);
     uv_close((uv_handle_t *)&rl->deadline_timer, handle_closed);
     uv_close((uv_handle_t *)&rl->conn_timer, handle_closed);
 }
@@ -966,6 +989,15 @@ redis_loop_ready(imgw_store_loop_t *sl)
     return rl->state == IMGW__REDIS_READY && !rl->freeing;
 }
 
+static int
+redis_ready(imgw_store_t *s, int n_loops)
+{
+    imgw__redis_t *r = s->impl;
+    /* loops_open too: a loop that closed (shutdown) is not ready. */
+    return atomic_load(&r->loops_open) >= n_loops &&
+           atomic_load(&r->loops_ready) >= n_loops;
+}
+
 /* ---- the table --------------------------------------------------------- */
 
 const imgw_store_backend_t imgw__store_redis = {
@@ -975,6 +1007,7 @@ const imgw_store_backend_t imgw__store_redis = {
     .loop_open = redis_loop_open,
     .loop_close = redis_loop_close,
     .loop_ready = redis_loop_ready,
+    .ready = redis_ready,
     .tick = NULL, /* Redis expires keys itself */
     .append = imgw__redis_append,
     .sync = imgw__redis_sync,
@@ -991,4 +1024,9 @@ const imgw_store_backend_t imgw__store_redis = {
     .route_del = imgw__redis_route_del,
     .route_refresh = imgw__redis_route_refresh,
     .route_get = imgw__redis_route_get,
+    .conv_list = imgw__redis_conv_list,
+    .conv_read = imgw__redis_conv_read,
+    .conv_delete = imgw__redis_conv_delete,
+    .watch_set = imgw__redis_watch_set,
+    .watch_get = imgw__redis_watch_get,
 };

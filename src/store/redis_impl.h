@@ -10,6 +10,7 @@
 #ifndef IMGW_STORE_REDIS_IMPL_H
 #define IMGW_STORE_REDIS_IMPL_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -40,6 +41,9 @@ enum {
     IMGW__REDIS_S_READ,
     IMGW__REDIS_S_MAX_SEQ,
     IMGW__REDIS_S_ROUTE_REFRESH,
+    IMGW__REDIS_S_CONV_LIST,
+    IMGW__REDIS_S_CONV_READ,
+    IMGW__REDIS_S_CONV_DEL,
     IMGW__REDIS_N_SCRIPTS
 };
 
@@ -64,7 +68,13 @@ typedef struct imgw__redis_s {
     int64_t retention_ms;
     int64_t seq_ttl_ms; /* IM-SEQ: retention + seq_idle_days, refreshed */
     int dedupe_ttl; /* seconds */
+    int max_convs;  /* conversations kept per user (IM-CONV) */
     int timeout_ms; /* per command, connect and handshake included */
+    /* The node is ready when every loop's connection is (/readyz,
+     * imgw_store_up): each loop thread moves these as its own connection
+     * comes and goes; any thread reads them. */
+    atomic_int loops_open;
+    atomic_int loops_ready;
 } imgw__redis_t;
 
 typedef struct imgw__redis_loop_s imgw__redis_loop_t;
@@ -105,6 +115,7 @@ struct imgw__redis_req_s {
         imgw_store_members_cb members;
         imgw_store_routes_cb routes;
         imgw_store_dedupe_cb dedupe;
+        imgw_store_conv_list_cb convs;
     } cb;
     void *data;
     imgw_store_append_t *app; /* append: the caller's request */
@@ -219,6 +230,20 @@ int imgw__redis_route_del(imgw_store_loop_t *sl, const char *user,
 int imgw__redis_route_refresh(imgw_store_loop_t *sl, const char *user,
                               int ttl, imgw_store_done_cb cb, void *data);
 int imgw__redis_route_get(imgw_store_loop_t *sl, const char *user,
+                          imgw_store_routes_cb cb, void *data);
+int imgw__redis_conv_list(imgw_store_loop_t *sl, const char *user,
+                          int64_t before_seq, int limit,
+                          imgw_store_conv_list_cb cb, void *data);
+int imgw__redis_conv_read(imgw_store_loop_t *sl, const char *user, int kind,
+                          const char *peer, int64_t read_seq,
+                          imgw_store_done_cb cb, void *data);
+int imgw__redis_conv_delete(imgw_store_loop_t *sl, const char *user,
+                            int kind, const char *peer, imgw_store_done_cb cb,
+                            void *data);
+int imgw__redis_watch_set(imgw_store_loop_t *sl, const char *user,
+                          const char *broker_id, int ttl,
+                          imgw_store_done_cb cb, void *data);
+int imgw__redis_watch_get(imgw_store_loop_t *sl, const char *user,
                           imgw_store_routes_cb cb, void *data);
 
 #endif

@@ -25,6 +25,15 @@
  *   IM-USER-{u}   hash platform -> broker_id, EX route ttl
  *   IM-POS-{u}    hash device -> "<stamp>:<seq>", "" -> stamp counter
  *   IM-READ-{u}   hash conv -> "<stamp>:<message_id>", "" -> stamp counter
+ *   IM-PWATCH-{u} hash broker_id -> broker_id: nodes with presence
+ *                 subscribers of u, EX route ttl (refreshed by them)
+ *   IM-CONV-{u}   zset score = the last message's seq in u's timeline,
+ *                 member = "s:<peer>" (1:1) or "g:<gid>" (group); at most
+ *                 store.max_conversations, the lowest score dropped first
+ *   IM-CONVE-{u}  hash member -> "<last_message_id>:<last_seq>:<type>:
+ *                 <unread>:<read_seq>:<updated_ms>:<sender>:<preview>",
+ *                 "" -> the sum of the unread counts; both PX IM-SEQ's ttl,
+ *                 refreshed by append, list, read and delete
  *
  * Every key is a fixed prefix and at most one value, except IM-DEDUP, which
  * joins two: the sender and the client_msg_id. The separator is ':', which
@@ -56,6 +65,9 @@
 #define K_USER "IM-USER-"
 #define K_POS "IM-POS-"
 #define K_READ "IM-READ-"
+#define K_PWATCH "IM-PWATCH-"
+#define K_CONV "IM-CONV-"
+#define K_CONVE "IM-CONVE-"
 
 /* A key: prefix + id (+ ":" + id2), in a caller buffer of KEY_MAX bytes. */
 #define KEY_MAX (16 + 2 * (IMGW__STORE_ID_MAX + 1) + 1)
@@ -120,12 +132,32 @@
     "  if lf then redis.call('HDEL', k, lf) end\n"                           \
     "end\n"
 
+/* Conversation entries (IM-CONV / IM-CONVE): drops one, keeping the ""
+ * total of unread counts; returns its value or nil. */
+#define LUA_CONV_DROP                                                        \
+    "local function conv_drop(ck, ek, f)\n"                                  \
+    "  local v = redis.call('HGET', ek, f)\n"                                \
+    "  if v then\n"                                                          \
+    "    local un = tonumber(string.match(v, '^%d+:%d+:%-?%d+:(%d+):')) "    \
+    "or 0\n"                                                                 \
+    "    if un > 0 then redis.call('HINCRBY', ek, '', -un) end\n"            \
+    "    redis.call('HDEL', ek, f)\n"                                        \
+    "  end\n"                                                                \
+    "  redis.call('ZREM', ck, f)\n"                                          \
+    "  return v\n"                                                           \
+    "end\n"
+
 /*
- * append. KEYS: dedupe key, message key, then per user its IM-SEQ, IM-TL
- * and IM-EPOCH. ARGV: message id, sender, conversation, server time, retention
- * count, retention ms, dedupe ttl s, entry, dedupe flag, IM-SEQ ttl ms
- * (longer than retention: the counter outlives every entry it numbered,
- * so a seq is never reused while a timeline holds one). Everything that
+ * append. KEYS: dedupe key, message key, then per user its IM-SEQ, IM-TL,
+ * IM-EPOCH, IM-CONV and IM-CONVE. ARGV: message id, sender, conversation,
+ * server time, retention count, retention ms, dedupe ttl s, entry, dedupe flag,
+ * IM-SEQ ttl ms (longer than retention: the counter outlives every entry it
+ * numbered, so a seq is never reused while a timeline holds one), conversation
+ * kind
+ * ("0": no conversation state), message type, preview (cut by the
+ * caller), max conversations, then per user its conversation member
+ * ("s:<peer>" / "g:<gid>"). The sender (users[0], the first) does not
+ * count its own message as unread. Everything that
  * can fail is checked before the first write, so an error reply means
  * nothing was written and a script that gets past the checks writes all.
  * A counter that INCR starts at 1 (new, flushed or expired) starts a new
@@ -133,43 +165,78 @@
  * Returns {0, seq...}, {1, "<id>:<seq>"} (duplicate) or {2} (id in use).
  */
 static const char lua_append[] =
-    LUA_PROLOGUE LUA_TRIM_AGE
-    "local nu = (#KEYS - 2) / 3\n"
+    LUA_PROLOGUE LUA_TRIM_AGE LUA_CONV_DROP
+    "local nu = (#KEYS - 2) / 5\n"
     "local dd = ARGV[9] == '1'\n"
+    "local cv = ARGV[11] ~= '0'\n"
     "if dd then\n"
     "  local d = redis.call('GET', KEYS[1])\n"
     "  if d then return {1, d} end\n"
     "end\n"
     "if redis.call('EXISTS', KEYS[2]) == 1 then return {2} end\n"
     "for i = 1, nu do\n"
-    "  local v = redis.call('GET', KEYS[3 * i])\n"
+    "  local b = 5 * i - 2\n"
+    "  local v = redis.call('GET', KEYS[b])\n"
     "  if v and not string.match(v, '^%d+$') then\n"
-    "    return redis.error_reply('IMGW ' .. KEYS[3 * i] .. "
+    "    return redis.error_reply('IMGW ' .. KEYS[b] .. "
     "' is not a counter')\n"
     "  end\n"
-    "  local t = redis.call('TYPE', KEYS[3 * i + 1])['ok']\n"
+    "  local t = redis.call('TYPE', KEYS[b + 1])['ok']\n"
     "  if t ~= 'none' and t ~= 'zset' then\n"
-    "    return redis.error_reply('IMGW ' .. KEYS[3 * i + 1] .. "
+    "    return redis.error_reply('IMGW ' .. KEYS[b + 1] .. "
     "' is not a sorted set')\n"
     "  end\n"
-    "end\n" LUA_NOW
-    "local rc = tonumber(ARGV[5])\n"
+    "  if cv then\n"
+    "    t = redis.call('TYPE', KEYS[b + 3])['ok']\n"
+    "    local t2 = redis.call('TYPE', KEYS[b + 4])['ok']\n"
+    "    if (t ~= 'none' and t ~= 'zset') or (t2 ~= 'none' and t2 ~= "
+    "'hash') then\n"
+    "      return redis.error_reply('IMGW ' .. KEYS[b + 3] .. "
+    "' has the wrong type')\n"
+    "    end\n"
+    "  end\n"
+    "end\n" LUA_NOW "local rc = tonumber(ARGV[5])\n"
     "local rms = tonumber(ARGV[6])\n"
-    "local member = ARGV[1] .. ':' .. string.format('%.0f', now) .. ':' .. "
-    "ARGV[8]\n"
+    "local nows = string.format('%.0f', now)\n"
+    "local member = ARGV[1] .. ':' .. nows .. ':' .. ARGV[8]\n"
+    "local mc = tonumber(ARGV[14])\n"
     "local out = {0}\n"
     "for i = 1, nu do\n"
-    "  local tk = KEYS[3 * i + 1]\n"
-    "  local s = redis.call('INCR', KEYS[3 * i])\n"
-    "  redis.call('PEXPIRE', KEYS[3 * i], ARGV[10])\n"
-    "  if s == 1 then redis.call('SET', KEYS[3 * i + 2], ARGV[1]) end\n"
-    "  redis.call('PEXPIRE', KEYS[3 * i + 2], ARGV[10])\n"
+    "  local b = 5 * i - 2\n"
+    "  local tk = KEYS[b + 1]\n"
+    "  local s = redis.call('INCR', KEYS[b])\n"
+    "  redis.call('PEXPIRE', KEYS[b], ARGV[10])\n"
+    "  if s == 1 then redis.call('SET', KEYS[b + 2], ARGV[1]) end\n"
+    "  redis.call('PEXPIRE', KEYS[b + 2], ARGV[10])\n"
     "  redis.call('ZADD', tk, s, member)\n"
     "  local n = redis.call('ZCARD', tk)\n"
     "  if n > rc then redis.call('ZREMRANGEBYRANK', tk, 0, n - rc - 1) end\n"
     "  trim_age(tk, now - rms)\n"
     "  redis.call('PEXPIRE', tk, ARGV[6])\n"
     "  out[i + 1] = s\n"
+    "  if cv then\n"
+    "    local ck, ek, f = KEYS[b + 3], KEYS[b + 4], ARGV[14 + i]\n"
+    "    local old = redis.call('HGET', ek, f)\n"
+    "    local un, rs = 0, '0'\n"
+    "    if old then\n"
+    "      local a, r = string.match(old, '^%d+:%d+:%-?%d+:(%d+):(%d+):')\n"
+    "      un = tonumber(a) or 0\n"
+    "      rs = r or '0'\n"
+    "    end\n"
+    "    if i > 1 then\n"
+    "      un = un + 1\n"
+    "      redis.call('HINCRBY', ek, '', 1)\n"
+    "    end\n"
+    "    redis.call('HSET', ek, f, ARGV[1] .. ':' .. string.format('%.0f', "
+    "s) .. ':' .. ARGV[12] .. ':' .. string.format('%.0f', un) .. ':' .. rs "
+    ".. ':' .. nows .. ':' .. ARGV[2] .. ':' .. ARGV[13])\n"
+    "    redis.call('ZADD', ck, s, f)\n"
+    "    if not old and redis.call('ZCARD', ck) > mc then\n"
+    "      conv_drop(ck, ek, redis.call('ZRANGE', ck, 0, 0)[1])\n"
+    "    end\n"
+    "    redis.call('PEXPIRE', ck, ARGV[10])\n"
+    "    redis.call('PEXPIRE', ek, ARGV[10])\n"
+    "  end\n"
     "end\n"
     "redis.call('HSET', KEYS[2], 'sender', ARGV[2], 'conv', ARGV[3], "
     "'ts', ARGV[4], 'revoked', '0')\n"
@@ -322,6 +389,87 @@ static const char lua_route_refresh[] =
     "redis.call('PEXPIRE', KEYS[3], ARGV[2])\n"
     "return 1\n";
 
+/*
+ * conv_list. KEYS: IM-CONV, IM-CONVE. ARGV: before_seq ("0": from the
+ * newest), limit, ttl ms. Returns {has_more, total unread, member, value,
+ * ...}, newest first (highest last seq).
+ */
+static const char lua_conv_list[] =
+    "local hi = '+inf'\n"
+    "if ARGV[1] ~= '0' then hi = '(' .. ARGV[1] end\n"
+    "local lim = tonumber(ARGV[2])\n"
+    "local fs = redis.call('ZREVRANGEBYSCORE', KEYS[1], hi, '-inf', "
+    "'LIMIT', 0, lim + 1)\n"
+    "local n = #fs\n"
+    "local more = 0\n"
+    "if n > lim then n = lim more = 1 end\n"
+    "local tot = tonumber(redis.call('HGET', KEYS[2], '') or '0') or 0\n"
+    "if tot < 0 then tot = 0 end\n"
+    "local out = {more, tot}\n"
+    "for i = 1, n do\n"
+    "  local v = redis.call('HGET', KEYS[2], fs[i])\n"
+    "  if v then\n"
+    "    out[#out + 1] = fs[i]\n"
+    "    out[#out + 1] = v\n"
+    "  end\n"
+    "end\n"
+    "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
+    "redis.call('PEXPIRE', KEYS[2], ARGV[3])\n"
+    "return out\n";
+
+/*
+ * conv_read. KEYS: IM-CONV, IM-CONVE, IM-TL. ARGV: member, read_seq ("0":
+ * everything), kind ("1" 1:1, "2" group), peer, user, message key prefix,
+ * ttl ms. Moves the read position forward only; unread becomes the
+ * messages of others in this conversation above it, recounted from the
+ * timeline and the messages' metadata (IM-MSG sender, conv) when the
+ * position lands below the last message. 1, or 0: no such entry.
+ */
+static const char lua_conv_read[] =
+    "local v = redis.call('HGET', KEYS[2], ARGV[1])\n"
+    "if not v then return 0 end\n"
+    "local mid, last, ty, un, rs, rest = string.match(v, "
+    "'^(%d+):(%d+):(%-?%d+):(%d+):(%d+):(.*)$')\n"
+    "if not mid then\n"
+    "  return redis.error_reply('IMGW ' .. KEYS[2] .. ' holds a bad entry')\n"
+    "end\n"
+    "last = tonumber(last)\n"
+    "local want = tonumber(ARGV[2])\n"
+    "if want == 0 or want > last then want = last end\n"
+    "if want > tonumber(rs) then\n"
+    "  local nu = 0\n"
+    "  if want < last then\n"
+    "    local ms = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. "
+    "string.format('%.0f', want), string.format('%.0f', last))\n"
+    "    for j = 1, #ms do\n"
+    "      local id = string.match(ms[j], '^(%d+):')\n"
+    "      local h = id and redis.call('HMGET', ARGV[6] .. id, 'sender', "
+    "'conv') or {}\n"
+    "      local sd, c = h[1], h[2]\n"
+    "      if sd and sd ~= ARGV[5] then\n"
+    "        if ARGV[3] == '2' then\n"
+    "          if c == 'g_' .. ARGV[4] then nu = nu + 1 end\n"
+    "        elseif sd == ARGV[4] and c and string.sub(c, 1, 2) == 's_' then\n"
+    "          nu = nu + 1\n"
+    "        end\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "  redis.call('HINCRBY', KEYS[2], '', nu - tonumber(un))\n"
+    "  redis.call('HSET', KEYS[2], ARGV[1], mid .. ':' .. "
+    "string.format('%.0f', last) .. ':' .. ty .. ':' .. "
+    "string.format('%.0f', nu) .. ':' .. string.format('%.0f', want) .. "
+    "':' .. rest)\n"
+    "end\n"
+    "redis.call('PEXPIRE', KEYS[1], ARGV[7])\n"
+    "redis.call('PEXPIRE', KEYS[2], ARGV[7])\n"
+    "return 1\n";
+
+/* conv_delete. KEYS: IM-CONV, IM-CONVE. ARGV: member. 1, or 0: none. */
+static const char lua_conv_del[] =
+    LUA_CONV_DROP "if conv_drop(KEYS[1], KEYS[2], ARGV[1]) then return 1 end\n"
+                  "return 0\n";
+
 const char *const imgw__redis_scripts[IMGW__REDIS_N_SCRIPTS] = {
     [IMGW__REDIS_S_APPEND] = lua_append,
     [IMGW__REDIS_S_SYNC] = lua_sync,
@@ -333,6 +481,9 @@ const char *const imgw__redis_scripts[IMGW__REDIS_N_SCRIPTS] = {
     [IMGW__REDIS_S_READ] = lua_read,
     [IMGW__REDIS_S_MAX_SEQ] = lua_max_seq,
     [IMGW__REDIS_S_ROUTE_REFRESH] = lua_route_refresh,
+    [IMGW__REDIS_S_CONV_LIST] = lua_conv_list,
+    [IMGW__REDIS_S_CONV_READ] = lua_conv_read,
+    [IMGW__REDIS_S_CONV_DEL] = lua_conv_del,
 };
 
 /* ---- helpers ------------------------------------------------------------- */
@@ -406,7 +557,7 @@ bad_reply(imgw__redis_req_t *q)
 #define REQ_BEGIN(q, sl, fn, write, busy_stmt)                               \
     imgw__redis_loop_t *rl_ = (sl)->impl;                                    \
     int refuse_;                                                             \
-    imgw__redis_req_t *q = imgw__redis_req_new(rl_, fn, write, &refuse_);   \
+    imgw__redis_req_t *q = imgw__redis_req_new(rl_, fn, write, &refuse_);    \
     if (q == NULL) {                                                         \
         if (refuse_ != 0)                                                    \
             return refuse_;                                                  \
@@ -502,13 +653,25 @@ imgw__redis_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     q->data = data;
     q->app = req;
 
-    /* EVALSHA sha numkeys, 2 + 3n keys, 10 args */
-    int argc = 3 + 2 + 3 * (int)n + 10;
-    size_t text = strlen(K_DEDUP) + strlen(req->sender) + 1 + strlen(cmid) +
-                  1 + KEY_MAX;
-    for (size_t i = 0; i < n; i++)
+    /* EVALSHA sha numkeys, 2 + 5n keys, 14 + n args */
+    int ckind = imgw__store_conv_kind(conv, n);
+    char preview[IMGW_STORE_PREVIEW_MAX + 1];
+    size_t pl = req->preview
+                    ? imgw__store_cut_utf8(req->preview, IMGW_STORE_PREVIEW_MAX)
+                    : 0;
+    if (pl > 0)
+        memcpy(preview, req->preview, pl);
+    preview[pl] = '\0';
+    int argc = 3 + 2 + 5 * (int)n + 14 + (int)n;
+    size_t text =
+        strlen(K_DEDUP) + strlen(req->sender) + 1 + strlen(cmid) + 1 + KEY_MAX;
+    for (size_t i = 0; i < n; i++) {
+        const char *peer =
+            ckind ? imgw__store_conv_peer(ckind, conv, req->users, n, i) : "";
         text += strlen(K_SEQ) + strlen(K_TL) + strlen(K_EPOCH) +
-                3 * strlen(req->users[i]) + 3;
+                strlen(K_CONV) + strlen(K_CONVE) + 5 * strlen(req->users[i]) +
+                5 + 2 + strlen(peer) + 1;
+    }
     const char **argv = imgw_try_malloc((size_t)argc * sizeof(*argv));
     size_t *lens = imgw_try_malloc((size_t)argc * sizeof(*lens));
     char *buf = imgw_try_malloc(text);
@@ -520,7 +683,8 @@ imgw__redis_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
         return IMGW_ENOMEM;
     }
     char *p = buf;
-    char numkeys[16], mid[24], ts[24], rc[16], rms[24], ttl[16], sttl[24];
+    char numkeys[16], mid[24], ts[24], rc[16], rms[24], ttl[16], sttl[24],
+        ck[4], mt[16], mc[16];
     int a = 2;
 #define PUT(s, l)                                                            \
     do {                                                                     \
@@ -529,7 +693,7 @@ imgw__redis_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
         a++;                                                                 \
     } while (0)
 #define PUTS(s) PUT((s), strlen(s))
-    snprintf(numkeys, sizeof(numkeys), "%zu", 2 + 3 * n);
+    snprintf(numkeys, sizeof(numkeys), "%zu", 2 + 5 * n);
     PUTS(numkeys);
     int k = sprintf(p, K_DEDUP "%s:%s", req->sender, cmid);
     PUT(p, (size_t)k);
@@ -538,15 +702,13 @@ imgw__redis_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     PUT(p, (size_t)k);
     p += k + 1;
     for (size_t i = 0; i < n; i++) {
-        k = sprintf(p, K_SEQ "%s", req->users[i]);
-        PUT(p, (size_t)k);
-        p += k + 1;
-        k = sprintf(p, K_TL "%s", req->users[i]);
-        PUT(p, (size_t)k);
-        p += k + 1;
-        k = sprintf(p, K_EPOCH "%s", req->users[i]);
-        PUT(p, (size_t)k);
-        p += k + 1;
+        static const char *const pre[5] = {K_SEQ, K_TL, K_EPOCH, K_CONV,
+                                           K_CONVE};
+        for (int j = 0; j < 5; j++) {
+            k = sprintf(p, "%s%s", pre[j], req->users[i]);
+            PUT(p, (size_t)k);
+            p += k + 1;
+        }
     }
     snprintf(mid, sizeof(mid), "%" PRIu64, req->message_id);
     snprintf(ts, sizeof(ts), "%" PRId64, req->server_time_ms);
@@ -554,6 +716,9 @@ imgw__redis_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     snprintf(rms, sizeof(rms), "%" PRId64, r->retention_ms);
     snprintf(ttl, sizeof(ttl), "%d", r->dedupe_ttl);
     snprintf(sttl, sizeof(sttl), "%" PRId64, r->seq_ttl_ms);
+    snprintf(ck, sizeof(ck), "%d", ckind);
+    snprintf(mt, sizeof(mt), "%" PRId32, req->msg_type);
+    snprintf(mc, sizeof(mc), "%d", r->max_convs);
     PUTS(mid);
     PUTS(req->sender);
     PUTS(conv);
@@ -564,6 +729,20 @@ imgw__redis_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     PUT(req->entry_len ? (const char *)req->entry : "", req->entry_len);
     PUTS(cmid[0] ? "1" : "0");
     PUTS(sttl);
+    PUTS(ck);
+    PUTS(mt);
+    PUT(preview, pl);
+    PUTS(mc);
+    for (size_t i = 0; i < n; i++) {
+        if (!ckind) {
+            PUT("", 0);
+            continue;
+        }
+        k = sprintf(p, "%s:%s", ckind == IMGW_STORE_CONV_GROUP ? "g" : "s",
+                    imgw__store_conv_peer(ckind, conv, req->users, n, i));
+        PUT(p, (size_t)k);
+        p += k + 1;
+    }
 #undef PUT
 #undef PUTS
     imgw__redis_send(q, IMGW__REDIS_S_APPEND, a, argv, lens);
@@ -990,10 +1169,13 @@ imgw__redis_route_refresh(imgw_store_loop_t *sl, const char *user, int ttl,
     return 0;
 }
 
+/* Route and watcher hashes alike: field -> value pairs (route_set caps
+ * IM-USER at IMGW_STORE_MAX_ROUTES fields, watch_set IM-PWATCH at
+ * IMGW_STORE_MAX_WATCHERS). */
 static void
 route_get_done(imgw__redis_req_t *q, redisReply *reply, int status)
 {
-    imgw_store_route_t r[IMGW_STORE_MAX_ROUTES];
+    imgw_store_route_t r[IMGW_STORE_MAX_WATCHERS];
     size_t n = 0;
     if (status == 0 &&
         (reply->type != REDIS_REPLY_ARRAY || reply->elements % 2 != 0))
@@ -1002,7 +1184,7 @@ route_get_done(imgw__redis_req_t *q, redisReply *reply, int status)
         q->cb.routes(status, NULL, 0, q->data);
         return;
     }
-    for (size_t i = 0; i + 1 < reply->elements && n < IMGW_STORE_MAX_ROUTES;
+    for (size_t i = 0; i + 1 < reply->elements && n < IMGW_STORE_MAX_WATCHERS;
          i += 2) {
         if (reply->element[i]->type != REDIS_REPLY_STRING ||
             reply->element[i + 1]->type != REDIS_REPLY_STRING)
@@ -1022,6 +1204,221 @@ imgw__redis_route_get(imgw_store_loop_t *sl, const char *user,
     char k[KEY_MAX];
     const char *argv[2] = {"HGETALL", k};
     size_t lens[2] = {7, key1(k, K_USER, user)};
+    q->cb.routes = cb;
+    q->data = data;
+    imgw__redis_send(q, -1, 2, argv, lens);
+    return 0;
+}
+
+/* ---- conversations ------------------------------------------------------- */
+
+/* "s:<peer>" / "g:<gid>" into buf (KEY_MAX bytes); its length. */
+static size_t
+conv_member(char *buf, int kind, const char *peer)
+{
+    int n = snprintf(buf, KEY_MAX, "%s:%s",
+                     kind == IMGW_STORE_CONV_GROUP ? "g" : "s", peer);
+    return (size_t)n;
+}
+
+/* Next ':'-separated decimal field of [*p, end); -1 when malformed. */
+static int
+field_num(const char **p, const char *end, int is_signed, long long *out)
+{
+    const char *c = memchr(*p, ':', (size_t)(end - *p));
+    if (c == NULL || c == *p || c - *p > 20)
+        return -1;
+    char buf[24], *e;
+    memcpy(buf, *p, (size_t)(c - *p));
+    buf[c - *p] = '\0';
+    if (!is_signed && buf[0] == '-')
+        return -1;
+    errno = 0;
+    if (is_signed)
+        *out = strtoll(buf, &e, 10);
+    else
+        *out = (long long)strtoull(buf, &e, 10);
+    if (*e != '\0' || errno != 0)
+        return -1;
+    *p = c + 1;
+    return 0;
+}
+
+/* One list entry: member "s:<peer>" / "g:<gid>" and its packed value. */
+static int
+conv_parse(const redisReply *m, const redisReply *v, imgw_store_conv_t *c)
+{
+    if (m->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING ||
+        m->len < 3 || m->str[1] != ':' || m->len - 2 >= sizeof(c->peer))
+        return -1;
+    memset(c, 0, sizeof(*c));
+    if (m->str[0] == 'g')
+        c->kind = IMGW_STORE_CONV_GROUP;
+    else if (m->str[0] == 's')
+        c->kind = IMGW_STORE_CONV_SINGLE;
+    else
+        return -1;
+    memcpy(c->peer, m->str + 2, m->len - 2);
+    const char *p = v->str, *end = v->str + v->len;
+    long long mid, seq, type, unread, rseq, upd;
+    if (field_num(&p, end, 0, &mid) || field_num(&p, end, 0, &seq) ||
+        field_num(&p, end, 1, &type) || field_num(&p, end, 0, &unread) ||
+        field_num(&p, end, 0, &rseq) || field_num(&p, end, 0, &upd))
+        return -1;
+    const char *c2 = memchr(p, ':', (size_t)(end - p));
+    if (c2 == NULL || (size_t)(c2 - p) >= sizeof(c->last_sender))
+        return -1;
+    memcpy(c->last_sender, p, (size_t)(c2 - p));
+    size_t pl = (size_t)(end - c2 - 1);
+    if (pl > IMGW_STORE_PREVIEW_MAX)
+        pl = imgw__store_cut_utf8(c2 + 1, IMGW_STORE_PREVIEW_MAX);
+    memcpy(c->preview, c2 + 1, pl);
+    c->preview[pl] = '\0';
+    c->last_message_id = (uint64_t)mid;
+    c->last_seq = seq;
+    c->last_type = (int32_t)type;
+    c->unread = unread > UINT32_MAX ? UINT32_MAX : (uint32_t)unread;
+    c->read_seq = rseq;
+    c->updated_ms = upd;
+    return 0;
+}
+
+static void
+conv_list_done(imgw__redis_req_t *q, redisReply *reply, int status)
+{
+    long long more = 0, total = 0;
+    if (status != 0) {
+        q->cb.convs(status, NULL, 0, 0, 0, q->data);
+        return;
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 2 ||
+        reply->elements % 2 != 0 ||
+        (reply->elements - 2) / 2 > (size_t)q->aux ||
+        reply_int(reply->element[0], 0, &more) != 0 ||
+        reply_int(reply->element[1], 0, &total) != 0) {
+        q->cb.convs(bad_reply(q), NULL, 0, 0, 0, q->data);
+        return;
+    }
+    size_t n = (reply->elements - 2) / 2;
+    imgw_store_conv_t *c = NULL;
+    if (n > 0 && (c = imgw_try_malloc(n * sizeof(*c))) == NULL) {
+        q->cb.convs(IMGW_EBUSY, NULL, 0, 0, 0, q->data);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (conv_parse(reply->element[2 + 2 * i], reply->element[3 + 2 * i],
+                       &c[i]) != 0) {
+            imgw_free(c);
+            q->cb.convs(bad_reply(q), NULL, 0, 0, 0, q->data);
+            return;
+        }
+    q->cb.convs(0, c, n, more != 0, total > 0 ? (uint64_t)total : 0, q->data);
+    imgw_free(c);
+}
+
+int
+imgw__redis_conv_list(imgw_store_loop_t *sl, const char *user,
+                      int64_t before_seq, int limit, imgw_store_conv_list_cb cb,
+                      void *data)
+{
+    /* A read for the caller: its only write is the TTL refresh. */
+    REQ_BEGIN(q, sl, conv_list_done, 0, cb(IMGW_EBUSY, NULL, 0, 0, 0, data));
+    char ck[KEY_MAX], ek[KEY_MAX], before[24], lim[16], sttl[24];
+    snprintf(before, sizeof(before), "%" PRId64, before_seq);
+    snprintf(lim, sizeof(lim), "%d", limit);
+    snprintf(sttl, sizeof(sttl), "%" PRId64, rl_->r->seq_ttl_ms);
+    const char *argv[8] = {NULL, NULL, "2", ck, ek, before, lim, sttl};
+    size_t lens[8] = {0,
+                      0,
+                      1,
+                      key1(ck, K_CONV, user),
+                      key1(ek, K_CONVE, user),
+                      strlen(before),
+                      strlen(lim),
+                      strlen(sttl)};
+    q->cb.convs = cb;
+    q->data = data;
+    q->aux = limit;
+    imgw__redis_send(q, IMGW__REDIS_S_CONV_LIST, 8, argv, lens);
+    return 0;
+}
+
+int
+imgw__redis_conv_read(imgw_store_loop_t *sl, const char *user, int kind,
+                      const char *peer, int64_t read_seq, imgw_store_done_cb cb,
+                      void *data)
+{
+    REQ_BEGIN(q, sl, done_found, 1, if (cb) cb(IMGW_EBUSY, data));
+    char ck[KEY_MAX], ek[KEY_MAX], tl[KEY_MAX], mem[KEY_MAX], rs[24], sttl[24];
+    snprintf(rs, sizeof(rs), "%" PRId64, read_seq);
+    snprintf(sttl, sizeof(sttl), "%" PRId64, rl_->r->seq_ttl_ms);
+    const char *kd = kind == IMGW_STORE_CONV_GROUP ? "2" : "1";
+    const char *argv[13] = {NULL, NULL, "3",  ck,   ek,    tl,  mem,
+                            rs,   kd,   peer, user, K_MSG, sttl};
+    size_t lens[13];
+    lens[2] = 1;
+    lens[3] = key1(ck, K_CONV, user);
+    lens[4] = key1(ek, K_CONVE, user);
+    lens[5] = key1(tl, K_TL, user);
+    lens[6] = conv_member(mem, kind, peer);
+    for (int i = 7; i < 13; i++)
+        lens[i] = strlen(argv[i]);
+    q->cb.done = cb;
+    q->data = data;
+    imgw__redis_send(q, IMGW__REDIS_S_CONV_READ, 13, argv, lens);
+    return 0;
+}
+
+int
+imgw__redis_conv_delete(imgw_store_loop_t *sl, const char *user, int kind,
+                        const char *peer, imgw_store_done_cb cb, void *data)
+{
+    REQ_BEGIN(q, sl, done_found, 1, if (cb) cb(IMGW_EBUSY, data));
+    char ck[KEY_MAX], ek[KEY_MAX], mem[KEY_MAX];
+    const char *argv[6] = {NULL, NULL, "2", ck, ek, mem};
+    size_t lens[6] = {0,
+                      0,
+                      1,
+                      key1(ck, K_CONV, user),
+                      key1(ek, K_CONVE, user),
+                      conv_member(mem, kind, peer)};
+    q->cb.done = cb;
+    q->data = data;
+    imgw__redis_send(q, IMGW__REDIS_S_CONV_DEL, 6, argv, lens);
+    return 0;
+}
+/* ---- presence watchers ---------------------------------------------------- */
+
+/* IM-PWATCH-{u}: hash broker_id -> broker_id, EX ttl: the route script on
+ * another key (the TTL only grows; past the cap a new node replaces the
+ * oldest field). */
+int
+imgw__redis_watch_set(imgw_store_loop_t *sl, const char *user,
+                      const char *broker_id, int ttl, imgw_store_done_cb cb,
+                      void *data)
+{
+    REQ_BEGIN(q, sl, done_status, 1, if (cb) cb(IMGW_EBUSY, data));
+    char k[KEY_MAX], t[16], max[8];
+    snprintf(t, sizeof(t), "%d", ttl);
+    snprintf(max, sizeof(max), "%d", IMGW_STORE_MAX_WATCHERS);
+    const char *argv[8] = {NULL, NULL, "1", k, broker_id, broker_id, t, max};
+    size_t lens[8];
+    for (int i = 2; i < 8; i++)
+        lens[i] = i == 3 ? key1(k, K_PWATCH, user) : strlen(argv[i]);
+    q->cb.done = cb;
+    q->data = data;
+    imgw__redis_send(q, IMGW__REDIS_S_ROUTE_SET, 8, argv, lens);
+    return 0;
+}
+
+int
+imgw__redis_watch_get(imgw_store_loop_t *sl, const char *user,
+                      imgw_store_routes_cb cb, void *data)
+{
+    REQ_BEGIN(q, sl, route_get_done, 0, cb(IMGW_EBUSY, NULL, 0, data));
+    char k[KEY_MAX];
+    const char *argv[2] = {"HGETALL", k};
+    size_t lens[2] = {7, key1(k, K_PWATCH, user)};
     q->cb.routes = cb;
     q->data = data;
     imgw__redis_send(q, -1, 2, argv, lens);

@@ -124,6 +124,7 @@ typedef enum {
     REC_MSG,
     REC_MEMBERS,
     REC_ROUTES,
+    REC_CONVS,
 } rec_kind_t;
 
 typedef struct rec_s rec_t;
@@ -156,6 +157,7 @@ struct rec_s {
         imgw_store_msg_cb msg;
         imgw_store_members_cb members;
         imgw_store_routes_cb routes;
+        imgw_store_conv_list_cb convs;
     } cb;
     union {
         imgw_store_append_t *req; /* the caller's: holds the result */
@@ -183,6 +185,12 @@ struct rec_s {
             imgw_store_route_t *r; /* one allocation with the strings */
             size_t n;
         } routes;
+        struct {
+            imgw_store_conv_t *c; /* a copy (entries are flat) */
+            size_t n;
+            int has_more;
+            uint64_t total_unread;
+        } convs;
     } u;
 };
 
@@ -257,6 +265,11 @@ rec_run(rec_t *q)
         q->cb.routes(st, q->u.routes.n ? q->u.routes.r : NULL, q->u.routes.n,
                      q->data);
         imgw_free(q->u.routes.r);
+        break;
+    case REC_CONVS:
+        q->cb.convs(st, q->u.convs.n ? q->u.convs.c : NULL, q->u.convs.n,
+                    q->u.convs.has_more, q->u.convs.total_unread, q->data);
+        imgw_free(q->u.convs.c);
         break;
     }
     imgw_free(q);
@@ -513,6 +526,31 @@ routes_tramp(int status, const imgw_store_route_t *r, size_t n, void *data)
     q->u.routes.n = n;
 }
 
+static void
+convs_tramp(int status, const imgw_store_conv_t *c, size_t n, int has_more,
+            uint64_t total_unread, void *data)
+{
+    rec_t *q = data;
+    if (!rec_sync_now(q, status)) {
+        q->cb.convs(status, c, n, has_more, total_unread, q->data);
+        imgw_free(q);
+        return;
+    }
+    q->u.convs.has_more = has_more;
+    q->u.convs.total_unread = total_unread;
+    if (status != 0 || n == 0)
+        return;
+    /* n <= IMGW_STORE_CONV_PAGE_MAX (the request's bound) */
+    imgw_store_conv_t *cp = imgw_try_malloc(n * sizeof(*c));
+    if (cp == NULL) {
+        q->status = IMGW_ENOMEM;
+        return;
+    }
+    memcpy(cp, c, n * sizeof(*c));
+    q->u.convs.c = cp;
+    q->u.convs.n = n;
+}
+
 /*
  * Requests whose callback may be NULL (imgw_store_done_cb): with no
  * callback there is nothing to queue and the backend gets NULL; with one,
@@ -616,6 +654,12 @@ int
 imgw_store_loop_ready(imgw_store_loop_t *sl)
 {
     return sl != NULL && sl->be->loop_ready(sl);
+}
+
+int
+imgw_store_ready(imgw_store_t *s, int n_loops)
+{
+    return s != NULL && (s->be->ready == NULL || s->be->ready(s, n_loops));
 }
 
 void
@@ -742,6 +786,109 @@ imgw_store_set_read(imgw_store_loop_t *sl, const char *user,
         return 0;
     return done_call(
         q, sl->be->set_read(sl, user, conversation_id, message_id, cb, data));
+}
+
+/* ---- conversations --------------------------------------------------- */
+
+int
+imgw__store_conv_kind(const char *conv, size_t n_users)
+{
+    if (conv == NULL)
+        return 0;
+    if (strncmp(conv, "g_", 2) == 0 && imgw_id_valid(conv + 2))
+        return IMGW_STORE_CONV_GROUP;
+    if (strncmp(conv, "s_", 2) == 0 && n_users <= 2)
+        return IMGW_STORE_CONV_SINGLE;
+    return 0;
+}
+
+const char *
+imgw__store_conv_peer(int kind, const char *conv, const char *const *users,
+                      size_t n, size_t i)
+{
+    if (kind == IMGW_STORE_CONV_GROUP)
+        return conv + 2;
+    if (n < 2)
+        return users[0];
+    return i == 0 ? users[1] : users[0];
+}
+
+size_t
+imgw__store_cut_utf8(const char *s, size_t max)
+{
+    size_t n = strnlen(s, max + 1);
+    if (n <= max)
+        return n;
+    n = max;
+    /* Back off continuation bytes so the cut ends before a sequence
+     * start. */
+    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+        n--;
+    return n;
+}
+
+static int
+valid_conv_key(int kind, const char *peer)
+{
+    return (kind == IMGW_STORE_CONV_SINGLE || kind == IMGW_STORE_CONV_GROUP) &&
+           valid_id(peer);
+}
+
+int
+imgw_store_conv_list(imgw_store_loop_t *sl, const char *user,
+                     int64_t before_seq, int limit, imgw_store_conv_list_cb cb,
+                     void *data)
+{
+    if (sl == NULL || cb == NULL)
+        return IMGW_EINVAL;
+    rec_t *q = rec_new(sl, REC_CONVS, data);
+    q->cb.convs = cb;
+    if (!valid_id(user) || before_seq < 0)
+        return rec_refuse(q, IMGW_EINVAL);
+    if (limit <= 0)
+        limit = IMGW__STORE_CONV_PAGE_DEFAULT;
+    if (limit > IMGW_STORE_CONV_PAGE_MAX)
+        limit = IMGW_STORE_CONV_PAGE_MAX;
+    if (sl->be->conv_list == NULL)
+        return rec_refuse(q, IMGW_ENOTFOUND);
+    if (!rec_open(q))
+        return 0;
+    return rec_call(
+        q, sl->be->conv_list(sl, user, before_seq, limit, convs_tramp, q));
+}
+
+int
+imgw_store_conv_read(imgw_store_loop_t *sl, const char *user, int kind,
+                     const char *peer, int64_t read_seq, imgw_store_done_cb cb,
+                     void *data)
+{
+    if (sl == NULL)
+        return IMGW_EINVAL;
+    rec_t *q = done_begin(sl, &cb, &data);
+    if (!valid_id(user) || !valid_conv_key(kind, peer) || read_seq < 0)
+        return done_refuse(q, IMGW_EINVAL);
+    if (sl->be->conv_read == NULL)
+        return done_refuse(q, IMGW_ENOTFOUND);
+    if (!done_open(sl, q))
+        return 0;
+    return done_call(
+        q, sl->be->conv_read(sl, user, kind, peer, read_seq, cb, data));
+}
+
+int
+imgw_store_conv_delete(imgw_store_loop_t *sl, const char *user, int kind,
+                       const char *peer, imgw_store_done_cb cb, void *data)
+{
+    if (sl == NULL)
+        return IMGW_EINVAL;
+    rec_t *q = done_begin(sl, &cb, &data);
+    if (!valid_id(user) || !valid_conv_key(kind, peer))
+        return done_refuse(q, IMGW_EINVAL);
+    if (sl->be->conv_delete == NULL)
+        return done_refuse(q, IMGW_ENOTFOUND);
+    if (!done_open(sl, q))
+        return 0;
+    return done_call(q, sl->be->conv_delete(sl, user, kind, peer, cb, data));
 }
 
 /* ---- messages -------------------------------------------------------- */
@@ -904,4 +1051,41 @@ imgw_store_route_get(imgw_store_loop_t *sl, const char *user,
     if (!rec_open(q))
         return 0;
     return rec_call(q, sl->be->route_get(sl, user, routes_tramp, q));
+}
+
+/* ---- presence watchers ------------------------------------------------ */
+
+int
+imgw_store_watch_set(imgw_store_loop_t *sl, const char *user,
+                     const char *broker_id, int ttl, imgw_store_done_cb cb,
+                     void *data)
+{
+    if (sl == NULL)
+        return IMGW_EINVAL;
+    rec_t *q = done_begin(sl, &cb, &data);
+    if (!valid_id(user) || !valid_name(broker_id) || ttl <= 0)
+        return done_refuse(q, IMGW_EINVAL);
+    if (sl->be->watch_set == NULL) /* one node: nothing to record */
+        return done_refuse(q, 0);
+    if (!done_open(sl, q))
+        return 0;
+    return done_call(
+        q, sl->be->watch_set(sl, user, broker_id, ttl, cb, data));
+}
+
+int
+imgw_store_watch_get(imgw_store_loop_t *sl, const char *user,
+                     imgw_store_routes_cb cb, void *data)
+{
+    if (sl == NULL || cb == NULL)
+        return IMGW_EINVAL;
+    rec_t *q = rec_new(sl, REC_ROUTES, data);
+    q->cb.routes = cb;
+    if (!valid_id(user))
+        return rec_refuse(q, IMGW_EINVAL);
+    if (sl->be->watch_get == NULL) /* one node: no other watcher */
+        return rec_refuse(q, 0);
+    if (!rec_open(q))
+        return 0;
+    return rec_call(q, sl->be->watch_get(sl, user, routes_tramp, q));
 }

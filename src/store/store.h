@@ -48,6 +48,8 @@
 #define IMGW_STORE_MAX_GROUP 1000 /* members per group */
 #define IMGW_STORE_MAX_ROUTES 16  /* platforms per user */
 #define IMGW_STORE_SYNC_MAX 500   /* entries per sync page */
+#define IMGW_STORE_CONV_PAGE_MAX 100 /* conversations per list page */
+#define IMGW_STORE_PREVIEW_MAX 120   /* bytes of a last-message preview */
 
 typedef struct imgw_store_s imgw_store_t;           /* node-wide */
 typedef struct imgw_store_loop_s imgw_store_loop_t; /* one per loop */
@@ -81,6 +83,8 @@ typedef struct imgw_store_cfg_s {
     size_t max_users; /* memory backend: user records; past it a
                          request that needs a new one is refused
                          with IMGW_EBUSY; 0 = the default */
+    int max_conversations; /* conversations kept per user; the one updated
+                              longest ago is dropped; 0 = the default */
 } imgw_store_cfg_t;
 
 int imgw_store_open(imgw_store_t **out, const imgw_store_cfg_t *cfg, char *err,
@@ -112,6 +116,9 @@ void imgw_store_loop_close(imgw_store_loop_t *sl);
 int imgw_store_loop_run_completions(imgw_store_loop_t *sl);
 /** 1 while the backend is reachable from this loop (memory: always). */
 int imgw_store_loop_ready(imgw_store_loop_t *sl);
+/** Whether n_loops loop handles are open and ready (a node-wide readiness:
+ * /readyz, imgw_store_up). Any thread. */
+int imgw_store_ready(imgw_store_t *s, int n_loops);
 /**
  * Periodic housekeeping (expiry sweeps of the memory backend); call from
  * one loop about once a second with unix time in ms. Bounded work per call.
@@ -133,6 +140,12 @@ typedef struct imgw_store_append_s {
     const uint8_t *entry;        /* encoded PushMessage without seq */
     size_t entry_len;
     int64_t *seqs;               /* caller array of n_users: filled */
+    /* Conversation state (imgw_store_conv_list): the kind and peer come
+     * from conversation_id ("g_<gid>": group; "s_...": 1:1 between
+     * users[0] and users[1]); both optional. */
+    int32_t msg_type;    /* the message's type */
+    const char *preview; /* NULL = none; cut to
+                            IMGW_STORE_PREVIEW_MAX bytes */
     /* out */
     int duplicate;               /* 1: (sender, client_msg_id) seen within
                                     dedupe_ttl: nothing was appended;
@@ -201,6 +214,56 @@ int imgw_store_set_delivered(imgw_store_loop_t *sl, const char *user,
 int imgw_store_set_read(imgw_store_loop_t *sl, const char *user,
                         const char *conversation_id, const char *message_id,
                         imgw_store_done_cb cb, void *data);
+
+/* ---- conversations (issue 13) ------------------------------------------ */
+
+/*
+ * Per user, per conversation: the last message and the user's unread
+ * count, updated by imgw_store_append in the same atomic step. A 1:1
+ * conversation is keyed by the partner's id, a group by its id (kind), never
+ * by the "s_<a>_<b>" string (ambiguous when ids contain '_').
+ */
+enum { IMGW_STORE_CONV_SINGLE = 1, IMGW_STORE_CONV_GROUP = 2 };
+
+typedef struct imgw_store_conv_s {
+    int kind;       /* IMGW_STORE_CONV_* */
+    char peer[128]; /* partner user id or group id */
+    uint64_t last_message_id;
+    int64_t last_seq; /* the last message's seq in the user's
+                         timeline: orders and pages the list */
+    char last_sender[128];
+    int32_t last_type;
+    char preview[IMGW_STORE_PREVIEW_MAX + 1];
+    uint32_t unread;    /* messages of others after read_seq */
+    int64_t read_seq;   /* the user's read position (timeline seq) */
+    int64_t updated_ms; /* store time of the last message */
+} imgw_store_conv_t;
+
+typedef void (*imgw_store_conv_list_cb)(int status, const imgw_store_conv_t *c,
+                                        size_t n, int has_more,
+                                        uint64_t total_unread, void *data);
+/*
+ * The user's conversations with last_seq < before_seq (0 = from the
+ * newest), newest update first, at most limit (1..IMGW_STORE_CONV_PAGE_MAX;
+ * <= 0 = 20); has_more when older ones exist; total_unread over all of
+ * them. The next page's before_seq is the last entry's last_seq.
+ * Status IMGW_ENOTFOUND: the backend keeps no conversation state.
+ */
+int imgw_store_conv_list(imgw_store_loop_t *sl, const char *user,
+                         int64_t before_seq, int limit,
+                         imgw_store_conv_list_cb cb, void *data);
+/*
+ * Moves user's read position in (kind, peer) to read_seq (never back) and
+ * sets the unread count to the messages of others above it; read_seq 0 or
+ * past the last message = everything read. Status IMGW_ENOTFOUND when the
+ * user has no such conversation. cb may be NULL.
+ */
+int imgw_store_conv_read(imgw_store_loop_t *sl, const char *user, int kind,
+                         const char *peer, int64_t read_seq,
+                         imgw_store_done_cb cb, void *data);
+/** Hides (kind, peer) for user only; IMGW_ENOTFOUND when absent. */
+int imgw_store_conv_delete(imgw_store_loop_t *sl, const char *user, int kind,
+                           const char *peer, imgw_store_done_cb cb, void *data);
 
 /* ---- messages: lookup and revoke --------------------------------------- */
 
@@ -271,6 +334,26 @@ int imgw_store_route_del(imgw_store_loop_t *sl, const char *user,
 int imgw_store_route_refresh(imgw_store_loop_t *sl, const char *user, int ttl,
                              imgw_store_done_cb cb, void *data);
 int imgw_store_route_get(imgw_store_loop_t *sl, const char *user,
+                         imgw_store_routes_cb cb, void *data);
+
+/* ---- presence watchers: user -> nodes with presence subscribers -------- */
+
+#define IMGW_STORE_MAX_WATCHERS 64 /* nodes per watched user */
+
+/*
+ * Records that node broker_id has connections subscribed to user's
+ * presence, for ttl seconds (refreshed by that node while they last), so
+ * the node where user logs in or out knows whom to tell (redis:
+ * IM-PWATCH-{user}, docs/store.md). The memory and file backends serve
+ * one node, whose own subscription map is all there is: set does nothing
+ * and get answers no node, both with status 0.
+ */
+int imgw_store_watch_set(imgw_store_loop_t *sl, const char *user,
+                         const char *broker_id, int ttl,
+                         imgw_store_done_cb cb, void *data);
+/* The watching nodes, as routes whose platform and broker_id both name
+ * the node (at most IMGW_STORE_MAX_WATCHERS). */
+int imgw_store_watch_get(imgw_store_loop_t *sl, const char *user,
                          imgw_store_routes_cb cb, void *data);
 
 #endif

@@ -39,6 +39,9 @@
 #define IMGW__STORE_SYNC_DEFAULT 100      /* limit <= 0 */
 #define IMGW__STORE_SEQ_IDLE_DAYS 30      /* seq_idle_days = 0 */
 #define IMGW__STORE_MAX_SEQ_IDLE_DAYS 3650
+#define IMGW__STORE_CONVS_DEFAULT 200 /* max_conversations = 0 */
+#define IMGW__STORE_CONVS_MAX 10000
+#define IMGW__STORE_CONV_PAGE_DEFAULT 20
 
 typedef struct imgw_store_backend_s imgw_store_backend_t;
 
@@ -89,6 +92,9 @@ struct imgw_store_backend_s {
                      imgw_store_loop_t **out);
     void (*loop_close)(imgw_store_loop_t *sl);
     int (*loop_ready)(imgw_store_loop_t *sl);
+    /* n_loops loops open and ready; any thread. NULL: always (the backend
+     * has no connection to wait for). */
+    int (*ready)(imgw_store_t *s, int n_loops);
     void (*tick)(imgw_store_t *s, int64_t now_ms); /* NULL: nothing to do */
     int (*stats)(imgw_store_t *s, imgw_store_stats_t *out); /* may be NULL */
 
@@ -125,10 +131,43 @@ struct imgw_store_backend_s {
                          imgw_store_done_cb cb, void *data);
     int (*route_get)(imgw_store_loop_t *sl, const char *user,
                      imgw_store_routes_cb cb, void *data);
+    /* NULL in single-node backends (store.h, imgw_store_watch_set). */
+    int (*watch_set)(imgw_store_loop_t *sl, const char *user,
+                     const char *broker_id, int ttl, imgw_store_done_cb cb,
+                     void *data);
+    int (*watch_get)(imgw_store_loop_t *sl, const char *user,
+                     imgw_store_routes_cb cb, void *data);
     int (*dedupe_get)(imgw_store_loop_t *sl, const char *sender,
                       const char *client_msg_id, imgw_store_dedupe_cb cb,
                       void *data);
+    /* Conversations; NULL: the backend keeps none (IMGW_ENOTFOUND). */
+    int (*conv_list)(imgw_store_loop_t *sl, const char *user,
+                     int64_t before_seq, int limit, imgw_store_conv_list_cb cb,
+                     void *data);
+    int (*conv_read)(imgw_store_loop_t *sl, const char *user, int kind,
+                     const char *peer, int64_t read_seq, imgw_store_done_cb cb,
+                     void *data);
+    int (*conv_delete)(imgw_store_loop_t *sl, const char *user, int kind,
+                       const char *peer, imgw_store_done_cb cb, void *data);
 };
+
+/* store.c: what every backend's conversation state shares (store.h). */
+
+/*
+ * The conversation an append belongs to: IMGW_STORE_CONV_GROUP for
+ * "g_<gid>", IMGW_STORE_CONV_SINGLE for "s_..." with at most two users (the
+ * 1:1 string is never parsed: it is ambiguous when ids contain '_', and
+ * users[] names both sides exactly), 0 (no conversation state) otherwise.
+ */
+int imgw__store_conv_kind(const char *conversation_id, size_t n_users);
+/* Whose conversation user i's entry is: the group id, the other user of a
+ * 1:1, or the sender itself for a note to self (n_users 1). */
+const char *imgw__store_conv_peer(int kind, const char *conversation_id,
+                                  const char *const *users, size_t n_users,
+                                  size_t i);
+/** Length of s cut to at most max bytes without splitting a UTF-8
+ *  sequence. */
+size_t imgw__store_cut_utf8(const char *s, size_t max);
 
 /* memory.c */
 extern const imgw_store_backend_t imgw__store_memory;

@@ -106,6 +106,15 @@ BODY_CLASS = {
     CMD.Value("CMD_READ_RECEIPT_PUSH"): pb.ReadReceiptPush,
     CMD.Value("CMD_TYPING_STATUS_REQ"): pb.TypingStatusRequest,
     CMD.Value("CMD_TYPING_STATUS_PUSH"): pb.TypingStatusPush,
+    CMD.Value("CMD_CONVERSATION_LIST_REQ"): pb.ConversationListRequest,
+    CMD.Value("CMD_CONVERSATION_LIST_RSP"): pb.ConversationListResponse,
+    CMD.Value("CMD_CONVERSATION_DELETE_REQ"): pb.ConversationDeleteRequest,
+    CMD.Value("CMD_CONVERSATION_DELETE_RSP"): pb.ConversationDeleteResponse,
+    CMD.Value("CMD_PRESENCE_REQ"): pb.PresenceRequest,
+    CMD.Value("CMD_PRESENCE_RSP"): pb.PresenceResponse,
+    CMD.Value("CMD_PRESENCE_SUB_REQ"): pb.PresenceSubscribeRequest,
+    CMD.Value("CMD_PRESENCE_SUB_RSP"): pb.PresenceSubscribeResponse,
+    CMD.Value("CMD_PRESENCE_PUSH"): pb.PresencePush,
 }
 
 
@@ -418,12 +427,29 @@ class ServerProc:
             try:
                 r = http_get(self.port, "/healthz", timeout=1.0)
                 if r.status == 200:
+                    self._wait_store()
                     return True, None
                 err = "healthz answered %d" % r.status
             except OSError as e:
                 err = "healthz: %r" % (e,)
             time.sleep(0.05)
         return False, "no 200 from /healthz within %.0fs (%s)" % (timeout, err)
+
+    def _wait_store(self, timeout=10.0):
+        """/healthz answers as soon as imgw listens; a Redis store connects
+        each loop a moment later, and a login reaching a loop whose store is
+        not up yet is refused (ERR_SERVER_BUSY). Wait until /readyz stops
+        saying "store unavailable" (it checks every loop), but go on after
+        the timeout: some tests start with the store down on purpose."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                r = http_get(self.port, "/readyz", timeout=1.0)
+                if b"store unavailable" not in r.body:
+                    return
+            except OSError:
+                return
+            time.sleep(0.05)
 
     def signal(self, sig):
         self.proc.send_signal(sig)

@@ -166,7 +166,9 @@ C = {n: CMD.Value(n) for n in CMD.keys()}
 
 RESPONSE_CMDS = {C["CMD_ERROR_RSP"], C["CMD_HEARTBEAT_RSP"], C["CMD_AUTH_RSP"],
                  C["CMD_SEND_MSG_RSP"], C["CMD_REVOKE_MSG_RSP"],
-                 C["CMD_SYNC_RSP"], C["CMD_READ_RECEIPT_RSP"]}
+                 C["CMD_SYNC_RSP"], C["CMD_READ_RECEIPT_RSP"],
+                 C["CMD_CONVERSATION_LIST_RSP"], C["CMD_CONVERSATION_DELETE_RSP"],
+                 C["CMD_PRESENCE_RSP"], C["CMD_PRESENCE_SUB_RSP"]}
 
 _uid_counter = [0]
 

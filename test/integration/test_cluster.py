@@ -16,6 +16,10 @@
   test_rabbitmq_outage_and_recovery private broker stopped during traffic:
                                     local delivery goes on, cross-node via
                                     sync, /readyz 503, reconnect, resume
+  test_read_state_across_nodes      conversation list (issue 13): unread
+                                    counts kept in Redis; reading on one
+                                    node clears the badge of the reader's
+                                    device on the other node (push + list)
 
 Run:  cd /work/main && /usr/bin/python3 -m pytest -q -s test/integration/test_cluster.py
 """
@@ -209,6 +213,69 @@ def test_cross_node_kick(server, redis_server, rabbitmq_server):
         print("route after the kick: %r" % h)
         assert h.get("web") == n2.broker_id and h.get("ios") == n3.broker_id, h
         await close_all([new, ios])
+
+    H.run(go())
+
+
+# ------------------------------------------------- conversations (issue 13)
+
+
+def test_read_state_across_nodes(server, redis_server, rabbitmq_server):
+    print("check: a on node1 sends 1:1 and in a group to b, who has a device on "
+          "node1 and one on node2: both list the same unread counts (a's own "
+          "not counted); b reads the 1:1 on node1: node2's device gets "
+          "CMD_READ_RECEIPT_PUSH with read_seq and lists unread 0 there, the "
+          "group still unread; a's list untouched (b's message unread, its own "
+          "not)")
+    n1, n2 = start_cluster(server, redis_server.url, rabbitmq_server.url, n=2)
+    a, b, gid = uid("a"), uid("b"), uid("g")
+    assert put_group(n1.port, gid, [a, b]).status == 200
+
+    async def conv_list(c):
+        f = await c.request("CMD_CONVERSATION_LIST_REQ",
+                            pb.ConversationListRequest(),
+                            expect="CMD_CONVERSATION_LIST_RSP")
+        assert f.body.error_code == OK, f.body
+        return f.body
+
+    async def go():
+        ca = await MClient.open(n1, a)
+        b1 = await MClient.open(n1, b, platform="web")
+        b2 = await MClient.open(n2, b, platform="ios", codec="json")
+        for i in range(2):
+            await ca.send_ok(to=b, content="dm %d" % i)
+        await ca.send_ok(group=gid, content="group")
+        await b1.send_ok(to=a, content="mine")
+        pushes = await b2.wait_push("CMD_PUSH_MSG", count=3)
+        conv = single_conv(a, b)
+        l1, l2 = await conv_list(b1), await conv_list(b2)
+        print("b on node1:", l1)
+        print("b on node2:", l2)
+        assert l1 == l2, (l1, l2)
+        assert [c.conversation_id for c in l2.conversations] == [conv, group_conv(gid)]
+        assert [c.unread for c in l2.conversations] == [2, 1] and l2.total_unread == 3
+        last = max((p.body for p in pushes if p.body.conversation_id == conv),
+                   key=lambda m: m.seq)
+        rr = await b1.request("CMD_READ_RECEIPT_REQ",
+                              pb.ReadReceiptRequest(conversation_id=conv,
+                                                    message_ids=[last.message_id],
+                                                    read_seq=l1.conversations[0].last_seq),
+                              expect="CMD_READ_RECEIPT_RSP")
+        assert rr.body.error_code == OK, rr.body
+        p = await b2.wait_push("CMD_READ_RECEIPT_PUSH",
+                               pred=lambda f: f.body.read_seq > 0, timeout=10)
+        print("node2's device of b got:", p)
+        assert p.body.user_id == b and p.body.conversation_id == conv
+        assert p.body.read_seq == l1.conversations[0].last_seq, p
+        l2 = await conv_list(b2)
+        print("b on node2 after reading on node1:", l2)
+        assert [c.unread for c in l2.conversations] == [0, 1] and l2.total_unread == 1
+        la = await conv_list(ca)
+        print("a's list:", la)
+        # a's: b's "mine" unread, its own messages never; b's read no effect
+        assert [c.unread for c in la.conversations] == [1, 0], la
+        assert la.conversations[0].preview == "mine" and la.total_unread == 1, la
+        await close_all([ca, b1, b2])
 
     H.run(go())
 

@@ -13,6 +13,13 @@
   go to the test's tmp dir (alice's also to $IMGW_DEMO_PNG when set, e.g.
   docs/demo.png; a test run leaves the tree as it was). A missing browser
   is a FAILURE, not a skip.
+* test_demo_badges_two_windows_and_online_dots: bob in two windows (two
+  platforms) gets alice's messages with a badge in both; reading the chat
+  in one clears the badge in the other (read_seq -> CMD_READ_RECEIPT_PUSH
+  to bob's other connection) and, after a reload of that other window
+  (fresh page, no local read state for it), the badge stays gone (the
+  server's CMD_CONVERSATION_LIST_RSP). Online dots follow alice's login
+  and logout (CMD_PRESENCE_SUB_REQ / CMD_PRESENCE_PUSH).
 * test_demo_empty_list_and_id_rules: the empty conversation list is one
   line, not one word per line; login, "New chat" and "New group" refuse
   ids outside [A-Za-z0-9._@-]{1,64}; the server's own error text is shown.
@@ -234,10 +241,23 @@ class Page:
         e.clear()
         e.send_keys(text)
 
-    def login(self, user):
+    def login(self, user, platform=None):
         self.type("login-user", user)
+        if platform is not None:
+            self.type("login-platform", platform)
         self.el("login-submit").click()
         self.wait_online()
+
+    def wait_listed(self):
+        """The server's conversation list (CMD_CONVERSATION_LIST_RSP) is in."""
+        self.wait("conversation list loaded", lambda: self.js(
+            "return document.body.dataset.listed === '1'"))
+
+    def online_dot(self, conv_id):
+        """'1' / '0' of a listed 1:1 conversation's online dot, or None."""
+        return self.js("const b = document.querySelector('[data-testid=conv][data-conv-id=\"'"
+                       " + arguments[0] + '\"] [data-testid=conv-online]');"
+                       "return b ? b.dataset.online : null;", conv_id)
 
     def wait_online(self):
         self.wait("online + synced", lambda: self.js(
@@ -467,6 +487,82 @@ def _console_errors_ok(pages):
         errs = [e for e in p.console_errors() if e.get("source") != "network"]
         step("%s: %d console errors" % (p.name, len(errs)))
         assert not errs, errs
+
+
+def test_demo_badges_two_windows_and_online_dots(server, tmp_path):
+    _require_browser()
+    s = server(env=DEV)
+    url = "http://127.0.0.1:%d/" % s.port
+    pages = []
+    try:
+        step("alice (web) and bob in two windows (platforms web and tab2)")
+        alice = Page("alice", url, str(tmp_path))
+        pages.append(alice)
+        bob1 = Page("bob1", url, str(tmp_path))
+        pages.append(bob1)
+        bob2 = Page("bob2", url, str(tmp_path))
+        pages.append(bob2)
+        alice.login("alice")
+        bob1.login("bob")
+        bob2.login("bob", platform="tab2")
+        for p in pages:
+            p.wait_listed()
+
+        step("alice opens a chat with bob: its online dot is green (bob is logged in)")
+        alice.type("new-chat-peer", "bob")
+        alice.el("new-chat-submit").click()
+        alice.open_conv("s_alice_bob")
+        alice.wait("bob's dot online", lambda: alice.online_dot("s_alice_bob") == "1")
+        alice.wait("header says online", lambda: "online" in alice.el("conv-presence").text)
+        alice.send("one")
+        alice.send("two")
+
+        step("both of bob's windows list s_alice_bob with badge 2 and alice online")
+        for p in (bob1, bob2):
+            p.wait("badge 2", lambda p=p: p.badge("s_alice_bob") == "2")
+            p.wait("alice's dot online", lambda p=p: p.online_dot("s_alice_bob") == "1")
+            assert p.active_conv() is None
+
+        step("bob reads the chat in window 1: the badge goes there, and in window 2 "
+             "too without opening anything (read_seq -> push to bob's other connection)")
+        bob1.open_conv("s_alice_bob")
+        bob1.wait("badge gone in window 1", lambda: bob1.badge("s_alice_bob") is None)
+        bob2.wait("badge gone in window 2", lambda: bob2.badge("s_alice_bob") is None)
+        assert bob2.active_conv() is None
+
+        step("window 2 forgets its local read state (as a new browser would) and "
+             "reloads: the badge stays gone, from the server's conversation list")
+        bob2.js("localStorage.removeItem('imgw.demo.state.bob');")
+        bob2.d.refresh()
+        bob2.wait_online()
+        bob2.wait_listed()
+        assert bob2.js("return localStorage.getItem('imgw.demo.state.bob') === null || "
+                       "!(JSON.parse(localStorage.getItem('imgw.demo.state.bob')).read || {})"
+                       "['s_alice_bob']"), "window 2 kept a local read position"
+        bob2.wait("conversation listed", lambda: bob2.js(
+            "return !!document.querySelector('[data-testid=conv][data-conv-id=\"s_alice_bob\"]')"))
+        assert bob2.badge("s_alice_bob") is None, bob2.badge("s_alice_bob")
+
+        step("alice sends 'three' while bob has the chat open in window 1 only: "
+             "window 2 shows badge 1 then loses it when window 1 reads it")
+        bob1.open_conv("s_alice_bob")
+        alice.send("three")
+        bob1.wait("'three' shown in window 1", lambda: bob1.message(
+            lambda m: m["text"] == "three"))
+        bob2.wait("window 2 badge cleared again", lambda: bob2.badge("s_alice_bob") is None)
+
+        step("alice logs out: bob's dots for alice go grey; she logs in again: green")
+        alice.el("logout").click()
+        for p in (bob1, bob2):
+            p.wait("alice offline", lambda p=p: p.online_dot("s_alice_bob") == "0")
+        bob1.wait("header says offline", lambda: "offline" in bob1.el("conv-presence").text)
+        alice.login("alice")
+        for p in (bob1, bob2):
+            p.wait("alice online again", lambda p=p: p.online_dot("s_alice_bob") == "1")
+        _console_errors_ok(pages)
+    finally:
+        for p in pages:
+            p.close()
 
 
 def test_demo_empty_list_and_id_rules(server, tmp_path):

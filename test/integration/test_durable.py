@@ -125,6 +125,98 @@ def test_restart_keeps_everything(dserver):
     s1.stop()
 
 
+async def _conv_list(c):
+    f = await c.request("CMD_CONVERSATION_LIST_REQ", H.pb.ConversationListRequest(),
+                        expect="CMD_CONVERSATION_LIST_RSP")
+    assert f.body.error_code == OK, f.body
+    return [(e.conversation_id, e.last_message_id, e.last_seq, e.last_sender_id,
+             e.preview, e.unread, e.read_seq) for e in f.body.conversations], \
+        f.body.total_unread
+
+
+def test_conversations_survive_kill9(dserver):
+    print("check: conversation lists (unread counts, a read position, a "
+          "conversation deleted by one side) are the same after a SIGKILL "
+          "restart, and again after a snapshot (compaction) and a SIGKILL")
+    a, b, c, gid = uid("a"), uid("b"), uid("c"), uid("g")
+    s1 = dserver()
+    put_group(s1.port, gid, [a, b, c])
+    conv_ab = "s_%s_%s" % tuple(sorted([a, b]))
+    conv_ac = "s_%s_%s" % tuple(sorted([a, c]))
+
+    async def phase1():
+        ca = await MClient.open(s1, a)
+        cb = await MClient.open(s1, b)
+        cc = await MClient.open(s1, c)
+        for i in range(3):
+            await ca.send_ok(to=b, content="to b %d" % i)
+        await ca.send_ok(to=c, content="to c")
+        await cb.send_ok(group=gid, content="group")
+        pushes = await cb.wait_push("CMD_PUSH_MSG", count=3)
+        first = min((p.body for p in pushes), key=lambda m: m.seq)
+        rr = await cb.request("CMD_READ_RECEIPT_REQ",
+                              H.pb.ReadReceiptRequest(conversation_id=conv_ab,
+                                                      message_ids=[first.message_id],
+                                                      read_seq=first.seq),
+                              expect="CMD_READ_RECEIPT_RSP")
+        assert rr.body.error_code == OK, rr.body
+        await cc.wait_push("CMD_PUSH_MSG", count=2)
+        dl = await cc.request("CMD_CONVERSATION_DELETE_REQ",
+                              H.pb.ConversationDeleteRequest(conversation_id=conv_ac),
+                              expect="CMD_CONVERSATION_DELETE_RSP")
+        assert dl.body.error_code == OK, dl.body
+        out = {u: await _conv_list(x) for u, x in ((a, ca), (b, cb), (c, cc))}
+        await close_all([ca, cb, cc])
+        return out
+
+    before = run(phase1())
+    for u, v in before.items():
+        print("%s before: %r" % (u, v))
+    # b: 1:1 read up to the first of 3 (2 unread), its own group message not
+    assert before[b][1] == 2 and before[b][0][1][5] == 2 and before[b][0][1][6] > 0
+    assert [e[0] for e in before[c][0]] == ["g_" + gid], before[c]
+
+    async def lists(s):
+        out = {}
+        for u in (a, b, c):
+            x = await MClient.open(s, u)
+            out[u] = await _conv_list(x)
+            await x.close()
+        return out
+
+    kill9(s1)
+    s1 = dserver()
+    after = run(lists(s1))
+    print("after SIGKILL restart: %r" % after)
+    assert after == before
+    s1.stop()
+    s1 = dserver(compact_bytes=65536)  # the smallest
+
+    async def fill():
+        # 80 KB of journal between two other users: the journal passes
+        # compact_bytes and the background thread writes a snapshot.
+        x, y = uid("x"), uid("y")
+        cx = await MClient.open(s1, x)
+        for i in range(10):
+            await cx.send_ok(to=y, content="z" * 8000)
+        await cx.close()
+        for _ in range(400):
+            if any(n.startswith("snap.") and not n.endswith(".tmp")
+                   for n in os.listdir(dserver.data)):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("no snapshot written: %r" % os.listdir(dserver.data))
+
+    run(fill())
+    print("snapshot on disk: %r" % sorted(os.listdir(dserver.data)))
+    kill9(s1)
+    s1 = dserver()
+    after = run(lists(s1))
+    print("after a second SIGKILL restart: %r" % after)
+    assert after == before
+    s1.stop()
+
+
 async def _traffic(server, users, acked, stop, errors):
     """Each sender sends to its peer back to back, recording every
     ERR_SUCCESS response, until the connection dies."""

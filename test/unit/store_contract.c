@@ -339,6 +339,22 @@ routes(fx_t *f, const char *user)
     return &r;
 }
 
+/* imgw_store_watch_get, like routes(): the nodes watching user. */
+static route_res_t *
+watchers(fx_t *f, const char *user)
+{
+    static route_res_t r;
+    memset(&r, 0, sizeof(r));
+    if (imgw_store_watch_get(f->sl, user, route_cb, &r) != 0) {
+        r.n = 998;
+        return &r;
+    }
+    sc_note_early(r.calls);
+    if (!sc_wait(f, &r.calls))
+        r.n = 997;
+    return &r;
+}
+
 /* The broker of platform p in the last route_get, or "" if absent. */
 static const char *
 route_of(route_res_t *r, const char *p)
@@ -796,6 +812,344 @@ TEST(store_edge_ids)
     sc_close_checked(&f);
 }
 
+
+/* ---- conversations (store.h "conversations", issue 13) ------------------ */
+
+static uint64_t conv_mid = 900000;
+
+/* users[0] sends a text message with preview text to users; status. */
+static int
+conv_post(fx_t *f, const char *conv, const char *const *users, size_t n,
+          const char *text)
+{
+    int64_t seqs[8];
+    char blob[32];
+    int len = snprintf(blob, sizeof(blob), "%" PRIu64, ++conv_mid);
+    imgw_store_append_t req;
+    app_res_t res = {0, 0};
+    memset(&req, 0, sizeof(req));
+    req.sender = users[0];
+    req.client_msg_id = "";
+    req.message_id = conv_mid;
+    req.server_time_ms = sc_time_ms(conv_mid);
+    req.conversation_id = conv;
+    req.users = users;
+    req.n_users = n;
+    req.entry = (const uint8_t *)blob;
+    req.entry_len = (size_t)len;
+    req.seqs = seqs;
+    req.msg_type = 1;
+    req.preview = text;
+    if (imgw_store_append(f->sl, &req, app_cb, &res) != 0)
+        return -2;
+    sc_note_early(res.calls);
+    if (!sc_wait(f, &res.calls) || res.calls != 1)
+        return -1;
+    return res.status;
+}
+
+typedef struct list_res_s {
+    int calls, status, has_more;
+    size_t n;
+    uint64_t total;
+    imgw_store_conv_t c[IMGW_STORE_CONV_PAGE_MAX];
+} list_res_t;
+
+static void
+list_cb(int status, const imgw_store_conv_t *c, size_t n, int has_more,
+        uint64_t total_unread, void *data)
+{
+    list_res_t *r = data;
+    r->calls++;
+    r->status = status;
+    r->n = n;
+    r->has_more = has_more;
+    r->total = total_unread;
+    if (n > 0)
+        memcpy(r->c, c, n * sizeof(*c));
+}
+
+static list_res_t conv_lr;
+
+/* One list page of user's conversations (status -2: refused, -3: no cb). */
+static list_res_t *
+conv_list(fx_t *f, const char *user, int64_t before, int limit)
+{
+    memset(&conv_lr, 0, sizeof(conv_lr));
+    if (imgw_store_conv_list(f->sl, user, before, limit, list_cb, &conv_lr) !=
+        0) {
+        conv_lr.status = -2;
+        return &conv_lr;
+    }
+    sc_note_early(conv_lr.calls);
+    if (!sc_wait(f, &conv_lr.calls) || conv_lr.calls != 1)
+        conv_lr.status = -3;
+    return &conv_lr;
+}
+
+#define CONV_S IMGW_STORE_CONV_SINGLE
+#define CONV_G IMGW_STORE_CONV_GROUP
+
+#define CONV_READ(f, user, kind, peer, seq)                                    \
+    DONE(f, imgw_store_conv_read((f)->sl, user, kind, peer, seq, done_cb, res))
+#define CONV_DEL(f, user, kind, peer)                                          \
+    DONE(f, imgw_store_conv_delete((f)->sl, user, kind, peer, done_cb, res))
+
+TEST(conv_unread_single)
+{
+    fx_t f;
+    sc_open(&f, 1000, 60);
+    const char *ab[] = {"alice", "bob"}, *ba[] = {"bob", "alice"};
+    CHECK_EQ_INT(conv_post(&f, "s_alice_bob", ab, 2, "hi"), 0);
+    CHECK_EQ_INT(conv_post(&f, "s_alice_bob", ab, 2, "there"), 0);
+    CHECK_EQ_INT(conv_post(&f, "s_alice_bob", ba, 2, "yo"), 0);
+    CHECK_EQ_INT(conv_post(&f, "s_alice_bob", ab, 2, "last"), 0);
+    list_res_t *r = conv_list(&f, "bob", 0, 0);
+    CHECK_EQ_INT(r->status, 0);
+    CHECK_EQ_INT(r->n, 1);
+    CHECK_EQ_INT(r->c[0].kind, CONV_S);
+    CHECK_EQ_STR(r->c[0].peer, "alice");
+    CHECK_EQ_INT(r->c[0].unread, 3); /* bob's own "yo" not counted */
+    CHECK_EQ_INT(r->total, 3);
+    CHECK_EQ_STR(r->c[0].last_sender, "alice");
+    CHECK_EQ_STR(r->c[0].preview, "last");
+    CHECK_EQ_INT(r->c[0].last_type, 1);
+    CHECK_EQ_INT(r->c[0].last_message_id, conv_mid);
+    CHECK_EQ_INT(r->c[0].last_seq, 4);
+    CHECK_EQ_INT(r->c[0].read_seq, 0);
+    CHECK(r->c[0].updated_ms > 0);
+    CHECK_EQ_INT(r->has_more, 0);
+    r = conv_list(&f, "alice", 0, 0);
+    CHECK_EQ_INT(r->n, 1);
+    CHECK_EQ_STR(r->c[0].peer, "bob");
+    CHECK_EQ_INT(r->c[0].unread, 1); /* only bob's "yo" */
+    CHECK_EQ_INT(r->total, 1);
+    r = conv_list(&f, "carol", 0, 0);
+    CHECK_EQ_INT(r->status, 0);
+    CHECK_EQ_INT(r->n, 0);
+    CHECK_EQ_INT(r->total, 0);
+    /* A note to self: one user, own messages never unread. */
+    const char *self[] = {"alice"};
+    CHECK_EQ_INT(conv_post(&f, "s_alice_alice", self, 1, "memo"), 0);
+    r = conv_list(&f, "alice", 0, 0);
+    CHECK_EQ_INT(r->n, 2);
+    CHECK_EQ_STR(r->c[0].peer, "alice");
+    CHECK_EQ_INT(r->c[0].unread, 0);
+    CHECK_EQ_INT(r->total, 1);
+    sc_close_checked(&f);
+}
+
+TEST(conv_unread_group_and_ambiguous_ids)
+{
+    fx_t f;
+    sc_open(&f, 1000, 60);
+    const char *g[] = {"alice", "bob", "carol"},
+               *gb[] = {"bob", "alice", "carol"};
+    CHECK_EQ_INT(conv_post(&f, "g_team", g, 3, "g1"), 0);
+    CHECK_EQ_INT(conv_post(&f, "g_team", gb, 3, "g2"), 0);
+    list_res_t *r = conv_list(&f, "carol", 0, 0);
+    CHECK_EQ_INT(r->n, 1);
+    CHECK_EQ_INT(r->c[0].kind, CONV_G);
+    CHECK_EQ_STR(r->c[0].peer, "team");
+    CHECK_EQ_INT(r->c[0].unread, 2);
+    CHECK_EQ_STR(r->c[0].last_sender, "bob");
+    r = conv_list(&f, "alice", 0, 0);
+    CHECK_EQ_INT(r->c[0].unread, 1);
+    /* "s_a_b_c" names both (a_b, c) and (a, b_c): kept apart by peer. */
+    const char *p1[] = {"a_b", "c"}, *p2[] = {"a", "b_c"};
+    CHECK_EQ_INT(conv_post(&f, "s_a_b_c", p1, 2, "one"), 0);
+    CHECK_EQ_INT(conv_post(&f, "s_a_b_c", p2, 2, "two"), 0);
+    r = conv_list(&f, "c", 0, 0);
+    CHECK_EQ_INT(r->n, 1);
+    CHECK_EQ_STR(r->c[0].peer, "a_b");
+    CHECK_EQ_STR(r->c[0].preview, "one");
+    r = conv_list(&f, "b_c", 0, 0);
+    CHECK_EQ_INT(r->n, 1);
+    CHECK_EQ_STR(r->c[0].peer, "a");
+    CHECK_EQ_STR(r->c[0].preview, "two");
+    /* A group and a 1:1 with the same name are two conversations. */
+    const char *tb[] = {"team", "carol"};
+    CHECK_EQ_INT(conv_post(&f, "s_carol_team", tb, 2, "dm"), 0);
+    r = conv_list(&f, "carol", 0, 0);
+    CHECK_EQ_INT(r->n, 2);
+    CHECK_EQ_INT(r->c[0].kind, CONV_S);
+    CHECK_EQ_INT(r->c[1].kind, CONV_G);
+    CHECK_EQ_INT(r->total, 3);
+    /* No conversation id: no conversation state. */
+    CHECK_EQ_INT(conv_post(&f, "", tb, 2, "sys"), 0);
+    CHECK_EQ_INT(conv_list(&f, "carol", 0, 0)->n, 2);
+    /* A preview with every byte a string may hold, kept as given. */
+    CHECK_EQ_INT(conv_post(&f, "s_carol_team", tb, 2, "a:b\\c\"d\n%s"), 0);
+    CHECK_EQ_STR(conv_list(&f, "carol", 0, 1)->c[0].preview, "a:b\\c\"d\n%s");
+    sc_close_checked(&f);
+}
+
+TEST(conv_read_positions)
+{
+    fx_t f;
+    sc_open(&f, 1000, 60);
+    const char *ab[] = {"alice", "bob"}, *g[] = {"alice", "bob", "carol"};
+    const char *ba[] = {"bob", "alice"};
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ_INT(conv_post(&f, "s_alice_bob", ab, 2, "m"), 0); /* 1..3 */
+    CHECK_EQ_INT(conv_post(&f, "s_alice_bob", ba, 2, "own"), 0);   /* 4 */
+    CHECK_EQ_INT(conv_post(&f, "s_alice_bob", ab, 2, "m"), 0);     /* 5 */
+    CHECK_EQ_INT(conv_post(&f, "g_team", g, 3, "g"), 0);           /* 6 */
+    CHECK_EQ_INT(conv_list(&f, "bob", 0, 0)->total, 5);
+    /* Read up to seq 2: 3 and 5 stay unread (recounted; 4 is bob's). */
+    CHECK_EQ_INT(CONV_READ(&f, "bob", CONV_S, "alice", 2), 0);
+    list_res_t *r = conv_list(&f, "bob", 0, 0);
+    CHECK_EQ_STR(r->c[1].peer, "alice");
+    CHECK_EQ_INT(r->c[1].unread, 2);
+    CHECK_EQ_INT(r->c[1].read_seq, 2);
+    CHECK_EQ_INT(r->c[0].unread, 1); /* the group untouched */
+    CHECK_EQ_INT(r->total, 3);
+    /* Never back. */
+    CHECK_EQ_INT(CONV_READ(&f, "bob", CONV_S, "alice", 1), 0);
+    CHECK_EQ_INT(conv_list(&f, "bob", 0, 0)->c[1].unread, 2);
+    CHECK_EQ_INT(conv_list(&f, "bob", 0, 0)->c[1].read_seq, 2);
+    /* 0 = everything. */
+    CHECK_EQ_INT(CONV_READ(&f, "bob", CONV_S, "alice", 0), 0);
+    r = conv_list(&f, "bob", 0, 0);
+    CHECK_EQ_INT(r->c[1].unread, 0);
+    CHECK_EQ_INT(r->c[1].read_seq, 5);
+    /* Past the last message = up to it. */
+    CHECK_EQ_INT(CONV_READ(&f, "bob", CONV_G, "team", 999), 0);
+    r = conv_list(&f, "bob", 0, 0);
+    CHECK_EQ_INT(r->c[0].read_seq, 6);
+    CHECK_EQ_INT(r->total, 0);
+    /* A conversation the user is not in, or has no state for. */
+    CHECK_EQ_INT(CONV_READ(&f, "bob", CONV_S, "carol", 0), IMGW_ENOTFOUND);
+    CHECK_EQ_INT(CONV_READ(&f, "nobody", CONV_S, "alice", 0),
+                 IMGW_ENOTFOUND);
+    CHECK_EQ_INT(CONV_READ(&f, "bob", CONV_S, "team", 0), IMGW_ENOTFOUND);
+    /* Refused up front. */
+    CHECK_EQ_INT(CONV_READ(&f, "bob", 7, "alice", 0), IMGW_EINVAL);
+    CHECK_EQ_INT(CONV_READ(&f, "bob", CONV_S, "bad id", 0), IMGW_EINVAL);
+    CHECK_EQ_INT(CONV_READ(&f, "bob", CONV_S, "alice", -1), IMGW_EINVAL);
+    CHECK_EQ_INT(CONV_READ(&f, "b:b", CONV_S, "alice", 0), IMGW_EINVAL);
+    /* A new message after the read counts again. */
+    CHECK_EQ_INT(conv_post(&f, "s_alice_bob", ab, 2, "new"), 0);
+    r = conv_list(&f, "bob", 0, 0);
+    CHECK_EQ_INT(r->c[0].unread, 1);
+    CHECK_EQ_INT(r->c[0].read_seq, 5);
+    CHECK_EQ_INT(r->total, 1);
+    sc_close_checked(&f);
+}
+
+TEST(conv_paging_and_order)
+{
+    fx_t f;
+    sc_open(&f, 1000, 60);
+    char names[5][8];
+    for (int i = 0; i < 5; i++) {
+        snprintf(names[i], sizeof(names[i]), "u%d", i);
+        const char *us[] = {names[i], "me"};
+        CHECK_EQ_INT(conv_post(&f, "s_me_x", us, 2, names[i]), 0);
+    }
+    /* u0 speaks again: it moves to the top. */
+    const char *u0[] = {"u0", "me"};
+    CHECK_EQ_INT(conv_post(&f, "s_me_u0", u0, 2, "again"), 0);
+    const char *want[] = {"u0", "u4", "u3", "u2", "u1"};
+    int64_t before = 0, prev = INT64_MAX;
+    size_t got = 0;
+    int pages = 0;
+    while (pages < 10) {
+        list_res_t *r = conv_list(&f, "me", before, 2);
+        CHECK_EQ_INT(r->status, 0);
+        CHECK_EQ_INT(r->total, 6);
+        for (size_t i = 0; i < r->n && got < 5; i++, got++) {
+            CHECK_EQ_STR(r->c[i].peer, want[got]);
+            CHECK(r->c[i].last_seq < prev); /* newest update first */
+            prev = r->c[i].last_seq;
+        }
+        pages++;
+        if (!r->has_more || r->n == 0)
+            break;
+        before = r->c[r->n - 1].last_seq;
+    }
+    CHECK_EQ_INT(got, 5);
+    CHECK_EQ_INT(pages, 3);
+    /* Page sizes: <= 0 is the default, past the maximum is clamped. */
+    CHECK_EQ_INT(conv_list(&f, "me", 0, -5)->n, 5);
+    CHECK_EQ_INT(conv_list(&f, "me", 0, 1000000)->n, 5);
+    CHECK_EQ_INT(conv_list(&f, "me", 0, 1)->has_more, 1);
+    CHECK_EQ_INT(conv_list(&f, "me", 1, 10)->n, 0);
+    /* Refusals. */
+    CHECK_EQ_INT(conv_list(&f, "me", -1, 0)->status, IMGW_EINVAL);
+    CHECK_EQ_INT(conv_list(&f, "m e", 0, 0)->status, IMGW_EINVAL);
+    sc_close_checked(&f);
+}
+
+TEST(conv_delete_one_side)
+{
+    fx_t f;
+    sc_open(&f, 1000, 60);
+    const char *ab[] = {"alice", "bob"};
+    CHECK_EQ_INT(conv_post(&f, "s_alice_bob", ab, 2, "hi"), 0);
+    CHECK_EQ_INT(conv_post(&f, "s_alice_bob", ab, 2, "hi2"), 0);
+    CHECK_EQ_INT(CONV_DEL(&f, "bob", CONV_S, "alice"), 0);
+    CHECK_EQ_INT(conv_list(&f, "bob", 0, 0)->n, 0);
+    CHECK_EQ_INT(conv_list(&f, "bob", 0, 0)->total, 0);
+    CHECK_EQ_INT(conv_list(&f, "alice", 0, 0)->n, 1);
+    CHECK_EQ_INT(CONV_DEL(&f, "bob", CONV_S, "alice"), IMGW_ENOTFOUND);
+    CHECK_EQ_INT(CONV_DEL(&f, "bob", CONV_G, "alice"), IMGW_ENOTFOUND);
+    CHECK_EQ_INT(CONV_DEL(&f, "bob", 0, "alice"), IMGW_EINVAL);
+    CHECK_EQ_INT(CONV_DEL(&f, "bob", CONV_S, "a:b"), IMGW_EINVAL);
+    CHECK_EQ_INT(CONV_READ(&f, "bob", CONV_S, "alice", 0), IMGW_ENOTFOUND);
+    /* A new message brings it back, counting from there. */
+    CHECK_EQ_INT(conv_post(&f, "s_alice_bob", ab, 2, "back"), 0);
+    list_res_t *r = conv_list(&f, "bob", 0, 0);
+    CHECK_EQ_INT(r->n, 1);
+    CHECK_EQ_INT(r->c[0].unread, 1);
+    CHECK_EQ_INT(r->total, 1);
+    CHECK_EQ_STR(r->c[0].preview, "back");
+    sc_close_checked(&f);
+}
+
+TEST(conv_bounds)
+{
+    fx_t f;
+    sc_max_convs = 3;
+    sc_open(&f, 1000, 60);
+    sc_max_convs = 0;
+    char names[6][8];
+    for (int i = 0; i < 6; i++) {
+        snprintf(names[i], sizeof(names[i]), "p%d", i);
+        const char *us[] = {names[i], "me"};
+        CHECK_EQ_INT(conv_post(&f, "s_me_x", us, 2, "m"), 0);
+    }
+    list_res_t *r = conv_list(&f, "me", 0, 100);
+    CHECK_EQ_INT(r->n, 3); /* max_conversations: the 3 newest */
+    CHECK_EQ_STR(r->c[0].peer, "p5");
+    CHECK_EQ_STR(r->c[2].peer, "p3");
+    CHECK_EQ_INT(r->total, 3); /* the dropped ones' unread went with them */
+    CHECK_EQ_INT(r->has_more, 0);
+    /* Preview: 200 bytes of two-byte characters cut on a boundary. */
+    char big[201];
+    for (int i = 0; i < 200; i += 2) {
+        big[i] = (char)0xC3;
+        big[i + 1] = (char)0xA9;
+    }
+    big[200] = '\0';
+    const char *us[] = {"p5", "me"};
+    CHECK_EQ_INT(conv_post(&f, "s_me_x", us, 2, big), 0);
+    r = conv_list(&f, "me", 0, 1);
+    CHECK_EQ_INT(strlen(r->c[0].preview), IMGW_STORE_PREVIEW_MAX);
+    CHECK(((unsigned char)r->c[0].preview[IMGW_STORE_PREVIEW_MAX - 1]) ==
+          0xA9);
+    CHECK_EQ_INT(r->has_more, 1);
+    /* A cut that would split a character backs off to its start: "x" and
+     * then two-byte characters, the 120th byte the first of one. */
+    char odd[202];
+    odd[0] = 'x';
+    memcpy(odd + 1, big, sizeof(big));
+    CHECK_EQ_INT(conv_post(&f, "s_me_x", us, 2, odd), 0);
+    r = conv_list(&f, "me", 0, 1);
+    CHECK_EQ_INT(strlen(r->c[0].preview), IMGW_STORE_PREVIEW_MAX - 1);
+    sc_close_checked(&f);
+}
+
 static void
 sc_run_contract(void)
 {
@@ -806,4 +1160,10 @@ sc_run_contract(void)
     RUN(sync_ranges_and_paging);
     RUN(dedupe_key_collision);
     RUN(store_edge_ids);
+    RUN(conv_unread_single);
+    RUN(conv_unread_group_and_ambiguous_ids);
+    RUN(conv_read_positions);
+    RUN(conv_paging_and_order);
+    RUN(conv_delete_one_side);
+    RUN(conv_bounds);
 }

@@ -15,6 +15,9 @@
  *   sc_time_ms(mid)       the server_time_ms of message mid's append
  *   SC_SETS_UNORDERED     1 when group members come back in any order
  *
+ * and passes sc_max_convs (0: the default) as max_conversations to the
+ * stores sc_open opens.
+ *
  * Every helper checks store.h's rule on the way: the callback has not run
  * when the request function returns, refused requests included (counted
  * in sc_early, which sc_close_checked() asserts is 0).
@@ -30,6 +33,9 @@ typedef struct fx_s {
     imgw_store_t *s;
     imgw_store_loop_t *sl;
 } fx_t;
+
+/* max_conversations of the next sc_open (conv_bounds sets it). */
+static int sc_max_convs;
 
 static void sc_open(fx_t *f, int retention_count, int dedupe_ttl);
 static void sc_close(fx_t *f);

@@ -319,6 +319,67 @@ TEST(restart_keeps_epoch)
     rm_rf(tdir);
 }
 
+/* The whole conversation list of user, one line per entry. */
+static void
+conv_text(fx_t *f, const char *user, char *out, size_t cap)
+{
+    list_res_t *r = conv_list(f, user, 0, IMGW_STORE_CONV_PAGE_MAX);
+    size_t k = (size_t)snprintf(out, cap, "status %d total %llu:", r->status,
+                                (unsigned long long)r->total);
+    for (size_t i = 0; i < r->n && k < cap; i++)
+        k += (size_t)snprintf(
+            out + k, cap - k, " [%d %s mid %llu seq %lld by %s type %d '%s' "
+                              "unread %u read %lld at %lld]",
+            r->c[i].kind, r->c[i].peer,
+            (unsigned long long)r->c[i].last_message_id,
+            (long long)r->c[i].last_seq, r->c[i].last_sender,
+            r->c[i].last_type, r->c[i].preview, r->c[i].unread,
+            (long long)r->c[i].read_seq, (long long)r->c[i].updated_ms);
+}
+
+/* Conversation state (issue 13) survives a restart: appends replayed with
+ * their type and preview, reads and deletes from their own journal
+ * records, and all of it through a snapshot. */
+TEST(restart_keeps_conversations)
+{
+    fx_t f;
+    char before[4096], after[4096], alice[4096];
+    fx_open(&f, 1000, 7, 86400);
+    const char *ab[] = {"alice", "bob"}, *ac[] = {"alice", "carol"};
+    const char *g[] = {"carol", "bob", "alice"};
+    CHECK_EQ_INT(conv_post(&f, "s_alice_bob", ab, 2, "hi bob"), 0);
+    CHECK_EQ_INT(conv_post(&f, "s_alice_bob", ab, 2, "again"), 0);
+    CHECK_EQ_INT(conv_post(&f, "s_alice_carol", ac, 2, "hi carol"), 0);
+    CHECK_EQ_INT(conv_post(&f, "g_team", g, 3, "team"), 0);
+    CHECK_EQ_INT(conv_post(&f, "g_team", g, 3, "team 2"), 0);
+    CHECK_EQ_INT(CONV_READ(&f, "bob", CONV_S, "alice", 1), 0);
+    CHECK_EQ_INT(CONV_DEL(&f, "carol", CONV_S, "alice"), 0);
+    conv_text(&f, "bob", before, sizeof(before));
+    conv_text(&f, "alice", alice, sizeof(alice));
+    printf("  bob before restart: %s\n", before);
+    CHECK(strstr(before, "unread 1 read 1") != NULL);
+    fx_restart(&f, 1000, 7, 86400);
+    conv_text(&f, "bob", after, sizeof(after));
+    printf("  bob after restart:  %s\n", after);
+    CHECK_EQ_STR(after, before);
+    conv_text(&f, "carol", after, sizeof(after));
+    CHECK(strstr(after, "alice") == NULL); /* the delete was replayed */
+    CHECK(strstr(after, "team") != NULL);
+    /* Through a snapshot, then a journal on top of it. */
+    CHECK_EQ_INT(imgw__store_file_compact(f.s), 0);
+    CHECK_EQ_INT(CONV_READ(&f, "alice", CONV_G, "team", 0), 0);
+    conv_text(&f, "alice", alice, sizeof(alice));
+    fx_restart(&f, 1000, 7, 86400);
+    conv_text(&f, "bob", after, sizeof(after));
+    CHECK_EQ_STR(after, before);
+    conv_text(&f, "alice", after, sizeof(after));
+    printf("  alice after snapshot + restart: %s\n", after);
+    CHECK_EQ_STR(after, alice);
+    CHECK(strstr(after, "total 0") != NULL);
+    fx_close(&f);
+    rm_rf(tdir);
+}
+
 TEST(torn_tail)
 {
     fx_t f;
@@ -579,6 +640,7 @@ main(void)
     RUN(record_caps);
     RUN(groups);
     RUN(routes);
+    RUN(watchers_single_node);
     RUN(positions);
     RUN(tick_sweeps);
     RUN(id_validator);
@@ -595,6 +657,7 @@ main(void)
     RUN(restart_keeps_state);
     RUN(restart_keeps_times);
     RUN(restart_keeps_epoch);
+    RUN(restart_keeps_conversations);
     RUN(torn_tail);
     RUN(crc_corruption);
     RUN(compaction);

@@ -76,6 +76,7 @@ fx_open(fx_t *f, int retention_count, int retention_days, int dedupe_ttl)
                             retention_days,     dedupe_ttl, 1000,
                             1};
     char err[128];
+    cfg.max_conversations = sc_max_convs;
     test_store_prep(&cfg);
     f->s = NULL;
     f->sl = NULL;
@@ -157,6 +158,19 @@ TEST(open_errors)
     cfg.dedupe_ttl = 0;
     CHECK_EQ_INT(imgw_store_open(&s, &cfg, err, sizeof(err)), IMGW_ECONFIG);
     cfg.dedupe_ttl = 60;
+    cfg.max_conversations = IMGW__STORE_CONVS_MAX + 1;
+    CHECK_EQ_INT(imgw_store_open(&s, &cfg, err, sizeof(err)), IMGW_ECONFIG);
+    printf("  refused: %s\n", err);
+    CHECK(strstr(err, "max_conversations") != NULL);
+    cfg.max_conversations = -1;
+    CHECK_EQ_INT(imgw_store_open(&s, &cfg, err, sizeof(err)), IMGW_ECONFIG);
+    cfg.max_conversations = 0;
+    cfg.backend = "redis";
+    cfg.redis_url = "redis://127.0.0.1:1";
+    cfg.max_conversations = IMGW__STORE_CONVS_MAX + 1;
+    CHECK_EQ_INT(imgw_store_open(&s, &cfg, err, sizeof(err)), IMGW_ECONFIG);
+    CHECK(strstr(err, "max_conversations") != NULL);
+    cfg.max_conversations = 0;
     cfg.backend = NULL; /* default: memory */
     CHECK_EQ_INT(imgw_store_open(&s, &cfg, err, sizeof(err)), 0);
     imgw_store_loop_t *sl = NULL;
@@ -551,6 +565,28 @@ TEST(routes)
     CHECK_EQ_STR(route_of(r, "p3"), "");
     CHECK_EQ_STR(route_of(r, "p4"), "b");
     CHECK_EQ_STR(route_of(r, "p19"), "b");
+    fx_close(&f);
+}
+
+/* One node: watch_set records nothing, watch_get names no node; both
+ * answer later with status 0, and bad ids are refused like elsewhere. */
+TEST(watchers_single_node)
+{
+    fx_t f;
+    fx_open(&f, 1000, 7, 86400);
+    CHECK_EQ_INT(DONE(&f, imgw_store_watch_set(f.sl, "u", "b1", 30, done_cb,
+                                               res)),
+                 0);
+    route_res_t *r = watchers(&f, "u");
+    CHECK_EQ_INT(r->calls, 1);
+    CHECK_EQ_INT(r->n, 0);
+    CHECK_EQ_INT(DONE(&f, imgw_store_watch_set(f.sl, "a b", "b1", 30, done_cb,
+                                               res)),
+                 IMGW_EINVAL);
+    CHECK_EQ_INT(DONE(&f, imgw_store_watch_set(f.sl, "u", "b1", 0, done_cb,
+                                               res)),
+                 IMGW_EINVAL);
+    CHECK_EQ_INT(watchers(&f, "a:b")->n, 999); /* refused: status != 0 */
     fx_close(&f);
 }
 
@@ -1376,6 +1412,7 @@ main(void)
     RUN(record_caps);
     RUN(groups);
     RUN(routes);
+    RUN(watchers_single_node);
     RUN(positions);
     RUN(tick_sweeps);
     RUN(id_validator);

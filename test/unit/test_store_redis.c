@@ -164,6 +164,7 @@ fx_open_url(fx_t *f, const char *url, int retention_count, int dedupe_ttl,
 {
     imgw_store_cfg_t cfg = {"redis", url,        retention_count, 7,
                             dedupe_ttl, timeout_ms, 1};
+    cfg.max_conversations = sc_max_convs;
     char err[256];
     f->s = NULL;
     f->sl = NULL;
@@ -774,6 +775,39 @@ TEST(routes)
     fx_close(&f);
 }
 
+/* IM-PWATCH-{user}: broker_id -> broker_id, TTL only grows, at most
+ * IMGW_STORE_MAX_WATCHERS nodes. */
+TEST(watchers)
+{
+    fx_t f;
+    fx_open(&f, 1000, 86400);
+    CHECK_EQ_INT(watchers(&f, "wu")->n, 0);
+    CHECK_EQ_INT(DONE(&f, imgw_store_watch_set(f.sl, "wu", "n1", 30, done_cb,
+                                               res)),
+                 0);
+    imgw_store_watch_set(f.sl, "wu", "n2", 300, NULL, NULL);
+    imgw_store_watch_set(f.sl, "wu", "n1", 30, NULL, NULL);
+    route_res_t *r = watchers(&f, "wu");
+    CHECK_EQ_INT(r->n, 2);
+    CHECK_EQ_STR(route_of(r, "n1"), "n1");
+    CHECK_EQ_STR(route_of(r, "n2"), "n2");
+    CHECK_EQ_STR(rc_str("HGET IM-PWATCH-wu n2"), "n2");
+    long long ttl = rc_int("TTL IM-PWATCH-wu");
+    CHECK(ttl > 290 && ttl <= 300);
+    /* routes and watchers are separate keys */
+    CHECK_EQ_INT(routes(&f, "wu")->n, 0);
+    for (int i = 0; i < IMGW_STORE_MAX_WATCHERS + 5; i++) {
+        char b[16];
+        snprintf(b, sizeof(b), "m%d", i);
+        imgw_store_watch_set(f.sl, "wv", b, 60, NULL, NULL);
+    }
+    CHECK_EQ_INT(watchers(&f, "wv")->n, IMGW_STORE_MAX_WATCHERS);
+    CHECK_EQ_INT(rc_int("HLEN IM-PWATCH-wv"), IMGW_STORE_MAX_WATCHERS);
+    CHECK_EQ_INT(rc_int("HEXISTS IM-PWATCH-wv m0"), 0);
+    CHECK_EQ_INT(rc_int("HEXISTS IM-PWATCH-wv m68"), 1);
+    fx_close(&f);
+}
+
 TEST(positions)
 {
     fx_t f;
@@ -930,6 +964,7 @@ TEST(timeouts)
     CHECK_EQ_INT(m.timedout, 10);
     CHECK(took >= 450 && took < 1400); /* timeout_ms = 500 */
     CHECK_EQ_INT(imgw_store_loop_ready(f.sl), 0);
+    CHECK_EQ_INT(imgw_store_ready(f.s, 1), 0); /* node-wide: /readyz */
     /* While down: EBUSY at once (in the callback, never before the
      * request returned). */
     for (int i = 10; i < 20; i++) {
@@ -946,6 +981,10 @@ TEST(timeouts)
     while (!imgw_store_loop_ready(f.sl) && uv_now(L) < end)
         uv_run(L, UV_RUN_ONCE);
     CHECK_EQ_INT(imgw_store_loop_ready(f.sl), 1);
+    /* Ready node-wide only for as many loops as are open and ready: a
+     * two-loop node with one loop connected is not ready. */
+    CHECK_EQ_INT(imgw_store_ready(f.s, 1), 1);
+    CHECK_EQ_INT(imgw_store_ready(f.s, 2), 0);
     CHECK(max_seq(&f, "ta") >= 0);
     const char *ab[] = {"ta", "tb"};
     int64_t s2[2];
@@ -1072,6 +1111,7 @@ run_semantics(void)
     RUN(revoke_and_msg_get);
     RUN(groups);
     RUN(routes);
+    RUN(watchers);
     RUN(positions);
     RUN(noscript_retry);
     RUN(hostname_and_early_close);

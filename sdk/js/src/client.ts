@@ -14,7 +14,11 @@
  *     pages are merged, deduplicated by message id and seq, and held back
  *     while a gap is being filled), and acks what it delivered;
  *   - gives each send a client_msg_id and resends unacknowledged sends after
- *     a reconnect with the same id, so the server stores each message once.
+ *     a reconnect with the same id, so the server stores each message once;
+ *   - lists and deletes conversations, marks them read (readState events
+ *     tell this user's other devices), queries presence and keeps presence
+ *     subscriptions across reconnects (a subscription belongs to one
+ *     connection on the server, so it is made again after every auth).
  */
 import { decodeFrame, encodeFrame } from "./codec";
 import type { Codec, Frame } from "./codec";
@@ -50,6 +54,58 @@ export interface ReadReceipt {
   userId: string;
   messageIds: string[];
   readTime: number;
+  /** The reader's timeline seq read up to (0: not given). Only meaningful
+   * to the reader's own devices: see the readState event. */
+  readSeq: number;
+}
+
+/** This user read a conversation up to readSeq on another device. */
+export interface ReadState {
+  conversationId: string;
+  readSeq: number;
+  readTime: number;
+}
+
+/** One entry of the conversation list (protocol.md, Conversation). */
+export interface Conversation {
+  conversationId: string;
+  /** 1:1: the other user; "" for a group. */
+  peerId: string;
+  /** Group: its id; "" for 1:1. */
+  groupId: string;
+  lastMessageId: string;
+  /** The last message's seq in this user's timeline (orders the list). */
+  lastSeq: number;
+  lastSenderId: string;
+  lastMessageType: number;
+  /** The first bytes of a text message; "" otherwise. */
+  preview: string;
+  /** Messages of others after readSeq. */
+  unread: number;
+  readSeq: number;
+  updatedTime: number;
+}
+
+export interface ConversationPage {
+  conversations: Conversation[];
+  /** Older conversations exist: ask again with beforeSeq = the last lastSeq. */
+  hasMore: boolean;
+  /** Over all of this user's conversations. */
+  totalUnread: number;
+}
+
+/** A user's presence: online platforms, cluster-wide. */
+export interface Presence {
+  userId: string;
+  online: boolean;
+  platforms: string[];
+}
+
+/** A subscribed-to user logged in or out on some platform. */
+export interface PresenceChange extends Presence {
+  /** The platform that came or went. */
+  platform: string;
+  time: number;
 }
 
 export interface TypingStatus {
@@ -115,6 +171,11 @@ export interface SendResult {
 export interface ClientEvents {
   message: (m: ChatMessage) => void;
   read: (r: ReadReceipt) => void;
+  /** This user read a conversation on another device (clear its badge). */
+  readState: (r: ReadState) => void;
+  /** A subscribed-to user's presence changed (also after a reconnect, with
+   * the state then, since changes while offline were missed). */
+  presence: (p: PresenceChange) => void;
   typing: (t: TypingStatus) => void;
   revoke: (r: Revocation) => void;
   kick: (k: Kick) => void;
@@ -226,6 +287,29 @@ export function groupConversationId(groupId: string): string {
   return `g_${groupId}`;
 }
 
+function toConversation(b: Body): Conversation {
+  return {
+    conversationId: str(b.conversation_id),
+    peerId: str(b.peer_id),
+    groupId: str(b.group_id),
+    lastMessageId: str(b.last_message_id),
+    lastSeq: num(b.last_seq),
+    lastSenderId: str(b.last_sender_id),
+    lastMessageType: num(b.last_message_type),
+    preview: str(b.preview),
+    unread: num(b.unread),
+    readSeq: num(b.read_seq),
+    updatedTime: num(b.updated_time),
+  };
+}
+
+function toPresence(b: Body): Presence {
+  return { userId: str(b.user_id), online: Boolean(b.online), platforms: ((b.platforms as string[]) ?? []).map(str) };
+}
+
+/** The server takes at most this many ids per presence request. */
+const PRESENCE_BATCH = 100;
+
 function toMessage(b: Body, source: "push" | "sync"): ChatMessage {
   const extra = { ...((b.extra as Record<string, string>) ?? {}) };
   return {
@@ -284,6 +368,9 @@ export class ImgwClient extends Emitter<ClientEvents> {
   private authed = false;
   private forceRefresh = false;
   private firstConnect: { resolve: () => void; reject: (e: Error) => void } | null = null;
+  /* Users whose presence the application subscribed to; made again on
+   * every connection (the server keeps subscriptions per connection). */
+  private presenceSubs = new Set<string>();
 
   constructor(options: ClientOptions) {
     super();
@@ -370,11 +457,94 @@ export class ImgwClient extends Emitter<ClientEvents> {
     });
   }
 
-  /** Read receipt for messages of one conversation (at most 100 ids). */
-  async markRead(conversationId: string, messageIds: string[]): Promise<void> {
-    const f = await this.request("CMD_READ_RECEIPT_REQ", { conversation_id: conversationId, message_ids: messageIds.slice(-100) });
+  /**
+   * Read receipt for messages of one conversation (at most 100 ids). With
+   * readSeq (the seq, in this user's timeline, of the last message read)
+   * the server also moves the conversation's read position and unread
+   * count, and this user's other devices get a readState event.
+   */
+  async markRead(conversationId: string, messageIds: string[], readSeq = 0): Promise<void> {
+    const body: Body = { conversation_id: conversationId, message_ids: messageIds.slice(-100) };
+    if (readSeq > 0) body.read_seq = readSeq;
+    const f = await this.request("CMD_READ_RECEIPT_REQ", body);
     this.check(f);
   }
+
+  /**
+   * Marks a conversation read up to one of its messages (one you received
+   * or synced: its id and seq): the receipt for it, with read_seq.
+   */
+  markConversationRead(conversationId: string, upTo: { messageId: string; seq: number }): Promise<void> {
+    return this.markRead(conversationId, [upTo.messageId], upTo.seq);
+  }
+
+  /**
+   * One page of the conversation list, newest first: beforeSeq 0 for the
+   * first page, then the last entry's lastSeq while hasMore; limit 1..50.
+   */
+  async conversations(o: { beforeSeq?: number; limit?: number } = {}): Promise<ConversationPage> {
+    const f = await this.request("CMD_CONVERSATION_LIST_REQ", { before_seq: o.beforeSeq ?? 0, limit: o.limit ?? 20 });
+    this.check(f);
+    return {
+      conversations: ((f.body.conversations as Body[]) ?? []).map(toConversation),
+      hasMore: Boolean(f.body.has_more),
+      totalUnread: num(f.body.total_unread),
+    };
+  }
+
+  /** Hides a conversation for this user (the other side keeps it). */
+  async deleteConversation(conversationId: string): Promise<void> {
+    const f = await this.request("CMD_CONVERSATION_DELETE_REQ", { conversation_id: conversationId });
+    this.check(f);
+  }
+
+  /** Presence of any number of users (asked 100 at a time). */
+  async presence(userIds: string[]): Promise<Presence[]> {
+    const ids = [...new Set(userIds)];
+    const out: Presence[] = [];
+    for (let i = 0; i < ids.length; i += PRESENCE_BATCH) {
+      const f = await this.request("CMD_PRESENCE_REQ", { user_ids: ids.slice(i, i + PRESENCE_BATCH) });
+      this.check(f);
+      for (const u of (f.body.users as Body[]) ?? []) out.push(toPresence(u));
+    }
+    return out;
+  }
+
+  /**
+   * Subscribes to users' presence: presence events follow each login and
+   * logout of theirs. Resolves with their presence now. Kept across
+   * reconnects; the server bounds subscriptions per connection
+   * (limits.presence_subscriptions, default 100): over it the promise
+   * rejects with ERR_INVALID_PARAM and none of these ids is kept.
+   */
+  async subscribePresence(userIds: string[]): Promise<Presence[]> {
+    const ids = [...new Set(userIds)].filter((u) => !this.presenceSubs.has(u));
+    const out: Presence[] = [];
+    for (let i = 0; i < ids.length; i += PRESENCE_BATCH) {
+      const batch = ids.slice(i, i + PRESENCE_BATCH);
+      const f = await this.request("CMD_PRESENCE_SUB_REQ", { user_ids: batch, unsubscribe: false });
+      this.check(f);
+      for (const u of batch) this.presenceSubs.add(u);
+      for (const u of (f.body.users as Body[]) ?? []) out.push(toPresence(u));
+    }
+    return out;
+  }
+
+  /** Ends presence subscriptions: the listed users, or all of them. */
+  async unsubscribePresence(userIds?: string[]): Promise<void> {
+    const ids = userIds ? [...new Set(userIds)] : [];
+    if (userIds) for (const u of ids) this.presenceSubs.delete(u);
+    else this.presenceSubs.clear();
+    if (!this.authed) return; // nothing on the server without a connection
+    if (userIds && ids.length === 0) return;
+    for (let i = 0; i === 0 || i < ids.length; i += PRESENCE_BATCH) {
+      const f = await this.request("CMD_PRESENCE_SUB_REQ", { user_ids: ids.slice(i, i + PRESENCE_BATCH), unsubscribe: true });
+      this.check(f);
+    }
+  }
+
+  /** Users whose presence this client keeps subscribed. */
+  get presenceSubscriptions(): string[] { return [...this.presenceSubs]; }
 
   /** Typing status (1 typing, 0 stopped); not stored, no response. */
   typing(conversationId: string, status = 1): void {
@@ -484,12 +654,37 @@ export class ImgwClient extends Emitter<ClientEvents> {
     this.refreshed = false;
     this.attempt = 0;
     this.setState("open");
+    void this.resubscribePresence(ws);
     await this.catchUp();
     if (this.ws !== ws) return;
     this.flushOutgoing();
     if (this.firstConnect) {
       this.firstConnect.resolve();
       this.firstConnect = null;
+    }
+  }
+
+  /* A new connection has no subscriptions: make them again, and report
+   * the state now (logins and logouts while offline were missed). */
+  private async resubscribePresence(ws: WebSocketLike): Promise<void> {
+    const ids = [...this.presenceSubs];
+    for (let i = 0; i < ids.length; i += PRESENCE_BATCH) {
+      let f: Frame;
+      try {
+        f = await this.request("CMD_PRESENCE_SUB_REQ", { user_ids: ids.slice(i, i + PRESENCE_BATCH), unsubscribe: false });
+      } catch {
+        return; // dropped again: the next auth retries
+      }
+      if (this.ws !== ws) return;
+      const code = errorCodeName(f.body.error_code as string);
+      if (code !== "ERR_SUCCESS") {
+        this.emit("error", new ImgwError(code, "presence resubscribe: " + str(f.body.error_msg)));
+        return;
+      }
+      for (const u of (f.body.users as Body[]) ?? []) {
+        const p = toPresence(u);
+        if (this.presenceSubs.has(p.userId)) this.emit("presence", { ...p, platform: "", time: Date.now() });
+      }
     }
   }
 
@@ -653,8 +848,16 @@ export class ImgwClient extends Emitter<ClientEvents> {
       case "CMD_PUSH_MSG":
         this.onMessages([toMessage(b, "push")]);
         break;
-      case "CMD_READ_RECEIPT_PUSH":
-        this.emit("read", { conversationId: str(b.conversation_id), userId: str(b.user_id), messageIds: (b.message_ids as string[]) ?? [], readTime: num(b.read_time) });
+      case "CMD_READ_RECEIPT_PUSH": {
+        const r: ReadReceipt = { conversationId: str(b.conversation_id), userId: str(b.user_id), messageIds: (b.message_ids as string[]) ?? [], readTime: num(b.read_time), readSeq: num(b.read_seq) };
+        this.emit("read", r);
+        // Our own receipt from another device: its read_seq is a seq of our
+        // timeline, so this device can clear the conversation's badge.
+        if (r.userId === this.userId && r.readSeq > 0) this.emit("readState", { conversationId: r.conversationId, readSeq: r.readSeq, readTime: r.readTime });
+        break;
+      }
+      case "CMD_PRESENCE_PUSH":
+        this.emit("presence", { ...toPresence(b), platform: str(b.platform), time: num(b.time) });
         break;
       case "CMD_TYPING_STATUS_PUSH":
         this.emit("typing", { conversationId: str(b.conversation_id), userId: str(b.user_id), status: num(b.status) });

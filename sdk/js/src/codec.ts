@@ -54,6 +54,15 @@ const BODIES: Record<string, DescMessage> = {
   CMD_READ_RECEIPT_PUSH: pb.ReadReceiptPushSchema,
   CMD_TYPING_STATUS_REQ: pb.TypingStatusRequestSchema,
   CMD_TYPING_STATUS_PUSH: pb.TypingStatusPushSchema,
+  CMD_CONVERSATION_LIST_REQ: pb.ConversationListRequestSchema,
+  CMD_CONVERSATION_LIST_RSP: pb.ConversationListResponseSchema,
+  CMD_CONVERSATION_DELETE_REQ: pb.ConversationDeleteRequestSchema,
+  CMD_CONVERSATION_DELETE_RSP: pb.ConversationDeleteResponseSchema,
+  CMD_PRESENCE_REQ: pb.PresenceRequestSchema,
+  CMD_PRESENCE_RSP: pb.PresenceResponseSchema,
+  CMD_PRESENCE_SUB_REQ: pb.PresenceSubscribeRequestSchema,
+  CMD_PRESENCE_SUB_RSP: pb.PresenceSubscribeResponseSchema,
+  CMD_PRESENCE_PUSH: pb.PresencePushSchema,
 };
 
 const utf8enc = new TextEncoder();

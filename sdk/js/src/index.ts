@@ -3,8 +3,9 @@
  */
 export { ImgwClient, newClientMsgId, singleConversationId, groupConversationId } from "./client";
 export type {
-  ChatMessage, ClientEvents, ClientOptions, ConnectionState, Cursor, Discontinuity, Kick,
-  ReadReceipt, Revocation, SendOptions, SendResult, TypingStatus, WebSocketCtor, WebSocketLike,
+  ChatMessage, ClientEvents, ClientOptions, ConnectionState, Conversation, ConversationPage, Cursor,
+  Discontinuity, Kick, Presence, PresenceChange, ReadReceipt, ReadState, Revocation, SendOptions,
+  SendResult, TypingStatus, WebSocketCtor, WebSocketLike,
 } from "./client";
 export { ImgwError, ErrorCodes, errorCodeName } from "./errors";
 export type { ImgwErrorCode, ServerErrorCode, ClientErrorCode } from "./errors";

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file imgw.proto.
  */
 export const file_imgw: GenFile = /*@__PURE__*/
-  fileDesc("CgppbWd3LnByb3RvEgJpbSJnChBXZWJTb2NrZXRNZXNzYWdlEiAKB2NvbW1hbmQYASABKA4yDy5pbS5Db21tYW5kVHlwZRIQCghzZXF1ZW5jZRgCIAEoDRIMCgRib2R5GAMgASgMEhEKCXRpbWVzdGFtcBgEIAEoAyJFCg1FcnJvclJlc3BvbnNlEiEKCmVycm9yX2NvZGUYASABKA4yDS5pbS5FcnJvckNvZGUSEQoJZXJyb3JfbXNnGAIgASgJIiwKCEtpY2tQdXNoEg4KBnJlYXNvbhgBIAEoCRIQCghwbGF0Zm9ybRgCIAEoCSI/CgtBdXRoUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg0KBXRva2VuGAIgASgJEhAKCHBsYXRmb3JtGAMgASgJImQKDEF1dGhSZXNwb25zZRIhCgplcnJvcl9jb2RlGAEgASgOMg0uaW0uRXJyb3JDb2RlEhEKCWVycm9yX21zZxgCIAEoCRIPCgdtYXhfc2VxGAMgASgDEg0KBWVwb2NoGAQgASgJIicKEEhlYXJ0YmVhdFJlcXVlc3QSEwoLY2xpZW50X3RpbWUYASABKAMiKAoRSGVhcnRiZWF0UmVzcG9uc2USEwoLc2VydmVyX3RpbWUYASABKAMimAIKElNlbmRNZXNzYWdlUmVxdWVzdBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRIRCglzZW5kZXJfaWQYAyABKAkSEwoLcmVjZWl2ZXJfaWQYBCABKAkSEAoIZ3JvdXBfaWQYBSABKAkSFAoMbWVzc2FnZV90eXBlGAYgASgFEg8KB2NvbnRlbnQYByABKAwSEQoJc2VuZF90aW1lGAggASgDEjAKBWV4dHJhGAogAygLMiEuaW0uU2VuZE1lc3NhZ2VSZXF1ZXN0LkV4dHJhRW50cnkaLAoKRXh0cmFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIoEBChNTZW5kTWVzc2FnZVJlc3BvbnNlEiEKCmVycm9yX2NvZGUYASABKA4yDS5pbS5FcnJvckNvZGUSEQoJZXJyb3JfbXNnGAIgASgJEhIKCm1lc3NhZ2VfaWQYAyABKAkSCwoDc2VxGAQgASgDEhMKC3NlcnZlcl90aW1lGAUgASgDIsACCgtQdXNoTWVzc2FnZRISCgptZXNzYWdlX2lkGAEgASgJEhUKDWNsaWVudF9tc2dfaWQYAiABKAkSFwoPY29udmVyc2F0aW9uX2lkGAMgASgJEhEKCXNlbmRlcl9pZBgEIAEoCRITCgtyZWNlaXZlcl9pZBgFIAEoCRIQCghncm91cF9pZBgGIAEoCRIUCgxtZXNzYWdlX3R5cGUYByABKAUSDwoHY29udGVudBgIIAEoDBIRCglzZW5kX3RpbWUYCSABKAMSEwoLc2VydmVyX3RpbWUYCiABKAMSCwoDc2VxGAsgASgDEikKBWV4dHJhGA8gAygLMhouaW0uUHVzaE1lc3NhZ2UuRXh0cmFFbnRyeRosCgpFeHRyYUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiLQoKTWVzc2FnZUFjaxISCgptZXNzYWdlX2lkGAEgASgJEgsKA3NlcRgCIAEoAyJNCgtTeW5jUmVxdWVzdBIPCgdtaW5fc2VxGAEgASgDEg8KB21heF9zZXEYAiABKAMSDQoFbGltaXQYAyABKAUSDQoFZXBvY2gYBCABKAkiywEKDFN5bmNSZXNwb25zZRIhCgplcnJvcl9jb2RlGAEgASgOMg0uaW0uRXJyb3JDb2RlEhEKCWVycm9yX21zZxgCIAEoCRIhCghtZXNzYWdlcxgDIAMoCzIPLmltLlB1c2hNZXNzYWdlEhYKDnNlcnZlcl9tYXhfc2VxGAQgASgDEhAKCGhhc19tb3JlGAUgASgIEg0KBWVwb2NoGAYgASgJEhUKDWRpc2NvbnRpbnVpdHkYByABKAgSEgoKb2xkZXN0X3NlcRgIIAEoAyJCChJSZWFkUmVjZWlwdFJlcXVlc3QSEwoLbWVzc2FnZV9pZHMYASADKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJIksKE1JlYWRSZWNlaXB0UmVzcG9uc2USIQoKZXJyb3JfY29kZRgBIAEoDjINLmltLkVycm9yQ29kZRIRCgllcnJvcl9tc2cYAiABKAkiYwoPUmVhZFJlY2VpcHRQdXNoEhMKC21lc3NhZ2VfaWRzGAEgAygJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEhEKCXJlYWRfdGltZRgEIAEoAyI+ChNUeXBpbmdTdGF0dXNSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIOCgZzdGF0dXMYAiABKAUiTAoQVHlwaW5nU3RhdHVzUHVzaBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIOCgZzdGF0dXMYAyABKAUiQwoUUmV2b2tlTWVzc2FnZVJlcXVlc3QSEgoKbWVzc2FnZV9pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkiTQoVUmV2b2tlTWVzc2FnZVJlc3BvbnNlEiEKCmVycm9yX2NvZGUYASABKA4yDS5pbS5FcnJvckNvZGUSEQoJZXJyb3JfbXNnGAIgASgJImoKEVJldm9rZU1lc3NhZ2VQdXNoEhIKCm1lc3NhZ2VfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEhIKCnJldm9rZWRfYnkYAyABKAkSFAoMcmV2b2tlZF90aW1lGAQgASgDKuYDCgtDb21tYW5kVHlwZRIPCgtDTURfVU5LTk9XThAAEhEKDUNNRF9FUlJPUl9SU1AQARIVChFDTURfSEVBUlRCRUFUX1JFURAFEhUKEUNNRF9IRUFSVEJFQVRfUlNQEAYSEAoMQ01EX0FVVEhfUkVREGQSEAoMQ01EX0FVVEhfUlNQEGUSEQoNQ01EX0tJQ0tfUFVTSBBmEhUKEENNRF9TRU5EX01TR19SRVEQyAESFQoQQ01EX1NFTkRfTVNHX1JTUBDJARIRCgxDTURfUFVTSF9NU0cQygESEAoLQ01EX01TR19BQ0sQywESFwoSQ01EX1JFVk9LRV9NU0dfUkVREM0BEhcKEkNNRF9SRVZPS0VfTVNHX1JTUBDOARIYChNDTURfUkVWT0tFX01TR19QVVNIEM8BEhEKDENNRF9TWU5DX1JFURCsAhIRCgxDTURfU1lOQ19SU1AQrQISGQoUQ01EX1JFQURfUkVDRUlQVF9SRVEQ9AMSGQoUQ01EX1JFQURfUkVDRUlQVF9SU1AQ9QMSGgoVQ01EX1JFQURfUkVDRUlQVF9QVVNIEPYDEhoKFUNNRF9UWVBJTkdfU1RBVFVTX1JFURDYBBIbChZDTURfVFlQSU5HX1NUQVRVU19QVVNIENoEKo0CCglFcnJvckNvZGUSDwoLRVJSX1NVQ0NFU1MQABIPCgtFUlJfVU5LTk9XThABEhUKEUVSUl9JTlZBTElEX1BBUkFNEAISEwoPRVJSX1NFUlZFUl9CVVNZEAMSEwoPRVJSX0FVVEhfRkFJTEVEEGQSFQoRRVJSX1RPS0VOX0VYUElSRUQQZRIZChVFUlJfUEVSTUlTU0lPTl9ERU5JRUQQZhIWChJFUlJfVVNFUl9OT1RfRVhJU1QQZxIaChVFUlJfTUVTU0FHRV9UT09fTEFSR0UQyAESFgoRRVJSX1NFTkRfVE9PX0ZBU1QQyQESHwoaRVJSX0NPTlZFUlNBVElPTl9OT1RfRVhJU1QQygFiBnByb3RvMw");
+  fileDesc("CgppbWd3LnByb3RvEgJpbSJnChBXZWJTb2NrZXRNZXNzYWdlEiAKB2NvbW1hbmQYASABKA4yDy5pbS5Db21tYW5kVHlwZRIQCghzZXF1ZW5jZRgCIAEoDRIMCgRib2R5GAMgASgMEhEKCXRpbWVzdGFtcBgEIAEoAyJFCg1FcnJvclJlc3BvbnNlEiEKCmVycm9yX2NvZGUYASABKA4yDS5pbS5FcnJvckNvZGUSEQoJZXJyb3JfbXNnGAIgASgJIiwKCEtpY2tQdXNoEg4KBnJlYXNvbhgBIAEoCRIQCghwbGF0Zm9ybRgCIAEoCSI/CgtBdXRoUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg0KBXRva2VuGAIgASgJEhAKCHBsYXRmb3JtGAMgASgJImQKDEF1dGhSZXNwb25zZRIhCgplcnJvcl9jb2RlGAEgASgOMg0uaW0uRXJyb3JDb2RlEhEKCWVycm9yX21zZxgCIAEoCRIPCgdtYXhfc2VxGAMgASgDEg0KBWVwb2NoGAQgASgJIicKEEhlYXJ0YmVhdFJlcXVlc3QSEwoLY2xpZW50X3RpbWUYASABKAMiKAoRSGVhcnRiZWF0UmVzcG9uc2USEwoLc2VydmVyX3RpbWUYASABKAMimAIKElNlbmRNZXNzYWdlUmVxdWVzdBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRIRCglzZW5kZXJfaWQYAyABKAkSEwoLcmVjZWl2ZXJfaWQYBCABKAkSEAoIZ3JvdXBfaWQYBSABKAkSFAoMbWVzc2FnZV90eXBlGAYgASgFEg8KB2NvbnRlbnQYByABKAwSEQoJc2VuZF90aW1lGAggASgDEjAKBWV4dHJhGAogAygLMiEuaW0uU2VuZE1lc3NhZ2VSZXF1ZXN0LkV4dHJhRW50cnkaLAoKRXh0cmFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIoEBChNTZW5kTWVzc2FnZVJlc3BvbnNlEiEKCmVycm9yX2NvZGUYASABKA4yDS5pbS5FcnJvckNvZGUSEQoJZXJyb3JfbXNnGAIgASgJEhIKCm1lc3NhZ2VfaWQYAyABKAkSCwoDc2VxGAQgASgDEhMKC3NlcnZlcl90aW1lGAUgASgDIsACCgtQdXNoTWVzc2FnZRISCgptZXNzYWdlX2lkGAEgASgJEhUKDWNsaWVudF9tc2dfaWQYAiABKAkSFwoPY29udmVyc2F0aW9uX2lkGAMgASgJEhEKCXNlbmRlcl9pZBgEIAEoCRITCgtyZWNlaXZlcl9pZBgFIAEoCRIQCghncm91cF9pZBgGIAEoCRIUCgxtZXNzYWdlX3R5cGUYByABKAUSDwoHY29udGVudBgIIAEoDBIRCglzZW5kX3RpbWUYCSABKAMSEwoLc2VydmVyX3RpbWUYCiABKAMSCwoDc2VxGAsgASgDEikKBWV4dHJhGA8gAygLMhouaW0uUHVzaE1lc3NhZ2UuRXh0cmFFbnRyeRosCgpFeHRyYUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiLQoKTWVzc2FnZUFjaxISCgptZXNzYWdlX2lkGAEgASgJEgsKA3NlcRgCIAEoAyJNCgtTeW5jUmVxdWVzdBIPCgdtaW5fc2VxGAEgASgDEg8KB21heF9zZXEYAiABKAMSDQoFbGltaXQYAyABKAUSDQoFZXBvY2gYBCABKAkiywEKDFN5bmNSZXNwb25zZRIhCgplcnJvcl9jb2RlGAEgASgOMg0uaW0uRXJyb3JDb2RlEhEKCWVycm9yX21zZxgCIAEoCRIhCghtZXNzYWdlcxgDIAMoCzIPLmltLlB1c2hNZXNzYWdlEhYKDnNlcnZlcl9tYXhfc2VxGAQgASgDEhAKCGhhc19tb3JlGAUgASgIEg0KBWVwb2NoGAYgASgJEhUKDWRpc2NvbnRpbnVpdHkYByABKAgSEgoKb2xkZXN0X3NlcRgIIAEoAyJUChJSZWFkUmVjZWlwdFJlcXVlc3QSEwoLbWVzc2FnZV9pZHMYASADKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEhAKCHJlYWRfc2VxGAMgASgDIksKE1JlYWRSZWNlaXB0UmVzcG9uc2USIQoKZXJyb3JfY29kZRgBIAEoDjINLmltLkVycm9yQ29kZRIRCgllcnJvcl9tc2cYAiABKAkidQoPUmVhZFJlY2VpcHRQdXNoEhMKC21lc3NhZ2VfaWRzGAEgAygJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEhEKCXJlYWRfdGltZRgEIAEoAxIQCghyZWFkX3NlcRgFIAEoAyI+ChNUeXBpbmdTdGF0dXNSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIOCgZzdGF0dXMYAiABKAUiTAoQVHlwaW5nU3RhdHVzUHVzaBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIOCgZzdGF0dXMYAyABKAUiQwoUUmV2b2tlTWVzc2FnZVJlcXVlc3QSEgoKbWVzc2FnZV9pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkiTQoVUmV2b2tlTWVzc2FnZVJlc3BvbnNlEiEKCmVycm9yX2NvZGUYASABKA4yDS5pbS5FcnJvckNvZGUSEQoJZXJyb3JfbXNnGAIgASgJImoKEVJldm9rZU1lc3NhZ2VQdXNoEhIKCm1lc3NhZ2VfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEhIKCnJldm9rZWRfYnkYAyABKAkSFAoMcmV2b2tlZF90aW1lGAQgASgDIjwKF0NvbnZlcnNhdGlvbkxpc3RSZXF1ZXN0EhIKCmJlZm9yZV9zZXEYASABKAMSDQoFbGltaXQYAiABKAUi8QEKDENvbnZlcnNhdGlvbhIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHcGVlcl9pZBgCIAEoCRIQCghncm91cF9pZBgDIAEoCRIXCg9sYXN0X21lc3NhZ2VfaWQYBCABKAkSEAoIbGFzdF9zZXEYBSABKAMSFgoObGFzdF9zZW5kZXJfaWQYBiABKAkSGQoRbGFzdF9tZXNzYWdlX3R5cGUYByABKAUSDwoHcHJldmlldxgIIAEoCRIOCgZ1bnJlYWQYCSABKAUSEAoIcmVhZF9zZXEYCiABKAMSFAoMdXBkYXRlZF90aW1lGAsgASgDIqEBChhDb252ZXJzYXRpb25MaXN0UmVzcG9uc2USIQoKZXJyb3JfY29kZRgBIAEoDjINLmltLkVycm9yQ29kZRIRCgllcnJvcl9tc2cYAiABKAkSJwoNY29udmVyc2F0aW9ucxgDIAMoCzIQLmltLkNvbnZlcnNhdGlvbhIQCghoYXNfbW9yZRgEIAEoCBIUCgx0b3RhbF91bnJlYWQYBSABKAMiNAoZQ29udmVyc2F0aW9uRGVsZXRlUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkiawoaQ29udmVyc2F0aW9uRGVsZXRlUmVzcG9uc2USIQoKZXJyb3JfY29kZRgBIAEoDjINLmltLkVycm9yQ29kZRIRCgllcnJvcl9tc2cYAiABKAkSFwoPY29udmVyc2F0aW9uX2lkGAMgASgJIkIKDFVzZXJQcmVzZW5jZRIPCgd1c2VyX2lkGAEgASgJEg4KBm9ubGluZRgCIAEoCBIRCglwbGF0Zm9ybXMYAyADKAkiIwoPUHJlc2VuY2VSZXF1ZXN0EhAKCHVzZXJfaWRzGAEgAygJImkKEFByZXNlbmNlUmVzcG9uc2USIQoKZXJyb3JfY29kZRgBIAEoDjINLmltLkVycm9yQ29kZRIRCgllcnJvcl9tc2cYAiABKAkSHwoFdXNlcnMYAyADKAsyEC5pbS5Vc2VyUHJlc2VuY2UiQQoYUHJlc2VuY2VTdWJzY3JpYmVSZXF1ZXN0EhAKCHVzZXJfaWRzGAEgAygJEhMKC3Vuc3Vic2NyaWJlGAIgASgIIoYBChlQcmVzZW5jZVN1YnNjcmliZVJlc3BvbnNlEiEKCmVycm9yX2NvZGUYASABKA4yDS5pbS5FcnJvckNvZGUSEQoJZXJyb3JfbXNnGAIgASgJEh8KBXVzZXJzGAMgAygLMhAuaW0uVXNlclByZXNlbmNlEhIKCnN1YnNjcmliZWQYBCABKAUiYgoMUHJlc2VuY2VQdXNoEg8KB3VzZXJfaWQYASABKAkSDgoGb25saW5lGAIgASgIEhEKCXBsYXRmb3JtcxgDIAMoCRIQCghwbGF0Zm9ybRgEIAEoCRIMCgR0aW1lGAUgASgDKuYFCgtDb21tYW5kVHlwZRIPCgtDTURfVU5LTk9XThAAEhEKDUNNRF9FUlJPUl9SU1AQARIVChFDTURfSEVBUlRCRUFUX1JFURAFEhUKEUNNRF9IRUFSVEJFQVRfUlNQEAYSEAoMQ01EX0FVVEhfUkVREGQSEAoMQ01EX0FVVEhfUlNQEGUSEQoNQ01EX0tJQ0tfUFVTSBBmEhUKEENNRF9TRU5EX01TR19SRVEQyAESFQoQQ01EX1NFTkRfTVNHX1JTUBDJARIRCgxDTURfUFVTSF9NU0cQygESEAoLQ01EX01TR19BQ0sQywESFwoSQ01EX1JFVk9LRV9NU0dfUkVREM0BEhcKEkNNRF9SRVZPS0VfTVNHX1JTUBDOARIYChNDTURfUkVWT0tFX01TR19QVVNIEM8BEhEKDENNRF9TWU5DX1JFURCsAhIRCgxDTURfU1lOQ19SU1AQrQISGQoUQ01EX1JFQURfUkVDRUlQVF9SRVEQ9AMSGQoUQ01EX1JFQURfUkVDRUlQVF9SU1AQ9QMSGgoVQ01EX1JFQURfUkVDRUlQVF9QVVNIEPYDEhoKFUNNRF9UWVBJTkdfU1RBVFVTX1JFURDYBBIbChZDTURfVFlQSU5HX1NUQVRVU19QVVNIENoEEh4KGUNNRF9DT05WRVJTQVRJT05fTElTVF9SRVEQvAUSHgoZQ01EX0NPTlZFUlNBVElPTl9MSVNUX1JTUBC9BRIgChtDTURfQ09OVkVSU0FUSU9OX0RFTEVURV9SRVEQvgUSIAobQ01EX0NPTlZFUlNBVElPTl9ERUxFVEVfUlNQEL8FEhUKEENNRF9QUkVTRU5DRV9SRVEQoAYSFQoQQ01EX1BSRVNFTkNFX1JTUBChBhIZChRDTURfUFJFU0VOQ0VfU1VCX1JFURCiBhIZChRDTURfUFJFU0VOQ0VfU1VCX1JTUBCjBhIWChFDTURfUFJFU0VOQ0VfUFVTSBCkBiqNAgoJRXJyb3JDb2RlEg8KC0VSUl9TVUNDRVNTEAASDwoLRVJSX1VOS05PV04QARIVChFFUlJfSU5WQUxJRF9QQVJBTRACEhMKD0VSUl9TRVJWRVJfQlVTWRADEhMKD0VSUl9BVVRIX0ZBSUxFRBBkEhUKEUVSUl9UT0tFTl9FWFBJUkVEEGUSGQoVRVJSX1BFUk1JU1NJT05fREVOSUVEEGYSFgoSRVJSX1VTRVJfTk9UX0VYSVNUEGcSGgoVRVJSX01FU1NBR0VfVE9PX0xBUkdFEMgBEhYKEUVSUl9TRU5EX1RPT19GQVNUEMkBEh8KGkVSUl9DT05WRVJTQVRJT05fTk9UX0VYSVNUEMoBYgZwcm90bzM");
 
 /**
  * @generated from message im.WebSocketMessage
@@ -481,6 +481,13 @@ export type ReadReceiptRequest = Message<"im.ReadReceiptRequest"> & {
    * @generated from field: string conversation_id = 2;
    */
   conversationId: string;
+
+  /**
+   * reader's timeline seq read up to (0: not given)
+   *
+   * @generated from field: int64 read_seq = 3;
+   */
+  readSeq: bigint;
 };
 
 /**
@@ -535,6 +542,13 @@ export type ReadReceiptPush = Message<"im.ReadReceiptPush"> & {
    * @generated from field: int64 read_time = 4;
    */
   readTime: bigint;
+
+  /**
+   * as requested: the reader's timeline seq (0: none)
+   *
+   * @generated from field: int64 read_seq = 5;
+   */
+  readSeq: bigint;
 };
 
 /**
@@ -670,6 +684,365 @@ export const RevokeMessagePushSchema: GenMessage<RevokeMessagePush> = /*@__PURE_
   messageDesc(file_imgw, 20);
 
 /**
+ * @generated from message im.ConversationListRequest
+ */
+export type ConversationListRequest = Message<"im.ConversationListRequest"> & {
+  /**
+   * 0: from the newest; else the previous page's last last_seq
+   *
+   * @generated from field: int64 before_seq = 1;
+   */
+  beforeSeq: bigint;
+
+  /**
+   * 1..50 (0: 20)
+   *
+   * @generated from field: int32 limit = 2;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message im.ConversationListRequest.
+ * Use `create(ConversationListRequestSchema)` to create a new message.
+ */
+export const ConversationListRequestSchema: GenMessage<ConversationListRequest> = /*@__PURE__*/
+  messageDesc(file_imgw, 21);
+
+/**
+ * @generated from message im.Conversation
+ */
+export type Conversation = Message<"im.Conversation"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * 1:1: the partner
+   *
+   * @generated from field: string peer_id = 2;
+   */
+  peerId: string;
+
+  /**
+   * group: its id
+   *
+   * @generated from field: string group_id = 3;
+   */
+  groupId: string;
+
+  /**
+   * @generated from field: string last_message_id = 4;
+   */
+  lastMessageId: string;
+
+  /**
+   * in the requester's timeline
+   *
+   * @generated from field: int64 last_seq = 5;
+   */
+  lastSeq: bigint;
+
+  /**
+   * @generated from field: string last_sender_id = 6;
+   */
+  lastSenderId: string;
+
+  /**
+   * @generated from field: int32 last_message_type = 7;
+   */
+  lastMessageType: number;
+
+  /**
+   * first bytes of text content
+   *
+   * @generated from field: string preview = 8;
+   */
+  preview: string;
+
+  /**
+   * @generated from field: int32 unread = 9;
+   */
+  unread: number;
+
+  /**
+   * @generated from field: int64 read_seq = 10;
+   */
+  readSeq: bigint;
+
+  /**
+   * @generated from field: int64 updated_time = 11;
+   */
+  updatedTime: bigint;
+};
+
+/**
+ * Describes the message im.Conversation.
+ * Use `create(ConversationSchema)` to create a new message.
+ */
+export const ConversationSchema: GenMessage<Conversation> = /*@__PURE__*/
+  messageDesc(file_imgw, 22);
+
+/**
+ * @generated from message im.ConversationListResponse
+ */
+export type ConversationListResponse = Message<"im.ConversationListResponse"> & {
+  /**
+   * @generated from field: im.ErrorCode error_code = 1;
+   */
+  errorCode: ErrorCode;
+
+  /**
+   * @generated from field: string error_msg = 2;
+   */
+  errorMsg: string;
+
+  /**
+   * @generated from field: repeated im.Conversation conversations = 3;
+   */
+  conversations: Conversation[];
+
+  /**
+   * @generated from field: bool has_more = 4;
+   */
+  hasMore: boolean;
+
+  /**
+   * @generated from field: int64 total_unread = 5;
+   */
+  totalUnread: bigint;
+};
+
+/**
+ * Describes the message im.ConversationListResponse.
+ * Use `create(ConversationListResponseSchema)` to create a new message.
+ */
+export const ConversationListResponseSchema: GenMessage<ConversationListResponse> = /*@__PURE__*/
+  messageDesc(file_imgw, 23);
+
+/**
+ * @generated from message im.ConversationDeleteRequest
+ */
+export type ConversationDeleteRequest = Message<"im.ConversationDeleteRequest"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+};
+
+/**
+ * Describes the message im.ConversationDeleteRequest.
+ * Use `create(ConversationDeleteRequestSchema)` to create a new message.
+ */
+export const ConversationDeleteRequestSchema: GenMessage<ConversationDeleteRequest> = /*@__PURE__*/
+  messageDesc(file_imgw, 24);
+
+/**
+ * @generated from message im.ConversationDeleteResponse
+ */
+export type ConversationDeleteResponse = Message<"im.ConversationDeleteResponse"> & {
+  /**
+   * @generated from field: im.ErrorCode error_code = 1;
+   */
+  errorCode: ErrorCode;
+
+  /**
+   * @generated from field: string error_msg = 2;
+   */
+  errorMsg: string;
+
+  /**
+   * @generated from field: string conversation_id = 3;
+   */
+  conversationId: string;
+};
+
+/**
+ * Describes the message im.ConversationDeleteResponse.
+ * Use `create(ConversationDeleteResponseSchema)` to create a new message.
+ */
+export const ConversationDeleteResponseSchema: GenMessage<ConversationDeleteResponse> = /*@__PURE__*/
+  messageDesc(file_imgw, 25);
+
+/**
+ * Presence (docs/protocol.md "Presence"): a user's online platforms,
+ * cluster-wide, from the routes in the store.
+ *
+ * @generated from message im.UserPresence
+ */
+export type UserPresence = Message<"im.UserPresence"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: bool online = 2;
+   */
+  online: boolean;
+
+  /**
+   * @generated from field: repeated string platforms = 3;
+   */
+  platforms: string[];
+};
+
+/**
+ * Describes the message im.UserPresence.
+ * Use `create(UserPresenceSchema)` to create a new message.
+ */
+export const UserPresenceSchema: GenMessage<UserPresence> = /*@__PURE__*/
+  messageDesc(file_imgw, 26);
+
+/**
+ * @generated from message im.PresenceRequest
+ */
+export type PresenceRequest = Message<"im.PresenceRequest"> & {
+  /**
+   * @generated from field: repeated string user_ids = 1;
+   */
+  userIds: string[];
+};
+
+/**
+ * Describes the message im.PresenceRequest.
+ * Use `create(PresenceRequestSchema)` to create a new message.
+ */
+export const PresenceRequestSchema: GenMessage<PresenceRequest> = /*@__PURE__*/
+  messageDesc(file_imgw, 27);
+
+/**
+ * @generated from message im.PresenceResponse
+ */
+export type PresenceResponse = Message<"im.PresenceResponse"> & {
+  /**
+   * @generated from field: im.ErrorCode error_code = 1;
+   */
+  errorCode: ErrorCode;
+
+  /**
+   * @generated from field: string error_msg = 2;
+   */
+  errorMsg: string;
+
+  /**
+   * @generated from field: repeated im.UserPresence users = 3;
+   */
+  users: UserPresence[];
+};
+
+/**
+ * Describes the message im.PresenceResponse.
+ * Use `create(PresenceResponseSchema)` to create a new message.
+ */
+export const PresenceResponseSchema: GenMessage<PresenceResponse> = /*@__PURE__*/
+  messageDesc(file_imgw, 28);
+
+/**
+ * @generated from message im.PresenceSubscribeRequest
+ */
+export type PresenceSubscribeRequest = Message<"im.PresenceSubscribeRequest"> & {
+  /**
+   * @generated from field: repeated string user_ids = 1;
+   */
+  userIds: string[];
+
+  /**
+   * remove these ids (none listed: all of them)
+   *
+   * @generated from field: bool unsubscribe = 2;
+   */
+  unsubscribe: boolean;
+};
+
+/**
+ * Describes the message im.PresenceSubscribeRequest.
+ * Use `create(PresenceSubscribeRequestSchema)` to create a new message.
+ */
+export const PresenceSubscribeRequestSchema: GenMessage<PresenceSubscribeRequest> = /*@__PURE__*/
+  messageDesc(file_imgw, 29);
+
+/**
+ * @generated from message im.PresenceSubscribeResponse
+ */
+export type PresenceSubscribeResponse = Message<"im.PresenceSubscribeResponse"> & {
+  /**
+   * @generated from field: im.ErrorCode error_code = 1;
+   */
+  errorCode: ErrorCode;
+
+  /**
+   * @generated from field: string error_msg = 2;
+   */
+  errorMsg: string;
+
+  /**
+   * the presence of the ids just added
+   *
+   * @generated from field: repeated im.UserPresence users = 3;
+   */
+  users: UserPresence[];
+
+  /**
+   * the connection's subscriptions now
+   *
+   * @generated from field: int32 subscribed = 4;
+   */
+  subscribed: number;
+};
+
+/**
+ * Describes the message im.PresenceSubscribeResponse.
+ * Use `create(PresenceSubscribeResponseSchema)` to create a new message.
+ */
+export const PresenceSubscribeResponseSchema: GenMessage<PresenceSubscribeResponse> = /*@__PURE__*/
+  messageDesc(file_imgw, 30);
+
+/**
+ * @generated from message im.PresencePush
+ */
+export type PresencePush = Message<"im.PresencePush"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: bool online = 2;
+   */
+  online: boolean;
+
+  /**
+   * the user's online platforms now
+   *
+   * @generated from field: repeated string platforms = 3;
+   */
+  platforms: string[];
+
+  /**
+   * the platform that came or went
+   *
+   * @generated from field: string platform = 4;
+   */
+  platform: string;
+
+  /**
+   * server unix ms
+   *
+   * @generated from field: int64 time = 5;
+   */
+  time: bigint;
+};
+
+/**
+ * Describes the message im.PresencePush.
+ * Use `create(PresencePushSchema)` to create a new message.
+ */
+export const PresencePushSchema: GenMessage<PresencePush> = /*@__PURE__*/
+  messageDesc(file_imgw, 31);
+
+/**
  * @generated from enum im.CommandType
  */
 export enum CommandType {
@@ -777,6 +1150,51 @@ export enum CommandType {
    * @generated from enum value: CMD_TYPING_STATUS_PUSH = 602;
    */
   CMD_TYPING_STATUS_PUSH = 602,
+
+  /**
+   * @generated from enum value: CMD_CONVERSATION_LIST_REQ = 700;
+   */
+  CMD_CONVERSATION_LIST_REQ = 700,
+
+  /**
+   * @generated from enum value: CMD_CONVERSATION_LIST_RSP = 701;
+   */
+  CMD_CONVERSATION_LIST_RSP = 701,
+
+  /**
+   * @generated from enum value: CMD_CONVERSATION_DELETE_REQ = 702;
+   */
+  CMD_CONVERSATION_DELETE_REQ = 702,
+
+  /**
+   * @generated from enum value: CMD_CONVERSATION_DELETE_RSP = 703;
+   */
+  CMD_CONVERSATION_DELETE_RSP = 703,
+
+  /**
+   * @generated from enum value: CMD_PRESENCE_REQ = 800;
+   */
+  CMD_PRESENCE_REQ = 800,
+
+  /**
+   * @generated from enum value: CMD_PRESENCE_RSP = 801;
+   */
+  CMD_PRESENCE_RSP = 801,
+
+  /**
+   * @generated from enum value: CMD_PRESENCE_SUB_REQ = 802;
+   */
+  CMD_PRESENCE_SUB_REQ = 802,
+
+  /**
+   * @generated from enum value: CMD_PRESENCE_SUB_RSP = 803;
+   */
+  CMD_PRESENCE_SUB_RSP = 803,
+
+  /**
+   * @generated from enum value: CMD_PRESENCE_PUSH = 804;
+   */
+  CMD_PRESENCE_PUSH = 804,
 }
 
 /**
