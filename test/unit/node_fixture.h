@@ -74,7 +74,8 @@ fixture_setup(void)
         printf("  cannot create the net: %s\n", err);
         return -1;
     }
-    if (imgw_usermap_new(&fx_node.users, 4) != 0)
+    if (imgw_usermap_new(&fx_node.users, 4) != 0 ||
+        imgw_watchmap_new(&fx_node.watches, 4) != 0)
         return -1;
     fx_node.cfg = &fx_cfg;
     fx_node.loops = fx_loop_ptrs;
@@ -145,6 +146,7 @@ fixture_teardown(void)
     }
     imgw_deliver_thread_free();
     imgw_usermap_free(fx_node.users);
+    imgw_watchmap_free(fx_node.watches);
     imgw_net_free(fx_node.net);
 }
 

@@ -106,7 +106,8 @@ setup(void)
     sc.dedupe_ttl = 60;
     sc.n_loops = 1;
     if (imgw_store_open(&node.store, &sc, err, sizeof(err)) != 0 ||
-        imgw_usermap_new(&node.users, 4) != 0)
+        imgw_usermap_new(&node.users, 4) != 0 ||
+        imgw_watchmap_new(&node.watches, 4) != 0)
         return -1;
     node.cfg = &cfg;
     node.n_loops = 1;
@@ -442,6 +443,7 @@ main(void)
     imgw_jwt_free(core.jwt);
     imgw_store_close(node.store);
     imgw_usermap_free(node.users);
+    imgw_watchmap_free(node.watches);
     imgw_free(core.scratch);
     imgw_free(core.out);
     TEST_DONE();
