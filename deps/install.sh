@@ -14,9 +14,10 @@ PKGS=(
   python3-cryptography python3-pika python3-redis
   redis-server rabbitmq-server
   openssl procps psmisc
-  # ../shared/peers (compare.sh: loadgen and the libwebsockets relay) for
-  # the side-by-side figures in docs/benchmarks.md.
-  libwebsockets-dev
+  # The peer comparison (../shared/peers/compare.sh, docs/benchmarks.md)
+  # builds a libwebsockets relay; valgrind, perf and strace give the
+  # deterministic per-message counts beside it.
+  libwebsockets-dev valgrind linux-perf strace
   # The browser demo test (test/integration/test_demo_browser.py) drives
   # www/index.html in a headless Chromium through Selenium.
   chromium chromium-driver python3-selenium

@@ -36,6 +36,7 @@
 #include "err.h"
 #include "idsyntax.h"
 #include "log.h"
+#include "mail.h"
 #include "session.h"
 
 #define CLUSTER_MAX_MESSAGE (4u << 20)
@@ -49,23 +50,18 @@ on_mq(void *data, const uint8_t *body, size_t len, uint64_t tag)
     imgw_node_t *node = data;
     if (atomic_load(&node->draining))
         return; /* left unacked: the broker redelivers it elsewhere/later */
-    imgw_mail_t *m = imgw_try_calloc(1, sizeof(*m));
+    imgw_mail_t *m = imgw_mail_new(IMGW_MAIL_MQ, 0);
     if (m == NULL)
         return;
-    m->kind = IMGW_MAIL_MQ;
     m->tag = tag;
-    m->raw[0] = imgw_try_malloc(len ? len : 1);
-    if (m->raw[0] == NULL) {
-        imgw_free(m);
+    m->data = imgw_mail_data_new(body, len, NULL, 0, 1);
+    if (m->data == NULL) {
+        imgw_mail_free(m);
         return;
     }
-    memcpy(m->raw[0], body, len);
-    m->raw_len[0] = len;
     int loop = (int)(atomic_fetch_add(&node->mq_rr, 1) % (unsigned)node->n_loops);
-    if (imgw_net_post(node->net, loop, &m->node) != 0) {
-        imgw_free(m->raw[0]);
-        imgw_free(m);
-    }
+    if (imgw_net_post(node->net, loop, &m->node) != 0)
+        imgw_mail_free(m);
 }
 
 int

@@ -47,11 +47,15 @@ imgw_codec_encode_pb_body(int command, const void *body, uint8_t *out,
                           size_t cap)
 {
     const codec_cmd_t *ci = imgw__codec_cmd_find(command);
+    ssize_t n;
 
     if (ci == NULL || ci->msg == NULL || body == NULL)
         return IMGW_EINVAL;
     if (codec_needs_copy(command, body))
         return imgw__codec_encode_pb_copy(ci, 0, 0, 0, body, out, cap);
+    n = imgw__codec_fast_body(command, body, out, cap);
+    if (n >= 0)
+        return n;
     return imgw__codec_pb_run(ci->msg->desc, body, out, cap);
 }
 

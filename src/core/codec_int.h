@@ -126,6 +126,10 @@ int imgw__codec_entry_load(const imgw_codec_entries_t *e, size_t i,
                            im_PushMessage *pm, imgw_slice_t *content);
 int imgw__codec_decode_pb(const uint8_t *data, size_t len,
                           imgw_msg_in_t *out);
+/* pbfast.c's encoder for a hot body (SendMessageResponse, PushMessage);
+ * -1 when nanopb must encode it. */
+ssize_t imgw__codec_fast_body(int command, const void *body, uint8_t *out,
+                              size_t cap);
 ssize_t imgw__codec_pb_run(const pb_msgdesc_t *desc, const void *st,
                            uint8_t *out, size_t cap);
 ssize_t imgw__codec_encode_pb(const codec_cmd_t *ci, uint32_t sequence,

@@ -21,6 +21,7 @@
 #include <pb_encode.h>
 
 #include "err.h"
+#include "pbfast.h"
 
 /* =======================================================================
  * nanopb callbacks
@@ -248,11 +249,14 @@ imgw__codec_decode_pb(const uint8_t *data, size_t len, imgw_msg_in_t *out)
     pb_istream_t is;
     bool ok;
 
-    /* The body is bounded only by the frame itself. */
-    codec_slice_dec_init(&bd, &env.body, &body, data, len, SIZE_MAX);
-    is = pb_istream_from_buffer(data, len);
-    if (!pb_decode(&is, &im_WebSocketMessage_msg, &env))
-        return IMGW_EENVELOPE;
+    /* The hot shapes by hand (pbfast.h); nanopb for everything else. The
+     * body is bounded only by the frame itself. */
+    if (imgw_pbfast_decode_env(data, len, &env, &body) != 0) {
+        codec_slice_dec_init(&bd, &env.body, &body, data, len, SIZE_MAX);
+        is = pb_istream_from_buffer(data, len);
+        if (!pb_decode(&is, &im_WebSocketMessage_msg, &env))
+            return IMGW_EENVELOPE;
+    }
 
     out->command = (int)env.command;
     out->sequence = env.sequence;
@@ -261,6 +265,12 @@ imgw__codec_decode_pb(const uint8_t *data, size_t len, imgw_msg_in_t *out)
     if (ci == NULL || ci->dir != CODEC_C2S)
         return IMGW_EUNKNOWNCMD;
 
+    if (out->command == im_CommandType_CMD_SEND_MSG_REQ &&
+        imgw_pbfast_decode_send(body.ptr, body.len, CODEC_MAX_BYTES,
+                                &out->u.send, &out->content) == 0) {
+        imgw_codec_set_bytes(&out->u.send.content, &out->content);
+        return imgw__codec_strings_valid(ci->msg, &out->u);
+    }
     if (out->command == im_CommandType_CMD_SEND_MSG_REQ) {
         /* pb_decode leaves callbacks alone, so this survives its init. */
         codec_slice_dec_init(&cd, &out->u.send.content, &out->content,
@@ -304,6 +314,23 @@ imgw_codec_decode_push(const uint8_t *blob, size_t len, im_PushMessage *pm,
  * Protobuf encode
  * ======================================================================= */
 
+/* The direct encoders of pbfast.h for the two hot bodies; -1 = nanopb's
+ * turn (any other body, or a shape pbfast leaves to nanopb). */
+ssize_t
+imgw__codec_fast_body(int command, const void *body, uint8_t *out, size_t cap)
+{
+    if (command == im_CommandType_CMD_SEND_MSG_RSP)
+        return imgw_pbfast_encode_send_rsp(body, out, cap);
+    if (command == im_CommandType_CMD_PUSH_MSG) {
+        const im_PushMessage *pm = body;
+
+        if (pm->content.funcs.encode != imgw__codec_bytes_encode_cb)
+            return -1;
+        return imgw_pbfast_encode_push(pm, pm->content.arg, out, cap);
+    }
+    return -1;
+}
+
 /*
  * Runs pb_encode into out. nanopb reports "stream full" and bad input the
  * same way, so a failure is re-run on a sizing stream (failure path only):
@@ -345,11 +372,17 @@ codec_encode_pb_once(const codec_cmd_t *ci, uint32_t sequence,
 
     if (cap <= CODEC_PB_HDR_MAX)
         return -1;
-    os = pb_ostream_from_buffer(out + CODEC_PB_HDR_MAX,
-                                cap - CODEC_PB_HDR_MAX);
-    if (!pb_encode(&os, ci->msg->desc, body))
-        return -1;
-    bl = os.bytes_written;
+    n = (size_t)imgw__codec_fast_body(ci->command, body,
+                                      out + CODEC_PB_HDR_MAX,
+                                      cap - CODEC_PB_HDR_MAX);
+    if (n == (size_t)-1) {
+        os = pb_ostream_from_buffer(out + CODEC_PB_HDR_MAX,
+                                    cap - CODEC_PB_HDR_MAX);
+        if (!pb_encode(&os, ci->msg->desc, body))
+            return -1;
+        n = os.bytes_written;
+    }
+    bl = n;
     hdr[hl++] = 0x08; /* command (field 1); never 0 for a server command */
     hl += codec_varint(hdr + hl, (uint32_t)ci->command);
     if (sequence != 0) {

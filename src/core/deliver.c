@@ -15,6 +15,7 @@
 #include "alloc.h"
 #include "err.h"
 #include "log.h"
+#include "mail.h"
 #include "session.h"
 
 /* Per-loop target lists while one push is being routed. */
@@ -211,31 +212,32 @@ bcast_one(imgw_conn_t *c, void *arg)
 void
 imgw_deliver_mail(imgw_core_loop_t *cl, imgw_mail_t *m)
 {
+    imgw_mail_data_t *d = m->data;
+
     switch (m->kind) {
     case IMGW_MAIL_KICK:
-        imgw_session_kick(cl, m->targets[0].ref, m->body.kick.platform);
+        imgw_session_kick(cl, m->targets[0].ref, (const char *)d->ptr[0]);
         break;
     case IMGW_MAIL_PUSH:
-        local_push(cl, m->blob, m->blob_len, m->timestamp, m->targets, m->n);
-        imgw_free(m->blob);
+        local_push(cl, d->ptr[0], d->len[0], m->timestamp, m->targets, m->n);
         break;
     case IMGW_MAIL_FRAME:
-        local_frame(cl, m->command, &m->body, m->timestamp, m->targets, m->n);
+        /* d holds only the command's member of the union (mail.h). */
+        local_frame(cl, m->command, (const imgw_push_body_t *)d->ptr[0],
+                    m->timestamp, m->targets, m->n);
         break;
     case IMGW_MAIL_RAW:
         if (m->broadcast) {
-            bcast_t b = {cl, m->raw, m->raw_len};
+            bcast_t b = {cl, d->ptr, d->len};
             imgw_loop_foreach_ws(cl->loop, bcast_one, &b);
         } else {
-            local_raw(cl, m->raw, m->raw_len, m->targets, m->n, m->command);
+            local_raw(cl, d->ptr, d->len, m->targets, m->n, m->command);
         }
-        imgw_free(m->raw[0]);
-        imgw_free(m->raw[1]);
         break;
     default:
         break;
     }
-    imgw_free(m);
+    imgw_mail_free(m);
 }
 
 /* ---- routing ------------------------------------------------------------- */
@@ -248,29 +250,51 @@ imgw_deliver_kick(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
         imgw_session_kick(cl, ref, platform);
         return;
     }
-    imgw_mail_t *m = imgw_try_calloc(1, sizeof(*m) + sizeof(imgw_target_t));
+    imgw_mail_t *m = imgw_mail_new(IMGW_MAIL_KICK, 1);
     if (m == NULL)
         return;
-    m->kind = IMGW_MAIL_KICK;
-    m->n = 1;
     m->targets[0].ref = ref;
-    snprintf(m->body.kick.platform, sizeof(m->body.kick.platform), "%s",
-             platform);
+    m->data = imgw_mail_data_new(platform, strlen(platform) + 1, NULL, 0, 1);
+    if (m->data == NULL) {
+        imgw_mail_free(m);
+        return;
+    }
     imgw_loop_post(imgw_net_loop(cl->node->net, ref.loop), &m->node);
 }
 
+/* A mail to route r's targets carrying one reference to d. */
 static imgw_mail_t *
-mail_new(int kind, const route_t *r)
+mail_new(int kind, const route_t *r, imgw_mail_data_t *d)
 {
-    imgw_mail_t *m = imgw_try_malloc(sizeof(*m) + r->n * sizeof(imgw_target_t));
+    imgw_mail_t *m = imgw_mail_new(kind, r->n);
     if (m == NULL)
         return NULL;
-    memset(m, 0, sizeof(*m));
-    m->kind = kind;
-    m->n = r->n;
     if (r->n > 0)
         memcpy(m->targets, r->t, r->n * sizeof(imgw_target_t));
+    m->data = d;
     return m;
+}
+
+/* The loops other than self that resolve() found targets on. */
+static unsigned
+remote_routes(const imgw_core_loop_t *cl)
+{
+    unsigned k = 0;
+    for (int i = 0; i < n_routes; i++)
+        k += routes[i].n > 0 && i != cl->index;
+    return k;
+}
+
+/* Posts a mail to loop i, or, when there is no memory for it, gives its
+ * data reference back. */
+static void
+mail_post(imgw_core_loop_t *cl, int i, imgw_mail_t *m, imgw_mail_data_t *d)
+{
+    if (m == NULL) {
+        imgw_mail_data_release(d);
+        return;
+    }
+    imgw_loop_post(imgw_net_loop(cl->node->net, i), &m->node);
 }
 
 void
@@ -290,6 +314,10 @@ imgw_deliver_push_local(imgw_core_loop_t *cl, const uint8_t *blob, size_t len,
 {
     if (resolve(cl, users, seqs, n, exclude) == 0)
         return;
+    /* One copy of the blob for every other loop of the fan-out. */
+    unsigned remote = remote_routes(cl);
+    imgw_mail_data_t *d =
+        remote ? imgw_mail_data_new(blob, len, NULL, 0, remote) : NULL;
     for (int i = 0; i < n_routes; i++) {
         route_t *r = &routes[i];
         if (r->n == 0)
@@ -298,18 +326,12 @@ imgw_deliver_push_local(imgw_core_loop_t *cl, const uint8_t *blob, size_t len,
             local_push(cl, blob, len, timestamp, r->t, r->n);
             continue;
         }
-        imgw_mail_t *m = mail_new(IMGW_MAIL_PUSH, r);
-        if (m == NULL)
+        if (d == NULL)
             continue;
-        m->blob = imgw_try_malloc(len ? len : 1);
-        if (m->blob == NULL) {
-            imgw_free(m);
-            continue;
-        }
-        memcpy(m->blob, blob, len);
-        m->blob_len = len;
-        m->timestamp = timestamp;
-        imgw_loop_post(imgw_net_loop(cl->node->net, i), &m->node);
+        imgw_mail_t *m = mail_new(IMGW_MAIL_PUSH, r, d);
+        if (m != NULL)
+            m->timestamp = timestamp;
+        mail_post(cl, i, m, d);
     }
 }
 
@@ -323,6 +345,11 @@ imgw_deliver_frame(imgw_core_loop_t *cl, int command,
         imgw_cluster_frame(cl, command, body, users, n);
     if (resolve(cl, users, NULL, n, exclude) == 0)
         return;
+    unsigned remote = remote_routes(cl);
+    imgw_mail_data_t *d =
+        remote ? imgw_mail_data_new(body, imgw_push_body_size(command), NULL,
+                                    0, remote)
+               : NULL;
     for (int i = 0; i < n_routes; i++) {
         route_t *r = &routes[i];
         if (r->n == 0)
@@ -331,35 +358,15 @@ imgw_deliver_frame(imgw_core_loop_t *cl, int command,
             local_frame(cl, command, body, ts, r->t, r->n);
             continue;
         }
-        imgw_mail_t *m = mail_new(IMGW_MAIL_FRAME, r);
-        if (m == NULL)
+        if (d == NULL)
             continue;
-        m->command = command;
-        m->body = *body;
-        m->timestamp = ts;
-        imgw_loop_post(imgw_net_loop(cl->node->net, i), &m->node);
+        imgw_mail_t *m = mail_new(IMGW_MAIL_FRAME, r, d);
+        if (m != NULL) {
+            m->command = command;
+            m->timestamp = ts;
+        }
+        mail_post(cl, i, m, d);
     }
-}
-
-static int
-raw_copy(imgw_mail_t *m, const uint8_t *pb, size_t pb_len, const uint8_t *json,
-         size_t json_len)
-{
-    if (pb) {
-        m->raw[0] = imgw_try_malloc(pb_len ? pb_len : 1);
-        if (m->raw[0] == NULL)
-            return -1;
-        memcpy(m->raw[0], pb, pb_len);
-        m->raw_len[0] = pb_len;
-    }
-    if (json) {
-        m->raw[1] = imgw_try_malloc(json_len ? json_len : 1);
-        if (m->raw[1] == NULL)
-            return -1;
-        memcpy(m->raw[1], json, json_len);
-        m->raw_len[1] = json_len;
-    }
-    return 0;
 }
 
 size_t
@@ -368,21 +375,18 @@ imgw_deliver_raw(imgw_core_loop_t *cl, const uint8_t *pb, size_t pb_len,
                  const char *const *users, size_t n)
 {
     size_t total;
+    imgw_mail_data_t *d;
     if (users == NULL) {
-        /* Broadcast: every loop walks its own connections. */
+        /* Broadcast: every loop walks its own connections; one copy of
+         * the frames for all of them. */
         route_t none = {NULL, 0, 0};
-        for (int i = 0; i < cl->node->n_loops; i++) {
-            imgw_mail_t *m = mail_new(IMGW_MAIL_RAW, &none);
-            if (m == NULL)
-                continue;
-            m->broadcast = 1;
-            if (raw_copy(m, pb, pb_len, json, json_len) != 0) {
-                imgw_free(m->raw[0]);
-                imgw_free(m->raw[1]);
-                imgw_free(m);
-                continue;
-            }
-            imgw_loop_post(imgw_net_loop(cl->node->net, i), &m->node);
+        int loops = cl->node->n_loops;
+        d = imgw_mail_data_new(pb, pb_len, json, json_len, (unsigned)loops);
+        for (int i = 0; d != NULL && i < loops; i++) {
+            imgw_mail_t *m = mail_new(IMGW_MAIL_RAW, &none, d);
+            if (m != NULL)
+                m->broadcast = 1;
+            mail_post(cl, i, m, d);
         }
         size_t authed = 0;
         for (int i = 0; i < cl->node->n_loops; i++)
@@ -391,17 +395,17 @@ imgw_deliver_raw(imgw_core_loop_t *cl, const uint8_t *pb, size_t pb_len,
     }
     imgw_conn_ref_t none_ref = {0xffff, 0, 0};
     total = resolve(cl, users, NULL, n, none_ref);
-    for (int i = 0; i < n_routes; i++) {
+    unsigned k = 0;
+    for (int i = 0; i < n_routes; i++)
+        k += routes[i].n > 0;
+    d = k ? imgw_mail_data_new(pb, pb_len, json, json_len, k) : NULL;
+    for (int i = 0; d != NULL && i < n_routes; i++) {
         route_t *r = &routes[i];
         if (r->n == 0)
             continue;
-        imgw_mail_t *m = mail_new(IMGW_MAIL_RAW, r);
-        if (m == NULL)
-            continue;
-        if (raw_copy(m, pb, pb_len, json, json_len) != 0) {
-            imgw_free(m->raw[0]);
-            imgw_free(m->raw[1]);
-            imgw_free(m);
+        imgw_mail_t *m = mail_new(IMGW_MAIL_RAW, r, d);
+        if (m == NULL) {
+            imgw_mail_data_release(d);
             continue;
         }
         if (i == cl->index) {
@@ -423,6 +427,11 @@ imgw_deliver_raw_refs(imgw_core_loop_t *cl, const uint8_t *pb, size_t pb_len,
     for (size_t i = 0; i < n; i++)
         if (refs[i].loop < n_routes && route_add(refs[i], 0) != 0)
             break;
+    /* One copy of the frames for every other loop (mail.h). */
+    unsigned remote = remote_routes(cl);
+    imgw_mail_data_t *d =
+        remote ? imgw_mail_data_new(pb, pb_len, json, json_len, remote)
+               : NULL;
     for (int i = 0; i < n_routes; i++) {
         route_t *r = &routes[i];
         if (r->n == 0)
@@ -434,17 +443,12 @@ imgw_deliver_raw_refs(imgw_core_loop_t *cl, const uint8_t *pb, size_t pb_len,
                       im_CommandType_CMD_PRESENCE_PUSH);
             continue;
         }
-        imgw_mail_t *m = mail_new(IMGW_MAIL_RAW, r);
-        if (m == NULL)
+        if (d == NULL)
             continue;
-        m->command = im_CommandType_CMD_PRESENCE_PUSH;
-        if (raw_copy(m, pb, pb_len, json, json_len) != 0) {
-            imgw_free(m->raw[0]);
-            imgw_free(m->raw[1]);
-            imgw_free(m);
-            continue;
-        }
-        imgw_loop_post(imgw_net_loop(cl->node->net, i), &m->node);
+        imgw_mail_t *m = mail_new(IMGW_MAIL_RAW, r, d);
+        if (m != NULL)
+            m->command = im_CommandType_CMD_PRESENCE_PUSH;
+        mail_post(cl, i, m, d);
     }
 }
 

@@ -19,6 +19,7 @@
 #include "err.h"
 #include "idsyntax.h"
 #include "log.h"
+#include "mail.h"
 
 static int
 cmp_str(const void *a, const void *b)
@@ -143,7 +144,7 @@ void
 imgw_downlink_mail(imgw_core_loop_t *cl, imgw_mail_t *m)
 {
     imgw_cluster_in_t in;
-    const char *why = imgw_cluster_parse(m->raw[0], m->raw_len[0], &in);
+    const char *why = imgw_cluster_parse(m->data->ptr[0], m->data->len[0], &in);
     if (why == NULL) {
         switch (in.kind) {
         case IMGW_CLUSTER_IN_DOWNLINK: {
@@ -170,8 +171,7 @@ imgw_downlink_mail(imgw_core_loop_t *cl, imgw_mail_t *m)
             break;
         }
     }
-    imgw_cluster_settle(cl, m->tag, m->raw_len[0], why);
+    imgw_cluster_settle(cl, m->tag, m->data->len[0], why);
     imgw_cluster_in_free(&in);
-    imgw_free(m->raw[0]);
-    imgw_free(m);
+    imgw_mail_free(m);
 }

@@ -108,17 +108,30 @@ typedef union imgw_push_body_u {
     im_RevokeMessagePush revoke;
 } imgw_push_body_t;
 
+/*
+ * What a mail carries, allocated once per fan-out and shared by every loop
+ * it goes to (one reference per mail; the last loop to release it frees
+ * it): a PushMessage blob (ptr[0]), a FRAME body (ptr[0], only as many
+ * bytes as its command's struct, imgw_push_body_size), a RAW frame per
+ * codec, a broker message (MQ, ptr[0]), a KICK's platform (ptr[0], a
+ * string). Immutable once posted. Before issue 16 every mail embedded an
+ * imgw_push_body_t (~2.9 KB, zeroed) and copied its blob per loop.
+ */
+typedef struct imgw_mail_data_s {
+    atomic_uint refs;
+    uint8_t *ptr[2]; /* into bytes[], or NULL */
+    size_t len[2];
+    _Alignas(8) uint8_t bytes[];
+} imgw_mail_data_t;
+
+/* A mail: a small header, the data reference, the targets. */
 typedef struct imgw_mail_s {
     imgw_mpsc_node_t node;
     int kind;
     int command;              /* FRAME: the body's command */
     int64_t timestamp;
     int broadcast;            /* RAW: every WebSocket of the loop */
-    imgw_push_body_t body;    /* FRAME */
-    uint8_t *blob;            /* PUSH: PushMessage without seq (owned) */
-    size_t blob_len;
-    uint8_t *raw[2];          /* RAW: frame per codec (owned) */
-    size_t raw_len[2];
+    imgw_mail_data_t *data;   /* one reference (deliver.c's mail_data_*) */
     uint64_t tag;             /* MQ: delivery tag to settle */
     size_t n;                 /* targets */
     imgw_target_t targets[];

@@ -20,6 +20,7 @@
 
 #include <uv.h>
 
+#include "list.h"
 #include "stat.h"
 #include "mailbox.h"
 #include "net.h"
@@ -49,9 +50,6 @@
  * closes the connection with 1009 (docs/protocol.md). Empty continuations
  * would otherwise be free to send forever. */
 #define IMGW_WS_MAX_FRAGMENTS 1024
-
-#define IMGW_CONTAINER_OF(ptr, type, field)                                  \
-    ((type *)((char *)(ptr) - offsetof(type, field)))
 
 /* Output block: a pooled or sized buffer with its write request. */
 typedef struct imgw_obuf_s {

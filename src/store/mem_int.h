@@ -2,9 +2,9 @@
  * mem_int.h: what the memory backend's files share (memory.c lists them):
  * the limits, the shard and record types, the allocation wrappers (so the
  * failmalloc test hook sees every allocation), hashing and shard locking,
- * the intrusive hash tables and lists, and each file's functions the
- * others call. Private to src/store/mem*.c; store_impl.h is the backend's
- * face to store.c and file.c.
+ * the intrusive hash tables (the age lists are base's list.h), and each
+ * file's functions the others call. Private to src/store/mem*.c;
+ * store_impl.h is the backend's face to store.c and file.c.
  *
  * Threads: as memory.c says. A function that takes a shard runs with that
  * shard's lock held unless its comment says otherwise.
@@ -24,6 +24,7 @@
 #include "alloc.h"
 #include "clock.h"
 #include "hash.h"
+#include "list.h"
 #include "mem_conv.h"
 #include "store_impl.h"
 
@@ -71,9 +72,6 @@
 #define MEM_STACK_SLOTS 16     /* appends to <= 16 users use no malloc */
 #define MEM_STACK_ENTRIES 32   /* sync pages <= 32 entries use no malloc */
 
-#define MEM_CONTAINER(ptr, type, member)                                       \
-    ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
-
 /* ---- types --------------------------------------------------------------- */
 
 /* Intrusive chained-hash node; always the first member of its object. */
@@ -88,11 +86,6 @@ typedef struct imgw__mem_htab_s {
     size_t n;    /* nodes */
 } imgw__mem_htab_t;
 
-/* Circular doubly linked list with a sentinel head. */
-typedef struct imgw__mem_link_s {
-    struct imgw__mem_link_s *prev, *next;
-} imgw__mem_link_t;
-
 /*
  * Message metadata. The metadata table holds one reference while the
  * message is unexpired, the message's blob holds another, so sync can read
@@ -100,7 +93,7 @@ typedef struct imgw__mem_link_s {
  */
 typedef struct imgw__mem_meta_s {
     imgw__mem_hnode_t h;  /* in shard->metas (shard of the id) */
-    imgw__mem_link_t age; /* shard->meta_age, oldest first */
+    imgw_list_t age; /* shard->meta_age, oldest first */
     atomic_uint refs;
     atomic_uchar revoked; /* set under the id's shard lock, read anywhere */
     int64_t expire_ms;    /* under the id's shard lock */
@@ -184,7 +177,7 @@ typedef struct imgw__mem_user_s {
 
 typedef struct imgw__mem_dedupe_s {
     imgw__mem_hnode_t h;  /* in the sender's shard, hashed on the key */
-    imgw__mem_link_t age; /* shard->dedupe_age, oldest first */
+    imgw_list_t age; /* shard->dedupe_age, oldest first */
     int64_t expire_ms;
     uint64_t message_id;
     int64_t seq; /* the sender's seq of the first append */
@@ -208,7 +201,7 @@ typedef struct imgw__mem_shard_s {
     _Alignas(64) pthread_mutex_t mu; /* a cache line per shard at least */
     imgw__mem_htab_t users, dedupes, metas, groups;
     imgw__mem_htab_t pbs; /* route strings of this shard's users */
-    imgw__mem_link_t dedupe_age, meta_age;
+    imgw_list_t dedupe_age, meta_age;
     size_t cursor;  /* next users bucket the tick sweep visits */
     uint64_t stamp; /* LRU clock of delivered/read positions */
 } imgw__mem_shard_t;
@@ -313,7 +306,7 @@ unlock_mask(imgw__mem_t *m, uint64_t mask)
     }
 }
 
-/* ---- hash tables and lists ----------------------------------------------- */
+/* ---- hash tables --------------------------------------------------------- */
 
 static inline int
 htab_init(imgw__mem_htab_t *t)
@@ -377,29 +370,6 @@ htab_shrink(imgw__mem_htab_t *t)
     while (nb < t->n * 2)
         nb *= 2;
     htab_resize(t, nb);
-}
-
-static inline void
-link_init(imgw__mem_link_t *l)
-{
-    l->prev = l->next = l;
-}
-
-static inline void
-link_push_tail(imgw__mem_link_t *head, imgw__mem_link_t *l)
-{
-    l->prev = head->prev;
-    l->next = head;
-    head->prev->next = l;
-    head->prev = l;
-}
-
-static inline void
-link_remove(imgw__mem_link_t *l)
-{
-    l->prev->next = l->next;
-    l->next->prev = l->prev;
-    l->prev = l->next = l;
 }
 
 /* ---- functions of the backend's files ----------------------------------- */

@@ -71,7 +71,7 @@ imgw__mem_pb_get(imgw__mem_t *m, imgw__mem_shard_t *sh, const char *platform,
 void
 imgw__mem_pb_put(imgw__mem_shard_t *sh, const char *pb)
 {
-    imgw__mem_pb_t *p = MEM_CONTAINER(pb, imgw__mem_pb_t, s);
+    imgw__mem_pb_t *p = IMGW_CONTAINER_OF(pb, imgw__mem_pb_t, s);
     if (--p->refs > 0)
         return;
     htab_remove(&sh->pbs, &p->h);

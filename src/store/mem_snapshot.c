@@ -202,18 +202,18 @@ static void
 dump_shard(imgw__mem_dump_t *d, imgw__mem_shard_t *sh)
 {
     imgw__rec_buf_t *o = d->out;
-    for (imgw__mem_link_t *l = sh->meta_age.next; l != &sh->meta_age && !o->err;
+    for (imgw_list_t *l = sh->meta_age.next; l != &sh->meta_age && !o->err;
          l = l->next) {
-        imgw__mem_meta_t *mt = MEM_CONTAINER(l, imgw__mem_meta_t, age);
+        imgw__mem_meta_t *mt = IMGW_LIST_ENTRY(l, imgw__mem_meta_t, age);
         uint32_t num = dump_ref(d, mt, 0);
         size_t at = imgw__rec_begin(o, IMGW__REC_S_META_TABLE);
         imgw__rec_put_u32(o, num);
         imgw__rec_put_u64(o, (uint64_t)mt->expire_ms);
         imgw__rec_end(o, at);
     }
-    for (imgw__mem_link_t *l = sh->dedupe_age.next;
+    for (imgw_list_t *l = sh->dedupe_age.next;
          l != &sh->dedupe_age && !o->err; l = l->next) {
-        imgw__mem_dedupe_t *dd = MEM_CONTAINER(l, imgw__mem_dedupe_t, age);
+        imgw__mem_dedupe_t *dd = IMGW_LIST_ENTRY(l, imgw__mem_dedupe_t, age);
         size_t at = imgw__rec_begin(o, IMGW__REC_S_DEDUPE);
         imgw__rec_put_u64(o, (uint64_t)dd->expire_ms);
         imgw__rec_put_u64(o, dd->message_id);
@@ -324,7 +324,7 @@ load_meta(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
     mt->server_time_ms = st;
     atomic_init(&mt->revoked, revoked ? 1 : 0);
     atomic_init(&mt->refs, 1); /* the loader's */
-    link_init(&mt->age);
+    imgw_list_init(&mt->age);
     mt->h.hash = hash_id(ld->m, id);
     if (load_push((void ***)&ld->metas, &ld->n_metas, &ld->cap_metas, mt)) {
         imgw_free(mt);
@@ -347,12 +347,12 @@ load_meta_table(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
     imgw__mem_meta_t *mt = ld->metas[num];
     imgw__mem_shard_t *sh = &m->shards[shard_of(mt->h.hash)];
     pthread_mutex_lock(&sh->mu);
-    if (mt->age.next == &mt->age &&
+    if (!imgw_list_linked(&mt->age) &&
         imgw__mem_meta_find(sh, mt->h.hash, mt->message_id) == NULL) {
         mt->expire_ms = expire;
         atomic_fetch_add_explicit(&mt->refs, 1, memory_order_relaxed);
         htab_insert(&sh->metas, &mt->h);
-        link_push_tail(&sh->meta_age, &mt->age);
+        imgw_list_insert_tail(&sh->meta_age, &mt->age);
         atomic_fetch_add_explicit(&m->n_metas, 1, memory_order_relaxed);
     }
     pthread_mutex_unlock(&sh->mu);
@@ -414,7 +414,7 @@ load_dedupe(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
         return 0;
     }
     htab_insert(&sh->dedupes, &dd->h);
-    link_push_tail(&sh->dedupe_age, &dd->age);
+    imgw_list_insert_tail(&sh->dedupe_age, &dd->age);
     atomic_fetch_add_explicit(&m->n_dedupes, 1, memory_order_relaxed);
     pthread_mutex_unlock(&sh->mu);
     return 0;

@@ -418,7 +418,7 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     atomic_fetch_add_explicit(&m->metas_live, 1, memory_order_relaxed);
     meta->expire_ms = now + m->meta_ms;
     htab_insert(&sh_m->metas, &meta->h);
-    link_push_tail(&sh_m->meta_age, &meta->age);
+    imgw_list_insert_tail(&sh_m->meta_age, &meta->age);
     atomic_fetch_add_explicit(&m->n_metas, 1, memory_order_relaxed);
     imgw__mem_meta_evict(m, sh_m, meta);
     if (dd != NULL) {
@@ -426,7 +426,7 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
             /* An expired key still in the table: reuse its record. */
             imgw_free(dd);
             dd = old_dd;
-            link_remove(&dd->age);
+            imgw_list_remove(&dd->age);
         } else {
             htab_insert(&sh_s->dedupes, &dd->h);
             atomic_fetch_add_explicit(&m->n_dedupes, 1, memory_order_relaxed);
@@ -434,7 +434,7 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
         dd->expire_ms = now + m->dedupe_ms;
         dd->message_id = req->message_id;
         dd->seq = req->seqs[0];
-        link_push_tail(&sh_s->dedupe_age, &dd->age);
+        imgw_list_insert_tail(&sh_s->dedupe_age, &dd->age);
         imgw__mem_dedupe_expire(m, sh_s, now, MEM_LAZY_POPS);
         imgw__mem_dedupe_evict(m, sh_s, dd);
     }

@@ -191,8 +191,8 @@ mem_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err, size_t errlen)
     atomic_init(&m->metas_live, 0);
     for (unsigned i = 0; i < MEM_SHARDS; i++) {
         imgw__mem_shard_t *sh = &m->shards[i];
-        link_init(&sh->dedupe_age);
-        link_init(&sh->meta_age);
+        imgw_list_init(&sh->dedupe_age);
+        imgw_list_init(&sh->meta_age);
         if (pthread_mutex_init(&sh->mu, NULL) != 0) {
             shards_free(m, i);
             imgw_free(m);

@@ -268,6 +268,23 @@ TEST(format_parse)
     }
     CHECK(ok);
 
+    /* the two-digits-at-a-time formatter against printf, at every digit
+     * count and around every power of ten */
+    ok = 1;
+    for (int d = 0; d < 20; d++) {
+        uint64_t p10 = 1;
+        for (int j = 0; j < d; j++)
+            p10 *= 10;
+        for (int off = -2; off <= 2; off++) {
+            uint64_t x = p10 + (uint64_t)(int64_t)off;
+            char want[24];
+            snprintf(want, sizeof(want), "%llu", (unsigned long long)x);
+            ok &= imgw_id_format(x, buf) == strlen(want) &&
+                  strcmp(buf, want) == 0;
+        }
+    }
+    CHECK(ok);
+
     /* a length-bounded parse ignores what follows */
     CHECK_EQ_INT(imgw_id_parse("123abc", 3, &v), 0);
     CHECK(v == 123);
