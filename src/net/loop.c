@@ -651,7 +651,8 @@ imgw_net_new(imgw_net_t **out, const imgw_net_opts_t *opts, char *err,
         imgw_free(n);
         return IMGW_EINVAL;
     }
-    memcpy(n->ports, opts->ports, (size_t)opts->n_ports * sizeof(uint16_t));
+    if (opts->n_ports > 0) /* ports may be NULL then: memcpy(NULL) is UB */
+        memcpy(n->ports, opts->ports, (size_t)opts->n_ports * sizeof(uint16_t));
     n->opts.ports = n->ports;
     n->n_loops = opts->n_loops;
     uv_mutex_init(&n->done_mu);
