@@ -1,5 +1,7 @@
 # imgw: a thin wrapper over meson/ninja. Every target installs what is
-# missing first (deps/install.sh, Debian packages only).
+# missing first (deps/install.sh, Debian packages only): make and make run
+# only what building and running need (deps/install.sh run), the test
+# targets everything the tests use (Redis, RabbitMQ, Chromium, Node...).
 #
 #   make            build (release, -O2) into build/
 #   make run        build imgw and imgw-token, start one node on 127.0.0.1:8080
@@ -26,12 +28,15 @@ export IMGW__AUTH__JWT_SECRET
 # mints a token for any user.
 RUN_BIND ?= 127.0.0.1
 
-.PHONY: all deps build run lint test test-fast check-sanitize bench clean fuzz
+.PHONY: all deps deps-run build run lint test test-fast check-sanitize bench clean fuzz
 
 all: build
 
 deps:
 	@bash deps/install.sh
+
+deps-run:
+	@bash deps/install.sh run
 
 $(BUILD)/build.ninja:
 	meson setup $(BUILD)
@@ -39,10 +44,10 @@ $(BUILD)/build.ninja:
 $(SAN_BUILD)/build.ninja:
 	CC=clang meson setup $(SAN_BUILD) -Db_sanitize=$(SANITIZE) -Db_lundef=false -Dbench=false -Doptimization=1
 
-build: deps $(BUILD)/build.ninja
+build: deps-run $(BUILD)/build.ninja
 	ninja -C $(BUILD)
 
-run: deps $(BUILD)/build.ninja
+run: deps-run $(BUILD)/build.ninja
 	ninja -C $(BUILD) imgw imgw-token
 	@echo "imgw: dev token for user u1: $$(./$(BUILD)/imgw-token u1)"
 	@echo "imgw: browser demo at http://localhost:8080/ (dev tokens on, listening on $(RUN_BIND), store $(STORE))"
@@ -63,13 +68,13 @@ lint:
 # ThreadSanitizer imgw scraped under cross-loop traffic
 # (test_tsan_metrics.py), the bench smoke run and a few seconds of every
 # fuzz target; one summary line at the end.
-test: lint build $(SAN_BUILD)/build.ninja $(TSAN_BUILD)/build.ninja
+test: deps lint build $(SAN_BUILD)/build.ninja $(TSAN_BUILD)/build.ninja
 	ninja -C $(SAN_BUILD)
 	ninja -C $(TSAN_BUILD) imgw $(TSAN_UNITS)
 	/usr/bin/python3 test/run.py --build $(BUILD) --build $(SAN_BUILD) \
 	    --tsan $(TSAN_BUILD) --smoke $(BUILD) --fuzz 5
 
-test-fast: build
+test-fast: deps build
 	/usr/bin/python3 test/run.py --build $(BUILD)
 
 check-sanitize: deps $(SAN_BUILD)/build.ninja

@@ -2,15 +2,34 @@
 # Installs, from Debian packages, only what imgw's build and tests need and
 # the machine lacks. Idempotent: a second run with everything present does
 # nothing and prints nothing but its summary line.
+#
+#   deps/install.sh        everything: building, running and every test
+#                          (make test; the test harness calls it so)
+#   deps/install.sh run    only building and running imgw (make, make run):
+#                          no test servers, no browser, no profilers
 set -euo pipefail
 
+MODE="${1:-all}"
+case "$MODE" in
+  all|run) ;;
+  *) echo "usage: deps/install.sh [run]" >&2; exit 2 ;;
+esac
+
+# Building and running imgw (the release build configures the test and
+# bench targets too, so meson finds their compilers and python).
 PKGS=(
-  build-essential pkg-config meson ninja-build clang libclang-rt-14-dev
+  build-essential pkg-config meson ninja-build
   libuv1-dev libwslay-dev libnanopb-dev nanopb protobuf-compiler
   libhiredis-dev librabbitmq-dev libcjson-dev libmbedtls-dev libinih-dev
   libcurl4-openssl-dev
   node-llhttp
-  python3 python3-pytest python3-websockets python3-protobuf python3-jwt
+  python3
+)
+# The tests (make test): the sanitizer and fuzz builds' clang, real Redis
+# and RabbitMQ servers, the Python test libraries.
+TEST_PKGS=(
+  clang libclang-rt-14-dev
+  python3-pytest python3-websockets python3-protobuf python3-jwt
   python3-cryptography python3-pika python3-redis
   redis-server rabbitmq-server
   openssl procps psmisc
@@ -22,11 +41,16 @@ PKGS=(
   # www/index.html in a headless Chromium through Selenium.
   chromium chromium-driver python3-selenium
 )
-# Node and npm for the JavaScript SDK (sdk/js): Debian's, unless a node and
-# an npm are already on the PATH (another vendor's nodejs package bundles
-# its own npm and conflicts with Debian's).
-if ! command -v node >/dev/null 2>&1; then PKGS+=(nodejs); fi
-if ! command -v npm >/dev/null 2>&1; then PKGS+=(npm); fi
+if [ "$MODE" = all ]; then
+  PKGS+=("${TEST_PKGS[@]}")
+  # Node and npm for the JavaScript SDK's tests (sdk/js): Debian's, unless
+  # a node and an npm are already on the PATH (another vendor's nodejs
+  # package bundles its own npm and conflicts with Debian's). The server
+  # does not need them: the demo's SDK bundle (www/imgw-sdk.js) is
+  # committed.
+  if ! command -v node >/dev/null 2>&1; then PKGS+=(nodejs); fi
+  if ! command -v npm >/dev/null 2>&1; then PKGS+=(npm); fi
+fi
 # Optional extras asked for by a caller: DEPS_EXTRA="chromium chromium-driver".
 if [ -n "${DEPS_EXTRA:-}" ]; then
   read -r -a extra <<<"$DEPS_EXTRA"
@@ -44,6 +68,7 @@ done
 # package-lock.json, whenever node_modules is missing or older than the
 # lockfile. No network use when they are current.
 npm_deps() {
+  [ "$MODE" = all ] || return 0
   local dir
   dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/sdk/js"
   [ -f "$dir/package-lock.json" ] || return 0

@@ -1,5 +1,9 @@
-/* err.c: text for imgw's error codes (see err.h). Any thread. */
+/* err.c: text for imgw's error codes, and the caller error buffer (see
+ * err.h). Any thread. */
 #include "err.h"
+
+#include <stdarg.h>
+#include <stdio.h>
 
 #include <uv.h>
 
@@ -29,4 +33,16 @@ imgw_err_name(int err)
     default:
         return uv_err_name(err);
     }
+}
+
+void
+imgw_err_fmt(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (err == NULL || errlen == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
 }

@@ -11,6 +11,8 @@
 #ifndef IMGW_ERR_H
 #define IMGW_ERR_H
 
+#include <stddef.h>
+
 #define IMGW_ERRNO_MAP(X)                                                    \
     X(EINVAL, -10001, "invalid argument")                                    \
     X(ENOMEM, -10002, "out of memory")                                       \
@@ -42,5 +44,10 @@ typedef enum imgw_err_e {
 const char *imgw_strerror(int err);
 /** Symbolic name ("EINVAL") for an IMGW_E* or UV_E* code; never NULL. */
 const char *imgw_err_name(int err);
+
+/** Formats a message into a caller's error buffer (anet's `char *err`
+ * convention); does nothing when err is NULL or errlen is 0. */
+void imgw_err_fmt(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 #endif

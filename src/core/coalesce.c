@@ -35,6 +35,7 @@
 #include <string.h>
 
 #include "alloc.h"
+#include "list.h"
 #include "session.h"
 
 #define CO_MAX_ENTRIES 65536 /* per loop */
@@ -53,7 +54,7 @@ typedef struct co_held_s {
 
 typedef struct co_entry_s {
     struct co_entry_s *hnext;       /* bucket chain */
-    struct co_entry_s *prev, *next; /* FIFO of its kind */
+    imgw_list_t link;               /* in co->fifo[kind] */
     uint64_t hash;
     uint64_t end_ms; /* uv_now() when the window ends */
     uint64_t pos;    /* receipts: highest id pushed or held this window */
@@ -73,7 +74,7 @@ typedef struct co_state_s {
     co_entry_t **buckets;
     size_t nbuckets; /* power of two */
     size_t n;
-    co_entry_t *head[2], *tail[2];
+    imgw_list_t fifo[2]; /* per kind, oldest window end first */
 } co_state_t;
 
 static _Thread_local co_state_t *co;
@@ -112,27 +113,21 @@ co_interval(int kind)
 static void
 fifo_push(co_entry_t *e)
 {
-    e->next = NULL;
-    e->prev = co->tail[e->kind];
-    if (e->prev)
-        e->prev->next = e;
-    else
-        co->head[e->kind] = e;
-    co->tail[e->kind] = e;
+    imgw_list_insert_tail(&co->fifo[e->kind], &e->link);
 }
 
 static void
 fifo_unlink(co_entry_t *e)
 {
-    if (e->prev)
-        e->prev->next = e->next;
-    else
-        co->head[e->kind] = e->next;
-    if (e->next)
-        e->next->prev = e->prev;
-    else
-        co->tail[e->kind] = e->prev;
-    e->prev = e->next = NULL;
+    imgw_list_remove(&e->link);
+}
+
+/* The oldest entry of kind k, or NULL. */
+static co_entry_t *
+fifo_head(int k)
+{
+    imgw_list_t *l = imgw_list_first(&co->fifo[k]);
+    return l ? IMGW_LIST_ENTRY(l, co_entry_t, link) : NULL;
 }
 
 static void co_timer_cb(uv_timer_t *t);
@@ -142,9 +137,11 @@ static void
 co_arm(void)
 {
     uint64_t due = 0;
-    for (int k = 0; k < 2; k++)
-        if (co->head[k] && (due == 0 || co->head[k]->end_ms < due))
-            due = co->head[k]->end_ms;
+    for (int k = 0; k < 2; k++) {
+        const co_entry_t *h = fifo_head(k);
+        if (h && (due == 0 || h->end_ms < due))
+            due = h->end_ms;
+    }
     if (due == co->due_ms)
         return;
     co->due_ms = due;
@@ -223,6 +220,8 @@ co_state(imgw_core_loop_t *cl)
     s->cl = cl;
     s->buckets = b;
     s->nbuckets = CO_MIN_BUCKETS;
+    imgw_list_init(&s->fifo[0]);
+    imgw_list_init(&s->fifo[1]);
     uv_timer_init(imgw_loop_uv(cl->loop), &s->timer);
     co = s;
     return 0;
@@ -312,8 +311,8 @@ co_timer_cb(uv_timer_t *t)
     for (int k = 0; k < 2; k++) {
         /* Entries renewed below go to the tail with a later end: the loop
          * meets each entry at most once. */
-        while (co->head[k] && co->head[k]->end_ms <= now) {
-            co_entry_t *e = co->head[k];
+        co_entry_t *e;
+        while ((e = fifo_head(k)) != NULL && e->end_ms <= now) {
             if (e->held == NULL) {
                 co_remove(e);
                 continue;
@@ -413,8 +412,8 @@ imgw_coalesce_thread_free(void)
     if (co == NULL)
         return;
     for (int k = 0; k < 2; k++)
-        while (co->head[k])
-            co_remove(co->head[k]);
+        while (fifo_head(k))
+            co_remove(fifo_head(k));
     co_state_t *s = co;
     co = NULL;
     uv_timer_stop(&s->timer);

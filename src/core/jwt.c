@@ -33,7 +33,6 @@
 #include <mbedtls/pk.h>
 #include <mbedtls/platform_util.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,18 +69,6 @@ struct imgw_jwt_s {
 };
 
 /* ---- small helpers ---------------------------------------------------- */
-
-static void
-jwt_seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static int
 jwt_nonempty(const char *s)
@@ -522,31 +509,33 @@ jwt_load_key(imgw_jwt_t *j, const char *path, char *err, size_t errlen)
     /* mbedtls sizes its read buffer with ftell(), which on a directory
        gives LONG_MAX: look before letting it allocate. */
     if (stat(path, &st) != 0) {
-        jwt_seterr(err, errlen, "jwt: cannot read public key %s: %s", path,
-                   strerror(errno));
+        imgw_err_fmt(err, errlen, "jwt: cannot read public key %s: %s", path,
+                     strerror(errno));
         return IMGW_ECONFIG;
     }
     if (!S_ISREG(st.st_mode) || st.st_size > JWT_MAX_KEY_FILE) {
-        jwt_seterr(err, errlen,
-                   "jwt: public key %s is not a regular file of at most %d "
-                   "bytes", path, JWT_MAX_KEY_FILE);
+        imgw_err_fmt(err, errlen,
+                     "jwt: public key %s is not a regular file of at most %d "
+                     "bytes",
+                     path, JWT_MAX_KEY_FILE);
         return IMGW_ECONFIG;
     }
     rc = mbedtls_pk_parse_public_keyfile(&j->pk, path);
     if (rc != 0) {
         mbedtls_strerror(rc, msg, sizeof msg);
-        jwt_seterr(err, errlen,
-                   "jwt: cannot load public key %s: %s (want a PEM or DER "
-                   "public key, not a private key or certificate)",
-                   path, msg);
+        imgw_err_fmt(err, errlen,
+                     "jwt: cannot load public key %s: %s (want a PEM or DER "
+                     "public key, not a private key or certificate)",
+                     path, msg);
         return IMGW_ECONFIG;
     }
     switch (mbedtls_pk_get_type(&j->pk)) {
     case MBEDTLS_PK_RSA:
         if (mbedtls_pk_get_bitlen(&j->pk) < JWT_RSA_MIN_BITS) {
-            jwt_seterr(err, errlen,
-                       "jwt: RSA key %s has %zu bits, RS256 needs at least %d",
-                       path, mbedtls_pk_get_bitlen(&j->pk), JWT_RSA_MIN_BITS);
+            imgw_err_fmt(
+                err, errlen,
+                "jwt: RSA key %s has %zu bits, RS256 needs at least %d", path,
+                mbedtls_pk_get_bitlen(&j->pk), JWT_RSA_MIN_BITS);
             return IMGW_ECONFIG;
         }
         j->pk_alg = JWT_ALG_RS256;
@@ -554,16 +543,17 @@ jwt_load_key(imgw_jwt_t *j, const char *path, char *err, size_t errlen)
     case MBEDTLS_PK_ECKEY:
     case MBEDTLS_PK_ECDSA:
         if (mbedtls_pk_ec(j->pk)->grp.id != MBEDTLS_ECP_DP_SECP256R1) {
-            jwt_seterr(err, errlen,
-                       "jwt: EC key %s is not on P-256, the only curve of "
-                       "ES256", path);
+            imgw_err_fmt(err, errlen,
+                         "jwt: EC key %s is not on P-256, the only curve of "
+                         "ES256",
+                         path);
             return IMGW_ECONFIG;
         }
         j->pk_alg = JWT_ALG_ES256;
         return 0;
     default:
-        jwt_seterr(err, errlen,
-                   "jwt: key %s is neither RSA nor EC P-256", path);
+        imgw_err_fmt(err, errlen, "jwt: key %s is neither RSA nor EC P-256",
+                     path);
         return IMGW_ECONFIG;
     }
 }
@@ -585,13 +575,13 @@ imgw_jwt_new(imgw_jwt_t **out, const imgw_jwt_opts_t *opts, char *err,
     int rc;
 
     if (out == NULL || opts == NULL) {
-        jwt_seterr(err, errlen, "jwt: no options");
+        imgw_err_fmt(err, errlen, "jwt: no options");
         return IMGW_EINVAL;
     }
     *out = NULL;
     j = imgw_try_calloc(1, sizeof *j);
     if (j == NULL) {
-        jwt_seterr(err, errlen, "jwt: out of memory");
+        imgw_err_fmt(err, errlen, "jwt: out of memory");
         return IMGW_ENOMEM;
     }
     mbedtls_pk_init(&j->pk);
@@ -614,15 +604,15 @@ imgw_jwt_new(imgw_jwt_t **out, const imgw_jwt_opts_t *opts, char *err,
     if (rc == 0)
         rc = jwt_dup_opt(&j->app_ids, opts->app_ids);
     if (rc != 0) {
-        jwt_seterr(err, errlen, "jwt: out of memory");
+        imgw_err_fmt(err, errlen, "jwt: out of memory");
         imgw_jwt_free(j);
         return rc;
     }
     /* A list of only commas would refuse every token; say so at startup
        rather than at the first login. */
     if (j->app_ids != NULL && jwt_list_empty(j->app_ids)) {
-        jwt_seterr(err, errlen, "jwt: app_ids \"%s\" names no app",
-                   j->app_ids);
+        imgw_err_fmt(err, errlen, "jwt: app_ids \"%s\" names no app",
+                     j->app_ids);
         imgw_jwt_free(j);
         return IMGW_ECONFIG;
     }

@@ -9,7 +9,6 @@
  * (imgw_codec_err_name); nothing here lists them.
  */
 #include <dirent.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,50 +16,16 @@
 #include <unistd.h>
 
 #include "alloc.h"
+#include "buf.h"
 #include "metrics.h"
 #include "mq.h"
 #include "hooks.h"
 #include "nacos.h"
 
-typedef struct mbuf_s {
-    char *p;
-    size_t len, cap;
-    int oom;
-} mbuf_t;
-
 static void
-put(mbuf_t *b, const char *fmt, ...)
+head(imgw_buf_t *b, const char *name, const char *type, const char *help)
 {
-    va_list ap;
-    for (;;) {
-        if (b->oom)
-            return;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            b->oom = 1;
-            return;
-        }
-        if ((size_t)n < b->cap - b->len) {
-            b->len += (size_t)n;
-            return;
-        }
-        size_t cap = b->cap * 2 + (size_t)n;
-        char *np = imgw_try_realloc(b->p, cap);
-        if (np == NULL) {
-            b->oom = 1;
-            return;
-        }
-        b->p = np;
-        b->cap = cap;
-    }
-}
-
-static void
-head(mbuf_t *b, const char *name, const char *type, const char *help)
-{
-    put(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    imgw_buf_fmt(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
 static long
@@ -367,16 +332,16 @@ net_at(const scrape_t *sc, int loop, size_t off)
 }
 
 static void
-sample(mbuf_t *b, const char *name, const char *labels, uint64_t v)
+sample(imgw_buf_t *b, const char *name, const char *labels, uint64_t v)
 {
     if (labels)
-        put(b, "%s{%s} %llu\n", name, labels, (unsigned long long)v);
+        imgw_buf_fmt(b, "%s{%s} %llu\n", name, labels, (unsigned long long)v);
     else
-        put(b, "%s %llu\n", name, (unsigned long long)v);
+        imgw_buf_fmt(b, "%s %llu\n", name, (unsigned long long)v);
 }
 
 static void
-render_row(mbuf_t *b, const scrape_t *sc, const metric_t *m)
+render_row(imgw_buf_t *b, const scrape_t *sc, const metric_t *m)
 {
     char lab[96];
     uint64_t t = 0;
@@ -419,12 +384,12 @@ render_row(mbuf_t *b, const scrape_t *sc, const metric_t *m)
 char *
 imgw_metrics_render(imgw_node_t *node, size_t *len)
 {
-    mbuf_t b = {imgw_try_malloc(8192), 0, 8192, 0};
+    imgw_buf_t b = {0};
     scrape_t sc;
-    if (b.p == NULL)
+    if (imgw_buf_reserve(&b, 8192) != 0)
         return NULL;
     if (scrape_take(&sc, node) != 0) {
-        imgw_free(b.p);
+        imgw_buf_free(&b);
         return NULL;
     }
     const char *family = NULL;
@@ -442,11 +407,11 @@ imgw_metrics_render(imgw_node_t *node, size_t *len)
      * latency histogram, queue depth); none when no hook is configured. */
     char *ht = imgw_hooks_metrics(node);
     if (ht != NULL)
-        put(&b, "%s", ht);
+        imgw_buf_str(&b, ht);
     imgw_free(ht);
     imgw_free(sc.net);
-    if (b.oom) {
-        imgw_free(b.p);
+    if (b.err) {
+        imgw_buf_free(&b);
         return NULL;
     }
     *len = b.len;

@@ -571,7 +571,7 @@ imgw_msg_ack(imgw_session_t *s, imgw_msg_in_t *in)
 {
     if (in->u.ack.seq <= 0)
         return;
-    imgw_store_set_delivered(s->cl->store, s->user, s->platform,
+    imgw_store_set_delivered(s->cl->store, s->user, imgw_session_platform(s),
                              in->u.ack.seq, NULL, NULL);
 }
 

@@ -294,7 +294,7 @@ watch_add(imgw_session_t *s, const char *user)
         if (w == NULL)
             return IMGW_ENOMEM;
         s->watch = w;
-        s->cap_watch = cap;
+        s->cap_watch = (uint16_t)cap; /* <= 16384: session.h */
     }
     char *id = imgw_try_strdup(user);
     if (id == NULL)

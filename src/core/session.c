@@ -433,39 +433,56 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
                     "user_id does not match the token");
         return;
     }
-    s->user = imgw_try_strdup(user);
-    if (s->user == NULL) {
+    /* User id and platform at the session's tail: an idle connection
+     * keeps them for its whole life, so no malloc chunk of their own.
+     * Nothing but the connection points at the session yet (commands
+     * other than auth and heartbeats are refused before auth, and auth
+     * once only), so it may move. */
+    const char *plat = a->platform[0] ? a->platform : "default";
+    size_t ulen = strlen(user);
+    size_t plen = strnlen(plat, IMGW_USERMAP_PLATFORM - 1);
+    imgw_session_t *ns = imgw_try_realloc(s, sizeof(*s) + ulen + 1 + plen + 1);
+    if (ns == NULL) {
         imgw_conn_close_ws(s->conn, 1011, "out of memory");
         return;
     }
-    snprintf(s->platform, sizeof(s->platform), "%s",
-             a->platform[0] ? a->platform : "default");
+    s = ns;
+    imgw_conn_set_data(s->conn, s);
+    char *ids = s->ids;
+    memcpy(ids, user, ulen + 1);
+    memcpy(ids + ulen + 1, plat, plen);
+    ids[ulen + 1 + plen] = '\0';
+    s->user = ids;
+    const char *platform = ids + ulen + 1; /* imgw_session_platform */
     imgw_conn_ref_t kicked;
     size_t n_conns = 0;
-    int k = imgw_usermap_add_n(cl->node->users, s->user, s->platform,
+    int k = imgw_usermap_add_n(cl->node->users, s->user, platform,
                                imgw_conn_ref(s->conn), &kicked, &n_conns);
     if (k < 0) {
         auth_reject(s, in->sequence, IMGW_JWT_BAD_CLAIM,
                     "too many connections for this user");
-        imgw_free(s->user);
-        s->user = NULL;
+        s->user = NULL; /* ids[] stays: a retry writes it again */
         return;
     }
+    /* Re-authentication is refused from here on: the handshake's copy is
+     * of no more use. */
+    imgw_free(s->hs_user);
+    s->hs_user = NULL;
     s->registered = 1;
     s->authed = 1;
     imgw_stat_inc(&cl->st.auth_ok);
     imgw_stat_inc(&cl->st.sessions_authed);
-    act_event(ACT_LOGIN, s->user, s->platform, NULL);
+    act_event(ACT_LOGIN, s->user, platform, NULL);
     if (n_conns == 1)
-        imgw_hooks_presence(cl, s->user, s->platform, 1);
+        imgw_hooks_presence(cl, s->user, platform, 1);
     if (k == 1)
-        imgw_deliver_kick(cl, kicked, s->platform);
+        imgw_deliver_kick(cl, kicked, platform);
     /* Read the route before overwriting it: a (user, platform) logged in
      * on another node is kicked there (the store answers in order). */
-    imgw_deliver_kick_remote(cl, s->user, s->platform);
-    imgw_store_route_set(cl->store, s->user, s->platform, cfg->broker_id,
+    imgw_deliver_kick_remote(cl, s->user, platform);
+    imgw_store_route_set(cl->store, s->user, platform, cfg->broker_id,
                          cfg->route_ttl, route_done, NULL);
-    imgw_presence_changed(cl, s->user, s->platform, 1);
+    imgw_presence_changed(cl, s->user, platform, 1);
     s->route_refreshed_ms = imgw_loop_now_ms(cl->loop);
     imgw_conn_set_deadline(s->conn, imgw_loop_now_ms(cl->loop) +
                                         (uint64_t)cfg->heartbeat_timeout *
@@ -633,9 +650,10 @@ on_close(imgw_conn_t *c)
 {
     imgw_session_t *s = imgw_conn_data(c);
     imgw_core_loop_t *cl = s->cl;
+    const char *platform = imgw_session_platform(s);
     if (s->authed) {
         imgw_stat_dec(&cl->st.sessions_authed);
-        act_event(ACT_LOGOUT, s->user, s->platform, NULL);
+        act_event(ACT_LOGOUT, s->user, platform, NULL);
     }
     imgw_hooks_session_closed(s);
     if (s->user != NULL) {
@@ -643,17 +661,16 @@ on_close(imgw_conn_t *c)
         int removed = imgw_usermap_remove_n(cl->node->users, s->user,
                                             imgw_conn_ref(c), &left);
         if (removed && left == 0)
-            imgw_hooks_presence(cl, s->user, s->platform, 0);
+            imgw_hooks_presence(cl, s->user, platform, 0);
         /* The route belongs to this connection only if the user map still
          * pointed at it (a newer login on the platform owns it now). */
         if (removed && s->registered) {
-            imgw_store_route_del(cl->store, s->user, s->platform,
+            imgw_store_route_del(cl->store, s->user, platform,
                                  cl->node->cfg->broker_id, route_done, NULL);
-            imgw_presence_changed(cl, s->user, s->platform, 0);
+            imgw_presence_changed(cl, s->user, platform, 0);
         }
     }
     imgw_presence_session_closed(s);
-    imgw_free(s->user);
     imgw_free(s->hs_user);
     imgw_free(s);
     imgw_conn_set_data(c, NULL);

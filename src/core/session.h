@@ -5,28 +5,46 @@
 #ifndef IMGW_SESSION_H
 #define IMGW_SESSION_H
 
+#include <string.h>
+
 #include "node.h"
 
 typedef struct imgw_session_s {
     imgw_core_loop_t *cl;
     imgw_conn_t *conn;
-    char *user;         /* authenticated user id (owned); NULL before auth */
-    char *hs_user;      /* user of a valid handshake token (owned) */
-    char platform[IMGW_USERMAP_PLATFORM];
+    /* Authenticated user id, NULL before auth: points into ids[], where
+     * auth puts "user\0platform\0" (the platform read with
+     * imgw_session_platform; the user map borrows that pointer until this
+     * session removes its ref, usermap.h). */
+    char *user;
+    char *hs_user;      /* user of a valid handshake token (owned); freed
+                           at auth, which is refused from then on */
     uint8_t codec;      /* imgw_codec_t of the client's last frame */
     uint8_t authed;
     uint8_t registered; /* in the user map */
     float send_tokens;  /* CMD_SEND_MSG_REQ bucket */
     float other_tokens; /* every other frame */
+    uint16_t n_watch, cap_watch; /* presence.c's watch[] (below) */
     uint64_t refill_ms;
     uint64_t route_refreshed_ms;
     struct imgw_hooks_chain_s *hook_chain; /* hooks.c: sends in order */
     /* presence.c: the users this connection subscribed to (owned ids),
-     * at most limits.presence_subscriptions; each is also in the node's
-     * watch map under this connection's ref. */
+     * at most limits.presence_subscriptions (<= 10,000, so 16-bit counts
+     * that fit the padding above); each is also in the node's watch map
+     * under this connection's ref. */
     char **watch;
-    uint32_t n_watch, cap_watch;
+    /* Grown once, at auth (the session is reallocated then, before anything
+     * but the connection points at it): an idle connection's user id and
+     * platform cost no malloc chunk of their own. */
+    char ids[];
 } imgw_session_t;
+
+/* The platform of the authenticated session, "" before auth. */
+static inline const char *
+imgw_session_platform(const imgw_session_t *s)
+{
+    return s->user ? s->user + strlen(s->user) + 1 : "";
+}
 
 extern const imgw_net_handlers_t imgw_core_handlers;
 

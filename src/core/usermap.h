@@ -36,7 +36,11 @@ int imgw_usermap_new(imgw_usermap_t **out, size_t nshards);
 void imgw_usermap_free(imgw_usermap_t *m);
 
 /*
- * Adds ref for (user, platform). If another connection of the same user is
+ * Adds ref for (user, platform). platform is borrowed, not copied: it must
+ * stay valid and unchanged until ref is removed or replaced (the session
+ * registers its own platform field and removes its ref before it frees
+ * itself); the map reads it only under the shard lock, and
+ * imgw_usermap_get hands out copies. If another connection of the same user is
  * registered on the same platform it is removed and returned in *kicked
  * (return value 1), so the caller can kick it. Returns 0 (nothing kicked),
  * 1 (kicked filled), or IMGW_EQUEUEFULL when the user already has

@@ -41,6 +41,7 @@
 #include "buf.h"
 #include "err.h"
 #include "httpc.h"
+#include "list.h"
 #include "log.h"
 #include "stat.h"
 
@@ -96,7 +97,7 @@ enum { HV_ALLOW = 0, HV_DENY, HV_FAIL, HV_DUP };
 
 struct hook_send_s {
     hook_send_t *next;               /* chain order */
-    hook_send_t *all_prev, *all_next; /* hl->all: every item */
+    imgw_list_t all;                 /* in hl->all: every item */
     imgw_hooks_loop_t *hl;
     imgw_hooks_chain_t *chain;
     imgw_httpc_req_t *req;
@@ -123,7 +124,7 @@ struct imgw_hooks_loop_s {
     int route_lookups;
     unsigned events; /* EV_* chosen by hooks.events */
     size_t inflight; /* before-send items past the busy check */
-    hook_send_t *all; /* every item not yet finished */
+    imgw_list_t all;  /* every item not yet finished, newest first */
     const imgw_hooks_send_ops_t *ops; /* msg.c's, from before_send */
     /* events */
     char **q;        /* ring of JSON objects, cap hooks.queue_max */
@@ -256,13 +257,7 @@ utf8_cut(const uint8_t *p, size_t n, size_t max)
 static void
 send_free(hook_send_t *x)
 {
-    imgw_hooks_loop_t *hl = x->hl;
-    if (x->all_prev)
-        x->all_prev->all_next = x->all_next;
-    else
-        hl->all = x->all_next;
-    if (x->all_next)
-        x->all_next->all_prev = x->all_prev;
+    imgw_list_remove(&x->all);
     imgw_free(x->content);
     imgw_free(x);
 }
@@ -610,11 +605,8 @@ imgw_hooks_before_send(imgw_session_t *s, const imgw_msg_in_t *in,
     x->content = content;
     x->content_len = in->content.len;
     snprintf(x->conv, sizeof(x->conv), "%s", conv);
-    snprintf(x->platform, sizeof(x->platform), "%s", s->platform);
-    x->all_next = hl->all;
-    if (hl->all)
-        hl->all->all_prev = x;
-    hl->all = x;
+    snprintf(x->platform, sizeof(x->platform), "%s", imgw_session_platform(s));
+    imgw_list_insert_head(&hl->all, &x->all);
     if (x->chain->tail)
         x->chain->tail->next = x;
     else
@@ -977,6 +969,7 @@ imgw_hooks_loop_start(imgw_core_loop_t *cl)
         return IMGW_ENOMEM;
     hl->cl = cl;
     hl->cfg = cfg;
+    imgw_list_init(&hl->all);
     hl->start_ms = imgw_now_ms();
     if (imgw_httpc_new(&hl->http, imgw_loop_uv(cl->loop)) != 0) {
         imgw_free(hl);
@@ -1027,9 +1020,16 @@ imgw_hooks_loop_stop(imgw_core_loop_t *cl)
     imgw_httpc_free(hl->http);
     hl->http = NULL;
     for (;;) {
-        hook_send_t *x = hl->all;
-        while (x != NULL && x->state != HS_CALLING)
-            x = x->all_next;
+        hook_send_t *x = NULL;
+        imgw_list_t *l;
+        IMGW_LIST_FOREACH(l, &hl->all)
+        {
+            hook_send_t *y = IMGW_LIST_ENTRY(l, hook_send_t, all);
+            if (y->state == HS_CALLING) {
+                x = y;
+                break;
+            }
+        }
         if (x == NULL)
             break;
         x->req = NULL;

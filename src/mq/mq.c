@@ -257,13 +257,6 @@ mq_rand(imgw_mq_t *mq)
     return x;
 }
 
-static void
-mq_seterr(char *err, size_t errlen, const char *fmt, const char *arg)
-{
-    if (err != NULL && errlen > 0)
-        snprintf(err, errlen, fmt, arg);
-}
-
 /* Describes a failed RPC reply into buf; returns 0 if it was NORMAL. */
 static int
 mq_reply_check(amqp_rpc_reply_t r, const char *what, char *buf, size_t len)
@@ -1151,39 +1144,41 @@ imgw_mq_start(imgw_mq_t **out, const imgw_mq_opts_t *opts, char *err,
               size_t errlen)
 {
     if (out == NULL || opts == NULL) {
-        mq_seterr(err, errlen, "%s", "mq: missing options");
+        imgw_err_fmt(err, errlen, "%s", "mq: missing options");
         return IMGW_EINVAL;
     }
     *out = NULL;
     if (opts->url == NULL || opts->url[0] == '\0') {
-        mq_seterr(err, errlen, "%s", "mq: broker URL is empty");
+        imgw_err_fmt(err, errlen, "%s", "mq: broker URL is empty");
         return IMGW_ECONFIG;
     }
     if (opts->broker_id == NULL || opts->broker_id[0] == '\0' ||
         strlen(opts->broker_id) > MQ_SHORTSTR_MAX) {
-        mq_seterr(err, errlen, "%s",
-                  "mq: broker_id must be 1 to 255 bytes (it names the queue)");
+        imgw_err_fmt(
+            err, errlen, "%s",
+            "mq: broker_id must be 1 to 255 bytes (it names the queue)");
         return IMGW_ECONFIG;
     }
     const char *exchange = opts->exchange && opts->exchange[0]
                                ? opts->exchange
                                : MQ_DEFAULT_EXCHANGE;
     if (strlen(exchange) > MQ_SHORTSTR_MAX) {
-        mq_seterr(err, errlen, "%s", "mq: exchange name longer than 255 bytes");
+        imgw_err_fmt(err, errlen, "%s",
+                     "mq: exchange name longer than 255 bytes");
         return IMGW_ECONFIG;
     }
     if (opts->prefetch < 0 || opts->prefetch > 65535) {
-        mq_seterr(err, errlen, "%s",
-                  "mq: prefetch must be 0 (default) to 65535");
+        imgw_err_fmt(err, errlen, "%s",
+                     "mq: prefetch must be 0 (default) to 65535");
         return IMGW_ECONFIG;
     }
     if (opts->heartbeat < 0 || opts->heartbeat > 65535) {
-        mq_seterr(err, errlen, "%s",
-                  "mq: heartbeat must be 0 (off) to 65535 seconds");
+        imgw_err_fmt(err, errlen, "%s",
+                     "mq: heartbeat must be 0 (off) to 65535 seconds");
         return IMGW_ECONFIG;
     }
     if (opts->on_message == NULL) {
-        mq_seterr(err, errlen, "%s", "mq: on_message callback is missing");
+        imgw_err_fmt(err, errlen, "%s", "mq: on_message callback is missing");
         return IMGW_EINVAL;
     }
 
@@ -1205,19 +1200,19 @@ imgw_mq_start(imgw_mq_t **out, const imgw_mq_opts_t *opts, char *err,
     amqp_default_connection_info(&mq->ci);
     if (amqp_parse_url(mq->url_buf, &mq->ci) != AMQP_STATUS_OK) {
         /* Not echoing the URL: it may carry a password. */
-        mq_seterr(err, errlen, "%s",
-                  "mq: invalid broker URL (want "
-                  "amqp://user:pass@host:port/vhost)");
+        imgw_err_fmt(err, errlen, "%s",
+                     "mq: invalid broker URL (want "
+                     "amqp://user:pass@host:port/vhost)");
         mq_free(mq);
         return IMGW_ECONFIG;
     }
     if (mq->ci.ssl) {
-        mq_seterr(err, errlen, "%s", "mq: amqps:// (TLS) is not supported");
+        imgw_err_fmt(err, errlen, "%s", "mq: amqps:// (TLS) is not supported");
         mq_free(mq);
         return IMGW_ECONFIG;
     }
     if (mq->ci.host == NULL || mq->ci.host[0] == '\0') {
-        mq_seterr(err, errlen, "%s", "mq: broker URL has no host");
+        imgw_err_fmt(err, errlen, "%s", "mq: broker URL has no host");
         mq_free(mq);
         return IMGW_ECONFIG;
     }
@@ -1241,7 +1236,7 @@ imgw_mq_start(imgw_mq_t **out, const imgw_mq_opts_t *opts, char *err,
 
     mq->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (mq->efd < 0) {
-        mq_seterr(err, errlen, "mq: eventfd: %s", strerror(errno));
+        imgw_err_fmt(err, errlen, "mq: eventfd: %s", strerror(errno));
         mq_free(mq);
         return IMGW_ENOMEM;
     }
@@ -1253,7 +1248,7 @@ imgw_mq_start(imgw_mq_t **out, const imgw_mq_opts_t *opts, char *err,
     int rc = pthread_create(&mq->thread, NULL, mq_thread_main, mq);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
-        mq_seterr(err, errlen, "mq: pthread_create: %s", strerror(rc));
+        imgw_err_fmt(err, errlen, "mq: pthread_create: %s", strerror(rc));
         mq_free(mq);
         return IMGW_ENOMEM;
     }
@@ -1261,7 +1256,7 @@ imgw_mq_start(imgw_mq_t **out, const imgw_mq_opts_t *opts, char *err,
     return 0;
 
 nomem:
-    mq_seterr(err, errlen, "%s", "mq: out of memory");
+    imgw_err_fmt(err, errlen, "%s", "mq: out of memory");
     mq_free(mq);
     return IMGW_ENOMEM;
 }

@@ -228,7 +228,7 @@ void
 imgw__conn_on_read(imgw_conn_t *c, const uint8_t *data, size_t len)
 {
     imgw_stat_add(&c->loop->st.bytes_in, len);
-    c->last_rx_ms = c->loop->now_ms;
+    c->last_rx = (uint32_t)c->loop->now_ms;
     if (c->tls == NULL) {
         imgw__conn_input(c, data, len);
         return;
@@ -300,7 +300,7 @@ imgw__conn_write_raw(imgw_conn_t *c, const uv_buf_t *bufs, size_t n,
     if (c->state == IMGW_CONN_CLOSED)
         return IMGW_ECLOSED;
     if (bounded && c->queued + total > c->loop->net->opts.max_queued_bytes) {
-        if (c->inflight == NULL && c->pend != NULL) {
+        if (!(c->flags & IMGW_CF_WRITING) && c->pend != NULL) {
             imgw__conn_flush(c);
             if (c->state == IMGW_CONN_CLOSED)
                 return IMGW_ECLOSED;
@@ -336,7 +336,7 @@ conn_append(imgw_conn_t *c, const uv_buf_t *bufs, size_t n, int bounded)
         /* What this iteration queued has not been offered to the socket
          * yet: a reader that keeps up must not look slow because of one
          * burst, so write first and judge by what is left. */
-        if (c->inflight == NULL && c->pend != NULL) {
+        if (!(c->flags & IMGW_CF_WRITING) && c->pend != NULL) {
             imgw__conn_flush(c);
             if (c->state == IMGW_CONN_CLOSED)
                 return IMGW_ECLOSED;
@@ -377,7 +377,7 @@ write_cb(uv_write_t *req, int status)
     imgw_loop_t *l = c->loop;
     c->queued -= b->len - b->off;
     imgw_stat_add(&l->st.bytes_out, b->len - b->off);
-    c->inflight = NULL;
+    c->flags &= (uint16_t)~IMGW_CF_WRITING;
     imgw__obuf_release(l, b);
     if (status < 0) {
         if (status != UV_ECANCELED)
@@ -393,7 +393,7 @@ void
 imgw__conn_flush(imgw_conn_t *c)
 {
     imgw_loop_t *l = c->loop;
-    if (c->state == IMGW_CONN_CLOSED || c->inflight != NULL)
+    if (c->state == IMGW_CONN_CLOSED || (c->flags & IMGW_CF_WRITING))
         return;
     imgw_obuf_t *b = c->pend;
     if (b != NULL) {
@@ -411,12 +411,12 @@ imgw__conn_flush(imgw_conn_t *c)
         imgw_stat_add(&l->st.bytes_out, (size_t)r);
         if (b->off < b->len) {
             c->pend = NULL;
-            c->inflight = b;
+            c->flags |= IMGW_CF_WRITING;
             ub = uv_buf_init((char *)b->data + b->off,
                              (unsigned)(b->len - b->off));
             r = uv_write(&b->req, (uv_stream_t *)&c->tcp, &ub, 1, write_cb);
             if (r < 0) {
-                c->inflight = NULL;
+                c->flags &= (uint16_t)~IMGW_CF_WRITING;
                 c->pend = b;
                 imgw__conn_close_now(c);
             }
@@ -482,7 +482,7 @@ conn_close_cb(uv_handle_t *h)
 {
     imgw_conn_t *c = IMGW_CONTAINER_OF(h, imgw_conn_t, tcp);
     imgw_loop_t *l = c->loop;
-    if (l->net->h->on_close && c->data != NULL)
+    if (l->net->h->on_close && c->tcp.data != NULL)
         l->net->h->on_close(c);
     for (int i = 0; i < IMGW_PROTO_N; i++)
         l->net->protos[i]->free(c);
@@ -492,7 +492,8 @@ conn_close_cb(uv_handle_t *h)
     }
     imgw__obuf_release(l, c->pend);
     c->pend = NULL;
-    /* inflight was completed with UV_ECANCELED before this callback. */
+    /* A block in uv_write was completed with UV_ECANCELED before this
+     * callback (write_cb released it). */
     if (c->flags & IMGW_CF_IN_FLUSH) {
         imgw_conn_t **pp = &l->flush_head;
         while (*pp && *pp != c)
@@ -559,19 +560,22 @@ imgw_conn_loop(const imgw_conn_t *c)
 void *
 imgw_conn_data(const imgw_conn_t *c)
 {
-    return c->data;
+    return c->tcp.data;
 }
 
 void
 imgw_conn_set_data(imgw_conn_t *c, void *data)
 {
-    c->data = data;
+    c->tcp.data = data;
 }
 
 uint64_t
 imgw_conn_last_rx_ms(const imgw_conn_t *c)
 {
-    return c->last_rx_ms;
+    /* now_ms never goes back and last_rx came from it: the 32-bit
+     * distance is exact below 2^32 ms (49 days). */
+    uint64_t now = c->loop->now_ms;
+    return now - (uint32_t)((uint32_t)now - c->last_rx);
 }
 
 int

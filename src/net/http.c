@@ -244,7 +244,8 @@ http_get(imgw_conn_t *c)
 static void
 http_free(imgw_conn_t *c)
 {
-    if (c->http) {
+    /* c->http shares its word with the WebSocket handler's c->rx. */
+    if (c->proto == IMGW_PROTO_HTTP && c->http) {
         imgw_free(c->http->body);
         imgw_free(c->http);
         c->http = NULL;
@@ -284,7 +285,8 @@ imgw_conn_http_respond(imgw_conn_t *c, int status, const char *ctype,
     char head[1024];
     if (c->state == IMGW_CONN_CLOSED)
         return;
-    if (c->http != NULL && c->http->close_after)
+    if (c->proto == IMGW_PROTO_HTTP && c->http != NULL &&
+        c->http->close_after)
         keep_alive = 0;
     int n = snprintf(head, sizeof(head),
                      "HTTP/1.1 %d %s\r\n"
@@ -576,8 +578,7 @@ handle_upgrade(imgw_conn_t *c, imgw_http_t *h, imgw_http_req_t *req)
         return 0;
     }
     imgw_stat_inc(&l->st.handshakes_ok);
-    imgw__conn_set_proto(c, IMGW_PROTO_WS);
-    return 1;
+    return 1; /* the caller frees h, then hands c to the WebSocket */
 }
 
 /*
@@ -742,6 +743,7 @@ http_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
                 memcpy(tmp, h->buf + h->parsed, rest);
             }
             http_free(c);
+            imgw__conn_set_proto(c, IMGW_PROTO_WS);
             if (rest)
                 imgw__conn_input(c, tmp, rest);
             imgw_free(tmp);
@@ -797,8 +799,10 @@ http_feed(imgw_conn_t *c, const uint8_t *data, size_t len)
 void
 imgw__http_resume(imgw_conn_t *c)
 {
+    if (c->proto != IMGW_PROTO_HTTP || c->state != IMGW_CONN_HTTP)
+        return;
     imgw_http_t *h = c->http;
-    if (h == NULL || c->state != IMGW_CONN_HTTP)
+    if (h == NULL)
         return;
     llhttp_resume(&h->parser);
     compact(h);

@@ -26,6 +26,7 @@
 
 #include "alloc.h"
 #include "err.h"
+#include "list.h"
 
 /* Idle connections the multi keeps for reuse (all hosts together). */
 #define HTTPC_MAXCONNECTS 64
@@ -37,7 +38,7 @@ typedef struct httpc_sock_s {
 } httpc_sock_t;
 
 struct imgw_httpc_req_s {
-    imgw_httpc_req_t *prev, *next; /* h->reqs */
+    imgw_list_t link; /* in h->reqs */
     CURL *easy;
     struct curl_slist *headers;
     char *body; /* the request body (copied) */
@@ -54,7 +55,7 @@ struct imgw_httpc_s {
     uv_loop_t *loop;
     CURLM *multi;
     uv_timer_t timer;
-    imgw_httpc_req_t *reqs; /* in flight */
+    imgw_list_t reqs; /* in flight, newest first */
     size_t n_reqs;
     int open_handles; /* timer + polls; freed at 0 once freeing */
     int dispatching;  /* inside httpc_done: free is deferred */
@@ -96,12 +97,7 @@ httpc_sock_closed(uv_handle_t *hd)
 static void
 httpc_req_free(imgw_httpc_t *h, imgw_httpc_req_t *r)
 {
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        h->reqs = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
+    imgw_list_remove(&r->link);
     h->n_reqs--;
     curl_easy_cleanup(r->easy);
     curl_slist_free_all(r->headers);
@@ -245,6 +241,7 @@ imgw_httpc_new(imgw_httpc_t **out, uv_loop_t *loop)
     if (h == NULL)
         return IMGW_ENOMEM;
     h->loop = loop;
+    imgw_list_init(&h->reqs);
     h->multi = curl_multi_init();
     if (h->multi == NULL) {
         imgw_free(h);
@@ -270,9 +267,11 @@ imgw_httpc_free(imgw_httpc_t *h)
     h->freeing = 1;
     if (h->dispatching)
         return; /* httpc_done finishes it */
-    while (h->reqs != NULL) {
-        curl_multi_remove_handle(h->multi, h->reqs->easy);
-        httpc_req_free(h, h->reqs);
+    imgw_list_t *l;
+    while ((l = imgw_list_first(&h->reqs)) != NULL) {
+        imgw_httpc_req_t *r = IMGW_LIST_ENTRY(l, imgw_httpc_req_t, link);
+        curl_multi_remove_handle(h->multi, r->easy);
+        httpc_req_free(h, r);
     }
     /* Closing the cached connections calls httpc_socket_fn with
      * CURL_POLL_REMOVE, which closes their polls. */
@@ -387,10 +386,7 @@ imgw_httpc_request(imgw_httpc_t *h, const imgw_httpc_opts_t *o,
         rc = IMGW_ENOMEM;
         goto fail;
     }
-    r->next = h->reqs;
-    if (h->reqs)
-        h->reqs->prev = r;
-    h->reqs = r;
+    imgw_list_insert_head(&h->reqs, &r->link);
     h->n_reqs++;
     if (out)
         *out = r;

@@ -148,7 +148,7 @@ on_connection(uv_stream_t *server, int status)
     imgw_alloc_arm();
     l->now_ms = imgw__loop_clock_ms(l);
     uv_tcp_nodelay(&c->tcp, 1);
-    c->last_rx_ms = l->now_ms;
+    c->last_rx = (uint32_t)l->now_ms;
     imgw_conn_set_deadline(c, l->now_ms +
                                   (uint64_t)l->net->opts.auth_timeout * 1000);
     if (l->draining) {
@@ -239,7 +239,7 @@ drain_step(imgw_loop_t *l)
  * entries (they refill from malloc if the load needs
  * more, a few mallocs per 10 s), and loop 0 asks glibc to return free
  * memory to the OS: freed blocks otherwise stay in the heap (and in RSS)
- * for good, 16 KiB output blocks and 4 KiB wslay buffers of thousands of
+ * for good, 4 KiB output blocks and 4 KiB wslay buffers of thousands of
  * connections after one heartbeat burst. malloc_trim(0) walks every arena
  * (each loop thread has its own), so one loop doing it is enough; it costs
  * a walk of the free chunks and an madvise per free page run, about every
@@ -651,7 +651,8 @@ imgw_net_new(imgw_net_t **out, const imgw_net_opts_t *opts, char *err,
         imgw_free(n);
         return IMGW_EINVAL;
     }
-    memcpy(n->ports, opts->ports, (size_t)opts->n_ports * sizeof(uint16_t));
+    if (opts->n_ports > 0) /* ports may be NULL then: memcpy(NULL) is UB */
+        memcpy(n->ports, opts->ports, (size_t)opts->n_ports * sizeof(uint16_t));
     n->opts.ports = n->ports;
     n->n_loops = opts->n_loops;
     uv_mutex_init(&n->done_mu);

@@ -14,8 +14,9 @@
 
 #include <stdint.h>
 
-#define MAILBOX_OF(a)                                                          \
-    ((imgw_mailbox_t *)(void *)((char *)(a)-offsetof(imgw_mailbox_t, async)))
+#include "list.h"
+
+#define MAILBOX_OF(a) IMGW_CONTAINER_OF(a, imgw_mailbox_t, async)
 
 /* ---- the mailbox --------------------------------------------------------- */
 

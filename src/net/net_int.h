@@ -20,6 +20,7 @@
 
 #include <uv.h>
 
+#include "list.h"
 #include "stat.h"
 #include "mailbox.h"
 #include "net.h"
@@ -29,9 +30,15 @@
 
 #define IMGW_MAX_LISTENERS 32
 #define IMGW_READ_BUF 65536
-#define IMGW_OBUF_SMALL 16384   /* pooled output block size */
+/* Pooled output block size. Nearly every write is a few frames of a few
+ * hundred bytes (a 101, an AuthResponse, a push or two per iteration), so
+ * 4 KiB holds them; a bigger write (a sync page) gets a block of its own.
+ * The size matters for idle memory: a connect or heartbeat burst fills the
+ * pool, and a full pool at 16 KiB was 1 MiB, ~55 B per connection of a
+ * 19,000-connection node (docs/benchmarks.md, hold). */
+#define IMGW_OBUF_SMALL 4096
 /* Pool caps: what a burst leaves pooled stays out of the OS for good, so
- * keep them small (64 x 16 KiB = 1 MiB of blocks); the steady state needs
+ * keep them small (64 x 4 KiB = 256 KiB of blocks); the steady state needs
  * few, and loop.c's trim tick gives the rest back (IMGW_POOL_KEEP). */
 #define IMGW_OBUF_POOL_MAX 64   /* pooled blocks kept per loop */
 #define IMGW_WS_POOL_MAX 64     /* pooled wslay frame contexts per loop */
@@ -43,9 +50,6 @@
  * closes the connection with 1009 (docs/protocol.md). Empty continuations
  * would otherwise be free to send forever. */
 #define IMGW_WS_MAX_FRAGMENTS 1024
-
-#define IMGW_CONTAINER_OF(ptr, type, field)                                  \
-    ((type *)((char *)(ptr) - offsetof(type, field)))
 
 /* Output block: a pooled or sized buffer with its write request. */
 typedef struct imgw_obuf_s {
@@ -72,7 +76,8 @@ enum {
     IMGW_CF_CLOSE_SENT = 1 << 4,   /* our close frame is queued */
     IMGW_CF_DRAIN_DONE = 1 << 5,   /* drain already asked it to close */
     IMGW_CF_RX_DEAD = 1 << 6,      /* protocol failed: input ignored */
-    IMGW_CF_IP_COUNTED = 1 << 7    /* holds a per-IP count */
+    IMGW_CF_IP_COUNTED = 1 << 7,   /* holds a per-IP count */
+    IMGW_CF_WRITING = 1 << 8       /* a uv_write of a block is under way */
 };
 
 struct imgw_http_s; /* http.c */
@@ -124,19 +129,31 @@ struct imgw_conn_s {
     imgw_loop_t *loop;
     uint32_t slot;
     uint32_t gen;
+    /* Loop time of the last read, its low 32 bits: the distance to now is
+     * exact for 49 days (imgw_conn_last_rx_ms), and with the three small
+     * fields it fills one word where a uint64_t and padding took two. */
+    uint32_t last_rx;
+    uint16_t flags;  /* IMGW_CF_* */
     uint8_t state;
-    uint8_t flags;
     uint8_t proto; /* IMGW_PROTO_*: index into net->protos */
     imgw_tw_entry_t tw;
     uint64_t deadline_ms;          /* 0 = none */
-    uint64_t last_rx_ms;           /* loop time of the last read */
-    struct imgw_http_s *http;      /* HTTP phase only */
-    struct imgw_ws_rx_s *rx;       /* only while a frame/message is partial */
+    /* The current handler's borrowed state (c->proto says which member):
+     * the HTTP handler's request state, or, once a WebSocket, what a
+     * partial frame or message needs. http.c frees its state before it
+     * hands the connection over, so the two never overlap, and each
+     * handler's free looks only at its own member. */
+    union {
+        struct imgw_http_s *http;  /* IMGW_PROTO_HTTP */
+        struct imgw_ws_rx_s *rx;   /* IMGW_PROTO_WS */
+    };
     imgw_obuf_t *pend;             /* being filled */
-    imgw_obuf_t *inflight;         /* handed to uv_write */
-    size_t queued;                 /* pend + inflight unwritten bytes */
+    /* The block handed to uv_write (IMGW_CF_WRITING) is reached through
+     * its request in write_cb: no pointer here. */
+    size_t queued;                 /* pend + in-write unwritten bytes */
     imgw_conn_t *flush_next;
-    void *data;                    /* core's session */
+    /* core's session (imgw_conn_data) lives in tcp.data, which libuv
+     * leaves to its user: a pointer less per connection. */
     imgw_ipaddr_t addr;            /* peer, for the per-IP limit */
     imgw_tls_t *tls;               /* wss:// connections only */
 };

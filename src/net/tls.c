@@ -62,7 +62,6 @@
 #include <mbedtls/x509_crt.h>
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -158,18 +157,6 @@ static const char *tls_alpn[] = {"http/1.1", NULL};
 
 /* ---- context ------------------------------------------------------------ */
 
-static void
-tls_seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* Checks that path is a readable regular file of sane size before mbedtls
    opens it, so the message can say why (errno) rather than mbedtls'
    generic "file I/O error". what is "tls.cert" or "tls.key". */
@@ -179,19 +166,19 @@ tls_check_file(const char *what, const char *path, char *err, size_t errlen)
     struct stat st;
 
     if (path == NULL || path[0] == '\0') {
-        tls_seterr(err, errlen, "%s: no file given", what);
+        imgw_err_fmt(err, errlen, "%s: no file given", what);
         return IMGW_ECONFIG;
     }
     if (stat(path, &st) != 0) {
-        tls_seterr(err, errlen, "%s: cannot read '%s': %s", what, path,
-                   strerror(errno));
+        imgw_err_fmt(err, errlen, "%s: cannot read '%s': %s", what, path,
+                     strerror(errno));
         return IMGW_ECONFIG;
     }
     if (!S_ISREG(st.st_mode) || st.st_size > TLS_MAX_PEM_FILE) {
-        tls_seterr(err, errlen,
-                   "%s: cannot read '%s': not a regular file of at most %d "
-                   "bytes",
-                   what, path, TLS_MAX_PEM_FILE);
+        imgw_err_fmt(err, errlen,
+                     "%s: cannot read '%s': not a regular file of at most %d "
+                     "bytes",
+                     what, path, TLS_MAX_PEM_FILE);
         return IMGW_ECONFIG;
     }
     return 0;
@@ -210,17 +197,17 @@ tls_load(imgw_tls_ctx_t *ctx, const char *cert_path, const char *key_path,
     rc = mbedtls_x509_crt_parse_file(&ctx->crt, cert_path);
     if (rc < 0) {
         mbedtls_strerror(rc, msg, sizeof msg);
-        tls_seterr(err, errlen, "tls.cert: cannot read '%s': %s", cert_path,
-                   msg);
+        imgw_err_fmt(err, errlen, "tls.cert: cannot read '%s': %s", cert_path,
+                     msg);
         return IMGW_ECONFIG;
     }
     /* A positive count means some certificates of the chain did not parse:
        serving a chain with holes fails at the client, so refuse it here. */
     if (rc > 0) {
-        tls_seterr(err, errlen,
-                   "tls.cert: cannot read '%s': %d certificate(s) in it do "
-                   "not parse",
-                   cert_path, rc);
+        imgw_err_fmt(err, errlen,
+                     "tls.cert: cannot read '%s': %d certificate(s) in it do "
+                     "not parse",
+                     cert_path, rc);
         return IMGW_ECONFIG;
     }
 
@@ -230,11 +217,11 @@ tls_load(imgw_tls_ctx_t *ctx, const char *cert_path, const char *key_path,
     rc = mbedtls_pk_parse_keyfile(&ctx->pk, key_path, NULL);
     if (rc != 0) {
         mbedtls_strerror(rc, msg, sizeof msg);
-        tls_seterr(err, errlen, "tls.key: cannot read '%s': %s%s", key_path,
-                   msg,
-                   rc == MBEDTLS_ERR_PK_PASSWORD_REQUIRED
-                       ? " (encrypted keys are not supported)"
-                       : "");
+        imgw_err_fmt(err, errlen, "tls.key: cannot read '%s': %s%s", key_path,
+                     msg,
+                     rc == MBEDTLS_ERR_PK_PASSWORD_REQUIRED
+                         ? " (encrypted keys are not supported)"
+                         : "");
         return IMGW_ECONFIG;
     }
     /* Without this a wrong key is only noticed at the first handshake, as a
@@ -243,12 +230,12 @@ tls_load(imgw_tls_ctx_t *ctx, const char *cert_path, const char *key_path,
        mislead, so only the key type mismatch is spelt out. */
     rc = mbedtls_pk_check_pair(&ctx->crt.pk, &ctx->pk);
     if (rc != 0) {
-        tls_seterr(err, errlen,
-                   "tls.key: '%s' does not match the certificate in '%s'%s",
-                   key_path, cert_path,
-                   rc == MBEDTLS_ERR_PK_TYPE_MISMATCH
-                       ? " (a different key type)"
-                       : "");
+        imgw_err_fmt(err, errlen,
+                     "tls.key: '%s' does not match the certificate in '%s'%s",
+                     key_path, cert_path,
+                     rc == MBEDTLS_ERR_PK_TYPE_MISMATCH
+                         ? " (a different key type)"
+                         : "");
         return IMGW_ECONFIG;
     }
     return 0;
@@ -308,7 +295,7 @@ tls_setup(imgw_tls_ctx_t *ctx, char *err, size_t errlen)
 
 fail:
     mbedtls_strerror(rc, msg, sizeof msg);
-    tls_seterr(err, errlen, "tls: %s failed: %s", step, msg);
+    imgw_err_fmt(err, errlen, "tls: %s failed: %s", step, msg);
     return rc == MBEDTLS_ERR_SSL_ALLOC_FAILED ? IMGW_ENOMEM : IMGW_ECONFIG;
 }
 
@@ -320,7 +307,7 @@ imgw_tls_ctx_new(imgw_tls_ctx_t **out, const char *cert_path,
     int rc;
 
     if (out == NULL) {
-        tls_seterr(err, errlen, "tls: no output pointer");
+        imgw_err_fmt(err, errlen, "tls: no output pointer");
         return IMGW_EINVAL;
     }
     *out = NULL;
@@ -328,7 +315,7 @@ imgw_tls_ctx_new(imgw_tls_ctx_t **out, const char *cert_path,
         err[0] = '\0';
     ctx = imgw_try_calloc(1, sizeof *ctx);
     if (ctx == NULL) {
-        tls_seterr(err, errlen, "tls: out of memory");
+        imgw_err_fmt(err, errlen, "tls: out of memory");
         return IMGW_ENOMEM;
     }
     /* Initialise everything first so imgw_tls_ctx_free() is safe after a

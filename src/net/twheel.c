@@ -7,9 +7,9 @@
  * and an entry for deadline d lives in slot d & (nslots - 1) whatever the
  * lap, so schedule and cancel are O(1). Advancing visits the slots of the
  * ticks passed; an entry found in a visited slot fires when its deadline
- * has come and otherwise stays for a later lap. A scheduled entry always
- * has non-NULL next/prev (the list is circular), which is what
- * imgw_tw_pending() tests.
+ * has come and otherwise stays for a later lap. The lists are base's
+ * (list.h): a scheduled entry is linked, which is what imgw_tw_pending()
+ * tests.
  *
  * Deadlines are kept with the wheel's `now` strictly behind them: a
  * deadline at or before now is stored as now + 1 (it fires on the next
@@ -22,24 +22,6 @@
 #include "alloc.h"
 #include "err.h"
 
-static void
-tw_link(imgw_tw_entry_t *head, imgw_tw_entry_t *e)
-{
-    e->prev = head->prev;
-    e->next = head;
-    head->prev->next = e;
-    head->prev = e;
-}
-
-static void
-tw_unlink(imgw_tw_entry_t *e)
-{
-    e->prev->next = e->next;
-    e->next->prev = e->prev;
-    e->next = NULL;
-    e->prev = NULL;
-}
-
 int
 imgw_tw_init(imgw_twheel_t *tw, size_t nslots, uint64_t now)
 {
@@ -50,18 +32,15 @@ imgw_tw_init(imgw_twheel_t *tw, size_t nslots, uint64_t now)
     tw->slots = NULL;
     tw->count = 0;
     while (n < nslots) {
-        if (n > SIZE_MAX / 2 / sizeof(imgw_tw_entry_t))
+        if (n > SIZE_MAX / 2 / sizeof(imgw_list_t))
             return IMGW_ENOMEM;
         n <<= 1;
     }
     tw->slots = imgw_try_malloc(n * sizeof(*tw->slots));
     if (tw->slots == NULL)
         return IMGW_ENOMEM;
-    for (size_t i = 0; i < n; i++) {
-        tw->slots[i].next = &tw->slots[i];
-        tw->slots[i].prev = &tw->slots[i];
-        tw->slots[i].deadline = 0;
-    }
+    for (size_t i = 0; i < n; i++)
+        imgw_list_init(&tw->slots[i]);
     tw->nslots = n;
     return 0;
 }
@@ -73,14 +52,10 @@ imgw_tw_free(imgw_twheel_t *tw)
      * owner that cancels after the wheel is gone does not write into the
      * freed sentinels. */
     for (size_t i = 0; i < tw->nslots; i++) {
-        imgw_tw_entry_t *head = &tw->slots[i];
-        imgw_tw_entry_t *e = head->next;
-        while (e != head) {
-            imgw_tw_entry_t *next = e->next;
-            e->next = NULL;
-            e->prev = NULL;
-            e = next;
-        }
+        imgw_list_t *l;
+
+        while ((l = imgw_list_first(&tw->slots[i])) != NULL)
+            imgw_list_remove(l);
     }
     imgw_free(tw->slots);
     tw->slots = NULL;
@@ -91,22 +66,22 @@ imgw_tw_free(imgw_twheel_t *tw)
 void
 imgw_tw_schedule(imgw_twheel_t *tw, imgw_tw_entry_t *e, uint64_t deadline)
 {
-    if (e->next != NULL)
-        tw_unlink(e);
+    if (imgw_list_linked(&e->link))
+        imgw_list_remove(&e->link);
     else
         tw->count++;
     if (deadline <= tw->now)
         deadline = tw->now + 1;
     e->deadline = deadline;
-    tw_link(&tw->slots[deadline & (tw->nslots - 1)], e);
+    imgw_list_insert_tail(&tw->slots[deadline & (tw->nslots - 1)], &e->link);
 }
 
 void
 imgw_tw_cancel(imgw_twheel_t *tw, imgw_tw_entry_t *e)
 {
-    if (e->next == NULL)
+    if (!imgw_list_linked(&e->link))
         return;
-    tw_unlink(e);
+    imgw_list_remove(&e->link);
     tw->count--;
 }
 
@@ -123,30 +98,25 @@ imgw_tw_cancel(imgw_twheel_t *tw, imgw_tw_entry_t *e)
  * k >= 1 since it is > t, so it is not due yet).
  */
 static size_t
-tw_expire_slot(imgw_twheel_t *tw, imgw_tw_entry_t *head, uint64_t t,
+tw_expire_slot(imgw_twheel_t *tw, imgw_list_t *head, uint64_t t,
                imgw_tw_expire_cb cb, void *arg)
 {
-    imgw_tw_entry_t batch;
+    imgw_list_t batch, *l;
     size_t fired = 0;
 
-    if (head->next == head)
+    if (imgw_list_empty(head))
         return 0;
-    batch.next = head->next;
-    batch.prev = head->prev;
-    batch.next->prev = &batch;
-    batch.prev->next = &batch;
-    head->next = head;
-    head->prev = head;
+    imgw_list_move_all(head, &batch);
 
-    while (batch.next != &batch) {
-        imgw_tw_entry_t *e = batch.next;
-        tw_unlink(e);
+    while ((l = imgw_list_first(&batch)) != NULL) {
+        imgw_tw_entry_t *e = IMGW_LIST_ENTRY(l, imgw_tw_entry_t, link);
+        imgw_list_remove(l);
         if (e->deadline <= t) {
             tw->count--;
             fired++;
             cb(e, arg);
         } else {
-            tw_link(head, e); /* a later lap */
+            imgw_list_insert_tail(head, &e->link); /* a later lap */
         }
     }
     return fired;

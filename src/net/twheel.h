@@ -14,16 +14,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "list.h"
+
+/* Zeroed (or as the wheel leaves it after firing or cancelling) is "not
+ * scheduled": no init needed. */
 typedef struct imgw_tw_entry_s {
-    struct imgw_tw_entry_s *next, *prev; /* NULL when not scheduled */
-    uint64_t deadline;                   /* absolute tick */
+    imgw_list_t link;  /* in its slot's list while scheduled */
+    uint64_t deadline; /* absolute tick */
 } imgw_tw_entry_t;
 
 typedef struct imgw_twheel_s {
-    uint64_t now;           /* current tick */
-    size_t nslots;          /* power of two */
-    imgw_tw_entry_t *slots; /* nslots list heads (sentinels) */
-    size_t count;           /* scheduled entries */
+    uint64_t now;       /* current tick */
+    size_t nslots;      /* power of two */
+    imgw_list_t *slots; /* nslots list heads */
+    size_t count;       /* scheduled entries */
 } imgw_twheel_t;
 
 typedef void (*imgw_tw_expire_cb)(imgw_tw_entry_t *e, void *arg);
@@ -35,7 +39,11 @@ void imgw_tw_free(imgw_twheel_t *tw);
 void imgw_tw_schedule(imgw_twheel_t *tw, imgw_tw_entry_t *e, uint64_t deadline);
 /** Unschedules e; harmless when it is not scheduled. */
 void imgw_tw_cancel(imgw_twheel_t *tw, imgw_tw_entry_t *e);
-static inline int imgw_tw_pending(const imgw_tw_entry_t *e) { return e->next != NULL; }
+static inline int
+imgw_tw_pending(const imgw_tw_entry_t *e)
+{
+    return imgw_list_linked(&e->link);
+}
 /*
  * Advances to tick `to`, calling cb for every entry whose deadline <= to
  * (the entry is unscheduled before cb runs, so cb may reschedule or free

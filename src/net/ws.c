@@ -133,6 +133,9 @@ ws_trim(imgw_loop_t *l, size_t keep)
 static void
 ws_free(imgw_conn_t *c)
 {
+    /* c->rx shares its word with the HTTP handler's c->http. */
+    if (c->proto != IMGW_PROTO_WS)
+        return;
     imgw_ws_rx_t *rx = c->rx;
     if (rx == NULL)
         return;

@@ -19,7 +19,7 @@
 static void
 dedupe_drop(imgw__mem_t *m, imgw__mem_shard_t *sh, imgw__mem_dedupe_t *d)
 {
-    link_remove(&d->age);
+    imgw_list_remove(&d->age);
     htab_remove(&sh->dedupes, &d->h);
     atomic_fetch_sub_explicit(&m->n_dedupes, 1, memory_order_relaxed);
     imgw_free(d);
@@ -48,9 +48,9 @@ void
 imgw__mem_dedupe_expire(imgw__mem_t *m, imgw__mem_shard_t *sh, int64_t now,
                         int budget)
 {
-    while (budget-- > 0 && sh->dedupe_age.next != &sh->dedupe_age) {
+    while (budget-- > 0 && !imgw_list_empty(&sh->dedupe_age)) {
         imgw__mem_dedupe_t *d =
-            MEM_CONTAINER(sh->dedupe_age.next, imgw__mem_dedupe_t, age);
+            IMGW_LIST_ENTRY(sh->dedupe_age.next, imgw__mem_dedupe_t, age);
         if (d->expire_ms > now)
             break;
         dedupe_drop(m, sh, d);
@@ -73,7 +73,8 @@ imgw__mem_dedupe_evict(imgw__mem_t *m, imgw__mem_shard_t *sh,
                m->max_dedupes &&
            sh->dedupe_age.next != &keep->age)
         dedupe_drop(
-            m, sh, MEM_CONTAINER(sh->dedupe_age.next, imgw__mem_dedupe_t, age));
+            m, sh,
+            IMGW_LIST_ENTRY(sh->dedupe_age.next, imgw__mem_dedupe_t, age));
 }
 
 int

@@ -2,9 +2,9 @@
  * mem_int.h: what the memory backend's files share (memory.c lists them):
  * the limits, the shard and record types, the allocation wrappers (so the
  * failmalloc test hook sees every allocation), hashing and shard locking,
- * the intrusive hash tables and lists, and each file's functions the
- * others call. Private to src/store/mem*.c; store_impl.h is the backend's
- * face to store.c and file.c.
+ * the intrusive hash tables (the age lists are base's list.h), and each
+ * file's functions the others call. Private to src/store/mem*.c;
+ * store_impl.h is the backend's face to store.c and file.c.
  *
  * Threads: as memory.c says. A function that takes a shard runs with that
  * shard's lock held unless its comment says otherwise.
@@ -24,6 +24,7 @@
 #include "alloc.h"
 #include "clock.h"
 #include "hash.h"
+#include "list.h"
 #include "mem_conv.h"
 #include "store_impl.h"
 
@@ -71,9 +72,6 @@
 #define MEM_STACK_SLOTS 16     /* appends to <= 16 users use no malloc */
 #define MEM_STACK_ENTRIES 32   /* sync pages <= 32 entries use no malloc */
 
-#define MEM_CONTAINER(ptr, type, member)                                       \
-    ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
-
 /* ---- types --------------------------------------------------------------- */
 
 /* Intrusive chained-hash node; always the first member of its object. */
@@ -88,11 +86,6 @@ typedef struct imgw__mem_htab_s {
     size_t n;    /* nodes */
 } imgw__mem_htab_t;
 
-/* Circular doubly linked list with a sentinel head. */
-typedef struct imgw__mem_link_s {
-    struct imgw__mem_link_s *prev, *next;
-} imgw__mem_link_t;
-
 /*
  * Message metadata. The metadata table holds one reference while the
  * message is unexpired, the message's blob holds another, so sync can read
@@ -100,7 +93,7 @@ typedef struct imgw__mem_link_s {
  */
 typedef struct imgw__mem_meta_s {
     imgw__mem_hnode_t h;  /* in shard->metas (shard of the id) */
-    imgw__mem_link_t age; /* shard->meta_age, oldest first */
+    imgw_list_t age; /* shard->meta_age, oldest first */
     atomic_uint refs;
     atomic_uchar revoked; /* set under the id's shard lock, read anywhere */
     int64_t expire_ms;    /* under the id's shard lock */
@@ -130,8 +123,18 @@ typedef struct imgw__mem_ent_s {
 
 typedef struct imgw__mem_route_s {
     int64_t expire_ms;
-    char *pb; /* "platform\0broker_id\0", one allocation */
+    /* "platform\0broker_id\0", shared with every route of the shard that
+     * names the same pair (imgw__mem_pb_get): thousands of idle users on
+     * one node all hold the same few strings. */
+    const char *pb;
 } imgw__mem_route_t;
+
+/* A shared route string of one shard, refcounted under the shard lock. */
+typedef struct imgw__mem_pb_s {
+    imgw__mem_hnode_t h; /* in shard->pbs */
+    uint32_t refs;       /* routes naming it; bounded by max_users * 16 */
+    char s[];            /* "platform\0broker_id\0" */
+} imgw__mem_pb_t;
 
 typedef struct imgw__mem_dev_s {
     uint64_t stamp; /* shard->stamp at last update: LRU order */
@@ -144,6 +147,18 @@ typedef struct imgw__mem_read_s {
     char *cm; /* "conversation_id\0message_id\0", one allocation */
 } imgw__mem_read_t;
 
+/* Delivered and read positions and the conversation list of a user that
+ * has any: most idle users (a connection that never receives, acks or
+ * marks read) have none, so the record holds one pointer for them instead
+ * of three arrays and their counts. */
+typedef struct imgw__mem_pos_s {
+    imgw__mem_dev_t *dev;
+    imgw__mem_read_t *reads;
+    uint16_t n_dev, cap_dev;
+    uint16_t n_read, cap_read;
+    imgw__mem_convs_t convs; /* conversation list (mem_conv.h) */
+} imgw__mem_pos_t;
+
 /* Everything kept per user; all of it under the user's shard lock. */
 typedef struct imgw__mem_user_s {
     imgw__mem_hnode_t h;   /* in shard->users */
@@ -155,18 +170,14 @@ typedef struct imgw__mem_user_s {
     imgw__mem_ent_t *ring; /* cap slots, count used from head */
     uint32_t cap, head, count;
     uint16_t n_routes, cap_routes;
-    uint16_t n_dev, cap_dev;
-    uint16_t n_read, cap_read;
     imgw__mem_route_t *routes;
-    imgw__mem_dev_t *dev;
-    imgw__mem_read_t *reads;
-    imgw__mem_convs_t convs; /* conversation list (mem_conv.h) */
+    imgw__mem_pos_t *pos; /* NULL until the first position or conversation */
     char id[];
 } imgw__mem_user_t;
 
 typedef struct imgw__mem_dedupe_s {
     imgw__mem_hnode_t h;  /* in the sender's shard, hashed on the key */
-    imgw__mem_link_t age; /* shard->dedupe_age, oldest first */
+    imgw_list_t age; /* shard->dedupe_age, oldest first */
     int64_t expire_ms;
     uint64_t message_id;
     int64_t seq; /* the sender's seq of the first append */
@@ -189,7 +200,8 @@ typedef struct imgw__mem_group_s {
 typedef struct imgw__mem_shard_s {
     _Alignas(64) pthread_mutex_t mu; /* a cache line per shard at least */
     imgw__mem_htab_t users, dedupes, metas, groups;
-    imgw__mem_link_t dedupe_age, meta_age;
+    imgw__mem_htab_t pbs; /* route strings of this shard's users */
+    imgw_list_t dedupe_age, meta_age;
     size_t cursor;  /* next users bucket the tick sweep visits */
     uint64_t stamp; /* LRU clock of delivered/read positions */
 } imgw__mem_shard_t;
@@ -294,7 +306,7 @@ unlock_mask(imgw__mem_t *m, uint64_t mask)
     }
 }
 
-/* ---- hash tables and lists ----------------------------------------------- */
+/* ---- hash tables --------------------------------------------------------- */
 
 static inline int
 htab_init(imgw__mem_htab_t *t)
@@ -332,7 +344,9 @@ htab_insert(imgw__mem_htab_t *t, imgw__mem_hnode_t *x)
     imgw__mem_hnode_t **b = &t->b[x->hash & t->mask];
     x->next = *b;
     *b = x;
-    if (++t->n > t->mask + 1)
+    /* Up to two nodes per bucket: at one, the user table's buckets were
+     * ~13 B of every idle connection; chains compare hashes first. */
+    if (++t->n > 2 * (t->mask + 1))
         htab_resize(t, (t->mask + 1) * 2);
 }
 
@@ -358,29 +372,6 @@ htab_shrink(imgw__mem_htab_t *t)
     htab_resize(t, nb);
 }
 
-static inline void
-link_init(imgw__mem_link_t *l)
-{
-    l->prev = l->next = l;
-}
-
-static inline void
-link_push_tail(imgw__mem_link_t *head, imgw__mem_link_t *l)
-{
-    l->prev = head->prev;
-    l->next = head;
-    head->prev->next = l;
-    head->prev = l;
-}
-
-static inline void
-link_remove(imgw__mem_link_t *l)
-{
-    l->prev->next = l->next;
-    l->next->prev = l->prev;
-    l->prev = l->next = l;
-}
-
 /* ---- functions of the backend's files ----------------------------------- */
 
 /* mem_timeline.c */
@@ -394,10 +385,20 @@ void imgw__mem_user_seq_expire(const imgw__mem_t *m, imgw__mem_user_t *u,
 void imgw__mem_ring_pop(imgw__mem_t *m, imgw__mem_user_t *u);
 int imgw__mem_ring_realloc(imgw__mem_user_t *u, uint32_t ncap);
 void imgw__mem_user_age(imgw__mem_t *m, imgw__mem_user_t *u, int64_t now);
-void imgw__mem_routes_expire(imgw__mem_user_t *u, int64_t now);
-void imgw__mem_user_free(imgw__mem_t *m, imgw__mem_user_t *u);
+void imgw__mem_routes_expire(imgw__mem_shard_t *sh, imgw__mem_user_t *u,
+                             int64_t now);
+void imgw__mem_user_free(imgw__mem_t *m, imgw__mem_shard_t *sh,
+                         imgw__mem_user_t *u);
+/* mem_routes.c: the shard's shared "platform\0broker_id\0" strings, under
+ * its lock. get returns a reference (NULL when out of memory), put drops
+ * one. */
+const char *imgw__mem_pb_get(imgw__mem_t *m, imgw__mem_shard_t *sh,
+                             const char *platform, const char *broker_id);
+void imgw__mem_pb_put(imgw__mem_shard_t *sh, const char *pb);
 int imgw__mem_array_grow(void **arr, uint16_t *cap, size_t elsize,
                          uint16_t max);
+/* u's positions, created empty when it has none; NULL when out of memory. */
+imgw__mem_pos_t *imgw__mem_pos_own(imgw__mem_user_t *u);
 void imgw__mem_users_sweep(imgw__mem_t *m, imgw__mem_shard_t *sh, int64_t now,
                            int budget);
 int imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,

@@ -60,7 +60,7 @@ imgw__mem_meta_find(imgw__mem_shard_t *sh, uint64_t h, uint64_t id)
 void
 imgw__mem_meta_drop(imgw__mem_t *m, imgw__mem_shard_t *sh, imgw__mem_meta_t *mt)
 {
-    link_remove(&mt->age);
+    imgw_list_remove(&mt->age);
     htab_remove(&sh->metas, &mt->h);
     atomic_fetch_sub_explicit(&m->n_metas, 1, memory_order_relaxed);
     imgw__mem_meta_unref(m, mt);
@@ -70,9 +70,9 @@ void
 imgw__mem_meta_expire(imgw__mem_t *m, imgw__mem_shard_t *sh, int64_t now,
                       int budget)
 {
-    while (budget-- > 0 && sh->meta_age.next != &sh->meta_age) {
+    while (budget-- > 0 && !imgw_list_empty(&sh->meta_age)) {
         imgw__mem_meta_t *mt =
-            MEM_CONTAINER(sh->meta_age.next, imgw__mem_meta_t, age);
+            IMGW_LIST_ENTRY(sh->meta_age.next, imgw__mem_meta_t, age);
         if (mt->expire_ms > now)
             break;
         imgw__mem_meta_drop(m, sh, mt);
@@ -87,7 +87,7 @@ imgw__mem_meta_evict(imgw__mem_t *m, imgw__mem_shard_t *sh,
                m->max_metas &&
            sh->meta_age.next != &keep->age)
         imgw__mem_meta_drop(
-            m, sh, MEM_CONTAINER(sh->meta_age.next, imgw__mem_meta_t, age));
+            m, sh, IMGW_LIST_ENTRY(sh->meta_age.next, imgw__mem_meta_t, age));
 }
 
 /* ---- messages ------------------------------------------------------------ */

@@ -35,33 +35,36 @@ imgw__mem_set_delivered(imgw_store_loop_t *sl, const char *user,
     imgw__mem_user_t *u = imgw__mem_user_get(m, sh, h, user, now, &err);
     if (u == NULL)
         goto fail;
-    for (uint16_t i = 0; i < u->n_dev; i++)
-        if (strcmp(u->dev[i].device, device) == 0) {
-            if (seq > u->dev[i].seq)
-                u->dev[i].seq = seq;
-            u->dev[i].stamp = ++sh->stamp;
+    imgw__mem_pos_t *p = imgw__mem_pos_own(u);
+    if (p == NULL)
+        goto fail;
+    for (uint16_t i = 0; i < p->n_dev; i++)
+        if (strcmp(p->dev[i].device, device) == 0) {
+            if (seq > p->dev[i].seq)
+                p->dev[i].seq = seq;
+            p->dev[i].stamp = ++sh->stamp;
             goto done;
         }
     copy = mem_strdup(device);
     if (copy == NULL)
         goto fail;
     uint16_t i;
-    if (u->n_dev == MEM_MAX_DEVICES) {
+    if (p->n_dev == MEM_MAX_DEVICES) {
         i = 0;
-        for (uint16_t j = 1; j < u->n_dev; j++)
-            if (u->dev[j].stamp < u->dev[i].stamp)
+        for (uint16_t j = 1; j < p->n_dev; j++)
+            if (p->dev[j].stamp < p->dev[i].stamp)
                 i = j;
-        imgw_free(u->dev[i].device);
+        imgw_free(p->dev[i].device);
     } else {
-        if (u->n_dev == u->cap_dev &&
-            imgw__mem_array_grow((void **)&u->dev, &u->cap_dev, sizeof(*u->dev),
+        if (p->n_dev == p->cap_dev &&
+            imgw__mem_array_grow((void **)&p->dev, &p->cap_dev, sizeof(*p->dev),
                                  MEM_MAX_DEVICES) != 0)
             goto fail;
-        i = u->n_dev++;
+        i = p->n_dev++;
     }
-    u->dev[i].device = copy;
-    u->dev[i].seq = seq;
-    u->dev[i].stamp = ++sh->stamp;
+    p->dev[i].device = copy;
+    p->dev[i].seq = seq;
+    p->dev[i].stamp = ++sh->stamp;
 done:
     pthread_mutex_unlock(&sh->mu);
     if (cb)
@@ -96,27 +99,30 @@ imgw__mem_set_read(imgw_store_loop_t *sl, const char *user,
     imgw__mem_user_t *u = imgw__mem_user_get(m, sh, h, user, now, &err);
     if (u == NULL)
         goto fail;
+    imgw__mem_pos_t *p = imgw__mem_pos_own(u);
+    if (p == NULL)
+        goto fail;
     uint16_t i;
-    for (i = 0; i < u->n_read; i++)
-        if (strcmp(u->reads[i].cm, conversation_id) == 0)
+    for (i = 0; i < p->n_read; i++)
+        if (strcmp(p->reads[i].cm, conversation_id) == 0)
             break;
-    if (i < u->n_read) {
-        imgw_free(u->reads[i].cm);
-    } else if (u->n_read == MEM_MAX_READS) {
+    if (i < p->n_read) {
+        imgw_free(p->reads[i].cm);
+    } else if (p->n_read == MEM_MAX_READS) {
         i = 0;
-        for (uint16_t j = 1; j < u->n_read; j++)
-            if (u->reads[j].stamp < u->reads[i].stamp)
+        for (uint16_t j = 1; j < p->n_read; j++)
+            if (p->reads[j].stamp < p->reads[i].stamp)
                 i = j;
-        imgw_free(u->reads[i].cm);
+        imgw_free(p->reads[i].cm);
     } else {
-        if (u->n_read == u->cap_read &&
-            imgw__mem_array_grow((void **)&u->reads, &u->cap_read,
-                                 sizeof(*u->reads), MEM_MAX_READS) != 0)
+        if (p->n_read == p->cap_read &&
+            imgw__mem_array_grow((void **)&p->reads, &p->cap_read,
+                                 sizeof(*p->reads), MEM_MAX_READS) != 0)
             goto fail;
-        i = u->n_read++;
+        i = p->n_read++;
     }
-    u->reads[i].cm = cm;
-    u->reads[i].stamp = ++sh->stamp;
+    p->reads[i].cm = cm;
+    p->reads[i].stamp = ++sh->stamp;
     pthread_mutex_unlock(&sh->mu);
     if (cb)
         cb(0, data);
@@ -139,9 +145,10 @@ imgw__store_mem_get_delivered(imgw_store_t *s, const char *user,
     int r = IMGW_ENOTFOUND;
     pthread_mutex_lock(&sh->mu);
     imgw__mem_user_t *u = imgw__mem_user_find(sh, h, user);
-    for (uint16_t i = 0; u != NULL && i < u->n_dev; i++)
-        if (strcmp(u->dev[i].device, device) == 0) {
-            *seq = u->dev[i].seq;
+    const imgw__mem_pos_t *p = u ? u->pos : NULL;
+    for (uint16_t i = 0; p != NULL && i < p->n_dev; i++)
+        if (strcmp(p->dev[i].device, device) == 0) {
+            *seq = p->dev[i].seq;
             r = 0;
             break;
         }
@@ -161,8 +168,9 @@ imgw__store_mem_get_read(imgw_store_t *s, const char *user,
     int r = IMGW_ENOTFOUND;
     pthread_mutex_lock(&sh->mu);
     imgw__mem_user_t *u = imgw__mem_user_find(sh, h, user);
-    for (uint16_t i = 0; u != NULL && i < u->n_read; i++) {
-        const char *cm = u->reads[i].cm;
+    const imgw__mem_pos_t *p = u ? u->pos : NULL;
+    for (uint16_t i = 0; p != NULL && i < p->n_read; i++) {
+        const char *cm = p->reads[i].cm;
         if (strcmp(cm, conversation_id) == 0) {
             snprintf(buf, len, "%s", cm + strlen(cm) + 1);
             r = 0;

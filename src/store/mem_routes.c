@@ -16,6 +16,69 @@
 #include "log.h"
 #include "mem_int.h"
 
+/* ---- shared route strings ------------------------------------------------ */
+
+static uint64_t
+pb_hash(const imgw__mem_t *m, const char *pb, size_t len)
+{
+    return mix64(fnv(m->seed ^ IMGW_HASH_FNV64_BASIS, pb, len));
+}
+
+/*
+ * Per shard, under its lock (routes are only ever touched under it), so
+ * no lock of its own: a pair is stored at most once per shard, 64 copies
+ * node-wide at worst. Every entry is referenced by at least one route, so
+ * the table is bounded by the routes.
+ */
+const char *
+imgw__mem_pb_get(imgw__mem_t *m, imgw__mem_shard_t *sh, const char *platform,
+                 const char *broker_id)
+{
+    size_t plen = strlen(platform), blen = strlen(broker_id);
+    size_t len = plen + 1 + blen + 1;
+    char key[2 * (IMGW__STORE_ID_MAX + 1)];
+    char *k = len <= sizeof(key) ? key : mem_malloc(len);
+    if (k == NULL)
+        return NULL;
+    memcpy(k, platform, plen + 1);
+    memcpy(k + plen + 1, broker_id, blen + 1);
+    uint64_t h = pb_hash(m, k, len);
+    imgw__mem_pb_t *p = NULL;
+    for (imgw__mem_hnode_t *x = sh->pbs.b[h & sh->pbs.mask]; x; x = x->next) {
+        imgw__mem_pb_t *c = (imgw__mem_pb_t *)x;
+        if (x->hash == h && memcmp(c->s, k, len) == 0) {
+            p = c;
+            break;
+        }
+    }
+    if (p == NULL) {
+        p = mem_malloc(sizeof(*p) + len);
+        if (p != NULL) {
+            p->h.hash = h;
+            p->refs = 0;
+            memcpy(p->s, k, len);
+            htab_insert(&sh->pbs, &p->h);
+        }
+    }
+    if (k != key)
+        imgw_free(k);
+    if (p == NULL)
+        return NULL;
+    p->refs++;
+    return p->s;
+}
+
+void
+imgw__mem_pb_put(imgw__mem_shard_t *sh, const char *pb)
+{
+    imgw__mem_pb_t *p = IMGW_CONTAINER_OF(pb, imgw__mem_pb_t, s);
+    if (--p->refs > 0)
+        return;
+    htab_remove(&sh->pbs, &p->h);
+    htab_shrink(&sh->pbs);
+    imgw_free(p);
+}
+
 /* ---- routes -------------------------------------------------------------- */
 
 /*
@@ -31,32 +94,29 @@ imgw__mem_route_set(imgw_store_loop_t *sl, const char *user,
     imgw__mem_t *m = sl->store->impl;
     uint64_t h = hash_str(m, user);
     imgw__mem_shard_t *sh = &m->shards[shard_of(h)];
-    size_t plen = strlen(platform), blen = strlen(broker_id);
-    char *pb = mem_malloc(plen + 1 + blen + 1);
-    if (pb == NULL)
-        return IMGW_ENOMEM;
-    memcpy(pb, platform, plen + 1);
-    memcpy(pb + plen + 1, broker_id, blen + 1);
     int64_t now = mem_now(m);
     int err = IMGW_ENOMEM;
 
     pthread_mutex_lock(&sh->mu);
+    const char *pb = imgw__mem_pb_get(m, sh, platform, broker_id);
+    if (pb == NULL)
+        goto fail;
     imgw__mem_user_t *u = imgw__mem_user_get(m, sh, h, user, now, &err);
     if (u == NULL)
         goto fail;
-    imgw__mem_routes_expire(u, now);
+    imgw__mem_routes_expire(sh, u, now);
     uint16_t i;
     for (i = 0; i < u->n_routes; i++)
         if (strcmp(u->routes[i].pb, platform) == 0)
             break;
     if (i < u->n_routes) {
-        imgw_free(u->routes[i].pb);
+        imgw__mem_pb_put(sh, u->routes[i].pb);
     } else if (u->n_routes == IMGW_STORE_MAX_ROUTES) {
         i = 0;
         for (uint16_t j = 1; j < u->n_routes; j++)
             if (u->routes[j].expire_ms < u->routes[i].expire_ms)
                 i = j;
-        imgw_free(u->routes[i].pb);
+        imgw__mem_pb_put(sh, u->routes[i].pb);
     } else {
         if (u->n_routes == u->cap_routes &&
             imgw__mem_array_grow((void **)&u->routes, &u->cap_routes,
@@ -72,8 +132,9 @@ imgw__mem_route_set(imgw_store_loop_t *sl, const char *user,
         cb(0, data);
     return 0;
 fail:
+    if (pb != NULL)
+        imgw__mem_pb_put(sh, pb);
     pthread_mutex_unlock(&sh->mu);
-    imgw_free(pb);
     return err;
 }
 
@@ -92,12 +153,12 @@ imgw__mem_route_del(imgw_store_loop_t *sl, const char *user,
     pthread_mutex_lock(&sh->mu);
     imgw__mem_user_t *u = imgw__mem_user_find(sh, h, user);
     if (u != NULL) {
-        imgw__mem_routes_expire(u, now);
+        imgw__mem_routes_expire(sh, u, now);
         for (uint16_t i = 0; i < u->n_routes; i++) {
             const char *pb = u->routes[i].pb;
             if (strcmp(pb, platform) == 0) {
                 if (strcmp(pb + strlen(pb) + 1, broker_id) == 0) {
-                    imgw_free(u->routes[i].pb);
+                    imgw__mem_pb_put(sh, u->routes[i].pb);
                     if (i != --u->n_routes)
                         u->routes[i] = u->routes[u->n_routes];
                 }
@@ -125,7 +186,7 @@ imgw__mem_route_refresh(imgw_store_loop_t *sl, const char *user, int ttl,
     if (u != NULL) {
         /* Expired routes stay dead: refreshing must not resurrect a
          * route whose node stopped refreshing it. */
-        imgw__mem_routes_expire(u, now);
+        imgw__mem_routes_expire(sh, u, now);
         for (uint16_t i = 0; i < u->n_routes; i++)
             u->routes[i].expire_ms = now + (int64_t)ttl * 1000;
         /* Heartbeats of an online client keep its max_seq alive (Redis:
@@ -156,7 +217,7 @@ imgw__mem_route_get(imgw_store_loop_t *sl, const char *user,
     pthread_mutex_lock(&sh->mu);
     imgw__mem_user_t *u = imgw__mem_user_find(sh, h, user);
     if (u != NULL) {
-        imgw__mem_routes_expire(u, now);
+        imgw__mem_routes_expire(sh, u, now);
         for (uint16_t i = 0; i < u->n_routes; i++, n++) {
             const char *pb = u->routes[i].pb;
             snprintf(buf[n][0], sizeof(buf[n][0]), "%s", pb);

@@ -143,18 +143,20 @@ dump_user(imgw__mem_dump_t *d, const imgw__mem_user_t *u)
     /* The last use, so max_seq's idle expiry (seq_ttl) counts from the
      * same moment after a restart as it would have without one. */
     imgw__rec_put_u64(o, (uint64_t)u->touched_ms);
-    imgw__rec_put_u16(o, u->n_dev);
-    for (uint16_t i = 0; i < u->n_dev; i++) {
-        imgw__rec_put_str(o, u->dev[i].device);
-        imgw__rec_put_u64(o, (uint64_t)u->dev[i].seq);
-        imgw__rec_put_u64(o, u->dev[i].stamp);
+    const imgw__mem_pos_t *p = u->pos;
+    uint16_t nd = p ? p->n_dev : 0, nr = p ? p->n_read : 0;
+    imgw__rec_put_u16(o, nd);
+    for (uint16_t i = 0; i < nd; i++) {
+        imgw__rec_put_str(o, p->dev[i].device);
+        imgw__rec_put_u64(o, (uint64_t)p->dev[i].seq);
+        imgw__rec_put_u64(o, p->dev[i].stamp);
     }
-    imgw__rec_put_u16(o, u->n_read);
-    for (uint16_t i = 0; i < u->n_read; i++) {
-        const char *cm = u->reads[i].cm;
+    imgw__rec_put_u16(o, nr);
+    for (uint16_t i = 0; i < nr; i++) {
+        const char *cm = p->reads[i].cm;
         imgw__rec_put_str(o, cm);
         imgw__rec_put_str(o, cm + strlen(cm) + 1);
-        imgw__rec_put_u64(o, u->reads[i].stamp);
+        imgw__rec_put_u64(o, p->reads[i].stamp);
     }
     /* Last, so a snapshot written before epochs existed still loads (its
      * users read epoch 0). */
@@ -178,8 +180,9 @@ dump_user(imgw__mem_dump_t *d, const imgw__mem_user_t *u)
         imgw__rec_end(o, at);
         done += k;
     }
-    for (uint32_t i = 0; i < u->convs.n && !o->err; i++) {
-        const imgw_store_conv_t *c = &u->convs.v[i];
+    const imgw__mem_convs_t *cv = u->pos ? &u->pos->convs : NULL;
+    for (uint32_t i = 0; cv != NULL && i < cv->n && !o->err; i++) {
+        const imgw_store_conv_t *c = &cv->v[i];
         at = imgw__rec_begin(o, IMGW__REC_S_CONV);
         imgw__rec_put_u8(o, (uint8_t)c->kind);
         imgw__rec_put_str(o, c->peer);
@@ -199,18 +202,18 @@ static void
 dump_shard(imgw__mem_dump_t *d, imgw__mem_shard_t *sh)
 {
     imgw__rec_buf_t *o = d->out;
-    for (imgw__mem_link_t *l = sh->meta_age.next; l != &sh->meta_age && !o->err;
+    for (imgw_list_t *l = sh->meta_age.next; l != &sh->meta_age && !o->err;
          l = l->next) {
-        imgw__mem_meta_t *mt = MEM_CONTAINER(l, imgw__mem_meta_t, age);
+        imgw__mem_meta_t *mt = IMGW_LIST_ENTRY(l, imgw__mem_meta_t, age);
         uint32_t num = dump_ref(d, mt, 0);
         size_t at = imgw__rec_begin(o, IMGW__REC_S_META_TABLE);
         imgw__rec_put_u32(o, num);
         imgw__rec_put_u64(o, (uint64_t)mt->expire_ms);
         imgw__rec_end(o, at);
     }
-    for (imgw__mem_link_t *l = sh->dedupe_age.next;
+    for (imgw_list_t *l = sh->dedupe_age.next;
          l != &sh->dedupe_age && !o->err; l = l->next) {
-        imgw__mem_dedupe_t *dd = MEM_CONTAINER(l, imgw__mem_dedupe_t, age);
+        imgw__mem_dedupe_t *dd = IMGW_LIST_ENTRY(l, imgw__mem_dedupe_t, age);
         size_t at = imgw__rec_begin(o, IMGW__REC_S_DEDUPE);
         imgw__rec_put_u64(o, (uint64_t)dd->expire_ms);
         imgw__rec_put_u64(o, dd->message_id);
@@ -232,8 +235,9 @@ dump_shard(imgw__mem_dump_t *d, imgw__mem_shard_t *sh)
     for (size_t b = 0; b <= sh->users.mask && !o->err; b++)
         for (imgw__mem_hnode_t *x = sh->users.b[b]; x; x = x->next) {
             imgw__mem_user_t *u = (imgw__mem_user_t *)x;
-            if (u->max_seq != 0 || u->n_dev != 0 || u->n_read != 0 ||
-                u->convs.n != 0)
+            if (u->max_seq != 0 ||
+                (u->pos && (u->pos->n_dev != 0 || u->pos->n_read != 0 ||
+                            u->pos->convs.n != 0)))
                 dump_user(d, u);
         }
 }
@@ -320,7 +324,7 @@ load_meta(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
     mt->server_time_ms = st;
     atomic_init(&mt->revoked, revoked ? 1 : 0);
     atomic_init(&mt->refs, 1); /* the loader's */
-    link_init(&mt->age);
+    imgw_list_init(&mt->age);
     mt->h.hash = hash_id(ld->m, id);
     if (load_push((void ***)&ld->metas, &ld->n_metas, &ld->cap_metas, mt)) {
         imgw_free(mt);
@@ -343,12 +347,12 @@ load_meta_table(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
     imgw__mem_meta_t *mt = ld->metas[num];
     imgw__mem_shard_t *sh = &m->shards[shard_of(mt->h.hash)];
     pthread_mutex_lock(&sh->mu);
-    if (mt->age.next == &mt->age &&
+    if (!imgw_list_linked(&mt->age) &&
         imgw__mem_meta_find(sh, mt->h.hash, mt->message_id) == NULL) {
         mt->expire_ms = expire;
         atomic_fetch_add_explicit(&mt->refs, 1, memory_order_relaxed);
         htab_insert(&sh->metas, &mt->h);
-        link_push_tail(&sh->meta_age, &mt->age);
+        imgw_list_insert_tail(&sh->meta_age, &mt->age);
         atomic_fetch_add_explicit(&m->n_metas, 1, memory_order_relaxed);
     }
     pthread_mutex_unlock(&sh->mu);
@@ -410,7 +414,7 @@ load_dedupe(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
         return 0;
     }
     htab_insert(&sh->dedupes, &dd->h);
-    link_push_tail(&sh->dedupe_age, &dd->age);
+    imgw_list_insert_tail(&sh->dedupe_age, &dd->age);
     atomic_fetch_add_explicit(&m->n_dedupes, 1, memory_order_relaxed);
     pthread_mutex_unlock(&sh->mu);
     return 0;
@@ -467,48 +471,57 @@ load_user(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
     }
     u->max_seq = max_seq;
     uint16_t nd = imgw__rec_get_u16(r);
+    imgw__mem_pos_t *p = NULL;
+    if (nd > 0 && (p = imgw__mem_pos_own(u)) == NULL) {
+        rc = IMGW_ENOMEM;
+        goto out;
+    }
     for (uint16_t i = 0; i < nd && !r->err; i++) {
         const char *dev = imgw__rec_get_str(r);
         int64_t seq = (int64_t)imgw__rec_get_u64(r);
         uint64_t stamp = imgw__rec_get_u64(r);
-        if (r->err || u->n_dev == MEM_MAX_DEVICES)
+        if (r->err || p->n_dev == MEM_MAX_DEVICES)
             break;
         char *copy = mem_strdup(dev);
         if (copy == NULL ||
-            (u->n_dev == u->cap_dev &&
-             imgw__mem_array_grow((void **)&u->dev, &u->cap_dev,
-                                  sizeof(*u->dev), MEM_MAX_DEVICES))) {
+            (p->n_dev == p->cap_dev &&
+             imgw__mem_array_grow((void **)&p->dev, &p->cap_dev,
+                                  sizeof(*p->dev), MEM_MAX_DEVICES))) {
             imgw_free(copy);
             rc = IMGW_ENOMEM;
             goto out;
         }
-        u->dev[u->n_dev].device = copy;
-        u->dev[u->n_dev].seq = seq;
-        u->dev[u->n_dev++].stamp = stamp;
+        p->dev[p->n_dev].device = copy;
+        p->dev[p->n_dev].seq = seq;
+        p->dev[p->n_dev++].stamp = stamp;
         if (stamp > sh->stamp)
             sh->stamp = stamp;
     }
     uint16_t nr = imgw__rec_get_u16(r);
+    if (nr > 0 && p == NULL && (p = imgw__mem_pos_own(u)) == NULL) {
+        rc = IMGW_ENOMEM;
+        goto out;
+    }
     for (uint16_t i = 0; i < nr && !r->err; i++) {
         const char *conv = imgw__rec_get_str(r);
         const char *mid = imgw__rec_get_str(r);
         uint64_t stamp = imgw__rec_get_u64(r);
-        if (r->err || u->n_read == MEM_MAX_READS)
+        if (r->err || p->n_read == MEM_MAX_READS)
             break;
         size_t cl = strlen(conv), ml = strlen(mid);
         char *cm = mem_malloc(cl + 1 + ml + 1);
         if (cm == NULL ||
-            (u->n_read == u->cap_read &&
-             imgw__mem_array_grow((void **)&u->reads, &u->cap_read,
-                                  sizeof(*u->reads), MEM_MAX_READS))) {
+            (p->n_read == p->cap_read &&
+             imgw__mem_array_grow((void **)&p->reads, &p->cap_read,
+                                  sizeof(*p->reads), MEM_MAX_READS))) {
             imgw_free(cm);
             rc = IMGW_ENOMEM;
             goto out;
         }
         memcpy(cm, conv, cl + 1);
         memcpy(cm + cl + 1, mid, ml + 1);
-        u->reads[u->n_read].cm = cm;
-        u->reads[u->n_read++].stamp = stamp;
+        p->reads[p->n_read].cm = cm;
+        p->reads[p->n_read++].stamp = stamp;
         if (stamp > sh->stamp)
             sh->stamp = stamp;
     }
@@ -594,14 +607,17 @@ load_conv(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
     imgw__mem_shard_t *sh = &m->shards[shard_of(u->h.hash)];
     int rc = 0;
     pthread_mutex_lock(&sh->mu);
-    if (u->convs.n >= m->max_convs) {
+    imgw__mem_pos_t *pp = imgw__mem_pos_own(u);
+    if (pp == NULL) {
+        rc = IMGW_ENOMEM;
+    } else if (pp->convs.n >= m->max_convs) {
         /* A smaller store.max_conversations than when saved: the list
          * keeps the first max_convs (any; the rest of the list is what
          * the next updates order). */
-    } else if (imgw__mem_conv_reserve(&u->convs, m->max_convs) != 0) {
+    } else if (imgw__mem_conv_reserve(&pp->convs, m->max_convs) != 0) {
         rc = IMGW_ENOMEM;
     } else {
-        u->convs.v[u->convs.n++] = c;
+        pp->convs.v[pp->convs.n++] = c;
     }
     pthread_mutex_unlock(&sh->mu);
     return rc;

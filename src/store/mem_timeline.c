@@ -151,11 +151,12 @@ imgw__mem_user_age(imgw__mem_t *m, imgw__mem_user_t *u, int64_t now)
 }
 
 void
-imgw__mem_routes_expire(imgw__mem_user_t *u, int64_t now)
+imgw__mem_routes_expire(imgw__mem_shard_t *sh, imgw__mem_user_t *u,
+                        int64_t now)
 {
     for (uint16_t i = 0; i < u->n_routes;) {
         if (u->routes[i].expire_ms <= now) {
-            imgw_free(u->routes[i].pb);
+            imgw__mem_pb_put(sh, u->routes[i].pb);
             if (i != --u->n_routes)
                 u->routes[i] = u->routes[u->n_routes];
         } else {
@@ -176,27 +177,33 @@ user_is_free(const imgw__mem_t *m, imgw__mem_user_t *u, int64_t now)
     if (u->count > 0 || u->n_routes > 0)
         return 0;
     imgw__mem_user_seq_expire(m, u, now);
-    if (u->max_seq == 0 && u->n_dev == 0 && u->n_read == 0)
+    if (u->max_seq == 0 &&
+        (u->pos == NULL || (u->pos->n_dev == 0 && u->pos->n_read == 0)))
         return 1;
     return now - u->touched_ms >= m->seq_ttl_ms;
 }
 
 void
-imgw__mem_user_free(imgw__mem_t *m, imgw__mem_user_t *u)
+imgw__mem_user_free(imgw__mem_t *m, imgw__mem_shard_t *sh,
+                    imgw__mem_user_t *u)
 {
     while (u->count > 0)
         imgw__mem_ring_pop(m, u);
     imgw_free(u->ring);
     for (uint16_t i = 0; i < u->n_routes; i++)
-        imgw_free(u->routes[i].pb);
-    for (uint16_t i = 0; i < u->n_dev; i++)
-        imgw_free(u->dev[i].device);
-    for (uint16_t i = 0; i < u->n_read; i++)
-        imgw_free(u->reads[i].cm);
+        imgw__mem_pb_put(sh, u->routes[i].pb);
     imgw_free(u->routes);
-    imgw_free(u->dev);
-    imgw_free(u->reads);
-    imgw__mem_conv_free(&u->convs);
+    imgw__mem_pos_t *p = u->pos;
+    if (p != NULL) {
+        for (uint16_t i = 0; i < p->n_dev; i++)
+            imgw_free(p->dev[i].device);
+        for (uint16_t i = 0; i < p->n_read; i++)
+            imgw_free(p->reads[i].cm);
+        imgw_free(p->dev);
+        imgw_free(p->reads);
+        imgw__mem_conv_free(&p->convs);
+        imgw_free(p);
+    }
     imgw_free(u);
 }
 
@@ -204,7 +211,9 @@ imgw__mem_user_free(imgw__mem_t *m, imgw__mem_user_t *u)
 int
 imgw__mem_array_grow(void **arr, uint16_t *cap, size_t elsize, uint16_t max)
 {
-    uint32_t ncap = *cap ? (uint32_t)*cap * 2 : 2;
+    /* Starts at one: most users hold one route and one device position,
+     * and every idle connection's user keeps its route array. */
+    uint32_t ncap = *cap ? (uint32_t)*cap * 2 : 1;
     if (ncap > max)
         ncap = max;
     void *p = mem_realloc(*arr, ncap * elsize);
@@ -213,6 +222,14 @@ imgw__mem_array_grow(void **arr, uint16_t *cap, size_t elsize, uint16_t max)
     *arr = p;
     *cap = (uint16_t)ncap;
     return 0;
+}
+
+imgw__mem_pos_t *
+imgw__mem_pos_own(imgw__mem_user_t *u)
+{
+    if (u->pos == NULL)
+        u->pos = mem_calloc(1, sizeof(*u->pos));
+    return u->pos;
 }
 
 /* Visits up to budget buckets of a shard's users, continuing where the
@@ -229,13 +246,13 @@ imgw__mem_users_sweep(imgw__mem_t *m, imgw__mem_shard_t *sh, int64_t now,
         while (*pp != NULL) {
             imgw__mem_user_t *u = (imgw__mem_user_t *)*pp;
             imgw__mem_user_age(m, u, now);
-            imgw__mem_routes_expire(u, now);
+            imgw__mem_routes_expire(sh, u, now);
             ring_shrink(u);
             if (user_is_free(m, u, now)) {
                 *pp = u->h.next;
                 sh->users.n--;
                 atomic_fetch_sub_explicit(&m->n_users, 1, memory_order_relaxed);
-                imgw__mem_user_free(m, u);
+                imgw__mem_user_free(m, sh, u);
             } else {
                 pp = &u->h.next;
             }
@@ -359,7 +376,8 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
             imgw__mem_user_get(m, sh, slots[i].hash, req->users[i], now, &r);
         if (u == NULL || ring_reserve(m, u) != 0 ||
             (ckind != 0 &&
-             imgw__mem_conv_reserve(&u->convs, m->max_convs) != 0)) {
+             (imgw__mem_pos_own(u) == NULL ||
+              imgw__mem_conv_reserve(&u->pos->convs, m->max_convs) != 0))) {
             unlock_mask(m, mask);
             if (u != NULL)
                 r = IMGW_ENOMEM;
@@ -391,7 +409,7 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
         u->count++;
         req->seqs[i] = ++u->max_seq;
         if (ckind != 0)
-            imgw__mem_conv_update(&u->convs, m->max_convs, ckind,
+            imgw__mem_conv_update(&u->pos->convs, m->max_convs, ckind,
                                   imgw__store_conv_peer(ckind, conv, req->users, n, i),
                                   req->message_id, req->seqs[i], req->sender,
                                   req->msg_type, req->preview, now, i == 0);
@@ -400,7 +418,7 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     atomic_fetch_add_explicit(&m->metas_live, 1, memory_order_relaxed);
     meta->expire_ms = now + m->meta_ms;
     htab_insert(&sh_m->metas, &meta->h);
-    link_push_tail(&sh_m->meta_age, &meta->age);
+    imgw_list_insert_tail(&sh_m->meta_age, &meta->age);
     atomic_fetch_add_explicit(&m->n_metas, 1, memory_order_relaxed);
     imgw__mem_meta_evict(m, sh_m, meta);
     if (dd != NULL) {
@@ -408,7 +426,7 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
             /* An expired key still in the table: reuse its record. */
             imgw_free(dd);
             dd = old_dd;
-            link_remove(&dd->age);
+            imgw_list_remove(&dd->age);
         } else {
             htab_insert(&sh_s->dedupes, &dd->h);
             atomic_fetch_add_explicit(&m->n_dedupes, 1, memory_order_relaxed);
@@ -416,7 +434,7 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
         dd->expire_ms = now + m->dedupe_ms;
         dd->message_id = req->message_id;
         dd->seq = req->seqs[0];
-        link_push_tail(&sh_s->dedupe_age, &dd->age);
+        imgw_list_insert_tail(&sh_s->dedupe_age, &dd->age);
         imgw__mem_dedupe_expire(m, sh_s, now, MEM_LAZY_POPS);
         imgw__mem_dedupe_evict(m, sh_s, dd);
     }

@@ -70,7 +70,7 @@ shards_free(imgw__mem_t *m, unsigned n)
         for (size_t b = 0; sh->users.b && b <= sh->users.mask; b++)
             for (x = sh->users.b[b]; x; x = next) {
                 next = x->next;
-                imgw__mem_user_free(m, (imgw__mem_user_t *)x);
+                imgw__mem_user_free(m, sh, (imgw__mem_user_t *)x);
             }
         for (size_t b = 0; sh->dedupes.b && b <= sh->dedupes.mask; b++)
             for (x = sh->dedupes.b[b]; x; x = next) {
@@ -91,6 +91,8 @@ shards_free(imgw__mem_t *m, unsigned n)
         imgw_free(sh->dedupes.b);
         imgw_free(sh->metas.b);
         imgw_free(sh->groups.b);
+        /* The users held every reference: nothing is left in pbs. */
+        imgw_free(sh->pbs.b);
         pthread_mutex_destroy(&sh->mu);
     }
     imgw_free(m->shards);
@@ -189,8 +191,8 @@ mem_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err, size_t errlen)
     atomic_init(&m->metas_live, 0);
     for (unsigned i = 0; i < MEM_SHARDS; i++) {
         imgw__mem_shard_t *sh = &m->shards[i];
-        link_init(&sh->dedupe_age);
-        link_init(&sh->meta_age);
+        imgw_list_init(&sh->dedupe_age);
+        imgw_list_init(&sh->meta_age);
         if (pthread_mutex_init(&sh->mu, NULL) != 0) {
             shards_free(m, i);
             imgw_free(m);
@@ -198,7 +200,8 @@ mem_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err, size_t errlen)
         }
         /* Tables that failed keep b == NULL, which shards_free skips. */
         if (htab_init(&sh->users) || htab_init(&sh->dedupes) ||
-            htab_init(&sh->metas) || htab_init(&sh->groups)) {
+            htab_init(&sh->metas) || htab_init(&sh->groups) ||
+            htab_init(&sh->pbs)) {
             shards_free(m, i + 1);
             imgw_free(m);
             return IMGW_ENOMEM;
@@ -314,10 +317,10 @@ mem_conv_list(imgw_store_loop_t *sl, const char *user, int64_t before_seq,
     uint64_t total = 0;
     pthread_mutex_lock(&sh->mu);
     imgw__mem_user_t *u = imgw__mem_user_find(sh, h, user);
-    if (u != NULL) {
-        k = imgw__mem_conv_page(&u->convs, before_seq, (size_t)limit, out,
-                                &has_more);
-        total = imgw__mem_conv_total_unread(&u->convs);
+    if (u != NULL && u->pos != NULL) {
+        k = imgw__mem_conv_page(&u->pos->convs, before_seq, (size_t)limit,
+                                out, &has_more);
+        total = imgw__mem_conv_total_unread(&u->pos->convs);
     }
     pthread_mutex_unlock(&sh->mu);
     cb(0, out, k, has_more, total, data);
@@ -361,7 +364,9 @@ mem_conv_read(imgw_store_loop_t *sl, const char *user, int kind,
     pthread_mutex_lock(&sh->mu);
     imgw__mem_user_t *u = imgw__mem_user_find(sh, h, user);
     imgw_store_conv_t *c =
-        u != NULL ? imgw__mem_conv_find(&u->convs, kind, peer) : NULL;
+        u != NULL && u->pos != NULL
+            ? imgw__mem_conv_find(&u->pos->convs, kind, peer)
+            : NULL;
     if (c == NULL) {
         status = IMGW_ENOTFOUND;
     } else {
@@ -388,8 +393,9 @@ mem_conv_delete(imgw_store_loop_t *sl, const char *user, int kind,
     imgw__mem_shard_t *sh = &m->shards[shard_of(h)];
     pthread_mutex_lock(&sh->mu);
     imgw__mem_user_t *u = imgw__mem_user_find(sh, h, user);
-    int status = u != NULL ? imgw__mem_conv_delete(&u->convs, kind, peer)
-                           : IMGW_ENOTFOUND;
+    int status = u != NULL && u->pos != NULL
+                     ? imgw__mem_conv_delete(&u->pos->convs, kind, peer)
+                     : IMGW_ENOTFOUND;
     pthread_mutex_unlock(&sh->mu);
     if (cb)
         cb(status, data);
@@ -451,13 +457,14 @@ imgw__store_mem_stats(imgw_store_t *s, imgw__store_mem_stats_t *out)
         out->dedupes += sh->dedupes.n;
         out->metas += sh->metas.n;
         out->groups += sh->groups.n;
+        out->route_strings += sh->pbs.n;
         for (size_t b = 0; b <= sh->users.mask; b++)
             for (imgw__mem_hnode_t *x = sh->users.b[b]; x; x = x->next) {
                 imgw__mem_user_t *u = (imgw__mem_user_t *)x;
                 out->entries += u->count;
                 out->routes += u->n_routes;
-                out->devices += u->n_dev;
-                out->reads += u->n_read;
+                out->devices += u->pos ? u->pos->n_dev : 0;
+                out->reads += u->pos ? u->pos->n_read : 0;
             }
         pthread_mutex_unlock(&sh->mu);
     }

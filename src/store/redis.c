@@ -348,10 +348,7 @@ fifo_push(imgw__redis_loop_t *rl, imgw__redis_req_t *q)
 {
     uint64_t now = uv_now(rl->loop);
     q->deadline = now + (uint64_t)rl->r->timeout_ms;
-    q->prev = rl->fifo.prev;
-    q->next = &rl->fifo;
-    rl->fifo.prev->next = q;
-    rl->fifo.prev = q;
+    imgw_list_insert_tail(&rl->fifo, &q->link);
     rl->n_inflight++;
     rl->last_send = now;
     /* Deadlines only grow along the FIFO, so a running timer is already
@@ -364,11 +361,9 @@ fifo_push(imgw__redis_loop_t *rl, imgw__redis_req_t *q)
 static void
 fifo_unlink(imgw__redis_req_t *q)
 {
-    if (q->next == NULL)
+    if (!imgw_list_linked(&q->link))
         return;
-    q->prev->next = q->next;
-    q->next->prev = q->prev;
-    q->prev = q->next = NULL;
+    imgw_list_remove(&q->link);
     q->rl->n_inflight--;
 }
 
@@ -689,9 +684,10 @@ static void
 deadline_cb(uv_timer_t *t)
 {
     imgw__redis_loop_t *rl = t->data;
-    imgw__redis_req_t *head = rl->fifo.next;
-    if (head == &rl->fifo)
+    imgw_list_t *first = imgw_list_first(&rl->fifo);
+    if (first == NULL)
         return;
+    imgw__redis_req_t *head = IMGW_LIST_ENTRY(first, imgw__redis_req_t, link);
     uint64_t now = uv_now(rl->loop);
     if (head->deadline > now) {
         uv_timer_start(t, deadline_cb, head->deadline - now, 0);
@@ -939,7 +935,7 @@ redis_loop_open(imgw_store_t *s, int loop_index, uv_loop_t *loop,
     rl->base.impl = rl;
     rl->r = s->impl;
     rl->loop = loop;
-    rl->fifo.next = rl->fifo.prev = &rl->fifo;
+    imgw_list_init(&rl->fifo);
     rl->backoff_ms = REDIS_BACKOFF_MIN_MS;
     rl->state = IMGW__REDIS_DOWN;
     atomic_fetch_add(&rl->r->loops_open, 1);

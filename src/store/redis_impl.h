@@ -17,6 +17,7 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
+#include "list.h"
 #include "store_impl.h"
 
 #define IMGW__REDIS_HOST_MAX 255
@@ -93,7 +94,7 @@ typedef void (*imgw__redis_done_fn)(imgw__redis_req_t *q, redisReply *reply,
  * the FIFO's head always has the nearest deadline.
  */
 struct imgw__redis_req_s {
-    imgw__redis_req_t *prev, *next; /* the loop's FIFO */
+    imgw_list_t link; /* in the loop's FIFO; zeroed: in none */
     imgw__redis_loop_t *rl;
     uint64_t deadline; /* uv_now() ms */
     imgw__redis_done_fn done;
@@ -145,7 +146,7 @@ struct imgw__redis_loop_s {
     int handshake_left;    /* handshake replies still expected */
     int backoff_ms;        /* next reconnect delay */
     int open_handles;      /* uv handles / requests not yet closed */
-    imgw__redis_req_t fifo; /* sentinel of the in-flight FIFO */
+    imgw_list_t fifo;       /* the in-flight FIFO (of req.link) */
     size_t n_inflight;
     uint64_t shed;          /* requests refused at IMGW__REDIS_MAX_INFLIGHT */
     uint64_t last_send; /* uv_now() of the last command sent */

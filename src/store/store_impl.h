@@ -199,6 +199,7 @@ typedef struct imgw__store_mem_stats_s {
     size_t metas;   /* message metadata in the table */
     size_t groups;
     size_t routes;     /* route fields, expired ones not yet dropped too */
+    size_t route_strings; /* shared "platform\0broker_id\0" strings */
     size_t devices;    /* delivered positions */
     size_t reads;      /* read positions */
     size_t blobs_live; /* entry blobs still allocated (any holder) */

@@ -101,6 +101,10 @@ fuzz_c2s_desc(int command)
     case im_CommandType_CMD_SYNC_REQ: return &im_SyncRequest_msg;
     case im_CommandType_CMD_READ_RECEIPT_REQ: return &im_ReadReceiptRequest_msg;
     case im_CommandType_CMD_TYPING_STATUS_REQ: return &im_TypingStatusRequest_msg;
+    case im_CommandType_CMD_CONVERSATION_LIST_REQ: return &im_ConversationListRequest_msg;
+    case im_CommandType_CMD_CONVERSATION_DELETE_REQ: return &im_ConversationDeleteRequest_msg;
+    case im_CommandType_CMD_PRESENCE_REQ: return &im_PresenceRequest_msg;
+    case im_CommandType_CMD_PRESENCE_SUB_REQ: return &im_PresenceSubscribeRequest_msg;
     default: return NULL;
     }
 }

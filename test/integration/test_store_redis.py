@@ -35,9 +35,11 @@ def test_bin():
         # build/test_store_redis; an executable() declared in
         # test/meson.build lands in build/test/ instead.
         p = os.path.join(REPO, "build", "test_store_redis")
-        alt = os.path.join(REPO, "build", "test", "test_store_redis")
-        if not os.path.exists(p) and os.path.exists(alt):
-            p = alt
+        for alt in (os.path.join(REPO, "build", "test", "test_store_redis"),
+                    os.path.join(REPO, "build", "test", "store",
+                                 "test_store_redis")):
+            if not os.path.exists(p) and os.path.exists(alt):
+                p = alt
     if not os.path.isabs(p):
         p = os.path.join(REPO, p)
     if not (os.path.isfile(p) and os.access(p, os.X_OK)):

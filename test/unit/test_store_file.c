@@ -640,6 +640,7 @@ main(void)
     RUN(record_caps);
     RUN(groups);
     RUN(routes);
+    RUN(routes_shared_strings);
     RUN(watchers_single_node);
     RUN(positions);
     RUN(tick_sweeps);

@@ -568,6 +568,65 @@ TEST(routes)
     fx_close(&f);
 }
 
+/*
+ * Routes share their "platform\0broker_id\0" strings per shard (an idle
+ * node's users all name the same few pairs): the count stays at one per
+ * pair and shard, every route still reads its own pair, and replacing,
+ * deleting, expiring and sweeping drop the references (ASan: no use after
+ * free, no leak).
+ */
+TEST(routes_shared_strings)
+{
+    fx_t f;
+    fx_open(&f, 1000, 7, 86400);
+    enum { N = 2000 };
+    char u[16];
+    fake_now = T0;
+    for (int i = 0; i < N; i++) {
+        snprintf(u, sizeof(u), "s%d", i);
+        imgw_store_route_set(f.sl, u, "web", "b1", 30, NULL, NULL);
+        if (i % 2)
+            imgw_store_route_set(f.sl, u, "ios", "b1", 60, NULL, NULL);
+    }
+    imgw__store_mem_stats_t st = stats(&f);
+    CHECK_EQ_INT(st.routes, N + N / 2);
+    /* two pairs, in at most 64 shards each */
+    CHECK(st.route_strings >= 2 && st.route_strings <= 128);
+    printf("  info  %zu routes share %zu strings\n", st.routes,
+           st.route_strings);
+    snprintf(u, sizeof(u), "s%d", 7);
+    route_res_t *r = routes(&f, u);
+    CHECK_EQ_INT(r->n, 2);
+    CHECK_EQ_STR(route_of(r, "web"), "b1");
+    CHECK_EQ_STR(route_of(r, "ios"), "b1");
+    /* another owner for one user's web: only that route changes */
+    imgw_store_route_set(f.sl, u, "web", "b2", 30, NULL, NULL);
+    CHECK_EQ_STR(route_of(routes(&f, u), "web"), "b2");
+    snprintf(u, sizeof(u), "s%d", 9);
+    CHECK_EQ_STR(route_of(routes(&f, u), "web"), "b1");
+    /* deleting every web route of b1 leaves the ios ones readable */
+    for (int i = 0; i < N; i++) {
+        snprintf(u, sizeof(u), "s%d", i);
+        imgw_store_route_del(f.sl, u, "web", "b1", NULL, NULL);
+    }
+    st = stats(&f);
+    CHECK_EQ_INT(st.routes, N / 2 + 1);
+    snprintf(u, sizeof(u), "s%d", 9);
+    r = routes(&f, u);
+    CHECK_EQ_INT(r->n, 1);
+    CHECK_EQ_STR(route_of(r, "ios"), "b1");
+    /* expiry (ios at 60 s, s7's web at 30 s) and the sweep drop the rest */
+    fake_now = T0 + 61000;
+    for (int i = 0; i < 4 * 64; i++)
+        imgw_store_tick(f.s, fake_now);
+    st = stats(&f);
+    CHECK_EQ_INT(st.routes, 0);
+    CHECK_EQ_INT(st.route_strings, 0);
+    CHECK_EQ_INT(st.users, 0);
+    fake_now = T0;
+    fx_close(&f);
+}
+
 /* One node: watch_set records nothing, watch_get names no node; both
  * answer later with status 0, and bad ids are refused like elsewhere. */
 TEST(watchers_single_node)
@@ -1412,6 +1471,7 @@ main(void)
     RUN(record_caps);
     RUN(groups);
     RUN(routes);
+    RUN(routes_shared_strings);
     RUN(watchers_single_node);
     RUN(positions);
     RUN(tick_sweeps);

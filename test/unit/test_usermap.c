@@ -171,6 +171,67 @@ TEST(kick_same_platform)
     imgw_usermap_free(m);
 }
 
+/*
+ * The map borrows the registering caller's platform string (a session's
+ * own field) instead of copying it: a replaced, kicked or moved
+ * connection's string must be let go at once, because its session frees
+ * it. Each string here is a heap copy freed as soon as its connection is
+ * out of the map, so a stale borrow is a use after free (ASan) or at least
+ * a wrong platform (the freed bytes are overwritten first).
+ */
+static char *
+heap_plat(const char *s)
+{
+    char *p = malloc(IMGW_USERMAP_PLATFORM);
+    snprintf(p, IMGW_USERMAP_PLATFORM, "%s", s);
+    return p;
+}
+
+static void
+drop_plat(char *p)
+{
+    memset(p, 'X', IMGW_USERMAP_PLATFORM - 1);
+    p[IMGW_USERMAP_PLATFORM - 1] = '\0';
+    free(p);
+}
+
+TEST(platform_borrowed)
+{
+    imgw_usermap_t *m;
+    imgw_usermap_conn_t out[IMGW_USERMAP_MAX_CONNS];
+    imgw_conn_ref_t k;
+    imgw_conn_ref_t r1 = mkref(0, 1, 1), r2 = mkref(1, 2, 1);
+
+    imgw_usermap_new(&m, 4);
+    char *p1 = heap_plat("web");
+    CHECK_EQ_INT(imgw_usermap_add(m, "fay", p1, r1, &k), 0);
+    /* r2 logs in on the same platform: r1 is kicked, its session goes */
+    char *p2 = heap_plat("web");
+    CHECK_EQ_INT(imgw_usermap_add(m, "fay", p2, r2, &k), 1);
+    CHECK(imgw_conn_ref_eq(k, r1));
+    drop_plat(p1);
+    CHECK_EQ_INT(imgw_usermap_get(m, "fay", out, 16), 1);
+    CHECK_EQ_STR(out[0].platform, "web");
+    /* the same ref again with an equal string in another buffer */
+    char *p3 = heap_plat("web");
+    CHECK_EQ_INT(imgw_usermap_add(m, "fay", p3, r2, &k), 0);
+    drop_plat(p2);
+    CHECK_EQ_INT(imgw_usermap_get(m, "fay", out, 16), 1);
+    CHECK_EQ_STR(out[0].platform, "web");
+    /* r2 moves to another platform */
+    char *p4 = heap_plat("ios");
+    CHECK_EQ_INT(imgw_usermap_add(m, "fay", p4, r2, &k), 0);
+    drop_plat(p3);
+    CHECK_EQ_INT(imgw_usermap_get(m, "fay", out, 16), 1);
+    CHECK_EQ_STR(out[0].platform, "ios");
+    /* what get hands out are copies: they outlive the borrow */
+    CHECK_EQ_INT(imgw_usermap_remove(m, "fay", r2), 1);
+    drop_plat(p4);
+    CHECK_EQ_STR(out[0].platform, "ios");
+    CHECK_EQ_INT(imgw_usermap_get(m, "fay", out, 16), 0);
+    imgw_usermap_free(m);
+}
+
 TEST(stale_ref)
 {
     imgw_usermap_t *m;
@@ -195,14 +256,16 @@ TEST(max_conns)
     imgw_usermap_t *m;
     imgw_usermap_conn_t out[IMGW_USERMAP_MAX_CONNS + 4];
     char plat[IMGW_USERMAP_PLATFORM];
+    /* borrowed by the map until removed: one buffer per connection */
+    char plats[IMGW_USERMAP_MAX_CONNS][IMGW_USERMAP_PLATFORM];
     imgw_conn_ref_t k;
     int ok = 1;
 
     imgw_usermap_new(&m, 4);
     for (int i = 0; i < IMGW_USERMAP_MAX_CONNS; i++) {
-        snprintf(plat, sizeof(plat), "p%d", i);
-        ok &=
-            imgw_usermap_add(m, "eve", plat, mkref(0, (uint32_t)i, 1), &k) == 0;
+        snprintf(plats[i], sizeof(plats[i]), "p%d", i);
+        ok &= imgw_usermap_add(m, "eve", plats[i], mkref(0, (uint32_t)i, 1),
+                               &k) == 0;
     }
     CHECK(ok);
     CHECK_EQ_INT(imgw_usermap_add(m, "eve", "one-more", mkref(0, 99, 1), &k),
@@ -299,13 +362,13 @@ TEST(grow_shrink)
     CHECK_EQ_INT(bad, 0);
     CHECK_EQ_INT(imgw_usermap_users(m), n);
     size_t nb1 = total_buckets(m);
-    CHECK(nb1 >= n / 2); /* grew: load factor <= 1 per shard, ~0.5-1 */
+    CHECK(nb1 >= n / 4); /* grew: load factor <= 2 per shard, ~1-2 */
     size_t minu = SIZE_MAX, maxu = 0;
     for (size_t i = 0; i < m->nshards; i++) {
         size_t u = m->shards[i].n;
         minu = u < minu ? u : minu;
         maxu = u > maxu ? u : maxu;
-        bad += u > m->shards[i].nbuckets;
+        bad += u > UM_LOAD * m->shards[i].nbuckets;
     }
     CHECK_EQ_INT(bad, 0);
     /* the hash spreads users evenly over shards (mean n/64) */
@@ -443,8 +506,12 @@ static void *
 cworker(void *arg)
 {
     cworker_t *w = arg;
-    char user[48], sp[8];
-    snprintf(sp, sizeof(sp), "p%d", w->tid);
+    char user[48];
+    /* The map borrows platforms until removal (usermap.h): the thread's
+     * own one outlives the thread, for the final checks. */
+    static char sps[NT][8];
+    char *sp = sps[w->tid];
+    snprintf(sp, sizeof(sps[0]), "p%d", w->tid);
 
     for (size_t it = 0; it < w->iters; it++) {
         uint64_t r = xs(&w->rng);
@@ -634,6 +701,7 @@ main(void)
     RUN(new_free);
     RUN(add_get_remove);
     RUN(kick_same_platform);
+    RUN(platform_borrowed);
     RUN(stale_ref);
     RUN(max_conns);
     RUN(bad_args);

@@ -357,7 +357,11 @@ for (const codec of ["protobuf", "json"]) test(`presence: query, subscribe, push
   assert.equal(q[0].online, true);
   assert.equal(q[1].userId, w);
   assert.deepEqual(q[1].platforms, ["Web"]);
+  // One logout at a time: pushes are snapshots, and two logouts at once
+  // may reach w in either order (docs/protocol.md, Presence).
   x1.close();
+  await until(() => events.length === 3, "first logout");
+  assert.deepEqual(events[2].platforms, ["iOS"]);
   x2.close();
   await until(() => events.length === 4, "both logouts");
   assert.equal(events[3].online, false);
