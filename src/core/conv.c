@@ -17,16 +17,6 @@
 #define CONV_WIRE_PAGE_MAX 50 /* proto/imgw.options conversations max_count */
 #define CONV_WIRE_PAGE_DEFAULT 20
 
-static imgw_session_t *
-conv_session(imgw_core_loop_t *cl, imgw_conn_ref_t ref)
-{
-    imgw_conn_t *c = imgw_loop_conn(cl->loop, ref);
-    if (c == NULL || !imgw_conn_is_ws(c))
-        return NULL;
-    imgw_session_t *s = imgw_conn_data(c);
-    return (s && s->authed) ? s : NULL;
-}
-
 /* "s_<a>_<b>" with a <= b byte-wise. */
 static int
 conv_single_id(const char *a, const char *b, char *out, size_t cap)
@@ -98,7 +88,7 @@ conv_list_cb(int status, const imgw_store_conv_t *c, size_t n, int has_more,
 {
     conv_list_ctx_t *x = data;
     imgw_core_loop_t *cl = imgw_core_loop_current();
-    imgw_session_t *s = conv_session(cl, x->ref);
+    imgw_session_t *s = imgw_core_session(cl, x->ref);
     uint32_t sequence = x->sequence;
     imgw_free(x);
     if (s == NULL)
@@ -208,7 +198,7 @@ conv_del_cb(int status, void *data)
 {
     conv_del_ctx_t *x = data;
     imgw_core_loop_t *cl = imgw_core_loop_current();
-    imgw_session_t *s = conv_session(cl, x->ref);
+    imgw_session_t *s = imgw_core_session(cl, x->ref);
     if (s != NULL) {
         if (status == 0)
             conv_del_reply(s, x->sequence, 0, NULL, x->conv);

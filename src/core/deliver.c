@@ -93,23 +93,13 @@ resolve(imgw_core_loop_t *cl, const char *const *users, const int64_t *seqs,
 
 /* ---- writing on the owning loop ------------------------------------------ */
 
-static imgw_session_t *
-live_session(imgw_core_loop_t *cl, imgw_conn_ref_t ref)
-{
-    imgw_conn_t *c = imgw_loop_conn(cl->loop, ref);
-    if (c == NULL || !imgw_conn_is_ws(c))
-        return NULL;
-    imgw_session_t *s = imgw_conn_data(c);
-    return (s != NULL && s->authed) ? s : NULL;
-}
-
 static void
 local_push(imgw_core_loop_t *cl, const uint8_t *blob, size_t len, int64_t ts,
            const imgw_target_t *t, size_t n)
 {
     ssize_t json_len = -1; /* the JSON prefix, built on first need */
     for (size_t i = 0; i < n; i++) {
-        imgw_session_t *s = live_session(cl, t[i].ref);
+        imgw_session_t *s = imgw_core_session(cl, t[i].ref);
         if (s == NULL)
             continue;
         uv_buf_t b[3];
@@ -148,7 +138,7 @@ local_frame(imgw_core_loop_t *cl, int command, const imgw_push_body_t *body,
     ssize_t len[2] = {-1, -1};
     uint8_t *pb = NULL;
     for (size_t i = 0; i < n; i++) {
-        imgw_session_t *s = live_session(cl, t[i].ref);
+        imgw_session_t *s = imgw_core_session(cl, t[i].ref);
         if (s == NULL)
             continue;
         int k = s->codec;
@@ -180,7 +170,7 @@ local_raw(imgw_core_loop_t *cl, uint8_t *const raw[2],
           int command)
 {
     for (size_t i = 0; i < n; i++) {
-        imgw_session_t *s = live_session(cl, t[i].ref);
+        imgw_session_t *s = imgw_core_session(cl, t[i].ref);
         if (s == NULL || raw[s->codec] == NULL)
             continue;
         uv_buf_t b = uv_buf_init((char *)raw[s->codec],

@@ -1,6 +1,7 @@
 /*
  * loopctx.c: the bottom of core: the calling loop thread's core state, the
- * wall clock and the error counters. Every core file may use it; it calls
+ * wall clock, the error counters and the session behind a connection ref.
+ * Every core file may use it; it calls
  * no other core file but the codec's error table.
  */
 #include <stdatomic.h>
@@ -46,4 +47,16 @@ imgw_core_count_error(imgw_core_loop_t *cl, int code)
 {
     int i = imgw_codec_err_index(code);
     imgw_stat_inc(&cl->st.errors[i >= 0 ? i : IMGW_N_ERRCODES - 1]);
+}
+
+imgw_session_t *
+imgw_core_session(imgw_core_loop_t *cl, imgw_conn_ref_t ref)
+{
+    /* A ref outlives its connection (the slot's generation says so), and
+     * a connection is a session only once upgraded and authenticated. */
+    imgw_conn_t *c = imgw_loop_conn(cl->loop, ref);
+    if (c == NULL || !imgw_conn_is_ws(c))
+        return NULL;
+    imgw_session_t *s = imgw_conn_data(c);
+    return (s != NULL && s->authed) ? s : NULL;
 }

@@ -60,16 +60,6 @@ user_budget(imgw_session_t *s, int which)
                              2.0 * rate, imgw_loop_now_ms(s->cl->loop));
 }
 
-static imgw_session_t *
-session_of(imgw_core_loop_t *cl, imgw_conn_ref_t ref)
-{
-    imgw_conn_t *c = imgw_loop_conn(cl->loop, ref);
-    if (c == NULL || !imgw_conn_is_ws(c))
-        return NULL;
-    imgw_session_t *s = imgw_conn_data(c);
-    return (s && s->authed) ? s : NULL;
-}
-
 static void
 send_rsp(imgw_session_t *s, uint32_t seq, int code, const char *msg,
          uint64_t message_id, int64_t mseq, int64_t server_time)
@@ -250,7 +240,7 @@ append_cb(imgw_store_append_t *req, int status, void *data)
 {
     send_ctx_t *x = data;
     imgw_core_loop_t *cl = imgw_core_loop_current();
-    imgw_session_t *s = session_of(cl, x->ref);
+    imgw_session_t *s = imgw_core_session(cl, x->ref);
     (void)req;
     imgw_stat_inc(&cl->st.store_ops);
     if (status == IMGW_EINVAL) {
@@ -317,7 +307,7 @@ group_members_cb(int status, const char *const *members, size_t n,
 {
     send_ctx_t *x = data;
     imgw_core_loop_t *cl = imgw_core_loop_current();
-    imgw_session_t *s = session_of(cl, x->ref);
+    imgw_session_t *s = imgw_core_session(cl, x->ref);
     const char *sender = x->sender;
     int code = 0, member = 0;
     const char *why = NULL;
@@ -457,7 +447,7 @@ imgw_msg_send_answer(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
                      uint32_t sequence, int code, const char *msg,
                      uint64_t message_id, int64_t mseq, int64_t server_time)
 {
-    imgw_session_t *s = session_of(cl, ref);
+    imgw_session_t *s = imgw_core_session(cl, ref);
     if (s != NULL)
         send_rsp(s, sequence, code, msg, message_id, mseq, server_time);
     else if (code != 0)
@@ -699,7 +689,7 @@ sync_cb(int status, const imgw_store_entry_t *e, size_t n, int has_more,
 {
     sync_ctx_t *x = data;
     imgw_core_loop_t *cl = imgw_core_loop_current();
-    imgw_session_t *s = session_of(cl, x->ref);
+    imgw_session_t *s = imgw_core_session(cl, x->ref);
     uint32_t sequence = x->sequence;
     imgw_stat_inc(&cl->st.store_ops);
     if (s != NULL && status == 0 && sync_epoch_reset(s, x, epoch))
@@ -868,7 +858,7 @@ conv_reply(imgw_core_loop_t *cl, conv_ctx_t *x, int code, const char *why)
 {
     if (x->flush)
         return;
-    imgw_session_t *s = session_of(cl, x->ref);
+    imgw_session_t *s = imgw_core_session(cl, x->ref);
     if (s == NULL)
         return;
     if (is_receipt(x)) {
@@ -1242,7 +1232,7 @@ typedef struct revoke_ctx_s {
 static void
 revoke_reply(imgw_core_loop_t *cl, revoke_ctx_t *x, int code, const char *why)
 {
-    imgw_session_t *s = session_of(cl, x->ref);
+    imgw_session_t *s = imgw_core_session(cl, x->ref);
     if (s == NULL)
         return;
     im_RevokeMessageResponse r = im_RevokeMessageResponse_init_zero;

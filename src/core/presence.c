@@ -37,16 +37,6 @@
 
 #define PRESENCE_MAX_IDS 100 /* ids per request (imgw.options) */
 
-static imgw_session_t *
-live_session(imgw_core_loop_t *cl, imgw_conn_ref_t ref)
-{
-    imgw_conn_t *c = imgw_loop_conn(cl->loop, ref);
-    if (c == NULL || !imgw_conn_is_ws(c))
-        return NULL;
-    imgw_session_t *s = imgw_conn_data(c);
-    return (s != NULL && s->authed) ? s : NULL;
-}
-
 /* Presence requests share the user's receipt/typing budget: each asks
  * the store up to 100 reads. 1 = taken. */
 static int
@@ -126,7 +116,7 @@ watch_find(const imgw_session_t *s, const char *user)
 static void
 pq_answer(imgw_core_loop_t *cl, pq_t *q)
 {
-    imgw_session_t *s = live_session(cl, q->ref);
+    imgw_session_t *s = imgw_core_session(cl, q->ref);
     if (s != NULL) {
         if (q->failed) {
             /* A subscription whose current state cannot be read is taken

@@ -58,6 +58,9 @@ void imgw_session_error(imgw_session_t *s, uint32_t sequence, int code,
 /* Kicks a connection of this loop (CMD_KICK_PUSH, then close 4002). */
 void imgw_session_kick(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
                        const char *platform);
+/* loopctx.c: the authenticated session of a connection of this loop, or
+ * NULL (gone, not a WebSocket, not authenticated). */
+imgw_session_t *imgw_core_session(imgw_core_loop_t *cl, imgw_conn_ref_t ref);
 /* loopctx.c: counts an error code in metrics. */
 void imgw_core_count_error(imgw_core_loop_t *cl, int code);
 /* The wall clock (unix ms) for timestamps on the wire and in the store;
