@@ -163,10 +163,10 @@ imgw_conv_list(imgw_session_t *s, imgw_msg_in_t *in)
     }
     x->ref = imgw_conn_ref(s->conn);
     x->sequence = in->sequence;
-    int r = imgw_store_conv_list(s->cl->store, s->user, q->before_seq, limit,
-                                 conv_list_cb, x);
-    if (r != 0)
-        conv_list_cb(r, NULL, 0, 0, 0, x);
+    /* A refusal completes through conv_list_cb too, after this returns
+     * (store.h), as for every store request in msg.c. */
+    imgw_store_conv_list(s->cl->store, s->user, q->before_seq, limit,
+                         conv_list_cb, x);
 }
 
 /* ---- delete ----------------------------------------------------------------
@@ -233,10 +233,8 @@ imgw_conv_delete(imgw_session_t *s, imgw_msg_in_t *in)
     x->ref = imgw_conn_ref(s->conn);
     x->sequence = in->sequence;
     snprintf(x->conv, sizeof(x->conv), "%s", id);
-    int r = imgw_store_conv_delete(s->cl->store, s->user, kind, peer,
-                                   conv_del_cb, x);
-    if (r != 0)
-        conv_del_cb(r, x);
+    imgw_store_conv_delete(s->cl->store, s->user, kind, peer, conv_del_cb,
+                           x);
 }
 
 /* ---- read ------------------------------------------------------------------
