@@ -34,7 +34,10 @@ def tsan_server(tmp_path, monkeypatch):
     assert os.access(TSAN_BIN, os.X_OK), "IMGW_TSAN_BIN=%r is not executable" % TSAN_BIN
     monkeypatch.setenv("IMGW_BIN", TSAN_BIN)
     # Keep running after a report, so the log shows every race of the run.
-    monkeypatch.setenv("TSAN_OPTIONS", "halt_on_error=0:second_deadlock_stack=1")
+    supp = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "tsan.supp")
+    monkeypatch.setenv("TSAN_OPTIONS", "halt_on_error=0:second_deadlock_stack=1:"
+                       "suppressions=" + supp)
     s = H.build_server(str(tmp_path), "tsan", threads=3,
                        env={"IMGW__STORE__BACKEND": "memory"},
                        admin_token=ADMIN_TOKEN, send_rate=100000)
