@@ -159,21 +159,70 @@ typedef struct imgw__mem_pos_s {
     imgw__mem_convs_t convs; /* conversation list (mem_conv.h) */
 } imgw__mem_pos_t;
 
-/* Everything kept per user; all of it under the user's shard lock. */
+/*
+ * A user's timeline: what a user that has had a message holds, and an
+ * idle one (a connection that never received anything) does not. Created
+ * by the first append that reserves a slot for the user (or a snapshot's
+ * non-zero max_seq), freed by the sweep once it holds no entry and
+ * max_seq has expired; one with max_seq 0 and no entry reads exactly like
+ * none (a failed append may leave one behind). The ring is inline, so a
+ * timeline is one allocation; growing or shrinking the ring moves it.
+ */
+typedef struct imgw__mem_tl_s {
+    int64_t max_seq; /* never decreases while the ring holds an entry or
+                        the user was used within seq_ttl */
+    uint64_t epoch;  /* id of the message that got seq 1 (store.h);
+                        meaningful while max_seq != 0 */
+    uint32_t cap, head, count; /* ring slots; count used from head */
+    imgw__mem_ent_t ring[];
+} imgw__mem_tl_t;
+
+/*
+ * Everything kept per user; all of it under the user's shard lock. The
+ * record is what every idle connection's user costs, so it holds only
+ * what such a user uses: its id, last use and one route (ids up to 11
+ * bytes keep it in an 80-byte malloc chunk). The timeline and the
+ * positions hang off pointers that stay NULL until used; a second route
+ * moves the routes into an array (imgw__mem_routes).
+ */
 typedef struct imgw__mem_user_s {
-    imgw__mem_hnode_t h;   /* in shard->users */
-    int64_t max_seq;       /* never decreases while the timeline holds an
-                              entry or the user was used within seq_ttl */
-    int64_t touched_ms;    /* last append, sync, max_seq or route refresh */
-    uint64_t epoch;        /* id of the message that got seq 1 (store.h);
-                              meaningful while max_seq != 0 */
-    imgw__mem_ent_t *ring; /* cap slots, count used from head */
-    uint32_t cap, head, count;
-    uint16_t n_routes, cap_routes;
-    imgw__mem_route_t *routes;
+    imgw__mem_hnode_t h; /* in shard->users */
+    int64_t touched_ms;  /* last append, sync, max_seq or route refresh */
+    imgw__mem_tl_t *tl;   /* NULL until the first append */
     imgw__mem_pos_t *pos; /* NULL until the first position or conversation */
+    union {
+        imgw__mem_route_t one; /* cap_routes == 0: at most one, inline */
+        imgw__mem_route_t *arr; /* cap_routes >= 2 */
+    } r;
+    uint16_t n_routes, cap_routes;
     char id[];
 } imgw__mem_user_t;
+
+/* u's routes: n_routes of them, room for imgw__mem_routes_cap(u). */
+static inline imgw__mem_route_t *
+imgw__mem_routes(imgw__mem_user_t *u)
+{
+    return u->cap_routes ? u->r.arr : &u->r.one;
+}
+
+static inline uint16_t
+imgw__mem_routes_cap(const imgw__mem_user_t *u)
+{
+    return u->cap_routes ? u->cap_routes : 1;
+}
+
+/* What an absent timeline reads as, so readers need not test for NULL. */
+static inline int64_t
+imgw__mem_max_seq_of(const imgw__mem_user_t *u)
+{
+    return u->tl ? u->tl->max_seq : 0;
+}
+
+static inline uint32_t
+imgw__mem_count_of(const imgw__mem_user_t *u)
+{
+    return u->tl ? u->tl->count : 0;
+}
 
 typedef struct imgw__mem_dedupe_s {
     imgw__mem_hnode_t h;  /* in the sender's shard, hashed on the key */
@@ -382,8 +431,9 @@ imgw__mem_user_t *imgw__mem_user_get(imgw__mem_t *m, imgw__mem_shard_t *sh,
                                      int *err);
 void imgw__mem_user_seq_expire(const imgw__mem_t *m, imgw__mem_user_t *u,
                                int64_t now);
-void imgw__mem_ring_pop(imgw__mem_t *m, imgw__mem_user_t *u);
+void imgw__mem_ring_pop(imgw__mem_t *m, imgw__mem_tl_t *t);
 int imgw__mem_ring_realloc(imgw__mem_user_t *u, uint32_t ncap);
+int imgw__mem_routes_grow(imgw__mem_user_t *u);
 void imgw__mem_user_age(imgw__mem_t *m, imgw__mem_user_t *u, int64_t now);
 void imgw__mem_routes_expire(imgw__mem_shard_t *sh, imgw__mem_user_t *u,
                              int64_t now);

@@ -56,7 +56,9 @@ imgw__mem_user_get(imgw__mem_t *m, imgw__mem_shard_t *sh, uint64_t h,
         return NULL;
     }
     size_t len = strlen(id);
-    u = mem_calloc(1, sizeof(*u) + len + 1);
+    /* offsetof, not sizeof: the id starts in the struct's tail padding,
+     * which keeps short ids in a smaller malloc chunk. */
+    u = mem_calloc(1, offsetof(imgw__mem_user_t, id) + len + 1);
     if (u == NULL) {
         atomic_fetch_sub_explicit(&m->n_users, 1, memory_order_relaxed);
         *err = IMGW_ENOMEM;
@@ -80,65 +82,86 @@ void
 imgw__mem_user_seq_expire(const imgw__mem_t *m, imgw__mem_user_t *u,
                           int64_t now)
 {
-    if (u->count == 0 && u->max_seq != 0 &&
+    imgw__mem_tl_t *t = u->tl;
+    if (t != NULL && t->count == 0 && t->max_seq != 0 &&
         now - u->touched_ms >= m->seq_ttl_ms)
-        u->max_seq = 0;
+        t->max_seq = 0; /* the sweep frees t (tl_shrink) */
 }
 
 void
-imgw__mem_ring_pop(imgw__mem_t *m, imgw__mem_user_t *u)
+imgw__mem_ring_pop(imgw__mem_t *m, imgw__mem_tl_t *t)
 {
-    imgw__mem_blob_t *b = u->ring[u->head].blob;
-    u->ring[u->head].blob = NULL;
-    u->head = u->head + 1 == u->cap ? 0 : u->head + 1;
-    u->count--;
+    imgw__mem_blob_t *b = t->ring[t->head].blob;
+    t->ring[t->head].blob = NULL;
+    t->head = t->head + 1 == t->cap ? 0 : t->head + 1;
+    t->count--;
     imgw__mem_blob_unref(m, b);
 }
 
-/* Moves the ring into ncap (>= count) slots, oldest at index 0. */
+/*
+ * Moves u's timeline into one with ncap (>= count) ring slots, oldest at
+ * index 0, creating an empty one (max_seq 0) if u has none. The timeline
+ * moves: callers re-read u->tl after this, never keep t across it.
+ */
 int
 imgw__mem_ring_realloc(imgw__mem_user_t *u, uint32_t ncap)
 {
-    imgw__mem_ent_t *r = mem_malloc((size_t)ncap * sizeof(*r));
-    if (r == NULL)
+    const imgw__mem_tl_t *o = u->tl;
+    imgw__mem_tl_t *t =
+        mem_malloc(sizeof(*t) + (size_t)ncap * sizeof(t->ring[0]));
+    if (t == NULL)
         return IMGW_ENOMEM;
-    uint32_t j = u->head;
-    for (uint32_t i = 0; i < u->count; i++) {
-        r[i] = u->ring[j];
-        if (++j == u->cap)
+    t->max_seq = o ? o->max_seq : 0;
+    t->epoch = o ? o->epoch : 0;
+    t->count = o ? o->count : 0;
+    t->cap = ncap;
+    t->head = 0;
+    uint32_t j = o ? o->head : 0;
+    for (uint32_t i = 0; i < t->count; i++) {
+        t->ring[i] = o->ring[j];
+        if (++j == o->cap)
             j = 0;
     }
-    imgw_free(u->ring);
-    u->ring = r;
-    u->cap = ncap;
-    u->head = 0;
+    imgw_free(u->tl);
+    u->tl = t;
     return 0;
 }
 
-/* Makes room for one more entry. At retention_count the append pops the
- * oldest instead, so the ring never exceeds retention_count slots. */
+/* Makes room for one more entry, creating the timeline at the user's
+ * first. At retention_count the append pops the oldest instead, so the
+ * ring never exceeds retention_count slots. */
 static int
 ring_reserve(const imgw__mem_t *m, imgw__mem_user_t *u)
 {
     uint32_t max = (uint32_t)m->retention_count;
-    if (u->count < u->cap || u->count >= max)
+    const imgw__mem_tl_t *t = u->tl;
+    if (t != NULL && (t->count < t->cap || t->count >= max))
         return 0;
-    uint32_t ncap = u->cap ? u->cap * 2 : 4;
+    uint32_t ncap = t && t->cap ? t->cap * 2 : 4;
     if (ncap > max)
         ncap = max;
     return imgw__mem_ring_realloc(u, ncap);
 }
 
-/* Gives back a ring that aging has mostly emptied (failure: keep it). */
+/*
+ * Gives back what aging has emptied (failure: keep it): a timeline with no
+ * entry and an expired max_seq entirely, which takes the user back to an
+ * idle record; the ring of one whose max_seq lives on; most of a ring
+ * that is mostly empty. Runs after imgw__mem_user_seq_expire.
+ */
 static void
-ring_shrink(imgw__mem_user_t *u)
+tl_shrink(imgw__mem_user_t *u)
 {
-    if (u->count == 0) {
-        imgw_free(u->ring);
-        u->ring = NULL;
-        u->cap = u->head = 0;
-    } else if (u->cap > 16 && u->count * 4 <= u->cap) {
-        (void)imgw__mem_ring_realloc(u, u->count * 2 > 8 ? u->count * 2 : 8);
+    imgw__mem_tl_t *t = u->tl;
+    if (t == NULL)
+        return;
+    if (t->count == 0 && t->max_seq == 0) {
+        imgw_free(t);
+        u->tl = NULL;
+    } else if (t->count == 0 && t->cap > 0) {
+        (void)imgw__mem_ring_realloc(u, 0);
+    } else if (t->cap > 16 && t->count * 4 <= t->cap) {
+        (void)imgw__mem_ring_realloc(u, t->count * 2 > 8 ? t->count * 2 : 8);
     }
 }
 
@@ -146,23 +169,62 @@ ring_shrink(imgw__mem_user_t *u)
 void
 imgw__mem_user_age(imgw__mem_t *m, imgw__mem_user_t *u, int64_t now)
 {
-    while (u->count > 0 && now - u->ring[u->head].stored_ms >= m->retention_ms)
-        imgw__mem_ring_pop(m, u);
+    imgw__mem_tl_t *t = u->tl;
+    while (t != NULL && t->count > 0 &&
+           now - t->ring[t->head].stored_ms >= m->retention_ms)
+        imgw__mem_ring_pop(m, t);
 }
 
 void
 imgw__mem_routes_expire(imgw__mem_shard_t *sh, imgw__mem_user_t *u,
                         int64_t now)
 {
+    imgw__mem_route_t *rt = imgw__mem_routes(u);
     for (uint16_t i = 0; i < u->n_routes;) {
-        if (u->routes[i].expire_ms <= now) {
-            imgw__mem_pb_put(sh, u->routes[i].pb);
+        if (rt[i].expire_ms <= now) {
+            imgw__mem_pb_put(sh, rt[i].pb);
             if (i != --u->n_routes)
-                u->routes[i] = u->routes[u->n_routes];
+                rt[i] = rt[u->n_routes];
         } else {
             i++;
         }
     }
+}
+
+/* Room for one more route when n_routes == imgw__mem_routes_cap(u): the
+ * second moves the inline one into an array of two, later ones double it
+ * (up to IMGW_STORE_MAX_ROUTES). */
+int
+imgw__mem_routes_grow(imgw__mem_user_t *u)
+{
+    if (u->cap_routes == 0) {
+        imgw__mem_route_t *a = mem_malloc(2 * sizeof(*a));
+        if (a == NULL)
+            return IMGW_ENOMEM;
+        a[0] = u->r.one;
+        u->r.arr = a;
+        u->cap_routes = 2;
+        return 0;
+    }
+    return imgw__mem_array_grow((void **)&u->r.arr, &u->cap_routes,
+                                sizeof(*u->r.arr), IMGW_STORE_MAX_ROUTES);
+}
+
+/* Back to the inline route once at most one is left (the sweep, not
+ * route_del: a user flapping between two platforms would otherwise
+ * allocate at every second route_set). */
+static void
+routes_shrink(imgw__mem_user_t *u)
+{
+    if (u->cap_routes == 0 || u->n_routes > 1)
+        return;
+    imgw__mem_route_t *a = u->r.arr;
+    if (u->n_routes == 1)
+        u->r.one = a[0];
+    else
+        memset(&u->r.one, 0, sizeof(u->r.one));
+    u->cap_routes = 0;
+    imgw_free(a);
 }
 
 /*
@@ -174,10 +236,10 @@ imgw__mem_routes_expire(imgw__mem_shard_t *sh, imgw__mem_user_t *u,
 static int
 user_is_free(const imgw__mem_t *m, imgw__mem_user_t *u, int64_t now)
 {
-    if (u->count > 0 || u->n_routes > 0)
+    if (imgw__mem_count_of(u) > 0 || u->n_routes > 0)
         return 0;
     imgw__mem_user_seq_expire(m, u, now);
-    if (u->max_seq == 0 &&
+    if (imgw__mem_max_seq_of(u) == 0 &&
         (u->pos == NULL || (u->pos->n_dev == 0 && u->pos->n_read == 0)))
         return 1;
     return now - u->touched_ms >= m->seq_ttl_ms;
@@ -187,12 +249,15 @@ void
 imgw__mem_user_free(imgw__mem_t *m, imgw__mem_shard_t *sh,
                     imgw__mem_user_t *u)
 {
-    while (u->count > 0)
-        imgw__mem_ring_pop(m, u);
-    imgw_free(u->ring);
+    imgw__mem_tl_t *t = u->tl;
+    while (t != NULL && t->count > 0)
+        imgw__mem_ring_pop(m, t);
+    imgw_free(t);
+    const imgw__mem_route_t *rt = imgw__mem_routes(u);
     for (uint16_t i = 0; i < u->n_routes; i++)
-        imgw__mem_pb_put(sh, u->routes[i].pb);
-    imgw_free(u->routes);
+        imgw__mem_pb_put(sh, rt[i].pb);
+    if (u->cap_routes != 0)
+        imgw_free(u->r.arr);
     imgw__mem_pos_t *p = u->pos;
     if (p != NULL) {
         for (uint16_t i = 0; i < p->n_dev; i++)
@@ -211,8 +276,7 @@ imgw__mem_user_free(imgw__mem_t *m, imgw__mem_shard_t *sh,
 int
 imgw__mem_array_grow(void **arr, uint16_t *cap, size_t elsize, uint16_t max)
 {
-    /* Starts at one: most users hold one route and one device position,
-     * and every idle connection's user keeps its route array. */
+    /* Starts at one: most users hold one device position. */
     uint32_t ncap = *cap ? (uint32_t)*cap * 2 : 1;
     if (ncap > max)
         ncap = max;
@@ -233,9 +297,11 @@ imgw__mem_pos_own(imgw__mem_user_t *u)
 }
 
 /* Visits up to budget buckets of a shard's users, continuing where the
- * last visit stopped: ages timelines, drops expired routes, shrinks rings,
- * frees records that hold nothing. A table resized between visits may make
- * one pass skip or repeat a few users; the next pass gets them. */
+ * last visit stopped: ages timelines and expires their max_seq, drops
+ * expired routes, shrinks timelines and route arrays (freeing timelines
+ * that hold nothing), frees records that hold nothing. A table resized
+ * between visits may make one pass skip or repeat a few users; the next
+ * pass gets them. */
 void
 imgw__mem_users_sweep(imgw__mem_t *m, imgw__mem_shard_t *sh, int64_t now,
                       int budget)
@@ -246,8 +312,10 @@ imgw__mem_users_sweep(imgw__mem_t *m, imgw__mem_shard_t *sh, int64_t now,
         while (*pp != NULL) {
             imgw__mem_user_t *u = (imgw__mem_user_t *)*pp;
             imgw__mem_user_age(m, u, now);
+            imgw__mem_user_seq_expire(m, u, now);
             imgw__mem_routes_expire(sh, u, now);
-            ring_shrink(u);
+            tl_shrink(u);
+            routes_shrink(u);
             if (user_is_free(m, u, now)) {
                 *pp = u->h.next;
                 sh->users.n--;
@@ -278,11 +346,11 @@ typedef struct imgw__mem_slot_s {
 /*
  * All or nothing. Everything whose size is known up front (blob,
  * metadata, dedupe key, the per-user slot array) is allocated before any
- * lock. Under the locks, the only allocations are a missing user record
- * and a ring growing; neither changes what any reader can see (an empty
- * record reads like an unknown user, a bigger ring holds the same
- * entries), so on ENOMEM we unlock and return with nothing appended. After
- * that point nothing can fail.
+ * lock. Under the locks, the only allocations are a missing user record,
+ * a user's first timeline and a ring growing; none changes what any reader
+ * can see (an empty record reads like an unknown user, an empty timeline
+ * like none, a bigger ring holds the same entries), so on ENOMEM we unlock
+ * and return with nothing appended. After that point nothing can fail.
  */
 int
 imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
@@ -394,20 +462,22 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
         imgw__mem_user_age(m, u, now);
         imgw__mem_user_seq_expire(m, u, now);
         u->touched_ms = now;
+        /* ring_reserve gave u a timeline; it does not move from here on. */
+        imgw__mem_tl_t *t = u->tl;
         /* A timeline that starts (again) at seq 1 starts a new epoch; the
          * message id makes it unique and replays of the file backend's
          * journal rebuild the same one. */
-        if (u->max_seq == 0)
-            u->epoch = req->message_id;
+        if (t->max_seq == 0)
+            t->epoch = req->message_id;
         /* count == cap only if users[] named this user twice (against the
          * contract): drop the oldest rather than overflow. */
-        while (u->count >= (uint32_t)m->retention_count || u->count == u->cap)
-            imgw__mem_ring_pop(m, u);
-        imgw__mem_ent_t *e = &u->ring[(u->head + u->count) % u->cap];
+        while (t->count >= (uint32_t)m->retention_count || t->count == t->cap)
+            imgw__mem_ring_pop(m, t);
+        imgw__mem_ent_t *e = &t->ring[(t->head + t->count) % t->cap];
         e->stored_ms = now;
         e->blob = blob;
-        u->count++;
-        req->seqs[i] = ++u->max_seq;
+        t->count++;
+        req->seqs[i] = ++t->max_seq;
         if (ckind != 0)
             imgw__mem_conv_update(&u->pos->convs, m->max_convs, ckind,
                                   imgw__store_conv_peer(ckind, conv, req->users, n, i),
@@ -480,10 +550,11 @@ imgw__mem_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
     imgw__mem_user_age(m, u, now);
     imgw__mem_user_seq_expire(m, u, now);
     u->touched_ms = now; /* the client holds seqs: keep max_seq alive */
-    int64_t server_max = u->max_seq;
-    uint64_t epoch = u->max_seq != 0 ? u->epoch : 0;
-    int64_t first = u->max_seq - (int64_t)u->count + 1;
-    int64_t hi = max_seq == 0 || max_seq > u->max_seq ? u->max_seq : max_seq;
+    const imgw__mem_tl_t *t = u->tl; /* NULL: reads as max_seq 0, empty */
+    int64_t server_max = imgw__mem_max_seq_of(u);
+    uint64_t epoch = server_max != 0 ? t->epoch : 0;
+    int64_t first = server_max - (int64_t)imgw__mem_count_of(u) + 1;
+    int64_t hi = max_seq == 0 || max_seq > server_max ? server_max : max_seq;
     int64_t lo = first, avail = 0;
     if (min_seq < hi) { /* so min_seq + 1 cannot overflow */
         lo = min_seq + 1 > first ? min_seq + 1 : first;
@@ -503,8 +574,8 @@ imgw__mem_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
         }
     }
     uint32_t start = (uint32_t)(lo - first);
-    for (size_t i = 0; i < k; i++) {
-        imgw__mem_blob_t *b = u->ring[(u->head + start + i) % u->cap].blob;
+    for (size_t i = 0; i < k; i++) { /* k > 0: t != NULL */
+        imgw__mem_blob_t *b = t->ring[(t->head + start + i) % t->cap].blob;
         imgw__mem_blob_ref(b);
         bl[i] = b;
         e[i].seq = lo + (int64_t)i;
@@ -544,8 +615,8 @@ imgw__mem_max_seq(imgw_store_loop_t *sl, const char *user, imgw_store_seq_cb cb,
         imgw__mem_user_age(m, u, now);
         imgw__mem_user_seq_expire(m, u, now);
         u->touched_ms = now;
-        seq = u->max_seq;
-        epoch = seq != 0 ? u->epoch : 0;
+        seq = imgw__mem_max_seq_of(u);
+        epoch = seq != 0 ? u->tl->epoch : 0;
     }
     pthread_mutex_unlock(&sh->mu);
     cb(0, seq, epoch, data);

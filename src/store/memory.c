@@ -333,12 +333,15 @@ static uint32_t
 conv_recount(const imgw__mem_user_t *u, const imgw_store_conv_t *c,
              int64_t read_seq)
 {
-    int64_t first = u->max_seq - (int64_t)u->count + 1;
+    const imgw__mem_tl_t *t = u->tl;
+    if (t == NULL)
+        return 0;
+    int64_t first = t->max_seq - (int64_t)t->count + 1;
     uint32_t n = 0;
     int64_t lo = read_seq + 1 > first ? read_seq + 1 : first;
-    for (int64_t seq = lo; seq <= u->max_seq; seq++) {
+    for (int64_t seq = lo; seq <= t->max_seq; seq++) {
         const imgw__mem_blob_t *b =
-            u->ring[(u->head + (uint32_t)(seq - first)) % u->cap].blob;
+            t->ring[(t->head + (uint32_t)(seq - first)) % t->cap].blob;
         const imgw__mem_meta_t *mt = b->meta;
         if (strcmp(mt->sender, u->id) == 0)
             continue;
@@ -461,8 +464,10 @@ imgw__store_mem_stats(imgw_store_t *s, imgw__store_mem_stats_t *out)
         for (size_t b = 0; b <= sh->users.mask; b++)
             for (imgw__mem_hnode_t *x = sh->users.b[b]; x; x = x->next) {
                 imgw__mem_user_t *u = (imgw__mem_user_t *)x;
-                out->entries += u->count;
+                out->entries += imgw__mem_count_of(u);
+                out->timelines += u->tl != NULL;
                 out->routes += u->n_routes;
+                out->route_arrays += u->cap_routes != 0;
                 out->devices += u->pos ? u->pos->n_dev : 0;
                 out->reads += u->pos ? u->pos->n_read : 0;
             }
