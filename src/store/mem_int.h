@@ -160,43 +160,47 @@ typedef struct imgw__mem_pos_s {
 } imgw__mem_pos_t;
 
 /*
- * A user's timeline: what a user that has had a message holds, and an
- * idle one (a connection that never received anything) does not. Created
- * by the first append that reserves a slot for the user (or a snapshot's
- * non-zero max_seq), freed by the sweep once it holds no entry and
- * max_seq has expired; one with max_seq 0 and no entry reads exactly like
- * none (a failed append may leave one behind). The ring is inline, so a
- * timeline is one allocation; growing or shrinking the ring moves it.
+ * What a user holds once used, and an idle one (a connection that never
+ * received, acked or marked anything) does not: its last use, positions
+ * and timeline. Created by the first append that reserves a slot for the
+ * user, the first position or conversation, or a snapshot's user; freed by
+ * the sweep once it holds no entry and no positions and max_seq has
+ * expired. One with max_seq 0, no entry and no positions reads exactly
+ * like none (a failed append may leave one behind). The ring is inline, so
+ * this is one allocation; growing or shrinking the ring moves it.
  */
-typedef struct imgw__mem_tl_s {
-    int64_t max_seq; /* never decreases while the ring holds an entry or
-                        the user was used within seq_ttl */
-    uint64_t epoch;  /* id of the message that got seq 1 (store.h);
-                        meaningful while max_seq != 0 */
+typedef struct imgw__mem_used_s {
+    int64_t touched_ms; /* last append, sync, max_seq or route refresh */
+    int64_t max_seq;    /* never decreases while the ring holds an entry
+                           or the user was used within seq_ttl */
+    uint64_t epoch;     /* id of the message that got seq 1 (store.h);
+                           meaningful while max_seq != 0 */
+    imgw__mem_pos_t *pos; /* NULL until the first position or conversation */
     uint32_t cap, head, count; /* ring slots; count used from head */
     imgw__mem_ent_t ring[];
-} imgw__mem_tl_t;
+} imgw__mem_used_t;
 
 /*
  * Everything kept per user; all of it under the user's shard lock. The
  * record is what every idle connection's user costs, so it holds only
- * what such a user uses: its id, last use and one route (ids up to 11
- * bytes keep it in an 80-byte malloc chunk). The timeline and the
- * positions hang off pointers that stay NULL until used; a second route
- * moves the routes into an array (imgw__mem_routes).
+ * what such a user uses: its id, its chain link and one route (44 bytes
+ * before the id: ids up to 11 bytes keep it in a 64-byte malloc chunk).
+ * The rest hangs off used, NULL until needed; a second route moves the
+ * routes into an array (imgw__mem_routes).
  */
 typedef struct imgw__mem_user_s {
-    imgw__mem_hnode_t h; /* in shard->users */
-    int64_t touched_ms;  /* last append, sync, max_seq or route refresh */
-    imgw__mem_tl_t *tl;   /* NULL until the first append */
-    imgw__mem_pos_t *pos; /* NULL until the first position or conversation */
+    imgw__mem_hnode_t h;    /* in shard->users */
+    imgw__mem_used_t *used; /* NULL while idle */
     union {
-        imgw__mem_route_t one; /* cap_routes == 0: at most one, inline */
+        imgw__mem_route_t one;  /* cap_routes == 0: at most one, inline */
         imgw__mem_route_t *arr; /* cap_routes >= 2 */
     } r;
     uint16_t n_routes, cap_routes;
     char id[];
 } imgw__mem_user_t;
+/* The idle record's size is the point of its layout: keep it measured. */
+_Static_assert(sizeof(void *) != 8 || offsetof(imgw__mem_user_t, id) == 44,
+               "an idle user's record grew: see imgw__mem_user_t");
 
 /* u's routes: n_routes of them, room for imgw__mem_routes_cap(u). */
 static inline imgw__mem_route_t *
@@ -215,13 +219,19 @@ imgw__mem_routes_cap(const imgw__mem_user_t *u)
 static inline int64_t
 imgw__mem_max_seq_of(const imgw__mem_user_t *u)
 {
-    return u->tl ? u->tl->max_seq : 0;
+    return u->used ? u->used->max_seq : 0;
 }
 
 static inline uint32_t
 imgw__mem_count_of(const imgw__mem_user_t *u)
 {
-    return u->tl ? u->tl->count : 0;
+    return u->used ? u->used->count : 0;
+}
+
+static inline imgw__mem_pos_t *
+imgw__mem_pos_of(const imgw__mem_user_t *u)
+{
+    return u->used ? u->used->pos : NULL;
 }
 
 typedef struct imgw__mem_dedupe_s {
@@ -427,12 +437,14 @@ htab_shrink(imgw__mem_htab_t *t)
 imgw__mem_user_t *imgw__mem_user_find(imgw__mem_shard_t *sh, uint64_t h,
                                       const char *id);
 imgw__mem_user_t *imgw__mem_user_get(imgw__mem_t *m, imgw__mem_shard_t *sh,
-                                     uint64_t h, const char *id, int64_t now,
-                                     int *err);
+                                     uint64_t h, const char *id, int *err);
+/* u's used part, created empty (touched now) when it has none; NULL when
+ * out of memory. */
+imgw__mem_used_t *imgw__mem_used_own(imgw__mem_user_t *u, int64_t now);
 void imgw__mem_user_seq_expire(const imgw__mem_t *m, imgw__mem_user_t *u,
                                int64_t now);
-void imgw__mem_ring_pop(imgw__mem_t *m, imgw__mem_tl_t *t);
-int imgw__mem_ring_realloc(imgw__mem_user_t *u, uint32_t ncap);
+void imgw__mem_ring_pop(imgw__mem_t *m, imgw__mem_used_t *t);
+int imgw__mem_ring_realloc(imgw__mem_user_t *u, uint32_t ncap, int64_t now);
 int imgw__mem_routes_grow(imgw__mem_user_t *u);
 void imgw__mem_user_age(imgw__mem_t *m, imgw__mem_user_t *u, int64_t now);
 void imgw__mem_routes_expire(imgw__mem_shard_t *sh, imgw__mem_user_t *u,
@@ -448,7 +460,7 @@ void imgw__mem_pb_put(imgw__mem_shard_t *sh, const char *pb);
 int imgw__mem_array_grow(void **arr, uint16_t *cap, size_t elsize,
                          uint16_t max);
 /* u's positions, created empty when it has none; NULL when out of memory. */
-imgw__mem_pos_t *imgw__mem_pos_own(imgw__mem_user_t *u);
+imgw__mem_pos_t *imgw__mem_pos_own(imgw__mem_user_t *u, int64_t now);
 void imgw__mem_users_sweep(imgw__mem_t *m, imgw__mem_shard_t *sh, int64_t now,
                            int budget);
 int imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,

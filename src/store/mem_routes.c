@@ -101,7 +101,7 @@ imgw__mem_route_set(imgw_store_loop_t *sl, const char *user,
     const char *pb = imgw__mem_pb_get(m, sh, platform, broker_id);
     if (pb == NULL)
         goto fail;
-    imgw__mem_user_t *u = imgw__mem_user_get(m, sh, h, user, now, &err);
+    imgw__mem_user_t *u = imgw__mem_user_get(m, sh, h, user, &err);
     if (u == NULL)
         goto fail;
     imgw__mem_routes_expire(sh, u, now);
@@ -196,7 +196,8 @@ imgw__mem_route_refresh(imgw_store_loop_t *sl, const char *user, int ttl,
          * already: then there is nothing to keep. */
         imgw__mem_user_age(m, u, now);
         imgw__mem_user_seq_expire(m, u, now);
-        u->touched_ms = now;
+        if (u->used != NULL) /* else nothing to keep alive */
+            u->used->touched_ms = now;
     }
     pthread_mutex_unlock(&sh->mu);
     if (cb)

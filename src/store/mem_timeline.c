@@ -33,14 +33,14 @@ imgw__mem_user_find(imgw__mem_shard_t *sh, uint64_t h, const char *id)
 /*
  * Finds or creates the record; NULL with *err = IMGW_ENOMEM, or
  * IMGW_EBUSY when the node holds max_users records already (counted in
- * users_refused). A new record is empty (max_seq 0), which reads exactly
- * like an unknown user, so creating one and then failing later leaves no
+ * users_refused). A new record is idle (no route, nothing used), which
+ * reads exactly like an unknown user, so creating one and then failing later leaves no
  * visible state: the sweep drops it. The count is reserved before the
  * allocation, so concurrent creations on other shards cannot pass the cap.
  */
 imgw__mem_user_t *
 imgw__mem_user_get(imgw__mem_t *m, imgw__mem_shard_t *sh, uint64_t h,
-                   const char *id, int64_t now, int *err)
+                   const char *id, int *err)
 {
     imgw__mem_user_t *u = imgw__mem_user_find(sh, h, id);
     if (u != NULL)
@@ -66,7 +66,6 @@ imgw__mem_user_get(imgw__mem_t *m, imgw__mem_shard_t *sh, uint64_t h,
     }
     memcpy(u->id, id, len + 1);
     u->h.hash = h;
-    u->touched_ms = now;
     htab_insert(&sh->users, &u->h);
     return u;
 }
@@ -82,14 +81,14 @@ void
 imgw__mem_user_seq_expire(const imgw__mem_t *m, imgw__mem_user_t *u,
                           int64_t now)
 {
-    imgw__mem_tl_t *t = u->tl;
+    imgw__mem_used_t *t = u->used;
     if (t != NULL && t->count == 0 && t->max_seq != 0 &&
-        now - u->touched_ms >= m->seq_ttl_ms)
-        t->max_seq = 0; /* the sweep frees t (tl_shrink) */
+        now - t->touched_ms >= m->seq_ttl_ms)
+        t->max_seq = 0; /* the sweep frees t (used_shrink) */
 }
 
 void
-imgw__mem_ring_pop(imgw__mem_t *m, imgw__mem_tl_t *t)
+imgw__mem_ring_pop(imgw__mem_t *m, imgw__mem_used_t *t)
 {
     imgw__mem_blob_t *b = t->ring[t->head].blob;
     t->ring[t->head].blob = NULL;
@@ -99,69 +98,82 @@ imgw__mem_ring_pop(imgw__mem_t *m, imgw__mem_tl_t *t)
 }
 
 /*
- * Moves u's timeline into one with ncap (>= count) ring slots, oldest at
- * index 0, creating an empty one (max_seq 0) if u has none. The timeline
- * moves: callers re-read u->tl after this, never keep t across it.
+ * Moves u's used part into one with ncap (>= count) ring slots, oldest at
+ * index 0, creating an empty one (max_seq 0, touched now) if u has none.
+ * It moves: callers re-read u->used after this, never keep one across it.
  */
 int
-imgw__mem_ring_realloc(imgw__mem_user_t *u, uint32_t ncap)
+imgw__mem_ring_realloc(imgw__mem_user_t *u, uint32_t ncap, int64_t now)
 {
-    const imgw__mem_tl_t *o = u->tl;
-    imgw__mem_tl_t *t =
+    const imgw__mem_used_t *o = u->used;
+    imgw__mem_used_t *t =
         mem_malloc(sizeof(*t) + (size_t)ncap * sizeof(t->ring[0]));
     if (t == NULL)
         return IMGW_ENOMEM;
-    t->max_seq = o ? o->max_seq : 0;
-    t->epoch = o ? o->epoch : 0;
-    t->count = o ? o->count : 0;
+    if (o != NULL) {
+        *t = *o; /* the fixed part */
+    } else {
+        memset(t, 0, sizeof(*t));
+        t->touched_ms = now;
+    }
     t->cap = ncap;
     t->head = 0;
-    uint32_t j = o ? o->head : 0;
+    uint32_t j = t->count ? o->head : 0;
     for (uint32_t i = 0; i < t->count; i++) {
         t->ring[i] = o->ring[j];
         if (++j == o->cap)
             j = 0;
     }
-    imgw_free(u->tl);
-    u->tl = t;
+    imgw_free(u->used);
+    u->used = t;
     return 0;
 }
 
-/* Makes room for one more entry, creating the timeline at the user's
+imgw__mem_used_t *
+imgw__mem_used_own(imgw__mem_user_t *u, int64_t now)
+{
+    if (u->used == NULL)
+        (void)imgw__mem_ring_realloc(u, 0, now); /* failure: stays NULL */
+    return u->used;
+}
+
+/* Makes room for one more entry, creating the used part at the user's
  * first. At retention_count the append pops the oldest instead, so the
  * ring never exceeds retention_count slots. */
 static int
-ring_reserve(const imgw__mem_t *m, imgw__mem_user_t *u)
+ring_reserve(const imgw__mem_t *m, imgw__mem_user_t *u, int64_t now)
 {
     uint32_t max = (uint32_t)m->retention_count;
-    const imgw__mem_tl_t *t = u->tl;
+    const imgw__mem_used_t *t = u->used;
     if (t != NULL && (t->count < t->cap || t->count >= max))
         return 0;
     uint32_t ncap = t && t->cap ? t->cap * 2 : 4;
     if (ncap > max)
         ncap = max;
-    return imgw__mem_ring_realloc(u, ncap);
+    return imgw__mem_ring_realloc(u, ncap, now);
 }
 
 /*
- * Gives back what aging has emptied (failure: keep it): a timeline with no
- * entry and an expired max_seq entirely, which takes the user back to an
- * idle record; the ring of one whose max_seq lives on; most of a ring
- * that is mostly empty. Runs after imgw__mem_user_seq_expire.
+ * Gives back what aging has emptied (failure: keep it): the used part of
+ * a user left with no entry, no positions and an expired max_seq entirely,
+ * which takes it back to an idle record; the ring of one whose max_seq or
+ * positions live on; most of a ring that is mostly empty. Runs after
+ * imgw__mem_user_seq_expire.
  */
 static void
-tl_shrink(imgw__mem_user_t *u)
+used_shrink(imgw__mem_user_t *u)
 {
-    imgw__mem_tl_t *t = u->tl;
+    imgw__mem_used_t *t = u->used;
     if (t == NULL)
         return;
-    if (t->count == 0 && t->max_seq == 0) {
+    if (t->count == 0 && t->max_seq == 0 && t->pos == NULL) {
         imgw_free(t);
-        u->tl = NULL;
+        u->used = NULL;
     } else if (t->count == 0 && t->cap > 0) {
-        (void)imgw__mem_ring_realloc(u, 0);
+        (void)imgw__mem_ring_realloc(u, 0, 0);
     } else if (t->cap > 16 && t->count * 4 <= t->cap) {
-        (void)imgw__mem_ring_realloc(u, t->count * 2 > 8 ? t->count * 2 : 8);
+        (void)imgw__mem_ring_realloc(u, t->count * 2 > 8 ? t->count * 2 : 8,
+                                     0);
     }
 }
 
@@ -169,7 +181,7 @@ tl_shrink(imgw__mem_user_t *u)
 void
 imgw__mem_user_age(imgw__mem_t *m, imgw__mem_user_t *u, int64_t now)
 {
-    imgw__mem_tl_t *t = u->tl;
+    imgw__mem_used_t *t = u->used;
     while (t != NULL && t->count > 0 &&
            now - t->ring[t->head].stored_ms >= m->retention_ms)
         imgw__mem_ring_pop(m, t);
@@ -239,17 +251,19 @@ user_is_free(const imgw__mem_t *m, imgw__mem_user_t *u, int64_t now)
     if (imgw__mem_count_of(u) > 0 || u->n_routes > 0)
         return 0;
     imgw__mem_user_seq_expire(m, u, now);
+    const imgw__mem_pos_t *p = imgw__mem_pos_of(u);
     if (imgw__mem_max_seq_of(u) == 0 &&
-        (u->pos == NULL || (u->pos->n_dev == 0 && u->pos->n_read == 0)))
+        (p == NULL || (p->n_dev == 0 && p->n_read == 0)))
         return 1;
-    return now - u->touched_ms >= m->seq_ttl_ms;
+    return now - u->used->touched_ms >= m->seq_ttl_ms; /* used: != NULL */
 }
 
 void
 imgw__mem_user_free(imgw__mem_t *m, imgw__mem_shard_t *sh,
                     imgw__mem_user_t *u)
 {
-    imgw__mem_tl_t *t = u->tl;
+    imgw__mem_used_t *t = u->used;
+    imgw__mem_pos_t *p = imgw__mem_pos_of(u);
     while (t != NULL && t->count > 0)
         imgw__mem_ring_pop(m, t);
     imgw_free(t);
@@ -258,7 +272,6 @@ imgw__mem_user_free(imgw__mem_t *m, imgw__mem_shard_t *sh,
         imgw__mem_pb_put(sh, rt[i].pb);
     if (u->cap_routes != 0)
         imgw_free(u->r.arr);
-    imgw__mem_pos_t *p = u->pos;
     if (p != NULL) {
         for (uint16_t i = 0; i < p->n_dev; i++)
             imgw_free(p->dev[i].device);
@@ -289,11 +302,12 @@ imgw__mem_array_grow(void **arr, uint16_t *cap, size_t elsize, uint16_t max)
 }
 
 imgw__mem_pos_t *
-imgw__mem_pos_own(imgw__mem_user_t *u)
+imgw__mem_pos_own(imgw__mem_user_t *u, int64_t now)
 {
-    if (u->pos == NULL)
-        u->pos = mem_calloc(1, sizeof(*u->pos));
-    return u->pos;
+    imgw__mem_used_t *t = imgw__mem_used_own(u, now);
+    if (t != NULL && t->pos == NULL)
+        t->pos = mem_calloc(1, sizeof(*t->pos));
+    return t ? t->pos : NULL;
 }
 
 /* Visits up to budget buckets of a shard's users, continuing where the
@@ -314,7 +328,7 @@ imgw__mem_users_sweep(imgw__mem_t *m, imgw__mem_shard_t *sh, int64_t now,
             imgw__mem_user_age(m, u, now);
             imgw__mem_user_seq_expire(m, u, now);
             imgw__mem_routes_expire(sh, u, now);
-            tl_shrink(u);
+            used_shrink(u);
             routes_shrink(u);
             if (user_is_free(m, u, now)) {
                 *pp = u->h.next;
@@ -441,11 +455,12 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     for (size_t i = 0; i < n; i++) {
         imgw__mem_shard_t *sh = &m->shards[shard_of(slots[i].hash)];
         imgw__mem_user_t *u =
-            imgw__mem_user_get(m, sh, slots[i].hash, req->users[i], now, &r);
-        if (u == NULL || ring_reserve(m, u) != 0 ||
+            imgw__mem_user_get(m, sh, slots[i].hash, req->users[i], &r);
+        if (u == NULL || ring_reserve(m, u, now) != 0 ||
             (ckind != 0 &&
-             (imgw__mem_pos_own(u) == NULL ||
-              imgw__mem_conv_reserve(&u->pos->convs, m->max_convs) != 0))) {
+             (imgw__mem_pos_own(u, now) == NULL ||
+              imgw__mem_conv_reserve(&u->used->pos->convs, m->max_convs) !=
+                  0))) {
             unlock_mask(m, mask);
             if (u != NULL)
                 r = IMGW_ENOMEM;
@@ -461,9 +476,10 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
         imgw__mem_user_t *u = slots[i].u;
         imgw__mem_user_age(m, u, now);
         imgw__mem_user_seq_expire(m, u, now);
-        u->touched_ms = now;
-        /* ring_reserve gave u a timeline; it does not move from here on. */
-        imgw__mem_tl_t *t = u->tl;
+        /* ring_reserve gave u its used part; it does not move from here
+         * on. */
+        imgw__mem_used_t *t = u->used;
+        t->touched_ms = now;
         /* A timeline that starts (again) at seq 1 starts a new epoch; the
          * message id makes it unique and replays of the file backend's
          * journal rebuild the same one. */
@@ -479,7 +495,7 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
         t->count++;
         req->seqs[i] = ++t->max_seq;
         if (ckind != 0)
-            imgw__mem_conv_update(&u->pos->convs, m->max_convs, ckind,
+            imgw__mem_conv_update(&t->pos->convs, m->max_convs, ckind,
                                   imgw__store_conv_peer(ckind, conv, req->users, n, i),
                                   req->message_id, req->seqs[i], req->sender,
                                   req->msg_type, req->preview, now, i == 0);
@@ -549,8 +565,9 @@ imgw__mem_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
     }
     imgw__mem_user_age(m, u, now);
     imgw__mem_user_seq_expire(m, u, now);
-    u->touched_ms = now; /* the client holds seqs: keep max_seq alive */
-    const imgw__mem_tl_t *t = u->tl; /* NULL: reads as max_seq 0, empty */
+    imgw__mem_used_t *t = u->used; /* NULL: reads as max_seq 0, empty */
+    if (t != NULL)
+        t->touched_ms = now; /* the client holds seqs: keep max_seq alive */
     int64_t server_max = imgw__mem_max_seq_of(u);
     uint64_t epoch = server_max != 0 ? t->epoch : 0;
     int64_t first = server_max - (int64_t)imgw__mem_count_of(u) + 1;
@@ -614,9 +631,10 @@ imgw__mem_max_seq(imgw_store_loop_t *sl, const char *user, imgw_store_seq_cb cb,
          * in Redis). */
         imgw__mem_user_age(m, u, now);
         imgw__mem_user_seq_expire(m, u, now);
-        u->touched_ms = now;
+        if (u->used != NULL)
+            u->used->touched_ms = now;
         seq = imgw__mem_max_seq_of(u);
-        epoch = seq != 0 ? u->tl->epoch : 0;
+        epoch = seq != 0 ? u->used->epoch : 0;
     }
     pthread_mutex_unlock(&sh->mu);
     cb(0, seq, epoch, data);

@@ -195,7 +195,7 @@ void imgw__store_mem_set_clock(imgw_store_t *s, imgw__store_clock_fn fn,
 typedef struct imgw__store_mem_stats_s {
     size_t users;   /* per-user records */
     size_t entries; /* timeline entries over all users */
-    size_t timelines; /* users holding a timeline record (max_seq, ring) */
+    size_t used; /* users past idle: holding a timeline or positions */
     size_t dedupes; /* dedupe keys in the tables (expired ones too) */
     size_t metas;   /* message metadata in the table */
     size_t groups;
