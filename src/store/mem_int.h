@@ -170,15 +170,33 @@ typedef struct imgw__mem_pos_s {
  * this is one allocation; growing or shrinking the ring moves it.
  */
 typedef struct imgw__mem_used_s {
-    int64_t touched_ms; /* last append, sync, max_seq or route refresh */
-    int64_t max_seq;    /* never decreases while the ring holds an entry
-                           or the user was used within seq_ttl */
-    uint64_t epoch;     /* id of the message that got seq 1 (store.h);
-                           meaningful while max_seq != 0 */
+    int64_t max_seq; /* never decreases while the ring holds an entry or
+                        the user was used within seq_ttl */
+    uint64_t epoch;  /* id of the message that got seq 1 (store.h);
+                        meaningful while max_seq != 0 */
     imgw__mem_pos_t *pos; /* NULL until the first position or conversation */
+    /* Last append, sync, max_seq or route refresh, in store-clock seconds
+     * rounded up (imgw__mem_touch): it only ever meets seq_ttl, which is
+     * days, and 32 bits of it keep this header at 40 bytes, so a ring of
+     * 4 fills a 112-byte chunk rather than spilling into a 128-byte one. */
+    uint32_t touched_s;
     uint32_t cap, head, count; /* ring slots; count used from head */
     imgw__mem_ent_t ring[];
 } imgw__mem_used_t;
+
+/* Rounded up, so max_seq is never forgotten before seq_ttl; a uint32 of
+ * unix seconds lasts until 2106. */
+static inline void
+imgw__mem_touch(imgw__mem_used_t *t, int64_t now_ms)
+{
+    t->touched_s = (uint32_t)((now_ms + 999) / 1000);
+}
+
+static inline int64_t
+imgw__mem_touched_ms(const imgw__mem_used_t *t)
+{
+    return (int64_t)t->touched_s * 1000;
+}
 
 /*
  * Everything kept per user; all of it under the user's shard lock. The
@@ -201,6 +219,8 @@ typedef struct imgw__mem_user_s {
 /* The idle record's size is the point of its layout: keep it measured. */
 _Static_assert(sizeof(void *) != 8 || offsetof(imgw__mem_user_t, id) == 44,
                "an idle user's record grew: see imgw__mem_user_t");
+_Static_assert(sizeof(void *) != 8 || sizeof(imgw__mem_used_t) == 40,
+               "the used header grew: see imgw__mem_used_t");
 
 /* u's routes: n_routes of them, room for imgw__mem_routes_cap(u). */
 static inline imgw__mem_route_t *

@@ -197,7 +197,7 @@ imgw__mem_route_refresh(imgw_store_loop_t *sl, const char *user, int ttl,
         imgw__mem_user_age(m, u, now);
         imgw__mem_user_seq_expire(m, u, now);
         if (u->used != NULL) /* else nothing to keep alive */
-            u->used->touched_ms = now;
+            imgw__mem_touch(u->used, now);
     }
     pthread_mutex_unlock(&sh->mu);
     if (cb)

@@ -144,7 +144,7 @@ dump_user(imgw__mem_dump_t *d, const imgw__mem_user_t *u)
     imgw__rec_put_u64(o, (uint64_t)imgw__mem_max_seq_of(u));
     /* The last use, so max_seq's idle expiry (seq_ttl) counts from the
      * same moment after a restart as it would have without one. */
-    imgw__rec_put_u64(o, (uint64_t)t->touched_ms); /* dumped: t != NULL */
+    imgw__rec_put_u64(o, (uint64_t)imgw__mem_touched_ms(t)); /* t: dumped */
     const imgw__mem_pos_t *p = t->pos;
     uint16_t nd = p ? p->n_dev : 0, nr = p ? p->n_read : 0;
     imgw__rec_put_u16(o, nd);
@@ -477,7 +477,7 @@ load_user(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
         rc = IMGW_ENOMEM;
         goto out;
     }
-    t->touched_ms = touched;
+    imgw__mem_touch(t, touched);
     t->max_seq = max_seq;
     uint16_t nd = imgw__rec_get_u16(r);
     imgw__mem_pos_t *p = NULL;

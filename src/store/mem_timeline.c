@@ -83,7 +83,7 @@ imgw__mem_user_seq_expire(const imgw__mem_t *m, imgw__mem_user_t *u,
 {
     imgw__mem_used_t *t = u->used;
     if (t != NULL && t->count == 0 && t->max_seq != 0 &&
-        now - t->touched_ms >= m->seq_ttl_ms)
+        now - imgw__mem_touched_ms(t) >= m->seq_ttl_ms)
         t->max_seq = 0; /* the sweep frees t (used_shrink) */
 }
 
@@ -114,7 +114,7 @@ imgw__mem_ring_realloc(imgw__mem_user_t *u, uint32_t ncap, int64_t now)
         *t = *o; /* the fixed part */
     } else {
         memset(t, 0, sizeof(*t));
-        t->touched_ms = now;
+        imgw__mem_touch(t, now);
     }
     t->cap = ncap;
     t->head = 0;
@@ -255,7 +255,8 @@ user_is_free(const imgw__mem_t *m, imgw__mem_user_t *u, int64_t now)
     if (imgw__mem_max_seq_of(u) == 0 &&
         (p == NULL || (p->n_dev == 0 && p->n_read == 0)))
         return 1;
-    return now - u->used->touched_ms >= m->seq_ttl_ms; /* used: != NULL */
+    /* used != NULL: it holds the max_seq or positions */
+    return now - imgw__mem_touched_ms(u->used) >= m->seq_ttl_ms;
 }
 
 void
@@ -479,7 +480,7 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
         /* ring_reserve gave u its used part; it does not move from here
          * on. */
         imgw__mem_used_t *t = u->used;
-        t->touched_ms = now;
+        imgw__mem_touch(t, now);
         /* A timeline that starts (again) at seq 1 starts a new epoch; the
          * message id makes it unique and replays of the file backend's
          * journal rebuild the same one. */
@@ -567,7 +568,7 @@ imgw__mem_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
     imgw__mem_user_seq_expire(m, u, now);
     imgw__mem_used_t *t = u->used; /* NULL: reads as max_seq 0, empty */
     if (t != NULL)
-        t->touched_ms = now; /* the client holds seqs: keep max_seq alive */
+        imgw__mem_touch(t, now); /* the client holds seqs: keep max_seq alive */
     int64_t server_max = imgw__mem_max_seq_of(u);
     uint64_t epoch = server_max != 0 ? t->epoch : 0;
     int64_t first = server_max - (int64_t)imgw__mem_count_of(u) + 1;
@@ -632,7 +633,7 @@ imgw__mem_max_seq(imgw_store_loop_t *sl, const char *user, imgw_store_seq_cb cb,
         imgw__mem_user_age(m, u, now);
         imgw__mem_user_seq_expire(m, u, now);
         if (u->used != NULL)
-            u->used->touched_ms = now;
+            imgw__mem_touch(u->used, now);
         seq = imgw__mem_max_seq_of(u);
         epoch = seq != 0 ? u->used->epoch : 0;
     }

@@ -650,6 +650,7 @@ main(void)
     RUN(seq_idle_expiry);
     RUN(idle_user_routes_inline);
     RUN(used_created_aged_freed);
+    RUN(seq_ttl_rounds_up);
     RUN(timeline_epoch);
     RUN(reentrant_sync);
     RUN(failmalloc);

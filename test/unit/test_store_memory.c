@@ -1107,6 +1107,35 @@ TEST(used_created_aged_freed)
     fx_close(&f);
 }
 
+/* The used part keeps its last use in whole seconds, rounded up: a
+ * max_seq is never forgotten before seq_ttl after a sub-second use, and
+ * at most a second after. */
+TEST(seq_ttl_rounds_up)
+{
+    imgw_store_cfg_t cfg = {"memory", NULL, 1000, 1, 60, 1000, 1};
+    cfg.seq_idle_days = 2;
+    fx_t f;
+    fx_open_cfg(&f, &cfg);
+    int64_t s1[1];
+    const char *cc[] = {"c"};
+    int64_t ttl = 3 * DAY_MS; /* retention 1 day + seq_idle_days 2 */
+    fake_now = T0 + 1500;
+    CHECK_EQ_INT(append_msg(&f, "", 1, "c", cc, 1, s1, NULL), 0);
+    fake_now = T0 + 1500 + ttl - 1;
+    for (int i = 0; i < 64; i++)
+        imgw_store_tick(f.s, fake_now);
+    CHECK_EQ_INT(stats(&f).users, 1);
+    fake_now = T0 + 2000 + ttl;
+    for (int i = 0; i < 64; i++)
+        imgw_store_tick(f.s, fake_now);
+    imgw__store_mem_stats_t st = stats(&f);
+    printf("  a second after seq_ttl: users %zu used %zu\n", st.users,
+           st.used);
+    CHECK_EQ_INT(st.users, 0);
+    CHECK_EQ_INT(st.used, 0);
+    fx_close(&f);
+}
+
 /* The resume contract's store side (store.h "epoch"): a timeline's epoch
  * is the id of the message that gave it seq 1, and stays until the
  * timeline starts again at seq 1; oldest_seq follows retention. */
@@ -1632,6 +1661,7 @@ main(void)
     RUN(tick_sweeps);
     RUN(idle_user_routes_inline);
     RUN(used_created_aged_freed);
+    RUN(seq_ttl_rounds_up);
     RUN(id_validator);
     RUN(store_edge_ids_no_records);
     RUN(user_cap);
