@@ -170,10 +170,10 @@ typedef struct imgw__mem_pos_s {
  * this is one allocation; growing or shrinking the ring moves it.
  */
 typedef struct imgw__mem_used_s {
-    int64_t max_seq; /* never decreases while the ring holds an entry or
-                        the user was used within seq_ttl */
-    uint64_t epoch;  /* id of the message that got seq 1 (store.h);
-                        meaningful while max_seq != 0 */
+    int64_t max_seq;      /* never decreases while the ring holds an entry or
+                             the user was used within seq_ttl */
+    uint64_t epoch;       /* id of the message that got seq 1 (store.h);
+                             meaningful while max_seq != 0 */
     imgw__mem_pos_t *pos; /* NULL until the first position or conversation */
     /* Last append, sync, max_seq or route refresh, in store-clock seconds
      * rounded up (imgw__mem_touch): it only ever meets seq_ttl, which is

@@ -34,9 +34,10 @@ imgw__mem_user_find(imgw__mem_shard_t *sh, uint64_t h, const char *id)
  * Finds or creates the record; NULL with *err = IMGW_ENOMEM, or
  * IMGW_EBUSY when the node holds max_users records already (counted in
  * users_refused). A new record is idle (no route, nothing used), which
- * reads exactly like an unknown user, so creating one and then failing later leaves no
- * visible state: the sweep drops it. The count is reserved before the
- * allocation, so concurrent creations on other shards cannot pass the cap.
+ * reads exactly like an unknown user, so creating one and then failing
+ * later leaves no visible state: the sweep drops it. The count is reserved
+ * before the allocation, so concurrent creations on other shards cannot
+ * pass the cap.
  */
 imgw__mem_user_t *
 imgw__mem_user_get(imgw__mem_t *m, imgw__mem_shard_t *sh, uint64_t h,
@@ -84,7 +85,7 @@ imgw__mem_user_seq_expire(const imgw__mem_t *m, imgw__mem_user_t *u,
     imgw__mem_used_t *t = u->used;
     if (t != NULL && t->count == 0 && t->max_seq != 0 &&
         now - imgw__mem_touched_ms(t) >= m->seq_ttl_ms)
-        t->max_seq = 0; /* the sweep frees t (used_shrink) */
+        t->max_seq = 0; /* used_shrink frees t if nothing else is in it */
 }
 
 void
@@ -172,8 +173,7 @@ used_shrink(imgw__mem_user_t *u)
     } else if (t->count == 0 && t->cap > 0) {
         (void)imgw__mem_ring_realloc(u, 0, 0);
     } else if (t->cap > 16 && t->count * 4 <= t->cap) {
-        (void)imgw__mem_ring_realloc(u, t->count * 2 > 8 ? t->count * 2 : 8,
-                                     0);
+        (void)imgw__mem_ring_realloc(u, t->count * 2 > 8 ? t->count * 2 : 8, 0);
     }
 }
 
@@ -458,10 +458,9 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
         imgw__mem_user_t *u =
             imgw__mem_user_get(m, sh, slots[i].hash, req->users[i], &r);
         if (u == NULL || ring_reserve(m, u, now) != 0 ||
-            (ckind != 0 &&
-             (imgw__mem_pos_own(u, now) == NULL ||
-              imgw__mem_conv_reserve(&u->used->pos->convs, m->max_convs) !=
-                  0))) {
+            (ckind != 0 && (imgw__mem_pos_own(u, now) == NULL ||
+                            imgw__mem_conv_reserve(&u->used->pos->convs,
+                                                   m->max_convs) != 0))) {
             unlock_mask(m, mask);
             if (u != NULL)
                 r = IMGW_ENOMEM;
@@ -496,10 +495,11 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
         t->count++;
         req->seqs[i] = ++t->max_seq;
         if (ckind != 0)
-            imgw__mem_conv_update(&t->pos->convs, m->max_convs, ckind,
-                                  imgw__store_conv_peer(ckind, conv, req->users, n, i),
-                                  req->message_id, req->seqs[i], req->sender,
-                                  req->msg_type, req->preview, now, i == 0);
+            imgw__mem_conv_update(
+                &t->pos->convs, m->max_convs, ckind,
+                imgw__store_conv_peer(ckind, conv, req->users, n, i),
+                req->message_id, req->seqs[i], req->sender, req->msg_type,
+                req->preview, now, i == 0);
     }
     atomic_fetch_add_explicit(&m->blobs_live, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&m->metas_live, 1, memory_order_relaxed);

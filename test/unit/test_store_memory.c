@@ -975,8 +975,8 @@ TEST(idle_user_routes_inline)
     fx_open(&f, 1000, 7, 86400);
     imgw_store_route_set(f.sl, "u", "ios", "b1", 30, NULL, NULL);
     imgw__store_mem_stats_t st = stats(&f);
-    printf("  one route: users %zu used %zu routes %zu arrays %zu\n",
-           st.users, st.used, st.routes, st.route_arrays);
+    printf("  one route: users %zu used %zu routes %zu arrays %zu\n", st.users,
+           st.used, st.routes, st.route_arrays);
     CHECK_EQ_INT(st.users, 1);
     CHECK_EQ_INT(st.used, 0);
     CHECK_EQ_INT(st.routes, 1);
@@ -1091,9 +1091,9 @@ TEST(used_created_aged_freed)
     CHECK_EQ_STR(route_of(routes(&f, "a"), "ios"), "n1");
     CHECK_EQ_INT(max_seq(&f, "b"), 0);
     int64_t seq = -1;
-    CHECK_EQ_INT(imgw__store_mem_get_delivered(TEST_STORE_MEM_OF(f.s), "b",
-                                               "d1", &seq),
-                 0);
+    CHECK_EQ_INT(
+        imgw__store_mem_get_delivered(TEST_STORE_MEM_OF(f.s), "b", "d1", &seq),
+        0);
     CHECK_EQ_INT(seq, 2);
 
     /* A new message: a new timeline, seq 1, a new epoch. */
@@ -1129,8 +1129,7 @@ TEST(seq_ttl_rounds_up)
     for (int i = 0; i < 64; i++)
         imgw_store_tick(f.s, fake_now);
     imgw__store_mem_stats_t st = stats(&f);
-    printf("  a second after seq_ttl: users %zu used %zu\n", st.users,
-           st.used);
+    printf("  a second after seq_ttl: users %zu used %zu\n", st.users, st.used);
     CHECK_EQ_INT(st.users, 0);
     CHECK_EQ_INT(st.used, 0);
     fx_close(&f);
