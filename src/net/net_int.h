@@ -45,6 +45,7 @@
 #define IMGW_POOL_KEEP 16       /* pooled entries the trim tick keeps */
 #define IMGW_TRIM_MS 10000      /* pool trim + malloc_trim period */
 #define IMGW_TICK_MS 250        /* timer wheel resolution */
+#define IMGW_BATCH_MIN_READS 2  /* connections read: a busy iteration */
 #define IMGW_CLOSE_GRACE_MS 2000 /* close handshake before abort */
 /* Frames of one fragmented WebSocket message, first one included; one more
  * closes the connection with 1009 (docs/protocol.md). Empty continuations
@@ -193,6 +194,9 @@ struct imgw_loop_s {
     size_t cap_slots;
 
     imgw_conn_t *flush_head;
+    /* Connections read in this iteration (reset by prepare_cb): what
+     * decides whether the loop waits server.batch_us before polling. */
+    uint32_t iter_reads;
 
     /* pools */
     imgw_obuf_t *obuf_pool[IMGW_OBUF_POOL_MAX];
