@@ -115,9 +115,11 @@ typedef struct imgw_net_opts_s {
      * read from at least IMGW_BATCH_MIN_READS connections, the loop
      * sleeps this long before it polls again, so input that arrives
      * meanwhile is read, stored and answered in one iteration: fewer
-     * wake-ups of this loop and of the peers, fewer writes. Adds at most
-     * this (plus the kernel's timer slack) to a message's latency, only
-     * under load. 0 = off. */
+     * wake-ups of this loop and of the peers, fewer writes. The wait is
+     * what is left of batch_us since the previous iteration, so a busy
+     * loop polls at most once per batch_us and a saturated one never
+     * waits. Adds at most this (plus the kernel's timer slack) to a
+     * message's latency, only under load. 0 = off. */
     int batch_us;
     const imgw_net_handlers_t *handlers;
     void *data;             /* core's node pointer */

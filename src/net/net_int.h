@@ -118,6 +118,18 @@ typedef struct imgw_proto_s {
 extern const imgw_proto_t imgw__http_proto;
 extern const imgw_proto_t imgw__ws_proto;
 
+/* loop.c's batching rule (server.batch_us): the nanoseconds a loop waits
+ * before it polls again, given the connections it read this iteration and
+ * the time since its previous wait decision. 0: poll now (a quiet
+ * iteration, or one that already took a whole period). */
+static inline uint64_t
+imgw__batch_wait_ns(uint32_t reads, uint64_t since_ns, uint64_t period_ns)
+{
+    if (reads < IMGW_BATCH_MIN_READS || since_ns >= period_ns)
+        return 0;
+    return period_ns - since_ns;
+}
+
 /* A loop's counters (net.h's list), written by the loop only. */
 typedef struct imgw__loop_counters_s {
 #define IMGW__LOOP_COUNTER(name, what) imgw_stat_t name;
@@ -197,6 +209,7 @@ struct imgw_loop_s {
     /* Connections read in this iteration (reset by prepare_cb): what
      * decides whether the loop waits server.batch_us before polling. */
     uint32_t iter_reads;
+    uint64_t batch_last_ns; /* uv_hrtime() of the last prepare_cb */
 
     /* pools */
     imgw_obuf_t *obuf_pool[IMGW_OBUF_POOL_MAX];
