@@ -78,14 +78,20 @@ imgw__mem_user_get(imgw__mem_t *m, imgw__mem_shard_t *sh, uint64_t h,
  * read max_seq, so a late sweep never shows a counter Redis would have
  * expired. Aged entries must have been dropped first (imgw__mem_user_age).
  */
+static inline void
+used_seq_expire(const imgw__mem_t *m, imgw__mem_used_t *t, int64_t now)
+{
+    if (t->count == 0 && t->max_seq != 0 &&
+        now - imgw__mem_touched_ms(t) >= m->seq_ttl_ms)
+        t->max_seq = 0; /* used_shrink frees t if nothing else is in it */
+}
+
 void
 imgw__mem_user_seq_expire(const imgw__mem_t *m, imgw__mem_user_t *u,
                           int64_t now)
 {
-    imgw__mem_used_t *t = u->used;
-    if (t != NULL && t->count == 0 && t->max_seq != 0 &&
-        now - imgw__mem_touched_ms(t) >= m->seq_ttl_ms)
-        t->max_seq = 0; /* used_shrink frees t if nothing else is in it */
+    if (u->used != NULL)
+        used_seq_expire(m, u->used, now);
 }
 
 void
@@ -178,13 +184,18 @@ used_shrink(imgw__mem_user_t *u)
 }
 
 /* Drops entries at least retention_days old. */
+static inline void
+used_age(imgw__mem_t *m, imgw__mem_used_t *t, int64_t now)
+{
+    while (t->count > 0 && now - t->ring[t->head].stored_ms >= m->retention_ms)
+        imgw__mem_ring_pop(m, t);
+}
+
 void
 imgw__mem_user_age(imgw__mem_t *m, imgw__mem_user_t *u, int64_t now)
 {
-    imgw__mem_used_t *t = u->used;
-    while (t != NULL && t->count > 0 &&
-           now - t->ring[t->head].stored_ms >= m->retention_ms)
-        imgw__mem_ring_pop(m, t);
+    if (u->used != NULL)
+        used_age(m, u->used, now);
 }
 
 void
@@ -458,7 +469,8 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
         imgw__mem_user_t *u =
             imgw__mem_user_get(m, sh, slots[i].hash, req->users[i], &r);
         if (u == NULL || ring_reserve(m, u, now) != 0 ||
-            (ckind != 0 && (imgw__mem_pos_own(u, now) == NULL ||
+            (ckind != 0 && ((u->used->pos == NULL && /* reserved: used */
+                             imgw__mem_pos_own(u, now) == NULL) ||
                             imgw__mem_conv_reserve(&u->used->pos->convs,
                                                    m->max_convs) != 0))) {
             unlock_mask(m, mask);
@@ -473,12 +485,11 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     if (old_meta != NULL)
         imgw__mem_meta_drop(m, sh_m, old_meta);
     for (size_t i = 0; i < n; i++) {
-        imgw__mem_user_t *u = slots[i].u;
-        imgw__mem_user_age(m, u, now);
-        imgw__mem_user_seq_expire(m, u, now);
         /* ring_reserve gave u its used part; it does not move from here
          * on. */
-        imgw__mem_used_t *t = u->used;
+        imgw__mem_used_t *t = slots[i].u->used;
+        used_age(m, t, now);
+        used_seq_expire(m, t, now);
         imgw__mem_touch(t, now);
         /* A timeline that starts (again) at seq 1 starts a new epoch; the
          * message id makes it unique and replays of the file backend's
