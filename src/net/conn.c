@@ -5,8 +5,8 @@
  * Thread: only the owning loop. Other threads reach a connection through
  * its loop's mailbox with an imgw_conn_ref_t.
  *
- * Memory: an idle connection is this struct, 272 bytes in a 288-byte
- * malloc chunk (net_int.h): a uv_poll_t (160) on the socket plus ~110
+ * Memory: an idle connection is this struct, 264 bytes in a 272-byte
+ * malloc chunk (net_int.h): a uv_poll_t (160) on the socket plus ~100
  * bytes. HTTP state, WebSocket frame contexts and output blocks are
  * borrowed only while needed: the read buffer is the loop's, output
  * blocks come from a per-loop pool and go back once flushed.
@@ -441,6 +441,8 @@ conn_append(imgw_conn_t *c, const uv_buf_t *bufs, size_t n, int bounded)
         total += bufs[i].len;
     if (c->state == IMGW_CONN_CLOSED)
         return IMGW_ECLOSED;
+    if (total > UINT32_MAX - c->queued)
+        return IMGW_EQUEUEFULL; /* queued is 32 bits (net_int.h) */
     if (bounded && c->queued + total > l->net->opts.max_queued_bytes) {
         /* What this iteration queued has not been offered to the socket
          * yet: a reader that keeps up must not look slow because of one
@@ -472,7 +474,7 @@ conn_append(imgw_conn_t *c, const uv_buf_t *bufs, size_t n, int bounded)
         memcpy(b->data + b->len, bufs[i].base, bufs[i].len);
         b->len += bufs[i].len;
     }
-    c->queued += total;
+    c->queued += (uint32_t)total;
     flush_list_add(c);
     return 0;
 }
@@ -506,7 +508,7 @@ imgw__conn_flush(imgw_conn_t *c)
             return;
         }
         b->off += (size_t)r;
-        c->queued -= (size_t)r;
+        c->queued -= (uint32_t)r;
         imgw_stat_add(&l->st.bytes_out, (size_t)r);
         if (b->off < b->len) {
             /* The rest waits in b for UV_WRITABLE (conn_poll_cb). */
@@ -605,11 +607,13 @@ void
 imgw_conn_set_deadline(imgw_conn_t *c, uint64_t deadline_ms)
 {
     imgw_loop_t *l = c->loop;
-    c->deadline_ms = deadline_ms;
     if (deadline_ms == 0) {
+        c->deadline = 0;
         imgw_tw_cancel(&l->tw, &c->tw);
         return;
     }
+    /* Low bits 0 would read as "none": 1 ms later instead. */
+    c->deadline = (uint32_t)deadline_ms ? (uint32_t)deadline_ms : 1;
     uint64_t tick = (deadline_ms + IMGW_TICK_MS - 1) / IMGW_TICK_MS;
     /* Re-linking on every frame would be wasted work: an earlier entry
      * fires, sees the later deadline and reschedules itself. */
@@ -622,14 +626,17 @@ void
 imgw__conn_deadline_fired(imgw_conn_t *c)
 {
     imgw_loop_t *l = c->loop;
-    if (c->state == IMGW_CONN_CLOSED || c->deadline_ms == 0)
+    if (c->state == IMGW_CONN_CLOSED || c->deadline == 0)
         return;
-    if (c->deadline_ms > l->now_ms) {
+    /* The 32-bit distance to the deadline (net_int.h): > 0 is ahead. */
+    int32_t left = (int32_t)(c->deadline - (uint32_t)l->now_ms);
+    if (left > 0) {
+        uint64_t at = l->now_ms + (uint64_t)left;
         imgw_tw_schedule(&l->tw, &c->tw,
-                         (c->deadline_ms + IMGW_TICK_MS - 1) / IMGW_TICK_MS);
+                         (at + IMGW_TICK_MS - 1) / IMGW_TICK_MS);
         return;
     }
-    c->deadline_ms = 0;
+    c->deadline = 0;
     if (c->state == IMGW_CONN_WS && l->net->h->on_deadline)
         l->net->h->on_deadline(c);
     else

@@ -128,8 +128,8 @@ typedef struct imgw__loop_counters_s {
 } imgw__loop_counters_t;
 
 /*
- * A connection: 272 bytes (a 288-byte malloc chunk), its uv_poll_t (160)
- * the largest part. The socket is a uv_poll_t on the fd, not a uv_tcp_t
+ * A connection: 264 bytes (a 272-byte malloc chunk; test_conn checks it),
+ * its uv_poll_t (160) the largest part. The socket is a uv_poll_t on the fd, not a uv_tcp_t
  * (248): conn.c does its own read, send and close, and an idle connection
  * needs nothing of a stream's write queue or read callbacks.
  */
@@ -145,8 +145,16 @@ struct imgw_conn_s {
     uint16_t flags;  /* IMGW_CF_* */
     uint8_t state;
     uint8_t proto; /* IMGW_PROTO_*: index into net->protos */
+    /* The deadline (imgw_conn_set_deadline), the low 32 bits of its loop
+     * ms, 0 = none: deadlines are at most a day ahead (heartbeat_timeout's
+     * bound), and the 32-bit distance is exact within 24 days. With queued
+     * it fills one word where the uint64_t and a size_t took two, which
+     * takes the struct under the next malloc chunk size. */
+    uint32_t deadline;
+    /* Unwritten bytes of pend: below max_queued_bytes (an int) for
+     * bounded writes, and conn_append refuses what would pass 4 GiB. */
+    uint32_t queued;
     imgw_tw_entry_t tw;
-    uint64_t deadline_ms;          /* 0 = none */
     /* The current handler's borrowed state (c->proto says which member):
      * the HTTP handler's request state, or, once a WebSocket, what a
      * partial frame or message needs. http.c frees its state before it
@@ -159,7 +167,6 @@ struct imgw_conn_s {
     /* Unwritten output: filled here and written from here, a partial
      * write keeps the rest at pend->off (IMGW_CF_WRITING). */
     imgw_obuf_t *pend;
-    size_t queued;                 /* unwritten bytes of pend */
     imgw_conn_t *flush_next;
     /* core's session (imgw_conn_data) lives in poll.data, which libuv
      * leaves to its user: a pointer less per connection. */
