@@ -235,6 +235,7 @@ tls_recv(void *arg, const uint8_t *p, size_t n)
 
 static int conn_append(imgw_conn_t *c, const uv_buf_t *bufs, size_t n,
                        int bounded);
+static void conn_write(imgw_conn_t *c, int waited);
 
 static int
 tls_send(void *arg, const uint8_t *p, size_t n)
@@ -307,8 +308,8 @@ conn_poll_update(imgw_conn_t *c)
  * The socket is readable: reads into the loop's one buffer (each read is
  * consumed or copied by the handler before the next) until the kernel has
  * no more (EAGAIN or a short read), the budget is spent, or the handler
- * stopped reading or closed c. EOF and errors (ECONNRESET...) close c,
- * as read_cb did.
+ * stopped reading or closed c. EOF and errors (ECONNRESET...) close c
+ * without a log, as libuv's read callback path did.
  */
 static void
 conn_read(imgw_conn_t *c)
@@ -339,11 +340,16 @@ conn_poll_cb(uv_poll_t *h, int status, int events)
     imgw_conn_t *c = IMGW_CONTAINER_OF(h, imgw_conn_t, poll);
     c->loop->now_ms = imgw__loop_clock_ms(c->loop);
     if (status < 0) {
-        /* libuv reports a socket error (EPOLLERR: a reset, mostly) this
-         * way and has stopped the handle; a read or write would fail. */
-        if (c->flags & IMGW_CF_WRITING)
+        /* EPOLLERR (a reset, mostly): libuv has stopped the handle and
+         * says UV_EBADF; the socket's own error is what a read or write
+         * would have failed with. Logged as a failed write was before. */
+        if (c->flags & IMGW_CF_WRITING) {
+            int e = 0;
+            socklen_t el = sizeof(e);
+            getsockopt(imgw__conn_fd(c), SOL_SOCKET, SO_ERROR, &e, &el);
             IMGW_LOG_DEBUG("write to %p failed: %s", (void *)c,
-                           uv_strerror(status));
+                           e ? uv_strerror(-e) : uv_strerror(status));
+        }
         imgw__conn_close_now(c);
         return;
     }
@@ -354,7 +360,7 @@ conn_poll_cb(uv_poll_t *h, int status, int events)
         /* Room again: what write_cb did, write what is left (and what
          * came meanwhile), then close-after-output if asked. */
         c->flags &= (uint16_t)~IMGW_CF_WRITING;
-        imgw__conn_flush(c);
+        conn_write(c, 1);
         if (c->state != IMGW_CONN_CLOSED && conn_poll_update(c) != 0)
             imgw__conn_close_now(c);
     }
@@ -494,8 +500,10 @@ conn_send(imgw_conn_t *c, imgw_obuf_t *b)
     return n;
 }
 
-void
-imgw__conn_flush(imgw_conn_t *c)
+/* The flush; waited: the socket had been full (what uv_write's callback
+ * did then, down to its debug log of a failure). */
+static void
+conn_write(imgw_conn_t *c, int waited)
 {
     imgw_loop_t *l = c->loop;
     if (c->state == IMGW_CONN_CLOSED || (c->flags & IMGW_CF_WRITING))
@@ -504,6 +512,9 @@ imgw__conn_flush(imgw_conn_t *c)
     if (b != NULL) {
         ssize_t r = conn_send(c, b);
         if (r < 0) {
+            if (waited)
+                IMGW_LOG_DEBUG("write to %p failed: %s", (void *)c,
+                               uv_strerror((int)r));
             imgw__conn_close_now(c);
             return;
         }
@@ -522,6 +533,12 @@ imgw__conn_flush(imgw_conn_t *c)
     }
     if (c->flags & IMGW_CF_CLOSE_AFTER)
         imgw__conn_close_now(c);
+}
+
+void
+imgw__conn_flush(imgw_conn_t *c)
+{
+    conn_write(c, 0);
 }
 
 void

@@ -273,7 +273,7 @@ fuzz_chunk(uint32_t *rng, unsigned seed, size_t left)
     return n < left ? n : left;
 }
 
-/* Feeds data to c as a sequence of reads, as read_cb would. */
+/* Feeds data to c as a sequence of reads, as conn.c's conn_read would. */
 static inline void
 fuzz_net_feed(imgw_conn_t *c, const uint8_t *data, size_t len, unsigned seed)
 {
@@ -287,7 +287,7 @@ fuzz_net_feed(imgw_conn_t *c, const uint8_t *data, size_t len, unsigned seed)
                 break; /* no answer is coming: the rest is never read */
             continue;
         }
-        /* Reads land in the loop's buffer, as in alloc_cb/read_cb. */
+        /* Reads land in the loop's buffer, as in conn_read. */
         memcpy(fuzz_loop->rbuf, data, n);
         imgw__conn_on_read(c, fuzz_loop->rbuf, n);
         /* Poison-free reuse: scribble over the read buffer so that a span

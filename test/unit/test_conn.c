@@ -1,7 +1,7 @@
 /*
  * test_conn.c: unit tests for net/conn.c (with the HTTP and WebSocket
  * handlers it dispatches to), on test/fuzz/fuzz_net.h's fake loop: a
- * connection with no socket, reads handed in as conn.c's read_cb would,
+ * connection with no socket, reads handed in as conn.c's socket read would,
  * and the loop's flush played by the harness, which hands every written
  * byte to the sink below. What is checked is what a client would see:
  * responses and their keep-alive, pipelining and a paused read answered
@@ -136,7 +136,7 @@ TEST(http_paused_until_answered)
     const char *two = "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
                       "GET /next HTTP/1.1\r\nHost: x\r\n\r\n";
     imgw_conn_t *c = start(IMGW_CONN_HTTP, 2);
-    memcpy(fuzz_loop->rbuf, two, strlen(two)); /* one read, as read_cb */
+    memcpy(fuzz_loop->rbuf, two, strlen(two)); /* one read, as conn_read */
     imgw__conn_on_read(c, fuzz_loop->rbuf, strlen(two));
     CHECK(c->flags & IMGW_CF_READ_PAUSED);
     CHECK(fuzz_loop->flush_head == NULL); /* nothing written yet */
