@@ -829,6 +829,22 @@ TEST(id_validator)
         CHECK(why != NULL);
         CHECK_EQ_INT(imgw_id_valid(bad[i]), 0);
     }
+    /* Every byte value against the rule as written (A-Z a-z 0-9 . _ @ -):
+     * the check is a table, so each entry is tested. */
+    int wrong = 0, allowed = 0;
+    for (int c = 0; c < 256; c++) {
+        char one[2] = {(char)c, 0};
+        int rule = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                   (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+                   c == '@' || c == '-';
+        int got = imgw_id_check(one, 1) == NULL;
+        wrong += got != rule;
+        allowed += got;
+    }
+    printf("  every byte value: %d allowed, %d against the rule\n", allowed,
+           wrong);
+    CHECK_EQ_INT(wrong, 0);
+    CHECK_EQ_INT(allowed, 66);
     CHECK_EQ_STR(imgw_id_check("", 0), "is empty");
     CHECK_EQ_STR(imgw_id_check("a:b", 3),
                  "may only contain A-Z a-z 0-9 . _ @ -");
