@@ -31,14 +31,15 @@
 #define IMGW_MAX_LISTENERS 32
 #define IMGW_READ_BUF 65536
 /* Pooled output block size. Nearly every write is a few frames of a few
- * hundred bytes (a 101, an AuthResponse, a push or two per iteration), so
- * 4 KiB holds them; a bigger write (a sync page) gets a block of its own.
- * The size matters for idle memory: a connect or heartbeat burst fills the
- * pool, and a full pool at 16 KiB was 1 MiB, ~55 B per connection of a
- * 19,000-connection node (docs/benchmarks.md, hold). */
-#define IMGW_OBUF_SMALL 4096
+ * hundred bytes (a 101, an AuthResponse, the responses and pushes of one
+ * batch_us iteration), so 2 KiB holds them; a bigger write (a sync page, a
+ * fan-out burst) gets a block of its own. The size matters for idle
+ * memory: a connect or heartbeat burst fills the pool, and a full pool at
+ * 16 KiB was 1 MiB, ~55 B per connection of a 19,000-connection node; at
+ * 4 KiB ~14 B (docs/benchmarks.md, hold). */
+#define IMGW_OBUF_SMALL 2048
 /* Pool caps: what a burst leaves pooled stays out of the OS for good, so
- * keep them small (64 x 4 KiB = 256 KiB of blocks); the steady state needs
+ * keep them small (64 x 2 KiB = 128 KiB of blocks); the steady state needs
  * few, and loop.c's trim tick gives the rest back (IMGW_POOL_KEEP). */
 #define IMGW_OBUF_POOL_MAX 64   /* pooled blocks kept per loop */
 #define IMGW_WS_POOL_MAX 64     /* pooled wslay frame contexts per loop */
