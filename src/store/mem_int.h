@@ -26,6 +26,7 @@
 #include "hash.h"
 #include "list.h"
 #include "mem_conv.h"
+#include "mem_idx.h"
 #include "store_impl.h"
 
 #define MEM_SHARD_BITS 6
@@ -67,6 +68,7 @@
  * the insertion rate even if nobody calls tick. */
 #define MEM_LAZY_POPS 2
 #define MEM_TICK_POPS 1024     /* per shard and table per tick */
+#define MEM_TICK_MIGRATE 256   /* index buckets per shard and table per tick */
 #define MEM_TICK_USER_SHARDS 4 /* shards whose users one tick visits */
 #define MEM_TICK_BUCKETS 256   /* user buckets per visited shard */
 #define MEM_STACK_SLOTS 16     /* appends to <= 16 users use no malloc */
@@ -92,7 +94,7 @@ typedef struct imgw__mem_htab_s {
  * revoked through the blob without locking the message's shard.
  */
 typedef struct imgw__mem_meta_s {
-    imgw__mem_hnode_t h;  /* in shard->metas (shard of the id) */
+    uint64_t hash;   /* first, for the index: in shard->metas (of the id) */
     imgw_list_t age; /* shard->meta_age, oldest first */
     atomic_uint refs;
     atomic_uchar revoked; /* set under the id's shard lock, read anywhere */
@@ -176,7 +178,8 @@ typedef struct imgw__mem_user_s {
 } imgw__mem_user_t;
 
 typedef struct imgw__mem_dedupe_s {
-    imgw__mem_hnode_t h;  /* in the sender's shard, hashed on the key */
+    uint64_t hash;   /* first, for the index: the key's, in the sender's
+                        shard's dedupes */
     imgw_list_t age; /* shard->dedupe_age, oldest first */
     int64_t expire_ms;
     uint64_t message_id;
@@ -199,7 +202,8 @@ typedef struct imgw__mem_group_s {
 
 typedef struct imgw__mem_shard_s {
     _Alignas(64) pthread_mutex_t mu; /* a cache line per shard at least */
-    imgw__mem_htab_t users, dedupes, metas, groups;
+    imgw__mem_htab_t users, groups;
+    imgw__mem_idx_t dedupes, metas; /* one entry per message: mem_idx.h */
     imgw__mem_htab_t pbs; /* route strings of this shard's users */
     imgw_list_t dedupe_age, meta_age;
     size_t cursor;  /* next users bucket the tick sweep visits */

@@ -261,8 +261,8 @@ imgw__mem_users_sweep(imgw__mem_t *m, imgw__mem_shard_t *sh, int64_t now,
     if (b > sh->users.mask) {
         b = 0;
         htab_shrink(&sh->users);
-        htab_shrink(&sh->dedupes);
-        htab_shrink(&sh->metas);
+        imgw__mem_idx_shrink(&sh->dedupes);
+        imgw__mem_idx_shrink(&sh->metas);
         htab_shrink(&sh->groups);
     }
     sh->cursor = b;
@@ -334,7 +334,7 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     meta->server_time_ms = req->server_time_ms;
     atomic_init(&meta->revoked, 0);
     atomic_init(&meta->refs, 2); /* the table and the blob */
-    meta->h.hash = hm;
+    meta->hash = hm;
     atomic_init(&blob->refs, (unsigned)n);
     blob->meta = meta;
     blob->len = req->entry_len;
@@ -343,7 +343,7 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     if (dd != NULL) {
         memcpy(dd->key, req->sender, slen + 1);
         memcpy(dd->key + slen + 1, cmid, clen + 1);
-        dd->h.hash = hd;
+        dd->hash = hd;
     }
 
     int64_t now = mem_now(m);
@@ -368,6 +368,14 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
          * would make msg_get and revoke ambiguous, so refuse it. */
         unlock_mask(m, mask);
         r = IMGW_EEXIST;
+        goto out;
+    }
+    /* Room in both indexes (a growth is invisible to readers). */
+    if (imgw__mem_idx_reserve(&sh_m->metas) != 0 ||
+        (dd != NULL && old_dd == NULL &&
+         imgw__mem_idx_reserve(&sh_s->dedupes) != 0)) {
+        unlock_mask(m, mask);
+        r = IMGW_ENOMEM;
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
@@ -417,7 +425,7 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     atomic_fetch_add_explicit(&m->blobs_live, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&m->metas_live, 1, memory_order_relaxed);
     meta->expire_ms = now + m->meta_ms;
-    htab_insert(&sh_m->metas, &meta->h);
+    imgw__mem_idx_insert(&sh_m->metas, hm, meta);
     imgw_list_insert_tail(&sh_m->meta_age, &meta->age);
     atomic_fetch_add_explicit(&m->n_metas, 1, memory_order_relaxed);
     imgw__mem_meta_evict(m, sh_m, meta);
@@ -428,7 +436,7 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
             dd = old_dd;
             imgw_list_remove(&dd->age);
         } else {
-            htab_insert(&sh_s->dedupes, &dd->h);
+            imgw__mem_idx_insert(&sh_s->dedupes, hd, dd);
             atomic_fetch_add_explicit(&m->n_dedupes, 1, memory_order_relaxed);
         }
         dd->expire_ms = now + m->dedupe_ms;
