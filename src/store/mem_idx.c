@@ -5,7 +5,6 @@
  */
 #include "mem_idx.h"
 
-#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -108,25 +107,14 @@ tab_del(imgw__mem_idx_tab_t *t, uint64_t h, const void *p)
     return 0;
 }
 
-static void
-publish(imgw__mem_idx_t *x)
-{
-    atomic_store_explicit(&x->hint_b, (uintptr_t)x->cur.b,
-                          memory_order_relaxed);
-    atomic_store_explicit(&x->hint_mask, x->cur.mask, memory_order_relaxed);
-}
-
 int
 imgw__mem_idx_init(imgw__mem_idx_t *x)
 {
     memset(&x->cur, 0, sizeof(x->cur));
     memset(&x->old, 0, sizeof(x->old));
     x->mig = 0;
-    atomic_init(&x->hint_b, 0);
-    atomic_init(&x->hint_mask, 0);
     if (tab_alloc(&x->cur, MEM_IDX_MIN) != 0)
         return IMGW_ENOMEM;
-    publish(x);
     return 0;
 }
 
@@ -175,7 +163,6 @@ migrate_to(imgw__mem_idx_t *x, size_t nb)
     x->old = x->cur;
     x->cur = t;
     x->mig = 0;
-    publish(x);
     return 0;
 }
 

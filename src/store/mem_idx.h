@@ -28,14 +28,15 @@
  * 7 right after, so 10.7-21 B per entry plus the 8-byte hash in the
  * entry; the chained table took 16 B in the node and 4-8 B of buckets.
  *
- * Threads: none of its own; every call runs under the shard lock except
- * imgw__mem_idx_prefetch, which reads only atomics and may read stale
- * ones (a prefetch never faults).
+ * Threads: none of its own; every call runs under the shard lock.
+ *
+ * Not done: prefetching the home buckets before the append takes its
+ * locks (a relaxed-atomic copy of cur's base and mask) measured no
+ * difference in a store-only append loop, so it is not kept.
  */
 #ifndef IMGW_STORE_MEM_IDX_H
 #define IMGW_STORE_MEM_IDX_H
 
-#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -60,10 +61,6 @@ typedef struct imgw__mem_idx_s {
     imgw__mem_idx_tab_t cur; /* inserts go here */
     imgw__mem_idx_tab_t old; /* being moved into cur while old.b != NULL */
     size_t mig;              /* next bucket of old to move */
-    /* cur's buckets and mask for imgw__mem_idx_prefetch without the lock;
-     * written under it whenever cur changes. */
-    atomic_uintptr_t hint_b;
-    atomic_size_t hint_mask;
 } imgw__mem_idx_t;
 
 /* Entry equality: p an entry whose tag matched, key the caller's. */
@@ -128,16 +125,6 @@ imgw__mem_idx_find(const imgw__mem_idx_t *x, uint64_t h,
             return p;
     }
     return imgw__mem_idx_tab_find(&x->cur, h, eq, key);
-}
-
-/** Starts loading h's home bucket into the cache; any thread, no lock. */
-static inline void
-imgw__mem_idx_prefetch(imgw__mem_idx_t *x, uint64_t h)
-{
-    uintptr_t b = atomic_load_explicit(&x->hint_b, memory_order_relaxed);
-    size_t mask = atomic_load_explicit(&x->hint_mask, memory_order_relaxed);
-    __builtin_prefetch((const char *)b + (h & mask) * sizeof(imgw__mem_idx_bkt_t),
-                       1);
 }
 
 /** Entries in the index. */
