@@ -45,20 +45,20 @@ tab_alloc(imgw__mem_idx_tab_t *t, size_t nb)
     return 0;
 }
 
-static uint64_t
-entry_hash(const void *p)
+static uint32_t
+entry_hash(const imgw__mem_idx_t *x, const void *p)
 {
-    uint64_t h;
-    memcpy(&h, p, sizeof(h)); /* the entry's first member */
+    uint32_t h;
+    memcpy(&h, (const char *)p + x->hash_off, sizeof(h));
     return h;
 }
 
 /* Places p in the first free slot from its home bucket on; the caller
  * guarantees one (n < cap). */
 static void
-tab_put(imgw__mem_idx_tab_t *t, uint64_t h, void *p)
+tab_put(imgw__mem_idx_tab_t *t, uint32_t h, void *p)
 {
-    size_t i = h & t->mask;
+    size_t i = imgw__mem_idx_home(h, t->mask);
     for (;;) {
         imgw__mem_idx_bkt_t *b = &t->b[i];
         for (int j = 0; j < MEM_IDX_WAYS; j++) {
@@ -89,9 +89,9 @@ tab_clear(imgw__mem_idx_tab_t *t, size_t home, size_t i, int j)
 
 /* Removes p if t holds it; 1 if it did. */
 static int
-tab_del(imgw__mem_idx_tab_t *t, uint64_t h, const void *p)
+tab_del(imgw__mem_idx_tab_t *t, uint32_t h, const void *p)
 {
-    size_t home = h & t->mask, i = home;
+    size_t home = imgw__mem_idx_home(h, t->mask), i = home;
     for (size_t k = 0; k <= t->mask; k++) {
         imgw__mem_idx_bkt_t *b = &t->b[i];
         for (int j = 0; j < MEM_IDX_WAYS; j++) {
@@ -108,8 +108,9 @@ tab_del(imgw__mem_idx_tab_t *t, uint64_t h, const void *p)
 }
 
 int
-imgw__mem_idx_init(imgw__mem_idx_t *x)
+imgw__mem_idx_init(imgw__mem_idx_t *x, size_t hash_off)
 {
+    x->hash_off = hash_off;
     memset(&x->cur, 0, sizeof(x->cur));
     memset(&x->old, 0, sizeof(x->old));
     x->mig = 0;
@@ -139,8 +140,8 @@ imgw__mem_idx_step(imgw__mem_idx_t *x, size_t budget)
             if (b->tag[j] == 0)
                 continue;
             void *p = b->p[j];
-            uint64_t h = entry_hash(p);
-            tab_clear(o, h & o->mask, x->mig, j);
+            uint32_t h = entry_hash(x, p);
+            tab_clear(o, imgw__mem_idx_home(h, o->mask), x->mig, j);
             tab_put(&x->cur, h, p);
         }
     }
@@ -187,14 +188,14 @@ imgw__mem_idx_reserve(imgw__mem_idx_t *x)
 }
 
 void
-imgw__mem_idx_insert(imgw__mem_idx_t *x, uint64_t h, void *p)
+imgw__mem_idx_insert(imgw__mem_idx_t *x, uint32_t h, void *p)
 {
     imgw__mem_idx_step(x, MEM_IDX_STEP_INSERT);
     tab_put(&x->cur, h, p);
 }
 
 void
-imgw__mem_idx_remove(imgw__mem_idx_t *x, uint64_t h, void *p)
+imgw__mem_idx_remove(imgw__mem_idx_t *x, uint32_t h, void *p)
 {
     if (x->old.b == NULL || !tab_del(&x->old, h, p))
         (void)tab_del(&x->cur, h, p);

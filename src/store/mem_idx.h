@@ -15,9 +15,11 @@
  * no backward shift. A count that reaches 255 stays there (lookups then
  * probe on past that bucket: slower, never wrong).
  *
- * The entries are the caller's objects; each must begin with its 64-bit
- * hash (`uint64_t hash` as first member), which the index reads when it
- * moves an entry. Growth and shrinking are incremental, as Redis's dict
+ * The entries are the caller's objects; each holds the low 32 bits of
+ * its hash as a uint32_t at the offset given to imgw__mem_idx_init, which
+ * the index reads when it moves an entry (32 bits fit in padding the
+ * objects had: the chained table's node took 16 bytes). The index uses
+ * only those bits: 7 for the tag, the next 25 for the home bucket. Growth and shrinking are incremental, as Redis's dict
  * rehash: a resize allocates the new table and then every insert and
  * removal (and imgw__mem_idx_step) moves a few buckets of the old one;
  * meanwhile lookups search both. A full table never rehashes in one step
@@ -25,8 +27,9 @@
  * that migration, which has only the few entries a shrink starts with).
  *
  * Memory: 64 B per 7 slots, at most 6 of 7 used before growing and ~3 of
- * 7 right after, so 10.7-21 B per entry plus the 8-byte hash in the
- * entry; the chained table took 16 B in the node and 4-8 B of buckets.
+ * 7 right after, so 10.7-21 B per entry, plus 0-4 B for the 32-bit hash
+ * in the entry; the chained table took 16 B in the node and 4-8 B of
+ * buckets.
  *
  * Threads: none of its own; every call runs under the shard lock.
  *
@@ -61,17 +64,25 @@ typedef struct imgw__mem_idx_s {
     imgw__mem_idx_tab_t cur; /* inserts go here */
     imgw__mem_idx_tab_t old; /* being moved into cur while old.b != NULL */
     size_t mig;              /* next bucket of old to move */
+    size_t hash_off;         /* of the entries' uint32_t hash */
 } imgw__mem_idx_t;
 
 /* Entry equality: p an entry whose tag matched, key the caller's. */
 typedef int (*imgw__mem_idx_eq_fn)(const void *p, const void *key);
 
+/* The tag and the home bucket come from the low 32 bits of the hash (the
+ * top ones pick the shard, one value for every entry of a table). Past
+ * 2^25 buckets the two share bits: weaker filtering, never wrong. */
 static inline uint8_t
-imgw__mem_idx_tag(uint64_t h)
+imgw__mem_idx_tag(uint32_t h)
 {
-    /* Not the top bits: those pick the shard, so they are one value for
-     * every entry of a table. Not the low ones: they pick the bucket. */
-    return (uint8_t)(0x80 | ((h >> 48) & 0x7f));
+    return (uint8_t)(0x80 | (h & 0x7f));
+}
+
+static inline size_t
+imgw__mem_idx_home(uint32_t h, size_t mask)
+{
+    return (h >> 7) & mask;
 }
 
 /* Bit 8j+7 set for each slot j whose tag byte equals tag (candidates
@@ -95,11 +106,11 @@ imgw__mem_idx_match(const imgw__mem_idx_bkt_t *b, uint8_t tag)
 }
 
 static inline void *
-imgw__mem_idx_tab_find(const imgw__mem_idx_tab_t *t, uint64_t h,
+imgw__mem_idx_tab_find(const imgw__mem_idx_tab_t *t, uint32_t h,
                        imgw__mem_idx_eq_fn eq, const void *key)
 {
     uint8_t tag = imgw__mem_idx_tag(h);
-    size_t i = h & t->mask;
+    size_t i = imgw__mem_idx_home(h, t->mask);
     for (size_t k = 0; k <= t->mask; k++) {
         const imgw__mem_idx_bkt_t *b = &t->b[i];
         for (uint64_t c = imgw__mem_idx_match(b, tag); c; c &= c - 1) {
@@ -114,9 +125,10 @@ imgw__mem_idx_tab_find(const imgw__mem_idx_tab_t *t, uint64_t h,
     return NULL;
 }
 
-/** The entry with hash h for which eq(entry, key) holds, or NULL. */
+/** The entry with hash h (its low 32 bits count) for which eq(entry, key)
+ * holds, or NULL. */
 static inline void *
-imgw__mem_idx_find(const imgw__mem_idx_t *x, uint64_t h,
+imgw__mem_idx_find(const imgw__mem_idx_t *x, uint32_t h,
                    imgw__mem_idx_eq_fn eq, const void *key)
 {
     if (x->old.b != NULL) {
@@ -134,8 +146,9 @@ imgw__mem_idx_count(const imgw__mem_idx_t *x)
     return x->cur.n + x->old.n;
 }
 
-/** An empty index; 0 or IMGW_ENOMEM. */
-int imgw__mem_idx_init(imgw__mem_idx_t *x);
+/** An empty index of entries whose uint32_t hash is at hash_off; 0 or
+ * IMGW_ENOMEM. */
+int imgw__mem_idx_init(imgw__mem_idx_t *x, size_t hash_off);
 /** Frees the tables (not the entries); x may be zeroed or half-made. */
 void imgw__mem_idx_free(imgw__mem_idx_t *x);
 /**
@@ -145,9 +158,9 @@ void imgw__mem_idx_free(imgw__mem_idx_t *x);
  */
 int imgw__mem_idx_reserve(imgw__mem_idx_t *x);
 /** Adds p (hash h, not in the index) after a successful reserve. */
-void imgw__mem_idx_insert(imgw__mem_idx_t *x, uint64_t h, void *p);
+void imgw__mem_idx_insert(imgw__mem_idx_t *x, uint32_t h, void *p);
 /** Removes p, which is in the index under hash h. */
-void imgw__mem_idx_remove(imgw__mem_idx_t *x, uint64_t h, void *p);
+void imgw__mem_idx_remove(imgw__mem_idx_t *x, uint32_t h, void *p);
 /** Moves up to budget buckets of a running migration. */
 void imgw__mem_idx_step(imgw__mem_idx_t *x, size_t budget);
 /** After a burst: starts moving into a table of about twice the entries'

@@ -94,24 +94,47 @@ typedef struct imgw__mem_htab_s {
  * revoked through the blob without locking the message's shard.
  */
 typedef struct imgw__mem_meta_s {
-    uint64_t hash;   /* first, for the index: in shard->metas (of the id) */
     imgw_list_t age; /* shard->meta_age, oldest first */
     atomic_uint refs;
-    atomic_uchar revoked; /* set under the id's shard lock, read anywhere */
+    uint32_t hash;        /* hash_id's low bits: shard->metas (mem_idx.h) */
     int64_t expire_ms;    /* under the id's shard lock */
     uint64_t message_id;  /* immutable from here on */
     int64_t server_time_ms;
     const char *conv; /* points into sender[] after its NUL */
-    char sender[];
+    atomic_uchar revoked; /* set under the id's shard lock, read anywhere */
+    char sender[];        /* allocated from offsetof(.., sender) on */
 } imgw__mem_meta_t;
 
-/* One append's entry bytes, shared by its timelines (one ref each). */
+/* Bytes of metadata for strings of these lengths. */
+#define MEM_META_SIZE(slen, vlen)                                            \
+    (offsetof(imgw__mem_meta_t, sender) + (slen) + 1 + (vlen) + 1)
+
+/*
+ * One append's entry bytes, shared by its timelines (one ref each). An
+ * append allocates it inside its metadata's block, after the strings
+ * (imgw__mem_meta_blob): one heap record instead of two, freed when the
+ * metadata's last reference goes. The metadata outlives the blob anyway
+ * (the blob holds a reference), so only the entry bytes of a blob whose
+ * timelines dropped it early (retention_count) now wait for the metadata
+ * to leave the table: bounded by max_metas blocks. A snapshot load makes
+ * blobs apart (several loads of one metadata are not known up front).
+ */
 typedef struct imgw__mem_blob_s {
     atomic_uint refs;
+    uint32_t apart;         /* 1: own allocation; 0: in meta's block */
     imgw__mem_meta_t *meta; /* one reference */
     size_t len;
     uint8_t data[];
 } imgw__mem_blob_t;
+
+/* Where an append puts the blob in a metadata block whose strings take
+ * slen + 1 + vlen + 1 bytes; the block is this plus the blob's size. */
+static inline size_t
+imgw__mem_meta_blob_off(size_t slen, size_t vlen)
+{
+    size_t a = _Alignof(imgw__mem_blob_t);
+    return (MEM_META_SIZE(slen, vlen) + a - 1) & ~(a - 1);
+}
 
 /*
  * A timeline slot. The seq is not stored: a timeline only ever gains
@@ -178,14 +201,18 @@ typedef struct imgw__mem_user_s {
 } imgw__mem_user_t;
 
 typedef struct imgw__mem_dedupe_s {
-    uint64_t hash;   /* first, for the index: the key's, in the sender's
-                        shard's dedupes */
     imgw_list_t age; /* shard->dedupe_age, oldest first */
     int64_t expire_ms;
     uint64_t message_id;
-    int64_t seq; /* the sender's seq of the first append */
-    char key[];  /* sender "\0" client_msg_id "\0" */
+    int64_t seq;   /* the sender's seq of the first append */
+    uint32_t hash; /* hash_dedupe's low bits: the sender's shard's dedupes */
+    char key[];    /* sender "\0" client_msg_id "\0", allocated from
+                      offsetof(.., key) on */
 } imgw__mem_dedupe_t;
+
+/* Bytes of a dedupe record for strings of these lengths. */
+#define MEM_DEDUPE_SIZE(slen, clen)                                          \
+    (offsetof(imgw__mem_dedupe_t, key) + (slen) + 1 + (clen) + 1)
 
 /*
  * A group's member list: immutable once published. group_set swaps in a

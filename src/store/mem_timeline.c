@@ -305,12 +305,13 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
         if (slots == NULL)
             return IMGW_ENOMEM;
     }
-    blob = mem_malloc(sizeof(*blob) + req->entry_len);
-    meta = mem_malloc(sizeof(*meta) + slen + 1 + vlen + 1);
+    size_t boff = imgw__mem_meta_blob_off(slen, vlen);
+    meta = mem_malloc(boff + sizeof(*blob) + req->entry_len);
     if (clen > 0)
-        dd = mem_malloc(sizeof(*dd) + slen + 1 + clen + 1);
-    if (blob == NULL || meta == NULL || (clen > 0 && dd == NULL))
+        dd = mem_malloc(MEM_DEDUPE_SIZE(slen, clen));
+    if (meta == NULL || (clen > 0 && dd == NULL))
         goto out;
+    blob = (imgw__mem_blob_t *)((char *)meta + boff);
 
     uint64_t mask = 0;
     for (size_t i = 0; i < n; i++) {
@@ -334,8 +335,9 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     meta->server_time_ms = req->server_time_ms;
     atomic_init(&meta->revoked, 0);
     atomic_init(&meta->refs, 2); /* the table and the blob */
-    meta->hash = hm;
+    meta->hash = (uint32_t)hm;
     atomic_init(&blob->refs, (unsigned)n);
+    blob->apart = 0;
     blob->meta = meta;
     blob->len = req->entry_len;
     if (req->entry_len > 0)
@@ -343,7 +345,7 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     if (dd != NULL) {
         memcpy(dd->key, req->sender, slen + 1);
         memcpy(dd->key + slen + 1, cmid, clen + 1);
-        dd->hash = hd;
+        dd->hash = (uint32_t)hd;
     }
 
     int64_t now = mem_now(m);
@@ -455,8 +457,7 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     return 0;
 
 out:
-    imgw_free(blob);
-    imgw_free(meta);
+    imgw_free(meta); /* and the blob in it */
     imgw_free(dd);
     if (slots != stack_slots)
         imgw_free(slots);

@@ -202,8 +202,8 @@ mem_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err, size_t errlen)
             return IMGW_ENOMEM;
         }
         /* Tables that failed keep b == NULL, which shards_free skips. */
-        if (htab_init(&sh->users) || imgw__mem_idx_init(&sh->dedupes) ||
-            imgw__mem_idx_init(&sh->metas) || htab_init(&sh->groups) ||
+        if (htab_init(&sh->users) || imgw__mem_idx_init(&sh->dedupes, offsetof(imgw__mem_dedupe_t, hash)) ||
+            imgw__mem_idx_init(&sh->metas, offsetof(imgw__mem_meta_t, hash)) || htab_init(&sh->groups) ||
             htab_init(&sh->pbs)) {
             shards_free(m, i + 1);
             imgw_free(m);

@@ -6,6 +6,7 @@
  * reserve's answer when growth cannot allocate, and a long random run
  * cross-checked against a plain array.
  */
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,10 +18,19 @@
 #include "test.h"
 
 typedef struct ent_s {
-    uint64_t hash; /* first, as the index requires */
     int key;
+    uint32_t hash; /* at the offset given to init */
     int in; /* in the index, as the test believes */
 } ent_t;
+
+#define HOFF offsetof(ent_t, hash)
+
+/* A hash with this home bucket (in any table big enough) and tag bits. */
+static uint32_t
+mk(uint32_t home, uint32_t tag)
+{
+    return (tag & 0x7f) | home << 7;
+}
 
 static int
 ent_eq(const void *p, const void *key)
@@ -76,10 +86,11 @@ TEST(collisions)
 {
     imgw__mem_idx_t x;
     ent_t es[20];
-    CHECK_EQ_INT(imgw__mem_idx_init(&x), 0);
+    CHECK_EQ_INT(imgw__mem_idx_init(&x, HOFF), 0);
     for (int i = 0; i < 20; i++) {
-        /* Same low bits and tag bits (48..54), different elsewhere. */
-        es[i].hash = 0x5ULL | ((uint64_t)0x2a << 48) | ((uint64_t)i << 20);
+        /* One home bucket and tag in a 2- or 4-bucket table (the bits
+         * above differ). */
+        es[i].hash = mk(1 | (uint32_t)i << 8, 0x2a);
         es[i].key = i;
         add(&x, &es[i]);
     }
@@ -99,11 +110,10 @@ TEST(remove_in_run)
 {
     imgw__mem_idx_t x;
     ent_t es[40];
-    CHECK_EQ_INT(imgw__mem_idx_init(&x), 0);
+    CHECK_EQ_INT(imgw__mem_idx_init(&x, HOFF), 0);
     for (int i = 0; i < 40; i++) {
         /* Four home buckets, ten entries each, two tags. */
-        es[i].hash = (uint64_t)(i % 4) | ((uint64_t)(i % 2) << 48) |
-                     ((uint64_t)i << 24);
+        es[i].hash = mk((uint32_t)(i % 4) | (uint32_t)i << 12, (uint32_t)(i % 2));
         es[i].key = i;
         add(&x, &es[i]);
     }
@@ -136,9 +146,9 @@ TEST(saturated_overflow)
     enum { N = 600 };
     imgw__mem_idx_t x;
     ent_t *es = calloc(N, sizeof(*es));
-    CHECK_EQ_INT(imgw__mem_idx_init(&x), 0);
+    CHECK_EQ_INT(imgw__mem_idx_init(&x, HOFF), 0);
     for (int i = 0; i < N; i++) {
-        es[i].hash = ((uint64_t)(i & 0x7f) << 48) | ((uint64_t)i << 40);
+        es[i].hash = mk(0, (uint32_t)i);
         es[i].key = i;
         add(&x, &es[i]);
     }
@@ -178,9 +188,9 @@ TEST(grow_and_shrink)
     ent_t *es = calloc(N, sizeof(*es));
     int migrating = 0, checked_mid = 0;
     size_t max_buckets = 0;
-    CHECK_EQ_INT(imgw__mem_idx_init(&x), 0);
+    CHECK_EQ_INT(imgw__mem_idx_init(&x, HOFF), 0);
     for (int i = 0; i < N; i++) {
-        es[i].hash = next_rand();
+        es[i].hash = (uint32_t)next_rand();
         es[i].key = i;
         add(&x, &es[i]);
         if (x.old.b != NULL) {
@@ -238,9 +248,9 @@ TEST(burst_during_shrink)
     enum { N = 5000 };
     imgw__mem_idx_t x;
     ent_t *es = calloc(N, sizeof(*es));
-    CHECK_EQ_INT(imgw__mem_idx_init(&x), 0);
+    CHECK_EQ_INT(imgw__mem_idx_init(&x, HOFF), 0);
     for (int i = 0; i < N; i++) {
-        es[i].hash = next_rand();
+        es[i].hash = (uint32_t)next_rand();
         es[i].key = i;
         add(&x, &es[i]);
     }
@@ -273,10 +283,10 @@ TEST(reserve_without_memory)
     imgw__mem_idx_t x;
     ent_t es[N];
     int refused = 0, at = -1;
-    CHECK_EQ_INT(imgw__mem_idx_init(&x), 0);
+    CHECK_EQ_INT(imgw__mem_idx_init(&x, HOFF), 0);
     size_t cap = (x.cur.mask + 1) * MEM_IDX_WAYS;
     for (int i = 0; i < N; i++) {
-        es[i].hash = next_rand();
+        es[i].hash = (uint32_t)next_rand();
         es[i].key = i;
         es[i].in = 0;
     }
@@ -314,11 +324,11 @@ TEST(cross_check)
     imgw__mem_idx_t x;
     ent_t *es = calloc(N, sizeof(*es));
     size_t in = 0, bad_count = 0, bad_find = 0, checks = 0, peak = 0;
-    CHECK_EQ_INT(imgw__mem_idx_init(&x), 0);
+    CHECK_EQ_INT(imgw__mem_idx_init(&x, HOFF), 0);
     for (int i = 0; i < N; i++) {
         uint64_t r = next_rand();
-        /* 9 bits of spread in bucket and tag: collisions galore. */
-        es[i].hash = (r & 0x1f) | (((r >> 5) & 0xf) << 48) | (r << 32 >> 8);
+        /* 4 bits of tag, 5 of home: collisions galore. */
+        es[i].hash = mk((uint32_t)(r >> 4) & 0x1f, (uint32_t)r & 0xf);
         es[i].key = i;
     }
     for (int op = 0; op < OPS; op++) {
@@ -368,9 +378,9 @@ TEST(drain)
     imgw__mem_idx_t x;
     ent_t es[500];
     int n = 0;
-    CHECK_EQ_INT(imgw__mem_idx_init(&x), 0);
+    CHECK_EQ_INT(imgw__mem_idx_init(&x, HOFF), 0);
     for (int i = 0; i < 500; i++) {
-        es[i].hash = next_rand();
+        es[i].hash = (uint32_t)next_rand();
         es[i].key = i;
         add(&x, &es[i]);
     }
