@@ -276,11 +276,12 @@ typedef struct imgw__mem_slot_s {
 } imgw__mem_slot_t;
 
 /*
- * All or nothing. Everything whose size is known up front (blob,
- * metadata, dedupe key, the per-user slot array) is allocated before any
- * lock. Under the locks, the only allocations are a missing user record
- * and a ring growing; neither changes what any reader can see (an empty
- * record reads like an unknown user, a bigger ring holds the same
+ * All or nothing. Everything whose size is known up front (metadata with
+ * the blob in its block, dedupe key, the per-user slot array) is
+ * allocated before any lock. Under the locks, the only allocations are an
+ * index growing, a missing user record and a ring growing; none changes
+ * what any reader can see (a migrating index finds the same entries, an
+ * empty record reads like an unknown user, a bigger ring holds the same
  * entries), so on ENOMEM we unlock and return with nothing appended. After
  * that point nothing can fail.
  */
