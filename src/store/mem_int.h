@@ -68,7 +68,8 @@
  * the insertion rate even if nobody calls tick. */
 #define MEM_LAZY_POPS 2
 #define MEM_TICK_POPS 1024     /* per shard and table per tick */
-#define MEM_TICK_MIGRATE 256   /* index buckets per shard and table per tick */
+#define MEM_TICK_MIGRATE 32    /* index buckets per shard and table per tick:
+                                  ~7 entries each, a cache miss apiece */
 #define MEM_TICK_USER_SHARDS 4 /* shards whose users one tick visits */
 #define MEM_TICK_BUCKETS 256   /* user buckets per visited shard */
 #define MEM_STACK_SLOTS 16     /* appends to <= 16 users use no malloc */
