@@ -42,6 +42,20 @@ imgw_utf8_seq_len(const uint8_t *p, size_t n)
 }
 
 int
+imgw_utf8_valid_cstr(const char *s, size_t cap)
+{
+    const uint8_t *p = (const uint8_t *)s;
+
+    for (size_t i = 0; i < cap; i++) {
+        if (p[i] == 0)
+            return 1;
+        if (p[i] >= 0x80)
+            return imgw_utf8_valid(p + i, strnlen(s + i, cap - i));
+    }
+    return 1;
+}
+
+int
 imgw_utf8_valid(const uint8_t *p, size_t n)
 {
     size_t i = 0, k;

@@ -28,5 +28,9 @@ size_t imgw_utf8_seq_len(const uint8_t *p, size_t n);
  * carry it check for it themselves.
  */
 int imgw_utf8_valid(const uint8_t *p, size_t n);
+/* The same for a string of at most cap bytes, NUL-terminated or not
+ * (the bytes up to the first NUL, or all cap): one pass over the common
+ * short ASCII string instead of a length scan and a validation. */
+int imgw_utf8_valid_cstr(const char *s, size_t cap);
 
 #endif

@@ -168,7 +168,7 @@ static const codec_jmsg_t codec_m_presp = CODEC_JMSG(im_PresencePush, -1);
 static int
 codec_cstr_utf8(const char *s, size_t size)
 {
-    return imgw_utf8_valid((const uint8_t *)s, strnlen(s, size));
+    return imgw_utf8_valid_cstr(s, size);
 }
 
 /*
@@ -347,11 +347,20 @@ imgw_codec_err_name(int code)
 const codec_cmd_t *
 imgw__codec_cmd_find(int command)
 {
-    size_t i;
+    /* Binary search: codec_cmds is in numeric order (test_codec checks
+     * every value against the proto's names), and this runs for every
+     * frame in and out, where a walk of the table cost ~60 instructions. */
+    size_t lo = 0, hi = CODEC_NCMDS;
 
-    for (i = 0; i < CODEC_NCMDS; i++) {
-        if (codec_cmds[i].command == command)
-            return &codec_cmds[i];
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+
+        if (codec_cmds[mid].command == command)
+            return &codec_cmds[mid];
+        if (codec_cmds[mid].command < command)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return NULL;
 }

@@ -148,6 +148,9 @@ static const imgw_config_opt_t opts[] = {
             100000000, "connections per client address; 0 = unlimited"),
     OPT_INT("server", "handshake_rate", handshake_rate, "0", 0, 10000000,
             "new connections per second per loop; 0 = unlimited"),
+    OPT_INT("server", "batch_us", batch_us, "200", 0, 10000,
+            "microseconds a busy loop waits for more input before it polls "
+            "again (fewer wake-ups and writes under load); 0 = off"),
     OPT_INT("server", "heartbeat_timeout", heartbeat_timeout, "90", 1,
             IMGW__DAY, "seconds without a frame before close 4000"),
     OPT_INT("server", "auth_timeout", auth_timeout, "10", 1, 3600,

@@ -41,6 +41,7 @@ typedef struct imgw_config_s {
     int max_connections;
     int max_connections_per_ip; /* 0 = unlimited */
     int handshake_rate;     /* new connections/s per loop; 0 = unlimited */
+    int batch_us;           /* busy loop's wait before polling; 0 = off */
     int heartbeat_timeout;  /* seconds */
     int auth_timeout;       /* seconds */
     int drain_seconds;      /* paced drain window on SIGTERM */

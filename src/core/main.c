@@ -222,6 +222,7 @@ main(int argc, char **argv)
         .max_connections = cfg.max_connections,
         .max_connections_per_ip = cfg.max_connections_per_ip,
         .handshake_rate = cfg.handshake_rate,
+        .batch_us = cfg.batch_us,
         .handlers = &imgw_core_handlers,
         .data = &node,
     };

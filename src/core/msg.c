@@ -60,21 +60,34 @@ user_budget(imgw_session_t *s, int which)
                              2.0 * rate, imgw_loop_now_ms(s->cl->loop));
 }
 
+static size_t copy_str(char *dst, size_t cap, const char *src);
+
 static void
-send_rsp(imgw_session_t *s, uint32_t seq, int code, const char *msg,
-         uint64_t message_id, int64_t mseq, int64_t server_time)
+send_rsp_str(imgw_session_t *s, uint32_t seq, int code, const char *msg,
+             const char *message_id, int64_t mseq, int64_t server_time)
 {
     im_SendMessageResponse r = im_SendMessageResponse_init_zero;
     r.error_code = (im_ErrorCode)code;
     if (msg)
         snprintf(r.error_msg, sizeof(r.error_msg), "%s", msg);
     if (message_id)
-        imgw_id_format(message_id, r.message_id);
+        copy_str(r.message_id, sizeof(r.message_id), message_id);
     r.seq = mseq;
     r.server_time = server_time;
     if (code != 0)
         imgw_core_count_error(s->cl, code);
     imgw_session_reply(s, im_CommandType_CMD_SEND_MSG_RSP, seq, &r);
+}
+
+static void
+send_rsp(imgw_session_t *s, uint32_t seq, int code, const char *msg,
+         uint64_t message_id, int64_t mseq, int64_t server_time)
+{
+    char id[24];
+    if (message_id)
+        imgw_id_format(message_id, id);
+    send_rsp_str(s, seq, code, msg, message_id ? id : NULL, mseq,
+                 server_time);
 }
 
 /* Builds "s_<a>_<b>" (a <= b byte-wise) into out. */
@@ -146,6 +159,7 @@ typedef struct send_ctx_s {
     imgw_conn_ref_t ref;
     uint32_t sequence;
     uint64_t message_id;
+    char message_id_str[24]; /* formatted once, for the response */
     int64_t server_time;
     size_t n_users;
     char **users; /* users[0] is the sender; no duplicates */
@@ -271,8 +285,8 @@ append_cb(imgw_store_append_t *req, int status, void *data)
     }
     imgw_stat_inc(&cl->st.msgs_sent);
     if (s)
-        send_rsp(s, x->sequence, 0, NULL, x->message_id, x->seqs[0],
-                 x->server_time);
+        send_rsp_str(s, x->sequence, 0, NULL, x->message_id_str, x->seqs[0],
+                     x->server_time);
     imgw_hooks_stored(cl, x->blob, x->blob_len,
                       (const char *const *)x->users, x->n_users);
     imgw_deliver_push(cl, x->blob, x->blob_len, x->server_time,
@@ -522,6 +536,8 @@ imgw_msg_send_commit(imgw_core_loop_t *cl, imgw_conn_ref_t ref,
     x->ref = ref;
     x->sequence = sequence;
     x->message_id = message_id;
+    /* Formatted above for the push; the response needs the same digits. */
+    copy_str(x->message_id_str, sizeof(x->message_id_str), pm->message_id);
     x->server_time = server_time;
     x->members = NULL;
     x->msg_type = (int32_t)q->message_type;

@@ -110,16 +110,12 @@ static void
 refill(imgw_session_t *s, uint64_t now)
 {
     const imgw_config_t *cfg = s->cl->node->cfg;
-    if (s->refill_ms == 0) {
-        s->refill_ms = now;
-        s->send_tokens = 2.0f * (float)cfg->send_rate;
-        s->other_tokens = 20.0f * (float)cfg->send_rate;
+    /* Full buckets from the session's start (session_new). */
+    uint32_t d = (uint32_t)now - s->refill_ms;
+    float dt = (float)d / 1000.0f;
+    if (d == 0)
         return;
-    }
-    float dt = (float)(now - s->refill_ms) / 1000.0f;
-    if (dt <= 0)
-        return;
-    s->refill_ms = now;
+    s->refill_ms = (uint32_t)now;
     s->send_tokens += dt * (float)cfg->send_rate;
     if (s->send_tokens > 2.0f * (float)cfg->send_rate)
         s->send_tokens = 2.0f * (float)cfg->send_rate;
@@ -301,6 +297,9 @@ on_upgrade(imgw_conn_t *c, const imgw_http_req_t *req)
         return 503;
     s->cl = cl;
     s->conn = c;
+    s->send_tokens = 2.0f * (float)cl->node->cfg->send_rate;
+    s->other_tokens = 20.0f * (float)cl->node->cfg->send_rate;
+    s->refill_ms = (uint32_t)imgw_loop_now_ms(cl->loop);
     if (have > 0) {
         s->hs_user = imgw_try_strdup(claims.user_id);
         if (s->hs_user == NULL) {
@@ -483,7 +482,7 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
     imgw_store_route_set(cl->store, s->user, platform, cfg->broker_id,
                          cfg->route_ttl, route_done, NULL);
     imgw_presence_changed(cl, s->user, platform, 1);
-    s->route_refreshed_ms = imgw_loop_now_ms(cl->loop);
+    s->route_refreshed_ms = (uint32_t)imgw_loop_now_ms(cl->loop);
     imgw_conn_set_deadline(s->conn, imgw_loop_now_ms(cl->loop) +
                                         (uint64_t)cfg->heartbeat_timeout *
                                             1000);
@@ -508,9 +507,9 @@ do_heartbeat(imgw_session_t *s, imgw_msg_in_t *in)
     imgw_session_reply(s, im_CommandType_CMD_HEARTBEAT_RSP, in->sequence, &hr);
     uint64_t now = imgw_loop_now_ms(cl->loop);
     /* Refresh the route's TTL, but not on every beat. */
-    if (s->authed &&
-        now - s->route_refreshed_ms >= (uint64_t)cfg->route_ttl * 1000 / 3) {
-        s->route_refreshed_ms = now;
+    if (s->authed && (uint32_t)now - s->route_refreshed_ms >=
+                         (uint64_t)cfg->route_ttl * 1000 / 3) {
+        s->route_refreshed_ms = (uint32_t)now;
         imgw_store_route_refresh(cl->store, s->user, cfg->route_ttl,
                                  route_done, NULL);
     }

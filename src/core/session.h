@@ -25,8 +25,14 @@ typedef struct imgw_session_s {
     float send_tokens;  /* CMD_SEND_MSG_REQ bucket */
     float other_tokens; /* every other frame */
     uint16_t n_watch, cap_watch; /* presence.c's watch[] (below) */
-    uint64_t refill_ms;
-    uint64_t route_refreshed_ms;
+    /* Loop times (imgw_loop_now_ms), their low 32 bits: both are compared
+     * with now by difference, which is exact for 49 days, and a live
+     * session sends a frame (and so refills and refreshes) at least every
+     * server.heartbeat_timeout (<= 1 day). 8 bytes less put an idle
+     * session with a short user id and platform in a 96-byte malloc chunk
+     * instead of 112. */
+    uint32_t refill_ms;
+    uint32_t route_refreshed_ms;
     struct imgw_hooks_chain_s *hook_chain; /* hooks.c: sends in order */
     /* presence.c: the users this connection subscribed to (owned ids),
      * at most limits.presence_subscriptions (<= 10,000, so 16-bit counts
@@ -38,6 +44,10 @@ typedef struct imgw_session_s {
      * platform cost no malloc chunk of their own. */
     char ids[];
 } imgw_session_t;
+/* Every connection has one for its whole life (hold figures in
+ * docs/benchmarks.md): a new field needs a place in the padding or a
+ * reason to cost every idle connection more. */
+_Static_assert(sizeof(imgw_session_t) <= 72, "imgw_session_t grew");
 
 /* The platform of the authenticated session, "" before auth. */
 static inline const char *

@@ -228,6 +228,7 @@ void
 imgw__conn_on_read(imgw_conn_t *c, const uint8_t *data, size_t len)
 {
     imgw_stat_add(&c->loop->st.bytes_in, len);
+    c->loop->iter_reads++;
     c->last_rx = (uint32_t)c->loop->now_ms;
     if (c->tls == NULL) {
         imgw__conn_input(c, data, len);

@@ -274,11 +274,48 @@ timer_cb(uv_timer_t *t)
         drain_step(l);
 }
 
+/*
+ * Under load, a loop that polls again right away wakes once per burst of
+ * input (on a VM each wake-up, and each wake-up of a peer our writes make,
+ * costs more than the messages it carries) and writes each connection
+ * once per burst. After an iteration that read from at least
+ * IMGW_BATCH_MIN_READS connections, and after its output went out, it
+ * sleeps server.batch_us first: what arrives meanwhile is read in one
+ * iteration, and a connection's responses and pushes leave in one write.
+ * An idle or lightly loaded loop (one connection per iteration) never
+ * waits, so the added latency (at most batch_us plus the kernel's timer
+ * slack) is paid only under load. The wait is what is left of batch_us
+ * since the previous iteration's: a busy loop polls at most once per
+ * batch_us, and a saturated one (iterations longer than batch_us) never
+ * sleeps, so the wait never costs throughput. It holds no lock; other
+ * loops and the MQ thread keep running, and mail waits at most batch_us.
+ */
+static void
+batch_wait(imgw_loop_t *l)
+{
+    uint32_t reads = l->iter_reads;
+    l->iter_reads = 0;
+    if (l->net->opts.batch_us <= 0 || l->stopping)
+        return;
+    uint64_t now = uv_hrtime(), period = (uint64_t)l->net->opts.batch_us * 1000u;
+    uint64_t wait = imgw__batch_wait_ns(reads, now - l->batch_last_ns, period);
+    l->batch_last_ns = now;
+    if (wait == 0)
+        return;
+    struct timespec ts = {(time_t)(wait / 1000000000u),
+                          (long)(wait % 1000000000u)};
+    imgw_stat_inc(&l->st.batch_waits);
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+    l->batch_last_ns = uv_hrtime();
+}
+
 static void
 prepare_cb(uv_prepare_t *p)
 {
     imgw_loop_t *l = p->data;
     imgw__conn_flush_all(l);
+    batch_wait(l);
 }
 
 static void

@@ -111,6 +111,16 @@ typedef struct imgw_net_opts_s {
     int max_connections_per_ip; /* node-wide per address: 429; 0 = off */
     int handshake_rate;     /* accepted connections/s per loop (burst =
                                rate): 429 beyond; 0 = off */
+    /* Batching under load (loop.c prepare_cb): after an iteration that
+     * read from at least IMGW_BATCH_MIN_READS connections, the loop
+     * sleeps this long before it polls again, so input that arrives
+     * meanwhile is read, stored and answered in one iteration: fewer
+     * wake-ups of this loop and of the peers, fewer writes. The wait is
+     * what is left of batch_us since the previous iteration, so a busy
+     * loop polls at most once per batch_us and a saturated one never
+     * waits. Adds at most this (plus the kernel's timer slack) to a
+     * message's latency, only under load. 0 = off. */
+    int batch_us;
     const imgw_net_handlers_t *handlers;
     void *data;             /* core's node pointer */
 } imgw_net_opts_t;
@@ -180,7 +190,8 @@ uint64_t imgw_loop_now_ms(imgw_loop_t *l);
     X(slow_consumers, "closed at max_queued_bytes")                            \
     X(refused_full, "refused at max_connections")                              \
     X(refused_ip, "refused at max_connections_per_ip")                         \
-    X(refused_rate, "refused at handshake_rate")
+    X(refused_rate, "refused at handshake_rate")                              \
+    X(batch_waits, "busy iterations followed by a server.batch_us wait")
 
 typedef struct imgw_loop_stats_s {
 #define IMGW__LOOP_STAT_FIELD(name, what) uint64_t name;

@@ -45,6 +45,7 @@
 #define IMGW_POOL_KEEP 16       /* pooled entries the trim tick keeps */
 #define IMGW_TRIM_MS 10000      /* pool trim + malloc_trim period */
 #define IMGW_TICK_MS 250        /* timer wheel resolution */
+#define IMGW_BATCH_MIN_READS 2  /* connections read: a busy iteration */
 #define IMGW_CLOSE_GRACE_MS 2000 /* close handshake before abort */
 /* Frames of one fragmented WebSocket message, first one included; one more
  * closes the connection with 1009 (docs/protocol.md). Empty continuations
@@ -116,6 +117,18 @@ typedef struct imgw_proto_s {
  * test harnesses name them. */
 extern const imgw_proto_t imgw__http_proto;
 extern const imgw_proto_t imgw__ws_proto;
+
+/* loop.c's batching rule (server.batch_us): the nanoseconds a loop waits
+ * before it polls again, given the connections it read this iteration and
+ * the time since its previous wait decision. 0: poll now (a quiet
+ * iteration, or one that already took a whole period). */
+static inline uint64_t
+imgw__batch_wait_ns(uint32_t reads, uint64_t since_ns, uint64_t period_ns)
+{
+    if (reads < IMGW_BATCH_MIN_READS || since_ns >= period_ns)
+        return 0;
+    return period_ns - since_ns;
+}
 
 /* A loop's counters (net.h's list), written by the loop only. */
 typedef struct imgw__loop_counters_s {
@@ -193,6 +206,10 @@ struct imgw_loop_s {
     size_t cap_slots;
 
     imgw_conn_t *flush_head;
+    /* Connections read in this iteration (reset by prepare_cb): what
+     * decides whether the loop waits server.batch_us before polling. */
+    uint32_t iter_reads;
+    uint64_t batch_last_ns; /* uv_hrtime() of the last prepare_cb */
 
     /* pools */
     imgw_obuf_t *obuf_pool[IMGW_OBUF_POOL_MAX];

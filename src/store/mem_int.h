@@ -185,21 +185,100 @@ typedef struct imgw__mem_pos_s {
     imgw__mem_convs_t convs; /* conversation list (mem_conv.h) */
 } imgw__mem_pos_t;
 
-/* Everything kept per user; all of it under the user's shard lock. */
-typedef struct imgw__mem_user_s {
-    imgw__mem_hnode_t h;   /* in shard->users */
-    int64_t max_seq;       /* never decreases while the timeline holds an
-                              entry or the user was used within seq_ttl */
-    int64_t touched_ms;    /* last append, sync, max_seq or route refresh */
-    uint64_t epoch;        /* id of the message that got seq 1 (store.h);
-                              meaningful while max_seq != 0 */
-    imgw__mem_ent_t *ring; /* cap slots, count used from head */
-    uint32_t cap, head, count;
-    uint16_t n_routes, cap_routes;
-    imgw__mem_route_t *routes;
+/*
+ * What a user holds once used, and an idle one (a connection that never
+ * received, acked or marked anything) does not: its last use, positions
+ * and timeline. Created by the first append that reserves a slot for the
+ * user, the first position or conversation, or a snapshot's user; freed by
+ * the sweep once it holds no entry and no positions and max_seq has
+ * expired. One with max_seq 0, no entry and no positions reads exactly
+ * like none (a failed append may leave one behind). The ring is inline, so
+ * this is one allocation; growing or shrinking the ring moves it.
+ */
+typedef struct imgw__mem_used_s {
+    int64_t max_seq;      /* never decreases while the ring holds an entry or
+                             the user was used within seq_ttl */
+    uint64_t epoch;       /* id of the message that got seq 1 (store.h);
+                             meaningful while max_seq != 0 */
     imgw__mem_pos_t *pos; /* NULL until the first position or conversation */
+    /* Last append, sync, max_seq or route refresh, in store-clock seconds
+     * rounded up (imgw__mem_touch): it only ever meets seq_ttl, which is
+     * days, and 32 bits of it keep this header at 40 bytes, so a ring of
+     * 4 fills a 112-byte chunk rather than spilling into a 128-byte one. */
+    uint32_t touched_s;
+    uint32_t cap, head, count; /* ring slots; count used from head */
+    imgw__mem_ent_t ring[];
+} imgw__mem_used_t;
+
+/* Rounded up, so max_seq is never forgotten before seq_ttl; a uint32 of
+ * unix seconds lasts until 2106. */
+static inline void
+imgw__mem_touch(imgw__mem_used_t *t, int64_t now_ms)
+{
+    t->touched_s = (uint32_t)((now_ms + 999) / 1000);
+}
+
+static inline int64_t
+imgw__mem_touched_ms(const imgw__mem_used_t *t)
+{
+    return (int64_t)t->touched_s * 1000;
+}
+
+/*
+ * Everything kept per user; all of it under the user's shard lock. The
+ * record is what every idle connection's user costs, so it holds only
+ * what such a user uses: its id, its chain link and one route (44 bytes
+ * before the id: ids up to 11 bytes keep it in a 64-byte malloc chunk).
+ * The rest hangs off used, NULL until needed; a second route moves the
+ * routes into an array (imgw__mem_routes).
+ */
+typedef struct imgw__mem_user_s {
+    imgw__mem_hnode_t h;    /* in shard->users */
+    imgw__mem_used_t *used; /* NULL while idle */
+    union {
+        imgw__mem_route_t one;  /* cap_routes == 0: at most one, inline */
+        imgw__mem_route_t *arr; /* cap_routes >= 2 */
+    } r;
+    uint16_t n_routes, cap_routes;
     char id[];
 } imgw__mem_user_t;
+/* The idle record's size is the point of its layout: keep it measured. */
+_Static_assert(sizeof(void *) != 8 || offsetof(imgw__mem_user_t, id) == 44,
+               "an idle user's record grew: see imgw__mem_user_t");
+_Static_assert(sizeof(void *) != 8 || sizeof(imgw__mem_used_t) == 40,
+               "the used header grew: see imgw__mem_used_t");
+
+/* u's routes: n_routes of them, room for imgw__mem_routes_cap(u). */
+static inline imgw__mem_route_t *
+imgw__mem_routes(imgw__mem_user_t *u)
+{
+    return u->cap_routes ? u->r.arr : &u->r.one;
+}
+
+static inline uint16_t
+imgw__mem_routes_cap(const imgw__mem_user_t *u)
+{
+    return u->cap_routes ? u->cap_routes : 1;
+}
+
+/* What an absent timeline reads as, so readers need not test for NULL. */
+static inline int64_t
+imgw__mem_max_seq_of(const imgw__mem_user_t *u)
+{
+    return u->used ? u->used->max_seq : 0;
+}
+
+static inline uint32_t
+imgw__mem_count_of(const imgw__mem_user_t *u)
+{
+    return u->used ? u->used->count : 0;
+}
+
+static inline imgw__mem_pos_t *
+imgw__mem_pos_of(const imgw__mem_user_t *u)
+{
+    return u->used ? u->used->pos : NULL;
+}
 
 typedef struct imgw__mem_dedupe_s {
     imgw_list_t age; /* shard->dedupe_age, oldest first */
@@ -410,12 +489,15 @@ htab_shrink(imgw__mem_htab_t *t)
 imgw__mem_user_t *imgw__mem_user_find(imgw__mem_shard_t *sh, uint64_t h,
                                       const char *id);
 imgw__mem_user_t *imgw__mem_user_get(imgw__mem_t *m, imgw__mem_shard_t *sh,
-                                     uint64_t h, const char *id, int64_t now,
-                                     int *err);
+                                     uint64_t h, const char *id, int *err);
+/* u's used part, created empty (touched now) when it has none; NULL when
+ * out of memory. */
+imgw__mem_used_t *imgw__mem_used_own(imgw__mem_user_t *u, int64_t now);
 void imgw__mem_user_seq_expire(const imgw__mem_t *m, imgw__mem_user_t *u,
                                int64_t now);
-void imgw__mem_ring_pop(imgw__mem_t *m, imgw__mem_user_t *u);
-int imgw__mem_ring_realloc(imgw__mem_user_t *u, uint32_t ncap);
+void imgw__mem_ring_pop(imgw__mem_t *m, imgw__mem_used_t *t);
+int imgw__mem_ring_realloc(imgw__mem_user_t *u, uint32_t ncap, int64_t now);
+int imgw__mem_routes_grow(imgw__mem_user_t *u);
 void imgw__mem_user_age(imgw__mem_t *m, imgw__mem_user_t *u, int64_t now);
 void imgw__mem_routes_expire(imgw__mem_shard_t *sh, imgw__mem_user_t *u,
                              int64_t now);
@@ -430,7 +512,7 @@ void imgw__mem_pb_put(imgw__mem_shard_t *sh, const char *pb);
 int imgw__mem_array_grow(void **arr, uint16_t *cap, size_t elsize,
                          uint16_t max);
 /* u's positions, created empty when it has none; NULL when out of memory. */
-imgw__mem_pos_t *imgw__mem_pos_own(imgw__mem_user_t *u);
+imgw__mem_pos_t *imgw__mem_pos_own(imgw__mem_user_t *u, int64_t now);
 void imgw__mem_users_sweep(imgw__mem_t *m, imgw__mem_shard_t *sh, int64_t now,
                            int budget);
 int imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,

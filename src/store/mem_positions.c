@@ -32,10 +32,10 @@ imgw__mem_set_delivered(imgw_store_loop_t *sl, const char *user,
     int64_t now = mem_now(m);
 
     pthread_mutex_lock(&sh->mu);
-    imgw__mem_user_t *u = imgw__mem_user_get(m, sh, h, user, now, &err);
+    imgw__mem_user_t *u = imgw__mem_user_get(m, sh, h, user, &err);
     if (u == NULL)
         goto fail;
-    imgw__mem_pos_t *p = imgw__mem_pos_own(u);
+    imgw__mem_pos_t *p = imgw__mem_pos_own(u, now);
     if (p == NULL)
         goto fail;
     for (uint16_t i = 0; i < p->n_dev; i++)
@@ -96,10 +96,10 @@ imgw__mem_set_read(imgw_store_loop_t *sl, const char *user,
     int64_t now = mem_now(m);
 
     pthread_mutex_lock(&sh->mu);
-    imgw__mem_user_t *u = imgw__mem_user_get(m, sh, h, user, now, &err);
+    imgw__mem_user_t *u = imgw__mem_user_get(m, sh, h, user, &err);
     if (u == NULL)
         goto fail;
-    imgw__mem_pos_t *p = imgw__mem_pos_own(u);
+    imgw__mem_pos_t *p = imgw__mem_pos_own(u, now);
     if (p == NULL)
         goto fail;
     uint16_t i;
@@ -145,7 +145,7 @@ imgw__store_mem_get_delivered(imgw_store_t *s, const char *user,
     int r = IMGW_ENOTFOUND;
     pthread_mutex_lock(&sh->mu);
     imgw__mem_user_t *u = imgw__mem_user_find(sh, h, user);
-    const imgw__mem_pos_t *p = u ? u->pos : NULL;
+    const imgw__mem_pos_t *p = u ? imgw__mem_pos_of(u) : NULL;
     for (uint16_t i = 0; p != NULL && i < p->n_dev; i++)
         if (strcmp(p->dev[i].device, device) == 0) {
             *seq = p->dev[i].seq;
@@ -168,7 +168,7 @@ imgw__store_mem_get_read(imgw_store_t *s, const char *user,
     int r = IMGW_ENOTFOUND;
     pthread_mutex_lock(&sh->mu);
     imgw__mem_user_t *u = imgw__mem_user_find(sh, h, user);
-    const imgw__mem_pos_t *p = u ? u->pos : NULL;
+    const imgw__mem_pos_t *p = u ? imgw__mem_pos_of(u) : NULL;
     for (uint16_t i = 0; p != NULL && i < p->n_read; i++) {
         const char *cm = p->reads[i].cm;
         if (strcmp(cm, conversation_id) == 0) {

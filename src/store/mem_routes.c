@@ -101,32 +101,32 @@ imgw__mem_route_set(imgw_store_loop_t *sl, const char *user,
     const char *pb = imgw__mem_pb_get(m, sh, platform, broker_id);
     if (pb == NULL)
         goto fail;
-    imgw__mem_user_t *u = imgw__mem_user_get(m, sh, h, user, now, &err);
+    imgw__mem_user_t *u = imgw__mem_user_get(m, sh, h, user, &err);
     if (u == NULL)
         goto fail;
     imgw__mem_routes_expire(sh, u, now);
+    imgw__mem_route_t *rt = imgw__mem_routes(u);
     uint16_t i;
     for (i = 0; i < u->n_routes; i++)
-        if (strcmp(u->routes[i].pb, platform) == 0)
+        if (strcmp(rt[i].pb, platform) == 0)
             break;
     if (i < u->n_routes) {
-        imgw__mem_pb_put(sh, u->routes[i].pb);
+        imgw__mem_pb_put(sh, rt[i].pb);
     } else if (u->n_routes == IMGW_STORE_MAX_ROUTES) {
         i = 0;
         for (uint16_t j = 1; j < u->n_routes; j++)
-            if (u->routes[j].expire_ms < u->routes[i].expire_ms)
+            if (rt[j].expire_ms < rt[i].expire_ms)
                 i = j;
-        imgw__mem_pb_put(sh, u->routes[i].pb);
+        imgw__mem_pb_put(sh, rt[i].pb);
     } else {
-        if (u->n_routes == u->cap_routes &&
-            imgw__mem_array_grow((void **)&u->routes, &u->cap_routes,
-                                 sizeof(*u->routes),
-                                 IMGW_STORE_MAX_ROUTES) != 0)
+        if (u->n_routes == imgw__mem_routes_cap(u) &&
+            imgw__mem_routes_grow(u) != 0)
             goto fail;
+        rt = imgw__mem_routes(u); /* growing moves them */
         i = u->n_routes++;
     }
-    u->routes[i].pb = pb;
-    u->routes[i].expire_ms = now + (int64_t)ttl * 1000;
+    rt[i].pb = pb;
+    rt[i].expire_ms = now + (int64_t)ttl * 1000;
     pthread_mutex_unlock(&sh->mu);
     if (cb)
         cb(0, data);
@@ -154,13 +154,14 @@ imgw__mem_route_del(imgw_store_loop_t *sl, const char *user,
     imgw__mem_user_t *u = imgw__mem_user_find(sh, h, user);
     if (u != NULL) {
         imgw__mem_routes_expire(sh, u, now);
+        imgw__mem_route_t *rt = imgw__mem_routes(u);
         for (uint16_t i = 0; i < u->n_routes; i++) {
-            const char *pb = u->routes[i].pb;
+            const char *pb = rt[i].pb;
             if (strcmp(pb, platform) == 0) {
                 if (strcmp(pb + strlen(pb) + 1, broker_id) == 0) {
-                    imgw__mem_pb_put(sh, u->routes[i].pb);
+                    imgw__mem_pb_put(sh, pb);
                     if (i != --u->n_routes)
-                        u->routes[i] = u->routes[u->n_routes];
+                        rt[i] = rt[u->n_routes];
                 }
                 break;
             }
@@ -187,14 +188,16 @@ imgw__mem_route_refresh(imgw_store_loop_t *sl, const char *user, int ttl,
         /* Expired routes stay dead: refreshing must not resurrect a
          * route whose node stopped refreshing it. */
         imgw__mem_routes_expire(sh, u, now);
+        imgw__mem_route_t *rt = imgw__mem_routes(u);
         for (uint16_t i = 0; i < u->n_routes; i++)
-            u->routes[i].expire_ms = now + (int64_t)ttl * 1000;
+            rt[i].expire_ms = now + (int64_t)ttl * 1000;
         /* Heartbeats of an online client keep its max_seq alive (Redis:
          * the same script refreshes IM-SEQ's TTL), unless it has expired
          * already: then there is nothing to keep. */
         imgw__mem_user_age(m, u, now);
         imgw__mem_user_seq_expire(m, u, now);
-        u->touched_ms = now;
+        if (u->used != NULL) /* else nothing to keep alive */
+            imgw__mem_touch(u->used, now);
     }
     pthread_mutex_unlock(&sh->mu);
     if (cb)
@@ -218,8 +221,9 @@ imgw__mem_route_get(imgw_store_loop_t *sl, const char *user,
     imgw__mem_user_t *u = imgw__mem_user_find(sh, h, user);
     if (u != NULL) {
         imgw__mem_routes_expire(sh, u, now);
+        const imgw__mem_route_t *rt = imgw__mem_routes(u);
         for (uint16_t i = 0; i < u->n_routes; i++, n++) {
-            const char *pb = u->routes[i].pb;
+            const char *pb = rt[i].pb;
             snprintf(buf[n][0], sizeof(buf[n][0]), "%s", pb);
             snprintf(buf[n][1], sizeof(buf[n][1]), "%s", pb + strlen(pb) + 1);
             r[n].platform = buf[n][0];

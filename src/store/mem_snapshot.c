@@ -139,11 +139,13 @@ dump_user(imgw__mem_dump_t *d, const imgw__mem_user_t *u)
     imgw__rec_buf_t *o = d->out;
     size_t at = imgw__rec_begin(o, IMGW__REC_S_USER);
     imgw__rec_put_str(o, u->id);
-    imgw__rec_put_u64(o, (uint64_t)u->max_seq);
+    const imgw__mem_used_t *t = u->used;
+    uint32_t count = imgw__mem_count_of(u);
+    imgw__rec_put_u64(o, (uint64_t)imgw__mem_max_seq_of(u));
     /* The last use, so max_seq's idle expiry (seq_ttl) counts from the
      * same moment after a restart as it would have without one. */
-    imgw__rec_put_u64(o, (uint64_t)u->touched_ms);
-    const imgw__mem_pos_t *p = u->pos;
+    imgw__rec_put_u64(o, (uint64_t)imgw__mem_touched_ms(t)); /* t: dumped */
+    const imgw__mem_pos_t *p = t->pos;
     uint16_t nd = p ? p->n_dev : 0, nr = p ? p->n_read : 0;
     imgw__rec_put_u16(o, nd);
     for (uint16_t i = 0; i < nd; i++) {
@@ -160,27 +162,27 @@ dump_user(imgw__mem_dump_t *d, const imgw__mem_user_t *u)
     }
     /* Last, so a snapshot written before epochs existed still loads (its
      * users read epoch 0). */
-    imgw__rec_put_u64(o, u->epoch);
+    imgw__rec_put_u64(o, t->epoch);
     imgw__rec_end(o, at);
     uint32_t nums[MEM_DUMP_CHUNK];
-    for (uint32_t done = 0; done < u->count && !o->err;) {
+    for (uint32_t done = 0; done < count && !o->err;) { /* count > 0: t */
         uint32_t k =
-            u->count - done < MEM_DUMP_CHUNK ? u->count - done : MEM_DUMP_CHUNK;
+            count - done < MEM_DUMP_CHUNK ? count - done : MEM_DUMP_CHUNK;
         /* Blob and metadata records first: a record cannot nest. */
         for (uint32_t i = 0; i < k; i++)
             nums[i] =
-                dump_ref(d, u->ring[(u->head + done + i) % u->cap].blob, 1);
+                dump_ref(d, t->ring[(t->head + done + i) % t->cap].blob, 1);
         at = imgw__rec_begin(o, IMGW__REC_S_ENTRIES);
         imgw__rec_put_u32(o, k);
         for (uint32_t i = 0; i < k; i++) {
             imgw__rec_put_u32(o, nums[i]);
             imgw__rec_put_u64(
-                o, (uint64_t)u->ring[(u->head + done + i) % u->cap].stored_ms);
+                o, (uint64_t)t->ring[(t->head + done + i) % t->cap].stored_ms);
         }
         imgw__rec_end(o, at);
         done += k;
     }
-    const imgw__mem_convs_t *cv = u->pos ? &u->pos->convs : NULL;
+    const imgw__mem_convs_t *cv = p ? &p->convs : NULL;
     for (uint32_t i = 0; cv != NULL && i < cv->n && !o->err; i++) {
         const imgw_store_conv_t *c = &cv->v[i];
         at = imgw__rec_begin(o, IMGW__REC_S_CONV);
@@ -235,9 +237,9 @@ dump_shard(imgw__mem_dump_t *d, imgw__mem_shard_t *sh)
     for (size_t b = 0; b <= sh->users.mask && !o->err; b++)
         for (imgw__mem_hnode_t *x = sh->users.b[b]; x; x = x->next) {
             imgw__mem_user_t *u = (imgw__mem_user_t *)x;
-            if (u->max_seq != 0 ||
-                (u->pos && (u->pos->n_dev != 0 || u->pos->n_read != 0 ||
-                            u->pos->convs.n != 0)))
+            const imgw__mem_pos_t *p = imgw__mem_pos_of(u);
+            if (imgw__mem_max_seq_of(u) != 0 ||
+                (p && (p->n_dev != 0 || p->n_read != 0 || p->convs.n != 0)))
                 dump_user(d, u);
         }
 }
@@ -472,17 +474,24 @@ load_user(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
     imgw__mem_shard_t *sh = &m->shards[shard_of(h)];
     int rc = 0;
     pthread_mutex_lock(&sh->mu);
-    imgw__mem_user_t *u = imgw__mem_user_get(m, sh, h, id, touched, &rc);
+    imgw__mem_user_t *u = imgw__mem_user_get(m, sh, h, id, &rc);
     if (u == NULL)
         goto out;
-    if (u->max_seq != 0 || u->count != 0) {
+    if (imgw__mem_max_seq_of(u) != 0 || imgw__mem_count_of(u) != 0) {
         rc = IMGW_EPROTO; /* a user twice */
         goto out;
     }
-    u->max_seq = max_seq;
+    /* A saved user has a max_seq or positions: it was used. */
+    imgw__mem_used_t *t = imgw__mem_used_own(u, touched);
+    if (t == NULL) {
+        rc = IMGW_ENOMEM;
+        goto out;
+    }
+    imgw__mem_touch(t, touched);
+    t->max_seq = max_seq;
     uint16_t nd = imgw__rec_get_u16(r);
     imgw__mem_pos_t *p = NULL;
-    if (nd > 0 && (p = imgw__mem_pos_own(u)) == NULL) {
+    if (nd > 0 && (p = imgw__mem_pos_own(u, touched)) == NULL) {
         rc = IMGW_ENOMEM;
         goto out;
     }
@@ -508,7 +517,7 @@ load_user(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
             sh->stamp = stamp;
     }
     uint16_t nr = imgw__rec_get_u16(r);
-    if (nr > 0 && p == NULL && (p = imgw__mem_pos_own(u)) == NULL) {
+    if (nr > 0 && p == NULL && (p = imgw__mem_pos_own(u, touched)) == NULL) {
         rc = IMGW_ENOMEM;
         goto out;
     }
@@ -536,7 +545,7 @@ load_user(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
             sh->stamp = stamp;
     }
     if (!r->err && r->n - r->off >= 8)
-        u->epoch = imgw__rec_get_u64(r);
+        t->epoch = imgw__rec_get_u64(r);
     if (r->err)
         rc = IMGW_EPROTO;
 out:
@@ -561,27 +570,29 @@ load_entries(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
     for (uint32_t i = 0; i < k; i++) {
         uint32_t num = imgw__rec_get_u32(r);
         int64_t stored = (int64_t)imgw__rec_get_u64(r);
-        if (r->err || num >= ld->n_blobs || (int64_t)u->count >= u->max_seq) {
+        if (r->err || num >= ld->n_blobs ||
+            (int64_t)imgw__mem_count_of(u) >= imgw__mem_max_seq_of(u)) {
             rc = IMGW_EPROTO;
             break;
         }
-        if (u->count >= (uint32_t)m->retention_count)
-            imgw__mem_ring_pop(m, u); /* a smaller retention than when saved */
-        if (u->count == u->cap &&
-            imgw__mem_ring_realloc(
-                u, u->cap ? (u->cap * 2 < (uint32_t)m->retention_count
-                                 ? u->cap * 2
-                                 : (uint32_t)m->retention_count)
-                          : 4) != 0) {
-            rc = IMGW_ENOMEM;
-            break;
+        imgw__mem_used_t *t = u->used; /* max_seq > 0: load_user made it */
+        if (t->count >= (uint32_t)m->retention_count)
+            imgw__mem_ring_pop(m, t); /* a smaller retention than when saved */
+        if (t->count == t->cap) {
+            uint32_t max = (uint32_t)m->retention_count;
+            uint32_t ncap = t->cap ? t->cap * 2 : 4;
+            if (imgw__mem_ring_realloc(u, ncap < max ? ncap : max, 0) != 0) {
+                rc = IMGW_ENOMEM;
+                break;
+            }
+            t = u->used; /* moved */
         }
         imgw__mem_blob_t *b = ld->blobs[num];
         imgw__mem_blob_ref(b);
-        imgw__mem_ent_t *e = &u->ring[(u->head + u->count) % u->cap];
+        imgw__mem_ent_t *e = &t->ring[(t->head + t->count) % t->cap];
         e->stored_ms = stored;
         e->blob = b;
-        u->count++;
+        t->count++;
     }
     pthread_mutex_unlock(&sh->mu);
     return rc;
@@ -617,7 +628,7 @@ load_conv(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
     imgw__mem_shard_t *sh = &m->shards[shard_of(u->h.hash)];
     int rc = 0;
     pthread_mutex_lock(&sh->mu);
-    imgw__mem_pos_t *pp = imgw__mem_pos_own(u);
+    imgw__mem_pos_t *pp = imgw__mem_pos_own(u, 0); /* load_user made used */
     if (pp == NULL) {
         rc = IMGW_ENOMEM;
     } else if (pp->convs.n >= m->max_convs) {

@@ -33,14 +33,15 @@ imgw__mem_user_find(imgw__mem_shard_t *sh, uint64_t h, const char *id)
 /*
  * Finds or creates the record; NULL with *err = IMGW_ENOMEM, or
  * IMGW_EBUSY when the node holds max_users records already (counted in
- * users_refused). A new record is empty (max_seq 0), which reads exactly
- * like an unknown user, so creating one and then failing later leaves no
- * visible state: the sweep drops it. The count is reserved before the
- * allocation, so concurrent creations on other shards cannot pass the cap.
+ * users_refused). A new record is idle (no route, nothing used), which
+ * reads exactly like an unknown user, so creating one and then failing
+ * later leaves no visible state: the sweep drops it. The count is reserved
+ * before the allocation, so concurrent creations on other shards cannot
+ * pass the cap.
  */
 imgw__mem_user_t *
 imgw__mem_user_get(imgw__mem_t *m, imgw__mem_shard_t *sh, uint64_t h,
-                   const char *id, int64_t now, int *err)
+                   const char *id, int *err)
 {
     imgw__mem_user_t *u = imgw__mem_user_find(sh, h, id);
     if (u != NULL)
@@ -56,7 +57,9 @@ imgw__mem_user_get(imgw__mem_t *m, imgw__mem_shard_t *sh, uint64_t h,
         return NULL;
     }
     size_t len = strlen(id);
-    u = mem_calloc(1, sizeof(*u) + len + 1);
+    /* offsetof, not sizeof: the id starts in the struct's tail padding,
+     * which keeps short ids in a smaller malloc chunk. */
+    u = mem_calloc(1, offsetof(imgw__mem_user_t, id) + len + 1);
     if (u == NULL) {
         atomic_fetch_sub_explicit(&m->n_users, 1, memory_order_relaxed);
         *err = IMGW_ENOMEM;
@@ -64,7 +67,6 @@ imgw__mem_user_get(imgw__mem_t *m, imgw__mem_shard_t *sh, uint64_t h,
     }
     memcpy(u->id, id, len + 1);
     u->h.hash = h;
-    u->touched_ms = now;
     htab_insert(&sh->users, &u->h);
     return u;
 }
@@ -76,93 +78,176 @@ imgw__mem_user_get(imgw__mem_t *m, imgw__mem_shard_t *sh, uint64_t h,
  * read max_seq, so a late sweep never shows a counter Redis would have
  * expired. Aged entries must have been dropped first (imgw__mem_user_age).
  */
+static inline void
+used_seq_expire(const imgw__mem_t *m, imgw__mem_used_t *t, int64_t now)
+{
+    if (t->count == 0 && t->max_seq != 0 &&
+        now - imgw__mem_touched_ms(t) >= m->seq_ttl_ms)
+        t->max_seq = 0; /* used_shrink frees t if nothing else is in it */
+}
+
 void
 imgw__mem_user_seq_expire(const imgw__mem_t *m, imgw__mem_user_t *u,
                           int64_t now)
 {
-    if (u->count == 0 && u->max_seq != 0 &&
-        now - u->touched_ms >= m->seq_ttl_ms)
-        u->max_seq = 0;
+    if (u->used != NULL)
+        used_seq_expire(m, u->used, now);
 }
 
 void
-imgw__mem_ring_pop(imgw__mem_t *m, imgw__mem_user_t *u)
+imgw__mem_ring_pop(imgw__mem_t *m, imgw__mem_used_t *t)
 {
-    imgw__mem_blob_t *b = u->ring[u->head].blob;
-    u->ring[u->head].blob = NULL;
-    u->head = u->head + 1 == u->cap ? 0 : u->head + 1;
-    u->count--;
+    imgw__mem_blob_t *b = t->ring[t->head].blob;
+    t->ring[t->head].blob = NULL;
+    t->head = t->head + 1 == t->cap ? 0 : t->head + 1;
+    t->count--;
     imgw__mem_blob_unref(m, b);
 }
 
-/* Moves the ring into ncap (>= count) slots, oldest at index 0. */
+/*
+ * Moves u's used part into one with ncap (>= count) ring slots, oldest at
+ * index 0, creating an empty one (max_seq 0, touched now) if u has none.
+ * It moves: callers re-read u->used after this, never keep one across it.
+ */
 int
-imgw__mem_ring_realloc(imgw__mem_user_t *u, uint32_t ncap)
+imgw__mem_ring_realloc(imgw__mem_user_t *u, uint32_t ncap, int64_t now)
 {
-    imgw__mem_ent_t *r = mem_malloc((size_t)ncap * sizeof(*r));
-    if (r == NULL)
+    const imgw__mem_used_t *o = u->used;
+    imgw__mem_used_t *t =
+        mem_malloc(sizeof(*t) + (size_t)ncap * sizeof(t->ring[0]));
+    if (t == NULL)
         return IMGW_ENOMEM;
-    uint32_t j = u->head;
-    for (uint32_t i = 0; i < u->count; i++) {
-        r[i] = u->ring[j];
-        if (++j == u->cap)
+    if (o != NULL) {
+        *t = *o; /* the fixed part */
+    } else {
+        memset(t, 0, sizeof(*t));
+        imgw__mem_touch(t, now);
+    }
+    t->cap = ncap;
+    t->head = 0;
+    uint32_t j = t->count ? o->head : 0;
+    for (uint32_t i = 0; i < t->count; i++) {
+        t->ring[i] = o->ring[j];
+        if (++j == o->cap)
             j = 0;
     }
-    imgw_free(u->ring);
-    u->ring = r;
-    u->cap = ncap;
-    u->head = 0;
+    imgw_free(u->used);
+    u->used = t;
     return 0;
 }
 
-/* Makes room for one more entry. At retention_count the append pops the
- * oldest instead, so the ring never exceeds retention_count slots. */
-static int
-ring_reserve(const imgw__mem_t *m, imgw__mem_user_t *u)
+imgw__mem_used_t *
+imgw__mem_used_own(imgw__mem_user_t *u, int64_t now)
 {
-    uint32_t max = (uint32_t)m->retention_count;
-    if (u->count < u->cap || u->count >= max)
-        return 0;
-    uint32_t ncap = u->cap ? u->cap * 2 : 4;
-    if (ncap > max)
-        ncap = max;
-    return imgw__mem_ring_realloc(u, ncap);
+    if (u->used == NULL)
+        (void)imgw__mem_ring_realloc(u, 0, now); /* failure: stays NULL */
+    return u->used;
 }
 
-/* Gives back a ring that aging has mostly emptied (failure: keep it). */
-static void
-ring_shrink(imgw__mem_user_t *u)
+/* Makes room for one more entry, creating the used part at the user's
+ * first. At retention_count the append pops the oldest instead, so the
+ * ring never exceeds retention_count slots. */
+static int
+ring_reserve(const imgw__mem_t *m, imgw__mem_user_t *u, int64_t now)
 {
-    if (u->count == 0) {
-        imgw_free(u->ring);
-        u->ring = NULL;
-        u->cap = u->head = 0;
-    } else if (u->cap > 16 && u->count * 4 <= u->cap) {
-        (void)imgw__mem_ring_realloc(u, u->count * 2 > 8 ? u->count * 2 : 8);
+    uint32_t max = (uint32_t)m->retention_count;
+    const imgw__mem_used_t *t = u->used;
+    if (t != NULL && (t->count < t->cap || t->count >= max))
+        return 0;
+    uint32_t ncap = t && t->cap ? t->cap * 2 : 4;
+    if (ncap > max)
+        ncap = max;
+    return imgw__mem_ring_realloc(u, ncap, now);
+}
+
+/*
+ * Gives back what aging has emptied (failure: keep it): the used part of
+ * a user left with no entry, no positions and an expired max_seq entirely,
+ * which takes it back to an idle record; the ring of one whose max_seq or
+ * positions live on; most of a ring that is mostly empty. Runs after
+ * imgw__mem_user_seq_expire.
+ */
+static void
+used_shrink(imgw__mem_user_t *u)
+{
+    imgw__mem_used_t *t = u->used;
+    if (t == NULL)
+        return;
+    if (t->count == 0 && t->max_seq == 0 && t->pos == NULL) {
+        imgw_free(t);
+        u->used = NULL;
+    } else if (t->count == 0 && t->cap > 0) {
+        (void)imgw__mem_ring_realloc(u, 0, 0);
+    } else if (t->cap > 16 && t->count * 4 <= t->cap) {
+        (void)imgw__mem_ring_realloc(u, t->count * 2 > 8 ? t->count * 2 : 8, 0);
     }
 }
 
 /* Drops entries at least retention_days old. */
+static inline void
+used_age(imgw__mem_t *m, imgw__mem_used_t *t, int64_t now)
+{
+    while (t->count > 0 && now - t->ring[t->head].stored_ms >= m->retention_ms)
+        imgw__mem_ring_pop(m, t);
+}
+
 void
 imgw__mem_user_age(imgw__mem_t *m, imgw__mem_user_t *u, int64_t now)
 {
-    while (u->count > 0 && now - u->ring[u->head].stored_ms >= m->retention_ms)
-        imgw__mem_ring_pop(m, u);
+    if (u->used != NULL)
+        used_age(m, u->used, now);
 }
 
 void
 imgw__mem_routes_expire(imgw__mem_shard_t *sh, imgw__mem_user_t *u,
                         int64_t now)
 {
+    imgw__mem_route_t *rt = imgw__mem_routes(u);
     for (uint16_t i = 0; i < u->n_routes;) {
-        if (u->routes[i].expire_ms <= now) {
-            imgw__mem_pb_put(sh, u->routes[i].pb);
+        if (rt[i].expire_ms <= now) {
+            imgw__mem_pb_put(sh, rt[i].pb);
             if (i != --u->n_routes)
-                u->routes[i] = u->routes[u->n_routes];
+                rt[i] = rt[u->n_routes];
         } else {
             i++;
         }
     }
+}
+
+/* Room for one more route when n_routes == imgw__mem_routes_cap(u): the
+ * second moves the inline one into an array of two, later ones double it
+ * (up to IMGW_STORE_MAX_ROUTES). */
+int
+imgw__mem_routes_grow(imgw__mem_user_t *u)
+{
+    if (u->cap_routes == 0) {
+        imgw__mem_route_t *a = mem_malloc(2 * sizeof(*a));
+        if (a == NULL)
+            return IMGW_ENOMEM;
+        a[0] = u->r.one;
+        u->r.arr = a;
+        u->cap_routes = 2;
+        return 0;
+    }
+    return imgw__mem_array_grow((void **)&u->r.arr, &u->cap_routes,
+                                sizeof(*u->r.arr), IMGW_STORE_MAX_ROUTES);
+}
+
+/* Back to the inline route once at most one is left (the sweep, not
+ * route_del: a user flapping between two platforms would otherwise
+ * allocate at every second route_set). */
+static void
+routes_shrink(imgw__mem_user_t *u)
+{
+    if (u->cap_routes == 0 || u->n_routes > 1)
+        return;
+    imgw__mem_route_t *a = u->r.arr;
+    if (u->n_routes == 1)
+        u->r.one = a[0];
+    else
+        memset(&u->r.one, 0, sizeof(u->r.one));
+    u->cap_routes = 0;
+    imgw_free(a);
 }
 
 /*
@@ -174,26 +259,31 @@ imgw__mem_routes_expire(imgw__mem_shard_t *sh, imgw__mem_user_t *u,
 static int
 user_is_free(const imgw__mem_t *m, imgw__mem_user_t *u, int64_t now)
 {
-    if (u->count > 0 || u->n_routes > 0)
+    if (imgw__mem_count_of(u) > 0 || u->n_routes > 0)
         return 0;
     imgw__mem_user_seq_expire(m, u, now);
-    if (u->max_seq == 0 &&
-        (u->pos == NULL || (u->pos->n_dev == 0 && u->pos->n_read == 0)))
+    const imgw__mem_pos_t *p = imgw__mem_pos_of(u);
+    if (imgw__mem_max_seq_of(u) == 0 &&
+        (p == NULL || (p->n_dev == 0 && p->n_read == 0)))
         return 1;
-    return now - u->touched_ms >= m->seq_ttl_ms;
+    /* used != NULL: it holds the max_seq or positions */
+    return now - imgw__mem_touched_ms(u->used) >= m->seq_ttl_ms;
 }
 
 void
 imgw__mem_user_free(imgw__mem_t *m, imgw__mem_shard_t *sh,
                     imgw__mem_user_t *u)
 {
-    while (u->count > 0)
-        imgw__mem_ring_pop(m, u);
-    imgw_free(u->ring);
+    imgw__mem_used_t *t = u->used;
+    imgw__mem_pos_t *p = imgw__mem_pos_of(u);
+    while (t != NULL && t->count > 0)
+        imgw__mem_ring_pop(m, t);
+    imgw_free(t);
+    const imgw__mem_route_t *rt = imgw__mem_routes(u);
     for (uint16_t i = 0; i < u->n_routes; i++)
-        imgw__mem_pb_put(sh, u->routes[i].pb);
-    imgw_free(u->routes);
-    imgw__mem_pos_t *p = u->pos;
+        imgw__mem_pb_put(sh, rt[i].pb);
+    if (u->cap_routes != 0)
+        imgw_free(u->r.arr);
     if (p != NULL) {
         for (uint16_t i = 0; i < p->n_dev; i++)
             imgw_free(p->dev[i].device);
@@ -211,8 +301,7 @@ imgw__mem_user_free(imgw__mem_t *m, imgw__mem_shard_t *sh,
 int
 imgw__mem_array_grow(void **arr, uint16_t *cap, size_t elsize, uint16_t max)
 {
-    /* Starts at one: most users hold one route and one device position,
-     * and every idle connection's user keeps its route array. */
+    /* Starts at one: most users hold one device position. */
     uint32_t ncap = *cap ? (uint32_t)*cap * 2 : 1;
     if (ncap > max)
         ncap = max;
@@ -225,17 +314,20 @@ imgw__mem_array_grow(void **arr, uint16_t *cap, size_t elsize, uint16_t max)
 }
 
 imgw__mem_pos_t *
-imgw__mem_pos_own(imgw__mem_user_t *u)
+imgw__mem_pos_own(imgw__mem_user_t *u, int64_t now)
 {
-    if (u->pos == NULL)
-        u->pos = mem_calloc(1, sizeof(*u->pos));
-    return u->pos;
+    imgw__mem_used_t *t = imgw__mem_used_own(u, now);
+    if (t != NULL && t->pos == NULL)
+        t->pos = mem_calloc(1, sizeof(*t->pos));
+    return t ? t->pos : NULL;
 }
 
 /* Visits up to budget buckets of a shard's users, continuing where the
- * last visit stopped: ages timelines, drops expired routes, shrinks rings,
- * frees records that hold nothing. A table resized between visits may make
- * one pass skip or repeat a few users; the next pass gets them. */
+ * last visit stopped: ages timelines and expires their max_seq, drops
+ * expired routes, shrinks timelines and route arrays (freeing timelines
+ * that hold nothing), frees records that hold nothing. A table resized
+ * between visits may make one pass skip or repeat a few users; the next
+ * pass gets them. */
 void
 imgw__mem_users_sweep(imgw__mem_t *m, imgw__mem_shard_t *sh, int64_t now,
                       int budget)
@@ -246,8 +338,10 @@ imgw__mem_users_sweep(imgw__mem_t *m, imgw__mem_shard_t *sh, int64_t now,
         while (*pp != NULL) {
             imgw__mem_user_t *u = (imgw__mem_user_t *)*pp;
             imgw__mem_user_age(m, u, now);
+            imgw__mem_user_seq_expire(m, u, now);
             imgw__mem_routes_expire(sh, u, now);
-            ring_shrink(u);
+            used_shrink(u);
+            routes_shrink(u);
             if (user_is_free(m, u, now)) {
                 *pp = u->h.next;
                 sh->users.n--;
@@ -276,6 +370,7 @@ typedef struct imgw__mem_slot_s {
 } imgw__mem_slot_t;
 
 /*
+<<<<<<< HEAD
  * All or nothing. Everything whose size is known up front (metadata with
  * the blob in its block, dedupe key, the per-user slot array) is
  * allocated before any lock. Under the locks, the only allocations are an
@@ -284,6 +379,15 @@ typedef struct imgw__mem_slot_s {
  * empty record reads like an unknown user, a bigger ring holds the same
  * entries), so on ENOMEM we unlock and return with nothing appended. After
  * that point nothing can fail.
+=======
+ * All or nothing. Everything whose size is known up front (blob,
+ * metadata, dedupe key, the per-user slot array) is allocated before any
+ * lock. Under the locks, the only allocations are a missing user record,
+ * a user's first timeline and a ring growing; none changes what any reader
+ * can see (an empty record reads like an unknown user, an empty timeline
+ * like none, a bigger ring holds the same entries), so on ENOMEM we unlock
+ * and return with nothing appended. After that point nothing can fail.
+>>>>>>> main
  */
 int
 imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
@@ -384,11 +488,12 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     for (size_t i = 0; i < n; i++) {
         imgw__mem_shard_t *sh = &m->shards[shard_of(slots[i].hash)];
         imgw__mem_user_t *u =
-            imgw__mem_user_get(m, sh, slots[i].hash, req->users[i], now, &r);
-        if (u == NULL || ring_reserve(m, u) != 0 ||
-            (ckind != 0 &&
-             (imgw__mem_pos_own(u) == NULL ||
-              imgw__mem_conv_reserve(&u->pos->convs, m->max_convs) != 0))) {
+            imgw__mem_user_get(m, sh, slots[i].hash, req->users[i], &r);
+        if (u == NULL || ring_reserve(m, u, now) != 0 ||
+            (ckind != 0 && ((u->used->pos == NULL && /* reserved: used */
+                             imgw__mem_pos_own(u, now) == NULL) ||
+                            imgw__mem_conv_reserve(&u->used->pos->convs,
+                                                   m->max_convs) != 0))) {
             unlock_mask(m, mask);
             if (u != NULL)
                 r = IMGW_ENOMEM;
@@ -401,29 +506,32 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     if (old_meta != NULL)
         imgw__mem_meta_drop(m, sh_m, old_meta);
     for (size_t i = 0; i < n; i++) {
-        imgw__mem_user_t *u = slots[i].u;
-        imgw__mem_user_age(m, u, now);
-        imgw__mem_user_seq_expire(m, u, now);
-        u->touched_ms = now;
+        /* ring_reserve gave u its used part; it does not move from here
+         * on. */
+        imgw__mem_used_t *t = slots[i].u->used;
+        used_age(m, t, now);
+        used_seq_expire(m, t, now);
+        imgw__mem_touch(t, now);
         /* A timeline that starts (again) at seq 1 starts a new epoch; the
          * message id makes it unique and replays of the file backend's
          * journal rebuild the same one. */
-        if (u->max_seq == 0)
-            u->epoch = req->message_id;
+        if (t->max_seq == 0)
+            t->epoch = req->message_id;
         /* count == cap only if users[] named this user twice (against the
          * contract): drop the oldest rather than overflow. */
-        while (u->count >= (uint32_t)m->retention_count || u->count == u->cap)
-            imgw__mem_ring_pop(m, u);
-        imgw__mem_ent_t *e = &u->ring[(u->head + u->count) % u->cap];
+        while (t->count >= (uint32_t)m->retention_count || t->count == t->cap)
+            imgw__mem_ring_pop(m, t);
+        imgw__mem_ent_t *e = &t->ring[(t->head + t->count) % t->cap];
         e->stored_ms = now;
         e->blob = blob;
-        u->count++;
-        req->seqs[i] = ++u->max_seq;
+        t->count++;
+        req->seqs[i] = ++t->max_seq;
         if (ckind != 0)
-            imgw__mem_conv_update(&u->pos->convs, m->max_convs, ckind,
-                                  imgw__store_conv_peer(ckind, conv, req->users, n, i),
-                                  req->message_id, req->seqs[i], req->sender,
-                                  req->msg_type, req->preview, now, i == 0);
+            imgw__mem_conv_update(
+                &t->pos->convs, m->max_convs, ckind,
+                imgw__store_conv_peer(ckind, conv, req->users, n, i),
+                req->message_id, req->seqs[i], req->sender, req->msg_type,
+                req->preview, now, i == 0);
     }
     atomic_fetch_add_explicit(&m->blobs_live, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&m->metas_live, 1, memory_order_relaxed);
@@ -489,11 +597,13 @@ imgw__mem_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
     }
     imgw__mem_user_age(m, u, now);
     imgw__mem_user_seq_expire(m, u, now);
-    u->touched_ms = now; /* the client holds seqs: keep max_seq alive */
-    int64_t server_max = u->max_seq;
-    uint64_t epoch = u->max_seq != 0 ? u->epoch : 0;
-    int64_t first = u->max_seq - (int64_t)u->count + 1;
-    int64_t hi = max_seq == 0 || max_seq > u->max_seq ? u->max_seq : max_seq;
+    imgw__mem_used_t *t = u->used; /* NULL: reads as max_seq 0, empty */
+    if (t != NULL)
+        imgw__mem_touch(t, now); /* the client holds seqs: keep max_seq alive */
+    int64_t server_max = imgw__mem_max_seq_of(u);
+    uint64_t epoch = server_max != 0 ? t->epoch : 0;
+    int64_t first = server_max - (int64_t)imgw__mem_count_of(u) + 1;
+    int64_t hi = max_seq == 0 || max_seq > server_max ? server_max : max_seq;
     int64_t lo = first, avail = 0;
     if (min_seq < hi) { /* so min_seq + 1 cannot overflow */
         lo = min_seq + 1 > first ? min_seq + 1 : first;
@@ -513,8 +623,8 @@ imgw__mem_sync(imgw_store_loop_t *sl, const char *user, int64_t min_seq,
         }
     }
     uint32_t start = (uint32_t)(lo - first);
-    for (size_t i = 0; i < k; i++) {
-        imgw__mem_blob_t *b = u->ring[(u->head + start + i) % u->cap].blob;
+    for (size_t i = 0; i < k; i++) { /* k > 0: t != NULL */
+        imgw__mem_blob_t *b = t->ring[(t->head + start + i) % t->cap].blob;
         imgw__mem_blob_ref(b);
         bl[i] = b;
         e[i].seq = lo + (int64_t)i;
@@ -553,9 +663,10 @@ imgw__mem_max_seq(imgw_store_loop_t *sl, const char *user, imgw_store_seq_cb cb,
          * in Redis). */
         imgw__mem_user_age(m, u, now);
         imgw__mem_user_seq_expire(m, u, now);
-        u->touched_ms = now;
-        seq = u->max_seq;
-        epoch = seq != 0 ? u->epoch : 0;
+        if (u->used != NULL)
+            imgw__mem_touch(u->used, now);
+        seq = imgw__mem_max_seq_of(u);
+        epoch = seq != 0 ? u->used->epoch : 0;
     }
     pthread_mutex_unlock(&sh->mu);
     cb(0, seq, epoch, data);

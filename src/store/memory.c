@@ -325,10 +325,11 @@ mem_conv_list(imgw_store_loop_t *sl, const char *user, int64_t before_seq,
     uint64_t total = 0;
     pthread_mutex_lock(&sh->mu);
     imgw__mem_user_t *u = imgw__mem_user_find(sh, h, user);
-    if (u != NULL && u->pos != NULL) {
-        k = imgw__mem_conv_page(&u->pos->convs, before_seq, (size_t)limit,
-                                out, &has_more);
-        total = imgw__mem_conv_total_unread(&u->pos->convs);
+    imgw__mem_pos_t *p = u != NULL ? imgw__mem_pos_of(u) : NULL;
+    if (p != NULL) {
+        k = imgw__mem_conv_page(&p->convs, before_seq, (size_t)limit, out,
+                                &has_more);
+        total = imgw__mem_conv_total_unread(&p->convs);
     }
     pthread_mutex_unlock(&sh->mu);
     cb(0, out, k, has_more, total, data);
@@ -341,12 +342,15 @@ static uint32_t
 conv_recount(const imgw__mem_user_t *u, const imgw_store_conv_t *c,
              int64_t read_seq)
 {
-    int64_t first = u->max_seq - (int64_t)u->count + 1;
+    const imgw__mem_used_t *t = u->used;
+    if (t == NULL)
+        return 0;
+    int64_t first = t->max_seq - (int64_t)t->count + 1;
     uint32_t n = 0;
     int64_t lo = read_seq + 1 > first ? read_seq + 1 : first;
-    for (int64_t seq = lo; seq <= u->max_seq; seq++) {
+    for (int64_t seq = lo; seq <= t->max_seq; seq++) {
         const imgw__mem_blob_t *b =
-            u->ring[(u->head + (uint32_t)(seq - first)) % u->cap].blob;
+            t->ring[(t->head + (uint32_t)(seq - first)) % t->cap].blob;
         const imgw__mem_meta_t *mt = b->meta;
         if (strcmp(mt->sender, u->id) == 0)
             continue;
@@ -371,10 +375,9 @@ mem_conv_read(imgw_store_loop_t *sl, const char *user, int kind,
     int status = 0;
     pthread_mutex_lock(&sh->mu);
     imgw__mem_user_t *u = imgw__mem_user_find(sh, h, user);
+    imgw__mem_pos_t *p = u != NULL ? imgw__mem_pos_of(u) : NULL;
     imgw_store_conv_t *c =
-        u != NULL && u->pos != NULL
-            ? imgw__mem_conv_find(&u->pos->convs, kind, peer)
-            : NULL;
+        p != NULL ? imgw__mem_conv_find(&p->convs, kind, peer) : NULL;
     if (c == NULL) {
         status = IMGW_ENOTFOUND;
     } else {
@@ -401,9 +404,9 @@ mem_conv_delete(imgw_store_loop_t *sl, const char *user, int kind,
     imgw__mem_shard_t *sh = &m->shards[shard_of(h)];
     pthread_mutex_lock(&sh->mu);
     imgw__mem_user_t *u = imgw__mem_user_find(sh, h, user);
-    int status = u != NULL && u->pos != NULL
-                     ? imgw__mem_conv_delete(&u->pos->convs, kind, peer)
-                     : IMGW_ENOTFOUND;
+    imgw__mem_pos_t *p = u != NULL ? imgw__mem_pos_of(u) : NULL;
+    int status = p != NULL ? imgw__mem_conv_delete(&p->convs, kind, peer)
+                           : IMGW_ENOTFOUND;
     pthread_mutex_unlock(&sh->mu);
     if (cb)
         cb(status, data);
@@ -469,10 +472,13 @@ imgw__store_mem_stats(imgw_store_t *s, imgw__store_mem_stats_t *out)
         for (size_t b = 0; b <= sh->users.mask; b++)
             for (imgw__mem_hnode_t *x = sh->users.b[b]; x; x = x->next) {
                 imgw__mem_user_t *u = (imgw__mem_user_t *)x;
-                out->entries += u->count;
+                out->entries += imgw__mem_count_of(u);
                 out->routes += u->n_routes;
-                out->devices += u->pos ? u->pos->n_dev : 0;
-                out->reads += u->pos ? u->pos->n_read : 0;
+                out->route_arrays += u->cap_routes != 0;
+                const imgw__mem_pos_t *p = imgw__mem_pos_of(u);
+                out->used += u->used != NULL;
+                out->devices += p ? p->n_dev : 0;
+                out->reads += p ? p->n_read : 0;
             }
         pthread_mutex_unlock(&sh->mu);
     }

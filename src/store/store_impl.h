@@ -195,10 +195,12 @@ void imgw__store_mem_set_clock(imgw_store_t *s, imgw__store_clock_fn fn,
 typedef struct imgw__store_mem_stats_s {
     size_t users;   /* per-user records */
     size_t entries; /* timeline entries over all users */
+    size_t used;    /* users past idle: holding a timeline or positions */
     size_t dedupes; /* dedupe keys in the tables (expired ones too) */
     size_t metas;   /* message metadata in the table */
     size_t groups;
     size_t routes;     /* route fields, expired ones not yet dropped too */
+    size_t route_arrays;  /* users whose routes outgrew the inline one */
     size_t route_strings; /* shared "platform\0broker_id\0" strings */
     size_t devices;    /* delivered positions */
     size_t reads;      /* read positions */

@@ -376,6 +376,22 @@ TEST(cmd_names)
     CHECK_EQ_STR(imgw_codec_cmd_name(602), "CMD_TYPING_STATUS_PUSH");
     CHECK(imgw_codec_cmd_name(601) == NULL);
     CHECK(imgw_codec_cmd_name(-1) == NULL);
+    /* Every value the proto names is found (the lookup is a binary search
+     * over a table that must stay in numeric order), and no other. */
+    printf("  checks: every CommandType value -1..1000 found iff the proto "
+           "names it\n");
+    int found = 0, wrong = 0;
+    for (int v = -1; v <= 1000; v++) {
+        const char *pn = im_CommandType_name((im_CommandType)v);
+        int named = v >= 0 && strcmp(pn, "unknown") != 0;
+        const char *cn = imgw_codec_cmd_name(v);
+        if (named != (cn != NULL) || (cn != NULL && strcmp(cn, pn) != 0))
+            wrong++;
+        found += cn != NULL;
+    }
+    printf("  %d commands found, %d mismatches\n", found, wrong);
+    CHECK_EQ_INT(wrong, 0);
+    CHECK(found >= 29);
 }
 
 /* Encodes with the codec, and separately with plain nanopb (body encoded

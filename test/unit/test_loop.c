@@ -135,6 +135,33 @@ peer_closed_within(int fd, int ms)
     return r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
 }
 
+TEST(batch_wait_rule)
+{
+    const uint64_t P = 200000; /* 200 us */
+    printf("  checks: server.batch_us's rule: no wait for a quiet iteration "
+           "(0 or 1 connection read) or after a whole period; otherwise what "
+           "is left of the period\n");
+    CHECK_EQ_INT(imgw__batch_wait_ns(0, 0, P), 0);
+    CHECK_EQ_INT(imgw__batch_wait_ns(1, 1000, P), 0);
+    CHECK_EQ_INT(imgw__batch_wait_ns(IMGW_BATCH_MIN_READS, 0, P), P);
+    CHECK_EQ_INT(imgw__batch_wait_ns(2, 50000, P), 150000);
+    CHECK_EQ_INT(imgw__batch_wait_ns(100, P - 1, P), 1);
+    CHECK_EQ_INT(imgw__batch_wait_ns(100, P, P), 0);      /* saturated */
+    CHECK_EQ_INT(imgw__batch_wait_ns(100, 10 * P, P), 0); /* after a block */
+    /* A busy loop's waits add up to at most one period per iteration. */
+    uint64_t since = 30000, total = 0;
+    int off = 0;
+    for (int i = 0; i < 1000; i++) {
+        uint64_t w = imgw__batch_wait_ns(3, since, P);
+        total += since + w;
+        off += since + w != (since < P ? P : since);
+        since = (since * 7 + 13000) % (2 * P);
+    }
+    printf("  1000 iterations: %.1f us per iteration on average, %d off "
+           "the rule\n", (double)total / 1000 / 1000, off);
+    CHECK_EQ_INT(off, 0);
+}
+
 TEST(clock_ignores_wall_steps)
 {
     uint16_t port;
@@ -220,6 +247,7 @@ TEST(auth_deadline_holds_after_wall_step_forward)
 int
 main(void)
 {
+    RUN(batch_wait_rule);
     RUN(clock_ignores_wall_steps);
     RUN(auth_deadline_fires_after_wall_step_back);
     RUN(auth_deadline_holds_after_wall_step_forward);

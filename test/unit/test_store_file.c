@@ -650,6 +650,9 @@ main(void)
     RUN(store_edge_ids_no_records);
     RUN(user_cap);
     RUN(seq_idle_expiry);
+    RUN(idle_user_routes_inline);
+    RUN(used_created_aged_freed);
+    RUN(seq_ttl_rounds_up);
     RUN(timeline_epoch);
     RUN(reentrant_sync);
     RUN(failmalloc);

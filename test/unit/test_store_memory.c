@@ -940,6 +940,22 @@ TEST(id_validator)
         CHECK(why != NULL);
         CHECK_EQ_INT(imgw_id_valid(bad[i]), 0);
     }
+    /* Every byte value against the rule as written (A-Z a-z 0-9 . _ @ -):
+     * the check is a table, so each entry is tested. */
+    int wrong = 0, allowed = 0;
+    for (int c = 0; c < 256; c++) {
+        char one[2] = {(char)c, 0};
+        int rule = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                   (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+                   c == '@' || c == '-';
+        int got = imgw_id_check(one, 1) == NULL;
+        wrong += got != rule;
+        allowed += got;
+    }
+    printf("  every byte value: %d allowed, %d against the rule\n", allowed,
+           wrong);
+    CHECK_EQ_INT(wrong, 0);
+    CHECK_EQ_INT(allowed, 66);
     CHECK_EQ_STR(imgw_id_check("", 0), "is empty");
     CHECK_EQ_STR(imgw_id_check("a:b", 3),
                  "may only contain A-Z a-z 0-9 . _ @ -");
@@ -1074,6 +1090,178 @@ TEST(seq_idle_expiry)
     fx_close(&f);
 }
 
+/*
+ * An idle user (routes only) is one small record: its first route inline,
+ * no timeline or positions ("used" counts the users that have them). A
+ * second route moves the routes into an array, which the sweep gives back
+ * once one route is left; every step must still read the same routes.
+ */
+TEST(idle_user_routes_inline)
+{
+    fx_t f;
+    fx_open(&f, 1000, 7, 86400);
+    imgw_store_route_set(f.sl, "u", "ios", "b1", 30, NULL, NULL);
+    imgw__store_mem_stats_t st = stats(&f);
+    printf("  one route: users %zu used %zu routes %zu arrays %zu\n", st.users,
+           st.used, st.routes, st.route_arrays);
+    CHECK_EQ_INT(st.users, 1);
+    CHECK_EQ_INT(st.used, 0);
+    CHECK_EQ_INT(st.routes, 1);
+    CHECK_EQ_INT(st.route_arrays, 0);
+    CHECK_EQ_INT(max_seq(&f, "u"), 0); /* an auth: creates nothing */
+    CHECK_EQ_INT(stats(&f).used, 0);
+
+    /* Past one: an array; then a third grows it. */
+    imgw_store_route_set(f.sl, "u", "web", "b2", 30, NULL, NULL);
+    CHECK_EQ_INT(stats(&f).route_arrays, 1);
+    imgw_store_route_set(f.sl, "u", "mac", "b3", 60, NULL, NULL);
+    route_res_t *r = routes(&f, "u");
+    CHECK_EQ_INT(r->n, 3);
+    CHECK_EQ_STR(route_of(r, "ios"), "b1");
+    CHECK_EQ_STR(route_of(r, "web"), "b2");
+    CHECK_EQ_STR(route_of(r, "mac"), "b3");
+
+    /* Down to one (the one that was last in the array): a sweep moves it
+     * back inline, with its own expiry. */
+    imgw_store_route_del(f.sl, "u", "ios", "b1", NULL, NULL);
+    imgw_store_route_del(f.sl, "u", "web", "b2", NULL, NULL);
+    CHECK_EQ_INT(stats(&f).route_arrays, 1);
+    for (int i = 0; i < 64; i++)
+        imgw_store_tick(f.s, fake_now);
+    st = stats(&f);
+    CHECK_EQ_INT(st.route_arrays, 0);
+    CHECK_EQ_INT(st.routes, 1);
+    CHECK_EQ_INT(st.users, 1);
+    r = routes(&f, "u");
+    CHECK_EQ_INT(r->n, 1);
+    CHECK_EQ_STR(route_of(r, "mac"), "b3");
+    fake_now = T0 + 30000; /* ios and web would have expired by now */
+    CHECK_EQ_STR(route_of(routes(&f, "u"), "mac"), "b3");
+
+    /* Inline again, a second route spills again, replacing works. */
+    imgw_store_route_set(f.sl, "u", "ios", "b4", 60, NULL, NULL);
+    imgw_store_route_set(f.sl, "u", "ios", "b5", 60, NULL, NULL);
+    r = routes(&f, "u");
+    CHECK_EQ_INT(r->n, 2);
+    CHECK_EQ_STR(route_of(r, "ios"), "b5");
+    CHECK_EQ_INT(stats(&f).route_arrays, 1);
+
+    /* Everything expires: the sweep frees the array and the record. */
+    fake_now = T0 + 100000;
+    for (int i = 0; i < 64; i++)
+        imgw_store_tick(f.s, fake_now);
+    st = stats(&f);
+    CHECK_EQ_INT(st.users, 0);
+    CHECK_EQ_INT(st.routes, 0);
+    CHECK_EQ_INT(st.route_arrays, 0);
+    CHECK_EQ_INT(st.route_strings, 0);
+    fx_close(&f);
+}
+
+/*
+ * The used part's life: an online (routed) user's first message creates
+ * it, retention empties its ring but max_seq keeps it, and once max_seq
+ * has expired too (seq_idle_days) the sweep frees it and the user is an
+ * idle record again, its route intact; the next message starts a new
+ * timeline at seq 1. Positions keep it alive as max_seq does.
+ */
+TEST(used_created_aged_freed)
+{
+    imgw_store_cfg_t cfg = {"memory", NULL, 1000, 1, 60, 1000, 1};
+    cfg.seq_idle_days = 2;
+    fx_t f;
+    fx_open_cfg(&f, &cfg);
+    int64_t s2[2];
+    const char *ab[] = {"a", "b"};
+    /* Routes for both, long enough to outlive everything below. */
+    imgw_store_route_set(f.sl, "a", "ios", "n1", 30 * 86400, NULL, NULL);
+    imgw_store_route_set(f.sl, "b", "ios", "n1", 30 * 86400, NULL, NULL);
+    CHECK_EQ_INT(stats(&f).used, 0);
+    CHECK_EQ_INT(append_msg(&f, "", 1, "c", ab, 2, s2, NULL), 0);
+    CHECK_EQ_INT(append_msg(&f, "", 2, "c", ab, 2, s2, NULL), 0);
+    imgw__store_mem_stats_t st = stats(&f);
+    printf("  after 2 messages: users %zu used %zu entries %zu\n", st.users,
+           st.used, st.entries);
+    CHECK_EQ_INT(st.used, 2);
+    CHECK_EQ_INT(st.entries, 4);
+    sync_res_t *sr = do_sync(&f, "b", 0, 0, 10);
+    CHECK_EQ_INT(sr->n, 2);
+    CHECK_EQ_INT(sr->epoch, 1);
+    /* b acks: a position, kept with b's used part. */
+    imgw_store_set_delivered(f.sl, "b", "d1", 2, NULL, NULL);
+
+    /* Day 1.5: the entries aged out (retention 1 day); max_seq stays. */
+    fake_now = T0 + DAY_MS + DAY_MS / 2;
+    for (int i = 0; i < 64; i++)
+        imgw_store_tick(f.s, fake_now);
+    st = stats(&f);
+    CHECK_EQ_INT(st.entries, 0);
+    CHECK_EQ_INT(st.used, 2);
+    CHECK_EQ_INT(st.blobs_live, 0);
+    CHECK_EQ_INT(max_seq(&f, "a"), 2);
+    CHECK_EQ_INT(do_sync(&f, "a", 0, 0, 10)->n, 0);
+
+    /* Day 5: max_seq expired (1 + 2 days after the day-1.5 use): a's used
+     * part goes and a is idle again; b's stays for its position until
+     * its own seq_ttl, then b's too (records with a route stay). */
+    fake_now = T0 + 5 * DAY_MS;
+    CHECK_EQ_INT(max_seq(&f, "a"), 0);
+    for (int i = 0; i < 64; i++)
+        imgw_store_tick(f.s, fake_now);
+    st = stats(&f);
+    printf("  day 5: users %zu used %zu devices %zu\n", st.users, st.used,
+           st.devices);
+    CHECK_EQ_INT(st.users, 2);
+    CHECK_EQ_INT(st.used, 1);
+    CHECK_EQ_INT(st.devices, 1);
+    CHECK_EQ_INT(routes(&f, "a")->n, 1);
+    CHECK_EQ_STR(route_of(routes(&f, "a"), "ios"), "n1");
+    CHECK_EQ_INT(max_seq(&f, "b"), 0);
+    int64_t seq = -1;
+    CHECK_EQ_INT(
+        imgw__store_mem_get_delivered(TEST_STORE_MEM_OF(f.s), "b", "d1", &seq),
+        0);
+    CHECK_EQ_INT(seq, 2);
+
+    /* A new message: a new timeline, seq 1, a new epoch. */
+    const char *aa[] = {"a"};
+    CHECK_EQ_INT(append_msg(&f, "", 7, "c", aa, 1, s2, NULL), 0);
+    CHECK_EQ_INT(s2[0], 1);
+    CHECK_EQ_INT(stats(&f).used, 2);
+    sr = do_sync(&f, "a", 0, 0, 10);
+    CHECK_EQ_INT(sr->n, 1);
+    CHECK_EQ_INT(sr->epoch, 7);
+    fx_close(&f);
+}
+
+/* The used part keeps its last use in whole seconds, rounded up: a
+ * max_seq is never forgotten before seq_ttl after a sub-second use, and
+ * at most a second after. */
+TEST(seq_ttl_rounds_up)
+{
+    imgw_store_cfg_t cfg = {"memory", NULL, 1000, 1, 60, 1000, 1};
+    cfg.seq_idle_days = 2;
+    fx_t f;
+    fx_open_cfg(&f, &cfg);
+    int64_t s1[1];
+    const char *cc[] = {"c"};
+    int64_t ttl = 3 * DAY_MS; /* retention 1 day + seq_idle_days 2 */
+    fake_now = T0 + 1500;
+    CHECK_EQ_INT(append_msg(&f, "", 1, "c", cc, 1, s1, NULL), 0);
+    fake_now = T0 + 1500 + ttl - 1;
+    for (int i = 0; i < 64; i++)
+        imgw_store_tick(f.s, fake_now);
+    CHECK_EQ_INT(stats(&f).users, 1);
+    fake_now = T0 + 2000 + ttl;
+    for (int i = 0; i < 64; i++)
+        imgw_store_tick(f.s, fake_now);
+    imgw__store_mem_stats_t st = stats(&f);
+    printf("  a second after seq_ttl: users %zu used %zu\n", st.users, st.used);
+    CHECK_EQ_INT(st.users, 0);
+    CHECK_EQ_INT(st.used, 0);
+    fx_close(&f);
+}
+
 /* The resume contract's store side (store.h "epoch"): a timeline's epoch
  * is the id of the message that gave it seq 1, and stays until the
  * timeline starts again at seq 1; oldest_seq follows retention. */
@@ -1203,7 +1391,7 @@ TEST(failmalloc)
     const char *aa[] = {"a"};
     append_msg(&f, "", 1, "c", aa, 1, seqs, NULL);
     int enomem = 0, bad = 0, rounds = 0;
-    for (int step = 0; step < 9; step++) {
+    for (int step = 0; step < 11; step++) {
         for (int n = 1;; n++) {
             imgw__store_mem_stats_t before = stats(&f);
             int64_t a_before = max_seq(&f, "a");
@@ -1237,6 +1425,15 @@ TEST(failmalloc)
                 r = DONE(&f, imgw_store_set_read(f.sl, "nr", "c", "5", done_cb,
                                                  res));
                 break;
+            case 8: /* a second route: the inline one moves to an array */
+                r = DONE(&f, imgw_store_route_set(f.sl, "nn", "web", "b", 60,
+                                                  done_cb, res));
+                break;
+            case 9: { /* an idle user's first message (and conversation) */
+                const char *nm[] = {"nn", "nm"};
+                r = append_msg(&f, "", 200, "s_nn_nm", nm, 2, seqs, NULL);
+                break;
+            }
             default: { /* open itself */
                 imgw_store_t *s2 = NULL;
                 imgw_store_cfg_t cfg = {"memory", NULL, 10, 1, 10, 0, 1};
@@ -1276,7 +1473,9 @@ TEST(failmalloc)
     CHECK_EQ_INT(req.dup_message_id, 100);
     CHECK_EQ_INT(req.dup_seq, 2);
     CHECK_EQ_INT(group_get(&f, "g")->n, ng);
-    CHECK_EQ_INT(routes(&f, "nn")->n, 1);
+    CHECK_EQ_INT(routes(&f, "nn")->n, 2);
+    CHECK_EQ_INT(max_seq(&f, "nn"), 1);
+    CHECK_EQ_INT(max_seq(&f, "nm"), 1);
     fx_close(&f);
 }
 
@@ -1588,6 +1787,9 @@ main(void)
     RUN(tick_sweeps);
     RUN(blob_in_meta_block);
     RUN(index_many);
+    RUN(idle_user_routes_inline);
+    RUN(used_created_aged_freed);
+    RUN(seq_ttl_rounds_up);
     RUN(id_validator);
     RUN(store_edge_ids_no_records);
     RUN(user_cap);

@@ -151,6 +151,32 @@ TEST(ascii_fast_path)
     CHECK_EQ_INT(bad, 0);
 }
 
+TEST(cstr_same_as_strnlen_then_valid)
+{
+    /* Every 3-byte prefix (all 2^24) followed by "ab" and a NUL inside a
+     * 6-byte field, and the same field without a NUL: the one-pass
+     * string check must agree with strnlen + imgw_utf8_valid. */
+    char f[6];
+    unsigned long bad = 0, a;
+
+    printf("  checks: imgw_utf8_valid_cstr == imgw_utf8_valid(strnlen) for "
+           "every 3-byte head, with and without a terminating NUL\n");
+    for (a = 0; a < (1ul << 24); a++) {
+        f[0] = (char)(a & 0xff);
+        f[1] = (char)((a >> 8) & 0xff);
+        f[2] = (char)(a >> 16);
+        f[3] = 'a';
+        f[4] = 'b';
+        f[5] = '\0';
+        bad += imgw_utf8_valid_cstr(f, sizeof(f)) !=
+               imgw_utf8_valid((const uint8_t *)f, strnlen(f, sizeof(f)));
+        f[5] = (char)0xc3; /* no NUL: the whole field, cut sequence */
+        bad += imgw_utf8_valid_cstr(f, sizeof(f)) !=
+               imgw_utf8_valid((const uint8_t *)f, strnlen(f, sizeof(f)));
+    }
+    CHECK_EQ_INT(bad, 0);
+}
+
 /* base's JSON escaper: quotes, backslashes, controls, bad bytes. */
 static void
 test_json_escape(void)
@@ -181,5 +207,6 @@ main(void)
     RUN(known_cases);
     RUN(exhaustive_vs_reference);
     RUN(ascii_fast_path);
+    RUN(cstr_same_as_strnlen_then_valid);
     TEST_DONE();
 }
