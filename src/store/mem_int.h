@@ -110,32 +110,13 @@ typedef struct imgw__mem_meta_s {
 #define MEM_META_SIZE(slen, vlen)                                            \
     (offsetof(imgw__mem_meta_t, sender) + (slen) + 1 + (vlen) + 1)
 
-/*
- * One append's entry bytes, shared by its timelines (one ref each). An
- * append allocates it inside its metadata's block, after the strings
- * (imgw__mem_meta_blob): one heap record instead of two, freed when the
- * metadata's last reference goes. The metadata outlives the blob anyway
- * (the blob holds a reference), so only the entry bytes of a blob whose
- * timelines dropped it early (retention_count) now wait for the metadata
- * to leave the table: bounded by max_metas blocks. A snapshot load makes
- * blobs apart (several loads of one metadata are not known up front).
- */
+/* One append's entry bytes, shared by its timelines (one ref each). */
 typedef struct imgw__mem_blob_s {
     atomic_uint refs;
-    uint32_t apart;         /* 1: own allocation; 0: in meta's block */
     imgw__mem_meta_t *meta; /* one reference */
     size_t len;
     uint8_t data[];
 } imgw__mem_blob_t;
-
-/* Where an append puts the blob in a metadata block whose strings take
- * slen + 1 + vlen + 1 bytes; the block is this plus the blob's size. */
-static inline size_t
-imgw__mem_meta_blob_off(size_t slen, size_t vlen)
-{
-    size_t a = _Alignof(imgw__mem_blob_t);
-    return (MEM_META_SIZE(slen, vlen) + a - 1) & ~(a - 1);
-}
 
 /*
  * A timeline slot. The seq is not stored: a timeline only ever gains

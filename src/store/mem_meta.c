@@ -39,12 +39,9 @@ void
 imgw__mem_blob_unref(imgw__mem_t *m, imgw__mem_blob_t *b)
 {
     if (atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) == 1) {
-        int apart = b->apart;
-        atomic_fetch_sub_explicit(&m->blobs_live, 1, memory_order_relaxed);
-        /* In the metadata's block: its reference frees both. */
         imgw__mem_meta_unref(m, b->meta);
-        if (apart)
-            imgw_free(b);
+        atomic_fetch_sub_explicit(&m->blobs_live, 1, memory_order_relaxed);
+        imgw_free(b);
     }
 }
 

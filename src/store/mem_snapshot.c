@@ -378,7 +378,6 @@ load_blob(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
     if (b == NULL)
         return IMGW_ENOMEM;
     atomic_init(&b->refs, 1); /* the loader's */
-    b->apart = 1;
     b->meta = ld->metas[mnum];
     b->len = len;
     if (len > 0)

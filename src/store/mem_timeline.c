@@ -371,8 +371,8 @@ typedef struct imgw__mem_slot_s {
 
 /*
 <<<<<<< HEAD
- * All or nothing. Everything whose size is known up front (metadata with
- * the blob in its block, dedupe key, the per-user slot array) is
+ * All or nothing. Everything whose size is known up front (blob,
+ * metadata, dedupe key, the per-user slot array) is
  * allocated before any lock. Under the locks, the only allocations are an
  * index growing, a missing user record and a ring growing; none changes
  * what any reader can see (a migrating index finds the same entries, an
@@ -410,13 +410,12 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
         if (slots == NULL)
             return IMGW_ENOMEM;
     }
-    size_t boff = imgw__mem_meta_blob_off(slen, vlen);
-    meta = mem_malloc(boff + sizeof(*blob) + req->entry_len);
+    blob = mem_malloc(sizeof(*blob) + req->entry_len);
+    meta = mem_malloc(MEM_META_SIZE(slen, vlen));
     if (clen > 0)
         dd = mem_malloc(MEM_DEDUPE_SIZE(slen, clen));
-    if (meta == NULL || (clen > 0 && dd == NULL))
+    if (blob == NULL || meta == NULL || (clen > 0 && dd == NULL))
         goto out;
-    blob = (imgw__mem_blob_t *)((char *)meta + boff);
 
     uint64_t mask = 0;
     for (size_t i = 0; i < n; i++) {
@@ -442,7 +441,6 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     atomic_init(&meta->refs, 2); /* the table and the blob */
     meta->hash = (uint32_t)hm;
     atomic_init(&blob->refs, (unsigned)n);
-    blob->apart = 0;
     blob->meta = meta;
     blob->len = req->entry_len;
     if (req->entry_len > 0)
@@ -566,7 +564,8 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     return 0;
 
 out:
-    imgw_free(meta); /* and the blob in it */
+    imgw_free(blob);
+    imgw_free(meta);
     imgw_free(dd);
     if (slots != stack_slots)
         imgw_free(slots);

@@ -644,7 +644,7 @@ main(void)
     RUN(watchers_single_node);
     RUN(positions);
     RUN(tick_sweeps);
-    RUN(blob_in_meta_block);
+    RUN(blob_dropped_meta_kept);
     RUN(index_many);
     RUN(id_validator);
     RUN(store_edge_ids_no_records);

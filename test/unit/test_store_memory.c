@@ -783,10 +783,9 @@ TEST(tick_sweeps)
     fx_close(&f);
 }
 
-/* An append's blob lives in its metadata's block (mem_int.h): a blob the
- * timelines dropped (retention_count 1) leaves its metadata findable and
- * revocable; the block goes when both are gone. */
-TEST(blob_in_meta_block)
+/* A blob the timelines dropped (retention_count 1) leaves its metadata
+ * findable, revocable and its id taken; both go at expiry. */
+TEST(blob_dropped_meta_kept)
 {
     fx_t f;
     fx_open(&f, 1, 1, 10);
@@ -1785,7 +1784,7 @@ main(void)
     RUN(watchers_single_node);
     RUN(positions);
     RUN(tick_sweeps);
-    RUN(blob_in_meta_block);
+    RUN(blob_dropped_meta_kept);
     RUN(index_many);
     RUN(idle_user_routes_inline);
     RUN(used_created_aged_freed);
