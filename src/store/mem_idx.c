@@ -12,9 +12,9 @@
 #include "alloc.h"
 #include "err.h"
 
-/* Buckets of old moved per insert and per removal. A growth doubles, so
- * the new table takes >= 6 inserts per old bucket before it is full: one
- * a time would do; two leave room for removals that find nothing to
+/* Buckets of old moved per insert and per removal. A growth adds half, so
+ * the new table takes >= 3 inserts per old bucket before it is full: one
+ * at a time would do; two leave room for removals that find nothing to
  * move and finish sooner (both tables are live meanwhile). */
 #define MEM_IDX_STEP_INSERT 2
 #define MEM_IDX_STEP_REMOVE 1
@@ -26,13 +26,13 @@
 static size_t
 tab_cap(const imgw__mem_idx_tab_t *t)
 {
-    return (t->mask + 1) * MEM_IDX_WAYS;
+    return t->nb * MEM_IDX_WAYS;
 }
 
 static size_t
 tab_full(const imgw__mem_idx_tab_t *t)
 {
-    return (t->mask + 1) * MEM_IDX_FULL;
+    return t->nb * MEM_IDX_FULL;
 }
 
 static int
@@ -44,7 +44,7 @@ tab_alloc(imgw__mem_idx_tab_t *t, size_t nb)
     if (t->b == NULL)
         return IMGW_ENOMEM;
     memset(t->b, 0, nb * sizeof(*t->b));
-    t->mask = nb - 1;
+    t->nb = nb;
     t->n = 0;
     return 0;
 }
@@ -62,7 +62,7 @@ entry_hash(const imgw__mem_idx_t *x, const void *p)
 static void
 tab_put(imgw__mem_idx_tab_t *t, uint32_t h, void *p)
 {
-    size_t i = imgw__mem_idx_home(h, t->mask);
+    size_t i = imgw__mem_idx_home(h, t->nb);
     for (;;) {
         imgw__mem_idx_bkt_t *b = &t->b[i];
         for (int j = 0; j < MEM_IDX_WAYS; j++) {
@@ -75,7 +75,7 @@ tab_put(imgw__mem_idx_tab_t *t, uint32_t h, void *p)
         }
         if (b->over != UINT8_MAX)
             b->over++;
-        i = (i + 1) & t->mask;
+        i = imgw__mem_idx_next(i, t->nb);
     }
 }
 
@@ -86,7 +86,7 @@ tab_clear(imgw__mem_idx_tab_t *t, size_t home, size_t i, int j)
     t->b[i].tag[j] = 0;
     t->b[i].p[j] = NULL;
     t->n--;
-    for (size_t k = home; k != i; k = (k + 1) & t->mask)
+    for (size_t k = home; k != i; k = imgw__mem_idx_next(k, t->nb))
         if (t->b[k].over != UINT8_MAX) /* saturated: stays, see .h */
             t->b[k].over--;
 }
@@ -95,8 +95,8 @@ tab_clear(imgw__mem_idx_tab_t *t, size_t home, size_t i, int j)
 static int
 tab_del(imgw__mem_idx_tab_t *t, uint32_t h, const void *p)
 {
-    size_t home = imgw__mem_idx_home(h, t->mask), i = home;
-    for (size_t k = 0; k <= t->mask; k++) {
+    size_t home = imgw__mem_idx_home(h, t->nb), i = home;
+    for (size_t k = 0; k < t->nb; k++) {
         imgw__mem_idx_bkt_t *b = &t->b[i];
         for (int j = 0; j < MEM_IDX_WAYS; j++) {
             if (b->p[j] == p && b->tag[j] != 0) {
@@ -106,7 +106,7 @@ tab_del(imgw__mem_idx_tab_t *t, uint32_t h, const void *p)
         }
         if (b->over == 0)
             return 0;
-        i = (i + 1) & t->mask;
+        i = imgw__mem_idx_next(i, t->nb);
     }
     return 0;
 }
@@ -138,12 +138,12 @@ imgw__mem_idx_step(imgw__mem_idx_t *x, size_t budget)
     imgw__mem_idx_tab_t *o = &x->old;
     if (o->b == NULL)
         return;
-    for (; budget > 0 && x->mig <= o->mask; budget--, x->mig++) {
+    for (; budget > 0 && x->mig < o->nb; budget--, x->mig++) {
         /* Moving an entry reads its hash from the entry: a cache miss per
          * entry, which dominated the migration's cost in a relay profile.
          * Start loading the entries of a bucket a few steps ahead, so
          * that by its turn they have arrived, in parallel. */
-        if (x->mig + MEM_IDX_PREFETCH <= o->mask) {
+        if (x->mig + MEM_IDX_PREFETCH < o->nb) {
             const imgw__mem_idx_bkt_t *a = &o->b[x->mig + MEM_IDX_PREFETCH];
             for (int j = 0; j < MEM_IDX_WAYS; j++)
                 if (a->tag[j] != 0)
@@ -155,11 +155,11 @@ imgw__mem_idx_step(imgw__mem_idx_t *x, size_t budget)
                 continue;
             void *p = b->p[j];
             uint32_t h = entry_hash(x, p);
-            tab_clear(o, imgw__mem_idx_home(h, o->mask), x->mig, j);
+            tab_clear(o, imgw__mem_idx_home(h, o->nb), x->mig, j);
             tab_put(&x->cur, h, p);
         }
     }
-    if (x->mig > o->mask) {
+    if (x->mig >= o->nb) {
         /* Every bucket visited and inserts go to cur: o->n is 0. */
         imgw_free(o->b);
         memset(o, 0, sizeof(*o));
@@ -193,8 +193,8 @@ imgw__mem_idx_reserve(imgw__mem_idx_t *x)
      * entries, so finishing it now is short. */
     if (x->old.b != NULL)
         imgw__mem_idx_step(x, SIZE_MAX);
-    if (x->cur.mask < SIZE_MAX / 4 &&
-        migrate_to(x, (x->cur.mask + 1) * 2) == 0)
+    if (x->cur.nb < SIZE_MAX / 4 &&
+        migrate_to(x, x->cur.nb + x->cur.nb / 2) == 0)
         return 0;
     /* No memory to grow: fill on, keeping one slot free so that probes
      * end. */
@@ -220,13 +220,13 @@ void
 imgw__mem_idx_shrink(imgw__mem_idx_t *x)
 {
     size_t total = imgw__mem_idx_count(x);
-    if (x->old.b != NULL || x->cur.mask + 1 <= MEM_IDX_MIN ||
+    if (x->old.b != NULL || x->cur.nb <= MEM_IDX_MIN ||
         total * 8 >= tab_cap(&x->cur))
         return;
     /* Half full at most, so a burst right after does not grow it back. */
-    size_t nb = MEM_IDX_MIN;
-    while (nb * MEM_IDX_WAYS < total * 2)
-        nb *= 2;
+    size_t nb = (total * 2 + MEM_IDX_WAYS - 1) / MEM_IDX_WAYS;
+    if (nb < MEM_IDX_MIN)
+        nb = MEM_IDX_MIN;
     (void)migrate_to(x, nb);
 }
 
@@ -237,7 +237,7 @@ imgw__mem_idx_drain(imgw__mem_idx_t *x, void (*fn)(void *p, void *arg),
     imgw__mem_idx_tab_t *tabs[2] = {&x->cur, &x->old};
     for (int k = 0; k < 2; k++) {
         imgw__mem_idx_tab_t *t = tabs[k];
-        for (size_t i = 0; t->b != NULL && i <= t->mask; i++)
+        for (size_t i = 0; t->b != NULL && i < t->nb; i++)
             for (int j = 0; j < MEM_IDX_WAYS; j++)
                 if (t->b[i].tag[j] != 0)
                     fn(t->b[i].p[j], arg);

@@ -8,8 +8,10 @@
  * bucket pointer and then walks one or two nodes, each a cache miss. Here
  * a bucket is one 64-byte line of seven (tag, pointer) slots, the tag
  * being 7 bits of the hash, so a miss reads one line and dereferences a
- * node only on a tag match (1 in 128 per occupied slot). Buckets are
- * probed linearly; `over` counts the entries that had to go past a full
+ * node only on a tag match (1 in 128 per occupied slot). A table has any
+ * number of buckets (the home is a multiply-shift of the hash, not a
+ * mask), so it grows by half rather than doubling. Buckets are probed
+ * linearly, wrapping; `over` counts the entries that had to go past a full
  * bucket (F14's outbound overflow count), so a lookup stops at the first
  * bucket with over == 0 and a removal just clears its slot: no tombstones,
  * no backward shift. A count that reaches 255 stays there (lookups then
@@ -19,17 +21,19 @@
  * its hash as a uint32_t at the offset given to imgw__mem_idx_init, which
  * the index reads when it moves an entry (32 bits fit in padding the
  * objects had: the chained table's node took 16 bytes). The index uses
- * only those bits: 7 for the tag, the next 25 for the home bucket. Growth and shrinking are incremental, as Redis's dict
+ * only those bits: 7 for the tag, the other 25 for the home bucket. Growth and shrinking are incremental, as Redis's dict
  * rehash: a resize allocates the new table and then every insert and
  * removal (and imgw__mem_idx_step) moves a few buckets of the old one;
  * meanwhile lookups search both. A full table never rehashes in one step
  * unless a shrink's migration is overtaken by a burst (then it finishes
  * that migration, which has only the few entries a shrink starts with).
  *
- * Memory: 64 B per 7 slots, at most 6 of 7 used before growing and ~3 of
- * 7 right after, so 10.7-21 B per entry, plus 0-4 B for the 32-bit hash
- * in the entry; the chained table took 16 B in the node and 4-8 B of
- * buckets.
+ * Memory: 64 B per 7 slots, at most 6 of 7 used before growing and 4 of 7
+ * right after (growth by half), so 10.7-16 B per entry, plus 0-4 B for
+ * the 32-bit hash in the entry; the chained table took 16 B in the node
+ * and 4-8 B of buckets. (Doubling would have left 3 of 7 used after each
+ * growth, up to 21 B per entry: at the default caps, 15,600 entries per
+ * shard, that is where a power-of-two table sits.)
  *
  * Threads: none of its own; every call runs under the shard lock.
  *
@@ -45,7 +49,7 @@
 #include <string.h>
 
 #define MEM_IDX_WAYS 7
-#define MEM_IDX_MIN 2 /* buckets, power of two: 128 B for an empty table */
+#define MEM_IDX_MIN 2 /* buckets: 128 B for an empty table */
 #define MEM_IDX_FULL 6 /* entries per bucket before growing */
 
 typedef struct imgw__mem_idx_bkt_s {
@@ -56,7 +60,7 @@ typedef struct imgw__mem_idx_bkt_s {
 
 typedef struct imgw__mem_idx_tab_s {
     imgw__mem_idx_bkt_t *b; /* 64-byte aligned; NULL: no table */
-    size_t mask;            /* buckets - 1, buckets a power of two */
+    size_t nb;              /* buckets, >= MEM_IDX_MIN */
     size_t n;               /* entries */
 } imgw__mem_idx_tab_t;
 
@@ -71,8 +75,8 @@ typedef struct imgw__mem_idx_s {
 typedef int (*imgw__mem_idx_eq_fn)(const void *p, const void *key);
 
 /* The tag and the home bucket come from the low 32 bits of the hash (the
- * top ones pick the shard, one value for every entry of a table). Past
- * 2^25 buckets the two share bits: weaker filtering, never wrong. */
+ * top ones pick the shard, one value for every entry of a table): bits
+ * 0-6 the tag, bits 7-31 scaled to [0, nb). */
 static inline uint8_t
 imgw__mem_idx_tag(uint32_t h)
 {
@@ -80,9 +84,15 @@ imgw__mem_idx_tag(uint32_t h)
 }
 
 static inline size_t
-imgw__mem_idx_home(uint32_t h, size_t mask)
+imgw__mem_idx_home(uint32_t h, size_t nb)
 {
-    return (h >> 7) & mask;
+    return (size_t)(((uint64_t)(h >> 7) * nb) >> 25);
+}
+
+static inline size_t
+imgw__mem_idx_next(size_t i, size_t nb)
+{
+    return i + 1 == nb ? 0 : i + 1;
 }
 
 /* Bit 8j+7 set for each slot j whose tag byte equals tag (candidates
@@ -110,8 +120,8 @@ imgw__mem_idx_tab_find(const imgw__mem_idx_tab_t *t, uint32_t h,
                        imgw__mem_idx_eq_fn eq, const void *key)
 {
     uint8_t tag = imgw__mem_idx_tag(h);
-    size_t i = imgw__mem_idx_home(h, t->mask);
-    for (size_t k = 0; k <= t->mask; k++) {
+    size_t i = imgw__mem_idx_home(h, t->nb);
+    for (size_t k = 0; k < t->nb; k++) {
         const imgw__mem_idx_bkt_t *b = &t->b[i];
         for (uint64_t c = imgw__mem_idx_match(b, tag); c; c &= c - 1) {
             int j = __builtin_ctzll(c) >> 3;
@@ -120,7 +130,7 @@ imgw__mem_idx_tab_find(const imgw__mem_idx_tab_t *t, uint32_t h,
         }
         if (b->over == 0)
             return NULL;
-        i = (i + 1) & t->mask;
+        i = imgw__mem_idx_next(i, t->nb);
     }
     return NULL;
 }

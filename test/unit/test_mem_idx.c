@@ -25,11 +25,12 @@ typedef struct ent_s {
 
 #define HOFF offsetof(ent_t, hash)
 
-/* A hash with this home bucket (in any table big enough) and tag bits. */
+/* A hash from a 25-bit home value (bucket v * nb / 2^25 of a table of nb:
+ * 0 is bucket 0 in every table) and tag bits. */
 static uint32_t
-mk(uint32_t home, uint32_t tag)
+mk(uint32_t v, uint32_t tag)
 {
-    return (tag & 0x7f) | home << 7;
+    return (tag & 0x7f) | v << 7;
 }
 
 static int
@@ -75,7 +76,7 @@ static size_t
 over_sum(const imgw__mem_idx_t *x)
 {
     size_t s = 0;
-    for (size_t i = 0; i <= x->cur.mask; i++)
+    for (size_t i = 0; i < x->cur.nb; i++)
         s += x->cur.b[i].over;
     return s;
 }
@@ -88,9 +89,8 @@ TEST(collisions)
     ent_t es[20];
     CHECK_EQ_INT(imgw__mem_idx_init(&x, HOFF), 0);
     for (int i = 0; i < 20; i++) {
-        /* One home bucket and tag in a 2- or 4-bucket table (the bits
-         * above differ). */
-        es[i].hash = mk(1 | (uint32_t)i << 8, 0x2a);
+        /* One hash: one home bucket and tag in every table. */
+        es[i].hash = mk(1u << 24, 0x2a);
         es[i].key = i;
         add(&x, &es[i]);
     }
@@ -98,7 +98,7 @@ TEST(collisions)
     CHECK_EQ_INT(agree(&x, es, 20), 20);
     ent_t miss = {es[0].hash, 99, 0};
     CHECK(find(&x, &miss) == NULL);
-    printf("  %zu buckets, overflow counts sum %zu\n", x.cur.mask + 1,
+    printf("  %zu buckets, overflow counts sum %zu\n", x.cur.nb,
            over_sum(&x));
     CHECK(over_sum(&x) > 0);
     imgw__mem_idx_free(&x);
@@ -113,7 +113,7 @@ TEST(remove_in_run)
     CHECK_EQ_INT(imgw__mem_idx_init(&x, HOFF), 0);
     for (int i = 0; i < 40; i++) {
         /* Four home buckets, ten entries each, two tags. */
-        es[i].hash = mk((uint32_t)(i % 4) | (uint32_t)i << 12, (uint32_t)(i % 2));
+        es[i].hash = mk((uint32_t)(i % 4) << 23, (uint32_t)(i % 2));
         es[i].key = i;
         add(&x, &es[i]);
     }
@@ -195,7 +195,7 @@ TEST(grow_and_shrink)
         add(&x, &es[i]);
         if (x.old.b != NULL) {
             migrating++;
-            if (!checked_mid && x.old.mask >= 255 && x.mig > 64) {
+            if (!checked_mid && x.old.nb >= 256 && x.mig > 64) {
                 /* Partway through a 256-bucket table's migration. */
                 checked_mid = agree(&x, es, i + 1) == i + 1;
                 printf("  mid-migration at %d entries: old %zu, new %zu\n",
@@ -203,7 +203,7 @@ TEST(grow_and_shrink)
             }
         }
         /* Every entry counted in one table; never past 6 per bucket. */
-        if (x.cur.n + x.old.n > (x.cur.mask + 1) * MEM_IDX_FULL)
+        if (x.cur.n + x.old.n > (x.cur.nb) * MEM_IDX_FULL)
             break;
     }
     CHECK_EQ_INT(imgw__mem_idx_count(&x), N);
@@ -211,7 +211,7 @@ TEST(grow_and_shrink)
     CHECK(checked_mid);
     CHECK_EQ_INT(agree(&x, es, N), N);
     imgw__mem_idx_step(&x, SIZE_MAX);
-    max_buckets = x.cur.mask + 1;
+    max_buckets = x.cur.nb;
     printf("  %d entries in %zu buckets (%.1f B per entry)\n", N, max_buckets,
            (double)max_buckets * 64 / N);
     CHECK(max_buckets * MEM_IDX_FULL >= N);
@@ -227,8 +227,8 @@ TEST(grow_and_shrink)
     for (int k = 0; x.old.b != NULL && k < 100000; k++)
         imgw__mem_idx_step(&x, 16);
     CHECK(x.old.b == NULL);
-    printf("  shrunk to %zu buckets for 100 entries\n", x.cur.mask + 1);
-    CHECK(x.cur.mask + 1 <= 32);
+    printf("  shrunk to %zu buckets for 100 entries\n", x.cur.nb);
+    CHECK(x.cur.nb <= 32);
     CHECK_EQ_INT(agree(&x, es, N), N);
     /* A burst right after the shrink, while its migration runs: the
      * reserve finishes the migration and grows. */
@@ -259,15 +259,15 @@ TEST(burst_during_shrink)
     imgw__mem_idx_step(&x, SIZE_MAX);
     imgw__mem_idx_shrink(&x);
     CHECK(x.old.b != NULL);
-    size_t small = x.cur.mask + 1;
+    size_t small = x.cur.nb;
     int over = 0;
     for (int i = 10; i < N; i++) {
         add(&x, &es[i]);
-        over += x.cur.n + x.old.n > (x.cur.mask + 1) * MEM_IDX_FULL;
+        over += x.cur.n + x.old.n > (x.cur.nb) * MEM_IDX_FULL;
     }
-    printf("  shrink target %zu buckets, now %zu\n", small, x.cur.mask + 1);
+    printf("  shrink target %zu buckets, now %zu\n", small, x.cur.nb);
     CHECK_EQ_INT(over, 0);
-    CHECK(x.cur.mask + 1 > small);
+    CHECK(x.cur.nb > small);
     CHECK_EQ_INT(imgw__mem_idx_count(&x), N);
     CHECK_EQ_INT(agree(&x, es, N), N);
     imgw__mem_idx_free(&x);
@@ -284,7 +284,7 @@ TEST(reserve_without_memory)
     ent_t es[N];
     int refused = 0, at = -1;
     CHECK_EQ_INT(imgw__mem_idx_init(&x, HOFF), 0);
-    size_t cap = (x.cur.mask + 1) * MEM_IDX_WAYS;
+    size_t cap = (x.cur.nb) * MEM_IDX_WAYS;
     for (int i = 0; i < N; i++) {
         es[i].hash = (uint32_t)next_rand();
         es[i].key = i;
@@ -309,7 +309,7 @@ TEST(reserve_without_memory)
     CHECK_EQ_INT(imgw__mem_idx_count(&x), cap - 1);
     CHECK_EQ_INT(agree(&x, es, N), N);
     CHECK_EQ_INT(imgw__mem_idx_reserve(&x), 0);
-    CHECK(x.cur.mask + 1 > cap / MEM_IDX_WAYS);
+    CHECK(x.cur.nb > cap / MEM_IDX_WAYS);
     CHECK_EQ_INT(agree(&x, es, N), N);
     imgw__mem_idx_free(&x);
 }
@@ -327,8 +327,8 @@ TEST(cross_check)
     CHECK_EQ_INT(imgw__mem_idx_init(&x, HOFF), 0);
     for (int i = 0; i < N; i++) {
         uint64_t r = next_rand();
-        /* 4 bits of tag, 5 of home: collisions galore. */
-        es[i].hash = mk((uint32_t)(r >> 4) & 0x1f, (uint32_t)r & 0xf);
+        /* 4 bits of tag, 32 home values: collisions galore. */
+        es[i].hash = mk(((uint32_t)(r >> 4) & 0x1f) << 20, (uint32_t)r & 0xf);
         es[i].key = i;
     }
     for (int op = 0; op < OPS; op++) {

@@ -880,8 +880,8 @@ TEST(index_many)
     imgw__mem_t *m = TEST_STORE_MEM_OF(f.s)->impl;
     size_t big = 0;
     for (unsigned i = 0; i < MEM_SHARDS; i++)
-        big += m->shards[i].dedupes.cur.mask + 1 > MEM_IDX_MIN ||
-               m->shards[i].metas.cur.mask + 1 > MEM_IDX_MIN ||
+        big += m->shards[i].dedupes.cur.nb > MEM_IDX_MIN ||
+               m->shards[i].metas.cur.nb > MEM_IDX_MIN ||
                m->shards[i].metas.old.b != NULL;
     printf("  shards whose tables are above the minimum after expiry: %zu\n",
            big);
