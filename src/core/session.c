@@ -292,7 +292,14 @@ on_upgrade(imgw_conn_t *c, const imgw_http_req_t *req)
             return 400;
         }
     }
-    imgw_session_t *s = imgw_try_calloc(1, sizeof(*s));
+    /* A handshake token's user goes at the session's tail, with room for
+     * a short platform: auth then writes "user\0platform\0" over it in
+     * place (realloc within the chunk), so an idle connection's session
+     * is one chunk that never moved, and neither a copy of the user nor
+     * the chunk auth would leave behind costs heap. */
+    size_t hl = have > 0 ? strlen(claims.user_id) : 0;
+    size_t room = hl > 0 ? hl + 1 + IMGW_SESSION_PLATFORM_ROOM : 0;
+    imgw_session_t *s = imgw_try_calloc(1, sizeof(*s) + room);
     if (s == NULL)
         return 503;
     s->cl = cl;
@@ -300,12 +307,9 @@ on_upgrade(imgw_conn_t *c, const imgw_http_req_t *req)
     s->send_tokens = 2.0f * (float)cl->node->cfg->send_rate;
     s->other_tokens = 20.0f * (float)cl->node->cfg->send_rate;
     s->refill_ms = (uint32_t)imgw_loop_now_ms(cl->loop);
-    if (have > 0) {
-        s->hs_user = imgw_try_strdup(claims.user_id);
-        if (s->hs_user == NULL) {
-            imgw_free(s);
-            return 503;
-        }
+    if (hl > 0) {
+        memcpy(s->ids, claims.user_id, hl + 1);
+        s->hs_user = s->ids;
     }
     imgw_conn_set_data(c, s);
     return 0;
@@ -440,6 +444,14 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
     const char *plat = a->platform[0] ? a->platform : "default";
     size_t ulen = strlen(user);
     size_t plen = strnlen(plat, IMGW_USERMAP_PLATFORM - 1);
+    /* The handshake's user lives in ids[], which the realloc may move and
+     * the copy below overwrites: take it out first. */
+    char ubuf[IMGW_ID_MAX + 1];
+    int from_hs = user == s->hs_user;
+    if (from_hs) {
+        memcpy(ubuf, user, ulen + 1);
+        user = ubuf;
+    }
     imgw_session_t *ns = imgw_try_realloc(s, sizeof(*s) + ulen + 1 + plen + 1);
     if (ns == NULL) {
         imgw_conn_close_ws(s->conn, 1011, "out of memory");
@@ -448,7 +460,11 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
     s = ns;
     imgw_conn_set_data(s->conn, s);
     char *ids = s->ids;
+    /* ids[] is about to hold this user: the handshake's user stays known
+     * (for a retry after a refusal below) only if it is this one. */
+    int keep_hs = s->hs_user != NULL && (from_hs || strcmp(ids, user) == 0);
     memcpy(ids, user, ulen + 1);
+    s->hs_user = keep_hs ? ids : NULL;
     memcpy(ids + ulen + 1, plat, plen);
     ids[ulen + 1 + plen] = '\0';
     s->user = ids;
@@ -463,9 +479,8 @@ do_auth(imgw_session_t *s, imgw_msg_in_t *in)
         s->user = NULL; /* ids[] stays: a retry writes it again */
         return;
     }
-    /* Re-authentication is refused from here on: the handshake's copy is
+    /* Re-authentication is refused from here on: the handshake's user is
      * of no more use. */
-    imgw_free(s->hs_user);
     s->hs_user = NULL;
     s->registered = 1;
     s->authed = 1;
@@ -670,7 +685,6 @@ on_close(imgw_conn_t *c)
         }
     }
     imgw_presence_session_closed(s);
-    imgw_free(s->hs_user);
     imgw_free(s);
     imgw_conn_set_data(c, NULL);
 }

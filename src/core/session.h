@@ -17,8 +17,11 @@ typedef struct imgw_session_s {
      * imgw_session_platform; the user map borrows that pointer until this
      * session removes its ref, usermap.h). */
     char *user;
-    char *hs_user;      /* user of a valid handshake token (owned); freed
-                           at auth, which is refused from then on */
+    /* The user of a valid handshake token, NULL without one: points into
+     * ids[] (session.c puts it there at the handshake, with room for a
+     * short platform, so auth rewrites ids[] in place); NULL once
+     * authenticated, when re-authentication is refused. */
+    char *hs_user;
     uint8_t codec;      /* imgw_codec_t of the client's last frame */
     uint8_t authed;
     uint8_t registered; /* in the user map */
@@ -48,6 +51,11 @@ typedef struct imgw_session_s {
  * docs/benchmarks.md): a new field needs a place in the padding or a
  * reason to cost every idle connection more. */
 _Static_assert(sizeof(imgw_session_t) <= 72, "imgw_session_t grew");
+
+/* Bytes of platform the handshake leaves room for after a token's user
+ * ("Web", "iOS", "Android", "bench"): auth's realloc then stays in the
+ * chunk. A longer platform only moves the session. */
+#define IMGW_SESSION_PLATFORM_ROOM 8
 
 /* The platform of the authenticated session, "" before auth. */
 static inline const char *

@@ -12,9 +12,11 @@
  * on its own cache lines so neighbouring shards' locks do not false-share.
  *
  * Memory: one allocation per user, holding the entry header, room for
- * `cap` connections (1, 2, 4, 8 or 16, grown on demand), the user's rate
- * buckets and the user id, so a user with one connection costs about 100
- * bytes plus its share of the bucket array. An entry is freed as soon as its
+ * `cap` connections (1, 2, 4, 8 or 16, grown on demand) and the user id,
+ * so an idle user with one connection and an id of up to 8 bytes is one
+ * 64-byte malloc chunk plus its share of the bucket array; the user's rate
+ * buckets are a second, 32-byte one made at its first send or receipt
+ * (imgw_usermap_take). An entry is freed as soon as its
  * last connection goes. Bucket arrays double when a shard holds more users than
  * buckets and halve when it holds fewer than a quarter (hysteresis, so a shard
  * at the boundary does not flap); a failed resize is ignored: the table is
@@ -49,18 +51,28 @@ typedef struct um_conn_s {
     const char *platform;
 } um_conn_t;
 
+/* The user's token buckets (imgw_usermap_take), shared by all of its
+ * connections on this node; refill_ms 0 = full, not used yet. */
+typedef struct um_budget_s {
+    float tokens[IMGW_USERMAP_N_BUDGETS];
+    uint64_t refill_ms[IMGW_USERMAP_N_BUDGETS];
+} um_budget_t;
+
 typedef struct um_entry_s {
     struct um_entry_s *next; /* bucket chain */
     uint32_t hash;           /* low 32 bits of the user's hash */
     uint8_t n;               /* connections in conns[] */
     uint8_t cap;             /* room in conns[]; the user id follows it */
     uint8_t keylen;          /* strlen(user), 1..UM_USER_MAX */
-    /* The user's token buckets (imgw_usermap_take), shared by all of its
-     * connections on this node; refill_ms 0 = full, not used yet. */
-    float tokens[IMGW_USERMAP_N_BUDGETS];
-    uint64_t refill_ms[IMGW_USERMAP_N_BUDGETS];
+    /* NULL until the user's first send or receipt: most connected users
+     * are idle, and without the 24 bytes an idle user with a short id
+     * (<= 8 bytes) is one 64-byte chunk instead of 80. */
+    um_budget_t *budget;
     um_conn_t conns[];
 } um_entry_t;
+/* One connection and an id of up to 8 bytes in a 64-byte malloc chunk. */
+_Static_assert(sizeof(um_entry_t) + sizeof(um_conn_t) <= 48,
+               "um_entry_t grew");
 
 typedef struct um_shard_s {
     /* _Alignas: one shard per cache line pair, never sharing a line with
@@ -208,6 +220,7 @@ imgw_usermap_free(imgw_usermap_t *m)
             um_entry_t *e = s->buckets[b];
             while (e != NULL) {
                 um_entry_t *next = e->next;
+                imgw_free(e->budget);
                 imgw_free(e);
                 e = next;
             }
@@ -274,10 +287,7 @@ imgw_usermap_add_n(imgw_usermap_t *m, const char *user, const char *platform,
         e->n = 0;
         e->cap = 1;
         e->keylen = (uint8_t)len;
-        for (int b = 0; b < IMGW_USERMAP_N_BUDGETS; b++) {
-            e->tokens[b] = 0;
-            e->refill_ms[b] = 0;
-        }
+        e->budget = NULL;
         memcpy(um_entry_user(e), user, len + 1);
         *pp = e;
         s->n++;
@@ -381,6 +391,7 @@ imgw_usermap_remove_n(imgw_usermap_t *m, const char *user,
         *n = e->n;
     if (removed && e->n == 0) {
         *pp = e->next;
+        imgw_free(e->budget);
         imgw_free(e);
         s->n--;
         um_users_changed(s);
@@ -440,24 +451,31 @@ imgw_usermap_take(imgw_usermap_t *m, const char *user, int which, double rate,
 
     pthread_mutex_lock(&s->lock);
     um_entry_t *e = *um_find(s, h, user, len);
-    if (e != NULL) {
-        double t = e->tokens[which];
-        if (e->refill_ms[which] == 0) {
+    /* The first take makes the buckets (under the lock, as add makes the
+     * entry). Without memory the user-wide limit is not applied this
+     * time: the connection's own buckets (session.c) still bound it, and
+     * refusing a send as "too fast" would name the wrong cause. */
+    if (e != NULL && e->budget == NULL)
+        e->budget = imgw_try_calloc(1, sizeof(*e->budget));
+    if (e != NULL && e->budget != NULL) {
+        um_budget_t *bu = e->budget;
+        double t = bu->tokens[which];
+        if (bu->refill_ms[which] == 0) {
             t = burst;
-            e->refill_ms[which] = now_ms ? now_ms : 1;
-        } else if (now_ms > e->refill_ms[which]) {
+            bu->refill_ms[which] = now_ms ? now_ms : 1;
+        } else if (now_ms > bu->refill_ms[which]) {
             /* Loops' clocks differ by a little; one behind the last
              * refill adds nothing rather than moving the mark back. */
-            t += (double)(now_ms - e->refill_ms[which]) * rate / 1000.0;
+            t += (double)(now_ms - bu->refill_ms[which]) * rate / 1000.0;
             if (t > burst)
                 t = burst;
-            e->refill_ms[which] = now_ms;
+            bu->refill_ms[which] = now_ms;
         }
         if (t >= 1.0)
             t -= 1.0;
         else
             ok = 0;
-        e->tokens[which] = (float)t;
+        bu->tokens[which] = (float)t;
     }
     pthread_mutex_unlock(&s->lock);
     return ok;

@@ -5,10 +5,16 @@
  * Thread: only the owning loop. Other threads reach a connection through
  * its loop's mailbox with an imgw_conn_ref_t.
  *
- * Memory: an idle connection is this struct (uv_tcp_t plus ~100 bytes).
- * HTTP state, WebSocket frame contexts and output blocks are borrowed only
- * while needed: the read buffer is the loop's, output blocks come from a
- * per-loop pool and go back once flushed.
+ * Memory: an idle connection is this struct, 264 bytes in a 272-byte
+ * malloc chunk (net_int.h): a uv_poll_t (160) on the socket plus ~100
+ * bytes. HTTP state, WebSocket frame contexts and output blocks are
+ * borrowed only while needed: the read buffer is the loop's, output
+ * blocks come from a per-loop pool and go back once flushed.
+ *
+ * Socket: a uv_poll_t on the fd, not a uv_tcp_t (248 bytes, most of it
+ * the stream's write queue and callbacks this file never used): libuv
+ * says when the fd is readable or writable, and this file reads, sends
+ * and closes the fd itself, the way libuv's stream code does.
  *
  * Protocols: the connection's handler (HTTP, then WebSocket after an
  * upgrade) is reached only through net->protos (see net_int.h); this file
@@ -18,12 +24,17 @@
  * Writes: frames are appended to the connection's pending block and the
  * connection joins the loop's flush list; the loop's prepare handle (run
  * once per iteration, right before it polls) flushes every listed
- * connection with one uv_try_write, so everything a connection is sent in
- * one iteration leaves in one syscall. What the kernel does not take goes
- * to uv_write; new output meanwhile accumulates in a second block.
+ * connection with one send, so everything a connection is sent in one
+ * iteration leaves in one syscall. What the kernel does not take stays in
+ * the block, UV_WRITABLE is armed (IMGW_CF_WRITING), and new output
+ * meanwhile is appended behind it; the next send happens when the socket
+ * is writable again.
  */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "alloc.h"
 #include "err.h"
@@ -31,6 +42,7 @@
 #include "net_int.h"
 
 static void conn_close_cb(uv_handle_t *h);
+static void conn_poll_cb(uv_poll_t *h, int status, int events);
 
 static const imgw_proto_t *
 conn_proto(const imgw_conn_t *c)
@@ -64,7 +76,6 @@ obuf_get(imgw_loop_t *l, size_t need)
     }
     b->len = 0;
     b->off = 0;
-    b->conn = NULL;
     return b;
 }
 
@@ -85,8 +96,8 @@ imgw_conn_t *
 imgw__conn_new(imgw_loop_t *l)
 {
     /* Aborts (imgw_xcalloc): a fixed small size, and there is no graceful
-     * way on, because libuv stops accepting until an accepted connection
-     * is taken. So it is never made to fail on purpose either. */
+     * way on (the accepted socket would be dropped unanswered). So it is
+     * never made to fail on purpose either. */
     imgw_conn_t *c = imgw_xcalloc(1, sizeof(*c));
     c->loop = l;
     c->state = IMGW_CONN_HTTP;
@@ -146,24 +157,40 @@ conn_unlink(imgw_loop_t *l, imgw_conn_t *c)
     atomic_fetch_sub(&l->net->conns, 1);
 }
 
-/* close_cb of a connection that never entered the table (tcp is the
+/* close_cb of a connection that never entered the table (poll is the
  * first member of imgw_conn_t, so the handle is the allocation). */
 static void
 free_unlisted_cb(uv_handle_t *h)
 {
-    imgw_free(h);
+    imgw_conn_t *c = IMGW_CONTAINER_OF(h, imgw_conn_t, poll);
+    close(imgw__conn_fd(c));
+    imgw_free(c);
+}
+
+int
+imgw__conn_open(imgw_conn_t *c, int fd)
+{
+    /* uv_poll_init_socket also makes fd non-blocking; a socket from
+     * accept4(SOCK_NONBLOCK) already is, but libuv checks it that way. */
+    int r = uv_poll_init_socket(&c->loop->uv, &c->poll, fd);
+    return r < 0 ? r : 0;
 }
 
 imgw_conn_t *
-imgw__conn_accept(imgw_loop_t *l, uv_stream_t *server, long *node_conns)
+imgw__conn_accept(imgw_loop_t *l, int fd, long *node_conns)
 {
     imgw_conn_t *c = imgw__conn_new(l); /* aborts rather than fail */
-    uv_tcp_init(&l->uv, &c->tcp);
-    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 ||
-        conn_link(l, c) != 0) {
+    int r = imgw__conn_open(c, fd);
+    if (r != 0) {
+        IMGW_LOG_WARN_RL("accept failed: %s", uv_strerror(r));
+        close(fd);
+        imgw_free(c);
+        return NULL;
+    }
+    if (conn_link(l, c) != 0) {
         /* Not in the table: close without the table bookkeeping. */
         c->state = IMGW_CONN_CLOSED;
-        uv_close((uv_handle_t *)&c->tcp, free_unlisted_cb);
+        uv_close((uv_handle_t *)&c->poll, free_unlisted_cb);
         return NULL;
     }
     imgw_stat_inc(&l->st.accepted);
@@ -208,6 +235,7 @@ tls_recv(void *arg, const uint8_t *p, size_t n)
 
 static int conn_append(imgw_conn_t *c, const uv_buf_t *bufs, size_t n,
                        int bounded);
+static void conn_write(imgw_conn_t *c, int waited);
 
 static int
 tls_send(void *arg, const uint8_t *p, size_t n)
@@ -241,34 +269,121 @@ imgw__conn_on_read(imgw_conn_t *c, const uint8_t *data, size_t len)
     }
 }
 
-static void
-alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+/*
+ * Which events c->poll waits for: readable while reading is wanted, and
+ * writable while a partial write waits for room. uv_poll_start is called
+ * only on a change: each call costs an epoll_ctl or two at the next poll
+ * (libuv drops and re-adds the fd), and most connections never change.
+ * Returns 0 or libuv's error.
+ */
+static int
+conn_poll_update(imgw_conn_t *c)
 {
-    imgw_conn_t *c = IMGW_CONTAINER_OF(h, imgw_conn_t, tcp);
-    (void)suggested;
-    /* One buffer per loop: libuv calls read_cb right after alloc_cb for
-     * the same stream, and read_cb consumes or copies everything. */
-    buf->base = (char *)c->loop->rbuf;
-    buf->len = sizeof(c->loop->rbuf);
+    uint16_t want = 0;
+    int ev = 0;
+    if (c->flags & IMGW_CF_READING) {
+        want |= IMGW_CF_POLL_IN;
+        ev |= UV_READABLE;
+    }
+    if (c->flags & IMGW_CF_WRITING) {
+        want |= IMGW_CF_POLL_OUT;
+        ev |= UV_WRITABLE;
+    }
+    uint16_t have = c->flags & (IMGW_CF_POLL_IN | IMGW_CF_POLL_OUT);
+    if (want == have)
+        return 0;
+    int r = ev ? uv_poll_start(&c->poll, ev, conn_poll_cb)
+               : uv_poll_stop(&c->poll);
+    if (r != 0)
+        return r;
+    c->flags = (uint16_t)((c->flags & ~(IMGW_CF_POLL_IN | IMGW_CF_POLL_OUT)) |
+                          want);
+    return 0;
+}
+
+/* Reads per readable event, as libuv's stream does (32): a peer that keeps
+ * the socket full must not starve the loop's other connections. */
+#define IMGW_READ_BUDGET 32
+
+/*
+ * The socket is readable: reads into the loop's one buffer (each read is
+ * consumed or copied by the handler before the next) until the kernel has
+ * no more (EAGAIN or a short read), the budget is spent, or the handler
+ * stopped reading or closed c. EOF and errors (ECONNRESET...) close c
+ * without a log, as libuv's read callback path did.
+ */
+static void
+conn_read(imgw_conn_t *c)
+{
+    imgw_loop_t *l = c->loop;
+    int fd = imgw__conn_fd(c);
+    for (int i = 0; i < IMGW_READ_BUDGET; i++) {
+        ssize_t n;
+        do
+            n = read(fd, l->rbuf, sizeof(l->rbuf));
+        while (n < 0 && errno == EINTR);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (n <= 0) { /* EOF or error */
+            imgw__conn_close_now(c);
+            return;
+        }
+        imgw__conn_on_read(c, l->rbuf, (size_t)n);
+        if ((size_t)n < sizeof(l->rbuf) || c->state == IMGW_CONN_CLOSED ||
+            !(c->flags & IMGW_CF_READING))
+            return;
+    }
 }
 
 static void
-read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+conn_poll_cb(uv_poll_t *h, int status, int events)
 {
-    imgw_conn_t *c = IMGW_CONTAINER_OF(s, imgw_conn_t, tcp);
+    imgw_conn_t *c = IMGW_CONTAINER_OF(h, imgw_conn_t, poll);
     c->loop->now_ms = imgw__loop_clock_ms(c->loop);
-    if (nread > 0) {
-        imgw__conn_on_read(c, (const uint8_t *)buf->base, (size_t)nread);
+    if (status < 0) {
+        /* EPOLLERR (a reset, mostly): libuv has stopped the handle and
+         * says UV_EBADF; the socket's own error is what a read or write
+         * would have failed with. Logged as a failed write was before. */
+        if (c->flags & IMGW_CF_WRITING) {
+            int e = 0;
+            socklen_t el = sizeof(e);
+            getsockopt(imgw__conn_fd(c), SOL_SOCKET, SO_ERROR, &e, &el);
+            IMGW_LOG_DEBUG("write to %p failed: %s", (void *)c,
+                           e ? uv_strerror(-e) : uv_strerror(status));
+        }
+        imgw__conn_close_now(c);
         return;
     }
-    if (nread < 0) /* EOF or error */
-        imgw__conn_close_now(c);
+    if ((events & UV_READABLE) && (c->flags & IMGW_CF_READING))
+        conn_read(c);
+    if ((events & UV_WRITABLE) && (c->flags & IMGW_CF_WRITING) &&
+        c->state != IMGW_CONN_CLOSED) {
+        /* Room again: what write_cb did, write what is left (and what
+         * came meanwhile), then close-after-output if asked. */
+        c->flags &= (uint16_t)~IMGW_CF_WRITING;
+        conn_write(c, 1);
+        if (c->state != IMGW_CONN_CLOSED && conn_poll_update(c) != 0)
+            imgw__conn_close_now(c);
+    }
 }
 
 void
 imgw__conn_read_start(imgw_conn_t *c)
 {
-    if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) != 0)
+    if (c->state == IMGW_CONN_CLOSED)
+        return;
+    c->flags |= IMGW_CF_READING;
+    if (conn_poll_update(c) != 0)
+        imgw__conn_close_now(c);
+}
+
+void
+imgw__conn_read_stop(imgw_conn_t *c)
+{
+    if (c->state == IMGW_CONN_CLOSED)
+        return;
+    c->flags &= (uint16_t)~IMGW_CF_READING;
+    if (conn_poll_update(c) != 0)
         imgw__conn_close_now(c);
 }
 
@@ -333,6 +448,8 @@ conn_append(imgw_conn_t *c, const uv_buf_t *bufs, size_t n, int bounded)
         total += bufs[i].len;
     if (c->state == IMGW_CONN_CLOSED)
         return IMGW_ECLOSED;
+    if (total > UINT32_MAX - c->queued)
+        return IMGW_EQUEUEFULL; /* queued is 32 bits (net_int.h) */
     if (bounded && c->queued + total > l->net->opts.max_queued_bytes) {
         /* What this iteration queued has not been offered to the socket
          * yet: a reader that keeps up must not look slow because of one
@@ -357,7 +474,6 @@ conn_append(imgw_conn_t *c, const uv_buf_t *bufs, size_t n, int bounded)
             imgw__obuf_release(l, b);
         }
         c->pend = b = nb;
-        b->conn = c;
     }
     for (size_t i = 0; i < n; i++) {
         if (bufs[i].len == 0)
@@ -365,62 +481,52 @@ conn_append(imgw_conn_t *c, const uv_buf_t *bufs, size_t n, int bounded)
         memcpy(b->data + b->len, bufs[i].base, bufs[i].len);
         b->len += bufs[i].len;
     }
-    c->queued += total;
+    c->queued += (uint32_t)total;
     flush_list_add(c);
     return 0;
 }
 
-static void
-write_cb(uv_write_t *req, int status)
+/* One send of what is left in b; the bytes taken, 0 when the kernel is
+ * full, or -errno. MSG_NOSIGNAL: a peer gone is an error, not SIGPIPE. */
+static ssize_t
+conn_send(imgw_conn_t *c, imgw_obuf_t *b)
 {
-    imgw_obuf_t *b = IMGW_CONTAINER_OF(req, imgw_obuf_t, req);
-    imgw_conn_t *c = b->conn;
-    imgw_loop_t *l = c->loop;
-    c->queued -= b->len - b->off;
-    imgw_stat_add(&l->st.bytes_out, b->len - b->off);
-    c->flags &= (uint16_t)~IMGW_CF_WRITING;
-    imgw__obuf_release(l, b);
-    if (status < 0) {
-        if (status != UV_ECANCELED)
-            IMGW_LOG_DEBUG("write to %p failed: %s", (void *)c,
-                           uv_strerror(status));
-        imgw__conn_close_now(c);
-        return;
-    }
-    imgw__conn_flush(c);
+    ssize_t n;
+    do
+        n = send(imgw__conn_fd(c), b->data + b->off, b->len - b->off,
+                 MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+    return n;
 }
 
-void
-imgw__conn_flush(imgw_conn_t *c)
+/* The flush; waited: the socket had been full (what uv_write's callback
+ * did then, down to its debug log of a failure). */
+static void
+conn_write(imgw_conn_t *c, int waited)
 {
     imgw_loop_t *l = c->loop;
     if (c->state == IMGW_CONN_CLOSED || (c->flags & IMGW_CF_WRITING))
         return;
     imgw_obuf_t *b = c->pend;
     if (b != NULL) {
-        uv_buf_t ub = uv_buf_init((char *)b->data + b->off,
-                                  (unsigned)(b->len - b->off));
-        int r = uv_try_write((uv_stream_t *)&c->tcp, &ub, 1);
-        if (r == UV_EAGAIN || r == UV_ENOSYS)
-            r = 0;
+        ssize_t r = conn_send(c, b);
         if (r < 0) {
+            if (waited)
+                IMGW_LOG_DEBUG("write to %p failed: %s", (void *)c,
+                               uv_strerror((int)r));
             imgw__conn_close_now(c);
             return;
         }
         b->off += (size_t)r;
-        c->queued -= (size_t)r;
+        c->queued -= (uint32_t)r;
         imgw_stat_add(&l->st.bytes_out, (size_t)r);
         if (b->off < b->len) {
-            c->pend = NULL;
+            /* The rest waits in b for UV_WRITABLE (conn_poll_cb). */
             c->flags |= IMGW_CF_WRITING;
-            ub = uv_buf_init((char *)b->data + b->off,
-                             (unsigned)(b->len - b->off));
-            r = uv_write(&b->req, (uv_stream_t *)&c->tcp, &ub, 1, write_cb);
-            if (r < 0) {
-                c->flags &= (uint16_t)~IMGW_CF_WRITING;
-                c->pend = b;
+            if (conn_poll_update(c) != 0)
                 imgw__conn_close_now(c);
-            }
             return;
         }
         c->pend = NULL;
@@ -428,6 +534,12 @@ imgw__conn_flush(imgw_conn_t *c)
     }
     if (c->flags & IMGW_CF_CLOSE_AFTER)
         imgw__conn_close_now(c);
+}
+
+void
+imgw__conn_flush(imgw_conn_t *c)
+{
+    conn_write(c, 0);
 }
 
 void
@@ -474,16 +586,18 @@ imgw__conn_close_now(imgw_conn_t *c)
         return;
     c->state = IMGW_CONN_CLOSED;
     imgw_tw_cancel(&c->loop->tw, &c->tw);
-    uv_read_stop((uv_stream_t *)&c->tcp);
-    uv_close((uv_handle_t *)&c->tcp, conn_close_cb);
+    /* uv_close stops the poll and takes the fd out of epoll; the fd
+     * itself is closed in conn_close_cb, so its number cannot be reused by
+     * an accept while libuv may still hold events for this handle. */
+    uv_close((uv_handle_t *)&c->poll, conn_close_cb);
 }
 
 static void
 conn_close_cb(uv_handle_t *h)
 {
-    imgw_conn_t *c = IMGW_CONTAINER_OF(h, imgw_conn_t, tcp);
+    imgw_conn_t *c = IMGW_CONTAINER_OF(h, imgw_conn_t, poll);
     imgw_loop_t *l = c->loop;
-    if (l->net->h->on_close && c->tcp.data != NULL)
+    if (l->net->h->on_close && c->poll.data != NULL)
         l->net->h->on_close(c);
     for (int i = 0; i < IMGW_PROTO_N; i++)
         l->net->protos[i]->free(c);
@@ -491,10 +605,8 @@ conn_close_cb(uv_handle_t *h)
         imgw_tls_free(c->tls);
         c->tls = NULL;
     }
-    imgw__obuf_release(l, c->pend);
+    imgw__obuf_release(l, c->pend); /* unwritten output is dropped */
     c->pend = NULL;
-    /* A block in uv_write was completed with UV_ECANCELED before this
-     * callback (write_cb released it). */
     if (c->flags & IMGW_CF_IN_FLUSH) {
         imgw_conn_t **pp = &l->flush_head;
         while (*pp && *pp != c)
@@ -503,6 +615,7 @@ conn_close_cb(uv_handle_t *h)
             *pp = c->flush_next;
     }
     conn_unlink(l, c);
+    close(imgw__conn_fd(c));
     imgw_free(c);
 }
 
@@ -512,11 +625,13 @@ void
 imgw_conn_set_deadline(imgw_conn_t *c, uint64_t deadline_ms)
 {
     imgw_loop_t *l = c->loop;
-    c->deadline_ms = deadline_ms;
     if (deadline_ms == 0) {
+        c->deadline = 0;
         imgw_tw_cancel(&l->tw, &c->tw);
         return;
     }
+    /* Low bits 0 would read as "none": 1 ms later instead. */
+    c->deadline = (uint32_t)deadline_ms ? (uint32_t)deadline_ms : 1;
     uint64_t tick = (deadline_ms + IMGW_TICK_MS - 1) / IMGW_TICK_MS;
     /* Re-linking on every frame would be wasted work: an earlier entry
      * fires, sees the later deadline and reschedules itself. */
@@ -529,14 +644,17 @@ void
 imgw__conn_deadline_fired(imgw_conn_t *c)
 {
     imgw_loop_t *l = c->loop;
-    if (c->state == IMGW_CONN_CLOSED || c->deadline_ms == 0)
+    if (c->state == IMGW_CONN_CLOSED || c->deadline == 0)
         return;
-    if (c->deadline_ms > l->now_ms) {
+    /* The 32-bit distance to the deadline (net_int.h): > 0 is ahead. */
+    int32_t left = (int32_t)(c->deadline - (uint32_t)l->now_ms);
+    if (left > 0) {
+        uint64_t at = l->now_ms + (uint64_t)left;
         imgw_tw_schedule(&l->tw, &c->tw,
-                         (c->deadline_ms + IMGW_TICK_MS - 1) / IMGW_TICK_MS);
+                         (at + IMGW_TICK_MS - 1) / IMGW_TICK_MS);
         return;
     }
-    c->deadline_ms = 0;
+    c->deadline = 0;
     if (c->state == IMGW_CONN_WS && l->net->h->on_deadline)
         l->net->h->on_deadline(c);
     else
@@ -561,13 +679,13 @@ imgw_conn_loop(const imgw_conn_t *c)
 void *
 imgw_conn_data(const imgw_conn_t *c)
 {
-    return c->tcp.data;
+    return c->poll.data;
 }
 
 void
 imgw_conn_set_data(imgw_conn_t *c, void *data)
 {
-    c->tcp.data = data;
+    c->poll.data = data;
 }
 
 uint64_t
@@ -596,9 +714,9 @@ imgw_conn_peer(const imgw_conn_t *c)
 {
     static _Thread_local char buf[64];
     struct sockaddr_storage ss;
-    int len = sizeof(ss);
+    socklen_t len = sizeof(ss);
     buf[0] = '\0';
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+    if (getpeername(imgw__conn_fd(c), (struct sockaddr *)&ss, &len) == 0) {
         if (ss.ss_family == AF_INET)
             uv_ip4_name((struct sockaddr_in *)&ss, buf, sizeof(buf));
         else if (ss.ss_family == AF_INET6)

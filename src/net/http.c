@@ -610,7 +610,7 @@ handle_request(imgw_conn_t *c, imgw_http_t *h)
         return 0;
     if (r == 1) {
         c->flags |= IMGW_CF_READ_PAUSED;
-        uv_read_stop((uv_stream_t *)&c->tcp);
+        imgw__conn_read_stop(c);
         return 0;
     }
     if (!keep) {

@@ -9,13 +9,16 @@
  * libuv 1.44 has no SO_REUSEPORT flag for uv_tcp_bind, so each listener
  * socket is made by hand (socket, SO_REUSEPORT, bind, listen) on the main
  * thread, where a bad address or a port in use is reported before any loop
- * runs, and adopted by its loop with uv_tcp_open. The kernel then spreads
- * new connections over the loops; a connection never leaves its loop.
+ * runs, and watched by its loop with a uv_poll_t: the loop accepts with
+ * accept4 itself (conn.c owns the socket from there, on a uv_poll_t too,
+ * no uv_tcp_t per connection). The kernel then spreads new connections
+ * over the loops; a connection never leaves its loop.
  * Before that, take_port_lock makes each port this process's alone, so a
  * second imgw on the same port is refused instead of silently sharing it.
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -119,9 +122,9 @@ static void
 peer_addr(imgw_conn_t *c, imgw_ipaddr_t *out)
 {
     struct sockaddr_storage ss;
-    int len = sizeof(ss);
+    socklen_t len = sizeof(ss);
     memset(out, 0, sizeof(*out));
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0)
+    if (getpeername(imgw__conn_fd(c), (struct sockaddr *)&ss, &len) != 0)
         return;
     if (ss.ss_family == AF_INET) {
         /* IPv4-mapped IPv6, so both families share one table. */
@@ -133,21 +136,18 @@ peer_addr(imgw_conn_t *c, imgw_ipaddr_t *out)
     }
 }
 
+/* A socket accepted on a listener (tls: a [tls] port). */
 static void
-on_connection(uv_stream_t *server, int status)
+on_connection(imgw_loop_t *l, int fd, int tls)
 {
-    imgw_loop_t *l = server->data;
-    if (status < 0) {
-        IMGW_LOG_WARN_RL("accept failed: %s", uv_strerror(status));
-        return;
-    }
     long n;
-    imgw_conn_t *c = imgw__conn_accept(l, server, &n);
+    imgw_conn_t *c = imgw__conn_accept(l, fd, &n);
     if (c == NULL)
         return;
     imgw_alloc_arm();
     l->now_ms = imgw__loop_clock_ms(l);
-    uv_tcp_nodelay(&c->tcp, 1);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     c->last_rx = (uint32_t)l->now_ms;
     imgw_conn_set_deadline(c, l->now_ms +
                                   (uint64_t)l->net->opts.auth_timeout * 1000);
@@ -155,8 +155,7 @@ on_connection(uv_stream_t *server, int status)
         imgw__conn_close_now(c);
         return;
     }
-    if (l->listener_tls[(uv_tcp_t *)server - l->listeners] &&
-        imgw__conn_tls_start(c, l->tls_ctx) != 0) {
+    if (tls && imgw__conn_tls_start(c, l->tls_ctx) != 0) {
         imgw__conn_close_now(c);
         return;
     }
@@ -182,6 +181,92 @@ on_connection(uv_stream_t *server, int status)
         c->flags |= IMGW_CF_IP_COUNTED;
     }
     imgw__conn_read_start(c);
+}
+
+/* Accepts per listener wake-up: a connect storm on one port must not keep
+ * the loop from its connections' reads and writes for long. The listener
+ * is level-triggered, so what is left is taken at the next iteration. */
+#define IMGW_ACCEPT_BUDGET 64
+
+static void listener_cb(uv_poll_t *h, int status, int events);
+
+/*
+ * Out of fds (EMFILE/ENFILE): the pending connection stays in the backlog
+ * and the listener stays readable, which would spin the loop. libuv's
+ * answer, done the same way here: a reserve fd (l->emfile_fd, opened at
+ * loop start) is closed to make room, every pending connection is
+ * accepted and closed at once (the clients see a reset and may retry
+ * elsewhere, rather than hang in the backlog), and the reserve is opened
+ * again. If it cannot be (the fds are still gone), the loop's listeners
+ * pause until the next timer tick (listeners_resume) instead of spinning.
+ */
+static void
+accept_shed(imgw_loop_t *l, int lfd)
+{
+    if (l->emfile_fd >= 0) {
+        close(l->emfile_fd);
+        l->emfile_fd = -1;
+        for (;;) {
+            int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (fd >= 0)
+                close(fd);
+            else if (errno != EINTR)
+                break;
+        }
+        l->emfile_fd = open("/", O_RDONLY | O_CLOEXEC);
+    }
+    if (l->emfile_fd < 0 && !l->accept_paused) {
+        l->accept_paused = 1;
+        for (int i = 0; i < l->n_listeners; i++)
+            uv_poll_stop(&l->listeners[i]);
+    }
+}
+
+/* The timer's retry after accept_shed paused the listeners. */
+static void
+listeners_resume(imgw_loop_t *l)
+{
+    if (!l->accept_paused)
+        return;
+    if (l->emfile_fd < 0)
+        l->emfile_fd = open("/", O_RDONLY | O_CLOEXEC);
+    if (l->emfile_fd < 0)
+        return;
+    l->accept_paused = 0;
+    for (int i = 0; i < l->n_listeners; i++)
+        uv_poll_start(&l->listeners[i], UV_READABLE, listener_cb);
+}
+
+static void
+listener_cb(uv_poll_t *h, int status, int events)
+{
+    imgw_loop_t *l = h->data;
+    (void)events;
+    int i = (int)(h - l->listeners);
+    int lfd = l->listen_fds[i];
+    if (status < 0) {
+        /* libuv stopped the handle (EPOLLERR); a listening socket has no
+         * error to report, so keep accepting. */
+        IMGW_LOG_WARN_RL("accept failed: %s", uv_strerror(status));
+        uv_poll_start(h, UV_READABLE, listener_cb);
+        return;
+    }
+    for (int k = 0; k < IMGW_ACCEPT_BUDGET && !l->draining; k++) {
+        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0) {
+            on_connection(l, fd, l->listener_tls[i]);
+            continue;
+        }
+        int e = errno;
+        if (e == EAGAIN || e == EWOULDBLOCK)
+            return;
+        if (e == EINTR || e == ECONNABORTED)
+            continue; /* reset before it was taken: the next one */
+        if (e == EMFILE || e == ENFILE)
+            accept_shed(l, lfd);
+        IMGW_LOG_WARN_RL("accept failed: %s", uv_strerror(-e));
+        return;
+    }
 }
 
 /* ---- timers, flush, mailbox ---------------------------------------------- */
@@ -270,6 +355,8 @@ timer_cb(uv_timer_t *t)
             l->net->h->on_tick(l, l->now_ms);
         trim_tick(l);
     }
+    if (l->accept_paused && !l->draining)
+        listeners_resume(l);
     if (l->draining && !l->stopping)
         drain_step(l);
 }
@@ -324,11 +411,16 @@ start_drain(imgw_loop_t *l)
     if (l->draining)
         return;
     l->draining = 1;
-    for (int i = 0; i < l->n_listeners; i++)
+    for (int i = 0; i < l->n_listeners; i++) {
+        /* uv_close of a poll takes the fd out of epoll at once, so it can
+         * be closed here; it must be before the port locks go. */
         uv_close((uv_handle_t *)&l->listeners[i], NULL);
+        close(l->listen_fds[i]);
+        l->listen_fds[i] = -1;
+    }
     l->n_listeners = 0;
-    /* uv_close has closed the listening fds already; the last loop to get
-     * here frees the ports for a successor (rolling restart). */
+    /* The listening fds are closed; the last loop to get here frees the
+     * ports for a successor (rolling restart). */
     if (atomic_fetch_sub(&l->net->loops_listening, 1) == 1)
         release_port_locks(l->net);
     l->drain_start_ms = l->now_ms;
@@ -413,6 +505,7 @@ loop_thread(void *arg)
     snprintf(tag, sizeof(tag), "loop%d", l->index);
     imgw_log_set_thread(tag);
     int r = 0;
+    l->emfile_fd = -1;
     uv_update_time(&l->uv);
     l->now_ms = imgw__loop_clock_ms(l);
     l->last_tick_ms = l->now_ms;
@@ -435,14 +528,18 @@ loop_thread(void *arg)
     uv_prepare_init(&l->uv, &l->flush_prep);
     l->flush_prep.data = l;
     uv_prepare_start(&l->flush_prep, prepare_cb);
+    /* The EMFILE reserve (accept_shed); without one the loop still runs,
+     * pausing its listeners when out of fds. */
+    l->emfile_fd = open("/", O_RDONLY | O_CLOEXEC);
     for (int i = 0; i < l->n_listeners; i++) {
-        uv_tcp_init(&l->uv, &l->listeners[i]);
-        l->listeners[i].data = l;
-        if ((r = uv_tcp_open(&l->listeners[i], l->listen_fds[i])) != 0)
+        /* listen_fds[i] stays the loop's: closed at the drain, or by
+         * imgw_net_free after a failed start. */
+        if ((r = uv_poll_init_socket(&l->uv, &l->listeners[i],
+                                     l->listen_fds[i])) != 0)
             goto fail;
-        l->listen_fds[i] = -1;
-        if ((r = uv_listen((uv_stream_t *)&l->listeners[i], 4096,
-                           on_connection)) != 0)
+        l->listeners[i].data = l;
+        if ((r = uv_poll_start(&l->listeners[i], UV_READABLE,
+                               listener_cb)) != 0)
             goto fail;
     }
     if (l->net->h->on_loop_start && (r = l->net->h->on_loop_start(l)) != 0)
@@ -458,6 +555,9 @@ fail:
     uv_walk(&l->uv, close_walk_cb, NULL);
     uv_run(&l->uv, UV_RUN_DEFAULT);
 out:
+    if (l->emfile_fd >= 0)
+        close(l->emfile_fd);
+    l->emfile_fd = -1;
     imgw_tls_ctx_free(l->tls_ctx);
     l->tls_ctx = NULL;
     imgw_tw_free(&l->tw);

@@ -31,14 +31,15 @@
 #define IMGW_MAX_LISTENERS 32
 #define IMGW_READ_BUF 65536
 /* Pooled output block size. Nearly every write is a few frames of a few
- * hundred bytes (a 101, an AuthResponse, a push or two per iteration), so
- * 4 KiB holds them; a bigger write (a sync page) gets a block of its own.
- * The size matters for idle memory: a connect or heartbeat burst fills the
- * pool, and a full pool at 16 KiB was 1 MiB, ~55 B per connection of a
- * 19,000-connection node (docs/benchmarks.md, hold). */
-#define IMGW_OBUF_SMALL 4096
+ * hundred bytes (a 101, an AuthResponse, the responses and pushes of one
+ * batch_us iteration), so 2 KiB holds them; a bigger write (a sync page, a
+ * fan-out burst) gets a block of its own. The size matters for idle
+ * memory: a connect or heartbeat burst fills the pool, and a full pool at
+ * 16 KiB was 1 MiB, ~55 B per connection of a 19,000-connection node; at
+ * 4 KiB ~14 B (docs/benchmarks.md, hold). */
+#define IMGW_OBUF_SMALL 2048
 /* Pool caps: what a burst leaves pooled stays out of the OS for good, so
- * keep them small (64 x 4 KiB = 256 KiB of blocks); the steady state needs
+ * keep them small (64 x 2 KiB = 128 KiB of blocks); the steady state needs
  * few, and loop.c's trim tick gives the rest back (IMGW_POOL_KEEP). */
 #define IMGW_OBUF_POOL_MAX 64   /* pooled blocks kept per loop */
 #define IMGW_WS_POOL_MAX 64     /* pooled wslay frame contexts per loop */
@@ -52,10 +53,10 @@
  * would otherwise be free to send forever. */
 #define IMGW_WS_MAX_FRAGMENTS 1024
 
-/* Output block: a pooled or sized buffer with its write request. */
+/* Output block: a pooled or sized buffer. conn.c writes it itself (no
+ * libuv write request), so output queued while the kernel is full is
+ * appended to the same block. */
 typedef struct imgw_obuf_s {
-    uv_write_t req;
-    imgw_conn_t *conn;
     size_t len;  /* bytes filled; off <= len <= cap */
     size_t off;  /* bytes already written */
     size_t cap;
@@ -78,7 +79,10 @@ enum {
     IMGW_CF_DRAIN_DONE = 1 << 5,   /* drain already asked it to close */
     IMGW_CF_RX_DEAD = 1 << 6,      /* protocol failed: input ignored */
     IMGW_CF_IP_COUNTED = 1 << 7,   /* holds a per-IP count */
-    IMGW_CF_WRITING = 1 << 8       /* a uv_write of a block is under way */
+    IMGW_CF_WRITING = 1 << 8,      /* kernel full: waiting for UV_WRITABLE */
+    IMGW_CF_READING = 1 << 9,      /* reading wanted (imgw__conn_read_start) */
+    IMGW_CF_POLL_IN = 1 << 10,     /* UV_READABLE armed on c->poll */
+    IMGW_CF_POLL_OUT = 1 << 11     /* UV_WRITABLE armed on c->poll */
 };
 
 struct imgw_http_s; /* http.c */
@@ -137,8 +141,14 @@ typedef struct imgw__loop_counters_s {
 #undef IMGW__LOOP_COUNTER
 } imgw__loop_counters_t;
 
+/*
+ * A connection: 264 bytes (a 272-byte malloc chunk; test_conn checks it),
+ * its uv_poll_t (160) the largest part. The socket is a uv_poll_t on the fd, not a uv_tcp_t
+ * (248): conn.c does its own read, send and close, and an idle connection
+ * needs nothing of a stream's write queue or read callbacks.
+ */
 struct imgw_conn_s {
-    uv_tcp_t tcp;
+    uv_poll_t poll; /* io_watcher.fd is the socket; data is core's session */
     imgw_loop_t *loop;
     uint32_t slot;
     uint32_t gen;
@@ -149,8 +159,16 @@ struct imgw_conn_s {
     uint16_t flags;  /* IMGW_CF_* */
     uint8_t state;
     uint8_t proto; /* IMGW_PROTO_*: index into net->protos */
+    /* The deadline (imgw_conn_set_deadline), the low 32 bits of its loop
+     * ms, 0 = none: deadlines are at most a day ahead (heartbeat_timeout's
+     * bound), and the 32-bit distance is exact within 24 days. With queued
+     * it fills one word where the uint64_t and a size_t took two, which
+     * takes the struct under the next malloc chunk size. */
+    uint32_t deadline;
+    /* Unwritten bytes of pend: below max_queued_bytes (an int) for
+     * bounded writes, and conn_append refuses what would pass 4 GiB. */
+    uint32_t queued;
     imgw_tw_entry_t tw;
-    uint64_t deadline_ms;          /* 0 = none */
     /* The current handler's borrowed state (c->proto says which member):
      * the HTTP handler's request state, or, once a WebSocket, what a
      * partial frame or message needs. http.c frees its state before it
@@ -160,12 +178,11 @@ struct imgw_conn_s {
         struct imgw_http_s *http;  /* IMGW_PROTO_HTTP */
         struct imgw_ws_rx_s *rx;   /* IMGW_PROTO_WS */
     };
-    imgw_obuf_t *pend;             /* being filled */
-    /* The block handed to uv_write (IMGW_CF_WRITING) is reached through
-     * its request in write_cb: no pointer here. */
-    size_t queued;                 /* pend + in-write unwritten bytes */
+    /* Unwritten output: filled here and written from here, a partial
+     * write keeps the rest at pend->off (IMGW_CF_WRITING). */
+    imgw_obuf_t *pend;
     imgw_conn_t *flush_next;
-    /* core's session (imgw_conn_data) lives in tcp.data, which libuv
+    /* core's session (imgw_conn_data) lives in poll.data, which libuv
      * leaves to its user: a pointer less per connection. */
     imgw_ipaddr_t addr;            /* peer, for the per-IP limit */
     imgw_tls_t *tls;               /* wss:// connections only */
@@ -182,10 +199,12 @@ struct imgw_loop_s {
     uv_thread_t thread;
     int index;
     imgw_net_t *net;
-    int listen_fds[IMGW_MAX_LISTENERS];
-    uv_tcp_t listeners[IMGW_MAX_LISTENERS];
+    int listen_fds[IMGW_MAX_LISTENERS]; /* -1 once closed */
+    uv_poll_t listeners[IMGW_MAX_LISTENERS]; /* on listen_fds */
     uint8_t listener_tls[IMGW_MAX_LISTENERS]; /* 1: a [tls] port */
     int n_listeners;
+    int emfile_fd;     /* reserve fd for EMFILE (loop.c accept_shed), or -1 */
+    int accept_paused; /* out of fds: listeners stopped until a tick */
     imgw_tls_ctx_t *tls_ctx; /* this loop's, when [tls] ports exist */
     imgw_mailbox_t mbox;
     imgw_mpsc_node_t stop_node;  /* starts the drain */
@@ -279,11 +298,22 @@ imgw__loop_clock_ms(imgw_loop_t *l)
 /* A zeroed connection of loop l in the HTTP handler, not yet in the
  * loop's table (harnesses use it bare). NULL when out of memory. */
 imgw_conn_t *imgw__conn_new(imgw_loop_t *l);
-/* Accepts one connection from server into the loop's table and counts it;
- * *node_conns is the node-wide count with it. NULL when it failed (then
- * nothing is left to clean up). */
-imgw_conn_t *imgw__conn_accept(imgw_loop_t *l, uv_stream_t *server,
-                               long *node_conns);
+/* Puts c's handle on the socket fd, which c then owns (conn_close_cb
+ * closes it). Harnesses without a socket pass any pollable fd (an
+ * eventfd: never readable, refuses writes). An error leaves fd open. */
+int imgw__conn_open(imgw_conn_t *c, int fd);
+/* The socket of c (-1 for none); valid until conn_close_cb. */
+static inline int
+imgw__conn_fd(const imgw_conn_t *c)
+{
+    /* libuv's unix uv_poll_t field: uv_fileno() refuses a closing handle,
+     * and the peer's address is still wanted in on_close. */
+    return c->poll.io_watcher.fd;
+}
+/* Takes the accepted socket fd into a new connection in the loop's table
+ * and counts it; *node_conns is the node-wide count with it. NULL when it
+ * failed (then fd is closed and nothing is left to clean up). */
+imgw_conn_t *imgw__conn_accept(imgw_loop_t *l, int fd, long *node_conns);
 int imgw__conn_tls_start(imgw_conn_t *c, imgw_tls_ctx_t *ctx);
 /* Bytes from the socket (ciphertext on a TLS connection). */
 void imgw__conn_on_read(imgw_conn_t *c, const uint8_t *data, size_t len);
@@ -301,6 +331,8 @@ void imgw__conn_input(imgw_conn_t *c, const uint8_t *data, size_t len);
 void imgw__conn_set_proto(imgw_conn_t *c, int proto);
 /* (Re)starts reading from the socket; closes c when libuv refuses. */
 void imgw__conn_read_start(imgw_conn_t *c);
+/* Stops reading until imgw__conn_read_start (an async HTTP answer). */
+void imgw__conn_read_stop(imgw_conn_t *c);
 int imgw__conn_write_raw(imgw_conn_t *c, const uv_buf_t *bufs, size_t n,
                          int bounded);
 void imgw__conn_flush(imgw_conn_t *c);

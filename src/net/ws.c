@@ -195,7 +195,7 @@ ws_send(imgw_conn_t *c, int is_text, const uv_buf_t *pieces, size_t n)
     if (r == IMGW_EQUEUEFULL) {
         imgw_stat_inc(&c->loop->st.slow_consumers);
         IMGW_LOG_WARN_RL("slow consumer %s closed: %zu bytes queued",
-                         imgw_conn_peer(c), c->queued);
+                         imgw_conn_peer(c), (size_t)c->queued);
         /* Its queue is full, so a close frame could not get through in
          * time either: drop the connection. */
         imgw__conn_close_now(c);

@@ -2,8 +2,9 @@
  * fuzz_net.h: a fake loop for the net fuzz targets (fuzz_http, fuzz_ws).
  *
  * The real http.c, ws.c and conn.c run on a calloc'ed imgw_loop_t whose
- * uv_loop is initialized but never polled. A connection gets a uv_tcp_t
- * with no socket: nothing is ever written to the network. Instead,
+ * uv_loop is initialized but never polled. A connection's uv_poll_t is on
+ * an eventfd instead of a socket (imgw__conn_open): never readable, and a
+ * send on it fails, so nothing is ever written to the network. Instead,
  * fuzz_net_flush() plays the loop's prepare callback as if every write had
  * succeeded (the output blocks are dropped, or handed to fuzz_net_sink
  * when a unit test wants to read them; CLOSE_AFTER closes), and
@@ -26,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 
 #include "utf8.h"
 #include "log.h"
@@ -201,7 +203,7 @@ static inline imgw_conn_t *
 fuzz_net_conn(int state)
 {
     imgw_conn_t *c = imgw__conn_new(fuzz_loop);
-    if (c == NULL || uv_tcp_init(&fuzz_loop->uv, &c->tcp) != 0)
+    if (c == NULL || imgw__conn_open(c, eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) != 0)
         abort();
     imgw_conn_set_data(c, &fuzz_conn_tag);
     if (state == IMGW_CONN_WS)
@@ -271,7 +273,7 @@ fuzz_chunk(uint32_t *rng, unsigned seed, size_t left)
     return n < left ? n : left;
 }
 
-/* Feeds data to c as a sequence of reads, as read_cb would. */
+/* Feeds data to c as a sequence of reads, as conn.c's conn_read would. */
 static inline void
 fuzz_net_feed(imgw_conn_t *c, const uint8_t *data, size_t len, unsigned seed)
 {
@@ -285,7 +287,7 @@ fuzz_net_feed(imgw_conn_t *c, const uint8_t *data, size_t len, unsigned seed)
                 break; /* no answer is coming: the rest is never read */
             continue;
         }
-        /* Reads land in the loop's buffer, as in alloc_cb/read_cb. */
+        /* Reads land in the loop's buffer, as in conn_read. */
         memcpy(fuzz_loop->rbuf, data, n);
         imgw__conn_on_read(c, fuzz_loop->rbuf, n);
         /* Poison-free reuse: scribble over the read buffer so that a span

@@ -1,6 +1,8 @@
 """Admission control: max_connections (503), per-IP limit (429), handshake
 rate (429), the Origin allow-list (403), each counted in /metrics."""
+import os
 import re
+import resource
 import socket
 import time
 
@@ -143,3 +145,53 @@ def test_origin_allow_list(server):
     print("no Origin (non-browser client) ->", st)
     assert st == 101
     assert metric(srv.port, "imgw_refused_total", 'reason="origin"') == 1
+
+
+def proc_cpu_ticks(pid):
+    f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+    return int(f[11]) + int(f[12])  # utime + stime
+
+
+def test_out_of_fds(server):
+    """At RLIMIT_NOFILE the loop sheds what it cannot take (the reserve-fd
+    trick: accept and close), keeps the connections it has, does not spin
+    on the readable listener, and accepts again once fds are free."""
+    srv = server(threads=1, auth_timeout=30)
+    pid = srv.proc.pid
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    nfd = len(os.listdir("/proc/%d/fd" % pid))
+    room = 4
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (nfd + room, hard))
+    print("server has %d fds open; soft limit set to %d" % (nfd, nfd + room))
+    socks = []
+    try:
+        for i in range(16):
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+            socks.append(s)
+        time.sleep(1.0)
+        shed, held = 0, 0
+        for s in socks:
+            s.settimeout(0.2)
+            try:
+                d = s.recv(1)
+                shed += d == b""
+            except socket.timeout:
+                held += 1
+            except ConnectionResetError:
+                shed += 1
+        cpu0 = proc_cpu_ticks(pid)
+        time.sleep(1.0)
+        cpu = proc_cpu_ticks(pid) - cpu0
+        print("16 connects: %d held open, %d shed (closed at once); "
+              "server CPU over 1 s while full: %d ticks" % (held, shed, cpu))
+        assert held >= 1 and shed >= 1 and held + shed == 16
+        assert "accept failed: too many open files" in srv.log_text()
+    finally:
+        for s in socks:
+            s.close()
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+    time.sleep(0.5)
+    st, c = upgrade_status(srv.port)
+    c.close()
+    print("after the limit is lifted ->", st)
+    assert st == 101

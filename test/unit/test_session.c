@@ -157,7 +157,7 @@ static imgw_conn_t *
 conn_new(void)
 {
     imgw_conn_t *c = imgw__conn_new(fuzz_loop);
-    if (c == NULL || uv_tcp_init(&fuzz_loop->uv, &c->tcp) != 0)
+    if (c == NULL || imgw__conn_open(c, eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) != 0)
         abort();
     table_link(c);
     forget(c);

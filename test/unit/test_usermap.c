@@ -691,6 +691,20 @@ TEST(user_budget)
     CHECK_EQ_INT(
         imgw_usermap_take(m, "nobody", IMGW_USERMAP_BUDGET_SEND, 0.0, 0.0, 1),
         1);
+    /* The buckets are made at a user's first take: without memory that
+     * take is let through (the connection's own buckets still bound it),
+     * and the next take, with memory, makes them and charges from there. */
+    printf("  checks: a user's first take without memory passes, the next "
+           "makes the buckets\n");
+    CHECK_EQ_INT(imgw_usermap_add(m, "w", "Web", mkref(4, 1, 1), NULL), 0);
+    imgw__alloc_fail_nth(1);
+    CHECK_EQ_INT(
+        imgw_usermap_take(m, "w", IMGW_USERMAP_BUDGET_SEND, 1.0, 1.0, 5000), 1);
+    CHECK_EQ_INT(imgw__alloc_fail_nth(0), 0); /* the failure happened */
+    CHECK_EQ_INT(
+        imgw_usermap_take(m, "w", IMGW_USERMAP_BUDGET_SEND, 1.0, 1.0, 5000), 1);
+    CHECK_EQ_INT(
+        imgw_usermap_take(m, "w", IMGW_USERMAP_BUDGET_SEND, 1.0, 1.0, 5000), 0);
     imgw_usermap_free(m);
 }
 
