@@ -17,6 +17,11 @@
  * at a time would do; two leave room for removals that find nothing to
  * move and finish sooner (both tables are live meanwhile). */
 #define MEM_IDX_STEP_INSERT 2
+/* Tables this big grow by half, smaller ones double. Growth by half keeps
+ * big tables fuller (10.7-16 B per entry, not up to 21) but moves each
+ * entry twice as often (1 / (growth - 1) moves per insert while a store
+ * fills); below 32 KB a table's slack is not worth the moves. */
+#define MEM_IDX_HALF_FROM 512
 #define MEM_IDX_STEP_REMOVE 1
 /* Buckets ahead whose entries a step prefetches: an append moves about
  * six buckets (two inserts, two removals), so this is about the previous
@@ -193,8 +198,9 @@ imgw__mem_idx_reserve(imgw__mem_idx_t *x)
      * entries, so finishing it now is short. */
     if (x->old.b != NULL)
         imgw__mem_idx_step(x, SIZE_MAX);
-    if (x->cur.nb < SIZE_MAX / 4 &&
-        migrate_to(x, x->cur.nb + x->cur.nb / 2) == 0)
+    size_t nb = x->cur.nb;
+    if (nb < SIZE_MAX / 4 &&
+        migrate_to(x, nb < MEM_IDX_HALF_FROM ? nb * 2 : nb + nb / 2) == 0)
         return 0;
     /* No memory to grow: fill on, keeping one slot free so that probes
      * end. */

@@ -10,7 +10,7 @@
  * being 7 bits of the hash, so a miss reads one line and dereferences a
  * node only on a tag match (1 in 128 per occupied slot). A table has any
  * number of buckets (the home is a multiply-shift of the hash, not a
- * mask), so it grows by half rather than doubling. Buckets are probed
+ * mask), so a big one grows by half rather than doubling. Buckets are probed
  * linearly, wrapping; `over` counts the entries that had to go past a full
  * bucket (F14's outbound overflow count), so a lookup stops at the first
  * bucket with over == 0 and a removal just clears its slot: no tombstones,
@@ -29,7 +29,8 @@
  * that migration, which has only the few entries a shrink starts with).
  *
  * Memory: 64 B per 7 slots, at most 6 of 7 used before growing and 4 of 7
- * right after (growth by half), so 10.7-16 B per entry, plus 0-4 B for
+ * right after (growth by half, from 512 buckets on; smaller tables
+ * double), so 10.7-16 B per entry, plus 0-4 B for
  * the 32-bit hash in the entry; the chained table took 16 B in the node
  * and 4-8 B of buckets. (Doubling would have left 3 of 7 used after each
  * growth, up to 21 B per entry: at the default caps, 15,600 entries per
