@@ -20,23 +20,24 @@ static void
 dedupe_drop(imgw__mem_t *m, imgw__mem_shard_t *sh, imgw__mem_dedupe_t *d)
 {
     imgw_list_remove(&d->age);
-    htab_remove(&sh->dedupes, &d->h);
+    imgw__mem_idx_remove(&sh->dedupes, d->hash, d);
     atomic_fetch_sub_explicit(&m->n_dedupes, 1, memory_order_relaxed);
     imgw_free(d);
+}
+
+/* key holds two NUL-terminated strings: compare both. */
+static int
+dedupe_eq(const void *p, const void *key)
+{
+    const char *a = ((const imgw__mem_dedupe_t *)p)->key, *b = key;
+    return strcmp(a, b) == 0 &&
+           strcmp(a + strlen(a) + 1, b + strlen(b) + 1) == 0;
 }
 
 imgw__mem_dedupe_t *
 imgw__mem_dedupe_find(imgw__mem_shard_t *sh, uint64_t h, const char *key)
 {
-    for (imgw__mem_hnode_t *x = sh->dedupes.b[h & sh->dedupes.mask]; x;
-         x = x->next) {
-        imgw__mem_dedupe_t *d = (imgw__mem_dedupe_t *)x;
-        /* key holds two NUL-terminated strings: compare both. */
-        if (x->hash == h && strcmp(d->key, key) == 0 &&
-            strcmp(d->key + strlen(d->key) + 1, key + strlen(key) + 1) == 0)
-            return d;
-    }
-    return NULL;
+    return imgw__mem_idx_find(&sh->dedupes, h, dedupe_eq, key);
 }
 
 /* Drops up to budget expired entries from the front of each age list.

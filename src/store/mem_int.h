@@ -26,6 +26,7 @@
 #include "hash.h"
 #include "list.h"
 #include "mem_conv.h"
+#include "mem_idx.h"
 #include "store_impl.h"
 
 #define MEM_SHARD_BITS 6
@@ -67,6 +68,8 @@
  * the insertion rate even if nobody calls tick. */
 #define MEM_LAZY_POPS 2
 #define MEM_TICK_POPS 1024     /* per shard and table per tick */
+#define MEM_TICK_MIGRATE 32    /* index buckets per shard and table per tick:
+                                  ~7 entries each, a cache miss apiece */
 #define MEM_TICK_USER_SHARDS 4 /* shards whose users one tick visits */
 #define MEM_TICK_BUCKETS 256   /* user buckets per visited shard */
 #define MEM_STACK_SLOTS 16     /* appends to <= 16 users use no malloc */
@@ -92,16 +95,20 @@ typedef struct imgw__mem_htab_s {
  * revoked through the blob without locking the message's shard.
  */
 typedef struct imgw__mem_meta_s {
-    imgw__mem_hnode_t h;  /* in shard->metas (shard of the id) */
     imgw_list_t age; /* shard->meta_age, oldest first */
     atomic_uint refs;
-    atomic_uchar revoked; /* set under the id's shard lock, read anywhere */
+    uint32_t hash;        /* hash_id's low bits: shard->metas (mem_idx.h) */
     int64_t expire_ms;    /* under the id's shard lock */
     uint64_t message_id;  /* immutable from here on */
     int64_t server_time_ms;
     const char *conv; /* points into sender[] after its NUL */
-    char sender[];
+    atomic_uchar revoked; /* set under the id's shard lock, read anywhere */
+    char sender[];        /* allocated from offsetof(.., sender) on */
 } imgw__mem_meta_t;
+
+/* Bytes of metadata for strings of these lengths. */
+#define MEM_META_SIZE(slen, vlen)                                            \
+    (offsetof(imgw__mem_meta_t, sender) + (slen) + 1 + (vlen) + 1)
 
 /* One append's entry bytes, shared by its timelines (one ref each). */
 typedef struct imgw__mem_blob_s {
@@ -255,13 +262,18 @@ imgw__mem_pos_of(const imgw__mem_user_t *u)
 }
 
 typedef struct imgw__mem_dedupe_s {
-    imgw__mem_hnode_t h;  /* in the sender's shard, hashed on the key */
     imgw_list_t age; /* shard->dedupe_age, oldest first */
     int64_t expire_ms;
     uint64_t message_id;
-    int64_t seq; /* the sender's seq of the first append */
-    char key[];  /* sender "\0" client_msg_id "\0" */
+    int64_t seq;   /* the sender's seq of the first append */
+    uint32_t hash; /* hash_dedupe's low bits: the sender's shard's dedupes */
+    char key[];    /* sender "\0" client_msg_id "\0", allocated from
+                      offsetof(.., key) on */
 } imgw__mem_dedupe_t;
+
+/* Bytes of a dedupe record for strings of these lengths. */
+#define MEM_DEDUPE_SIZE(slen, clen)                                          \
+    (offsetof(imgw__mem_dedupe_t, key) + (slen) + 1 + (clen) + 1)
 
 /*
  * A group's member list: immutable once published. group_set swaps in a
@@ -278,7 +290,8 @@ typedef struct imgw__mem_group_s {
 
 typedef struct imgw__mem_shard_s {
     _Alignas(64) pthread_mutex_t mu; /* a cache line per shard at least */
-    imgw__mem_htab_t users, dedupes, metas, groups;
+    imgw__mem_htab_t users, groups;
+    imgw__mem_idx_t dedupes, metas; /* one entry per message: mem_idx.h */
     imgw__mem_htab_t pbs; /* route strings of this shard's users */
     imgw_list_t dedupe_age, meta_age;
     size_t cursor;  /* next users bucket the tick sweep visits */

@@ -45,23 +45,23 @@ imgw__mem_blob_unref(imgw__mem_t *m, imgw__mem_blob_t *b)
     }
 }
 
+static int
+meta_eq(const void *p, const void *key)
+{
+    return ((const imgw__mem_meta_t *)p)->message_id == *(const uint64_t *)key;
+}
+
 imgw__mem_meta_t *
 imgw__mem_meta_find(imgw__mem_shard_t *sh, uint64_t h, uint64_t id)
 {
-    for (imgw__mem_hnode_t *x = sh->metas.b[h & sh->metas.mask]; x;
-         x = x->next) {
-        imgw__mem_meta_t *mt = (imgw__mem_meta_t *)x;
-        if (x->hash == h && mt->message_id == id)
-            return mt;
-    }
-    return NULL;
+    return imgw__mem_idx_find(&sh->metas, h, meta_eq, &id);
 }
 
 void
 imgw__mem_meta_drop(imgw__mem_t *m, imgw__mem_shard_t *sh, imgw__mem_meta_t *mt)
 {
     imgw_list_remove(&mt->age);
-    htab_remove(&sh->metas, &mt->h);
+    imgw__mem_idx_remove(&sh->metas, mt->hash, mt);
     atomic_fetch_sub_explicit(&m->n_metas, 1, memory_order_relaxed);
     imgw__mem_meta_unref(m, mt);
 }

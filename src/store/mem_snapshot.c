@@ -315,10 +315,10 @@ load_meta(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
     if (r->err || num != ld->n_metas)
         return IMGW_EPROTO;
     size_t slen = strlen(sender), vlen = strlen(conv);
-    imgw__mem_meta_t *mt = mem_malloc(sizeof(*mt) + slen + 1 + vlen + 1);
+    imgw__mem_meta_t *mt = mem_malloc(MEM_META_SIZE(slen, vlen));
     if (mt == NULL)
         return IMGW_ENOMEM;
-    memset(mt, 0, sizeof(*mt));
+    memset(mt, 0, offsetof(imgw__mem_meta_t, sender));
     memcpy(mt->sender, sender, slen + 1);
     memcpy(mt->sender + slen + 1, conv, vlen + 1);
     mt->conv = mt->sender + slen + 1;
@@ -327,7 +327,7 @@ load_meta(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
     atomic_init(&mt->revoked, revoked ? 1 : 0);
     atomic_init(&mt->refs, 1); /* the loader's */
     imgw_list_init(&mt->age);
-    mt->h.hash = hash_id(ld->m, id);
+    mt->hash = (uint32_t)hash_id(ld->m, id);
     if (load_push((void ***)&ld->metas, &ld->n_metas, &ld->cap_metas, mt)) {
         imgw_free(mt);
         return IMGW_ENOMEM;
@@ -347,13 +347,17 @@ load_meta_table(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
         return IMGW_EPROTO;
     imgw__mem_t *m = ld->m;
     imgw__mem_meta_t *mt = ld->metas[num];
-    imgw__mem_shard_t *sh = &m->shards[shard_of(mt->h.hash)];
+    imgw__mem_shard_t *sh = &m->shards[shard_of(hash_id(m, mt->message_id))];
     pthread_mutex_lock(&sh->mu);
     if (!imgw_list_linked(&mt->age) &&
-        imgw__mem_meta_find(sh, mt->h.hash, mt->message_id) == NULL) {
+        imgw__mem_meta_find(sh, mt->hash, mt->message_id) == NULL) {
+        if (imgw__mem_idx_reserve(&sh->metas) != 0) {
+            pthread_mutex_unlock(&sh->mu);
+            return IMGW_ENOMEM;
+        }
         mt->expire_ms = expire;
         atomic_fetch_add_explicit(&mt->refs, 1, memory_order_relaxed);
-        htab_insert(&sh->metas, &mt->h);
+        imgw__mem_idx_insert(&sh->metas, mt->hash, mt);
         imgw_list_insert_tail(&sh->meta_age, &mt->age);
         atomic_fetch_add_explicit(&m->n_metas, 1, memory_order_relaxed);
     }
@@ -399,23 +403,28 @@ load_dedupe(imgw__store_mem_loader_t *ld, imgw__rec_rd_t *r)
         return IMGW_EPROTO;
     imgw__mem_t *m = ld->m;
     size_t slen = strlen(sender), clen = strlen(cmid);
-    imgw__mem_dedupe_t *dd = mem_malloc(sizeof(*dd) + slen + 1 + clen + 1);
+    imgw__mem_dedupe_t *dd = mem_malloc(MEM_DEDUPE_SIZE(slen, clen));
     if (dd == NULL)
         return IMGW_ENOMEM;
     memcpy(dd->key, sender, slen + 1);
     memcpy(dd->key + slen + 1, cmid, clen + 1);
-    dd->h.hash = hash_dedupe(m, sender, cmid);
+    dd->hash = (uint32_t)hash_dedupe(m, sender, cmid);
     dd->expire_ms = expire;
     dd->message_id = id;
     dd->seq = seq;
     imgw__mem_shard_t *sh = &m->shards[shard_of(hash_str(m, sender))];
     pthread_mutex_lock(&sh->mu);
-    if (imgw__mem_dedupe_find(sh, dd->h.hash, dd->key) != NULL) {
+    if (imgw__mem_dedupe_find(sh, dd->hash, dd->key) != NULL) {
         pthread_mutex_unlock(&sh->mu);
         imgw_free(dd);
         return 0;
     }
-    htab_insert(&sh->dedupes, &dd->h);
+    if (imgw__mem_idx_reserve(&sh->dedupes) != 0) {
+        pthread_mutex_unlock(&sh->mu);
+        imgw_free(dd);
+        return IMGW_ENOMEM;
+    }
+    imgw__mem_idx_insert(&sh->dedupes, dd->hash, dd);
     imgw_list_insert_tail(&sh->dedupe_age, &dd->age);
     atomic_fetch_add_explicit(&m->n_dedupes, 1, memory_order_relaxed);
     pthread_mutex_unlock(&sh->mu);

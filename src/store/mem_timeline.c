@@ -355,8 +355,8 @@ imgw__mem_users_sweep(imgw__mem_t *m, imgw__mem_shard_t *sh, int64_t now,
     if (b > sh->users.mask) {
         b = 0;
         htab_shrink(&sh->users);
-        htab_shrink(&sh->dedupes);
-        htab_shrink(&sh->metas);
+        imgw__mem_idx_shrink(&sh->dedupes);
+        imgw__mem_idx_shrink(&sh->metas);
         htab_shrink(&sh->groups);
     }
     sh->cursor = b;
@@ -370,6 +370,16 @@ typedef struct imgw__mem_slot_s {
 } imgw__mem_slot_t;
 
 /*
+<<<<<<< HEAD
+ * All or nothing. Everything whose size is known up front (blob,
+ * metadata, dedupe key, the per-user slot array) is
+ * allocated before any lock. Under the locks, the only allocations are an
+ * index growing, a missing user record and a ring growing; none changes
+ * what any reader can see (a migrating index finds the same entries, an
+ * empty record reads like an unknown user, a bigger ring holds the same
+ * entries), so on ENOMEM we unlock and return with nothing appended. After
+ * that point nothing can fail.
+=======
  * All or nothing. Everything whose size is known up front (blob,
  * metadata, dedupe key, the per-user slot array) is allocated before any
  * lock. Under the locks, the only allocations are a missing user record,
@@ -377,6 +387,7 @@ typedef struct imgw__mem_slot_s {
  * can see (an empty record reads like an unknown user, an empty timeline
  * like none, a bigger ring holds the same entries), so on ENOMEM we unlock
  * and return with nothing appended. After that point nothing can fail.
+>>>>>>> main
  */
 int
 imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
@@ -400,9 +411,9 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
             return IMGW_ENOMEM;
     }
     blob = mem_malloc(sizeof(*blob) + req->entry_len);
-    meta = mem_malloc(sizeof(*meta) + slen + 1 + vlen + 1);
+    meta = mem_malloc(MEM_META_SIZE(slen, vlen));
     if (clen > 0)
-        dd = mem_malloc(sizeof(*dd) + slen + 1 + clen + 1);
+        dd = mem_malloc(MEM_DEDUPE_SIZE(slen, clen));
     if (blob == NULL || meta == NULL || (clen > 0 && dd == NULL))
         goto out;
 
@@ -428,7 +439,7 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     meta->server_time_ms = req->server_time_ms;
     atomic_init(&meta->revoked, 0);
     atomic_init(&meta->refs, 2); /* the table and the blob */
-    meta->h.hash = hm;
+    meta->hash = (uint32_t)hm;
     atomic_init(&blob->refs, (unsigned)n);
     blob->meta = meta;
     blob->len = req->entry_len;
@@ -437,7 +448,7 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     if (dd != NULL) {
         memcpy(dd->key, req->sender, slen + 1);
         memcpy(dd->key + slen + 1, cmid, clen + 1);
-        dd->h.hash = hd;
+        dd->hash = (uint32_t)hd;
     }
 
     int64_t now = mem_now(m);
@@ -462,6 +473,14 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
          * would make msg_get and revoke ambiguous, so refuse it. */
         unlock_mask(m, mask);
         r = IMGW_EEXIST;
+        goto out;
+    }
+    /* Room in both indexes (a growth is invisible to readers). */
+    if (imgw__mem_idx_reserve(&sh_m->metas) != 0 ||
+        (dd != NULL && old_dd == NULL &&
+         imgw__mem_idx_reserve(&sh_s->dedupes) != 0)) {
+        unlock_mask(m, mask);
+        r = IMGW_ENOMEM;
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
@@ -515,7 +534,7 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
     atomic_fetch_add_explicit(&m->blobs_live, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&m->metas_live, 1, memory_order_relaxed);
     meta->expire_ms = now + m->meta_ms;
-    htab_insert(&sh_m->metas, &meta->h);
+    imgw__mem_idx_insert(&sh_m->metas, hm, meta);
     imgw_list_insert_tail(&sh_m->meta_age, &meta->age);
     atomic_fetch_add_explicit(&m->n_metas, 1, memory_order_relaxed);
     imgw__mem_meta_evict(m, sh_m, meta);
@@ -526,7 +545,7 @@ imgw__mem_append(imgw_store_loop_t *sl, imgw_store_append_t *req,
             dd = old_dd;
             imgw_list_remove(&dd->age);
         } else {
-            htab_insert(&sh_s->dedupes, &dd->h);
+            imgw__mem_idx_insert(&sh_s->dedupes, hd, dd);
             atomic_fetch_add_explicit(&m->n_dedupes, 1, memory_order_relaxed);
         }
         dd->expire_ms = now + m->dedupe_ms;

@@ -62,6 +62,19 @@ mem_realtime_ms(void *arg)
 /* ---- open, close, loops, tick -------------------------------------------- */
 
 static void
+drain_free(void *p, void *arg)
+{
+    (void)arg;
+    imgw_free(p);
+}
+
+static void
+drain_meta(void *p, void *arg)
+{
+    imgw__mem_meta_unref(arg, p);
+}
+
+static void
 shards_free(imgw__mem_t *m, unsigned n)
 {
     for (unsigned i = 0; i < n; i++) {
@@ -72,24 +85,14 @@ shards_free(imgw__mem_t *m, unsigned n)
                 next = x->next;
                 imgw__mem_user_free(m, sh, (imgw__mem_user_t *)x);
             }
-        for (size_t b = 0; sh->dedupes.b && b <= sh->dedupes.mask; b++)
-            for (x = sh->dedupes.b[b]; x; x = next) {
-                next = x->next;
-                imgw_free(x);
-            }
-        for (size_t b = 0; sh->metas.b && b <= sh->metas.mask; b++)
-            for (x = sh->metas.b[b]; x; x = next) {
-                next = x->next;
-                imgw__mem_meta_unref(m, (imgw__mem_meta_t *)x);
-            }
+        imgw__mem_idx_drain(&sh->dedupes, drain_free, NULL);
+        imgw__mem_idx_drain(&sh->metas, drain_meta, m);
         for (size_t b = 0; sh->groups.b && b <= sh->groups.mask; b++)
             for (x = sh->groups.b[b]; x; x = next) {
                 next = x->next;
                 imgw_free(x); /* no reader can hold one: no loop is left */
             }
         imgw_free(sh->users.b);
-        imgw_free(sh->dedupes.b);
-        imgw_free(sh->metas.b);
         imgw_free(sh->groups.b);
         /* The users held every reference: nothing is left in pbs. */
         imgw_free(sh->pbs.b);
@@ -199,8 +202,8 @@ mem_open(imgw_store_t *s, const imgw_store_cfg_t *cfg, char *err, size_t errlen)
             return IMGW_ENOMEM;
         }
         /* Tables that failed keep b == NULL, which shards_free skips. */
-        if (htab_init(&sh->users) || htab_init(&sh->dedupes) ||
-            htab_init(&sh->metas) || htab_init(&sh->groups) ||
+        if (htab_init(&sh->users) || imgw__mem_idx_init(&sh->dedupes, offsetof(imgw__mem_dedupe_t, hash)) ||
+            imgw__mem_idx_init(&sh->metas, offsetof(imgw__mem_meta_t, hash)) || htab_init(&sh->groups) ||
             htab_init(&sh->pbs)) {
             shards_free(m, i + 1);
             imgw_free(m);
@@ -258,7 +261,8 @@ mem_loop_ready(imgw_store_loop_t *sl)
 
 /*
  * Bounded housekeeping: every shard's expired dedupe keys and metadata (at
- * most MEM_TICK_POPS each; appends pop more as they go), then the users of
+ * most MEM_TICK_POPS each; appends pop more as they go) and index
+ * migrations (MEM_TICK_MIGRATE buckets each), then the users of
  * MEM_TICK_USER_SHARDS shards, MEM_TICK_BUCKETS buckets each, so one call
  * holds any lock only briefly and a full pass over the users takes
  * MEM_SHARDS / MEM_TICK_USER_SHARDS calls per 256 buckets.
@@ -272,6 +276,10 @@ mem_tick(imgw_store_t *s, int64_t now_ms)
         pthread_mutex_lock(&sh->mu);
         imgw__mem_dedupe_expire(m, sh, now_ms, MEM_TICK_POPS);
         imgw__mem_meta_expire(m, sh, now_ms, MEM_TICK_POPS);
+        /* A shrink's migration has no inserts to carry it on a quiet
+         * node: move it along here. */
+        imgw__mem_idx_step(&sh->dedupes, MEM_TICK_MIGRATE);
+        imgw__mem_idx_step(&sh->metas, MEM_TICK_MIGRATE);
         pthread_mutex_unlock(&sh->mu);
     }
     for (unsigned k = 0; k < MEM_TICK_USER_SHARDS; k++) {
@@ -457,8 +465,8 @@ imgw__store_mem_stats(imgw_store_t *s, imgw__store_mem_stats_t *out)
         imgw__mem_shard_t *sh = &m->shards[i];
         pthread_mutex_lock(&sh->mu);
         out->users += sh->users.n;
-        out->dedupes += sh->dedupes.n;
-        out->metas += sh->metas.n;
+        out->dedupes += imgw__mem_idx_count(&sh->dedupes);
+        out->metas += imgw__mem_idx_count(&sh->metas);
         out->groups += sh->groups.n;
         out->route_strings += sh->pbs.n;
         for (size_t b = 0; b <= sh->users.mask; b++)

@@ -644,6 +644,8 @@ main(void)
     RUN(watchers_single_node);
     RUN(positions);
     RUN(tick_sweeps);
+    RUN(blob_dropped_meta_kept);
+    RUN(index_many);
     RUN(id_validator);
     RUN(store_edge_ids_no_records);
     RUN(user_cap);

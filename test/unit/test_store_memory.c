@@ -26,6 +26,7 @@
 #include "err.h"
 #include "idsyntax.h"
 #include "log.h"
+#include "mem_int.h" /* index_many looks at the tables */
 #include "store.h"
 #include "store_contract.h"
 #include "store_impl.h"
@@ -779,6 +780,115 @@ TEST(tick_sweeps)
     CHECK_EQ_INT(st.devices, 1);
     CHECK_EQ_INT(max_seq(&f, "a7"), 1);
     CHECK_EQ_INT(max_seq(&f, "b299"), 1);
+    fx_close(&f);
+}
+
+/* A blob the timelines dropped (retention_count 1) leaves its metadata
+ * findable, revocable and its id taken; both go at expiry. */
+TEST(blob_dropped_meta_kept)
+{
+    fx_t f;
+    fx_open(&f, 1, 1, 10);
+    int64_t s2[2];
+    const char *ab[] = {"a", "b"};
+    CHECK_EQ_INT(append_msg(&f, "c1", 501, "s_a_b", ab, 2, s2, NULL), 0);
+    CHECK_EQ_INT(append_msg(&f, "c2", 502, "s_a_b", ab, 2, s2, NULL), 0);
+    imgw__store_mem_stats_t st = stats(&f);
+    CHECK_EQ_INT(st.entries, 2);   /* one per timeline: 501 popped */
+    CHECK_EQ_INT(st.blobs_live, 1);
+    CHECK_EQ_INT(st.metas, 2);
+    CHECK_EQ_INT(st.metas_live, 2);
+    msg_res_t *mr = msg_get(&f, 501);
+    CHECK_EQ_INT(mr->status, 0);
+    CHECK_EQ_STR(mr->sender, "a");
+    CHECK_EQ_STR(mr->conv, "s_a_b");
+    CHECK_EQ_INT(DONE(&f, imgw_store_revoke(f.sl, 501, done_cb, res)), 0);
+    CHECK_EQ_INT(msg_get(&f, 501)->m.revoked, 1);
+    /* The live message reads through its blob's metadata. */
+    CHECK_EQ_INT(DONE(&f, imgw_store_revoke(f.sl, 502, done_cb, res)), 0);
+    sync_res_t *sr = do_sync(&f, "b", 0, 0, 10);
+    CHECK_EQ_INT(sr->n, 1);
+    CHECK_EQ_INT(sr->mid[0], 502);
+    CHECK_EQ_INT(sr->revoked[0], 1);
+    /* A reused id is refused while its metadata is in the table, even
+     * with its blob gone. */
+    CHECK_EQ_INT(append_msg(&f, "c3", 501, "s_a_b", ab, 2, s2, NULL),
+                 IMGW_EEXIST);
+    fake_now = T0 + DAY_MS;
+    for (int i = 0; i < 64; i++)
+        imgw_store_tick(f.s, fake_now);
+    st = stats(&f);
+    CHECK_EQ_INT(st.metas, 0);
+    CHECK_EQ_INT(st.blobs_live, 0);
+    CHECK_EQ_INT(st.metas_live, 0);
+    fx_close(&f);
+}
+
+/* Many messages through the index (mem_idx.c): every dedupe key and id is
+ * found while the tables grow and migrate, and after expiry the ticks
+ * shrink them and the store still works. */
+TEST(index_many)
+{
+    enum { N = 30000 };
+    fx_t f;
+    fx_open(&f, 1000, 1, 10);
+    int64_t s2[2];
+    char a[16], b[16], cmid[24];
+    int bad_append = 0, bad_dup = 0, bad_get = 0, bad_reuse = 0;
+    for (int i = 0; i < N; i++) {
+        snprintf(a, sizeof(a), "a%d", i % 500);
+        snprintf(b, sizeof(b), "b%d", i % 500);
+        snprintf(cmid, sizeof(cmid), "c%d", i);
+        const char *ab[] = {a, b};
+        bad_append += append_msg(&f, cmid, 10000 + (uint64_t)i, "c", ab, 2,
+                                 s2, NULL) != 0;
+    }
+    for (int i = 0; i < N; i += 7) {
+        imgw_store_append_t req;
+        snprintf(a, sizeof(a), "a%d", i % 500);
+        snprintf(b, sizeof(b), "b%d", i % 500);
+        snprintf(cmid, sizeof(cmid), "c%d", i);
+        const char *ab[] = {a, b};
+        /* A resend (new id, same key) is a duplicate of the first. */
+        int r = append_msg(&f, cmid, 900000 + (uint64_t)i, "c", ab, 2, s2,
+                           &req);
+        bad_dup += r != 0 || !req.duplicate ||
+                   req.dup_message_id != 10000 + (uint64_t)i;
+        bad_get += msg_get(&f, 10000 + (uint64_t)i)->status != 0;
+        /* The same id under a new key: refused. */
+        snprintf(cmid, sizeof(cmid), "x%d", i);
+        bad_reuse += append_msg(&f, cmid, 10000 + (uint64_t)i, "c", ab, 2,
+                                s2, NULL) != IMGW_EEXIST;
+    }
+    CHECK_EQ_INT(bad_append, 0);
+    CHECK_EQ_INT(bad_dup, 0);
+    CHECK_EQ_INT(bad_get, 0);
+    CHECK_EQ_INT(bad_reuse, 0);
+    CHECK_EQ_INT(msg_get(&f, 5)->status, IMGW_ENOTFOUND);
+    imgw__store_mem_stats_t st = stats(&f);
+    CHECK_EQ_INT(st.dedupes, N);
+    CHECK_EQ_INT(st.metas, N);
+    /* Everything expires; enough ticks for the sweeps' passes and the
+     * shrinks' migrations. */
+    fake_now = T0 + DAY_MS;
+    for (int i = 0; i < 400; i++)
+        imgw_store_tick(f.s, fake_now);
+    st = stats(&f);
+    CHECK_EQ_INT(st.dedupes, 0);
+    CHECK_EQ_INT(st.metas, 0);
+    CHECK_EQ_INT(st.metas_live, 0);
+    imgw__mem_t *m = TEST_STORE_MEM_OF(f.s)->impl;
+    size_t big = 0;
+    for (unsigned i = 0; i < MEM_SHARDS; i++)
+        big += m->shards[i].dedupes.cur.nb > MEM_IDX_MIN ||
+               m->shards[i].metas.cur.nb > MEM_IDX_MIN ||
+               m->shards[i].metas.old.b != NULL;
+    printf("  shards whose tables are above the minimum after expiry: %zu\n",
+           big);
+    CHECK_EQ_INT(big, 0);
+    const char *ab[] = {"a1", "b1"};
+    CHECK_EQ_INT(append_msg(&f, "again", 77, "c", ab, 2, s2, NULL), 0);
+    CHECK_EQ_INT(msg_get(&f, 77)->status, 0);
     fx_close(&f);
 }
 
@@ -1674,6 +1784,8 @@ main(void)
     RUN(watchers_single_node);
     RUN(positions);
     RUN(tick_sweeps);
+    RUN(blob_dropped_meta_kept);
+    RUN(index_many);
     RUN(idle_user_routes_inline);
     RUN(used_created_aged_freed);
     RUN(seq_ttl_rounds_up);
