@@ -287,11 +287,14 @@ class Page:
             lambda m: m["own"] and m["text"] == text and m["state"] in ("sent", "read")))
 
     def open_conv(self, conv_id):
-        from selenium.webdriver.common.by import By
-        self.wait("conversation %s listed" % conv_id, lambda: self.d.find_elements(
-            By.CSS_SELECTOR, '[data-testid=conv][data-conv-id="%s"]' % conv_id))
-        self.d.find_element(By.CSS_SELECTOR,
-                            '[data-testid=conv][data-conv-id="%s"]' % conv_id).click()
+        # Found and clicked in one script: the sidebar is rebuilt whenever
+        # the server's list or a push arrives, which can replace the entry
+        # between a WebDriver find and its click (a stale element; seen on
+        # the sanitizer build, whose answers come later).
+        sel = '[data-testid=conv][data-conv-id="%s"]' % conv_id
+        self.wait("conversation %s listed and clicked" % conv_id, lambda: self.js(
+            "const e = document.querySelector(arguments[0]);"
+            "if (!e) return false; e.click(); return true;", sel))
         self.wait("conversation %s active" % conv_id, lambda: self.js(
             "const e = document.querySelector('[data-testid=conv].active');"
             "return e && e.dataset.convId === arguments[0];", conv_id))
