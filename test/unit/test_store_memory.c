@@ -138,6 +138,16 @@ stats(fx_t *f)
     return st;
 }
 
+/* 64 ticks at store time now: enough for the sweep to visit every shard's
+ * users (a tick visits MEM_TICK_USER_SHARDS shards, MEM_TICK_BUCKETS
+ * buckets each) and pop every expired key at these tests' sizes. */
+static void
+sweep(fx_t *f, int64_t now)
+{
+    for (int i = 0; i < 64; i++)
+        imgw_store_tick(f->s, now);
+}
+
 /* ---- tests ----------------------------------------------------------- */
 
 TEST(open_errors)
@@ -272,8 +282,7 @@ TEST(retention_age)
     r = do_sync(&f, "a", 0, 0, 100);
     CHECK(r->n == 0 && r->server_max == 3);
     /* max_seq survives the timeline emptying, also through the sweep. */
-    for (int i = 0; i < 64; i++)
-        imgw_store_tick(f.s, fake_now);
+    sweep(&f, fake_now);
     CHECK_EQ_INT(max_seq(&f, "a"), 3);
     CHECK_EQ_INT(max_seq(&f, "b"), 3);
     append_msg(&f, "", 4, "s_a_b", ab, 2, s2, NULL);
@@ -748,8 +757,7 @@ TEST(tick_sweeps)
     CHECK_EQ_INT(st.routes, 1);
 
     /* Before expiry, ticks remove nothing but the empty r2. */
-    for (int i = 0; i < 64; i++)
-        imgw_store_tick(f.s, T0 + 1000);
+    sweep(&f, T0 + 1000);
     st = stats(&f);
     CHECK_EQ_INT(st.users, 602);
     CHECK_EQ_INT(st.dedupes, 300);
@@ -760,8 +768,7 @@ TEST(tick_sweeps)
     st = stats(&f);
     CHECK_EQ_INT(st.dedupes, 0);
     CHECK_EQ_INT(st.metas, 300);
-    for (int i = 0; i < 64; i++)
-        imgw_store_tick(f.s, fake_now);
+    sweep(&f, fake_now);
     st = stats(&f);
     CHECK_EQ_INT(st.routes, 0);
     CHECK_EQ_INT(st.users, 601); /* r1's record held only its route */
@@ -769,8 +776,7 @@ TEST(tick_sweeps)
     /* After retention_days: metadata, entries and blobs go; max_seq and
      * the users stay. */
     fake_now = T0 + DAY_MS;
-    for (int i = 0; i < 64; i++)
-        imgw_store_tick(f.s, fake_now);
+    sweep(&f, fake_now);
     st = stats(&f);
     CHECK_EQ_INT(st.metas, 0);
     CHECK_EQ_INT(st.entries, 0);
@@ -815,8 +821,7 @@ TEST(blob_dropped_meta_kept)
     CHECK_EQ_INT(append_msg(&f, "c3", 501, "s_a_b", ab, 2, s2, NULL),
                  IMGW_EEXIST);
     fake_now = T0 + DAY_MS;
-    for (int i = 0; i < 64; i++)
-        imgw_store_tick(f.s, fake_now);
+    sweep(&f, fake_now);
     st = stats(&f);
     CHECK_EQ_INT(st.metas, 0);
     CHECK_EQ_INT(st.blobs_live, 0);
@@ -1032,8 +1037,7 @@ TEST(user_cap)
     /* After retention (1 day) + seq_idle_days (1): the records are idle,
      * the sweep frees them, and new users fit again. */
     fake_now = T0 + 2 * DAY_MS;
-    for (int i = 0; i < 64; i++)
-        imgw_store_tick(f.s, fake_now);
+    sweep(&f, fake_now);
     CHECK_EQ_INT(imgw_store_stats(f.s, &st), 0);
     CHECK_EQ_INT(st.users, 0);
     CHECK_EQ_INT(stats(&f).users, 0);
@@ -1059,8 +1063,7 @@ TEST(seq_idle_expiry)
     CHECK_EQ_INT(append_msg(&f, "", 2, "c", ab, 2, s2, NULL), 0);
     /* Day 2: the entries aged out (retention 1 day), the counters stay. */
     fake_now = T0 + 2 * DAY_MS;
-    for (int i = 0; i < 64; i++)
-        imgw_store_tick(f.s, fake_now);
+    sweep(&f, fake_now);
     CHECK_EQ_INT(stats(&f).entries, 0);
     CHECK_EQ_INT(stats(&f).users, 2);
     CHECK_EQ_INT(max_seq(&f, "a"), 2); /* touches a (an auth) */
@@ -1068,8 +1071,7 @@ TEST(seq_idle_expiry)
      * touched on day 2: kept. */
     fake_now = T0 + 3 * DAY_MS + DAY_MS / 2;
     CHECK_EQ_INT(max_seq(&f, "b"), 0);
-    for (int i = 0; i < 64; i++)
-        imgw_store_tick(f.s, fake_now);
+    sweep(&f, fake_now);
     CHECK_EQ_INT(stats(&f).users, 1);
     CHECK_EQ_INT(append_msg(&f, "", 3, "c", ab, 2, s2, NULL), 0);
     CHECK_EQ_INT(s2[0], 3); /* a: never reused a seq */
@@ -1081,8 +1083,7 @@ TEST(seq_idle_expiry)
     for (int d = 0; d < 8; d++) {
         fake_now += DAY_MS;
         imgw_store_route_refresh(f.sl, "a", 86400 * 2, NULL, NULL);
-        for (int i = 0; i < 64; i++)
-            imgw_store_tick(f.s, fake_now);
+        sweep(&f, fake_now);
     }
     CHECK_EQ_INT(max_seq(&f, "a"), 3);
     CHECK_EQ_INT(max_seq(&f, "b"), 0);
@@ -1125,8 +1126,7 @@ TEST(idle_user_routes_inline)
     imgw_store_route_del(f.sl, "u", "ios", "b1", NULL, NULL);
     imgw_store_route_del(f.sl, "u", "web", "b2", NULL, NULL);
     CHECK_EQ_INT(stats(&f).route_arrays, 1);
-    for (int i = 0; i < 64; i++)
-        imgw_store_tick(f.s, fake_now);
+    sweep(&f, fake_now);
     st = stats(&f);
     CHECK_EQ_INT(st.route_arrays, 0);
     CHECK_EQ_INT(st.routes, 1);
@@ -1147,8 +1147,7 @@ TEST(idle_user_routes_inline)
 
     /* Everything expires: the sweep frees the array and the record. */
     fake_now = T0 + 100000;
-    for (int i = 0; i < 64; i++)
-        imgw_store_tick(f.s, fake_now);
+    sweep(&f, fake_now);
     st = stats(&f);
     CHECK_EQ_INT(st.users, 0);
     CHECK_EQ_INT(st.routes, 0);
@@ -1191,8 +1190,7 @@ TEST(used_created_aged_freed)
 
     /* Day 1.5: the entries aged out (retention 1 day); max_seq stays. */
     fake_now = T0 + DAY_MS + DAY_MS / 2;
-    for (int i = 0; i < 64; i++)
-        imgw_store_tick(f.s, fake_now);
+    sweep(&f, fake_now);
     st = stats(&f);
     CHECK_EQ_INT(st.entries, 0);
     CHECK_EQ_INT(st.used, 2);
@@ -1205,8 +1203,7 @@ TEST(used_created_aged_freed)
      * its own seq_ttl, then b's too (records with a route stay). */
     fake_now = T0 + 5 * DAY_MS;
     CHECK_EQ_INT(max_seq(&f, "a"), 0);
-    for (int i = 0; i < 64; i++)
-        imgw_store_tick(f.s, fake_now);
+    sweep(&f, fake_now);
     st = stats(&f);
     printf("  day 5: users %zu used %zu devices %zu\n", st.users, st.used,
            st.devices);
@@ -1248,12 +1245,10 @@ TEST(seq_ttl_rounds_up)
     fake_now = T0 + 1500;
     CHECK_EQ_INT(append_msg(&f, "", 1, "c", cc, 1, s1, NULL), 0);
     fake_now = T0 + 1500 + ttl - 1;
-    for (int i = 0; i < 64; i++)
-        imgw_store_tick(f.s, fake_now);
+    sweep(&f, fake_now);
     CHECK_EQ_INT(stats(&f).users, 1);
     fake_now = T0 + 2000 + ttl;
-    for (int i = 0; i < 64; i++)
-        imgw_store_tick(f.s, fake_now);
+    sweep(&f, fake_now);
     imgw__store_mem_stats_t st = stats(&f);
     printf("  a second after seq_ttl: users %zu used %zu\n", st.users, st.used);
     CHECK_EQ_INT(st.users, 0);
