@@ -256,7 +256,6 @@ void
 imgw__conn_on_read(imgw_conn_t *c, const uint8_t *data, size_t len)
 {
     imgw_stat_add(&c->loop->st.bytes_in, len);
-    c->loop->iter_reads++;
     c->last_rx = (uint32_t)c->loop->now_ms;
     if (c->tls == NULL) {
         imgw__conn_input(c, data, len);
@@ -328,6 +327,9 @@ conn_read(imgw_conn_t *c)
             imgw__conn_close_now(c);
             return;
         }
+        /* A connection with input, however many reads it takes: what
+         * server.batch_us counts (loop.c batch_wait). */
+        l->iter_reads += i == 0;
         imgw__conn_on_read(c, l->rbuf, (size_t)n);
         if ((size_t)n < sizeof(l->rbuf) || c->state == IMGW_CONN_CLOSED ||
             !(c->flags & IMGW_CF_READING))

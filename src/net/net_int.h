@@ -225,8 +225,9 @@ struct imgw_loop_s {
     size_t cap_slots;
 
     imgw_conn_t *flush_head;
-    /* Connections read in this iteration (reset by prepare_cb): what
-     * decides whether the loop waits server.batch_us before polling. */
+    /* Connections with input in this iteration (conn.c conn_read; reset
+     * by prepare_cb): what decides whether the loop waits server.batch_us
+     * before polling. */
     uint32_t iter_reads;
     uint64_t batch_last_ns; /* uv_hrtime() of the last prepare_cb */
 
