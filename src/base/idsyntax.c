@@ -7,10 +7,10 @@
 
 #include <string.h>
 
-/* 1 for the bytes a user/group id may hold: A-Z a-z 0-9 . _ @ - */
-/* The id rule's bytes as a table: every id of a message is checked at
- * least twice on the send path (the command, then the store's edge), and
- * one load a byte is cheaper than the chain of ranges. */
+/* 1 for the bytes a user/group id may hold: A-Z a-z 0-9 . _ @ -. A table:
+ * every id of a message is checked at least twice on the send path (the
+ * command, then the store's edge), and one load a byte is cheaper than
+ * the chain of ranges. */
 #define ID_OK_RANGE(lo, hi) [lo... hi] = 1
 static const unsigned char id_ok[256] = {
     ID_OK_RANGE('a', 'z'), ID_OK_RANGE('A', 'Z'), ID_OK_RANGE('0', '9'),

@@ -190,6 +190,14 @@ on_connection(imgw_loop_t *l, int fd, int tls)
 
 static void listener_cb(uv_poll_t *h, int status, int events);
 
+/* The EMFILE reserve: any fd will do; "/" is always there. -1 when none
+ * can be had. */
+static int
+reserve_fd_open(void)
+{
+    return open("/", O_RDONLY | O_CLOEXEC);
+}
+
 /*
  * Out of fds (EMFILE/ENFILE): the pending connection stays in the backlog
  * and the listener stays readable, which would spin the loop. libuv's
@@ -213,7 +221,7 @@ accept_shed(imgw_loop_t *l, int lfd)
             else if (errno != EINTR)
                 break;
         }
-        l->emfile_fd = open("/", O_RDONLY | O_CLOEXEC);
+        l->emfile_fd = reserve_fd_open();
     }
     if (l->emfile_fd < 0 && !l->accept_paused) {
         l->accept_paused = 1;
@@ -229,7 +237,7 @@ listeners_resume(imgw_loop_t *l)
     if (!l->accept_paused)
         return;
     if (l->emfile_fd < 0)
-        l->emfile_fd = open("/", O_RDONLY | O_CLOEXEC);
+        l->emfile_fd = reserve_fd_open();
     if (l->emfile_fd < 0)
         return;
     l->accept_paused = 0;
@@ -530,7 +538,7 @@ loop_thread(void *arg)
     uv_prepare_start(&l->flush_prep, prepare_cb);
     /* The EMFILE reserve (accept_shed); without one the loop still runs,
      * pausing its listeners when out of fds. */
-    l->emfile_fd = open("/", O_RDONLY | O_CLOEXEC);
+    l->emfile_fd = reserve_fd_open();
     for (int i = 0; i < l->n_listeners; i++) {
         /* listen_fds[i] stays the loop's: closed at the drain, or by
          * imgw_net_free after a failed start. */
